@@ -1,0 +1,263 @@
+//! Operator commands over the REST API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use stella_agent_core::AgentConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::output::{self, cell, Format};
+
+/// `stella agent …`
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Enrol (first start, with a join token) and stay connected.
+    Run(AgentRunArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `stella agent token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new one-time join token.
+    Create {
+        /// Lifetime, e.g. `30m`, `2h`.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// Flags of `stella agent run`.
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    /// Where the agent keeps its key, certificate and task journal.
+    #[arg(long, env = "STELLA_AGENT_DATA_DIR", default_value = "/var/lib/stella-agent")]
+    pub data_dir: PathBuf,
+    /// One-time join token; needed only for the first start.
+    #[arg(long, env = "STELLA_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Agent name (default: host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Labels, `key=value`, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Gateway URL, instead of discovering it from `--server`.
+    #[arg(long, env = "STELLA_GRPC_URL")]
+    pub grpc_url: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("label `{s}` is not key=value")),
+    }
+}
+
+/// `stella agents …`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents with their state and last heartbeat.
+    List,
+    /// Show one agent, by name or id.
+    Show {
+        /// Name or id.
+        agent: String,
+    },
+    /// Revoke an agent: its stream is closed and its certificate refused from now on.
+    Revoke {
+        /// Name or id.
+        agent: String,
+        /// Why (kept with the agent).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// `stella user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints its first API token once.
+    Create {
+        /// User name.
+        name: String,
+        /// Roles: viewer, operator, approver, admin (repeatable or comma-separated).
+        #[arg(long = "role", required = true, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// List users.
+    List,
+    /// Print a new API token for a user.
+    Token {
+        /// User name.
+        name: String,
+    },
+}
+
+pub async fn agent(
+    server: &str,
+    token: Option<String>,
+    format: Format,
+    command: AgentCommand,
+) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Run(args) => {
+            let mut config = AgentConfig::new(args.data_dir);
+            config.server_url = Some(server.to_owned());
+            config.grpc_url = args.grpc_url;
+            config.join_token = args.join_token;
+            config.name = args.name;
+            config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+            let shutdown = CancellationToken::new();
+            stella_agent::cancel_on_signals(shutdown.clone());
+            stella_agent::run(config, shutdown)
+                .await
+                .context("agent stopped")
+        }
+        AgentCommand::Token(TokenCommand::Create { ttl }) => {
+            let client = Client::new(server, token)?;
+            let issued = client
+                .post("/agents/join-tokens", json!({ "ttl_seconds": ttl.as_secs().max(1) }))
+                .await?;
+            match format {
+                Format::Json => output::json(&issued),
+                Format::Table => {
+                    println!("{}", cell(&issued, "/token"));
+                    eprintln!(
+                        "expires {}; on the new host run:\n  stella agent run --server {server} --data-dir /var/lib/stella-agent --join-token <token>",
+                        cell(&issued, "/expires_at")
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+const AGENT_COLUMNS: [&str; 6] = ["name", "state", "last seen", "capabilities", "version", "id"];
+
+fn agent_row(agent: &Value) -> Vec<String> {
+    vec![
+        cell(agent, "/name"),
+        cell(agent, "/state"),
+        cell(agent, "/last_seen_at"),
+        cell(agent, "/capabilities"),
+        cell(agent, "/agent_version"),
+        cell(agent, "/id"),
+    ]
+}
+
+fn agent_details(agent: &Value) {
+    output::details(
+        agent,
+        &[
+            ("name", "/name"),
+            ("id", "/id"),
+            ("state", "/state"),
+            ("spiffe id", "/spiffe_id"),
+            ("version", "/agent_version"),
+            ("capabilities", "/capabilities"),
+            ("labels", "/labels"),
+            ("hostname", "/host/hostname"),
+            ("os", "/host/os_name"),
+            ("os version", "/host/os_version"),
+            ("kernel", "/host/kernel_version"),
+            ("arch", "/host/arch"),
+            ("cpus", "/host/cpu_count"),
+            ("memory bytes", "/host/memory_total_bytes"),
+            ("enrolled at", "/enrolled_at"),
+            ("last seen", "/last_seen_at"),
+            ("cert expires", "/certificate_not_after"),
+            ("revoked at", "/revoked_at"),
+            ("revoke reason", "/revoke_reason"),
+        ],
+    );
+}
+
+pub async fn agents(client: &Client, format: Format, command: AgentsCommand) -> anyhow::Result<()> {
+    let value = match command {
+        AgentsCommand::List => client.get("/agents").await?,
+        AgentsCommand::Show { agent } => client.get(&format!("/agents/{}", path(&agent))).await?,
+        AgentsCommand::Revoke { agent, reason } => {
+            client
+                .post(&format!("/agents/{}/revoke", path(&agent)), json!({ "reason": reason }))
+                .await?
+        }
+    };
+    match (format, &value) {
+        (Format::Json, _) => output::json(&value),
+        (Format::Table, Value::Array(items)) => {
+            output::table(&AGENT_COLUMNS, items.iter().map(agent_row).collect());
+        }
+        (Format::Table, agent) => agent_details(agent),
+    }
+    Ok(())
+}
+
+pub async fn user(client: &Client, format: Format, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Create { name, roles } => {
+            let created = client
+                .post("/users", json!({ "name": name, "roles": roles }))
+                .await?;
+            match format {
+                Format::Json => output::json(&created),
+                Format::Table => {
+                    println!("{}", cell(&created, "/token"));
+                    eprintln!(
+                        "created user {} with roles {}; the token above is shown only once",
+                        cell(&created, "/user/name"),
+                        cell(&created, "/user/roles")
+                    );
+                }
+            }
+        }
+        UserCommand::List => {
+            let users = client.get("/users").await?;
+            match (format, &users) {
+                (Format::Table, Value::Array(items)) => output::table(
+                    &["name", "roles", "created", "id"],
+                    items
+                        .iter()
+                        .map(|u| {
+                            vec![
+                                cell(u, "/name"),
+                                cell(u, "/roles"),
+                                cell(u, "/created_at"),
+                                cell(u, "/id"),
+                            ]
+                        })
+                        .collect(),
+                ),
+                _ => output::json(&users),
+            }
+        }
+        UserCommand::Token { name } => {
+            let token = client
+                .post(&format!("/users/{}/tokens", path(&name)), json!({}))
+                .await?;
+            match format {
+                Format::Json => output::json(&token),
+                Format::Table => println!("{}", cell(&token, "/token")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Escapes a name for a URL path segment.
+fn path(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

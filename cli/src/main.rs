@@ -1,0 +1,94 @@
+//! `stella`: the control plane (`stella server`), the agent (`stella agent run`) and
+//! the operator commands, which talk to the REST API.
+//!
+//! Exit status 0 on success; otherwise non-zero with a one-line message on stderr.
+
+mod client;
+mod commands;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use output::Format;
+
+/// Stella: release control plane for container estates without Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "stella", version, propagate_version = true)]
+pub struct Cli {
+    /// REST URL of the control plane.
+    #[arg(long, global = true, env = "STELLA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API bearer token.
+    #[arg(long, global = true, env = "STELLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Server(server::ServerArgs),
+    /// Run an agent, or make join tokens for new agents.
+    #[command(subcommand)]
+    Agent(commands::AgentCommand),
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agents(commands::AgentsCommand),
+    /// Users, roles and API tokens (admin only).
+    #[command(subcommand)]
+    User(commands::UserCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let long_running = matches!(
+        cli.command,
+        Command::Server(_) | Command::Agent(commands::AgentCommand::Run(_))
+    );
+    init_tracing(if long_running { "info" } else { "warn" });
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STELLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Agent(command) => commands::agent(&cli.server, cli.token, cli.output, command).await,
+        Command::Agents(command) => {
+            let client = client::Client::new(&cli.server, cli.token)?;
+            commands::agents(&client, cli.output, command).await
+        }
+        Command::User(command) => {
+            let client = client::Client::new(&cli.server, cli.token)?;
+            commands::user(&client, cli.output, command).await
+        }
+    }
+}

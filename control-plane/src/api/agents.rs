@@ -1,0 +1,232 @@
+//! `/api/v1/agents`, join tokens and gateway discovery.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::rfc3339;
+use crate::app::{now_ms, App};
+use crate::domain::{Agent, AgentState};
+
+/// An agent as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    /// Server-chosen id (in the certificate's SPIFFE URI).
+    pub id: String,
+    /// Operator-facing name.
+    pub name: String,
+    /// `enrolled`, `connected`, `unreachable` or `revoked`.
+    pub state: String,
+    /// Labels from enrolment and the agent's hello.
+    pub labels: BTreeMap<String, String>,
+    /// Target kinds the agent can drive.
+    pub capabilities: Vec<String>,
+    /// Facts about the agent's host, once it said hello.
+    pub host: Option<HostFactsView>,
+    /// Agent software version.
+    pub agent_version: Option<String>,
+    /// SPIFFE URI of the agent's identity.
+    pub spiffe_id: String,
+    /// When it enrolled (RFC 3339, UTC).
+    pub enrolled_at: String,
+    /// Last hello or heartbeat written to the store (RFC 3339, UTC).
+    pub last_seen_at: Option<String>,
+    /// Expiry of its current certificate.
+    pub certificate_not_after: String,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<String>,
+}
+
+/// Host facts reported by an agent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HostFactsView {
+    /// Host name.
+    pub hostname: String,
+    /// Operating system name.
+    pub os_name: String,
+    /// Operating system version.
+    pub os_version: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// Memory in bytes.
+    pub memory_total_bytes: u64,
+    /// Boot time, RFC 3339.
+    pub boot_time: String,
+}
+
+impl AgentView {
+    fn new(agent: Agent, app: &App) -> Self {
+        let state = match agent.state(now_ms(), app.config.heartbeat_interval_ms()) {
+            AgentState::Enrolled => "enrolled",
+            AgentState::Connected => "connected",
+            AgentState::Unreachable => "unreachable",
+            AgentState::Revoked => "revoked",
+        };
+        AgentView {
+            spiffe_id: format!("spiffe://{}/agent/{}", app.trust_domain(), agent.id),
+            id: agent.id,
+            name: agent.name,
+            state: state.to_owned(),
+            labels: agent.labels,
+            capabilities: agent.capabilities,
+            host: agent.host.map(|host| HostFactsView {
+                hostname: host.hostname,
+                os_name: host.os_name,
+                os_version: host.os_version,
+                kernel_version: host.kernel_version,
+                arch: host.arch,
+                cpu_count: host.cpu_count,
+                memory_total_bytes: host.memory_total_bytes,
+                boot_time: rfc3339(host.boot_time_unix_seconds.saturating_mul(1000)),
+            }),
+            agent_version: agent.agent_version,
+            enrolled_at: rfc3339(agent.enrolled_at_ms),
+            last_seen_at: agent.last_seen_at_ms.map(rfc3339),
+            certificate_not_after: rfc3339(agent.cert_not_after_ms),
+            revoked_at: agent.revoked_at_ms.map(rfc3339),
+            revoke_reason: agent.revoke_reason,
+        }
+    }
+}
+
+/// Lists agents.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<AgentView>>> {
+    caller.require(Permission::Read)?;
+    let agents = app.store.list_agents().await?;
+    Ok(Json(agents.into_iter().map(|a| AgentView::new(a, &app)).collect()))
+}
+
+/// Shows one agent, by id or name.
+#[utoipa::path(get, path = "/api/v1/agents/{agent}", tag = "agents",
+    params(("agent" = String, Path, description = "agent id or name")),
+    responses((status = 200, body = AgentView), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentView>> {
+    caller.require(Permission::Read)?;
+    let agent = app.store.find_agent(&agent).await?;
+    Ok(Json(AgentView::new(agent, &app)))
+}
+
+/// Body of a revocation.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct RevokeRequest {
+    /// Why; kept with the agent.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Revokes an agent: its stream is closed and its certificate refused from now on.
+#[utoipa::path(post, path = "/api/v1/agents/{agent}/revoke", tag = "agents",
+    params(("agent" = String, Path, description = "agent id or name")),
+    request_body = RevokeRequest,
+    responses((status = 200, body = AgentView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(agent): Path<String>,
+    body: Option<ApiJson<RevokeRequest>>,
+) -> ApiResult<Json<AgentView>> {
+    caller.require(Permission::Administer)?;
+    let reason = body
+        .and_then(|ApiJson(body)| body.reason)
+        .unwrap_or_else(|| format!("revoked by {}", caller.0.name));
+    let agent = app.revoke_agent(&agent, &reason).await?;
+    Ok(Json(AgentView::new(agent, &app)))
+}
+
+/// Body of a join token request.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenRequest {
+    /// Lifetime in seconds (default 1800, at most 7 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A new join token; shown once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    /// The token for `stella agent run --join-token`.
+    pub token: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+}
+
+/// Creates a one-time join token for a new agent.
+#[utoipa::path(post, path = "/api/v1/agents/join-tokens", tag = "agents",
+    request_body = JoinTokenRequest,
+    responses((status = 201, body = JoinTokenView), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create_join_token(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Option<ApiJson<JoinTokenRequest>>,
+) -> ApiResult<(http::StatusCode, Json<JoinTokenView>)> {
+    caller.require(Permission::Administer)?;
+    let ttl = body
+        .and_then(|ApiJson(body)| body.ttl_seconds)
+        .map(Duration::from_secs);
+    let issued = app.create_join_token(&caller.0, ttl).await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(JoinTokenView {
+            token: issued.token,
+            expires_at: rfc3339(issued.expires_at_ms),
+        }),
+    ))
+}
+
+/// Where agents find the gateway. Unauthenticated: agents pin the CA by the
+/// fingerprint in their join token, so this answer needs no trust.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GatewayInfo {
+    /// The agent gateway URL.
+    pub grpc_url: String,
+    /// SHA-256 of the CA certificate, hex.
+    pub ca_fingerprint: String,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+}
+
+/// Gateway discovery for agents.
+#[utoipa::path(get, path = "/api/v1/gateway", tag = "agents",
+    responses((status = 200, body = GatewayInfo)))]
+pub async fn gateway(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<GatewayInfo> {
+    let grpc_url = match &app.config.grpc_advertise_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .map(|authority| authority.host().to_owned())
+                .unwrap_or_else(|| "localhost".to_owned());
+            format!("https://{host}:{}", app.grpc_port())
+        }
+    };
+    Json(GatewayInfo {
+        grpc_url,
+        ca_fingerprint: app.pki.ca.fingerprint().to_string(),
+        trust_domain: app.trust_domain().to_owned(),
+    })
+}

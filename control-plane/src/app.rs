@@ -1,0 +1,423 @@
+//! The application core shared by `api` (HTTP) and `gateway` (gRPC): every operation
+//! the control plane offers, over the store, the PKI and the live agent sessions.
+//! Protocol layers only translate requests and errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stella_pki::{AgentIdentity, IssuedCertificate, JoinToken};
+
+use crate::bootstrap::ServerPki;
+use crate::config::ServerConfig;
+use crate::domain::{Agent, NewAgent, NewJoinToken, Role, User};
+use crate::error::{AppError, ErrorKind};
+use crate::gateway::sessions::{HeartbeatBuffer, RevocationSet, SessionRegistry};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Longest join token lifetime an operator may ask for.
+const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Shared state of one control-plane replica.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration it runs with.
+    pub config: ServerConfig,
+    /// The only way to the database.
+    pub store: Store,
+    /// CA, signing key, gateway certificate.
+    pub pki: ServerPki,
+    /// Agent sessions open on this replica.
+    pub sessions: SessionRegistry,
+    /// Revoked agent ids, consulted at every TLS handshake.
+    pub revocations: Arc<RevocationSet>,
+    /// Heartbeats waiting for the next batched write.
+    pub heartbeats: HeartbeatBuffer,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Where the gateway listens (the bound address, also with port 0).
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+/// A join token as handed to the operator, once.
+#[derive(Debug, Clone)]
+pub struct IssuedJoinToken {
+    /// The printable token; not stored anywhere.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at_ms: i64,
+}
+
+/// What a successful enrolment hands back to the agent.
+#[derive(Debug)]
+pub struct Enrolled {
+    /// The agent's new identity.
+    pub identity: AgentIdentity,
+    /// Its name.
+    pub name: String,
+    /// Its first certificate.
+    pub certificate: IssuedCertificate,
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn system_time_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Names of agents and users: `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn validate_name(what: &str, name: &str) -> Result<(), AppError> {
+    let mut chars = name.chars();
+    let valid_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid_rest = chars.all(|c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+    });
+    if valid_first && valid_rest && name.len() <= 63 {
+        Ok(())
+    } else {
+        Err(AppError::invalid(format!(
+            "invalid {what} name `{name}`: use 1 to 63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+impl App {
+    /// Assembles the core from its parts.
+    pub fn new(
+        config: ServerConfig,
+        store: Store,
+        pki: ServerPki,
+        revoked: Vec<String>,
+        grpc_addr: std::net::SocketAddr,
+    ) -> Self {
+        App {
+            config,
+            store,
+            pki,
+            sessions: SessionRegistry::default(),
+            revocations: Arc::new(RevocationSet::new(revoked)),
+            heartbeats: HeartbeatBuffer::default(),
+            metrics: Metrics::new(),
+            grpc_addr,
+        }
+    }
+
+    /// The gateway's port.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_addr.port()
+    }
+
+    /// The SPIFFE trust domain of agent identities.
+    pub fn trust_domain(&self) -> &str {
+        &self.config.trust_domain
+    }
+
+    fn agent_cert_validity(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.agent_cert_validity_hours) * 3600)
+    }
+
+    /// Creates a one-time join token; only its hash is stored.
+    pub async fn create_join_token(
+        &self,
+        created_by: &User,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedJoinToken, AppError> {
+        let ttl = ttl.unwrap_or(Duration::from_secs(self.config.join_token_ttl_seconds));
+        if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(AppError::invalid(
+                "join token ttl must be between 1 second and 7 days",
+            ));
+        }
+        let token = JoinToken::generate(&self.pki.ca.fingerprint());
+        let now = now_ms();
+        let expires_at_ms = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.store
+            .insert_join_token(&NewJoinToken {
+                hash: token.secret_hash(),
+                created_by: created_by.name.clone(),
+                created_at_ms: now,
+                expires_at_ms,
+            })
+            .await?;
+        tracing::info!(user = %created_by.name, expires_at_ms, "join token created");
+        Ok(IssuedJoinToken {
+            token: token.expose(),
+            expires_at_ms,
+        })
+    }
+
+    /// Enrols an agent: checks the token, signs the CSR, consumes the token and
+    /// records the agent in one transaction. A refused token issues nothing.
+    pub async fn enroll(
+        &self,
+        join_token: &str,
+        csr_der: &[u8],
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Enrolled, AppError> {
+        let result = self.enroll_inner(join_token, csr_der, name, labels).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.code,
+        };
+        Metrics::count(&self.metrics.enrolments, outcome);
+        result
+    }
+
+    async fn enroll_inner(
+        &self,
+        join_token: &str,
+        csr_der: &[u8],
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Enrolled, AppError> {
+        let token = JoinToken::parse(join_token).map_err(|error| {
+            AppError::new(
+                ErrorKind::Unauthenticated,
+                "join_token_invalid",
+                format!("join token refused: {error}"),
+            )
+        })?;
+        if token.ca_fingerprint() != &self.pki.ca.fingerprint() {
+            return Err(AppError::new(
+                ErrorKind::Unauthenticated,
+                "join_token_foreign",
+                "join token refused: it was issued by another control plane",
+            ));
+        }
+        validate_name("agent", name)?;
+        for key in labels.keys() {
+            if key.is_empty() || key.len() > 63 {
+                return Err(AppError::invalid(format!("invalid label key `{key}`")));
+            }
+        }
+        let agent_id = uuid::Uuid::now_v7().to_string();
+        let identity = AgentIdentity::new(self.trust_domain(), &agent_id)
+            .map_err(|error| AppError::internal("agent identity", &error))?;
+        // Signing first validates the CSR; the certificate reaches the agent only if the
+        // token is then consumed.
+        let certificate = self
+            .pki
+            .ca
+            .sign_agent_csr(csr_der, &identity, self.agent_cert_validity())
+            .map_err(|error| AppError::invalid(format!("certificate request refused: {error}")))?;
+        let now = now_ms();
+        let agent = NewAgent {
+            id: agent_id.clone(),
+            name: name.to_owned(),
+            labels,
+            cert_serial: certificate.serial_hex.clone(),
+            cert_not_after_ms: system_time_ms(certificate.not_after),
+            enrolled_at_ms: now,
+        };
+        let refusal = self
+            .store
+            .enroll_agent(&token.secret_hash(), now, &agent)
+            .await
+            .map_err(|error| match AppError::from(error) {
+                conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
+                    ErrorKind::Conflict,
+                    "agent_name_taken",
+                    format!("an agent named `{name}` is already enrolled"),
+                ),
+                other => other,
+            })?;
+        if let Err(refusal) = refusal {
+            use crate::domain::JoinTokenRefusal;
+            let (code, message) = match refusal {
+                JoinTokenRefusal::Unknown => ("join_token_unknown", "join token refused: unknown"),
+                JoinTokenRefusal::AlreadyUsed => {
+                    ("join_token_used", "join token refused: already used")
+                }
+                JoinTokenRefusal::Expired => ("join_token_expired", "join token refused: expired"),
+            };
+            tracing::warn!(agent = %name, code, "enrolment refused");
+            return Err(AppError::new(ErrorKind::Unauthenticated, code, message));
+        }
+        tracing::info!(agent_id = %agent_id, agent = %name, "agent enrolled");
+        Ok(Enrolled {
+            identity,
+            name: name.to_owned(),
+            certificate,
+        })
+    }
+
+    /// Checks that a certificate-authenticated agent may still talk to us.
+    pub async fn authorize_agent(&self, identity: &AgentIdentity) -> Result<Agent, AppError> {
+        if identity.trust_domain != self.trust_domain() {
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "agent_foreign",
+                "certificate is for another trust domain",
+            ));
+        }
+        let agent = match self.store.get_agent(&identity.agent_id).await {
+            Ok(agent) => agent,
+            Err(crate::store::StoreError::NotFound { .. }) => {
+                return Err(AppError::new(
+                    ErrorKind::PermissionDenied,
+                    "agent_unknown",
+                    "agent is not enrolled here",
+                ))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if agent.revoked_at_ms.is_some() || self.revocations.contains(&agent.id) {
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "agent_revoked",
+                "agent is revoked",
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// Issues a fresh certificate for an authenticated, unrevoked agent.
+    pub async fn renew(
+        &self,
+        identity: &AgentIdentity,
+        csr_der: &[u8],
+    ) -> Result<IssuedCertificate, AppError> {
+        let result = async {
+            let agent = self.authorize_agent(identity).await?;
+            let certificate = self
+                .pki
+                .ca
+                .sign_agent_csr(csr_der, identity, self.agent_cert_validity())
+                .map_err(|error| {
+                    AppError::invalid(format!("certificate request refused: {error}"))
+                })?;
+            self.store
+                .update_agent_certificate(
+                    &agent.id,
+                    &certificate.serial_hex,
+                    system_time_ms(certificate.not_after),
+                )
+                .await?;
+            tracing::info!(agent_id = %agent.id, "agent certificate renewed");
+            Ok(certificate)
+        }
+        .await;
+        Metrics::count(
+            &self.metrics.renewals,
+            match &result {
+                Ok(_) => "ok",
+                Err(error) => error.code,
+            },
+        );
+        result
+    }
+
+    /// Revokes an agent: stored first, then its session on this replica is closed and
+    /// its certificate refused at the next handshake. Other replicas follow within
+    /// `revocation_poll_seconds`.
+    pub async fn revoke_agent(&self, id_or_name: &str, reason: &str) -> Result<Agent, AppError> {
+        let agent = self.store.find_agent(id_or_name).await?;
+        let newly = self.store.revoke_agent(&agent.id, now_ms(), reason).await?;
+        self.revocations.insert(&agent.id);
+        if self.sessions.close(&agent.id, "agent revoked") {
+            self.metrics.revoked_sessions_closed.inc();
+        }
+        if newly {
+            tracing::warn!(agent_id = %agent.id, agent = %agent.name, reason, "agent revoked");
+        }
+        Ok(self.store.get_agent(&agent.id).await?)
+    }
+
+    /// Re-reads revocations from the store (other replicas may have revoked agents)
+    /// and closes their sessions here.
+    pub async fn sync_revocations(&self) -> Result<(), AppError> {
+        let revoked = self.store.revoked_agent_ids().await?;
+        for id in &revoked {
+            if self.sessions.close(id, "agent revoked") {
+                self.metrics.revoked_sessions_closed.inc();
+            }
+        }
+        self.revocations.replace(revoked);
+        Ok(())
+    }
+
+    /// Writes buffered heartbeats in one batch.
+    pub async fn flush_heartbeats(&self) -> Result<(), AppError> {
+        let batch = self.heartbeats.drain();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.store.touch_agents(&batch).await {
+            // Put them back: a later flush keeps the newest time per agent.
+            self.heartbeats.restore(batch);
+            return Err(error.into());
+        }
+        self.metrics.heartbeat_flushes.inc();
+        Ok(())
+    }
+
+    /// Creates a user with roles and returns it with its first API token.
+    pub async fn create_user(&self, name: &str, roles: Vec<Role>) -> Result<(User, String), AppError> {
+        validate_name("user", name)?;
+        if roles.is_empty() {
+            return Err(AppError::invalid("a user needs at least one role"));
+        }
+        let mut roles = roles;
+        roles.sort();
+        roles.dedup();
+        let user = User {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            roles,
+            created_at_ms: now_ms(),
+        };
+        self.store.create_user(&user).await.map_err(|error| match AppError::from(error) {
+            conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
+                ErrorKind::Conflict,
+                "user_exists",
+                format!("a user named `{name}` already exists"),
+            ),
+            other => other,
+        })?;
+        let token = self.issue_token(&user).await?;
+        tracing::info!(user = %user.name, roles = ?user.roles, "user created");
+        Ok((user, token))
+    }
+
+    /// A new API token for a user; printed once, stored as a hash.
+    pub async fn issue_token(&self, user: &User) -> Result<String, AppError> {
+        let token = stella_pki::new_api_token();
+        self.store
+            .insert_api_token(&stella_pki::hash_token(&token), &user.id, now_ms())
+            .await?;
+        Ok(token)
+    }
+
+    /// The user a bearer token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<User>, AppError> {
+        Ok(self
+            .store
+            .user_for_token(&stella_pki::hash_token(token))
+            .await?)
+    }
+
+    /// On first start: the `admin` user, with its token written to `<data-dir>/admin.token` (0600).
+    pub async fn ensure_admin(&self) -> Result<Option<String>, AppError> {
+        if self.store.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let (_, token) = self.create_user("admin", vec![Role::Admin]).await?;
+        let path = self.config.data_dir.join("admin.token");
+        crate::bootstrap::write_secret(&path, &format!("{token}\n"))
+            .map_err(|error| AppError::internal("writing admin token", &error))?;
+        tracing::info!(path = %path.display(), "created admin user; its token is in this file");
+        Ok(Some(token))
+    }
+}

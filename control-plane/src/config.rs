@@ -1,0 +1,187 @@
+//! Server configuration: a serde struct with units in field names, read from TOML
+//! (`stella server --config FILE`) and overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `stella server` needs to run. Defaults suit a single host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the CA, the signing key, `admin.token` and (by default) the SQLite file live.
+    pub data_dir: PathBuf,
+    /// REST API and UI listener.
+    pub api_listen: SocketAddr,
+    /// Agent gateway (mTLS gRPC) listener.
+    pub grpc_listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data_dir>/stella.db`.
+    pub database_url: Option<String>,
+    /// SPIFFE trust domain of agent identities.
+    pub trust_domain: String,
+    /// Interval agents are told to heartbeat at; 3 missed make an agent `unreachable`.
+    pub heartbeat_interval_seconds: u32,
+    /// How often buffered heartbeats are written to the store.
+    pub heartbeat_flush_interval_ms: u64,
+    /// Lifetime of agent certificates (agents renew at half-life); at most 24.
+    pub agent_cert_validity_hours: u32,
+    /// Default lifetime of join tokens.
+    pub join_token_ttl_seconds: u64,
+    /// How often every replica re-reads revocations from the store and cuts revoked
+    /// agents off. A revocation made on this replica acts at once.
+    pub revocation_poll_seconds: u64,
+    /// URL agents use to reach the gateway; default `https://<host the agent asked>:<grpc port>`.
+    pub grpc_advertise_url: Option<String>,
+    /// Extra DNS names or IP addresses for the gateway's TLS certificate.
+    pub tls_sans: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("/var/lib/stella"),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            database_url: None,
+            trust_domain: "stella.local".to_owned(),
+            heartbeat_interval_seconds: 5,
+            heartbeat_flush_interval_ms: 1000,
+            agent_cert_validity_hours: 24,
+            join_token_ttl_seconds: 30 * 60,
+            revocation_poll_seconds: 5,
+            grpc_advertise_url: None,
+            tls_sans: Vec::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`ServerConfig`].
+    #[error("invalid config file {path}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; keys not given keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The database URL, defaulting to SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("stella.db").display()),
+        }
+    }
+
+    /// Checks ranges that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_seconds == 0 || self.heartbeat_interval_seconds > 300 {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_interval_seconds",
+                reason: "must be between 1 and 300".into(),
+            });
+        }
+        if self.agent_cert_validity_hours == 0 || self.agent_cert_validity_hours > 24 {
+            return Err(ConfigError::Invalid {
+                key: "agent_cert_validity_hours",
+                reason: "must be between 1 and 24".into(),
+            });
+        }
+        if self.join_token_ttl_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                key: "join_token_ttl_seconds",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.revocation_poll_seconds == 0 || self.revocation_poll_seconds > 10 {
+            // Revoked agents must be cut off within 15 s on every replica.
+            return Err(ConfigError::Invalid {
+                key: "revocation_poll_seconds",
+                reason: "must be between 1 and 10".into(),
+            });
+        }
+        if self.heartbeat_flush_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_flush_interval_ms",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval in milliseconds.
+    pub fn heartbeat_interval_ms(&self) -> i64 {
+        i64::from(self.heartbeat_interval_seconds) * 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let config: ServerConfig =
+            toml::from_str("heartbeat_interval_seconds = 2\ntrust_domain = \"example.org\"")
+                .expect("valid toml");
+        assert_eq!(config.heartbeat_interval_seconds, 2);
+        assert_eq!(config.trust_domain, "example.org");
+        assert_eq!(config.join_token_ttl_seconds, 1800);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let result: Result<ServerConfig, _> = toml::from_str("heartbeat_interval = 2");
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let config = ServerConfig {
+            agent_cert_validity_hours: 48,
+            ..ServerConfig::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                key: "agent_cert_validity_hours",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,345 @@
+//! Plain domain types of the control plane.
+//!
+//! Architecture invariant: this module does no IO and knows nothing of SQL, gRPC or HTTP.
+//! The store, the gateway and the API convert their own representations to and from these
+//! types at their edges.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a user may do; a user holds any number of roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Creates releases, requests promotions, manages targets.
+    Operator,
+    /// Approves or rejects promotions.
+    Approver,
+    /// Manages users, tokens and agents.
+    Admin,
+}
+
+impl Role {
+    /// Every role, least privileged first.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
+
+    /// The lowercase name used in the CLI, the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// A role name that is not one of `viewer`, `operator`, `approver`, `admin`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}, expected one of viewer, operator, approver, admin")]
+pub struct UnknownRole(pub String);
+
+/// A person or automation that calls the REST API with API tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Stable id chosen by the server.
+    pub id: String,
+    /// Unique, operator-facing name.
+    pub name: String,
+    /// The roles held; order carries no meaning.
+    pub roles: Vec<Role>,
+    /// When the user was created, unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+impl User {
+    /// Whether the user holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Facts an agent reports about its host in `Hello`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// The host name.
+    pub hostname: String,
+    /// Operating system name, e.g. `Debian GNU/Linux`.
+    pub os_name: String,
+    /// Operating system version, e.g. `12`.
+    pub os_version: String,
+    /// Kernel version, e.g. `6.1.0-18-amd64`.
+    pub kernel_version: String,
+    /// CPU architecture, e.g. `x86_64`.
+    pub arch: String,
+    /// Number of logical CPUs.
+    pub cpu_count: u32,
+    /// Total memory in bytes.
+    pub memory_total_bytes: u64,
+    /// When the host booted, unix seconds.
+    pub boot_time_unix_seconds: i64,
+}
+
+/// An enrolled agent as the control plane remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    /// UUID v7 chosen by the server at enrolment; also in the certificate's SPIFFE URI.
+    pub id: String,
+    /// Unique, operator-facing name.
+    pub name: String,
+    /// Labels from enrolment, replaced by those of the latest `Hello`.
+    pub labels: BTreeMap<String, String>,
+    /// Target kinds the agent can drive, from the latest `Hello`.
+    pub capabilities: Vec<String>,
+    /// Host facts from the latest `Hello`; `None` until the agent first connected.
+    pub host: Option<HostFacts>,
+    /// Agent software version from the latest `Hello`.
+    pub agent_version: Option<String>,
+    /// Serial number of the agent's current certificate (hex).
+    pub cert_serial: String,
+    /// When the current certificate expires, unix milliseconds.
+    pub cert_not_after_ms: i64,
+    /// When the agent enrolled, unix milliseconds.
+    pub enrolled_at_ms: i64,
+    /// Latest `Hello` or heartbeat, unix milliseconds; `None` if it never connected.
+    pub last_seen_at_ms: Option<i64>,
+    /// When the agent was revoked, unix milliseconds.
+    pub revoked_at_ms: Option<i64>,
+    /// Why the agent was revoked, as the operator said.
+    pub revoke_reason: Option<String>,
+}
+
+/// The state of an agent, derived from its record and the clock (never stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Enrolled but never connected.
+    Enrolled,
+    /// Seen within the last three heartbeat intervals.
+    Connected,
+    /// Seen once, but not within the last three heartbeat intervals.
+    Unreachable,
+    /// Revoked: refused on its next call.
+    Revoked,
+}
+
+impl AgentState {
+    /// The lowercase name used in the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Enrolled => "enrolled",
+            AgentState::Connected => "connected",
+            AgentState::Unreachable => "unreachable",
+            AgentState::Revoked => "revoked",
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many missed heartbeat intervals make an agent unreachable (RFC 0001).
+const MISSED_HEARTBEATS_UNREACHABLE: i64 = 3;
+
+impl Agent {
+    /// The agent's state at `now_ms`: revoked if revoked; enrolled if never seen; connected
+    /// if seen within three heartbeat intervals; unreachable otherwise.
+    pub fn state(&self, now_ms: i64, heartbeat_interval_ms: i64) -> AgentState {
+        if self.revoked_at_ms.is_some() {
+            return AgentState::Revoked;
+        }
+        let Some(last_seen_at_ms) = self.last_seen_at_ms else {
+            return AgentState::Enrolled;
+        };
+        let silence_ms = now_ms.saturating_sub(last_seen_at_ms);
+        if silence_ms <= heartbeat_interval_ms.saturating_mul(MISSED_HEARTBEATS_UNREACHABLE) {
+            AgentState::Connected
+        } else {
+            AgentState::Unreachable
+        }
+    }
+}
+
+/// What the store records when an agent enrols.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAgent {
+    /// UUID v7 chosen by the server.
+    pub id: String,
+    /// Unique, operator-facing name.
+    pub name: String,
+    /// Labels given at enrolment.
+    pub labels: BTreeMap<String, String>,
+    /// Serial number of the first certificate (hex).
+    pub cert_serial: String,
+    /// When the first certificate expires, unix milliseconds.
+    pub cert_not_after_ms: i64,
+    /// When the agent enrolled, unix milliseconds.
+    pub enrolled_at_ms: i64,
+}
+
+/// What the store records from an agent's `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRecord {
+    /// Agent software version.
+    pub agent_version: String,
+    /// Target kinds the agent can drive.
+    pub capabilities: Vec<String>,
+    /// The agent's labels; they replace the stored ones.
+    pub labels: BTreeMap<String, String>,
+    /// Facts about the agent's host.
+    pub host: HostFacts,
+    /// When the server received the `Hello`, unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// A join token about to be stored; only the hash of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJoinToken {
+    /// Lowercase hex SHA-256 of the token's secret.
+    pub hash: String,
+    /// Id of the user who created the token.
+    pub created_by: String,
+    /// When the token was created, unix milliseconds.
+    pub created_at_ms: i64,
+    /// When the token stops being accepted, unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// Why a join token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinTokenRefusal {
+    /// No token with this secret was ever issued.
+    #[error("unknown join token")]
+    Unknown,
+    /// The token was consumed by an earlier enrolment.
+    #[error("join token already used")]
+    AlreadyUsed,
+    /// The token expired before it was used.
+    #[error("join token expired")]
+    Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL_MS: i64 = 5_000;
+
+    fn agent(last_seen_at_ms: Option<i64>, revoked_at_ms: Option<i64>) -> Agent {
+        Agent {
+            id: "0190a7a0-0000-7000-8000-000000000001".to_owned(),
+            name: "web-1".to_owned(),
+            labels: BTreeMap::new(),
+            capabilities: Vec::new(),
+            host: None,
+            agent_version: None,
+            cert_serial: "01".to_owned(),
+            cert_not_after_ms: 86_400_000,
+            enrolled_at_ms: 0,
+            last_seen_at_ms,
+            revoked_at_ms,
+            revoke_reason: None,
+        }
+    }
+
+    #[test]
+    fn never_seen_agent_is_enrolled() {
+        assert_eq!(
+            agent(None, None).state(1_000_000, INTERVAL_MS),
+            AgentState::Enrolled
+        );
+    }
+
+    #[test]
+    fn agent_is_connected_up_to_three_intervals() {
+        let now = 1_000_000;
+        let a = agent(Some(now - 3 * INTERVAL_MS), None);
+        assert_eq!(a.state(now, INTERVAL_MS), AgentState::Connected);
+        let a = agent(Some(now), None);
+        assert_eq!(a.state(now, INTERVAL_MS), AgentState::Connected);
+    }
+
+    #[test]
+    fn agent_seen_in_the_future_is_connected() {
+        // Clock skew between replicas must not make a live agent look unreachable.
+        let now = 1_000_000;
+        let a = agent(Some(now + 2_000), None);
+        assert_eq!(a.state(now, INTERVAL_MS), AgentState::Connected);
+    }
+
+    #[test]
+    fn agent_is_unreachable_after_three_missed_intervals() {
+        let now = 1_000_000;
+        let a = agent(Some(now - 3 * INTERVAL_MS - 1), None);
+        assert_eq!(a.state(now, INTERVAL_MS), AgentState::Unreachable);
+    }
+
+    #[test]
+    fn revocation_wins_over_everything() {
+        let now = 1_000_000;
+        assert_eq!(
+            agent(Some(now), Some(now - 1)).state(now, INTERVAL_MS),
+            AgentState::Revoked
+        );
+        assert_eq!(
+            agent(None, Some(now)).state(now, INTERVAL_MS),
+            AgentState::Revoked
+        );
+    }
+
+    #[test]
+    fn agent_state_names() {
+        assert_eq!(AgentState::Unreachable.to_string(), "unreachable");
+        assert_eq!(
+            serde_json::to_string(&AgentState::Connected).ok().as_deref(),
+            Some("\"connected\"")
+        );
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+            assert_eq!(
+                serde_json::to_string(&role).ok(),
+                Some(format!("\"{role}\""))
+            );
+        }
+        assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
+        assert_eq!("viewer".parse::<Role>(), Ok(Role::Viewer));
+    }
+
+    #[test]
+    fn unknown_roles_are_refused() {
+        assert_eq!("root".parse::<Role>(), Err(UnknownRole("root".to_owned())));
+        assert!("Admin".parse::<Role>().is_err());
+        assert!("".parse::<Role>().is_err());
+        assert!(" admin".parse::<Role>().is_err());
+    }
+}

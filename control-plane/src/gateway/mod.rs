@@ -1,0 +1,280 @@
+//! The agent gateway: `stella.agent.v1.AgentGateway` over TLS (tonic). The only code
+//! that speaks gRPC.
+//!
+//! TLS is terminated here, not by tonic, so that the handshake can consult the live
+//! revocation set and each connection carries the verified peer identity
+//! ([`PeerInfo`]) into the request extensions. Client certificates are optional at the
+//! TLS layer because `Enroll` is open to agents without one; `Connect` and `Renew`
+//! refuse a request whose connection carries no verified agent certificate.
+
+pub mod sessions;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::Stream;
+use stella_pki::AgentIdentity;
+use stella_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use stella_proto::v1::{
+    agent_message, server_message, AgentMessage, EnrollRequest, EnrollResponse, Hello,
+    RenewRequest, RenewResponse, ServerMessage, Welcome,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::app::{now_ms, App};
+use crate::domain::{HelloRecord, HostFacts};
+
+pub use tls::PeerInfo;
+
+/// How long a new stream may take to send its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server messages buffered per session before the sender waits.
+const SESSION_QUEUE: usize = 16;
+
+/// Serves the gateway on `listener` until `shutdown`.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let tls = tls::server_config(&app);
+    let tls = match tls {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(error = %crate::error::ErrorChain(&error), "gateway tls config");
+            return Ok(());
+        }
+    };
+    let incoming = tls::incoming(listener, tls, app.clone(), shutdown.clone());
+    let service = AgentGatewayServer::new(Gateway { app });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}
+
+/// Background work of the gateway: batched heartbeat writes and revocation sync.
+pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
+    let mut flush = tokio::time::interval(Duration::from_millis(
+        app.config.heartbeat_flush_interval_ms,
+    ));
+    let mut revocations =
+        tokio::time::interval(Duration::from_secs(app.config.revocation_poll_seconds));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = flush.tick() => {
+                if let Err(error) = app.flush_heartbeats().await {
+                    tracing::warn!(%error, "heartbeat flush failed; will retry");
+                }
+            }
+            _ = revocations.tick() => {
+                if let Err(error) = app.sync_revocations().await {
+                    tracing::warn!(%error, "revocation sync failed; will retry");
+                }
+            }
+        }
+    }
+    // Last write so a clean shutdown loses no heartbeat.
+    if let Err(error) = app.flush_heartbeats().await {
+        tracing::warn!(%error, "final heartbeat flush failed");
+    }
+}
+
+/// The tonic service.
+#[derive(Debug)]
+struct Gateway {
+    app: Arc<App>,
+}
+
+fn peer_identity<T>(request: &Request<T>) -> Result<AgentIdentity, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.identity.clone())
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required for this call"))
+}
+
+fn unix_seconds(time: std::time::SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn hello_record(hello: Hello, at_ms: i64) -> HelloRecord {
+    let host = hello.host.unwrap_or_default();
+    HelloRecord {
+        agent_version: hello.agent_version,
+        capabilities: {
+            let mut kinds = hello.capabilities;
+            kinds.sort();
+            kinds.dedup();
+            kinds
+        },
+        labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        host: HostFacts {
+            hostname: host.hostname,
+            os_name: host.os_name,
+            os_version: host.os_version,
+            kernel_version: host.kernel_version,
+            arch: host.arch,
+            cpu_count: host.cpu_count,
+            memory_total_bytes: host.memory_total_bytes,
+            boot_time_unix_seconds: host.boot_time_unix_seconds,
+        },
+        at_ms,
+    }
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let request = request.into_inner();
+        let enrolled = self
+            .app
+            .enroll(
+                &request.join_token,
+                &request.csr_der,
+                &request.name,
+                request.labels.into_iter().collect(),
+            )
+            .await?;
+        Ok(Response::new(EnrollResponse {
+            agent_id: enrolled.identity.agent_id,
+            trust_domain: enrolled.identity.trust_domain,
+            certificate_pem: enrolled.certificate.cert_pem,
+            ca_pem: self.app.pki.ca.cert_pem().to_owned(),
+            not_after_unix_seconds: unix_seconds(enrolled.certificate.not_after),
+        }))
+    }
+
+    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let identity = peer_identity(&request)?;
+        let certificate = self
+            .app
+            .renew(&identity, &request.into_inner().csr_der)
+            .await?;
+        Ok(Response::new(RenewResponse {
+            certificate_pem: certificate.cert_pem,
+            ca_pem: self.app.pki.ca.cert_pem().to_owned(),
+            not_after_unix_seconds: unix_seconds(certificate.not_after),
+        }))
+    }
+
+    type ConnectStream = ServerStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let identity = peer_identity(&request)?;
+        let agent = self.app.authorize_agent(&identity).await?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(AgentMessage {
+            body: Some(agent_message::Body::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be hello"));
+        };
+        let in_flight = hello.in_flight.len();
+        self.app
+            .store
+            .record_hello(&agent.id, &hello_record(hello, now_ms()))
+            .await
+            .map_err(crate::error::AppError::from)?;
+        let guard = self.app.sessions.open(&agent.id);
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let welcome = ServerMessage {
+            body: Some(server_message::Body::Welcome(Welcome {
+                agent_id: agent.id.clone(),
+                agent_name: agent.name.clone(),
+                heartbeat_interval_seconds: self.app.config.heartbeat_interval_seconds,
+                server_time_unix_ms: now_ms(),
+            })),
+        };
+        // The channel is new and empty: this cannot wait.
+        let _ = tx.try_send(Ok(welcome));
+        tracing::info!(agent_id = %agent.id, agent = %agent.name, in_flight, "agent session opened");
+        let span = tracing::info_span!("agent_session", agent_id = %agent.id);
+        tokio::spawn(run_session(self.app.clone(), agent.id, inbound, tx, guard).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_session(
+    app: Arc<App>,
+    agent_id: String,
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    guard: sessions::SessionGuard,
+) {
+    app.metrics.agent_sessions.inc();
+    loop {
+        tokio::select! {
+            _ = guard.closed.cancelled() => {
+                let reason = guard.close_reason().map_or("closed by the server", |r| r.0);
+                tracing::info!(reason, "closing agent session");
+                let _ = tx.send(Err(Status::permission_denied(reason))).await;
+                break;
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => handle_agent_message(&app, &agent_id, message),
+                Ok(None) => {
+                    tracing::info!("agent closed its session");
+                    break;
+                }
+                Err(status) => {
+                    tracing::info!(code = ?status.code(), message = status.message(), "agent session ended");
+                    break;
+                }
+            }
+        }
+    }
+    app.sessions.remove(&agent_id, guard.session_id);
+    app.metrics.agent_sessions.dec();
+}
+
+fn handle_agent_message(app: &App, agent_id: &str, message: AgentMessage) {
+    match message.body {
+        Some(agent_message::Body::Heartbeat(_)) => {
+            app.heartbeats.record(agent_id, now_ms());
+            app.metrics.heartbeats.inc();
+        }
+        Some(agent_message::Body::Hello(_)) => {
+            tracing::warn!("ignoring a second hello on an open session");
+        }
+        Some(agent_message::Body::TaskUpdate(update)) => {
+            tracing::debug!(task_id = %update.task_id, message = %update.message, "task update");
+        }
+        Some(agent_message::Body::TaskResult(result)) => {
+            tracing::info!(task_id = %result.task_id, state = result.state, "task result");
+        }
+        Some(agent_message::Body::StickerReport(report)) => {
+            tracing::debug!(target = %report.target, component = %report.component, "sticker report");
+        }
+        Some(agent_message::Body::DriftReport(report)) => {
+            tracing::info!(target = %report.target, kind = %report.kind, "drift report");
+        }
+        None => tracing::debug!("empty agent message"),
+    }
+}

@@ -1,0 +1,191 @@
+//! The Stella control plane as a library: [`start`] binds nothing itself — it takes
+//! listeners, so tests and `stella server --dev` run the real server in-process on
+//! port 0.
+//!
+//! Module map (see ARCHITECTURE.md): `domain` (types and rules, no IO), `store` (the
+//! only SQL), `gateway` (the only gRPC), `api` (the only HTTP), `app` (operations
+//! shared by gateway and api), `bootstrap` (first-start key material), `config`,
+//! `error` (the one error-to-status mapping), `metrics`.
+
+pub mod api;
+pub mod app;
+pub mod bootstrap;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use app::App;
+pub use config::ServerConfig;
+
+/// The sockets a server serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// REST API.
+    pub api: TcpListener,
+    /// Agent gateway.
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of a config.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
+        let api = TcpListener::bind(config.api_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.api_listen,
+                source,
+            })?;
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.grpc_listen,
+                source,
+            })?;
+        Ok(Listeners { api, grpc })
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data dir could not be prepared.
+    #[error("cannot prepare the data dir")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store")]
+    Store(#[from] store::StoreError),
+    /// A first-start step failed.
+    #[error("cannot initialise: {0}")]
+    Init(error::AppError),
+    /// A listener's address could not be read.
+    #[error("cannot read listener address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// A server running in this process.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The application core (for tests and the dev agent).
+    pub app: Arc<App>,
+    /// Bound REST address.
+    pub api_addr: SocketAddr,
+    /// Bound gateway address.
+    pub grpc_addr: SocketAddr,
+    /// The admin token, when this start created it.
+    pub created_admin_token: Option<String>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// `http://<api addr>`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// `https://<gateway addr>`.
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// Stops serving, flushes heartbeats and waits for every task.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.app.store.close().await;
+    }
+
+    /// Resolves when the server stops by itself or through [`Self::stop`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the control plane on the given listeners: opens the store, creates
+/// first-start material, then serves the API and the gateway.
+pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<RunningServer, ServeError> {
+    config.validate()?;
+    bootstrap::create_private_dir(&config.data_dir)?;
+    let api_addr = listeners.api.local_addr().map_err(ServeError::LocalAddr)?;
+    let grpc_addr = listeners.grpc.local_addr().map_err(ServeError::LocalAddr)?;
+    let store = store::Store::connect(&config.database_url()).await?;
+    let sans = bootstrap::server_sans(&config.tls_sans, grpc_addr);
+    let pki = bootstrap::load_or_create(&config.data_dir, &config.trust_domain, &sans)?;
+    let revoked = store.revoked_agent_ids().await?;
+    let app = Arc::new(App::new(config, store, pki, revoked, grpc_addr));
+    let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        async move {
+            if let Err(error) = api::serve(app, listeners.api, shutdown.clone()).await {
+                tracing::error!(%error, "api server failed");
+                shutdown.cancel();
+            }
+        }
+    }));
+    tasks.push(tokio::spawn({
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        async move {
+            if let Err(error) = gateway::serve(app, listeners.grpc, shutdown.clone()).await {
+                tracing::error!(error = %error::ErrorChain(&error), "agent gateway failed");
+                shutdown.cancel();
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(gateway::run_background(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    tracing::info!(%api_addr, %grpc_addr, ca = %app.pki.ca.fingerprint(), "control plane started");
+    Ok(RunningServer {
+        app,
+        api_addr,
+        grpc_addr,
+        created_admin_token,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn serve(
+    config: ServerConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let server = start(config, listeners).await?;
+    let stopped = server.shutdown_token();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = stopped.cancelled() => {}
+    }
+    server.stop().await;
+    Ok(())
+}

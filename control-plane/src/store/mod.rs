@@ -1,0 +1,240 @@
+//! Persistence over SQLite or PostgreSQL.
+//!
+//! Architecture invariant: this module is the only code in Stella that speaks SQL. Callers
+//! see domain types and [`StoreError`], never rows or driver types.
+//!
+//! One SQL text serves both databases through sqlx's `Any` driver: placeholders are `$1,
+//! $2, …` (SQLite binds `$N` by position), values are `i64`, `String` or `Option` of those,
+//! times are unix milliseconds in `*_at_ms` columns and JSON documents are TEXT. The schema
+//! lives in `migrations/sqlite` and `migrations/postgres`, kept in step by hand and applied
+//! on [`Store::connect`].
+//!
+//! Write transactions that read before they write begin with `BEGIN IMMEDIATE` on SQLite,
+//! so two writers queue on the busy timeout instead of failing on a lock upgrade.
+
+mod agents;
+mod error;
+mod users;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
+
+pub use error::StoreError;
+
+use error::database;
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Set on every SQLite connection: wait for locks instead of failing, enforce foreign
+/// keys, and fsync only at checkpoints (safe with WAL: a crash loses at most the last
+/// commits, never consistency).
+const SQLITE_CONNECTION_PRAGMAS: [&str; 3] = [
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA synchronous = NORMAL",
+];
+
+const SQLITE_DEFAULT_MAX_CONNECTIONS: u32 = 4;
+const POSTGRES_DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// Which database a [`Store`] speaks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// An SQLite file (WAL); the embedded single-node default.
+    Sqlite,
+    /// A PostgreSQL database, possibly shared by many server replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `sqlite:…`, `postgres:…` or `postgresql:…`.
+    pub fn from_url(url: &str) -> Result<Backend, StoreError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            _ => Err(StoreError::UnsupportedUrl {
+                scheme: scheme.to_owned(),
+            }),
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How to reach the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `sqlite://PATH?mode=rwc` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    pub url: String,
+    /// Pool size; 4 for SQLite and 10 for PostgreSQL when `None`.
+    pub max_connections: Option<u32>,
+}
+
+impl StoreConfig {
+    /// A config for `url` with the default pool size.
+    pub fn new(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            max_connections: None,
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    // The URL may carry a password: show only its scheme.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.url.split_once(':').map_or("", |(scheme, _)| scheme);
+        f.debug_struct("StoreConfig")
+            .field("url", &format_args!("{scheme}:…"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A pool of connections to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` with the default pool size and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(&StoreConfig::new(url)).await
+    }
+
+    /// Connects as `config` says and applies pending migrations.
+    pub async fn connect_with(config: &StoreConfig) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(&config.url)?;
+        let options =
+            AnyConnectOptions::from_str(&config.url).map_err(database("parsing the database url"))?;
+        let (pool, migrator) = match backend {
+            Backend::Sqlite => (
+                sqlite_pool(&config.url, options, config.max_connections).await?,
+                &SQLITE_MIGRATOR,
+            ),
+            Backend::Postgres => (
+                postgres_pool(options, config.max_connections).await?,
+                &POSTGRES_MIGRATOR,
+            ),
+        };
+        // PostgreSQL: the migrator holds an advisory lock, so replicas starting together
+        // apply each migration once.
+        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        tracing::debug!(%backend, "store connected and migrated");
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this store speaks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.pool
+            .execute("SELECT 1")
+            .await
+            .map_err(database("pinging the database"))?;
+        Ok(())
+    }
+
+    /// Closes every connection; later calls on any clone of this store fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a transaction that holds the write lock from its first statement on SQLite
+    /// (`BEGIN IMMEDIATE`); PostgreSQL's row locks need no such care.
+    async fn begin_write(&self, op: &'static str) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(database(op))
+    }
+}
+
+async fn sqlite_pool(
+    url: &str,
+    options: AnyConnectOptions,
+    max_connections: Option<u32>,
+) -> Result<AnyPool, StoreError> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if in_memory {
+        // Every connection to an in-memory database is a database of its own: keep one,
+        // forever.
+        return AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
+            .connect_with(options)
+            .await
+            .map_err(database("opening the sqlite database"));
+    }
+
+    // WAL is a property of the database file: set it once, before the pool exists, because
+    // switching needs an exclusive lock that the busy timeout does not wait for.
+    let mut conn = sqlx::AnyConnection::connect_with(&options)
+        .await
+        .map_err(database("opening the sqlite database"))?;
+    let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(database("enabling the sqlite write-ahead log"))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%journal_mode, "sqlite refused the write-ahead log");
+    }
+    conn.close()
+        .await
+        .map_err(database("opening the sqlite database"))?;
+
+    AnyPoolOptions::new()
+        .max_connections(max_connections.unwrap_or(SQLITE_DEFAULT_MAX_CONNECTIONS))
+        .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
+        .connect_with(options)
+        .await
+        .map_err(database("opening the sqlite database"))
+}
+
+async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    for pragma in SQLITE_CONNECTION_PRAGMAS {
+        conn.execute(pragma).await?;
+    }
+    Ok(())
+}
+
+async fn postgres_pool(
+    options: AnyConnectOptions,
+    max_connections: Option<u32>,
+) -> Result<AnyPool, StoreError> {
+    AnyPoolOptions::new()
+        .max_connections(max_connections.unwrap_or(POSTGRES_DEFAULT_MAX_CONNECTIONS))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(database("connecting to postgresql"))
+}
