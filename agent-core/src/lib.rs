@@ -1,1 +1,54 @@
-//! stub
+//! Stella agent core: everything an agent does that does not depend on the kind of target
+//! it drives.
+//!
+//! - [`enrol`]: a join token and a CSR (from a key generated here, which never leaves the
+//!   host) for a certificate; the gateway is found by [`discover_gateway`] and trusted by
+//!   the CA fingerprint the token pins.
+//! - [`run`]: the mTLS `Connect` session: `Hello` with capabilities and host facts,
+//!   heartbeats at the interval `Welcome` names, reconnects with exponential backoff and
+//!   full jitter, certificate renewal at half-life ([`renew`]).
+//! - The task [`Journal`]: a finished task is answered from disk and never executed twice;
+//!   a task a crash interrupted runs again (targets are idempotent reconcilers).
+//! - The [`Target`] trait that each target crate (`agents/*`) implements, and version
+//!   [`Sticker`]s.
+//!
+//! Architecture invariant: agent-core speaks gRPC to the gateway only, never to the
+//! database or the REST API (except the unauthenticated gateway discovery), and knows no
+//! target kind.
+
+mod backoff;
+mod config;
+mod enrol;
+mod error;
+mod fsutil;
+mod host;
+pub mod identity;
+pub mod journal;
+mod session;
+mod sticker;
+mod target;
+mod transport;
+
+pub use backoff::Backoff;
+pub use config::{AgentConfig, BackoffConfig};
+pub use enrol::{discover_gateway, enrol, renew, GatewayInfo};
+pub use error::{error_chain, AgentError, TargetError};
+pub use host::HostFacts;
+pub use identity::Identity;
+pub use journal::Journal;
+pub use session::{run, DEFAULT_HEARTBEAT_INTERVAL};
+pub use sticker::{rfc3339_utc, Sticker, StickerFields};
+pub use target::{
+    ApplyOutcome, ComponentSpec, DeployTask, ObservedComponent, Plan, Progress, Target,
+    TargetRegistry, TargetSpec,
+};
+
+/// Re-exported so target crates need not depend on tokio-util and async-trait themselves.
+pub use async_trait::async_trait;
+pub use tokio_util::sync::CancellationToken;
+
+/// Now as unix milliseconds, the unit of the protocol's `*_unix_ms` fields.
+pub(crate) fn now_unix_ms() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}

@@ -117,7 +117,8 @@ impl Sticker {
     /// The whole sticker, digest included, as canonical JSON: the form stored on targets
     /// and sent in `StickerReport`.
     pub fn to_canonical_json(&self) -> String {
-        let mut map = field_map(&self.fields());
+        let fields = self.fields();
+        let mut map = field_map(&fields);
         map.insert("sticker_digest", self.sticker_digest.as_str());
         canonical_json(&map)
     }

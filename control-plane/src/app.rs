@@ -289,7 +289,7 @@ impl App {
         identity: &AgentIdentity,
         csr_der: &[u8],
     ) -> Result<IssuedCertificate, AppError> {
-        let result = async {
+        let result: Result<IssuedCertificate, AppError> = async {
             let agent = self.authorize_agent(identity).await?;
             let certificate = self
                 .pki

@@ -6,14 +6,16 @@ use std::time::{Duration, SystemTime};
 use rand::RngCore as _;
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use rustls_pki_types::{CertificateDer, DnsName};
 use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+};
 use x509_parser::prelude::FromDer as _;
 
 use crate::error::x509_error;
@@ -43,12 +45,11 @@ impl CertificateAuthority {
     /// constraints CA (path length 0: it signs leaves only), key usage certSign+crlSign.
     pub fn generate(trust_domain: &str) -> Result<Self> {
         validate_trust_domain(trust_domain)?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
-            PkiError::Rcgen {
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Rcgen {
                 action: "generate ca key",
                 source,
-            }
-        })?;
+            })?;
         let now = now_whole_seconds();
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(&format!("Stella CA {trust_domain}"));
@@ -82,13 +83,12 @@ impl CertificateAuthority {
             });
         }
         let cert_der = certs.remove(0);
-        let key =
-            KeyPair::from_pkcs8_pem_and_sign_algo(key_pem, &PKCS_ECDSA_P256_SHA256).map_err(
-                |source| PkiError::Rcgen {
-                    action: "read ca key (expected pkcs#8 ecdsa p-256)",
-                    source,
-                },
-            )?;
+        let key = KeyPair::from_pkcs8_pem_and_sign_algo(key_pem, &PKCS_ECDSA_P256_SHA256).map_err(
+            |source| PkiError::Rcgen {
+                action: "read ca key (expected pkcs#8 ecdsa p-256)",
+                source,
+            },
+        )?;
         {
             let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
                 .map_err(|e| x509_error("ca certificate", e))?;
@@ -103,10 +103,11 @@ impl CertificateAuthority {
                 });
             }
         }
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|source| PkiError::Rcgen {
-            action: "read ca certificate",
-            source,
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|source| PkiError::Rcgen {
+                action: "read ca certificate",
+                source,
+            })?;
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             cert_pem: encode_pem("CERTIFICATE", &cert_der),
@@ -155,12 +156,11 @@ impl CertificateAuthority {
             .map(|name| server_san(name))
             .collect::<Result<Vec<_>>>()?;
         let (not_before, not_after) = validity_window(validity)?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
-            PkiError::Rcgen {
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Rcgen {
                 action: "generate server key",
                 source,
-            }
-        })?;
+            })?;
         let mut params = leaf_params(not_before, not_after);
         params.distinguished_name = common_name(SERVER_COMMON_NAME);
         params.subject_alt_names = subject_alt_names;
@@ -279,22 +279,22 @@ pub struct AgentKey {
 impl AgentKey {
     /// A fresh ECDSA P-256 key.
     pub fn generate() -> Result<Self> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
-            PkiError::Rcgen {
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Rcgen {
                 action: "generate agent key",
                 source,
-            }
-        })?;
+            })?;
         Ok(Self { key })
     }
 
     /// Loads a PKCS#8 PEM ECDSA P-256 key.
     pub fn from_pem(key_pem: &str) -> Result<Self> {
-        let key = KeyPair::from_pkcs8_pem_and_sign_algo(key_pem, &PKCS_ECDSA_P256_SHA256)
-            .map_err(|source| PkiError::Rcgen {
+        let key = KeyPair::from_pkcs8_pem_and_sign_algo(key_pem, &PKCS_ECDSA_P256_SHA256).map_err(
+            |source| PkiError::Rcgen {
                 action: "read agent key (expected pkcs#8 ecdsa p-256)",
                 source,
-            })?;
+            },
+        )?;
         Ok(Self { key })
     }
 
@@ -424,6 +424,7 @@ fn validity_window(validity: Duration) -> Result<(OffsetDateTime, OffsetDateTime
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use x509_parser::extensions::GeneralName;
 
@@ -489,7 +490,7 @@ mod tests {
         let key = AgentKey::generate().unwrap();
         for (debug, secret) in [
             (format!("{ca:?}"), ca.key_pem()),
-            (format!("{server:?}"), server.key_pem.clone()),
+            (format!("{server:?}"), server.key_pem),
             (format!("{key:?}"), key.key_pem()),
         ] {
             let body = secret.lines().nth(1).unwrap();
@@ -525,13 +526,18 @@ mod tests {
             .general_names;
         assert_eq!(
             names,
-            &vec![GeneralName::URI("spiffe://stella.local/agent/0190a1b2-agent")]
+            &vec![GeneralName::URI(
+                "spiffe://stella.local/agent/0190a1b2-agent"
+            )]
         );
         assert_eq!(cert.subject().to_string(), "CN=0190a1b2-agent");
         assert!(!cert.is_ca());
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && !eku.server_auth);
-        assert_eq!(cert.public_key().subject_public_key.data, key.key.public_key_raw());
+        assert_eq!(
+            cert.public_key().subject_public_key.data,
+            key.key.public_key_raw()
+        );
         assert_eq!(cert.raw_serial(), hex::decode(&issued.serial_hex).unwrap());
         assert_eq!(issued.serial_hex.len(), 32);
         assert_eq!(
@@ -541,7 +547,10 @@ mod tests {
         let not_before = SystemTime::from(cert.validity().not_before.to_datetime());
         assert!(not_before <= before - Duration::from_secs(299));
         assert!(issued.not_after >= before + HOUR - Duration::from_secs(1));
-        assert_eq!(AgentIdentity::from_certificate_der(&issued.cert_der).unwrap(), id);
+        assert_eq!(
+            AgentIdentity::from_certificate_der(&issued.cert_der).unwrap(),
+            id
+        );
         assert_eq!(
             crate::pem_to_der_certs(&issued.cert_pem).unwrap(),
             vec![issued.cert_der.clone()]
@@ -602,7 +611,9 @@ mod tests {
     fn non_p256_csr_is_refused() {
         let ca = CertificateAuthority::generate("stella.local").unwrap();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let csr = CertificateParams::default().serialize_request(&key).unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
         let id = AgentIdentity::new("stella.local", "a").unwrap();
         let err = ca.sign_agent_csr(csr.der(), &id, HOUR).unwrap_err();
         assert!(matches!(err, PkiError::CsrRefused { .. }), "{err}");

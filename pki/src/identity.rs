@@ -127,8 +127,8 @@ impl AgentIdentity {
     /// Like an X.509-SVID, the certificate must carry exactly one URI SAN; it does not
     /// check the certificate's signature or validity (the TLS verifier does that).
     pub fn from_certificate_der(der: &[u8]) -> Result<Self> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| x509_error("certificate", e))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| x509_error("certificate", e))?;
         let san = cert
             .subject_alternative_name()
             .map_err(|source| PkiError::X509 {
@@ -138,10 +138,14 @@ impl AgentIdentity {
             .ok_or(PkiError::NoAgentIdentity {
                 reason: "no subject alternative name extension",
             })?;
-        let mut uris = san.value.general_names.iter().filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
+        let mut uris = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
         let uri = uris.next().ok_or(PkiError::NoAgentIdentity {
             reason: "no uri subject alternative name",
         })?;
@@ -224,6 +228,7 @@ pub(crate) fn validate_agent_id(agent_id: &str) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

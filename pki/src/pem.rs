@@ -60,6 +60,7 @@ pub(crate) fn encode_pem(label: &str, der: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
@@ -79,6 +80,9 @@ mod tests {
             pem_to_der_certs(""),
             Err(PkiError::PemEmpty { .. })
         ));
-        assert!(pem_to_der_certs("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            pem_to_der_certs("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
     }
 }

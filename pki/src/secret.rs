@@ -129,6 +129,7 @@ fn random_secret() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::PrivatePkcs8KeyDer;
@@ -168,7 +169,10 @@ mod tests {
             Err(PkiError::InvalidJoinToken { reason }) => reason,
             other => panic!("expected an invalid join token error, got {other:?}"),
         };
-        assert_eq!(reason(&format!("stj2.{secret}.{fp}")), "expected the prefix stj1");
+        assert_eq!(
+            reason(&format!("stj2.{secret}.{fp}")),
+            "expected the prefix stj1"
+        );
         assert_eq!(reason("hello"), "expected the prefix stj1");
         assert_eq!(reason(""), "expected the prefix stj1");
         assert!(reason(&format!("stj1.{secret}")).starts_with("expected three"));

@@ -95,7 +95,11 @@ pub fn server_tls_config(
 }
 
 /// Agent's mTLS client config (ALPN `h2`), trusting only `ca_pem`.
-pub fn agent_client_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ClientConfig> {
+pub fn agent_client_tls_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig> {
     let roots = root_store(&pem_to_der_certs(ca_pem)?)?;
     let chain = pem_to_der_certs(cert_pem)?;
     let key = pem_to_private_key(key_pem)?;

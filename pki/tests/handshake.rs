@@ -1,5 +1,7 @@
 //! Real TLS handshakes over loopback sockets with the configs of `stella-pki`.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,7 +114,12 @@ async fn agent_certificate_is_accepted_and_identity_is_seen() {
     let gw = Gateway::new();
     let (identity, cert_pem, key_pem) = enrol(&gw.ca, "0190aaaa-agent-1");
     let client = agent_client_tls_config(gw.ca.cert_pem(), &cert_pem, &key_pem).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     assert_eq!(outcome.server, Ok(Some(identity)), "{outcome:?}");
     assert_eq!(outcome.client, Ok(()));
 }
@@ -122,7 +129,12 @@ async fn agent_reaches_the_gateway_by_ip_address() {
     let gw = Gateway::new();
     let (identity, cert_pem, key_pem) = enrol(&gw.ca, "a2");
     let client = agent_client_tls_config(gw.ca.cert_pem(), &cert_pem, &key_pem).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "127.0.0.1").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "127.0.0.1",
+    )
+    .await;
     assert_eq!(outcome.server, Ok(Some(identity)), "{outcome:?}");
 }
 
@@ -130,7 +142,12 @@ async fn agent_reaches_the_gateway_by_ip_address() {
 async fn client_without_certificate_is_accepted() {
     let gw = Gateway::new();
     let client = enrolment_client_tls_config(&gw.ca.fingerprint()).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     assert_eq!(outcome.server, Ok(None), "{outcome:?}");
     assert_eq!(outcome.client, Ok(()));
 }
@@ -142,11 +159,19 @@ async fn certificate_from_another_ca_fails_the_handshake() {
     let (_, cert_pem, key_pem) = enrol(&other_ca, "intruder");
     // The intruder trusts the real CA, so only the server side can refuse.
     let client = agent_client_tls_config(gw.ca.cert_pem(), &cert_pem, &key_pem).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     let err = outcome.server.unwrap_err();
     // Both CAs are named "Stella CA stella.local", so webpki finds an issuer by name and
     // then rejects its signature.
-    assert!(err.contains("BadSignature") || err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("BadSignature") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
     assert!(outcome.client.is_err());
 }
 
@@ -155,9 +180,13 @@ async fn server_certificate_is_not_a_client_certificate() {
     let gw = Gateway::new();
     // Same CA, but EKU serverAuth and no SPIFFE URI.
     let client =
-        agent_client_tls_config(gw.ca.cert_pem(), &gw.server.cert_pem, &gw.server.key_pem)
-            .unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+        agent_client_tls_config(gw.ca.cert_pem(), &gw.server.cert_pem, &gw.server.key_pem).unwrap();
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     assert!(outcome.server.is_err(), "{outcome:?}");
     assert!(outcome.client.is_err());
 }
@@ -171,7 +200,12 @@ async fn certificate_of_another_trust_domain_fails_the_handshake() {
             .unwrap();
     let (_, cert_pem, key_pem) = enrol(&foreign_ca, "a3");
     let client = agent_client_tls_config(gw.ca.cert_pem(), &cert_pem, &key_pem).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     let err = outcome.server.unwrap_err();
     assert!(err.contains("ForeignTrustDomain"), "{err}");
 }
@@ -201,7 +235,12 @@ async fn revoked_identity_fails_the_handshake() {
 async fn enrolment_with_the_right_pin_succeeds() {
     let gw = Gateway::new();
     let client = enrolment_client_tls_config(&gw.ca.fingerprint()).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "127.0.0.1").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "127.0.0.1",
+    )
+    .await;
     assert_eq!(outcome.client, Ok(()), "{outcome:?}");
 }
 
@@ -210,7 +249,12 @@ async fn enrolment_with_a_wrong_pin_fails() {
     let gw = Gateway::new();
     let other_ca = CertificateAuthority::generate(TRUST_DOMAIN).unwrap();
     let client = enrolment_client_tls_config(&other_ca.fingerprint()).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     let err = outcome.client.unwrap_err();
     assert!(err.contains("PinMismatch"), "{err}");
     assert!(outcome.server.is_err());
@@ -236,6 +280,11 @@ async fn enrolment_pin_of_the_leaf_is_not_enough() {
     let gw = Gateway::new();
     let leaf = stella_pki::pem_to_der_certs(&gw.server.cert_pem).unwrap();
     let client = enrolment_client_tls_config(&Fingerprint::of_der(&leaf[0])).unwrap();
-    let outcome = handshake(gw.server_config(Arc::new(NoRevocations)), client, "localhost").await;
+    let outcome = handshake(
+        gw.server_config(Arc::new(NoRevocations)),
+        client,
+        "localhost",
+    )
+    .await;
     assert!(outcome.client.is_err(), "{outcome:?}");
 }

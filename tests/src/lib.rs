@@ -1,1 +1,374 @@
-//! stub
+//! Test harness: real control planes, real agents (in-process and as child processes)
+//! and real services, each test with its own temp dir and port-0 listeners.
+//!
+//! A test's directory is kept when the test panics, and its path printed, so the
+//! database, keys and logs can be read afterwards.
+
+pub mod postgres;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+use stella_agent_core::AgentConfig;
+use stella_control_plane::{Listeners, RunningServer, ServerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Logs to the test's captured output; `STELLA_TEST_LOG=debug` for more.
+pub fn init_tracing() {
+    let filter = std::env::var("STELLA_TEST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A temp dir kept (and printed) when the test fails.
+#[derive(Debug)]
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    /// A new dir under the system temp dir.
+    pub fn new(prefix: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("stella-test-{prefix}-"))
+            .tempdir()
+            .unwrap_or_else(|error| panic!("cannot create a temp dir: {error}"));
+        TestDir { dir: Some(dir) }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("/nonexistent"), |d| d.path())
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("test failed: its state is kept in {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A control plane running in this process on loopback port-0 listeners.
+#[derive(Debug)]
+pub struct TestServer {
+    server: Option<RunningServer>,
+    /// Its configuration (addresses are the bound ones after start).
+    pub config: ServerConfig,
+    /// The admin token written at first start.
+    pub admin_token: String,
+    /// The test's directory (data dir is `dir/server`).
+    pub dir: TestDir,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server on SQLite with a 1 s heartbeat.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose config `adjust` may change (e.g. a PostgreSQL URL).
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> anyhow::Result<Self> {
+        init_tracing();
+        let dir = TestDir::new("server");
+        let mut config = ServerConfig {
+            data_dir: dir.path().join("server"),
+            api_listen: "127.0.0.1:0".parse()?,
+            grpc_listen: "127.0.0.1:0".parse()?,
+            heartbeat_interval_seconds: 1,
+            heartbeat_flush_interval_ms: 200,
+            revocation_poll_seconds: 2,
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let listeners = Listeners::bind(&config).await?;
+        let server = stella_control_plane::start(config.clone(), listeners).await?;
+        config.api_listen = server.api_addr;
+        config.grpc_listen = server.grpc_addr;
+        let admin_token = std::fs::read_to_string(config.data_dir.join("admin.token"))
+            .context("reading admin.token")?
+            .trim()
+            .to_owned();
+        Ok(TestServer {
+            server: Some(server),
+            config,
+            admin_token,
+            dir,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// The running server.
+    pub fn running(&self) -> &RunningServer {
+        match &self.server {
+            Some(server) => server,
+            None => panic!("the test server is stopped"),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.config.api_listen)
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.config.grpc_listen)
+    }
+
+    /// Stops the server (as a crash would, but with a final heartbeat flush).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Starts it again on the same data dir and addresses.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        let listeners = Listeners::bind(&self.config).await?;
+        self.server = Some(stella_control_plane::start(self.config.clone(), listeners).await?);
+        Ok(())
+    }
+
+    /// A REST request as admin; returns status and JSON body (Null if none).
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.api_url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// GET as admin, expecting 2xx.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .request(reqwest::Method::GET, path, Some(&self.admin_token), None)
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!("GET {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// POST as admin, expecting 2xx.
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, reply) = self
+            .request(reqwest::Method::POST, path, Some(&self.admin_token), Some(body))
+            .await?;
+        if !(200..300).contains(&status) {
+            bail!("POST {path} answered {status}: {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// A new join token.
+    pub async fn join_token(&self) -> anyhow::Result<String> {
+        let issued = self
+            .post("/api/v1/agents/join-tokens", serde_json::json!({}))
+            .await?;
+        issued["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no token in {issued}"))
+    }
+
+    /// One agent as the API shows it, by name or id.
+    pub async fn agent(&self, name: &str) -> anyhow::Result<Value> {
+        self.get(&format!("/api/v1/agents/{name}")).await
+    }
+
+    /// Waits until an agent's `state` is `state`.
+    pub async fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+        wait_until(&format!("agent {name} is {state}"), timeout, || async {
+            self.agent(name)
+                .await
+                .ok()
+                .filter(|agent| agent["state"] == state)
+        })
+        .await
+    }
+}
+
+/// An agent running in this process.
+#[derive(Debug)]
+pub struct TestAgent {
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), stella_agent_core::AgentError>>>,
+}
+
+impl TestAgent {
+    /// Enrols (with a fresh join token) and connects an agent named `name`.
+    pub async fn start(server: &TestServer, name: &str) -> anyhow::Result<Self> {
+        let token = server.join_token().await?;
+        let data_dir = server.dir.path().join(format!("agent-{name}"));
+        Ok(Self::start_with(server, data_dir, name, Some(token)))
+    }
+
+    /// Starts an agent on a data dir (enrolled already when `join_token` is None).
+    pub fn start_with(server: &TestServer, data_dir: PathBuf, name: &str, join_token: Option<String>) -> Self {
+        let mut config = test_agent_config(&data_dir);
+        config.server_url = Some(server.api_url());
+        config.join_token = join_token;
+        config.name = Some(name.to_owned());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(stella_agent::run(config, shutdown.clone()));
+        TestAgent {
+            data_dir,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the agent and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => Ok(task.await??),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether its task has ended (an error, or told to stop).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Agent config for tests: fast reconnects.
+pub fn test_agent_config(data_dir: &Path) -> AgentConfig {
+    let mut config = AgentConfig::new(data_dir);
+    config.backoff.initial_delay_ms = 100;
+    config.backoff.max_delay_ms = 1000;
+    config
+}
+
+/// The `stella` binary next to this test binary (`cargo xtask test` builds it first).
+pub fn stella_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    // target/<profile>/deps/<test> → target/<profile>/stella
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("stella"))
+        .unwrap_or_else(|| PathBuf::from("stella"));
+    assert!(
+        bin.exists(),
+        "the stella binary is missing at {}: build it with `cargo build -p stella-cli` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A process started from the `stella` binary, killed on drop.
+#[derive(Debug)]
+pub struct ChildProcess {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl ChildProcess {
+    /// Runs `stella ARGS…` in the background, stderr to `log`.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> anyhow::Result<Self> {
+        let stderr = std::fs::File::create(&log)?;
+        let mut command = tokio::process::Command::new(stella_bin());
+        command
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("STELLA_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        let child = command.spawn().context("spawning stella")?;
+        Ok(ChildProcess { child, log })
+    }
+
+    /// SIGKILL, as a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs `stella ARGS…` to completion: (exit code, stdout, stderr).
+pub async fn stella(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(stella_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("STELLA_TOKEN")
+        .env_remove("STELLA_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running stella")?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// A loopback port that was free a moment ago.
+pub async fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,1 +1,41 @@
-fn main() {}
+//! Developer tasks for the Stella workspace, run as `cargo xtask <task>`.
+//!
+//! - `test`: provisions the Debian packages the tests use, builds the binaries and runs
+//!   every test of the workspace.
+//! - `lint`: `cargo fmt --check` and clippy with warnings denied, as CI runs them.
+//! - `bench agents`: how many agents one control plane holds, and at what cost.
+
+mod bench;
+mod cargo;
+mod lint;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Stella's developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for the Stella workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Provision test dependencies, build the binaries and run every test.
+    Test(test::TestArgs),
+    /// `cargo fmt --check` and `cargo clippy -D warnings` over the whole workspace.
+    Lint,
+    /// Benchmarks against a real control plane.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Test(args) => test::run(&args),
+        Task::Lint => lint::run(),
+        Task::Bench(command) => bench::run(command),
+    }
+}

@@ -108,6 +108,24 @@ where
     }
 }
 
+/// An optional JSON body: absent when the request has no `content-type`.
+impl<T, S> axum::extract::OptionalFromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if !req.headers().contains_key(http::header::CONTENT_TYPE) {
+            return Ok(None);
+        }
+        <Self as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
 /// What a role lets a caller do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {

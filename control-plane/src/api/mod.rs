@@ -24,7 +24,7 @@ use crate::metrics::HttpLabels;
 use envelope::{ApiError, TRACE_ID};
 
 /// The OpenAPI document of the REST API.
-#[derive(OpenApi)]
+#[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Stella API", description = "Release control plane for container estates without Kubernetes"),
     paths(

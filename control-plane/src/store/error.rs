@@ -69,11 +69,11 @@ pub(super) fn database(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreErr
 }
 
 /// Like [`database`], but a unique violation becomes [`StoreError::Conflict`].
-pub(super) fn unique(
+pub(super) fn unique<'a>(
     op: &'static str,
     entity: &'static str,
-    key: &str,
-) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    key: &'a str,
+) -> impl FnOnce(sqlx::Error) -> StoreError + 'a {
     move |source| match &source {
         sqlx::Error::Database(e) if e.is_unique_violation() => StoreError::Conflict {
             entity,

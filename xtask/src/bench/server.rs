@@ -1,0 +1,317 @@
+//! A `stella server` child process on loopback ports, with what the benches read from
+//! it: its REST API, `/metrics`, and its memory and CPU from `/proc`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tokio::process::{Child, Command};
+
+/// How long a fresh server may take to answer `/healthz` (it creates its CA first).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running server; killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pid: u32,
+    api_url: String,
+    log_path: PathBuf,
+    admin_token: String,
+    http: reqwest::Client,
+}
+
+/// What `GET /api/v1/gateway` says about the agent gateway.
+#[derive(Debug, Deserialize)]
+pub struct GatewayInfo {
+    /// `https://host:port` of the gRPC gateway.
+    pub grpc_url: String,
+    /// Hex SHA-256 of the CA certificate, pinned during `Enroll`.
+    pub ca_fingerprint: String,
+    /// SPIFFE trust domain (printed only).
+    pub trust_domain: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinTokenView {
+    token: String,
+}
+
+/// Memory and CPU of a process, from `/proc/PID/{status,stat}`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    /// Resident set size.
+    pub rss_kib: u64,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Threads of the process.
+    pub threads: u64,
+    /// When the sample was taken.
+    pub at: Instant,
+}
+
+impl ProcSample {
+    /// CPU use between two samples in percent of one core.
+    pub fn cpu_percent_since(&self, earlier: &ProcSample, clock_ticks_per_second: u64) -> f64 {
+        let wall = self.at.duration_since(earlier.at).as_secs_f64();
+        if wall <= 0.0 || clock_ticks_per_second == 0 {
+            return 0.0;
+        }
+        let ticks = self.cpu_ticks.saturating_sub(earlier.cpu_ticks) as f64;
+        ticks / clock_ticks_per_second as f64 / wall * 100.0
+    }
+}
+
+impl ServerProcess {
+    /// Starts `binary server` with its data dir and config under `work_dir`, on free
+    /// loopback ports, and waits until it is healthy and has written its admin token.
+    pub async fn start(binary: &Path, work_dir: &Path, config_toml: &str) -> anyhow::Result<Self> {
+        let data_dir = work_dir.join("data");
+        let config_path = work_dir.join("server.toml");
+        let log_path = work_dir.join("server.log");
+        std::fs::write(&config_path, config_toml)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let api_addr = free_loopback_addr()?;
+        let grpc_addr = free_loopback_addr()?;
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = Command::new(binary)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--api-listen")
+            .arg(api_addr.to_string())
+            .arg("--grpc-listen")
+            .arg(grpc_addr.to_string())
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("the server exited at once")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut server = ServerProcess {
+            child,
+            pid,
+            api_url: format!("http://{api_addr}"),
+            log_path,
+            admin_token: String::new(),
+            http,
+        };
+        server.wait_healthy().await?;
+        server.admin_token = server.read_admin_token(&data_dir).await?;
+        Ok(server)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where its stdout and stderr go.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Reads the server's memory and CPU counters.
+    pub fn sample(&self) -> anyhow::Result<ProcSample> {
+        sample_process(&self.pid.to_string())
+    }
+
+    /// `GET /api/v1/gateway`.
+    pub async fn gateway_info(&self) -> anyhow::Result<GatewayInfo> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/gateway", self.api_url))
+            .send()
+            .await?;
+        json_or_error(response, "GET /api/v1/gateway").await
+    }
+
+    /// `POST /api/v1/agents/join-tokens` as the admin.
+    pub async fn create_join_token(&self, ttl_seconds: u64) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/agents/join-tokens", self.api_url))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({ "ttl_seconds": ttl_seconds }))
+            .send()
+            .await?;
+        let view: JoinTokenView =
+            json_or_error(response, "POST /api/v1/agents/join-tokens").await?;
+        Ok(view.token)
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.api_url))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("GET /metrics answered {}", response.status());
+        }
+        Ok(Metrics(response.text().await?))
+    }
+
+    /// Kills the server and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// The last lines of the server's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let url = format!("{}/healthz", self.api_url);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the server exited during startup ({status}); its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            let healthy = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the server did not answer {url} within {STARTUP_TIMEOUT:?}; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn read_admin_token(&self, data_dir: &Path) -> anyhow::Result<String> {
+        let path = data_dir.join("admin.token");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let token = text.trim();
+                if !token.is_empty() {
+                    return Ok(token.to_owned());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("the server wrote no admin token to {}", path.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A `/metrics` page (OpenMetrics text).
+#[derive(Debug)]
+pub struct Metrics(String);
+
+impl Metrics {
+    /// The value of an unlabelled sample, e.g. `stella_heartbeats_total`.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+}
+
+/// Memory and CPU of this process.
+pub fn sample_self() -> anyhow::Result<ProcSample> {
+    sample_process("self")
+}
+
+/// `getconf CLK_TCK`: the unit of the CPU times in `/proc/PID/stat`.
+pub fn clock_ticks_per_second() -> anyhow::Result<u64> {
+    let output = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("cannot run `getconf CLK_TCK`")?;
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("`getconf CLK_TCK` printed no number")
+}
+
+fn sample_process(pid: &str) -> anyhow::Result<ProcSample> {
+    let at = Instant::now();
+    let status_path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&status_path)
+        .with_context(|| format!("cannot read {status_path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .with_context(|| format!("no {name} in {status_path}"))
+    };
+    let rss_kib = field("VmRSS:")?;
+    let threads = field("Threads:")?;
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&stat_path).with_context(|| format!("cannot read {stat_path}"))?;
+    // The command name (field 2) may hold spaces; count fields after its `)`. The first
+    // of those is field 3 (state); utime and stime are fields 14 and 15.
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("unexpected {stat_path}"))?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|value| value.parse().ok())
+            .with_context(|| format!("unexpected {stat_path}"))
+    };
+    let cpu_ticks = ticks(11)? + ticks(12)?;
+    Ok(ProcSample {
+        rss_kib,
+        cpu_ticks,
+        threads,
+        at,
+    })
+}
+
+fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    // Closed again before the server binds it; nothing else on this host races for
+    // ports often enough to matter for a bench.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?)
+}
+
+async fn json_or_error<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+) -> anyhow::Result<T> {
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("{what} answered {status}: {body}");
+    }
+    response
+        .json()
+        .await
+        .with_context(|| format!("{what} answered invalid json"))
+}

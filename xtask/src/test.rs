@@ -1,0 +1,121 @@
+//! `cargo xtask test`: provisions what the tests need, builds the binaries the tests
+//! spawn, and runs every test of the workspace.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::cargo::{cargo, run_checked, step};
+
+/// Debian packages the tests use, each with a file that proves it is installed.
+///
+/// Later work adds `docker-registry`, `busybox-static`, `openssh-server`, `chromium` and
+/// `chromium-driver` here, one row each.
+const DEBIAN_PACKAGES: &[DebianPackage] = &[DebianPackage {
+    check_path: "/usr/lib/postgresql/15/bin/initdb",
+    package: "postgresql-15",
+}];
+
+/// Flags of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Do not install missing Debian packages (tests needing them will fail).
+    #[arg(long)]
+    no_provision: bool,
+    /// Passed to `cargo test` as is, e.g. `-- -p stella-pki -- --nocapture`.
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// A Debian package and a path that exists once it is installed.
+#[derive(Debug)]
+struct DebianPackage {
+    check_path: &'static str,
+    package: &'static str,
+}
+
+/// Runs the whole sequence; fails on the first failing step, and when any test fails.
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    if args.no_provision {
+        step("debian packages: skipped (--no-provision)");
+    } else {
+        step("debian packages");
+        provision(DEBIAN_PACKAGES)?;
+    }
+
+    // The tests start the `stella` binary from the target dir; `cargo test` alone
+    // would not build it.
+    step("build binaries");
+    run_checked(cargo().args(["build", "--workspace", "--bins"]))?;
+
+    step("run tests");
+    run_checked(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(&args.cargo_test_args),
+    )?;
+    println!("\ntest: ok");
+    Ok(())
+}
+
+/// Installs the packages whose check path is missing (one `apt-get update`, one
+/// `apt-get install`). Needs root unless nothing is missing.
+fn provision(packages: &[DebianPackage]) -> anyhow::Result<()> {
+    let missing: Vec<&DebianPackage> = packages
+        .iter()
+        .filter(|p| !Path::new(p.check_path).exists())
+        .collect();
+    for package in packages {
+        let state = if missing.iter().any(|m| m.package == package.package) {
+            "missing"
+        } else {
+            "installed"
+        };
+        println!("{:<24} {state:<10} ({})", package.package, package.check_path);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.package).collect();
+    if !is_root()? {
+        bail!(
+            "the tests need Debian packages that are not installed: {names}; \
+             run `sudo apt-get install -y --no-install-recommends {names}` or run \
+             `cargo xtask test` as root (or pass --no-provision to skip them)",
+            names = names.join(" ")
+        );
+    }
+    run_checked(apt_get().arg("update"))?;
+    run_checked(
+        apt_get()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&names),
+    )?;
+    for package in missing {
+        if !Path::new(package.check_path).exists() {
+            bail!(
+                "installed {} but {} is still missing",
+                package.package,
+                package.check_path
+            );
+        }
+    }
+    Ok(())
+}
+
+fn apt_get() -> Command {
+    let mut command = Command::new("apt-get");
+    command.env("DEBIAN_FRONTEND", "noninteractive");
+    command
+}
+
+fn is_root() -> anyhow::Result<bool> {
+    // `id -u` rather than libc: the workspace forbids unsafe code.
+    let output = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("cannot run `id -u`")?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
