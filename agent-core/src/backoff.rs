@@ -85,7 +85,10 @@ mod tests {
             for _ in 0..200 {
                 let mut probe = backoff.clone();
                 let delay = probe.next_delay_with(&mut rng);
-                assert!(delay <= Duration::from_millis(expected), "{delay:?} > {expected}");
+                assert!(
+                    delay <= Duration::from_millis(expected),
+                    "{delay:?} > {expected}"
+                );
             }
             backoff.next_delay_with(&mut rng);
         }

@@ -51,7 +51,7 @@ pub async fn discover_gateway(server_url: &str) -> Result<GatewayInfo, AgentErro
 
 /// Enrols this agent: generates a key (which never leaves the host), sends a CSR with the
 /// join token to the gateway over TLS pinned to the token's CA, and saves the identity in
-/// the data dir.
+/// the data dir. Refuses a data dir that already holds an identity.
 pub async fn enrol(config: &AgentConfig) -> Result<Identity, AgentError> {
     let Some(token_text) = config.join_token.as_deref() else {
         return Err(AgentError::MissingJoinToken {
@@ -59,6 +59,11 @@ pub async fn enrol(config: &AgentConfig) -> Result<Identity, AgentError> {
         });
     };
     let token = JoinToken::parse(token_text.trim()).map_err(AgentError::InvalidJoinToken)?;
+    if config.data_dir.join(files::AGENT_JSON).exists() {
+        return Err(AgentError::AlreadyEnrolled {
+            data_dir: config.data_dir.clone(),
+        });
+    }
     let pinned = token.ca_fingerprint().clone();
 
     let grpc_url = match (&config.grpc_url, &config.server_url) {
@@ -120,15 +125,15 @@ pub async fn enrol(config: &AgentConfig) -> Result<Identity, AgentError> {
             .into_inner();
 
         check_ca(&response.ca_pem, &pinned, gateway.as_str())?;
-        let not_after = identity::unix_seconds(response.not_after_unix_seconds).ok_or_else(
-            || AgentError::InvalidResponse {
-                call: "Enroll",
-                reason: "not_after_unix_seconds is out of range".to_owned(),
-            },
-        )?;
+        let not_after =
+            identity::unix_seconds(response.not_after_unix_seconds).ok_or_else(|| {
+                AgentError::InvalidResponse {
+                    call: "Enroll",
+                    reason: "not_after_unix_seconds is out of range".to_owned(),
+                }
+            })?;
         let issued = certificate_identity(&response.certificate_pem, "Enroll")?;
-        if issued.agent_id != response.agent_id || issued.trust_domain != response.trust_domain
-        {
+        if issued.agent_id != response.agent_id || issued.trust_domain != response.trust_domain {
             return Err(AgentError::InvalidResponse {
                 call: "Enroll",
                 reason: format!(
@@ -229,7 +234,11 @@ pub async fn renew(identity: &Identity, data_dir: &Path) -> Result<Identity, Age
     })
 }
 
-fn enrol_status_error(gateway: &GatewayUrl, pinned: &Fingerprint, status: tonic::Status) -> AgentError {
+fn enrol_status_error(
+    gateway: &GatewayUrl,
+    pinned: &Fingerprint,
+    status: tonic::Status,
+) -> AgentError {
     if let Some(tls) = crate::error::find_rustls_error(&status) {
         return AgentError::EnrolmentServerUntrusted {
             url: gateway.as_str().to_owned(),
@@ -263,7 +272,8 @@ fn untrusted_if_tls(error: AgentError, pinned: &Fingerprint) -> AgentError {
 }
 
 fn ca_fingerprint(ca_pem: &str, origin: &str) -> Result<Fingerprint, AgentError> {
-    let certs = stella_pki::pem_to_der_certs(ca_pem).map_err(AgentError::pki("reading the ca certificate"))?;
+    let certs = stella_pki::pem_to_der_certs(ca_pem)
+        .map_err(AgentError::pki("reading the ca certificate"))?;
     let Some(ca) = certs.first() else {
         return Err(AgentError::InvalidResponse {
             call: "Enroll",

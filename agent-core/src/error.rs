@@ -15,6 +15,13 @@ pub enum AgentError {
         /// Where the identity was looked for.
         data_dir: PathBuf,
     },
+    /// `enrol` was asked to enrol a data dir that already holds an identity (enrolling
+    /// again would replace the key of a working identity).
+    #[error("{data_dir} already holds an agent identity; remove it to enrol again")]
+    AlreadyEnrolled {
+        /// The data dir.
+        data_dir: PathBuf,
+    },
     /// The join token does not parse (`stj1.<secret>.<ca-fingerprint>`).
     #[error("the join token is malformed")]
     InvalidJoinToken(#[source] stella_pki::PkiError),
@@ -171,7 +178,11 @@ impl AgentError {
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         AgentError::Io {
             action,
             path: path.into(),

@@ -103,8 +103,7 @@ fn write_synced(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
         .map_err(|e| AgentError::io("create", path, e))?;
     file.write_all(contents)
         .map_err(|e| AgentError::io("write", path, e))?;
-    file.sync_all()
-        .map_err(|e| AgentError::io("sync", path, e))
+    file.sync_all().map_err(|e| AgentError::io("sync", path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AgentError> {

@@ -14,8 +14,9 @@
 //! `renewal.json`: the new key goes to `agent.key.next` before its CSR is sent; the
 //! answer is written to `renewal.json` (the commit point); then `agent.key.next` is
 //! renamed over `agent.key`, `agent.pem`, `ca.pem` and `agent.json` are rewritten and
-//! `renewal.json` is removed. [`Identity::load`] finishes a renewal a crash interrupted
-//! after its commit point and discards one interrupted before it.
+//! `renewal.json` is removed. [`Identity::recover`], run by the agent at startup, finishes
+//! a renewal a crash interrupted after its commit point and discards one interrupted
+//! before it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -84,9 +85,9 @@ struct RenewalRecord {
 
 impl Identity {
     /// Loads the identity from `data_dir`; `Ok(None)` when the agent is not enrolled
-    /// (no `agent.json`). Completes or discards an interrupted renewal first.
+    /// (no `agent.json`). Read-only, so safe next to a running agent (e.g. for a status
+    /// command); it does not finish an interrupted renewal (see [`Identity::recover`]).
     pub fn load(data_dir: &Path) -> Result<Option<Identity>, AgentError> {
-        recover_renewal(data_dir)?;
         let json_path = data_dir.join(files::AGENT_JSON);
         let Some(json) = fsutil::read_optional(&json_path)? else {
             return Ok(None);
@@ -95,12 +96,11 @@ impl Identity {
             path: json_path.clone(),
             source: Box::new(e),
         })?;
-        let not_after = unix_seconds(agent.not_after_unix_seconds).ok_or_else(|| {
-            AgentError::Corrupt {
+        let not_after =
+            unix_seconds(agent.not_after_unix_seconds).ok_or_else(|| AgentError::Corrupt {
                 path: json_path.clone(),
                 source: "not_after_unix_seconds is out of range".into(),
-            }
-        })?;
+            })?;
         Ok(Some(Identity {
             agent_id: agent.agent_id,
             name: agent.name,
@@ -111,6 +111,13 @@ impl Identity {
             key_pem: fsutil::read_required(&data_dir.join(files::AGENT_KEY))?,
             not_after,
         }))
+    }
+
+    /// Finishes a renewal a crash interrupted after its commit point, or discards one
+    /// interrupted before it. Only the agent process owning the data dir may call this
+    /// ([`crate::run`] does, at startup): it moves files a running renewal is using.
+    pub fn recover(data_dir: &Path) -> Result<(), AgentError> {
+        recover_renewal(data_dir)
     }
 
     /// Writes the identity to `data_dir`, each file atomically, `agent.json` last.
@@ -270,7 +277,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+            let mode =
+                |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
             assert_eq!(mode(&data_dir), 0o700);
             assert_eq!(mode(&data_dir.join(files::AGENT_KEY)), 0o600);
         }
@@ -278,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn a_renewal_interrupted_after_its_commit_point_is_finished_on_load() {
+    fn a_renewal_interrupted_after_its_commit_point_is_finished_by_recover() {
         let dir = tempfile::tempdir().expect("tempdir");
         identity().save(dir.path()).expect("save");
         stage_renewal_key(dir.path(), "KEY-2").expect("stage");
@@ -294,6 +302,9 @@ mod tests {
         )
         .expect("write");
         let loaded = Identity::load(dir.path()).expect("load").expect("identity");
+        assert_eq!(loaded, identity(), "load alone changes nothing");
+        Identity::recover(dir.path()).expect("recover");
+        let loaded = Identity::load(dir.path()).expect("load").expect("identity");
         assert_eq!(loaded.key_pem, "KEY-2");
         assert_eq!(loaded.cert_pem, "CERT-2");
         assert_eq!(loaded.not_after.unix_timestamp(), 1_900_000_100);
@@ -306,6 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         identity().save(dir.path()).expect("save");
         stage_renewal_key(dir.path(), "KEY-2").expect("stage");
+        Identity::recover(dir.path()).expect("recover");
         let loaded = Identity::load(dir.path()).expect("load").expect("identity");
         assert_eq!(loaded, identity());
         assert!(!dir.path().join(files::NEXT_KEY).exists());

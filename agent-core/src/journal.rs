@@ -294,7 +294,8 @@ impl Journal {
     }
 
     fn file_names(&self) -> Result<Vec<String>, AgentError> {
-        let read = std::fs::read_dir(&self.dir).map_err(|e| AgentError::io("list", &self.dir, e))?;
+        let read =
+            std::fs::read_dir(&self.dir).map_err(|e| AgentError::io("list", &self.dir, e))?;
         let mut names = Vec::new();
         for entry in read {
             let entry = entry.map_err(|e| AgentError::io("list", &self.dir, e))?;
@@ -348,10 +349,20 @@ mod tests {
         let day_ms = 24 * 60 * 60 * 1000;
         let now = 100 * day_ms;
         journal
-            .finish("old", 1, "deploy", finished(Outcome::Failed, now - 8 * day_ms))
+            .finish(
+                "old",
+                1,
+                "deploy",
+                finished(Outcome::Failed, now - 8 * day_ms),
+            )
             .expect("finish");
         journal
-            .finish("recent", 1, "deploy", finished(Outcome::Succeeded, now - day_ms))
+            .finish(
+                "recent",
+                1,
+                "deploy",
+                finished(Outcome::Succeeded, now - day_ms),
+            )
             .expect("finish");
         let mut running = JournalEntry::running("running", 1, "deploy");
         running.started_at_unix_ms = now - 30 * day_ms;
@@ -374,7 +385,9 @@ mod tests {
             assert!(!Journal::is_valid_task_id(bad), "{bad}");
             assert!(journal.get(bad).is_err());
         }
-        assert!(Journal::is_valid_task_id("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"));
+        assert!(Journal::is_valid_task_id(
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+        ));
     }
 
     #[test]

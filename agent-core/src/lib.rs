@@ -27,7 +27,7 @@ pub mod journal;
 mod session;
 mod sticker;
 mod target;
-mod transport;
+pub mod transport;
 
 pub use backoff::Backoff;
 pub use config::{AgentConfig, BackoffConfig};

@@ -52,7 +52,11 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let loaded = {
         let data_dir = config.data_dir.clone();
-        fsutil::blocking(move || Identity::load(&data_dir)).await?
+        fsutil::blocking(move || {
+            Identity::recover(&data_dir)?;
+            Identity::load(&data_dir)
+        })
+        .await?
     };
     let mut identity = match loaded {
         Some(identity) => identity,
@@ -157,6 +161,7 @@ impl Agent {
             let started = Instant::now();
             let mut welcomed = false;
             let result = self.session(&shutdown, &mut welcomed).await;
+            self.discard_stale_outbox();
             if welcomed || started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
@@ -207,7 +212,9 @@ impl Agent {
         match fsutil::blocking(move || journal.prune(RETENTION, crate::now_unix_ms())).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "pruned finished tasks from the journal"),
-            Err(error) => tracing::warn!(error = %error_chain(&error), "could not prune the journal"),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not prune the journal");
+            }
         }
     }
 
@@ -284,12 +291,11 @@ impl Agent {
         );
 
         let mut acks = PendingAcks::new(heartbeat_interval * ACK_GRACE_HEARTBEATS);
+        self.discard_stale_outbox();
         self.resend_unacknowledged(&upstream, &mut acks).await?;
 
-        let mut heartbeat = tokio::time::interval_at(
-            Instant::now() + heartbeat_interval,
-            heartbeat_interval,
-        );
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.tasks.reap().await;
@@ -344,6 +350,22 @@ impl Agent {
         })
     }
 
+    /// Drops what queued up for the server while there was no session, so a long
+    /// disconnection does not pile up memory: progress lines are stale by now, and results
+    /// are in the journal, re-sent by [`Agent::resend_unacknowledged`]. Sticker reports
+    /// (one per deployed component) are kept.
+    fn discard_stale_outbox(&mut self) {
+        let mut kept = Vec::new();
+        while let Ok(message) = self.outbox.try_recv() {
+            if matches!(message.body, Some(AgentBody::StickerReport(_))) {
+                kept.push(message);
+            }
+        }
+        for message in kept {
+            let _ = self.tasks.outbox.send(message);
+        }
+    }
+
     async fn resend_unacknowledged(
         &self,
         upstream: &mpsc::Sender<v1::AgentMessage>,
@@ -386,7 +408,10 @@ fn stream_closed(when: &str) -> AgentError {
     }
 }
 
-async fn send(upstream: &mpsc::Sender<v1::AgentMessage>, body: AgentBody) -> Result<(), AgentError> {
+async fn send(
+    upstream: &mpsc::Sender<v1::AgentMessage>,
+    body: AgentBody,
+) -> Result<(), AgentError> {
     upstream
         .send(v1::AgentMessage { body: Some(body) })
         .await
@@ -448,7 +473,10 @@ async fn renewal_loop(
             let now = OffsetDateTime::now_utc();
             Duration::try_from(current.renew_at(now) - now).unwrap_or_default()
         });
-        tracing::debug!(renew_in_seconds = wait.as_secs(), "next certificate renewal");
+        tracing::debug!(
+            renew_in_seconds = wait.as_secs(),
+            "next certificate renewal"
+        );
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
@@ -564,7 +592,10 @@ impl Tasks {
             tracing::error!(error = %error_chain(&error), "could not journal the task; not running it");
             let result = StoredResult {
                 outcome: Outcome::Failed,
-                message: format!("the agent could not record the task: {}", error_chain(&error)),
+                message: format!(
+                    "the agent could not record the task: {}",
+                    error_chain(&error)
+                ),
                 output_json: String::new(),
                 finished_at_unix_ms: crate::now_unix_ms(),
             };
@@ -814,7 +845,10 @@ async fn deploy(
             progress.report(format!("plan: {step}"));
         }
         if cancel.is_cancelled() {
-            return Err(TaskFailure::from_target(&crate::TargetError::Cancelled, cancel));
+            return Err(TaskFailure::from_target(
+                &crate::TargetError::Cancelled,
+                cancel,
+            ));
         }
         target
             .apply(&task, &plan, progress, cancel)

@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(sticker.sticker_digest, expected);
         assert!(sticker.verify());
 
-        let mut tampered = sticker.clone();
+        let mut tampered = sticker;
         tampered.image = "registry.local/shop/api@sha256:ffff".into();
         assert!(!tampered.verify());
     }
@@ -244,7 +244,10 @@ mod tests {
 
     #[test]
     fn escapes_as_rfc_8785() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}é/"), "\"a\\\"b\\\\c\\n\\u0001é/\"");
+        assert_eq!(
+            json_string("a\"b\\c\n\u{1}é/"),
+            "\"a\\\"b\\\\c\\n\\u0001é/\""
+        );
     }
 
     #[test]

@@ -41,8 +41,11 @@ pub trait Target: Send + Sync + fmt::Debug {
     async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError>;
 
     /// Stores a sticker where this kind keeps them (labels, a file, tags, …).
-    async fn write_sticker(&self, target: &TargetSpec, sticker: &Sticker)
-        -> Result<(), TargetError>;
+    async fn write_sticker(
+        &self,
+        target: &TargetSpec,
+        sticker: &Sticker,
+    ) -> Result<(), TargetError>;
 
     /// Reads the sticker of one component, if there is one.
     async fn read_sticker(

@@ -24,14 +24,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway address, parsed from `https://host:port`.
 #[derive(Debug, Clone)]
-pub(crate) struct GatewayUrl {
+pub struct GatewayUrl {
     url: String,
     authority: String,
     host: String,
 }
 
 impl GatewayUrl {
-    pub(crate) fn parse(url: &str) -> Result<Self, AgentError> {
+    pub fn parse(url: &str) -> Result<Self, AgentError> {
         let invalid = |reason: &str| AgentError::InvalidGrpcUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -43,7 +43,10 @@ impl GatewayUrl {
         let host = uri.host().ok_or_else(|| invalid("no host"))?;
         let port = uri.port_u16().unwrap_or(443);
         // `Uri::host` keeps the brackets of an IPv6 literal; TLS and DNS want it bare.
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let bare_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let authority = if bare_host.contains(':') {
             format!("[{bare_host}]:{port}")
         } else {
@@ -56,30 +59,30 @@ impl GatewayUrl {
         })
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.url
     }
 }
 
 /// Connects to the gateway with the given TLS configuration (which must offer ALPN `h2`).
-pub(crate) async fn connect(
+pub async fn connect(
     gateway: &GatewayUrl,
     tls: rustls::ClientConfig,
 ) -> Result<Channel, AgentError> {
-    let server_name = ServerName::try_from(gateway.host.clone()).map_err(|_| {
-        AgentError::InvalidGrpcUrl {
+    let server_name =
+        ServerName::try_from(gateway.host.clone()).map_err(|_| AgentError::InvalidGrpcUrl {
             url: gateway.url.clone(),
             reason: "the host is not a valid tls server name".to_owned(),
-        }
-    })?;
+        })?;
     // tonic refuses `https` URIs without its TLS feature, and TLS happens in the connector
     // anyway: the endpoint gets `http://` with the same authority, and the requests carry
     // the real `https` origin.
-    let endpoint = Endpoint::from_shared(format!("http://{}", gateway.authority))
-        .map_err(|e| AgentError::InvalidGrpcUrl {
+    let endpoint = Endpoint::from_shared(format!("http://{}", gateway.authority)).map_err(|e| {
+        AgentError::InvalidGrpcUrl {
             url: gateway.url.clone(),
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     let origin: Uri = format!("https://{}", gateway.authority)
         .parse()
         .map_err(|_| AgentError::InvalidGrpcUrl {
@@ -142,30 +145,55 @@ pub(crate) fn classify_status(
     if let Some(tls) = find_rustls_error(&status) {
         return classify_tls(gateway, tls.clone());
     }
+    if let Some(alert) = refusal_alert_in_text(&status) {
+        return AgentError::Refused {
+            url: gateway.url.clone(),
+            reason: format!("tls: received fatal alert: {alert}"),
+        };
+    }
     AgentError::Rpc {
         call,
         source: status,
     }
 }
 
+/// Alerts a server sends when it refuses our certificate.
+const REFUSAL_ALERTS: [rustls::AlertDescription; 8] = {
+    use rustls::AlertDescription as Alert;
+    [
+        Alert::BadCertificate,
+        Alert::CertificateRevoked,
+        Alert::CertificateExpired,
+        Alert::CertificateUnknown,
+        Alert::UnknownCA,
+        Alert::AccessDenied,
+        Alert::CertificateRequired,
+        Alert::UnsupportedCertificate,
+    ]
+};
+
+/// With TLS 1.3 the server judges our certificate after our side of the handshake is
+/// done, so its alert arrives on the HTTP/2 connection, and h2 keeps only the text of IO
+/// errors (`h2::proto::Error::Io(kind, Option<String>)`): the rustls error can only be
+/// recognised by rustls's own `Display` of it.
+fn refusal_alert_in_text(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let text = crate::error::error_chain(error);
+    REFUSAL_ALERTS
+        .iter()
+        .map(|alert| format!("{alert:?}"))
+        .find(|alert| text.contains(&format!("received fatal alert: {alert}")))
+}
+
 /// A TLS failure after we presented our certificate: the server's alert says whether it
 /// refused the certificate (revoked, unknown CA, expired) or something else went wrong.
 pub(crate) fn classify_tls(gateway: &GatewayUrl, tls: rustls::Error) -> AgentError {
-    use rustls::AlertDescription as Alert;
     match &tls {
-        rustls::Error::AlertReceived(
-            Alert::BadCertificate
-            | Alert::CertificateRevoked
-            | Alert::CertificateExpired
-            | Alert::CertificateUnknown
-            | Alert::UnknownCA
-            | Alert::AccessDenied
-            | Alert::CertificateRequired
-            | Alert::UnsupportedCertificate,
-        ) => AgentError::Refused {
-            url: gateway.url.clone(),
-            reason: format!("tls: {tls}"),
-        },
+        rustls::Error::AlertReceived(alert) if REFUSAL_ALERTS.contains(alert) => {
+            AgentError::Refused {
+                url: gateway.url.clone(),
+                reason: format!("tls: {tls}"),
+            }
+        }
         _ => AgentError::Tls {
             url: gateway.url.clone(),
             source: tls,

@@ -2,7 +2,6 @@
 //! turned into one-line messages.
 
 use anyhow::{anyhow, Context};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Talks to one control plane as one user.
@@ -38,11 +37,6 @@ impl Client {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
-    /// Decodes a document into a wire type.
-    pub fn decode<T: DeserializeOwned>(value: Value) -> anyhow::Result<T> {
-        serde_json::from_value(value).context("unexpected response from the server")
-    }
-
     async fn send(
         &self,
         method: reqwest::Method,
@@ -67,8 +61,9 @@ impl Client {
             .await
             .map_err(|error| anyhow!("reading the response from {}: {error}", self.base))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .with_context(|| format!("the server answered {status} with a body that is not JSON"));
+            return serde_json::from_slice(&bytes).with_context(|| {
+                format!("the server answered {status} with a body that is not JSON")
+            });
         }
         let envelope: Option<Value> = serde_json::from_slice(&bytes).ok();
         let message = envelope

@@ -37,7 +37,11 @@ pub enum TokenCommand {
 #[derive(Debug, Args)]
 pub struct AgentRunArgs {
     /// Where the agent keeps its key, certificate and task journal.
-    #[arg(long, env = "STELLA_AGENT_DATA_DIR", default_value = "/var/lib/stella-agent")]
+    #[arg(
+        long,
+        env = "STELLA_AGENT_DATA_DIR",
+        default_value = "/var/lib/stella-agent"
+    )]
     pub data_dir: PathBuf,
     /// One-time join token; needed only for the first start.
     #[arg(long, env = "STELLA_JOIN_TOKEN", hide_env_values = true)]
@@ -123,7 +127,10 @@ pub async fn agent(
         AgentCommand::Token(TokenCommand::Create { ttl }) => {
             let client = Client::new(server, token)?;
             let issued = client
-                .post("/agents/join-tokens", json!({ "ttl_seconds": ttl.as_secs().max(1) }))
+                .post(
+                    "/agents/join-tokens",
+                    json!({ "ttl_seconds": ttl.as_secs().max(1) }),
+                )
                 .await?;
             match format {
                 Format::Json => output::json(&issued),
@@ -140,7 +147,14 @@ pub async fn agent(
     }
 }
 
-const AGENT_COLUMNS: [&str; 6] = ["name", "state", "last seen", "capabilities", "version", "id"];
+const AGENT_COLUMNS: [&str; 6] = [
+    "name",
+    "state",
+    "last seen",
+    "capabilities",
+    "version",
+    "id",
+];
 
 fn agent_row(agent: &Value) -> Vec<String> {
     vec![
@@ -186,7 +200,10 @@ pub async fn agents(client: &Client, format: Format, command: AgentsCommand) -> 
         AgentsCommand::Show { agent } => client.get(&format!("/agents/{}", path(&agent))).await?,
         AgentsCommand::Revoke { agent, reason } => {
             client
-                .post(&format!("/agents/{}/revoke", path(&agent)), json!({ "reason": reason }))
+                .post(
+                    &format!("/agents/{}/revoke", path(&agent)),
+                    json!({ "reason": reason }),
+                )
                 .await?
         }
     };
@@ -256,7 +273,9 @@ fn path(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -19,13 +19,24 @@ use output::Format;
 #[command(name = "stella", version, propagate_version = true)]
 pub struct Cli {
     /// REST URL of the control plane.
-    #[arg(long, global = true, env = "STELLA_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "STELLA_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
     /// API bearer token.
     #[arg(long, global = true, env = "STELLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
     output: Format,
     #[command(subcommand)]
     command: Command,
@@ -48,7 +59,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -81,7 +95,9 @@ fn init_tracing(default: &str) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args).await,
-        Command::Agent(command) => commands::agent(&cli.server, cli.token, cli.output, command).await,
+        Command::Agent(command) => {
+            commands::agent(&cli.server, cli.token, cli.output, command).await
+        }
         Command::Agents(command) => {
             let client = client::Client::new(&cli.server, cli.token)?;
             commands::agents(&client, cli.output, command).await

@@ -59,7 +59,12 @@ pub fn cell(value: &Value, pointer: &str) -> String {
             .join(","),
         Some(Value::Object(map)) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
             .collect::<Vec<_>>()
             .join(","),
         Some(other) => other.to_string(),

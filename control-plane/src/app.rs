@@ -12,7 +12,7 @@ use crate::bootstrap::ServerPki;
 use crate::config::ServerConfig;
 use crate::domain::{Agent, NewAgent, NewJoinToken, Role, User};
 use crate::error::{AppError, ErrorKind};
-use crate::gateway::sessions::{HeartbeatBuffer, RevocationSet, SessionRegistry};
+use crate::gateway::sessions::{CloseReason, HeartbeatBuffer, RevocationSet, SessionRegistry};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -80,9 +80,8 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), AppError> {
     let valid_first = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let valid_rest = chars.all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-    });
+    let valid_rest =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
     if valid_first && valid_rest && name.len() <= 63 {
         Ok(())
     } else {
@@ -326,7 +325,7 @@ impl App {
         let agent = self.store.find_agent(id_or_name).await?;
         let newly = self.store.revoke_agent(&agent.id, now_ms(), reason).await?;
         self.revocations.insert(&agent.id);
-        if self.sessions.close(&agent.id, "agent revoked") {
+        if self.sessions.close(&agent.id, CloseReason::Revoked) {
             self.metrics.revoked_sessions_closed.inc();
         }
         if newly {
@@ -340,7 +339,7 @@ impl App {
     pub async fn sync_revocations(&self) -> Result<(), AppError> {
         let revoked = self.store.revoked_agent_ids().await?;
         for id in &revoked {
-            if self.sessions.close(id, "agent revoked") {
+            if self.sessions.close(id, CloseReason::Revoked) {
                 self.metrics.revoked_sessions_closed.inc();
             }
         }
@@ -364,7 +363,11 @@ impl App {
     }
 
     /// Creates a user with roles and returns it with its first API token.
-    pub async fn create_user(&self, name: &str, roles: Vec<Role>) -> Result<(User, String), AppError> {
+    pub async fn create_user(
+        &self,
+        name: &str,
+        roles: Vec<Role>,
+    ) -> Result<(User, String), AppError> {
         validate_name("user", name)?;
         if roles.is_empty() {
             return Err(AppError::invalid("a user needs at least one role"));
@@ -378,14 +381,17 @@ impl App {
             roles,
             created_at_ms: now_ms(),
         };
-        self.store.create_user(&user).await.map_err(|error| match AppError::from(error) {
-            conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
-                ErrorKind::Conflict,
-                "user_exists",
-                format!("a user named `{name}` already exists"),
-            ),
-            other => other,
-        })?;
+        self.store
+            .create_user(&user)
+            .await
+            .map_err(|error| match AppError::from(error) {
+                conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
+                    ErrorKind::Conflict,
+                    "user_exists",
+                    format!("a user named `{name}` already exists"),
+                ),
+                other => other,
+            })?;
         let token = self.issue_token(&user).await?;
         tracing::info!(user = %user.name, roles = ?user.roles, "user created");
         Ok((user, token))

@@ -77,12 +77,11 @@ pub fn load_or_create(
             }
         })?
     } else {
-        let ca = CertificateAuthority::generate(trust_domain).map_err(|source| {
-            BootstrapError::Pki {
+        let ca =
+            CertificateAuthority::generate(trust_domain).map_err(|source| BootstrapError::Pki {
                 path: ca_cert_path.clone(),
                 source,
-            }
-        })?;
+            })?;
         // Key first: a crash between the two writes leaves no CA cert without its key.
         write_secret(&ca_key_path, &ca.key_pem())?;
         write_secret(&ca_cert_path, ca.cert_pem())?;
@@ -93,12 +92,11 @@ pub fn load_or_create(
     let signing_key_pem = if signing_key_path.exists() {
         read(&signing_key_path)?
     } else {
-        let pem = stella_pki::generate_ed25519_pkcs8_pem().map_err(|source| {
-            BootstrapError::Pki {
+        let pem =
+            stella_pki::generate_ed25519_pkcs8_pem().map_err(|source| BootstrapError::Pki {
                 path: signing_key_path.clone(),
                 source,
-            }
-        })?;
+            })?;
         write_secret(&signing_key_path, &pem)?;
         tracing::info!("created decision signing key");
         pem

@@ -317,7 +317,9 @@ mod tests {
     fn agent_state_names() {
         assert_eq!(AgentState::Unreachable.to_string(), "unreachable");
         assert_eq!(
-            serde_json::to_string(&AgentState::Connected).ok().as_deref(),
+            serde_json::to_string(&AgentState::Connected)
+                .ok()
+                .as_deref(),
             Some("\"connected\"")
         );
     }

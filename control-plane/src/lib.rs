@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 pub use app::App;
 pub use config::ServerConfig;
 
+/// How long [`RunningServer::stop`] waits for connections to drain.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The sockets a server serves on, bound by the caller.
 #[derive(Debug)]
 pub struct Listeners {
@@ -110,11 +113,20 @@ impl RunningServer {
         format!("https://{}", self.grpc_addr)
     }
 
-    /// Stops serving, flushes heartbeats and waits for every task.
+    /// Stops serving: ends every agent session (agents reconnect by themselves),
+    /// flushes heartbeats and waits for every task, at most [`STOP_GRACE`].
     pub async fn stop(self) {
         self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        self.app
+            .sessions
+            .close_all(gateway::sessions::CloseReason::ShuttingDown);
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let drained = tokio::time::timeout(STOP_GRACE, futures::future::join_all(self.tasks));
+        if drained.await.is_err() {
+            tracing::warn!("shutdown grace period over; aborting what is left");
+            for abort in aborts {
+                abort.abort();
+            }
         }
         self.app.store.close().await;
     }
@@ -127,7 +139,10 @@ impl RunningServer {
 
 /// Starts the control plane on the given listeners: opens the store, creates
 /// first-start material, then serves the API and the gateway.
-pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<RunningServer, ServeError> {
+pub async fn start(
+    config: ServerConfig,
+    listeners: Listeners,
+) -> Result<RunningServer, ServeError> {
     config.validate()?;
     bootstrap::create_private_dir(&config.data_dir)?;
     let api_addr = listeners.api.local_addr().map_err(ServeError::LocalAddr)?;

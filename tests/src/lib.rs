@@ -45,7 +45,9 @@ impl TestDir {
 
     /// Its path.
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().map_or(Path::new("/nonexistent"), |d| d.path())
+        self.dir
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), |d| d.path())
     }
 }
 
@@ -169,7 +171,9 @@ impl TestServer {
         token: Option<&str>,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self.http.request(method, format!("{}{path}", self.api_url()));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.api_url()));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -197,7 +201,12 @@ impl TestServer {
     /// POST as admin, expecting 2xx.
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (status, reply) = self
-            .request(reqwest::Method::POST, path, Some(&self.admin_token), Some(body))
+            .request(
+                reqwest::Method::POST,
+                path,
+                Some(&self.admin_token),
+                Some(body),
+            )
             .await?;
         if !(200..300).contains(&status) {
             bail!("POST {path} answered {status}: {reply}");
@@ -222,7 +231,12 @@ impl TestServer {
     }
 
     /// Waits until an agent's `state` is `state`.
-    pub async fn wait_for_state(&self, name: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_for_state(
+        &self,
+        name: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         wait_until(&format!("agent {name} is {state}"), timeout, || async {
             self.agent(name)
                 .await
@@ -251,7 +265,12 @@ impl TestAgent {
     }
 
     /// Starts an agent on a data dir (enrolled already when `join_token` is None).
-    pub fn start_with(server: &TestServer, data_dir: PathBuf, name: &str, join_token: Option<String>) -> Self {
+    pub fn start_with(
+        server: &TestServer,
+        data_dir: PathBuf,
+        name: &str,
+        join_token: Option<String>,
+    ) -> Self {
         let mut config = test_agent_config(&data_dir);
         config.server_url = Some(server.api_url());
         config.join_token = join_token;
@@ -327,8 +346,8 @@ impl ChildProcess {
         let mut command = tokio::process::Command::new(stella_bin());
         command
             .args(args)
-            .envs(envs.iter().copied())
             .env_remove("STELLA_TOKEN")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -353,9 +372,9 @@ impl ChildProcess {
 pub async fn stella(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
     let output = tokio::process::Command::new(stella_bin())
         .args(args)
-        .envs(envs.iter().copied())
         .env_remove("STELLA_TOKEN")
         .env_remove("STELLA_SERVER")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .output()
         .await

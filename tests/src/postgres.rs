@@ -185,7 +185,11 @@ impl TestPostgres {
         }
 
         let port = free_port()?;
-        let keep = if std::env::var_os(KEEP_ENV).is_some() { "1" } else { "" };
+        let keep = if std::env::var_os(KEEP_ENV).is_some() {
+            "1"
+        } else {
+            ""
+        };
         let mut watchdog = as_postgres(Path::new("/bin/sh"))
             .args(["-c", WATCHDOG_SCRIPT, "stella-test-postgres"])
             .arg(&root)
@@ -262,7 +266,12 @@ fn as_postgres(program: &Path) -> Command {
     }
     let mut command = Command::new("setpriv");
     command
-        .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
         .arg(program);
     command
 }

@@ -8,11 +8,15 @@ use stella_tests::TestServer;
 fn assert_envelope(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "body: {body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "message missing: {body}"
     );
     assert!(
-        body["error"]["traceId"].as_str().is_some_and(|t| t.len() >= 16),
+        body["error"]["traceId"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 16),
         "traceId missing: {body}"
     );
 }
@@ -20,11 +24,18 @@ fn assert_envelope(body: &Value, code: &str) {
 #[tokio::test]
 async fn no_token_is_401_with_the_envelope() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let (status, body) = server.request(Method::GET, "/api/v1/agents", None, None).await?;
+    let (status, body) = server
+        .request(Method::GET, "/api/v1/agents", None, None)
+        .await?;
     assert_eq!(status, 401);
     assert_envelope(&body, "unauthenticated");
     let (status, body) = server
-        .request(Method::GET, "/api/v1/agents", Some("stk1_not-a-real-token"), None)
+        .request(
+            Method::GET,
+            "/api/v1/agents",
+            Some("stk1_not-a-real-token"),
+            None,
+        )
         .await?;
     assert_eq!(status, 401);
     assert_envelope(&body, "unauthenticated");
@@ -35,7 +46,10 @@ async fn no_token_is_401_with_the_envelope() -> anyhow::Result<()> {
 async fn viewer_may_read_but_not_mutate() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let created = server
-        .post("/api/v1/users", json!({"name": "vera", "roles": ["viewer"]}))
+        .post(
+            "/api/v1/users",
+            json!({"name": "vera", "roles": ["viewer"]}),
+        )
         .await?;
     let viewer = created["token"].as_str().expect("token").to_owned();
     assert_eq!(created["user"]["roles"], json!(["viewer"]));
@@ -46,7 +60,10 @@ async fn viewer_may_read_but_not_mutate() -> anyhow::Result<()> {
     assert_eq!(status, 200);
     for (path, body) in [
         ("/api/v1/agents/join-tokens", json!({})),
-        ("/api/v1/users", json!({"name": "mallory", "roles": ["admin"]})),
+        (
+            "/api/v1/users",
+            json!({"name": "mallory", "roles": ["admin"]}),
+        ),
         ("/api/v1/users/vera/tokens", json!({})),
     ] {
         let (status, reply) = server
@@ -65,13 +82,21 @@ async fn viewer_may_read_but_not_mutate() -> anyhow::Result<()> {
 async fn operator_cannot_administer_and_approver_is_separate() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let operator = server
-        .post("/api/v1/users", json!({"name": "otto", "roles": ["operator"]}))
+        .post(
+            "/api/v1/users",
+            json!({"name": "otto", "roles": ["operator"]}),
+        )
         .await?["token"]
         .as_str()
         .expect("token")
         .to_owned();
     let (status, body) = server
-        .request(Method::POST, "/api/v1/agents/join-tokens", Some(&operator), Some(json!({})))
+        .request(
+            Method::POST,
+            "/api/v1/agents/join-tokens",
+            Some(&operator),
+            Some(json!({})),
+        )
         .await?;
     assert_eq!(status, 403);
     assert_envelope(&body, "forbidden");
@@ -117,13 +142,22 @@ async fn malformed_json_is_400_with_the_envelope_and_stores_nothing() -> anyhow:
         json!({"name": "ok", "roles": []}),
     ] {
         let (status, body) = server
-            .request(Method::POST, "/api/v1/users", Some(&server.admin_token), Some(bad.clone()))
+            .request(
+                Method::POST,
+                "/api/v1/users",
+                Some(&server.admin_token),
+                Some(bad.clone()),
+            )
             .await?;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_envelope(&body, "invalid_argument");
     }
     let users = server.get("/api/v1/users").await?;
-    assert_eq!(users.as_array().map(Vec::len), Some(1), "only admin: {users}");
+    assert_eq!(
+        users.as_array().map(Vec::len),
+        Some(1),
+        "only admin: {users}"
+    );
     Ok(())
 }
 
@@ -153,12 +187,22 @@ async fn duplicate_user_is_409_and_unknown_things_are_404() -> anyhow::Result<()
     assert_eq!(dup["roles"], json!(["viewer"]));
 
     let (status, body) = server
-        .request(Method::GET, "/api/v1/agents/nope", Some(&server.admin_token), None)
+        .request(
+            Method::GET,
+            "/api/v1/agents/nope",
+            Some(&server.admin_token),
+            None,
+        )
         .await?;
     assert_eq!(status, 404);
     assert_envelope(&body, "not_found");
     let (status, body) = server
-        .request(Method::GET, "/api/v1/no-such-endpoint", Some(&server.admin_token), None)
+        .request(
+            Method::GET,
+            "/api/v1/no-such-endpoint",
+            Some(&server.admin_token),
+            None,
+        )
         .await?;
     assert_eq!(status, 404);
     assert_envelope(&body, "not_found");
@@ -173,15 +217,28 @@ async fn openapi_health_and_metrics_are_served() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 200);
     assert_eq!(spec["openapi"], "3.1.0");
-    for path in ["/api/v1/agents", "/api/v1/agents/join-tokens", "/api/v1/users"] {
-        assert!(spec["paths"][path].is_object(), "{path} missing from the spec");
+    for path in [
+        "/api/v1/agents",
+        "/api/v1/agents/join-tokens",
+        "/api/v1/users",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
     }
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
 
     let http = reqwest::Client::new();
-    let healthz = http.get(format!("{}/healthz", server.api_url())).send().await?;
+    let healthz = http
+        .get(format!("{}/healthz", server.api_url()))
+        .send()
+        .await?;
     assert_eq!(healthz.status().as_u16(), 200);
-    let readyz = http.get(format!("{}/readyz", server.api_url())).send().await?;
+    let readyz = http
+        .get(format!("{}/readyz", server.api_url()))
+        .send()
+        .await?;
     assert_eq!(readyz.status().as_u16(), 200);
     let metrics = http
         .get(format!("{}/metrics", server.api_url()))
@@ -198,7 +255,10 @@ async fn openapi_health_and_metrics_are_served() -> anyhow::Result<()> {
 async fn user_tokens_work_once_issued() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     server
-        .post("/api/v1/users", json!({"name": "ada", "roles": ["approver", "viewer"]}))
+        .post(
+            "/api/v1/users",
+            json!({"name": "ada", "roles": ["approver", "viewer"]}),
+        )
         .await?;
     let second = server.post("/api/v1/users/ada/tokens", json!({})).await?;
     let token = second["token"].as_str().expect("token");
@@ -209,7 +269,12 @@ async fn user_tokens_work_once_issued() -> anyhow::Result<()> {
     assert_eq!(status, 200);
     assert_eq!(me["roles"], json!(["viewer", "approver"]));
     let (status, body) = server
-        .request(Method::POST, "/api/v1/users/nobody/tokens", Some(&server.admin_token), Some(json!({})))
+        .request(
+            Method::POST,
+            "/api/v1/users/nobody/tokens",
+            Some(&server.admin_token),
+            Some(json!({})),
+        )
         .await?;
     assert_eq!(status, 404, "{body}");
     Ok(())

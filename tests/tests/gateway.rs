@@ -48,9 +48,22 @@ async fn enrolled_agent_is_listed_with_capabilities_and_host_facts() -> anyhow::
         .wait_for_state("alpha", "connected", Duration::from_secs(10))
         .await?;
     assert!(shown["capabilities"].is_array(), "{shown}");
-    assert!(shown["host"]["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{shown}");
-    assert!(shown["host"]["cpu_count"].as_u64().is_some_and(|c| c > 0), "{shown}");
-    assert!(shown["host"]["memory_total_bytes"].as_u64().is_some_and(|m| m > 0), "{shown}");
+    assert!(
+        shown["host"]["hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{shown}"
+    );
+    assert!(
+        shown["host"]["cpu_count"].as_u64().is_some_and(|c| c > 0),
+        "{shown}"
+    );
+    assert!(
+        shown["host"]["memory_total_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{shown}"
+    );
     assert_eq!(shown["agent_version"], env!("CARGO_PKG_VERSION"));
     let id = shown["id"].as_str().expect("id");
     assert_eq!(
@@ -71,7 +84,10 @@ async fn a_join_token_works_once() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let mut client = enrolment_client(&server).await?;
     let token = server.join_token().await?;
-    let first = client.enroll(enroll_request(&token, "once")?).await?.into_inner();
+    let first = client
+        .enroll(enroll_request(&token, "once")?)
+        .await?
+        .into_inner();
     assert!(first.certificate_pem.contains("BEGIN CERTIFICATE"));
 
     let status = client
@@ -116,12 +132,21 @@ async fn expired_unknown_and_foreign_tokens_are_refused_and_issue_nothing() -> a
             .await
             .expect_err("token must be refused");
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
-        assert!(status.message().contains(expected), "{expected}: {status:?}");
+        assert!(
+            status.message().contains(expected),
+            "{expected}: {status:?}"
+        );
     }
     assert_eq!(agent_count(&server).await?, 0);
     // The expired token was not consumed by the attempt either.
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url())).await?.text().await?;
-    assert!(metrics.contains("outcome=\"join_token_expired\""), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("outcome=\"join_token_expired\""),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -158,8 +183,10 @@ async fn a_certificate_from_another_ca_fails_the_handshake() -> anyhow::Result<(
     let other_ca = CertificateAuthority::generate("stella.local")?;
     let key = AgentKey::generate()?;
     let identity = AgentIdentity::new("stella.local", "0192f0c0-0000-7000-8000-000000000001")?;
-    let cert = other_ca.sign_agent_csr(&key.csr_der("rogue")?, &identity, Duration::from_secs(3600))?;
-    let tls = stella_pki::agent_client_tls_config(app.pki.ca.cert_pem(), &cert.cert_pem, &key.key_pem())?;
+    let cert =
+        other_ca.sign_agent_csr(&key.csr_der("rogue")?, &identity, Duration::from_secs(3600))?;
+    let tls =
+        stella_pki::agent_client_tls_config(app.pki.ca.cert_pem(), &cert.cert_pem, &key.key_pem())?;
     let before = app.metrics.tls_handshake_failures.get();
     let result = async {
         let channel = connect(&GatewayUrl::parse(&server.grpc_url())?, tls).await?;
@@ -171,10 +198,15 @@ async fn a_certificate_from_another_ca_fails_the_handshake() -> anyhow::Result<(
         anyhow::Ok(())
     }
     .await;
-    assert!(result.is_err(), "a foreign certificate must not get through");
-    wait_until("the server counts the refused handshake", Duration::from_secs(5), || async {
-        (app.metrics.tls_handshake_failures.get() > before).then_some(())
-    })
+    assert!(
+        result.is_err(),
+        "a foreign certificate must not get through"
+    );
+    wait_until(
+        "the server counts the refused handshake",
+        Duration::from_secs(5),
+        || async { (app.metrics.tls_handshake_failures.get() > before).then_some(()) },
+    )
     .await?;
     Ok(())
 }
@@ -192,7 +224,10 @@ async fn a_revoked_agent_is_cut_off_within_15s_and_cannot_come_back() -> anyhow:
 
     let revoked_at = Instant::now();
     let revoked = server
-        .post("/api/v1/agents/doomed/revoke", json!({"reason": "lost laptop"}))
+        .post(
+            "/api/v1/agents/doomed/revoke",
+            json!({"reason": "lost laptop"}),
+        )
         .await?;
     assert_eq!(revoked["state"], "revoked");
     assert_eq!(revoked["revoke_reason"], "lost laptop");
@@ -204,11 +239,16 @@ async fn a_revoked_agent_is_cut_off_within_15s_and_cannot_come_back() -> anyhow:
 
     // The agent keeps trying; every attempt is refused at the handshake.
     let failures = app.metrics.tls_handshake_failures.get();
-    wait_until("the agent's retry is refused", Duration::from_secs(10), || async {
-        (app.metrics.tls_handshake_failures.get() > failures).then_some(())
-    })
+    wait_until(
+        "the agent's retry is refused",
+        Duration::from_secs(10),
+        || async { (app.metrics.tls_handshake_failures.get() > failures).then_some(()) },
+    )
     .await?;
-    assert!(!app.sessions.is_open(&id), "a revoked agent got a session back");
+    assert!(
+        !app.sessions.is_open(&id),
+        "a revoked agent got a session back"
+    );
 
     // Its credentials cannot renew either.
     let identity = Identity::load(&agent.data_dir)?.expect("enrolled identity");
@@ -230,7 +270,11 @@ async fn a_revocation_made_by_another_replica_closes_the_session() -> anyhow::Re
     let app = server.running().app.clone();
     // Straight into the store, as a replica sharing the database would.
     app.store
-        .revoke_agent(&id, stella_control_plane::app::now_ms(), "revoked on replica 2")
+        .revoke_agent(
+            &id,
+            stella_control_plane::app::now_ms(),
+            "revoked on replica 2",
+        )
         .await?;
     let started = Instant::now();
     wait_until("the session is closed", Duration::from_secs(15), || async {
@@ -248,7 +292,10 @@ async fn heartbeats_move_last_seen() -> anyhow::Result<()> {
     let first = server
         .wait_for_state("beating", "connected", Duration::from_secs(10))
         .await?;
-    let seen = first["last_seen_at"].as_str().expect("last seen").to_owned();
+    let seen = first["last_seen_at"]
+        .as_str()
+        .expect("last seen")
+        .to_owned();
     wait_until("last_seen_at moves", Duration::from_secs(10), || async {
         let agent = server.agent("beating").await.ok()?;
         let now = agent["last_seen_at"].as_str()?.to_owned();
@@ -266,14 +313,24 @@ async fn a_killed_agent_turns_unreachable_after_three_intervals() -> anyhow::Res
     let data_dir = server.dir.path().join("agent-victim");
     let mut child = ChildProcess::spawn(
         &[
-            "agent", "run", "--server", &server.api_url(),
-            "--data-dir", &data_dir.to_string_lossy(),
-            "--join-token", &token, "--name", "victim",
+            "agent",
+            "run",
+            "--server",
+            &server.api_url(),
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+            "--join-token",
+            &token,
+            "--name",
+            "victim",
         ],
         &[],
         server.dir.path().join("victim.log"),
     )?;
-    if let Err(error) = server.wait_for_state("victim", "connected", Duration::from_secs(20)).await {
+    if let Err(error) = server
+        .wait_for_state("victim", "connected", Duration::from_secs(20))
+        .await
+    {
         panic!("{error}\nagent log:\n{}", child.log_text());
     }
     child.kill().await?;
@@ -282,7 +339,11 @@ async fn a_killed_agent_turns_unreachable_after_three_intervals() -> anyhow::Res
         .wait_for_state("victim", "unreachable", Duration::from_secs(15))
         .await?;
     // 3 intervals of 1 s, less up to one interval since the last heartbeat.
-    assert!(killed.elapsed() >= Duration::from_millis(1800), "{:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        killed.elapsed()
+    );
     Ok(())
 }
 
@@ -299,8 +360,14 @@ async fn renewal_issues_a_new_certificate_for_the_same_identity() -> anyhow::Res
     assert_ne!(after.cert_pem, before.cert_pem);
     let stored = Identity::load(&agent.data_dir)?.expect("identity");
     assert_eq!(stored.cert_pem, after.cert_pem);
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url())).await?.text().await?;
-    assert!(metrics.contains("stella_renewals_total{outcome=\"ok\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("stella_renewals_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -312,23 +379,34 @@ async fn a_server_restart_loses_nothing_and_agents_come_back() -> anyhow::Result
         .wait_for_state("survivor", "connected", Duration::from_secs(10))
         .await?;
     server
-        .post("/api/v1/users", json!({"name": "keeper", "roles": ["viewer"]}))
+        .post(
+            "/api/v1/users",
+            json!({"name": "keeper", "roles": ["viewer"]}),
+        )
         .await?;
     let ca_before = server.running().app.pki.ca.fingerprint();
 
     server.restart().await?;
     let app = server.running().app.clone();
-    assert_eq!(app.pki.ca.fingerprint(), ca_before, "the CA survives a restart");
+    assert_eq!(
+        app.pki.ca.fingerprint(),
+        ca_before,
+        "the CA survives a restart"
+    );
     let id = before["id"].as_str().expect("id").to_owned();
-    wait_until("the agent reconnects by itself", Duration::from_secs(20), || async {
-        app.sessions.is_open(&id).then_some(())
-    })
+    wait_until(
+        "the agent reconnects by itself",
+        Duration::from_secs(20),
+        || async { app.sessions.is_open(&id).then_some(()) },
+    )
     .await?;
     let after = server.agent("survivor").await?;
     assert_eq!(after["id"], before["id"]);
     assert_eq!(after["enrolled_at"], before["enrolled_at"]);
     assert_eq!(after["host"], before["host"]);
     let users = server.get("/api/v1/users").await?;
-    assert!(users.as_array().is_some_and(|u| u.iter().any(|u| u["name"] == "keeper")));
+    assert!(users
+        .as_array()
+        .is_some_and(|u| u.iter().any(|u| u["name"] == "keeper")));
     Ok(())
 }

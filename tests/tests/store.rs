@@ -59,7 +59,10 @@ struct Fixture {
 impl Fixture {
     async fn sqlite() -> Fixture {
         let dir = TestDir::new("store");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("stella.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("stella.db").display()
+        );
         let store = connect(&url).await;
         assert_eq!(store.backend(), Backend::Sqlite);
         Fixture {
@@ -204,10 +207,22 @@ fn _store_futures_are_send(store: &Store) {
 async fn migrations_create_an_empty_store(f: &Fixture) {
     let store = &f.store;
     store.ping().await.ok_or_panic("ping");
-    assert!(store.list_agents().await.ok_or_panic("list agents").is_empty());
-    assert!(store.list_users().await.ok_or_panic("list users").is_empty());
+    assert!(store
+        .list_agents()
+        .await
+        .ok_or_panic("list agents")
+        .is_empty());
+    assert!(store
+        .list_users()
+        .await
+        .ok_or_panic("list users")
+        .is_empty());
     assert_eq!(store.count_users().await.ok_or_panic("count"), 0);
-    assert!(store.revoked_agent_ids().await.ok_or_panic("revoked").is_empty());
+    assert!(store
+        .revoked_agent_ids()
+        .await
+        .ok_or_panic("revoked")
+        .is_empty());
 }
 
 async fn enrolment_consumes_the_token_once(f: &Fixture) {
@@ -245,7 +260,16 @@ async fn enrolment_consumes_the_token_once(f: &Fixture) {
     assert_eq!(agent.state(NOW, 5_000), AgentState::Enrolled);
     // A token inserted twice is a conflict, not a second chance.
     let again = store.insert_join_token(&token("once", NOW + HOUR_MS)).await;
-    assert!(matches!(again, Err(StoreError::Conflict { entity: "join token", .. })), "{again:?}");
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Conflict {
+                entity: "join token",
+                ..
+            })
+        ),
+        "{again:?}"
+    );
 }
 
 async fn concurrent_enrolments_share_one_token(f: &Fixture) {
@@ -259,14 +283,22 @@ async fn concurrent_enrolments_share_one_token(f: &Fixture) {
             let store = f.store.clone();
             tokio::spawn(async move {
                 store
-                    .enroll_agent("contested", NOW, &new_agent(&format!("agent-{i}"), &format!("web-{i}")))
+                    .enroll_agent(
+                        "contested",
+                        NOW,
+                        &new_agent(&format!("agent-{i}"), &format!("web-{i}")),
+                    )
                     .await
             })
         })
         .collect();
     let mut enrolled = 0;
     for task in tasks {
-        match task.await.unwrap_or_else(|e| panic!("task: {e}")).ok_or_panic("enrolment") {
+        match task
+            .await
+            .unwrap_or_else(|e| panic!("task: {e}"))
+            .ok_or_panic("enrolment")
+        {
             Ok(()) => enrolled += 1,
             Err(refusal) => assert_eq!(refusal, JoinTokenRefusal::AlreadyUsed),
         }
@@ -364,14 +396,35 @@ async fn agents_are_found_by_id_or_name(f: &Fixture) {
         .collect();
     assert_eq!(names, ["alpha", "beta", "id-a"]);
 
-    assert_eq!(store.get_agent("id-b").await.ok_or_panic("get").name, "beta");
-    assert_eq!(store.find_agent("id-b").await.ok_or_panic("by id").name, "beta");
-    assert_eq!(store.find_agent("beta").await.ok_or_panic("by name").id, "id-b");
-    assert_eq!(store.find_agent("id-a").await.ok_or_panic("id wins").name, "alpha");
+    assert_eq!(
+        store.get_agent("id-b").await.ok_or_panic("get").name,
+        "beta"
+    );
+    assert_eq!(
+        store.find_agent("id-b").await.ok_or_panic("by id").name,
+        "beta"
+    );
+    assert_eq!(
+        store.find_agent("beta").await.ok_or_panic("by name").id,
+        "id-b"
+    );
+    assert_eq!(
+        store.find_agent("id-a").await.ok_or_panic("id wins").name,
+        "alpha"
+    );
 
-    for missing in [store.get_agent("beta").await, store.find_agent("gamma").await] {
+    for missing in [
+        store.get_agent("beta").await,
+        store.find_agent("gamma").await,
+    ] {
         assert!(
-            matches!(&missing, Err(StoreError::NotFound { entity: "agent", .. })),
+            matches!(
+                &missing,
+                Err(StoreError::NotFound {
+                    entity: "agent",
+                    ..
+                })
+            ),
             "{missing:?}"
         );
     }
@@ -390,7 +443,10 @@ async fn hello_and_heartbeats_move_last_seen_forward(f: &Fixture) {
     let agent = store.get_agent("agent-1").await.ok_or_panic("get");
     assert_eq!(agent.agent_version.as_deref(), Some("0.1.0"));
     assert_eq!(agent.capabilities, ["docker", "compose"]);
-    assert_eq!(agent.labels, greeting.labels, "hello labels replace enrolment labels");
+    assert_eq!(
+        agent.labels, greeting.labels,
+        "hello labels replace enrolment labels"
+    );
     assert_eq!(agent.host.as_ref(), Some(&greeting.host));
     assert_eq!(agent.last_seen_at_ms, Some(NOW + 1_000));
     assert_eq!(agent.state(NOW + 1_000, 5_000), AgentState::Connected);
@@ -425,11 +481,20 @@ async fn hello_and_heartbeats_move_last_seen_forward(f: &Fixture) {
     store.touch_agents(&[]).await.ok_or_panic("empty touch");
 
     let agent = store.get_agent("agent-1").await.ok_or_panic("get");
-    assert_eq!(agent.state(NOW + 9_000 + 15_000, 5_000), AgentState::Connected);
-    assert_eq!(agent.state(NOW + 9_000 + 15_001, 5_000), AgentState::Unreachable);
+    assert_eq!(
+        agent.state(NOW + 9_000 + 15_000, 5_000),
+        AgentState::Connected
+    );
+    assert_eq!(
+        agent.state(NOW + 9_000 + 15_001, 5_000),
+        AgentState::Unreachable
+    );
 
     let missing = store.record_hello("nobody", &hello(NOW)).await;
-    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
 }
 
 async fn certificate_renewal_is_recorded(f: &Fixture) {
@@ -443,7 +508,10 @@ async fn certificate_renewal_is_recorded(f: &Fixture) {
     assert_eq!(agent.cert_serial, "renewed-serial");
     assert_eq!(agent.cert_not_after_ms, NOW + 48 * HOUR_MS);
     let missing = store.update_agent_certificate("nobody", "s", NOW).await;
-    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
 }
 
 async fn revocation_is_idempotent_and_listed(f: &Fixture) {
@@ -452,10 +520,19 @@ async fn revocation_is_idempotent_and_listed(f: &Fixture) {
     enrol(store, "agent-1", "web-1").await;
     enrol(store, "agent-3", "web-3").await;
 
-    assert!(store.revoke_agent("agent-2", NOW + 10, "key leaked").await.ok_or_panic("revoke"));
-    assert!(store.revoke_agent("agent-1", NOW + 20, "retired").await.ok_or_panic("revoke"));
+    assert!(store
+        .revoke_agent("agent-2", NOW + 10, "key leaked")
+        .await
+        .ok_or_panic("revoke"));
+    assert!(store
+        .revoke_agent("agent-1", NOW + 20, "retired")
+        .await
+        .ok_or_panic("revoke"));
     // Again: not newly revoked, and the first time and reason stay.
-    assert!(!store.revoke_agent("agent-2", NOW + 30, "again").await.ok_or_panic("revoke again"));
+    assert!(!store
+        .revoke_agent("agent-2", NOW + 30, "again")
+        .await
+        .ok_or_panic("revoke again"));
 
     let agent = store.get_agent("agent-2").await.ok_or_panic("get");
     assert_eq!(agent.revoked_at_ms, Some(NOW + 10));
@@ -528,7 +605,10 @@ async fn users_and_tokens_round_trip(f: &Fixture) {
         .await
         .ok_or_panic("token b1");
     let owner = |hash: &'static str| async move {
-        store.user_for_token(hash).await.ok_or_panic("user for token")
+        store
+            .user_for_token(hash)
+            .await
+            .ok_or_panic("user for token")
     };
     assert_eq!(owner("hash-a1").await, Some(alice.clone()));
     assert_eq!(owner("hash-a2").await, Some(alice.clone()));
@@ -537,7 +617,13 @@ async fn users_and_tokens_round_trip(f: &Fixture) {
 
     let reused = store.insert_api_token("hash-a1", &bob.id, NOW).await;
     assert!(
-        matches!(reused, Err(StoreError::Conflict { entity: "api token", .. })),
+        matches!(
+            reused,
+            Err(StoreError::Conflict {
+                entity: "api token",
+                ..
+            })
+        ),
         "{reused:?}"
     );
     let orphan = store.insert_api_token("hash-x", "no-such-user", NOW).await;
@@ -575,7 +661,10 @@ async fn data_survives_reconnecting(f: &Fixture) {
     let reopened = connect(&f.url).await;
     assert_eq!(reopened.list_agents().await.ok_or_panic("list"), before);
     assert_eq!(
-        reopened.user_for_token("admin-hash").await.ok_or_panic("token"),
+        reopened
+            .user_for_token("admin-hash")
+            .await
+            .ok_or_panic("token"),
         Some(admin)
     );
     assert_eq!(

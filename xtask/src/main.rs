@@ -14,7 +14,10 @@ use clap::{Parser, Subcommand};
 
 /// Stella's developer tasks.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Developer tasks for the Stella workspace")]
+#[command(
+    name = "cargo xtask",
+    about = "Developer tasks for the Stella workspace"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

@@ -73,7 +73,10 @@ fn provision(packages: &[DebianPackage]) -> anyhow::Result<()> {
         } else {
             "installed"
         };
-        println!("{:<24} {state:<10} ({})", package.package, package.check_path);
+        println!(
+            "{:<24} {state:<10} ({})",
+            package.package, package.check_path
+        );
     }
     if missing.is_empty() {
         return Ok(());

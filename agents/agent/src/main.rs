@@ -21,7 +21,11 @@ struct Args {
     #[arg(long, env = "STELLA_GRPC_URL")]
     grpc_url: Option<String>,
     /// Where the agent keeps its key, certificate and task journal.
-    #[arg(long, env = "STELLA_AGENT_DATA_DIR", default_value = "/var/lib/stella-agent")]
+    #[arg(
+        long,
+        env = "STELLA_AGENT_DATA_DIR",
+        default_value = "/var/lib/stella-agent"
+    )]
     data_dir: PathBuf,
     /// One-time join token; needed only for the first start.
     #[arg(long, env = "STELLA_JOIN_TOKEN", hide_env_values = true)]
@@ -44,8 +48,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();

@@ -109,7 +109,12 @@ impl AgentView {
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<AgentView>>> {
     caller.require(Permission::Read)?;
     let agents = app.store.list_agents().await?;
-    Ok(Json(agents.into_iter().map(|a| AgentView::new(a, &app)).collect()))
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|a| AgentView::new(a, &app))
+            .collect(),
+    ))
 }
 
 /// Shows one agent, by id or name.

@@ -142,13 +142,13 @@ pub enum Permission {
 /// Whether a role grants a permission. `admin` grants everything; the others are
 /// disjoint apart from reading, so that approving and operating can be separated.
 pub fn role_allows(role: Role, permission: Permission) -> bool {
-    match (role, permission) {
-        (Role::Admin, _) => true,
-        (_, Permission::Read) => true,
-        (Role::Operator, Permission::Operate) => true,
-        (Role::Approver, Permission::Approve) => true,
-        _ => false,
-    }
+    matches!(
+        (role, permission),
+        (Role::Admin, _)
+            | (_, Permission::Read)
+            | (Role::Operator, Permission::Operate)
+            | (Role::Approver, Permission::Approve)
+    )
 }
 
 /// The authenticated user of a request (`Authorization: Bearer <token>`).
@@ -158,7 +158,12 @@ pub struct Caller(pub User);
 impl Caller {
     /// 403 unless one of the caller's roles grants `permission`.
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
-        if self.0.roles.iter().any(|role| role_allows(*role, permission)) {
+        if self
+            .0
+            .roles
+            .iter()
+            .any(|role| role_allows(*role, permission))
+        {
             Ok(())
         } else {
             Err(ApiError(AppError::new(

@@ -165,7 +165,10 @@ impl AgentGateway for Gateway {
         }))
     }
 
-    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
         let identity = peer_identity(&request)?;
         let certificate = self
             .app
@@ -232,9 +235,9 @@ async fn run_session(
     loop {
         tokio::select! {
             _ = guard.closed.cancelled() => {
-                let reason = guard.close_reason().map_or("closed by the server", |r| r.0);
-                tracing::info!(reason, "closing agent session");
-                let _ = tx.send(Err(Status::permission_denied(reason))).await;
+                let reason = guard.close_reason().unwrap_or(sessions::CloseReason::ShuttingDown);
+                tracing::info!(?reason, "closing agent session");
+                let _ = tx.send(Err(reason.status())).await;
                 break;
             }
             message = inbound.message() => match message {

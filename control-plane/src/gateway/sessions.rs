@@ -8,9 +8,27 @@ use parking_lot::{Mutex, RwLock};
 use stella_pki::{AgentIdentity, RevocationList};
 use tokio_util::sync::CancellationToken;
 
-/// Why a session was closed by the server.
-#[derive(Clone, Debug)]
-pub struct CloseReason(pub &'static str);
+/// Why the server closed a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The agent was revoked: it must not come back.
+    Revoked,
+    /// The same agent opened a newer session.
+    Replaced,
+    /// This replica is stopping: the agent should reconnect (to it or another replica).
+    ShuttingDown,
+}
+
+impl CloseReason {
+    /// The status the agent's stream ends with.
+    pub fn status(self) -> tonic::Status {
+        match self {
+            CloseReason::Revoked => tonic::Status::permission_denied("agent revoked"),
+            CloseReason::Replaced => tonic::Status::aborted("replaced by a newer session"),
+            CloseReason::ShuttingDown => tonic::Status::unavailable("server shutting down"),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct SessionHandle {
@@ -39,7 +57,7 @@ pub struct SessionGuard {
 impl SessionGuard {
     /// Why the server closed the session, if it did.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.reason.lock().clone()
+        *self.reason.lock()
     }
 }
 
@@ -56,7 +74,7 @@ impl SessionRegistry {
             reason: reason.clone(),
         };
         if let Some(old) = self.sessions.lock().insert(agent_id.to_owned(), handle) {
-            *old.reason.lock() = Some(CloseReason("replaced by a newer session"));
+            *old.reason.lock() = Some(CloseReason::Replaced);
             old.close.cancel();
         }
         SessionGuard {
@@ -78,14 +96,22 @@ impl SessionRegistry {
     }
 
     /// Closes an agent's session; true if one was open.
-    pub fn close(&self, agent_id: &str, reason: &'static str) -> bool {
+    pub fn close(&self, agent_id: &str, reason: CloseReason) -> bool {
         match self.sessions.lock().remove(agent_id) {
             Some(handle) => {
-                *handle.reason.lock() = Some(CloseReason(reason));
+                *handle.reason.lock() = Some(reason);
                 handle.close.cancel();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for (_, handle) in self.sessions.lock().drain() {
+            *handle.reason.lock() = Some(reason);
+            handle.close.cancel();
         }
     }
 
@@ -188,10 +214,14 @@ mod tests {
         // The old session ending must not unregister the new one.
         registry.remove("a", first.session_id);
         assert!(registry.is_open("a"));
-        assert!(registry.close("a", "agent revoked"));
+        assert!(registry.close("a", CloseReason::Revoked));
         assert!(second.closed.is_cancelled());
-        assert_eq!(second.close_reason().map(|r| r.0), Some("agent revoked"));
-        assert!(!registry.close("a", "agent revoked"));
+        assert_eq!(second.close_reason(), Some(CloseReason::Revoked));
+        assert!(!registry.close("a", CloseReason::Revoked));
+        let third = registry.open("b");
+        registry.close_all(CloseReason::ShuttingDown);
+        assert!(third.closed.is_cancelled());
+        assert!(registry.is_empty());
     }
 
     #[test]

@@ -217,7 +217,12 @@ impl Store {
 
     /// Revokes an agent: `Ok(true)` if this call revoked it, `Ok(false)` if it already was
     /// (the first time and reason are kept), `NotFound` if there is no such agent.
-    pub async fn revoke_agent(&self, id: &str, now_ms: i64, reason: &str) -> Result<bool, StoreError> {
+    pub async fn revoke_agent(
+        &self,
+        id: &str,
+        now_ms: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
         const OP: &str = "revoking an agent";
         let revoked = sqlx::query(
             "UPDATE agents SET revoked_at_ms = $1, revoke_reason = $2 \

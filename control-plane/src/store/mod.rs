@@ -127,8 +127,8 @@ impl Store {
     pub async fn connect_with(config: &StoreConfig) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(&config.url)?;
-        let options =
-            AnyConnectOptions::from_str(&config.url).map_err(database("parsing the database url"))?;
+        let options = AnyConnectOptions::from_str(&config.url)
+            .map_err(database("parsing the database url"))?;
         let (pool, migrator) = match backend {
             Backend::Sqlite => (
                 sqlite_pool(&config.url, options, config.max_connections).await?,

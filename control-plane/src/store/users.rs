@@ -121,7 +121,11 @@ impl UserRow {
 
 /// Roles as stored: their names joined by commas, in the order given.
 fn encode_roles(roles: &[Role]) -> String {
-    roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(",")
+    roles
+        .iter()
+        .map(|role| role.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn decode_roles(stored: &str) -> Result<Vec<Role>, crate::domain::UnknownRole> {

@@ -12,11 +12,15 @@ use tokio::process::{Child, Command};
 
 /// How long a fresh server may take to answer `/healthz` (it creates its CA first).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping server may take before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running server; killed when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
+    /// The server, or the wrapper it runs under.
     child: Child,
+    /// The server itself (the child's descendant when a wrapper is used).
     pid: u32,
     api_url: String,
     log_path: PathBuf,
@@ -68,7 +72,15 @@ impl ProcSample {
 impl ServerProcess {
     /// Starts `binary server` with its data dir and config under `work_dir`, on free
     /// loopback ports, and waits until it is healthy and has written its admin token.
-    pub async fn start(binary: &Path, work_dir: &Path, config_toml: &str) -> anyhow::Result<Self> {
+    ///
+    /// `wrapper` (e.g. `heaptrack` or `taskset -c 1`) is a command the server runs under;
+    /// it must exec or spawn the binary itself, which is then the process measured.
+    pub async fn start(
+        binary: &Path,
+        work_dir: &Path,
+        config_toml: &str,
+        wrapper: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let data_dir = work_dir.join("data");
         let config_path = work_dir.join("server.toml");
         let log_path = work_dir.join("server.log");
@@ -78,7 +90,16 @@ impl ServerProcess {
         let grpc_addr = free_loopback_addr()?;
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let child = Command::new(binary)
+        let mut wrapper_words = wrapper.into_iter().flat_map(str::split_whitespace);
+        let mut command = match wrapper_words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_words).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("server")
             .arg("--data-dir")
             .arg(&data_dir)
@@ -94,7 +115,11 @@ impl ServerProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("the server exited at once")?;
+        let child_pid = child.id().context("the server exited at once")?;
+        let pid = match wrapper {
+            Some(_) => find_descendant(&mut child, child_pid, binary).await?,
+            None => child_pid,
+        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
@@ -163,10 +188,25 @@ impl ServerProcess {
         Ok(Metrics(response.text().await?))
     }
 
-    /// Kills the server and waits for it.
+    /// Stops the server with SIGTERM (so wrappers like heaptrack can finish their
+    /// output), and kills it if it takes longer than [`STOP_TIMEOUT`].
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("the server did not stop within {STOP_TIMEOUT:?}; killing it");
+            let _ = tokio::process::Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status()
+                .await;
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 
     /// The last lines of the server's log, for error messages.
@@ -292,6 +332,61 @@ fn sample_process(pid: &str) -> anyhow::Result<ProcSample> {
         threads,
         at,
     })
+}
+
+/// The process running `binary` below `root` (a wrapper's child), once it exists.
+async fn find_descendant(child: &mut Child, root: u32, binary: &Path) -> anyhow::Result<u32> {
+    let binary = binary.canonicalize()?;
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the server wrapper exited ({status})");
+        }
+        let entries = std::fs::read_dir("/proc").context("cannot list /proc")?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let runs_binary =
+                std::fs::read_link(entry.path().join("exe")).is_ok_and(|exe| exe == binary);
+            if runs_binary && descends_from(pid, root) {
+                return Ok(pid);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no process running {} appeared under the wrapper",
+                binary.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    // A process tree is shallow; the bound only guards against a racing /proc.
+    for _ in 0..64 {
+        if pid == ancestor {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Field 4 (ppid) is the second field after the command name.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse().ok());
+        match parent {
+            Some(0) | None => return false,
+            Some(parent) => pid = parent,
+        }
+    }
+    false
 }
 
 fn free_loopback_addr() -> anyhow::Result<SocketAddr> {

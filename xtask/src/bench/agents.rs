@@ -1,0 +1,597 @@
+//! `cargo xtask bench agents`: enrols N simulated agents with a fresh control plane
+//! (a `stella server` child process built in release mode), holds one mTLS session
+//! per agent from this process, and reports the server's memory and CPU per agent.
+//!
+//! Client and server are separate processes, so `/proc` figures of the server contain
+//! nothing of the simulation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::StreamExt;
+use stella_agent_core::transport::GatewayUrl;
+use stella_pki::Fingerprint;
+use stella_proto::v1::{Hello, HostFacts};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::server::{self, ProcSample, ServerProcess};
+use super::sim::{self, Enroller, SessionContext, SessionStats, SimAgent};
+use crate::cargo::{cargo, run_checked, step, target_dir};
+
+/// File descriptors each process needs besides one per agent (listeners, the
+/// database, enrolment and API connections, the runtime).
+const FD_HEADROOM: u64 = 200;
+/// TLS connections the enrolments share.
+const ENROL_CONNECTIONS: usize = 4;
+/// The memory budget per agent the bench is held against.
+const TARGET_RSS_PER_AGENT_KIB: f64 = 48.0;
+/// How long the server may settle after startup before the first sample.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Flags of `cargo xtask bench agents`.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    /// Number of simulated agents.
+    #[arg(long)]
+    count: usize,
+    /// Heartbeat interval the server is configured with (and tells the agents).
+    #[arg(long, default_value_t = 5)]
+    heartbeat_interval_seconds: u32,
+    /// Length of the steady window (all agents connected, heartbeating).
+    #[arg(long, default_value_t = 30)]
+    duration_seconds: u64,
+    /// TLS handshakes and `Connect` calls in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Enrolments (join token + `Enroll`) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    enrol_concurrency: usize,
+    /// Use the `stella` release binary as it is instead of running `cargo build`.
+    #[arg(long)]
+    no_build: bool,
+    /// Diagnostics: open the mTLS connections but call no `Connect`, to tell the cost
+    /// of a connection (TCP, TLS, HTTP/2) from that of a session.
+    #[arg(long)]
+    connections_only: bool,
+    /// Diagnostics: run the server under this command, e.g. `heaptrack` (its output
+    /// file lands in the current directory) or `taskset -c 1`.
+    #[arg(long, value_name = "COMMAND")]
+    server_wrapper: Option<String>,
+}
+
+/// Runs the bench: builds, raises the fd limit, then drives the async part.
+pub fn run(args: &AgentsArgs) -> anyhow::Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    if args.heartbeat_interval_seconds == 0 || args.duration_seconds == 0 {
+        bail!("--heartbeat-interval-seconds and --duration-seconds must be positive");
+    }
+    if args.connect_concurrency == 0 || args.enrol_concurrency == 0 {
+        bail!("--connect-concurrency and --enrol-concurrency must be positive");
+    }
+    let fd_limit = raise_fd_limit(args.count)?;
+    let binary = server_binary(args.no_build)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let report = runtime.block_on(bench(args, &binary, fd_limit))?;
+    // Thousands of session tasks end with the runtime; no need to wait for each.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    report.print();
+    Ok(())
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; the server, a child,
+/// inherits it. Fails when `count` agents cannot fit.
+fn raise_fd_limit(count: usize) -> anyhow::Result<u64> {
+    step("file descriptor limit");
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let soft = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    let needed = count as u64 + FD_HEADROOM;
+    println!(
+        "open files: soft {soft}, hard {hard}; {count} agents need about {needed} per process"
+    );
+    if soft < needed {
+        bail!(
+            "{count} agents need about {needed} open files in this process and in the server, \
+             but the limit is {soft} (hard limit {hard}); raise the hard limit \
+             (`ulimit -Hn`, limits.conf, or the container's nofile) or use at most {} agents",
+            soft.saturating_sub(FD_HEADROOM)
+        );
+    }
+    Ok(soft)
+}
+
+fn server_binary(no_build: bool) -> anyhow::Result<PathBuf> {
+    if no_build {
+        step("release build: skipped (--no-build)");
+    } else {
+        step("release build");
+        run_checked(cargo().args(["build", "--release", "-p", "stella-cli"]))?;
+    }
+    let binary = target_dir()?.join("release").join("stella");
+    if !binary.exists() {
+        bail!(
+            "{} does not exist; build it with `cargo build --release -p stella-cli`",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+async fn bench(
+    args: &AgentsArgs,
+    binary: &std::path::Path,
+    fd_limit: u64,
+) -> anyhow::Result<Report> {
+    let work_dir = tempfile::Builder::new()
+        .prefix("stella-bench-agents-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    step("start the control plane");
+    let config = format!(
+        "heartbeat_interval_seconds = {}\n",
+        args.heartbeat_interval_seconds
+    );
+    let server = ServerProcess::start(
+        binary,
+        work_dir.path(),
+        &config,
+        args.server_wrapper.as_deref(),
+    )
+    .await?;
+    println!(
+        "server pid {} (log: {})",
+        server.pid(),
+        server.log_path().display()
+    );
+    let result = drive(args, &server, fd_limit).await;
+    if result.is_err() {
+        eprintln!("server log (last lines):\n{}", server.log_tail());
+    }
+    server.stop().await;
+    drop(work_dir);
+    result
+}
+
+async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyhow::Result<Report> {
+    let clock_ticks = server::clock_ticks_per_second()?;
+    let info = server.gateway_info().await?;
+    println!(
+        "gateway {} (trust domain {}, ca {})",
+        info.grpc_url, info.trust_domain, info.ca_fingerprint
+    );
+    let gateway = GatewayUrl::parse(&info.grpc_url)?;
+    let ca_pin = Fingerprint::parse(&info.ca_fingerprint).with_context(|| {
+        format!(
+            "the server announced an invalid ca fingerprint `{}`",
+            info.ca_fingerprint
+        )
+    })?;
+    tokio::time::sleep(SETTLE).await;
+    let startup = Snapshot::take(server)?;
+
+    step(&format!(
+        "enrol {} agents ({} at a time)",
+        args.count, args.enrol_concurrency
+    ));
+    let labels = HashMap::from([("bench".to_owned(), "agents".to_owned())]);
+    let enroller =
+        Arc::new(Enroller::new(&gateway, &ca_pin, ENROL_CONNECTIONS, labels.clone()).await?);
+    let enrolment = enrol_all(args, server, &enroller).await;
+    drop(enroller);
+    let enrolled = enrolment.agents.len();
+    println!(
+        "enrolled {enrolled}/{} in {:.1} s ({:.1}/s)",
+        args.count,
+        enrolment.seconds,
+        per_second(enrolled, enrolment.seconds)
+    );
+    if let Some(error) = &enrolment.first_error {
+        println!("first enrolment error: {error}");
+    }
+    if enrolled == 0 {
+        bail!("no agent could enrol");
+    }
+    let after_enrolment = Snapshot::take(server)?;
+
+    step(&format!(
+        "connect {enrolled} sessions ({} handshakes at a time)",
+        args.connect_concurrency
+    ));
+    let context = Arc::new(SessionContext {
+        gateway,
+        hello: hello(labels),
+        default_heartbeat_interval: Duration::from_secs(u64::from(args.heartbeat_interval_seconds)),
+        started: Instant::now(),
+        stats: SessionStats::default(),
+        shutdown: CancellationToken::new(),
+        connections_only: args.connections_only,
+    });
+    let connect_start = Snapshot::take(server)?;
+    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency));
+    for agent in enrolment.agents {
+        let permit = handshakes.clone().acquire_owned().await?;
+        tokio::spawn(sim::run_session(agent, context.clone(), permit));
+    }
+    let stats = &context.stats;
+    let deadline =
+        Instant::now() + Duration::from_secs(60) + Duration::from_millis(20) * enrolled as u32;
+    let mut last_progress = Instant::now();
+    loop {
+        let done = stats.welcomed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+        if done >= enrolled {
+            break;
+        }
+        if Instant::now() >= deadline {
+            println!("connect phase timed out with {done}/{enrolled} sessions settled");
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            println!(
+                "  {} welcomed, {} failed",
+                stats.welcomed.load(Ordering::Relaxed),
+                stats.failed.load(Ordering::Relaxed)
+            );
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_end = Snapshot::take(server)?;
+    let connected = stats.welcomed.load(Ordering::Relaxed);
+    let connect_seconds =
+        Duration::from_micros(stats.last_welcome_micros.load(Ordering::Relaxed)).as_secs_f64();
+    println!(
+        "connected {connected}/{enrolled} in {connect_seconds:.1} s ({} failed)",
+        stats.failed.load(Ordering::Relaxed)
+    );
+    if let Some(error) = stats.first_error() {
+        println!("first session error: {error}");
+    }
+    if connected == 0 {
+        bail!("no session could be opened");
+    }
+
+    step(&format!(
+        "steady heartbeats for {} s",
+        args.duration_seconds
+    ));
+    // Let the gauge catch up with the last sessions before the window opens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connected_sample = Snapshot::take(server)?;
+    let metrics_start = server.metrics().await?;
+    let window_start = Instant::now();
+    let heartbeats_start = metrics_start
+        .value("stella_heartbeats_total")
+        .unwrap_or(0.0);
+    let sent_start = stats.heartbeats_sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(args.duration_seconds)).await;
+    let metrics_end = server.metrics().await?;
+    let window = window_start.elapsed().as_secs_f64();
+    let heartbeats_end = metrics_end.value("stella_heartbeats_total").unwrap_or(0.0);
+    let sent_end = stats.heartbeats_sent.load(Ordering::Relaxed);
+    let steady_end = Snapshot::take(server)?;
+    context.shutdown.cancel();
+
+    Ok(Report {
+        requested: args.count,
+        heartbeat_interval_seconds: args.heartbeat_interval_seconds,
+        fd_limit,
+        enrolled,
+        enrol_seconds: enrolment.seconds,
+        connected,
+        connect_failed: stats.failed.load(Ordering::Relaxed),
+        connect_seconds,
+        sessions_lost: stats.lost.load(Ordering::Relaxed),
+        server_sessions: metrics_end.value("stella_agent_sessions"),
+        startup,
+        after_enrolment,
+        connected_sample,
+        steady_end,
+        connect_start,
+        connect_end,
+        steady_seconds: window,
+        heartbeats_per_second: (heartbeats_end - heartbeats_start) / window,
+        heartbeats_sent_per_second: (sent_end - sent_start) as f64 / window,
+        clock_ticks,
+    })
+}
+
+/// The server's and this process's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    server: ProcSample,
+    client: ProcSample,
+}
+
+impl Snapshot {
+    fn take(server: &ServerProcess) -> anyhow::Result<Self> {
+        Ok(Snapshot {
+            server: server.sample()?,
+            client: server::sample_self()?,
+        })
+    }
+}
+
+/// What the enrolment phase produced.
+struct Enrolment {
+    agents: Vec<SimAgent>,
+    seconds: f64,
+    first_error: Option<String>,
+}
+
+async fn enrol_all(
+    args: &AgentsArgs,
+    server: &ServerProcess,
+    enroller: &Arc<Enroller>,
+) -> Enrolment {
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = tokio::spawn(print_progress("enrolled", done.clone(), args.count));
+    // Each enrolment is its own task so both cores generate keys and run TLS;
+    // `buffer_unordered` bounds how many exist at once.
+    let results: Vec<anyhow::Result<SimAgent>> = futures::stream::iter(1..=args.count)
+        .map(|index| {
+            let enroller = enroller.clone();
+            let done = done.clone();
+            // A token per agent: join tokens are single use.
+            let token = server.create_join_token(3600);
+            async move {
+                let token = token.await.context("creating a join token")?;
+                let agent = tokio::spawn(async move { enroller.enrol(index, token).await })
+                    .await
+                    .context("enrolment task")??;
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok(agent)
+            }
+        })
+        .buffer_unordered(args.enrol_concurrency)
+        .collect()
+        .await;
+    progress.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut agents = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    let mut failed = 0;
+    for result in results {
+        match result {
+            Ok(agent) => agents.push(agent),
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    if failed > 0 {
+        println!("{failed} enrolments failed");
+    }
+    Enrolment {
+        agents,
+        seconds,
+        first_error,
+    }
+}
+
+async fn print_progress(what: &'static str, done: Arc<AtomicUsize>, total: usize) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        println!("  {what} {}/{total}", done.load(Ordering::Relaxed));
+    }
+}
+
+fn hello(labels: HashMap<String, String>) -> Hello {
+    Hello {
+        agent_version: concat!("xtask-sim/", env!("CARGO_PKG_VERSION")).to_owned(),
+        capabilities: vec!["docker".to_owned()],
+        labels,
+        host: Some(HostFacts {
+            hostname: "sim-host".to_owned(),
+            os_name: "Debian GNU/Linux".to_owned(),
+            os_version: "12".to_owned(),
+            kernel_version: "6.1.0".to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+            cpu_count: 2,
+            memory_total_bytes: 4 << 30,
+            boot_time_unix_seconds: 1_700_000_000,
+        }),
+        in_flight: Vec::new(),
+    }
+}
+
+fn per_second(count: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Every figure of one run.
+#[derive(Debug)]
+struct Report {
+    requested: usize,
+    heartbeat_interval_seconds: u32,
+    fd_limit: u64,
+    enrolled: usize,
+    enrol_seconds: f64,
+    connected: usize,
+    connect_failed: usize,
+    connect_seconds: f64,
+    sessions_lost: usize,
+    server_sessions: Option<f64>,
+    startup: Snapshot,
+    after_enrolment: Snapshot,
+    connected_sample: Snapshot,
+    steady_end: Snapshot,
+    connect_start: Snapshot,
+    connect_end: Snapshot,
+    steady_seconds: f64,
+    heartbeats_per_second: f64,
+    heartbeats_sent_per_second: f64,
+    clock_ticks: u64,
+}
+
+impl Report {
+    /// Server RSS growth per connected agent between two snapshots.
+    fn rss_per_agent_kib(&self, before: &Snapshot, after: &Snapshot) -> f64 {
+        (after.server.rss_kib as f64 - before.server.rss_kib as f64) / self.connected.max(1) as f64
+    }
+
+    fn print(&self) {
+        let ticks = self.clock_ticks;
+        let per_agent = self.rss_per_agent_kib(&self.startup, &self.steady_end);
+        let per_agent_connected = self.rss_per_agent_kib(&self.startup, &self.connected_sample);
+        let per_session = self.rss_per_agent_kib(&self.after_enrolment, &self.steady_end);
+        let (connect_start, connect_end) = (&self.connect_start, &self.connect_end);
+        let cpu_connect = connect_end
+            .server
+            .cpu_percent_since(&connect_start.server, ticks);
+        let client_cpu_connect = connect_end
+            .client
+            .cpu_percent_since(&connect_start.client, ticks);
+        let (steady_start, steady_end) = (&self.connected_sample, &self.steady_end);
+        let cpu_steady = steady_end
+            .server
+            .cpu_percent_since(&steady_start.server, ticks);
+        let client_cpu_steady = steady_end
+            .client
+            .cpu_percent_since(&steady_start.client, ticks);
+        let expected_heartbeats =
+            self.connected as f64 / f64::from(self.heartbeat_interval_seconds);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let verdict = if per_agent <= TARGET_RSS_PER_AGENT_KIB {
+            "met"
+        } else {
+            "MISSED"
+        };
+        let sessions = self
+            .server_sessions
+            .map_or("?".to_owned(), |v| format!("{v:.0}"));
+
+        let rows = [
+            ("agents requested", self.requested.to_string()),
+            (
+                "agents enrolled",
+                format!(
+                    "{} in {:.1} s ({:.1} enrolments/s)",
+                    self.enrolled,
+                    self.enrol_seconds,
+                    per_second(self.enrolled, self.enrol_seconds)
+                ),
+            ),
+            (
+                "agents connected (got Welcome)",
+                format!(
+                    "{} in {:.1} s ({:.1}/s), {} failed",
+                    self.connected,
+                    self.connect_seconds,
+                    per_second(self.connected, self.connect_seconds),
+                    self.connect_failed
+                ),
+            ),
+            ("server sessions (/metrics)", sessions),
+            ("sessions lost", self.sessions_lost.to_string()),
+            (
+                "server RSS after startup",
+                format!("{:.1} MiB", mib(self.startup.server.rss_kib)),
+            ),
+            (
+                "server RSS after enrolment",
+                format!("{:.1} MiB", mib(self.after_enrolment.server.rss_kib)),
+            ),
+            (
+                "server RSS all connected",
+                format!("{:.1} MiB", mib(self.connected_sample.server.rss_kib)),
+            ),
+            (
+                "server RSS after steady window",
+                format!(
+                    "{:.1} MiB ({} threads)",
+                    mib(steady_end.server.rss_kib),
+                    steady_end.server.threads
+                ),
+            ),
+            (
+                "server RSS per agent",
+                format!(
+                    "{per_agent:.1} KiB (target {TARGET_RSS_PER_AGENT_KIB:.0}: {verdict}); \
+                     {per_agent_connected:.1} right after connect, \
+                     {per_session:.1} for the sessions alone"
+                ),
+            ),
+            (
+                "server heartbeats/s",
+                format!(
+                    "{:.1} over {:.0} s (expected {expected_heartbeats:.1}, sent {:.1})",
+                    self.heartbeats_per_second,
+                    self.steady_seconds,
+                    self.heartbeats_sent_per_second
+                ),
+            ),
+            (
+                "server CPU while connecting",
+                format!("{cpu_connect:.1} % of one core"),
+            ),
+            (
+                "server CPU steady",
+                format!("{cpu_steady:.1} % of one core"),
+            ),
+            (
+                "bench client",
+                format!(
+                    "{:.1} MiB RSS, CPU {client_cpu_connect:.1} % connecting, \
+                     {client_cpu_steady:.1} % steady",
+                    mib(steady_end.client.rss_kib)
+                ),
+            ),
+        ];
+        println!("\n==> results");
+        for (name, value) in rows {
+            println!("{name:<32} {value}");
+        }
+
+        let json = serde_json::json!({
+            "agents_requested": self.requested,
+            "agents_enrolled": self.enrolled,
+            "agents_connected": self.connected,
+            "connect_failed": self.connect_failed,
+            "sessions_lost": self.sessions_lost,
+            "server_agent_sessions": self.server_sessions,
+            "heartbeat_interval_seconds": self.heartbeat_interval_seconds,
+            "steady_seconds": round1(self.steady_seconds),
+            "enrol_seconds": round1(self.enrol_seconds),
+            "enrolments_per_second": round1(per_second(self.enrolled, self.enrol_seconds)),
+            "connect_seconds": round1(self.connect_seconds),
+            "server_rss_startup_kib": self.startup.server.rss_kib,
+            "server_rss_enrolled_kib": self.after_enrolment.server.rss_kib,
+            "server_rss_connected_kib": self.connected_sample.server.rss_kib,
+            "server_rss_steady_kib": steady_end.server.rss_kib,
+            "server_rss_per_agent_kib": round1(per_agent),
+            "server_rss_per_session_kib": round1(per_session),
+            "server_heartbeats_per_second": round1(self.heartbeats_per_second),
+            "server_cpu_connect_percent": round1(cpu_connect),
+            "server_cpu_steady_percent": round1(cpu_steady),
+            "server_threads": steady_end.server.threads,
+            "client_rss_kib": steady_end.client.rss_kib,
+            "client_cpu_connect_percent": round1(client_cpu_connect),
+            "client_cpu_steady_percent": round1(client_cpu_steady),
+            "fd_limit": self.fd_limit,
+        });
+        println!("BENCH_JSON {json}");
+    }
+}
+
+fn round1(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}

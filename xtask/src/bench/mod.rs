@@ -1,0 +1,44 @@
+//! `cargo xtask bench …`: measurements against a real control plane started as a
+//! child process from release binaries. One module per bench.
+
+mod agents;
+mod server;
+mod sim;
+
+use clap::Subcommand;
+
+use crate::cargo::{cargo, step};
+
+/// Set in the environment of the release build of xtask that [`run`] starts.
+const IN_RELEASE_ENV: &str = "STELLA_XTASK_BENCH_RELEASE";
+
+/// The benches.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// How many agents (mTLS sessions with heartbeats) one control plane holds, and its
+    /// memory and CPU per agent.
+    Agents(agents::AgentsArgs),
+}
+
+/// Runs one bench, in a release build of xtask.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    // The bench client does thousands of TLS handshakes on the same two cores as the
+    // server; unoptimised, it would be the bottleneck and steal CPU from what is measured.
+    if cfg!(debug_assertions) && std::env::var_os(IN_RELEASE_ENV).is_none() {
+        return rerun_in_release();
+    }
+    match command {
+        BenchCommand::Agents(args) => agents::run(&args),
+    }
+}
+
+fn rerun_in_release() -> anyhow::Result<()> {
+    step("bench client: release build of xtask");
+    let status = cargo()
+        .args(["run", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .env(IN_RELEASE_ENV, "1")
+        .status()?;
+    // The release run printed its own error; only its exit status is left to pass on.
+    std::process::exit(status.code().unwrap_or(1));
+}
