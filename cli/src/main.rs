@@ -74,12 +74,24 @@ fn main() -> ExitCode {
         Command::Server(_) | Command::Agent(commands::AgentCommand::Run(_))
     );
     init_tracing(if long_running { "info" } else { "warn" });
+    if long_running {
+        raise_fd_limit();
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A server holds one socket per agent; an agent one per target connection. Raise the
+/// soft limit on open files to the hard limit (often 1024 → 524288) so neither runs out.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
 }
 

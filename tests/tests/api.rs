@@ -248,6 +248,13 @@ async fn openapi_health_and_metrics_are_served() -> anyhow::Result<()> {
         .await?;
     assert!(metrics.contains("stella_http_requests_total"), "{metrics}");
     assert!(metrics.contains("stella_agent_sessions"), "{metrics}");
+
+    // First start wrote the admin token for its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(server.config.data_dir.join("admin.token"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     Ok(())
 }
 

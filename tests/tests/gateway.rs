@@ -410,3 +410,39 @@ async fn a_server_restart_loses_nothing_and_agents_come_back() -> anyhow::Result
         .is_some_and(|u| u.iter().any(|u| u["name"] == "keeper")));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_postgres_backed_server_enrols_revokes_and_survives_a_restart() -> anyhow::Result<()> {
+    let url = stella_tests::postgres::fresh_database_url().await?;
+    let mut server = TestServer::start_with(|config| config.database_url = Some(url)).await?;
+    assert_eq!(
+        server.running().app.store.backend(),
+        stella_control_plane::store::Backend::Postgres
+    );
+    let _stays = TestAgent::start(&server, "pg-stays").await?;
+    let _goes = TestAgent::start(&server, "pg-goes").await?;
+    let stays = server
+        .wait_for_state("pg-stays", "connected", Duration::from_secs(10))
+        .await?;
+    server
+        .wait_for_state("pg-goes", "connected", Duration::from_secs(10))
+        .await?;
+    server
+        .post("/api/v1/agents/pg-goes/revoke", json!({}))
+        .await?;
+
+    server.restart().await?;
+    let app = server.running().app.clone();
+    let id = stays["id"].as_str().expect("id").to_owned();
+    wait_until(
+        "the agent reconnects by itself",
+        Duration::from_secs(20),
+        || async { app.sessions.is_open(&id).then_some(()) },
+    )
+    .await?;
+    assert_eq!(server.agent("pg-goes").await?["state"], "revoked");
+    assert!(app
+        .revocations
+        .contains(server.agent("pg-goes").await?["id"].as_str().expect("id")));
+    Ok(())
+}
