@@ -32,6 +32,8 @@ const FD_HEADROOM: u64 = 200;
 const ENROL_CONNECTIONS: usize = 4;
 /// The memory budget per agent the bench is held against.
 const TARGET_RSS_PER_AGENT_KIB: f64 = 48.0;
+/// How often long phases print where they are.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the server may settle after startup before the first sample.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -236,7 +238,7 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
             println!("connect phase timed out with {done}/{enrolled} sessions settled");
             break;
         }
-        if last_progress.elapsed() >= Duration::from_secs(5) {
+        if last_progress.elapsed() >= PROGRESS_INTERVAL {
             println!(
                 "  {} welcomed, {} failed",
                 stats.welcomed.load(Ordering::Relaxed),
@@ -274,7 +276,11 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         .value("stella_heartbeats_total")
         .unwrap_or(0.0);
     let sent_start = stats.heartbeats_sent.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(args.duration_seconds)).await;
+    watch_steady_window(
+        server,
+        window_start + Duration::from_secs(args.duration_seconds),
+    )
+    .await;
     let metrics_end = server.metrics().await?;
     let window = window_start.elapsed().as_secs_f64();
     let heartbeats_end = metrics_end.value("stella_heartbeats_total").unwrap_or(0.0);
@@ -304,6 +310,26 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         heartbeats_sent_per_second: (sent_end - sent_start) as f64 / window,
         clock_ticks,
     })
+}
+
+/// Waits until `end`, printing the server's RSS every [`PROGRESS_INTERVAL`]: buffers
+/// that fill slowly (HTTP/2 and gRPC read buffers) show as a slope.
+async fn watch_steady_window(server: &ServerProcess, end: Instant) {
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        tokio::time::sleep((end - now).min(PROGRESS_INTERVAL)).await;
+        if let Ok(sample) = server.sample() {
+            println!(
+                "  +{:>4.0} s: server RSS {:.1} MiB",
+                start.elapsed().as_secs_f64(),
+                sample.rss_kib as f64 / 1024.0
+            );
+        }
+    }
 }
 
 /// The server's and this process's counters at one moment.
@@ -382,7 +408,7 @@ async fn enrol_all(
 }
 
 async fn print_progress(what: &'static str, done: Arc<AtomicUsize>, total: usize) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
     ticker.tick().await;
     loop {
         ticker.tick().await;
