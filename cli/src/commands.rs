@@ -1,12 +1,8 @@
 //! Operator commands over the REST API.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde_json::{json, Value};
-use stella_agent_core::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
@@ -16,7 +12,7 @@ use crate::output::{self, cell, Format};
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
     /// Enrol (first start, with a join token) and stay connected.
-    Run(AgentRunArgs),
+    Run(stella_agent::RunArgs),
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -31,37 +27,6 @@ pub enum TokenCommand {
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
-}
-
-/// Flags of `stella agent run`.
-#[derive(Debug, Args)]
-pub struct AgentRunArgs {
-    /// Where the agent keeps its key, certificate and task journal.
-    #[arg(
-        long,
-        env = "STELLA_AGENT_DATA_DIR",
-        default_value = "/var/lib/stella-agent"
-    )]
-    pub data_dir: PathBuf,
-    /// One-time join token; needed only for the first start.
-    #[arg(long, env = "STELLA_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
-    /// Agent name (default: host name).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Labels, `key=value`, repeatable.
-    #[arg(long = "label", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
-    /// Gateway URL, instead of discovering it from `--server`.
-    #[arg(long, env = "STELLA_GRPC_URL")]
-    pub grpc_url: Option<String>,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("label `{s}` is not key=value")),
-    }
 }
 
 /// `stella agents …`
@@ -112,12 +77,7 @@ pub async fn agent(
 ) -> anyhow::Result<()> {
     match command {
         AgentCommand::Run(args) => {
-            let mut config = AgentConfig::new(args.data_dir);
-            config.server_url = Some(server.to_owned());
-            config.grpc_url = args.grpc_url;
-            config.join_token = args.join_token;
-            config.name = args.name;
-            config.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+            let config = args.into_config(server);
             let shutdown = CancellationToken::new();
             stella_agent::cancel_on_signals(shutdown.clone());
             stella_agent::run(config, shutdown)

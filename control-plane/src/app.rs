@@ -74,6 +74,16 @@ fn system_time_ms(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// A store error, with a conflict told in the words of the operation that hit it.
+fn conflict_as(error: crate::store::StoreError, code: &'static str, message: String) -> AppError {
+    match AppError::from(error) {
+        conflict if conflict.kind == ErrorKind::Conflict => {
+            AppError::new(ErrorKind::Conflict, code, message)
+        }
+        other => other,
+    }
+}
+
 /// Names of agents and users: `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn validate_name(what: &str, name: &str) -> Result<(), AppError> {
     let mut chars = name.chars();
@@ -224,13 +234,12 @@ impl App {
             .store
             .enroll_agent(&token.secret_hash(), now, &agent)
             .await
-            .map_err(|error| match AppError::from(error) {
-                conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
-                    ErrorKind::Conflict,
+            .map_err(|error| {
+                conflict_as(
+                    error,
                     "agent_name_taken",
                     format!("an agent named `{name}` is already enrolled"),
-                ),
-                other => other,
+                )
             })?;
         if let Err(refusal) = refusal {
             use crate::domain::JoinTokenRefusal;
@@ -381,17 +390,13 @@ impl App {
             roles,
             created_at_ms: now_ms(),
         };
-        self.store
-            .create_user(&user)
-            .await
-            .map_err(|error| match AppError::from(error) {
-                conflict if conflict.kind == ErrorKind::Conflict => AppError::new(
-                    ErrorKind::Conflict,
-                    "user_exists",
-                    format!("a user named `{name}` already exists"),
-                ),
-                other => other,
-            })?;
+        self.store.create_user(&user).await.map_err(|error| {
+            conflict_as(
+                error,
+                "user_exists",
+                format!("a user named `{name}` already exists"),
+            )
+        })?;
         let token = self.issue_token(&user).await?;
         tracing::info!(user = %user.name, roles = ?user.roles, "user created");
         Ok((user, token))
