@@ -396,6 +396,9 @@ impl Agent {
             Some(ServerBody::Welcome(_)) => {
                 tracing::debug!("ignoring a repeated Welcome");
             }
+            // FIXME(issue 3): acknowledgements and desired state are handled by the drift
+            // and ack work; until then results settle after two heartbeats.
+            Some(ServerBody::TaskAck(_) | ServerBody::DesiredState(_)) => {}
             None => tracing::debug!("ignoring an empty server message"),
         }
     }
