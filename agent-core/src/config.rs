@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Where the identity (`agent.json`, `agent.key`, `agent.pem`, `ca.pem`) and the task
-    /// journal live.
+    /// Where the identity (`agent.json`, `agent.key`, `agent.pem`, `ca.pem`), the task
+    /// journal (`journal/`) and the desired state of the targets (`desired.json`) live.
     pub data_dir: PathBuf,
     /// REST URL of the control plane, used to discover the gateway: `GET
     /// {server_url}/api/v1/gateway` answers `{"grpc_url": "https://host:port",
@@ -35,7 +35,9 @@ pub struct AgentConfig {
     /// Reconnect and retry delays.
     #[serde(default)]
     pub backoff: BackoffConfig,
-    /// How often the drift loop compares what runs with the stickers.
+    /// How often the drift loop compares what runs with the desired state and the
+    /// stickers (at least every second); target kinds that watch their engine trigger
+    /// rounds in between.
     #[serde(default = "default_drift_interval_seconds")]
     pub drift_interval_seconds: u64,
 }

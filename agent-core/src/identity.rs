@@ -7,6 +7,8 @@
 //! agent.pem      the agent certificate, PEM
 //! ca.pem         the control plane CA, PEM
 //! journal/       one JSON file per task id
+//! desired.json   the desired state of the targets this agent drives (the deploy payload
+//!                of each one's last successful deployment, without registry credentials)
 //! ```
 //! `agent.json` is written last at enrolment: it marks the data dir as enrolled.
 //!
@@ -39,6 +41,8 @@ pub mod files {
     pub const CA_PEM: &str = "ca.pem";
     /// The task journal directory.
     pub const JOURNAL_DIR: &str = "journal";
+    /// The desired state the drift loop compares the targets with.
+    pub const DESIRED_JSON: &str = "desired.json";
     /// The key of a renewal in progress.
     pub const NEXT_KEY: &str = "agent.key.next";
     /// The commit record of a renewal in progress.

@@ -2,11 +2,13 @@
 //! agent finished is answered from disk and never executed twice, and a task a crash
 //! interrupted is known to be in flight.
 //!
-//! The protocol has no acknowledgement of a `TaskResult`. A finished entry counts as
-//! acknowledged once its result was sent on a session that stayed healthy for a grace
-//! period afterwards (see `session`); until then the result is listed in `Hello.in_flight`
-//! and sent again after each reconnect. The server handles duplicates idempotently, and an
-//! assignment of a finished task is answered from here in any case.
+//! The server answers a stored `TaskResult` with `TaskAck`; the entry is then marked
+//! acknowledged. Until then the result is listed in `Hello.in_flight` and sent again after
+//! each reconnect. The server handles duplicates idempotently, and an assignment of a
+//! finished task is answered from here in any case.
+//!
+//! Entries hold no task payload, so nothing secret in one (registry credentials) reaches
+//! the disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,7 +92,7 @@ pub struct JournalEntry {
     /// The answer, once finished.
     #[serde(default)]
     pub result: Option<StoredResult>,
-    /// Whether the server has seen the result (see the module docs).
+    /// Whether the server acknowledged the result (`TaskAck`).
     #[serde(default)]
     pub acknowledged: bool,
 }
@@ -217,16 +219,19 @@ impl Journal {
         Ok(entry)
     }
 
-    /// Records that the server has seen a task's result.
-    pub fn acknowledge(&self, task_id: &str) -> Result<(), AgentError> {
+    /// Records that the server stored a task's result, sent under lease `epoch`
+    /// (`TaskAck`); returns whether the entry changed. An acknowledgement under an older
+    /// epoch than the entry's, or of a task that has not finished, changes nothing.
+    pub fn acknowledge(&self, task_id: &str, epoch: u64) -> Result<bool, AgentError> {
         let Some(mut entry) = self.get(task_id)? else {
-            return Ok(());
+            return Ok(false);
         };
-        if entry.state != EntryState::Finished || entry.acknowledged {
-            return Ok(());
+        if entry.state != EntryState::Finished || entry.acknowledged || epoch < entry.epoch {
+            return Ok(false);
         }
         entry.acknowledged = true;
-        self.put(&entry)
+        self.put(&entry)?;
+        Ok(true)
     }
 
     /// All entries, sorted by start time. Unreadable files are logged and skipped.
@@ -338,8 +343,14 @@ mod tests {
         assert_eq!(result.epoch, 4);
         assert_eq!(result.state, v1::TaskState::Succeeded as i32);
         assert_eq!(journal.in_flight().expect("in flight").len(), 1);
-        journal.acknowledge("t-1").expect("ack");
+        assert!(
+            !journal.acknowledge("t-1", 2).expect("stale ack"),
+            "older epoch"
+        );
+        assert!(!journal.acknowledge("nothing", 3).expect("ack of nothing"));
+        assert!(journal.acknowledge("t-1", 4).expect("ack"), "newer epoch");
         assert!(journal.in_flight().expect("in flight").is_empty());
+        assert!(!journal.acknowledge("t-1", 4).expect("again"), "already");
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //!   a task a crash interrupted runs again (targets are idempotent reconcilers).
 //! - The [`Target`] trait that each target crate (`agents/*`) implements, and version
 //!   [`Sticker`]s.
+//! - The drift loop: the desired state the server sends (`DesiredState`) is kept in
+//!   `<data-dir>/desired.json`; every `drift_interval_seconds`, and soon after a target
+//!   kind's [`Target::watch`] notifies, [`Target::detect_drift`] compares each target with
+//!   it and the findings go to the server as `DriftReport`s.
+//!
+//! Data dir: `agent.json`, `agent.key`, `agent.pem`, `ca.pem` (the [`Identity`]),
+//! `journal/` (the [`Journal`]) and `desired.json` (the desired state, without registry
+//! credentials); see [`identity`].
 //!
 //! Architecture invariant: agent-core speaks gRPC to the gateway only, never to the
 //! database or the REST API (except the unauthenticated gateway discovery), and knows no
@@ -18,6 +26,7 @@
 
 mod backoff;
 mod config;
+mod drift;
 mod enrol;
 mod error;
 mod fsutil;
@@ -31,6 +40,7 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use config::{AgentConfig, BackoffConfig};
+pub use drift::{sticker_drift, DriftFinding, DriftKind};
 pub use enrol::{discover_gateway, enrol, renew, GatewayInfo};
 pub use error::{error_chain, AgentError, TargetError};
 pub use host::HostFacts;
@@ -39,8 +49,8 @@ pub use journal::Journal;
 pub use session::{run, DEFAULT_HEARTBEAT_INTERVAL};
 pub use sticker::{rfc3339_utc, Sticker, StickerFields};
 pub use target::{
-    ApplyOutcome, ComponentSpec, DeployTask, ObservedComponent, Plan, Progress, Target,
-    TargetRegistry, TargetSpec,
+    registry_of, ApplyOutcome, ComponentSpec, DeployTask, ObservedComponent, Plan, Progress,
+    RegistryCredential, Target, TargetRegistry, TargetSpec,
 };
 
 /// Re-exported so target crates need not depend on tokio-util and async-trait themselves.

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::drift::{parse_deploy_task, Deploying, DesiredStore, DriftLoop};
 use crate::enrol::{enrol, renew};
 use crate::error::{error_chain, AgentError};
 use crate::fsutil;
@@ -35,9 +36,6 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// A session that lasted this long was healthy: the next reconnect starts a new backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
-/// A result counts as seen by the server once its session stayed up this many heartbeat
-/// intervals after sending it (the protocol has no explicit acknowledgement).
-const ACK_GRACE_HEARTBEATS: u32 = 2;
 /// Messages queued towards the server in one session.
 const SESSION_BUFFER: usize = 64;
 
@@ -74,7 +72,7 @@ pub async fn run(
         }
     }
     let span = tracing::info_span!("agent", agent_id = %identity.agent_id, name = %identity.name);
-    let agent = Agent::new(config, targets, identity)?;
+    let agent = Agent::new(config, targets, identity).await?;
     Box::pin(agent.run(shutdown)).instrument(span).await
 }
 
@@ -118,16 +116,25 @@ struct Agent {
     tasks: Arc<Tasks>,
     outbox: mpsc::UnboundedReceiver<v1::AgentMessage>,
     heartbeat_sequence: u64,
+    /// Whether a welcomed session is up: drift reports are sent only then.
+    session_up: watch::Sender<bool>,
+    /// For the drift loop, taken when it starts.
+    drift_notify: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 impl Agent {
-    fn new(
+    async fn new(
         config: AgentConfig,
         targets: TargetRegistry,
         identity: Identity,
     ) -> Result<Agent, AgentError> {
-        let journal = Journal::open(&config.data_dir)?;
+        let data_dir = config.data_dir.clone();
+        let (journal, desired) = fsutil::blocking(move || {
+            Ok((Journal::open(&data_dir)?, DesiredStore::load(&data_dir)))
+        })
+        .await?;
         let (outbox_tx, outbox) = mpsc::unbounded_channel();
+        let (drift_notify_tx, drift_notify) = mpsc::unbounded_channel();
         let tasks = Arc::new(Tasks {
             agent_id: identity.agent_id.clone(),
             journal,
@@ -135,14 +142,20 @@ impl Agent {
             outbox: outbox_tx,
             running: Mutex::new(HashMap::new()),
             join_set: tokio::sync::Mutex::new(JoinSet::new()),
+            desired: Arc::new(desired),
+            deploying: Arc::new(Deploying::default()),
+            drift_notify: drift_notify_tx,
         });
         let (identity, _) = watch::channel(Arc::new(identity));
+        let (session_up, _) = watch::channel(false);
         Ok(Agent {
             config,
             identity,
             tasks,
             outbox,
             heartbeat_sequence: 0,
+            session_up,
+            drift_notify: Some(drift_notify),
         })
     }
 
@@ -156,11 +169,13 @@ impl Agent {
             )
             .in_current_span(),
         );
+        let drift = self.start_drift_loop(shutdown.child_token());
         let mut backoff = Backoff::new(self.config.backoff);
         loop {
             let started = Instant::now();
             let mut welcomed = false;
             let result = self.session(&shutdown, &mut welcomed).await;
+            self.session_up.send_replace(false);
             self.discard_stale_outbox();
             if welcomed || started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
@@ -200,11 +215,39 @@ impl Agent {
             }
         }
         renewal.abort();
+        if let Err(error) = drift.await {
+            if error.is_panic() {
+                tracing::error!("the drift loop panicked");
+            }
+        }
         // Stopping midway is the same as a crash: the journal keeps these tasks as
         // running, and they run again when the server re-assigns them.
         self.tasks.join_set.lock().await.shutdown().await;
         tracing::info!("agent stopped");
         Ok(())
+    }
+
+    /// Starts the drift loop, and the watches of the target kinds that feed it.
+    fn start_drift_loop(&mut self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let notify = self
+            .drift_notify
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        for kind in self.tasks.targets.kinds() {
+            if let Some(target) = self.tasks.targets.get(kind) {
+                target.watch(self.tasks.drift_notify.clone());
+            }
+        }
+        let drift = DriftLoop {
+            interval: Duration::from_secs(self.config.drift_interval_seconds),
+            targets: self.tasks.targets.clone(),
+            desired: Arc::clone(&self.tasks.desired),
+            deploying: Arc::clone(&self.tasks.deploying),
+            outbox: self.tasks.outbox.clone(),
+            session_up: self.session_up.subscribe(),
+            notify,
+        };
+        tokio::spawn(drift.run(shutdown).in_current_span())
     }
 
     async fn prune_journal(&self) {
@@ -290,9 +333,9 @@ impl Agent {
             "connected"
         );
 
-        let mut acks = PendingAcks::new(heartbeat_interval * ACK_GRACE_HEARTBEATS);
         self.discard_stale_outbox();
-        self.resend_unacknowledged(&upstream, &mut acks).await?;
+        self.resend_unacknowledged(&upstream).await?;
+        self.session_up.send_replace(true);
 
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + heartbeat_interval, heartbeat_interval);
@@ -308,7 +351,6 @@ impl Agent {
                         sent_at_unix_ms: crate::now_unix_ms(),
                     };
                     send(&upstream, AgentBody::Heartbeat(beat)).await?;
-                    acks.settle(&self.tasks.journal).await;
                 }
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.on_server_message(message).await,
@@ -316,9 +358,6 @@ impl Agent {
                     Err(status) => return Err(transport::classify_status("Connect", &gateway, status)),
                 },
                 Some(message) = self.outbox.recv() => {
-                    if let Some(AgentBody::TaskResult(result)) = &message.body {
-                        acks.sent(&result.task_id);
-                    }
                     upstream
                         .send(message)
                         .await
@@ -351,9 +390,10 @@ impl Agent {
     }
 
     /// Drops what queued up for the server while there was no session, so a long
-    /// disconnection does not pile up memory: progress lines are stale by now, and results
-    /// are in the journal, re-sent by [`Agent::resend_unacknowledged`]. Sticker reports
-    /// (one per deployed component) are kept.
+    /// disconnection does not pile up memory: progress lines are stale by now, results
+    /// are in the journal, re-sent by [`Agent::resend_unacknowledged`], and drift is
+    /// reported afresh by the first round of the next session. Sticker reports (one per
+    /// deployed component) are kept.
     fn discard_stale_outbox(&mut self) {
         let mut kept = Vec::new();
         while let Ok(message) = self.outbox.try_recv() {
@@ -369,7 +409,6 @@ impl Agent {
     async fn resend_unacknowledged(
         &self,
         upstream: &mpsc::Sender<v1::AgentMessage>,
-        acks: &mut PendingAcks,
     ) -> Result<(), AgentError> {
         let journal = self.tasks.journal.clone();
         let entries = fsutil::blocking(move || journal.in_flight()).await?;
@@ -381,7 +420,6 @@ impl Agent {
                 continue;
             };
             tracing::info!(task_id = %entry.task_id, "re-sending an unacknowledged task result");
-            acks.sent(&entry.task_id);
             send(upstream, AgentBody::TaskResult(result)).await?;
         }
         Ok(())
@@ -393,12 +431,11 @@ impl Agent {
                 Arc::clone(&self.tasks).assign(assignment).await;
             }
             Some(ServerBody::CancelTask(cancel)) => self.tasks.cancel(&cancel),
+            Some(ServerBody::TaskAck(ack)) => self.tasks.acknowledge(ack).await,
+            Some(ServerBody::DesiredState(desired)) => self.tasks.desired.replace(&desired).await,
             Some(ServerBody::Welcome(_)) => {
                 tracing::debug!("ignoring a repeated Welcome");
             }
-            // FIXME(issue 3): acknowledgements and desired state are handled by the drift
-            // and ack work; until then results settle after two heartbeats.
-            Some(ServerBody::TaskAck(_) | ServerBody::DesiredState(_)) => {}
             None => tracing::debug!("ignoring an empty server message"),
         }
     }
@@ -419,48 +456,6 @@ async fn send(
         .send(v1::AgentMessage { body: Some(body) })
         .await
         .map_err(|_| stream_closed("while sending"))
-}
-
-/// Results sent in this session, waiting for the grace period that makes them count as
-/// seen by the server.
-struct PendingAcks {
-    grace: Duration,
-    sent: Vec<(String, Instant)>,
-}
-
-impl PendingAcks {
-    fn new(grace: Duration) -> Self {
-        PendingAcks {
-            grace,
-            sent: Vec::new(),
-        }
-    }
-
-    fn sent(&mut self, task_id: &str) {
-        self.sent.push((task_id.to_owned(), Instant::now()));
-    }
-
-    async fn settle(&mut self, journal: &Journal) {
-        let now = Instant::now();
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sent)
-            .into_iter()
-            .partition(|(_, at)| now.duration_since(*at) >= self.grace);
-        self.sent = waiting;
-        if due.is_empty() {
-            return;
-        }
-        let journal = journal.clone();
-        let result = fsutil::blocking(move || {
-            for (task_id, _) in due {
-                journal.acknowledge(&task_id)?;
-            }
-            Ok(())
-        })
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(error = %error_chain(&error), "could not mark task results acknowledged");
-        }
-    }
 }
 
 async fn renewal_loop(
@@ -524,6 +519,12 @@ struct Tasks {
     outbox: mpsc::UnboundedSender<v1::AgentMessage>,
     running: Mutex<HashMap<String, RunningTask>>,
     join_set: tokio::sync::Mutex<JoinSet<()>>,
+    /// The targets' desired state, updated by successful deploys.
+    desired: Arc<DesiredStore>,
+    /// Targets a deploy is changing, left alone by the drift loop.
+    deploying: Arc<Deploying>,
+    /// Asks the drift loop to check a target (after a deploy of it).
+    drift_notify: mpsc::UnboundedSender<String>,
 }
 
 struct RunningTask {
@@ -626,6 +627,27 @@ impl Tasks {
         self.join_set.lock().await.spawn(work.in_current_span());
     }
 
+    /// The server stored a result: stop re-sending it.
+    async fn acknowledge(&self, ack: v1::TaskAck) {
+        let journal = self.journal.clone();
+        let task_id = ack.task_id.clone();
+        match fsutil::blocking(move || journal.acknowledge(&task_id, ack.epoch)).await {
+            Ok(true) => {
+                tracing::debug!(task_id = %ack.task_id, epoch = ack.epoch, "task result acknowledged");
+            }
+            Ok(false) => tracing::debug!(
+                task_id = %ack.task_id,
+                epoch = ack.epoch,
+                "acknowledgement of no unacknowledged result"
+            ),
+            Err(error) => tracing::warn!(
+                task_id = %ack.task_id,
+                error = %error_chain(&error),
+                "could not record a task acknowledgement; the result will be sent again"
+            ),
+        }
+    }
+
     fn cancel(&self, request: &v1::CancelTask) {
         let running = self.lock_running();
         let Some(task) = running.get(&request.task_id) else {
@@ -650,7 +672,7 @@ impl Tasks {
             Arc::clone(&epoch),
             self.outbox.clone(),
         );
-        let work = run_task(&self.targets, &assignment, &progress, &cancel);
+        let work = self.run_task(&assignment, &progress, &cancel);
         tokio::pin!(work);
         let deadline = deadline_of(assignment.deadline_unix_ms);
         let mut deadline_passed = false;
@@ -740,47 +762,80 @@ impl Tasks {
     }
 }
 
-/// Runs one task to its result and the stickers it wrote.
-async fn run_task(
-    targets: &TargetRegistry,
-    assignment: &v1::TaskAssignment,
-    progress: &Progress,
-    cancel: &CancellationToken,
-) -> (StoredResult, Vec<crate::Sticker>) {
-    let outcome = match assignment.kind.as_str() {
-        "deploy" => deploy(targets, &assignment.payload_json, progress, cancel).await,
-        other => Err(TaskFailure::failed(format!(
-            "unknown task kind {other:?}; this agent runs \"deploy\" tasks"
-        ))),
-    };
-    let finished_at_unix_ms = crate::now_unix_ms();
-    match outcome {
-        Ok(outcome) => {
-            let output_json = serde_json::to_string(&outcome).unwrap_or_default();
-            let message = if outcome.summary.is_empty() {
-                "deployed".to_owned()
-            } else {
-                outcome.summary.clone()
-            };
-            (
+impl Tasks {
+    /// Runs one task to its result and the stickers it wrote.
+    async fn run_task(
+        &self,
+        assignment: &v1::TaskAssignment,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> (StoredResult, Vec<crate::Sticker>) {
+        let outcome = match assignment.kind.as_str() {
+            "deploy" => {
+                self.deploy(&assignment.payload_json, progress, cancel)
+                    .await
+            }
+            other => Err(TaskFailure::failed(format!(
+                "unknown task kind {other:?}; this agent runs \"deploy\" tasks"
+            ))),
+        };
+        let finished_at_unix_ms = crate::now_unix_ms();
+        match outcome {
+            Ok(outcome) => {
+                let output_json = serde_json::to_string(&outcome).unwrap_or_default();
+                let message = if outcome.summary.is_empty() {
+                    "deployed".to_owned()
+                } else {
+                    outcome.summary.clone()
+                };
+                (
+                    StoredResult {
+                        outcome: Outcome::Succeeded,
+                        message,
+                        output_json,
+                        finished_at_unix_ms,
+                    },
+                    outcome.stickers,
+                )
+            }
+            Err(failure) => (
                 StoredResult {
-                    outcome: Outcome::Succeeded,
-                    message,
-                    output_json,
+                    outcome: failure.outcome,
+                    message: failure.message,
+                    output_json: String::new(),
                     finished_at_unix_ms,
                 },
-                outcome.stickers,
-            )
+                Vec::new(),
+            ),
         }
-        Err(failure) => (
-            StoredResult {
-                outcome: failure.outcome,
-                message: failure.message,
-                output_json: String::new(),
-                finished_at_unix_ms,
-            },
-            Vec::new(),
-        ),
+    }
+
+    /// Runs a deploy task. The drift loop leaves its target alone meanwhile; a success
+    /// becomes the target's desired state, and the target is checked for drift right after.
+    async fn deploy(
+        &self,
+        payload_json: &[u8],
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<crate::ApplyOutcome, TaskFailure> {
+        let task = parse_deploy_task(payload_json).map_err(TaskFailure::failed)?;
+        let span = tracing::info_span!(
+            "deploy",
+            deployment_id = %task.deployment_id,
+            release = %task.release,
+            version = %task.version,
+            target = %task.target.name
+        );
+        let deploying = self.deploying.start(&task.target.name);
+        let outcome = deploy(&self.targets, &task, progress, cancel)
+            .instrument(span)
+            .await;
+        if outcome.is_ok() {
+            self.desired.deployed(&task).await;
+        }
+        drop(deploying);
+        let _ = self.drift_notify.send(task.target.name.clone());
+        outcome
     }
 }
 
@@ -810,56 +865,43 @@ impl TaskFailure {
 
 async fn deploy(
     targets: &TargetRegistry,
-    payload_json: &[u8],
+    task: &DeployTask,
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<crate::ApplyOutcome, TaskFailure> {
-    let task: DeployTask = serde_json::from_slice(payload_json)
-        .map_err(|e| TaskFailure::failed(format!("invalid deploy payload: {e}")))?;
-    let span = tracing::info_span!(
-        "deploy",
-        deployment_id = %task.deployment_id,
-        release = %task.release,
-        version = %task.version,
-        target = %task.target.name
-    );
-    async {
-        let Some(target) = targets.get(&task.target.kind) else {
-            return Err(TaskFailure::failed(format!(
-                "this agent cannot drive targets of kind {:?} (it drives: {})",
-                task.target.kind,
-                if targets.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    targets.kinds().join(", ")
-                }
-            )));
-        };
-        progress.report(format!(
-            "planning {}@{} on {} ({})",
-            task.release, task.version, task.target.name, task.target.kind
-        ));
-        let plan = tokio::select! {
-            () = cancel.cancelled() => Err(crate::TargetError::Cancelled),
-            plan = target.plan(&task) => plan,
-        }
-        .map_err(|e| TaskFailure::from_target(&e, cancel))?;
-        for step in &plan.steps {
-            progress.report(format!("plan: {step}"));
-        }
-        if cancel.is_cancelled() {
-            return Err(TaskFailure::from_target(
-                &crate::TargetError::Cancelled,
-                cancel,
-            ));
-        }
-        target
-            .apply(&task, &plan, progress, cancel)
-            .await
-            .map_err(|e| TaskFailure::from_target(&e, cancel))
+    let Some(target) = targets.get(&task.target.kind) else {
+        return Err(TaskFailure::failed(format!(
+            "this agent cannot drive targets of kind {:?} (it drives: {})",
+            task.target.kind,
+            if targets.is_empty() {
+                "nothing".to_owned()
+            } else {
+                targets.kinds().join(", ")
+            }
+        )));
+    };
+    progress.report(format!(
+        "planning {}@{} on {} ({})",
+        task.release, task.version, task.target.name, task.target.kind
+    ));
+    let plan = tokio::select! {
+        () = cancel.cancelled() => Err(crate::TargetError::Cancelled),
+        plan = target.plan(task) => plan,
     }
-    .instrument(span)
-    .await
+    .map_err(|e| TaskFailure::from_target(&e, cancel))?;
+    for step in &plan.steps {
+        progress.report(format!("plan: {step}"));
+    }
+    if cancel.is_cancelled() {
+        return Err(TaskFailure::from_target(
+            &crate::TargetError::Cancelled,
+            cancel,
+        ));
+    }
+    target
+        .apply(task, &plan, progress, cancel)
+        .await
+        .map_err(|e| TaskFailure::from_target(&e, cancel))
 }
 
 fn deadline_of(deadline_unix_ms: i64) -> Option<Instant> {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::drift::DriftFinding;
 use crate::error::TargetError;
 use crate::sticker::{Sticker, StickerFields};
 use stella_proto::v1;
@@ -53,6 +54,23 @@ pub trait Target: Send + Sync + fmt::Debug {
         target: &TargetSpec,
         component: &str,
     ) -> Result<Option<Sticker>, TargetError>;
+
+    /// How the target differs from `desired` (the last successful deployment), for the
+    /// drift loop. The default compares [`Target::inspect`] and [`Target::read_sticker`]
+    /// with `desired` (see [`sticker_drift`](crate::sticker_drift)); a kind that can see
+    /// more (e.g. `config_changed`) overrides it and may call that function for the rest.
+    async fn detect_drift(&self, desired: &DeployTask) -> Result<Vec<DriftFinding>, TargetError> {
+        crate::drift::sticker_drift(self, desired).await
+    }
+
+    /// Starts watching the engine, if this kind can: whenever something changes on a
+    /// target it sends the target's name on `notify`, and the agent runs a drift round
+    /// soon (debounced) instead of waiting for the interval. Called once per agent run;
+    /// the implementation spawns its own task and stops when `notify` is closed. The
+    /// default watches nothing: drift is then found at the interval.
+    fn watch(&self, notify: mpsc::UnboundedSender<String>) {
+        let _ = notify;
+    }
 }
 
 /// The target kinds an agent drives, by kind.
@@ -105,9 +123,31 @@ pub struct DeployTask {
     pub target: TargetSpec,
     /// What to deploy, images pinned by digest.
     pub components: Vec<ComponentSpec>,
+    /// Credentials for the registries the images come from, added by the control plane
+    /// when it sends the task. Never stored by the agent (the journal holds no payload,
+    /// `desired.json` is written without them) and never logged: `Debug` redacts the
+    /// passwords. Targets must keep them out of progress lines, summaries and errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registry_auth: Vec<RegistryCredential>,
 }
 
 impl DeployTask {
+    /// The credential for the registry `image` (`host[:port]/repo[:tag]@digest`) comes
+    /// from, if the control plane sent one. Registry names compare without case; Docker
+    /// Hub's aliases (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one.
+    pub fn credential_for(&self, image: &str) -> Option<&RegistryCredential> {
+        let wanted = normalize_registry(registry_of(image));
+        self.registry_auth
+            .iter()
+            .find(|credential| normalize_registry(&credential.registry) == wanted)
+    }
+
+    /// The task without its registry credentials: the form the agent keeps.
+    pub fn without_credentials(mut self) -> DeployTask {
+        let _ = &mut self.registry_auth;
+        self
+    }
+
     /// The sealed sticker for one component of this task, deployed now by `agent_id`.
     pub fn sticker(&self, component: &ComponentSpec, agent_id: &str) -> Sticker {
         Sticker::seal(StickerFields {
@@ -144,6 +184,68 @@ pub struct ComponentSpec {
     pub name: String,
     /// Image pinned by digest: `repo@sha256:…`.
     pub image: String,
+}
+
+impl ComponentSpec {
+    /// The digest the image is pinned by (`sha256:…`, the part after `@`), if it is.
+    pub fn digest(&self) -> Option<&str> {
+        self.image
+            .rsplit_once('@')
+            .map(|(_, digest)| digest)
+            .filter(|digest| !digest.is_empty())
+    }
+}
+
+/// Credentials for one registry, as the control plane sends them with a deploy task.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    /// The registry as it appears in image references: `host[:port]`.
+    pub registry: String,
+    /// User name.
+    pub username: String,
+    /// Password or token. Never logged.
+    pub password: String,
+}
+
+// By hand so the password never reaches a log line.
+impl fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The registry part of an image reference (`host[:port]/repo[:tag][@digest]`), as Docker
+/// reads it: the first path component when it looks like a host (has a `.` or a `:`, or
+/// is `localhost`), otherwise Docker Hub (`docker.io`).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => DOCKER_HUB,
+    }
+}
+
+const DOCKER_HUB: &str = "docker.io";
+
+/// A registry name for comparison: lowercase, without a URL scheme or trailing slash (as
+/// operators sometimes write them), Docker Hub's aliases folded into one.
+fn normalize_registry(registry: &str) -> String {
+    let registry = registry.trim();
+    let registry = registry
+        .strip_prefix("https://")
+        .or_else(|| registry.strip_prefix("http://"))
+        .unwrap_or(registry)
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    match registry.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+        _ => registry,
+    }
 }
 
 /// What `apply` will do, one human-readable line per step.

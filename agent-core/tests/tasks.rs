@@ -2,15 +2,17 @@
 
 mod support;
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use stella_agent_core::journal::{EntryState, JournalEntry};
 use stella_agent_core::{Journal, Sticker, TargetRegistry};
 use stella_proto::v1;
 use support::{
-    agent_config, assignment, init_tracing, wait_for, CountingTarget, DataDir, RunningAgent,
-    ScriptedControlPlane, DEADLINE,
+    agent_config, assignment, credential, deploy_task, init_tracing, wait_for, CountingTarget,
+    DataDir, RunningAgent, ScriptedControlPlane, DEADLINE,
 };
 
 fn registry_with(target: &Arc<CountingTarget>) -> TargetRegistry {
@@ -269,7 +271,7 @@ async fn an_unacknowledged_result_is_resent_after_reconnect() {
         .script
         .push(&assignment("task-7", 1, "docker"));
     let first = results(&control_plane, "task-7", 1).await;
-    // Drop the session before the result could count as seen (2 heartbeats of 5 s).
+    // The script does not acknowledge it: after a reconnect it is in flight and sent again.
     control_plane.script.drop_sessions();
     connected(&control_plane, 2).await;
     let (_, hello) = control_plane.script.hellos().remove(1);
@@ -290,4 +292,225 @@ async fn an_unacknowledged_result_is_resent_after_reconnect() {
     assert_eq!(all[1].1, first[0]);
     assert_eq!(target.applies.load(Ordering::SeqCst), 1);
     agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_result_is_not_resent_after_reconnect() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    *control_plane
+        .script
+        .heartbeat_interval_seconds
+        .lock()
+        .expect("lock") = 1;
+    let data_dir = DataDir::new();
+    let target = CountingTarget::new("docker");
+    let agent = RunningAgent::start(
+        agent_config(&control_plane, &data_dir),
+        registry_with(&target),
+    );
+    connected(&control_plane, 1).await;
+
+    control_plane
+        .script
+        .push(&assignment("task-8", 1, "docker"));
+    results(&control_plane, "task-8", 1).await;
+    let journal = Journal::open(&data_dir.path()).expect("journal");
+    assert!(
+        !journal
+            .get("task-8")
+            .expect("get")
+            .expect("entry")
+            .acknowledged
+    );
+    control_plane.script.ack("task-8", 1);
+    wait_for("the journal to record the ack", DEADLINE, || {
+        journal
+            .get("task-8")
+            .ok()
+            .flatten()
+            .filter(|entry| entry.acknowledged)
+    })
+    .await;
+
+    control_plane.script.drop_sessions();
+    connected(&control_plane, 2).await;
+    let (_, hello) = control_plane.script.hellos().remove(1);
+    assert!(hello.in_flight.is_empty(), "{:?}", hello.in_flight);
+    // Results are re-sent right after Welcome, before the first heartbeat: once a
+    // heartbeat arrived on the new session, a re-sent result would have arrived too.
+    wait_for("a heartbeat on the new session", DEADLINE, || {
+        control_plane
+            .script
+            .received()
+            .iter()
+            .any(|r| r.session == 1 && matches!(r.message, v1::agent_message::Body::Heartbeat(_)))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        control_plane.script.results("task-8").len(),
+        1,
+        "not re-sent"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_acking_every_result_keeps_nothing_in_flight() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    control_plane.script.auto_ack.store(true, Ordering::SeqCst);
+    let data_dir = DataDir::new();
+    let target = CountingTarget::new("docker");
+    let agent = RunningAgent::start(
+        agent_config(&control_plane, &data_dir),
+        registry_with(&target),
+    );
+    connected(&control_plane, 1).await;
+    for task_id in ["task-9", "task-10"] {
+        control_plane.script.push(&assignment(task_id, 3, "docker"));
+    }
+    results(&control_plane, "task-10", 1).await;
+    let journal = Journal::open(&data_dir.path()).expect("journal");
+    wait_for("both acks recorded", DEADLINE, || {
+        journal.in_flight().ok().filter(Vec::is_empty)
+    })
+    .await;
+    control_plane.script.drop_sessions();
+    connected(&control_plane, 2).await;
+    let (_, hello) = control_plane.script.hellos().remove(1);
+    assert!(hello.in_flight.is_empty(), "{:?}", hello.in_flight);
+    agent.stop().await;
+}
+
+/// Collects every log line of the test's thread (the current-thread runtime runs the
+/// agent there too).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else {
+            let bytes = std::fs::read(&path).expect("read");
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn registry_credentials_reach_the_target_but_no_file_and_no_log_line() {
+    const PASSWORD: &str = "pw-Z9q8-never-on-disk";
+    init_tracing();
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let target = CountingTarget::new("docker");
+    let agent = RunningAgent::start(
+        agent_config(&control_plane, &data_dir),
+        registry_with(&target),
+    );
+    connected(&control_plane, 1).await;
+
+    let mut task = deploy_task("web-1", "docker", &[("api", 'a')]);
+    task.registry_auth = vec![credential(PASSWORD)];
+    let debug = format!("{task:?}");
+    assert!(!debug.contains(PASSWORD), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    control_plane
+        .script
+        .push(&v1::server_message::Body::TaskAssignment(
+            v1::TaskAssignment {
+                task_id: "task-11".to_owned(),
+                epoch: 1,
+                kind: "deploy".to_owned(),
+                payload_json: serde_json::to_vec(&task).expect("payload"),
+                deadline_unix_ms: 0,
+            },
+        ));
+    let result = results(&control_plane, "task-11", 1).await;
+    assert_eq!(result[0].state, v1::TaskState::Succeeded as i32);
+    let applied = target
+        .last_task
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("applied");
+    let used = applied
+        .credential_for(&applied.components[0].image)
+        .expect("the target gets the credential");
+    assert_eq!(used.password, PASSWORD);
+
+    // A malformed `registry_auth` fails the task without quoting it.
+    let mut payload =
+        serde_json::to_value(deploy_task("web-1", "docker", &[("api", 'a')])).expect("payload");
+    payload["registry_auth"] = serde_json::Value::String(PASSWORD.to_owned());
+    control_plane
+        .script
+        .push(&v1::server_message::Body::TaskAssignment(
+            v1::TaskAssignment {
+                task_id: "task-12".to_owned(),
+                epoch: 1,
+                kind: "deploy".to_owned(),
+                payload_json: payload.to_string().into_bytes(),
+                deadline_unix_ms: 0,
+            },
+        ));
+    let result = results(&control_plane, "task-12", 1).await;
+    assert_eq!(result[0].state, v1::TaskState::Failed as i32);
+    assert!(
+        result[0].message.contains("registry_auth"),
+        "{}",
+        result[0].message
+    );
+    assert!(
+        !result[0].message.contains(PASSWORD),
+        "{}",
+        result[0].message
+    );
+    agent.stop().await;
+
+    let journal = Journal::open(&data_dir.path()).expect("journal");
+    assert_eq!(
+        journal.get("task-11").expect("get").expect("entry").state,
+        EntryState::Finished
+    );
+    assert!(data_dir.path().join("desired.json").is_file());
+    let leaked = files_containing(&data_dir.path(), PASSWORD);
+    assert!(leaked.is_empty(), "the password is on disk in {leaked:?}");
+    let logs = logs.text();
+    assert!(logs.contains("task finished"), "logs were captured");
+    assert!(!logs.contains(PASSWORD), "the password is in the logs");
 }

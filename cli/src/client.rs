@@ -37,6 +37,11 @@ impl Client {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// PATCH a JSON body, get a JSON document.
+    pub async fn patch(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,

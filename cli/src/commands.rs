@@ -229,7 +229,7 @@ pub async fn user(client: &Client, format: Format, command: UserCommand) -> anyh
 }
 
 /// Escapes a name for a URL path segment.
-fn path(segment: &str) -> String {
+pub fn path(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

@@ -5,6 +5,7 @@
 
 mod client;
 mod commands;
+mod delivery;
 mod output;
 mod server;
 
@@ -55,6 +56,28 @@ enum Command {
     /// Users, roles and API tokens (admin only).
     #[command(subcommand)]
     User(commands::UserCommand),
+    /// Environments and their promotion order.
+    #[command(subcommand)]
+    Env(delivery::EnvCommand),
+    /// Deployment targets.
+    #[command(subcommand)]
+    Target(delivery::TargetCommand),
+    /// Registries and their credentials.
+    #[command(subcommand)]
+    Registry(delivery::RegistryCommand),
+    /// Releases: named, versioned sets of image digests.
+    #[command(subcommand)]
+    Release(delivery::ReleaseCommand),
+    /// Promote a release to an environment.
+    Promote(delivery::PromoteArgs),
+    /// Deployments and their logs.
+    #[command(subcommand)]
+    Deployment(delivery::DeploymentCommand),
+    /// Redeploy the version deployed before the current one.
+    Rollback(delivery::RollbackArgs),
+    /// Drift between what runs and what was promoted.
+    #[command(subcommand)]
+    Drift(delivery::DriftCommand),
 }
 
 fn main() -> ExitCode {
@@ -110,13 +133,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(command) => {
             commands::agent(&cli.server, cli.token, cli.output, command).await
         }
-        Command::Agents(command) => {
+        command => {
             let client = client::Client::new(&cli.server, cli.token)?;
-            commands::agents(&client, cli.output, command).await
-        }
-        Command::User(command) => {
-            let client = client::Client::new(&cli.server, cli.token)?;
-            commands::user(&client, cli.output, command).await
+            let format = cli.output;
+            match command {
+                Command::Agents(command) => commands::agents(&client, format, command).await,
+                Command::User(command) => commands::user(&client, format, command).await,
+                Command::Env(command) => delivery::env(&client, format, command).await,
+                Command::Target(command) => delivery::target(&client, format, command).await,
+                Command::Registry(command) => delivery::registry(&client, format, command).await,
+                Command::Release(command) => delivery::release(&client, format, command).await,
+                Command::Promote(args) => delivery::promote(&client, format, args).await,
+                Command::Deployment(command) => delivery::deployment(&client, format, command).await,
+                Command::Rollback(args) => delivery::rollback(&client, format, args).await,
+                Command::Drift(command) => delivery::drift(&client, format, command).await,
+                Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
+            }
         }
     }
 }

@@ -2,6 +2,10 @@
 //! the control plane offers, over the store, the PKI and the live agent sessions.
 //! Protocol layers only translate requests and errors.
 
+mod delivery;
+
+pub use delivery::{canonical_json, sha256_id, ComponentRequest, EnvironmentChange, DRIFT_ACTOR};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +42,10 @@ pub struct App {
     pub metrics: Metrics,
     /// Where the gateway listens (the bound address, also with port 0).
     pub grpc_addr: std::net::SocketAddr,
+    /// Seals secrets stored in the database (registry passwords).
+    pub secrets: crate::secrets::SecretBox,
+    /// Resolves image tags to digests.
+    pub registry: crate::registry::RegistryClient,
 }
 
 /// A join token as handed to the operator, once.
@@ -75,7 +83,7 @@ fn system_time_ms(time: SystemTime) -> i64 {
 }
 
 /// A store error, with a conflict told in the words of the operation that hit it.
-fn conflict_as(error: crate::store::StoreError, code: &'static str, message: String) -> AppError {
+pub(crate) fn conflict_as(error: crate::store::StoreError, code: &'static str, message: String) -> AppError {
     match AppError::from(error) {
         conflict if conflict.kind == ErrorKind::Conflict => {
             AppError::new(ErrorKind::Conflict, code, message)
@@ -109,6 +117,7 @@ impl App {
         pki: ServerPki,
         revoked: Vec<String>,
         grpc_addr: std::net::SocketAddr,
+        secrets: crate::secrets::SecretBox,
     ) -> Self {
         App {
             config,
@@ -119,6 +128,8 @@ impl App {
             heartbeats: HeartbeatBuffer::default(),
             metrics: Metrics::new(),
             grpc_addr,
+            secrets,
+            registry: crate::registry::RegistryClient::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub grpc_advertise_url: Option<String>,
     /// Extra DNS names or IP addresses for the gateway's TLS certificate.
     pub tls_sans: Vec<String>,
+    /// A deployment task not finished by then fails (its agent may be offline).
+    pub task_deadline_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             revocation_poll_seconds: 5,
             grpc_advertise_url: None,
             tls_sans: Vec::new(),
+            task_deadline_seconds: 30 * 60,
         }
     }
 }

@@ -4,6 +4,10 @@
 //! The store, the gateway and the API convert their own representations to and from these
 //! types at their edges.
 
+pub mod delivery;
+
+pub use delivery::*;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;

@@ -15,6 +15,8 @@ pub mod domain;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod registry;
+pub mod secrets;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -82,6 +84,9 @@ pub enum ServeError {
     /// A first-start step failed.
     #[error("cannot initialise: {0}")]
     Init(error::AppError),
+    /// The secrets key could not be read or created.
+    #[error("cannot load the secrets key")]
+    Secrets(#[source] secrets::SecretsError),
     /// A listener's address could not be read.
     #[error("cannot read listener address")]
     LocalAddr(#[source] std::io::Error),
@@ -151,7 +156,8 @@ pub async fn start(
     let sans = bootstrap::server_sans(&config.tls_sans, grpc_addr);
     let pki = bootstrap::load_or_create(&config.data_dir, &config.trust_domain, &sans)?;
     let revoked = store.revoked_agent_ids().await?;
-    let app = Arc::new(App::new(config, store, pki, revoked, grpc_addr));
+    let secrets = secrets::SecretBox::load_or_create(&config.data_dir).map_err(ServeError::Secrets)?;
+    let app = Arc::new(App::new(config, store, pki, revoked, grpc_addr, secrets));
     let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
 
     let shutdown = CancellationToken::new();

@@ -4,7 +4,9 @@
 //! A test's directory is kept when the test panics, and its path printed, so the
 //! database, keys and logs can be read afterwards.
 
+pub mod images;
 pub mod postgres;
+pub mod registry;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -1,20 +1,21 @@
 //! Test support for agent-core: a scripted control plane (a real tonic `AgentGateway` over
-//! real TLS from `stella-pki`, on a loopback port 0) and a counting target.
+//! real TLS from `stella-pki`, on a loopback port 0) that can acknowledge results and send
+//! a desired state, a counting target, and a fake target for the drift loop.
 //!
 //! Each test binary uses a different subset of this module.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stella_agent_core::{
-    async_trait, ApplyOutcome, CancellationToken, DeployTask, ObservedComponent, Plan, Progress,
-    Sticker, Target, TargetError, TargetSpec,
+    async_trait, ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, ObservedComponent,
+    Plan, Progress, RegistryCredential, Sticker, Target, TargetError, TargetSpec,
 };
 use stella_pki::{AgentIdentity, CertificateAuthority, JoinToken, RevocationList};
 use stella_proto::v1;
@@ -73,6 +74,12 @@ pub struct Script {
     /// When each failed handshake happened.
     pub handshake_failure_times: Mutex<Vec<Instant>>,
     revoked: Mutex<HashSet<String>>,
+    /// When set, every `TaskResult` is answered with a `TaskAck`, as the real server does.
+    pub auto_ack: AtomicBool,
+    /// When set, sent right after every `Welcome`, as the real server does.
+    pub desired_on_welcome: Mutex<Option<v1::DesiredState>>,
+    /// When set, `Connect` fails with `UNAVAILABLE` (still counted in `connects`).
+    pub refuse_connects: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +144,25 @@ impl Script {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Every drift report, with its session.
+    pub fn drift_reports(&self) -> Vec<(usize, v1::DriftReport)> {
+        self.received()
+            .into_iter()
+            .filter_map(|r| match r.message {
+                v1::agent_message::Body::DriftReport(report) => Some((r.session, report)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Acknowledges a result on every open session.
+    pub fn ack(&self, task_id: &str, epoch: u64) -> usize {
+        self.push(&v1::server_message::Body::TaskAck(v1::TaskAck {
+            task_id: task_id.to_owned(),
+            epoch,
+        }))
     }
 
     pub fn sticker_reports(&self) -> Vec<v1::StickerReport> {
@@ -266,6 +292,9 @@ impl ScriptedControlPlane {
             handshake_failures: AtomicUsize::new(0),
             handshake_failure_times: Mutex::new(Vec::new()),
             revoked: Mutex::new(HashSet::new()),
+            auto_ack: AtomicBool::new(false),
+            desired_on_welcome: Mutex::new(None),
+            refuse_connects: AtomicBool::new(false),
         });
         let tls = stella_pki::server_tls_config(
             script.ca.cert_pem(),
@@ -399,6 +428,12 @@ impl AgentGateway for ScriptedGateway {
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let identity = peer_identity(&request)?;
+        if self.script.refuse_connects.load(Ordering::SeqCst) {
+            self.script.connects.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::unavailable(
+                "the scripted control plane refuses connects",
+            ));
+        }
         let session = self.next_session.fetch_add(1, Ordering::SeqCst);
         self.script.connects.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -413,7 +448,21 @@ impl AgentGateway for ScriptedGateway {
             while let Ok(Some(message)) = inbound.message().await {
                 let Some(body) = message.body else { continue };
                 let is_hello = matches!(body, v1::agent_message::Body::Hello(_));
+                let ack = match &body {
+                    v1::agent_message::Body::TaskResult(result)
+                        if script.auto_ack.load(Ordering::SeqCst) =>
+                    {
+                        Some(v1::TaskAck {
+                            task_id: result.task_id.clone(),
+                            epoch: result.epoch,
+                        })
+                    }
+                    _ => None,
+                };
                 script.record(&identity.agent_id, session, body);
+                if let Some(ack) = ack {
+                    script.send_to(session, v1::server_message::Body::TaskAck(ack));
+                }
                 if is_hello {
                     let interval = *lock(&script.heartbeat_interval_seconds);
                     script.send_to(
@@ -425,6 +474,10 @@ impl AgentGateway for ScriptedGateway {
                             server_time_unix_ms: 0,
                         }),
                     );
+                    let desired = lock(&script.desired_on_welcome).clone();
+                    if let Some(desired) = desired {
+                        script.send_to(session, v1::server_message::Body::DesiredState(desired));
+                    }
                 }
             }
         });
@@ -524,6 +577,8 @@ pub struct CountingTarget {
     pub finished_applies: AtomicUsize,
     /// When set, `apply` waits for a permit (or cancellation).
     pub gate: Option<tokio::sync::Semaphore>,
+    /// The task `apply` last got, registry credentials included.
+    pub last_task: Mutex<Option<DeployTask>>,
 }
 
 impl CountingTarget {
@@ -534,6 +589,7 @@ impl CountingTarget {
             applies: AtomicUsize::new(0),
             finished_applies: AtomicUsize::new(0),
             gate: None,
+            last_task: Mutex::new(None),
         })
     }
 
@@ -544,6 +600,7 @@ impl CountingTarget {
             applies: AtomicUsize::new(0),
             finished_applies: AtomicUsize::new(0),
             gate: Some(tokio::sync::Semaphore::new(0)),
+            last_task: Mutex::new(None),
         })
     }
 
@@ -578,6 +635,7 @@ impl Target for CountingTarget {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<ApplyOutcome, TargetError> {
+        *lock(&self.last_task) = Some(task.clone());
         let applies = self.applies.fetch_add(1, Ordering::SeqCst) + 1;
         progress.report(format!("apply #{applies}"));
         if let Some(gate) = &self.gate {
@@ -638,8 +696,222 @@ pub fn deploy_payload(kind: &str) -> Vec<u8> {
             name: "api".to_owned(),
             image: format!("registry.local/shop/api@sha256:{}", "a".repeat(64)),
         }],
+        registry_auth: Vec::new(),
     };
     serde_json::to_vec(&task).expect("payload")
+}
+
+/// `sha256:` and 64 times `c`.
+pub fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+/// A deploy task for `target` of `kind` with components `(name, digest char)`.
+pub fn deploy_task(target: &str, kind: &str, components: &[(&str, char)]) -> DeployTask {
+    DeployTask {
+        deployment_id: format!("dep-{target}"),
+        decision_id: "sha256:decision".to_owned(),
+        environment: "prod".to_owned(),
+        release: "shop".to_owned(),
+        version: "1.0.0".to_owned(),
+        target: TargetSpec {
+            name: target.to_owned(),
+            kind: kind.to_owned(),
+            settings: Default::default(),
+        },
+        components: components
+            .iter()
+            .map(|(name, c)| ComponentSpec {
+                name: (*name).to_owned(),
+                image: format!("registry.local/shop/{name}@{}", digest(*c)),
+            })
+            .collect(),
+        registry_auth: Vec::new(),
+    }
+}
+
+/// A credential whose password tests look for on disk and in logs.
+pub fn credential(password: &str) -> RegistryCredential {
+    RegistryCredential {
+        registry: "registry.local".to_owned(),
+        username: "deployer".to_owned(),
+        password: password.to_owned(),
+    }
+}
+
+/// A `DesiredState` holding these tasks.
+pub fn desired_state(tasks: &[&DeployTask]) -> v1::DesiredState {
+    v1::DesiredState {
+        targets: tasks
+            .iter()
+            .map(|task| v1::DesiredTarget {
+                target: task.target.name.clone(),
+                deploy_json: serde_json::to_vec(task).expect("deploy json"),
+            })
+            .collect(),
+    }
+}
+
+/// A target kind (`fake`) whose targets are in memory, for the drift loop: the test sets
+/// what runs and the stickers, and notifies as an engine watch would. It keeps the
+/// default `detect_drift`.
+#[derive(Debug)]
+pub struct FakeDriftTarget {
+    /// What runs, by target name.
+    observed: Mutex<BTreeMap<String, Vec<ObservedComponent>>>,
+    /// Stickers by (target, component).
+    stickers: Mutex<BTreeMap<(String, String), Sticker>>,
+    /// The agent's sender, handed over in `watch`.
+    notify: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// `inspect` calls by target name.
+    inspections: Mutex<BTreeMap<String, usize>>,
+    /// When set, `apply` waits for a permit.
+    gate: Option<tokio::sync::Semaphore>,
+    pub applies: AtomicUsize,
+}
+
+impl FakeDriftTarget {
+    pub fn new() -> Arc<FakeDriftTarget> {
+        FakeDriftTarget::with_gate(None)
+    }
+
+    pub fn gated() -> Arc<FakeDriftTarget> {
+        FakeDriftTarget::with_gate(Some(tokio::sync::Semaphore::new(0)))
+    }
+
+    fn with_gate(gate: Option<tokio::sync::Semaphore>) -> Arc<FakeDriftTarget> {
+        Arc::new(FakeDriftTarget {
+            observed: Mutex::new(BTreeMap::new()),
+            stickers: Mutex::new(BTreeMap::new()),
+            notify: Mutex::new(None),
+            inspections: Mutex::new(BTreeMap::new()),
+            gate,
+            applies: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn registry(self: &Arc<Self>) -> stella_agent_core::TargetRegistry {
+        let mut registry = stella_agent_core::TargetRegistry::new();
+        registry.register(Arc::clone(self) as Arc<dyn Target>);
+        registry
+    }
+
+    pub fn release(&self) {
+        if let Some(gate) = &self.gate {
+            gate.add_permits(1);
+        }
+    }
+
+    /// Makes `task`'s target run exactly what it describes, with valid stickers.
+    pub fn converge(&self, task: &DeployTask) {
+        let mut running = Vec::new();
+        for component in &task.components {
+            let sticker = task.sticker(component, "agent");
+            running.push(ObservedComponent {
+                component: component.name.clone(),
+                image_digest: component.digest().unwrap_or_default().to_owned(),
+                sticker_digest: Some(sticker.sticker_digest.clone()),
+            });
+            self.set_sticker(&task.target.name, sticker);
+        }
+        self.set_observed(&task.target.name, running);
+    }
+
+    pub fn set_observed(&self, target: &str, components: Vec<ObservedComponent>) {
+        lock(&self.observed).insert(target.to_owned(), components);
+    }
+
+    pub fn set_sticker(&self, target: &str, sticker: Sticker) {
+        lock(&self.stickers).insert((target.to_owned(), sticker.component.clone()), sticker);
+    }
+
+    pub fn remove_sticker(&self, target: &str, component: &str) {
+        lock(&self.stickers).remove(&(target.to_owned(), component.to_owned()));
+    }
+
+    /// What a watch would do when the engine changes something on `target`.
+    pub fn notify(&self, target: &str) {
+        let notify = lock(&self.notify);
+        notify
+            .as_ref()
+            .expect("the agent called watch")
+            .send(target.to_owned())
+            .expect("the drift loop listens");
+    }
+
+    pub fn is_watched(&self) -> bool {
+        lock(&self.notify).is_some()
+    }
+
+    pub fn inspections(&self, target: &str) -> usize {
+        lock(&self.inspections).get(target).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Target for FakeDriftTarget {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn plan(&self, task: &DeployTask) -> Result<Plan, TargetError> {
+        Ok(Plan {
+            steps: vec![format!("converge {}", task.target.name)],
+        })
+    }
+
+    async fn apply(
+        &self,
+        task: &DeployTask,
+        _plan: &Plan,
+        _progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<ApplyOutcome, TargetError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            tokio::select! {
+                () = cancel.cancelled() => return Err(TargetError::Cancelled),
+                permit = gate.acquire() => {
+                    permit.map_err(|e| TargetError::with_source("gate closed", e))?.forget();
+                }
+            }
+        }
+        self.converge(task);
+        Ok(ApplyOutcome::default())
+    }
+
+    async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
+        *lock(&self.inspections)
+            .entry(target.name.clone())
+            .or_default() += 1;
+        Ok(lock(&self.observed)
+            .get(&target.name)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn write_sticker(
+        &self,
+        target: &TargetSpec,
+        sticker: &Sticker,
+    ) -> Result<(), TargetError> {
+        self.set_sticker(&target.name, sticker.clone());
+        Ok(())
+    }
+
+    async fn read_sticker(
+        &self,
+        target: &TargetSpec,
+        component: &str,
+    ) -> Result<Option<Sticker>, TargetError> {
+        Ok(lock(&self.stickers)
+            .get(&(target.name.clone(), component.to_owned()))
+            .cloned())
+    }
+
+    fn watch(&self, notify: mpsc::UnboundedSender<String>) {
+        *lock(&self.notify) = Some(notify);
+    }
 }
 
 pub fn assignment(task_id: &str, epoch: u64, kind: &str) -> v1::server_message::Body {

@@ -1,20 +1,42 @@
-//! The Stella agent as a library: [`targets`] wires the target kinds this build
-//! supports into an `agent-core` registry, and [`run`] runs the agent. The
+//! The Stella agent as a library: [`targets_for`] wires the target kinds this host can
+//! drive into an `agent-core` registry, and [`run`] runs the agent. The
 //! `stella-agent` binary, `stella agent run` and the in-process agent of
 //! `stella server --dev` all go through here.
 
-use stella_agent_core::{AgentConfig, AgentError, TargetRegistry};
+use std::path::Path;
+use std::sync::Arc;
+
+use stella_agent_core::{error_chain, AgentConfig, AgentError, TargetRegistry};
+use stella_target_docker::{DockerConfig, DockerTarget};
 use tokio_util::sync::CancellationToken;
 
-/// The target kinds this agent can drive. Each kind is its own crate under `agents/`
-/// and is registered here once it exists.
-pub fn targets() -> TargetRegistry {
-    TargetRegistry::default()
+/// The target kinds this agent can drive on this host, keeping their state under
+/// `data_dir`. Each kind is its own crate under `agents/`. A kind that needs a local
+/// engine is registered only when the engine answers, so an agent never advertises a
+/// capability it cannot use (`docker` needs `/var/run/docker.sock` to answer a ping).
+pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
+    let mut registry = TargetRegistry::new();
+    let docker = DockerConfig {
+        sticker_dir: data_dir.join("stickers"),
+    };
+    match DockerTarget::connect_local(docker).await {
+        Ok(target) => {
+            registry.register(Arc::new(target));
+        }
+        Err(error) => {
+            tracing::info!(
+                error = %error_chain(&error),
+                "no docker engine answers; this agent does not drive docker targets"
+            );
+        }
+    }
+    registry
 }
 
 /// Enrols if needed, then stays connected until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    stella_agent_core::run(config, targets(), shutdown).await
+    let targets = targets_for(&config.data_dir).await;
+    stella_agent_core::run(config, targets, shutdown).await
 }
 
 /// Cancels `token` on SIGINT or SIGTERM (systemd stops services with SIGTERM).

@@ -3,6 +3,7 @@
 //! code that speaks HTTP.
 
 pub mod agents;
+pub mod delivery;
 pub mod envelope;
 pub mod users;
 
@@ -30,10 +31,18 @@ use envelope::{ApiError, TRACE_ID};
     paths(
         agents::list, agents::show, agents::revoke, agents::create_join_token, agents::gateway,
         users::create, users::list, users::create_token, users::whoami,
+        delivery::create_environment, delivery::list_environments, delivery::show_environment,
+        delivery::update_environment, delivery::create_target, delivery::list_targets,
+        delivery::show_target, delivery::add_registry, delivery::list_registries,
+        delivery::create_release, delivery::list_releases, delivery::show_release,
+        delivery::promote, delivery::list_deployments, delivery::show_deployment,
+        delivery::deployment_logs, delivery::rollback, delivery::list_drift,
     ),
     components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
     modifiers(&BearerAuth),
-    tags((name = "agents"), (name = "users")),
+    tags((name = "agents"), (name = "users"), (name = "environments"), (name = "targets"),
+        (name = "registries"), (name = "releases"), (name = "promotions"), (name = "deployments"),
+        (name = "drift")),
 )]
 pub struct ApiDoc;
 
@@ -60,6 +69,28 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users", get(users::list).post(users::create))
         .route("/users/{name}/tokens", post(users::create_token))
         .route("/whoami", get(users::whoami))
+        .route(
+            "/environments",
+            get(delivery::list_environments).post(delivery::create_environment),
+        )
+        .route(
+            "/environments/{name}",
+            get(delivery::show_environment).patch(delivery::update_environment),
+        )
+        .route("/environments/{name}/rollback", post(delivery::rollback))
+        .route("/targets", get(delivery::list_targets).post(delivery::create_target))
+        .route("/targets/{name}", get(delivery::show_target))
+        .route(
+            "/registries",
+            get(delivery::list_registries).post(delivery::add_registry),
+        )
+        .route("/releases", get(delivery::list_releases).post(delivery::create_release))
+        .route("/releases/{name}/{version}", get(delivery::show_release))
+        .route("/promotions", post(delivery::promote))
+        .route("/deployments", get(delivery::list_deployments))
+        .route("/deployments/{id}", get(delivery::show_deployment))
+        .route("/deployments/{id}/logs", get(delivery::deployment_logs))
+        .route("/drift", get(delivery::list_drift))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)

@@ -63,13 +63,16 @@ pub async fn serve(
         .await
 }
 
-/// Background work of the gateway: batched heartbeat writes and revocation sync.
+/// Background work of the gateway: batched heartbeat writes, revocation sync and task
+/// deadlines.
 pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     let mut flush = tokio::time::interval(Duration::from_millis(
         app.config.heartbeat_flush_interval_ms,
     ));
     let mut revocations =
         tokio::time::interval(Duration::from_secs(app.config.revocation_poll_seconds));
+    let mut deadlines = tokio::time::interval(Duration::from_secs(5));
+    deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -78,6 +81,11 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
             _ = flush.tick() => {
                 if let Err(error) = app.flush_heartbeats().await {
                     tracing::warn!(%error, "heartbeat flush failed; will retry");
+                }
+            }
+            _ = deadlines.tick() => {
+                if let Err(error) = app.expire_tasks().await {
+                    tracing::warn!(%error, "task deadline sweep failed; will retry");
                 }
             }
             _ = revocations.tick() => {
@@ -205,8 +213,8 @@ impl AgentGateway for Gateway {
             .record_hello(&agent.id, &hello_record(hello, now_ms()))
             .await
             .map_err(crate::error::AppError::from)?;
-        let guard = self.app.sessions.open(&agent.id);
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let guard = self.app.sessions.open(&agent.id, tx.clone());
         let welcome = ServerMessage {
             body: Some(server_message::Body::Welcome(Welcome {
                 agent_id: agent.id.clone(),
@@ -217,9 +225,22 @@ impl AgentGateway for Gateway {
         };
         // The channel is new and empty: this cannot wait.
         let _ = tx.try_send(Ok(welcome));
+        match self.app.desired_state_for(&agent.id).await {
+            Ok(desired) => {
+                let _ = tx.try_send(Ok(desired));
+            }
+            Err(error) => tracing::warn!(%error, "cannot build the agent's desired state"),
+        }
         tracing::info!(agent_id = %agent.id, agent = %agent.name, in_flight, "agent session opened");
         let span = tracing::info_span!("agent_session", agent_id = %agent.id);
-        tokio::spawn(run_session(self.app.clone(), agent.id, inbound, tx, guard).instrument(span));
+        tokio::spawn(
+            run_session(self.app.clone(), agent.id.clone(), inbound, tx, guard)
+                .instrument(span.clone()),
+        );
+        // Tasks waiting for this agent, and those it had in flight (re-assigned under a
+        // new epoch; its journal answers the ones it finished).
+        let app = self.app.clone();
+        tokio::spawn(async move { app.dispatch_to(&agent.id).await }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -241,7 +262,7 @@ async fn run_session(
                 break;
             }
             message = inbound.message() => match message {
-                Ok(Some(message)) => handle_agent_message(&app, &agent_id, message),
+                Ok(Some(message)) => handle_agent_message(&app, &agent_id, message).await,
                 Ok(None) => {
                     tracing::info!("agent closed its session");
                     break;
@@ -257,27 +278,34 @@ async fn run_session(
     app.metrics.agent_sessions.dec();
 }
 
-fn handle_agent_message(app: &App, agent_id: &str, message: AgentMessage) {
-    match message.body {
+async fn handle_agent_message(app: &Arc<App>, agent_id: &str, message: AgentMessage) {
+    let outcome = match message.body {
         Some(agent_message::Body::Heartbeat(_)) => {
             app.heartbeats.record(agent_id, now_ms());
             app.metrics.heartbeats.inc();
+            Ok(())
         }
         Some(agent_message::Body::Hello(_)) => {
             tracing::warn!("ignoring a second hello on an open session");
+            Ok(())
         }
         Some(agent_message::Body::TaskUpdate(update)) => {
-            tracing::debug!(task_id = %update.task_id, message = %update.message, "task update");
+            app.record_task_update(agent_id, &update).await
         }
         Some(agent_message::Body::TaskResult(result)) => {
-            tracing::info!(task_id = %result.task_id, state = result.state, "task result");
+            app.record_task_result(agent_id, &result).await
         }
         Some(agent_message::Body::StickerReport(report)) => {
             tracing::debug!(target = %report.target, component = %report.component, "sticker report");
+            Ok(())
         }
-        Some(agent_message::Body::DriftReport(report)) => {
-            tracing::info!(target = %report.target, kind = %report.kind, "drift report");
+        Some(agent_message::Body::DriftReport(report)) => app.record_drift(agent_id, &report).await,
+        None => {
+            tracing::debug!("empty agent message");
+            Ok(())
         }
-        None => tracing::debug!("empty agent message"),
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(code = error.code, %error, "agent message not applied");
     }
 }

@@ -30,11 +30,15 @@ impl CloseReason {
     }
 }
 
+/// What the server sends down one agent's stream.
+pub type Outbox = tokio::sync::mpsc::Sender<Result<stella_proto::v1::ServerMessage, tonic::Status>>;
+
 #[derive(Debug)]
 struct SessionHandle {
     session_id: u64,
     close: CancellationToken,
     reason: std::sync::Arc<Mutex<Option<CloseReason>>>,
+    outbox: Outbox,
 }
 
 /// At most one open session per agent on this replica.
@@ -64,7 +68,7 @@ impl SessionGuard {
 impl SessionRegistry {
     /// Registers a new session for an agent, closing any older one (the agent
     /// reconnected before we noticed its old stream died).
-    pub fn open(&self, agent_id: &str) -> SessionGuard {
+    pub fn open(&self, agent_id: &str, outbox: Outbox) -> SessionGuard {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let close = CancellationToken::new();
         let reason = std::sync::Arc::new(Mutex::new(None));
@@ -72,6 +76,7 @@ impl SessionRegistry {
             session_id,
             close: close.clone(),
             reason: reason.clone(),
+            outbox,
         };
         if let Some(old) = self.sessions.lock().insert(agent_id.to_owned(), handle) {
             *old.reason.lock() = Some(CloseReason::Replaced);
@@ -103,6 +108,16 @@ impl SessionRegistry {
                 handle.close.cancel();
                 true
             }
+            None => false,
+        }
+    }
+
+    /// Sends a message down an agent's stream; false when it has no session here
+    /// or the session ended meanwhile.
+    pub async fn send(&self, agent_id: &str, message: stella_proto::v1::ServerMessage) -> bool {
+        let outbox = self.sessions.lock().get(agent_id).map(|s| s.outbox.clone());
+        match outbox {
+            Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
             None => false,
         }
     }
@@ -204,11 +219,15 @@ impl HeartbeatBuffer {
 mod tests {
     use super::*;
 
+    fn outbox() -> Outbox {
+        tokio::sync::mpsc::channel(1).0
+    }
+
     #[test]
     fn a_newer_session_closes_the_older_one() {
         let registry = SessionRegistry::default();
-        let first = registry.open("a");
-        let second = registry.open("a");
+        let first = registry.open("a", outbox());
+        let second = registry.open("a", outbox());
         assert!(first.closed.is_cancelled());
         assert!(!second.closed.is_cancelled());
         // The old session ending must not unregister the new one.
@@ -218,7 +237,7 @@ mod tests {
         assert!(second.closed.is_cancelled());
         assert_eq!(second.close_reason(), Some(CloseReason::Revoked));
         assert!(!registry.close("a", CloseReason::Revoked));
-        let third = registry.open("b");
+        let third = registry.open("b", outbox());
         registry.close_all(CloseReason::ShuttingDown);
         assert!(third.closed.is_cancelled());
         assert!(registry.is_empty());

@@ -13,7 +13,13 @@
 //! so two writers queue on the busy timeout instead of failing on a lock upgrade.
 
 mod agents;
+mod deployments;
+mod drift;
+mod environments;
 mod error;
+mod registries;
+mod releases;
+mod targets;
 mod users;
 
 use std::fmt;

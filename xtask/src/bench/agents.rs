@@ -32,6 +32,9 @@ const FD_HEADROOM: u64 = 200;
 const ENROL_CONNECTIONS: usize = 4;
 /// The memory budget per agent the bench is held against.
 const TARGET_RSS_PER_AGENT_KIB: f64 = 48.0;
+/// Heartbeats per agent after which the server's RSS stops growing (measured: the
+/// HTTP/2 and gRPC read buffers of a connection are then fully faulted in).
+const PLATEAU_HEARTBEATS: f64 = 250.0;
 /// How often long phases print where they are.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the server may settle after startup before the first sample.
@@ -585,6 +588,15 @@ impl Report {
         println!("\n==> results");
         for (name, value) in rows {
             println!("{name:<32} {value}");
+        }
+        let heartbeats_per_agent = self.steady_seconds / f64::from(self.heartbeat_interval_seconds);
+        if heartbeats_per_agent < PLATEAU_HEARTBEATS {
+            println!(
+                "note: the server's per-connection read buffers are touched a little more with \
+                 every heartbeat, so RSS grows until each agent has sent about \
+                 {PLATEAU_HEARTBEATS:.0} heartbeats ({heartbeats_per_agent:.0} here); for the \
+                 plateau run `--heartbeat-interval-seconds 1 --duration-seconds 300`"
+            );
         }
 
         let json = serde_json::json!({

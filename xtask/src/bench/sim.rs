@@ -143,6 +143,17 @@ pub struct SessionContext {
     pub connections_only: bool,
 }
 
+impl SessionContext {
+    /// Counts a session (or, with `connections_only`, a connection) as open.
+    fn record_welcome(&self) {
+        self.stats.welcomed.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats
+            .last_welcome_micros
+            .fetch_max(micros, Ordering::Relaxed);
+    }
+}
+
 /// Runs one agent's session until `shutdown` or until the server ends it. `permit` is
 /// held while connecting, which bounds concurrent handshakes.
 pub async fn run_session(
@@ -164,11 +175,7 @@ pub async fn run_session(
         }
     };
     let stats = &context.stats;
-    stats.welcomed.fetch_add(1, Ordering::Relaxed);
-    let micros = u64::try_from(context.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    stats
-        .last_welcome_micros
-        .fetch_max(micros, Ordering::Relaxed);
+    context.record_welcome();
 
     let Session {
         channel: _channel,
@@ -182,27 +189,27 @@ pub async fn run_session(
     let mut ticker = tokio::time::interval_at(Instant::now() + phase, heartbeat_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sequence = 0u64;
-    let ended = loop {
+    let ended: Option<anyhow::Error> = loop {
         tokio::select! {
             _ = context.shutdown.cancelled() => break None,
             _ = ticker.tick() => {
                 sequence += 1;
                 if outbound.send(heartbeat(sequence)).await.is_err() {
-                    break Some(anyhow::anyhow!("{}: the session's request stream closed", agent.name));
+                    break Some(anyhow::anyhow!("the request stream closed"));
                 }
                 stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
             }
             message = inbound.message() => match message {
                 // Nothing is deployed during the bench; other messages are ignored.
                 Ok(Some(_)) => {}
-                Ok(None) => break Some(anyhow::anyhow!("{}: the server ended the session", agent.name)),
-                Err(status) => break Some(anyhow::Error::new(status).context(format!("{}: session failed", agent.name))),
+                Ok(None) => break Some(anyhow::anyhow!("the server ended the session")),
+                Err(status) => break Some(status.into()),
             }
         }
     };
     if let Some(error) = ended {
         stats.lost.fetch_add(1, Ordering::Relaxed);
-        stats.record_error(&error);
+        stats.record_error(&error.context(format!("{}: session lost", agent.name)));
     }
 }
 
@@ -216,11 +223,7 @@ async fn hold_connection(agent: &SimAgent, context: &SessionContext, permit: Own
     let stats = &context.stats;
     match connected {
         Ok(_channel) => {
-            stats.welcomed.fetch_add(1, Ordering::Relaxed);
-            let micros = u64::try_from(context.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            stats
-                .last_welcome_micros
-                .fetch_max(micros, Ordering::Relaxed);
+            context.record_welcome();
             context.shutdown.cancelled().await;
         }
         Err(error) => {

@@ -1,0 +1,632 @@
+//! Drift: how targets differ from their desired state, and the loop that finds and reports
+//! it.
+//!
+//! The desired state is what the control plane last sent in `DesiredState` — per target,
+//! the deploy payload of its last successful deployment — updated locally when this agent
+//! finishes a deploy successfully (so the round right after a deploy does not compare with
+//! the previous release while the server's new `DesiredState` is on its way). It is kept in
+//! memory and in `<data-dir>/desired.json` (without registry credentials), so the agent
+//! checks its targets after a restart before the server has said anything.
+//!
+//! The drift loop runs a round every `drift_interval_seconds`, and soon (debounced by
+//! [`DEBOUNCE`]) after a target kind's [`Target::watch`] notifies, after a `DesiredState`
+//! arrives, after a deploy task finishes and when a session comes up. A round calls
+//! [`Target::detect_drift`] for each desired target whose kind is registered and that no
+//! deploy task is changing, and sends a `DriftReport` per finding. A target that had
+//! findings in an earlier round and has none now gets one `resolved` report. Reports go
+//! out only while a session is up; nothing is queued across a disconnection (the first
+//! round of the next session reports afresh).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stella_proto::v1;
+use stella_proto::v1::agent_message::Body as AgentBody;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{error_chain, AgentError, TargetError};
+use crate::fsutil;
+use crate::identity::files;
+use crate::target::{DeployTask, Target, TargetRegistry};
+
+/// How long the loop collects further triggers after the first before it runs a round,
+/// so a burst of engine events costs one round.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(500);
+/// The longest one target's `detect_drift` may take before the round gives up on it.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One way a target differs from its desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftFinding {
+    /// The component concerned.
+    pub component: String,
+    /// What kind of difference.
+    pub kind: DriftKind,
+    /// One line for the operator.
+    pub detail: String,
+}
+
+/// The kinds of drift, as named in `DriftReport.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// The component runs another image than the desired one.
+    ImageChanged,
+    /// A desired component does not run.
+    Missing,
+    /// A component runs that the desired state does not name.
+    Unexpected,
+    /// The component's configuration differs (only kinds that can see it report this).
+    ConfigChanged,
+    /// The sticker is missing, does not verify, or does not match what runs.
+    StickerTampered,
+}
+
+impl DriftKind {
+    /// The wire name: `image_changed`, `missing`, `unexpected`, `config_changed`,
+    /// `sticker_tampered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::ImageChanged => "image_changed",
+            DriftKind::Missing => "missing",
+            DriftKind::Unexpected => "unexpected",
+            DriftKind::ConfigChanged => "config_changed",
+            DriftKind::StickerTampered => "sticker_tampered",
+        }
+    }
+}
+
+impl fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The drift that [`Target::inspect`] and [`Target::read_sticker`] reveal, the default of
+/// [`Target::detect_drift`]: a desired component that does not run is `missing`; one
+/// whose image digest is not the desired one is `image_changed`; one whose sticker is
+/// absent, does not verify, is not the sticker on the running component, or names another
+/// image is `sticker_tampered`; a component that runs but is not desired is `unexpected`.
+pub async fn sticker_drift<T>(
+    target: &T,
+    desired: &DeployTask,
+) -> Result<Vec<DriftFinding>, TargetError>
+where
+    T: Target + ?Sized,
+{
+    let observed = target.inspect(&desired.target).await?;
+    let mut findings = Vec::new();
+    for component in &desired.components {
+        let Some(running) = observed.iter().find(|o| o.component == component.name) else {
+            findings.push(DriftFinding {
+                component: component.name.clone(),
+                kind: DriftKind::Missing,
+                detail: format!("{} is not running", component.image),
+            });
+            continue;
+        };
+        if let Some(digest) = component.digest() {
+            if running.image_digest != digest {
+                findings.push(DriftFinding {
+                    component: component.name.clone(),
+                    kind: DriftKind::ImageChanged,
+                    detail: format!("runs {}, desired {digest}", running.image_digest),
+                });
+            }
+        }
+        let sticker = target
+            .read_sticker(&desired.target, &component.name)
+            .await?;
+        let tampered = match &sticker {
+            None => Some("the component has no sticker".to_owned()),
+            Some(sticker) if !sticker.verify() => {
+                Some("the sticker does not match its sticker_digest".to_owned())
+            }
+            Some(sticker) if running.sticker_digest.as_deref() != Some(&sticker.sticker_digest) => {
+                Some(format!(
+                    "the sticker ({}) is not the one on the running component ({})",
+                    sticker.sticker_digest,
+                    running.sticker_digest.as_deref().unwrap_or("none")
+                ))
+            }
+            Some(sticker) if sticker.image != component.image => Some(format!(
+                "the sticker names {}, desired {}",
+                sticker.image, component.image
+            )),
+            Some(_) => None,
+        };
+        if let Some(detail) = tampered {
+            findings.push(DriftFinding {
+                component: component.name.clone(),
+                kind: DriftKind::StickerTampered,
+                detail,
+            });
+        }
+    }
+    for running in &observed {
+        if !desired
+            .components
+            .iter()
+            .any(|c| c.name == running.component)
+        {
+            findings.push(DriftFinding {
+                component: running.component.clone(),
+                kind: DriftKind::Unexpected,
+                detail: format!(
+                    "runs {} but is not in the desired state",
+                    running.image_digest
+                ),
+            });
+        }
+    }
+    Ok(findings)
+}
+
+/// Parses a deploy payload. serde's messages can quote the offending value, so when the
+/// payload does not parse it is parsed again without `registry_auth`: no credential can
+/// reach the message (which is logged, journaled and sent to the server).
+pub(crate) fn parse_deploy_task(payload_json: &[u8]) -> Result<DeployTask, String> {
+    if let Ok(task) = serde_json::from_slice::<DeployTask>(payload_json) {
+        return Ok(task);
+    }
+    // A syntax error carries a position, never input text.
+    let mut value: serde_json::Value =
+        serde_json::from_slice(payload_json).map_err(|e| format!("invalid deploy payload: {e}"))?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("registry_auth");
+    }
+    match serde_json::from_value::<DeployTask>(value) {
+        Err(e) => Err(format!("invalid deploy payload: {e}")),
+        Ok(_) => Err("invalid deploy payload: registry_auth must be a list of \
+                      {registry, username, password}"
+            .to_owned()),
+    }
+}
+
+/// The desired state, by target name: each target's last successful deploy payload,
+/// without registry credentials.
+pub(crate) type DesiredTargets = BTreeMap<String, DeployTask>;
+
+/// The form of `desired.json`: `{"targets": {"<target>": <deploy payload>, …}}`.
+#[derive(Debug, Deserialize)]
+struct DesiredFile {
+    targets: DesiredTargets,
+}
+
+#[derive(Serialize)]
+struct DesiredFileRef<'a> {
+    targets: &'a DesiredTargets,
+}
+
+/// The desired state in memory (a watch channel, so the drift loop sees changes) and in
+/// `<data-dir>/desired.json`.
+#[derive(Debug)]
+pub(crate) struct DesiredStore {
+    path: PathBuf,
+    state: watch::Sender<Arc<DesiredTargets>>,
+    /// Serializes read-modify-write of the file.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl DesiredStore {
+    /// Loads `desired.json` from the data dir (blocking). A missing file is an empty desired
+    /// state; an unreadable one is logged and treated as empty: the server sends the
+    /// desired state after every `Welcome` anyway.
+    pub(crate) fn load(data_dir: &Path) -> DesiredStore {
+        let path = data_dir.join(files::DESIRED_JSON);
+        let targets = match read_desired(&path) {
+            Ok(targets) => targets,
+            Err(error) => {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "could not read the stored desired state; starting without one"
+                );
+                DesiredTargets::new()
+            }
+        };
+        let (state, _) = watch::channel(Arc::new(targets));
+        DesiredStore {
+            path,
+            state,
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The desired state now.
+    pub(crate) fn current(&self) -> Arc<DesiredTargets> {
+        self.state.borrow().clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<DesiredTargets>> {
+        self.state.subscribe()
+    }
+
+    /// Replaces the desired state with what the server sent. Targets whose payload does
+    /// not parse are logged and left out.
+    pub(crate) async fn replace(&self, message: &v1::DesiredState) {
+        let mut targets = DesiredTargets::new();
+        for desired in &message.targets {
+            match parse_deploy_task(&desired.deploy_json) {
+                Ok(task) => {
+                    if task.target.name != desired.target {
+                        tracing::warn!(
+                            target = %desired.target,
+                            payload_target = %task.target.name,
+                            "the desired state of a target names another target; using it as sent"
+                        );
+                    }
+                    targets.insert(desired.target.clone(), task.without_credentials());
+                }
+                Err(message) => tracing::warn!(
+                    target = %desired.target,
+                    error = %message,
+                    "ignoring the desired state of a target"
+                ),
+            }
+        }
+        tracing::info!(targets = targets.len(), "desired state received");
+        self.update(|current| *current = targets).await;
+    }
+
+    /// Records a successful deployment as its target's desired state.
+    pub(crate) async fn deployed(&self, task: &DeployTask) {
+        let task = task.clone().without_credentials();
+        self.update(|current| {
+            current.insert(task.target.name.clone(), task);
+        })
+        .await;
+    }
+
+    async fn update(&self, change: impl FnOnce(&mut DesiredTargets)) {
+        let _writing = self.writing.lock().await;
+        let mut targets = DesiredTargets::clone(&self.current());
+        change(&mut targets);
+        let targets = Arc::new(targets);
+        let (path, stored) = (self.path.clone(), Arc::clone(&targets));
+        if let Err(error) = fsutil::blocking(move || write_desired(&path, &stored)).await {
+            tracing::error!(
+                error = %error_chain(&error),
+                "could not store the desired state; keeping it in memory only"
+            );
+        }
+        self.state.send_replace(targets);
+    }
+}
+
+fn read_desired(path: &Path) -> Result<DesiredTargets, AgentError> {
+    let Some(json) = fsutil::read_optional(path)? else {
+        return Ok(DesiredTargets::new());
+    };
+    let file: DesiredFile = serde_json::from_str(&json).map_err(|e| AgentError::Corrupt {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(file.targets)
+}
+
+fn write_desired(path: &Path, targets: &DesiredTargets) -> Result<(), AgentError> {
+    let mut json = serde_json::to_vec_pretty(&DesiredFileRef { targets }).map_err(|e| {
+        AgentError::Corrupt {
+            path: path.to_owned(),
+            source: Box::new(e),
+        }
+    })?;
+    json.push(b'\n');
+    fsutil::write_atomic(path, &json)
+}
+
+/// Which targets a deploy task is changing now, so the drift loop leaves them alone.
+#[derive(Debug, Default)]
+pub(crate) struct Deploying {
+    targets: Mutex<HashMap<String, DeployingTarget>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct DeployingTarget {
+    running: usize,
+    /// Bumped by every deploy that starts: a round that saw another generation before
+    /// detecting than after raced a deploy and drops its findings.
+    generation: u64,
+}
+
+impl Deploying {
+    /// Marks a deploy of `target` as running until the guard drops.
+    pub(crate) fn start(self: &Arc<Self>, target: &str) -> DeployGuard {
+        let mut targets = self.lock();
+        let entry = targets.entry(target.to_owned()).or_default();
+        entry.running += 1;
+        entry.generation += 1;
+        DeployGuard {
+            deploying: Arc::clone(self),
+            target: target.to_owned(),
+        }
+    }
+
+    /// The target's deploy generation when no deploy is changing it, `None` while one is.
+    fn idle_generation(&self, target: &str) -> Option<u64> {
+        match self.lock().get(target) {
+            Some(entry) if entry.running > 0 => None,
+            Some(entry) => Some(entry.generation),
+            None => Some(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeployingTarget>> {
+        // Updates are single counter changes: a poisoned map is still consistent.
+        self.targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A deploy in progress (see [`Deploying::start`]).
+#[derive(Debug)]
+pub(crate) struct DeployGuard {
+    deploying: Arc<Deploying>,
+    target: String,
+}
+
+impl Drop for DeployGuard {
+    fn drop(&mut self) {
+        if let Some(entry) = self.deploying.lock().get_mut(&self.target) {
+            entry.running = entry.running.saturating_sub(1);
+        }
+    }
+}
+
+/// The drift loop and what it needs; runs for the agent's lifetime.
+#[derive(Debug)]
+pub(crate) struct DriftLoop {
+    /// Time between full rounds.
+    pub(crate) interval: Duration,
+    pub(crate) targets: TargetRegistry,
+    pub(crate) desired: Arc<DesiredStore>,
+    pub(crate) deploying: Arc<Deploying>,
+    /// Towards the current session.
+    pub(crate) outbox: mpsc::UnboundedSender<v1::AgentMessage>,
+    /// Whether a welcomed session is up.
+    pub(crate) session_up: watch::Receiver<bool>,
+    /// Target names from [`Target::watch`] and from finished deploy tasks.
+    pub(crate) notify: mpsc::UnboundedReceiver<String>,
+}
+
+/// What a round checks: every desired target, or the ones named.
+#[derive(Debug, Default)]
+struct Scope {
+    all: bool,
+    targets: BTreeSet<String>,
+}
+
+impl Scope {
+    fn everything() -> Scope {
+        Scope {
+            all: true,
+            targets: BTreeSet::new(),
+        }
+    }
+
+    fn includes(&self, target: &str) -> bool {
+        self.all || self.targets.contains(target)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.targets.is_empty()
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Interval,
+    Soon(Scope),
+    Nothing,
+    Stop,
+}
+
+impl DriftLoop {
+    /// Runs rounds until `shutdown`.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let interval = self.interval.max(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut desired = self.desired.subscribe();
+        desired.borrow_and_update();
+        let mut rounds = Rounds {
+            // After a start the agent cannot know what it reported before: every stored
+            // target may have open findings on the server, so the first round sends
+            // `resolved` for those that match.
+            reported: self
+                .desired
+                .current()
+                .keys()
+                .map(|target| (target.clone(), Vec::new()))
+                .collect(),
+            detection_errors_total: 0,
+        };
+        loop {
+            let (mut scope, debounce) = match self.wait(&mut tick, &mut desired, &shutdown).await {
+                Wake::Stop => return,
+                Wake::Nothing => continue,
+                Wake::Interval => (Scope::everything(), false),
+                Wake::Soon(scope) => (scope, true),
+            };
+            if debounce {
+                // Collect what else happens within the window into one round.
+                let until = Instant::now() + DEBOUNCE;
+                loop {
+                    let more = tokio::select! {
+                        () = tokio::time::sleep_until(until) => break,
+                        more = self.wait(&mut tick, &mut desired, &shutdown) => more,
+                    };
+                    match more {
+                        Wake::Stop => return,
+                        Wake::Nothing => {}
+                        Wake::Interval => scope.all = true,
+                        Wake::Soon(more) => {
+                            scope.all |= more.all;
+                            scope.targets.extend(more.targets);
+                        }
+                    }
+                }
+            }
+            if scope.is_empty() || !*self.session_up.borrow() {
+                // Nobody to report to; the round of the next session covers it.
+                continue;
+            }
+            if scope.all {
+                tick.reset();
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = rounds.run(&self, &scope) => {}
+            }
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        tick: &mut tokio::time::Interval,
+        desired: &mut watch::Receiver<Arc<DesiredTargets>>,
+        shutdown: &CancellationToken,
+    ) -> Wake {
+        tokio::select! {
+            () = shutdown.cancelled() => Wake::Stop,
+            _ = tick.tick() => Wake::Interval,
+            changed = desired.changed() => match changed {
+                Ok(()) => {
+                    desired.borrow_and_update();
+                    Wake::Soon(Scope::everything())
+                }
+                Err(_) => Wake::Stop,
+            },
+            changed = self.session_up.changed() => match changed {
+                Ok(()) if *self.session_up.borrow_and_update() => {
+                    Wake::Soon(Scope::everything())
+                }
+                Ok(()) => Wake::Nothing,
+                Err(_) => Wake::Stop,
+            },
+            // When every sender is gone the branch is disabled; the interval still ticks.
+            Some(target) = self.notify.recv() => Wake::Soon(Scope {
+                all: false,
+                targets: BTreeSet::from([target]),
+            }),
+        }
+    }
+}
+
+/// What the rounds remember between them.
+struct Rounds {
+    /// The findings last reported per target; a target is present while the server may
+    /// hold open findings for it.
+    reported: BTreeMap<String, Vec<DriftFinding>>,
+    detection_errors_total: u64,
+}
+
+impl Rounds {
+    async fn run(&mut self, drift: &DriftLoop, scope: &Scope) {
+        let desired = drift.desired.current();
+        // A target no longer desired is the server's business now.
+        self.reported
+            .retain(|target, _| desired.contains_key(target));
+        for target_name in &scope.targets {
+            if !scope.all && !desired.contains_key(target_name) {
+                tracing::debug!(target = %target_name, "drift notification for a target with no desired state");
+            }
+        }
+        for (target_name, task) in desired.iter() {
+            if !scope.includes(target_name) {
+                continue;
+            }
+            let Some(generation) = drift.deploying.idle_generation(target_name) else {
+                tracing::debug!(target = %target_name, "a deploy is running; drift check skipped");
+                continue;
+            };
+            let Some(target) = drift.targets.get(&task.target.kind) else {
+                tracing::debug!(
+                    target = %target_name,
+                    kind = %task.target.kind,
+                    "no target kind registered for a desired target; drift check skipped"
+                );
+                continue;
+            };
+            let detected = tokio::time::timeout(DETECT_TIMEOUT, target.detect_drift(task)).await;
+            let findings = match detected {
+                Ok(Ok(findings)) => findings,
+                Ok(Err(error)) => {
+                    self.detection_failed(target_name, &task.target.kind, &error_chain(&error));
+                    continue;
+                }
+                Err(_) => {
+                    let reason = format!("timed out after {} s", DETECT_TIMEOUT.as_secs());
+                    self.detection_failed(target_name, &task.target.kind, &reason);
+                    continue;
+                }
+            };
+            if drift.deploying.idle_generation(target_name) != Some(generation) {
+                tracing::debug!(target = %target_name, "a deploy started during the drift check; findings dropped");
+                continue;
+            }
+            if !*drift.session_up.borrow() {
+                return;
+            }
+            self.report(drift, target_name, findings);
+        }
+    }
+
+    fn report(&mut self, drift: &DriftLoop, target: &str, findings: Vec<DriftFinding>) {
+        let observed_at_unix_ms = crate::now_unix_ms();
+        let send = |component: &str, kind: &str, detail: &str| {
+            // The receiver lives as long as the agent; after shutdown nothing listens.
+            let _ = drift.outbox.send(v1::AgentMessage {
+                body: Some(AgentBody::DriftReport(v1::DriftReport {
+                    target: target.to_owned(),
+                    component: component.to_owned(),
+                    kind: kind.to_owned(),
+                    detail: detail.to_owned(),
+                    observed_at_unix_ms,
+                })),
+            });
+        };
+        if findings.is_empty() {
+            if let Some(previous) = self.reported.remove(target) {
+                send("", "resolved", "");
+                if !previous.is_empty() {
+                    tracing::info!(target = %target, "drift resolved");
+                }
+            }
+            return;
+        }
+        for finding in &findings {
+            send(&finding.component, finding.kind.as_str(), &finding.detail);
+        }
+        if self.reported.get(target) != Some(&findings) {
+            for finding in &findings {
+                tracing::warn!(
+                    target = %target,
+                    component = %finding.component,
+                    kind = %finding.kind,
+                    detail = %finding.detail,
+                    "drift found"
+                );
+            }
+        }
+        self.reported.insert(target.to_owned(), findings);
+    }
+
+    fn detection_failed(&mut self, target: &str, kind: &str, error: &str) {
+        self.detection_errors_total += 1;
+        tracing::warn!(
+            target = %target,
+            kind = %kind,
+            error = %error,
+            drift_detection_errors_total = self.detection_errors_total,
+            "drift detection failed"
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! The desired state and the drift loop, against a fake target kind that keeps the default
+//! `detect_drift`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use stella_agent_core::{AgentConfig, ObservedComponent, Sticker};
+use stella_proto::v1;
+use support::{
+    agent_config, credential, deploy_task, desired_state, digest, init_tracing, wait_for, DataDir,
+    FakeDriftTarget, RunningAgent, ScriptedControlPlane, DEADLINE,
+};
+use tokio::time::Instant;
+
+async fn connected(control_plane: &ScriptedControlPlane, sessions: usize) {
+    wait_for("a welcomed session", DEADLINE, || {
+        (control_plane.script.hellos().len() >= sessions
+            && control_plane.script.open_sessions() == 1)
+            .then_some(())
+    })
+    .await;
+}
+
+fn config(control_plane: &ScriptedControlPlane, data_dir: &DataDir, interval: u64) -> AgentConfig {
+    let mut config = agent_config(control_plane, data_dir);
+    config.drift_interval_seconds = interval;
+    config
+}
+
+/// The drift reports received so far, from index `from` on.
+fn reports_from(control_plane: &ScriptedControlPlane, from: usize) -> Vec<v1::DriftReport> {
+    control_plane
+        .script
+        .drift_reports()
+        .into_iter()
+        .skip(from)
+        .map(|(_, report)| report)
+        .collect()
+}
+
+/// Waits for a report matching `wanted` among those from index `from` on; returns its
+/// index.
+async fn report_matching(
+    control_plane: &ScriptedControlPlane,
+    from: usize,
+    what: &str,
+    timeout: Duration,
+    wanted: impl Fn(&v1::DriftReport) -> bool,
+) -> usize {
+    wait_for(what, timeout, || {
+        reports_from(control_plane, from)
+            .iter()
+            .position(&wanted)
+            .map(|index| from + index)
+    })
+    .await
+}
+
+fn kinds_of(reports: &[v1::DriftReport]) -> BTreeSet<(String, String, String)> {
+    reports
+        .iter()
+        .map(|r| (r.target.clone(), r.component.clone(), r.kind.clone()))
+        .collect()
+}
+
+fn finding(target: &str, component: &str, kind: &str) -> (String, String, String) {
+    (target.to_owned(), component.to_owned(), kind.to_owned())
+}
+
+#[tokio::test]
+async fn the_desired_state_is_stored_without_credentials_and_survives_a_restart() {
+    const PASSWORD: &str = "pw-desired-Q7";
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let mut desired = deploy_task("web-1", "fake", &[("api", 'a')]);
+    // The server sends none, but a stray credential must not reach the disk either.
+    desired.registry_auth = vec![credential(PASSWORD)];
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&desired]));
+    let target = FakeDriftTarget::new();
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+
+    let stored = data_dir.path().join("desired.json");
+    let json: serde_json::Value = wait_for("desired.json", DEADLINE, || {
+        std::fs::read(&stored)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    })
+    .await;
+    assert_eq!(json["targets"]["web-1"]["release"], "shop");
+    assert_eq!(
+        json["targets"]["web-1"]["components"][0]["image"],
+        format!("registry.local/shop/api@{}", digest('a'))
+    );
+    assert!(
+        json["targets"]["web-1"].get("registry_auth").is_none(),
+        "{json}"
+    );
+    let text = std::fs::read_to_string(&stored).expect("read");
+    assert!(!text.contains(PASSWORD));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&stored)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Nothing runs on the fake target: the component is missing.
+    report_matching(&control_plane, 0, "a missing report", DEADLINE, |r| {
+        r.target == "web-1" && r.component == "api" && r.kind == "missing"
+    })
+    .await;
+    agent.stop().await;
+
+    // Restarted, and this time the server says nothing about the desired state.
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = None;
+    let before = control_plane.script.drift_reports().len();
+    let target = FakeDriftTarget::new();
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 2).await;
+    let index = report_matching(
+        &control_plane,
+        before,
+        "a missing report after the restart",
+        DEADLINE,
+        |r| r.target == "web-1" && r.component == "api" && r.kind == "missing",
+    )
+    .await;
+    let (session, _) = control_plane.script.drift_reports().remove(index);
+    assert_eq!(session, 1, "reported on the new session");
+    assert!(target.inspections("web-1") >= 1);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_drift_loop_reports_each_kind_every_interval_then_resolved() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let desired = deploy_task("web-1", "fake", &[("api", 'a'), ("web", 'b'), ("db", 'c')]);
+    let target = FakeDriftTarget::new();
+    target.converge(&desired);
+    // api runs another image (its sticker is intact).
+    // web does not run at all.
+    // db's sticker was edited after it was written.
+    // cache runs but was never deployed.
+    let mut observed: Vec<ObservedComponent> = Vec::new();
+    let sticker_of = |name: &str| {
+        let component = desired
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .expect("component");
+        desired.sticker(component, "agent")
+    };
+    let api = sticker_of("api");
+    observed.push(ObservedComponent {
+        component: "api".to_owned(),
+        image_digest: digest('d'),
+        sticker_digest: Some(api.sticker_digest.clone()),
+    });
+    target.set_sticker("web-1", api);
+    let db = sticker_of("db");
+    observed.push(ObservedComponent {
+        component: "db".to_owned(),
+        image_digest: digest('c'),
+        sticker_digest: Some(db.sticker_digest.clone()),
+    });
+    let mut tampered: Sticker = db;
+    tampered.version = "9.9.9".to_owned();
+    target.set_sticker("web-1", tampered);
+    observed.push(ObservedComponent {
+        component: "cache".to_owned(),
+        image_digest: digest('e'),
+        sticker_digest: None,
+    });
+    target.set_observed("web-1", observed);
+
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&desired]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 1), target.registry());
+    connected(&control_plane, 1).await;
+
+    let expected = BTreeSet::from([
+        finding("web-1", "api", "image_changed"),
+        finding("web-1", "web", "missing"),
+        finding("web-1", "db", "sticker_tampered"),
+        finding("web-1", "cache", "unexpected"),
+    ]);
+    // Findings are re-sent every round: wait for two rounds' worth.
+    let reports = wait_for("two rounds of findings", DEADLINE, || {
+        let reports = reports_from(&control_plane, 0);
+        (reports.len() >= 2 * expected.len()).then_some(reports)
+    })
+    .await;
+    let first_round = &reports[..expected.len()];
+    assert_eq!(kinds_of(first_round), expected, "{first_round:#?}");
+    assert!(first_round.iter().all(|r| r.observed_at_unix_ms
+        == first_round[0].observed_at_unix_ms
+        && r.observed_at_unix_ms > 0));
+    assert_eq!(
+        kinds_of(&reports[expected.len()..2 * expected.len()]),
+        expected
+    );
+    let detail = |component: &str| {
+        first_round
+            .iter()
+            .find(|r| r.component == component)
+            .map(|r| r.detail.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        detail("api"),
+        format!("runs {}, desired {}", digest('d'), digest('a'))
+    );
+    assert!(detail("db").contains("sticker_digest"), "{}", detail("db"));
+
+    // Someone puts things right; the next round says so, once.
+    target.converge(&desired);
+    let resolved = report_matching(&control_plane, 0, "resolved", DEADLINE, |r| {
+        r.kind == "resolved"
+    })
+    .await;
+    let report = &reports_from(&control_plane, resolved)[0];
+    assert_eq!(
+        (report.target.as_str(), report.component.as_str()),
+        ("web-1", "")
+    );
+    // Two more interval rounds pass (the interval is 1 s) without another report.
+    let inspections = target.inspections("web-1");
+    wait_for("two more rounds", DEADLINE, || {
+        (target.inspections("web-1") >= inspections + 2).then_some(())
+    })
+    .await;
+    let after: Vec<v1::DriftReport> = reports_from(&control_plane, resolved + 1);
+    assert!(after.is_empty(), "{after:#?}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_notification_triggers_a_round_long_before_the_interval() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let desired = deploy_task("web-1", "fake", &[("api", 'a')]);
+    let target = FakeDriftTarget::new();
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&desired]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+    assert!(
+        target.is_watched(),
+        "the agent handed the kind a notify sender"
+    );
+    // The round after Welcome and DesiredState finds nothing running.
+    report_matching(&control_plane, 0, "missing", DEADLINE, |r| {
+        r.kind == "missing"
+    })
+    .await;
+
+    // Twice, so the first answer cannot come from a round that was pending anyway.
+    for (change, wanted) in [("fixed", "resolved"), ("broken", "missing")] {
+        let from = control_plane.script.drift_reports().len();
+        if change == "fixed" {
+            target.converge(&desired);
+        } else {
+            target.set_observed("web-1", Vec::new());
+        }
+        let notified = Instant::now();
+        target.notify("web-1");
+        report_matching(
+            &control_plane,
+            from,
+            &format!("{wanted} after the notification"),
+            Duration::from_secs(2),
+            |r| r.kind == wanted,
+        )
+        .await;
+        assert!(notified.elapsed() < Duration::from_secs(2));
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn no_drift_check_while_a_deploy_changes_the_target_and_one_right_after() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let web1 = deploy_task("web-1", "fake", &[("api", 'a')]);
+    let web2 = deploy_task("web-2", "fake", &[("api", 'a')]);
+    let target = FakeDriftTarget::gated();
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&web1, &web2]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+    for name in ["web-1", "web-2"] {
+        report_matching(&control_plane, 0, "missing", DEADLINE, |r| {
+            r.target == name && r.kind == "missing"
+        })
+        .await;
+    }
+
+    // Deploy a new version to web-1 and hold it in `apply`.
+    let next = deploy_task("web-1", "fake", &[("api", 'f')]);
+    control_plane
+        .script
+        .push(&v1::server_message::Body::TaskAssignment(
+            v1::TaskAssignment {
+                task_id: "deploy-1".to_owned(),
+                epoch: 1,
+                kind: "deploy".to_owned(),
+                payload_json: serde_json::to_vec(&next).expect("payload"),
+                deadline_unix_ms: 0,
+            },
+        ));
+    wait_for("apply to start", DEADLINE, || {
+        (target.applies.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let web1_inspections = target.inspections("web-1");
+    let from = control_plane.script.drift_reports().len();
+    target.notify("web-1");
+    target.notify("web-2");
+    // web-2's report shows the round ran; web-1 was left alone.
+    report_matching(&control_plane, from, "web-2 checked", DEADLINE, |r| {
+        r.target == "web-2"
+    })
+    .await;
+    assert_eq!(target.inspections("web-1"), web1_inspections);
+    assert!(reports_from(&control_plane, from)
+        .iter()
+        .all(|r| r.target != "web-1"));
+
+    // Once the deploy is done, web-1 is checked against what was deployed, and matches.
+    target.release();
+    wait_for("the deploy result", DEADLINE, || {
+        (!control_plane.script.results("deploy-1").is_empty()).then_some(())
+    })
+    .await;
+    report_matching(&control_plane, from, "web-1 resolved", DEADLINE, |r| {
+        r.target == "web-1" && r.kind == "resolved"
+    })
+    .await;
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data_dir.path().join("desired.json")).expect("desired.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        json["targets"]["web-1"]["components"][0]["image"],
+        format!("registry.local/shop/api@{}", digest('f')),
+        "the deployment became web-1's desired state"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn drift_found_while_disconnected_is_not_queued_but_found_again() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let desired = deploy_task("web-1", "fake", &[("api", 'a')]);
+    let target = FakeDriftTarget::new();
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&desired]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+    report_matching(&control_plane, 0, "missing", DEADLINE, |r| {
+        r.kind == "missing"
+    })
+    .await;
+
+    // Offline, with a change the watch reports, for longer than the debounce.
+    let script = &control_plane.script;
+    script.refuse_connects.store(true, Ordering::SeqCst);
+    let connects = script.connects.load(Ordering::SeqCst);
+    script.drop_sessions();
+    wait_for("a refused reconnect", DEADLINE, || {
+        (script.connects.load(Ordering::SeqCst) > connects).then_some(())
+    })
+    .await;
+    target.converge(&desired);
+    target.notify("web-1");
+    let notified = Instant::now();
+    wait_for("the debounce to pass while offline", DEADLINE, || {
+        (notified.elapsed() >= Duration::from_secs(1)
+            && script.connects.load(Ordering::SeqCst) > connects + 1)
+            .then_some(())
+    })
+    .await;
+    let online_again_ms = unix_ms_now();
+    script.refuse_connects.store(false, Ordering::SeqCst);
+    connected(&control_plane, 2).await;
+
+    let reports = wait_for("a report on the new session", DEADLINE, || {
+        let reports: Vec<v1::DriftReport> = script
+            .drift_reports()
+            .into_iter()
+            .filter(|(session, _)| *session == 1)
+            .map(|(_, report)| report)
+            .collect();
+        (!reports.is_empty()).then_some(reports)
+    })
+    .await;
+    assert_eq!(reports[0].kind, "resolved", "{reports:#?}");
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.observed_at_unix_ms >= online_again_ms),
+        "nothing observed while offline was sent: {reports:#?}"
+    );
+    agent.stop().await;
+}
+
+fn unix_ms_now() -> i64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    i64::try_from(elapsed.as_millis()).expect("ms")
+}

@@ -1,0 +1,515 @@
+//! The reconciler: bring one component's container to the desired image and settings,
+//! start-first or stop-first, leaving the old container running on any failure.
+
+use std::collections::HashMap;
+
+use bollard::auth::DockerCredentials;
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, PortBinding, PortMap, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use stella_agent_core::{error_chain, CancellationToken, ComponentSpec, DeployTask, Progress, Sticker};
+
+use crate::engine::ManagedContainer;
+use crate::error::DockerError;
+use crate::health::HealthWait;
+use crate::image_ref::ImageRef;
+use crate::labels;
+use crate::settings::{DockerSettings, RestartSetting, UpdateStrategy};
+use crate::DockerTarget;
+
+/// How often Docker runs `health_cmd`.
+const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
+/// How long one `health_cmd` run may take.
+const HEALTH_CHECK_TIMEOUT_NS: i64 = 2_000_000_000;
+/// Failed runs in a row before Docker reports `unhealthy`.
+const HEALTH_RETRIES: i64 = 3;
+
+/// What happened to one component.
+#[derive(Debug)]
+pub(crate) enum ComponentOutcome {
+    /// The right container already ran; its sticker.
+    UpToDate(Sticker),
+    /// A new container was made.
+    Deployed {
+        sticker: Sticker,
+        strategy: UpdateStrategy,
+        replaced: bool,
+    },
+}
+
+impl ComponentOutcome {
+    pub(crate) fn sticker(&self) -> &Sticker {
+        match self {
+            ComponentOutcome::UpToDate(sticker) | ComponentOutcome::Deployed { sticker, .. } => {
+                sticker
+            }
+        }
+    }
+}
+
+/// What `plan` found for one component.
+#[derive(Debug)]
+pub(crate) struct ComponentState {
+    pub(crate) name: String,
+    pub(crate) next_name: String,
+    pub(crate) image: ImageRef,
+    /// The containers labelled for this component, leftover `-next` ones excluded.
+    pub(crate) containers: Vec<ManagedContainer>,
+    /// `-next` containers of an interrupted deployment.
+    pub(crate) leftovers: Vec<ManagedContainer>,
+    /// The local image ID of the desired image, if the engine has it.
+    pub(crate) desired_image_id: Option<String>,
+}
+
+impl ComponentState {
+    /// The running container named `name` with the desired image and settings.
+    pub(crate) fn current(&self, settings: &DockerSettings) -> Option<&ManagedContainer> {
+        let desired = self.desired_image_id.as_deref()?;
+        self.containers.iter().find(|c| {
+            c.name == self.name
+                && c.running
+                && c.image_id == desired
+                && c.label(labels::CONFIG_DIGEST) == Some(settings.config_digest.as_str())
+        })
+    }
+}
+
+impl DockerTarget {
+    /// Looks at one component without changing anything.
+    pub(crate) async fn component_state(
+        &self,
+        task: &DeployTask,
+        settings: &DockerSettings,
+        component: &ComponentSpec,
+    ) -> Result<ComponentState, DockerError> {
+        let target = &task.target.name;
+        let name = settings.container_name(target, &component.name);
+        let next_name = format!("{name}-next");
+        let image = ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
+            component: component.name.clone(),
+            reference: component.image.clone(),
+            reason,
+        })?;
+        let (leftovers, containers) = self
+            .engine
+            .containers(target, Some(&component.name))
+            .await?
+            .into_iter()
+            .partition(|c| c.name == next_name);
+        let desired_image_id = self.engine.local_image_id(&image.to_string()).await?;
+        Ok(ComponentState {
+            name,
+            next_name,
+            image,
+            containers,
+            leftovers,
+            desired_image_id,
+        })
+    }
+
+    /// Brings one component to the desired state.
+    pub(crate) async fn deploy_component(
+        &self,
+        task: &DeployTask,
+        settings: &DockerSettings,
+        component: &ComponentSpec,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<ComponentOutcome, DockerError> {
+        let target = task.target.name.as_str();
+        let say = |line: String| progress.report(format!("{}: {line}", component.name));
+        let mut state = self.component_state(task, settings, component).await?;
+
+        for leftover in std::mem::take(&mut state.leftovers) {
+            self.engine.remove(&leftover.id).await?;
+            tracing::warn!(target, component = %component.name, container = %leftover.name, "removed a container left by an interrupted deployment");
+            say(format!(
+                "removed container {} left by an interrupted deployment",
+                leftover.name
+            ));
+        }
+        for name in [&state.name, &state.next_name] {
+            self.check_name_is_ours(target, name, &state.containers).await?;
+        }
+
+        if let Some(current) = state.current(settings) {
+            if let Some(sticker) = self.current_sticker(target, component, current, &say).await? {
+                let current_id = current.id.clone();
+                self.remove_extras(&state.containers, &current_id, settings, &say)
+                    .await?;
+                say(format!(
+                    "already up to date: container {} runs {}",
+                    state.name, component.image
+                ));
+                return Ok(ComponentOutcome::UpToDate(sticker));
+            }
+        }
+
+        let image_id = match state.desired_image_id.clone() {
+            Some(id) => {
+                say(format!("image {} is present", state.image));
+                id
+            }
+            None => {
+                say(format!("pulling {}", state.image));
+                let credentials = credentials_for(task, &state.image);
+                self.engine
+                    .pull(&state.image, credentials, progress, cancel)
+                    .await?;
+                self.engine
+                    .local_image_id(&state.image.to_string())
+                    .await?
+                    .ok_or_else(|| DockerError::MissingAfterPull {
+                        image: state.image.to_string(),
+                    })?
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(DockerError::Cancelled);
+        }
+
+        // The sticker exists before the container: its digest is one of the labels.
+        let sticker = task.sticker(component, progress.agent_id());
+        let labels = labels::sticker_labels(&sticker, &state.image.digest, &settings.config_digest);
+        let docker_health =
+            settings.health_cmd.is_some() || self.engine.image_has_healthcheck(&image_id).await?;
+        let body = container_body(settings, &state.image, labels);
+        self.engine.create(&state.next_name, body).await?;
+        say(format!("created container {}", state.next_name));
+
+        let health = HealthWait {
+            container: &state.next_name,
+            docker_health,
+            health_url: settings.health_url.as_deref(),
+            network: settings.network.as_deref(),
+            timeout: settings.health_timeout,
+        };
+        let strategy = settings.strategy();
+        let replaced = !state.containers.is_empty();
+        match strategy {
+            UpdateStrategy::StartFirst => {
+                self.start_first(&state, settings, &health, &say, cancel)
+                    .await?;
+            }
+            UpdateStrategy::StopFirst => {
+                self.stop_first(&state, settings, &health, &say, cancel)
+                    .await?;
+            }
+        }
+        self.engine.rename(&state.next_name, &state.name).await?;
+        self.sticker_files.write(&sticker).await?;
+        tracing::info!(target, component = %component.name, container = %state.name, image = %state.image, ?strategy, "deployed");
+        say(format!(
+            "container {} runs {} ({})",
+            state.name,
+            state.image,
+            match strategy {
+                UpdateStrategy::StartFirst => "start-first",
+                UpdateStrategy::StopFirst => "stop-first",
+            }
+        ));
+        Ok(ComponentOutcome::Deployed {
+            sticker,
+            strategy,
+            replaced,
+        })
+    }
+
+    /// New beside old; the old ones go once the new one is healthy.
+    async fn start_first(
+        &self,
+        state: &ComponentState,
+        settings: &DockerSettings,
+        health: &HealthWait<'_>,
+        say: &impl Fn(String),
+        cancel: &CancellationToken,
+    ) -> Result<(), DockerError> {
+        let started = async {
+            self.engine.start(&state.next_name).await?;
+            say(format!("started {}, waiting until it is healthy", state.next_name));
+            health.wait(&self.engine, &self.http, cancel).await
+        }
+        .await;
+        if let Err(failure) = started {
+            self.discard_new(state, say).await;
+            return Err(failure);
+        }
+        say(format!("{} is healthy", state.next_name));
+        for old in &state.containers {
+            self.engine.stop(&old.id, settings.stop_timeout_seconds).await?;
+            self.engine.remove(&old.id).await?;
+            say(format!("removed old container {}", old.name));
+        }
+        Ok(())
+    }
+
+    /// Old stopped (kept) first, because both cannot bind the same host port; started
+    /// again if the new one fails.
+    async fn stop_first(
+        &self,
+        state: &ComponentState,
+        settings: &DockerSettings,
+        health: &HealthWait<'_>,
+        say: &impl Fn(String),
+        cancel: &CancellationToken,
+    ) -> Result<(), DockerError> {
+        let running: Vec<&ManagedContainer> = state.containers.iter().filter(|c| c.running).collect();
+        let mut stopped = Vec::new();
+        let mut result = Ok(());
+        for old in &running {
+            match self.engine.stop(&old.id, settings.stop_timeout_seconds).await {
+                Ok(()) => {
+                    stopped.push(*old);
+                    say(format!("stopped old container {} (kept until the new one is healthy)", old.name));
+                }
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = async {
+                self.engine.start(&state.next_name).await?;
+                say(format!("started {}, waiting until it is healthy", state.next_name));
+                health.wait(&self.engine, &self.http, cancel).await
+            }
+            .await;
+        }
+        if let Err(failure) = result {
+            self.discard_new(state, say).await;
+            for old in stopped {
+                if let Err(restart_error) = self.engine.start(&old.id).await {
+                    tracing::error!(container = %old.name, error = %error_chain(&restart_error), "could not start the old container again");
+                    return Err(DockerError::RollbackFailed {
+                        failure: Box::new(failure),
+                        container: old.name.clone(),
+                        restart_error: error_chain(&restart_error),
+                    });
+                }
+                say(format!("started old container {} again", old.name));
+            }
+            return Err(failure);
+        }
+        say(format!("{} is healthy", state.next_name));
+        for old in &state.containers {
+            self.engine.remove(&old.id).await?;
+            say(format!("removed old container {}", old.name));
+        }
+        Ok(())
+    }
+
+    /// Removes the new container after a failure; a failure to remove it is logged (the
+    /// next apply removes it as a leftover).
+    async fn discard_new(&self, state: &ComponentState, say: &impl Fn(String)) {
+        match self.engine.remove(&state.next_name).await {
+            Ok(()) => say(format!("removed the new container {}", state.next_name)),
+            Err(error) => {
+                tracing::error!(container = %state.next_name, error = %error_chain(&error), "could not remove the failed new container");
+            }
+        }
+    }
+
+    /// The sticker of a container that runs the desired image and settings, if its
+    /// sticker checks out: from the sticker file, or rebuilt from the labels (and the file
+    /// rewritten) when the file is missing or does not match them.
+    async fn current_sticker(
+        &self,
+        target: &str,
+        component: &ComponentSpec,
+        current: &ManagedContainer,
+        say: &impl Fn(String),
+    ) -> Result<Option<Sticker>, DockerError> {
+        let label_digest = current.label(labels::STICKER_DIGEST);
+        let file = match self.sticker_files.read(target, &component.name).await {
+            Ok(file) => file,
+            Err(error @ DockerError::StickerCorrupt { .. }) => {
+                tracing::warn!(target, component = %component.name, error = %error_chain(&error), "sticker file is corrupt");
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(file) = file {
+            if file.verify()
+                && Some(file.sticker_digest.as_str()) == label_digest
+                && file.image == component.image
+            {
+                return Ok(Some(file));
+            }
+        }
+        let Some(from_labels) = labels::sticker_from_labels(&current.labels) else {
+            return Ok(None);
+        };
+        if from_labels.image != component.image {
+            return Ok(None);
+        }
+        self.sticker_files.write(&from_labels).await?;
+        tracing::warn!(target, component = %component.name, "sticker file restored from the container labels");
+        say(format!(
+            "restored the sticker file from the labels of container {}",
+            current.name
+        ));
+        Ok(Some(from_labels))
+    }
+
+    /// Removes the component's containers other than `keep`.
+    async fn remove_extras(
+        &self,
+        containers: &[ManagedContainer],
+        keep: &str,
+        settings: &DockerSettings,
+        say: &impl Fn(String),
+    ) -> Result<(), DockerError> {
+        for extra in containers.iter().filter(|c| c.id != keep) {
+            self.engine.stop(&extra.id, settings.stop_timeout_seconds).await?;
+            self.engine.remove(&extra.id).await?;
+            say(format!("removed extra container {}", extra.name));
+        }
+        Ok(())
+    }
+
+    /// Refuses to touch a container this target does not manage.
+    async fn check_name_is_ours(
+        &self,
+        target: &str,
+        name: &str,
+        ours: &[ManagedContainer],
+    ) -> Result<(), DockerError> {
+        let Some(found) = self.engine.find_container(name).await? else {
+            return Ok(());
+        };
+        let id = found.id.unwrap_or_default();
+        if ours.iter().any(|c| c.id == id) {
+            Ok(())
+        } else {
+            Err(DockerError::NameTaken {
+                name: name.to_owned(),
+                target: target.to_owned(),
+            })
+        }
+    }
+}
+
+/// The task's credentials for the registry `image` is pulled from. They go to the engine
+/// only (as `X-Registry-Auth`), never into progress lines or errors.
+fn credentials_for(task: &DeployTask, image: &ImageRef) -> Option<DockerCredentials> {
+    let image = image.to_string();
+    task.credential_for(&image).map(|credential| DockerCredentials {
+        username: Some(credential.username.clone()),
+        password: Some(credential.password.clone()),
+        serveraddress: Some(stella_agent_core::registry_of(&image).to_owned()),
+        ..Default::default()
+    })
+}
+
+/// The container as the settings describe it.
+fn container_body(
+    settings: &DockerSettings,
+    image: &ImageRef,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let mut exposed_ports = HashMap::new();
+    let mut port_bindings: PortMap = HashMap::new();
+    for port in &settings.ports {
+        exposed_ports.insert(port.container_key(), HashMap::new());
+        port_bindings
+            .entry(port.container_key())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: port.host_ip.clone(),
+                host_port: port.host_port.map(|p| p.to_string()),
+            });
+    }
+    let healthcheck = settings.health_cmd.as_ref().map(|command| HealthConfig {
+        test: Some(vec!["CMD-SHELL".to_owned(), command.clone()]),
+        interval: Some(HEALTH_INTERVAL_NS),
+        timeout: Some(HEALTH_CHECK_TIMEOUT_NS),
+        retries: Some(HEALTH_RETRIES),
+        ..Default::default()
+    });
+    let restart_policy = match settings.restart {
+        RestartSetting::No => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        },
+        RestartSetting::Always => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        },
+        RestartSetting::UnlessStopped => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        },
+        RestartSetting::OnFailure(count) => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            maximum_retry_count: count,
+        },
+    };
+    let env: Vec<String> = settings
+        .env
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: settings.command.clone(),
+        env: (!env.is_empty()).then_some(env),
+        labels: Some(labels),
+        exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
+        healthcheck,
+        stop_timeout: i64::try_from(settings.stop_timeout_seconds).ok(),
+        host_config: Some(HostConfig {
+            binds: (!settings.volumes.is_empty()).then(|| settings.volumes.clone()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            restart_policy: Some(restart_policy),
+            network_mode: settings.network.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn container_body_follows_the_settings() {
+        let settings = DockerSettings::parse(&BTreeMap::from([
+            ("ports".to_owned(), "8080:80,127.0.0.1:9090:90/udp".to_owned()),
+            ("env.A".to_owned(), "1".to_owned()),
+            ("volumes".to_owned(), "/srv:/data:ro".to_owned()),
+            ("command".to_owned(), "run --fast".to_owned()),
+            ("network".to_owned(), "backend".to_owned()),
+            ("health_cmd".to_owned(), "true".to_owned()),
+        ]))
+        .expect("settings");
+        let image = ImageRef::parse(&format!("r/web@sha256:{}", "0".repeat(64))).expect("image");
+        let body = container_body(&settings, &image, HashMap::new());
+        assert_eq!(body.image.as_deref(), Some(image.to_string().as_str()));
+        assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
+        assert_eq!(body.cmd, Some(vec!["run".to_owned(), "--fast".to_owned()]));
+        let health = body.healthcheck.expect("healthcheck");
+        assert_eq!(health.test, Some(vec!["CMD-SHELL".to_owned(), "true".to_owned()]));
+        assert_eq!(health.interval, Some(1_000_000_000));
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.network_mode.as_deref(), Some("backend"));
+        assert_eq!(host.binds, Some(vec!["/srv:/data:ro".to_owned()]));
+        let bindings = host.port_bindings.expect("bindings");
+        assert_eq!(
+            bindings["90/udp"],
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some("9090".into())
+            }])
+        );
+        assert!(body.exposed_ports.expect("exposed").contains_key("80/tcp"));
+        assert_eq!(
+            host.restart_policy.and_then(|p| p.name),
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Drift: how a target's containers differ from the last successful deployment, and the
+//! engine-event watch that makes the agent look soon after something changed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::EventsOptions;
+use bollard::Docker;
+use futures::StreamExt;
+use stella_agent_core::{error_chain, ComponentSpec, DeployTask, DriftFinding, DriftKind};
+use tokio::sync::mpsc;
+
+use crate::engine::ManagedContainer;
+use crate::error::DockerError;
+use crate::image_ref::ImageRef;
+use crate::labels;
+use crate::DockerTarget;
+
+/// The engine events that can change what runs.
+const WATCHED_EVENTS: &[&str] = &["start", "stop", "die", "destroy", "rename"];
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl DockerTarget {
+    /// The drift of one target: per desired component, `missing` (no running container),
+    /// `image_changed` (the container's image is not the local image of the desired
+    /// digest), `config_changed` (made under other settings), `sticker_tampered` (the file
+    /// is missing, does not verify, is not the sticker in the container's labels, or names
+    /// another image); and `unexpected` for a second container of a component or a
+    /// running container of a component that is not desired.
+    pub(crate) async fn do_detect_drift(
+        &self,
+        desired: &DeployTask,
+    ) -> Result<Vec<DriftFinding>, DockerError> {
+        let (settings, components) = Self::resolve(desired)?;
+        let target = desired.target.name.as_str();
+        let containers = self.engine.containers(target, None).await?;
+        let mut findings = Vec::new();
+        for component in &components {
+            let name = settings.container_name(target, &component.name);
+            let mine: Vec<&ManagedContainer> = containers
+                .iter()
+                .filter(|c| c.component() == Some(component.name.as_str()))
+                .collect();
+            let running: Vec<&ManagedContainer> = mine.iter().copied().filter(|c| c.running).collect();
+            let Some(primary) = running
+                .iter()
+                .find(|c| c.name == name)
+                .or_else(|| running.first())
+                .copied()
+            else {
+                let detail = match mine.first() {
+                    Some(stopped) => format!(
+                        "container {} of {} is not running",
+                        stopped.name, component.image
+                    ),
+                    None => format!("no container runs {}", component.image),
+                };
+                findings.push(finding(component, DriftKind::Missing, detail));
+                continue;
+            };
+            if running.len() > 1 {
+                let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+                findings.push(finding(
+                    component,
+                    DriftKind::Unexpected,
+                    format!(
+                        "{} containers run the component: {}",
+                        running.len(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+            findings.extend(self.container_drift(component, primary, &settings.config_digest).await?);
+            if let Some(tampered) = self.sticker_drift(target, component, primary).await? {
+                findings.push(finding(component, DriftKind::StickerTampered, tampered));
+            }
+        }
+        for container in containers.iter().filter(|c| c.running) {
+            let desired_component = container
+                .component()
+                .is_some_and(|name| components.iter().any(|c| c.name == name));
+            if !desired_component {
+                let component = container.component().unwrap_or_default().to_owned();
+                findings.push(DriftFinding {
+                    detail: format!(
+                        "container {} runs {} but component {:?} is not desired on this target",
+                        container.name,
+                        self.running_digest(container).await?,
+                        component
+                    ),
+                    component,
+                    kind: DriftKind::Unexpected,
+                });
+            }
+        }
+        Ok(findings)
+    }
+
+    /// `image_changed` and `config_changed` of the running container.
+    async fn container_drift(
+        &self,
+        component: &ComponentSpec,
+        container: &ManagedContainer,
+        config_digest: &str,
+    ) -> Result<Vec<DriftFinding>, DockerError> {
+        let mut findings = Vec::new();
+        let image = ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
+            component: component.name.clone(),
+            reference: component.image.clone(),
+            reason,
+        })?;
+        let desired_id = self.engine.local_image_id(&image.to_string()).await?;
+        if desired_id.as_deref() != Some(container.image_id.as_str()) {
+            findings.push(finding(
+                component,
+                DriftKind::ImageChanged,
+                format!(
+                    "container {} runs {}, desired {}",
+                    container.name,
+                    self.running_digest(container).await?,
+                    image.digest
+                ),
+            ));
+        }
+        if container.label(labels::CONFIG_DIGEST) != Some(config_digest) {
+            findings.push(finding(
+                component,
+                DriftKind::ConfigChanged,
+                format!(
+                    "container {} was not made with the target's current settings",
+                    container.name
+                ),
+            ));
+        }
+        Ok(findings)
+    }
+
+    /// Why the sticker of a running component is not to be trusted, if it is not.
+    async fn sticker_drift(
+        &self,
+        target: &str,
+        component: &ComponentSpec,
+        container: &ManagedContainer,
+    ) -> Result<Option<String>, DockerError> {
+        let path = self.sticker_files.path(target, &component.name)?;
+        let sticker = match self.sticker_files.read(target, &component.name).await {
+            Ok(Some(sticker)) => sticker,
+            Ok(None) => return Ok(Some(format!("no sticker file at {}", path.display()))),
+            Err(DockerError::StickerCorrupt { .. }) => {
+                return Ok(Some(format!(
+                    "the sticker file {} does not hold a sticker",
+                    path.display()
+                )))
+            }
+            Err(error) => return Err(error),
+        };
+        let on_container = container.label(labels::STICKER_DIGEST);
+        let detail = if !sticker.verify() {
+            format!(
+                "the sticker file {} does not match its sticker_digest",
+                path.display()
+            )
+        } else if on_container != Some(sticker.sticker_digest.as_str()) {
+            format!(
+                "the sticker file ({}) is not the sticker of container {} ({})",
+                sticker.sticker_digest,
+                container.name,
+                on_container.unwrap_or("none")
+            )
+        } else if sticker.image != component.image {
+            format!(
+                "the sticker names {}, desired {}",
+                sticker.image, component.image
+            )
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(detail))
+    }
+
+    /// Watches engine events for containers with an `ops.stella.target` label and sends
+    /// the target's name on `notify`; reconnects with backoff; ends when `notify` closes.
+    pub(crate) fn spawn_watch(&self, notify: mpsc::UnboundedSender<String>) {
+        let docker = self.engine.docker.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(watch_events(docker, notify));
+            }
+            Err(_) => {
+                tracing::warn!("no tokio runtime: docker events are not watched; drift is found at the interval");
+            }
+        }
+    }
+}
+
+async fn watch_events(docker: Docker, notify: mpsc::UnboundedSender<String>) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let options = EventsOptions {
+            filters: Some(HashMap::from([
+                ("type".to_owned(), vec!["container".to_owned()]),
+                (
+                    "event".to_owned(),
+                    WATCHED_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+                ),
+                ("label".to_owned(), vec![labels::TARGET.to_owned()]),
+            ])),
+            ..Default::default()
+        };
+        let mut events = docker.events(Some(options));
+        loop {
+            let event = tokio::select! {
+                () = notify.closed() => return,
+                event = events.next() => event,
+            };
+            match event {
+                Some(Ok(event)) => {
+                    retry = Duration::from_secs(1);
+                    let target = event
+                        .actor
+                        .and_then(|actor| actor.attributes)
+                        .and_then(|attributes| attributes.get(labels::TARGET).cloned());
+                    if let Some(target) = target {
+                        tracing::debug!(target = %target, action = ?event.action, "docker event");
+                        if notify.send(target).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error_chain(&error), "docker event stream failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("docker event stream ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = notify.closed() => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(WATCH_RETRY_MAX);
+    }
+}
+
+fn finding(component: &ComponentSpec, kind: DriftKind, detail: String) -> DriftFinding {
+    DriftFinding {
+        component: component.name.clone(),
+        kind,
+        detail,
+    }
+}

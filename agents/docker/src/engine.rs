@@ -1,0 +1,316 @@
+//! The calls this crate makes to the Docker engine, over bollard, each with the context
+//! its error needs.
+
+use std::collections::HashMap;
+
+use bollard::auth::DockerCredentials;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use stella_agent_core::{CancellationToken, Progress};
+
+use crate::error::DockerError;
+use crate::image_ref::ImageRef;
+use crate::labels;
+
+/// How long the engine has to answer the first version request and ping.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection to one engine.
+#[derive(Debug, Clone)]
+pub(crate) struct Engine {
+    pub(crate) docker: Docker,
+}
+
+/// A container labelled for a target, as `docker ps -a` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct ManagedContainer {
+    pub(crate) id: String,
+    /// Without Docker's leading `/`.
+    pub(crate) name: String,
+    pub(crate) running: bool,
+    /// The local image ID (`sha256:…`) it was created from.
+    pub(crate) image_id: String,
+    pub(crate) labels: HashMap<String, String>,
+}
+
+impl ManagedContainer {
+    pub(crate) fn component(&self) -> Option<&str> {
+        self.labels.get(labels::COMPONENT).map(String::as_str)
+    }
+
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+impl Engine {
+    /// Connects to `/var/run/docker.sock` (or `DOCKER_HOST`'s socket), settles on an API
+    /// version both sides speak (bollard's default is newer than many installed
+    /// engines), and pings.
+    pub(crate) async fn connect_local() -> Result<Engine, DockerError> {
+        let docker = Docker::connect_with_socket_defaults()
+            .map_err(DockerError::engine("connect to the local socket"))?;
+        let handshake = async {
+            let docker = docker
+                .negotiate_version()
+                .await
+                .map_err(DockerError::engine("negotiate the api version"))?;
+            docker.ping().await.map_err(DockerError::engine("ping"))?;
+            Ok(docker)
+        };
+        // A hung engine must not hold up the agent's start for bollard's 2 minutes.
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| DockerError::NoAnswer {
+                seconds: CONNECT_TIMEOUT.as_secs(),
+            })??;
+        Ok(Engine { docker })
+    }
+
+    /// Every container (running or not) labelled for `target`, and for `component` when
+    /// given.
+    pub(crate) async fn containers(
+        &self,
+        target: &str,
+        component: Option<&str>,
+    ) -> Result<Vec<ManagedContainer>, DockerError> {
+        let mut label_filters = vec![format!("{}={target}", labels::TARGET)];
+        if let Some(component) = component {
+            label_filters.push(format!("{}={component}", labels::COMPONENT));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_owned(), label_filters)])),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::engine(format!("list the containers of target {target}")))?;
+        let mut containers: Vec<ManagedContainer> = summaries
+            .into_iter()
+            .filter_map(|summary| {
+                let id = summary.id?;
+                let name = summary
+                    .names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .next()
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_else(|| id.clone());
+                Some(ManagedContainer {
+                    running: matches!(summary.state, Some(ContainerSummaryStateEnum::RUNNING)),
+                    image_id: summary.image_id.unwrap_or_default(),
+                    labels: summary.labels.unwrap_or_default(),
+                    name,
+                    id,
+                })
+            })
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(containers)
+    }
+
+    /// A container by name or id; `None` when there is none.
+    pub(crate) async fn find_container(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self.docker.inspect_container(name, None::<InspectContainerOptions>).await {
+            Ok(container) => Ok(Some(container)),
+            Err(error) if DockerError::is_not_found(&error) => Ok(None),
+            Err(source) => Err(DockerError::Engine {
+                action: format!("inspect container {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// A container that must exist.
+    pub(crate) async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse, DockerError> {
+        self.docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(DockerError::engine(format!("inspect container {name}")))
+    }
+
+    /// The local image ID of `image` (a reference or an ID); `None` when the engine does
+    /// not have it.
+    pub(crate) async fn local_image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(error) if DockerError::is_not_found(&error) => Ok(None),
+            Err(source) => Err(DockerError::Engine {
+                action: format!("inspect image {image}"),
+                source,
+            }),
+        }
+    }
+
+    /// The `RepoDigests` (`repo@sha256:…`) of a local image.
+    pub(crate) async fn repo_digests(&self, image_id: &str) -> Result<Vec<String>, DockerError> {
+        match self.docker.inspect_image(image_id).await {
+            Ok(inspect) => Ok(inspect.repo_digests.unwrap_or_default()),
+            Err(error) if DockerError::is_not_found(&error) => Ok(Vec::new()),
+            Err(source) => Err(DockerError::Engine {
+                action: format!("inspect image {image_id}"),
+                source,
+            }),
+        }
+    }
+
+    /// Whether the image defines its own `HEALTHCHECK`.
+    pub(crate) async fn image_has_healthcheck(&self, image: &str) -> Result<bool, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(DockerError::engine(format!("inspect image {image}")))?;
+        Ok(inspect
+            .config
+            .and_then(|config| config.healthcheck)
+            .and_then(|health| health.test)
+            .is_some_and(|test| !test.is_empty() && test[0] != "NONE"))
+    }
+
+    /// Pulls `image` by digest, reporting each layer's state changes as progress lines.
+    pub(crate) async fn pull(
+        &self,
+        image: &ImageRef,
+        credentials: Option<DockerCredentials>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(), DockerError> {
+        let options = CreateImageOptions {
+            from_image: Some(image.repository.clone()),
+            tag: Some(image.digest.clone()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        let mut last_status: HashMap<String, String> = HashMap::new();
+        loop {
+            let item = tokio::select! {
+                () = cancel.cancelled() => return Err(DockerError::Cancelled),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { break };
+            let info = item.map_err(|source| DockerError::Pull {
+                image: image.to_string(),
+                source,
+            })?;
+            let Some(status) = info.status else { continue };
+            let layer = info.id.unwrap_or_default();
+            // Byte counters change many times a second; report only state changes.
+            if last_status.get(&layer) == Some(&status) {
+                continue;
+            }
+            last_status.insert(layer.clone(), status.clone());
+            if layer.is_empty() {
+                progress.report(format!("pull: {status}"));
+            } else {
+                progress.report(format!("pull: {layer}: {status}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a container; returns its id.
+    pub(crate) async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let options = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(DockerError::engine(format!("create container {name}")))?;
+        Ok(created.id)
+    }
+
+    pub(crate) async fn start(&self, name: &str) -> Result<(), DockerError> {
+        self.docker
+            .start_container(name, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(DockerError::engine(format!("start container {name}")))
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `timeout_seconds`); stopping a
+    /// stopped container is fine.
+    pub(crate) async fn stop(&self, name: &str, timeout_seconds: u64) -> Result<(), DockerError> {
+        let options = StopContainerOptions {
+            t: Some(i32::try_from(timeout_seconds).unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(source) => Err(DockerError::Engine {
+                action: format!("stop container {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// Removes a container, killing it if it runs; a missing container is fine.
+    pub(crate) async fn remove(&self, name: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if DockerError::is_not_found(&error) => Ok(()),
+            // 409: removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(source) => Err(DockerError::Engine {
+                action: format!("remove container {name}"),
+                source,
+            }),
+        }
+    }
+
+    pub(crate) async fn rename(&self, name: &str, new_name: &str) -> Result<(), DockerError> {
+        let options = RenameContainerOptions {
+            name: new_name.to_owned(),
+        };
+        self.docker
+            .rename_container(name, options)
+            .await
+            .map_err(DockerError::engine(format!(
+                "rename container {name} to {new_name}"
+            )))
+    }
+
+    /// The last `lines` lines of a container's output, for error messages; empty when
+    /// they cannot be read.
+    pub(crate) async fn log_tail(&self, name: &str, lines: usize) -> String {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(name, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        text.trim().to_owned()
+    }
+}

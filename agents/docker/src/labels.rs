@@ -1,0 +1,127 @@
+//! The sticker as container labels (BRIEF §4). Besides the documented `ops.stella.*`
+//! labels, a container carries the few sticker fields those leave out (`image`,
+//! `deployed-at`, `agent`), so the whole sticker can be rebuilt from the labels and its
+//! digest checked — that is how a lost or edited sticker file is restored without
+//! restarting the container — and the digest of the settings it was made with.
+
+use std::collections::HashMap;
+
+use stella_agent_core::{Sticker, StickerFields};
+
+/// Target name.
+pub const TARGET: &str = "ops.stella.target";
+/// Environment name.
+pub const ENVIRONMENT: &str = "ops.stella.environment";
+/// Release name.
+pub const RELEASE: &str = "ops.stella.release";
+/// Release version.
+pub const VERSION: &str = "ops.stella.version";
+/// Component name.
+pub const COMPONENT: &str = "ops.stella.component";
+/// The image digest, `sha256:…`.
+pub const DIGEST: &str = "ops.stella.digest";
+/// Deployment id.
+pub const DEPLOYMENT: &str = "ops.stella.deployment";
+/// Decision id.
+pub const DECISION: &str = "ops.stella.decision";
+/// The sticker's `sticker_digest`.
+pub const STICKER_DIGEST: &str = "ops.stella.sticker-digest";
+/// The image reference with its digest (extension).
+pub const IMAGE: &str = "ops.stella.image";
+/// The sticker's `deployed_at` (extension).
+pub const DEPLOYED_AT: &str = "ops.stella.deployed-at";
+/// The sticker's `agent_id` (extension).
+pub const AGENT: &str = "ops.stella.agent";
+/// Digest of the settings the container was made with (extension; see
+/// `DockerSettings::config_digest`).
+pub const CONFIG_DIGEST: &str = "ops.stella.config-digest";
+
+/// The labels of a container deployed with `sticker`.
+pub fn sticker_labels(sticker: &Sticker, digest: &str, config_digest: &str) -> HashMap<String, String> {
+    [
+        (TARGET, sticker.target.as_str()),
+        (ENVIRONMENT, sticker.environment.as_str()),
+        (RELEASE, sticker.release.as_str()),
+        (VERSION, sticker.version.as_str()),
+        (COMPONENT, sticker.component.as_str()),
+        (DIGEST, digest),
+        (DEPLOYMENT, sticker.deployment_id.as_str()),
+        (DECISION, sticker.decision_id.as_str()),
+        (STICKER_DIGEST, sticker.sticker_digest.as_str()),
+        (IMAGE, sticker.image.as_str()),
+        (DEPLOYED_AT, sticker.deployed_at.as_str()),
+        (AGENT, sticker.agent_id.as_str()),
+        (CONFIG_DIGEST, config_digest),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect()
+}
+
+/// The sticker a container's labels hold, if they hold a whole one whose digest checks
+/// out.
+pub fn sticker_from_labels(labels: &HashMap<String, String>) -> Option<Sticker> {
+    let get = |key: &str| labels.get(key).cloned();
+    let sticker = Sticker::seal(StickerFields {
+        release: get(RELEASE)?,
+        version: get(VERSION)?,
+        environment: get(ENVIRONMENT)?,
+        target: get(TARGET)?,
+        component: get(COMPONENT)?,
+        image: get(IMAGE)?,
+        deployment_id: get(DEPLOYMENT)?,
+        decision_id: get(DECISION)?,
+        deployed_at: get(DEPLOYED_AT)?,
+        agent_id: get(AGENT)?,
+    });
+    (labels.get(STICKER_DIGEST) == Some(&sticker.sticker_digest)).then_some(sticker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sticker() -> Sticker {
+        Sticker::seal(StickerFields {
+            release: "shop".into(),
+            version: "1.0".into(),
+            environment: "prod".into(),
+            target: "app".into(),
+            component: "web".into(),
+            image: "127.0.0.1:5000/web@sha256:00".into(),
+            deployment_id: "dep-1".into(),
+            decision_id: "sha256:dd".into(),
+            deployed_at: "2024-05-01T12:00:00Z".into(),
+            agent_id: "agent-1".into(),
+        })
+    }
+
+    #[test]
+    fn labels_round_trip_to_the_sticker() {
+        let sticker = sticker();
+        let labels = sticker_labels(&sticker, "sha256:00", "sha256:cfg");
+        for key in [
+            TARGET,
+            ENVIRONMENT,
+            RELEASE,
+            VERSION,
+            COMPONENT,
+            DIGEST,
+            DEPLOYMENT,
+            DECISION,
+            STICKER_DIGEST,
+        ] {
+            assert!(labels.contains_key(key), "{key}");
+        }
+        assert_eq!(sticker_from_labels(&labels), Some(sticker));
+    }
+
+    #[test]
+    fn edited_labels_do_not_yield_a_sticker() {
+        let mut labels = sticker_labels(&sticker(), "sha256:00", "sha256:cfg");
+        labels.insert(VERSION.into(), "2.0".into());
+        assert_eq!(sticker_from_labels(&labels), None);
+        labels.remove(VERSION);
+        assert_eq!(sticker_from_labels(&labels), None);
+    }
+}

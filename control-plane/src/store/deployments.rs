@@ -1,0 +1,645 @@
+//! Deployments, their tasks and their log lines.
+//!
+//! A deployment's state follows its tasks: `pending` until a task is claimed, `running`
+//! while some task is unfinished, then `succeeded` if every task succeeded, else `failed`
+//! with the first failure as its message.
+//!
+//! Lock order, for PostgreSQL where concurrent writers do not queue on one lock as they
+//! do on SQLite: every transaction that changes tasks first locks their deployment's row
+//! (a no-op `UPDATE`), deployments in id order. Two transactions finishing tasks of one
+//! deployment therefore run one after the other, and the later one sees the earlier one's
+//! task when it decides whether the deployment is done.
+
+use sqlx::{Any, Transaction};
+
+use super::environments::{decode_enum, not_found_environment};
+use super::error::{database, unique};
+use super::{Store, StoreError};
+use crate::domain::{Deployment, DeploymentKind, DeploymentState, LogLine, Task, TaskState};
+
+/// Every `tasks` column, in [`TaskRow`] order, as one literal.
+macro_rules! task_columns {
+    () => {
+        "id, deployment_id, target, agent_id, epoch, state, payload_json, message, \
+         deadline_at_ms, created_at_ms, finished_at_ms"
+    };
+}
+
+/// `SELECT <every task column> FROM tasks <tail>`, as one literal.
+macro_rules! select_tasks {
+    ($tail:literal) => {
+        concat!("SELECT ", task_columns!(), " FROM tasks ", $tail)
+    };
+}
+
+/// `SELECT <every deployment column> FROM deployments <tail>`, as one literal.
+macro_rules! select_deployments {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, kind, environment, release_name, release_version, decision_id, state, ",
+            "message, created_by, created_at_ms, finished_at_ms FROM deployments ",
+            $tail
+        )
+    };
+}
+
+/// The message of tasks failed by [`Store::expire_tasks`].
+const DEADLINE_PASSED: &str = "deadline passed";
+
+impl Store {
+    /// Stores a deployment and all its tasks in one transaction. `NotFound` if its
+    /// environment or its release (key `name@version`) does not exist, `Conflict` if the
+    /// deployment id or a task id is taken. Each task is stored under `deployment.id`.
+    pub async fn create_deployment(
+        &self,
+        deployment: &Deployment,
+        tasks: &[Task],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "creating a deployment";
+        let mut tx = self.begin_write(OP).await?;
+        let environment =
+            sqlx::query_scalar::<_, String>("SELECT name FROM environments WHERE name = $1")
+                .bind(deployment.environment.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        if environment.is_none() {
+            return Err(not_found_environment(&deployment.environment));
+        }
+        let release = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM releases WHERE name = $1 AND version = $2",
+        )
+        .bind(deployment.release.as_str())
+        .bind(deployment.version.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        if release.is_none() {
+            return Err(StoreError::NotFound {
+                entity: "release",
+                key: format!("{}@{}", deployment.release, deployment.version),
+            });
+        }
+
+        sqlx::query(
+            "INSERT INTO deployments (id, kind, environment, release_name, release_version, \
+             decision_id, state, message, created_by, created_at_ms, finished_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(deployment.id.as_str())
+        .bind(deployment.kind.as_str())
+        .bind(deployment.environment.as_str())
+        .bind(deployment.release.as_str())
+        .bind(deployment.version.as_str())
+        .bind(deployment.decision_id.as_str())
+        .bind(deployment.state.as_str())
+        .bind(deployment.message.as_deref())
+        .bind(deployment.created_by.as_str())
+        .bind(deployment.created_at_ms)
+        .bind(deployment.finished_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(unique(OP, "deployment", &deployment.id))?;
+
+        for task in tasks {
+            debug_assert_eq!(task.deployment_id, deployment.id, "task {}", task.id);
+            sqlx::query(
+                "INSERT INTO tasks (id, deployment_id, target, agent_id, epoch, state, \
+                 payload_json, message, deadline_at_ms, created_at_ms, finished_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(task.id.as_str())
+            .bind(deployment.id.as_str())
+            .bind(task.target.as_str())
+            .bind(task.agent_id.as_str())
+            .bind(task.epoch)
+            .bind(task.state.as_str())
+            .bind(task.payload_json.as_str())
+            .bind(task.message.as_deref())
+            .bind(task.deadline_at_ms)
+            .bind(task.created_at_ms)
+            .bind(task.finished_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unique(OP, "task", &task.id))?;
+        }
+        tx.commit().await.map_err(database(OP))
+    }
+
+    /// The deployment with this id; `NotFound` if there is none.
+    pub async fn get_deployment(&self, id: &str) -> Result<Deployment, StoreError> {
+        sqlx::query_as::<_, DeploymentRow>(select_deployments!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a deployment"))?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "deployment",
+                key: id.to_owned(),
+            })?
+            .into_deployment()
+    }
+
+    /// The latest `limit` deployments, of every environment or of one, newest first.
+    pub async fn list_deployments(
+        &self,
+        environment: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        const OP: &str = "listing deployments";
+        let limit = limit.max(0);
+        let rows = match environment {
+            Some(environment) => {
+                sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+                    "WHERE environment = $1 ORDER BY created_at_ms DESC, id DESC LIMIT $2"
+                ))
+                .bind(environment)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+                    "ORDER BY created_at_ms DESC, id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(database(OP))?;
+        rows.into_iter()
+            .map(DeploymentRow::into_deployment)
+            .collect()
+    }
+
+    /// The newest deployment of the environment that is `pending` or `running`, if any.
+    pub async fn active_deployment(
+        &self,
+        environment: &str,
+    ) -> Result<Option<Deployment>, StoreError> {
+        sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+            "WHERE environment = $1 AND state IN ('pending', 'running') \
+             ORDER BY created_at_ms DESC, id DESC LIMIT 1"
+        ))
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading the active deployment"))?
+        .map(DeploymentRow::into_deployment)
+        .transpose()
+    }
+
+    /// Succeeded deployments of an environment, newest (by finished_at_ms) first.
+    pub async fn succeeded_deployments(
+        &self,
+        environment: &str,
+        limit: i64,
+    ) -> Result<Vec<Deployment>, StoreError> {
+        sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+            "WHERE environment = $1 AND state = 'succeeded' \
+             ORDER BY finished_at_ms DESC, created_at_ms DESC, id DESC LIMIT $2"
+        ))
+        .bind(environment)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing succeeded deployments"))?
+        .into_iter()
+        .map(DeploymentRow::into_deployment)
+        .collect()
+    }
+
+    /// The tasks of a deployment, ordered by target (none if there is no such deployment).
+    pub async fn tasks_of_deployment(&self, deployment_id: &str) -> Result<Vec<Task>, StoreError> {
+        sqlx::query_as::<_, TaskRow>(select_tasks!(
+            "WHERE deployment_id = $1 ORDER BY target, id"
+        ))
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing the tasks of a deployment"))?
+        .into_iter()
+        .map(TaskRow::into_task)
+        .collect()
+    }
+
+    /// The task with this id; `NotFound` if there is none.
+    pub async fn get_task(&self, task_id: &str) -> Result<Task, StoreError> {
+        sqlx::query_as::<_, TaskRow>(select_tasks!("WHERE id = $1"))
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database("reading a task"))?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "task",
+                key: task_id.to_owned(),
+            })?
+            .into_task()
+    }
+
+    /// Tasks of this agent that are pending or assigned (not terminal) and whose deadline
+    /// has not passed (`deadline_at_ms > now_ms`): in one write transaction sets them
+    /// `assigned` with `epoch + 1` and returns them (with the new epoch), oldest first.
+    /// Their deployments move from `pending` to `running`.
+    ///
+    /// Claiming again re-assigns the same tasks under a new epoch, so results reported
+    /// under the previous epoch are then discarded by [`Store::complete_task`].
+    pub async fn claim_tasks_for_agent(
+        &self,
+        agent_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        const OP: &str = "claiming tasks";
+        let mut tx = self.begin_write(OP).await?;
+        let deployment_ids = sqlx::query_scalar::<_, String>(
+            "SELECT DISTINCT deployment_id FROM tasks WHERE agent_id = $1 \
+             AND state IN ('pending', 'assigned') AND deadline_at_ms > $2 ORDER BY deployment_id",
+        )
+        .bind(agent_id)
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+
+        let mut claimed = Vec::new();
+        for deployment_id in &deployment_ids {
+            lock_deployment(&mut tx, deployment_id, OP).await?;
+            let rows = sqlx::query_as::<_, TaskRow>(concat!(
+                "UPDATE tasks SET state = 'assigned', epoch = epoch + 1 ",
+                "WHERE deployment_id = $1 AND agent_id = $2 ",
+                "AND state IN ('pending', 'assigned') AND deadline_at_ms > $3 RETURNING ",
+                task_columns!()
+            ))
+            .bind(deployment_id.as_str())
+            .bind(agent_id)
+            .bind(now_ms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE deployments SET state = 'running' WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(deployment_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+            for row in rows {
+                claimed.push(row.into_task()?);
+            }
+        }
+        tx.commit().await.map_err(database(OP))?;
+        claimed.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(claimed)
+    }
+
+    /// Records a task's result if `epoch` equals the stored epoch and the task is not
+    /// terminal, and returns the updated task; `None` when the result is stale or a
+    /// duplicate, or the task unknown (so a repeated report is harmless). `state` is meant
+    /// to be terminal; an empty `message` is stored as none.
+    ///
+    /// In the same transaction: when every task of the deployment is terminal, the
+    /// deployment becomes `succeeded` (all succeeded) or `failed` (message: the first
+    /// failed task's `target: message`), finished at `now_ms`; otherwise `running`.
+    pub async fn complete_task(
+        &self,
+        task_id: &str,
+        epoch: i64,
+        state: TaskState,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Option<Task>, StoreError> {
+        const OP: &str = "completing a task";
+        let mut tx = self.begin_write(OP).await?;
+        let deployment_id =
+            sqlx::query_scalar::<_, String>("SELECT deployment_id FROM tasks WHERE id = $1")
+                .bind(task_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        let Some(deployment_id) = deployment_id else {
+            tx.rollback().await.map_err(database(OP))?;
+            return Ok(None);
+        };
+        lock_deployment(&mut tx, &deployment_id, OP).await?;
+        let finished_at_ms = state.is_terminal().then_some(now_ms);
+        let row = sqlx::query_as::<_, TaskRow>(concat!(
+            "UPDATE tasks SET state = $1, message = $2, finished_at_ms = $3 ",
+            "WHERE id = $4 AND epoch = $5 AND state IN ('pending', 'assigned') RETURNING ",
+            task_columns!()
+        ))
+        .bind(state.as_str())
+        .bind((!message.is_empty()).then_some(message))
+        .bind(finished_at_ms)
+        .bind(task_id)
+        .bind(epoch)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(database(OP))?;
+            return Ok(None);
+        };
+        let task = row.into_task()?;
+        settle_deployment(&mut tx, &deployment_id, now_ms, OP).await?;
+        tx.commit().await.map_err(database(OP))?;
+        Ok(Some(task))
+    }
+
+    /// Fails every unfinished task whose deadline has passed (`deadline_at_ms <= now_ms`)
+    /// with the message `deadline passed`, settles their deployments as
+    /// [`Store::complete_task`] does, and returns those tasks, oldest first.
+    pub async fn expire_tasks(&self, now_ms: i64) -> Result<Vec<Task>, StoreError> {
+        const OP: &str = "expiring tasks";
+        let mut tx = self.begin_write(OP).await?;
+        let deployment_ids = sqlx::query_scalar::<_, String>(
+            "SELECT DISTINCT deployment_id FROM tasks \
+             WHERE state IN ('pending', 'assigned') AND deadline_at_ms <= $1 ORDER BY deployment_id",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+
+        let mut expired = Vec::new();
+        for deployment_id in &deployment_ids {
+            lock_deployment(&mut tx, deployment_id, OP).await?;
+            let rows = sqlx::query_as::<_, TaskRow>(concat!(
+                "UPDATE tasks SET state = 'failed', message = $1, finished_at_ms = $2 ",
+                "WHERE deployment_id = $3 AND state IN ('pending', 'assigned') ",
+                "AND deadline_at_ms <= $2 RETURNING ",
+                task_columns!()
+            ))
+            .bind(DEADLINE_PASSED)
+            .bind(now_ms)
+            .bind(deployment_id.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+            if rows.is_empty() {
+                continue;
+            }
+            settle_deployment(&mut tx, deployment_id, now_ms, OP).await?;
+            for row in rows {
+                expired.push(row.into_task()?);
+            }
+        }
+        tx.commit().await.map_err(database(OP))?;
+        expired.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(expired)
+    }
+
+    /// For every target of `agent_id` that has a succeeded task: the target's name and
+    /// the payload of its latest succeeded task (by finished_at_ms), ordered by target.
+    /// The agent's desired state.
+    pub async fn desired_payloads_for_agent(
+        &self,
+        agent_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT t.name, (SELECT k.payload_json FROM tasks k \
+             WHERE k.target = t.name AND k.state = 'succeeded' \
+             ORDER BY k.finished_at_ms DESC, k.id DESC LIMIT 1) \
+             FROM targets t WHERE t.agent_id = $1 ORDER BY t.name",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading the desired state of an agent"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(target, payload)| Some((target, payload?)))
+            .collect())
+    }
+
+    /// The latest succeeded task of a target (by finished_at_ms): its payload is what
+    /// should run there.
+    pub async fn latest_succeeded_task(&self, target: &str) -> Result<Option<Task>, StoreError> {
+        sqlx::query_as::<_, TaskRow>(select_tasks!(
+            "WHERE target = $1 AND state = 'succeeded' \
+             ORDER BY finished_at_ms DESC, id DESC LIMIT 1"
+        ))
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading the latest succeeded task"))?
+        .map(TaskRow::into_task)
+        .transpose()
+    }
+
+    /// Appends a line to a deployment's log (`task_id` empty for server lines);
+    /// `NotFound` if there is no such deployment.
+    pub async fn append_log(
+        &self,
+        deployment_id: &str,
+        task_id: &str,
+        at_ms: i64,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO logs (deployment_id, task_id, at_ms, message) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(deployment_id)
+        .bind(task_id)
+        .bind(at_ms)
+        .bind(message)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| match &source {
+            sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {
+                entity: "deployment",
+                key: deployment_id.to_owned(),
+            },
+            _ => StoreError::Database {
+                op: "appending a log line",
+                source,
+            },
+        })?;
+        Ok(())
+    }
+
+    /// Up to `limit` log lines of a deployment with `seq > after_seq`, in `seq` order.
+    /// Follow a log by passing the last `seq` seen.
+    pub async fn logs_after(
+        &self,
+        deployment_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let rows = sqlx::query_as::<_, (i64, String, String, i64, String)>(
+            "SELECT seq, deployment_id, task_id, at_ms, message FROM logs \
+             WHERE deployment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(deployment_id)
+        .bind(after_seq)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("reading log lines"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, deployment_id, task_id, at_ms, message)| LogLine {
+                seq,
+                deployment_id,
+                task_id,
+                at_ms,
+                message,
+            })
+            .collect())
+    }
+}
+
+/// Locks a deployment's row until the transaction ends (see the module docs).
+async fn lock_deployment(
+    tx: &mut Transaction<'static, Any>,
+    deployment_id: &str,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deployments SET state = state WHERE id = $1")
+        .bind(deployment_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(database(op))?;
+    Ok(())
+}
+
+/// Moves a deployment on after some of its tasks finished: `succeeded` or `failed` when
+/// every task is terminal, else `running`. A finished deployment is left as it is.
+async fn settle_deployment(
+    tx: &mut Transaction<'static, Any>,
+    deployment_id: &str,
+    now_ms: i64,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<i64>, i64)>(
+        "SELECT id, target, state, message, finished_at_ms, created_at_ms FROM tasks \
+         WHERE deployment_id = $1",
+    )
+    .bind(deployment_id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(database(op))?;
+
+    let mut unfinished = false;
+    // (finished_at_ms, created_at_ms, id, target, message) of every failed task.
+    let mut failures = Vec::new();
+    for (id, target, state, message, finished_at_ms, created_at_ms) in rows {
+        let state: TaskState = decode_enum("task state", &format!("task {id}"), &state)?;
+        match state {
+            TaskState::Pending | TaskState::Assigned => unfinished = true,
+            TaskState::Succeeded => {}
+            TaskState::Failed => {
+                failures.push((finished_at_ms, created_at_ms, id, target, message));
+            }
+        }
+    }
+
+    if unfinished {
+        sqlx::query("UPDATE deployments SET state = 'running' WHERE id = $1 AND state = 'pending'")
+            .bind(deployment_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(database(op))?;
+        return Ok(());
+    }
+    // The first failure is the one that finished first (ties: created first, then by id).
+    let (state, message) = match failures.into_iter().min() {
+        None => (DeploymentState::Succeeded, None),
+        Some((_, _, _, target, message)) => (
+            DeploymentState::Failed,
+            Some(format!(
+                "{target}: {}",
+                message.as_deref().unwrap_or("failed")
+            )),
+        ),
+    };
+    // A succeeded deployment keeps whatever message it was created with.
+    sqlx::query(
+        "UPDATE deployments SET state = $1, message = COALESCE($2, message), finished_at_ms = $3 \
+         WHERE id = $4 AND state IN ('pending', 'running')",
+    )
+    .bind(state.as_str())
+    .bind(message)
+    .bind(now_ms)
+    .bind(deployment_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(database(op))?;
+    Ok(())
+}
+
+/// A `deployments` row as stored.
+#[derive(sqlx::FromRow)]
+struct DeploymentRow {
+    id: String,
+    kind: String,
+    environment: String,
+    release_name: String,
+    release_version: String,
+    decision_id: String,
+    state: String,
+    message: Option<String>,
+    created_by: String,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+impl DeploymentRow {
+    fn into_deployment(self) -> Result<Deployment, StoreError> {
+        let row = format!("deployment {}", self.id);
+        let kind: DeploymentKind = decode_enum("deployment kind", &row, &self.kind)?;
+        let state: DeploymentState = decode_enum("deployment state", &row, &self.state)?;
+        Ok(Deployment {
+            id: self.id,
+            kind,
+            environment: self.environment,
+            release: self.release_name,
+            version: self.release_version,
+            decision_id: self.decision_id,
+            state,
+            message: self.message,
+            created_by: self.created_by,
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+        })
+    }
+}
+
+/// A `tasks` row as stored.
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: String,
+    deployment_id: String,
+    target: String,
+    agent_id: String,
+    epoch: i64,
+    state: String,
+    payload_json: String,
+    message: Option<String>,
+    deadline_at_ms: i64,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+impl TaskRow {
+    fn into_task(self) -> Result<Task, StoreError> {
+        let state: TaskState =
+            decode_enum("task state", &format!("task {}", self.id), &self.state)?;
+        Ok(Task {
+            id: self.id,
+            deployment_id: self.deployment_id,
+            target: self.target,
+            agent_id: self.agent_id,
+            epoch: self.epoch,
+            state,
+            payload_json: self.payload_json,
+            message: self.message,
+            deadline_at_ms: self.deadline_at_ms,
+            created_at_ms: self.created_at_ms,
+            finished_at_ms: self.finished_at_ms,
+        })
+    }
+}

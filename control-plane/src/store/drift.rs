@@ -1,0 +1,135 @@
+//! Drift findings reported by agents.
+
+use super::environments::decode_enum;
+use super::error::database;
+use super::{Store, StoreError};
+use crate::domain::{DriftKind, DriftRecord};
+
+/// `SELECT <every drift column> FROM drift <tail>`, as one literal.
+macro_rules! select_drift {
+    ($tail:literal) => {
+        concat!(
+            "SELECT target, component, kind, detail, environment, agent_id, first_seen_at_ms, ",
+            "last_seen_at_ms, resolved_at_ms FROM drift ",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    /// Records a finding: inserts it open, or refreshes the stored finding with the same
+    /// (target, component, kind): detail, environment, agent and last seen time are
+    /// replaced and it is open again. A finding reopened after being resolved starts
+    /// over (first seen now); one still open keeps its first-seen time.
+    /// `record.resolved_at_ms` is ignored.
+    pub async fn upsert_drift(&self, record: &DriftRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO drift (target, component, kind, detail, environment, agent_id, \
+             first_seen_at_ms, last_seen_at_ms, resolved_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL) \
+             ON CONFLICT (target, component, kind) DO UPDATE SET \
+             detail = excluded.detail, environment = excluded.environment, \
+             agent_id = excluded.agent_id, last_seen_at_ms = excluded.last_seen_at_ms, \
+             first_seen_at_ms = CASE WHEN drift.resolved_at_ms IS NULL \
+             THEN drift.first_seen_at_ms ELSE excluded.first_seen_at_ms END, \
+             resolved_at_ms = NULL",
+        )
+        .bind(record.target.as_str())
+        .bind(record.component.as_str())
+        .bind(record.kind.as_str())
+        .bind(record.detail.as_str())
+        .bind(record.environment.as_str())
+        .bind(record.agent_id.as_str())
+        .bind(record.first_seen_at_ms)
+        .bind(record.last_seen_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(database("recording drift"))?;
+        Ok(())
+    }
+
+    /// Marks every open finding of the target resolved at `now_ms`; returns how many.
+    pub async fn resolve_drift(&self, target: &str, now_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE drift SET resolved_at_ms = $1 WHERE target = $2 AND resolved_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(target)
+        .execute(&self.pool)
+        .await
+        .map_err(database("resolving drift"))?
+        .rows_affected())
+    }
+
+    /// Open findings (and resolved ones if asked), of every environment or of one, the
+    /// most recently seen first.
+    pub async fn list_drift(
+        &self,
+        environment: Option<&str>,
+        include_resolved: bool,
+    ) -> Result<Vec<DriftRecord>, StoreError> {
+        const OP: &str = "listing drift";
+        let include_resolved = i64::from(include_resolved);
+        let rows = match environment {
+            Some(environment) => {
+                sqlx::query_as::<_, DriftRow>(select_drift!(
+                    "WHERE environment = $1 AND ($2 = 1 OR resolved_at_ms IS NULL) \
+                     ORDER BY last_seen_at_ms DESC, target, component, kind"
+                ))
+                .bind(environment)
+                .bind(include_resolved)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query_as::<_, DriftRow>(select_drift!(
+                    "WHERE $1 = 1 OR resolved_at_ms IS NULL \
+                     ORDER BY last_seen_at_ms DESC, target, component, kind"
+                ))
+                .bind(include_resolved)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(database(OP))?;
+        rows.into_iter().map(DriftRow::into_record).collect()
+    }
+}
+
+/// A `drift` row as stored.
+#[derive(sqlx::FromRow)]
+struct DriftRow {
+    target: String,
+    component: String,
+    kind: String,
+    detail: String,
+    environment: String,
+    agent_id: String,
+    first_seen_at_ms: i64,
+    last_seen_at_ms: i64,
+    resolved_at_ms: Option<i64>,
+}
+
+impl DriftRow {
+    fn into_record(self) -> Result<DriftRecord, StoreError> {
+        let kind: DriftKind = decode_enum(
+            "drift kind",
+            &format!(
+                "drift of target {} component {:?}",
+                self.target, self.component
+            ),
+            &self.kind,
+        )?;
+        Ok(DriftRecord {
+            target: self.target,
+            component: self.component,
+            kind,
+            detail: self.detail,
+            environment: self.environment,
+            agent_id: self.agent_id,
+            first_seen_at_ms: self.first_seen_at_ms,
+            last_seen_at_ms: self.last_seen_at_ms,
+            resolved_at_ms: self.resolved_at_ms,
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! Test images built on this machine (nothing can be pulled here): a root filesystem
+//! holding Debian's static busybox, `docker import`ed with an httpd command, pushed to a
+//! [`TestRegistry`](crate::registry::TestRegistry) to get a digest. Also the guard that
+//! removes a test's containers.
+//!
+//! The web image serves `/www` on port 8080: `/index.html` holds the version text, and
+//! `/health` exists only in healthy images, so [`WEB_HEALTH_CMD`] fails on the others.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncWriteExt;
+
+/// Where Debian's `busybox-static` puts its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A `health_cmd` for the web images: fails (404) on images built unhealthy.
+pub const WEB_HEALTH_CMD: &str = "wget -q -O /dev/null http://127.0.0.1:8080/health";
+
+/// The web server's command. PID 1 ignores signals it has no handler for, and busybox
+/// httpd installs none, so a bare httpd would sit out `docker stop`'s whole 10 s grace
+/// period: the shell traps SIGTERM and exits, which ends the container at once.
+const WEB_CMD: &str =
+    r#"CMD ["/bin/sh","-c","trap 'exit 0' TERM; /bin/httpd -f -p 8080 -h /www & wait"]"#;
+
+/// Builds the web image locally and tags it `tag` (e.g. `127.0.0.1:PORT/stella-test/web:v1`):
+/// `/www/index.html` holds `version`, and `/www/health` exists when `healthy`.
+pub async fn build_web_image(tag: &str, version: &str, healthy: bool) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("stella-test-image-")
+        .tempdir()?;
+    let root = dir.path().join("rootfs");
+    let version = version.to_owned();
+    let rootfs = root.clone();
+    tokio::task::spawn_blocking(move || write_web_rootfs(&rootfs, &version, healthy)).await??;
+    let tarball = dir.path().join("rootfs.tar");
+    run_checked(
+        tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("--owner=0")
+            .arg("--group=0")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+        "tar",
+    )
+    .await?;
+    run_checked(
+        tokio::process::Command::new("docker")
+            .arg("import")
+            .args(["--change", WEB_CMD])
+            .args(["--change", "EXPOSE 8080"])
+            .args(["--change", "ENV PATH=/bin"])
+            .arg(&tarball)
+            .arg(tag),
+        "docker import",
+    )
+    .await?;
+    Ok(())
+}
+
+/// `docker push`es `tag` with the docker CLI config in `docker_config` (see
+/// [`TestRegistry::docker_config`](crate::registry::TestRegistry::docker_config)) and
+/// returns the pushed image as `repo@sha256:…`.
+pub async fn push_image(tag: &str, docker_config: &Path) -> anyhow::Result<String> {
+    let output = run_checked(
+        tokio::process::Command::new("docker")
+            .arg("--config")
+            .arg(docker_config)
+            .args(["push", tag]),
+        "docker push",
+    )
+    .await?;
+    // The last line reads `v1: digest: sha256:… size: 527`.
+    let digest = output
+        .split_whitespace()
+        .skip_while(|word| *word != "digest:")
+        .nth(1)
+        .filter(|digest| digest.starts_with("sha256:"))
+        .with_context(|| format!("no digest in the output of docker push {tag}: {output}"))?;
+    Ok(format!("{}@{digest}", repository_of(tag)))
+}
+
+/// Removes an image (by any reference) and every other reference to it from the engine,
+/// so that a deployment has to pull it.
+pub async fn remove_local_image(reference: &str) -> anyhow::Result<()> {
+    let id = run_checked(
+        tokio::process::Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", reference]),
+        "docker image inspect",
+    )
+    .await?;
+    run_checked(
+        tokio::process::Command::new("docker").args(["rmi", "-f", id.trim()]),
+        "docker rmi",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The web images of one test, in one registry repository; removed from the engine on
+/// drop.
+#[derive(Debug)]
+pub struct WebImages {
+    repository: String,
+    docker_config: PathBuf,
+    published: Mutex<Vec<String>>,
+}
+
+impl WebImages {
+    /// Images in `<registry_host>/<name>` pushed with the CLI config `docker_config`.
+    pub fn new(registry_host: &str, name: &str, docker_config: &Path) -> Self {
+        WebImages {
+            repository: format!("{registry_host}/{name}"),
+            docker_config: docker_config.to_owned(),
+            published: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The repository, `host:port/name`.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// Builds, pushes and drops the local copy of the web image `version`: returns
+    /// `repo@sha256:…`, which a deployment must pull.
+    pub async fn publish(&self, version: &str, healthy: bool) -> anyhow::Result<String> {
+        let tag = format!("{}:{version}", self.repository);
+        build_web_image(&tag, version, healthy).await?;
+        let reference = push_image(&tag, &self.docker_config).await?;
+        remove_local_image(&tag).await?;
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(reference.clone());
+        Ok(reference)
+    }
+
+    /// A reference to a digest the registry does not have.
+    pub fn missing(&self) -> String {
+        format!("{}@sha256:{}", self.repository, "0".repeat(64))
+    }
+}
+
+impl Drop for WebImages {
+    fn drop(&mut self) {
+        let published = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for reference in published.iter() {
+            // Best effort: an image still used by a container stays.
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", "-f", reference])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Removes, on drop, every container labelled `ops.stella.target=<name>` for the given
+/// target names, so a test leaves nothing behind even when it fails.
+#[derive(Debug)]
+pub struct ContainerCleanup {
+    targets: Vec<String>,
+}
+
+impl ContainerCleanup {
+    /// Cleans up after targets `targets`.
+    pub fn new<S: Into<String>>(targets: impl IntoIterator<Item = S>) -> Self {
+        ContainerCleanup {
+            targets: targets.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Also clean up after `target`.
+    pub fn add(&mut self, target: impl Into<String>) {
+        self.targets.push(target.into());
+    }
+}
+
+impl Drop for ContainerCleanup {
+    fn drop(&mut self) {
+        for target in &self.targets {
+            let listed = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=ops.stella.target={target}"))
+                .output();
+            let Ok(listed) = listed else { continue };
+            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `docker ARGS…` with `input` on stdin; returns stdout, or fails with stderr.
+pub async fn docker_cli(
+    args: &[&str],
+    docker_config: Option<&Path>,
+    input: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new("docker");
+    if let Some(config) = docker_config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().context("running docker")?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).await?;
+    }
+    let output = child.wait_with_output().await?;
+    if !output.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn write_web_rootfs(root: &Path, version: &str, healthy: bool) -> anyhow::Result<()> {
+    let busybox = Path::new(BUSYBOX);
+    assert!(
+        busybox.exists(),
+        "{BUSYBOX} is missing: install the Debian package busybox-static (cargo xtask test provisions it)"
+    );
+    let bin = root.join("bin");
+    let www = root.join("www");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&www)?;
+    std::fs::create_dir_all(root.join("tmp"))?;
+    std::fs::copy(busybox, bin.join("busybox")).context("copying busybox")?;
+    for applet in ["sh", "httpd", "wget", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    std::fs::write(www.join("index.html"), version)?;
+    if healthy {
+        std::fs::write(www.join("health"), "ok\n")?;
+    }
+    Ok(())
+}
+
+/// `host:port/name:tag` → `host:port/name`.
+fn repository_of(tag: &str) -> &str {
+    let last_slash = tag.rfind('/').map_or(0, |i| i + 1);
+    match tag[last_slash..].rfind(':') {
+        Some(colon) => &tag[..last_slash + colon],
+        None => tag,
+    }
+}
+
+async fn run_checked(command: &mut tokio::process::Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

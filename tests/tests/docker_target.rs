@@ -1,0 +1,620 @@
+//! The `docker` target against the real engine and a real registry: deploys, start-first
+//! and stop-first upgrades, failures that leave the old container running, crash
+//! recovery, registry credentials, drift and engine events.
+//!
+//! Every test has its own registry, image repository and target name (random suffix),
+//! and removes its containers on drop, so the tests run in parallel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::ListContainersOptions;
+use stella_agent_core::{
+    CancellationToken, ComponentSpec, DeployTask, DriftKind, Plan, Progress, RegistryCredential,
+    Sticker, Target, TargetSpec,
+};
+use stella_target_docker::{labels, DockerConfig, DockerTarget};
+use stella_tests::images::{docker_cli, ContainerCleanup, WebImages, WEB_HEALTH_CMD};
+use stella_tests::registry::TestRegistry;
+use stella_tests::{free_port, init_tracing, wait_until, TestDir};
+
+/// One test's world. Fields drop in order: containers first, then images, registry, dir.
+struct World {
+    _cleanup: ContainerCleanup,
+    images: WebImages,
+    registry: TestRegistry,
+    target: Arc<DockerTarget>,
+    docker: bollard::Docker,
+    http: reqwest::Client,
+    /// Target name, unique to the test.
+    name: String,
+    dir: TestDir,
+}
+
+impl World {
+    async fn new(prefix: &str) -> anyhow::Result<World> {
+        Self::with_registry(prefix, TestRegistry::start().await?).await
+    }
+
+    async fn with_registry(prefix: &str, registry: TestRegistry) -> anyhow::Result<World> {
+        init_tracing();
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = format!("{prefix}-{suffix}");
+        let dir = TestDir::new(prefix);
+        let target = DockerTarget::connect_local(DockerConfig {
+            sticker_dir: dir.path().join("stickers"),
+        })
+        .await?;
+        let docker = bollard::Docker::connect_with_socket_defaults()?
+            .negotiate_version()
+            .await?;
+        let images = WebImages::new(
+            &registry.host(),
+            &format!("stella-test/{name}"),
+            &registry.docker_config(),
+        );
+        Ok(World {
+            _cleanup: ContainerCleanup::new([name.clone()]),
+            images,
+            registry,
+            target: Arc::new(target),
+            docker,
+            http: reqwest::Client::new(),
+            name,
+            dir,
+        })
+    }
+
+    /// The settings every test starts from: the web image's health check.
+    fn settings(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("health_cmd".to_owned(), WEB_HEALTH_CMD.to_owned()),
+            ("health_timeout_seconds".to_owned(), "30".to_owned()),
+        ])
+    }
+
+    fn task(&self, version: &str, image: &str, settings: BTreeMap<String, String>) -> DeployTask {
+        DeployTask {
+            deployment_id: format!("dep-{version}-{}", uuid::Uuid::new_v4().simple()),
+            decision_id: format!("sha256:{}", "d".repeat(64)),
+            environment: "test".to_owned(),
+            release: "shop".to_owned(),
+            version: version.to_owned(),
+            target: TargetSpec {
+                name: self.name.clone(),
+                kind: "docker".to_owned(),
+                settings,
+            },
+            components: vec![ComponentSpec {
+                name: "web".to_owned(),
+                image: image.to_owned(),
+            }],
+            registry_auth: Vec::new(),
+        }
+    }
+
+    /// `<target>-web`.
+    fn container_name(&self) -> String {
+        format!("{}-web", self.name)
+    }
+
+    async fn apply(&self, task: &DeployTask) -> Result<(stella_agent_core::ApplyOutcome, Vec<String>), String> {
+        let (progress, mut lines) = Progress::channel("agent-test", &task.deployment_id);
+        let result = self
+            .target
+            .apply(task, &Plan::default(), &progress, &CancellationToken::new())
+            .await;
+        drop(progress);
+        let mut collected = Vec::new();
+        while let Some(line) = lines.recv().await {
+            collected.push(line);
+        }
+        match result {
+            Ok(outcome) => Ok((outcome, collected)),
+            Err(error) => Err(stella_agent_core::error_chain(&error)),
+        }
+    }
+
+    /// Every container labelled for the target, running or not.
+    async fn containers(&self) -> anyhow::Result<Vec<ContainerSummary>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{}={}", labels::TARGET, self.name)],
+            )])),
+            ..Default::default()
+        };
+        Ok(self.docker.list_containers(Some(options)).await?)
+    }
+
+    /// The one container of the target; fails unless there is exactly one and it runs.
+    async fn only_container(&self) -> anyhow::Result<ContainerSummary> {
+        let containers = self.containers().await?;
+        anyhow::ensure!(
+            containers.len() == 1,
+            "expected exactly one container, found {:?}",
+            names(&containers)
+        );
+        let container = containers.into_iter().next().context("one container")?;
+        anyhow::ensure!(
+            container.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            "container {:?} is {:?}",
+            container.names,
+            container.state
+        );
+        Ok(container)
+    }
+
+    /// `GET http://<bridge ip>:8080/` of a container: its version text.
+    async fn served_version(&self, container: &ContainerSummary) -> anyhow::Result<String> {
+        let ip = bridge_ip(container).context("the container has no bridge address")?;
+        get_text(&self.http, &format!("http://{ip}:8080/")).await
+    }
+
+    fn sticker_file(&self) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join("stickers")
+            .join(&self.name)
+            .join("web.json")
+    }
+}
+
+fn names(containers: &[ContainerSummary]) -> Vec<String> {
+    containers
+        .iter()
+        .flat_map(|c| c.names.clone().unwrap_or_default())
+        .collect()
+}
+
+fn bridge_ip(container: &ContainerSummary) -> Option<String> {
+    container
+        .network_settings
+        .as_ref()?
+        .networks
+        .as_ref()?
+        .get("bridge")?
+        .ip_address
+        .clone()
+        .filter(|ip| !ip.is_empty())
+}
+
+async fn get_text(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = http
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(response.text().await?)
+}
+
+fn digest_of(image: &str) -> &str {
+    image.split_once('@').map_or("", |(_, digest)| digest)
+}
+
+#[tokio::test]
+async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::Result<()> {
+    let world = World::new("dk-first").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let task = world.task("1.0.0", &v1, world.settings());
+
+    let plan = world.target.plan(&task).await?;
+    assert!(
+        plan.steps.iter().any(|s| s.contains("pull")) && plan.steps.iter().any(|s| s.contains("create container")),
+        "{plan:?}"
+    );
+
+    let (outcome, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    assert!(lines.iter().any(|l| l.contains("pull")), "{lines:#?}");
+    assert_eq!(outcome.stickers.len(), 1);
+    let sticker = &outcome.stickers[0];
+    assert!(sticker.verify());
+    assert_eq!(sticker.image, v1);
+    assert_eq!(sticker.agent_id, "agent-test");
+
+    let container = world.only_container().await?;
+    assert_eq!(names(&[container.clone()]), vec![format!("/{}", world.container_name())]);
+    let container_labels = container.labels.clone().unwrap_or_default();
+    for (key, value) in [
+        (labels::TARGET, world.name.as_str()),
+        (labels::ENVIRONMENT, "test"),
+        (labels::RELEASE, "shop"),
+        (labels::VERSION, "1.0.0"),
+        (labels::COMPONENT, "web"),
+        (labels::DIGEST, digest_of(&v1)),
+        (labels::DEPLOYMENT, task.deployment_id.as_str()),
+        (labels::DECISION, task.decision_id.as_str()),
+        (labels::STICKER_DIGEST, sticker.sticker_digest.as_str()),
+    ] {
+        assert_eq!(container_labels.get(key).map(String::as_str), Some(value), "label {key}");
+    }
+    assert_eq!(world.served_version(&container).await?, "v1");
+
+    let file = std::fs::read(world.sticker_file())?;
+    let from_file = Sticker::from_json(&file)?;
+    assert_eq!(&from_file, sticker);
+    assert_eq!(String::from_utf8(file)?, sticker.to_canonical_json());
+    assert_eq!(world.target.read_sticker(&task.target, "web").await?.as_ref(), Some(sticker));
+
+    let observed = world.target.inspect(&task.target).await?;
+    assert_eq!(observed.len(), 1);
+    assert_eq!(observed[0].component, "web");
+    assert_eq!(observed[0].image_digest, digest_of(&v1));
+    assert_eq!(observed[0].sticker_digest.as_deref(), Some(sticker.sticker_digest.as_str()));
+
+    // The same task again changes nothing.
+    let plan = world.target.plan(&task).await?;
+    assert!(plan.steps.iter().all(|s| s.contains("already runs")), "{plan:?}");
+    let (again, _) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    assert!(again.summary.contains("already up to date"), "{}", again.summary);
+    assert_eq!(&again.stickers[0], sticker);
+    assert_eq!(world.only_container().await?.id, container.id);
+
+    // A lost sticker file comes back from the labels, without a restart.
+    std::fs::remove_file(world.sticker_file())?;
+    let (restored, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    assert!(lines.iter().any(|l| l.contains("restored the sticker file")), "{lines:#?}");
+    assert_eq!(&restored.stickers[0], sticker);
+    assert_eq!(Sticker::from_json(&std::fs::read(world.sticker_file())?)?, *sticker);
+    assert_eq!(world.only_container().await?.id, container.id);
+    Ok(())
+}
+
+/// Samples every 50 ms whether at least one container of the target answers 200 on
+/// its bridge address; counts samples and failures until `stop`.
+fn spawn_probe(
+    world: &World,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, Vec<String>)> {
+    let docker = world.docker.clone();
+    let http = world.http.clone();
+    let target = world.name.clone();
+    tokio::spawn(async move {
+        let samples = AtomicU64::new(0);
+        let mut failures = 0;
+        let mut failed_at = Vec::new();
+        let started = Instant::now();
+        // Bounded: at most 3 minutes whatever happens.
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
+            samples.fetch_add(1, Ordering::SeqCst);
+            let options = ListContainersOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_owned(),
+                    vec![format!("{}={target}", labels::TARGET)],
+                )])),
+                ..Default::default()
+            };
+            let containers = docker.list_containers(Some(options)).await.unwrap_or_default();
+            let mut ok = false;
+            for container in &containers {
+                if let Some(ip) = bridge_ip(container) {
+                    if get_text(&http, &format!("http://{ip}:8080/")).await.is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                failures += 1;
+                failed_at.push(format!("{:?}: {:?}", started.elapsed(), names(&containers)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (samples.load(Ordering::SeqCst), failures, failed_at)
+    })
+}
+
+#[tokio::test]
+async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_container(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-startfirst").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let v3 = world.images.publish("v3", false).await?;
+    world
+        .apply(&world.task("1.0.0", &v1, world.settings()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = spawn_probe(&world, stop.clone());
+    let task_v2 = world.task("2.0.0", &v2, world.settings());
+    let plan = world.target.plan(&task_v2).await?;
+    assert!(plan.steps.iter().any(|s| s.contains("start-first")), "{plan:?}");
+    let started = Instant::now();
+    let (outcome, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
+    let upgrade_time = started.elapsed();
+    // A few more samples after the switch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (samples, failures, failed_at) = probe.await?;
+    println!("v1 -> v2 start-first upgrade took {upgrade_time:?}; probe: {samples} samples, {failures} failed");
+    assert!(outcome.summary.contains("replaced start-first"), "{}", outcome.summary);
+    assert!(samples >= 10, "only {samples} samples");
+    assert_eq!(failures, 0, "failed samples: {failed_at:#?}\nprogress: {lines:#?}");
+    let container = world.only_container().await?;
+    assert_eq!(world.served_version(&container).await?, "v2");
+    assert_eq!(
+        container.labels.as_ref().and_then(|l| l.get(labels::VERSION)).map(String::as_str),
+        Some("2.0.0")
+    );
+
+    // v3 never becomes healthy: a clear error, v2 untouched.
+    let error = world
+        .apply(&world.task("3.0.0", &v3, world.settings()))
+        .await
+        .expect_err("v3 is unhealthy");
+    println!("v3: {error}");
+    assert!(
+        error.contains(&format!("container {}-next is unhealthy", world.container_name()))
+            && error.contains("404"),
+        "{error}"
+    );
+    let after = world.only_container().await?;
+    assert_eq!(after.id, container.id);
+    assert_eq!(world.served_version(&after).await?, "v2");
+    assert_eq!(
+        Sticker::from_json(&std::fs::read(world.sticker_file())?)?.image,
+        v2,
+        "the sticker file still names v2"
+    );
+
+    // A digest the registry does not have: the pull fails, v2 untouched.
+    let missing = world.images.missing();
+    let error = world
+        .apply(&world.task("4.0.0", &missing, world.settings()))
+        .await
+        .expect_err("the digest is missing");
+    println!("missing digest: {error}");
+    assert!(error.contains(&format!("pulling {missing} failed")), "{error}");
+    assert!(error.contains("manifest unknown") || error.contains("not found"), "{error}");
+    let after = world.only_container().await?;
+    assert_eq!(after.id, container.id);
+    assert_eq!(world.served_version(&after).await?, "v2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stop_first_with_a_fixed_host_port_restarts_the_old_container_on_failure(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-stopfirst").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let v3 = world.images.publish("v3", false).await?;
+    let port = free_port().await?;
+    let mut settings = world.settings();
+    settings.insert("ports".to_owned(), format!("127.0.0.1:{port}:8080"));
+    let url = format!("http://127.0.0.1:{port}/");
+
+    world
+        .apply(&world.task("1.0.0", &v1, settings.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(get_text(&world.http, &url).await?, "v1");
+
+    let task_v2 = world.task("2.0.0", &v2, settings.clone());
+    let plan = world.target.plan(&task_v2).await?;
+    assert!(plan.steps.iter().any(|s| s.contains("stop-first")), "{plan:?}");
+    let started = Instant::now();
+    let (outcome, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
+    println!("v1 -> v2 stop-first upgrade took {:?}", started.elapsed());
+    assert!(outcome.summary.contains("replaced stop-first"), "{}", outcome.summary);
+    assert!(lines.iter().any(|l| l.contains("stopped old container")), "{lines:#?}");
+    let container = world.only_container().await?;
+    assert_eq!(get_text(&world.http, &url).await?, "v2");
+
+    let error = world
+        .apply(&world.task("3.0.0", &v3, settings))
+        .await
+        .expect_err("v3 is unhealthy");
+    println!("v3 stop-first: {error}");
+    assert!(error.contains("is unhealthy"), "{error}");
+    let after = world.only_container().await?;
+    assert_eq!(after.id, container.id, "the old container is the one running");
+    let served = wait_until("the old container serves again", Duration::from_secs(10), || async {
+        get_text(&world.http, &url).await.ok()
+    })
+    .await?;
+    assert_eq!(served, "v2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn apply_after_a_crash_mid_deployment_ends_with_one_container() -> anyhow::Result<()> {
+    let world = World::new("dk-crash").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    world
+        .apply(&world.task("1.0.0", &v1, world.settings()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    // The agent dies while the new container is being health-checked.
+    let task_v2 = world.task("2.0.0", &v2, world.settings());
+    let target = world.target.clone();
+    let task = task_v2.clone();
+    let crashed = tokio::spawn(async move {
+        let progress = Progress::detached("agent-test", "crash");
+        target
+            .apply(&task, &Plan::default(), &progress, &CancellationToken::new())
+            .await
+    });
+    let next = format!("/{}-next", world.container_name());
+    wait_until("the -next container runs", Duration::from_secs(60), || async {
+        let containers = world.containers().await.ok()?;
+        names(&containers).contains(&next).then_some(())
+    })
+    .await?;
+    crashed.abort();
+    let _ = crashed.await;
+    assert_eq!(world.containers().await?.len(), 2, "old and -next are left");
+
+    let (_, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
+    assert!(
+        lines.iter().any(|l| l.contains("left by an interrupted deployment")),
+        "{lines:#?}"
+    );
+    let container = world.only_container().await?;
+    assert_eq!(names(&[container.clone()]), vec![format!("/{}", world.container_name())]);
+    assert_eq!(world.served_version(&container).await?, "v2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_auth_registry_pulls_with_the_task_credentials() -> anyhow::Result<()> {
+    let password = "s3cret-registry-pw";
+    let registry = TestRegistry::start_with_basic_auth("stella", password).await?;
+    let world = World::with_registry("dk-auth", registry).await?;
+    let v1 = world.images.publish("v1", true).await?;
+
+    let mut task = world.task("1.0.0", &v1, world.settings());
+    let error = world.apply(&task).await.expect_err("no credentials");
+    println!("without credentials: {error}");
+    assert!(error.contains(&format!("pulling {v1} failed")), "{error}");
+    assert!(
+        error.contains("no basic auth credentials") || error.contains("unauthorized"),
+        "{error}"
+    );
+    assert!(world.containers().await?.is_empty());
+
+    task.registry_auth = vec![RegistryCredential {
+        registry: world.registry.host(),
+        username: "stella".to_owned(),
+        password: "wrong".to_owned(),
+    }];
+    let error = world.apply(&task).await.expect_err("wrong credentials");
+    assert!(error.contains("pulling"), "{error}");
+    assert!(!error.contains("wrong"), "the password leaks: {error}");
+
+    task.registry_auth[0].password = password.to_owned();
+    let (_, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    assert!(lines.iter().all(|l| !l.contains(password)), "{lines:#?}");
+    let container = world.only_container().await?;
+    assert_eq!(world.served_version(&container).await?, "v1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn drift_finds_missing_unexpected_changed_and_tampered() -> anyhow::Result<()> {
+    let world = World::new("dk-drift").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let task = world.task("1.0.0", &v1, world.settings());
+    world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    let kinds = |findings: &[stella_agent_core::DriftFinding]| {
+        findings.iter().map(|f| f.kind).collect::<Vec<_>>()
+    };
+    assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+
+    let (notify, mut events) = tokio::sync::mpsc::unbounded_channel();
+    world.target.watch(notify);
+    // The event stream is subscribed asynchronously; give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // An edited sticker file.
+    let original = std::fs::read_to_string(world.sticker_file())?;
+    std::fs::write(world.sticker_file(), original.replace("1.0.0", "9.9.9"))?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::StickerTampered], "{findings:?}");
+    std::fs::remove_file(world.sticker_file())?;
+    assert_eq!(kinds(&world.target.detect_drift(&task).await?), vec![DriftKind::StickerTampered]);
+    std::fs::write(world.sticker_file(), &original)?;
+    assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+
+    // Stopped: missing; and the engine event names the target.
+    docker_cli(&["stop", "-t", "5", &world.container_name()], None, None).await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::Missing], "{findings:?}");
+    let notified = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .context("no engine event within 10 s")?;
+    assert_eq!(notified.as_deref(), Some(world.name.as_str()));
+    docker_cli(&["start", &world.container_name()], None, None).await?;
+    assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+
+    // Someone runs v2 under the target's labels: a second container of the component.
+    let config = world.registry.docker_config();
+    docker_cli(&["pull", &v2], Some(&config), None).await?;
+    let target_label = format!("{}={}", labels::TARGET, world.name);
+    let intruder = format!("{}-intruder", world.name);
+    docker_cli(
+        &["run", "-d", "--name", &intruder, "--label", &target_label, "--label", "ops.stella.component=web", &v2],
+        None,
+        None,
+    )
+    .await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::Unexpected], "{findings:?}");
+    docker_cli(&["rm", "-f", &intruder], None, None).await?;
+
+    // A component the target should not run.
+    docker_cli(
+        &["run", "-d", "--name", &intruder, "--label", &target_label, "--label", "ops.stella.component=db", &v2],
+        None,
+        None,
+    )
+    .await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::Unexpected], "{findings:?}");
+    assert_eq!(findings[0].component, "db");
+    docker_cli(&["rm", "-f", &intruder], None, None).await?;
+
+    // The container replaced by one of v2 carrying the same labels: the labels still say
+    // v1, but the image ID does not.
+    let deployed = world.only_container().await?;
+    let mut label_args = Vec::new();
+    for (key, value) in deployed.labels.clone().unwrap_or_default() {
+        label_args.push("--label".to_owned());
+        label_args.push(format!("{key}={value}"));
+    }
+    docker_cli(&["rm", "-f", &world.container_name()], None, None).await?;
+    let mut args: Vec<&str> = vec!["run", "-d", "--name"];
+    let container_name = world.container_name();
+    args.push(&container_name);
+    args.extend(label_args.iter().map(String::as_str));
+    args.push(&v2);
+    docker_cli(&args, None, None).await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::ImageChanged], "{findings:?}");
+    assert!(findings[0].detail.contains(digest_of(&v2)), "{findings:?}");
+    let observed = world.target.inspect(&task.target).await?;
+    assert_eq!(observed[0].image_digest, digest_of(&v2), "inspect trusts the image, not the label");
+
+    // Other settings than the container was made with.
+    let mut changed = task.clone();
+    changed.target.settings.insert("env.MODE".to_owned(), "fast".to_owned());
+    world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    let findings = world.target.detect_drift(&changed).await?;
+    assert_eq!(kinds(&findings), vec![DriftKind::ConfigChanged], "{findings:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_settings_and_unpinned_images_are_refused_before_anything_changes(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-invalid").await?;
+    let image = format!("{}@sha256:{}", world.images.repository(), "1".repeat(64));
+    let mut settings = world.settings();
+    settings.insert("colour".to_owned(), "blue".to_owned());
+    let error = world
+        .target
+        .apply(&world.task("1", &image, settings), &Plan::default(), &Progress::detached("a", "t"), &CancellationToken::new())
+        .await
+        .expect_err("unknown key");
+    assert!(matches!(error, stella_agent_core::TargetError::InvalidSettings(_)), "{error}");
+
+    let unpinned = format!("{}:latest", world.images.repository());
+    let error = world
+        .apply(&world.task("1", &unpinned, world.settings()))
+        .await
+        .expect_err("unpinned");
+    assert!(error.contains("is not pinned by digest"), "{error}");
+    assert!(world.containers().await?.is_empty());
+    Ok(())
+}
