@@ -13,9 +13,13 @@
 //! arrives, after a deploy task finishes and when a session comes up. A round calls
 //! [`Target::detect_drift`] for each desired target whose kind is registered and that no
 //! deploy task is changing, and sends a `DriftReport` per finding. A target that had
-//! findings in an earlier round and has none now gets one `resolved` report. Reports go
-//! out only while a session is up; nothing is queued across a disconnection (the first
-//! round of the next session reports afresh).
+//! findings in an earlier round and has none now gets one `resolved` report; so does,
+//! once, each stored target that matches in the first round after the agent starts (it
+//! cannot know what it reported before; the server resolves idempotently). Reports go out
+//! only while a session is up and rounds run only then; nothing is queued across a
+//! disconnection (the first round of the next session reports afresh). A detection error
+//! is logged and counted (`drift_detection_errors_total`) and leaves the target's state
+//! as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -628,5 +632,304 @@ impl Rounds {
             drift_detection_errors_total = self.detection_errors_total,
             "drift detection failed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::target::{ApplyOutcome, ComponentSpec, ObservedComponent, Plan, TargetSpec};
+    use crate::{Progress, Sticker};
+
+    /// Serves `inspect` and `read_sticker` from memory.
+    #[derive(Debug, Default)]
+    struct Fixed {
+        observed: Vec<ObservedComponent>,
+        stickers: Mutex<BTreeMap<String, Sticker>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Target for Fixed {
+        fn kind(&self) -> &'static str {
+            "fixed"
+        }
+
+        async fn plan(&self, _task: &DeployTask) -> Result<Plan, TargetError> {
+            Ok(Plan::default())
+        }
+
+        async fn apply(
+            &self,
+            _task: &DeployTask,
+            _plan: &Plan,
+            _progress: &Progress,
+            _cancel: &CancellationToken,
+        ) -> Result<ApplyOutcome, TargetError> {
+            Ok(ApplyOutcome::default())
+        }
+
+        async fn inspect(
+            &self,
+            _target: &TargetSpec,
+        ) -> Result<Vec<ObservedComponent>, TargetError> {
+            Ok(self.observed.clone())
+        }
+
+        async fn write_sticker(
+            &self,
+            _target: &TargetSpec,
+            sticker: &Sticker,
+        ) -> Result<(), TargetError> {
+            self.stickers
+                .lock()
+                .expect("lock")
+                .insert(sticker.component.clone(), sticker.clone());
+            Ok(())
+        }
+
+        async fn read_sticker(
+            &self,
+            _target: &TargetSpec,
+            component: &str,
+        ) -> Result<Option<Sticker>, TargetError> {
+            Ok(self.stickers.lock().expect("lock").get(component).cloned())
+        }
+    }
+
+    fn desired() -> DeployTask {
+        DeployTask {
+            deployment_id: "dep-1".into(),
+            decision_id: "sha256:d".into(),
+            environment: "prod".into(),
+            release: "shop".into(),
+            version: "1.0.0".into(),
+            target: TargetSpec {
+                name: "web-1".into(),
+                kind: "fixed".into(),
+                settings: BTreeMap::new(),
+            },
+            components: vec![ComponentSpec {
+                name: "api".into(),
+                image: "r.local/api@sha256:aaa".into(),
+            }],
+            registry_auth: Vec::new(),
+        }
+    }
+
+    /// A target running `desired` exactly, with its sticker, after `tamper` had its way.
+    async fn drift_after(
+        tamper: impl FnOnce(&mut ObservedComponent, &mut Sticker),
+    ) -> Vec<DriftFinding> {
+        let task = desired();
+        let mut sticker = task.sticker(&task.components[0], "agent");
+        let mut running = ObservedComponent {
+            component: "api".into(),
+            image_digest: "sha256:aaa".into(),
+            sticker_digest: Some(sticker.sticker_digest.clone()),
+        };
+        tamper(&mut running, &mut sticker);
+        let target = Fixed {
+            observed: vec![running],
+            ..Fixed::default()
+        };
+        target
+            .write_sticker(&task.target, &sticker)
+            .await
+            .expect("write");
+        target.detect_drift(&task).await.expect("detect")
+    }
+
+    fn kinds(findings: &[DriftFinding]) -> Vec<(&str, DriftKind)> {
+        findings
+            .iter()
+            .map(|f| (f.component.as_str(), f.kind))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_target_that_runs_what_its_sticker_says_has_no_drift() {
+        assert!(drift_after(|_, _| {}).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_default_detection_finds_each_kind() {
+        let findings = drift_after(|running, _| running.image_digest = "sha256:bbb".into()).await;
+        assert_eq!(kinds(&findings), vec![("api", DriftKind::ImageChanged)]);
+        assert_eq!(findings[0].detail, "runs sha256:bbb, desired sha256:aaa");
+
+        let findings = drift_after(|running, _| running.component = "other".into()).await;
+        assert_eq!(
+            kinds(&findings),
+            vec![
+                ("api", DriftKind::Missing),
+                ("other", DriftKind::Unexpected)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_sticker_trouble_is_tampering() {
+        let tampered = [
+            // Edited after sealing.
+            drift_after(|_, sticker| sticker.version = "2.0.0".into()).await,
+            // Resealed, but not the sticker the running component carries.
+            drift_after(|_, sticker| *sticker = Sticker::seal(other_deployment(sticker))).await,
+            // The running component carries no sticker.
+            drift_after(|running, _| running.sticker_digest = None).await,
+            // A consistent sticker for another image.
+            drift_after(|running, sticker| {
+                let mut fields = sticker.fields();
+                fields.image = "r.local/api@sha256:ccc".into();
+                *sticker = Sticker::seal(fields);
+                running.sticker_digest = Some(sticker.sticker_digest.clone());
+            })
+            .await,
+        ];
+        for findings in &tampered {
+            assert_eq!(
+                kinds(findings),
+                vec![("api", DriftKind::StickerTampered)],
+                "{findings:?}"
+            );
+        }
+        assert!(tampered[3][0].detail.contains("sha256:ccc"));
+
+        // No sticker at all.
+        let task = desired();
+        let target = Fixed {
+            observed: vec![ObservedComponent {
+                component: "api".into(),
+                image_digest: "sha256:aaa".into(),
+                sticker_digest: None,
+            }],
+            ..Fixed::default()
+        };
+        let findings = target.detect_drift(&task).await.expect("detect");
+        assert_eq!(kinds(&findings), vec![("api", DriftKind::StickerTampered)]);
+        assert_eq!(findings[0].detail, "the component has no sticker");
+    }
+
+    /// A sticker's fields with another deployment id.
+    fn other_deployment(sticker: &Sticker) -> crate::StickerFields {
+        let mut fields = sticker.fields();
+        fields.deployment_id = "dep-2".into();
+        fields
+    }
+
+    #[test]
+    fn kinds_have_their_wire_names() {
+        let names: Vec<&str> = [
+            DriftKind::ImageChanged,
+            DriftKind::Missing,
+            DriftKind::Unexpected,
+            DriftKind::ConfigChanged,
+            DriftKind::StickerTampered,
+        ]
+        .into_iter()
+        .map(DriftKind::as_str)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "image_changed",
+                "missing",
+                "unexpected",
+                "config_changed",
+                "sticker_tampered"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&DriftKind::ConfigChanged).expect("json"),
+            "\"config_changed\""
+        );
+        assert_eq!(DriftKind::StickerTampered.to_string(), "sticker_tampered");
+    }
+
+    #[test]
+    fn payload_errors_never_quote_credentials() {
+        let mut payload = serde_json::to_value(desired()).expect("json");
+        payload["registry_auth"] = serde_json::json!("user:hunter2");
+        let error = parse_deploy_task(payload.to_string().as_bytes()).expect_err("invalid");
+        assert!(
+            !error.contains("hunter2") && error.contains("registry_auth"),
+            "{error}"
+        );
+
+        payload["registry_auth"] =
+            serde_json::json!([{"registry": "r", "username": "u", "password": 7}]);
+        let error = parse_deploy_task(payload.to_string().as_bytes()).expect_err("invalid");
+        assert!(error.contains("registry_auth"), "{error}");
+
+        payload["registry_auth"] = serde_json::json!([]);
+        payload["version"] = serde_json::json!(3);
+        let error = parse_deploy_task(payload.to_string().as_bytes()).expect_err("invalid");
+        assert!(
+            error.starts_with("invalid deploy payload: invalid type"),
+            "{error}"
+        );
+
+        let error = parse_deploy_task(b"{\"registry_auth\": \"hunter2").expect_err("syntax");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_desired_state_round_trips_through_desired_json_without_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DesiredStore::load(dir.path());
+        assert!(store.current().is_empty());
+        let mut task = desired();
+        task.registry_auth = vec![crate::RegistryCredential {
+            registry: "r.local".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+        }];
+        store
+            .replace(&v1::DesiredState {
+                targets: vec![
+                    v1::DesiredTarget {
+                        target: "web-1".into(),
+                        deploy_json: serde_json::to_vec(&task).expect("json"),
+                    },
+                    v1::DesiredTarget {
+                        target: "broken".into(),
+                        deploy_json: b"{}".to_vec(),
+                    },
+                ],
+            })
+            .await;
+        let json = std::fs::read_to_string(dir.path().join(files::DESIRED_JSON)).expect("read");
+        assert!(!json.contains("hunter2"), "{json}");
+
+        let reloaded = DesiredStore::load(dir.path());
+        let targets = reloaded.current();
+        assert_eq!(targets.keys().collect::<Vec<_>>(), ["web-1"]);
+        assert_eq!(targets["web-1"], task.clone().without_credentials());
+
+        let mut next = desired();
+        next.target.name = "web-2".into();
+        reloaded.deployed(&next).await;
+        assert_eq!(DesiredStore::load(dir.path()).current().len(), 2);
+
+        std::fs::write(dir.path().join(files::DESIRED_JSON), b"{oops").expect("write");
+        assert!(
+            DesiredStore::load(dir.path()).current().is_empty(),
+            "corrupt is empty"
+        );
+    }
+
+    #[test]
+    fn a_deploy_in_progress_hides_its_target_and_bumps_its_generation() {
+        let deploying = Arc::new(Deploying::default());
+        assert_eq!(deploying.idle_generation("web-1"), Some(0));
+        let first = deploying.start("web-1");
+        let second = deploying.start("web-1");
+        assert_eq!(deploying.idle_generation("web-1"), None);
+        assert_eq!(deploying.idle_generation("web-2"), Some(0));
+        drop(first);
+        assert_eq!(deploying.idle_generation("web-1"), None);
+        drop(second);
+        assert_eq!(deploying.idle_generation("web-1"), Some(2));
     }
 }

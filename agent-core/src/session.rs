@@ -672,7 +672,7 @@ impl Tasks {
             Arc::clone(&epoch),
             self.outbox.clone(),
         );
-        let work = self.run_task(&assignment, &progress, &cancel);
+        let work = run_task(self, &assignment, &progress, &cancel);
         tokio::pin!(work);
         let deadline = deadline_of(assignment.deadline_unix_ms);
         let mut deadline_passed = false;
@@ -720,6 +720,34 @@ impl Tasks {
         }
     }
 
+    /// Runs a deploy task. The drift loop leaves its target alone meanwhile; a success
+    /// becomes the target's desired state, and the target is checked for drift right after.
+    async fn deploy(
+        &self,
+        payload_json: &[u8],
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<crate::ApplyOutcome, TaskFailure> {
+        let task = parse_deploy_task(payload_json).map_err(TaskFailure::failed)?;
+        let span = tracing::info_span!(
+            "deploy",
+            deployment_id = %task.deployment_id,
+            release = %task.release,
+            version = %task.version,
+            target = %task.target.name
+        );
+        let deploying = self.deploying.start(&task.target.name);
+        let outcome = plan_and_apply(&self.targets, &task, progress, cancel)
+            .instrument(span)
+            .await;
+        if outcome.is_ok() {
+            self.desired.deployed(&task).await;
+        }
+        drop(deploying);
+        let _ = self.drift_notify.send(task.target.name.clone());
+        outcome
+    }
+
     fn send_result(&self, task_id: &str, epoch: u64, result: &StoredResult) {
         self.push(AgentBody::TaskResult(v1::TaskResult {
             task_id: task_id.to_owned(),
@@ -762,80 +790,51 @@ impl Tasks {
     }
 }
 
-impl Tasks {
-    /// Runs one task to its result and the stickers it wrote.
-    async fn run_task(
-        &self,
-        assignment: &v1::TaskAssignment,
-        progress: &Progress,
-        cancel: &CancellationToken,
-    ) -> (StoredResult, Vec<crate::Sticker>) {
-        let outcome = match assignment.kind.as_str() {
-            "deploy" => {
-                self.deploy(&assignment.payload_json, progress, cancel)
-                    .await
-            }
-            other => Err(TaskFailure::failed(format!(
-                "unknown task kind {other:?}; this agent runs \"deploy\" tasks"
-            ))),
-        };
-        let finished_at_unix_ms = crate::now_unix_ms();
-        match outcome {
-            Ok(outcome) => {
-                let output_json = serde_json::to_string(&outcome).unwrap_or_default();
-                let message = if outcome.summary.is_empty() {
-                    "deployed".to_owned()
-                } else {
-                    outcome.summary.clone()
-                };
-                (
-                    StoredResult {
-                        outcome: Outcome::Succeeded,
-                        message,
-                        output_json,
-                        finished_at_unix_ms,
-                    },
-                    outcome.stickers,
-                )
-            }
-            Err(failure) => (
+/// Runs one task to its result and the stickers it wrote.
+async fn run_task(
+    tasks: &Tasks,
+    assignment: &v1::TaskAssignment,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> (StoredResult, Vec<crate::Sticker>) {
+    let outcome = match assignment.kind.as_str() {
+        "deploy" => {
+            tasks
+                .deploy(&assignment.payload_json, progress, cancel)
+                .await
+        }
+        other => Err(TaskFailure::failed(format!(
+            "unknown task kind {other:?}; this agent runs \"deploy\" tasks"
+        ))),
+    };
+    let finished_at_unix_ms = crate::now_unix_ms();
+    match outcome {
+        Ok(outcome) => {
+            let output_json = serde_json::to_string(&outcome).unwrap_or_default();
+            let message = if outcome.summary.is_empty() {
+                "deployed".to_owned()
+            } else {
+                outcome.summary.clone()
+            };
+            (
                 StoredResult {
-                    outcome: failure.outcome,
-                    message: failure.message,
-                    output_json: String::new(),
+                    outcome: Outcome::Succeeded,
+                    message,
+                    output_json,
                     finished_at_unix_ms,
                 },
-                Vec::new(),
-            ),
+                outcome.stickers,
+            )
         }
-    }
-
-    /// Runs a deploy task. The drift loop leaves its target alone meanwhile; a success
-    /// becomes the target's desired state, and the target is checked for drift right after.
-    async fn deploy(
-        &self,
-        payload_json: &[u8],
-        progress: &Progress,
-        cancel: &CancellationToken,
-    ) -> Result<crate::ApplyOutcome, TaskFailure> {
-        let task = parse_deploy_task(payload_json).map_err(TaskFailure::failed)?;
-        let span = tracing::info_span!(
-            "deploy",
-            deployment_id = %task.deployment_id,
-            release = %task.release,
-            version = %task.version,
-            target = %task.target.name
-        );
-        let deploying = self.deploying.start(&task.target.name);
-        let outcome = deploy(&self.targets, &task, progress, cancel)
-            .instrument(span)
-            .await;
-        if outcome.is_ok() {
-            self.desired.deployed(&task).await;
-        }
-        drop(deploying);
-        let _ = self.drift_notify.send(task.target.name.clone());
-        outcome
+        Err(failure) => (
+            StoredResult {
+                outcome: failure.outcome,
+                message: failure.message,
+                output_json: String::new(),
+                finished_at_unix_ms,
+            },
+            Vec::new(),
+        ),
     }
 }
 
@@ -863,7 +862,8 @@ impl TaskFailure {
     }
 }
 
-async fn deploy(
+/// Plans and applies a deploy task on its target kind.
+async fn plan_and_apply(
     targets: &TargetRegistry,
     task: &DeployTask,
     progress: &Progress,

@@ -144,7 +144,7 @@ impl DeployTask {
 
     /// The task without its registry credentials: the form the agent keeps.
     pub fn without_credentials(mut self) -> DeployTask {
-        let _ = &mut self.registry_auth;
+        self.registry_auth = Vec::new();
         self
     }
 
@@ -373,5 +373,106 @@ impl fmt::Debug for Progress {
             .field("agent_id", &self.agent_id)
             .field("task_id", &self.task_id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_with(registry_auth: Vec<RegistryCredential>) -> DeployTask {
+        DeployTask {
+            deployment_id: "dep-1".into(),
+            decision_id: "sha256:d".into(),
+            environment: "prod".into(),
+            release: "shop".into(),
+            version: "1.0.0".into(),
+            target: TargetSpec {
+                name: "web-1".into(),
+                kind: "docker".into(),
+                settings: BTreeMap::new(),
+            },
+            components: vec![ComponentSpec {
+                name: "api".into(),
+                image: "registry.local:5000/shop/api@sha256:abc".into(),
+            }],
+            registry_auth,
+        }
+    }
+
+    fn credential(registry: &str, password: &str) -> RegistryCredential {
+        RegistryCredential {
+            registry: registry.into(),
+            username: "deployer".into(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn registry_of_reads_image_references_as_docker_does() {
+        for (image, registry) in [
+            ("registry.local/shop/api@sha256:abc", "registry.local"),
+            ("127.0.0.1:5000/api@sha256:abc", "127.0.0.1:5000"),
+            ("localhost/api:1@sha256:abc", "localhost"),
+            ("[::1]:5000/api@sha256:abc", "[::1]:5000"),
+            ("library/nginx@sha256:abc", "docker.io"),
+            ("nginx@sha256:abc", "docker.io"),
+            ("nginx", "docker.io"),
+        ] {
+            assert_eq!(registry_of(image), registry, "{image}");
+        }
+    }
+
+    #[test]
+    fn credential_for_matches_the_registry_of_the_image() {
+        let task = task_with(vec![
+            credential("other.local", "no"),
+            credential("Registry.Local:5000", "yes"),
+            credential("https://index.docker.io/", "hub"),
+        ]);
+        let image = &task.components[0].image;
+        assert_eq!(
+            task.credential_for(image).map(|c| c.password.as_str()),
+            Some("yes")
+        );
+        assert_eq!(
+            task.credential_for("nginx@sha256:abc")
+                .map(|c| c.password.as_str()),
+            Some("hub")
+        );
+        assert!(task
+            .credential_for("registry.local/shop/api@sha256:abc")
+            .is_none());
+        assert!(task_with(Vec::new()).credential_for(image).is_none());
+    }
+
+    #[test]
+    fn credentials_are_redacted_and_optional_on_the_wire() {
+        let task = task_with(vec![credential("registry.local", "hunter2")]);
+        let debug = format!("{task:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>") && debug.contains("deployer"));
+
+        let json = serde_json::to_value(task.clone().without_credentials()).expect("json");
+        assert!(json.get("registry_auth").is_none(), "{json}");
+        let parsed: DeployTask = serde_json::from_value(json).expect("parse");
+        assert!(parsed.registry_auth.is_empty());
+        let json = serde_json::to_string(&task).expect("json");
+        let parsed: DeployTask = serde_json::from_str(&json).expect("parse");
+        assert_eq!(parsed, task);
+    }
+
+    #[test]
+    fn component_digest_is_the_part_after_the_at() {
+        let component = |image: &str| ComponentSpec {
+            name: "api".into(),
+            image: image.into(),
+        };
+        assert_eq!(
+            component("r.local/api@sha256:abc").digest(),
+            Some("sha256:abc")
+        );
+        assert_eq!(component("r.local/api:1").digest(), None);
+        assert_eq!(component("r.local/api@").digest(), None);
     }
 }

@@ -243,58 +243,123 @@ pub async fn env(client: &Client, format: Format, command: EnvCommand) -> anyhow
     let value = match command {
         EnvCommand::Create { name, after, drift } => {
             client
-                .post("/environments", json!({"name": name, "after": after, "drift": drift}))
+                .post(
+                    "/environments",
+                    json!({"name": name, "after": after, "drift": drift}),
+                )
                 .await?
         }
         EnvCommand::Update { name, after, drift } => {
             client
-                .patch(&format!("/environments/{}", crate::commands::path(&name)), json!({"after": after, "drift": drift}))
+                .patch(
+                    &format!("/environments/{}", crate::commands::path(&name)),
+                    json!({"after": after, "drift": drift}),
+                )
                 .await?
         }
         EnvCommand::List => {
             let list = client.get("/environments").await?;
             print(format, &list, |v| {
-                rows(v, &["name", "after", "drift", "current", "targets"], &["/name", "/after", "/drift", "/current", "/targets"]);
+                rows(
+                    v,
+                    &["name", "after", "drift", "current", "targets"],
+                    &["/name", "/after", "/drift", "/current", "/targets"],
+                );
             });
             return Ok(());
         }
-        EnvCommand::Show { name } => client.get(&format!("/environments/{}", crate::commands::path(&name))).await?,
+        EnvCommand::Show { name } => {
+            client
+                .get(&format!("/environments/{}", crate::commands::path(&name)))
+                .await?
+        }
     };
     print(format, &value, |v| {
-        output::details(v, &[("name", "/name"), ("after", "/after"), ("drift", "/drift"), ("current", "/current"), ("targets", "/targets"), ("created", "/created_at")]);
+        output::details(
+            v,
+            &[
+                ("name", "/name"),
+                ("after", "/after"),
+                ("drift", "/drift"),
+                ("current", "/current"),
+                ("targets", "/targets"),
+                ("created", "/created_at"),
+            ],
+        );
     });
     Ok(())
 }
 
 pub async fn target(client: &Client, format: Format, command: TargetCommand) -> anyhow::Result<()> {
     let value = match command {
-        TargetCommand::Create { name, env, kind, agent, settings } => {
+        TargetCommand::Create {
+            name,
+            env,
+            kind,
+            agent,
+            settings,
+        } => {
             let settings: BTreeMap<String, String> = settings.into_iter().collect();
             client
                 .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings}))
                 .await?
         }
         TargetCommand::List { env } => {
-            let list = client.get(&format!("/targets{}", query(&[("environment", env.as_deref())]))).await?;
+            let list = client
+                .get(&format!(
+                    "/targets{}",
+                    query(&[("environment", env.as_deref())])
+                ))
+                .await?;
             print(format, &list, |v| {
-                rows(v, &["name", "environment", "kind", "agent", "settings"], &["/name", "/environment", "/kind", "/agent", "/settings"]);
+                rows(
+                    v,
+                    &["name", "environment", "kind", "agent", "settings"],
+                    &["/name", "/environment", "/kind", "/agent", "/settings"],
+                );
             });
             return Ok(());
         }
-        TargetCommand::Show { name } => client.get(&format!("/targets/{}", crate::commands::path(&name))).await?,
+        TargetCommand::Show { name } => {
+            client
+                .get(&format!("/targets/{}", crate::commands::path(&name)))
+                .await?
+        }
     };
     print(format, &value, |v| {
-        output::details(v, &[("name", "/name"), ("environment", "/environment"), ("kind", "/kind"), ("agent", "/agent"), ("agent id", "/agent_id"), ("settings", "/settings"), ("created", "/created_at")]);
+        output::details(
+            v,
+            &[
+                ("name", "/name"),
+                ("environment", "/environment"),
+                ("kind", "/kind"),
+                ("agent", "/agent"),
+                ("agent id", "/agent_id"),
+                ("settings", "/settings"),
+                ("created", "/created_at"),
+            ],
+        );
     });
     Ok(())
 }
 
-pub async fn registry(client: &Client, format: Format, command: RegistryCommand) -> anyhow::Result<()> {
+pub async fn registry(
+    client: &Client,
+    format: Format,
+    command: RegistryCommand,
+) -> anyhow::Result<()> {
     match command {
-        RegistryCommand::Add { host, insecure, username, password_stdin } => {
+        RegistryCommand::Add {
+            host,
+            insecure,
+            username,
+            password_stdin,
+        } => {
             let password = if password_stdin {
                 let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).context("reading the password from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the password from standard input")?;
                 let text = text.trim_end_matches(['\n', '\r']).to_owned();
                 if text.is_empty() {
                     bail!("no password on standard input");
@@ -307,13 +372,25 @@ pub async fn registry(client: &Client, format: Format, command: RegistryCommand)
                 .post("/registries", json!({"host": host, "insecure": insecure, "username": username, "password": password}))
                 .await?;
             print(format, &value, |v| {
-                output::details(v, &[("host", "/host"), ("insecure", "/insecure"), ("username", "/username"), ("password", "/has_password")]);
+                output::details(
+                    v,
+                    &[
+                        ("host", "/host"),
+                        ("insecure", "/insecure"),
+                        ("username", "/username"),
+                        ("password", "/has_password"),
+                    ],
+                );
             });
         }
         RegistryCommand::List => {
             let list = client.get("/registries").await?;
             print(format, &list, |v| {
-                rows(v, &["host", "insecure", "username", "password"], &["/host", "/insecure", "/username", "/has_password"]);
+                rows(
+                    v,
+                    &["host", "insecure", "username", "password"],
+                    &["/host", "/insecure", "/username", "/has_password"],
+                );
             });
         }
     }
@@ -321,29 +398,62 @@ pub async fn registry(client: &Client, format: Format, command: RegistryCommand)
 }
 
 fn release_details(value: &Value) {
-    output::details(value, &[("name", "/name"), ("version", "/version"), ("created by", "/created_by"), ("created", "/created_at")]);
-    rows(&value["components"], &["component", "image", "from"], &["/name", "/image", "/source"]);
+    output::details(
+        value,
+        &[
+            ("name", "/name"),
+            ("version", "/version"),
+            ("created by", "/created_by"),
+            ("created", "/created_at"),
+        ],
+    );
+    rows(
+        &value["components"],
+        &["component", "image", "from"],
+        &["/name", "/image", "/source"],
+    );
 }
 
-pub async fn release(client: &Client, format: Format, command: ReleaseCommand) -> anyhow::Result<()> {
+pub async fn release(
+    client: &Client,
+    format: Format,
+    command: ReleaseCommand,
+) -> anyhow::Result<()> {
     match command {
-        ReleaseCommand::Create { name, version, components } => {
+        ReleaseCommand::Create {
+            name,
+            version,
+            components,
+        } => {
             let components: BTreeMap<String, String> = components.into_iter().collect();
             let value = client
-                .post("/releases", json!({"name": name, "version": version, "components": components}))
+                .post(
+                    "/releases",
+                    json!({"name": name, "version": version, "components": components}),
+                )
                 .await?;
             print(format, &value, release_details);
         }
         ReleaseCommand::List { name } => {
-            let list = client.get(&format!("/releases{}", query(&[("name", name.as_deref())]))).await?;
+            let list = client
+                .get(&format!("/releases{}", query(&[("name", name.as_deref())])))
+                .await?;
             print(format, &list, |v| {
-                rows(v, &["name", "version", "created", "by"], &["/name", "/version", "/created_at", "/created_by"]);
+                rows(
+                    v,
+                    &["name", "version", "created", "by"],
+                    &["/name", "/version", "/created_at", "/created_by"],
+                );
             });
         }
         ReleaseCommand::Show { release, version } => {
             let (name, version) = split_release(&release, version)?;
             let value = client
-                .get(&format!("/releases/{}/{}", crate::commands::path(&name), crate::commands::path(&version)))
+                .get(&format!(
+                    "/releases/{}/{}",
+                    crate::commands::path(&name),
+                    crate::commands::path(&version)
+                ))
                 .await?;
             print(format, &value, release_details);
         }
@@ -354,9 +464,15 @@ pub async fn release(client: &Client, format: Format, command: ReleaseCommand) -
 pub async fn promote(client: &Client, format: Format, args: PromoteArgs) -> anyhow::Result<()> {
     let (name, version) = split_release(&args.release, None)?;
     let promotion = client
-        .post("/promotions", json!({"release": name, "version": version, "environment": args.to}))
+        .post(
+            "/promotions",
+            json!({"release": name, "version": version, "environment": args.to}),
+        )
         .await?;
-    let deployment_id = promotion["deployment_id"].as_str().ok_or_else(|| anyhow!("no deployment id in the answer"))?.to_owned();
+    let deployment_id = promotion["deployment_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no deployment id in the answer"))?
+        .to_owned();
     if !args.wait {
         match format {
             Format::Json => output::json(&promotion),
@@ -367,7 +483,11 @@ pub async fn promote(client: &Client, format: Format, args: PromoteArgs) -> anyh
     let deployment = follow(client, &deployment_id, format == Format::Table).await?;
     let state = deployment["state"].as_str().unwrap_or_default().to_owned();
     let mut promotion = promotion;
-    promotion["state"] = json!(if state == "succeeded" { "deployed" } else { "failed" });
+    promotion["state"] = json!(if state == "succeeded" {
+        "deployed"
+    } else {
+        "failed"
+    });
     promotion["deployment"] = deployment.clone();
     match format {
         Format::Json => output::json(&promotion),
@@ -393,8 +513,15 @@ fn finish(deployment: &Value) -> anyhow::Result<()> {
 async fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
     let mut after = 0;
     loop {
-        let deployment = client.get(&format!("/deployments/{}", crate::commands::path(id))).await?;
-        let lines = client.get(&format!("/deployments/{}/logs?after={after}", crate::commands::path(id))).await?;
+        let deployment = client
+            .get(&format!("/deployments/{}", crate::commands::path(id)))
+            .await?;
+        let lines = client
+            .get(&format!(
+                "/deployments/{}/logs?after={after}",
+                crate::commands::path(id)
+            ))
+            .await?;
         for line in lines.as_array().into_iter().flatten() {
             after = line["seq"].as_i64().unwrap_or(after).max(after);
             if show {
@@ -403,7 +530,12 @@ async fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> 
         }
         if matches!(deployment["state"].as_str(), Some("succeeded" | "failed")) {
             // Lines written between the two reads.
-            let rest = client.get(&format!("/deployments/{}/logs?after={after}", crate::commands::path(id))).await?;
+            let rest = client
+                .get(&format!(
+                    "/deployments/{}/logs?after={after}",
+                    crate::commands::path(id)
+                ))
+                .await?;
             for line in rest.as_array().into_iter().flatten() {
                 if show {
                     eprintln!("{}  {}", cell(line, "/at"), cell(line, "/message"));
@@ -416,26 +548,72 @@ async fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> 
 }
 
 fn deployment_details(value: &Value) {
-    output::details(value, &[
-        ("id", "/id"), ("kind", "/kind"), ("environment", "/environment"), ("release", "/release"),
-        ("version", "/version"), ("state", "/state"), ("message", "/message"), ("decision", "/decision_id"),
-        ("by", "/created_by"), ("created", "/created_at"), ("finished", "/finished_at"),
-    ]);
+    output::details(
+        value,
+        &[
+            ("id", "/id"),
+            ("kind", "/kind"),
+            ("environment", "/environment"),
+            ("release", "/release"),
+            ("version", "/version"),
+            ("state", "/state"),
+            ("message", "/message"),
+            ("decision", "/decision_id"),
+            ("by", "/created_by"),
+            ("created", "/created_at"),
+            ("finished", "/finished_at"),
+        ],
+    );
     if value["tasks"].as_array().is_some_and(|t| !t.is_empty()) {
-        rows(&value["tasks"], &["target", "state", "epoch", "message"], &["/target", "/state", "/epoch", "/message"]);
+        rows(
+            &value["tasks"],
+            &["target", "state", "epoch", "message"],
+            &["/target", "/state", "/epoch", "/message"],
+        );
     }
 }
 
-pub async fn deployment(client: &Client, format: Format, command: DeploymentCommand) -> anyhow::Result<()> {
+pub async fn deployment(
+    client: &Client,
+    format: Format,
+    command: DeploymentCommand,
+) -> anyhow::Result<()> {
     match command {
         DeploymentCommand::List { env } => {
-            let list = client.get(&format!("/deployments{}", query(&[("environment", env.as_deref())]))).await?;
+            let list = client
+                .get(&format!(
+                    "/deployments{}",
+                    query(&[("environment", env.as_deref())])
+                ))
+                .await?;
             print(format, &list, |v| {
-                rows(v, &["id", "kind", "environment", "release", "version", "state", "created"], &["/id", "/kind", "/environment", "/release", "/version", "/state", "/created_at"]);
+                rows(
+                    v,
+                    &[
+                        "id",
+                        "kind",
+                        "environment",
+                        "release",
+                        "version",
+                        "state",
+                        "created",
+                    ],
+                    &[
+                        "/id",
+                        "/kind",
+                        "/environment",
+                        "/release",
+                        "/version",
+                        "/state",
+                        "/created_at",
+                    ],
+                );
             });
         }
         DeploymentCommand::Show { id } => {
-            let value = client.get(&format!("/deployments/{}", crate::commands::path(&id))).await?;
+            let value = client
+                .get(&format!("/deployments/{}", crate::commands::path(&id)))
+                .await?;
             print(format, &value, deployment_details);
         }
         DeploymentCommand::Logs { id, follow: true } => {
@@ -445,7 +623,9 @@ pub async fn deployment(client: &Client, format: Format, command: DeploymentComm
             }
         }
         DeploymentCommand::Logs { id, follow: false } => {
-            let lines = client.get(&format!("/deployments/{}/logs", crate::commands::path(&id))).await?;
+            let lines = client
+                .get(&format!("/deployments/{}/logs", crate::commands::path(&id)))
+                .await?;
             print(format, &lines, |v| {
                 for line in v.as_array().into_iter().flatten() {
                     println!("{}  {}", cell(line, "/at"), cell(line, "/message"));
@@ -460,15 +640,24 @@ pub async fn deployment(client: &Client, format: Format, command: DeploymentComm
 async fn follow_stdout(client: &Client, id: &str, format: Format) -> anyhow::Result<Value> {
     let mut after = 0;
     loop {
-        let deployment = client.get(&format!("/deployments/{}", crate::commands::path(id))).await?;
-        let lines = client.get(&format!("/deployments/{}/logs?after={after}", crate::commands::path(id))).await?;
+        let deployment = client
+            .get(&format!("/deployments/{}", crate::commands::path(id)))
+            .await?;
+        let lines = client
+            .get(&format!(
+                "/deployments/{}/logs?after={after}",
+                crate::commands::path(id)
+            ))
+            .await?;
         for line in lines.as_array().into_iter().flatten() {
             after = line["seq"].as_i64().unwrap_or(after).max(after);
             if format == Format::Table {
                 println!("{}  {}", cell(line, "/at"), cell(line, "/message"));
             }
         }
-        if matches!(deployment["state"].as_str(), Some("succeeded" | "failed")) && lines.as_array().is_none_or(Vec::is_empty) {
+        if matches!(deployment["state"].as_str(), Some("succeeded" | "failed"))
+            && lines.as_array().is_none_or(Vec::is_empty)
+        {
             return Ok(deployment);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -477,7 +666,13 @@ async fn follow_stdout(client: &Client, id: &str, format: Format) -> anyhow::Res
 
 pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> anyhow::Result<()> {
     let deployment = client
-        .post(&format!("/environments/{}/rollback", crate::commands::path(&args.env)), json!({"to_version": args.to}))
+        .post(
+            &format!(
+                "/environments/{}/rollback",
+                crate::commands::path(&args.env)
+            ),
+            json!({"to_version": args.to}),
+        )
         .await?;
     let id = cell(&deployment, "/id");
     if !args.wait {
@@ -492,10 +687,36 @@ pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> an
 pub async fn drift(client: &Client, format: Format, command: DriftCommand) -> anyhow::Result<()> {
     let DriftCommand::List { env, all } = command;
     let list = client
-        .get(&format!("/drift{}", query(&[("environment", env.as_deref()), ("all", all.then_some("true"))])))
+        .get(&format!(
+            "/drift{}",
+            query(&[
+                ("environment", env.as_deref()),
+                ("all", all.then_some("true"))
+            ])
+        ))
         .await?;
     print(format, &list, |v| {
-        rows(v, &["target", "component", "kind", "environment", "last seen", "resolved", "detail"], &["/target", "/component", "/kind", "/environment", "/last_seen_at", "/resolved_at", "/detail"]);
+        rows(
+            v,
+            &[
+                "target",
+                "component",
+                "kind",
+                "environment",
+                "last seen",
+                "resolved",
+                "detail",
+            ],
+            &[
+                "/target",
+                "/component",
+                "/kind",
+                "/environment",
+                "/last_seen_at",
+                "/resolved_at",
+                "/detail",
+            ],
+        );
     });
     Ok(())
 }

@@ -144,7 +144,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Registry(command) => delivery::registry(&client, format, command).await,
                 Command::Release(command) => delivery::release(&client, format, command).await,
                 Command::Promote(args) => delivery::promote(&client, format, args).await,
-                Command::Deployment(command) => delivery::deployment(&client, format, command).await,
+                Command::Deployment(command) => {
+                    delivery::deployment(&client, format, command).await
+                }
                 Command::Rollback(args) => delivery::rollback(&client, format, args).await,
                 Command::Drift(command) => delivery::drift(&client, format, command).await,
                 Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),

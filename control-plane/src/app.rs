@@ -83,7 +83,11 @@ fn system_time_ms(time: SystemTime) -> i64 {
 }
 
 /// A store error, with a conflict told in the words of the operation that hit it.
-pub(crate) fn conflict_as(error: crate::store::StoreError, code: &'static str, message: String) -> AppError {
+pub(crate) fn conflict_as(
+    error: crate::store::StoreError,
+    code: &'static str,
+    message: String,
+) -> AppError {
     match AppError::from(error) {
         conflict if conflict.kind == ErrorKind::Conflict => {
             AppError::new(ErrorKind::Conflict, code, message)

@@ -156,7 +156,8 @@ pub async fn start(
     let sans = bootstrap::server_sans(&config.tls_sans, grpc_addr);
     let pki = bootstrap::load_or_create(&config.data_dir, &config.trust_domain, &sans)?;
     let revoked = store.revoked_agent_ids().await?;
-    let secrets = secrets::SecretBox::load_or_create(&config.data_dir).map_err(ServeError::Secrets)?;
+    let secrets =
+        secrets::SecretBox::load_or_create(&config.data_dir).map_err(ServeError::Secrets)?;
     let app = Arc::new(App::new(config, store, pki, revoked, grpc_addr, secrets));
     let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
 

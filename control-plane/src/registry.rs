@@ -373,7 +373,9 @@ mod tests {
         let unauthorized = OciDistributionError::UnauthorizedError { url: String::new() };
         let error = classify(unauthorized, &image());
         assert!(matches!(error, RegistryError::Unauthorized { .. }));
-        assert!(error.to_string().contains("stella registry add 127.0.0.1:5000"));
+        assert!(error
+            .to_string()
+            .contains("stella registry add 127.0.0.1:5000"));
         let gateway = OciDistributionError::ServerError {
             code: 502,
             url: String::new(),
@@ -387,7 +389,8 @@ mod tests {
 
     #[test]
     fn only_schema_2_manifests_and_indexes_are_accepted() {
-        let oci = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        let oci =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
         assert!(check_manifest(oci).is_ok());
         let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#;
         assert!(check_manifest(index).is_ok());
@@ -405,6 +408,9 @@ mod tests {
             credentials: Some(("ci".to_owned(), "hunter2".to_owned())),
         };
         let shown = format!("{access:?}");
-        assert!(shown.contains("ci") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("ci") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -124,9 +124,9 @@ impl SecretBox {
             .map_err(|_| SecretsError::Malformed {
                 reason: "not base64",
             })?;
-        let (&version, rest) = bytes.split_first().ok_or(SecretsError::Malformed {
-            reason: "empty",
-        })?;
+        let (&version, rest) = bytes
+            .split_first()
+            .ok_or(SecretsError::Malformed { reason: "empty" })?;
         if version != VERSION {
             return Err(SecretsError::Malformed {
                 reason: "unknown format version",
@@ -252,7 +252,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = SecretBox::load_or_create(dir.path()).expect("first load");
         let path = dir.path().join("pki").join(KEY_FILE);
-        let mode = std::fs::metadata(&path).expect("key file").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("key file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let key_text = std::fs::read_to_string(&path).expect("key text");
         let sealed = first.seal("hunter2");
@@ -274,7 +277,10 @@ mod tests {
         std::fs::create_dir_all(&pki).expect("pki dir");
         std::fs::write(pki.join(KEY_FILE), "not a key\n").expect("write");
         let error = SecretBox::load_or_create(dir.path()).expect_err("malformed");
-        assert!(matches!(error, SecretsError::MalformedKey { .. }), "{error}");
+        assert!(
+            matches!(error, SecretsError::MalformedKey { .. }),
+            "{error}"
+        );
     }
 
     #[test]

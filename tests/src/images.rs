@@ -88,7 +88,8 @@ pub async fn push_image(tag: &str, docker_config: &Path) -> anyhow::Result<Strin
 /// so that a deployment has to pull it.
 pub async fn remove_local_image(reference: &str) -> anyhow::Result<()> {
     let id = run_checked(
-        tokio::process::Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", reference]),
+        tokio::process::Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", reference]),
         "docker image inspect",
     )
     .await?;

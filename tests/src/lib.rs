@@ -7,6 +7,7 @@
 pub mod images;
 pub mod postgres;
 pub mod registry;
+pub mod token_server;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -227,6 +228,17 @@ impl TestServer {
             .ok_or_else(|| anyhow!("no token in {issued}"))
     }
 
+    /// Waits until a deployment is `succeeded` or `failed`; returns it.
+    pub async fn wait_deployment(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        wait_until(&format!("deployment {id} finishes"), timeout, || async {
+            self.get(&format!("/api/v1/deployments/{id}"))
+                .await
+                .ok()
+                .filter(|d| matches!(d["state"].as_str(), Some("succeeded" | "failed")))
+        })
+        .await
+    }
+
     /// One agent as the API shows it, by name or id.
     pub async fn agent(&self, name: &str) -> anyhow::Result<Value> {
         self.get(&format!("/api/v1/agents/{name}")).await
@@ -312,6 +324,7 @@ pub fn test_agent_config(data_dir: &Path) -> AgentConfig {
     let mut config = AgentConfig::new(data_dir);
     config.backoff.initial_delay_ms = 100;
     config.backoff.max_delay_ms = 1000;
+    config.drift_interval_seconds = 3;
     config
 }
 

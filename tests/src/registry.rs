@@ -140,11 +140,7 @@ async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Res
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("docker-registry exited: {status}");
         }
-        let response = http
-            .get(&url)
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await;
+        let response = http.get(&url).timeout(Duration::from_secs(1)).send().await;
         if let Ok(response) = response {
             if matches!(response.status().as_u16(), 200 | 401) {
                 return Ok(());

@@ -102,7 +102,10 @@ impl World {
         format!("{}-web", self.name)
     }
 
-    async fn apply(&self, task: &DeployTask) -> Result<(stella_agent_core::ApplyOutcome, Vec<String>), String> {
+    async fn apply(
+        &self,
+        task: &DeployTask,
+    ) -> Result<(stella_agent_core::ApplyOutcome, Vec<String>), String> {
         let (progress, mut lines) = Progress::channel("agent-test", &task.deployment_id);
         let result = self
             .target
@@ -206,7 +209,8 @@ async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::R
 
     let plan = world.target.plan(&task).await?;
     assert!(
-        plan.steps.iter().any(|s| s.contains("pull")) && plan.steps.iter().any(|s| s.contains("create container")),
+        plan.steps.iter().any(|s| s.contains("pull"))
+            && plan.steps.iter().any(|s| s.contains("create container")),
         "{plan:?}"
     );
 
@@ -219,7 +223,10 @@ async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::R
     assert_eq!(sticker.agent_id, "agent-test");
 
     let container = world.only_container().await?;
-    assert_eq!(names(&[container.clone()]), vec![format!("/{}", world.container_name())]);
+    assert_eq!(
+        names(&[container.clone()]),
+        vec![format!("/{}", world.container_name())]
+    );
     let container_labels = container.labels.clone().unwrap_or_default();
     for (key, value) in [
         (labels::TARGET, world.name.as_str()),
@@ -232,7 +239,11 @@ async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::R
         (labels::DECISION, task.decision_id.as_str()),
         (labels::STICKER_DIGEST, sticker.sticker_digest.as_str()),
     ] {
-        assert_eq!(container_labels.get(key).map(String::as_str), Some(value), "label {key}");
+        assert_eq!(
+            container_labels.get(key).map(String::as_str),
+            Some(value),
+            "label {key}"
+        );
     }
     assert_eq!(world.served_version(&container).await?, "v1");
 
@@ -240,28 +251,53 @@ async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::R
     let from_file = Sticker::from_json(&file)?;
     assert_eq!(&from_file, sticker);
     assert_eq!(String::from_utf8(file)?, sticker.to_canonical_json());
-    assert_eq!(world.target.read_sticker(&task.target, "web").await?.as_ref(), Some(sticker));
+    assert_eq!(
+        world
+            .target
+            .read_sticker(&task.target, "web")
+            .await?
+            .as_ref(),
+        Some(sticker)
+    );
 
     let observed = world.target.inspect(&task.target).await?;
     assert_eq!(observed.len(), 1);
     assert_eq!(observed[0].component, "web");
     assert_eq!(observed[0].image_digest, digest_of(&v1));
-    assert_eq!(observed[0].sticker_digest.as_deref(), Some(sticker.sticker_digest.as_str()));
+    assert_eq!(
+        observed[0].sticker_digest.as_deref(),
+        Some(sticker.sticker_digest.as_str())
+    );
 
     // The same task again changes nothing.
     let plan = world.target.plan(&task).await?;
-    assert!(plan.steps.iter().all(|s| s.contains("already runs")), "{plan:?}");
+    assert!(
+        plan.steps.iter().all(|s| s.contains("already runs")),
+        "{plan:?}"
+    );
     let (again, _) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
-    assert!(again.summary.contains("already up to date"), "{}", again.summary);
+    assert!(
+        again.summary.contains("already up to date"),
+        "{}",
+        again.summary
+    );
     assert_eq!(&again.stickers[0], sticker);
     assert_eq!(world.only_container().await?.id, container.id);
 
     // A lost sticker file comes back from the labels, without a restart.
     std::fs::remove_file(world.sticker_file())?;
     let (restored, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
-    assert!(lines.iter().any(|l| l.contains("restored the sticker file")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("restored the sticker file")),
+        "{lines:#?}"
+    );
     assert_eq!(&restored.stickers[0], sticker);
-    assert_eq!(Sticker::from_json(&std::fs::read(world.sticker_file())?)?, *sticker);
+    assert_eq!(
+        Sticker::from_json(&std::fs::read(world.sticker_file())?)?,
+        *sticker
+    );
     assert_eq!(world.only_container().await?.id, container.id);
     Ok(())
 }
@@ -290,7 +326,10 @@ fn spawn_probe(
                 )])),
                 ..Default::default()
             };
-            let containers = docker.list_containers(Some(options)).await.unwrap_or_default();
+            let containers = docker
+                .list_containers(Some(options))
+                .await
+                .unwrap_or_default();
             let mut ok = false;
             for container in &containers {
                 if let Some(ip) = bridge_ip(container) {
@@ -326,7 +365,10 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
     let probe = spawn_probe(&world, stop.clone());
     let task_v2 = world.task("2.0.0", &v2, world.settings());
     let plan = world.target.plan(&task_v2).await?;
-    assert!(plan.steps.iter().any(|s| s.contains("start-first")), "{plan:?}");
+    assert!(
+        plan.steps.iter().any(|s| s.contains("start-first")),
+        "{plan:?}"
+    );
     let started = Instant::now();
     let (outcome, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
     let upgrade_time = started.elapsed();
@@ -335,13 +377,24 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
     stop.store(true, Ordering::SeqCst);
     let (samples, failures, failed_at) = probe.await?;
     println!("v1 -> v2 start-first upgrade took {upgrade_time:?}; probe: {samples} samples, {failures} failed");
-    assert!(outcome.summary.contains("replaced start-first"), "{}", outcome.summary);
+    assert!(
+        outcome.summary.contains("replaced start-first"),
+        "{}",
+        outcome.summary
+    );
     assert!(samples >= 10, "only {samples} samples");
-    assert_eq!(failures, 0, "failed samples: {failed_at:#?}\nprogress: {lines:#?}");
+    assert_eq!(
+        failures, 0,
+        "failed samples: {failed_at:#?}\nprogress: {lines:#?}"
+    );
     let container = world.only_container().await?;
     assert_eq!(world.served_version(&container).await?, "v2");
     assert_eq!(
-        container.labels.as_ref().and_then(|l| l.get(labels::VERSION)).map(String::as_str),
+        container
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::VERSION))
+            .map(String::as_str),
         Some("2.0.0")
     );
 
@@ -352,8 +405,10 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
         .expect_err("v3 is unhealthy");
     println!("v3: {error}");
     assert!(
-        error.contains(&format!("container {}-next is unhealthy", world.container_name()))
-            && error.contains("404"),
+        error.contains(&format!(
+            "container {}-next is unhealthy",
+            world.container_name()
+        )) && error.contains("404"),
         "{error}"
     );
     let after = world.only_container().await?;
@@ -372,8 +427,14 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
         .await
         .expect_err("the digest is missing");
     println!("missing digest: {error}");
-    assert!(error.contains(&format!("pulling {missing} failed")), "{error}");
-    assert!(error.contains("manifest unknown") || error.contains("not found"), "{error}");
+    assert!(
+        error.contains(&format!("pulling {missing} failed")),
+        "{error}"
+    );
+    assert!(
+        error.contains("manifest unknown") || error.contains("not found"),
+        "{error}"
+    );
     let after = world.only_container().await?;
     assert_eq!(after.id, container.id);
     assert_eq!(world.served_version(&after).await?, "v2");
@@ -400,12 +461,22 @@ async fn stop_first_with_a_fixed_host_port_restarts_the_old_container_on_failure
 
     let task_v2 = world.task("2.0.0", &v2, settings.clone());
     let plan = world.target.plan(&task_v2).await?;
-    assert!(plan.steps.iter().any(|s| s.contains("stop-first")), "{plan:?}");
+    assert!(
+        plan.steps.iter().any(|s| s.contains("stop-first")),
+        "{plan:?}"
+    );
     let started = Instant::now();
     let (outcome, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
     println!("v1 -> v2 stop-first upgrade took {:?}", started.elapsed());
-    assert!(outcome.summary.contains("replaced stop-first"), "{}", outcome.summary);
-    assert!(lines.iter().any(|l| l.contains("stopped old container")), "{lines:#?}");
+    assert!(
+        outcome.summary.contains("replaced stop-first"),
+        "{}",
+        outcome.summary
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("stopped old container")),
+        "{lines:#?}"
+    );
     let container = world.only_container().await?;
     assert_eq!(get_text(&world.http, &url).await?, "v2");
 
@@ -416,10 +487,15 @@ async fn stop_first_with_a_fixed_host_port_restarts_the_old_container_on_failure
     println!("v3 stop-first: {error}");
     assert!(error.contains("is unhealthy"), "{error}");
     let after = world.only_container().await?;
-    assert_eq!(after.id, container.id, "the old container is the one running");
-    let served = wait_until("the old container serves again", Duration::from_secs(10), || async {
-        get_text(&world.http, &url).await.ok()
-    })
+    assert_eq!(
+        after.id, container.id,
+        "the old container is the one running"
+    );
+    let served = wait_until(
+        "the old container serves again",
+        Duration::from_secs(10),
+        || async { get_text(&world.http, &url).await.ok() },
+    )
     .await?;
     assert_eq!(served, "v2");
     Ok(())
@@ -442,14 +518,23 @@ async fn apply_after_a_crash_mid_deployment_ends_with_one_container() -> anyhow:
     let crashed = tokio::spawn(async move {
         let progress = Progress::detached("agent-test", "crash");
         target
-            .apply(&task, &Plan::default(), &progress, &CancellationToken::new())
+            .apply(
+                &task,
+                &Plan::default(),
+                &progress,
+                &CancellationToken::new(),
+            )
             .await
     });
     let next = format!("/{}-next", world.container_name());
-    wait_until("the -next container runs", Duration::from_secs(60), || async {
-        let containers = world.containers().await.ok()?;
-        names(&containers).contains(&next).then_some(())
-    })
+    wait_until(
+        "the -next container runs",
+        Duration::from_secs(60),
+        || async {
+            let containers = world.containers().await.ok()?;
+            names(&containers).contains(&next).then_some(())
+        },
+    )
     .await?;
     crashed.abort();
     let _ = crashed.await;
@@ -457,11 +542,16 @@ async fn apply_after_a_crash_mid_deployment_ends_with_one_container() -> anyhow:
 
     let (_, lines) = world.apply(&task_v2).await.map_err(anyhow::Error::msg)?;
     assert!(
-        lines.iter().any(|l| l.contains("left by an interrupted deployment")),
+        lines
+            .iter()
+            .any(|l| l.contains("left by an interrupted deployment")),
         "{lines:#?}"
     );
     let container = world.only_container().await?;
-    assert_eq!(names(&[container.clone()]), vec![format!("/{}", world.container_name())]);
+    assert_eq!(
+        names(&[container.clone()]),
+        vec![format!("/{}", world.container_name())]
+    );
     assert_eq!(world.served_version(&container).await?, "v2");
     Ok(())
 }
@@ -521,9 +611,16 @@ async fn drift_finds_missing_unexpected_changed_and_tampered() -> anyhow::Result
     let original = std::fs::read_to_string(world.sticker_file())?;
     std::fs::write(world.sticker_file(), original.replace("1.0.0", "9.9.9"))?;
     let findings = world.target.detect_drift(&task).await?;
-    assert_eq!(kinds(&findings), vec![DriftKind::StickerTampered], "{findings:?}");
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::StickerTampered],
+        "{findings:?}"
+    );
     std::fs::remove_file(world.sticker_file())?;
-    assert_eq!(kinds(&world.target.detect_drift(&task).await?), vec![DriftKind::StickerTampered]);
+    assert_eq!(
+        kinds(&world.target.detect_drift(&task).await?),
+        vec![DriftKind::StickerTampered]
+    );
     std::fs::write(world.sticker_file(), &original)?;
     assert_eq!(world.target.detect_drift(&task).await?, vec![]);
 
@@ -531,10 +628,16 @@ async fn drift_finds_missing_unexpected_changed_and_tampered() -> anyhow::Result
     docker_cli(&["stop", "-t", "5", &world.container_name()], None, None).await?;
     let findings = world.target.detect_drift(&task).await?;
     assert_eq!(kinds(&findings), vec![DriftKind::Missing], "{findings:?}");
-    let notified = tokio::time::timeout(Duration::from_secs(10), events.recv())
-        .await
-        .context("no engine event within 10 s")?;
-    assert_eq!(notified.as_deref(), Some(world.name.as_str()));
+    // Events of other tests' targets arrive too; ours must be among them.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(target) = events.recv().await {
+            if target == world.name {
+                return;
+            }
+        }
+    })
+    .await
+    .context("no engine event named the target within 10 s")?;
     docker_cli(&["start", &world.container_name()], None, None).await?;
     assert_eq!(world.target.detect_drift(&task).await?, vec![]);
 
@@ -544,24 +647,52 @@ async fn drift_finds_missing_unexpected_changed_and_tampered() -> anyhow::Result
     let target_label = format!("{}={}", labels::TARGET, world.name);
     let intruder = format!("{}-intruder", world.name);
     docker_cli(
-        &["run", "-d", "--name", &intruder, "--label", &target_label, "--label", "ops.stella.component=web", &v2],
+        &[
+            "run",
+            "-d",
+            "--name",
+            &intruder,
+            "--label",
+            &target_label,
+            "--label",
+            "ops.stella.component=web",
+            &v2,
+        ],
         None,
         None,
     )
     .await?;
     let findings = world.target.detect_drift(&task).await?;
-    assert_eq!(kinds(&findings), vec![DriftKind::Unexpected], "{findings:?}");
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::Unexpected],
+        "{findings:?}"
+    );
     docker_cli(&["rm", "-f", &intruder], None, None).await?;
 
     // A component the target should not run.
     docker_cli(
-        &["run", "-d", "--name", &intruder, "--label", &target_label, "--label", "ops.stella.component=db", &v2],
+        &[
+            "run",
+            "-d",
+            "--name",
+            &intruder,
+            "--label",
+            &target_label,
+            "--label",
+            "ops.stella.component=db",
+            &v2,
+        ],
         None,
         None,
     )
     .await?;
     let findings = world.target.detect_drift(&task).await?;
-    assert_eq!(kinds(&findings), vec![DriftKind::Unexpected], "{findings:?}");
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::Unexpected],
+        "{findings:?}"
+    );
     assert_eq!(findings[0].component, "db");
     docker_cli(&["rm", "-f", &intruder], None, None).await?;
 
@@ -581,17 +712,32 @@ async fn drift_finds_missing_unexpected_changed_and_tampered() -> anyhow::Result
     args.push(&v2);
     docker_cli(&args, None, None).await?;
     let findings = world.target.detect_drift(&task).await?;
-    assert_eq!(kinds(&findings), vec![DriftKind::ImageChanged], "{findings:?}");
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::ImageChanged],
+        "{findings:?}"
+    );
     assert!(findings[0].detail.contains(digest_of(&v2)), "{findings:?}");
     let observed = world.target.inspect(&task.target).await?;
-    assert_eq!(observed[0].image_digest, digest_of(&v2), "inspect trusts the image, not the label");
+    assert_eq!(
+        observed[0].image_digest,
+        digest_of(&v2),
+        "inspect trusts the image, not the label"
+    );
 
     // Other settings than the container was made with.
     let mut changed = task.clone();
-    changed.target.settings.insert("env.MODE".to_owned(), "fast".to_owned());
+    changed
+        .target
+        .settings
+        .insert("env.MODE".to_owned(), "fast".to_owned());
     world.apply(&task).await.map_err(anyhow::Error::msg)?;
     let findings = world.target.detect_drift(&changed).await?;
-    assert_eq!(kinds(&findings), vec![DriftKind::ConfigChanged], "{findings:?}");
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::ConfigChanged],
+        "{findings:?}"
+    );
     Ok(())
 }
 
@@ -604,10 +750,18 @@ async fn invalid_settings_and_unpinned_images_are_refused_before_anything_change
     settings.insert("colour".to_owned(), "blue".to_owned());
     let error = world
         .target
-        .apply(&world.task("1", &image, settings), &Plan::default(), &Progress::detached("a", "t"), &CancellationToken::new())
+        .apply(
+            &world.task("1", &image, settings),
+            &Plan::default(),
+            &Progress::detached("a", "t"),
+            &CancellationToken::new(),
+        )
         .await
         .expect_err("unknown key");
-    assert!(matches!(error, stella_agent_core::TargetError::InvalidSettings(_)), "{error}");
+    assert!(
+        matches!(error, stella_agent_core::TargetError::InvalidSettings(_)),
+        "{error}"
+    );
 
     let unpinned = format!("{}:latest", world.images.repository());
     let error = world
@@ -616,5 +770,73 @@ async fn invalid_settings_and_unpinned_images_are_refused_before_anything_change
         .expect_err("unpinned");
     assert!(error.contains("is not pinned by digest"), "{error}");
     assert!(world.containers().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_url_probe_plain_settle_and_exiting_containers() -> anyhow::Result<()> {
+    let world = World::new("dk-health").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let v3 = world.images.publish("v3", false).await?;
+    let url_settings = BTreeMap::from([
+        (
+            "health_url".to_owned(),
+            "http://{ip}:8080/health".to_owned(),
+        ),
+        ("health_timeout_seconds".to_owned(), "3".to_owned()),
+    ]);
+
+    // health_url alone: the agent's probe decides.
+    world
+        .apply(&world.task("1.0.0", &v1, url_settings.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let container = world.only_container().await?;
+    let started = Instant::now();
+    let error = world
+        .apply(&world.task("3.0.0", &v3, url_settings))
+        .await
+        .expect_err("v3 has no /health");
+    println!("health_url: {error} (after {:?})", started.elapsed());
+    assert!(
+        error.contains(&format!(
+            "container {}-next did not become healthy within 3 s",
+            world.container_name()
+        )) && error.contains("/health answered 404"),
+        "{error}"
+    );
+    assert_eq!(world.only_container().await?.id, container.id);
+
+    // No health check at all: running 2 s after the start is enough.
+    let started = Instant::now();
+    world
+        .apply(&world.task("2.0.0", &v2, BTreeMap::new()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let took = started.elapsed();
+    println!("v1 -> v2 without a health check took {took:?}");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    let container = world.only_container().await?;
+    assert_eq!(world.served_version(&container).await?, "v2");
+
+    // A command that exits fails at once, whatever the timeout.
+    let exiting = BTreeMap::from([
+        ("command".to_owned(), "/bin/busybox false".to_owned()),
+        ("restart".to_owned(), "no".to_owned()),
+        ("health_timeout_seconds".to_owned(), "60".to_owned()),
+    ]);
+    let started = Instant::now();
+    let error = world
+        .apply(&world.task("3.0.0", &v1, exiting))
+        .await
+        .expect_err("the command exits");
+    println!("exiting: {error} (after {:?})", started.elapsed());
+    assert!(
+        error.contains("stopped before it became healthy") && error.contains("exit code 1"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(world.only_container().await?.id, container.id);
     Ok(())
 }

@@ -8,7 +8,9 @@ use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, PortBinding, PortMap, RestartPolicy,
     RestartPolicyNameEnum,
 };
-use stella_agent_core::{error_chain, CancellationToken, ComponentSpec, DeployTask, Progress, Sticker};
+use stella_agent_core::{
+    error_chain, CancellationToken, ComponentSpec, DeployTask, Progress, Sticker,
+};
 
 use crate::engine::ManagedContainer;
 use crate::error::DockerError;
@@ -86,11 +88,12 @@ impl DockerTarget {
         let target = &task.target.name;
         let name = settings.container_name(target, &component.name);
         let next_name = format!("{name}-next");
-        let image = ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
-            component: component.name.clone(),
-            reference: component.image.clone(),
-            reason,
-        })?;
+        let image =
+            ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
+                component: component.name.clone(),
+                reference: component.image.clone(),
+                reason,
+            })?;
         let (leftovers, containers) = self
             .engine
             .containers(target, Some(&component.name))
@@ -130,11 +133,15 @@ impl DockerTarget {
             ));
         }
         for name in [&state.name, &state.next_name] {
-            self.check_name_is_ours(target, name, &state.containers).await?;
+            self.check_name_is_ours(target, name, &state.containers)
+                .await?;
         }
 
         if let Some(current) = state.current(settings) {
-            if let Some(sticker) = self.current_sticker(target, component, current, &say).await? {
+            if let Some(sticker) = self
+                .current_sticker(target, component, current, &say)
+                .await?
+            {
                 let current_id = current.id.clone();
                 self.remove_extras(&state.containers, &current_id, settings, &say)
                     .await?;
@@ -227,7 +234,10 @@ impl DockerTarget {
     ) -> Result<(), DockerError> {
         let started = async {
             self.engine.start(&state.next_name).await?;
-            say(format!("started {}, waiting until it is healthy", state.next_name));
+            say(format!(
+                "started {}, waiting until it is healthy",
+                state.next_name
+            ));
             health.wait(&self.engine, &self.http, cancel).await
         }
         .await;
@@ -237,7 +247,9 @@ impl DockerTarget {
         }
         say(format!("{} is healthy", state.next_name));
         for old in &state.containers {
-            self.engine.stop(&old.id, settings.stop_timeout_seconds).await?;
+            self.engine
+                .stop(&old.id, settings.stop_timeout_seconds)
+                .await?;
             self.engine.remove(&old.id).await?;
             say(format!("removed old container {}", old.name));
         }
@@ -254,14 +266,22 @@ impl DockerTarget {
         say: &impl Fn(String),
         cancel: &CancellationToken,
     ) -> Result<(), DockerError> {
-        let running: Vec<&ManagedContainer> = state.containers.iter().filter(|c| c.running).collect();
+        let running: Vec<&ManagedContainer> =
+            state.containers.iter().filter(|c| c.running).collect();
         let mut stopped = Vec::new();
         let mut result = Ok(());
         for old in &running {
-            match self.engine.stop(&old.id, settings.stop_timeout_seconds).await {
+            match self
+                .engine
+                .stop(&old.id, settings.stop_timeout_seconds)
+                .await
+            {
                 Ok(()) => {
                     stopped.push(*old);
-                    say(format!("stopped old container {} (kept until the new one is healthy)", old.name));
+                    say(format!(
+                        "stopped old container {} (kept until the new one is healthy)",
+                        old.name
+                    ));
                 }
                 Err(error) => {
                     result = Err(error);
@@ -272,7 +292,10 @@ impl DockerTarget {
         if result.is_ok() {
             result = async {
                 self.engine.start(&state.next_name).await?;
-                say(format!("started {}, waiting until it is healthy", state.next_name));
+                say(format!(
+                    "started {}, waiting until it is healthy",
+                    state.next_name
+                ));
                 health.wait(&self.engine, &self.http, cancel).await
             }
             .await;
@@ -362,7 +385,9 @@ impl DockerTarget {
         say: &impl Fn(String),
     ) -> Result<(), DockerError> {
         for extra in containers.iter().filter(|c| c.id != keep) {
-            self.engine.stop(&extra.id, settings.stop_timeout_seconds).await?;
+            self.engine
+                .stop(&extra.id, settings.stop_timeout_seconds)
+                .await?;
             self.engine.remove(&extra.id).await?;
             say(format!("removed extra container {}", extra.name));
         }
@@ -395,12 +420,13 @@ impl DockerTarget {
 /// only (as `X-Registry-Auth`), never into progress lines or errors.
 fn credentials_for(task: &DeployTask, image: &ImageRef) -> Option<DockerCredentials> {
     let image = image.to_string();
-    task.credential_for(&image).map(|credential| DockerCredentials {
-        username: Some(credential.username.clone()),
-        password: Some(credential.password.clone()),
-        serveraddress: Some(stella_agent_core::registry_of(&image).to_owned()),
-        ..Default::default()
-    })
+    task.credential_for(&image)
+        .map(|credential| DockerCredentials {
+            username: Some(credential.username.clone()),
+            password: Some(credential.password.clone()),
+            serveraddress: Some(stella_agent_core::registry_of(&image).to_owned()),
+            ..Default::default()
+        })
 }
 
 /// The container as the settings describe it.
@@ -479,7 +505,10 @@ mod tests {
     #[test]
     fn container_body_follows_the_settings() {
         let settings = DockerSettings::parse(&BTreeMap::from([
-            ("ports".to_owned(), "8080:80,127.0.0.1:9090:90/udp".to_owned()),
+            (
+                "ports".to_owned(),
+                "8080:80,127.0.0.1:9090:90/udp".to_owned(),
+            ),
             ("env.A".to_owned(), "1".to_owned()),
             ("volumes".to_owned(), "/srv:/data:ro".to_owned()),
             ("command".to_owned(), "run --fast".to_owned()),
@@ -493,7 +522,10 @@ mod tests {
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(body.cmd, Some(vec!["run".to_owned(), "--fast".to_owned()]));
         let health = body.healthcheck.expect("healthcheck");
-        assert_eq!(health.test, Some(vec!["CMD-SHELL".to_owned(), "true".to_owned()]));
+        assert_eq!(
+            health.test,
+            Some(vec!["CMD-SHELL".to_owned(), "true".to_owned()])
+        );
         assert_eq!(health.interval, Some(1_000_000_000));
         let host = body.host_config.expect("host config");
         assert_eq!(host.network_mode.as_deref(), Some("backend"));

@@ -41,7 +41,8 @@ impl DockerTarget {
                 .iter()
                 .filter(|c| c.component() == Some(component.name.as_str()))
                 .collect();
-            let running: Vec<&ManagedContainer> = mine.iter().copied().filter(|c| c.running).collect();
+            let running: Vec<&ManagedContainer> =
+                mine.iter().copied().filter(|c| c.running).collect();
             let Some(primary) = running
                 .iter()
                 .find(|c| c.name == name)
@@ -70,7 +71,10 @@ impl DockerTarget {
                     ),
                 ));
             }
-            findings.extend(self.container_drift(component, primary, &settings.config_digest).await?);
+            findings.extend(
+                self.container_drift(component, primary, &settings.config_digest)
+                    .await?,
+            );
             if let Some(tampered) = self.sticker_drift(target, component, primary).await? {
                 findings.push(finding(component, DriftKind::StickerTampered, tampered));
             }
@@ -104,11 +108,12 @@ impl DockerTarget {
         config_digest: &str,
     ) -> Result<Vec<DriftFinding>, DockerError> {
         let mut findings = Vec::new();
-        let image = ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
-            component: component.name.clone(),
-            reference: component.image.clone(),
-            reason,
-        })?;
+        let image =
+            ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
+                component: component.name.clone(),
+                reference: component.image.clone(),
+                reason,
+            })?;
         let desired_id = self.engine.local_image_id(&image.to_string()).await?;
         if desired_id.as_deref() != Some(container.image_id.as_str()) {
             findings.push(finding(

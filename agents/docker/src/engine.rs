@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use bollard::auth::DockerCredentials;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -88,11 +88,13 @@ impl Engine {
             filters: Some(HashMap::from([("label".to_owned(), label_filters)])),
             ..Default::default()
         };
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(DockerError::engine(format!("list the containers of target {target}")))?;
+        let summaries =
+            self.docker
+                .list_containers(Some(options))
+                .await
+                .map_err(DockerError::engine(format!(
+                    "list the containers of target {target}"
+                )))?;
         let mut containers: Vec<ManagedContainer> = summaries
             .into_iter()
             .filter_map(|summary| {
@@ -122,7 +124,11 @@ impl Engine {
         &self,
         name: &str,
     ) -> Result<Option<ContainerInspectResponse>, DockerError> {
-        match self.docker.inspect_container(name, None::<InspectContainerOptions>).await {
+        match self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(container) => Ok(Some(container)),
             Err(error) if DockerError::is_not_found(&error) => Ok(None),
             Err(source) => Err(DockerError::Engine {
@@ -133,7 +139,10 @@ impl Engine {
     }
 
     /// A container that must exist.
-    pub(crate) async fn inspect(&self, name: &str) -> Result<ContainerInspectResponse, DockerError> {
+    pub(crate) async fn inspect(
+        &self,
+        name: &str,
+    ) -> Result<ContainerInspectResponse, DockerError> {
         self.docker
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
@@ -240,7 +249,10 @@ impl Engine {
 
     pub(crate) async fn start(&self, name: &str) -> Result<(), DockerError> {
         self.docker
-            .start_container(name, None::<bollard::query_parameters::StartContainerOptions>)
+            .start_container(
+                name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
             .await
             .map_err(DockerError::engine(format!("start container {name}")))
     }

@@ -80,9 +80,7 @@ pub enum DockerError {
         detail: String,
     },
     /// A container name the target needs is held by a container it does not manage.
-    #[error(
-        "container name {name} is taken by a container that target {target} does not manage"
-    )]
+    #[error("container name {name} is taken by a container that target {target} does not manage")]
     NameTaken {
         /// The container name.
         name: String,

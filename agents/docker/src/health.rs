@@ -77,9 +77,8 @@ impl HealthWait<'_> {
                 },
             };
 
-            let settled = self.docker_health
-                || self.health_url.is_some()
-                || started.elapsed() >= SETTLE_TIME;
+            let settled =
+                self.docker_health || self.health_url.is_some() || started.elapsed() >= SETTLE_TIME;
             if docker_ok && url_ok && settled {
                 return Ok(());
             }
@@ -159,20 +158,27 @@ fn docker_health(inspect: &ContainerInspectResponse) -> (Option<HealthStatusEnum
     let Some(health) = inspect.state.as_ref().and_then(|s| s.health.as_ref()) else {
         return (None, None);
     };
-    let detail = health.log.as_ref().and_then(|log| log.last()).map(|result| {
-        let output = result.output.as_deref().map(one_line).unwrap_or_default();
-        match result.exit_code {
-            Some(code) if output.is_empty() => format!("health check exit code {code}"),
-            Some(code) => format!("health check exit code {code}: {output}"),
-            None => output,
-        }
-    });
+    let detail = health
+        .log
+        .as_ref()
+        .and_then(|log| log.last())
+        .map(|result| {
+            let output = result.output.as_deref().map(one_line).unwrap_or_default();
+            match result.exit_code {
+                Some(code) if output.is_empty() => format!("health check exit code {code}"),
+                Some(code) => format!("health check exit code {code}: {output}"),
+                None => output,
+            }
+        });
     (health.status, detail)
 }
 
 /// The container's address on `network` (default `bridge`; `host` is loopback), else on
 /// any network it has one on.
-pub(crate) fn container_ip(inspect: &ContainerInspectResponse, network: Option<&str>) -> Option<String> {
+pub(crate) fn container_ip(
+    inspect: &ContainerInspectResponse,
+    network: Option<&str>,
+) -> Option<String> {
     let network = network.unwrap_or("bridge");
     if network == "host" {
         return Some("127.0.0.1".to_owned());

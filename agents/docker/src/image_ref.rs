@@ -21,7 +21,10 @@ impl ImageRef {
         let hex = digest
             .strip_prefix("sha256:")
             .ok_or_else(|| "the digest is not sha256:".to_owned())?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err("the digest is not 64 lowercase hex digits".to_owned());
         }
@@ -34,7 +37,9 @@ impl ImageRef {
         };
         if repository.is_empty()
             || repository.ends_with('/')
-            || repository.chars().any(|c| c.is_whitespace() || c.is_ascii_uppercase())
+            || repository
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_ascii_uppercase())
         {
             return Err("the repository name is empty or invalid".to_owned());
         }
@@ -59,12 +64,17 @@ mod tests {
 
     #[test]
     fn parses_digest_references() {
-        let image = ImageRef::parse(&format!("127.0.0.1:5000/shop/web@sha256:{HEX}")).expect("parse");
+        let image =
+            ImageRef::parse(&format!("127.0.0.1:5000/shop/web@sha256:{HEX}")).expect("parse");
         assert_eq!(image.repository, "127.0.0.1:5000/shop/web");
         assert_eq!(image.digest, format!("sha256:{HEX}"));
-        assert_eq!(image.to_string(), format!("127.0.0.1:5000/shop/web@sha256:{HEX}"));
+        assert_eq!(
+            image.to_string(),
+            format!("127.0.0.1:5000/shop/web@sha256:{HEX}")
+        );
 
-        let tagged = ImageRef::parse(&format!("localhost:5000/web:v1@sha256:{HEX}")).expect("parse");
+        let tagged =
+            ImageRef::parse(&format!("localhost:5000/web:v1@sha256:{HEX}")).expect("parse");
         assert_eq!(tagged.repository, "localhost:5000/web");
 
         let bare = ImageRef::parse(&format!("nginx:1.25@sha256:{HEX}")).expect("parse");

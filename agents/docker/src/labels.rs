@@ -37,7 +37,11 @@ pub const AGENT: &str = "ops.stella.agent";
 pub const CONFIG_DIGEST: &str = "ops.stella.config-digest";
 
 /// The labels of a container deployed with `sticker`.
-pub fn sticker_labels(sticker: &Sticker, digest: &str, config_digest: &str) -> HashMap<String, String> {
+pub fn sticker_labels(
+    sticker: &Sticker,
+    digest: &str,
+    config_digest: &str,
+) -> HashMap<String, String> {
     [
         (TARGET, sticker.target.as_str()),
         (ENVIRONMENT, sticker.environment.as_str()),

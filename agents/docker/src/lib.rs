@@ -316,7 +316,11 @@ impl Target for DockerTarget {
         Ok(self.do_inspect(target).await?)
     }
 
-    async fn write_sticker(&self, target: &TargetSpec, sticker: &Sticker) -> Result<(), TargetError> {
+    async fn write_sticker(
+        &self,
+        target: &TargetSpec,
+        sticker: &Sticker,
+    ) -> Result<(), TargetError> {
         if sticker.target != target.name {
             return Err(TargetError::failed(format!(
                 "sticker of target {} cannot be written for target {}",

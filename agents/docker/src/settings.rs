@@ -287,7 +287,11 @@ fn parse_seconds(key: &str, value: &str) -> Result<u64, DockerError> {
         .parse::<u64>()
         .ok()
         .filter(|seconds| *seconds > 0)
-        .ok_or_else(|| invalid(format!("{key} {value:?} is not a positive number of seconds")))
+        .ok_or_else(|| {
+            invalid(format!(
+                "{key} {value:?} is not a positive number of seconds"
+            ))
+        })
 }
 
 fn parse_port(spec: &str) -> Result<PortSpec, DockerError> {
@@ -339,7 +343,10 @@ fn parse_volume(spec: String) -> Result<String, DockerError> {
         [source, destination, mode] => {
             !source.is_empty()
                 && destination.starts_with('/')
-                && matches!(*mode, "ro" | "rw" | "z" | "Z" | "ro,z" | "ro,Z" | "rw,z" | "rw,Z")
+                && matches!(
+                    *mode,
+                    "ro" | "rw" | "z" | "Z" | "ro,z" | "ro,Z" | "rw,z" | "rw,Z"
+                )
         }
         _ => false,
     };
@@ -475,7 +482,12 @@ mod tests {
         assert_eq!(parsed.volumes, vec!["/srv/data:/data", "cache:/cache:ro"]);
         assert_eq!(
             parsed.command,
-            Some(vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()])
+            Some(vec![
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                "8080".into()
+            ])
         );
         assert_eq!(parsed.restart, RestartSetting::OnFailure(Some(3)));
         assert_eq!(parsed.network.as_deref(), Some("backend"));
@@ -497,8 +509,7 @@ mod tests {
 
     #[test]
     fn selection_and_container_name() {
-        let parsed =
-            DockerSettings::parse(&settings(&[("components", "api")])).expect("parse");
+        let parsed = DockerSettings::parse(&settings(&[("components", "api")])).expect("parse");
         assert_eq!(parsed.select(&["web", "api"]).expect("select"), vec!["api"]);
         let missing = DockerSettings::parse(&settings(&[("components", "db")])).expect("parse");
         assert!(missing.select(&["web"]).is_err());
@@ -518,8 +529,8 @@ mod tests {
         ]))
         .expect("parse");
         assert_eq!(base.config_digest, health.config_digest);
-        let env = DockerSettings::parse(&settings(&[("ports", "80"), ("env.A", "1")]))
-            .expect("parse");
+        let env =
+            DockerSettings::parse(&settings(&[("ports", "80"), ("env.A", "1")])).expect("parse");
         assert_ne!(base.config_digest, env.config_digest);
     }
 }

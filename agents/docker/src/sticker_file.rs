@@ -62,9 +62,7 @@ impl StickerFiles {
 
 /// Names become path components: no separators, no `.`/`..`, nothing hidden.
 fn check_name(what: &'static str, name: &str) -> Result<(), DockerError> {
-    let safe = !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0']);
+    let safe = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
     if safe {
         Ok(())
     } else {
@@ -92,12 +90,11 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), DockerError> {
         .map_err(io("create a temporary file for", path))?;
     file.write_all(contents).map_err(io("write", path))?;
     file.as_file().sync_all().map_err(io("sync", path))?;
-    file.persist(path)
-        .map_err(|error| DockerError::StickerIo {
-            action: "rename into place",
-            path: path.to_owned(),
-            source: error.error,
-        })?;
+    file.persist(path).map_err(|error| DockerError::StickerIo {
+        action: "rename into place",
+        path: path.to_owned(),
+        source: error.error,
+    })?;
     std::fs::File::open(dir)
         .and_then(|handle| handle.sync_all())
         .map_err(io("sync the directory of", path))

@@ -12,7 +12,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, ComponentRequest, EnvironmentChange};
-use crate::domain::{Deployment, DriftMode, DriftRecord, Environment, Registry, Release, Target, Task};
+use crate::domain::{
+    Deployment, DriftMode, DriftRecord, Environment, Registry, Release, Target, Task,
+};
 use crate::error::AppError;
 
 /// An environment.
@@ -83,8 +85,11 @@ pub struct UpdateEnvironment {
 }
 
 fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
-    text.map(|t| t.parse().map_err(|e: crate::domain::Invalid| AppError::invalid(e.0)))
-        .transpose()
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: crate::domain::Invalid| AppError::invalid(e.0))
+    })
+    .transpose()
 }
 
 /// Creates an environment.
@@ -99,13 +104,19 @@ pub async fn create_environment(
     caller.require(Permission::Operate)?;
     let mode = drift_mode(body.drift.as_deref())?.unwrap_or_default();
     let env = app.create_environment(&body.name, body.after, mode).await?;
-    Ok((http::StatusCode::CREATED, Json(EnvironmentView::load(&app, env).await?)))
+    Ok((
+        http::StatusCode::CREATED,
+        Json(EnvironmentView::load(&app, env).await?),
+    ))
 }
 
 /// Lists environments.
 #[utoipa::path(get, path = "/api/v1/environments", tag = "environments",
     responses((status = 200, body = Vec<EnvironmentView>)), security(("bearer" = [])))]
-pub async fn list_environments(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<EnvironmentView>>> {
+pub async fn list_environments(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
     caller.require(Permission::Read)?;
     let mut views = Vec::new();
     for env in app.store.list_environments().await? {
@@ -140,7 +151,9 @@ pub async fn update_environment(
 ) -> ApiResult<Json<EnvironmentView>> {
     caller.require(Permission::Operate)?;
     let change = EnvironmentChange {
-        after: body.after.map(|a| if a.is_empty() { None } else { Some(a) }),
+        after: body
+            .after
+            .map(|a| if a.is_empty() { None } else { Some(a) }),
         drift_mode: drift_mode(body.drift.as_deref())?,
     };
     let env = app.update_environment(&name, change).await?;
@@ -168,7 +181,12 @@ pub struct TargetView {
 
 impl TargetView {
     async fn load(app: &App, target: Target) -> ApiResult<Self> {
-        let agent = app.store.get_agent(&target.agent_id).await.map(|a| a.name).unwrap_or_default();
+        let agent = app
+            .store
+            .get_agent(&target.agent_id)
+            .await
+            .map(|a| a.name)
+            .unwrap_or_default();
         Ok(TargetView {
             name: target.name,
             environment: target.environment,
@@ -208,9 +226,18 @@ pub async fn create_target(
 ) -> ApiResult<(http::StatusCode, Json<TargetView>)> {
     caller.require(Permission::Operate)?;
     let target = app
-        .create_target(&body.name, &body.environment, &body.kind, &body.agent, body.settings)
+        .create_target(
+            &body.name,
+            &body.environment,
+            &body.kind,
+            &body.agent,
+            body.settings,
+        )
         .await?;
-    Ok((http::StatusCode::CREATED, Json(TargetView::load(&app, target).await?)))
+    Ok((
+        http::StatusCode::CREATED,
+        Json(TargetView::load(&app, target).await?),
+    ))
 }
 
 /// Filter by environment.
@@ -230,7 +257,11 @@ pub async fn list_targets(
 ) -> ApiResult<Json<Vec<TargetView>>> {
     caller.require(Permission::Read)?;
     let mut views = Vec::new();
-    for target in app.store.list_targets(filter.environment.as_deref()).await? {
+    for target in app
+        .store
+        .list_targets(filter.environment.as_deref())
+        .await?
+    {
         views.push(TargetView::load(&app, target).await?);
     }
     Ok(Json(views))
@@ -294,7 +325,9 @@ pub struct AddRegistry {
 
 impl std::fmt::Debug for AddRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AddRegistry").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("AddRegistry")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -308,16 +341,28 @@ pub async fn add_registry(
     ApiJson(body): ApiJson<AddRegistry>,
 ) -> ApiResult<(http::StatusCode, Json<RegistryView>)> {
     caller.require(Permission::Administer)?;
-    let registry = app.add_registry(&body.host, body.insecure, body.username, body.password).await?;
+    let registry = app
+        .add_registry(&body.host, body.insecure, body.username, body.password)
+        .await?;
     Ok((http::StatusCode::CREATED, Json(registry.into())))
 }
 
 /// Lists registries.
 #[utoipa::path(get, path = "/api/v1/registries", tag = "registries",
     responses((status = 200, body = Vec<RegistryView>)), security(("bearer" = [])))]
-pub async fn list_registries(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<RegistryView>>> {
+pub async fn list_registries(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<RegistryView>>> {
     caller.require(Permission::Read)?;
-    Ok(Json(app.store.list_registries().await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        app.store
+            .list_registries()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// A release.
@@ -396,8 +441,14 @@ pub async fn create_release(
         .into_iter()
         .map(|(name, image)| ComponentRequest { name, image })
         .collect();
-    let (release, created) = app.create_release(&body.name, &body.version, components, &caller.0).await?;
-    let status = if created { http::StatusCode::CREATED } else { http::StatusCode::OK };
+    let (release, created) = app
+        .create_release(&body.name, &body.version, components, &caller.0)
+        .await?;
+    let status = if created {
+        http::StatusCode::CREATED
+    } else {
+        http::StatusCode::OK
+    };
     Ok((status, Json(release.into())))
 }
 
@@ -417,7 +468,14 @@ pub async fn list_releases(
     Query(filter): Query<ReleaseFilter>,
 ) -> ApiResult<Json<Vec<ReleaseView>>> {
     caller.require(Permission::Read)?;
-    Ok(Json(app.store.list_releases(filter.name.as_deref()).await?.into_iter().map(Into::into).collect()))
+    Ok(Json(
+        app.store
+            .list_releases(filter.name.as_deref())
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
 /// Shows a release.
@@ -546,7 +604,9 @@ pub async fn promote(
     ApiJson(body): ApiJson<Promote>,
 ) -> ApiResult<(http::StatusCode, Json<PromotionView>)> {
     caller.require(Permission::Operate)?;
-    let deployment = app.promote(&body.release, &body.version, &body.environment, &caller.0).await?;
+    let deployment = app
+        .promote(&body.release, &body.version, &body.environment, &caller.0)
+        .await?;
     Ok((
         http::StatusCode::CREATED,
         Json(PromotionView {
@@ -577,8 +637,16 @@ pub async fn list_deployments(
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     caller.require(Permission::Read)?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
-    let deployments = app.store.list_deployments(filter.environment.as_deref(), limit).await?;
-    Ok(Json(deployments.into_iter().map(|d| DeploymentView::new(d, Vec::new())).collect()))
+    let deployments = app
+        .store
+        .list_deployments(filter.environment.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        deployments
+            .into_iter()
+            .map(|d| DeploymentView::new(d, Vec::new()))
+            .collect(),
+    ))
 }
 
 /// Shows a deployment with its tasks.
@@ -626,7 +694,10 @@ pub async fn deployment_logs(
 ) -> ApiResult<Json<Vec<LogLineView>>> {
     caller.require(Permission::Read)?;
     app.store.get_deployment(&id).await?;
-    let lines = app.store.logs_after(&id, query.after.unwrap_or(0), 1000).await?;
+    let lines = app
+        .store
+        .logs_after(&id, query.after.unwrap_or(0), 1000)
+        .await?;
     Ok(Json(
         lines
             .into_iter()
@@ -662,7 +733,10 @@ pub async fn rollback(
     caller.require(Permission::Operate)?;
     let to = body.and_then(|ApiJson(b)| b.to_version);
     let deployment = app.rollback(&name, to.as_deref(), &caller.0).await?;
-    Ok((http::StatusCode::CREATED, Json(DeploymentView::new(deployment, Vec::new()))))
+    Ok((
+        http::StatusCode::CREATED,
+        Json(DeploymentView::new(deployment, Vec::new())),
+    ))
 }
 
 /// A drift finding.

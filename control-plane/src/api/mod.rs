@@ -78,13 +78,19 @@ pub fn router(app: Arc<App>) -> Router {
             get(delivery::show_environment).patch(delivery::update_environment),
         )
         .route("/environments/{name}/rollback", post(delivery::rollback))
-        .route("/targets", get(delivery::list_targets).post(delivery::create_target))
+        .route(
+            "/targets",
+            get(delivery::list_targets).post(delivery::create_target),
+        )
         .route("/targets/{name}", get(delivery::show_target))
         .route(
             "/registries",
             get(delivery::list_registries).post(delivery::add_registry),
         )
-        .route("/releases", get(delivery::list_releases).post(delivery::create_release))
+        .route(
+            "/releases",
+            get(delivery::list_releases).post(delivery::create_release),
+        )
         .route("/releases/{name}/{version}", get(delivery::show_release))
         .route("/promotions", post(delivery::promote))
         .route("/deployments", get(delivery::list_deployments))

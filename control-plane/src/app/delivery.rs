@@ -63,14 +63,17 @@ impl App {
     ) -> Result<Environment, AppError> {
         validate_name("environment", name)?;
         if let Some(after) = &after {
-            self.store.get_environment(after).await.map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::new(
-                    ErrorKind::InvalidArgument,
-                    "unknown_environment",
-                    format!("--after names an unknown environment `{after}`"),
-                ),
-                other => other.into(),
-            })?;
+            self.store
+                .get_environment(after)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound { .. } => AppError::new(
+                        ErrorKind::InvalidArgument,
+                        "unknown_environment",
+                        format!("--after names an unknown environment `{after}`"),
+                    ),
+                    other => other.into(),
+                })?;
         }
         let env = Environment {
             name: name.to_owned(),
@@ -79,7 +82,11 @@ impl App {
             created_at_ms: now_ms(),
         };
         self.store.create_environment(&env).await.map_err(|e| {
-            super::conflict_as(e, "environment_exists", format!("environment `{name}` already exists"))
+            super::conflict_as(
+                e,
+                "environment_exists",
+                format!("environment `{name}` already exists"),
+            )
         })?;
         tracing::info!(environment = %name, "environment created");
         Ok(env)
@@ -120,14 +127,18 @@ impl App {
         validate_name("target", name)?;
         let kind: TargetKind = kind.parse().map_err(invalid)?;
         kind.validate_settings(&settings).map_err(invalid)?;
-        let env = self.store.get_environment(environment).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::new(
-                ErrorKind::InvalidArgument,
-                "unknown_environment",
-                format!("unknown environment `{environment}`"),
-            ),
-            other => other.into(),
-        })?;
+        let env = self
+            .store
+            .get_environment(environment)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::InvalidArgument,
+                    "unknown_environment",
+                    format!("unknown environment `{environment}`"),
+                ),
+                other => other.into(),
+            })?;
         let agent = self.store.find_agent(agent).await.map_err(|e| match e {
             StoreError::NotFound { .. } => AppError::new(
                 ErrorKind::InvalidArgument,
@@ -137,7 +148,10 @@ impl App {
             other => other.into(),
         })?;
         if agent.revoked_at_ms.is_some() {
-            return Err(AppError::invalid(format!("agent `{}` is revoked", agent.name)));
+            return Err(AppError::invalid(format!(
+                "agent `{}` is revoked",
+                agent.name
+            )));
         }
         // An agent that said hello told us what it can drive.
         if agent.host.is_some() && !agent.capabilities.iter().any(|c| c == kind.as_str()) {
@@ -147,11 +161,17 @@ impl App {
                 format!(
                     "agent `{}` cannot drive {kind} targets (it can drive: {})",
                     agent.name,
-                    if agent.capabilities.is_empty() { "nothing".to_owned() } else { agent.capabilities.join(", ") }
+                    if agent.capabilities.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        agent.capabilities.join(", ")
+                    }
                 ),
             ));
         }
-        if settings.contains_key("container_name") && settings.get("components").is_none_or(|c| c.contains(',')) {
+        if settings.contains_key("container_name")
+            && settings.get("components").is_none_or(|c| c.contains(','))
+        {
             // A fixed name fits one container: require the component selection to say which.
             tracing::debug!(target = %name, "container_name with several components is checked at deploy time");
         }
@@ -164,7 +184,11 @@ impl App {
             created_at_ms: now_ms(),
         };
         self.store.create_target(&target).await.map_err(|e| {
-            super::conflict_as(e, "target_exists", format!("target `{name}` already exists"))
+            super::conflict_as(
+                e,
+                "target_exists",
+                format!("target `{name}` already exists"),
+            )
         })?;
         tracing::info!(target = %name, environment = %target.environment, kind = %kind, "target created");
         Ok(target)
@@ -182,10 +206,14 @@ impl App {
             AppError::invalid(format!("invalid registry host `{host}`: use HOST[:PORT]"))
         })?;
         if probe.registry != host {
-            return Err(AppError::invalid(format!("invalid registry host `{host}`: use HOST[:PORT]")));
+            return Err(AppError::invalid(format!(
+                "invalid registry host `{host}`: use HOST[:PORT]"
+            )));
         }
         if username.is_some() != password.is_some() {
-            return Err(AppError::invalid("give both --username and a password, or neither"));
+            return Err(AppError::invalid(
+                "give both --username and a password, or neither",
+            ));
         }
         let registry = Registry {
             host: host.to_owned(),
@@ -236,14 +264,18 @@ impl App {
         validate_name("release", name)?;
         if version.is_empty()
             || version.len() > 128
-            || !version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+            || !version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
         {
             return Err(AppError::invalid(format!(
                 "invalid version `{version}`: use letters, digits, '.', '_', '-', '+'"
             )));
         }
         if components.is_empty() {
-            return Err(AppError::invalid("a release needs at least one --component NAME=IMAGE"));
+            return Err(AppError::invalid(
+                "a release needs at least one --component NAME=IMAGE",
+            ));
         }
         let mut parsed = Vec::with_capacity(components.len());
         for component in &components {
@@ -258,15 +290,23 @@ impl App {
         let mut resolved = Vec::with_capacity(parsed.len());
         for (component, image) in parsed {
             let access = self.registry_access(&image.registry).await?;
-            let digest: Digest = self.registry.resolve(&image, &access).await.map_err(|error| {
-                use crate::registry::RegistryError;
-                let kind = match &error {
-                    RegistryError::NotFound { .. } => ErrorKind::InvalidArgument,
-                    RegistryError::Unauthorized { .. } => ErrorKind::FailedPrecondition,
-                    _ => ErrorKind::Unavailable,
-                };
-                AppError::new(kind, "image_unresolved", format!("component `{}`: {error}", component.name))
-            })?;
+            let digest: Digest = self
+                .registry
+                .resolve(&image, &access)
+                .await
+                .map_err(|error| {
+                    use crate::registry::RegistryError;
+                    let kind = match &error {
+                        RegistryError::NotFound { .. } => ErrorKind::InvalidArgument,
+                        RegistryError::Unauthorized { .. } => ErrorKind::FailedPrecondition,
+                        _ => ErrorKind::Unavailable,
+                    };
+                    AppError::new(
+                        kind,
+                        "image_unresolved",
+                        format!("component `{}`: {error}", component.name),
+                    )
+                })?;
             resolved.push(Component {
                 name: component.name.clone(),
                 source: component.image.clone(),
@@ -312,23 +352,38 @@ impl App {
         environment: &str,
         requested_by: &User,
     ) -> Result<Deployment, AppError> {
-        let release = self.store.get_release(release, version).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::new(
-                ErrorKind::NotFound,
-                "unknown_release",
-                format!("unknown release {release}@{version}"),
-            ),
-            other => other.into(),
-        })?;
-        let env = self.store.get_environment(environment).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::new(
-                ErrorKind::NotFound,
-                "unknown_environment",
-                format!("unknown environment `{environment}`"),
-            ),
-            other => other.into(),
-        })?;
-        self.deploy(&release, &env, DeploymentKind::Promotion, &requested_by.name, None).await
+        let release = self
+            .store
+            .get_release(release, version)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::NotFound,
+                    "unknown_release",
+                    format!("unknown release {release}@{version}"),
+                ),
+                other => other.into(),
+            })?;
+        let env = self
+            .store
+            .get_environment(environment)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::NotFound,
+                    "unknown_environment",
+                    format!("unknown environment `{environment}`"),
+                ),
+                other => other.into(),
+            })?;
+        self.deploy(
+            &release,
+            &env,
+            DeploymentKind::Promotion,
+            &requested_by.name,
+            None,
+        )
+        .await
     }
 
     /// Creates a deployment of `release` to `env` (all its targets, or one) and
@@ -345,7 +400,10 @@ impl App {
             return Err(AppError::new(
                 ErrorKind::Conflict,
                 "deployment_in_progress",
-                format!("deployment {} to {} is still {}", active.id, env.name, active.state),
+                format!(
+                    "deployment {} to {} is still {}",
+                    active.id, env.name, active.state
+                ),
             ));
         }
         let targets = match only_target {
@@ -356,7 +414,10 @@ impl App {
             return Err(AppError::new(
                 ErrorKind::FailedPrecondition,
                 "no_targets",
-                format!("environment `{}` has no targets: add one with `stella target create`", env.name),
+                format!(
+                    "environment `{}` has no targets: add one with `stella target create`",
+                    env.name
+                ),
             ));
         }
         let now = now_ms();
@@ -386,7 +447,8 @@ impl App {
             created_at_ms: now,
             finished_at_ms: None,
         };
-        let deadline = now + i64::try_from(self.config.task_deadline_seconds).unwrap_or(3600) * 1000;
+        let deadline =
+            now + i64::try_from(self.config.task_deadline_seconds).unwrap_or(3600) * 1000;
         let mut tasks = Vec::with_capacity(targets.len());
         for target in &targets {
             let spec = DeploySpec::new(&deployment, release, target);
@@ -414,10 +476,20 @@ impl App {
         }
         self.store.create_deployment(&deployment, &tasks).await?;
         self.store
-            .append_log(&deployment.id, "", now, &format!(
-                "{} of {}@{} to {} ({} target{}) requested by {requested_by}",
-                kind, release.name, release.version, env.name, tasks.len(), if tasks.len() == 1 { "" } else { "s" }
-            ))
+            .append_log(
+                &deployment.id,
+                "",
+                now,
+                &format!(
+                    "{} of {}@{} to {} ({} target{}) requested by {requested_by}",
+                    kind,
+                    release.name,
+                    release.version,
+                    env.name,
+                    tasks.len(),
+                    if tasks.len() == 1 { "" } else { "s" }
+                ),
+            )
             .await?;
         tracing::info!(deployment_id = %deployment.id, release = %release.name, version = %release.version, environment = %env.name, %kind, "deployment created");
         let mut agents: Vec<&str> = tasks.iter().map(|t| t.agent_id.as_str()).collect();
@@ -455,7 +527,10 @@ impl App {
                     AppError::new(
                         ErrorKind::FailedPrecondition,
                         "nothing_to_roll_back",
-                        format!("`{}` has no earlier successful version than {}", env.name, current.version),
+                        format!(
+                            "`{}` has no earlier successful version than {}",
+                            env.name, current.version
+                        ),
                     )
                 })?,
         };
@@ -463,15 +538,26 @@ impl App {
             .iter()
             .find(|d| d.version == target_version)
             .map_or_else(|| current.release.clone(), |d| d.release.clone());
-        let release = self.store.get_release(&release_name, &target_version).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::new(
-                ErrorKind::NotFound,
-                "unknown_release",
-                format!("unknown release {release_name}@{target_version}"),
-            ),
-            other => other.into(),
-        })?;
-        self.deploy(&release, &env, DeploymentKind::Rollback, &requested_by.name, None).await
+        let release = self
+            .store
+            .get_release(&release_name, &target_version)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::NotFound,
+                    "unknown_release",
+                    format!("unknown release {release_name}@{target_version}"),
+                ),
+                other => other.into(),
+            })?;
+        self.deploy(
+            &release,
+            &env,
+            DeploymentKind::Rollback,
+            &requested_by.name,
+            None,
+        )
+        .await
     }
 
     /// Sends an agent the tasks waiting for it (after a new deployment, and whenever
@@ -497,19 +583,29 @@ impl App {
                 }
             };
             let assignment = v1::ServerMessage {
-                body: Some(v1::server_message::Body::TaskAssignment(v1::TaskAssignment {
-                    task_id: task.id.clone(),
-                    epoch: u64::try_from(task.epoch).unwrap_or(0),
-                    kind: "deploy".to_owned(),
-                    payload_json: payload.into_bytes(),
-                    deadline_unix_ms: task.deadline_at_ms,
-                })),
+                body: Some(v1::server_message::Body::TaskAssignment(
+                    v1::TaskAssignment {
+                        task_id: task.id.clone(),
+                        epoch: u64::try_from(task.epoch).unwrap_or(0),
+                        kind: "deploy".to_owned(),
+                        payload_json: payload.into_bytes(),
+                        deadline_unix_ms: task.deadline_at_ms,
+                    },
+                )),
             };
             if self.sessions.send(agent_id, assignment).await {
                 tracing::info!(task_id = %task.id, deployment_id = %task.deployment_id, target = %task.target, epoch = task.epoch, "task assigned");
                 let _ = self
                     .store
-                    .append_log(&task.deployment_id, &task.id, now_ms(), &format!("{}: assigned to its agent (epoch {})", task.target, task.epoch))
+                    .append_log(
+                        &task.deployment_id,
+                        &task.id,
+                        now_ms(),
+                        &format!(
+                            "{}: assigned to its agent (epoch {})",
+                            task.target, task.epoch
+                        ),
+                    )
                     .await;
             }
         }
@@ -550,30 +646,58 @@ impl App {
     }
 
     /// A progress line from an agent.
-    pub async fn record_task_update(&self, agent_id: &str, update: &v1::TaskUpdate) -> Result<(), AppError> {
+    pub async fn record_task_update(
+        &self,
+        agent_id: &str,
+        update: &v1::TaskUpdate,
+    ) -> Result<(), AppError> {
         let task = self.store.get_task(&update.task_id).await?;
         if task.agent_id != agent_id {
-            return Err(AppError::new(ErrorKind::PermissionDenied, "not_your_task", "task belongs to another agent"));
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "not_your_task",
+                "task belongs to another agent",
+            ));
         }
-        let at = if update.at_unix_ms > 0 { update.at_unix_ms } else { now_ms() };
+        let at = if update.at_unix_ms > 0 {
+            update.at_unix_ms
+        } else {
+            now_ms()
+        };
         self.store
-            .append_log(&task.deployment_id, &task.id, at, &format!("{}: {}", task.target, update.message))
+            .append_log(
+                &task.deployment_id,
+                &task.id,
+                at,
+                &format!("{}: {}", task.target, update.message),
+            )
             .await?;
         Ok(())
     }
 
     /// A task result from an agent: stored (idempotently, fenced by epoch), then
     /// acknowledged; a deployment that succeeded updates its agents' desired state.
-    pub async fn record_task_result(&self, agent_id: &str, result: &v1::TaskResult) -> Result<(), AppError> {
+    pub async fn record_task_result(
+        &self,
+        agent_id: &str,
+        result: &v1::TaskResult,
+    ) -> Result<(), AppError> {
         let task = self.store.get_task(&result.task_id).await?;
         if task.agent_id != agent_id {
-            return Err(AppError::new(ErrorKind::PermissionDenied, "not_your_task", "task belongs to another agent"));
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "not_your_task",
+                "task belongs to another agent",
+            ));
         }
         let state = match v1::TaskState::try_from(result.state) {
             Ok(v1::TaskState::Succeeded) => TaskState::Succeeded,
             Ok(v1::TaskState::Failed | v1::TaskState::Cancelled) => TaskState::Failed,
             _ => {
-                return Err(AppError::invalid(format!("task result with state {}", result.state)));
+                return Err(AppError::invalid(format!(
+                    "task result with state {}",
+                    result.state
+                )));
             }
         };
         let epoch = i64::try_from(result.epoch).unwrap_or(-1);
@@ -600,12 +724,19 @@ impl App {
             TaskState::Succeeded => format!("{}: succeeded: {}", updated.target, result.message),
             _ => format!("{}: failed: {}", updated.target, result.message),
         };
-        self.store.append_log(&updated.deployment_id, &updated.id, now_ms(), &line).await?;
+        self.store
+            .append_log(&updated.deployment_id, &updated.id, now_ms(), &line)
+            .await?;
         let deployment = self.store.get_deployment(&updated.deployment_id).await?;
         tracing::info!(task_id = %updated.id, deployment_id = %deployment.id, state = %state, deployment_state = %deployment.state, "task finished");
         if deployment.state.is_terminal() {
             self.store
-                .append_log(&deployment.id, "", now_ms(), &format!("deployment {}", deployment.state))
+                .append_log(
+                    &deployment.id,
+                    "",
+                    now_ms(),
+                    &format!("deployment {}", deployment.state),
+                )
                 .await?;
         }
         if state == TaskState::Succeeded {
@@ -621,10 +752,18 @@ impl App {
 
     /// A drift finding from an agent: stored; in a `remediate` environment the
     /// promoted digests are redeployed to the target.
-    pub async fn record_drift(self: &Arc<Self>, agent_id: &str, report: &v1::DriftReport) -> Result<(), AppError> {
+    pub async fn record_drift(
+        self: &Arc<Self>,
+        agent_id: &str,
+        report: &v1::DriftReport,
+    ) -> Result<(), AppError> {
         let target = self.store.get_target(&report.target).await?;
         if target.agent_id != agent_id {
-            return Err(AppError::new(ErrorKind::PermissionDenied, "not_your_target", "target belongs to another agent"));
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "not_your_target",
+                "target belongs to another agent",
+            ));
         }
         let now = now_ms();
         if report.kind == "resolved" {
@@ -635,7 +774,11 @@ impl App {
             return Ok(());
         }
         let kind: DriftKind = report.kind.parse().map_err(invalid)?;
-        let observed = if report.observed_at_unix_ms > 0 { report.observed_at_unix_ms } else { now };
+        let observed = if report.observed_at_unix_ms > 0 {
+            report.observed_at_unix_ms
+        } else {
+            now
+        };
         self.store
             .upsert_drift(&DriftRecord {
                 target: target.name.clone(),
@@ -680,12 +823,25 @@ impl App {
                 return;
             }
         };
-        match self.deploy(&release, env, DeploymentKind::Remediation, DRIFT_ACTOR, Some(target)).await {
-            Ok(deployment) => tracing::info!(deployment_id = %deployment.id, target = %target.name, "drift remediation started"),
+        match self
+            .deploy(
+                &release,
+                env,
+                DeploymentKind::Remediation,
+                DRIFT_ACTOR,
+                Some(target),
+            )
+            .await
+        {
+            Ok(deployment) => {
+                tracing::info!(deployment_id = %deployment.id, target = %target.name, "drift remediation started")
+            }
             Err(error) if error.code == "deployment_in_progress" => {
                 tracing::debug!(target = %target.name, "remediation waits for the running deployment");
             }
-            Err(error) => tracing::warn!(target = %target.name, %error, "drift remediation failed to start"),
+            Err(error) => {
+                tracing::warn!(target = %target.name, %error, "drift remediation failed to start")
+            }
         }
     }
 
@@ -695,7 +851,12 @@ impl App {
             tracing::warn!(task_id = %task.id, target = %task.target, "task deadline passed");
             let _ = self
                 .store
-                .append_log(&task.deployment_id, &task.id, now_ms(), &format!("{}: failed: deadline passed", task.target))
+                .append_log(
+                    &task.deployment_id,
+                    &task.id,
+                    now_ms(),
+                    &format!("{}: failed: deadline passed", task.target),
+                )
                 .await;
         }
         Ok(())

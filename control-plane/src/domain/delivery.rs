@@ -23,7 +23,11 @@ impl Digest {
         let hex = text
             .strip_prefix("sha256:")
             .ok_or_else(|| Invalid(format!("digest `{text}` must start with sha256:")))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Invalid(format!(
                 "digest `{text}` must be sha256: and 64 lowercase hex digits"
             )));
@@ -87,7 +91,10 @@ impl ImageRef {
         let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
             Some(i) => {
                 let split = last_slash + i;
-                (&name_and_tag[..split], Some(name_and_tag[split + 1..].to_owned()))
+                (
+                    &name_and_tag[..split],
+                    Some(name_and_tag[split + 1..].to_owned()),
+                )
             }
             None => (name_and_tag, None),
         };
@@ -120,7 +127,9 @@ impl ImageRef {
                     && part.starts_with(|c: char| c.is_ascii_alphanumeric())
             });
         if !valid_repository {
-            return Err(bad("repository must be lowercase letters, digits, '.', '_', '-' and '/'"));
+            return Err(bad(
+                "repository must be lowercase letters, digits, '.', '_', '-' and '/'",
+            ));
         }
         if registry.is_empty() {
             return Err(bad("empty registry"));
@@ -276,9 +285,32 @@ impl TargetKind {
         match self {
             TargetKind::Docker => DOCKER_KEYS,
             TargetKind::Compose => &["compose_file", "project"],
-            TargetKind::Ssh => &["host", "port", "user", "key_file", "key_secret", "host_key", "mode", "script"],
-            TargetKind::Winrm => &["host", "port", "https", "user", "password_secret", "auth", "script"],
-            TargetKind::Ecs => &["region", "cluster", "service", "endpoint_url", "credentials_secret"],
+            TargetKind::Ssh => &[
+                "host",
+                "port",
+                "user",
+                "key_file",
+                "key_secret",
+                "host_key",
+                "mode",
+                "script",
+            ],
+            TargetKind::Winrm => &[
+                "host",
+                "port",
+                "https",
+                "user",
+                "password_secret",
+                "auth",
+                "script",
+            ],
+            TargetKind::Ecs => &[
+                "region",
+                "cluster",
+                "service",
+                "endpoint_url",
+                "credentials_secret",
+            ],
             TargetKind::Nomad => &["address", "job_file", "namespace", "region", "token_secret"],
         }
     }
@@ -288,7 +320,9 @@ impl TargetKind {
         for (key, value) in settings {
             let known = COMMON_KEYS.contains(&key.as_str())
                 || self.own_keys().contains(&key.as_str())
-                || (matches!(self, TargetKind::Docker | TargetKind::Ssh) && key.starts_with("env.") && key.len() > 4)
+                || (matches!(self, TargetKind::Docker | TargetKind::Ssh)
+                    && key.starts_with("env.")
+                    && key.len() > 4)
                 || (self == TargetKind::Ssh && DOCKER_KEYS.contains(&key.as_str()));
             if !known {
                 return Err(Invalid(format!(
@@ -299,14 +333,19 @@ impl TargetKind {
             match key.as_str() {
                 "ports" => validate_ports(value)?,
                 "health_timeout_seconds" => {
-                    let seconds: u64 = value
-                        .parse()
-                        .map_err(|_| Invalid(format!("health_timeout_seconds `{value}` is not a number")))?;
+                    let seconds: u64 = value.parse().map_err(|_| {
+                        Invalid(format!("health_timeout_seconds `{value}` is not a number"))
+                    })?;
                     if seconds == 0 || seconds > 3600 {
                         return Err(Invalid("health_timeout_seconds must be 1 to 3600".into()));
                     }
                 }
-                "restart" if !matches!(value.as_str(), "no" | "always" | "unless-stopped" | "on-failure") => {
+                "restart"
+                    if !matches!(
+                        value.as_str(),
+                        "no" | "always" | "unless-stopped" | "on-failure"
+                    ) =>
+                {
                     return Err(Invalid(format!(
                         "restart `{value}`: use no, always, unless-stopped or on-failure"
                     )));
@@ -341,7 +380,9 @@ fn validate_ports(value: &str) -> Result<(), Invalid> {
     for mapping in value.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let (ports, proto) = mapping.split_once('/').unwrap_or((mapping, "tcp"));
         if !matches!(proto, "tcp" | "udp") {
-            return Err(Invalid(format!("port mapping `{mapping}`: protocol must be tcp or udp")));
+            return Err(Invalid(format!(
+                "port mapping `{mapping}`: protocol must be tcp or udp"
+            )));
         }
         let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
         let numbers_ok = match parts.as_slice() {
@@ -458,7 +499,10 @@ impl fmt::Debug for Registry {
             .field("host", &self.host)
             .field("insecure", &self.insecure)
             .field("username", &self.username)
-            .field("password", &self.password_sealed.as_ref().map(|_| "<sealed>"))
+            .field(
+                "password",
+                &self.password_sealed.as_ref().map(|_| "<sealed>"),
+            )
             .finish()
     }
 }
@@ -749,12 +793,18 @@ mod tests {
         assert_eq!(r.tag.as_deref(), Some("v1"));
         assert!(r.is_loopback_registry());
         let r = ImageRef::parse("busybox").expect("valid");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.tag_or_latest(), "latest");
         assert!(!r.is_loopback_registry());
         let r = ImageRef::parse(&format!("localhost:5000/app@{D}")).expect("valid");
         assert_eq!(r.digest.as_ref().map(Digest::as_str), Some(D));
-        assert_eq!(r.pinned(&Digest::parse(D).expect("digest")), format!("localhost:5000/app@{D}"));
+        assert_eq!(
+            r.pinned(&Digest::parse(D).expect("digest")),
+            format!("localhost:5000/app@{D}")
+        );
         let r = ImageRef::parse(&format!("registry.example.com/app:v2@{D}")).expect("valid");
         assert_eq!(r.tag.as_deref(), Some("v2"));
     }
@@ -779,7 +829,10 @@ mod tests {
     #[test]
     fn settings_are_checked_per_kind() {
         let mut settings = BTreeMap::new();
-        settings.insert("ports".to_owned(), "8080:80,127.0.0.1:9090:90/udp".to_owned());
+        settings.insert(
+            "ports".to_owned(),
+            "8080:80,127.0.0.1:9090:90/udp".to_owned(),
+        );
         settings.insert("env.MODE".to_owned(), "prod".to_owned());
         assert!(TargetKind::Docker.validate_settings(&settings).is_ok());
         assert!(TargetKind::Compose.validate_settings(&settings).is_err());

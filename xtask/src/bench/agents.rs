@@ -61,6 +61,10 @@ pub struct AgentsArgs {
     /// Use the `stella` release binary as it is instead of running `cargo build`.
     #[arg(long)]
     no_build: bool,
+    /// Bench this `stella` binary instead of the workspace's (to compare two builds);
+    /// implies `--no-build`.
+    #[arg(long, value_name = "PATH")]
+    server_binary: Option<PathBuf>,
     /// Diagnostics: open the mTLS connections but call no `Connect`, to tell the cost
     /// of a connection (TCP, TLS, HTTP/2) from that of a session.
     #[arg(long)]
@@ -83,7 +87,10 @@ pub fn run(args: &AgentsArgs) -> anyhow::Result<()> {
         bail!("--connect-concurrency and --enrol-concurrency must be positive");
     }
     let fd_limit = raise_fd_limit(args.count)?;
-    let binary = server_binary(args.no_build)?;
+    let binary = match &args.server_binary {
+        Some(path) => path.clone(),
+        None => server_binary(args.no_build)?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
