@@ -108,6 +108,7 @@ pub enum ReleaseCommand {
         /// Name.
         name: String,
         /// Version.
+        #[arg(id = "release_version", value_name = "VERSION")]
         version: String,
         /// `NAME=IMAGE_REF`, repeatable.
         #[arg(long = "component", required = true, value_parser = parse_pair)]
@@ -123,6 +124,7 @@ pub enum ReleaseCommand {
         /// `NAME@VERSION` or NAME.
         release: String,
         /// VERSION when the first argument is a name.
+        #[arg(id = "release_version", value_name = "VERSION")]
         version: Option<String>,
     },
 }

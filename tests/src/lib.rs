@@ -385,15 +385,34 @@ impl ChildProcess {
 
 /// Runs `stella ARGS…` to completion: (exit code, stdout, stderr).
 pub async fn stella(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(stella_bin())
+    stella_with_input(args, envs, None).await
+}
+
+/// Runs `stella ARGS…` with `input` on stdin: (exit code, stdout, stderr).
+pub async fn stella_with_input(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    input: Option<&str>,
+) -> anyhow::Result<(i32, String, String)> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(stella_bin())
         .args(args)
         .env_remove("STELLA_TOKEN")
         .env_remove("STELLA_SERVER")
         .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .await
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running stella")?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).await?;
+    }
+    let output = child.wait_with_output().await.context("running stella")?;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -252,3 +252,199 @@ async fn dev_mode_runs_a_local_agent() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_spine_from_the_cli() -> anyhow::Result<()> {
+    use stella_tests::images::{docker_cli, ContainerCleanup, WebImages, WEB_HEALTH_CMD};
+    use stella_tests::registry::TestRegistry;
+    use stella_tests::stella_with_input;
+
+    let dir = TestDir::new("cli-spine");
+    let registry = TestRegistry::start_with_basic_auth("ci", "s3cret-pass").await?;
+    let repo = format!(
+        "stella-test/cli-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let images = WebImages::new(&registry.host(), &repo, &registry.docker_config());
+    let v1 = images.publish("v1", true).await?;
+    images.publish("v2", true).await?;
+    let v3 = images.publish("v3", false).await?;
+    let server = start_server(&dir, &[]).await?;
+    let env = [
+        ("STELLA_SERVER", server.api_url.as_str()),
+        ("STELLA_TOKEN", server.token.as_str()),
+    ];
+    let run = |args: Vec<String>| {
+        let env = env;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            stella(&args, &env).await
+        }
+    };
+    let args = |text: &str| {
+        text.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // An agent with the docker target.
+    let (_, token, _) = run(args("agent token create")).await?;
+    let _agent = ChildProcess::spawn(
+        &[
+            "agent",
+            "run",
+            "--server",
+            &server.api_url,
+            "--data-dir",
+            dir.path().join("agent").to_str().expect("utf-8"),
+            "--join-token",
+            token.trim(),
+            "--name",
+            "host-1",
+        ],
+        &[],
+        dir.path().join("agent.log"),
+    )?;
+    wait_until("the agent connects", Duration::from_secs(20), || async {
+        let (code, out, _) = stella(&["agents", "show", "host-1", "-o", "json"], &env)
+            .await
+            .ok()?;
+        let agent: Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && agent["state"] == "connected").then_some(())
+    })
+    .await?;
+
+    // Registry credentials: stored, never printed.
+    let (code, out, err) = stella_with_input(
+        &[
+            "registry",
+            "add",
+            &registry.host(),
+            "--username",
+            "ci",
+            "--password-stdin",
+            "-o",
+            "json",
+        ],
+        &env,
+        Some("s3cret-pass\n"),
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("s3cret-pass"));
+    let (_, listed, _) = run(args("registry list -o json")).await?;
+    assert!(
+        !listed.contains("s3cret-pass") && listed.contains("\"has_password\": true"),
+        "{listed}"
+    );
+
+    let target = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let _cleanup = ContainerCleanup::new([target.clone()]);
+    assert_eq!(run(args("env create dev")).await?.0, 0);
+    let (code, _, err) = stella(
+        &[
+            "target",
+            "create",
+            &target,
+            "--env",
+            "dev",
+            "--kind",
+            "docker",
+            "--agent",
+            "host-1",
+            "--set",
+            &format!("health_cmd={WEB_HEALTH_CMD}"),
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+
+    // Tag resolved through basic auth.
+    let (code, out, err) = run(args(&format!(
+        "release create web 1 --component web={}/{repo}:v1 -o json",
+        registry.host()
+    )))
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let release: Value = serde_json::from_str(&out)?;
+    assert_eq!(release["components"][0]["image"], v1);
+
+    let (code, out, err) = run(args("promote web@1 --to dev --wait -o json")).await?;
+    assert_eq!(code, 0, "{err}");
+    let promotion: Value = serde_json::from_str(&out)?;
+    assert_eq!(promotion["state"], "deployed");
+    assert!(promotion["decision_id"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("sha256:")));
+    let labels = docker_cli(
+        &[
+            "inspect",
+            "--format",
+            "{{json .Config.Labels}}",
+            &format!("{target}-web"),
+        ],
+        None,
+        None,
+    )
+    .await?;
+    assert!(
+        labels.contains(&format!(
+            "\"ops.stella.digest\":\"{}\"",
+            v1.split_once('@').map_or("", |p| p.1)
+        )),
+        "{labels}"
+    );
+
+    // A failing promotion exits non-zero with the reason.
+    let (code, _, _) = stella(
+        &[
+            "release",
+            "create",
+            "web",
+            "3",
+            "--component",
+            &format!("web={v3}"),
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(code, 0);
+    let (code, _, err) = run(args("promote web@3 --to dev --wait")).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("failed"), "{err}");
+
+    // Hand-made change → drift, then roll back.
+    docker_cli(&["stop", "-t", "1", &format!("{target}-web")], None, None).await?;
+    let drift = wait_until("drift list shows it", Duration::from_secs(30), || async {
+        let (code, out, _) = stella(&["drift", "list", "-o", "json"], &env).await.ok()?;
+        let drift: Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && drift.as_array().is_some_and(|d| !d.is_empty())).then_some(drift)
+    })
+    .await?;
+    assert_eq!(drift[0]["kind"], "missing");
+    let (code, out, err) = run(args("rollback --env dev --to 1 --wait -o json")).await?;
+    assert_eq!(code, 0, "{err}");
+    let rolled: Value = serde_json::from_str(&out)?;
+    assert_eq!(rolled["kind"], "rollback");
+    let (code, logs, _) = run(vec![
+        "deployment".into(),
+        "logs".into(),
+        rolled["id"].as_str().unwrap_or_default().to_owned(),
+    ])
+    .await?;
+    assert_eq!(code, 0);
+    assert!(logs.contains("succeeded"), "{logs}");
+
+    // Bad input: a clear message and a non-zero exit.
+    let (code, _, err) = run(args(
+        "target create t2 --env nowhere --kind docker --agent host-1",
+    ))
+    .await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown environment"), "{err}");
+    let (code, _, err) = run(args("release create web 9 --component web=NOT::A::REF")).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid image reference"), "{err}");
+    Ok(())
+}

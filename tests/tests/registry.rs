@@ -308,6 +308,56 @@ async fn plain_http_needs_loopback_or_insecure() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn the_digest_is_checked_against_the_manifest_bytes() -> anyhow::Result<()> {
+    init_tracing();
+    let double = ManifestDouble::start().await?;
+    let host = double.addr.to_string();
+    let client = RegistryClient::new();
+    let body_digest = sha256_digest(ManifestDouble::BODY.as_bytes());
+
+    // Named by the header, or computed from the body when there is none.
+    for tag in ["honest", "headerless"] {
+        let resolved = client
+            .resolve(&image(&format!("{host}/team/app:{tag}")), &open())
+            .await?;
+        assert_eq!(resolved.as_str(), body_digest, "{tag}");
+    }
+    // A header naming other bytes, or a body that is not the digest asked for.
+    for reference in [
+        format!("{host}/team/app:lying"),
+        format!("{host}/team/app@{MISSING_DIGEST}"),
+    ] {
+        let error = client
+            .resolve(&image(&reference), &open())
+            .await
+            .expect_err(&reference);
+        assert!(
+            matches!(error, RegistryError::Protocol { .. }),
+            "{reference}: {error:?}"
+        );
+        assert!(
+            error.to_string().contains("does not match its digest"),
+            "{error}"
+        );
+    }
+    // Every manifest kind Docker pulls is acceptable.
+    let accept = double
+        .accept
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for media_type in [
+        OCI_INDEX,
+        OCI_MANIFEST,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ] {
+        assert!(accept.contains(media_type), "Accept: {accept}");
+    }
+    Ok(())
+}
+
 fn image(text: &str) -> ImageRef {
     ImageRef::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
@@ -574,4 +624,74 @@ async fn wait_ready(host: &str, child: &mut tokio::process::Child) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A registry double that serves one manifest with an honest, a lying or no
+/// `Docker-Content-Digest` header, and remembers the `Accept` header it was sent.
+struct ManifestDouble {
+    addr: std::net::SocketAddr,
+    accept: std::sync::Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ManifestDouble {
+    const BODY: &'static str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+    async fn start() -> anyhow::Result<Self> {
+        use axum::extract::{Path, State};
+        use axum::http::{header, HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+
+        type Seen = std::sync::Arc<std::sync::Mutex<String>>;
+        async fn manifest(
+            State(seen): State<Seen>,
+            Path(reference): Path<String>,
+            headers: HeaderMap,
+        ) -> axum::response::Response {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = accept.to_owned();
+            let body = ManifestDouble::BODY;
+            let named = match reference.as_str() {
+                "headerless" => None,
+                "lying" => Some(sha256_digest(b"other bytes")),
+                _ => Some(sha256_digest(body.as_bytes())),
+            };
+            let mut response =
+                (StatusCode::OK, [(header::CONTENT_TYPE, OCI_MANIFEST)], body).into_response();
+            if let Some(named) = named {
+                if let Ok(value) = named.parse() {
+                    response
+                        .headers_mut()
+                        .insert("docker-content-digest", value);
+                }
+            }
+            response
+        }
+
+        let accept = Seen::default();
+        let app = axum::Router::new()
+            .route("/v2/", axum::routing::get(|| async { "{}" }))
+            .route(
+                "/v2/team/app/manifests/{reference}",
+                axum::routing::get(manifest),
+            )
+            .with_state(accept.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ManifestDouble { addr, accept, task })
+    }
+}
+
+impl Drop for ManifestDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -129,9 +129,9 @@ impl DockerTarget {
     }
 
     /// The settings and the selected components of a task.
-    fn resolve<'a>(
-        task: &'a DeployTask,
-    ) -> Result<(DockerSettings, Vec<&'a stella_agent_core::ComponentSpec>), DockerError> {
+    fn resolve(
+        task: &DeployTask,
+    ) -> Result<(DockerSettings, Vec<&stella_agent_core::ComponentSpec>), DockerError> {
         let settings = DockerSettings::parse(&task.target.settings)?;
         let names: Vec<&str> = task.components.iter().map(|c| c.name.as_str()).collect();
         let selected = settings.select(&names)?;

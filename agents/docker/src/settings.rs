@@ -156,9 +156,8 @@ impl DockerSettings {
                 "network" => parsed.network = non_empty(value),
                 "health_cmd" => parsed.health_cmd = non_empty(value),
                 "health_url" => {
-                    if !value.is_empty()
-                        && !(value.starts_with("http://") || value.starts_with("https://"))
-                    {
+                    let is_http = value.starts_with("http://") || value.starts_with("https://");
+                    if !value.is_empty() && !is_http {
                         return Err(invalid(format!(
                             "health_url {value:?} is not an http:// or https:// url"
                         )));
