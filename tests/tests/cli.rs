@@ -274,12 +274,9 @@ async fn the_spine_from_the_cli() -> anyhow::Result<()> {
         ("STELLA_SERVER", server.api_url.as_str()),
         ("STELLA_TOKEN", server.token.as_str()),
     ];
-    let run = |args: Vec<String>| {
-        let env = env;
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            stella(&args, &env).await
-        }
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stella(&args, &env).await
     };
     let args = |text: &str| {
         text.split_whitespace()

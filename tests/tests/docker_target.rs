@@ -224,7 +224,7 @@ async fn first_deploy_labels_the_container_and_writes_the_sticker() -> anyhow::R
 
     let container = world.only_container().await?;
     assert_eq!(
-        names(&[container.clone()]),
+        names(std::slice::from_ref(&container)),
         vec![format!("/{}", world.container_name())]
     );
     let container_labels = container.labels.clone().unwrap_or_default();
@@ -549,7 +549,7 @@ async fn apply_after_a_crash_mid_deployment_ends_with_one_container() -> anyhow:
     );
     let container = world.only_container().await?;
     assert_eq!(
-        names(&[container.clone()]),
+        names(std::slice::from_ref(&container)),
         vec![format!("/{}", world.container_name())]
     );
     assert_eq!(world.served_version(&container).await?, "v2");

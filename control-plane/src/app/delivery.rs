@@ -834,13 +834,13 @@ impl App {
             .await
         {
             Ok(deployment) => {
-                tracing::info!(deployment_id = %deployment.id, target = %target.name, "drift remediation started")
+                tracing::info!(deployment_id = %deployment.id, target = %target.name, "drift remediation started");
             }
             Err(error) if error.code == "deployment_in_progress" => {
                 tracing::debug!(target = %target.name, "remediation waits for the running deployment");
             }
             Err(error) => {
-                tracing::warn!(target = %target.name, %error, "drift remediation failed to start")
+                tracing::warn!(target = %target.name, %error, "drift remediation failed to start");
             }
         }
     }

@@ -483,7 +483,8 @@ impl Release {
 pub struct Registry {
     /// Host and port, as in image references.
     pub host: String,
-    /// Plain HTTP allowed.
+    /// Plain HTTP, or HTTPS without certificate verification, allowed (as Docker's
+    /// insecure registries).
     pub insecure: bool,
     /// User name for basic or token auth.
     pub username: Option<String>,
