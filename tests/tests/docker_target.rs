@@ -840,3 +840,71 @@ async fn health_url_probe_plain_settle_and_exiting_containers() -> anyhow::Resul
     assert_eq!(world.only_container().await?.id, container.id);
     Ok(())
 }
+
+#[tokio::test]
+async fn stop_first_crash_then_a_failed_rerun_leaves_the_old_container_running(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-crashstop").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let v3 = world.images.publish("v3", false).await?;
+    let port = free_port().await?;
+    let mut settings = world.settings();
+    settings.insert("ports".to_owned(), format!("127.0.0.1:{port}:8080"));
+    let url = format!("http://127.0.0.1:{port}/");
+    world
+        .apply(&world.task("1.0.0", &v1, settings.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let old = world.only_container().await?;
+
+    // The agent dies after stopping the old container, while the new one starts.
+    let target = world.target.clone();
+    let task = world.task("2.0.0", &v2, settings.clone());
+    let crashed = tokio::spawn(async move {
+        let progress = Progress::detached("agent-test", "crash");
+        target
+            .apply(
+                &task,
+                &Plan::default(),
+                &progress,
+                &CancellationToken::new(),
+            )
+            .await
+    });
+    let next = format!("/{}-next", world.container_name());
+    wait_until(
+        "the old container is stopped and -next runs",
+        Duration::from_secs(60),
+        || async {
+            let containers = world.containers().await.ok()?;
+            let next_runs = containers.iter().any(|c| {
+                names(std::slice::from_ref(c)).contains(&next)
+                    && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            });
+            let old_stopped = containers.iter().any(|c| {
+                c.id == old.id
+                    && c.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            });
+            (next_runs && old_stopped).then_some(())
+        },
+    )
+    .await?;
+    crashed.abort();
+    let _ = crashed.await;
+
+    // The rerun (of a release that fails) first undoes the interrupted deployment.
+    let error = world
+        .apply(&world.task("3.0.0", &v3, settings))
+        .await
+        .expect_err("v3 is unhealthy");
+    assert!(error.contains("is unhealthy"), "{error}");
+    let after = world.only_container().await?;
+    assert_eq!(after.id, old.id);
+    let served = wait_until("v1 serves again", Duration::from_secs(10), || async {
+        get_text(&world.http, &url).await.ok()
+    })
+    .await?;
+    assert_eq!(served, "v1");
+    Ok(())
+}

@@ -9,14 +9,24 @@ use clap::Args;
 
 use crate::cargo::{cargo, run_checked, step};
 
-/// Debian packages the tests use, each with a file that proves it is installed.
-///
-/// Later work adds `docker-registry`, `busybox-static`, `openssh-server`, `chromium` and
-/// `chromium-driver` here, one row each.
-const DEBIAN_PACKAGES: &[DebianPackage] = &[DebianPackage {
-    check_path: "/usr/lib/postgresql/15/bin/initdb",
-    package: "postgresql-15",
-}];
+/// Debian packages the tests use, each with a file that proves it is installed: the
+/// store suite's PostgreSQL, the OCI registry, and the busybox the test images are made
+/// of (no image can be pulled here). The Docker engine itself comes with the machine.
+const DEBIAN_PACKAGES: &[DebianPackage] = &[
+    DebianPackage {
+        check_path: "/usr/lib/postgresql/15/bin/initdb",
+        package: "postgresql-15",
+    },
+    DebianPackage {
+        check_path: "/usr/bin/docker-registry",
+        package: "docker-registry",
+    },
+    DebianPackage {
+        // /bin/busybox alone could be the dynamically linked `busybox` package.
+        check_path: "/var/lib/dpkg/info/busybox-static.list",
+        package: "busybox-static",
+    },
+];
 
 /// Flags of `cargo xtask test`.
 #[derive(Debug, Args)]

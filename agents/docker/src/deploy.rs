@@ -124,6 +124,7 @@ impl DockerTarget {
         let say = |line: String| progress.report(format!("{}: {line}", component.name));
         let mut state = self.component_state(task, settings, component).await?;
 
+        let interrupted = !state.leftovers.is_empty();
         for leftover in std::mem::take(&mut state.leftovers) {
             self.engine.remove(&leftover.id).await?;
             tracing::warn!(target, component = %component.name, container = %leftover.name, "removed a container left by an interrupted deployment");
@@ -131,6 +132,9 @@ impl DockerTarget {
                 "removed container {} left by an interrupted deployment",
                 leftover.name
             ));
+        }
+        if interrupted {
+            self.restart_interrupted(&mut state, &say).await;
         }
         for name in [&state.name, &state.next_name] {
             self.check_name_is_ours(target, name, &state.containers)
@@ -321,6 +325,31 @@ impl DockerTarget {
             say(format!("removed old container {}", old.name));
         }
         Ok(())
+    }
+
+    /// Undoes the rest of an interrupted deployment: a stop-first deployment that died
+    /// after stopping the old container left it stopped, so it is started again — the
+    /// state before the deployment — and this deployment proceeds from there (and, if it
+    /// fails, leaves it running).
+    async fn restart_interrupted(&self, state: &mut ComponentState, say: &impl Fn(String)) {
+        for old in state
+            .containers
+            .iter_mut()
+            .filter(|c| !c.running && c.name == state.name)
+        {
+            match self.engine.start(&old.id).await {
+                Ok(()) => {
+                    old.running = true;
+                    say(format!(
+                        "started container {} again, which the interrupted deployment had stopped",
+                        old.name
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(container = %old.name, error = %error_chain(&error), "could not start the container an interrupted deployment had stopped");
+                }
+            }
+        }
     }
 
     /// Removes the new container after a failure; a failure to remove it is logged (the

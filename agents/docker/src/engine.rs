@@ -20,6 +20,9 @@ use crate::labels;
 /// How long the engine has to answer the first version request and ping.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a removal the engine refuses with a conflict is retried.
+const REMOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connection to one engine.
 #[derive(Debug, Clone)]
 pub(crate) struct Engine {
@@ -277,23 +280,34 @@ impl Engine {
         }
     }
 
-    /// Removes a container, killing it if it runs; a missing container is fine.
+    /// Removes a container, killing it if it runs, and returns once it is gone; a
+    /// missing container is fine. The engine refuses (409) while another operation holds
+    /// the container — e.g. a start that an aborted agent left running in the engine —
+    /// so a conflict is retried until [`REMOVE_TIMEOUT`].
     pub(crate) async fn remove(&self, name: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        match self.docker.remove_container(name, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(error) if DockerError::is_not_found(&error) => Ok(()),
-            // 409: removal already in progress.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(source) => Err(DockerError::Engine {
-                action: format!("remove container {name}"),
-                source,
-            }),
+        let deadline = tokio::time::Instant::now() + REMOVE_TIMEOUT;
+        loop {
+            let options = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            match self.docker.remove_container(name, Some(options)).await {
+                Ok(()) => return Ok(()),
+                Err(error) if DockerError::is_not_found(&error) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409,
+                    message,
+                }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(container = name, %message, "removal refused for now; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(source) => {
+                    return Err(DockerError::Engine {
+                        action: format!("remove container {name}"),
+                        source,
+                    })
+                }
+            }
         }
     }
 
