@@ -165,8 +165,9 @@ impl DockerTarget {
             None => {
                 say(format!("pulling {}", state.image));
                 let credentials = credentials_for(task, &state.image);
+                let prefix = format!("{}: ", component.name);
                 self.engine
-                    .pull(&state.image, credentials, progress, cancel)
+                    .pull(&state.image, credentials, &prefix, progress, cancel)
                     .await?;
                 self.engine
                     .local_image_id(&state.image.to_string())

@@ -191,11 +191,13 @@ impl Engine {
             .is_some_and(|test| !test.is_empty() && test[0] != "NONE"))
     }
 
-    /// Pulls `image` by digest, reporting each layer's state changes as progress lines.
+    /// Pulls `image` by digest, reporting each layer's state changes as progress lines
+    /// (after `prefix`).
     pub(crate) async fn pull(
         &self,
         image: &ImageRef,
         credentials: Option<DockerCredentials>,
+        prefix: &str,
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<(), DockerError> {
@@ -224,9 +226,9 @@ impl Engine {
             }
             last_status.insert(layer.clone(), status.clone());
             if layer.is_empty() {
-                progress.report(format!("pull: {status}"));
+                progress.report(format!("{prefix}pull: {status}"));
             } else {
-                progress.report(format!("pull: {layer}: {status}"));
+                progress.report(format!("{prefix}pull: {layer}: {status}"));
             }
         }
         Ok(())
@@ -292,8 +294,22 @@ impl Engine {
                 ..Default::default()
             };
             match self.docker.remove_container(name, Some(options)).await {
-                Ok(()) => return Ok(()),
-                Err(error) if DockerError::is_not_found(&error) => return Ok(()),
+                // Gone for sure only when the engine no longer knows the name.
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    if self.find_container(name).await?.is_none() {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(DockerError::StillPresent {
+                            container: name.to_owned(),
+                        });
+                    }
+                    tracing::debug!(container = name, "removed container still listed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 409,
                     message,

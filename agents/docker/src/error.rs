@@ -79,6 +79,12 @@ pub enum DockerError {
         /// Exit code, engine error and the last log lines.
         detail: String,
     },
+    /// The engine accepted a removal but still lists the container.
+    #[error("container {container} is still present after removing it")]
+    StillPresent {
+        /// The container.
+        container: String,
+    },
     /// A container name the target needs is held by a container it does not manage.
     #[error("container name {name} is taken by a container that target {target} does not manage")]
     NameTaken {

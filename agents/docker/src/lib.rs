@@ -14,7 +14,9 @@
 //! 1. removes `<name>-next` containers an interrupted deployment left behind;
 //! 2. does nothing when the container `<name>` runs the desired image (compared by local
 //!    image ID, not by label) with the same settings and a valid sticker — a missing or
-//!    edited sticker file is restored from the container's labels;
+//!    edited sticker file is restored from the container's labels. Such a component keeps
+//!    the sticker of the deployment that made its container (labels cannot change), and
+//!    that sticker is what the outcome reports;
 //! 3. pulls `repo@sha256:…` when the engine lacks it (pinned by digest, so a local copy is
 //!    the same content), with the task's credentials for that registry;
 //! 4. seals the sticker, then creates `<name>-next` with the sticker as labels and
@@ -33,6 +35,10 @@
 //!    that stops, restarts or reports `unhealthy` fails at once; otherwise the wait ends
 //!    after `health_timeout_seconds` (60).
 //! 5. writes the sticker file `<sticker_dir>/<target>/<component>.json`.
+//!
+//! A `-next` container found at the start is what an agent that died mid-deployment left:
+//! it is removed, and an old container it had stopped (stop-first) is started again, so
+//! the deployment proceeds from the state before the interrupted one.
 //!
 //! On any failure the old container keeps (or is back to) running, the new one is
 //! removed, and the error says why. Afterwards there is exactly one container per

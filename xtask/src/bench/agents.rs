@@ -123,7 +123,7 @@ fn raise_fd_limit(count: usize) -> anyhow::Result<u64> {
     Ok(soft)
 }
 
-fn server_binary(no_build: bool) -> anyhow::Result<PathBuf> {
+pub(super) fn server_binary(no_build: bool) -> anyhow::Result<PathBuf> {
     if no_build {
         step("release build: skipped (--no-build)");
     } else {

@@ -2,6 +2,7 @@
 //! child process from release binaries. One module per bench.
 
 mod agents;
+mod deploy;
 mod server;
 mod sim;
 
@@ -18,6 +19,8 @@ pub enum BenchCommand {
     /// How many agents (mTLS sessions with heartbeats) one control plane holds, and its
     /// memory and CPU per agent.
     Agents(agents::AgentsArgs),
+    /// One container deployed through Stella versus `docker run` of the same digest.
+    Deploy(deploy::DeployArgs),
 }
 
 /// Runs one bench, in a release build of xtask.
@@ -29,6 +32,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
     match command {
         BenchCommand::Agents(args) => agents::run(&args),
+        BenchCommand::Deploy(args) => deploy::run(&args),
     }
 }
 

@@ -136,6 +136,16 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// `http://127.0.0.1:PORT` of its REST API.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The admin token it wrote at first start.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.pid

@@ -1,0 +1,320 @@
+//! `cargo xtask bench deploy`: one container deployed through Stella (`stella promote
+//! --wait` against a warm agent) versus `docker run` of the same digest, in the same run,
+//! alternating, several rounds. Both count until the container answers its health URL,
+//! so both measure "deployed and serving".
+//!
+//! Everything is real and local: a Debian `docker-registry`, a busybox web image built
+//! with `docker import`, the release `stella` binary as server and agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use stella_tests::images::WebImages;
+use stella_tests::registry::TestRegistry;
+
+use super::server::ServerProcess;
+use crate::cargo::step;
+
+/// Flags of `cargo xtask bench deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Measured rounds of each method (after one warm-up round each).
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Use this `stella` binary instead of building `target/release/stella`.
+    #[arg(long)]
+    pub server_binary: Option<PathBuf>,
+    /// Skip the release build.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// Runs the bench and prints medians and the ratio.
+pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let binary = match &args.server_binary {
+        Some(path) => path.clone(),
+        None => super::agents::server_binary(args.no_build)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(bench(args, &binary))
+}
+
+struct Stella<'a> {
+    binary: &'a Path,
+    api_url: String,
+    token: String,
+}
+
+impl Stella<'_> {
+    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::process::Command::new(self.binary)
+            .args(args)
+            .env("STELLA_SERVER", &self.api_url)
+            .env("STELLA_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!(
+                "stella {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+async fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running docker")?;
+    if !output.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Polls `http://IP:8080/health` of a container until it answers 200.
+async fn wait_serving(http: &reqwest::Client, container: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut url = None;
+    loop {
+        if url.is_none() {
+            let ip = docker(&[
+                "inspect",
+                "--format",
+                "{{.NetworkSettings.IPAddress}}",
+                container,
+            ])
+            .await?;
+            if !ip.is_empty() {
+                url = Some(format!("http://{ip}:8080/health"));
+            }
+        }
+        if let Some(url) = &url {
+            if http
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{container} did not serve within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
+}
+
+async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
+    let work_dir = tempfile::Builder::new()
+        .prefix("stella-bench-deploy-")
+        .tempdir()
+        .context("cannot create a temp dir")?;
+    step("registry and images");
+    let registry = TestRegistry::start().await?;
+    let suffix = &uuid_like();
+    let images = WebImages::new(
+        &registry.host(),
+        &format!("stella-bench/web-{suffix}"),
+        &registry.docker_config(),
+    );
+    let v1 = images.publish("v1", true).await?;
+    let v2 = images.publish("v2", true).await?;
+
+    step("server and agent");
+    let server = ServerProcess::start(
+        binary,
+        work_dir.path(),
+        "heartbeat_interval_seconds = 5\n",
+        None,
+    )
+    .await?;
+    let stella = Stella {
+        binary,
+        api_url: server.api_url().to_owned(),
+        token: server.admin_token().to_owned(),
+    };
+    let token = server.create_join_token(600).await?;
+    let agent_log = std::fs::File::create(work_dir.path().join("agent.log"))?;
+    let mut agent = tokio::process::Command::new(binary)
+        .args([
+            "agent",
+            "run",
+            "--server",
+            server.api_url(),
+            "--name",
+            "bench-agent",
+            "--join-token",
+            &token,
+        ])
+        .arg("--data-dir")
+        .arg(work_dir.path().join("agent"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(agent_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the agent")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = stella
+            .run(&["agents", "show", "bench-agent", "-o", "json"])
+            .await
+            .ok();
+        let agent_json: Option<Value> = shown.and_then(|s| serde_json::from_str(&s).ok());
+        if agent_json.is_some_and(|a| {
+            a["state"] == "connected"
+                && a["capabilities"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|k| k == "docker"))
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not connect with the docker capability; see {}",
+                work_dir.path().join("agent.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let target = format!("bench-{suffix}");
+    let direct = format!("bench-direct-{suffix}");
+    stella.run(&["env", "create", "bench"]).await?;
+    stella
+        .run(&[
+            "target",
+            "create",
+            &target,
+            "--env",
+            "bench",
+            "--kind",
+            "docker",
+            "--agent",
+            "bench-agent",
+            "--set",
+            "health_url=http://{ip}:8080/health",
+        ])
+        .await?;
+    stella
+        .run(&[
+            "release",
+            "create",
+            "web",
+            "1",
+            "--component",
+            &format!("web={v1}"),
+        ])
+        .await?;
+    stella
+        .run(&[
+            "release",
+            "create",
+            "web",
+            "2",
+            "--component",
+            &format!("web={v2}"),
+        ])
+        .await?;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let result = async {
+        // Warm-up: the agent pulls both digests; docker run has them locally too.
+        stella.run(&["promote", "web@1", "--to", "bench", "--wait"]).await?;
+        stella.run(&["promote", "web@2", "--to", "bench", "--wait"]).await?;
+        let mut through_stella = Vec::new();
+        let mut direct_run = Vec::new();
+        for round in 0..=args.rounds {
+            let version = if round % 2 == 0 { "1" } else { "2" };
+            let image = if round % 2 == 0 { &v1 } else { &v2 };
+
+            let started = Instant::now();
+            stella.run(&["promote", &format!("web@{version}"), "--to", "bench", "--wait"]).await?;
+            let stella_seconds = started.elapsed().as_secs_f64();
+
+            let _ = docker(&["rm", "-f", &direct]).await;
+            let started = Instant::now();
+            docker(&["run", "-d", "--name", &direct, image]).await?;
+            wait_serving(&http, &direct).await?;
+            let direct_seconds = started.elapsed().as_secs_f64();
+
+            if round == 0 {
+                continue; // warm-up of this loop's paths
+            }
+            println!("round {round}: stella promote --wait {stella_seconds:.3} s, docker run {direct_seconds:.3} s");
+            through_stella.push(stella_seconds);
+            direct_run.push(direct_seconds);
+        }
+        let stella_median = median(&mut through_stella);
+        let direct_median = median(&mut direct_run);
+        let ratio = stella_median / direct_median;
+        println!();
+        println!("rounds                        {}", args.rounds);
+        println!("median stella promote --wait  {stella_median:.3} s");
+        println!("median docker run + serving   {direct_median:.3} s");
+        println!("ratio                         {ratio:.2} (target <= 1.5)");
+        println!(
+            "BENCH_JSON {}",
+            json!({"bench": "deploy", "rounds": args.rounds, "stella_median_seconds": stella_median,
+                   "docker_run_median_seconds": direct_median, "ratio": ratio})
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = docker(&["rm", "-f", &direct]).await;
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=ops.stella.target={target}"),
+    ])
+    .await
+    .unwrap_or_default();
+    for id in ids.split_whitespace() {
+        let _ = docker(&["rm", "-f", id]).await;
+    }
+    let _ = agent.kill().await;
+    server.stop().await;
+    result
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..8)
+        .map(|_| char::from(b'a' + rng.gen_range(0..26)))
+        .collect()
+}
