@@ -10,6 +10,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::client::Client;
+
+/// How often `--wait` and `logs --follow` poll the deployment.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
 use crate::output::{self, cell, Format};
 
 /// `stella env …`
@@ -545,7 +548,7 @@ async fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> 
             }
             return Ok(deployment);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 
@@ -662,7 +665,7 @@ async fn follow_stdout(client: &Client, id: &str, format: Format) -> anyhow::Res
         {
             return Ok(deployment);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(FOLLOW_POLL).await;
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::DockerError;
 
 /// How long a container without any health check must keep running to count as started.
 pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to wait for.

@@ -256,6 +256,7 @@ const DOCKER_KEYS: &[&str] = &[
     "health_cmd",
     "health_url",
     "health_timeout_seconds",
+    "stop_timeout_seconds",
 ];
 
 impl TargetKind {
@@ -332,7 +333,7 @@ impl TargetKind {
             }
             match key.as_str() {
                 "ports" => validate_ports(value)?,
-                "health_timeout_seconds" => {
+                "health_timeout_seconds" | "stop_timeout_seconds" => {
                     let seconds: u64 = value.parse().map_err(|_| {
                         Invalid(format!("health_timeout_seconds `{value}` is not a number"))
                     })?;
