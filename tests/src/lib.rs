@@ -104,6 +104,17 @@ impl TestServer {
 
     /// A server whose config `adjust` may change (e.g. a PostgreSQL URL).
     pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> anyhow::Result<Self> {
+        Self::start_prepared(|config| {
+            adjust(config);
+            Ok(())
+        })
+        .await
+    }
+
+    /// A server whose config and data dir `prepare` may change before it starts.
+    async fn start_prepared(
+        prepare: impl FnOnce(&mut ServerConfig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         init_tracing();
         let dir = TestDir::new("server");
         let mut config = ServerConfig {
@@ -115,15 +126,15 @@ impl TestServer {
             revocation_poll_seconds: 2,
             ..ServerConfig::default()
         };
-        adjust(&mut config);
+        prepare(&mut config)?;
         let listeners = Listeners::bind(&config).await?;
         let server = stella_control_plane::start(config.clone(), listeners).await?;
         config.api_listen = server.api_addr;
         config.grpc_listen = server.grpc_addr;
+        // A replica of an existing control plane writes no admin token.
         let admin_token = std::fs::read_to_string(config.data_dir.join("admin.token"))
-            .context("reading admin.token")?
-            .trim()
-            .to_owned();
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default();
         Ok(TestServer {
             server: Some(server),
             config,
@@ -149,6 +160,30 @@ impl TestServer {
     /// `https://127.0.0.1:PORT`.
     pub fn grpc_url(&self) -> String {
         format!("https://{}", self.config.grpc_listen)
+    }
+
+    /// A second replica of this control plane: same database (which must be
+    /// PostgreSQL), same `pki/` material (as operators share it), its own listeners and
+    /// data dir.
+    pub async fn start_replica(&self) -> anyhow::Result<TestServer> {
+        let source = self.config.data_dir.join("pki");
+        let database_url = self.config.database_url.clone();
+        let admin_token = self.admin_token.clone();
+        let replica = Self::start_prepared(|config| {
+            config.database_url = database_url;
+            let target = config.data_dir.join("pki");
+            std::fs::create_dir_all(&target)?;
+            for entry in std::fs::read_dir(&source)? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), target.join(entry.file_name()))?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(TestServer {
+            admin_token,
+            ..replica
+        })
     }
 
     /// Stops the server (as a crash would, but with a final heartbeat flush).

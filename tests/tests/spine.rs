@@ -620,3 +620,67 @@ async fn an_agent_killed_mid_deploy_finishes_after_it_reconnects() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deployment_made_on_one_replica_reaches_an_agent_connected_to_another(
+) -> anyhow::Result<()> {
+    let registry = TestRegistry::start().await?;
+    let images = WebImages::new(
+        &registry.host(),
+        &unique("stella-test/replica"),
+        &registry.docker_config(),
+    );
+    let v1 = images.publish("v1", true).await?;
+    let url = stella_tests::postgres::fresh_database_url().await?;
+    let first = TestServer::start_with(|config| config.database_url = Some(url)).await?;
+    let second = first.start_replica().await?;
+    assert_eq!(
+        first.running().app.pki.ca.fingerprint(),
+        second.running().app.pki.ca.fingerprint()
+    );
+    // The agent joins through the second replica, with a token made on the first.
+    let token = first.join_token().await?;
+    let _agent = TestAgent::start_with(
+        &second,
+        second.dir.path().join("agent"),
+        "roamer",
+        Some(token),
+    );
+    let shown = second
+        .wait_for_state("roamer", "connected", Duration::from_secs(20))
+        .await?;
+    let agent_id = shown["id"].as_str().expect("id").to_owned();
+    assert!(second.running().app.sessions.is_open(&agent_id));
+    assert!(!first.running().app.sessions.is_open(&agent_id));
+
+    first
+        .post("/api/v1/environments", json!({"name": "dev"}))
+        .await?;
+    let target = unique("replica");
+    let _cleanup = ContainerCleanup::new([target.clone()]);
+    first
+        .post(
+            "/api/v1/targets",
+            json!({"name": target, "environment": "dev", "kind": "docker", "agent": "roamer",
+                   "settings": {"health_cmd": WEB_HEALTH_CMD}}),
+        )
+        .await?;
+    first
+        .post(
+            "/api/v1/releases",
+            json!({"name": "web", "version": "1", "components": {"web": v1}}),
+        )
+        .await?;
+    let promotion = first
+        .post(
+            "/api/v1/promotions",
+            json!({"release": "web", "version": "1", "environment": "dev"}),
+        )
+        .await?;
+    let id = promotion["deployment_id"].as_str().expect("id");
+    let finished = first.wait_deployment(id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    let (_, labels) = the_container(&target).await?;
+    assert_eq!(labels["ops.stella.deployment"], id);
+    Ok(())
+}

@@ -611,6 +611,16 @@ impl App {
         }
     }
 
+    /// Dispatches pending tasks to the agents whose sessions this replica holds.
+    pub async fn dispatch_pending(&self) -> Result<(), AppError> {
+        for agent_id in self.store.agents_with_pending_tasks(now_ms()).await? {
+            if self.sessions.is_open(&agent_id) {
+                self.dispatch_to(&agent_id).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The stored payload plus the credentials of the registries it pulls from.
     async fn payload_with_credentials(&self, task: &Task) -> Result<String, AppError> {
         let spec: DeploySpec = serde_json::from_str(&task.payload_json)

@@ -63,8 +63,8 @@ pub async fn serve(
         .await
 }
 
-/// Background work of the gateway: batched heartbeat writes, revocation sync and task
-/// deadlines.
+/// Background work of the gateway: batched heartbeat writes, revocation sync, task
+/// deadlines, and tasks created on other replicas for agents connected here.
 pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     let mut flush = tokio::time::interval(Duration::from_millis(
         app.config.heartbeat_flush_interval_ms,
@@ -72,6 +72,8 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     let mut revocations =
         tokio::time::interval(Duration::from_secs(app.config.revocation_poll_seconds));
     let mut deadlines = tokio::time::interval(Duration::from_secs(5));
+    let mut pending = tokio::time::interval(Duration::from_secs(2));
+    pending.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,6 +88,11 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
             _ = deadlines.tick() => {
                 if let Err(error) = app.expire_tasks().await {
                     tracing::warn!(%error, "task deadline sweep failed; will retry");
+                }
+            }
+            _ = pending.tick() => {
+                if let Err(error) = app.dispatch_pending().await {
+                    tracing::warn!(%error, "pending task dispatch failed; will retry");
                 }
             }
             _ = revocations.tick() => {

@@ -238,6 +238,19 @@ impl Store {
             .into_task()
     }
 
+    /// Agents that have tasks never sent yet (`pending`). Every replica polls this for
+    /// the agents whose sessions it holds: a deployment created on one replica reaches
+    /// an agent connected to another.
+    pub async fn agents_with_pending_tasks(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT DISTINCT agent_id FROM tasks WHERE state = 'pending' AND deadline_at_ms > $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing agents with pending tasks"))
+    }
+
     /// Tasks of this agent that are pending or assigned (not terminal) and whose deadline
     /// has not passed (`deadline_at_ms > now_ms`): in one write transaction sets them
     /// `assigned` with `epoch + 1` and returns them (with the new epoch), oldest first.
