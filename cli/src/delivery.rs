@@ -485,7 +485,7 @@ pub async fn promote(client: &Client, format: Format, args: PromoteArgs) -> anyh
         }
         return Ok(());
     }
-    let deployment = follow(client, &deployment_id, format == Format::Table).await?;
+    let deployment = follow(client, &deployment_id, waiting_lines(format)).await?;
     let state = deployment["state"].as_str().unwrap_or_default().to_owned();
     let mut promotion = promotion;
     promotion["state"] = json!(if state == "succeeded" {
@@ -513,42 +513,51 @@ fn finish(deployment: &Value) -> anyhow::Result<()> {
     }
 }
 
-/// Prints log lines (to stderr when `to_stderr`, so stdout keeps one document) until
-/// the deployment is terminal; returns it.
-async fn follow(client: &Client, id: &str, show: bool) -> anyhow::Result<Value> {
+/// Where followed log lines go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// Standard output (`deployment logs --follow`).
+    Stdout,
+    /// Standard error, so that stdout keeps one document (`--wait`).
+    Stderr,
+    /// Nowhere (`-o json`).
+    Hidden,
+}
+
+/// Prints log lines until the deployment is terminal and every line is out; returns it.
+async fn follow(client: &Client, id: &str, lines: Lines) -> anyhow::Result<Value> {
+    let id = crate::commands::path(id);
     let mut after = 0;
     loop {
-        let deployment = client
-            .get(&format!("/deployments/{}", crate::commands::path(id)))
+        // State first: lines written before a terminal state are all read below.
+        let deployment = client.get(&format!("/deployments/{id}")).await?;
+        let batch = client
+            .get(&format!("/deployments/{id}/logs?after={after}"))
             .await?;
-        let lines = client
-            .get(&format!(
-                "/deployments/{}/logs?after={after}",
-                crate::commands::path(id)
-            ))
-            .await?;
-        for line in lines.as_array().into_iter().flatten() {
+        let batch = batch.as_array().cloned().unwrap_or_default();
+        for line in &batch {
             after = line["seq"].as_i64().unwrap_or(after).max(after);
-            if show {
-                eprintln!("{}  {}", cell(line, "/at"), cell(line, "/message"));
+            let text = format!("{}  {}", cell(line, "/at"), cell(line, "/message"));
+            match lines {
+                Lines::Stdout => println!("{text}"),
+                Lines::Stderr => eprintln!("{text}"),
+                Lines::Hidden => {}
             }
         }
-        if matches!(deployment["state"].as_str(), Some("succeeded" | "failed")) {
-            // Lines written between the two reads.
-            let rest = client
-                .get(&format!(
-                    "/deployments/{}/logs?after={after}",
-                    crate::commands::path(id)
-                ))
-                .await?;
-            for line in rest.as_array().into_iter().flatten() {
-                if show {
-                    eprintln!("{}  {}", cell(line, "/at"), cell(line, "/message"));
-                }
-            }
+        if batch.is_empty() && matches!(deployment["state"].as_str(), Some("succeeded" | "failed"))
+        {
             return Ok(deployment);
         }
-        tokio::time::sleep(FOLLOW_POLL).await;
+        if batch.is_empty() {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+}
+
+fn waiting_lines(format: Format) -> Lines {
+    match format {
+        Format::Table => Lines::Stderr,
+        Format::Json => Lines::Hidden,
     }
 }
 
@@ -622,7 +631,12 @@ pub async fn deployment(
             print(format, &value, deployment_details);
         }
         DeploymentCommand::Logs { id, follow: true } => {
-            let deployment = follow_stdout(client, &id, format).await?;
+            let lines = if format == Format::Table {
+                Lines::Stdout
+            } else {
+                Lines::Hidden
+            };
+            let deployment = follow(client, &id, lines).await?;
             if format == Format::Json {
                 output::json(&deployment);
             }
@@ -641,34 +655,6 @@ pub async fn deployment(
     Ok(())
 }
 
-/// `logs --follow`: lines on stdout (table) as they come.
-async fn follow_stdout(client: &Client, id: &str, format: Format) -> anyhow::Result<Value> {
-    let mut after = 0;
-    loop {
-        let deployment = client
-            .get(&format!("/deployments/{}", crate::commands::path(id)))
-            .await?;
-        let lines = client
-            .get(&format!(
-                "/deployments/{}/logs?after={after}",
-                crate::commands::path(id)
-            ))
-            .await?;
-        for line in lines.as_array().into_iter().flatten() {
-            after = line["seq"].as_i64().unwrap_or(after).max(after);
-            if format == Format::Table {
-                println!("{}  {}", cell(line, "/at"), cell(line, "/message"));
-            }
-        }
-        if matches!(deployment["state"].as_str(), Some("succeeded" | "failed"))
-            && lines.as_array().is_none_or(Vec::is_empty)
-        {
-            return Ok(deployment);
-        }
-        tokio::time::sleep(FOLLOW_POLL).await;
-    }
-}
-
 pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> anyhow::Result<()> {
     let deployment = client
         .post(
@@ -684,7 +670,7 @@ pub async fn rollback(client: &Client, format: Format, args: RollbackArgs) -> an
         print(format, &deployment, |v| println!("{}", cell(v, "/id")));
         return Ok(());
     }
-    let finished = follow(client, &id, format == Format::Table).await?;
+    let finished = follow(client, &id, waiting_lines(format)).await?;
     print(format, &finished, |v| println!("{}", cell(v, "/id")));
     finish(&finished)
 }

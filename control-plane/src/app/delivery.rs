@@ -49,6 +49,19 @@ pub fn sha256_id(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A store error, with "not found" told in the words of the request.
+fn not_found_as(
+    error: StoreError,
+    kind: ErrorKind,
+    code: &'static str,
+    message: String,
+) -> AppError {
+    match error {
+        StoreError::NotFound { .. } => AppError::new(kind, code, message),
+        other => other.into(),
+    }
+}
+
 fn invalid(error: crate::domain::Invalid) -> AppError {
     AppError::invalid(error.0)
 }
@@ -63,17 +76,14 @@ impl App {
     ) -> Result<Environment, AppError> {
         validate_name("environment", name)?;
         if let Some(after) = &after {
-            self.store
-                .get_environment(after)
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound { .. } => AppError::new(
-                        ErrorKind::InvalidArgument,
-                        "unknown_environment",
-                        format!("--after names an unknown environment `{after}`"),
-                    ),
-                    other => other.into(),
-                })?;
+            self.store.get_environment(after).await.map_err(|e| {
+                not_found_as(
+                    e,
+                    ErrorKind::InvalidArgument,
+                    "unknown_environment",
+                    format!("--after names an unknown environment `{after}`"),
+                )
+            })?;
         }
         let env = Environment {
             name: name.to_owned(),
@@ -127,25 +137,21 @@ impl App {
         validate_name("target", name)?;
         let kind: TargetKind = kind.parse().map_err(invalid)?;
         kind.validate_settings(&settings).map_err(invalid)?;
-        let env = self
-            .store
-            .get_environment(environment)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::new(
-                    ErrorKind::InvalidArgument,
-                    "unknown_environment",
-                    format!("unknown environment `{environment}`"),
-                ),
-                other => other.into(),
-            })?;
-        let agent = self.store.find_agent(agent).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => AppError::new(
+        let env = self.store.get_environment(environment).await.map_err(|e| {
+            not_found_as(
+                e,
+                ErrorKind::InvalidArgument,
+                "unknown_environment",
+                format!("unknown environment `{environment}`"),
+            )
+        })?;
+        let agent = self.store.find_agent(agent).await.map_err(|e| {
+            not_found_as(
+                e,
                 ErrorKind::InvalidArgument,
                 "unknown_agent",
                 format!("unknown agent `{agent}`"),
-            ),
-            other => other.into(),
+            )
         })?;
         if agent.revoked_at_ms.is_some() {
             return Err(AppError::invalid(format!(
@@ -356,26 +362,22 @@ impl App {
             .store
             .get_release(release, version)
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::new(
+            .map_err(|e| {
+                not_found_as(
+                    e,
                     ErrorKind::NotFound,
                     "unknown_release",
                     format!("unknown release {release}@{version}"),
-                ),
-                other => other.into(),
+                )
             })?;
-        let env = self
-            .store
-            .get_environment(environment)
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::new(
-                    ErrorKind::NotFound,
-                    "unknown_environment",
-                    format!("unknown environment `{environment}`"),
-                ),
-                other => other.into(),
-            })?;
+        let env = self.store.get_environment(environment).await.map_err(|e| {
+            not_found_as(
+                e,
+                ErrorKind::NotFound,
+                "unknown_environment",
+                format!("unknown environment `{environment}`"),
+            )
+        })?;
         self.deploy(
             &release,
             &env,
@@ -542,13 +544,13 @@ impl App {
             .store
             .get_release(&release_name, &target_version)
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => AppError::new(
+            .map_err(|e| {
+                not_found_as(
+                    e,
                     ErrorKind::NotFound,
                     "unknown_release",
                     format!("unknown release {release_name}@{target_version}"),
-                ),
-                other => other.into(),
+                )
             })?;
         self.deploy(
             &release,
