@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The generated `AgentGatewayClient::connect(dst)` constructor would clash with the
         // `Connect` RPC; agents build their channel themselves (custom TLS connector).
         .build_transport(false)
+        // Small initial message buffers: a server holds two per agent session.
+        .codec_path("crate::SmallBufferCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

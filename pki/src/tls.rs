@@ -91,6 +91,11 @@ pub fn server_tls_config(
             source,
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No TLS resumption: a resumed TLS 1.3 session skips the client certificate check,
+    // so a revoked agent could come back on an old ticket. Every handshake runs the
+    // verifier (and no ticket state is held per agent).
+    config.send_tls13_tickets = 0;
+    config.session_storage = std::sync::Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 

@@ -61,13 +61,28 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     run_checked(cargo().args(["build", "--workspace", "--bins"]))?;
 
     step("run tests");
-    run_checked(
-        cargo()
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(&args.cargo_test_args),
-    )?;
+    let mut test = cargo();
+    test.args(["test", "--no-fail-fast"]);
+    // `--workspace` would override a `-p` given after `--`.
+    if !selects_packages(&args.cargo_test_args) {
+        test.arg("--workspace");
+    }
+    run_checked(test.args(&args.cargo_test_args))?;
     println!("\ntest: ok");
     Ok(())
+}
+
+/// Whether `cargo test` arguments (before a `--` of their own) pick packages.
+fn selects_packages(cargo_test_args: &[String]) -> bool {
+    cargo_test_args
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| {
+            arg == "-p"
+                || arg == "--package"
+                || arg.starts_with("--package=")
+                || (arg.starts_with("-p") && arg.len() > 2)
+        })
 }
 
 /// Installs the packages whose check path is missing (one `apt-get update`, one
@@ -131,4 +146,26 @@ fn is_root() -> anyhow::Result<bool> {
         .output()
         .context("cannot run `id -u`")?;
     Ok(String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects_packages;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn package_selection_is_found_before_the_test_binary_args() {
+        assert!(selects_packages(&args(&["-p", "stella-pki"])));
+        assert!(selects_packages(&args(&["-pstella-pki"])));
+        assert!(selects_packages(&args(&[
+            "--package=stella-pki",
+            "--",
+            "--nocapture"
+        ])));
+        assert!(!selects_packages(&args(&["tls", "--", "-p"])));
+        assert!(!selects_packages(&args(&[])));
+    }
 }

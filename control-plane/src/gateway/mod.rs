@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use stella_pki::AgentIdentity;
 use stella_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use stella_proto::v1::{
@@ -58,6 +58,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Caps on in-flight data per agent (hyper's default is 1 MiB per connection); agent
+        // messages are small, and a lagging gateway must not buffer 1 MiB from each agent.
+        .initial_stream_window_size(Some(64 * 1024))
+        .initial_connection_window_size(Some(128 * 1024))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
@@ -231,10 +235,10 @@ impl AgentGateway for Gateway {
             })),
         };
         // The channel is new and empty: this cannot wait.
-        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Box::new(Ok(welcome)));
         match self.app.desired_state_for(&agent.id).await {
             Ok(desired) => {
-                let _ = tx.try_send(Ok(desired));
+                let _ = tx.try_send(Box::new(Ok(desired)));
             }
             Err(error) => tracing::warn!(%error, "cannot build the agent's desired state"),
         }
@@ -248,7 +252,9 @@ impl AgentGateway for Gateway {
         // new epoch; its journal answers the ones it finished).
         let app = self.app.clone();
         tokio::spawn(async move { app.dispatch_to(&agent.id).await }.instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|item| *item),
+        )))
     }
 }
 
@@ -256,7 +262,7 @@ async fn run_session(
     app: Arc<App>,
     agent_id: String,
     mut inbound: Streaming<AgentMessage>,
-    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    tx: sessions::Outbox,
     guard: sessions::SessionGuard,
 ) {
     app.metrics.agent_sessions.inc();
@@ -265,7 +271,7 @@ async fn run_session(
             _ = guard.closed.cancelled() => {
                 let reason = guard.close_reason().unwrap_or(sessions::CloseReason::ShuttingDown);
                 tracing::info!(?reason, "closing agent session");
-                let _ = tx.send(Err(reason.status())).await;
+                let _ = tx.send(Box::new(Err(reason.status()))).await;
                 break;
             }
             message = inbound.message() => match message {

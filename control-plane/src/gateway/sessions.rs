@@ -30,8 +30,12 @@ impl CloseReason {
     }
 }
 
+/// One item of an agent's stream. Boxed: the channel allocates its slots up front,
+/// and a boxed slot is a pointer instead of a whole message or status.
+pub type OutboxItem = Box<Result<stella_proto::v1::ServerMessage, tonic::Status>>;
+
 /// What the server sends down one agent's stream.
-pub type Outbox = tokio::sync::mpsc::Sender<Result<stella_proto::v1::ServerMessage, tonic::Status>>;
+pub type Outbox = tokio::sync::mpsc::Sender<OutboxItem>;
 
 #[derive(Debug)]
 struct SessionHandle {
@@ -117,7 +121,7 @@ impl SessionRegistry {
     pub async fn send(&self, agent_id: &str, message: stella_proto::v1::ServerMessage) -> bool {
         let outbox = self.sessions.lock().get(agent_id).map(|s| s.outbox.clone());
         match outbox {
-            Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
+            Some(outbox) => outbox.send(Box::new(Ok(message))).await.is_ok(),
             None => false,
         }
     }
