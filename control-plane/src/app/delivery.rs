@@ -657,13 +657,9 @@ impl App {
         })
     }
 
-    /// A progress line from an agent.
-    pub async fn record_task_update(
-        &self,
-        agent_id: &str,
-        update: &v1::TaskUpdate,
-    ) -> Result<(), AppError> {
-        let task = self.store.get_task(&update.task_id).await?;
+    /// A task, if it is the calling agent's: an agent speaks only of its own tasks.
+    async fn agent_task(&self, agent_id: &str, task_id: &str) -> Result<Task, AppError> {
+        let task = self.store.get_task(task_id).await?;
         if task.agent_id != agent_id {
             return Err(AppError::new(
                 ErrorKind::PermissionDenied,
@@ -671,6 +667,16 @@ impl App {
                 "task belongs to another agent",
             ));
         }
+        Ok(task)
+    }
+
+    /// A progress line from an agent.
+    pub async fn record_task_update(
+        &self,
+        agent_id: &str,
+        update: &v1::TaskUpdate,
+    ) -> Result<(), AppError> {
+        let task = self.agent_task(agent_id, &update.task_id).await?;
         let at = if update.at_unix_ms > 0 {
             update.at_unix_ms
         } else {
@@ -694,14 +700,7 @@ impl App {
         agent_id: &str,
         result: &v1::TaskResult,
     ) -> Result<(), AppError> {
-        let task = self.store.get_task(&result.task_id).await?;
-        if task.agent_id != agent_id {
-            return Err(AppError::new(
-                ErrorKind::PermissionDenied,
-                "not_your_task",
-                "task belongs to another agent",
-            ));
-        }
+        let task = self.agent_task(agent_id, &result.task_id).await?;
         let state = match v1::TaskState::try_from(result.state) {
             Ok(v1::TaskState::Succeeded) => TaskState::Succeeded,
             Ok(v1::TaskState::Failed | v1::TaskState::Cancelled) => TaskState::Failed,
