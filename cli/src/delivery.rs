@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::client::Client;
 
 /// How often `--wait` and `logs --follow` poll the deployment.
-const FOLLOW_POLL: Duration = Duration::from_millis(100);
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
 use crate::output::{self, cell, Format};
 
 /// `stella env …`

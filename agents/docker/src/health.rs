@@ -12,7 +12,10 @@ use crate::error::DockerError;
 
 /// How long a container without any health check must keep running to count as started.
 pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Polling starts fast (a small service is up within tens of milliseconds) and backs off
+/// to [`MAX_POLL_INTERVAL`] so a slow one costs little.
+const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(20);
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to wait for.
@@ -40,6 +43,7 @@ impl HealthWait<'_> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let mut last_detail = "no health check result yet".to_owned();
+        let mut poll_interval = FIRST_POLL_INTERVAL;
         loop {
             let inspect = engine.inspect(self.container).await?;
             self.check_still_running(engine, &inspect).await?;
@@ -94,8 +98,9 @@ impl HealthWait<'_> {
             }
             tokio::select! {
                 () = cancel.cancelled() => return Err(DockerError::Cancelled),
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = tokio::time::sleep(poll_interval) => {}
             }
+            poll_interval = (poll_interval * 2).min(MAX_POLL_INTERVAL);
         }
     }
 
