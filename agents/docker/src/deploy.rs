@@ -252,11 +252,7 @@ impl DockerTarget {
         }
         say(format!("{} is healthy", state.next_name));
         for old in &state.containers {
-            self.engine
-                .stop(&old.id, settings.stop_timeout_seconds)
-                .await?;
-            self.engine.remove(&old.id).await?;
-            say(format!("removed old container {}", old.name));
+            self.retire(old, settings, say, "old").await?;
         }
         Ok(())
     }
@@ -415,12 +411,24 @@ impl DockerTarget {
         say: &impl Fn(String),
     ) -> Result<(), DockerError> {
         for extra in containers.iter().filter(|c| c.id != keep) {
-            self.engine
-                .stop(&extra.id, settings.stop_timeout_seconds)
-                .await?;
-            self.engine.remove(&extra.id).await?;
-            say(format!("removed extra container {}", extra.name));
+            self.retire(extra, settings, say, "extra").await?;
         }
+        Ok(())
+    }
+
+    /// Stops a container gracefully and removes it.
+    async fn retire(
+        &self,
+        container: &ManagedContainer,
+        settings: &DockerSettings,
+        say: &impl Fn(String),
+        what: &str,
+    ) -> Result<(), DockerError> {
+        self.engine
+            .stop(&container.id, settings.stop_timeout_seconds)
+            .await?;
+        self.engine.remove(&container.id).await?;
+        say(format!("removed {what} container {}", container.name));
         Ok(())
     }
 

@@ -175,12 +175,6 @@ impl App {
                 ),
             ));
         }
-        if settings.contains_key("container_name")
-            && settings.get("components").is_none_or(|c| c.contains(','))
-        {
-            // A fixed name fits one container: require the component selection to say which.
-            tracing::debug!(target = %name, "container_name with several components is checked at deploy time");
-        }
         let target = Target {
             name: name.to_owned(),
             environment: env.name,
