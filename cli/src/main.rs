@@ -133,30 +133,22 @@ fn init_tracing(default: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = cli.output;
+    let (server_url, token) = (cli.server, cli.token);
+    let client = || client::Client::new(&server_url, token.clone());
     match cli.command {
         Command::Server(args) => server::run(args).await,
-        Command::Agent(command) => {
-            commands::agent(&cli.server, cli.token, cli.output, command).await
-        }
-        command => {
-            let client = client::Client::new(&cli.server, cli.token)?;
-            let format = cli.output;
-            match command {
-                Command::Agents(command) => commands::agents(&client, format, command).await,
-                Command::User(command) => commands::user(&client, format, command).await,
-                Command::Env(command) => delivery::env(&client, format, command).await,
-                Command::Target(command) => delivery::target(&client, format, command).await,
-                Command::Registry(command) => delivery::registry(&client, format, command).await,
-                Command::Release(command) => delivery::release(&client, format, command).await,
-                Command::Promote(args) => delivery::promote(&client, format, args).await,
-                Command::Deployment(command) => {
-                    delivery::deployment(&client, format, command).await
-                }
-                Command::Rollback(args) => delivery::rollback(&client, format, args).await,
-                Command::Drift(command) => delivery::drift(&client, format, command).await,
-                Command::Server(_) | Command::Agent(_) => unreachable!("handled above"),
-            }
-        }
+        Command::Agent(command) => commands::agent(&server_url, token, format, command).await,
+        Command::Agents(command) => commands::agents(&client()?, format, command).await,
+        Command::User(command) => commands::user(&client()?, format, command).await,
+        Command::Env(command) => delivery::env(&client()?, format, command).await,
+        Command::Target(command) => delivery::target(&client()?, format, command).await,
+        Command::Registry(command) => delivery::registry(&client()?, format, command).await,
+        Command::Release(command) => delivery::release(&client()?, format, command).await,
+        Command::Promote(args) => delivery::promote(&client()?, format, args).await,
+        Command::Deployment(command) => delivery::deployment(&client()?, format, command).await,
+        Command::Rollback(args) => delivery::rollback(&client()?, format, args).await,
+        Command::Drift(command) => delivery::drift(&client()?, format, command).await,
     }
 }
 
