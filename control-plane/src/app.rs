@@ -2,9 +2,18 @@
 //! the control plane offers, over the store, the PKI and the live agent sessions.
 //! Protocol layers only translate requests and errors.
 
-mod delivery;
+mod deployments;
+mod dispatch;
+mod drift;
+mod environments;
+mod registries;
+mod releases;
+mod targets;
 
-pub use delivery::{canonical_json, sha256_id, ComponentRequest, EnvironmentChange, DRIFT_ACTOR};
+pub use deployments::{canonical_json, sha256_id};
+pub use drift::DRIFT_ACTOR;
+pub use environments::EnvironmentChange;
+pub use releases::ComponentRequest;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,6 +103,24 @@ pub(crate) fn conflict_as(
         }
         other => other,
     }
+}
+
+/// A store error, with "not found" told in the words of the request.
+pub(crate) fn not_found_as(
+    error: crate::store::StoreError,
+    kind: ErrorKind,
+    code: &'static str,
+    message: String,
+) -> AppError {
+    match error {
+        crate::store::StoreError::NotFound { .. } => AppError::new(kind, code, message),
+        other => other.into(),
+    }
+}
+
+/// A broken domain rule as a 400.
+pub(crate) fn invalid(error: crate::domain::Invalid) -> AppError {
+    AppError::invalid(error.0)
 }
 
 /// Names of agents and users: `[a-z0-9][a-z0-9._-]{0,62}`.

@@ -4,15 +4,64 @@
 //! The store, the gateway and the API convert their own representations to and from these
 //! types at their edges.
 
-pub mod delivery;
-
-pub use delivery::*;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// A value that breaks a domain rule; the message is fit for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A string-named enum: `as_str`, `FromStr` (refusing unknown names with [`Invalid`])
+/// and `Display`, for the states and kinds the store keeps by name.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// The stored and shown name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Invalid;
+            fn from_str(s: &str) -> Result<Self, Invalid> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(Invalid(format!("unknown {} `{other}`", stringify!($name)))),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+mod deployment;
+mod drift;
+mod environment;
+mod image;
+mod release;
+mod target;
+
+pub use deployment::*;
+pub use drift::*;
+pub use environment::*;
+pub use image::*;
+pub use release::*;
+pub use target::*;
 
 /// What a user may do; a user holds any number of roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::domain::delivery::{Digest, ImageRef};
+use crate::domain::{Digest, ImageRef};
 
 /// How long one resolution may take, all attempts and round trips included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use stella_control_plane::domain::delivery::ImageRef;
+use stella_control_plane::domain::ImageRef;
 use stella_control_plane::registry::{RegistryAccess, RegistryClient, RegistryError};
 use stella_tests::registry::{TestRegistry, REGISTRY_BIN};
 use stella_tests::token_server::TokenServer;
