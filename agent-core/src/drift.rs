@@ -251,13 +251,22 @@ impl DesiredStore {
         self.state.subscribe()
     }
 
-    /// Replaces the desired state with what the server sent. Targets whose payload does
-    /// not parse are logged and left out.
+    /// Takes in what the server sent: per target, the server's payload when its
+    /// generation is at least that of the one held (the server may have built its
+    /// message before storing a result this agent already recorded, so the desired
+    /// state never goes backwards); a target the server lists without a payload keeps
+    /// what is held; a target the server does not list is no longer this agent's and is
+    /// forgotten. Payloads that do not parse are logged and left out.
     pub(crate) async fn replace(&self, message: &v1::DesiredState) {
-        let mut targets = DesiredTargets::new();
+        let mut sent = DesiredTargets::new();
+        let mut listed = BTreeSet::new();
         for desired in &message.targets {
+            listed.insert(desired.target.clone());
+            if desired.deploy_json.is_empty() {
+                continue;
+            }
             match parse_deploy_task(&desired.deploy_json) {
-                Ok(task) => {
+                Ok(mut task) => {
                     if task.target.name != desired.target {
                         tracing::warn!(
                             target = %desired.target,
@@ -265,7 +274,10 @@ impl DesiredStore {
                             "the desired state of a target names another target; using it as sent"
                         );
                     }
-                    targets.insert(desired.target.clone(), task.without_credentials());
+                    if desired.generation > 0 {
+                        task.generation = desired.generation;
+                    }
+                    sent.insert(desired.target.clone(), task.without_credentials());
                 }
                 Err(message) => tracing::warn!(
                     target = %desired.target,
@@ -274,15 +286,39 @@ impl DesiredStore {
                 ),
             }
         }
-        tracing::info!(targets = targets.len(), "desired state received");
-        self.update(|current| *current = targets).await;
+        tracing::info!(targets = listed.len(), "desired state received");
+        self.update(|current| {
+            current.retain(|target, _| listed.contains(target));
+            for (target, task) in sent {
+                match current.get(&target) {
+                    Some(held) if held.generation > task.generation => {
+                        tracing::debug!(
+                            target = %target,
+                            held = held.generation,
+                            sent = task.generation,
+                            "keeping the newer desired state this agent recorded"
+                        );
+                    }
+                    _ => {
+                        current.insert(target, task);
+                    }
+                }
+            }
+        })
+        .await;
     }
 
-    /// Records a successful deployment as its target's desired state.
+    /// Records a successful deployment as its target's desired state, unless a newer
+    /// one (higher generation) is held already.
     pub(crate) async fn deployed(&self, task: &DeployTask) {
         let task = task.clone().without_credentials();
         self.update(|current| {
-            current.insert(task.target.name.clone(), task);
+            let newer_held = current
+                .get(&task.target.name)
+                .is_some_and(|held| held.generation > task.generation);
+            if !newer_held {
+                current.insert(task.target.name.clone(), task);
+            }
         })
         .await;
     }
@@ -715,6 +751,8 @@ mod tests {
                 image: "r.local/api@sha256:aaa".into(),
             }],
             registry_auth: Vec::new(),
+            generation: 0,
+            secrets: Default::default(),
         }
     }
 
@@ -891,10 +929,12 @@ mod tests {
                     v1::DesiredTarget {
                         target: "web-1".into(),
                         deploy_json: serde_json::to_vec(&task).expect("json"),
+                        generation: 1,
                     },
                     v1::DesiredTarget {
                         target: "broken".into(),
                         deploy_json: b"{}".to_vec(),
+                        generation: 1,
                     },
                 ],
             })
@@ -905,7 +945,9 @@ mod tests {
         let reloaded = DesiredStore::load(dir.path());
         let targets = reloaded.current();
         assert_eq!(targets.keys().collect::<Vec<_>>(), ["web-1"]);
-        assert_eq!(targets["web-1"], task.clone().without_credentials());
+        let mut expected = task.clone().without_credentials();
+        expected.generation = 1;
+        assert_eq!(targets["web-1"], expected);
 
         let mut next = desired();
         next.target.name = "web-2".into();
@@ -931,5 +973,52 @@ mod tests {
         assert_eq!(deploying.idle_generation("web-1"), None);
         drop(second);
         assert_eq!(deploying.idle_generation("web-1"), Some(2));
+    }
+
+    fn sent(targets: &[(&str, Option<&DeployTask>, u64)]) -> v1::DesiredState {
+        v1::DesiredState {
+            targets: targets
+                .iter()
+                .map(|(target, task, generation)| v1::DesiredTarget {
+                    target: (*target).to_owned(),
+                    deploy_json: task
+                        .map(|t| serde_json::to_vec(t).expect("json"))
+                        .unwrap_or_default(),
+                    generation: *generation,
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_desired_state_never_goes_backwards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DesiredStore::load(dir.path());
+        let mut v1_task = desired();
+        v1_task.version = "1.0".into();
+        let mut v2_task = desired();
+        v2_task.version = "2.0".into();
+        v2_task.generation = 2;
+        // The agent finished generation 2 and recorded it...
+        store.deployed(&v2_task).await;
+        // ... then a message built before the server stored that result arrives.
+        store.replace(&sent(&[("web-1", Some(&v1_task), 1)])).await;
+        assert_eq!(store.current()["web-1"].version, "2.0");
+        // A re-run of the older task does not overwrite it either.
+        let mut old_run = v1_task.clone();
+        old_run.generation = 1;
+        store.deployed(&old_run).await;
+        assert_eq!(store.current()["web-1"].version, "2.0");
+        // A target listed without a payload keeps what the agent recorded.
+        store.replace(&sent(&[("web-1", None, 0)])).await;
+        assert_eq!(store.current()["web-1"].version, "2.0");
+        // A newer generation from the server wins; an unlisted target is forgotten.
+        let mut v3_task = desired();
+        v3_task.version = "3.0".into();
+        store.replace(&sent(&[("web-1", Some(&v3_task), 3)])).await;
+        assert_eq!(store.current()["web-1"].version, "3.0");
+        assert_eq!(store.current()["web-1"].generation, 3);
+        store.replace(&sent(&[])).await;
+        assert!(store.current().is_empty());
     }
 }

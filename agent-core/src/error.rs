@@ -84,6 +84,14 @@ pub enum AgentError {
         /// The gRPC status or TLS alert.
         reason: String,
     },
+    /// The control plane revoked this agent: it will never be let back in.
+    #[error("the control plane at {url} revoked this agent ({reason}): enrol it again with a new join token and an empty data dir")]
+    Revoked {
+        /// The gateway URL.
+        url: String,
+        /// The gRPC status or TLS alert that said so.
+        reason: String,
+    },
     /// A TLS handshake with the gateway failed.
     #[error("tls with {url} failed")]
     Tls {
@@ -157,7 +165,15 @@ impl AgentError {
     /// Whether the control plane refused this agent (revoked, unknown certificate): retrying
     /// quickly cannot help, so the session retries at the maximum backoff.
     pub fn is_refused(&self) -> bool {
-        matches!(self, AgentError::Refused { .. })
+        matches!(
+            self,
+            AgentError::Refused { .. } | AgentError::Revoked { .. }
+        )
+    }
+
+    /// Whether the control plane revoked this agent: the agent stops instead of retrying.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, AgentError::Revoked { .. })
     }
 
     /// Whether retrying the same call later may succeed (network trouble, server restart).

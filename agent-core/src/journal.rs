@@ -7,10 +7,18 @@
 //! each reconnect. The server handles duplicates idempotently, and an assignment of a
 //! finished task is answered from here in any case.
 //!
-//! Entries hold no task payload, so nothing secret in one (registry credentials) reaches
-//! the disk.
+//! Entries hold no task payload, so nothing secret in one (registry credentials, secret
+//! values) reaches the disk.
+//!
+//! Beside each entry, `<task>.lines` holds the task's progress lines, numbered from 1 (one
+//! JSON object a line, appended as they are reported). Until the task's result is
+//! acknowledged they are re-sent after every reconnect, so lines reported while the server
+//! was down reach it; the server stores each (task, line number) once. The file goes when
+//! the result is acknowledged.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +68,62 @@ impl Outcome {
             Outcome::Failed => v1::TaskState::Failed,
             Outcome::Cancelled => v1::TaskState::Cancelled,
         }
+    }
+}
+
+/// A progress line as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournaledLine {
+    /// Its number within the task, from 1.
+    pub line: u64,
+    /// When it was reported.
+    pub at_unix_ms: i64,
+    /// The line.
+    pub message: String,
+}
+
+/// Appends a task's progress lines to its `.lines` file and numbers them.
+#[derive(Debug)]
+pub struct TaskLines {
+    path: PathBuf,
+    /// The number the next line gets.
+    next: Mutex<u64>,
+}
+
+impl TaskLines {
+    /// Journals a line and returns its number. A line that cannot be written is logged
+    /// and still numbered and sent: progress is advisory, and the task goes on.
+    ///
+    /// This writes to a file from async code on purpose: one short append to the page
+    /// cache (no fsync) per progress line, far below the point where it would stall the
+    /// runtime; a crash of the agent process loses nothing written, a crash of the host
+    /// may lose the last lines, which only cost progress.
+    pub fn append(&self, at_unix_ms: i64, message: &str) -> u64 {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let line = *next;
+        *next += 1;
+        let record = JournaledLine {
+            line,
+            at_unix_ms,
+            message: message.to_owned(),
+        };
+        let written = serde_json::to_vec(&record)
+            .map_err(std::io::Error::other)
+            .and_then(|mut json| {
+                json.push(b'\n');
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?
+                    .write_all(&json)
+            });
+        if let Err(error) = written {
+            tracing::warn!(path = %self.path.display(), %error, "could not journal a progress line");
+        }
+        line
     }
 }
 
@@ -219,6 +283,36 @@ impl Journal {
         Ok(entry)
     }
 
+    /// The progress-line writer of a task, numbering on from the lines journaled by an
+    /// earlier run of it.
+    pub fn task_lines(&self, task_id: &str) -> Result<TaskLines, AgentError> {
+        let path = self.lines_path(task_id)?;
+        let text = fsutil::read_optional(&path)?.unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            // A crash tore the last line: end it, so the next line starts on its own.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(b"\n"))
+                .map_err(|e| AgentError::io("write", &path, e))?;
+        }
+        let next = parse_lines(&text).last().map_or(1, |line| line.line + 1);
+        Ok(TaskLines {
+            path,
+            next: Mutex::new(next),
+        })
+    }
+
+    /// The progress lines journaled for a task, in order. A torn last line (a crash while
+    /// writing it) is skipped.
+    pub fn read_lines(&self, task_id: &str) -> Result<Vec<JournaledLine>, AgentError> {
+        let path = self.lines_path(task_id)?;
+        let Some(text) = fsutil::read_optional(&path)? else {
+            return Ok(Vec::new());
+        };
+        Ok(parse_lines(&text))
+    }
+
     /// Records that the server stored a task's result, sent under lease `epoch`
     /// (`TaskAck`); returns whether the entry changed. An acknowledgement under an older
     /// epoch than the entry's, or of a task that has not finished, changes nothing.
@@ -231,6 +325,8 @@ impl Journal {
         }
         entry.acknowledged = true;
         self.put(&entry)?;
+        // The lines came before the result on the same stream: the server has them.
+        fsutil::remove_if_exists(&self.lines_path(task_id)?)?;
         Ok(true)
     }
 
@@ -281,6 +377,7 @@ impl Journal {
                 .as_ref()
                 .is_some_and(|r| r.finished_at_unix_ms < cutoff);
             if entry.state == EntryState::Finished && finished_before_cutoff {
+                fsutil::remove_if_exists(&self.lines_path(&entry.task_id)?)?;
                 fsutil::remove_if_exists(&self.path_of(&entry.task_id)?)?;
                 removed += 1;
             }
@@ -298,6 +395,10 @@ impl Journal {
         Ok(self.dir.join(format!("{task_id}.json")))
     }
 
+    fn lines_path(&self, task_id: &str) -> Result<PathBuf, AgentError> {
+        Ok(self.path_of(task_id)?.with_extension("lines"))
+    }
+
     fn file_names(&self) -> Result<Vec<String>, AgentError> {
         let read =
             std::fs::read_dir(&self.dir).map_err(|e| AgentError::io("list", &self.dir, e))?;
@@ -308,6 +409,12 @@ impl Journal {
         }
         Ok(names)
     }
+}
+
+fn parse_lines(text: &str) -> Vec<JournaledLine> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<JournaledLine>(line).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -351,6 +458,42 @@ mod tests {
         assert!(journal.acknowledge("t-1", 4).expect("ack"), "newer epoch");
         assert!(journal.in_flight().expect("in flight").is_empty());
         assert!(!journal.acknowledge("t-1", 4).expect("again"), "already");
+    }
+
+    #[test]
+    fn progress_lines_are_numbered_across_runs_and_dropped_on_acknowledgement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(dir.path()).expect("open");
+        let lines = journal.task_lines("t-1").expect("lines");
+        assert_eq!(lines.append(10, "pulling"), 1);
+        assert_eq!(lines.append(11, "starting"), 2);
+        // A re-run after a crash numbers on; a torn last line is ignored.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal/t-1.lines"))
+            .expect("open lines");
+        std::io::Write::write_all(&mut file, b"{\"line\":3,\"at_un").expect("torn");
+        let again = journal.task_lines("t-1").expect("lines");
+        let read = journal.read_lines("t-1").expect("read");
+        assert_eq!(
+            read.iter()
+                .map(|l| (l.line, l.message.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "pulling"), (2, "starting")]
+        );
+        drop(file);
+        assert_eq!(again.append(12, "healthy"), 3);
+        assert_eq!(journal.read_lines("t-1").expect("read").len(), 3);
+        journal
+            .finish("t-1", 1, "deploy", finished(Outcome::Succeeded, 13))
+            .expect("finish");
+        assert!(journal.acknowledge("t-1", 1).expect("ack"));
+        assert!(journal.read_lines("t-1").expect("read").is_empty());
+        assert_eq!(
+            journal.entries().expect("entries").len(),
+            1,
+            "lines files are not entries"
+        );
     }
 
     #[test]

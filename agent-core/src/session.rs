@@ -169,8 +169,10 @@ impl Agent {
             )
             .in_current_span(),
         );
-        let drift = self.start_drift_loop(shutdown.child_token());
+        let drift_shutdown = shutdown.child_token();
+        let drift = self.start_drift_loop(drift_shutdown.clone());
         let mut backoff = Backoff::new(self.config.backoff);
+        let mut revoked = None;
         loop {
             let started = Instant::now();
             let mut welcomed = false;
@@ -189,6 +191,11 @@ impl Agent {
                         "the server closed the session"
                     );
                     delay
+                }
+                Err(error) if error.is_revoked() => {
+                    tracing::error!(error = %error_chain(&error), "this agent was revoked; stopping");
+                    revoked = Some(error);
+                    break;
                 }
                 Err(error) if error.is_refused() => {
                     let delay = backoff.refused_delay();
@@ -215,6 +222,7 @@ impl Agent {
             }
         }
         renewal.abort();
+        drift_shutdown.cancel();
         if let Err(error) = drift.await {
             if error.is_panic() {
                 tracing::error!("the drift loop panicked");
@@ -223,6 +231,9 @@ impl Agent {
         // Stopping midway is the same as a crash: the journal keeps these tasks as
         // running, and they run again when the server re-assigns them.
         self.tasks.join_set.lock().await.shutdown().await;
+        if let Some(error) = revoked {
+            return Err(error);
+        }
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -343,7 +354,10 @@ impl Agent {
         loop {
             self.tasks.reap().await;
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                () = shutdown.cancelled() => {
+                    say_goodbye(upstream, inbound).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
                 _ = heartbeat.tick() => {
                     self.heartbeat_sequence += 1;
                     let beat = v1::Heartbeat {
@@ -390,9 +404,9 @@ impl Agent {
     }
 
     /// Drops what queued up for the server while there was no session, so a long
-    /// disconnection does not pile up memory: progress lines are stale by now, results
-    /// are in the journal, re-sent by [`Agent::resend_unacknowledged`], and drift is
-    /// reported afresh by the first round of the next session. Sticker reports (one per
+    /// disconnection does not pile up memory: progress lines and results are in the
+    /// journal, re-sent by [`Agent::resend_unacknowledged`], and drift is reported afresh
+    /// by the first round of the next session. Sticker reports (one per
     /// deployed component) are kept.
     fn discard_stale_outbox(&mut self) {
         let mut kept = Vec::new();
@@ -413,6 +427,28 @@ impl Agent {
         let journal = self.tasks.journal.clone();
         let entries = fsutil::blocking(move || journal.in_flight()).await?;
         for entry in entries {
+            // Progress lines first, so the server has them before it sees the result.
+            let journal = self.tasks.journal.clone();
+            let task_id = entry.task_id.clone();
+            let lines = fsutil::blocking(move || journal.read_lines(&task_id))
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(task_id = %entry.task_id, error = %error_chain(&error), "cannot read journaled progress lines");
+                    Vec::new()
+                });
+            if !lines.is_empty() {
+                tracing::debug!(task_id = %entry.task_id, lines = lines.len(), "re-sending journaled progress lines");
+            }
+            for line in lines {
+                let update = v1::TaskUpdate {
+                    task_id: entry.task_id.clone(),
+                    epoch: entry.epoch,
+                    message: line.message,
+                    at_unix_ms: line.at_unix_ms,
+                    line: line.line,
+                };
+                send(upstream, AgentBody::TaskUpdate(update)).await?;
+            }
             if entry.state != EntryState::Finished {
                 continue;
             }
@@ -438,6 +474,32 @@ impl Agent {
             }
             None => tracing::debug!("ignoring an empty server message"),
         }
+    }
+}
+
+/// How long a clean stop waits for the server to take the goodbye and close the stream.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells the server this agent stops cleanly (it shows `disconnected` at once), ends our
+/// side of the stream and waits briefly for the server to end its side, so the goodbye
+/// is not lost in a connection torn down under it.
+async fn say_goodbye(
+    upstream: mpsc::Sender<v1::AgentMessage>,
+    mut inbound: tonic::Streaming<v1::ServerMessage>,
+) {
+    let goodbye = v1::AgentMessage {
+        body: Some(AgentBody::Goodbye(v1::Goodbye {
+            reason: "the agent is stopping".to_owned(),
+        })),
+    };
+    let sent = tokio::time::timeout(GOODBYE_TIMEOUT, upstream.send(goodbye)).await;
+    drop(upstream);
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+        tracing::info!("said goodbye to the control plane");
     }
 }
 
@@ -666,11 +728,21 @@ impl Tasks {
         cancel: CancellationToken,
         cancel_reason: Arc<OnceLock<String>>,
     ) {
+        let journal = self.journal.clone();
+        let task_id = assignment.task_id.clone();
+        let lines = match fsutil::blocking(move || journal.task_lines(&task_id)).await {
+            Ok(lines) => Some(Arc::new(lines)),
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "cannot journal progress lines; sending them unjournaled");
+                None
+            }
+        };
         let progress = Progress::session(
             self.agent_id.clone(),
             assignment.task_id.clone(),
             Arc::clone(&epoch),
             self.outbox.clone(),
+            lines,
         );
         let work = run_task(self, &assignment, &progress, &cancel);
         tokio::pin!(work);

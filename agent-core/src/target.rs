@@ -129,6 +129,36 @@ pub struct DeployTask {
     /// passwords. Targets must keep them out of progress lines, summaries and errors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registry_auth: Vec<RegistryCredential>,
+    /// The deployment's generation: grows with every deployment the control plane
+    /// creates, so the agent can tell a newer desired state from an older one. 0 from a
+    /// control plane that does not send it.
+    #[serde(default)]
+    pub generation: u64,
+    /// Values of the secrets the settings reference as `${secret.NAME}`, added by the
+    /// control plane when it sends the task; kept like `registry_auth` (never stored,
+    /// never logged). The settings themselves keep the references: see
+    /// [`DeployTask::resolved_settings`].
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Secret values by name. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl Secrets {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+// By hand so no value reaches a log line.
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl DeployTask {
@@ -142,10 +172,25 @@ impl DeployTask {
             .find(|credential| normalize_registry(&credential.registry) == wanted)
     }
 
-    /// The task without its registry credentials: the form the agent keeps.
+    /// The task without its registry credentials and secret values: the form the agent
+    /// keeps.
     pub fn without_credentials(mut self) -> DeployTask {
         self.registry_auth = Vec::new();
+        self.secrets = Secrets::default();
         self
+    }
+
+    /// The settings as the target applies them: each `${secret.NAME}` replaced by the
+    /// secret's value and each `$${` by a literal `${`. Compare and digest
+    /// `target.settings` (the references) instead, so that what the agent stores and
+    /// reports never depends on a secret's value. An error names the setting and the
+    /// secret, never a value.
+    pub fn resolved_settings(&self) -> Result<BTreeMap<String, String>, TargetError> {
+        self.target
+            .settings
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), resolve_secrets(key, value, &self.secrets)?)))
+            .collect()
     }
 
     /// The sealed sticker for one component of this task, deployed now by `agent_id`.
@@ -163,6 +208,43 @@ impl DeployTask {
             agent_id: agent_id.to_owned(),
         })
     }
+}
+
+/// `value` with `${secret.NAME}` replaced from `secrets` and `$${` unescaped.
+fn resolve_secrets(key: &str, value: &str, secrets: &Secrets) -> Result<String, TargetError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        if rest[..at].ends_with('$') {
+            out.push_str(&rest[..at - 1]);
+            out.push_str("${");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let reference = after
+            .find('}')
+            .map(|end| (&after[..end], &after[end + 1..]));
+        match reference.and_then(|(inner, tail)| Some((inner.strip_prefix("secret.")?, tail))) {
+            Some((name, tail)) => {
+                let secret = secrets.0.get(name).ok_or_else(|| {
+                    TargetError::InvalidSettings(format!(
+                        "{key} references the secret {name:?}, which the control plane did not send"
+                    ))
+                })?;
+                out.push_str(secret);
+                rest = tail;
+            }
+            None => {
+                return Err(TargetError::InvalidSettings(format!(
+                    "{key}: only ${{secret.NAME}} references can be resolved by the agent"
+                )));
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A deployment target as configured on the control plane.
@@ -290,6 +372,8 @@ enum ProgressSink {
     Session {
         epoch: Arc<AtomicU64>,
         outbox: mpsc::UnboundedSender<v1::AgentMessage>,
+        /// The task's journaled lines; `None` when the journal could not be opened.
+        lines: Option<Arc<crate::journal::TaskLines>>,
     },
     Lines(mpsc::UnboundedSender<String>),
     Log,
@@ -324,11 +408,16 @@ impl Progress {
         task_id: String,
         epoch: Arc<AtomicU64>,
         outbox: mpsc::UnboundedSender<v1::AgentMessage>,
+        lines: Option<Arc<crate::journal::TaskLines>>,
     ) -> Self {
         Progress {
             agent_id,
             task_id,
-            sink: ProgressSink::Session { epoch, outbox },
+            sink: ProgressSink::Session {
+                epoch,
+                outbox,
+                lines,
+            },
         }
     }
 
@@ -337,14 +426,24 @@ impl Progress {
         let message = message.into();
         tracing::info!(task_id = %self.task_id, "{message}");
         match &self.sink {
-            ProgressSink::Session { epoch, outbox } => {
+            ProgressSink::Session {
+                epoch,
+                outbox,
+                lines,
+            } => {
+                let at_unix_ms = crate::now_unix_ms();
+                // Journaled first: a line the session cannot take now is re-sent after
+                // the next reconnect (see the journal).
+                let line = lines
+                    .as_ref()
+                    .map_or(0, |lines| lines.append(at_unix_ms, &message));
                 let update = v1::TaskUpdate {
                     task_id: self.task_id.clone(),
                     epoch: epoch.load(Ordering::SeqCst),
                     message,
-                    at_unix_ms: crate::now_unix_ms(),
+                    at_unix_ms,
+                    line,
                 };
-                // No session receiving: the line is dropped, the task's result is not.
                 let _ = outbox.send(v1::AgentMessage {
                     body: Some(v1::agent_message::Body::TaskUpdate(update)),
                 });
@@ -397,7 +496,47 @@ mod tests {
                 image: "registry.local:5000/shop/api@sha256:abc".into(),
             }],
             registry_auth,
+            generation: 0,
+            secrets: Secrets::default(),
         }
+    }
+
+    #[test]
+    fn secrets_are_resolved_only_for_applying_and_never_kept_or_shown() {
+        let mut task = task_with(Vec::new());
+        task.target.settings = BTreeMap::from([
+            (
+                "env.DB_PASSWORD".to_owned(),
+                "${secret.db_password}".to_owned(),
+            ),
+            (
+                "env.PRICE".to_owned(),
+                "$${AMOUNT} and ${secret.db_password}!".to_owned(),
+            ),
+            ("ports".to_owned(), "8080:80".to_owned()),
+        ]);
+        task.secrets = Secrets(BTreeMap::from([(
+            "db_password".to_owned(),
+            "hunter2".to_owned(),
+        )]));
+        let resolved = task.resolved_settings().expect("resolve");
+        assert_eq!(resolved["env.DB_PASSWORD"], "hunter2");
+        assert_eq!(resolved["env.PRICE"], "${AMOUNT} and hunter2!");
+        assert_eq!(resolved["ports"], "8080:80");
+        assert!(!format!("{task:?}").contains("hunter2"));
+        let kept = task.clone().without_credentials();
+        assert!(kept.secrets.is_empty());
+        assert!(!serde_json::to_string(&kept)
+            .expect("json")
+            .contains("hunter2"));
+        assert_eq!(
+            kept.target.settings, task.target.settings,
+            "references stay"
+        );
+        let mut missing = task;
+        missing.secrets = Secrets::default();
+        let error = missing.resolved_settings().expect_err("not sent");
+        assert!(error.to_string().contains("db_password"), "{error}");
     }
 
     fn credential(registry: &str, password: &str) -> RegistryCredential {

@@ -133,6 +133,12 @@ pub(crate) fn classify_status(
     gateway: &GatewayUrl,
     status: tonic::Status,
 ) -> AgentError {
+    if status.code() == tonic::Code::PermissionDenied && status.message().contains("revoked") {
+        return AgentError::Revoked {
+            url: gateway.url.clone(),
+            reason: format!("{}: {}", status.code(), status.message()),
+        };
+    }
     if matches!(
         status.code(),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
@@ -146,9 +152,12 @@ pub(crate) fn classify_status(
         return classify_tls(gateway, tls.clone());
     }
     if let Some(alert) = refusal_alert_in_text(&status) {
-        return AgentError::Refused {
-            url: gateway.url.clone(),
-            reason: format!("tls: received fatal alert: {alert}"),
+        let reason = format!("tls: received fatal alert: {alert}");
+        let url = gateway.url.clone();
+        return if alert == format!("{:?}", rustls::AlertDescription::CertificateRevoked) {
+            AgentError::Revoked { url, reason }
+        } else {
+            AgentError::Refused { url, reason }
         };
     }
     AgentError::Rpc {
@@ -188,6 +197,12 @@ fn refusal_alert_in_text(error: &(dyn std::error::Error + 'static)) -> Option<St
 /// refused the certificate (revoked, unknown CA, expired) or something else went wrong.
 pub(crate) fn classify_tls(gateway: &GatewayUrl, tls: rustls::Error) -> AgentError {
     match &tls {
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked) => {
+            AgentError::Revoked {
+                url: gateway.url.clone(),
+                reason: format!("tls: {tls}"),
+            }
+        }
         rustls::Error::AlertReceived(alert) if REFUSAL_ALERTS.contains(alert) => {
             AgentError::Refused {
                 url: gateway.url.clone(),

@@ -119,12 +119,11 @@ async fn the_agent_reconnects_after_the_server_drops_the_stream() {
 }
 
 #[tokio::test]
-async fn a_revoked_agent_is_refused_and_does_not_spin() {
+async fn a_revoked_agent_stops_with_a_clear_error_instead_of_retrying() {
     init_tracing();
     let control_plane = ScriptedControlPlane::start().await;
     let data_dir = DataDir::new();
-    let mut config = agent_config(&control_plane, &data_dir);
-    config.backoff.max_delay_ms = 4_000;
+    let config = agent_config(&control_plane, &data_dir);
     let agent = RunningAgent::start(config, registry(&["docker"]));
     wait_for("first session", DEADLINE, || {
         (control_plane.script.open_sessions() == 1).then_some(())
@@ -136,36 +135,30 @@ async fn a_revoked_agent_is_refused_and_does_not_spin() {
 
     control_plane.script.revoke(&identity.agent_id);
     control_plane.script.drop_sessions();
-    // One session attempt may cost two handshakes (TLS 1.3 reports the refusal after the
-    // client's side of the handshake, and the channel reconnects once), so count bursts:
-    // failures less than 500 ms apart belong to the same attempt.
-    let bursts = wait_for("a second refused attempt", DEADLINE, || {
-        let times = control_plane
-            .script
-            .handshake_failure_times
-            .lock()
-            .expect("lock")
-            .clone();
-        let starts: Vec<_> = times
-            .iter()
-            .enumerate()
-            .filter(|(i, at)| {
-                *i == 0 || at.duration_since(times[i - 1]) > Duration::from_millis(500)
-            })
-            .map(|(_, at)| *at)
-            .collect();
-        (starts.len() >= 2).then_some(starts)
-    })
-    .await;
-    // A refused agent waits at least half the maximum backoff (2 s) before retrying.
-    let pause = bursts[1].duration_since(bursts[0]);
+    let error = agent
+        .finished()
+        .await
+        .expect_err("a revoked agent stops with an error");
     assert!(
-        pause >= Duration::from_millis(1_900),
-        "retried after {pause:?}"
+        error.is_revoked(),
+        "{}",
+        stella_agent_core::error_chain(&error)
     );
+    let message = error.to_string();
+    assert!(
+        message.contains("revoked") && message.contains("join token"),
+        "one line that says what happened and what to do: {message}"
+    );
+    // It tried once after the revocation (one attempt may cost two handshakes: TLS 1.3
+    // reports the refusal after the client's side of the handshake), then stopped.
+    let failures = control_plane
+        .script
+        .handshake_failure_times
+        .lock()
+        .expect("lock")
+        .len();
+    assert!(failures <= 2, "{failures} refused handshakes");
     assert_eq!(control_plane.script.connects.load(Ordering::SeqCst), 1);
-    assert!(!agent.is_finished(), "a refused agent keeps trying");
-    agent.stop().await;
 }
 
 #[tokio::test]

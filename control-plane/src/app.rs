@@ -12,8 +12,9 @@ mod targets;
 
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
-pub use environments::EnvironmentChange;
+pub use environments::{EnvironmentChange, VariableView};
 pub use releases::ComponentRequest;
+pub use targets::TargetChange;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +56,10 @@ pub struct App {
     pub secrets: crate::secrets::SecretBox,
     /// Resolves image tags to digests.
     pub registry: crate::registry::RegistryClient,
+    /// When each task waiting for an unavailable agent last said so in its log.
+    waiting_reminders: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
+    /// Cancellations this replica sent to agents lately (task id → when).
+    cancels_sent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// A join token as handed to the operator, once.
@@ -123,6 +128,22 @@ pub(crate) fn invalid(error: crate::domain::Invalid) -> AppError {
     AppError::invalid(error.0)
 }
 
+fn user_change_error(name: &str, error: crate::store::StoreError) -> AppError {
+    match error {
+        crate::store::StoreError::Conflict { .. } => AppError::new(
+            ErrorKind::Conflict,
+            "last_admin",
+            format!("`{name}` is the last admin: make another user admin first"),
+        ),
+        crate::store::StoreError::NotFound { .. } => AppError::new(
+            ErrorKind::NotFound,
+            "unknown_user",
+            format!("unknown user `{name}`"),
+        ),
+        other => other.into(),
+    }
+}
+
 /// Names of agents and users: `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn validate_name(what: &str, name: &str) -> Result<(), AppError> {
     let mut chars = name.chars();
@@ -161,6 +182,8 @@ impl App {
             grpc_addr,
             secrets,
             registry: crate::registry::RegistryClient::new(),
+            waiting_reminders: parking_lot::Mutex::default(),
+            cancels_sent: parking_lot::Mutex::default(),
         }
     }
 
@@ -385,6 +408,52 @@ impl App {
         Ok(self.store.get_agent(&agent.id).await?)
     }
 
+    /// Deletes a revoked agent so its name can be enrolled again; its id stays revoked.
+    /// Refused while the agent is not revoked or a target names it.
+    pub async fn delete_agent(&self, id_or_name: &str) -> Result<(), AppError> {
+        let agent = self.store.find_agent(id_or_name).await.map_err(|e| {
+            not_found_as(
+                e,
+                ErrorKind::NotFound,
+                "unknown_agent",
+                format!("unknown agent `{id_or_name}`"),
+            )
+        })?;
+        self.store
+            .delete_revoked_agent(&agent.id, now_ms())
+            .await
+            .map_err(|error| match error {
+                crate::store::StoreError::Conflict {
+                    entity: "agent", ..
+                } => AppError::new(
+                    ErrorKind::Conflict,
+                    "agent_not_revoked",
+                    format!(
+                        "agent `{}` is not revoked: revoke it first (stella agents revoke {})",
+                        agent.name, agent.name
+                    ),
+                ),
+                crate::store::StoreError::Conflict { key, .. } => AppError::new(
+                    ErrorKind::Conflict,
+                    "agent_in_use",
+                    format!(
+                        "agent `{}` still drives target `{key}`: move or delete its targets first",
+                        agent.name
+                    ),
+                ),
+                other => other.into(),
+            })?;
+        tracing::info!(agent_id = %agent.id, agent = %agent.name, "agent deleted");
+        Ok(())
+    }
+
+    /// An agent said goodbye: it stopped cleanly.
+    pub async fn record_goodbye(&self, agent_id: &str, reason: &str) -> Result<(), AppError> {
+        self.store.record_goodbye(agent_id, now_ms()).await?;
+        tracing::info!(agent_id, reason, "agent said goodbye");
+        Ok(())
+    }
+
     /// Re-reads revocations from the store (other replicas may have revoked agents)
     /// and closes their sessions here.
     pub async fn sync_revocations(&self) -> Result<(), AppError> {
@@ -442,6 +511,40 @@ impl App {
         let token = self.issue_token(&user).await?;
         tracing::info!(user = %user.name, roles = ?user.roles, "user created");
         Ok((user, token))
+    }
+
+    /// Replaces a user's roles. Refused when it would leave no admin.
+    pub async fn set_user_roles(&self, name: &str, roles: Vec<Role>) -> Result<User, AppError> {
+        if roles.is_empty() {
+            return Err(AppError::invalid("a user needs at least one role"));
+        }
+        let mut roles = roles;
+        roles.sort();
+        roles.dedup();
+        self.store
+            .change_user(name, Some(&roles))
+            .await
+            .map_err(|error| user_change_error(name, error))?;
+        tracing::info!(user = %name, roles = ?roles, "user roles changed");
+        Ok(self.store.find_user(name).await?)
+    }
+
+    /// Deletes a user and its API tokens (which stop working at once). Refused for the
+    /// caller itself and when it would leave no admin.
+    pub async fn delete_user(&self, name: &str, caller: &User) -> Result<(), AppError> {
+        if caller.name == name {
+            return Err(AppError::new(
+                ErrorKind::Conflict,
+                "cannot_delete_self",
+                "you cannot delete yourself: ask another admin",
+            ));
+        }
+        self.store
+            .change_user(name, None)
+            .await
+            .map_err(|error| user_change_error(name, error))?;
+        tracing::info!(user = %name, by = %caller.name, "user deleted");
+        Ok(())
     }
 
     /// A new API token for a user; printed once, stored as a hash.

@@ -15,6 +15,25 @@ use serde::{Deserialize, Serialize};
 #[error("{0}")]
 pub struct Invalid(pub String);
 
+/// A unix time in milliseconds as RFC 3339 UTC with exactly three decimals
+/// (`2026-12-02T19:16:20.480Z`), the one form times are shown in.
+pub fn format_utc_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => format!("@{ms}ms"),
+    }
+}
+
 /// A string-named enum: `as_str`, `FromStr` (refusing unknown names with [`Invalid`])
 /// and `Display`, for the states and kinds the store keeps by name.
 macro_rules! string_enum {
@@ -55,6 +74,7 @@ mod environment;
 mod image;
 mod release;
 mod target;
+mod variables;
 
 pub use deployment::*;
 pub use drift::*;
@@ -62,6 +82,7 @@ pub use environment::*;
 pub use image::*;
 pub use release::*;
 pub use target::*;
+pub use variables::*;
 
 /// What a user may do; a user holds any number of roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -180,6 +201,8 @@ pub struct Agent {
     pub last_seen_at_ms: Option<i64>,
     /// When the agent was revoked, unix milliseconds.
     pub revoked_at_ms: Option<i64>,
+    /// When the agent said goodbye on a clean stop; cleared by its next `Hello`.
+    pub disconnected_at_ms: Option<i64>,
     /// Why the agent was revoked, as the operator said.
     pub revoke_reason: Option<String>,
 }
@@ -194,6 +217,8 @@ pub enum AgentState {
     Connected,
     /// Seen once, but not within the last three heartbeat intervals.
     Unreachable,
+    /// Stopped cleanly: said goodbye and has not connected since.
+    Disconnected,
     /// Revoked: refused on its next call.
     Revoked,
 }
@@ -205,6 +230,7 @@ impl AgentState {
             AgentState::Enrolled => "enrolled",
             AgentState::Connected => "connected",
             AgentState::Unreachable => "unreachable",
+            AgentState::Disconnected => "disconnected",
             AgentState::Revoked => "revoked",
         }
     }
@@ -220,11 +246,15 @@ impl fmt::Display for AgentState {
 const MISSED_HEARTBEATS_UNREACHABLE: i64 = 3;
 
 impl Agent {
-    /// The agent's state at `now_ms`: revoked if revoked; enrolled if never seen; connected
-    /// if seen within three heartbeat intervals; unreachable otherwise.
+    /// The agent's state at `now_ms`: revoked if revoked; disconnected if it said goodbye
+    /// since its last `Hello`; enrolled if never seen; connected if seen within three
+    /// heartbeat intervals; unreachable otherwise.
     pub fn state(&self, now_ms: i64, heartbeat_interval_ms: i64) -> AgentState {
         if self.revoked_at_ms.is_some() {
             return AgentState::Revoked;
+        }
+        if self.disconnected_at_ms.is_some() {
+            return AgentState::Disconnected;
         }
         let Some(last_seen_at_ms) = self.last_seen_at_ms else {
             return AgentState::Enrolled;
@@ -318,7 +348,24 @@ mod tests {
             last_seen_at_ms,
             revoked_at_ms,
             revoke_reason: None,
+            disconnected_at_ms: None,
         }
+    }
+
+    #[test]
+    fn an_agent_that_said_goodbye_is_disconnected_until_it_says_hello() {
+        let mut a = agent(Some(1_000_000), None);
+        a.disconnected_at_ms = Some(1_000_100);
+        assert_eq!(a.state(1_000_200, INTERVAL_MS), AgentState::Disconnected);
+        a.revoked_at_ms = Some(1_000_300);
+        assert_eq!(a.state(1_000_400, INTERVAL_MS), AgentState::Revoked);
+    }
+
+    #[test]
+    fn times_show_with_exactly_three_decimals() {
+        assert_eq!(format_utc_ms(1_796_152_580_480), "2026-12-01T19:16:20.480Z");
+        assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc_ms(1_000), "1970-01-01T00:00:01.000Z");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Labels of a counted outcome.
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub revoked_sessions_closed: Counter,
     /// REST requests by method and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Deployments, drift and dispatch.
+    pub delivery: DeliveryMetrics,
 }
 
 impl Default for Metrics {
@@ -87,8 +90,10 @@ impl Metrics {
         );
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register("http_requests", "REST requests", http_requests.clone());
+        let delivery = DeliveryMetrics::register(&mut registry);
         Metrics {
             registry,
+            delivery,
             agent_sessions,
             heartbeats,
             heartbeat_flushes,
@@ -117,4 +122,108 @@ impl Metrics {
         }
         text
     }
+}
+
+/// Labels of a finished deployment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    /// `promotion`, `rollback` or `remediation`.
+    pub kind: String,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub outcome: String,
+}
+
+/// Labels of a drift finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `image_changed`, `missing`, …
+    pub kind: String,
+}
+
+/// Seconds, for deployments: 0.5 s to about 2 h.
+fn deployment_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.5, 2.0, 15))
+}
+
+/// Metrics of delivery: deployments, drift findings, task dispatch.
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    /// Deployments finished, by kind and outcome.
+    pub deployments_finished: Family<DeploymentLabels, Counter>,
+    /// How long finished deployments took, by kind and outcome.
+    pub deployment_duration_seconds: Family<DeploymentLabels, Histogram, fn() -> Histogram>,
+    /// Drift findings reported by agents, by kind.
+    pub drift_findings: Family<DriftLabels, Counter>,
+    /// From a deployment accepted to its task on the agent's stream (first assignment).
+    pub task_dispatch_latency_seconds: Histogram,
+}
+
+impl DeliveryMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = DeliveryMetrics {
+            deployments_finished: Family::default(),
+            deployment_duration_seconds: Family::new_with_constructor(
+                deployment_duration_histogram as fn() -> Histogram,
+            ),
+            drift_findings: Family::default(),
+            // 1 ms to about 16 s.
+            task_dispatch_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        };
+        registry.register(
+            "deployments_finished",
+            "Deployments that finished, by kind and outcome",
+            metrics.deployments_finished.clone(),
+        );
+        registry.register(
+            "deployment_duration_seconds",
+            "Duration of finished deployments, by kind and outcome",
+            metrics.deployment_duration_seconds.clone(),
+        );
+        registry.register(
+            "drift_findings",
+            "Drift findings reported by agents, by kind",
+            metrics.drift_findings.clone(),
+        );
+        registry.register(
+            "task_dispatch_latency_seconds",
+            "From a deployment accepted by the API to its task written to the agent's stream",
+            metrics.task_dispatch_latency_seconds.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a finished deployment and its duration.
+    pub fn deployment_finished(&self, kind: &str, outcome: &str, duration_ms: i64) {
+        let labels = DeploymentLabels {
+            kind: kind.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.deployments_finished.get_or_create(&labels).inc();
+        self.deployment_duration_seconds
+            .get_or_create(&labels)
+            .observe(millis_to_seconds(duration_ms));
+    }
+
+    /// Counts a drift finding.
+    pub fn drift_found(&self, kind: &str) {
+        self.drift_findings
+            .get_or_create(&DriftLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one task's dispatch latency.
+    pub fn observe_dispatch_latency(&self, latency_ms: i64) {
+        self.task_dispatch_latency_seconds
+            .observe(millis_to_seconds(latency_ms));
+    }
+}
+
+/// Milliseconds (never negative) as seconds.
+fn millis_to_seconds(ms: i64) -> f64 {
+    // Durations here are far below 2^52 ms, where f64 would round.
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = ms.max(0) as f64 / 1000.0;
+    seconds
 }

@@ -94,6 +94,8 @@ impl World {
                 image: image.to_owned(),
             }],
             registry_auth: Vec::new(),
+            generation: 0,
+            secrets: Default::default(),
         }
     }
 

@@ -728,10 +728,10 @@ fn _delivery_store_futures_are_send(store: &Store) {
     send(store.get_task("k"));
     send(store.claim_tasks_for_agent("a", 0));
     send(store.complete_task("k", 1, TaskState::Succeeded, "", 0));
-    send(store.expire_tasks(0));
+    send(store.expire_tasks(0, |_| "deadline passed".to_owned()));
     send(store.desired_payloads_for_agent("a"));
     send(store.latest_succeeded_task("t"));
-    send(store.append_log("d", "k", 0, "m"));
+    send(store.append_log("d", "k", None, 0, "m"));
     send(store.logs_after("d", 0, 1));
     let drift = drift_record("t", "c", DriftKind::Missing, NOW);
     send(store.upsert_drift(&drift));
@@ -746,6 +746,7 @@ fn environment(name: &str, after: Option<&str>, created_at_ms: i64) -> Environme
         name: name.to_owned(),
         after: after.map(str::to_owned),
         drift_mode: DriftMode::Report,
+        deployment_timeout_seconds: None,
         created_at_ms,
     }
 }
@@ -801,6 +802,7 @@ fn deployment(id: &str, environment: &str, version: &str, created_at_ms: i64) ->
         release: "app".to_owned(),
         version: version.to_owned(),
         decision_id: format!("sha256:decision-{id}"),
+        generation: 0,
         state: DeploymentState::Pending,
         message: None,
         created_by: "user-alice".to_owned(),
@@ -824,6 +826,7 @@ fn task(
         target: target.to_owned(),
         agent_id: agent_id.to_owned(),
         epoch: 0,
+        generation: 0,
         state: TaskState::Pending,
         payload_json: payload_json.to_owned(),
         message: None,
@@ -1475,13 +1478,16 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
         .await
         .ok_or_panic("create");
     assert!(store
-        .expire_tasks(NOW + 999)
+        .expire_tasks(NOW + 999, |_| "deadline passed".to_owned())
         .await
         .ok_or_panic("expire early")
         .is_empty());
 
     // The deadline is inclusive: at NOW + 1000 it has passed.
-    let expired = store.expire_tasks(NOW + 1_000).await.ok_or_panic("expire");
+    let expired = store
+        .expire_tasks(NOW + 1_000, |_| "deadline passed".to_owned())
+        .await
+        .ok_or_panic("expire");
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0].id, "late");
     assert_eq!(expired[0].state, TaskState::Failed);
@@ -1494,7 +1500,7 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
         DeploymentState::Running
     );
     assert!(store
-        .expire_tasks(NOW + 2_000)
+        .expire_tasks(NOW + 2_000, |_| "deadline passed".to_owned())
         .await
         .ok_or_panic("again")
         .is_empty());
@@ -1507,7 +1513,7 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, "on-time");
     let expired = store
-        .expire_tasks(NOW + TASK_DEADLINE_MS + 5)
+        .expire_tasks(NOW + TASK_DEADLINE_MS + 5, |_| "deadline passed".to_owned())
         .await
         .ok_or_panic("expire");
     assert_eq!(expired.len(), 1);
@@ -1597,16 +1603,16 @@ async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
         .await
         .ok_or_panic("desired");
     assert_eq!(
-        desired,
+        desired
+            .iter()
+            .map(|d| (
+                d.target.as_str(),
+                d.deployed.as_ref().map(|(p, _)| p.as_str())
+            ))
+            .collect::<Vec<_>>(),
         [
-            (
-                "web-1".to_owned(),
-                r#"{"version":"2.0","target":"web-1"}"#.to_owned()
-            ),
-            (
-                "web-2".to_owned(),
-                r#"{"version":"1.0","target":"web-2"}"#.to_owned()
-            ),
+            ("web-1", Some(r#"{"version":"2.0","target":"web-1"}"#)),
+            ("web-2", Some(r#"{"version":"1.0","target":"web-2"}"#)),
         ]
     );
     let latest = store
@@ -1759,18 +1765,19 @@ async fn logs_after_paginates_in_order(f: &Fixture) {
             .append_log(
                 "dep-1",
                 if i == 0 { "" } else { "t1" },
+                None,
                 NOW + i,
                 &format!("line {i}"),
             )
             .await
             .ok_or_panic("append");
         store
-            .append_log("dep-2", "t2", NOW + i, &format!("other {i}"))
+            .append_log("dep-2", "t2", None, NOW + i, &format!("other {i}"))
             .await
             .ok_or_panic("append other");
     }
     assert_not_found(
-        store.append_log("dep-9", "", NOW, "lost").await,
+        store.append_log("dep-9", "", None, NOW, "lost").await,
         "deployment",
         "dep-9",
     );

@@ -697,6 +697,8 @@ pub fn deploy_payload(kind: &str) -> Vec<u8> {
             image: format!("registry.local/shop/api@sha256:{}", "a".repeat(64)),
         }],
         registry_auth: Vec::new(),
+        generation: 0,
+        secrets: Default::default(),
     };
     serde_json::to_vec(&task).expect("payload")
 }
@@ -727,6 +729,8 @@ pub fn deploy_task(target: &str, kind: &str, components: &[(&str, char)]) -> Dep
             })
             .collect(),
         registry_auth: Vec::new(),
+        generation: 0,
+        secrets: Default::default(),
     }
 }
 
@@ -747,6 +751,7 @@ pub fn desired_state(tasks: &[&DeployTask]) -> v1::DesiredState {
             .map(|task| v1::DesiredTarget {
                 target: task.target.name.clone(),
                 deploy_json: serde_json::to_vec(task).expect("deploy json"),
+                generation: task.generation,
             })
             .collect(),
     }
@@ -1008,6 +1013,15 @@ impl RunningAgent {
         if let Err(error) = result {
             panic!("agent failed: {}", stella_agent_core::error_chain(&error));
         }
+    }
+
+    /// Waits for the agent to stop on its own and returns how it ended.
+    pub async fn finished(mut self) -> Result<(), stella_agent_core::AgentError> {
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(DEADLINE, handle)
+            .await
+            .expect("agent stops in time")
+            .expect("agent task")
     }
 
     pub fn is_finished(&self) -> bool {

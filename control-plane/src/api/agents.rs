@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{now_ms, App};
-use crate::domain::{Agent, AgentState};
+use crate::domain::Agent;
 
 /// An agent as the API shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -69,12 +69,9 @@ pub struct HostFactsView {
 
 impl AgentView {
     fn new(agent: Agent, app: &App) -> Self {
-        let state = match agent.state(now_ms(), app.config.heartbeat_interval_ms()) {
-            AgentState::Enrolled => "enrolled",
-            AgentState::Connected => "connected",
-            AgentState::Unreachable => "unreachable",
-            AgentState::Revoked => "revoked",
-        };
+        let state = agent
+            .state(now_ms(), app.config.heartbeat_interval_ms())
+            .as_str();
         AgentView {
             spiffe_id: format!("spiffe://{}/agent/{}", app.trust_domain(), agent.id),
             id: agent.id,

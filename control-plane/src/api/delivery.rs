@@ -103,7 +103,12 @@ pub async fn create_environment(
 ) -> ApiResult<(http::StatusCode, Json<EnvironmentView>)> {
     caller.require(Permission::Operate)?;
     let mode = drift_mode(body.drift.as_deref())?.unwrap_or_default();
-    let env = app.create_environment(&body.name, body.after, mode).await?;
+    let settings = EnvironmentChange {
+        after: body.after.map(Some),
+        drift_mode: Some(mode),
+        ..EnvironmentChange::default()
+    };
+    let env = app.create_environment(&body.name, settings).await?;
     Ok((
         http::StatusCode::CREATED,
         Json(EnvironmentView::load(&app, env).await?),
@@ -155,6 +160,7 @@ pub async fn update_environment(
             .after
             .map(|a| if a.is_empty() { None } else { Some(a) }),
         drift_mode: drift_mode(body.drift.as_deref())?,
+        ..EnvironmentChange::default()
     };
     let env = app.update_environment(&name, change).await?;
     Ok(Json(EnvironmentView::load(&app, env).await?))

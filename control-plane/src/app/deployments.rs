@@ -1,17 +1,27 @@
 //! Promotions, rollbacks and the deployments they create: one stored task per target
 //! before anything is sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
 use super::{not_found_as, now_ms, App};
 use crate::domain::{
-    DeploySpec, Deployment, DeploymentKind, DeploymentState, Environment, Release, Target, Task,
-    TaskState, User,
+    format_utc_ms, substitute_variables, Agent, AgentState, DeploySpec, Deployment, DeploymentKind,
+    DeploymentState, Environment, Invalid, Release, Target, Task, TaskState, User, VariableKind,
 };
 use crate::error::{AppError, ErrorKind};
+use crate::store::StoreError;
+
+/// What a deployment plans for its targets' settings.
+#[derive(Debug, Default)]
+struct PlannedSettings {
+    /// Settings per target, variables substituted, secrets still referenced.
+    settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// Secrets referenced, with the time each was last set (its version).
+    secret_versions: BTreeMap<String, i64>,
+}
 
 /// RFC 8785 canonical JSON of a value whose numbers are integers: sorted keys, no
 /// white space (serde_json's map is ordered and prints integers canonically).
@@ -47,14 +57,7 @@ impl App {
                     format!("unknown release {release}@{version}"),
                 )
             })?;
-        let env = self.store.get_environment(environment).await.map_err(|e| {
-            not_found_as(
-                e,
-                ErrorKind::NotFound,
-                "unknown_environment",
-                format!("unknown environment `{environment}`"),
-            )
-        })?;
+        let env = self.environment(environment).await?;
         self.deploy(
             &release,
             &env,
@@ -66,7 +69,10 @@ impl App {
     }
 
     /// Creates a deployment of `release` to `env` (all its targets, or one) and
-    /// dispatches it.
+    /// dispatches it. Refused up front when a target's agent is revoked, a setting
+    /// references a variable or secret the environment lacks, or the environment has a
+    /// deployment in progress (decided by the store, so concurrent requests cannot both
+    /// win).
     pub(super) async fn deploy(
         self: &Arc<Self>,
         release: &Release,
@@ -75,16 +81,6 @@ impl App {
         requested_by: &str,
         only_target: Option<&Target>,
     ) -> Result<Deployment, AppError> {
-        if let Some(active) = self.store.active_deployment(&env.name).await? {
-            return Err(AppError::new(
-                ErrorKind::Conflict,
-                "deployment_in_progress",
-                format!(
-                    "deployment {} to {} is still {}",
-                    active.id, env.name, active.state
-                ),
-            ));
-        }
         let targets = match only_target {
             Some(target) => vec![target.clone()],
             None => self.store.list_targets(Some(&env.name)).await?,
@@ -100,6 +96,22 @@ impl App {
             ));
         }
         let now = now_ms();
+        let agents = self.agents_of(&targets).await?;
+        for target in &targets {
+            if let Some(agent) = agents.get(&target.agent_id) {
+                if agent.revoked_at_ms.is_some() {
+                    return Err(AppError::new(
+                        ErrorKind::FailedPrecondition,
+                        "agent_revoked",
+                        format!(
+                            "target `{}` is driven by agent `{}`, which is revoked: move the target to another agent (stella target update {} --agent …)",
+                            target.name, agent.name, target.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let plan = self.plan_settings(env, &targets).await?;
         let decision = serde_json::json!({
             "kind": kind.as_str(),
             "release": release.name,
@@ -107,30 +119,43 @@ impl App {
             "components": release.components.iter().map(|c| (c.name.clone(), c.image.clone())).collect::<BTreeMap<_, _>>(),
             "environment": env.name,
             "targets": targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            "settings": plan.settings,
+            "secrets": plan.secret_versions,
             "gates": [],
             "outcome": "allowed",
             "requested_by": requested_by,
             "requested_at_ms": now,
         });
         let decision_id = sha256_id(canonical_json(&decision).as_bytes());
-        let deployment = Deployment {
+        let mut deployment = Deployment {
             id: uuid::Uuid::now_v7().to_string(),
             kind,
             environment: env.name.clone(),
             release: release.name.clone(),
             version: release.version.clone(),
             decision_id,
+            generation: 0,
             state: DeploymentState::Pending,
             message: None,
             created_by: requested_by.to_owned(),
             created_at_ms: now,
             finished_at_ms: None,
         };
-        let deadline =
-            now + i64::try_from(self.config.task_deadline_seconds).unwrap_or(3600) * 1000;
+        let timeout_seconds = env
+            .deployment_timeout_seconds
+            .unwrap_or(self.config.task_deadline_seconds);
+        let deadline = now.saturating_add(
+            i64::try_from(timeout_seconds)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
+        );
         let mut tasks = Vec::with_capacity(targets.len());
         for target in &targets {
-            let spec = DeploySpec::new(&deployment, release, target);
+            let mut planned = target.clone();
+            if let Some(settings) = plan.settings.get(&target.name) {
+                planned.settings = settings.clone();
+            }
+            let spec = DeploySpec::new(&deployment, release, &planned);
             if spec.components.is_empty() {
                 return Err(AppError::invalid(format!(
                     "target `{}` selects no component of {}@{}",
@@ -145,6 +170,7 @@ impl App {
                 target: target.name.clone(),
                 agent_id: target.agent_id.clone(),
                 epoch: 0,
+                generation: 0,
                 state: TaskState::Pending,
                 payload_json,
                 message: None,
@@ -153,30 +179,213 @@ impl App {
                 finished_at_ms: None,
             });
         }
-        self.store.create_deployment(&deployment, &tasks).await?;
-        self.store
-            .append_log(
-                &deployment.id,
-                "",
-                now,
-                &format!(
-                    "{} of {}@{} to {} ({} target{}) requested by {requested_by}",
-                    kind,
-                    release.name,
-                    release.version,
-                    env.name,
-                    tasks.len(),
-                    if tasks.len() == 1 { "" } else { "s" }
-                ),
-            )
-            .await?;
-        tracing::info!(deployment_id = %deployment.id, release = %release.name, version = %release.version, environment = %env.name, %kind, "deployment created");
-        let mut agents: Vec<&str> = tasks.iter().map(|t| t.agent_id.as_str()).collect();
-        agents.sort_unstable();
-        agents.dedup();
-        for agent in agents {
+        deployment.generation = match self.store.create_deployment(&deployment, &tasks).await {
+            Ok(generation) => generation,
+            Err(StoreError::Conflict {
+                entity: "active deployment",
+                ..
+            }) => return Err(self.deployment_in_progress(&env.name).await),
+            Err(other) => return Err(other.into()),
+        };
+        self.log(
+            &deployment.id,
+            "",
+            &format!(
+                "{} of {}@{} to {} ({} target{}) requested by {requested_by}; timeout {}",
+                kind,
+                release.name,
+                release.version,
+                env.name,
+                tasks.len(),
+                if tasks.len() == 1 { "" } else { "s" },
+                humantime::format_duration(std::time::Duration::from_secs(timeout_seconds)),
+            ),
+        )
+        .await;
+        tracing::info!(deployment_id = %deployment.id, release = %release.name, version = %release.version, environment = %env.name, %kind, generation = deployment.generation, "deployment created");
+        for task in &tasks {
+            if let Some(waiting) = agents
+                .get(&task.agent_id)
+                .and_then(|agent| self.waiting_for(agent, now))
+            {
+                self.log(
+                    &deployment.id,
+                    &task.id,
+                    &format!("{}: {waiting}", task.target),
+                )
+                .await;
+            }
+        }
+        let mut agent_ids: Vec<&str> = tasks.iter().map(|t| t.agent_id.as_str()).collect();
+        agent_ids.sort_unstable();
+        agent_ids.dedup();
+        for agent in agent_ids {
             self.dispatch_to(agent).await;
         }
+        Ok(deployment)
+    }
+
+    /// The 409 for a promotion that meets a deployment in progress, naming it.
+    async fn deployment_in_progress(&self, environment: &str) -> AppError {
+        let detail = match self.store.active_deployment(environment).await {
+            Ok(Some(active)) => format!(
+                ": deployment {} ({}@{}, {}) is still {}; wait for it or cancel it (stella deployment cancel {})",
+                active.id, active.release, active.version, active.kind, active.state, active.id
+            ),
+            _ => String::new(),
+        };
+        AppError::new(
+            ErrorKind::Conflict,
+            "deployment_in_progress",
+            format!("`{environment}` has a deployment in progress{detail}"),
+        )
+    }
+
+    /// The agents of these targets, by id.
+    async fn agents_of(&self, targets: &[Target]) -> Result<HashMap<String, Agent>, AppError> {
+        let mut agents = HashMap::new();
+        for target in targets {
+            if agents.contains_key(&target.agent_id) {
+                continue;
+            }
+            match self.store.get_agent(&target.agent_id).await {
+                Ok(agent) => {
+                    agents.insert(agent.id.clone(), agent);
+                }
+                // A target names an existing agent (foreign key); if it vanished, the
+                // task waits and expires like one for an unreachable agent.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(agents)
+    }
+
+    /// Each target's settings with the environment's variables substituted, and the
+    /// versions (last change times) of the secrets they reference.
+    async fn plan_settings(
+        &self,
+        env: &Environment,
+        targets: &[Target],
+    ) -> Result<PlannedSettings, AppError> {
+        let variables = self.store.list_variables(&env.name).await?;
+        let values: BTreeMap<String, String> = variables
+            .iter()
+            .filter(|v| v.kind == VariableKind::Var)
+            .map(|v| (v.name.clone(), v.stored_value.clone()))
+            .collect();
+        let secrets: BTreeMap<String, i64> = variables
+            .iter()
+            .filter(|v| v.kind == VariableKind::Secret)
+            .map(|v| (v.name.clone(), v.updated_at_ms))
+            .collect();
+        let secret_names: BTreeSet<String> = secrets.keys().cloned().collect();
+        let mut planned = PlannedSettings::default();
+        for target in targets {
+            let (settings, used) = substitute_variables(&target.settings, &values, &secret_names)
+                .map_err(|Invalid(e)| {
+                AppError::new(
+                    ErrorKind::FailedPrecondition,
+                    "unresolved_reference",
+                    format!("target `{}`: {e}", target.name),
+                )
+            })?;
+            for name in used {
+                if let Some(version) = secrets.get(&name) {
+                    planned.secret_versions.insert(name, *version);
+                }
+            }
+            planned.settings.insert(target.name.clone(), settings);
+        }
+        Ok(planned)
+    }
+
+    /// "waiting for agent …" when the agent cannot take a task now, else `None`.
+    pub(super) fn waiting_for(&self, agent: &Agent, now: i64) -> Option<String> {
+        let state = agent.state(now, self.config.heartbeat_interval_ms());
+        let since = match state {
+            AgentState::Connected => return None,
+            AgentState::Enrolled => "it has never connected".to_owned(),
+            AgentState::Unreachable => format!(
+                "unreachable since {}",
+                agent
+                    .last_seen_at_ms
+                    .map_or_else(|| "?".to_owned(), format_utc_ms)
+            ),
+            AgentState::Disconnected => format!(
+                "disconnected (stopped cleanly) since {}",
+                agent
+                    .disconnected_at_ms
+                    .map_or_else(|| "?".to_owned(), format_utc_ms)
+            ),
+            AgentState::Revoked => "it is revoked".to_owned(),
+        };
+        Some(format!("waiting for agent `{}`: {since}", agent.name))
+    }
+
+    /// Appends a log line; a failure to store it is logged, not returned (the line is
+    /// advisory, what it reports is stored already).
+    pub(super) async fn log(&self, deployment_id: &str, task_id: &str, line: &str) {
+        if let Err(error) = self
+            .store
+            .append_log(deployment_id, task_id, None, now_ms(), line)
+            .await
+        {
+            tracing::warn!(deployment_id, error = %crate::error::ErrorChain(&error), "cannot store a deployment log line");
+        }
+    }
+
+    /// A deployment by id or unique id prefix (at least 8 characters).
+    pub async fn find_deployment(&self, id_or_prefix: &str) -> Result<Deployment, AppError> {
+        self.store
+            .find_deployment(id_or_prefix)
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict { .. } => AppError::new(
+                    ErrorKind::Conflict,
+                    "ambiguous_id",
+                    format!("`{id_or_prefix}` matches several deployments: give more of the id"),
+                ),
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::NotFound,
+                    "unknown_deployment",
+                    format!("no deployment `{id_or_prefix}`"),
+                ),
+                other => other.into(),
+            })
+    }
+
+    /// Cancels a deployment that has not finished: its unfinished tasks are cancelled
+    /// in the store, then their agents are told to stop them (agents on other replicas
+    /// are told by those replicas within a second). What a task already changed on its
+    /// target stays; drift shows it.
+    pub async fn cancel_deployment(
+        &self,
+        id_or_prefix: &str,
+        requested_by: &User,
+    ) -> Result<Deployment, AppError> {
+        let deployment = self.find_deployment(id_or_prefix).await?;
+        let message = format!("cancelled by {}", requested_by.name);
+        let cancelled = self
+            .store
+            .cancel_deployment(&deployment.id, &message, now_ms())
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict { key, .. } => AppError::new(
+                    ErrorKind::Conflict,
+                    "deployment_finished",
+                    format!("deployment {} already finished: {key}", deployment.id),
+                ),
+                other => other.into(),
+            })?;
+        self.log(&deployment.id, "", &format!("deployment {message}"))
+            .await;
+        tracing::info!(deployment_id = %deployment.id, tasks = cancelled.len(), user = %requested_by.name, "deployment cancelled");
+        for task in &cancelled {
+            self.send_cancel(task, &message).await;
+        }
+        let deployment = self.store.get_deployment(&deployment.id).await?;
+        self.count_finished(&deployment);
         Ok(deployment)
     }
 
@@ -187,7 +396,7 @@ impl App {
         to: Option<&str>,
         requested_by: &User,
     ) -> Result<Deployment, AppError> {
-        let env = self.store.get_environment(environment).await?;
+        let env = self.environment(environment).await?;
         let history = self.store.succeeded_deployments(&env.name, 100).await?;
         let Some(current) = history.first() else {
             return Err(AppError::new(
@@ -196,12 +405,28 @@ impl App {
                 format!("nothing was deployed successfully to `{}` yet", env.name),
             ));
         };
-        let target_version = match to {
-            Some(version) => version.to_owned(),
+        let (release_name, target_version) = match to {
+            Some(version) => {
+                let Some(earlier) = self
+                    .store
+                    .succeeded_deployment_of_version(&env.name, version)
+                    .await?
+                else {
+                    return Err(AppError::new(
+                        ErrorKind::FailedPrecondition,
+                        "not_deployed_here",
+                        format!(
+                            "version {version} never deployed successfully to `{}`: a rollback goes only to a version that ran there (promote it instead)",
+                            env.name
+                        ),
+                    ));
+                };
+                (earlier.release, earlier.version)
+            }
             None => history
                 .iter()
                 .find(|d| d.release != current.release || d.version != current.version)
-                .map(|d| d.version.clone())
+                .map(|d| (d.release.clone(), d.version.clone()))
                 .ok_or_else(|| {
                     AppError::new(
                         ErrorKind::FailedPrecondition,
@@ -213,10 +438,6 @@ impl App {
                     )
                 })?,
         };
-        let release_name = history
-            .iter()
-            .find(|d| d.version == target_version)
-            .map_or_else(|| current.release.clone(), |d| d.release.clone());
         let release = self
             .store
             .get_release(&release_name, &target_version)

@@ -1,11 +1,20 @@
 //! Dispatch: tasks to agents under lease epochs, their progress and results, task
-//! deadlines, and each agent's desired state.
+//! deadlines and cancellations, and each agent's desired state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use stella_proto::v1;
 
 use super::{now_ms, App};
-use crate::domain::{DeploySpec, Task, TaskState};
-use crate::error::{AppError, ErrorKind};
+use crate::domain::{references, DeploySpec, Deployment, Task, TaskState, VariableKind};
+use crate::error::{AppError, ErrorChain, ErrorKind};
+
+/// How often a task waiting for an unreachable agent says so again in its log.
+const WAITING_REMINDER: Duration = Duration::from_secs(60);
+/// How long after a cancellation replicas keep telling their agents to stop the task
+/// (an agent that connects later is not sent the task at all).
+const CANCEL_PROPAGATION: Duration = Duration::from_secs(60);
 
 impl App {
     /// Sends an agent the tasks waiting for it (after a new deployment, and whenever
@@ -18,15 +27,15 @@ impl App {
         let tasks = match self.store.claim_tasks_for_agent(agent_id, now_ms()).await {
             Ok(tasks) => tasks,
             Err(error) => {
-                tracing::warn!(agent_id, error = %crate::error::ErrorChain(&error), "claiming tasks failed");
+                tracing::warn!(agent_id, error = %ErrorChain(&error), "claiming tasks failed");
                 return;
             }
         };
         for task in tasks {
-            let payload = match self.payload_with_credentials(&task).await {
+            let payload = match self.wire_payload(&task).await {
                 Ok(payload) => payload,
                 Err(error) => {
-                    tracing::warn!(task_id = %task.id, %error, "cannot build the task payload");
+                    self.fail_undeliverable(&task, &error).await;
                     continue;
                 }
             };
@@ -42,19 +51,51 @@ impl App {
                 )),
             };
             if self.sessions.send(agent_id, assignment).await {
+                let now = now_ms();
+                if task.epoch == 1 {
+                    // First assignment: from the API accepting the deployment to the
+                    // task being on the agent's stream.
+                    self.metrics
+                        .delivery
+                        .observe_dispatch_latency(now.saturating_sub(task.created_at_ms));
+                }
                 tracing::info!(task_id = %task.id, deployment_id = %task.deployment_id, target = %task.target, epoch = task.epoch, "task assigned");
-                let _ = self
-                    .store
-                    .append_log(
-                        &task.deployment_id,
-                        &task.id,
-                        now_ms(),
-                        &format!(
-                            "{}: assigned to its agent (epoch {})",
-                            task.target, task.epoch
-                        ),
-                    )
-                    .await;
+                self.log(
+                    &task.deployment_id,
+                    &task.id,
+                    &format!(
+                        "{}: assigned to its agent (epoch {})",
+                        task.target, task.epoch
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A task whose payload cannot be built (a secret it references was deleted, a
+    /// registry password does not unseal) fails at once with the reason, instead of
+    /// waiting for its deadline.
+    async fn fail_undeliverable(&self, task: &Task, error: &AppError) {
+        tracing::warn!(task_id = %task.id, %error, "cannot build the task payload; failing the task");
+        let message = format!("cannot be sent to its agent: {error}");
+        match self
+            .store
+            .complete_task(&task.id, task.epoch, TaskState::Failed, &message, now_ms())
+            .await
+        {
+            Ok(Some(_)) => {
+                self.log(
+                    &task.deployment_id,
+                    &task.id,
+                    &format!("{}: failed: {message}", task.target),
+                )
+                .await;
+                self.after_task_finished(&task.deployment_id).await;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(task_id = %task.id, error = %ErrorChain(&error), "cannot fail an undeliverable task");
             }
         }
     }
@@ -69,12 +110,15 @@ impl App {
         Ok(())
     }
 
-    /// The stored payload plus the credentials of the registries it pulls from.
-    async fn payload_with_credentials(&self, task: &Task) -> Result<String, AppError> {
+    /// The payload as sent: the stored one plus its deployment's generation, the
+    /// credentials of the registries it pulls from, and the values of the secrets its
+    /// settings reference. None of these is stored with the task or logged.
+    async fn wire_payload(&self, task: &Task) -> Result<String, AppError> {
         let spec: DeploySpec = serde_json::from_str(&task.payload_json)
             .map_err(|e| AppError::internal("decoding a stored deploy payload", &e))?;
         let mut value = serde_json::to_value(&spec)
             .map_err(|e| AppError::internal("encoding a deploy payload", &e))?;
+        value["generation"] = serde_json::Value::from(task.generation);
         let mut auth = Vec::new();
         for host in spec.registries() {
             if let Some((username, password)) = self.registry_access(&host).await?.credentials {
@@ -84,7 +128,51 @@ impl App {
         if !auth.is_empty() {
             value["registry_auth"] = serde_json::Value::Array(auth);
         }
+        let secrets = self.secret_values(&spec).await?;
+        if !secrets.is_empty() {
+            value["secrets"] = serde_json::to_value(secrets)
+                .map_err(|e| AppError::internal("encoding secrets", &e))?;
+        }
         Ok(value.to_string())
+    }
+
+    /// The values of the secrets the spec's settings reference, unsealed.
+    async fn secret_values(&self, spec: &DeploySpec) -> Result<BTreeMap<String, String>, AppError> {
+        let mut wanted = BTreeSet::new();
+        for value in spec.target.settings.values() {
+            // Stored settings passed this check when the deployment was planned.
+            for reference in references(value).unwrap_or_default() {
+                if reference.kind == VariableKind::Secret {
+                    wanted.insert(reference.name);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let stored = self.store.list_variables(&spec.environment).await?;
+        let mut values = BTreeMap::new();
+        for name in wanted {
+            let Some(secret) = stored
+                .iter()
+                .find(|v| v.kind == VariableKind::Secret && v.name == name)
+            else {
+                return Err(AppError::new(
+                    ErrorKind::FailedPrecondition,
+                    "unresolved_reference",
+                    format!(
+                        "the secret `{name}` was deleted from `{}` after the deployment was planned",
+                        spec.environment
+                    ),
+                ));
+            };
+            let value = self
+                .secrets
+                .open(&secret.stored_value)
+                .map_err(|e| AppError::internal("unsealing a secret", &e))?;
+            values.insert(name, value);
+        }
+        Ok(values)
     }
 
     /// The desired state of an agent's targets, as a message.
@@ -94,13 +182,31 @@ impl App {
             body: Some(v1::server_message::Body::DesiredState(v1::DesiredState {
                 targets: payloads
                     .into_iter()
-                    .map(|(target, payload)| v1::DesiredTarget {
-                        target,
-                        deploy_json: payload.into_bytes(),
+                    .map(|desired| {
+                        let (deploy_json, generation) = desired.deployed.unwrap_or_default();
+                        v1::DesiredTarget {
+                            target: desired.target,
+                            deploy_json: deploy_json.into_bytes(),
+                            generation: u64::try_from(generation).unwrap_or(0),
+                        }
                     })
                     .collect(),
             })),
         })
+    }
+
+    /// Sends an agent its desired state, if its session is on this replica (otherwise it
+    /// gets it when it next connects).
+    pub(super) async fn push_desired_state(&self, agent_id: &str) {
+        if !self.sessions.is_open(agent_id) {
+            return;
+        }
+        match self.desired_state_for(agent_id).await {
+            Ok(message) => {
+                self.sessions.send(agent_id, message).await;
+            }
+            Err(error) => tracing::warn!(agent_id, %error, "cannot send desired state"),
+        }
     }
 
     /// A task, if it is the calling agent's: an agent speaks only of its own tasks.
@@ -116,7 +222,7 @@ impl App {
         Ok(task)
     }
 
-    /// A progress line from an agent.
+    /// A progress line from an agent; a numbered line already stored is not stored again.
     pub async fn record_task_update(
         &self,
         agent_id: &str,
@@ -128,10 +234,12 @@ impl App {
         } else {
             now_ms()
         };
+        let line = i64::try_from(update.line).ok().filter(|line| *line > 0);
         self.store
             .append_log(
                 &task.deployment_id,
                 &task.id,
+                line,
                 at,
                 &format!("{}: {}", task.target, update.message),
             )
@@ -140,7 +248,7 @@ impl App {
     }
 
     /// A task result from an agent: stored (idempotently, fenced by epoch), then
-    /// acknowledged; a deployment that succeeded updates its agents' desired state.
+    /// acknowledged; a success updates the agent's desired state.
     pub async fn record_task_result(
         &self,
         agent_id: &str,
@@ -149,7 +257,8 @@ impl App {
         let task = self.agent_task(agent_id, &result.task_id).await?;
         let state = match v1::TaskState::try_from(result.state) {
             Ok(v1::TaskState::Succeeded) => TaskState::Succeeded,
-            Ok(v1::TaskState::Failed | v1::TaskState::Cancelled) => TaskState::Failed,
+            Ok(v1::TaskState::Failed) => TaskState::Failed,
+            Ok(v1::TaskState::Cancelled) => TaskState::Cancelled,
             _ => {
                 return Err(AppError::invalid(format!(
                     "task result with state {}",
@@ -177,50 +286,191 @@ impl App {
             tracing::debug!(task_id = %task.id, epoch, "duplicate or stale task result ignored");
             return Ok(());
         };
-        let line = match state {
-            TaskState::Succeeded => format!("{}: succeeded: {}", updated.target, result.message),
-            _ => format!("{}: failed: {}", updated.target, result.message),
-        };
-        self.store
-            .append_log(&updated.deployment_id, &updated.id, now_ms(), &line)
-            .await?;
-        let deployment = self.store.get_deployment(&updated.deployment_id).await?;
-        tracing::info!(task_id = %updated.id, deployment_id = %deployment.id, state = %state, deployment_state = %deployment.state, "task finished");
-        if deployment.state.is_terminal() {
-            self.store
-                .append_log(
-                    &deployment.id,
-                    "",
-                    now_ms(),
-                    &format!("deployment {}", deployment.state),
-                )
-                .await?;
-        }
+        self.log(
+            &updated.deployment_id,
+            &updated.id,
+            &format!("{}: {state}: {}", updated.target, result.message),
+        )
+        .await;
+        tracing::info!(task_id = %updated.id, deployment_id = %updated.deployment_id, state = %state, "task finished");
+        self.after_task_finished(&updated.deployment_id).await;
         if state == TaskState::Succeeded {
-            match self.desired_state_for(agent_id).await {
-                Ok(message) => {
-                    self.sessions.send(agent_id, message).await;
+            self.push_desired_state(agent_id).await;
+        }
+        Ok(())
+    }
+
+    /// Logs and counts a deployment that a finished task finished.
+    async fn after_task_finished(&self, deployment_id: &str) {
+        let deployment = match self.store.get_deployment(deployment_id).await {
+            Ok(deployment) => deployment,
+            Err(error) => {
+                tracing::warn!(deployment_id, error = %ErrorChain(&error), "cannot read a deployment");
+                return;
+            }
+        };
+        if deployment.state.is_terminal() {
+            let line = match &deployment.message {
+                Some(message) if deployment.state != crate::domain::DeploymentState::Succeeded => {
+                    format!("deployment {}: {message}", deployment.state)
                 }
-                Err(error) => tracing::warn!(%error, "cannot send desired state"),
+                _ => format!("deployment {}", deployment.state),
+            };
+            self.log(&deployment.id, "", &line).await;
+            tracing::info!(deployment_id = %deployment.id, state = %deployment.state, "deployment finished");
+            self.count_finished(&deployment);
+        }
+    }
+
+    /// Counts a finished deployment by kind and outcome, with its duration.
+    pub(super) fn count_finished(&self, deployment: &Deployment) {
+        if let Some(finished_at_ms) = deployment.finished_at_ms {
+            self.metrics.delivery.deployment_finished(
+                deployment.kind.as_str(),
+                deployment.state.as_str(),
+                finished_at_ms.saturating_sub(deployment.created_at_ms),
+            );
+        }
+    }
+
+    /// Fails tasks whose deadline passed, naming why their agent did not finish them.
+    pub async fn expire_tasks(&self) -> Result<(), AppError> {
+        let now = now_ms();
+        // Read agents only when something expires (the common tick finds nothing).
+        let due = self.store.agents_with_expired_tasks(now).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut reasons = HashMap::new();
+        for agent_id in due {
+            if reasons.contains_key(&agent_id) {
+                continue;
+            }
+            let reason = match self.store.get_agent(&agent_id).await {
+                Ok(agent) => self.waiting_for(&agent, now).unwrap_or_else(|| {
+                    format!(
+                        "agent `{}` is connected but did not finish in time",
+                        agent.name
+                    )
+                }),
+                Err(_) => format!("agent {agent_id} no longer exists"),
+            };
+            reasons.insert(agent_id, reason);
+        }
+        let expired = self
+            .store
+            .expire_tasks(now, |agent_id| {
+                reasons
+                    .get(agent_id)
+                    .cloned()
+                    .unwrap_or_else(|| "its agent did not finish in time".to_owned())
+            })
+            .await?;
+        let mut deployments = BTreeSet::new();
+        for task in expired {
+            tracing::warn!(task_id = %task.id, target = %task.target, "task deadline passed");
+            self.log(
+                &task.deployment_id,
+                &task.id,
+                &format!(
+                    "{}: failed: {}",
+                    task.target,
+                    task.message.as_deref().unwrap_or("deadline passed")
+                ),
+            )
+            .await;
+            self.send_cancel(&task, "the task's deadline passed").await;
+            deployments.insert(task.deployment_id);
+        }
+        for deployment_id in deployments {
+            self.after_task_finished(&deployment_id).await;
+        }
+        Ok(())
+    }
+
+    /// Says in the log of each task waiting for an agent that cannot take it why it
+    /// waits, once a minute per task (per replica).
+    pub async fn report_waiting_tasks(&self) -> Result<(), AppError> {
+        let now = now_ms();
+        let reminder_ms = i64::try_from(WAITING_REMINDER.as_millis()).unwrap_or(60_000);
+        let open = self
+            .store
+            .open_tasks_created_before(now - reminder_ms)
+            .await?;
+        let open_ids: std::collections::HashSet<&str> =
+            open.iter().map(|t| t.id.as_str()).collect();
+        self.waiting_reminders
+            .lock()
+            .retain(|task_id, _| open_ids.contains(task_id.as_str()));
+        let mut agents = HashMap::new();
+        for task in &open {
+            let due = self
+                .waiting_reminders
+                .lock()
+                .get(&task.id)
+                .is_none_or(|at| now - *at >= reminder_ms);
+            if !due {
+                continue;
+            }
+            if !agents.contains_key(&task.agent_id) {
+                let agent = self.store.get_agent(&task.agent_id).await.ok();
+                agents.insert(task.agent_id.clone(), agent);
+            }
+            let Some(Some(agent)) = agents.get(&task.agent_id) else {
+                continue;
+            };
+            if let Some(waiting) = self.waiting_for(agent, now) {
+                self.log(
+                    &task.deployment_id,
+                    &task.id,
+                    &format!("{}: {waiting}", task.target),
+                )
+                .await;
+                self.waiting_reminders.lock().insert(task.id.clone(), now);
             }
         }
         Ok(())
     }
 
-    /// Fails tasks whose deadline passed.
-    pub async fn expire_tasks(&self) -> Result<(), AppError> {
-        for task in self.store.expire_tasks(now_ms()).await? {
-            tracing::warn!(task_id = %task.id, target = %task.target, "task deadline passed");
-            let _ = self
-                .store
-                .append_log(
-                    &task.deployment_id,
-                    &task.id,
-                    now_ms(),
-                    &format!("{}: failed: deadline passed", task.target),
-                )
-                .await;
+    /// Tells the agents whose sessions this replica holds to stop the tasks cancelled
+    /// lately (on any replica).
+    pub async fn propagate_cancellations(&self) -> Result<(), AppError> {
+        let now = now_ms();
+        let window = i64::try_from(CANCEL_PROPAGATION.as_millis()).unwrap_or(60_000);
+        let cancelled = self.store.cancelled_tasks_since(now - window).await?;
+        self.cancels_sent
+            .lock()
+            .retain(|_, at| now - *at < window.saturating_mul(2));
+        for task in cancelled {
+            if !self.sessions.is_open(&task.agent_id) {
+                continue;
+            }
+            if self.cancels_sent.lock().contains_key(&task.id) {
+                continue;
+            }
+            let reason = task
+                .message
+                .clone()
+                .unwrap_or_else(|| "cancelled".to_owned());
+            self.send_cancel(&task, &reason).await;
         }
         Ok(())
+    }
+
+    /// Tells a task's agent to stop it, if its session is on this replica.
+    pub(super) async fn send_cancel(&self, task: &Task, reason: &str) {
+        if !self.sessions.is_open(&task.agent_id) {
+            return;
+        }
+        let message = v1::ServerMessage {
+            body: Some(v1::server_message::Body::CancelTask(v1::CancelTask {
+                task_id: task.id.clone(),
+                reason: reason.to_owned(),
+            })),
+        };
+        if self.sessions.send(&task.agent_id, message).await {
+            self.cancels_sent.lock().insert(task.id.clone(), now_ms());
+            tracing::info!(task_id = %task.id, agent_id = %task.agent_id, "cancel sent to the agent");
+        }
     }
 }

@@ -57,6 +57,7 @@ impl App {
             })
             .await?;
         tracing::warn!(target = %target.name, component = %report.component, kind = %kind, detail = %report.detail, "drift reported");
+        self.metrics.delivery.drift_found(kind.as_str());
         let env = self.store.get_environment(&target.environment).await?;
         if env.drift_mode == DriftMode::Remediate {
             self.remediate(&env, &target).await;

@@ -1,8 +1,8 @@
 //! Registries: where images are resolved and pulled, with sealed credentials.
 
-use super::{now_ms, App};
-use crate::domain::{ImageRef, Registry};
-use crate::error::AppError;
+use super::{not_found_as, now_ms, App};
+use crate::domain::{DeploySpec, ImageRef, Registry};
+use crate::error::{AppError, ErrorKind};
 use crate::registry::RegistryAccess;
 
 impl App {
@@ -61,5 +61,35 @@ impl App {
             insecure: registry.insecure,
             credentials,
         })
+    }
+
+    /// Deletes a registry's settings and credentials. Refused while an unfinished
+    /// deployment pulls from it (its agents would get no credentials).
+    pub async fn delete_registry(&self, host: &str) -> Result<(), AppError> {
+        for task in self.store.open_tasks_created_before(i64::MAX).await? {
+            let Ok(spec) = serde_json::from_str::<DeploySpec>(&task.payload_json) else {
+                continue;
+            };
+            if spec.registries().iter().any(|h| h == host) {
+                return Err(AppError::new(
+                    ErrorKind::Conflict,
+                    "registry_in_use",
+                    format!(
+                        "cannot delete registry `{host}`: deployment {} pulls from it (wait for it or cancel it)",
+                        task.deployment_id
+                    ),
+                ));
+            }
+        }
+        self.store.delete_registry(host).await.map_err(|e| {
+            not_found_as(
+                e,
+                ErrorKind::NotFound,
+                "unknown_registry",
+                format!("no registry `{host}` is configured"),
+            )
+        })?;
+        tracing::info!(registry = %host, "registry deleted");
+        Ok(())
     }
 }

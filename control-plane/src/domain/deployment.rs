@@ -31,6 +31,8 @@ string_enum!(
         Succeeded = "succeeded",
         /// A task failed or expired.
         Failed = "failed",
+        /// An operator cancelled it; its unfinished tasks were cancelled.
+        Cancelled = "cancelled",
     }
 );
 
@@ -45,20 +47,28 @@ string_enum!(
         Succeeded = "succeeded",
         /// The agent reported failure, or the deadline passed.
         Failed = "failed",
+        /// Cancelled with its deployment before it finished.
+        Cancelled = "cancelled",
     }
 );
 
 impl DeploymentState {
     /// Whether nothing will change it any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, DeploymentState::Succeeded | DeploymentState::Failed)
+        matches!(
+            self,
+            DeploymentState::Succeeded | DeploymentState::Failed | DeploymentState::Cancelled
+        )
     }
 }
 
 impl TaskState {
     /// Whether nothing will change it any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 
@@ -77,6 +87,9 @@ pub struct Deployment {
     pub version: String,
     /// The decision record it carries out (`sha256:…`).
     pub decision_id: String,
+    /// Grows with every deployment created (assigned by the store): orders what the
+    /// targets should run, so an agent never takes an older desired state for a newer.
+    pub generation: i64,
     /// Where it is.
     pub state: DeploymentState,
     /// Why it failed, or a summary.
@@ -102,6 +115,8 @@ pub struct Task {
     pub agent_id: String,
     /// Lease epoch: increases at every (re)assignment; older results are discarded.
     pub epoch: i64,
+    /// Its deployment's generation.
+    pub generation: i64,
     /// Where it is.
     pub state: TaskState,
     /// The `deploy` payload without registry credentials (added when sending).

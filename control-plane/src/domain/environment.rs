@@ -49,6 +49,9 @@ pub struct Environment {
     pub after: Option<String>,
     /// What drift does here.
     pub drift_mode: DriftMode,
+    /// How long a deployment's tasks may take here; `None`: the server's default
+    /// (`task_deadline_seconds`).
+    pub deployment_timeout_seconds: Option<u64>,
     /// Creation time.
     pub created_at_ms: i64,
 }

@@ -102,6 +102,8 @@ impl TargetKind {
     /// Refuses unknown keys and values the kind cannot use.
     pub fn validate_settings(self, settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
         for (key, value) in settings {
+            super::references(value)
+                .map_err(|Invalid(e)| Invalid(format!("setting {key}: {e}")))?;
             let known = COMMON_KEYS.contains(&key.as_str())
                 || self.own_keys().contains(&key.as_str())
                 || (matches!(self, TargetKind::Docker | TargetKind::Ssh)
@@ -118,12 +120,13 @@ impl TargetKind {
                 "ports" => validate_ports(value)?,
                 "health_timeout_seconds" | "stop_timeout_seconds" => {
                     let seconds: u64 = value.parse().map_err(|_| {
-                        Invalid(format!("health_timeout_seconds `{value}` is not a number"))
+                        Invalid(format!("{key} `{value}` is not a whole number of seconds"))
                     })?;
                     if seconds == 0 || seconds > 3600 {
-                        return Err(Invalid("health_timeout_seconds must be 1 to 3600".into()));
+                        return Err(Invalid(format!("{key} must be 1 to 3600, not {seconds}")));
                     }
                 }
+                "container_name" => validate_container_name(value)?,
                 "restart"
                     if !matches!(
                         value.as_str(),
@@ -156,6 +159,23 @@ impl TargetKind {
             }
             None => release.components.iter().collect(),
         }
+    }
+}
+
+/// A Docker container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters (no
+/// path separators, so it is also safe in file names derived from it).
+fn validate_container_name(value: &str) -> Result<(), Invalid> {
+    let mut chars = value.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok
+        && value.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "container_name `{value}`: use letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128"
+        )))
     }
 }
 
@@ -241,5 +261,25 @@ mod tests {
         let bad_ports = BTreeMap::from([("ports".to_owned(), "80:http".to_owned())]);
         assert!(TargetKind::Docker.validate_settings(&bad_ports).is_err());
         assert!("kubernetes".parse::<TargetKind>().is_err());
+    }
+
+    #[test]
+    fn setting_errors_name_the_setting() {
+        let check = |key: &str, value: &str| {
+            TargetKind::Docker
+                .validate_settings(&BTreeMap::from([(key.to_owned(), value.to_owned())]))
+                .map_err(|e| e.0)
+        };
+        let error = check("stop_timeout_seconds", "0").expect_err("zero");
+        assert!(error.contains("stop_timeout_seconds"), "{error}");
+        let error = check("stop_timeout_seconds", "soon").expect_err("not a number");
+        assert!(error.starts_with("stop_timeout_seconds"), "{error}");
+        for bad in ["../../x", "a/b", "-x", ".x", "", "x y"] {
+            assert!(check("container_name", bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check("container_name", "web-1.blue_2").is_ok());
+        let error = check("env.X", "${nope}").expect_err("bad reference");
+        assert!(error.contains("env.X"), "{error}");
+        assert!(check("env.X", "${secret.db_password}").is_ok());
     }
 }

@@ -68,7 +68,8 @@ pub async fn serve(
 }
 
 /// Background work of the gateway: batched heartbeat writes, revocation sync, task
-/// deadlines, and tasks created on other replicas for agents connected here.
+/// deadlines and reminders of tasks waiting for unavailable agents, and tasks created or
+/// cancelled on other replicas for agents connected here.
 pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     let mut flush = tokio::time::interval(Duration::from_millis(
         app.config.heartbeat_flush_interval_ms,
@@ -93,10 +94,16 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
                 if let Err(error) = app.expire_tasks().await {
                     tracing::warn!(%error, "task deadline sweep failed; will retry");
                 }
+                if let Err(error) = app.report_waiting_tasks().await {
+                    tracing::warn!(%error, "waiting task report failed; will retry");
+                }
             }
             _ = pending.tick() => {
                 if let Err(error) = app.dispatch_pending().await {
                     tracing::warn!(%error, "pending task dispatch failed; will retry");
+                }
+                if let Err(error) = app.propagate_cancellations().await {
+                    tracing::warn!(%error, "cancellation propagation failed; will retry");
                 }
             }
             _ = revocations.tick() => {
@@ -313,6 +320,9 @@ async fn handle_agent_message(app: &Arc<App>, agent_id: &str, message: AgentMess
             Ok(())
         }
         Some(agent_message::Body::DriftReport(report)) => app.record_drift(agent_id, &report).await,
+        Some(agent_message::Body::Goodbye(goodbye)) => {
+            app.record_goodbye(agent_id, &goodbye.reason).await
+        }
         None => {
             tracing::debug!("empty agent message");
             Ok(())

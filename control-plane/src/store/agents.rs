@@ -16,7 +16,7 @@ macro_rules! select_agents {
         concat!(
             "SELECT id, name, labels_json, capabilities_json, host_json, agent_version, ",
             "cert_serial, cert_not_after_ms, enrolled_at_ms, last_seen_at_ms, revoked_at_ms, ",
-            "revoke_reason FROM agents ",
+            "revoke_reason, disconnected_at_ms FROM agents ",
             $tail
         )
     };
@@ -135,7 +135,8 @@ impl Store {
     }
 
     /// Records what an agent said in `Hello` (version, capabilities, labels, host facts)
-    /// and that it was seen at `hello.at_ms`; `NotFound` if there is no such agent.
+    /// and that it was seen at `hello.at_ms` (clearing an earlier goodbye); `NotFound` if
+    /// there is no such agent.
     pub async fn record_hello(&self, id: &str, hello: &HelloRecord) -> Result<(), StoreError> {
         const OP: &str = "recording an agent hello";
         let capabilities_json = encode_json("agent capabilities", &hello.capabilities)?;
@@ -144,7 +145,8 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE agents SET agent_version = $1, capabilities_json = $2, labels_json = $3, \
              host_json = $4, last_seen_at_ms = CASE WHEN last_seen_at_ms IS NULL \
-             OR last_seen_at_ms < $5 THEN $5 ELSE last_seen_at_ms END WHERE id = $6",
+             OR last_seen_at_ms < $5 THEN $5 ELSE last_seen_at_ms END, \
+             disconnected_at_ms = NULL WHERE id = $6",
         )
         .bind(hello.agent_version.as_str())
         .bind(capabilities_json)
@@ -252,10 +254,77 @@ impl Store {
         }
     }
 
-    /// Ids of every revoked agent, sorted.
+    /// Records that an agent said goodbye at `at_ms` (a clean stop): it shows
+    /// `disconnected` until its next `Hello`. Unknown ids are ignored.
+    pub async fn record_goodbye(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET disconnected_at_ms = $1 WHERE id = $2")
+            .bind(at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(database("recording an agent goodbye"))?;
+        Ok(())
+    }
+
+    /// Deletes a revoked agent, freeing its name; its id stays on the revocation list.
+    /// `NotFound` if there is no such agent; `Conflict` (entity `agent`) if it is not
+    /// revoked, or (entity `target`, key: the first target's name) if a target still
+    /// names it. The checks and the delete are one transaction.
+    pub async fn delete_revoked_agent(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        const OP: &str = "deleting an agent";
+        let mut tx = self.begin_write(OP).await?;
+        let row: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT name, revoked_at_ms FROM agents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        let Some((name, revoked_at_ms)) = row else {
+            return Err(not_found_agent(id));
+        };
+        let Some(revoked_at_ms) = revoked_at_ms else {
+            return Err(StoreError::Conflict {
+                entity: "agent",
+                key: name,
+            });
+        };
+        let target: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM targets WHERE agent_id = $1 ORDER BY name LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        if let Some(target) = target {
+            return Err(StoreError::Conflict {
+                entity: "target",
+                key: target,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO deleted_agents (id, name, revoked_at_ms, deleted_at_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(name.as_str())
+        .bind(revoked_at_ms)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+        tx.commit().await.map_err(database(OP))
+    }
+
+    /// Ids of every revoked agent, deleted ones included, sorted.
     pub async fn revoked_agent_ids(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar::<_, String>(
-            "SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL ORDER BY id",
+            "SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL \
+             UNION SELECT id FROM deleted_agents ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -304,6 +373,7 @@ struct AgentRow {
     last_seen_at_ms: Option<i64>,
     revoked_at_ms: Option<i64>,
     revoke_reason: Option<String>,
+    disconnected_at_ms: Option<i64>,
 }
 
 impl AgentRow {
@@ -330,6 +400,7 @@ impl AgentRow {
             last_seen_at_ms: self.last_seen_at_ms,
             revoked_at_ms: self.revoked_at_ms,
             revoke_reason: self.revoke_reason,
+            disconnected_at_ms: self.disconnected_at_ms,
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::{Deployment, DeploymentKind, DeploymentState, LogLine, Task, 
 /// Every `tasks` column, in [`TaskRow`] order, as one literal.
 macro_rules! task_columns {
     () => {
-        "id, deployment_id, target, agent_id, epoch, state, payload_json, message, \
+        "id, deployment_id, target, agent_id, epoch, generation, state, payload_json, message, \
          deadline_at_ms, created_at_ms, finished_at_ms"
     };
 }
@@ -36,8 +36,9 @@ macro_rules! select_tasks {
 macro_rules! select_deployments {
     ($tail:literal) => {
         concat!(
-            "SELECT id, kind, environment, release_name, release_version, decision_id, state, ",
-            "message, created_by, created_at_ms, finished_at_ms FROM deployments ",
+            "SELECT id, kind, environment, release_name, release_version, decision_id, ",
+            "generation, state, message, created_by, created_at_ms, finished_at_ms ",
+            "FROM deployments ",
             $tail
         )
     };
@@ -47,14 +48,18 @@ macro_rules! select_deployments {
 const DEADLINE_PASSED: &str = "deadline passed";
 
 impl Store {
-    /// Stores a deployment and all its tasks in one transaction. `NotFound` if its
-    /// environment or its release (key `name@version`) does not exist, `Conflict` if the
-    /// deployment id or a task id is taken. Each task is stored under `deployment.id`.
+    /// Stores a deployment and all its tasks in one transaction, under a new generation
+    /// (greater than every earlier deployment's), which it returns; the `generation` of
+    /// `deployment` and `tasks` is ignored. `NotFound` if its environment or its release
+    /// (key `name@version`) does not exist; `Conflict` with entity `active deployment`
+    /// (key: the environment) if the environment has a pending or running deployment —
+    /// a unique index decides, so of concurrent calls exactly one wins; `Conflict` if a
+    /// task id is taken. Each task is stored under `deployment.id`.
     pub async fn create_deployment(
         &self,
         deployment: &Deployment,
         tasks: &[Task],
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         const OP: &str = "creating a deployment";
         let mut tx = self.begin_write(OP).await?;
         let environment =
@@ -81,10 +86,20 @@ impl Store {
             });
         }
 
+        // SQLite: the write lock is held from BEGIN IMMEDIATE, so MAX + 1 is unique.
+        // PostgreSQL: a sequence, so replicas do not queue on one counter row.
+        let next_generation = match self.backend {
+            super::Backend::Sqlite => "SELECT COALESCE(MAX(generation), 0) + 1 FROM deployments",
+            super::Backend::Postgres => "SELECT nextval('deployment_generation_seq')",
+        };
+        let generation = sqlx::query_scalar::<_, i64>(next_generation)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(database(OP))?;
         sqlx::query(
             "INSERT INTO deployments (id, kind, environment, release_name, release_version, \
-             decision_id, state, message, created_by, created_at_ms, finished_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             decision_id, generation, state, message, created_by, created_at_ms, \
+             finished_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(deployment.id.as_str())
         .bind(deployment.kind.as_str())
@@ -92,6 +107,7 @@ impl Store {
         .bind(deployment.release.as_str())
         .bind(deployment.version.as_str())
         .bind(deployment.decision_id.as_str())
+        .bind(generation)
         .bind(deployment.state.as_str())
         .bind(deployment.message.as_deref())
         .bind(deployment.created_by.as_str())
@@ -99,20 +115,23 @@ impl Store {
         .bind(deployment.finished_at_ms)
         .execute(&mut *tx)
         .await
-        .map_err(unique(OP, "deployment", &deployment.id))?;
+        // The id is a fresh UUID and the generation new: a unique violation here is the
+        // one-active-deployment-per-environment index.
+        .map_err(unique(OP, "active deployment", &deployment.environment))?;
 
         for task in tasks {
             debug_assert_eq!(task.deployment_id, deployment.id, "task {}", task.id);
             sqlx::query(
-                "INSERT INTO tasks (id, deployment_id, target, agent_id, epoch, state, \
-                 payload_json, message, deadline_at_ms, created_at_ms, finished_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO tasks (id, deployment_id, target, agent_id, epoch, generation, \
+                 state, payload_json, message, deadline_at_ms, created_at_ms, finished_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(task.id.as_str())
             .bind(deployment.id.as_str())
             .bind(task.target.as_str())
             .bind(task.agent_id.as_str())
             .bind(task.epoch)
+            .bind(generation)
             .bind(task.state.as_str())
             .bind(task.payload_json.as_str())
             .bind(task.message.as_deref())
@@ -123,7 +142,8 @@ impl Store {
             .await
             .map_err(unique(OP, "task", &task.id))?;
         }
-        tx.commit().await.map_err(database(OP))
+        tx.commit().await.map_err(database(OP))?;
+        Ok(generation)
     }
 
     /// The deployment with this id; `NotFound` if there is none.
@@ -138,6 +158,125 @@ impl Store {
                 key: id.to_owned(),
             })?
             .into_deployment()
+    }
+
+    /// The deployment whose id is `id_or_prefix`, or the only one whose id starts with it
+    /// (at least 8 characters). `NotFound` if none matches; `Conflict` (entity
+    /// `deployment id prefix`) if several do.
+    pub async fn find_deployment(&self, id_or_prefix: &str) -> Result<Deployment, StoreError> {
+        const OP: &str = "reading a deployment";
+        match self.get_deployment(id_or_prefix).await {
+            Err(StoreError::NotFound { .. })
+                if id_or_prefix.len() >= 8
+                    && id_or_prefix
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == '-') => {}
+            other => return other,
+        }
+        // Hex digits and '-' only (checked above): nothing in the prefix is a LIKE wildcard.
+        let rows = sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+            "WHERE id LIKE $1 ORDER BY id LIMIT 2"
+        ))
+        .bind(format!("{}%", id_or_prefix.to_ascii_lowercase()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database(OP))?;
+        let mut rows = rows.into_iter();
+        match (rows.next(), rows.next()) {
+            (Some(row), None) => row.into_deployment(),
+            (Some(_), Some(_)) => Err(StoreError::Conflict {
+                entity: "deployment id prefix",
+                key: id_or_prefix.to_owned(),
+            }),
+            (None, _) => Err(StoreError::NotFound {
+                entity: "deployment",
+                key: id_or_prefix.to_owned(),
+            }),
+        }
+    }
+
+    /// Cancels a deployment that is not finished: in one transaction its unfinished tasks
+    /// become `cancelled` with `message`, and the deployment `cancelled` with `message`,
+    /// finished at `now_ms`. Returns the tasks it cancelled (their agents should stop
+    /// them). `NotFound` if there is no such deployment; `Conflict` (entity `finished
+    /// deployment`, key: its state) if it already finished.
+    pub async fn cancel_deployment(
+        &self,
+        id: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        const OP: &str = "cancelling a deployment";
+        let mut tx = self.begin_write(OP).await?;
+        lock_deployment(&mut tx, id, OP).await?;
+        let state = sqlx::query_scalar::<_, String>("SELECT state FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database(OP))?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "deployment",
+                key: id.to_owned(),
+            })?;
+        if !matches!(state.as_str(), "pending" | "running") {
+            return Err(StoreError::Conflict {
+                entity: "finished deployment",
+                key: state,
+            });
+        }
+        let rows = sqlx::query_as::<_, TaskRow>(concat!(
+            "UPDATE tasks SET state = 'cancelled', message = $1, finished_at_ms = $2 ",
+            "WHERE deployment_id = $3 AND state IN ('pending', 'assigned') RETURNING ",
+            task_columns!()
+        ))
+        .bind(message)
+        .bind(now_ms)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        sqlx::query(
+            "UPDATE deployments SET state = 'cancelled', message = $1, finished_at_ms = $2 \
+             WHERE id = $3",
+        )
+        .bind(message)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        tx.commit().await.map_err(database(OP))?;
+        rows.into_iter().map(TaskRow::into_task).collect()
+    }
+
+    /// Tasks cancelled after `since_ms`, oldest first: each replica tells the agents whose
+    /// sessions it holds to stop theirs.
+    pub async fn cancelled_tasks_since(&self, since_ms: i64) -> Result<Vec<Task>, StoreError> {
+        sqlx::query_as::<_, TaskRow>(select_tasks!(
+            "WHERE state = 'cancelled' AND finished_at_ms > $1 ORDER BY finished_at_ms"
+        ))
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing cancelled tasks"))?
+        .into_iter()
+        .map(TaskRow::into_task)
+        .collect()
+    }
+
+    /// Unfinished (pending or assigned) tasks created before `before_ms`, oldest first.
+    pub async fn open_tasks_created_before(&self, before_ms: i64) -> Result<Vec<Task>, StoreError> {
+        sqlx::query_as::<_, TaskRow>(select_tasks!(
+            "WHERE state IN ('pending', 'assigned') AND created_at_ms < $1 \
+             ORDER BY created_at_ms, id"
+        ))
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing unfinished tasks"))?
+        .into_iter()
+        .map(TaskRow::into_task)
+        .collect()
     }
 
     /// The latest `limit` deployments, of every environment or of one, newest first.
@@ -210,6 +349,25 @@ impl Store {
         .collect()
     }
 
+    /// The newest succeeded deployment of `version` (of any release) to the environment.
+    pub async fn succeeded_deployment_of_version(
+        &self,
+        environment: &str,
+        version: &str,
+    ) -> Result<Option<Deployment>, StoreError> {
+        sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+            "WHERE environment = $1 AND release_version = $2 AND state = 'succeeded' \
+             ORDER BY generation DESC LIMIT 1"
+        ))
+        .bind(environment)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a succeeded deployment"))?
+        .map(DeploymentRow::into_deployment)
+        .transpose()
+    }
+
     /// The tasks of a deployment, ordered by target (none if there is no such deployment).
     pub async fn tasks_of_deployment(&self, deployment_id: &str) -> Result<Vec<Task>, StoreError> {
         sqlx::query_as::<_, TaskRow>(select_tasks!(
@@ -236,6 +394,18 @@ impl Store {
                 key: task_id.to_owned(),
             })?
             .into_task()
+    }
+
+    /// Agents with unfinished tasks whose deadline has passed (`deadline_at_ms <= now_ms`).
+    pub async fn agents_with_expired_tasks(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT DISTINCT agent_id FROM tasks \
+             WHERE state IN ('pending', 'assigned') AND deadline_at_ms <= $1",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing agents with expired tasks"))
     }
 
     /// Agents that have tasks never sent yet (`pending`). Every replica polls this for
@@ -363,9 +533,14 @@ impl Store {
     }
 
     /// Fails every unfinished task whose deadline has passed (`deadline_at_ms <= now_ms`)
-    /// with the message `deadline passed`, settles their deployments as
-    /// [`Store::complete_task`] does, and returns those tasks, oldest first.
-    pub async fn expire_tasks(&self, now_ms: i64) -> Result<Vec<Task>, StoreError> {
+    /// with the message `reason(agent_id)` (why its agent did not finish it), settles
+    /// their deployments as [`Store::complete_task`] does, and returns those tasks,
+    /// oldest first.
+    pub async fn expire_tasks(
+        &self,
+        now_ms: i64,
+        reason: impl Fn(&str) -> String,
+    ) -> Result<Vec<Task>, StoreError> {
         const OP: &str = "expiring tasks";
         let mut tx = self.begin_write(OP).await?;
         let deployment_ids = sqlx::query_scalar::<_, String>(
@@ -380,18 +555,34 @@ impl Store {
         let mut expired = Vec::new();
         for deployment_id in &deployment_ids {
             lock_deployment(&mut tx, deployment_id, OP).await?;
-            let rows = sqlx::query_as::<_, TaskRow>(concat!(
-                "UPDATE tasks SET state = 'failed', message = $1, finished_at_ms = $2 ",
-                "WHERE deployment_id = $3 AND state IN ('pending', 'assigned') ",
-                "AND deadline_at_ms <= $2 RETURNING ",
-                task_columns!()
-            ))
-            .bind(DEADLINE_PASSED)
-            .bind(now_ms)
+            let agents = sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT agent_id FROM tasks WHERE deployment_id = $1 \
+                 AND state IN ('pending', 'assigned') AND deadline_at_ms <= $2 ORDER BY agent_id",
+            )
             .bind(deployment_id.as_str())
+            .bind(now_ms)
             .fetch_all(&mut *tx)
             .await
             .map_err(database(OP))?;
+            let mut rows = Vec::new();
+            for agent_id in agents {
+                let message = format!("{DEADLINE_PASSED}: {}", reason(&agent_id));
+                rows.extend(
+                    sqlx::query_as::<_, TaskRow>(concat!(
+                        "UPDATE tasks SET state = 'failed', message = $1, finished_at_ms = $2 ",
+                        "WHERE deployment_id = $3 AND agent_id = $4 ",
+                        "AND state IN ('pending', 'assigned') AND deadline_at_ms <= $2 RETURNING ",
+                        task_columns!()
+                    ))
+                    .bind(message)
+                    .bind(now_ms)
+                    .bind(deployment_id.as_str())
+                    .bind(agent_id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(database(OP))?,
+                );
+            }
             if rows.is_empty() {
                 continue;
             }
@@ -405,18 +596,19 @@ impl Store {
         Ok(expired)
     }
 
-    /// For every target of `agent_id` that has a succeeded task: the target's name and
-    /// the payload of its latest succeeded task (by finished_at_ms), ordered by target.
-    /// The agent's desired state.
+    /// Every target of `agent_id`, ordered by name, with the payload and generation of
+    /// its succeeded task of the highest generation, if it has one. The agent's desired
+    /// state: the targets listed are all it drives.
     pub async fn desired_payloads_for_agent(
         &self,
         agent_id: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query_as::<_, (String, Option<String>)>(
-            "SELECT t.name, (SELECT k.payload_json FROM tasks k \
-             WHERE k.target = t.name AND k.state = 'succeeded' \
-             ORDER BY k.finished_at_ms DESC, k.id DESC LIMIT 1) \
-             FROM targets t WHERE t.agent_id = $1 ORDER BY t.name",
+    ) -> Result<Vec<DesiredPayload>, StoreError> {
+        let rows = sqlx::query_as::<_, (String, Option<String>, Option<i64>)>(
+            "SELECT t.name, k.payload_json, k.generation FROM targets t \
+             LEFT JOIN tasks k ON k.id = (SELECT l.id FROM tasks l \
+             WHERE l.target = t.name AND l.state = 'succeeded' \
+             ORDER BY l.generation DESC, l.id DESC LIMIT 1) \
+             WHERE t.agent_id = $1 ORDER BY t.name",
         )
         .bind(agent_id)
         .fetch_all(&self.pool)
@@ -424,16 +616,19 @@ impl Store {
         .map_err(database("reading the desired state of an agent"))?;
         Ok(rows
             .into_iter()
-            .filter_map(|(target, payload)| Some((target, payload?)))
+            .map(|(target, payload_json, generation)| DesiredPayload {
+                target,
+                deployed: payload_json.zip(generation),
+            })
             .collect())
     }
 
-    /// The latest succeeded task of a target (by finished_at_ms): its payload is what
+    /// The succeeded task of a target with the highest generation: its payload is what
     /// should run there.
     pub async fn latest_succeeded_task(&self, target: &str) -> Result<Option<Task>, StoreError> {
         sqlx::query_as::<_, TaskRow>(select_tasks!(
             "WHERE target = $1 AND state = 'succeeded' \
-             ORDER BY finished_at_ms DESC, id DESC LIMIT 1"
+             ORDER BY generation DESC, id DESC LIMIT 1"
         ))
         .bind(target)
         .fetch_optional(&self.pool)
@@ -443,20 +638,25 @@ impl Store {
         .transpose()
     }
 
-    /// Appends a line to a deployment's log (`task_id` empty for server lines);
-    /// `NotFound` if there is no such deployment.
+    /// Appends a line to a deployment's log (`task_id` empty for server lines).
+    /// `line` is the agent's number of a progress line within its task: a line whose
+    /// (task, line) is stored already is not stored again (lines are re-sent after a
+    /// reconnect). `NotFound` if there is no such deployment.
     pub async fn append_log(
         &self,
         deployment_id: &str,
         task_id: &str,
+        line: Option<i64>,
         at_ms: i64,
         message: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO logs (deployment_id, task_id, at_ms, message) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO logs (deployment_id, task_id, line, at_ms, message) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(deployment_id)
         .bind(task_id)
+        .bind(line)
         .bind(at_ms)
         .bind(message)
         .execute(&self.pool)
@@ -505,6 +705,15 @@ impl Store {
     }
 }
 
+/// A target of an agent and what it should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPayload {
+    /// The target's name.
+    pub target: String,
+    /// The payload and generation of its latest succeeded task; `None` if it has none.
+    pub deployed: Option<(String, i64)>,
+}
+
 /// Locks a deployment's row until the transaction ends (see the module docs).
 async fn lock_deployment(
     tx: &mut Transaction<'static, Any>,
@@ -544,7 +753,7 @@ async fn settle_deployment(
         match state {
             TaskState::Pending | TaskState::Assigned => unfinished = true,
             TaskState::Succeeded => {}
-            TaskState::Failed => {
+            TaskState::Failed | TaskState::Cancelled => {
                 failures.push((finished_at_ms, created_at_ms, id, target, message));
             }
         }
@@ -593,6 +802,7 @@ struct DeploymentRow {
     release_name: String,
     release_version: String,
     decision_id: String,
+    generation: i64,
     state: String,
     message: Option<String>,
     created_by: String,
@@ -612,6 +822,7 @@ impl DeploymentRow {
             release: self.release_name,
             version: self.release_version,
             decision_id: self.decision_id,
+            generation: self.generation,
             state,
             message: self.message,
             created_by: self.created_by,
@@ -629,6 +840,7 @@ struct TaskRow {
     target: String,
     agent_id: String,
     epoch: i64,
+    generation: i64,
     state: String,
     payload_json: String,
     message: Option<String>,
@@ -647,6 +859,7 @@ impl TaskRow {
             target: self.target,
             agent_id: self.agent_id,
             epoch: self.epoch,
+            generation: self.generation,
             state,
             payload_json: self.payload_json,
             message: self.message,

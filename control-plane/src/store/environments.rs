@@ -15,12 +15,13 @@ impl Store {
     pub async fn create_environment(&self, env: &Environment) -> Result<(), StoreError> {
         const OP: &str = "creating an environment";
         sqlx::query(
-            "INSERT INTO environments (name, after_environment, drift_mode, created_at_ms) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO environments (name, after_environment, drift_mode, \
+             deployment_timeout_seconds, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(env.name.as_str())
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
+        .bind(env.deployment_timeout_seconds.map(seconds_to_i64))
         .bind(env.created_at_ms)
         .execute(&self.pool)
         .await
@@ -36,8 +37,8 @@ impl Store {
     /// The environment with this name; `NotFound` if there is none.
     pub async fn get_environment(&self, name: &str) -> Result<Environment, StoreError> {
         sqlx::query_as::<_, EnvironmentRow>(
-            "SELECT name, after_environment, drift_mode, created_at_ms \
-             FROM environments WHERE name = $1",
+            "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
+             created_at_ms FROM environments WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -50,8 +51,8 @@ impl Store {
     /// Every environment, oldest first (then by name).
     pub async fn list_environments(&self) -> Result<Vec<Environment>, StoreError> {
         sqlx::query_as::<_, EnvironmentRow>(
-            "SELECT name, after_environment, drift_mode, created_at_ms \
-             FROM environments ORDER BY created_at_ms, name",
+            "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
+             created_at_ms FROM environments ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
         .await
@@ -61,16 +62,18 @@ impl Store {
         .collect()
     }
 
-    /// Replaces the `after` and `drift_mode` of the environment named `env.name` (the
-    /// creation time is kept); `NotFound` if there is no such environment, or if `after`
-    /// names none.
+    /// Replaces the `after`, `drift_mode` and `deployment_timeout_seconds` of the
+    /// environment named `env.name` (the creation time is kept); `NotFound` if there is no
+    /// such environment, or if `after` names none.
     pub async fn update_environment(&self, env: &Environment) -> Result<(), StoreError> {
         const OP: &str = "updating an environment";
         let updated = sqlx::query(
-            "UPDATE environments SET after_environment = $1, drift_mode = $2 WHERE name = $3",
+            "UPDATE environments SET after_environment = $1, drift_mode = $2, \
+             deployment_timeout_seconds = $3 WHERE name = $4",
         )
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
+        .bind(env.deployment_timeout_seconds.map(seconds_to_i64))
         .bind(env.name.as_str())
         .execute(&self.pool)
         .await
@@ -86,6 +89,71 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Deletes an environment with its variables and secrets, in one transaction.
+    /// `NotFound` if there is none; `Conflict` if something depends on it: a target
+    /// (entity `target`), an environment that comes after it (entity `environment`), or,
+    /// unless `with_history`, a deployment (entity `deployment`: its history). With
+    /// `with_history` its deployments, tasks, logs and drift findings go too.
+    pub async fn delete_environment(
+        &self,
+        name: &str,
+        with_history: bool,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "deleting an environment";
+        let mut tx = self.begin_write(OP).await?;
+        let exists =
+            sqlx::query_scalar::<_, String>("SELECT name FROM environments WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        if exists.is_none() {
+            return Err(not_found_environment(name));
+        }
+        let dependents: [(&'static str, &'static str); 3] = [
+            ("target", "SELECT name FROM targets WHERE environment = $1 ORDER BY name LIMIT 1"),
+            (
+                "environment",
+                "SELECT name FROM environments WHERE after_environment = $1 ORDER BY name LIMIT 1",
+            ),
+            (
+                "deployment",
+                "SELECT id FROM deployments WHERE environment = $1 ORDER BY created_at_ms DESC LIMIT 1",
+            ),
+        ];
+        for (entity, query) in dependents {
+            if entity == "deployment" && with_history {
+                continue;
+            }
+            let found = sqlx::query_scalar::<_, String>(query)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+            if let Some(key) = found {
+                return Err(StoreError::Conflict { entity, key });
+            }
+        }
+        for statement in [
+            "DELETE FROM drift WHERE environment = $1",
+            "DELETE FROM deployments WHERE environment = $1",
+            "DELETE FROM environment_variables WHERE environment = $1",
+            "DELETE FROM environments WHERE name = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        }
+        tx.commit().await.map_err(database(OP))
+    }
+}
+
+/// Seconds as stored (the store binds `i64`); values beyond `i64` saturate.
+fn seconds_to_i64(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
 }
 
 pub(super) fn not_found_environment(key: &str) -> StoreError {
@@ -101,6 +169,7 @@ struct EnvironmentRow {
     name: String,
     after_environment: Option<String>,
     drift_mode: String,
+    deployment_timeout_seconds: Option<i64>,
     created_at_ms: i64,
 }
 
@@ -112,6 +181,9 @@ impl EnvironmentRow {
             name: self.name,
             after: self.after_environment,
             drift_mode,
+            deployment_timeout_seconds: self
+                .deployment_timeout_seconds
+                .and_then(|seconds| u64::try_from(seconds).ok()),
             created_at_ms: self.created_at_ms,
         })
     }

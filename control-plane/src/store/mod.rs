@@ -21,6 +21,7 @@ mod registries;
 mod releases;
 mod targets;
 mod users;
+mod variables;
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
+pub use deployments::DesiredPayload;
 pub use error::StoreError;
 
 use error::database;

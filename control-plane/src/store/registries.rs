@@ -39,6 +39,23 @@ impl Store {
         .map(RegistryRow::into_registry))
     }
 
+    /// Deletes a registry's settings and credentials; `NotFound` if none is stored.
+    pub async fn delete_registry(&self, host: &str) -> Result<(), StoreError> {
+        let deleted = sqlx::query("DELETE FROM registries WHERE host = $1")
+            .bind(host)
+            .execute(&self.pool)
+            .await
+            .map_err(database("deleting a registry"))?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                entity: "registry",
+                key: host.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Every registry, ordered by host.
     pub async fn list_registries(&self) -> Result<Vec<Registry>, StoreError> {
         Ok(sqlx::query_as::<_, RegistryRow>(

@@ -86,6 +86,56 @@ impl Store {
         .transpose()
     }
 
+    /// Replaces a user's roles (`roles` = `Some`) or deletes the user with its API tokens
+    /// (`None`), in one transaction that refuses (`Conflict`, entity `last admin`) to
+    /// leave no admin. `NotFound` if there is no such user. On PostgreSQL the admins'
+    /// rows are locked first, so two admins removing each other cannot both win.
+    pub async fn change_user(&self, name: &str, roles: Option<&[Role]>) -> Result<(), StoreError> {
+        const OP: &str = "changing a user";
+        let mut tx = self.begin_write(OP).await?;
+        let lock = match self.backend {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE",
+        };
+        let rows = sqlx::query_as::<_, UserRow>(&format!(
+            "SELECT id, name, roles, created_at_ms FROM users ORDER BY id{lock}"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        let users = rows
+            .into_iter()
+            .map(UserRow::into_user)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(user) = users.iter().find(|u| u.name == name) else {
+            return Err(StoreError::NotFound {
+                entity: "user",
+                key: name.to_owned(),
+            });
+        };
+        let stays_admin = roles.is_some_and(|roles| roles.contains(&Role::Admin));
+        let other_admins = users
+            .iter()
+            .filter(|u| u.id != user.id && u.roles.contains(&Role::Admin))
+            .count();
+        if user.roles.contains(&Role::Admin) && !stays_admin && other_admins == 0 {
+            return Err(StoreError::Conflict {
+                entity: "last admin",
+                key: name.to_owned(),
+            });
+        }
+        match roles {
+            Some(roles) => sqlx::query("UPDATE users SET roles = $1 WHERE id = $2")
+                .bind(encode_roles(roles))
+                .bind(user.id.as_str()),
+            None => sqlx::query("DELETE FROM users WHERE id = $1").bind(user.id.as_str()),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        tx.commit().await.map_err(database(OP))
+    }
+
     /// How many users exist (the first start creates an admin when there are none).
     pub async fn count_users(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
