@@ -5,7 +5,6 @@
 
 mod client;
 mod commands;
-mod delivery;
 mod output;
 mod server;
 
@@ -13,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use commands::{
+    agents, deployments, drift, environments, promote, registries, releases, targets, users,
+};
 use output::Format;
 
 /// Stella: release control plane for container estates without Kubernetes.
@@ -49,35 +51,35 @@ enum Command {
     Server(server::ServerArgs),
     /// Run an agent, or make join tokens for new agents.
     #[command(subcommand)]
-    Agent(commands::AgentCommand),
+    Agent(agents::AgentCommand),
     /// Enrolled agents.
     #[command(subcommand)]
-    Agents(commands::AgentsCommand),
+    Agents(agents::AgentsCommand),
     /// Users, roles and API tokens (admin only).
     #[command(subcommand)]
-    User(commands::UserCommand),
+    User(users::UserCommand),
     /// Environments and their promotion order.
     #[command(subcommand)]
-    Env(delivery::EnvCommand),
+    Env(environments::EnvCommand),
     /// Deployment targets.
     #[command(subcommand)]
-    Target(delivery::TargetCommand),
+    Target(targets::TargetCommand),
     /// Registries and their credentials.
     #[command(subcommand)]
-    Registry(delivery::RegistryCommand),
+    Registry(registries::RegistryCommand),
     /// Releases: named, versioned sets of image digests.
     #[command(subcommand)]
-    Release(delivery::ReleaseCommand),
+    Release(releases::ReleaseCommand),
     /// Promote a release to an environment.
-    Promote(delivery::PromoteArgs),
+    Promote(promote::PromoteArgs),
     /// Deployments and their logs.
     #[command(subcommand)]
-    Deployment(delivery::DeploymentCommand),
+    Deployment(deployments::DeploymentCommand),
     /// Redeploy the version deployed before the current one.
-    Rollback(delivery::RollbackArgs),
+    Rollback(deployments::RollbackArgs),
     /// Drift between what runs and what was promoted.
     #[command(subcommand)]
-    Drift(delivery::DriftCommand),
+    Drift(drift::DriftCommand),
 }
 
 fn main() -> ExitCode {
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
     };
     let long_running = matches!(
         cli.command,
-        Command::Server(_) | Command::Agent(commands::AgentCommand::Run(_))
+        Command::Server(_) | Command::Agent(agents::AgentCommand::Run(_))
     );
     init_tracing(if long_running { "info" } else { "warn" });
     if long_running {
@@ -138,17 +140,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = || client::Client::new(&server_url, token.clone());
     match cli.command {
         Command::Server(args) => server::run(args).await,
-        Command::Agent(command) => commands::agent(&server_url, token, format, command).await,
-        Command::Agents(command) => commands::agents(&client()?, format, command).await,
-        Command::User(command) => commands::user(&client()?, format, command).await,
-        Command::Env(command) => delivery::env(&client()?, format, command).await,
-        Command::Target(command) => delivery::target(&client()?, format, command).await,
-        Command::Registry(command) => delivery::registry(&client()?, format, command).await,
-        Command::Release(command) => delivery::release(&client()?, format, command).await,
-        Command::Promote(args) => delivery::promote(&client()?, format, args).await,
-        Command::Deployment(command) => delivery::deployment(&client()?, format, command).await,
-        Command::Rollback(args) => delivery::rollback(&client()?, format, args).await,
-        Command::Drift(command) => delivery::drift(&client()?, format, command).await,
+        Command::Agent(command) => agents::agent(&server_url, token, format, command).await,
+        Command::Agents(command) => agents::agents(&client()?, format, command).await,
+        Command::User(command) => users::user(&client()?, format, command).await,
+        Command::Env(command) => environments::env(&client()?, format, command).await,
+        Command::Target(command) => targets::target(&client()?, format, command).await,
+        Command::Registry(command) => registries::registry(&client()?, format, command).await,
+        Command::Release(command) => releases::release(&client()?, format, command).await,
+        Command::Promote(args) => promote::promote(&client()?, format, args).await,
+        Command::Deployment(command) => deployments::deployment(&client()?, format, command).await,
+        Command::Rollback(args) => deployments::rollback(&client()?, format, args).await,
+        Command::Drift(command) => drift::drift(&client()?, format, command).await,
     }
 }
 

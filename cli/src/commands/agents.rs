@@ -1,10 +1,11 @@
-//! Operator commands over the REST API.
+//! `stella agent …` and `stella agents …`: join tokens, the agent process, enrolled agents.
 
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::path;
 use crate::client::Client;
 use crate::output::{self, cell, Format};
 
@@ -46,26 +47,6 @@ pub enum AgentsCommand {
         /// Why (kept with the agent).
         #[arg(long)]
         reason: Option<String>,
-    },
-}
-
-/// `stella user …`
-#[derive(Debug, Subcommand)]
-pub enum UserCommand {
-    /// Create a user; prints its first API token once.
-    Create {
-        /// User name.
-        name: String,
-        /// Roles: viewer, operator, approver, admin (repeatable or comma-separated).
-        #[arg(long = "role", required = true, value_delimiter = ',')]
-        roles: Vec<String>,
-    },
-    /// List users.
-    List,
-    /// Print a new API token for a user.
-    Token {
-        /// User name.
-        name: String,
     },
 }
 
@@ -175,68 +156,4 @@ pub async fn agents(client: &Client, format: Format, command: AgentsCommand) -> 
         (Format::Table, agent) => agent_details(agent),
     }
     Ok(())
-}
-
-pub async fn user(client: &Client, format: Format, command: UserCommand) -> anyhow::Result<()> {
-    match command {
-        UserCommand::Create { name, roles } => {
-            let created = client
-                .post("/users", json!({ "name": name, "roles": roles }))
-                .await?;
-            match format {
-                Format::Json => output::json(&created),
-                Format::Table => {
-                    println!("{}", cell(&created, "/token"));
-                    eprintln!(
-                        "created user {} with roles {}; the token above is shown only once",
-                        cell(&created, "/user/name"),
-                        cell(&created, "/user/roles")
-                    );
-                }
-            }
-        }
-        UserCommand::List => {
-            let users = client.get("/users").await?;
-            match (format, &users) {
-                (Format::Table, Value::Array(items)) => output::table(
-                    &["name", "roles", "created", "id"],
-                    items
-                        .iter()
-                        .map(|u| {
-                            vec![
-                                cell(u, "/name"),
-                                cell(u, "/roles"),
-                                cell(u, "/created_at"),
-                                cell(u, "/id"),
-                            ]
-                        })
-                        .collect(),
-                ),
-                _ => output::json(&users),
-            }
-        }
-        UserCommand::Token { name } => {
-            let token = client
-                .post(&format!("/users/{}/tokens", path(&name)), json!({}))
-                .await?;
-            match format {
-                Format::Json => output::json(&token),
-                Format::Table => println!("{}", cell(&token, "/token")),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Escapes a name for a URL path segment.
-pub fn path(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
