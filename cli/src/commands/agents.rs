@@ -1,38 +1,31 @@
-//! `stella agent …` and `stella agents …`: join tokens, the agent process, enrolled agents.
+//! `stella agent …` (alias `agents`): run an agent, make join tokens, and list, show and
+//! revoke enrolled agents.
 
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::path;
-use crate::client::Client;
+use super::{path, Context};
 use crate::output::{self, cell, Format};
 
 /// `stella agent …`
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
     /// Enrol (first start, with a join token) and stay connected.
+    #[command(after_help = stella_agent::logging::LOG_ENV_HELP)]
     Run(stella_agent::RunArgs),
+    /// The commands that talk to the API.
+    #[command(flatten)]
+    Api(AgentApiCommand),
+}
+
+/// `stella agent …` but `run`.
+#[derive(Debug, Subcommand)]
+pub enum AgentApiCommand {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-}
-
-/// `stella agent token …`
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Print a new one-time join token.
-    Create {
-        /// Lifetime, e.g. `30m`, `2h`.
-        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-        ttl: std::time::Duration,
-    },
-}
-
-/// `stella agents …`
-#[derive(Debug, Subcommand)]
-pub enum AgentsCommand {
     /// List agents with their state and last heartbeat.
     List,
     /// Show one agent, by name or id.
@@ -50,42 +43,71 @@ pub enum AgentsCommand {
     },
 }
 
+/// `stella agent token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new one-time join token.
+    Create {
+        /// Lifetime, e.g. `30m`, `2h`.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// `stella agent …`; `run` is the agent itself and needs no API client (`context`).
 pub async fn agent(
-    server: &str,
-    token: Option<String>,
-    format: Format,
     command: AgentCommand,
+    context: impl FnOnce() -> anyhow::Result<Context>,
 ) -> anyhow::Result<()> {
-    match command {
+    let command = match command {
         AgentCommand::Run(args) => {
-            let config = args.into_config(server);
             let shutdown = CancellationToken::new();
             stella_agent::cancel_on_signals(shutdown.clone());
-            stella_agent::run(config, shutdown)
+            return stella_agent::run(args.into_config(), shutdown)
                 .await
-                .context("agent stopped")
+                .context("agent stopped");
         }
-        AgentCommand::Token(TokenCommand::Create { ttl }) => {
-            let client = Client::new(server, token)?;
+        AgentCommand::Api(command) => command,
+    };
+    let context = context()?;
+    let client = &context.client;
+    let value = match command {
+        AgentApiCommand::Token(TokenCommand::Create { ttl }) => {
             let issued = client
                 .post(
                     "/agents/join-tokens",
                     json!({ "ttl_seconds": ttl.as_secs().max(1) }),
                 )
                 .await?;
-            match format {
-                Format::Json => output::json(&issued),
-                Format::Table => {
-                    println!("{}", cell(&issued, "/token"));
-                    eprintln!(
-                        "expires {}; on the new host run:\n  stella agent run --server {server} --data-dir /var/lib/stella-agent --join-token <token>",
-                        cell(&issued, "/expires_at")
-                    );
-                }
-            }
-            Ok(())
+            context.print(&issued, |issued| {
+                println!("{}", cell(issued, "/token"));
+                context.note(&format!(
+                    "expires {}; on the new host run:\n  stella agent run --server {} --data-dir /var/lib/stella-agent --join-token <token>",
+                    cell(issued, "/expires_at"),
+                    client.base()
+                ));
+            });
+            return Ok(());
         }
+        AgentApiCommand::List => client.get("/agents").await?,
+        AgentApiCommand::Show { agent } => client.get(&format!("/agents/{}", path(&agent))).await?,
+        AgentApiCommand::Revoke { agent, reason } => {
+            client
+                .post(
+                    &format!("/agents/{}/revoke", path(&agent)),
+                    json!({ "reason": reason }),
+                )
+                .await?
+        }
+    };
+    match (context.format, &value) {
+        (Format::Json, _) => output::json(&value),
+        (Format::Table, Value::Array(items)) => {
+            output::table(&AGENT_COLUMNS, items.iter().map(agent_row).collect());
+        }
+        (Format::Table, agent) => agent_details(agent),
     }
+    Ok(())
 }
 
 const AGENT_COLUMNS: [&str; 6] = [
@@ -133,27 +155,4 @@ fn agent_details(agent: &Value) {
             ("revoke reason", "/revoke_reason"),
         ],
     );
-}
-
-pub async fn agents(client: &Client, format: Format, command: AgentsCommand) -> anyhow::Result<()> {
-    let value = match command {
-        AgentsCommand::List => client.get("/agents").await?,
-        AgentsCommand::Show { agent } => client.get(&format!("/agents/{}", path(&agent))).await?,
-        AgentsCommand::Revoke { agent, reason } => {
-            client
-                .post(
-                    &format!("/agents/{}/revoke", path(&agent)),
-                    json!({ "reason": reason }),
-                )
-                .await?
-        }
-    };
-    match (format, &value) {
-        (Format::Json, _) => output::json(&value),
-        (Format::Table, Value::Array(items)) => {
-            output::table(&AGENT_COLUMNS, items.iter().map(agent_row).collect());
-        }
-        (Format::Table, agent) => agent_details(agent),
-    }
-    Ok(())
 }

@@ -2,9 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{print, query, rows};
-use crate::client::Client;
-use crate::output::Format;
+use super::{print, query, rows, Context};
 
 /// `stella drift …`
 #[derive(Debug, Subcommand)]
@@ -20,7 +18,9 @@ pub enum DriftCommand {
     },
 }
 
-pub async fn drift(client: &Client, format: Format, command: DriftCommand) -> anyhow::Result<()> {
+/// `stella drift …`.
+pub async fn drift(context: &Context, command: DriftCommand) -> anyhow::Result<()> {
+    let (client, format) = (&context.client, context.format);
     let DriftCommand::List { env, all } = command;
     let list = client
         .get(&format!(

@@ -3,9 +3,8 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{print, rows};
-use crate::client::Client;
-use crate::output::{self, Format};
+use super::{print, rows, Context};
+use crate::output;
 
 /// `stella env …`
 #[derive(Debug, Subcommand)]
@@ -17,8 +16,9 @@ pub enum EnvCommand {
         /// The environment a release must pass first.
         #[arg(long)]
         after: Option<String>,
-        /// What drift does here: report (default) or remediate.
-        #[arg(long)]
+        /// What drift does here: report it, or redeploy what was promoted
+        /// [default: report].
+        #[arg(long, value_parser = ["report", "remediate"])]
         drift: Option<String>,
     },
     /// Change an environment.
@@ -28,8 +28,8 @@ pub enum EnvCommand {
         /// New predecessor ("" clears it).
         #[arg(long)]
         after: Option<String>,
-        /// report or remediate.
-        #[arg(long)]
+        /// What drift does here: report it, or redeploy what was promoted.
+        #[arg(long, value_parser = ["report", "remediate"])]
         drift: Option<String>,
     },
     /// List environments.
@@ -41,7 +41,9 @@ pub enum EnvCommand {
     },
 }
 
-pub async fn env(client: &Client, format: Format, command: EnvCommand) -> anyhow::Result<()> {
+/// `stella env …`.
+pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
+    let (client, format) = (&context.client, context.format);
     let value = match command {
         EnvCommand::Create { name, after, drift } => {
             client

@@ -1,7 +1,8 @@
-//! Operator commands over the REST API, one module per concern; and the helpers they
-//! share.
+//! Operator commands over the REST API, one module per concern; and what they share:
+//! the [`Context`] every command gets, and small helpers for paths, queries and output.
 
 pub mod agents;
+pub mod completions;
 pub mod deployments;
 pub mod drift;
 pub mod environments;
@@ -14,7 +15,49 @@ pub mod users;
 use anyhow::bail;
 use serde_json::Value;
 
+use crate::client::Client;
 use crate::output::{self, cell, Format};
+use crate::progress::Progress;
+
+/// What an API command gets: the client, the output format, and how to show progress.
+#[derive(Debug)]
+pub struct Context {
+    /// The REST client (`--server`, `--token`, `--timeout`).
+    pub client: Client,
+    /// `-o`.
+    pub format: Format,
+    /// `--quiet`: no progress and no notes on stderr.
+    pub quiet: bool,
+}
+
+impl Context {
+    /// From the client flags; fails when `--server` is not an http(s) URL.
+    pub fn new(args: &crate::ClientArgs) -> anyhow::Result<Self> {
+        Ok(Context {
+            client: Client::new(&args.server, args.token.clone(), args.timeout)?,
+            format: args.output,
+            quiet: args.quiet,
+        })
+    }
+
+    /// Prints `value` as JSON, or with `table` for people.
+    pub fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+        print(self.format, value, table);
+    }
+
+    /// A note for people on stderr (never with `--quiet`); stdout stays for results.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// How to show a wait: live on a terminal, plain lines otherwise, nothing with
+    /// `--quiet`.
+    pub fn progress(&self) -> Progress {
+        Progress::choose(self.format, self.quiet)
+    }
+}
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

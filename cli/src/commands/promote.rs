@@ -1,13 +1,12 @@
-//! `stella promote NAME@VERSION --to ENV`.
+//! `stella promote NAME@VERSION --to ENV [--wait]`.
 
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::json;
 
-use super::deployments::{finish, follow, waiting_lines};
-use super::split_release;
-use crate::client::Client;
-use crate::output::{self, cell, Format};
+use super::deployments::{succeeded, wait};
+use super::{split_release, Context};
+use crate::output::{cell, Format};
 
 /// `stella promote NAME@VERSION --to ENV`
 #[derive(Debug, Args)]
@@ -15,16 +14,19 @@ pub struct PromoteArgs {
     /// `NAME@VERSION`.
     release: String,
     /// Target environment.
-    #[arg(long)]
+    #[arg(long, value_name = "ENV")]
     to: String,
-    /// Follow the deployment; exit non-zero if it fails.
+    /// Follow the deployment with progress on stderr; exit non-zero if it fails.
     #[arg(long)]
     wait: bool,
 }
 
-pub async fn promote(client: &Client, format: Format, args: PromoteArgs) -> anyhow::Result<()> {
+/// Prints the promotion's id (with `-o json`: the promotion, with `release`, `version`
+/// and `environment`; after `--wait` also its final `state` and the `deployment`).
+pub async fn promote(context: &Context, args: PromoteArgs) -> anyhow::Result<()> {
     let (name, version) = split_release(&args.release, None)?;
-    let promotion = client
+    let mut promotion = context
+        .client
         .post(
             "/promotions",
             json!({"release": name, "version": version, "environment": args.to}),
@@ -32,27 +34,35 @@ pub async fn promote(client: &Client, format: Format, args: PromoteArgs) -> anyh
         .await?;
     let deployment_id = promotion["deployment_id"]
         .as_str()
-        .ok_or_else(|| anyhow!("no deployment id in the answer"))?
+        .ok_or_else(|| anyhow!("the server's answer has no deployment id"))?
         .to_owned();
-    if !args.wait {
-        match format {
-            Format::Json => output::json(&promotion),
-            Format::Table => println!("{}", cell(&promotion, "/id")),
+    for (key, value) in [
+        ("release", &name),
+        ("version", &version),
+        ("environment", &args.to),
+    ] {
+        if promotion.get(key).is_none() {
+            promotion[key] = json!(value);
         }
+    }
+    if context.format == Format::Table {
+        context.note(&format!(
+            "promoting {name}@{version} to {}: deployment {deployment_id}",
+            args.to
+        ));
+    }
+    if !args.wait {
+        context.print(&promotion, |p| println!("{}", cell(p, "/id")));
         return Ok(());
     }
-    let deployment = follow(client, &deployment_id, waiting_lines(format)).await?;
-    let state = deployment["state"].as_str().unwrap_or_default().to_owned();
-    let mut promotion = promotion;
-    promotion["state"] = json!(if state == "succeeded" {
+    let deployment = wait(context, &deployment_id).await?;
+    let state = if deployment["state"] == "succeeded" {
         "deployed"
     } else {
         "failed"
-    });
+    };
+    promotion["state"] = json!(state);
     promotion["deployment"] = deployment.clone();
-    match format {
-        Format::Json => output::json(&promotion),
-        Format::Table => println!("{}", cell(&promotion, "/id")),
-    }
-    finish(&deployment)
+    context.print(&promotion, |p| println!("{}", cell(p, "/id")));
+    succeeded(&deployment)
 }

@@ -2,13 +2,12 @@
 
 use std::io::Read;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{print, rows};
-use crate::client::Client;
-use crate::output::{self, Format};
+use super::{print, rows, Context};
+use crate::output;
 
 /// `stella registry …`
 #[derive(Debug, Subcommand)]
@@ -31,11 +30,9 @@ pub enum RegistryCommand {
     List,
 }
 
-pub async fn registry(
-    client: &Client,
-    format: Format,
-    command: RegistryCommand,
-) -> anyhow::Result<()> {
+/// `stella registry …`.
+pub async fn registry(context: &Context, command: RegistryCommand) -> anyhow::Result<()> {
+    let (client, format) = (&context.client, context.format);
     match command {
         RegistryCommand::Add {
             host,

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::{parse_pair, print, query, rows, split_release};
-use crate::client::Client;
-use crate::output::{self, Format};
+use super::{parse_pair, print, query, rows, split_release, Context};
+use crate::output;
 
 /// `stella release …`
 #[derive(Debug, Subcommand)]
@@ -55,11 +54,9 @@ fn release_details(value: &Value) {
     );
 }
 
-pub async fn release(
-    client: &Client,
-    format: Format,
-    command: ReleaseCommand,
-) -> anyhow::Result<()> {
+/// `stella release …`.
+pub async fn release(context: &Context, command: ReleaseCommand) -> anyhow::Result<()> {
+    let (client, format) = (&context.client, context.format);
     match command {
         ReleaseCommand::Create {
             name,

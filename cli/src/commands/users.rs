@@ -1,11 +1,10 @@
 //! `stella user …`: users, roles and API tokens (admin only).
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::path;
-use crate::client::Client;
-use crate::output::{self, cell, Format};
+use super::{path, rows, Context};
+use crate::output::{self, cell};
 
 /// `stella user …`
 #[derive(Debug, Subcommand)]
@@ -27,53 +26,56 @@ pub enum UserCommand {
     },
 }
 
-pub async fn user(client: &Client, format: Format, command: UserCommand) -> anyhow::Result<()> {
+/// `stella user …`.
+pub async fn user(context: &Context, command: UserCommand) -> anyhow::Result<()> {
+    let client = &context.client;
     match command {
         UserCommand::Create { name, roles } => {
             let created = client
                 .post("/users", json!({ "name": name, "roles": roles }))
                 .await?;
-            match format {
-                Format::Json => output::json(&created),
-                Format::Table => {
-                    println!("{}", cell(&created, "/token"));
-                    eprintln!(
-                        "created user {} with roles {}; the token above is shown only once",
-                        cell(&created, "/user/name"),
-                        cell(&created, "/user/roles")
-                    );
-                }
-            }
+            context.print(&created, |created| {
+                println!("{}", cell(created, "/token"));
+                context.note(&format!(
+                    "created user {} with roles {}; the token above is shown only once",
+                    cell(created, "/user/name"),
+                    cell(created, "/user/roles")
+                ));
+            });
         }
         UserCommand::List => {
             let users = client.get("/users").await?;
-            match (format, &users) {
-                (Format::Table, Value::Array(items)) => output::table(
+            context.print(&users, |users| {
+                rows(
+                    users,
                     &["name", "roles", "created", "id"],
-                    items
-                        .iter()
-                        .map(|u| {
-                            vec![
-                                cell(u, "/name"),
-                                cell(u, "/roles"),
-                                cell(u, "/created_at"),
-                                cell(u, "/id"),
-                            ]
-                        })
-                        .collect(),
-                ),
-                _ => output::json(&users),
-            }
+                    &["/name", "/roles", "/created_at", "/id"],
+                );
+            });
         }
         UserCommand::Token { name } => {
             let token = client
                 .post(&format!("/users/{}/tokens", path(&name)), json!({}))
                 .await?;
-            match format {
-                Format::Json => output::json(&token),
-                Format::Table => println!("{}", cell(&token, "/token")),
-            }
+            context.print(&token, |token| println!("{}", cell(token, "/token")));
         }
     }
+    Ok(())
+}
+
+/// `stella whoami`: who the token belongs to.
+pub async fn whoami(context: &Context) -> anyhow::Result<()> {
+    let user = context.client.get("/whoami").await?;
+    context.print(&user, |user| {
+        output::details(
+            user,
+            &[
+                ("name", "/name"),
+                ("roles", "/roles"),
+                ("created", "/created_at"),
+                ("id", "/id"),
+            ],
+        );
+    });
     Ok(())
 }
