@@ -6,7 +6,6 @@
 //! state and latest line. Otherwise (a pipe, a file, CI, `-o json`): plain timestamped
 //! lines, one per log line. With `--quiet`: nothing.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -109,20 +108,24 @@ impl Plain {
     }
 }
 
-/// The live display.
+/// The live display: a spinner line for the deployment, one per target; replaced, once
+/// the deployment is finished, by a static summary of the same lines.
 #[derive(Debug)]
 pub struct Live {
     multi: MultiProgress,
     header: Option<ProgressBar>,
     header_latest: String,
     state: String,
-    tasks: HashMap<String, TaskBar>,
+    /// In the deployment's task order.
+    tasks: Vec<TaskBar>,
     width: usize,
     started: Instant,
 }
 
 #[derive(Debug)]
 struct TaskBar {
+    id: String,
+    target: String,
     bar: ProgressBar,
     state: String,
     latest: String,
@@ -137,7 +140,7 @@ impl Default for Live {
             header: None,
             header_latest: String::new(),
             state: String::new(),
-            tasks: HashMap::new(),
+            tasks: Vec::new(),
             width: 0,
             started: Instant::now(),
         }
@@ -146,6 +149,10 @@ impl Default for Live {
 
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed")
 }
 
 impl Live {
@@ -175,33 +182,42 @@ impl Live {
                 .max()
                 .unwrap_or(0);
         }
-        let mut after = header;
         for task in &tasks {
             let id = cell(task, "/id");
-            let state = cell(task, "/state");
-            let entry = self.tasks.entry(id).or_insert_with(|| {
-                let bar = self.multi.insert_after(&after, ProgressBar::new_spinner());
-                bar.set_style(style(&format!(
-                    "  {{spinner}} {{prefix:<{}}}  {{wide_msg}}",
-                    self.width
-                )));
-                bar.set_prefix(cell(task, "/target"));
-                bar.enable_steady_tick(TICK);
-                TaskBar {
-                    bar,
-                    state: String::new(),
-                    latest: String::new(),
+            let index = match self.tasks.iter().position(|t| t.id == id) {
+                Some(index) => index,
+                None => {
+                    let after = self.tasks.last().map_or(&header, |t| &t.bar);
+                    let bar = self.multi.insert_after(after, ProgressBar::new_spinner());
+                    bar.set_style(style(&format!(
+                        "  {{spinner}} {{prefix:<{}}}  {{wide_msg}}",
+                        self.width
+                    )));
+                    bar.set_prefix(cell(task, "/target"));
+                    bar.enable_steady_tick(TICK);
+                    self.tasks.push(TaskBar {
+                        id,
+                        target: cell(task, "/target"),
+                        bar,
+                        state: String::new(),
+                        latest: String::new(),
+                    });
+                    self.tasks.len() - 1
                 }
-            });
-            after = entry.bar.clone();
+            };
+            let Some(entry) = self.tasks.get_mut(index) else {
+                continue;
+            };
+            let state = cell(task, "/state");
             if entry.state != state {
                 entry.state = state;
-                if matches!(entry.state.as_str(), "succeeded" | "failed") {
+                if is_final(&entry.state) {
+                    // The agent's result says it best; later lines change nothing.
                     if let Some(message) = task["message"].as_str().filter(|m| !m.is_empty()) {
                         entry.latest = message.to_owned();
                     }
                 }
-                entry.show(self.width);
+                entry.show();
             }
         }
         let state = cell(deployment, "/state");
@@ -213,16 +229,17 @@ impl Live {
 
     fn line(&mut self, line: &Value, target: Option<&str>) {
         let message = cell(line, "/message");
-        let task = line["task_id"]
-            .as_str()
-            .and_then(|task| self.tasks.get_mut(task));
+        let task_id = line["task_id"].as_str().unwrap_or_default();
+        let task = self.tasks.iter_mut().find(|t| t.id == task_id);
         match (task, target) {
             (Some(task), Some(target)) => {
-                task.latest = message
-                    .strip_prefix(&format!("{target}: "))
-                    .unwrap_or(&message)
-                    .to_owned();
-                task.show(self.width);
+                if !is_final(&task.state) {
+                    task.latest = message
+                        .strip_prefix(&format!("{target}: "))
+                        .unwrap_or(&message)
+                        .to_owned();
+                    task.show();
+                }
             }
             _ => {
                 self.header_latest = message;
@@ -237,25 +254,38 @@ impl Live {
         }
     }
 
+    /// Replaces the live lines by a summary that stays on the screen.
     fn finished(&mut self, deployment: &Value) {
-        for task in self.tasks.values() {
-            if !task.bar.is_finished() {
-                task.bar.finish();
-            }
+        for task in &self.tasks {
+            task.bar.finish_and_clear();
         }
-        if let Some(header) = &self.header {
-            header.set_style(style("{prefix}  {wide_msg}"));
-            let elapsed = humantime::format_duration(Duration::from_millis(
-                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            ));
-            if cell(deployment, "/state") == "succeeded" {
-                header.finish_with_message(format!("✓ succeeded in {elapsed}"));
-            } else {
-                header.finish_with_message(format!(
-                    "✗ failed after {elapsed}: {}",
-                    cell(deployment, "/message")
-                ));
-            }
+        let Some(header) = &self.header else {
+            return;
+        };
+        header.finish_and_clear();
+        let _ = self.multi.clear();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let outcome = if cell(deployment, "/state") == "succeeded" {
+            format!("✓ succeeded in {seconds:.1}s")
+        } else {
+            format!(
+                "✗ failed after {seconds:.1}s: {}",
+                cell(deployment, "/message")
+            )
+        };
+        eprintln!("{}  {outcome}", header.prefix());
+        for task in &self.tasks {
+            let mark = match task.state.as_str() {
+                "succeeded" => '✓',
+                "failed" => '✗',
+                _ => '-',
+            };
+            eprintln!(
+                "  {mark} {:<width$}  {}",
+                task.target,
+                task.text(),
+                width = self.width
+            );
         }
     }
 
@@ -271,25 +301,15 @@ impl Live {
 }
 
 impl TaskBar {
-    fn show(&self, width: usize) {
-        let text = if self.latest.is_empty() {
+    fn text(&self) -> String {
+        if self.latest.is_empty() {
             self.state.clone()
         } else {
             format!("{}  {}", self.state, self.latest)
-        };
-        match self.state.as_str() {
-            "succeeded" | "failed" => {
-                let mark = if self.state == "succeeded" {
-                    '✓'
-                } else {
-                    '✗'
-                };
-                self.bar.set_style(style(&format!(
-                    "  {mark} {{prefix:<{width}}}  {{wide_msg}}"
-                )));
-                self.bar.finish_with_message(text);
-            }
-            _ => self.bar.set_message(text),
         }
+    }
+
+    fn show(&self) {
+        self.bar.set_message(self.text());
     }
 }

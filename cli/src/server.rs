@@ -107,9 +107,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         agent = Some(start_dev_agent(&server, shutdown.clone()).await?);
         print_dev_banner(&server);
     } else if server.created_admin_token.is_some() {
-        eprintln!(
-            "first start: the admin token is in {}",
-            server.app.config.data_dir.join("admin.token").display()
+        // A log event, not a bare line, so that `--log-format json` stays one object
+        // per line.
+        tracing::info!(
+            path = %server.app.config.data_dir.join("admin.token").display(),
+            "first start: the admin token is in the data dir"
         );
     }
 
