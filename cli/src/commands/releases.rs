@@ -47,6 +47,7 @@ fn release_details(value: &Value) {
             ("created", "/created_at"),
         ],
     );
+    println!();
     rows(
         &value["components"],
         &["component", "image", "from"],
