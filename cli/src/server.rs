@@ -6,31 +6,65 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use stella_agent::logging::LogArgs;
 use stella_agent_core::AgentConfig;
 use stella_control_plane::{Listeners, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Flags of `stella server`; they override the config file.
+/// Flags of `stella server`; they override the config file, whose keys (and defaults)
+/// are those of `ServerConfig`.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// TOML config file (keys as in `ServerConfig`).
-    #[arg(long, env = "STELLA_CONFIG")]
+    #[arg(long, env = "STELLA_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Data dir (CA, keys, admin token, SQLite database).
-    #[arg(long, env = "STELLA_DATA_DIR")]
+    #[arg(long, env = "STELLA_DATA_DIR", value_name = "DIR", help = data_dir_help())]
     data_dir: Option<PathBuf>,
-    /// REST API listen address.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", help = api_listen_help())]
     api_listen: Option<SocketAddr>,
-    /// Agent gateway listen address.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR", help = grpc_listen_help())]
     grpc_listen: Option<SocketAddr>,
     /// `postgres://…` to use PostgreSQL instead of the embedded SQLite.
-    #[arg(long, env = "STELLA_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STELLA_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
     /// Throwaway data dir, SQLite, and an in-process agent named `local`.
     #[arg(long)]
     dev: bool,
+    /// How the server logs.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The gateway address of `--dev`: loopback only.
+const DEV_GRPC_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8443);
+
+// The defaults are shown in `--help` but not set as clap defaults: a flag that is not
+// given must leave the config file's value alone.
+fn data_dir_help() -> String {
+    format!(
+        "Data dir: CA, keys, admin token, SQLite database [default: {}; a temp dir with --dev]",
+        ServerConfig::default().data_dir.display()
+    )
+}
+
+fn api_listen_help() -> String {
+    format!(
+        "REST API listen address [default: {}]",
+        ServerConfig::default().api_listen
+    )
+}
+
+fn grpc_listen_help() -> String {
+    format!(
+        "Agent gateway listen address [default: {}; {} with --dev]",
+        ServerConfig::default().grpc_listen,
+        SocketAddr::from(DEV_GRPC_LISTEN)
+    )
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -41,7 +75,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Kept alive until the server stops, then deleted.
     let mut throwaway = None;
     if args.dev {
-        config.grpc_listen = SocketAddr::from(([127, 0, 0, 1], 8443));
+        config.grpc_listen = SocketAddr::from(DEV_GRPC_LISTEN);
         if args.data_dir.is_none() {
             let dir = tempfile::Builder::new()
                 .prefix("stella-dev-")
@@ -73,9 +107,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         agent = Some(start_dev_agent(&server, shutdown.clone()).await?);
         print_dev_banner(&server);
     } else if server.created_admin_token.is_some() {
-        eprintln!(
-            "first start: the admin token is in {}",
-            server.app.config.data_dir.join("admin.token").display()
+        // A log event, not a bare line, so that `--log-format json` stays one object
+        // per line.
+        tracing::info!(
+            path = %server.app.config.data_dir.join("admin.token").display(),
+            "first start: the admin token is in the data dir"
         );
     }
 

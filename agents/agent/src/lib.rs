@@ -3,6 +3,8 @@
 //! `stella-agent` binary, `stella agent run` and the in-process agent of
 //! `stella server --dev` all go through here.
 
+pub mod logging;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -65,6 +67,14 @@ pub fn cancel_on_signals(token: CancellationToken) {
 /// The flags of `stella agent run` and `stella-agent`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// REST URL of the control plane (the gateway is discovered from it).
+    #[arg(
+        long,
+        env = "STELLA_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub server: String,
     /// Where the agent keeps its key, certificate and task journal.
     #[arg(
         long,
@@ -84,13 +94,16 @@ pub struct RunArgs {
     /// Gateway URL, instead of discovering it from the server's REST URL.
     #[arg(long, env = "STELLA_GRPC_URL")]
     pub grpc_url: Option<String>,
+    /// How the agent logs.
+    #[command(flatten)]
+    pub log: logging::LogArgs,
 }
 
 impl RunArgs {
-    /// The agent configuration for a control plane at `server_url` (REST).
-    pub fn into_config(self, server_url: &str) -> AgentConfig {
+    /// The agent configuration these flags describe.
+    pub fn into_config(self) -> AgentConfig {
         let mut config = AgentConfig::new(self.data_dir);
-        config.server_url = Some(server_url.to_owned());
+        config.server_url = Some(self.server);
         config.grpc_url = self.grpc_url;
         config.join_token = self.join_token;
         config.name = self.name;

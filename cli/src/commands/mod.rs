@@ -1,0 +1,120 @@
+//! Operator commands over the REST API, one module per concern; and what they share:
+//! the [`Context`] every command gets, and small helpers for paths, queries and output.
+
+pub mod agents;
+pub mod completions;
+pub mod deployments;
+pub mod drift;
+pub mod environments;
+pub mod promote;
+pub mod registries;
+pub mod releases;
+pub mod targets;
+pub mod users;
+
+use anyhow::bail;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::output::{self, cell, Format};
+use crate::progress::Progress;
+
+/// What an API command gets: the client, the output format, and how to show progress.
+#[derive(Debug)]
+pub struct Context {
+    /// The REST client (`--server`, `--token`, `--timeout`).
+    pub client: Client,
+    /// `-o`.
+    pub format: Format,
+    /// `--quiet`: no progress and no notes on stderr.
+    pub quiet: bool,
+}
+
+impl Context {
+    /// From the client flags; fails when `--server` is not an http(s) URL.
+    pub fn new(args: &crate::ClientArgs) -> anyhow::Result<Self> {
+        Ok(Context {
+            client: Client::new(&args.server, args.token.clone(), args.timeout)?,
+            format: args.output,
+            quiet: args.quiet,
+        })
+    }
+
+    /// Prints `value` as JSON, or with `table` for people.
+    pub fn print(&self, value: &Value, table: impl FnOnce(&Value)) {
+        print(self.format, value, table);
+    }
+
+    /// A note for people on stderr (never with `--quiet`); stdout stays for results.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// How to show a wait: live on a terminal, plain lines otherwise, nothing with
+    /// `--quiet`.
+    pub fn progress(&self) -> Progress {
+        Progress::choose(self.format, self.quiet)
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+fn split_release(release: &str, version: Option<String>) -> anyhow::Result<(String, String)> {
+    match (release.split_once('@'), version) {
+        (Some((name, version)), None) if !name.is_empty() && !version.is_empty() => {
+            Ok((name.to_owned(), version.to_owned()))
+        }
+        (None, Some(version)) => Ok((release.to_owned(), version)),
+        _ => bail!("name the release as NAME@VERSION"),
+    }
+}
+
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", path(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn print(format: Format, value: &Value, table: impl FnOnce(&Value)) {
+    match format {
+        Format::Json => output::json(value),
+        Format::Table => table(value),
+    }
+}
+
+fn rows(value: &Value, columns: &[&str], pointers: &[&str]) {
+    let items = value.as_array().cloned().unwrap_or_default();
+    output::table(
+        columns,
+        items
+            .iter()
+            .map(|item| pointers.iter().map(|p| cell(item, p)).collect())
+            .collect(),
+    );
+}
+
+/// Escapes a name for a URL path segment.
+pub fn path(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,210 @@
+//! `stella target …`: deployment targets, and the kinds this build can deploy to.
+
+use std::collections::BTreeMap;
+
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{parse_pair, print, query, rows, Context};
+use crate::output;
+
+/// `stella target …`
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Create a deployment target.
+    #[command(after_help = kinds_help())]
+    Create {
+        /// Name.
+        name: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// What it is; see the kinds and their settings below.
+        #[arg(long, value_parser = kind_parser())]
+        kind: String,
+        /// The agent that drives it (name or id); it must be able to drive the kind.
+        #[arg(long)]
+        agent: String,
+        /// A setting, `KEY=VALUE`, repeatable; the keys of each kind are listed below,
+        /// others are refused.
+        #[arg(long = "set", value_parser = parse_pair, value_name = "KEY=VALUE")]
+        settings: Vec<(String, String)>,
+    },
+    /// List targets.
+    List {
+        /// Only this environment's.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Show one target.
+    Show {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `stella target …`.
+pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result<()> {
+    let (client, format) = (&context.client, context.format);
+    let value = match command {
+        TargetCommand::Create {
+            name,
+            env,
+            kind,
+            agent,
+            settings,
+        } => {
+            let settings: BTreeMap<String, String> = settings.into_iter().collect();
+            client
+                .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings}))
+                .await?
+        }
+        TargetCommand::List { env } => {
+            let list = client
+                .get(&format!(
+                    "/targets{}",
+                    query(&[("environment", env.as_deref())])
+                ))
+                .await?;
+            print(format, &list, |v| {
+                rows(
+                    v,
+                    &["name", "environment", "kind", "agent", "settings"],
+                    &["/name", "/environment", "/kind", "/agent", "/settings"],
+                );
+            });
+            return Ok(());
+        }
+        TargetCommand::Show { name } => {
+            client
+                .get(&format!("/targets/{}", super::path(&name)))
+                .await?
+        }
+    };
+    print(format, &value, |v| {
+        output::details(
+            v,
+            &[
+                ("name", "/name"),
+                ("environment", "/environment"),
+                ("kind", "/kind"),
+                ("agent", "/agent"),
+                ("agent id", "/agent_id"),
+                ("settings", "/settings"),
+                ("created", "/created_at"),
+            ],
+        );
+    });
+    Ok(())
+}
+
+/// A target kind this build can deploy to, and its settings.
+struct Kind {
+    name: &'static str,
+    about: &'static str,
+    /// `(key, what it does [default])`.
+    settings: &'static [(&'static str, &'static str)],
+}
+
+/// The kinds linked into this binary. The control plane knows more kinds than any one
+/// agent build drives; only these are offered. A new kind adds an entry here.
+const KINDS: &[Kind] = &[Kind {
+    name: stella_target_docker::KIND,
+    about: "containers on the agent's Docker engine",
+    settings: &[
+        (
+            "components",
+            "the release's components to run here, comma-separated [default: all]",
+        ),
+        (
+            "container_name",
+            "the container's name, with one component only [default: <target>-<component>]",
+        ),
+        (
+            "ports",
+            "published ports, [host_ip:][host_port:]container_port[/tcp|udp], comma-separated",
+        ),
+        ("volumes", "binds, src:dst[:ro|:rw], comma-separated"),
+        ("command", "the container's command, split on whitespace"),
+        (
+            "restart",
+            "no, always, unless-stopped or on-failure[:N] [default: unless-stopped]",
+        ),
+        (
+            "network",
+            "the network the container joins [default: bridge]",
+        ),
+        (
+            "health_cmd",
+            "a shell command run in the container every second; healthy when it exits 0",
+        ),
+        (
+            "health_url",
+            "an http URL the agent polls until it answers 2xx; {ip} is the new container's address",
+        ),
+        (
+            "health_timeout_seconds",
+            "how long a new container may take to become healthy [default: 60]",
+        ),
+        (
+            "stop_timeout_seconds",
+            "how long stopping a container waits before it kills it [default: 10]",
+        ),
+        ("env.NAME", "the container's environment variable NAME"),
+    ],
+}];
+
+fn kind_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        KINDS
+            .iter()
+            .map(|kind| PossibleValue::new(kind.name).help(kind.about)),
+    )
+}
+
+/// The `--help` text listing each kind's settings.
+fn kinds_help() -> String {
+    let width = KINDS
+        .iter()
+        .flat_map(|kind| kind.settings.iter().map(|(key, _)| key.len()))
+        .max()
+        .unwrap_or(0);
+    let mut text = String::from("Target kinds and their settings (--set KEY=VALUE):");
+    for kind in KINDS {
+        text.push_str(&format!("\n\n{} — {}", kind.name, kind.about));
+        for (key, about) in kind.settings {
+            text.push_str(&format!("\n  {key:<width$}  {about}"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_settings_in_help_are_those_the_docker_target_accepts() {
+        let docker = KINDS
+            .iter()
+            .find(|kind| kind.name == stella_target_docker::KIND);
+        let Some(docker) = docker else {
+            panic!("no docker kind");
+        };
+        let mut listed: Vec<&str> = docker.settings.iter().map(|(key, _)| *key).collect();
+        let mut known: Vec<&str> = stella_target_docker::KNOWN_KEYS.to_vec();
+        listed.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(listed, known);
+        let help = kinds_help();
+        assert!(help.contains(&format!(
+            "healthy [default: {}]",
+            stella_target_docker::DEFAULT_HEALTH_TIMEOUT_SECONDS
+        )));
+        assert!(help.contains(&format!(
+            "kills it [default: {}]",
+            stella_target_docker::DEFAULT_STOP_TIMEOUT_SECONDS
+        )));
+    }
+}
