@@ -136,6 +136,16 @@ impl Client {
         self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
+    /// PUT a JSON body, get a JSON document.
+    pub async fn put(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// DELETE; `Null` for the usual empty answer (204).
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -159,6 +169,9 @@ impl Client {
             .bytes()
             .await
             .map_err(|error| self.transport(&error))?;
+        if status.is_success() && bytes.is_empty() {
+            return Ok(Value::Null);
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|_| ClientError::Api {
                 status: status.as_u16(),

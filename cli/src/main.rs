@@ -227,7 +227,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
-            ExitCode::FAILURE
+            // `stella agent run` revoked: a status of its own, so a service manager does
+            // not restart it.
+            let agent_error = error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<stella_agent_core::AgentError>());
+            ExitCode::from(agent_error.map_or(1, stella_agent::exit_status))
         }
     }
 }

@@ -41,6 +41,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     stella_agent_core::run(config, targets, shutdown).await
 }
 
+/// The exit status of an agent the control plane revoked: a service manager should not
+/// restart it (systemd: `RestartPreventExitStatus=3`), since it will never be let back in.
+pub const EXIT_REVOKED: u8 = 3;
+
+/// The exit status for an agent that stopped with `error`: [`EXIT_REVOKED`] when it was
+/// revoked, 1 otherwise.
+pub fn exit_status(error: &AgentError) -> u8 {
+    if error.is_revoked() {
+        EXIT_REVOKED
+    } else {
+        1
+    }
+}
+
 /// Cancels `token` on SIGINT or SIGTERM (systemd stops services with SIGTERM).
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {

@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
                 "error: agent stopped: {}",
                 stella_agent_core::error_chain(&error)
             );
-            ExitCode::FAILURE
+            ExitCode::from(stella_agent::exit_status(&error))
         }
     }
 }

@@ -41,6 +41,13 @@ pub enum AgentApiCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Delete a revoked agent so its name can be used again (its certificate stays
+    /// refused). Refused while a target names it.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Name or id.
+        agent: String,
+    },
 }
 
 /// `stella agent token …`
@@ -76,7 +83,8 @@ pub async fn agent(
             let issued = client
                 .post(
                     "/agents/join-tokens",
-                    json!({ "ttl_seconds": ttl.as_secs().max(1) }),
+                    // Sub-second lifetimes are 0 s: the server refuses them.
+                    json!({ "ttl_seconds": ttl.as_secs() }),
                 )
                 .await?;
             context.print(&issued, |issued| {
@@ -91,6 +99,11 @@ pub async fn agent(
         }
         AgentApiCommand::List => client.get("/agents").await?,
         AgentApiCommand::Show { agent } => client.get(&format!("/agents/{}", path(&agent))).await?,
+        AgentApiCommand::Delete { agent } => {
+            client.delete(&format!("/agents/{}", path(&agent))).await?;
+            context.deleted("agent", &agent);
+            return Ok(());
+        }
         AgentApiCommand::Revoke { agent, reason } => {
             client
                 .post(

@@ -35,6 +35,12 @@ pub enum DeploymentCommand {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Cancel a deployment that has not finished: its tasks stop on their agents; what
+    /// a task already changed on its target stays (drift shows it).
+    Cancel {
+        /// Id (or a unique prefix of at least 8 characters).
+        id: String,
+    },
 }
 
 /// `stella rollback --env E [--to VERSION]`
@@ -90,6 +96,19 @@ pub async fn deployment(context: &Context, command: DeploymentCommand) -> anyhow
                 let components = task_components(context, &value).await;
                 deployment_details(&value, &components);
             }
+        }
+        DeploymentCommand::Cancel { id } => {
+            let value = client
+                .post(&format!("/deployments/{}/cancel", path(&id)), json!({}))
+                .await?;
+            context.print(&value, |value| {
+                println!(
+                    "deployment {} {}: {}",
+                    cell(value, "/id"),
+                    cell(value, "/state"),
+                    cell(value, "/message")
+                );
+            });
         }
         DeploymentCommand::Logs { id, follow: true } => {
             let mut printer = LogPrinter {

@@ -1,9 +1,12 @@
-//! `stella env …`: environments and their promotion order.
+//! `stella env …`: environments, their promotion order and deployment timeout, and
+//! their variables and secrets.
+
+use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::{print, rows, Context};
+use super::{path, print, rows, Context};
 use crate::output;
 
 /// `stella env …`
@@ -20,6 +23,10 @@ pub enum EnvCommand {
         /// [default: report].
         #[arg(long, value_parser = ["report", "remediate"])]
         drift: Option<String>,
+        /// How long a deployment's tasks may take here before they fail, e.g. `15m`
+        /// [default: the server's task_deadline_seconds, 1h].
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        deployment_timeout: Option<Duration>,
     },
     /// Change an environment.
     Update {
@@ -31,6 +38,20 @@ pub enum EnvCommand {
         /// What drift does here: report it, or redeploy what was promoted.
         #[arg(long, value_parser = ["report", "remediate"])]
         drift: Option<String>,
+        /// How long a deployment's tasks may take here, e.g. `15m`; `default` for the
+        /// server's default.
+        #[arg(long, value_parser = parse_timeout, value_name = "DURATION")]
+        deployment_timeout: Option<Timeout>,
+    },
+    /// Delete an environment. Refused while it has targets, another environment comes
+    /// after it, or (without --with-history) it has deployment history.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Name.
+        name: String,
+        /// Delete its deployments, logs and drift findings too.
+        #[arg(long)]
+        with_history: bool,
     },
     /// List environments.
     List,
@@ -39,44 +60,184 @@ pub enum EnvCommand {
         /// Name.
         name: String,
     },
+    /// Variables: plain values target settings use as `${var.NAME}`, recorded in each
+    /// deployment's plan.
+    #[command(subcommand, visible_alias = "vars")]
+    Var(VarCommand),
+    /// Secrets: sealed values target settings use as `${secret.NAME}`; never shown,
+    /// logged or recorded, sent only to the agent that deploys.
+    #[command(subcommand, visible_alias = "secrets")]
+    Secret(SecretCommand),
+}
+
+/// `stella env var …`
+#[derive(Debug, Subcommand)]
+pub enum VarCommand {
+    /// Set (or replace) a variable.
+    Set {
+        /// Environment.
+        env: String,
+        /// Variable name (letters, digits, `_`).
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// List the environment's variables and secrets (secrets without values).
+    List {
+        /// Environment.
+        env: String,
+    },
+    /// Delete a variable.
+    #[command(visible_aliases = ["unset", "rm"])]
+    Delete {
+        /// Environment.
+        env: String,
+        /// Variable name.
+        name: String,
+    },
+}
+
+/// `stella env secret …`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set (or replace) a secret; the value is read from standard input.
+    Set {
+        /// Environment.
+        env: String,
+        /// Secret name (letters, digits, `_`).
+        name: String,
+    },
+    /// List the environment's secrets (names and when they were set, never values).
+    List {
+        /// Environment.
+        env: String,
+    },
+    /// Delete a secret.
+    #[command(visible_aliases = ["unset", "rm"])]
+    Delete {
+        /// Environment.
+        env: String,
+        /// Secret name.
+        name: String,
+    },
+}
+
+/// A deployment timeout, or back to the server's default.
+#[derive(Clone, Copy, Debug)]
+pub enum Timeout {
+    /// This long.
+    Of(Duration),
+    /// The server's `task_deadline_seconds`.
+    Default,
+}
+
+fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    if text == "default" {
+        return Ok(Timeout::Default);
+    }
+    humantime::parse_duration(text)
+        .map(Timeout::Of)
+        .map_err(|e| format!("{e} (or `default`)"))
 }
 
 /// `stella env …`.
 pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
     let (client, format) = (&context.client, context.format);
     let value = match command {
-        EnvCommand::Create { name, after, drift } => {
+        EnvCommand::Create {
+            name,
+            after,
+            drift,
+            deployment_timeout,
+        } => {
             client
                 .post(
                     "/environments",
-                    json!({"name": name, "after": after, "drift": drift}),
+                    json!({
+                        "name": name,
+                        "after": after,
+                        "drift": drift,
+                        "deployment_timeout_seconds": deployment_timeout.map(|d| d.as_secs()),
+                    }),
                 )
                 .await?
         }
-        EnvCommand::Update { name, after, drift } => {
+        EnvCommand::Update {
+            name,
+            after,
+            drift,
+            deployment_timeout,
+        } => {
+            // Only what was given is sent: an absent field keeps the stored value, null
+            // clears it.
+            let mut change = serde_json::Map::new();
+            if let Some(after) = after {
+                let after = if after.is_empty() {
+                    Value::Null
+                } else {
+                    Value::from(after)
+                };
+                change.insert("after".to_owned(), after);
+            }
+            if let Some(drift) = drift {
+                change.insert("drift".to_owned(), Value::from(drift));
+            }
+            match deployment_timeout {
+                Some(Timeout::Of(duration)) => {
+                    change.insert(
+                        "deployment_timeout_seconds".to_owned(),
+                        Value::from(duration.as_secs()),
+                    );
+                }
+                Some(Timeout::Default) => {
+                    change.insert("deployment_timeout_seconds".to_owned(), Value::Null);
+                }
+                None => {}
+            }
             client
                 .patch(
-                    &format!("/environments/{}", super::path(&name)),
-                    json!({"after": after, "drift": drift}),
+                    &format!("/environments/{}", path(&name)),
+                    Value::Object(change),
                 )
                 .await?
+        }
+        EnvCommand::Delete { name, with_history } => {
+            let query = if with_history {
+                "?with_history=true"
+            } else {
+                ""
+            };
+            client
+                .delete(&format!("/environments/{}{query}", path(&name)))
+                .await?;
+            context.deleted("environment", &name);
+            return Ok(());
         }
         EnvCommand::List => {
             let list = client.get("/environments").await?;
             print(format, &list, |v| {
                 rows(
                     v,
-                    &["name", "after", "drift", "current", "targets"],
-                    &["/name", "/after", "/drift", "/current", "/targets"],
+                    &["name", "after", "drift", "timeout", "current", "targets"],
+                    &[
+                        "/name",
+                        "/after",
+                        "/drift",
+                        "/deployment_timeout_seconds",
+                        "/current",
+                        "/targets",
+                    ],
                 );
             });
             return Ok(());
         }
         EnvCommand::Show { name } => {
             client
-                .get(&format!("/environments/{}", super::path(&name)))
+                .get(&format!("/environments/{}", path(&name)))
                 .await?
         }
+        EnvCommand::Var(command) => return variables(context, command).await,
+        EnvCommand::Secret(command) => return secrets(context, command).await,
     };
     print(format, &value, |v| {
         output::details(
@@ -85,6 +246,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 ("name", "/name"),
                 ("after", "/after"),
                 ("drift", "/drift"),
+                ("deployment timeout (s)", "/deployment_timeout_seconds"),
                 ("current", "/current"),
                 ("targets", "/targets"),
                 ("created", "/created_at"),
@@ -92,4 +254,91 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
         );
     });
     Ok(())
+}
+
+async fn variables(context: &Context, command: VarCommand) -> anyhow::Result<()> {
+    let client = &context.client;
+    match command {
+        VarCommand::Set { env, name, value } => {
+            let set = client
+                .put(
+                    &format!("/environments/{}/variables/{}", path(&env), path(&name)),
+                    json!({ "value": value }),
+                )
+                .await?;
+            context.print(&set, variable_details);
+        }
+        VarCommand::List { env } => list(context, &env, None).await?,
+        VarCommand::Delete { env, name } => {
+            client
+                .delete(&format!(
+                    "/environments/{}/variables/{}",
+                    path(&env),
+                    path(&name)
+                ))
+                .await?;
+            context.deleted("variable", &name);
+        }
+    }
+    Ok(())
+}
+
+async fn secrets(context: &Context, command: SecretCommand) -> anyhow::Result<()> {
+    let client = &context.client;
+    match command {
+        SecretCommand::Set { env, name } => {
+            let value = super::read_stdin("secret value")?;
+            let set = client
+                .put(
+                    &format!("/environments/{}/secrets/{}", path(&env), path(&name)),
+                    json!({ "value": value }),
+                )
+                .await?;
+            context.print(&set, variable_details);
+        }
+        SecretCommand::List { env } => list(context, &env, Some("secret")).await?,
+        SecretCommand::Delete { env, name } => {
+            client
+                .delete(&format!(
+                    "/environments/{}/secrets/{}",
+                    path(&env),
+                    path(&name)
+                ))
+                .await?;
+            context.deleted("secret", &name);
+        }
+    }
+    Ok(())
+}
+
+/// Lists an environment's variables and secrets, or only those of one kind.
+async fn list(context: &Context, env: &str, only: Option<&str>) -> anyhow::Result<()> {
+    let mut all = context
+        .client
+        .get(&format!("/environments/{}/variables", path(env)))
+        .await?;
+    if let (Some(kind), Some(items)) = (only, all.as_array_mut()) {
+        items.retain(|item| item.get("kind").and_then(Value::as_str) == Some(kind));
+    }
+    context.print(&all, |v| {
+        rows(
+            v,
+            &["kind", "name", "value", "updated by", "updated"],
+            &["/kind", "/name", "/value", "/updated_by", "/updated_at"],
+        );
+    });
+    Ok(())
+}
+
+fn variable_details(value: &Value) {
+    output::details(
+        value,
+        &[
+            ("kind", "/kind"),
+            ("name", "/name"),
+            ("value", "/value"),
+            ("updated by", "/updated_by"),
+            ("updated", "/updated_at"),
+        ],
+    );
 }

@@ -52,11 +52,33 @@ impl Context {
         }
     }
 
+    /// Prints what a delete removed: one line, or `{"deleted": {"kind", "name"}}`.
+    pub fn deleted(&self, kind: &str, name: &str) {
+        let value = serde_json::json!({ "deleted": { "kind": kind, "name": name } });
+        self.print(&value, |_| println!("deleted {kind} {name}"));
+    }
+
     /// How to show a wait: live on a terminal, plain lines otherwise, nothing with
     /// `--quiet`.
     pub fn progress(&self) -> Progress {
         Progress::choose(self.format, self.quiet)
     }
+}
+
+/// A secret read from standard input (so it stays out of the shell history and the
+/// process list), without its trailing newline; refused when empty.
+fn read_stdin(what: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    let text = text.trim_end_matches(['\n', '\r']).to_owned();
+    if text.is_empty() {
+        bail!("no {what} on standard input");
+    }
+    Ok(text)
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {

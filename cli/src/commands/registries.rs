@@ -1,8 +1,5 @@
 //! `stella registry …`: registries and their credentials.
 
-use std::io::Read;
-
-use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -28,6 +25,13 @@ pub enum RegistryCommand {
     },
     /// List registries (never with passwords).
     List,
+    /// Delete a registry's settings and credentials (refused while a deployment pulls
+    /// from it).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// `host[:port]`.
+        host: String,
+    },
 }
 
 /// `stella registry …`.
@@ -41,15 +45,7 @@ pub async fn registry(context: &Context, command: RegistryCommand) -> anyhow::Re
             password_stdin,
         } => {
             let password = if password_stdin {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading the password from standard input")?;
-                let text = text.trim_end_matches(['\n', '\r']).to_owned();
-                if text.is_empty() {
-                    bail!("no password on standard input");
-                }
-                Some(text)
+                Some(super::read_stdin("password")?)
             } else {
                 None
             };
@@ -67,6 +63,12 @@ pub async fn registry(context: &Context, command: RegistryCommand) -> anyhow::Re
                     ],
                 );
             });
+        }
+        RegistryCommand::Delete { host } => {
+            client
+                .delete(&format!("/registries/{}", super::path(&host)))
+                .await?;
+            context.deleted("registry", &host);
         }
         RegistryCommand::List => {
             let list = client.get("/registries").await?;

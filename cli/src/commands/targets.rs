@@ -31,6 +31,27 @@ pub enum TargetCommand {
         #[arg(long = "set", value_parser = parse_pair, value_name = "KEY=VALUE")]
         settings: Vec<(String, String)>,
     },
+    /// Change a target's agent or settings (refused while a deployment runs on it); what
+    /// runs there changes with the next deployment.
+    Update {
+        /// Name.
+        name: String,
+        /// The agent that drives it from now on (name or id).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Set a setting, `KEY=VALUE`, repeatable.
+        #[arg(long = "set", value_parser = parse_pair, value_name = "KEY=VALUE")]
+        settings: Vec<(String, String)>,
+        /// Remove a setting, repeatable.
+        #[arg(long = "unset", value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Delete a target: what runs there keeps running, Stella stops watching it.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Name.
+        name: String,
+    },
     /// List targets.
     List {
         /// Only this environment's.
@@ -59,6 +80,27 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
             client
                 .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings}))
                 .await?
+        }
+        TargetCommand::Update {
+            name,
+            agent,
+            settings,
+            unset,
+        } => {
+            let set: BTreeMap<String, String> = settings.into_iter().collect();
+            client
+                .patch(
+                    &format!("/targets/{}", super::path(&name)),
+                    json!({"agent": agent, "set": set, "unset": unset}),
+                )
+                .await?
+        }
+        TargetCommand::Delete { name } => {
+            client
+                .delete(&format!("/targets/{}", super::path(&name)))
+                .await?;
+            context.deleted("target", &name);
+            return Ok(());
         }
         TargetCommand::List { env } => {
             let list = client
@@ -170,7 +212,10 @@ fn kinds_help() -> String {
         .flat_map(|kind| kind.settings.iter().map(|(key, _)| key.len()))
         .max()
         .unwrap_or(0);
-    let mut text = String::from("Target kinds and their settings (--set KEY=VALUE):");
+    let mut text = String::from(
+        "Values may use the environment's variables and secrets: ${var.NAME}, ${secret.NAME} \
+         ($${ for a literal ${).\n\nTarget kinds and their settings (--set KEY=VALUE):",
+    );
     for kind in KINDS {
         text.push_str(&format!("\n\n{} — {}", kind.name, kind.about));
         for (key, about) in kind.settings {

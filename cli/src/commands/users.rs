@@ -24,6 +24,20 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
+    /// Replace a user's roles (the last admin keeps admin).
+    Update {
+        /// User name.
+        name: String,
+        /// Roles: viewer, operator, approver, admin (repeatable or comma-separated).
+        #[arg(long = "role", required = true, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Delete a user; its tokens stop working at once. Not yourself, not the last admin.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// User name.
+        name: String,
+    },
 }
 
 /// `stella user …`.
@@ -52,6 +66,24 @@ pub async fn user(context: &Context, command: UserCommand) -> anyhow::Result<()>
                     &["/name", "/roles", "/created_at", "/id"],
                 );
             });
+        }
+        UserCommand::Update { name, roles } => {
+            let user = client
+                .patch(
+                    &format!("/users/{}", path(&name)),
+                    json!({ "roles": roles }),
+                )
+                .await?;
+            context.print(&user, |user| {
+                output::details(
+                    user,
+                    &[("name", "/name"), ("roles", "/roles"), ("id", "/id")],
+                );
+            });
+        }
+        UserCommand::Delete { name } => {
+            client.delete(&format!("/users/{}", path(&name))).await?;
+            context.deleted("user", &name);
         }
         UserCommand::Token { name } => {
             let token = client
