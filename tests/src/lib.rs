@@ -263,13 +263,29 @@ impl TestServer {
             .ok_or_else(|| anyhow!("no token in {issued}"))
     }
 
-    /// Waits until a deployment is `succeeded` or `failed`; returns it.
+    /// A request as admin: (status, JSON body or Null).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        self.request(method, path, Some(&self.admin_token), body)
+            .await
+    }
+
+    /// Waits until a deployment is `succeeded`, `failed` or `cancelled`; returns it.
     pub async fn wait_deployment(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
         wait_until(&format!("deployment {id} finishes"), timeout, || async {
             self.get(&format!("/api/v1/deployments/{id}"))
                 .await
                 .ok()
-                .filter(|d| matches!(d["state"].as_str(), Some("succeeded" | "failed")))
+                .filter(|d| {
+                    matches!(
+                        d["state"].as_str(),
+                        Some("succeeded" | "failed" | "cancelled")
+                    )
+                })
         })
         .await
     }
