@@ -3,8 +3,13 @@
 //! code that speaks HTTP.
 
 pub mod agents;
-pub mod delivery;
+pub mod deployments;
+pub mod drift;
 pub mod envelope;
+pub mod environments;
+pub mod registries;
+pub mod releases;
+pub mod targets;
 pub mod users;
 
 use std::sync::Arc;
@@ -31,12 +36,12 @@ use envelope::{ApiError, TRACE_ID};
     paths(
         agents::list, agents::show, agents::revoke, agents::create_join_token, agents::gateway,
         users::create, users::list, users::create_token, users::whoami,
-        delivery::create_environment, delivery::list_environments, delivery::show_environment,
-        delivery::update_environment, delivery::create_target, delivery::list_targets,
-        delivery::show_target, delivery::add_registry, delivery::list_registries,
-        delivery::create_release, delivery::list_releases, delivery::show_release,
-        delivery::promote, delivery::list_deployments, delivery::show_deployment,
-        delivery::deployment_logs, delivery::rollback, delivery::list_drift,
+        environments::create_environment, environments::list_environments, environments::show_environment,
+        environments::update_environment, targets::create_target, targets::list_targets,
+        targets::show_target, registries::add_registry, registries::list_registries,
+        releases::create_release, releases::list_releases, releases::show_release,
+        deployments::promote, deployments::list_deployments, deployments::show_deployment,
+        deployments::deployment_logs, deployments::rollback, drift::list_drift,
     ),
     components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
     modifiers(&BearerAuth),
@@ -71,32 +76,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/whoami", get(users::whoami))
         .route(
             "/environments",
-            get(delivery::list_environments).post(delivery::create_environment),
+            get(environments::list_environments).post(environments::create_environment),
         )
         .route(
             "/environments/{name}",
-            get(delivery::show_environment).patch(delivery::update_environment),
+            get(environments::show_environment).patch(environments::update_environment),
         )
-        .route("/environments/{name}/rollback", post(delivery::rollback))
+        .route("/environments/{name}/rollback", post(deployments::rollback))
         .route(
             "/targets",
-            get(delivery::list_targets).post(delivery::create_target),
+            get(targets::list_targets).post(targets::create_target),
         )
-        .route("/targets/{name}", get(delivery::show_target))
+        .route("/targets/{name}", get(targets::show_target))
         .route(
             "/registries",
-            get(delivery::list_registries).post(delivery::add_registry),
+            get(registries::list_registries).post(registries::add_registry),
         )
         .route(
             "/releases",
-            get(delivery::list_releases).post(delivery::create_release),
+            get(releases::list_releases).post(releases::create_release),
         )
-        .route("/releases/{name}/{version}", get(delivery::show_release))
-        .route("/promotions", post(delivery::promote))
-        .route("/deployments", get(delivery::list_deployments))
-        .route("/deployments/{id}", get(delivery::show_deployment))
-        .route("/deployments/{id}/logs", get(delivery::deployment_logs))
-        .route("/drift", get(delivery::list_drift))
+        .route("/releases/{name}/{version}", get(releases::show_release))
+        .route("/promotions", post(deployments::promote))
+        .route("/deployments", get(deployments::list_deployments))
+        .route("/deployments/{id}", get(deployments::show_deployment))
+        .route("/deployments/{id}/logs", get(deployments::deployment_logs))
+        .route("/drift", get(drift::list_drift))
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
