@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{Deployment, Task};
@@ -94,6 +94,8 @@ impl DeploymentView {
 
 /// Body of a promotion.
 #[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct Promote {
     /// Release name.
     pub release: String,
@@ -117,8 +119,18 @@ pub struct PromotionView {
 }
 
 /// Promotes a release to an environment.
-#[utoipa::path(post, path = "/api/v1/promotions", tag = "promotions", request_body = Promote,
-    responses((status = 201, body = PromotionView), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+///
+/// Records a content-addressed decision and a deployment with one task per target of
+/// the environment; agents carry the tasks out. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/promotions", tag = "promotions", operation_id = "promoteRelease",
+    request_body = Promote,
+    responses(
+        (status = 201, description = "The promotion, deploying", body = PromotionView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such release or environment (`not_found`)", body = ErrorEnvelope),
+        (status = 409, description = "A deployment to this environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 422, description = "The environment has no targets (`no_targets`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn promote(
     State(app): State<Arc<App>>,
@@ -142,6 +154,7 @@ pub async fn promote(
 
 /// Filter and page size of deployment lists.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeploymentFilter {
     /// Environment name.
     pub environment: Option<String>,
@@ -149,13 +162,21 @@ pub struct DeploymentFilter {
     pub limit: Option<i64>,
 }
 
-/// Lists deployments, newest first.
-#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(DeploymentFilter),
-    responses((status = 200, body = Vec<DeploymentView>)), security(("bearer" = [])))]
+/// Lists deployments.
+///
+/// The newest deployments first, of every environment or one, at most `limit`
+/// (default 50, at most 1000). Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", operation_id = "listDeployments",
+    params(DeploymentFilter),
+    responses(
+        (status = 200, description = "The deployments, without their tasks", body = Vec<DeploymentView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_deployments(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(filter): Query<DeploymentFilter>,
+    ApiQuery(filter): ApiQuery<DeploymentFilter>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     caller.require(Permission::Read)?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
@@ -171,9 +192,17 @@ pub async fn list_deployments(
     ))
 }
 
-/// Shows a deployment with its tasks.
-#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", params(("id" = String, Path)),
-    responses((status = 200, body = DeploymentView), (status = 404, body = ErrorEnvelope)), security(("bearer" = [])))]
+/// Shows a deployment.
+///
+/// Its state and one task per target with the agent's outcome. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", operation_id = "getDeployment",
+    params(("id" = String, Path, description = "deployment id")),
+    responses(
+        (status = 200, description = "The deployment with its tasks", body = DeploymentView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn show_deployment(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -187,6 +216,7 @@ pub async fn show_deployment(
 
 /// Which log lines to return.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Only lines after this sequence number (default 0: from the start).
     pub after: Option<i64>,
@@ -205,14 +235,23 @@ pub struct LogLineView {
     pub message: String,
 }
 
-/// Log lines of a deployment; poll with `after` to follow.
-#[utoipa::path(get, path = "/api/v1/deployments/{id}/logs", tag = "deployments", params(("id" = String, Path), LogQuery),
-    responses((status = 200, body = Vec<LogLineView>), (status = 404, body = ErrorEnvelope)), security(("bearer" = [])))]
+/// Log lines of a deployment.
+///
+/// At most 1000 lines after sequence number `after`; poll with the last `seq` seen
+/// to follow. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/logs", tag = "deployments", operation_id = "getDeploymentLogs",
+    params(("id" = String, Path, description = "deployment id"), LogQuery),
+    responses(
+        (status = 200, description = "The lines, oldest first", body = Vec<LogLineView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn deployment_logs(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(query): Query<LogQuery>,
+    ApiQuery(query): ApiQuery<LogQuery>,
 ) -> ApiResult<Json<Vec<LogLineView>>> {
     caller.require(Permission::Read)?;
     app.store.get_deployment(&id).await?;
@@ -235,16 +274,28 @@ pub async fn deployment_logs(
 
 /// Body of a rollback.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct Rollback {
     /// Version to go back to (default: the one before the current).
     #[serde(default)]
     pub to_version: Option<String>,
 }
 
-/// Redeploys an earlier version as a new deployment.
-#[utoipa::path(post, path = "/api/v1/environments/{name}/rollback", tag = "deployments", request_body = Rollback,
-    params(("name" = String, Path)),
-    responses((status = 201, body = DeploymentView), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+/// Rolls an environment back.
+///
+/// Redeploys, as a new deployment, the version deployed there before the current one,
+/// or `to_version`. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/environments/{name}/rollback", tag = "deployments", operation_id = "rollbackEnvironment",
+    request_body = Rollback,
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 201, description = "The rollback deployment", body = DeploymentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment or version (`not_found`)", body = ErrorEnvelope),
+        (status = 409, description = "A deployment to this environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 422, description = "Nothing earlier was deployed there (`nothing_to_roll_back`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn rollback(
     State(app): State<Arc<App>>,

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiResult, Caller, Permission};
+use super::envelope::{ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::DriftRecord;
@@ -50,6 +50,7 @@ impl From<DriftRecord> for DriftView {
 
 /// Drift filter.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DriftFilter {
     /// Environment name.
     pub environment: Option<String>,
@@ -57,13 +58,22 @@ pub struct DriftFilter {
     pub all: Option<bool>,
 }
 
-/// Open drift findings (with `all=true` also resolved ones).
-#[utoipa::path(get, path = "/api/v1/drift", tag = "drift", params(DriftFilter),
-    responses((status = 200, body = Vec<DriftView>)), security(("bearer" = [])))]
+/// Lists drift findings.
+///
+/// What agents found different from what was deployed (`image_changed`, `missing`,
+/// `unexpected`, `config_changed`, `sticker_tampered`): open findings, or with
+/// `all=true` resolved ones too. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/drift", tag = "drift", operation_id = "listDrift",
+    params(DriftFilter),
+    responses(
+        (status = 200, description = "The findings", body = Vec<DriftView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_drift(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(filter): Query<DriftFilter>,
+    ApiQuery(filter): ApiQuery<DriftFilter>,
 ) -> ApiResult<Json<Vec<DriftView>>> {
     caller.require(Permission::Read)?;
     let records = app

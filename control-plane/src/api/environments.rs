@@ -58,6 +58,8 @@ impl EnvironmentView {
 
 /// Body of environment creation.
 #[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct CreateEnvironment {
     /// Unique name.
     pub name: String,
@@ -71,6 +73,8 @@ pub struct CreateEnvironment {
 
 /// Body of an environment change; absent fields keep their value.
 #[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct UpdateEnvironment {
     /// New predecessor (empty string clears it).
     #[serde(default)]
@@ -89,8 +93,17 @@ fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
 }
 
 /// Creates an environment.
-#[utoipa::path(post, path = "/api/v1/environments", tag = "environments", request_body = CreateEnvironment,
-    responses((status = 201, body = EnvironmentView), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+///
+/// `after` names the environment a release must have been deployed to first (the
+/// promotion order); `drift` is `report` (default) or `remediate`. Needs the operator
+/// role.
+#[utoipa::path(post, path = "/api/v1/environments", tag = "environments", operation_id = "createEnvironment",
+    request_body = CreateEnvironment,
+    responses(
+        (status = 201, description = "The new environment", body = EnvironmentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken (`environment_exists`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create_environment(
     State(app): State<Arc<App>>,
@@ -107,8 +120,15 @@ pub async fn create_environment(
 }
 
 /// Lists environments.
-#[utoipa::path(get, path = "/api/v1/environments", tag = "environments",
-    responses((status = 200, body = Vec<EnvironmentView>)), security(("bearer" = [])))]
+///
+/// Every environment with its predecessor, drift mode, the release deployed there
+/// last and its targets. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", operation_id = "listEnvironments",
+    responses(
+        (status = 200, description = "Every environment", body = Vec<EnvironmentView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_environments(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -122,8 +142,16 @@ pub async fn list_environments(
 }
 
 /// Shows an environment.
-#[utoipa::path(get, path = "/api/v1/environments/{name}", tag = "environments",
-    params(("name" = String, Path)), responses((status = 200, body = EnvironmentView), (status = 404, body = ErrorEnvelope)),
+///
+/// Its predecessor, drift mode, the release deployed there last and its targets.
+/// Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/environments/{name}", tag = "environments", operation_id = "getEnvironment",
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 200, description = "The environment", body = EnvironmentView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`not_found`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn show_environment(
     State(app): State<Arc<App>>,
@@ -136,8 +164,17 @@ pub async fn show_environment(
 }
 
 /// Changes an environment.
-#[utoipa::path(patch, path = "/api/v1/environments/{name}", tag = "environments", request_body = UpdateEnvironment,
-    params(("name" = String, Path)), responses((status = 200, body = EnvironmentView), (status = 404, body = ErrorEnvelope)),
+///
+/// Fields left out keep their value; `after: ""` removes the predecessor. Needs the
+/// operator role.
+#[utoipa::path(patch, path = "/api/v1/environments/{name}", tag = "environments", operation_id = "updateEnvironment",
+    request_body = UpdateEnvironment,
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 200, description = "The changed environment", body = EnvironmentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`not_found`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn update_environment(
     State(app): State<Arc<App>>,

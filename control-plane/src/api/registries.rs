@@ -41,6 +41,8 @@ impl From<Registry> for RegistryView {
 
 /// Body of a registry addition.
 #[derive(Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct AddRegistry {
     /// `host[:port]`.
     pub host: String,
@@ -63,9 +65,17 @@ impl std::fmt::Debug for AddRegistry {
     }
 }
 
-/// Adds or replaces a registry and its credentials.
-#[utoipa::path(post, path = "/api/v1/registries", tag = "registries", request_body = AddRegistry,
-    responses((status = 201, body = RegistryView), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+/// Adds or replaces a registry.
+///
+/// A registry host with its credentials, used to resolve tags when releases are
+/// created and sent to agents to pull. The password is stored sealed and never
+/// returned. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/registries", tag = "registries", operation_id = "addRegistry",
+    request_body = AddRegistry,
+    responses(
+        (status = 201, description = "The registry, without its password", body = RegistryView),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn add_registry(
     State(app): State<Arc<App>>,
@@ -80,8 +90,15 @@ pub async fn add_registry(
 }
 
 /// Lists registries.
-#[utoipa::path(get, path = "/api/v1/registries", tag = "registries",
-    responses((status = 200, body = Vec<RegistryView>)), security(("bearer" = [])))]
+///
+/// Every registry, with whether a password is stored but never the password. Needs
+/// the viewer role.
+#[utoipa::path(get, path = "/api/v1/registries", tag = "registries", operation_id = "listRegistries",
+    responses(
+        (status = 200, description = "Every registry", body = Vec<RegistryView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_registries(
     State(app): State<Arc<App>>,
     caller: Caller,

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, ComponentRequest};
 use crate::domain::Release;
@@ -64,6 +64,8 @@ impl From<Release> for ReleaseView {
 
 /// Body of release creation.
 #[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct CreateRelease {
     /// Name.
     pub name: String,
@@ -73,10 +75,21 @@ pub struct CreateRelease {
     pub components: BTreeMap<String, String>,
 }
 
-/// Creates a release; tags are resolved to digests now. 201 when created, 200 when the
-/// same digests already form this release, 409 when other digests do.
-#[utoipa::path(post, path = "/api/v1/releases", tag = "releases", request_body = CreateRelease,
-    responses((status = 201, body = ReleaseView), (status = 200, body = ReleaseView), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+/// Creates a release.
+///
+/// Each component's image reference is resolved to a digest against its registry
+/// now, once; the release holds digests only. 201 when created, 200 when the same
+/// digests already form this release, 409 `release_immutable` when other digests do.
+/// Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/releases", tag = "releases", operation_id = "createRelease",
+    request_body = CreateRelease,
+    responses(
+        (status = 201, description = "The new release", body = ReleaseView),
+        (status = 200, description = "The same release existed already", body = ReleaseView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 409, description = "This name and version hold other digests (`release_immutable`)", body = ErrorEnvelope),
+        (status = 422, description = "The registry refused access to an image (`image_unresolved`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create_release(
     State(app): State<Arc<App>>,
@@ -102,18 +115,26 @@ pub async fn create_release(
 
 /// Filter by release name.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReleaseFilter {
     /// Release name.
     pub name: Option<String>,
 }
 
-/// Lists releases, newest first.
-#[utoipa::path(get, path = "/api/v1/releases", tag = "releases", params(ReleaseFilter),
-    responses((status = 200, body = Vec<ReleaseView>)), security(("bearer" = [])))]
+/// Lists releases.
+///
+/// Every release, or the versions of one name, newest first. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/releases", tag = "releases", operation_id = "listReleases",
+    params(ReleaseFilter),
+    responses(
+        (status = 200, description = "The releases", body = Vec<ReleaseView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_releases(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(filter): Query<ReleaseFilter>,
+    ApiQuery(filter): ApiQuery<ReleaseFilter>,
 ) -> ApiResult<Json<Vec<ReleaseView>>> {
     caller.require(Permission::Read)?;
     Ok(Json(
@@ -127,9 +148,17 @@ pub async fn list_releases(
 }
 
 /// Shows a release.
-#[utoipa::path(get, path = "/api/v1/releases/{name}/{version}", tag = "releases",
-    params(("name" = String, Path), ("version" = String, Path)),
-    responses((status = 200, body = ReleaseView), (status = 404, body = ErrorEnvelope)), security(("bearer" = [])))]
+///
+/// Its components with the references given and the digests they resolved to.
+/// Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/releases/{name}/{version}", tag = "releases", operation_id = "getRelease",
+    params(("name" = String, Path, description = "release name"), ("version" = String, Path, description = "version")),
+    responses(
+        (status = 200, description = "The release", body = ReleaseView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such release (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn show_release(
     State(app): State<Arc<App>>,
     caller: Caller,

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::Target;
@@ -54,6 +54,8 @@ impl TargetView {
 
 /// Body of target creation.
 #[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct CreateTarget {
     /// Unique name.
     pub name: String,
@@ -69,8 +71,17 @@ pub struct CreateTarget {
 }
 
 /// Creates a target.
-#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = CreateTarget,
-    responses((status = 201, body = TargetView), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+///
+/// A target of a kind (`docker`, `compose`, `ssh`, `winrm`, `ecs`, `nomad`) in an
+/// environment, driven by an agent that can drive that kind; unknown kinds and
+/// settings are refused. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", operation_id = "createTarget",
+    request_body = CreateTarget,
+    responses(
+        (status = 201, description = "The new target", body = TargetView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken (`target_exists`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create_target(
     State(app): State<Arc<App>>,
@@ -95,18 +106,26 @@ pub async fn create_target(
 
 /// Filter by environment.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnvironmentFilter {
     /// Environment name.
     pub environment: Option<String>,
 }
 
 /// Lists targets.
-#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(EnvironmentFilter),
-    responses((status = 200, body = Vec<TargetView>)), security(("bearer" = [])))]
+///
+/// Every target, or those of one environment. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", operation_id = "listTargets",
+    params(EnvironmentFilter),
+    responses(
+        (status = 200, description = "The targets", body = Vec<TargetView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn list_targets(
     State(app): State<Arc<App>>,
     caller: Caller,
-    Query(filter): Query<EnvironmentFilter>,
+    ApiQuery(filter): ApiQuery<EnvironmentFilter>,
 ) -> ApiResult<Json<Vec<TargetView>>> {
     caller.require(Permission::Read)?;
     let mut views = Vec::new();
@@ -121,8 +140,16 @@ pub async fn list_targets(
 }
 
 /// Shows a target.
-#[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets", params(("name" = String, Path)),
-    responses((status = 200, body = TargetView), (status = 404, body = ErrorEnvelope)), security(("bearer" = [])))]
+///
+/// Its environment, kind, agent and settings. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/targets/{name}", tag = "targets", operation_id = "getTarget",
+    params(("name" = String, Path, description = "target name")),
+    responses(
+        (status = 200, description = "The target", body = TargetView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such target (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 pub async fn show_target(
     State(app): State<Arc<App>>,
     caller: Caller,

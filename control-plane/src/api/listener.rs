@@ -1,0 +1,185 @@
+//! The REST listener: an accept loop over hyper's HTTP/1.1 connection, written here
+//! rather than `axum::serve` because that sets no header-read timeout and no cap on
+//! connections, so idle and half-open connections were kept forever and could use up
+//! the process's file descriptors until `/healthz` stopped answering.
+//!
+//! - every connection must deliver each request head within
+//!   `api_header_read_timeout_ms`, counted from when it opens or from its previous
+//!   response (hyper's `header_read_timeout`), or it is closed;
+//! - at most `api_max_connections` are open; one more is answered `503` with the
+//!   envelope and closed at once, so a probe learns why instead of hanging in the
+//!   backlog;
+//! - request bodies are bounded in size and time where they are read
+//!   ([`super::envelope::ApiJson`]).
+//!
+//! HTTP/1.1 only: the CLI, agents' discovery call and browsers speak it over plain
+//! HTTP, and sniffing for HTTP/2's preface would be one more read without a timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::envelope::envelope_json;
+use crate::app::App;
+use crate::error::{AppError, ErrorKind};
+
+/// The limits the listener enforces, from the server configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerLimits {
+    /// Time allowed for each request head.
+    pub header_read_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl ListenerLimits {
+    /// The limits of a configuration.
+    pub fn of(config: &crate::ServerConfig) -> Self {
+        ListenerLimits {
+            header_read_timeout: Duration::from_millis(config.api_header_read_timeout_ms),
+            max_connections: config.api_max_connections,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown`; then lets open requests finish.
+pub async fn serve(
+    app: Arc<App>,
+    router: Router,
+    listener: TcpListener,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut last_refusal_logged = None;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(error) if is_per_connection(&error) => continue,
+            Err(error) => {
+                // Out of file descriptors, most likely: wait for some to be freed
+                // rather than spin, and keep serving the connections already open.
+                tracing::warn!(%error, "cannot accept a REST connection; retrying in 100 ms");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refuse(
+                &app,
+                &stream,
+                limits.max_connections,
+                &mut last_refusal_logged,
+            );
+            continue;
+        };
+        connections.spawn(serve_connection(
+            app.clone(),
+            router.clone(),
+            stream,
+            limits,
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Errors of one connection that `accept` reports; the listener itself is fine.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    matches!(
+        error.kind(),
+        Io::ConnectionRefused | Io::ConnectionAborted | Io::ConnectionReset
+    )
+}
+
+async fn serve_connection(
+    app: Arc<App>,
+    router: Router,
+    stream: TcpStream,
+    limits: ListenerLimits,
+    _slot: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    app.metrics.http_connections.inc();
+    // Small JSON responses; waiting to coalesce them only adds latency.
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        router.clone().oneshot(request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            // Finish the request in flight, if any, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        // Timeouts and clients that go away are routine; they are counted by
+        // their absence from the request log, not logged at warn.
+        tracing::debug!(error = %crate::error::ErrorChain(&error), "REST connection closed");
+    }
+    app.metrics.http_connections.dec();
+}
+
+/// Answers a connection over the cap with `503` and the envelope, and closes it.
+fn refuse(
+    app: &App,
+    stream: &TcpStream,
+    max_connections: usize,
+    last_logged: &mut Option<Instant>,
+) {
+    app.metrics.http_connections_refused.inc();
+    let trace_id = super::new_trace_id();
+    let error = AppError::new(
+        ErrorKind::Unavailable,
+        "too_many_connections",
+        format!("the server has {max_connections} connections open, its limit; retry later"),
+    );
+    let body = envelope_json(&error, &trace_id);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nx-trace-id: {trace_id}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let mut response = head.into_bytes();
+    response.extend_from_slice(&body);
+    // A fresh socket's send buffer takes this whole; never wait on a client here.
+    let _ = stream.try_write(&response);
+    // A flood would otherwise write a line per connection; the metric counts them all.
+    if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+        *last_logged = Some(Instant::now());
+        tracing::warn!(
+            %trace_id,
+            max_connections,
+            refused_total = app.metrics.http_connections_refused.get(),
+            "REST connection refused: connection cap reached"
+        );
+    }
+}
