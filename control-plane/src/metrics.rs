@@ -69,8 +69,10 @@ pub struct Metrics {
     pub http_request_duration: LatencyFamily,
     /// REST connections open now.
     pub http_connections: Gauge,
-    /// REST connections refused because `api_max_connections` were open.
+    /// REST connections refused because `api_max_connections` were open and busy.
     pub http_connections_refused: Counter,
+    /// Idle REST connections closed at the cap to make room for a new one.
+    pub http_connections_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -134,6 +136,12 @@ impl Metrics {
             "REST connections refused at the connection cap",
             http_connections_refused.clone(),
         );
+        let http_connections_evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle REST connections closed at the connection cap to make room",
+            http_connections_evicted.clone(),
+        );
         Metrics {
             registry,
             agent_sessions,
@@ -147,6 +155,7 @@ impl Metrics {
             http_request_duration,
             http_connections,
             http_connections_refused,
+            http_connections_evicted,
         }
     }
 

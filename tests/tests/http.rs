@@ -203,46 +203,110 @@ async fn healthz_answers_while_hundreds_of_idle_connections_are_held() -> anyhow
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_get_503_at_once_and_healthz_recovers() -> anyhow::Result<()> {
+async fn at_the_cap_the_oldest_idle_connections_make_room_for_healthz() -> anyhow::Result<()> {
     let server = TestServer::start_with(|config| {
         config.api_max_connections = 20;
-        config.api_header_read_timeout_ms = 1_000;
+        config.api_header_read_timeout_ms = 20_000;
     })
     .await?;
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(TcpStream::connect(server.config.api_listen).await?);
     }
-    // The server takes a moment to accept them all; until then a probe may still fit.
-    let raw = wait_until("the cap is reached", Duration::from_secs(3), || async {
-        let mut probe = TcpStream::connect(server.config.api_listen).await.ok()?;
+    // Probes that stay open after their answer, so that each new one finds the cap
+    // full and must take the place of one of the idle connections.
+    let mut probes = Vec::new();
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let mut probe = TcpStream::connect(server.config.api_listen).await?;
         probe
             .write_all(b"GET /healthz HTTP/1.1\r\nhost: stella\r\n\r\n")
+            .await?;
+        let mut buffer = [0_u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(2), probe.read(&mut buffer))
             .await
-            .ok()?;
-        let mut buffer = [0_u8; 2048];
-        let n = tokio::time::timeout(Duration::from_millis(500), probe.read(&mut buffer))
-            .await
-            .ok()?
-            .ok()?;
+            .context("/healthz did not answer")??;
         let raw = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        raw.starts_with("HTTP/1.1 503").then_some(raw)
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        worst = worst.max(started.elapsed());
+        probes.push(probe);
+    }
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
+    eprintln!("/healthz with the cap (20) full of idle connections: worst of 10 {worst:?}");
+    // Each probe took the place of the oldest idle connection.
+    for (n, connection) in idle.iter_mut().take(10).enumerate() {
+        read_until_closed(connection, Duration::from_secs(2))
+            .await
+            .with_context(|| format!("idle connection {n} was not closed"))?;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("stella_http_connections_evicted_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn when_every_connection_is_busy_a_new_one_gets_503_at_once() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|config| {
+        config.api_max_connections = 10;
+        config.api_header_read_timeout_ms = 20_000;
+        config.api_body_read_timeout_ms = 1_500;
     })
+    .await?;
+    // Requests whose bodies are on their way: in flight, so not to be closed for room.
+    let mut busy = Vec::new();
+    for _ in 0..10 {
+        let mut connection = TcpStream::connect(server.config.api_listen).await?;
+        let head = format!(
+            "POST /api/v1/environments HTTP/1.1\r\nhost: stella\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+            server.admin_token
+        );
+        connection.write_all(head.as_bytes()).await?;
+        busy.push(connection);
+    }
+    let started = Instant::now();
+    let raw = wait_until(
+        "a new connection is refused",
+        Duration::from_secs(3),
+        || async {
+            let mut probe = TcpStream::connect(server.config.api_listen).await.ok()?;
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: stella\r\n\r\n")
+                .await
+                .ok()?;
+            let (raw, _) = read_until_closed(&mut probe, Duration::from_millis(500))
+                .await
+                .ok()?;
+            raw.starts_with("HTTP/1.1 503").then_some(raw)
+        },
+    )
     .await?;
     let (_, body) = parse_response(&raw)?;
     assert_envelope(&body, "too_many_connections");
+    assert!(raw.contains("x-trace-id: "), "{raw}");
 
-    // The idle ones are closed by the header timeout; then /healthz answers again.
-    let started = Instant::now();
+    // The busy ones end with 408 at the body timeout; then /healthz answers again.
     wait_until("/healthz answers again", Duration::from_secs(5), || async {
         healthz_latency(&server).await.ok()
     })
     .await?;
     eprintln!(
-        "/healthz answered again {:?} after the cap was hit",
+        "/healthz answered again {:?} after the cap was full of busy connections",
         started.elapsed()
     );
-    drop(idle);
+    for connection in &mut busy {
+        let (raw, _) = read_until_closed(connection, Duration::from_secs(2)).await?;
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    }
     Ok(())
 }
 

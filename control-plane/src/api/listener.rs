@@ -6,15 +6,20 @@
 //! - every connection must deliver each request head within
 //!   `api_header_read_timeout_ms`, counted from when it opens or from its previous
 //!   response (hyper's `header_read_timeout`), or it is closed;
-//! - at most `api_max_connections` are open; one more is answered `503` with the
-//!   envelope and closed at once, so a probe learns why instead of hanging in the
-//!   backlog;
+//! - at most `api_max_connections` are open. At the cap, a new connection takes the
+//!   place of the oldest one with no request in flight (idle, half-open or still
+//!   dripping its headers), so a flood of such connections cannot keep `/healthz` or
+//!   anyone else out; only when every open connection has a request in flight is the
+//!   new one answered `503` with the envelope and closed at once, so that a probe
+//!   learns why instead of hanging in the backlog;
 //! - request bodies are bounded in size and time where they are read
 //!   ([`super::envelope::ApiJson`]).
 //!
 //! HTTP/1.1 only: the CLI, agents' discovery call and browsers speak it over plain
 //! HTTP, and sniffing for HTTP/2's preface would be one more read without a timeout.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +65,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    let open = Arc::new(OpenConnections::default());
     let mut last_refusal_logged = None;
     loop {
         let accepted = tokio::select! {
@@ -79,7 +85,7 @@ pub async fn serve(
                 }
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = take_slot(&app, &slots, &open).await else {
             refuse(
                 &app,
                 &stream,
@@ -88,12 +94,13 @@ pub async fn serve(
             );
             continue;
         };
+        let entry = open.register(slot);
         connections.spawn(serve_connection(
             app.clone(),
             router.clone(),
             stream,
             limits,
-            slot,
+            entry,
             shutdown.clone(),
         ));
     }
@@ -111,19 +118,133 @@ fn is_per_connection(error: &std::io::Error) -> bool {
     )
 }
 
+/// A free connection slot: at once if there is one; at the cap, the slot of the
+/// oldest connection without a request in flight, which is closed for it. `None` when
+/// every open connection is busy.
+async fn take_slot(
+    app: &App,
+    slots: &Arc<Semaphore>,
+    open: &OpenConnections,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    if !open.close_oldest_idle() {
+        return None;
+    }
+    app.metrics.http_connections_evicted.inc();
+    // The closed connection's task gives its slot back as soon as it runs; more
+    // than a moment means the runtime is starved and the 503 is the honest answer.
+    tokio::time::timeout(Duration::from_millis(100), slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The open connections, oldest first, with whether each has a request in flight and
+/// how to close it.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    entries: parking_lot::Mutex<BTreeMap<u64, OpenEntry>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct OpenEntry {
+    in_flight: Arc<AtomicUsize>,
+    close: CancellationToken,
+}
+
+/// A connection's place among the open ones; leaving it frees its slot.
+#[derive(Debug)]
+struct Registered {
+    id: u64,
+    open: Arc<OpenConnections>,
+    in_flight: Arc<AtomicUsize>,
+    close: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl OpenConnections {
+    fn register(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (in_flight, close) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
+        self.entries.lock().insert(
+            id,
+            OpenEntry {
+                in_flight: in_flight.clone(),
+                close: close.clone(),
+            },
+        );
+        Registered {
+            id,
+            open: self.clone(),
+            in_flight,
+            close,
+            _slot: slot,
+        }
+    }
+
+    /// Closes the oldest connection without a request in flight; false if none.
+    fn close_oldest_idle(&self) -> bool {
+        let mut entries = self.entries.lock();
+        let oldest_idle = entries
+            .iter()
+            .find(|(_, entry)| entry.in_flight.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match oldest_idle.and_then(|id| entries.remove(&id)) {
+            Some(entry) => {
+                entry.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.entries.lock().remove(&self.id);
+    }
+}
+
+/// Counts a connection's request as in flight from its head to its response.
+#[derive(Debug)]
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve_connection(
     app: Arc<App>,
     router: Router,
     stream: TcpStream,
     limits: ListenerLimits,
-    _slot: OwnedSemaphorePermit,
+    entry: Registered,
     shutdown: CancellationToken,
 ) {
     app.metrics.http_connections.inc();
     // Small JSON responses; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
+    let in_flight = entry.in_flight.clone();
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        router.clone().oneshot(request)
+        let request_in_flight = InFlight::start(&in_flight);
+        let response = router.clone().oneshot(request);
+        async move {
+            let response = response.await;
+            drop(request_in_flight);
+            response
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -133,6 +254,8 @@ async fn serve_connection(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
+        // Made room for a newer connection (see `take_slot`): dropped, not drained.
+        () = entry.close.cancelled() => Ok(()),
         () = shutdown.cancelled() => {
             // Finish the request in flight, if any, then close.
             connection.as_mut().graceful_shutdown();
@@ -145,9 +268,11 @@ async fn serve_connection(
         tracing::debug!(error = %crate::error::ErrorChain(&error), "REST connection closed");
     }
     app.metrics.http_connections.dec();
+    drop(entry);
 }
 
-/// Answers a connection over the cap with `503` and the envelope, and closes it.
+/// Answers a connection over the cap, when every open one is busy, with `503` and the
+/// envelope, and closes it.
 fn refuse(
     app: &App,
     stream: &TcpStream,
@@ -159,7 +284,7 @@ fn refuse(
     let error = AppError::new(
         ErrorKind::Unavailable,
         "too_many_connections",
-        format!("the server has {max_connections} connections open, its limit; retry later"),
+        format!("all {max_connections} connections the server allows are busy; retry later"),
     );
     let body = envelope_json(&error, &trace_id);
     let head = format!(
