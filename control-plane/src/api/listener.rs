@@ -66,7 +66,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let open = Arc::new(OpenConnections::default());
-    let mut last_refusal_logged = None;
+    let refusals = Arc::new(RefusalLog::default());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -85,23 +85,33 @@ pub async fn serve(
                 }
             }
         };
-        let Some(slot) = take_slot(&app, &slots, &open).await else {
-            refuse(
-                &app,
-                &stream,
-                limits.max_connections,
-                &mut last_refusal_logged,
-            );
-            continue;
+        // Never wait here: the accept loop must keep up with a flood, or the backlog
+        // overflows and every client, /healthz's included, waits for SYN retries.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if open.close_oldest_idle() => {
+                app.metrics.http_connections_evicted.inc();
+                None
+            }
+            Err(_) => {
+                refuse(&app, &stream, limits.max_connections, &refusals);
+                continue;
+            }
         };
-        let entry = open.register(slot);
-        connections.spawn(serve_connection(
-            app.clone(),
-            router.clone(),
-            stream,
-            limits,
-            entry,
-            shutdown.clone(),
+        connections.spawn(start_connection(
+            Started {
+                app: app.clone(),
+                router: router.clone(),
+                stream,
+                limits,
+                shutdown: shutdown.clone(),
+            },
+            slot,
+            Slots {
+                slots: slots.clone(),
+                open: open.clone(),
+                refusals: refusals.clone(),
+            },
         ));
     }
     connections.close();
@@ -118,27 +128,60 @@ fn is_per_connection(error: &std::io::Error) -> bool {
     )
 }
 
-/// A free connection slot: at once if there is one; at the cap, the slot of the
-/// oldest connection without a request in flight, which is closed for it. `None` when
-/// every open connection is busy.
-async fn take_slot(
-    app: &App,
-    slots: &Arc<Semaphore>,
-    open: &OpenConnections,
-) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some(slot);
+/// What a connection is served with.
+struct Started {
+    app: Arc<App>,
+    router: Router,
+    stream: TcpStream,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+}
+
+/// The shared bookkeeping of the cap.
+struct Slots {
+    slots: Arc<Semaphore>,
+    open: Arc<OpenConnections>,
+    refusals: Arc<RefusalLog>,
+}
+
+/// Serves a connection once it has a slot: the one taken at accept, or, when an idle
+/// connection was closed to make room, the slot that one gives back.
+async fn start_connection(started: Started, slot: Option<OwnedSemaphorePermit>, cap: Slots) {
+    let slot = match slot {
+        Some(slot) => slot,
+        // The closed connection's task gives its slot back as soon as it runs; more
+        // than a moment means the runtime is starved and the 503 is the honest answer.
+        None => match tokio::time::timeout(Duration::from_millis(500), cap.slots.acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                let max = started.limits.max_connections;
+                refuse(&started.app, &started.stream, max, &cap.refusals);
+                return;
+            }
+        },
+    };
+    let entry = cap.open.register(slot);
+    serve_connection(started, entry).await;
+}
+
+/// Rate-limits the warning about refused connections: a flood would otherwise write
+/// a line per connection; the metric counts them all.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl RefusalLog {
+    fn should_log(&self) -> bool {
+        let mut last = self.last.lock();
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
-    if !open.close_oldest_idle() {
-        return None;
-    }
-    app.metrics.http_connections_evicted.inc();
-    // The closed connection's task gives its slot back as soon as it runs; more
-    // than a moment means the runtime is starved and the 503 is the honest answer.
-    tokio::time::timeout(Duration::from_millis(100), slots.clone().acquire_owned())
-        .await
-        .ok()?
-        .ok()
 }
 
 /// The open connections, oldest first, with whether each has a request in flight and
@@ -225,14 +268,14 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_connection(
-    app: Arc<App>,
-    router: Router,
-    stream: TcpStream,
-    limits: ListenerLimits,
-    entry: Registered,
-    shutdown: CancellationToken,
-) {
+async fn serve_connection(started: Started, entry: Registered) {
+    let Started {
+        app,
+        router,
+        stream,
+        limits,
+        shutdown,
+    } = started;
     app.metrics.http_connections.inc();
     // Small JSON responses; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
@@ -254,7 +297,7 @@ async fn serve_connection(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        // Made room for a newer connection (see `take_slot`): dropped, not drained.
+        // Made room for a newer connection: dropped, not drained.
         () = entry.close.cancelled() => Ok(()),
         () = shutdown.cancelled() => {
             // Finish the request in flight, if any, then close.
@@ -273,12 +316,7 @@ async fn serve_connection(
 
 /// Answers a connection over the cap, when every open one is busy, with `503` and the
 /// envelope, and closes it.
-fn refuse(
-    app: &App,
-    stream: &TcpStream,
-    max_connections: usize,
-    last_logged: &mut Option<Instant>,
-) {
+fn refuse(app: &App, stream: &TcpStream, max_connections: usize, log: &RefusalLog) {
     app.metrics.http_connections_refused.inc();
     let trace_id = super::new_trace_id();
     let error = AppError::new(
@@ -297,9 +335,7 @@ fn refuse(
     response.extend_from_slice(&body);
     // A fresh socket's send buffer takes this whole; never wait on a client here.
     let _ = stream.try_write(&response);
-    // A flood would otherwise write a line per connection; the metric counts them all.
-    if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-        *last_logged = Some(Instant::now());
+    if log.should_log() {
         tracing::warn!(
             %trace_id,
             max_connections,
