@@ -37,6 +37,19 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// A deployment task not finished by then fails (its agent may be offline).
     pub task_deadline_seconds: u64,
+    /// How long a REST client may take to send a request's headers, counted from when
+    /// its connection opens or its previous response is sent. Idle, half-open and
+    /// slowly dripping connections are closed after it.
+    pub api_header_read_timeout_ms: u64,
+    /// How long a REST client may take to send a request body once its headers are in;
+    /// after it the request gets 408 and the connection is closed.
+    pub api_body_read_timeout_ms: u64,
+    /// REST connections open at once; one more is answered 503 and closed at once.
+    /// Keep it well under the process's open-file limit, which the database and the
+    /// agent gateway share.
+    pub api_max_connections: usize,
+    /// Largest REST request body; a larger one gets 413.
+    pub api_max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +68,10 @@ impl Default for ServerConfig {
             grpc_advertise_url: None,
             tls_sans: Vec::new(),
             task_deadline_seconds: 30 * 60,
+            api_header_read_timeout_ms: 10_000,
+            api_body_read_timeout_ms: 30_000,
+            api_max_connections: 1024,
+            api_max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -144,6 +161,33 @@ impl ServerConfig {
         if self.heartbeat_flush_interval_ms == 0 {
             return Err(ConfigError::Invalid {
                 key: "heartbeat_flush_interval_ms",
+                reason: "must be positive".into(),
+            });
+        }
+        for (key, value) in [
+            (
+                "api_header_read_timeout_ms",
+                self.api_header_read_timeout_ms,
+            ),
+            ("api_body_read_timeout_ms", self.api_body_read_timeout_ms),
+        ] {
+            // Zero would mean "no time at all", not "no timeout": no request could pass.
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be positive".into(),
+                });
+            }
+        }
+        if self.api_max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "api_max_connections",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.api_max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "api_max_body_bytes",
                 reason: "must be positive".into(),
             });
         }

@@ -10,6 +10,14 @@ use crate::store::StoreError;
 pub enum ErrorKind {
     /// The request is malformed or a value is out of range.
     InvalidArgument,
+    /// The request body is not in a media type the endpoint accepts (JSON).
+    UnsupportedMediaType,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// The client did not send the request (its body) in time.
+    RequestTimeout,
+    /// The endpoint exists but not with this method.
+    MethodNotAllowed,
     /// No or unknown credentials.
     Unauthenticated,
     /// Known caller, not allowed.
@@ -32,6 +40,10 @@ impl ErrorKind {
         use http::StatusCode;
         match self {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -42,11 +54,39 @@ impl ErrorKind {
         }
     }
 
+    /// The kind and code for an error status that did not come from an [`AppError`]
+    /// (axum's own rejections, the router's 404 and 405), so that it can still leave
+    /// as the envelope.
+    pub fn for_http_status(status: http::StatusCode) -> (ErrorKind, &'static str) {
+        use http::StatusCode;
+        match status {
+            StatusCode::UNAUTHORIZED => (ErrorKind::Unauthenticated, "unauthenticated"),
+            StatusCode::FORBIDDEN => (ErrorKind::PermissionDenied, "forbidden"),
+            StatusCode::NOT_FOUND => (ErrorKind::NotFound, "not_found"),
+            StatusCode::METHOD_NOT_ALLOWED => (ErrorKind::MethodNotAllowed, "method_not_allowed"),
+            StatusCode::REQUEST_TIMEOUT => (ErrorKind::RequestTimeout, "request_timeout"),
+            StatusCode::CONFLICT => (ErrorKind::Conflict, "conflict"),
+            StatusCode::PAYLOAD_TOO_LARGE => (ErrorKind::PayloadTooLarge, "payload_too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (ErrorKind::UnsupportedMediaType, "unsupported_media_type")
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                (ErrorKind::FailedPrecondition, "failed_precondition")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => (ErrorKind::Unavailable, "unavailable"),
+            status if status.is_client_error() => (ErrorKind::InvalidArgument, "invalid_request"),
+            _ => (ErrorKind::Internal, "internal"),
+        }
+    }
+
     /// The gRPC code for this kind.
     pub fn grpc_code(self) -> tonic::Code {
         use tonic::Code;
         match self {
-            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::InvalidArgument | ErrorKind::UnsupportedMediaType => Code::InvalidArgument,
+            ErrorKind::PayloadTooLarge => Code::ResourceExhausted,
+            ErrorKind::RequestTimeout => Code::DeadlineExceeded,
+            ErrorKind::MethodNotAllowed => Code::Unimplemented,
             ErrorKind::Unauthenticated => Code::Unauthenticated,
             ErrorKind::PermissionDenied => Code::PermissionDenied,
             ErrorKind::NotFound => Code::NotFound,
@@ -140,5 +180,19 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = cause.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_error_statuses_keep_their_status() {
+        for code in [400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 500, 503] {
+            let status = http::StatusCode::from_u16(code).expect("a status");
+            let (kind, _) = ErrorKind::for_http_status(status);
+            assert_eq!(kind.http_status(), status);
+        }
     }
 }

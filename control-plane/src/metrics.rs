@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 /// Labels of a counted outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +22,27 @@ pub struct HttpLabels {
     pub method: String,
     /// Response status code.
     pub status: u16,
+}
+
+/// Labels of a REST request's latency. Every value is from a small fixed set, so a
+/// client cannot grow the number of series: the route is the template
+/// (`/api/v1/agents/{agent}`), never the raw path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLatencyLabels {
+    /// Request method (`other` for methods the API does not use).
+    pub method: String,
+    /// Route template, or `unmatched`.
+    pub route: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status_class: String,
+}
+
+/// A latency histogram family; its constructor sets the buckets.
+pub type LatencyFamily = Family<HttpLatencyLabels, Histogram, fn() -> Histogram>;
+
+/// Buckets from 1 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 /// Every metric the server exports.
@@ -46,6 +67,14 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// Deployments, drift and dispatch.
     pub delivery: DeliveryMetrics,
+    /// REST request latency by method, route template and status class.
+    pub http_request_duration: LatencyFamily,
+    /// REST connections open now.
+    pub http_connections: Gauge,
+    /// REST connections refused because `api_max_connections` were open and busy.
+    pub http_connections_refused: Counter,
+    /// Idle REST connections closed at the cap to make room for a new one.
+    pub http_connections_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -90,6 +119,31 @@ impl Metrics {
         );
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register("http_requests", "REST requests", http_requests.clone());
+        let http_request_duration = LatencyFamily::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "REST request latency, from the request head to the response head",
+            Unit::Seconds,
+            http_request_duration.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "REST connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "REST connections refused at the connection cap",
+            http_connections_refused.clone(),
+        );
+        let http_connections_evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle REST connections closed at the connection cap to make room",
+            http_connections_evicted.clone(),
+        );
         let delivery = DeliveryMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -102,6 +156,10 @@ impl Metrics {
             tls_handshake_failures,
             revoked_sessions_closed,
             http_requests,
+            http_request_duration,
+            http_connections,
+            http_connections_refused,
+            http_connections_evicted,
         }
     }
 

@@ -5,6 +5,7 @@
 //! database, keys and logs can be read afterwards.
 
 pub mod images;
+pub mod logs;
 pub mod postgres;
 pub mod registry;
 pub mod token_server;

@@ -286,3 +286,99 @@ async fn user_tokens_work_once_issued() -> anyhow::Result<()> {
     assert_eq!(status, 404, "{body}");
     Ok(())
 }
+
+/// The served document, checked by an independent validator (`openapi-spec-validator`
+/// from PyPI; `cargo xtask test` installs it) and for what a client generator needs:
+/// unique operation ids, written summaries and descriptions, declared error responses.
+#[tokio::test]
+async fn openapi_document_is_valid_and_complete() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (status, spec) = server
+        .request(Method::GET, "/api/v1/openapi.json", None, None)
+        .await?;
+    assert_eq!(status, 200);
+
+    let file = server.dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&spec)?)?;
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             validate(json.load(open(sys.argv[1])))\n",
+        ])
+        .arg(&file)
+        .output()
+        .map_err(|error| {
+            anyhow::anyhow!("cannot run python3 ({error}); `cargo xtask test` provisions it")
+        })?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'openapi_spec_validator'"),
+        "openapi-spec-validator is missing: `python3 -m pip install openapi-spec-validator` \
+         (`cargo xtask test` installs it)"
+    );
+    assert!(
+        output.status.success(),
+        "the document is invalid:\n{stderr}"
+    );
+
+    for path in ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"] {
+        assert!(spec["paths"][path]["get"].is_object(), "{path} missing");
+    }
+    let mut operation_ids = std::collections::BTreeSet::new();
+    let paths = spec["paths"].as_object().cloned().unwrap_or_default();
+    for (path, item) in &paths {
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            let name = format!("{} {path}", method.to_uppercase());
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(!id.is_empty(), "{name}: no operationId");
+            assert!(
+                operation_ids.insert(id.to_owned()),
+                "{name}: operationId `{id}` is used twice"
+            );
+            for field in ["summary", "description"] {
+                assert!(
+                    operation[field]
+                        .as_str()
+                        .is_some_and(|t| !t.trim().is_empty()),
+                    "{name}: empty {field}"
+                );
+            }
+            let responses = operation["responses"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let secured = operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty());
+            let mut expected: Vec<&str> = Vec::new();
+            if secured {
+                expected.push("401");
+            }
+            if operation["requestBody"].is_object() {
+                expected.extend(["400", "413", "415"]);
+            }
+            for status in expected {
+                assert!(
+                    responses.contains_key(status),
+                    "{name}: {status} undeclared"
+                );
+            }
+            for (status, response) in &responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorEnvelope",
+                        "{name}: {status} without the envelope"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        operation_ids.contains("listAgents") && operation_ids.contains("listUsers"),
+        "{operation_ids:?}"
+    );
+    Ok(())
+}

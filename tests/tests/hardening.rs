@@ -141,45 +141,73 @@ async fn concurrent_promotions_to_one_environment_start_exactly_one_deployment(
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert_eq!(accepted.len(), 1, "exactly one promotion wins: {accepted:?}");
+    assert_eq!(
+        accepted.len(),
+        1,
+        "exactly one promotion wins: {accepted:?}"
+    );
     let deployments = estate
         .server
         .get("/api/v1/deployments?environment=dev")
         .await?;
-    assert_eq!(deployments.as_array().map(Vec::len), Some(1), "{deployments}");
+    assert_eq!(
+        deployments.as_array().map(Vec::len),
+        Some(1),
+        "{deployments}"
+    );
 
     // The refusal names the deployment in the way, and how to get it out of the way.
     let (status, refused) = estate.promote("1").await?;
-    let id = accepted[0]["deployment_id"].as_str().unwrap_or_default().to_owned();
+    let id = accepted[0]["deployment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(status, 409);
     assert!(message(&refused).contains(&id), "{refused}");
-    assert!(message(&refused).contains("stella deployment cancel"), "{refused}");
+    assert!(
+        message(&refused).contains("stella deployment cancel"),
+        "{refused}"
+    );
 
     // The deployment says what it waits for.
     let lines = estate.log_messages(&id).await?;
     assert!(
-        lines.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("waiting for agent `offline`") && m.contains("disconnected"))),
+        lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m
+            .contains("waiting for agent `offline`")
+            && m.contains("disconnected"))),
         "{lines:?}"
     );
 
     // Cancelled by a unique prefix; then the environment takes a promotion again.
     let (status, cancelled) = estate
         .server
-        .call(Method::POST, &format!("/api/v1/deployments/{}/cancel", &id[..13]), None)
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{}/cancel", &id[..13]),
+            None,
+        )
         .await?;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["state"], "cancelled");
-    assert!(cancelled["message"].as_str().is_some_and(|m| m.contains("cancelled by admin")));
+    assert!(cancelled["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("cancelled by admin")));
     assert!(cancelled["tasks"]
         .as_array()
         .is_some_and(|tasks| tasks.iter().all(|t| t["state"] == "cancelled")));
     let (status, again) = estate
         .server
-        .call(Method::POST, &format!("/api/v1/deployments/{id}/cancel"), None)
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{id}/cancel"),
+            None,
+        )
         .await?;
-    assert_eq!((status, code(&again)), (409, "deployment_finished"), "{again}");
+    assert_eq!(
+        (status, code(&again)),
+        (409, "deployment_finished"),
+        "{again}"
+    );
     let (status, next) = estate.promote("2").await?;
     assert_eq!(status, 201, "{next}");
     Ok(())
@@ -197,12 +225,22 @@ async fn deployments_to_unavailable_agents_are_refused_or_time_out_naming_the_ag
     // Revoked: refused up front, nothing stored.
     estate
         .server
-        .post("/api/v1/agents/gone/revoke", json!({"reason": "decommissioned"}))
+        .post(
+            "/api/v1/agents/gone/revoke",
+            json!({"reason": "decommissioned"}),
+        )
         .await?;
     let (status, refused) = estate.promote("1").await?;
-    assert_eq!((status, code(&refused)), (422, "agent_revoked"), "{refused}");
+    assert_eq!(
+        (status, code(&refused)),
+        (422, "agent_revoked"),
+        "{refused}"
+    );
     assert!(message(&refused).contains(&target), "{refused}");
-    let deployments = estate.server.get("/api/v1/deployments?environment=dev").await?;
+    let deployments = estate
+        .server
+        .get("/api/v1/deployments?environment=dev")
+        .await?;
     assert_eq!(deployments, json!([]));
 
     // Unreachable, with a short per-environment timeout: the deployment fails when it
@@ -231,14 +269,23 @@ async fn deployments_to_unavailable_agents_are_refused_or_time_out_naming_the_ag
     let (status, promotion) = estate.promote("1").await?;
     assert_eq!(status, 201, "{promotion}");
     let id = promotion["deployment_id"].as_str().unwrap_or_default();
-    let failed = estate.server.wait_deployment(id, Duration::from_secs(30)).await?;
+    let failed = estate
+        .server
+        .wait_deployment(id, Duration::from_secs(30))
+        .await?;
     assert_eq!(failed["state"], "failed", "{failed}");
     let why = failed["message"].as_str().unwrap_or_default();
     assert!(
-        why.contains("deadline passed") && why.contains("agent `sleepy`") && why.contains("disconnected"),
+        why.contains("deadline passed")
+            && why.contains("agent `sleepy`")
+            && why.contains("disconnected"),
         "{failed}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -283,7 +330,10 @@ async fn repeated_promotions_leave_no_false_drift_and_true_labels() -> anyhow::R
         .get("/api/v1/drift?environment=dev&all=true")
         .await?;
     assert_eq!(findings, json!([]), "no drift was ever reported");
-    let deployments = estate.server.get("/api/v1/deployments?environment=dev").await?;
+    let deployments = estate
+        .server
+        .get("/api/v1/deployments?environment=dev")
+        .await?;
     assert!(
         deployments
             .as_array()
@@ -302,13 +352,26 @@ async fn repeated_promotions_leave_no_false_drift_and_true_labels() -> anyhow::R
     let relabelled = estate.deploy("2b").await?;
     assert_eq!(relabelled["state"], "succeeded", "{relabelled}");
     let listed = docker_cli(
-        &["ps", "-q", "--filter", "label=ops.stella.version=2b", "--filter",
-          &format!("label=ops.stella.deployment={}", relabelled["id"].as_str().unwrap_or_default())],
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            "label=ops.stella.version=2b",
+            "--filter",
+            &format!(
+                "label=ops.stella.deployment={}",
+                relabelled["id"].as_str().unwrap_or_default()
+            ),
+        ],
         None,
         None,
     )
     .await?;
-    assert_eq!(listed.split_whitespace().count(), 3, "every container names 2b");
+    assert_eq!(
+        listed.split_whitespace().count(),
+        3,
+        "every container names 2b"
+    );
     let _ = &estate.v1;
     let _ = estate.images.repository();
     Ok(())
@@ -342,12 +405,19 @@ async fn progress_lines_reported_while_the_server_is_down_arrive_once() -> anyho
         .await?;
     let (status, promotion) = estate.promote("3").await?;
     assert_eq!(status, 201, "{promotion}");
-    let id = promotion["deployment_id"].as_str().unwrap_or_default().to_owned();
+    let id = promotion["deployment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     wait_until("the task is assigned", Duration::from_secs(20), || async {
         let lines = estate.log_messages(&id).await.ok()?;
         lines
             .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("assigned")))
+            .any(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("assigned"))
+            })
             .then_some(())
     })
     .await?;
@@ -390,8 +460,8 @@ fn now_ms() -> i64 {
 
 /// Variables are part of the plan; secrets reach the container and nothing else.
 #[tokio::test]
-async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else(
-) -> anyhow::Result<()> {
+async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else() -> anyhow::Result<()>
+{
     const SECRET: &str = "s3cr3t-Zebra-9431";
     let estate = Estate::start().await?;
     let agent = TestAgent::start(&estate.server, "docker-host").await?;
@@ -413,7 +483,11 @@ async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else(
         .await?;
     // A reference to something the environment lacks is refused, naming it.
     let (status, refused) = estate.promote("1").await?;
-    assert_eq!((status, code(&refused)), (422, "unresolved_reference"), "{refused}");
+    assert_eq!(
+        (status, code(&refused)),
+        (422, "unresolved_reference"),
+        "{refused}"
+    );
     assert!(message(&refused).contains("db_url") && message(&refused).contains(&target));
 
     let put = |path: String, value: &str| {
@@ -421,17 +495,30 @@ async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else(
         let body = json!({ "value": value });
         async move { server.call(Method::PUT, &path, Some(body)).await }
     };
-    let (status, var) = put("/api/v1/environments/dev/variables/db_url".into(), "postgres://db").await?;
+    let (status, var) = put(
+        "/api/v1/environments/dev/variables/db_url".into(),
+        "postgres://db",
+    )
+    .await?;
     assert_eq!(status, 200, "{var}");
     assert_eq!(var["value"], "postgres://db");
-    let (status, secret) = put("/api/v1/environments/dev/secrets/db_password".into(), SECRET).await?;
+    let (status, secret) = put(
+        "/api/v1/environments/dev/secrets/db_password".into(),
+        SECRET,
+    )
+    .await?;
     assert_eq!(status, 200, "{secret}");
     assert!(secret.get("value").is_none(), "{secret}");
 
     let deployed = estate.deploy("1").await?;
     assert_eq!(deployed["state"], "succeeded", "{deployed}");
     let inspected = docker_cli(
-        &["inspect", "--format", "{{json .Config.Env}}", &format!("{target}-web")],
+        &[
+            "inspect",
+            "--format",
+            "{{json .Config.Env}}",
+            &format!("{target}-web"),
+        ],
         None,
         None,
     )
@@ -447,18 +534,31 @@ async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else(
 
     // Nowhere else: not in the API, the logs, the database, the agent's files.
     let everything_shown = [
-        estate.server.get("/api/v1/environments/dev/variables").await?,
         estate
             .server
-            .get(&format!("/api/v1/deployments/{}", deployed["id"].as_str().unwrap_or_default()))
+            .get("/api/v1/environments/dev/variables")
             .await?,
-        Value::Array(estate.log_messages(deployed["id"].as_str().unwrap_or_default()).await?),
+        estate
+            .server
+            .get(&format!(
+                "/api/v1/deployments/{}",
+                deployed["id"].as_str().unwrap_or_default()
+            ))
+            .await?,
+        Value::Array(
+            estate
+                .log_messages(deployed["id"].as_str().unwrap_or_default())
+                .await?,
+        ),
         estate.server.get("/api/v1/targets").await?,
     ];
     for shown in &everything_shown {
         assert!(!shown.to_string().contains(SECRET), "{shown}");
     }
-    for dir in [estate.server.config.data_dir.clone(), agent.data_dir.clone()] {
+    for dir in [
+        estate.server.config.data_dir.clone(),
+        agent.data_dir.clone(),
+    ] {
         assert_nowhere_in(&dir, SECRET)?;
     }
     Ok(())
@@ -488,16 +588,54 @@ async fn bad_input_is_refused_with_the_reason_and_nothing_stored() -> anyhow::Re
     estate.stopped_agent("host").await?;
     let server = &estate.server;
     let cases: Vec<(Method, &str, Option<Value>, u16, &str)> = vec![
-        (Method::POST, "/api/v1/targets",
-         Some(json!({"name": "t1", "environment": "dev", "kind": "docker", "agent": "host",
-                     "settings": {"container_name": "../../x"}})), 400, "container_name"),
-        (Method::POST, "/api/v1/targets",
-         Some(json!({"name": "t2", "environment": "dev", "kind": "docker", "agent": "host",
-                     "settings": {"stop_timeout_seconds": "0"}})), 400, "stop_timeout_seconds"),
-        (Method::POST, "/api/v1/agents/join-tokens", Some(json!({"ttl_seconds": 0})), 400, "ttl"),
-        (Method::GET, "/api/v1/drift?environment=nope", None, 404, "nope"),
-        (Method::GET, "/api/v1/deployments?environment=nope", None, 404, "nope"),
-        (Method::POST, "/api/v1/environments/dev/rollback", Some(json!({"to_version": "2"})), 422, "never deployed"),
+        (
+            Method::POST,
+            "/api/v1/targets",
+            Some(
+                json!({"name": "t1", "environment": "dev", "kind": "docker", "agent": "host",
+                     "settings": {"container_name": "../../x"}}),
+            ),
+            400,
+            "container_name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/targets",
+            Some(
+                json!({"name": "t2", "environment": "dev", "kind": "docker", "agent": "host",
+                     "settings": {"stop_timeout_seconds": "0"}}),
+            ),
+            400,
+            "stop_timeout_seconds",
+        ),
+        (
+            Method::POST,
+            "/api/v1/agents/join-tokens",
+            Some(json!({"ttl_seconds": 0})),
+            400,
+            "ttl",
+        ),
+        (
+            Method::GET,
+            "/api/v1/drift?environment=nope",
+            None,
+            404,
+            "nope",
+        ),
+        (
+            Method::GET,
+            "/api/v1/deployments?environment=nope",
+            None,
+            404,
+            "nope",
+        ),
+        (
+            Method::POST,
+            "/api/v1/environments/dev/rollback",
+            Some(json!({"to_version": "2"})),
+            422,
+            "never deployed",
+        ),
     ];
     for (method, path, body, status, says) in cases {
         let (got, answer) = server.call(method.clone(), path, body).await?;
@@ -507,15 +645,36 @@ async fn bad_input_is_refused_with_the_reason_and_nothing_stored() -> anyhow::Re
     assert_eq!(server.get("/api/v1/targets").await?, json!([]));
 
     // Promotion order: no cycles; `after: null` clears.
-    server.post("/api/v1/environments", json!({"name": "stage", "after": "dev"})).await?;
-    server.post("/api/v1/environments", json!({"name": "prod", "after": "stage"})).await?;
+    server
+        .post(
+            "/api/v1/environments",
+            json!({"name": "stage", "after": "dev"}),
+        )
+        .await?;
+    server
+        .post(
+            "/api/v1/environments",
+            json!({"name": "prod", "after": "stage"}),
+        )
+        .await?;
     let (status, cycle) = server
-        .call(Method::PATCH, "/api/v1/environments/dev", Some(json!({"after": "prod"})))
+        .call(
+            Method::PATCH,
+            "/api/v1/environments/dev",
+            Some(json!({"after": "prod"})),
+        )
         .await?;
     assert_eq!((status, code(&cycle)), (400, "promotion_cycle"), "{cycle}");
-    assert!(message(&cycle).contains("dev → prod → stage → dev"), "{cycle}");
+    assert!(
+        message(&cycle).contains("dev → prod → stage → dev"),
+        "{cycle}"
+    );
     let (status, cleared) = server
-        .call(Method::PATCH, "/api/v1/environments/prod", Some(json!({"after": null})))
+        .call(
+            Method::PATCH,
+            "/api/v1/environments/prod",
+            Some(json!({"after": null})),
+        )
         .await?;
     assert_eq!(status, 200, "{cleared}");
     assert_eq!(cleared["after"], Value::Null);
@@ -529,7 +688,9 @@ async fn updates_and_deletes_refuse_while_something_depends_on_them() -> anyhow:
     let server = &estate.server;
     estate.stopped_agent("host-a").await?;
     estate.stopped_agent("host-b").await?;
-    estate.target("t1", "host-a", json!({"ports": "8080:80"})).await?;
+    estate
+        .target("t1", "host-a", json!({"ports": "8080:80"}))
+        .await?;
 
     // Target: settings set and unset, agent moved.
     let (status, changed) = server
@@ -544,67 +705,134 @@ async fn updates_and_deletes_refuse_while_something_depends_on_them() -> anyhow:
     assert_eq!(changed["agent"], "host-b");
 
     // Environment: refused while a target belongs to it, or another comes after it.
-    let (status, refused) = server.call(Method::DELETE, "/api/v1/environments/dev", None).await?;
-    assert_eq!((status, code(&refused)), (409, "environment_in_use"), "{refused}");
+    let (status, refused) = server
+        .call(Method::DELETE, "/api/v1/environments/dev", None)
+        .await?;
+    assert_eq!(
+        (status, code(&refused)),
+        (409, "environment_in_use"),
+        "{refused}"
+    );
     assert!(message(&refused).contains("t1"), "{refused}");
 
     // Target: refused while a deployment runs on it; then deleted.
     let (status, promotion) = estate.promote("1").await?;
     assert_eq!(status, 201, "{promotion}");
-    let deployment = promotion["deployment_id"].as_str().unwrap_or_default().to_owned();
-    let (status, busy) = server.call(Method::DELETE, "/api/v1/targets/t1", None).await?;
+    let deployment = promotion["deployment_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, busy) = server
+        .call(Method::DELETE, "/api/v1/targets/t1", None)
+        .await?;
     assert_eq!((status, code(&busy)), (409, "target_busy"), "{busy}");
     assert!(message(&busy).contains(&deployment), "{busy}");
     server
-        .call(Method::POST, &format!("/api/v1/deployments/{deployment}/cancel"), None)
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{deployment}/cancel"),
+            None,
+        )
         .await?;
-    let (status, _) = server.call(Method::DELETE, "/api/v1/targets/t1", None).await?;
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/targets/t1", None)
+        .await?;
     assert_eq!(status, 204);
 
     // Environment with history: only with `with_history`.
-    let (status, history) = server.call(Method::DELETE, "/api/v1/environments/dev", None).await?;
-    assert_eq!((status, code(&history)), (409, "environment_in_use"), "{history}");
+    let (status, history) = server
+        .call(Method::DELETE, "/api/v1/environments/dev", None)
+        .await?;
+    assert_eq!(
+        (status, code(&history)),
+        (409, "environment_in_use"),
+        "{history}"
+    );
     assert!(message(&history).contains("--with-history"), "{history}");
     let (status, _) = server
-        .call(Method::DELETE, "/api/v1/environments/dev?with_history=true", None)
+        .call(
+            Method::DELETE,
+            "/api/v1/environments/dev?with_history=true",
+            None,
+        )
         .await?;
     assert_eq!(status, 204);
-    let (status, _) = server.call(Method::GET, "/api/v1/environments/dev", None).await?;
+    let (status, _) = server
+        .call(Method::GET, "/api/v1/environments/dev", None)
+        .await?;
     assert_eq!(status, 404);
 
     // Agents: only revoked ones, and none a target names; the name is free again.
-    let (status, live) = server.call(Method::DELETE, "/api/v1/agents/host-a", None).await?;
+    let (status, live) = server
+        .call(Method::DELETE, "/api/v1/agents/host-a", None)
+        .await?;
     assert_eq!((status, code(&live)), (409, "agent_not_revoked"), "{live}");
-    server.post("/api/v1/agents/host-a/revoke", json!({})).await?;
-    let (status, _) = server.call(Method::DELETE, "/api/v1/agents/host-a", None).await?;
+    server
+        .post("/api/v1/agents/host-a/revoke", json!({}))
+        .await?;
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/agents/host-a", None)
+        .await?;
     assert_eq!(status, 204);
     estate.stopped_agent("host-a").await?;
     let reborn = server.agent("host-a").await?;
     assert_eq!(reborn["state"], "disconnected", "{reborn}");
 
     // Registries.
-    let (status, missing) = server.call(Method::DELETE, "/api/v1/registries/nowhere:5000", None).await?;
-    assert_eq!((status, code(&missing)), (404, "unknown_registry"), "{missing}");
-    server.post("/api/v1/registries", json!({"host": "registry.example.com"})).await?;
+    let (status, missing) = server
+        .call(Method::DELETE, "/api/v1/registries/nowhere:5000", None)
+        .await?;
+    assert_eq!(
+        (status, code(&missing)),
+        (404, "unknown_registry"),
+        "{missing}"
+    );
+    server
+        .post(
+            "/api/v1/registries",
+            json!({"host": "registry.example.com"}),
+        )
+        .await?;
     let (status, _) = server
-        .call(Method::DELETE, "/api/v1/registries/registry.example.com", None)
+        .call(
+            Method::DELETE,
+            "/api/v1/registries/registry.example.com",
+            None,
+        )
         .await?;
     assert_eq!(status, 204);
 
     // Users: roles replaced; not yourself, not the last admin.
-    server.post("/api/v1/users", json!({"name": "ci", "roles": ["operator"]})).await?;
+    server
+        .post(
+            "/api/v1/users",
+            json!({"name": "ci", "roles": ["operator"]}),
+        )
+        .await?;
     let (status, ci) = server
-        .call(Method::PATCH, "/api/v1/users/ci", Some(json!({"roles": ["viewer"]})))
+        .call(
+            Method::PATCH,
+            "/api/v1/users/ci",
+            Some(json!({"roles": ["viewer"]})),
+        )
         .await?;
     assert_eq!(status, 200, "{ci}");
     assert_eq!(ci["roles"], json!(["viewer"]));
     let (status, last) = server
-        .call(Method::PATCH, "/api/v1/users/admin", Some(json!({"roles": ["viewer"]})))
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(json!({"roles": ["viewer"]})),
+        )
         .await?;
     assert_eq!((status, code(&last)), (409, "last_admin"), "{last}");
-    let (status, own) = server.call(Method::DELETE, "/api/v1/users/admin", None).await?;
+    let (status, own) = server
+        .call(Method::DELETE, "/api/v1/users/admin", None)
+        .await?;
     assert_eq!((status, code(&own)), (409, "cannot_delete_self"), "{own}");
-    let (status, _) = server.call(Method::DELETE, "/api/v1/users/ci", None).await?;
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/users/ci", None)
+        .await?;
     assert_eq!(status, 204);
     Ok(())
 }
@@ -617,13 +845,23 @@ async fn a_revoked_agent_process_exits_with_status_3_and_one_line() -> anyhow::R
     let data_dir = server.dir.path().join("agent-proc");
     let mut agent = ChildProcess::spawn(
         &[
-            "agent", "run", "--server", &server.api_url(), "--data-dir",
-            data_dir.to_str().unwrap_or_default(), "--name", "proc", "--join-token", &token,
+            "agent",
+            "run",
+            "--server",
+            &server.api_url(),
+            "--data-dir",
+            data_dir.to_str().unwrap_or_default(),
+            "--name",
+            "proc",
+            "--join-token",
+            &token,
         ],
         &[],
         server.dir.path().join("agent-proc.log"),
     )?;
-    server.wait_for_state("proc", "connected", Duration::from_secs(20)).await?;
+    server
+        .wait_for_state("proc", "connected", Duration::from_secs(20))
+        .await?;
     server.post("/api/v1/agents/proc/revoke", json!({})).await?;
     let status = tokio::time::timeout(Duration::from_secs(20), agent.child.wait()).await??;
     assert_eq!(status.code(), Some(3), "{}", agent.log_text());
@@ -646,7 +884,11 @@ async fn deployments_and_dispatch_show_in_the_metrics() -> anyhow::Result<()> {
     let target = unique("web");
     let _cleanup = ContainerCleanup::new([target.clone()]);
     estate
-        .target(&target, "docker-host", json!({"health_cmd": WEB_HEALTH_CMD}))
+        .target(
+            &target,
+            "docker-host",
+            json!({"health_cmd": WEB_HEALTH_CMD}),
+        )
         .await?;
     let deployed = estate.deploy("1").await?;
     assert_eq!(deployed["state"], "succeeded", "{deployed}");

@@ -28,6 +28,14 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
     },
 ];
 
+/// Python packages the tests run, each with the module that proves it is installed:
+/// `openapi-spec-validator` checks the served OpenAPI document independently of the
+/// code that generates it.
+const PYTHON_PACKAGES: &[PythonPackage] = &[PythonPackage {
+    module: "openapi_spec_validator",
+    package: "openapi-spec-validator",
+}];
+
 /// Flags of `cargo xtask test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -46,6 +54,13 @@ struct DebianPackage {
     package: &'static str,
 }
 
+/// A PyPI package and the module it provides.
+#[derive(Debug)]
+struct PythonPackage {
+    module: &'static str,
+    package: &'static str,
+}
+
 /// Runs the whole sequence; fails on the first failing step, and when any test fails.
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if args.no_provision {
@@ -53,6 +68,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     } else {
         step("debian packages");
         provision(DEBIAN_PACKAGES)?;
+        step("python packages");
+        provision_python(PYTHON_PACKAGES)?;
     }
 
     // The tests start the `stella` binary from the target dir; `cargo test` alone
@@ -131,6 +148,82 @@ fn provision(packages: &[DebianPackage]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs the Python packages whose module does not import, with `python3 -m pip`
+/// (the interpreter the tests run), after installing pip itself from Debian if needed.
+fn provision_python(packages: &[PythonPackage]) -> anyhow::Result<()> {
+    let missing: Vec<&PythonPackage> = packages
+        .iter()
+        .filter(|p| !python_imports(p.module))
+        .collect();
+    for package in packages {
+        let state = if missing.iter().any(|m| m.package == package.package) {
+            "missing"
+        } else {
+            "installed"
+        };
+        println!(
+            "{:<24} {state:<10} (python3 -c 'import {}')",
+            package.package, package.module
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|p| p.package).collect();
+    if !python_has_pip() {
+        if !is_root()? {
+            bail!(
+                "the tests need Python packages ({names}) and python3 has no pip; run \
+                 `sudo apt-get install -y python3-pip`, then `python3 -m pip install {names}`",
+                names = names.join(" ")
+            );
+        }
+        run_checked(apt_get().arg("update"))?;
+        run_checked(apt_get().args(["install", "-y", "--no-install-recommends", "python3-pip"]))?;
+    }
+    let pip_install = || {
+        let mut command = Command::new("python3");
+        command.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]);
+        command.args(&names);
+        command
+    };
+    if run_checked(&mut pip_install()).is_err() {
+        // Debian's own python3 refuses pip installs outside a venv (PEP 668); the
+        // tests need the module importable by that very interpreter.
+        run_checked(pip_install().arg("--break-system-packages"))?;
+    }
+    for package in missing {
+        if !python_imports(package.module) {
+            bail!(
+                "installed {} but python3 cannot import {}",
+                package.package,
+                package.module
+            );
+        }
+    }
+    Ok(())
+}
+
+fn python_imports(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn python_has_pip() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
 }
 
 fn apt_get() -> Command {

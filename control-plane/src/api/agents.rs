@@ -100,8 +100,15 @@ impl AgentView {
 }
 
 /// Lists agents.
-#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-    responses((status = 200, body = Vec<AgentView>), (status = 401, body = ErrorEnvelope)),
+///
+/// Every enrolled agent with its state (`enrolled`, `connected`, `unreachable`,
+/// `revoked`, derived from its last heartbeat), capabilities, labels, host facts and
+/// certificate expiry. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", operation_id = "listAgents",
+    responses(
+        (status = 200, description = "Every agent", body = Vec<AgentView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<AgentView>>> {
     caller.require(Permission::Read)?;
@@ -114,10 +121,16 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json
     ))
 }
 
-/// Shows one agent, by id or name.
-#[utoipa::path(get, path = "/api/v1/agents/{agent}", tag = "agents",
+/// Shows one agent.
+///
+/// The agent named by its id or its name, as in `listAgents`. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/agents/{agent}", tag = "agents", operation_id = "getAgent",
     params(("agent" = String, Path, description = "agent id or name")),
-    responses((status = 200, body = AgentView), (status = 404, body = ErrorEnvelope)),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such agent (`not_found`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn show(
     State(app): State<Arc<App>>,
@@ -131,17 +144,26 @@ pub async fn show(
 
 /// Body of a revocation.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Why; kept with the agent.
     #[serde(default)]
     pub reason: Option<String>,
 }
 
-/// Revokes an agent: its stream is closed and its certificate refused from now on.
-#[utoipa::path(post, path = "/api/v1/agents/{agent}/revoke", tag = "agents",
+/// Revokes an agent.
+///
+/// The revocation is stored first; then the agent's stream is closed and its
+/// certificate refused on every replica from its next call on. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/agents/{agent}/revoke", tag = "agents", operation_id = "revokeAgent",
     params(("agent" = String, Path, description = "agent id or name")),
     request_body = RevokeRequest,
-    responses((status = 200, body = AgentView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    responses(
+        (status = 200, description = "The revoked agent", body = AgentView),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such agent (`not_found`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn revoke(
     State(app): State<Arc<App>>,
@@ -159,6 +181,8 @@ pub async fn revoke(
 
 /// Body of a join token request.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct JoinTokenRequest {
     /// Lifetime in seconds (default 1800, at most 7 days).
     #[serde(default)]
@@ -174,10 +198,17 @@ pub struct JoinTokenView {
     pub expires_at: String,
 }
 
-/// Creates a one-time join token for a new agent.
-#[utoipa::path(post, path = "/api/v1/agents/join-tokens", tag = "agents",
+/// Creates a join token.
+///
+/// A one-time token for `stella agent run --join-token`; it carries the CA's
+/// fingerprint so the new agent can pin it, and expires after `ttl_seconds` (default
+/// 30 minutes). Shown once: only its hash is stored. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/agents/join-tokens", tag = "agents", operation_id = "createJoinToken",
     request_body = JoinTokenRequest,
-    responses((status = 201, body = JoinTokenView), (status = 403, body = ErrorEnvelope)),
+    responses(
+        (status = 201, description = "The new token", body = JoinTokenView),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create_join_token(
     State(app): State<Arc<App>>,
@@ -211,8 +242,12 @@ pub struct GatewayInfo {
 }
 
 /// Gateway discovery for agents.
-#[utoipa::path(get, path = "/api/v1/gateway", tag = "agents",
-    responses((status = 200, body = GatewayInfo)))]
+///
+/// Where agents find the mTLS gRPC gateway, with the CA's fingerprint and the trust
+/// domain. Needs no token: agents pin the CA by the fingerprint in their join token,
+/// so this answer needs no trust.
+#[utoipa::path(get, path = "/api/v1/gateway", tag = "agents", operation_id = "getGatewayInfo",
+    responses((status = 200, description = "The gateway's address and identity", body = GatewayInfo)))]
 pub async fn gateway(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<GatewayInfo> {
     let grpc_url = match &app.config.grpc_advertise_url {
         Some(url) => url.clone(),
@@ -231,4 +266,28 @@ pub async fn gateway(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<Ga
         ca_fingerprint: app.pki.ca.fingerprint().to_string(),
         trust_domain: app.trust_domain().to_owned(),
     })
+}
+
+/// Deletes a revoked agent.
+///
+/// Frees its name for a new enrolment; its certificate stays refused. Refused while it
+/// is not revoked (`agent_not_revoked`) or a target names it (`agent_in_use`). Needs the
+/// admin role.
+#[utoipa::path(delete, path = "/api/v1/agents/{agent}", tag = "agents", operation_id = "deleteAgent",
+    params(("agent" = String, Path, description = "agent id or name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such agent (`unknown_agent`)", body = ErrorEnvelope),
+        (status = 409, description = "Not revoked, or a target names it (`agent_not_revoked`, `agent_in_use`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(agent): Path<String>,
+) -> ApiResult<http::StatusCode> {
+    caller.require(Permission::Administer)?;
+    app.delete_agent(&agent).await?;
+    Ok(http::StatusCode::NO_CONTENT)
 }

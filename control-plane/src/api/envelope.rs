@@ -1,19 +1,26 @@
-//! The error envelope, JSON bodies and caller authentication for the REST API.
+//! The error envelope, JSON bodies and query strings, and caller authentication for
+//! the REST API.
 //!
 //! Every error leaves as `{"error":{"code":"snake_case","message":"…","traceId":"…"}}`
 //! with the status [`ErrorKind::http_status`] gives; the trace id is also sent as the
-//! `x-trace-id` header of every response.
+//! `x-trace-id` header of every response and logged with the request. Responses that
+//! axum makes itself (its rejections, the router's 404 and 405) are turned into the
+//! envelope by [`ensure_envelope`], so no error leaves in another shape.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::App;
+use crate::config::ServerConfig;
 use crate::domain::{Role, User};
 use crate::error::{AppError, ErrorKind};
 
@@ -33,11 +40,11 @@ pub struct ErrorEnvelope {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
-    /// Stable snake_case code.
+    /// Stable snake_case code, e.g. `not_found`; what scripts should match on.
     pub code: String,
     /// Human-readable message.
     pub message: String,
-    /// Id to find this request in the server's logs.
+    /// Id to find this request in the server's logs; also the `x-trace-id` header.
     pub trace_id: String,
 }
 
@@ -57,72 +64,233 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// Marks a response whose body is the envelope already.
+#[derive(Clone, Copy, Debug)]
+struct Enveloped;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let trace_id = TRACE_ID.try_with(Clone::clone).unwrap_or_default();
         let status = self.0.kind.http_status();
-        let body = ErrorEnvelope {
-            error: ErrorBody {
-                code: self.0.code.to_owned(),
-                message: self.0.message,
-                trace_id,
-            },
-        };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(envelope(&self.0, trace_id))).into_response();
+        response.extensions_mut().insert(Enveloped);
+        response
     }
+}
+
+fn envelope(error: &AppError, trace_id: String) -> ErrorEnvelope {
+    ErrorEnvelope {
+        error: ErrorBody {
+            code: error.code.to_owned(),
+            message: error.message.clone(),
+            trace_id,
+        },
+    }
+}
+
+/// The envelope of `error` as JSON bytes, for a response written outside axum (the
+/// listener's refusal at the connection cap).
+pub fn envelope_json(error: &AppError, trace_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&envelope(error, trace_id.to_owned())).unwrap_or_default()
+}
+
+/// Turns an error response that is not the envelope yet (axum's own: a rejection's
+/// text, an empty 404 or 405) into the envelope, keeping its status and headers (such
+/// as `allow`) and using its text as the message. Must run inside [`TRACE_ID`].
+pub async fn ensure_envelope(response: Response) -> Response {
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || response.extensions().get::<Enveloped>().is_some() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's rejection texts are one short line; more would not be a message.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let (kind, code) = ErrorKind::for_http_status(status);
+    let mut enveloped = ApiError(AppError::new(kind, code, message)).into_response();
+    *enveloped.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            enveloped.headers_mut().append(name, value.clone());
+        }
+    }
+    enveloped
 }
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A JSON request body whose rejections use the error envelope (400 for malformed
-/// JSON or a body that does not match the schema).
+/// A JSON request body whose refusals use the error envelope: 415 unless the
+/// content type is JSON, 413 over `api_max_body_bytes`, 408 when it does not arrive
+/// within `api_body_read_timeout_ms`, 400 for malformed JSON (`malformed_json`) or a
+/// body that does not match the schema, unknown fields included (`invalid_body`).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => {
-                use axum::extract::rejection::JsonRejection;
-                let code = match &rejection {
-                    JsonRejection::JsonSyntaxError(_) => "malformed_json",
-                    JsonRejection::JsonDataError(_) => "invalid_body",
-                    JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-                    _ => "invalid_body",
-                };
-                Err(ApiError(AppError::new(
-                    ErrorKind::InvalidArgument,
-                    code,
-                    rejection.body_text(),
-                )))
-            }
-        }
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        require_json(req.headers())?;
+        let bytes = read_body(req, &app.config).await?;
+        parse_json(&bytes).map(ApiJson)
     }
 }
 
-/// An optional JSON body: absent when the request has no `content-type`.
-impl<T, S> axum::extract::OptionalFromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
+/// An optional JSON body: absent when the request has neither a `content-type` nor a
+/// body.
+impl<T: DeserializeOwned> axum::extract::OptionalFromRequest<Arc<App>> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        if !req.headers().contains_key(http::header::CONTENT_TYPE) {
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Option<Self>, Self::Rejection> {
+        let headers = req.headers();
+        let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
+            || declared_length(headers).is_some_and(|length| length > 0);
+        if !headers.contains_key(http::header::CONTENT_TYPE) && !has_body {
             return Ok(None);
         }
-        <Self as FromRequest<S>>::from_request(req, state)
+        <Self as FromRequest<Arc<App>>>::from_request(req, app)
             .await
             .map(Some)
+    }
+}
+
+/// 415 unless the content type is `application/json` or `application/*+json`.
+fn require_json(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        return Ok(());
+    }
+    let given = if content_type.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("`{content_type}`")
+    };
+    Err(ApiError(AppError::new(
+        ErrorKind::UnsupportedMediaType,
+        "unsupported_media_type",
+        format!(
+            "the body must be JSON (`content-type: application/json`); content type given: {given}"
+        ),
+    )))
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads the whole body within the configured size and time.
+async fn read_body(request: Request, config: &ServerConfig) -> Result<Bytes, ApiError> {
+    let limit = config.api_max_body_bytes;
+    let too_large = || {
+        ApiError(AppError::new(
+            ErrorKind::PayloadTooLarge,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        ))
+    };
+    // Refused before reading: the client is not made to send what would be dropped.
+    if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = request.into_body().into_data_stream();
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| {
+                ApiError(AppError::new(
+                    ErrorKind::InvalidArgument,
+                    "invalid_body",
+                    format!("cannot read the request body: {error}"),
+                ))
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    };
+    let timeout = Duration::from_millis(config.api_body_read_timeout_ms);
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError(AppError::new(
+                ErrorKind::RequestTimeout,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    config.api_body_read_timeout_ms
+                ),
+            )))
+        })
+}
+
+/// Deserializes a body, naming where it went wrong (`roles[0]: …`, `unknown field
+/// `colour``, `line 1 column 7`).
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    use axum::extract::rejection::JsonRejection;
+    axum::Json::<T>::from_bytes(bytes)
+        .map(|axum::Json(value)| value)
+        .map_err(|rejection| {
+            let detail = std::error::Error::source(&rejection)
+                .map_or_else(|| rejection.body_text(), ToString::to_string);
+            let (code, what) = match rejection {
+                JsonRejection::JsonSyntaxError(_) => ("malformed_json", "malformed JSON"),
+                _ => ("invalid_body", "invalid request body"),
+            };
+            ApiError(AppError::new(
+                ErrorKind::InvalidArgument,
+                code,
+                format!("{what}: {detail}"),
+            ))
+        })
+}
+
+/// A query string whose refusal is the envelope (400 `invalid_query`), not axum's
+/// `text/plain`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|rejection| {
+                let detail = std::error::Error::source(&rejection)
+                    .map_or_else(|| rejection.body_text(), ToString::to_string);
+                ApiError(AppError::new(
+                    ErrorKind::InvalidArgument,
+                    "invalid_query",
+                    format!("invalid query string: {detail}"),
+                ))
+            })
     }
 }
 
@@ -137,6 +305,18 @@ pub enum Permission {
     Approve,
     /// Users, agents, join tokens, registries.
     Administer,
+}
+
+impl Permission {
+    /// The least role that grants it (`admin` grants every one).
+    pub fn role(self) -> Role {
+        match self {
+            Permission::Read => Role::Viewer,
+            Permission::Operate => Role::Operator,
+            Permission::Approve => Role::Approver,
+            Permission::Administer => Role::Admin,
+        }
+    }
 }
 
 /// Whether a role grants a permission. `admin` grants everything; the others are
@@ -166,12 +346,14 @@ impl Caller {
         {
             Ok(())
         } else {
+            let roles: Vec<String> = self.0.roles.iter().map(ToString::to_string).collect();
             Err(ApiError(AppError::new(
                 ErrorKind::PermissionDenied,
                 "forbidden",
                 format!(
-                    "user `{}` may not do this ({permission:?} permission needed)",
-                    self.0.name
+                    "this needs the {} role; you are {}",
+                    permission.role(),
+                    roles.join(" and ")
                 ),
             )))
         }
@@ -222,4 +404,14 @@ mod tests {
         assert!(role_allows(Role::Admin, Permission::Administer));
         assert!(!role_allows(Role::Operator, Permission::Administer));
     }
+}
+
+/// For `Option<Option<T>>` body fields with `#[serde(default)]`: absent is `None`
+/// (keep), `null` is `Some(None)` (clear), a value is `Some(Some(value))`.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }

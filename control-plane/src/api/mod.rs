@@ -1,190 +1,261 @@
 //! The REST API (axum) under `/api/v1/`, plus `/healthz`, `/readyz`, `/metrics` and
 //! the OpenAPI document generated from this code at `/api/v1/openapi.json`. The only
 //! code that speaks HTTP.
+//!
+//! One module per concern; `envelope` holds the error envelope, JSON bodies, query
+//! strings and authentication; `listener` the accept loop and its limits; `openapi`
+//! the document.
 
 pub mod agents;
-pub mod delivery;
+pub mod deployments;
+pub mod drift;
 pub mod envelope;
+pub mod environments;
+pub mod health;
+pub mod listener;
+pub mod openapi;
+pub mod registries;
+pub mod releases;
+pub mod targets;
 pub mod users;
+pub mod variables;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::OpenApi;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::error::{AppError, ErrorKind};
-use crate::metrics::HttpLabels;
+use crate::metrics::{HttpLabels, HttpLatencyLabels};
 use envelope::{ApiError, TRACE_ID};
 
-/// The OpenAPI document of the REST API.
-#[derive(Debug, OpenApi)]
-#[openapi(
-    info(title = "Stella API", description = "Release control plane for container estates without Kubernetes"),
-    paths(
-        agents::list, agents::show, agents::revoke, agents::create_join_token, agents::gateway,
-        users::create, users::list, users::create_token, users::whoami,
-        delivery::create_environment, delivery::list_environments, delivery::show_environment,
-        delivery::update_environment, delivery::create_target, delivery::list_targets,
-        delivery::show_target, delivery::add_registry, delivery::list_registries,
-        delivery::create_release, delivery::list_releases, delivery::show_release,
-        delivery::promote, delivery::list_deployments, delivery::show_deployment,
-        delivery::deployment_logs, delivery::rollback, delivery::list_drift,
-    ),
-    components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
-    modifiers(&BearerAuth),
-    tags((name = "agents"), (name = "users"), (name = "environments"), (name = "targets"),
-        (name = "registries"), (name = "releases"), (name = "promotions"), (name = "deployments"),
-        (name = "drift")),
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
+pub use openapi::ApiDoc;
 
 /// The whole HTTP surface.
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/agents", get(agents::list))
         .route("/agents/join-tokens", post(agents::create_join_token))
-        .route("/agents/{agent}", get(agents::show))
+        .route("/agents/{agent}", get(agents::show).delete(agents::delete))
         .route("/agents/{agent}/revoke", post(agents::revoke))
         .route("/gateway", get(agents::gateway))
         .route("/users", get(users::list).post(users::create))
+        .route(
+            "/users/{name}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
         .route("/users/{name}/tokens", post(users::create_token))
         .route("/whoami", get(users::whoami))
         .route(
             "/environments",
-            get(delivery::list_environments).post(delivery::create_environment),
+            get(environments::list_environments).post(environments::create_environment),
         )
         .route(
             "/environments/{name}",
-            get(delivery::show_environment).patch(delivery::update_environment),
+            get(environments::show_environment)
+                .patch(environments::update_environment)
+                .delete(environments::delete_environment),
         )
-        .route("/environments/{name}/rollback", post(delivery::rollback))
+        .route(
+            "/environments/{name}/variables",
+            get(variables::list_variables),
+        )
+        .route(
+            "/environments/{name}/variables/{variable}",
+            put(variables::set_variable).delete(variables::delete_variable),
+        )
+        .route(
+            "/environments/{name}/secrets/{variable}",
+            put(variables::set_secret).delete(variables::delete_secret),
+        )
+        .route("/environments/{name}/rollback", post(deployments::rollback))
         .route(
             "/targets",
-            get(delivery::list_targets).post(delivery::create_target),
+            get(targets::list_targets).post(targets::create_target),
         )
-        .route("/targets/{name}", get(delivery::show_target))
+        .route(
+            "/targets/{name}",
+            get(targets::show_target)
+                .patch(targets::update_target)
+                .delete(targets::delete_target),
+        )
         .route(
             "/registries",
-            get(delivery::list_registries).post(delivery::add_registry),
+            get(registries::list_registries).post(registries::add_registry),
+        )
+        .route(
+            "/registries/{host}",
+            axum::routing::delete(registries::delete_registry),
         )
         .route(
             "/releases",
-            get(delivery::list_releases).post(delivery::create_release),
+            get(releases::list_releases).post(releases::create_release),
         )
-        .route("/releases/{name}/{version}", get(delivery::show_release))
-        .route("/promotions", post(delivery::promote))
-        .route("/deployments", get(delivery::list_deployments))
-        .route("/deployments/{id}", get(delivery::show_deployment))
-        .route("/deployments/{id}/logs", get(delivery::deployment_logs))
-        .route("/drift", get(delivery::list_drift))
-        .route("/openapi.json", get(openapi));
+        .route("/releases/{name}/{version}", get(releases::show_release))
+        .route("/promotions", post(deployments::promote))
+        .route("/deployments", get(deployments::list_deployments))
+        .route("/deployments/{id}", get(deployments::show_deployment))
+        .route("/deployments/{id}/logs", get(deployments::deployment_logs))
+        .route(
+            "/deployments/{id}/cancel",
+            post(deployments::cancel_deployment),
+        )
+        .route("/drift", get(drift::list_drift))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, with the limits of the app's
+/// configuration (see [`listener`]).
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = listener::ListenerLimits::of(&app.config);
+    listener::serve(app.clone(), router(app), listener, limits, shutdown).await
 }
 
-/// Gives every request a trace id (header `x-trace-id`, and in error envelopes),
-/// and counts it.
+/// A new trace id: 32 hex digits.
+pub fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Gives every request a trace id (the `x-trace-id` header, error envelopes, and the
+/// span of everything logged while serving it), makes sure an error response is the
+/// envelope, logs the request and measures it.
 async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let method = request.method().to_string();
-    let mut response = TRACE_ID.scope(trace_id.clone(), next.run(request)).await;
+    let started = Instant::now();
+    let trace_id = new_trace_id();
+    let method = request.method().clone();
+    // The path only: a query string may carry what does not belong in a log.
+    let path = truncated(request.uri().path(), 200);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!("request", trace_id = %trace_id);
+    let serve = async move { envelope::ensure_envelope(next.run(request).await).await };
+    let mut response = TRACE_ID
+        .scope(trace_id.clone(), serve)
+        .instrument(span)
+        .await;
     if let Ok(value) = http::HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", value);
     }
+    let elapsed = started.elapsed();
+    let status = response.status();
+    let method_label = method_label(&method);
     app.metrics
         .http_requests
         .get_or_create(&HttpLabels {
-            method,
-            status: response.status().as_u16(),
+            method: method_label.to_owned(),
+            status: status.as_u16(),
         })
         .inc();
+    app.metrics
+        .http_request_duration
+        .get_or_create(&HttpLatencyLabels {
+            method: method_label.to_owned(),
+            route,
+            status_class: format!("{}xx", status.as_u16() / 100),
+        })
+        .observe(elapsed.as_secs_f64());
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let status = status.as_u16();
+    macro_rules! log_request {
+        ($level:ident) => {
+            tracing::$level!(%method, %path, status, duration_ms, %trace_id, "request")
+        };
+    }
+    match status {
+        500.. => log_request!(warn),
+        400.. => log_request!(info),
+        _ => log_request!(debug),
+    }
     response
 }
 
-async fn not_found() -> ApiError {
-    ApiError(AppError::new(
-        ErrorKind::NotFound,
-        "not_found",
-        "no such endpoint",
-    ))
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(error) => ApiError(AppError::new(
-            ErrorKind::Unavailable,
-            "store_unavailable",
-            format!("store unavailable: {error}"),
-        ))
-        .into_response(),
+/// The method as a metric label: the ones the API routes, or `other`, so that a client
+/// cannot make up new series.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
-/// Unix milliseconds as RFC 3339 UTC with millisecond precision.
+async fn not_found(OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError(AppError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        format!("no endpoint at {}", truncated(uri.path(), 200)),
+    ))
+}
+
+async fn method_not_allowed(method: http::Method, OriginalUri(uri): OriginalUri) -> ApiError {
+    ApiError(AppError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; the `allow` header lists what is",
+            truncated(uri.path(), 200)
+        ),
+    ))
+}
+
+/// Unix milliseconds as RFC 3339 UTC, always with three fraction digits
+/// (`2023-11-14T22:13:20.480Z`), so that every time in the API has one shape.
 pub fn rfc3339(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let nanos = i128::from(ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn timestamps_always_have_three_fraction_digits() {
+        assert_eq!(rfc3339(1_700_000_000_480), "2023-11-14T22:13:20.480Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(rfc3339(1_700_000_000_007), "2023-11-14T22:13:20.007Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
 }

@@ -39,6 +39,8 @@ impl From<User> for UserView {
 
 /// Body of user creation.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// Unique name.
     pub name: String,
@@ -62,11 +64,17 @@ pub struct TokenView {
     pub token: String,
 }
 
-/// Creates a user with roles and a first token.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+/// Creates a user.
+///
+/// A user with one or more roles (`viewer`, `operator`, `approver`, `admin`) and its
+/// first API token, shown once: only its hash is stored. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", operation_id = "createUser",
     request_body = CreateUserRequest,
-    responses((status = 201, body = UserWithToken), (status = 400, body = ErrorEnvelope),
-              (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+    responses(
+        (status = 201, description = "The user and its first token", body = UserWithToken),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken (`user_exists`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -74,17 +82,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateUserRequest>,
 ) -> ApiResult<(http::StatusCode, Json<UserWithToken>)> {
     caller.require(Permission::Administer)?;
-    let roles = body
-        .roles
-        .iter()
-        .map(|role| {
-            role.parse::<Role>().map_err(|_| {
-                AppError::invalid(format!(
-                    "unknown role `{role}`: use viewer, operator, approver or admin"
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let roles = parse_roles(&body.roles)?;
     let (user, token) = app.create_user(&body.name, roles).await?;
     Ok((
         http::StatusCode::CREATED,
@@ -96,8 +94,13 @@ pub async fn create(
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/api/v1/users", tag = "users",
-    responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorEnvelope)),
+///
+/// Every user with its roles; never a token. Needs the admin role.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", operation_id = "listUsers",
+    responses(
+        (status = 200, description = "Every user", body = Vec<UserView>),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<UserView>>> {
     caller.require(Permission::Administer)?;
@@ -106,9 +109,16 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json
 }
 
 /// Issues another API token for a user.
-#[utoipa::path(post, path = "/api/v1/users/{name}/tokens", tag = "users",
+///
+/// The user's earlier tokens stay valid. The token is shown once: only its hash is
+/// stored. Needs the admin role.
+#[utoipa::path(post, path = "/api/v1/users/{name}/tokens", tag = "users", operation_id = "createUserToken",
     params(("name" = String, Path, description = "user name")),
-    responses((status = 201, body = TokenView), (status = 404, body = ErrorEnvelope)),
+    responses(
+        (status = 201, description = "The new token", body = TokenView),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorEnvelope),
+    ),
     security(("bearer" = [])))]
 pub async fn create_token(
     State(app): State<Arc<App>>,
@@ -123,9 +133,80 @@ pub async fn create_token(
 }
 
 /// The calling user.
-#[utoipa::path(get, path = "/api/v1/whoami", tag = "users",
-    responses((status = 200, body = UserView), (status = 401, body = ErrorEnvelope)),
+///
+/// The user the bearer token belongs to, with its roles; any valid token may ask.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "users", operation_id = "whoami",
+    responses((status = 200, description = "The caller", body = UserView)),
     security(("bearer" = [])))]
 pub async fn whoami(caller: Caller) -> Json<UserView> {
     Json(caller.0.into())
+}
+
+fn parse_roles(roles: &[String]) -> Result<Vec<Role>, AppError> {
+    roles
+        .iter()
+        .map(|role| {
+            role.parse::<Role>().map_err(|_| {
+                AppError::invalid(format!(
+                    "unknown role `{role}`: use viewer, operator, approver or admin"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Body of a user change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    /// The user's roles from now on (replacing the old ones).
+    pub roles: Vec<String>,
+}
+
+/// Changes a user's roles.
+///
+/// Refused (`last_admin`) when it would leave no admin. Needs the admin role.
+#[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "users", operation_id = "updateUser",
+    params(("name" = String, Path, description = "user name")),
+    request_body = UpdateUserRequest,
+    responses(
+        (status = 200, description = "The changed user", body = UserView),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such user (`unknown_user`)", body = ErrorEnvelope),
+        (status = 409, description = "It would leave no admin (`last_admin`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateUserRequest>,
+) -> ApiResult<Json<UserView>> {
+    caller.require(Permission::Administer)?;
+    let user = app.set_user_roles(&name, parse_roles(&body.roles)?).await?;
+    Ok(Json(user.into()))
+}
+
+/// Deletes a user.
+///
+/// Its API tokens stop working at once. Refused for the caller itself
+/// (`cannot_delete_self`) and for the last admin (`last_admin`). Needs the admin role.
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users", operation_id = "deleteUser",
+    params(("name" = String, Path, description = "user name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such user (`unknown_user`)", body = ErrorEnvelope),
+        (status = 409, description = "Yourself, or the last admin (`cannot_delete_self`, `last_admin`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<http::StatusCode> {
+    caller.require(Permission::Administer)?;
+    app.delete_user(&name, &caller.0).await?;
+    Ok(http::StatusCode::NO_CONTENT)
 }

@@ -76,7 +76,9 @@ pub async fn list_variables(
 ) -> ApiResult<Json<Vec<VariableView>>> {
     caller.require(Permission::Read)?;
     let variables = app.list_variables(&env).await?;
-    Ok(Json(variables.into_iter().map(VariableView::from).collect()))
+    Ok(Json(
+        variables.into_iter().map(VariableView::from).collect(),
+    ))
 }
 
 /// Sets a variable.

@@ -1,0 +1,385 @@
+//! `/api/v1/promotions` and `/api/v1/deployments`: promotion, deployments, their logs,
+//! and rollback.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::rfc3339;
+use crate::app::App;
+use crate::domain::{DeploySpec, Deployment, Task};
+
+/// A deployment and its tasks.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentView {
+    /// Id.
+    pub id: String,
+    /// `promotion`, `rollback`, `remediation`.
+    pub kind: String,
+    /// Environment.
+    pub environment: String,
+    /// Release.
+    pub release: String,
+    /// Version.
+    pub version: String,
+    /// The decision it carries out.
+    pub decision_id: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// Grows with every deployment created; orders what targets should run.
+    pub generation: i64,
+    /// Failure reason or summary.
+    pub message: Option<String>,
+    /// Requester.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Finish time.
+    pub finished_at: Option<String>,
+    /// One task per target (on `show`).
+    #[serde(default)]
+    pub tasks: Vec<TaskView>,
+}
+
+/// A deployment task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    /// Id.
+    pub id: String,
+    /// Target.
+    pub target: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// `pending`, `assigned`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// Lease epoch.
+    pub epoch: i64,
+    /// The components this target runs, pinned by digest (from the task's plan).
+    #[serde(default)]
+    pub components: Vec<TaskComponentView>,
+    /// The target's settings as planned: variables substituted, secrets referenced as
+    /// `${secret.NAME}` (their values are never shown).
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Agent message.
+    pub message: Option<String>,
+    /// Finish time.
+    pub finished_at: Option<String>,
+}
+
+/// A component a task deploys.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskComponentView {
+    /// Component name.
+    pub name: String,
+    /// `registry/repository@sha256:…`.
+    pub image: String,
+}
+
+impl DeploymentView {
+    pub(super) fn new(deployment: Deployment, tasks: Vec<Task>) -> Self {
+        DeploymentView {
+            id: deployment.id,
+            kind: deployment.kind.to_string(),
+            environment: deployment.environment,
+            release: deployment.release,
+            version: deployment.version,
+            decision_id: deployment.decision_id,
+            state: deployment.state.to_string(),
+            generation: deployment.generation,
+            message: deployment.message,
+            created_by: deployment.created_by,
+            created_at: rfc3339(deployment.created_at_ms),
+            finished_at: deployment.finished_at_ms.map(rfc3339),
+            tasks: tasks
+                .into_iter()
+                .map(|t| {
+                    // The stored plan; a payload this version cannot read shows no detail.
+                    let spec = serde_json::from_str::<DeploySpec>(&t.payload_json).ok();
+                    TaskView {
+                        components: spec
+                            .as_ref()
+                            .map(|spec| {
+                                spec.components
+                                    .iter()
+                                    .map(|c| TaskComponentView {
+                                        name: c.name.clone(),
+                                        image: c.image.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        settings: spec.map(|spec| spec.target.settings).unwrap_or_default(),
+                        id: t.id,
+                        target: t.target,
+                        agent_id: t.agent_id,
+                        state: t.state.to_string(),
+                        epoch: t.epoch,
+                        message: t.message,
+                        finished_at: t.finished_at_ms.map(rfc3339),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Body of a promotion.
+#[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// Release name.
+    pub release: String,
+    /// Version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+}
+
+/// A promotion and where it stands.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromotionView {
+    /// Promotion id (the deployment's, while promotions have no gates).
+    pub id: String,
+    /// `deploying`, `deployed`, `failed`.
+    pub state: String,
+    /// The signed decision's id.
+    pub decision_id: String,
+    /// The deployment carrying it out.
+    pub deployment_id: String,
+}
+
+/// Promotes a release to an environment.
+///
+/// Records a content-addressed decision and a deployment with one task per target of
+/// the environment; agents carry the tasks out. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/promotions", tag = "promotions", operation_id = "promoteRelease",
+    request_body = Promote,
+    responses(
+        (status = 201, description = "The promotion, deploying", body = PromotionView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such release or environment (`not_found`)", body = ErrorEnvelope),
+        (status = 409, description = "A deployment to this environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 422, description = "The environment has no targets (`no_targets`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn promote(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Promote>,
+) -> ApiResult<(http::StatusCode, Json<PromotionView>)> {
+    caller.require(Permission::Operate)?;
+    let deployment = app
+        .promote(&body.release, &body.version, &body.environment, &caller.0)
+        .await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(PromotionView {
+            id: deployment.id.clone(),
+            state: "deploying".to_owned(),
+            decision_id: deployment.decision_id,
+            deployment_id: deployment.id,
+        }),
+    ))
+}
+
+/// Filter and page size of deployment lists.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeploymentFilter {
+    /// Environment name.
+    pub environment: Option<String>,
+    /// At most this many (default 50).
+    pub limit: Option<i64>,
+}
+
+/// Lists deployments.
+///
+/// The newest deployments first, of every environment or one, at most `limit`
+/// (default 50, at most 1000). Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", operation_id = "listDeployments",
+    params(DeploymentFilter),
+    responses(
+        (status = 200, description = "The deployments, without their tasks", body = Vec<DeploymentView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`unknown_environment`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_deployments(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    ApiQuery(filter): ApiQuery<DeploymentFilter>,
+) -> ApiResult<Json<Vec<DeploymentView>>> {
+    caller.require(Permission::Read)?;
+    let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
+    if let Some(environment) = &filter.environment {
+        app.environment(environment).await?;
+    }
+    let deployments = app
+        .store
+        .list_deployments(filter.environment.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        deployments
+            .into_iter()
+            .map(|d| DeploymentView::new(d, Vec::new()))
+            .collect(),
+    ))
+}
+
+/// Shows a deployment.
+///
+/// Its state and one task per target with the agent's outcome, the components (by
+/// digest) and the settings it planned. The id may be a unique prefix of at least 8
+/// characters. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments", operation_id = "getDeployment",
+    params(("id" = String, Path, description = "deployment id, or a unique prefix of at least 8 characters")),
+    responses(
+        (status = 200, description = "The deployment with its tasks", body = DeploymentView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`unknown_deployment`)", body = ErrorEnvelope),
+        (status = 409, description = "The prefix matches several deployments (`ambiguous_id`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn show_deployment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeploymentView>> {
+    caller.require(Permission::Read)?;
+    let deployment = app.find_deployment(&id).await?;
+    let tasks = app.store.tasks_of_deployment(&deployment.id).await?;
+    Ok(Json(DeploymentView::new(deployment, tasks)))
+}
+
+/// Which log lines to return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines after this sequence number (default 0: from the start).
+    pub after: Option<i64>,
+}
+
+/// A log line.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogLineView {
+    /// Sequence number (pass as `after` to follow).
+    pub seq: i64,
+    /// Time.
+    pub at: String,
+    /// Task id (empty for server lines).
+    pub task_id: String,
+    /// When, in unix milliseconds (as reported by the agent for its lines).
+    pub at_ms: i64,
+    /// The line.
+    pub message: String,
+}
+
+/// Log lines of a deployment.
+///
+/// At most 1000 lines after sequence number `after`; poll with the last `seq` seen
+/// to follow. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}/logs", tag = "deployments", operation_id = "getDeploymentLogs",
+    params(("id" = String, Path, description = "deployment id, or a unique prefix of at least 8 characters"), LogQuery),
+    responses(
+        (status = 200, description = "The lines, oldest first", body = Vec<LogLineView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`unknown_deployment`)", body = ErrorEnvelope),
+        (status = 409, description = "The prefix matches several deployments (`ambiguous_id`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn deployment_logs(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> ApiResult<Json<Vec<LogLineView>>> {
+    caller.require(Permission::Read)?;
+    let deployment = app.find_deployment(&id).await?;
+    let lines = app
+        .store
+        .logs_after(&deployment.id, query.after.unwrap_or(0), 1000)
+        .await?;
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(|l| LogLineView {
+                seq: l.seq,
+                at: rfc3339(l.at_ms),
+                at_ms: l.at_ms,
+                task_id: l.task_id,
+                message: l.message,
+            })
+            .collect(),
+    ))
+}
+
+/// Body of a rollback.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Version to go back to (default: the one before the current).
+    #[serde(default)]
+    pub to_version: Option<String>,
+}
+
+/// Rolls an environment back.
+///
+/// Redeploys, as a new deployment, the version deployed there before the current one,
+/// or `to_version`. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/environments/{name}/rollback", tag = "deployments", operation_id = "rollbackEnvironment",
+    request_body = Rollback,
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 201, description = "The rollback deployment", body = DeploymentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment or release (`unknown_environment`, `unknown_release`)", body = ErrorEnvelope),
+        (status = 409, description = "A deployment to this environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 422, description = "Nothing earlier was deployed there, or `to_version` never succeeded there (`nothing_to_roll_back`, `not_deployed_here`), or a target's agent is revoked (`agent_revoked`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn rollback(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Option<ApiJson<Rollback>>,
+) -> ApiResult<(http::StatusCode, Json<DeploymentView>)> {
+    caller.require(Permission::Operate)?;
+    let to = body.and_then(|ApiJson(b)| b.to_version);
+    let deployment = app.rollback(&name, to.as_deref(), &caller.0).await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(DeploymentView::new(deployment, Vec::new())),
+    ))
+}
+
+/// Cancels a deployment.
+///
+/// Its unfinished tasks are cancelled and their agents told to stop them; what a task
+/// already changed on its target stays (drift shows it). The id may be a unique prefix
+/// of at least 8 characters. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/cancel", tag = "deployments", operation_id = "cancelDeployment",
+    params(("id" = String, Path, description = "deployment id, or a unique prefix of at least 8 characters")),
+    responses(
+        (status = 200, description = "The cancelled deployment with its tasks", body = DeploymentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`unknown_deployment`)", body = ErrorEnvelope),
+        (status = 409, description = "It already finished (`deployment_finished`), or the prefix is ambiguous (`ambiguous_id`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn cancel_deployment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeploymentView>> {
+    caller.require(Permission::Operate)?;
+    let deployment = app.cancel_deployment(&id, &caller.0).await?;
+    let tasks = app.store.tasks_of_deployment(&deployment.id).await?;
+    Ok(Json(DeploymentView::new(deployment, tasks)))
+}

@@ -1,0 +1,246 @@
+//! `/api/v1/environments`: environments, their promotion order, drift mode and
+//! deployment timeout.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::rfc3339;
+use crate::app::{App, EnvironmentChange};
+use crate::domain::{DriftMode, Environment};
+use crate::error::AppError;
+
+/// An environment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentView {
+    /// Name.
+    pub name: String,
+    /// Predecessor in the promotion order.
+    pub after: Option<String>,
+    /// `report` or `remediate`.
+    pub drift: String,
+    /// Creation time.
+    pub created_at: String,
+    /// The release and version deployed there last (successfully).
+    pub current: Option<String>,
+    /// Target names.
+    pub targets: Vec<String>,
+    /// Seconds a deployment's tasks may take here; `null`: the server's default.
+    pub deployment_timeout_seconds: Option<u64>,
+}
+
+impl EnvironmentView {
+    async fn load(app: &App, env: Environment) -> ApiResult<Self> {
+        let current = app
+            .store
+            .succeeded_deployments(&env.name, 1)
+            .await?
+            .first()
+            .map(|d| format!("{}@{}", d.release, d.version));
+        let targets = app
+            .store
+            .list_targets(Some(&env.name))
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        Ok(EnvironmentView {
+            name: env.name,
+            after: env.after,
+            drift: env.drift_mode.to_string(),
+            created_at: rfc3339(env.created_at_ms),
+            current,
+            targets,
+            deployment_timeout_seconds: env.deployment_timeout_seconds,
+        })
+    }
+}
+
+/// Body of environment creation.
+#[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironment {
+    /// Unique name.
+    pub name: String,
+    /// The environment a release must pass first.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// `report` (default) or `remediate`.
+    #[serde(default)]
+    pub drift: Option<String>,
+    /// Seconds a deployment's tasks may take here (1 to 604800); absent: the server's
+    /// `task_deadline_seconds`.
+    #[serde(default)]
+    pub deployment_timeout_seconds: Option<u64>,
+}
+
+/// Body of an environment change; absent fields keep their value, `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
+#[serde(deny_unknown_fields)]
+pub struct UpdateEnvironment {
+    /// New predecessor; `null` (or an empty string) clears it.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<String>)]
+    pub after: Option<Option<String>>,
+    /// `report` or `remediate`.
+    #[serde(default)]
+    pub drift: Option<String>,
+    /// Seconds a deployment's tasks may take here (1 to 604800); `null`: back to the
+    /// server's `task_deadline_seconds`.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<u64>)]
+    pub deployment_timeout_seconds: Option<Option<u64>>,
+}
+
+fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: crate::domain::Invalid| AppError::invalid(e.0))
+    })
+    .transpose()
+}
+
+/// Creates an environment.
+///
+/// `after` names the environment a release must have been deployed to first (the
+/// promotion order); `drift` is `report` (default) or `remediate`. Needs the operator
+/// role.
+#[utoipa::path(post, path = "/api/v1/environments", tag = "environments", operation_id = "createEnvironment",
+    request_body = CreateEnvironment,
+    responses(
+        (status = 201, description = "The new environment", body = EnvironmentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken (`environment_exists`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn create_environment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateEnvironment>,
+) -> ApiResult<(http::StatusCode, Json<EnvironmentView>)> {
+    caller.require(Permission::Operate)?;
+    let settings = EnvironmentChange {
+        after: Some(body.after.filter(|a| !a.is_empty())),
+        drift_mode: drift_mode(body.drift.as_deref())?,
+        deployment_timeout_seconds: Some(body.deployment_timeout_seconds),
+    };
+    let env = app.create_environment(&body.name, settings).await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(EnvironmentView::load(&app, env).await?),
+    ))
+}
+
+/// Lists environments.
+///
+/// Every environment with its predecessor, drift mode, the release deployed there
+/// last and its targets. Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/environments", tag = "environments", operation_id = "listEnvironments",
+    responses(
+        (status = 200, description = "Every environment", body = Vec<EnvironmentView>),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_environments(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    caller.require(Permission::Read)?;
+    let mut views = Vec::new();
+    for env in app.store.list_environments().await? {
+        views.push(EnvironmentView::load(&app, env).await?);
+    }
+    Ok(Json(views))
+}
+
+/// Shows an environment.
+///
+/// Its predecessor, drift mode, the release deployed there last and its targets.
+/// Needs the viewer role.
+#[utoipa::path(get, path = "/api/v1/environments/{name}", tag = "environments", operation_id = "getEnvironment",
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 200, description = "The environment", body = EnvironmentView),
+        (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn show_environment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<EnvironmentView>> {
+    caller.require(Permission::Read)?;
+    let env = app.environment(&name).await?;
+    Ok(Json(EnvironmentView::load(&app, env).await?))
+}
+
+/// Changes an environment.
+///
+/// Fields left out keep their value; `after: null` (or `""`) removes the predecessor,
+/// `deployment_timeout_seconds: null` restores the server's default. A predecessor that
+/// would close a cycle is refused (`promotion_cycle`). Needs the operator role.
+#[utoipa::path(patch, path = "/api/v1/environments/{name}", tag = "environments", operation_id = "updateEnvironment",
+    request_body = UpdateEnvironment,
+    params(("name" = String, Path, description = "environment name")),
+    responses(
+        (status = 200, description = "The changed environment", body = EnvironmentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn update_environment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateEnvironment>,
+) -> ApiResult<Json<EnvironmentView>> {
+    caller.require(Permission::Operate)?;
+    let change = EnvironmentChange {
+        after: body.after.map(|after| after.filter(|a| !a.is_empty())),
+        drift_mode: drift_mode(body.drift.as_deref())?,
+        deployment_timeout_seconds: body.deployment_timeout_seconds,
+    };
+    let env = app.update_environment(&name, change).await?;
+    Ok(Json(EnvironmentView::load(&app, env).await?))
+}
+
+/// Query of environment deletion.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteEnvironment {
+    /// Also delete its deployments, logs and drift findings.
+    #[serde(default)]
+    pub with_history: bool,
+}
+
+/// Deletes an environment.
+///
+/// With its variables and secrets. Refused (`environment_in_use`) while a target
+/// belongs to it, another environment comes after it, or it has deployment history —
+/// unless `with_history=true`, which deletes the history too. Needs the operator role.
+#[utoipa::path(delete, path = "/api/v1/environments/{name}", tag = "environments", operation_id = "deleteEnvironment",
+    params(("name" = String, Path, description = "environment name"), DeleteEnvironment),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such environment (`unknown_environment`)", body = ErrorEnvelope),
+        (status = 409, description = "Something depends on it (`environment_in_use`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete_environment(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiQuery(query): ApiQuery<DeleteEnvironment>,
+) -> ApiResult<http::StatusCode> {
+    caller.require(Permission::Operate)?;
+    app.delete_environment(&name, query.with_history).await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}

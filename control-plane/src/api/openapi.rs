@@ -1,0 +1,174 @@
+//! The OpenAPI 3.1 document of the REST API, generated from the handlers' `#[utoipa::path]`
+//! annotations and `///` docs, served at `/api/v1/openapi.json`.
+//!
+//! Errors every operation of a kind can answer are declared here once, by
+//! [`CommonErrors`], rather than on each handler: `401` for every operation behind a
+//! token, `400`/`408`/`413`/`415` for every one with a body, `400` for every one with a
+//! query string. What only some operations answer (`403`, `404`, `409`, `422`) is on the
+//! handlers.
+
+use axum::Json;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::OpenApi;
+
+use super::{
+    agents, deployments, drift, envelope, environments, health, registries, releases, targets,
+    users, variables,
+};
+
+/// The OpenAPI document of the REST API.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Stella API",
+        description = "Release control plane for container estates without Kubernetes.\n\n\
+            Every call under `/api/v1/` but `/gateway` and `/openapi.json` needs \
+            `Authorization: Bearer <token>`. Errors are `{\"error\":{\"code\",\"message\",\
+            \"traceId\"}}` with a fitting 4xx/5xx status; the trace id is also in the \
+            `x-trace-id` header of every response and in the server's log line for the \
+            request."
+    ),
+    paths(
+        agents::list, agents::show, agents::revoke, agents::delete, agents::create_join_token,
+        agents::gateway,
+        users::create, users::list, users::update, users::delete, users::create_token,
+        users::whoami,
+        environments::create_environment, environments::list_environments,
+        environments::show_environment, environments::update_environment,
+        environments::delete_environment,
+        variables::list_variables, variables::set_variable, variables::delete_variable,
+        variables::set_secret, variables::delete_secret,
+        targets::create_target, targets::list_targets, targets::show_target,
+        targets::update_target, targets::delete_target,
+        registries::add_registry, registries::list_registries, registries::delete_registry,
+        releases::create_release, releases::list_releases, releases::show_release,
+        deployments::promote, deployments::list_deployments, deployments::show_deployment,
+        deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
+        drift::list_drift,
+        health::healthz, health::readyz, health::metrics, document,
+    ),
+    components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
+    modifiers(&BearerAuth, &CommonErrors),
+    tags(
+        (name = "agents", description = "Agents, their enrolment and revocation"),
+        (name = "users", description = "Users, roles and API tokens"),
+        (name = "environments", description = "Environments and their promotion order"),
+        (name = "targets", description = "Deployment targets, each driven by one agent"),
+        (name = "registries", description = "OCI registries and their credentials"),
+        (name = "releases", description = "Releases: immutable sets of image digests"),
+        (name = "promotions", description = "Promoting a release to an environment"),
+        (name = "deployments", description = "Deployments, their logs, and rollback"),
+        (name = "drift", description = "Differences between what runs and what was deployed"),
+        (name = "health", description = "Liveness, readiness, metrics and this document"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// This document.
+///
+/// The OpenAPI 3.1 description of every operation, generated from the server's code;
+/// no token needed.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health", operation_id = "getOpenApiDocument",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Declares the errors shared by every operation of a kind (see the module docs).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                declare_common_errors(operation);
+            }
+        }
+    }
+}
+
+fn declare_common_errors(operation: &mut Operation) {
+    let secured = operation
+        .security
+        .as_ref()
+        .is_some_and(|requirements| !requirements.is_empty());
+    let has_query = operation
+        .parameters
+        .iter()
+        .flatten()
+        .any(|parameter| matches!(parameter.parameter_in, ParameterIn::Query));
+    let mut common = Vec::new();
+    if secured {
+        common.push((
+            "401",
+            "No, malformed or unknown bearer token (`unauthenticated`)",
+        ));
+    }
+    if operation.request_body.is_some() {
+        common.extend([
+            (
+                "400",
+                "The body is malformed JSON (`malformed_json`), does not match the schema or \
+                 has an unknown field (`invalid_body`), or a value is invalid \
+                 (`invalid_argument` and more specific codes)",
+            ),
+            (
+                "408",
+                "The body did not arrive within `api_body_read_timeout_ms` (`request_timeout`)",
+            ),
+            (
+                "413",
+                "The body is larger than `api_max_body_bytes` (`payload_too_large`)",
+            ),
+            (
+                "415",
+                "The body is not `application/json` (`unsupported_media_type`)",
+            ),
+        ]);
+    } else if has_query {
+        common.push((
+            "400",
+            "The query string does not match its parameters (`invalid_query`)",
+        ));
+    }
+    let responses = &mut operation.responses.responses;
+    for (status, description) in common {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(error_response(description)));
+    }
+}
+
+/// An error response: its description and the envelope.
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                .build(),
+        )
+        .build()
+}
