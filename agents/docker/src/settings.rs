@@ -53,7 +53,9 @@ pub struct DockerSettings {
     /// `health_url`: an HTTP URL the agent GETs until it answers 2xx; `{ip}` is replaced
     /// by the new container's address on its network.
     pub health_url: Option<String>,
-    /// `health_timeout_seconds`: how long a new container may take to become healthy.
+    /// `health_timeout_seconds`: how long a new container may take to become healthy —
+    /// also its health check's start period, so Docker counts no failed check before
+    /// Stella's wait ends. Not part of `config_digest`: changing it replaces nothing.
     pub health_timeout: Duration,
     /// `stop_timeout_seconds`: how long `docker stop` waits before it kills (extension).
     pub stop_timeout_seconds: u64,
