@@ -116,6 +116,15 @@ impl World {
         &self,
         task: &DeployTask,
     ) -> Result<(stella_agent_core::ApplyOutcome, Vec<String>), String> {
+        let (result, lines) = self.apply_with_lines(task).await;
+        result.map(|outcome| (outcome, lines))
+    }
+
+    /// The outcome (or the error chain) and the progress lines, failed or not.
+    async fn apply_with_lines(
+        &self,
+        task: &DeployTask,
+    ) -> (Result<stella_agent_core::ApplyOutcome, String>, Vec<String>) {
         let (progress, mut lines) = Progress::channel("agent-test", &task.deployment_id);
         let result = self
             .target
@@ -126,10 +135,10 @@ impl World {
         while let Some(line) = lines.recv().await {
             collected.push(line);
         }
-        match result {
-            Ok(outcome) => Ok((outcome, collected)),
-            Err(error) => Err(stella_agent_core::error_chain(&error)),
-        }
+        (
+            result.map_err(|error| stella_agent_core::error_chain(&error)),
+            collected,
+        )
     }
 
     /// Every container labelled for the target, running or not.
@@ -1387,5 +1396,57 @@ async fn a_new_deployment_of_the_running_digest_replaces_the_container_so_labels
         assert_eq!(&again.stickers[0], sticker);
         assert_eq!(world.only_container().await?.id, after.id);
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_adopted_container_that_never_becomes_healthy_is_removed_and_the_old_one_serves_again(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-resumefail").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", false).await?;
+    let port = free_port().await?;
+    let mut settings = world.settings_with_timeout(3);
+    settings.insert("ports".to_owned(), format!("127.0.0.1:{port}:8080"));
+    let url = format!("http://127.0.0.1:{port}/");
+    world
+        .apply(&world.task("1.0.0", &v1, settings.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let old = world.only_container().await?;
+
+    // Stop-first: the old container is stopped, -next runs its (failing) health wait.
+    let task = world.task("2.0.0", &v2, settings);
+    crash_after(&world, &task, "waiting").await?;
+    let name = world.container_name();
+    let (_, old_running) = container_state(&world, &name)
+        .await?
+        .context("the old container")?;
+    assert!(!old_running, "stop-first stopped the old container");
+
+    // The retry adopts -next, waits, gives up, and puts the old container back.
+    let (result, lines) = world.apply_with_lines(&task).await;
+    let error = result.expect_err("v2 never becomes healthy");
+    assert!(
+        error.contains("did not become healthy within 3 s"),
+        "{error}"
+    );
+    for expected in [
+        "adopting",
+        "removed the new container",
+        "starting container",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "{expected:?} in {lines:#?}"
+        );
+    }
+    let after = world.only_container().await?;
+    assert_eq!(after.id, old.id, "the old container is the one left");
+    let served = wait_until("v1 serves again", Duration::from_secs(10), || async {
+        get_text(&world.http, &url).await.ok()
+    })
+    .await?;
+    assert_eq!(served, "v1");
     Ok(())
 }

@@ -330,6 +330,16 @@ impl DockerTarget {
         };
         if let Err(failure) = self.wait_healthy(&health, say, cancel).await {
             self.discard_new(state, say).await;
+            // A stop the dead run had asked for may have finished since the listing.
+            for old in &mut state.containers {
+                match self.engine.container_named(&old.id).await {
+                    Ok(Some(now)) => old.running = now.running,
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(container = %old.name, error = %error_chain(&error), "could not look at the old container again");
+                    }
+                }
+            }
             self.restart_interrupted(state, say).await;
             return Err(failure);
         }
