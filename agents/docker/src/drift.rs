@@ -173,26 +173,20 @@ impl DockerTarget {
             })?;
         let desired_id = self.engine.local_image_id(&image.to_string()).await?;
         let runs = self.running_digest(&found).await?;
-        Ok(Some(
-            if desired_id.as_deref() == Some(found.image_id.as_str()) {
-                finding(
-                component,
+        let runs_here =
+            format!("a container not deployed by Stella runs {runs} under the name {name}");
+        let (kind, detail) = if desired_id.as_deref() == Some(found.image_id.as_str()) {
+            (
                 DriftKind::StickerTampered,
-                format!(
-                    "a container not deployed by Stella runs {runs} under the name {name}: the desired image, without a sticker"
-                ),
+                format!("{runs_here}: the desired image, without a sticker"),
             )
-            } else {
-                finding(
-                component,
+        } else {
+            (
                 DriftKind::ImageChanged,
-                format!(
-                    "a container not deployed by Stella runs {runs} under the name {name}, desired {}",
-                    image.digest
-                ),
+                format!("{runs_here}, desired {}", image.digest),
             )
-            },
-        ))
+        };
+        Ok(Some(finding(component, kind, detail)))
     }
 
     /// Why the sticker of a running component is not to be trusted, if it is not: its
