@@ -12,14 +12,24 @@
 //! [`DEBOUNCE`]) after a target kind's [`Target::watch`] notifies, after a `DesiredState`
 //! arrives, after a deploy task finishes and when a session comes up. A round calls
 //! [`Target::detect_drift`] for each desired target whose kind is registered and that no
-//! deploy task is changing, and sends a `DriftReport` per finding. A target that had
-//! findings in an earlier round and has none now gets one `resolved` report; so does,
-//! once, each stored target that matches in the first round after the agent starts (it
-//! cannot know what it reported before; the server resolves idempotently). Reports go out
-//! only while a session is up and rounds run only then; nothing is queued across a
-//! disconnection (the first round of the next session reports afresh). A detection error
-//! is logged and counted (`drift_detection_errors_total`) and leaves the target's state
-//! as it was.
+//! deploy task is changing, and sends a `DriftReport` per finding.
+//!
+//! Resolution: a target that had findings in an earlier round and has none now gets one
+//! target-wide `resolved` report. A finding that ends while others of its target last is
+//! resolved on its own: a `resolved` report naming its component and `resolved_kind`,
+//! sent before the round's findings (so a server that only knows target-wide resolution
+//! reopens the others at once). The agent cannot know what it reported before it
+//! started, so the first time it checks a target after a start it treats every finding
+//! as possibly open on the server: a clean target gets the target-wide `resolved` (the
+//! server resolves idempotently); a target with findings gets a per-finding `resolved`
+//! for every kind not found on each desired component. (An `unexpected` finding on a
+//! component the desired state does not name cannot be listed so; it ends with the
+//! target-wide resolution.)
+//!
+//! Reports go out only while a session is up and rounds run only then; nothing is queued
+//! across a disconnection (the first round of the next session reports afresh). A
+//! detection error is logged and counted (`drift_detection_errors_total`) and leaves the
+//! target's state as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -73,6 +83,15 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
+    /// Every kind.
+    pub const ALL: [DriftKind; 5] = [
+        DriftKind::ImageChanged,
+        DriftKind::Missing,
+        DriftKind::Unexpected,
+        DriftKind::ConfigChanged,
+        DriftKind::StickerTampered,
+    ];
+
     /// The wire name: `image_changed`, `missing`, `unexpected`, `config_changed`,
     /// `sticker_tampered`.
     pub fn as_str(self) -> &'static str {
@@ -477,15 +496,8 @@ impl DriftLoop {
         let mut desired = self.desired.subscribe();
         desired.borrow_and_update();
         let mut rounds = Rounds {
-            // After a start the agent cannot know what it reported before: every stored
-            // target may have open findings on the server, so the first round sends
-            // `resolved` for those that match.
-            reported: self
-                .desired
-                .current()
-                .keys()
-                .map(|target| (target.clone(), Vec::new()))
-                .collect(),
+            reported: BTreeMap::new(),
+            checked: BTreeSet::new(),
             detection_errors_total: 0,
         };
         loop {
@@ -562,10 +574,46 @@ impl DriftLoop {
 
 /// What the rounds remember between them.
 struct Rounds {
-    /// The findings last reported per target; a target is present while the server may
-    /// hold open findings for it.
-    reported: BTreeMap<String, Vec<DriftFinding>>,
+    /// What the server may hold open, per target; a target is present while the server
+    /// may hold open findings for it.
+    reported: BTreeMap<String, Reported>,
+    /// The targets reported on since the agent started.
+    checked: BTreeSet<String>,
     detection_errors_total: u64,
+}
+
+/// What the server may hold open for one target.
+#[derive(Debug, PartialEq, Eq)]
+enum Reported {
+    /// Anything: the agent started and has not reported on the target yet.
+    Unknown,
+    /// The findings of the last round that had any.
+    Findings(Vec<DriftFinding>),
+}
+
+/// The server's key of a finding: (component, kind).
+type FindingKey = (String, DriftKind);
+
+fn keys(findings: &[DriftFinding]) -> BTreeSet<FindingKey> {
+    findings
+        .iter()
+        .map(|f| (f.component.clone(), f.kind))
+        .collect()
+}
+
+/// The findings the server may hold open for a target that it should hear are over,
+/// given what was `reported` and what a round found now (not empty).
+fn ended(reported: &Reported, desired: &DeployTask, now: &[DriftFinding]) -> Vec<FindingKey> {
+    let now = keys(now);
+    let candidates: BTreeSet<FindingKey> = match reported {
+        Reported::Findings(previous) => keys(previous),
+        Reported::Unknown => desired
+            .components
+            .iter()
+            .flat_map(|c| DriftKind::ALL.map(|kind| (c.name.clone(), kind)))
+            .collect(),
+    };
+    candidates.difference(&now).cloned().collect()
 }
 
 impl Rounds {
@@ -615,13 +663,24 @@ impl Rounds {
             if !*drift.session_up.borrow() {
                 return;
             }
-            self.report(drift, target_name, findings);
+            if self.checked.insert(target_name.clone()) {
+                // The agent cannot know what it reported before it started: the server
+                // may hold anything open for the target.
+                self.reported.insert(target_name.clone(), Reported::Unknown);
+            }
+            self.report(drift, target_name, task, findings);
         }
     }
 
-    fn report(&mut self, drift: &DriftLoop, target: &str, findings: Vec<DriftFinding>) {
+    fn report(
+        &mut self,
+        drift: &DriftLoop,
+        target: &str,
+        desired: &DeployTask,
+        findings: Vec<DriftFinding>,
+    ) {
         let observed_at_unix_ms = crate::now_unix_ms();
-        let send = |component: &str, kind: &str, detail: &str| {
+        let send = |component: &str, kind: &str, detail: &str, resolved_kind: &str| {
             // The receiver lives as long as the agent; after shutdown nothing listens.
             let _ = drift.outbox.send(v1::AgentMessage {
                 body: Some(AgentBody::DriftReport(v1::DriftReport {
@@ -630,22 +689,40 @@ impl Rounds {
                     kind: kind.to_owned(),
                     detail: detail.to_owned(),
                     observed_at_unix_ms,
+                    resolved_kind: resolved_kind.to_owned(),
                 })),
             });
         };
         if findings.is_empty() {
             if let Some(previous) = self.reported.remove(target) {
-                send("", "resolved", "");
-                if !previous.is_empty() {
+                send("", "resolved", "", "");
+                if previous != Reported::Unknown {
                     tracing::info!(target = %target, "drift resolved");
                 }
             }
             return;
         }
-        for finding in &findings {
-            send(&finding.component, finding.kind.as_str(), &finding.detail);
+        if let Some(reported) = self.reported.get(target) {
+            for (component, kind) in ended(reported, desired, &findings) {
+                send(&component, "resolved", "", kind.as_str());
+                if *reported != Reported::Unknown {
+                    tracing::info!(target = %target, component = %component, kind = %kind, "drift finding resolved");
+                }
+            }
         }
-        if self.reported.get(target) != Some(&findings) {
+        for finding in &findings {
+            send(
+                &finding.component,
+                finding.kind.as_str(),
+                &finding.detail,
+                "",
+            );
+        }
+        let changed = !matches!(
+            self.reported.get(target),
+            Some(Reported::Findings(previous)) if *previous == findings
+        );
+        if changed {
             for finding in &findings {
                 tracing::warn!(
                     target = %target,
@@ -656,7 +733,8 @@ impl Rounds {
                 );
             }
         }
-        self.reported.insert(target.to_owned(), findings);
+        self.reported
+            .insert(target.to_owned(), Reported::Findings(findings));
     }
 
     fn detection_failed(&mut self, target: &str, kind: &str, error: &str) {

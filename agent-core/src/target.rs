@@ -208,6 +208,23 @@ impl DeployTask {
             agent_id: agent_id.to_owned(),
         })
     }
+
+    /// Whether `sticker` is one this task's deployment writes: for one of its components,
+    /// with every field [`DeployTask::sticker`] takes from the task equal (`deployed_at`
+    /// and `agent_id` may differ — a retry of the task, after a crash, writes the same
+    /// deployment's sticker). A component that runs the right image under a sticker of
+    /// another deployment must be redeployed for its sticker to tell the truth.
+    pub fn wrote(&self, sticker: &Sticker) -> bool {
+        self.components
+            .iter()
+            .any(|c| c.name == sticker.component && c.image == sticker.image)
+            && sticker.release == self.release
+            && sticker.version == self.version
+            && sticker.environment == self.environment
+            && sticker.target == self.target.name
+            && sticker.deployment_id == self.deployment_id
+            && sticker.decision_id == self.decision_id
+    }
 }
 
 /// `value` with `${secret.NAME}` replaced from `secrets` and `$${` unescaped.
@@ -599,6 +616,30 @@ mod tests {
         let json = serde_json::to_string(&task).expect("json");
         let parsed: DeployTask = serde_json::from_str(&json).expect("parse");
         assert_eq!(parsed, task);
+    }
+
+    #[test]
+    fn a_task_wrote_the_stickers_of_its_deployment_only() {
+        let task = task_with(Vec::new());
+        let sticker = task.sticker(&task.components[0], "agent-1");
+        assert!(task.wrote(&sticker));
+        // A retry, by another agent process, later.
+        let mut retried = sticker.fields();
+        retried.deployed_at = "2030-01-01T00:00:00Z".into();
+        retried.agent_id = "agent-2".into();
+        assert!(task.wrote(&Sticker::seal(retried)));
+        for change in [
+            |f: &mut StickerFields| f.deployment_id = "dep-2".into(),
+            |f: &mut StickerFields| f.version = "1.0.1".into(),
+            |f: &mut StickerFields| f.decision_id = "sha256:e".into(),
+            |f: &mut StickerFields| f.image = "registry.local:5000/shop/api@sha256:def".into(),
+            |f: &mut StickerFields| f.component = "web".into(),
+            |f: &mut StickerFields| f.target = "web-2".into(),
+        ] {
+            let mut fields = sticker.fields();
+            change(&mut fields);
+            assert!(!task.wrote(&Sticker::seal(fields)));
+        }
     }
 
     #[test]

@@ -204,9 +204,13 @@ async fn the_drift_loop_reports_each_kind_every_interval_then_resolved() {
         finding("web-1", "db", "sticker_tampered"),
         finding("web-1", "cache", "unexpected"),
     ]);
-    // Findings are re-sent every round: wait for two rounds' worth.
+    // Findings are re-sent every round: wait for two rounds' worth. (The first round
+    // after a start also resolves, one by one, the kinds it does not find.)
     let reports = wait_for("two rounds of findings", DEADLINE, || {
-        let reports = reports_from(&control_plane, 0);
+        let reports: Vec<v1::DriftReport> = reports_from(&control_plane, 0)
+            .into_iter()
+            .filter(|r| r.kind != "resolved")
+            .collect();
         (reports.len() >= 2 * expected.len()).then_some(reports)
     })
     .await;
@@ -235,7 +239,7 @@ async fn the_drift_loop_reports_each_kind_every_interval_then_resolved() {
     // Someone puts things right; the next round says so, once.
     target.converge(&desired);
     let resolved = report_matching(&control_plane, 0, "resolved", DEADLINE, |r| {
-        r.kind == "resolved"
+        r.kind == "resolved" && r.resolved_kind.is_empty()
     })
     .await;
     let report = &reports_from(&control_plane, resolved)[0];
@@ -442,4 +446,124 @@ fn unix_ms_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock");
     i64::try_from(elapsed.as_millis()).expect("ms")
+}
+
+/// `(component, resolved_kind)` of the per-finding `resolved` reports among `reports`.
+fn resolved_findings(reports: &[v1::DriftReport]) -> BTreeSet<(String, String)> {
+    reports
+        .iter()
+        .filter(|r| r.kind == "resolved" && !r.resolved_kind.is_empty())
+        .map(|r| (r.component.clone(), r.resolved_kind.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_finding_that_ends_while_others_last_is_resolved_on_its_own() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let desired = deploy_task("web-1", "fake", &[("api", 'a'), ("web", 'b')]);
+    let target = FakeDriftTarget::new();
+    // api runs another image; web is missing.
+    target.converge(&desired);
+    let sticker = desired.sticker(&desired.components[0], "agent");
+    target.set_observed(
+        "web-1",
+        vec![ObservedComponent {
+            component: "api".to_owned(),
+            image_digest: digest('d'),
+            sticker_digest: Some(sticker.sticker_digest.clone()),
+        }],
+    );
+    target.set_sticker("web-1", sticker.clone());
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&desired]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+
+    // The first round after a start cannot know what the server holds open: every kind
+    // it does not find on a desired component is resolved on its own, before the
+    // findings, and the target as a whole is not.
+    let first = report_matching(&control_plane, 0, "web missing", DEADLINE, |r| {
+        r.component == "web" && r.kind == "missing"
+    })
+    .await;
+    let round = reports_from(&control_plane, 0);
+    let before_findings = &round[..=first];
+    let resolved = resolved_findings(before_findings);
+    for kind in [
+        "missing",
+        "sticker_tampered",
+        "unexpected",
+        "config_changed",
+    ] {
+        assert!(
+            resolved.contains(&("api".to_owned(), kind.to_owned())),
+            "api {kind}: {round:#?}"
+        );
+    }
+    assert!(!resolved.contains(&("api".to_owned(), "image_changed".to_owned())));
+    assert!(!resolved.contains(&("web".to_owned(), "missing".to_owned())));
+    assert!(
+        round
+            .iter()
+            .all(|r| !(r.kind == "resolved" && r.resolved_kind.is_empty())),
+        "{round:#?}"
+    );
+
+    // web comes back; api still runs the wrong image: web's `missing` alone is resolved.
+    let from = control_plane.script.drift_reports().len();
+    let web = desired.sticker(&desired.components[1], "agent");
+    target.set_observed(
+        "web-1",
+        vec![
+            ObservedComponent {
+                component: "api".to_owned(),
+                image_digest: digest('d'),
+                sticker_digest: Some(sticker.sticker_digest.clone()),
+            },
+            ObservedComponent {
+                component: "web".to_owned(),
+                image_digest: digest('b'),
+                sticker_digest: Some(web.sticker_digest.clone()),
+            },
+        ],
+    );
+    target.set_sticker("web-1", web);
+    target.notify("web-1");
+    let image_changed = report_matching(&control_plane, from, "api image_changed", DEADLINE, |r| {
+        r.component == "api" && r.kind == "image_changed"
+    })
+    .await;
+    let round = reports_from(&control_plane, from);
+    let upto = &round[..=image_changed - from];
+    assert_eq!(
+        resolved_findings(upto),
+        BTreeSet::from([("web".to_owned(), "missing".to_owned())]),
+        "{round:#?}"
+    );
+    let resolution = upto
+        .iter()
+        .find(|r| r.kind == "resolved")
+        .expect("a resolution");
+    assert_eq!(resolution.target, "web-1");
+    assert!(resolution.observed_at_unix_ms > 0);
+
+    // And when the target is clean, one report resolves it as a whole.
+    let from = control_plane.script.drift_reports().len();
+    target.converge(&desired);
+    target.notify("web-1");
+    let clean = report_matching(&control_plane, from, "resolved", DEADLINE, |r| {
+        r.kind == "resolved"
+    })
+    .await;
+    let report = &reports_from(&control_plane, clean)[0];
+    assert_eq!(
+        (report.component.as_str(), report.resolved_kind.as_str()),
+        ("", "")
+    );
+    agent.stop().await;
 }

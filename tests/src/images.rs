@@ -25,16 +25,51 @@ pub const WEB_HEALTH_CMD: &str = "wget -q -O /dev/null http://127.0.0.1:8080/hea
 const WEB_CMD: &str =
     r#"CMD ["/bin/sh","-c","trap 'exit 0' TERM; /bin/httpd -f -p 8080 -h /www & wait"]"#;
 
+/// How a web image behaves besides the version it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebImageOptions {
+    /// `/www/health` exists from the start.
+    pub healthy: bool,
+    /// `/www/health` appears this many seconds after the container starts (a slow
+    /// starter); the server answers `/` at once.
+    pub healthy_after_seconds: Option<u32>,
+    /// The image's own `HEALTHCHECK` instruction (for `docker import --change`), e.g.
+    /// `HEALTHCHECK --interval=1s --retries=1 CMD wget -q -O /dev/null http://127.0.0.1:8080/health`.
+    pub healthcheck: Option<String>,
+}
+
 /// Builds the web image locally and tags it `tag` (e.g. `127.0.0.1:PORT/stella-test/web:v1`):
 /// `/www/index.html` holds `version`, and `/www/health` exists when `healthy`.
 pub async fn build_web_image(tag: &str, version: &str, healthy: bool) -> anyhow::Result<()> {
+    let options = WebImageOptions {
+        healthy,
+        ..WebImageOptions::default()
+    };
+    build_web_image_with(tag, version, &options).await
+}
+
+/// [`build_web_image`] with more ways to behave.
+pub async fn build_web_image_with(
+    tag: &str,
+    version: &str,
+    options: &WebImageOptions,
+) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("stella-test-image-")
         .tempdir()?;
     let root = dir.path().join("rootfs");
     let version = version.to_owned();
     let rootfs = root.clone();
+    let healthy = options.healthy;
     tokio::task::spawn_blocking(move || write_web_rootfs(&rootfs, &version, healthy)).await??;
+    let command = match options.healthy_after_seconds {
+        None => WEB_CMD.to_owned(),
+        // The health file is written by a background job, so `/` answers at once and
+        // the TERM trap still ends the container at once.
+        Some(seconds) => format!(
+            r#"CMD ["/bin/sh","-c","trap 'exit 0' TERM; (sleep {seconds}; echo ok > /www/health) & /bin/httpd -f -p 8080 -h /www & wait"]"#
+        ),
+    };
     let tarball = dir.path().join("rootfs.tar");
     run_checked(
         tokio::process::Command::new("tar")
@@ -51,9 +86,15 @@ pub async fn build_web_image(tag: &str, version: &str, healthy: bool) -> anyhow:
     run_checked(
         tokio::process::Command::new("docker")
             .arg("import")
-            .args(["--change", WEB_CMD])
+            .args(["--change", &command])
             .args(["--change", "EXPOSE 8080"])
             .args(["--change", "ENV PATH=/bin"])
+            .args(
+                options
+                    .healthcheck
+                    .iter()
+                    .flat_map(|healthcheck| ["--change", healthcheck.as_str()]),
+            )
             .arg(&tarball)
             .arg(tag),
         "docker import",
@@ -128,8 +169,21 @@ impl WebImages {
     /// Builds, pushes and drops the local copy of the web image `version`: returns
     /// `repo@sha256:…`, which a deployment must pull.
     pub async fn publish(&self, version: &str, healthy: bool) -> anyhow::Result<String> {
+        let options = WebImageOptions {
+            healthy,
+            ..WebImageOptions::default()
+        };
+        self.publish_with(version, &options).await
+    }
+
+    /// [`WebImages::publish`] with more ways to behave.
+    pub async fn publish_with(
+        &self,
+        version: &str,
+        options: &WebImageOptions,
+    ) -> anyhow::Result<String> {
         let tag = format!("{}:{version}", self.repository);
-        build_web_image(&tag, version, healthy).await?;
+        build_web_image_with(&tag, version, options).await?;
         let reference = push_image(&tag, &self.docker_config).await?;
         remove_local_image(&tag).await?;
         self.published

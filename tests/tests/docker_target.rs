@@ -18,7 +18,9 @@ use stella_agent_core::{
     Sticker, Target, TargetSpec,
 };
 use stella_target_docker::{labels, DockerConfig, DockerTarget};
-use stella_tests::images::{docker_cli, ContainerCleanup, WebImages, WEB_HEALTH_CMD};
+use stella_tests::images::{
+    docker_cli, ContainerCleanup, WebImageOptions, WebImages, WEB_HEALTH_CMD,
+};
 use stella_tests::registry::TestRegistry;
 use stella_tests::{free_port, init_tracing, wait_until, TestDir};
 
@@ -77,6 +79,14 @@ impl World {
         ])
     }
 
+    /// [`World::settings`] with another health timeout: a release that never becomes
+    /// healthy fails after exactly this long.
+    fn settings_with_timeout(&self, seconds: u64) -> BTreeMap<String, String> {
+        let mut settings = self.settings();
+        settings.insert("health_timeout_seconds".to_owned(), seconds.to_string());
+        settings
+    }
+
     fn task(&self, version: &str, image: &str, settings: BTreeMap<String, String>) -> DeployTask {
         DeployTask {
             deployment_id: format!("dep-{version}-{}", uuid::Uuid::new_v4().simple()),
@@ -108,6 +118,15 @@ impl World {
         &self,
         task: &DeployTask,
     ) -> Result<(stella_agent_core::ApplyOutcome, Vec<String>), String> {
+        let (result, lines) = self.apply_with_lines(task).await;
+        result.map(|outcome| (outcome, lines))
+    }
+
+    /// The outcome (or the error chain) and the progress lines, failed or not.
+    async fn apply_with_lines(
+        &self,
+        task: &DeployTask,
+    ) -> (Result<stella_agent_core::ApplyOutcome, String>, Vec<String>) {
         let (progress, mut lines) = Progress::channel("agent-test", &task.deployment_id);
         let result = self
             .target
@@ -118,10 +137,10 @@ impl World {
         while let Some(line) = lines.recv().await {
             collected.push(line);
         }
-        match result {
-            Ok(outcome) => Ok((outcome, collected)),
-            Err(error) => Err(stella_agent_core::error_chain(&error)),
-        }
+        (
+            result.map_err(|error| stella_agent_core::error_chain(&error)),
+            collected,
+        )
     }
 
     /// Every container labelled for the target, running or not.
@@ -389,6 +408,16 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
         failures, 0,
         "failed samples: {failed_at:#?}\nprogress: {lines:#?}"
     );
+    // Before each step that can take a while, a line says what and for how long at most.
+    let name = world.container_name();
+    for expected in [
+        format!("web: pulling {v2}"),
+        format!("web: starting {name}-next"),
+        format!("web: waiting up to 30 s for {name}-next to be healthy (its Docker health check)"),
+        format!("web: stopping old container {name}, up to 10 s"),
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} in {lines:#?}");
+    }
     let container = world.only_container().await?;
     assert_eq!(world.served_version(&container).await?, "v2");
     assert_eq!(
@@ -400,15 +429,16 @@ async fn start_first_upgrade_never_stops_serving_and_failures_keep_the_old_conta
         Some("2.0.0")
     );
 
-    // v3 never becomes healthy: a clear error, v2 untouched.
+    // v3 never becomes healthy: a clear error once the health timeout is over, v2
+    // untouched.
     let error = world
-        .apply(&world.task("3.0.0", &v3, world.settings()))
+        .apply(&world.task("3.0.0", &v3, world.settings_with_timeout(3)))
         .await
         .expect_err("v3 is unhealthy");
     println!("v3: {error}");
     assert!(
         error.contains(&format!(
-            "container {}-next is unhealthy",
+            "container {}-next did not become healthy within 3 s",
             world.container_name()
         )) && error.contains("404"),
         "{error}"
@@ -482,12 +512,16 @@ async fn stop_first_with_a_fixed_host_port_restarts_the_old_container_on_failure
     let container = world.only_container().await?;
     assert_eq!(get_text(&world.http, &url).await?, "v2");
 
+    settings.insert("health_timeout_seconds".to_owned(), "3".to_owned());
     let error = world
         .apply(&world.task("3.0.0", &v3, settings))
         .await
         .expect_err("v3 is unhealthy");
     println!("v3 stop-first: {error}");
-    assert!(error.contains("is unhealthy"), "{error}");
+    assert!(
+        error.contains("did not become healthy within 3 s"),
+        "{error}"
+    );
     let after = world.only_container().await?;
     assert_eq!(
         after.id, container.id,
@@ -896,13 +930,521 @@ async fn stop_first_crash_then_a_failed_rerun_leaves_the_old_container_running(
     let _ = crashed.await;
 
     // The rerun (of a release that fails) first undoes the interrupted deployment.
+    settings.insert("health_timeout_seconds".to_owned(), "3".to_owned());
     let error = world
         .apply(&world.task("3.0.0", &v3, settings))
         .await
         .expect_err("v3 is unhealthy");
-    assert!(error.contains("is unhealthy"), "{error}");
+    assert!(error.contains("did not become healthy"), "{error}");
     let after = world.only_container().await?;
     assert_eq!(after.id, old.id);
+    let served = wait_until("v1 serves again", Duration::from_secs(10), || async {
+        get_text(&world.http, &url).await.ok()
+    })
+    .await?;
+    assert_eq!(served, "v1");
+    Ok(())
+}
+
+/// The labels of a container, by name.
+async fn labels_of(world: &World, name: &str) -> anyhow::Result<HashMap<String, String>> {
+    let inspect = world
+        .docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await?;
+    Ok(inspect.config.and_then(|c| c.labels).unwrap_or_default())
+}
+
+/// Runs `task` as an agent would and drops the run, as a crash of the agent would, right
+/// after the first progress line that contains `until`. Docker finishes what the engine
+/// had already been asked to do.
+async fn crash_after(world: &World, task: &DeployTask, until: &str) -> anyhow::Result<()> {
+    let (progress, mut lines) = Progress::channel("agent-test", "crash");
+    let target = world.target.clone();
+    let task = task.clone();
+    let run = tokio::spawn(async move {
+        target
+            .apply(
+                &task,
+                &Plan::default(),
+                &progress,
+                &CancellationToken::new(),
+            )
+            .await
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(until) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the run ended before a line containing {until:?}")
+    })
+    .await;
+    run.abort();
+    let _ = run.await;
+    outcome.with_context(|| format!("no line containing {until:?} within 60 s"))?
+}
+
+/// `(id, running)` of a container, by name; `None` when there is none.
+async fn container_state(world: &World, name: &str) -> anyhow::Result<Option<(String, bool)>> {
+    match world
+        .docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    {
+        Ok(inspect) => Ok(Some((
+            inspect.id.unwrap_or_default(),
+            inspect.state.and_then(|s| s.running).unwrap_or(false),
+        ))),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_keeps_the_new_container_the_crashed_run_started(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-resume").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let v3 = world.images.publish("v3", true).await?;
+    world
+        .apply(&world.task("1.0.0", &v1, world.settings()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let name = world.container_name();
+    let next = format!("{name}-next");
+
+    // 1: the agent dies right after `-next` is healthy, and Docker finishes the stop of
+    //    the old container the dead agent had asked for.
+    // 2: the agent dies while it waits for `-next` to be healthy; the old one still runs.
+    for (version, image, crash_point, old_running) in [
+        ("2.0.0", &v2, "is healthy", false),
+        ("3.0.0", &v3, "waiting", true),
+    ] {
+        let (old_id, _) = container_state(&world, &name)
+            .await?
+            .context("the old container")?;
+        let task = world.task(version, image, world.settings());
+        crash_after(&world, &task, crash_point).await?;
+        if !old_running {
+            docker_cli(&["stop", "-t", "5", &name], None, None).await?;
+        }
+        let (next_id, next_running) = container_state(&world, &next)
+            .await?
+            .context("the crashed run left -next")?;
+        assert!(next_running, "-next runs after the crash");
+        let (_, running) = container_state(&world, &name)
+            .await?
+            .context("the old container is still there")?;
+        assert_eq!(
+            running, old_running,
+            "the old container's state after the crash"
+        );
+        let next_sticker = labels_of(&world, &next).await?[labels::STICKER_DIGEST].clone();
+
+        // The same task again, as the journal re-runs a task that was running.
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = spawn_probe(&world, stop.clone());
+        let started = Instant::now();
+        let (outcome, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+        let took = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (samples, failures, failed_at) = probe.await?;
+        println!(
+            "{version}: retry after a crash at {crash_point:?} took {took:?}; probe: {samples} samples, {failures} failed\n{lines:#?}"
+        );
+
+        let container = world.only_container().await?;
+        assert_eq!(
+            container.id.as_deref(),
+            Some(next_id.as_str()),
+            "the healthy -next container is kept: {lines:#?}"
+        );
+        assert_eq!(
+            names(std::slice::from_ref(&container)),
+            vec![format!("/{name}")]
+        );
+        assert_ne!(container.id.as_deref(), Some(old_id.as_str()));
+        assert_eq!(
+            world.served_version(&container).await?,
+            version
+                .split('.')
+                .next()
+                .map(|major| format!("v{major}"))
+                .unwrap_or_default()
+        );
+        for nothing_twice in ["pulling", "creating", "starting", "again"] {
+            assert!(
+                lines.iter().all(|l| !l.contains(nothing_twice)),
+                "nothing is done twice ({nothing_twice}): {lines:#?}"
+            );
+        }
+        assert!(lines.iter().any(|l| l.contains("adopting")), "{lines:#?}");
+        assert!(outcome.summary.contains("resumed"), "{}", outcome.summary);
+        assert_eq!(failures, 0, "gaps while retrying: {failed_at:#?}");
+        assert!(samples >= 2, "only {samples} samples");
+
+        // Stickers tell the truth: the labels the crashed run wrote, the file, the outcome.
+        let sticker = &outcome.stickers[0];
+        assert_eq!(sticker.sticker_digest, next_sticker);
+        assert_eq!(sticker.deployment_id, task.deployment_id);
+        assert_eq!(sticker.image, *image);
+        assert_eq!(
+            Sticker::from_json(&std::fs::read(world.sticker_file())?)?,
+            *sticker
+        );
+        assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+
+        // And once more: nothing to do.
+        let (again, _) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+        assert!(
+            again.summary.contains("already up to date"),
+            "{}",
+            again.summary
+        );
+        assert_eq!(world.only_container().await?.id, container.id);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_timeout_seconds_is_how_long_a_new_container_may_take() -> anyhow::Result<()> {
+    let world = World::new("dk-slow").await?;
+    let config = world.registry.docker_config();
+    let slow = world
+        .images
+        .publish_with(
+            "slow",
+            &WebImageOptions {
+                healthy_after_seconds: Some(6),
+                ..WebImageOptions::default()
+            },
+        )
+        .await?;
+    // The same with the image's own HEALTHCHECK, which gives up after one failure.
+    let slow_own = world
+        .images
+        .publish_with(
+            "slow-own",
+            &WebImageOptions {
+                healthy_after_seconds: Some(6),
+                healthcheck: Some(format!(
+                    "HEALTHCHECK --interval=1s --timeout=2s --retries=1 CMD {WEB_HEALTH_CMD}"
+                )),
+                ..WebImageOptions::default()
+            },
+        )
+        .await?;
+    let never = world.images.publish("never", false).await?;
+    // Pulled beforehand so only the health wait is timed.
+    for image in [&slow, &slow_own, &never] {
+        docker_cli(&["pull", image], Some(&config), None).await?;
+    }
+
+    let started = Instant::now();
+    let (_, lines) = world
+        .apply(&world.task("1.0.0", &slow, world.settings_with_timeout(20)))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let took = started.elapsed();
+    println!("a container healthy after 6 s, timeout 20 s: deployed in {took:?}");
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(
+            "waiting up to 20 s for {}-next to be healthy",
+            world.container_name()
+        ))),
+        "{lines:#?}"
+    );
+
+    let started = Instant::now();
+    let mut own = world.task("2.0.0", &slow_own, BTreeMap::new());
+    own.target
+        .settings
+        .insert("health_timeout_seconds".to_owned(), "20".to_owned());
+    world.apply(&own).await.map_err(anyhow::Error::msg)?;
+    let took = started.elapsed();
+    println!("the image's own health check, healthy after 6 s, timeout 20 s: deployed in {took:?}");
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    let container = world.only_container().await?;
+    assert_eq!(world.served_version(&container).await?, "slow-own");
+
+    let started = Instant::now();
+    let error = world
+        .apply(&world.task("3.0.0", &never, world.settings_with_timeout(5)))
+        .await
+        .expect_err("never healthy");
+    let took = started.elapsed();
+    println!("never healthy, timeout 5 s: failed after {took:?}: {error}");
+    assert!(
+        took >= Duration::from_millis(4_900) && took < Duration::from_secs(9),
+        "{took:?}"
+    );
+    assert!(
+        error.contains(&format!(
+            "container {}-next did not become healthy within 5 s",
+            world.container_name()
+        )) && error.contains("404"),
+        "{error}"
+    );
+    assert_eq!(world.only_container().await?.id, container.id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn drift_sees_edited_labels_and_a_container_squatting_the_name() -> anyhow::Result<()> {
+    let world = World::new("dk-lies").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", true).await?;
+    let config = world.registry.docker_config();
+    docker_cli(&["pull", &v2], Some(&config), None).await?;
+    let task = world.task("1.0.0", &v1, world.settings());
+    world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    let name = world.container_name();
+    let kinds = |findings: &[stella_agent_core::DriftFinding]| {
+        findings.iter().map(|f| f.kind).collect::<Vec<_>>()
+    };
+
+    // Recreated by hand with the same image and every label, the version edited: the
+    // sticker-digest label (and the sticker file) still match each other.
+    let mut edited = labels_of(&world, &name).await?;
+    edited.insert(labels::VERSION.to_owned(), "9.9.9".to_owned());
+    docker_cli(&["rm", "-f", &name], None, None).await?;
+    let mut args = vec![
+        "run".to_owned(),
+        "-d".to_owned(),
+        "--name".to_owned(),
+        name.clone(),
+    ];
+    for (key, value) in &edited {
+        args.extend(["--label".to_owned(), format!("{key}={value}")]);
+    }
+    args.push(v1.clone());
+    docker_cli(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+        None,
+    )
+    .await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::StickerTampered],
+        "{findings:?}"
+    );
+    assert!(
+        findings[0].detail.contains(labels::VERSION) && findings[0].detail.contains("9.9.9"),
+        "{findings:?}"
+    );
+    // A deployment does not take lying labels for "up to date".
+    let (outcome, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+    assert!(
+        !outcome.summary.contains("already up to date"),
+        "{}\n{lines:#?}",
+        outcome.summary
+    );
+    assert_eq!(labels_of(&world, &name).await?[labels::VERSION], "1.0.0");
+    assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+
+    // Someone else's container under the target's container name, with another image.
+    let squatter_target = format!("{}-squatter", world.name);
+    let _squatters = ContainerCleanup::new([squatter_target.clone()]);
+    let squatter_label = format!("{}={squatter_target}", labels::TARGET);
+    docker_cli(&["rm", "-f", &name], None, None).await?;
+    docker_cli(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &squatter_label,
+            &v2,
+        ],
+        None,
+        None,
+    )
+    .await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::ImageChanged],
+        "{findings:?}"
+    );
+    assert!(
+        findings[0].detail.contains("not deployed by Stella")
+            && findings[0].detail.contains(digest_of(&v2))
+            && findings[0].detail.contains(&name),
+        "{findings:?}"
+    );
+    // With the desired image, but no sticker.
+    docker_cli(&["rm", "-f", &name], None, None).await?;
+    docker_cli(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &squatter_label,
+            &v1,
+        ],
+        None,
+        None,
+    )
+    .await?;
+    let findings = world.target.detect_drift(&task).await?;
+    assert_eq!(
+        kinds(&findings),
+        vec![DriftKind::StickerTampered],
+        "{findings:?}"
+    );
+    assert!(
+        findings[0].detail.contains("not deployed by Stella"),
+        "{findings:?}"
+    );
+    // Stella does not remove what it did not deploy.
+    let error = world.apply(&task).await.expect_err("the name is taken");
+    assert!(error.contains("is taken"), "{error}");
+    docker_cli(&["rm", "-f", &name], None, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_deployment_of_the_running_digest_replaces_the_container_so_labels_tell_the_truth(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-relabel").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let port = free_port().await?;
+    let mut fixed_port = world.settings();
+    fixed_port.insert("ports".to_owned(), format!("127.0.0.1:{port}:8080"));
+
+    for (settings, strategy, versions) in [
+        (world.settings(), "start-first", ["1.0.0", "1.0.1"]),
+        (fixed_port, "stop-first", ["2.0.0", "2.0.1"]),
+    ] {
+        let first = world.task(versions[0], &v1, settings.clone());
+        world.apply(&first).await.map_err(anyhow::Error::msg)?;
+        let before = world.only_container().await?;
+
+        // Another release (or a rollback, or a remediation) with the same digest.
+        let task = world.task(versions[1], &v1, settings);
+        let plan = world.target.plan(&task).await?;
+        assert!(plan.steps.iter().any(|s| s.contains("replace")), "{plan:?}");
+        let (outcome, lines) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+        assert!(
+            outcome.summary.contains(&format!("replaced {strategy}")),
+            "{}\n{lines:#?}",
+            outcome.summary
+        );
+        let after = world.only_container().await?;
+        assert_ne!(after.id, before.id, "a new container with new labels");
+        let container_labels = after.labels.clone().unwrap_or_default();
+        assert_eq!(container_labels[labels::VERSION], versions[1]);
+        assert_eq!(container_labels[labels::DEPLOYMENT], task.deployment_id);
+        let sticker = &outcome.stickers[0];
+        assert_eq!(sticker.deployment_id, task.deployment_id);
+        assert_eq!(sticker.version, versions[1]);
+        assert_eq!(
+            container_labels[labels::STICKER_DIGEST],
+            sticker.sticker_digest
+        );
+        assert_eq!(
+            Sticker::from_json(&std::fs::read(world.sticker_file())?)?,
+            *sticker
+        );
+        let listed = docker_cli(
+            &[
+                "ps",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label={}={}", labels::VERSION, versions[1]),
+                "--filter",
+                &format!("label={}={}", labels::TARGET, world.name),
+            ],
+            None,
+            None,
+        )
+        .await?;
+        assert_eq!(listed.trim(), after.id.as_deref().unwrap_or_default());
+        assert_eq!(world.target.detect_drift(&task).await?, vec![]);
+        // Measured against the earlier deployment, the sticker is not the desired one.
+        let findings = world.target.detect_drift(&first).await?;
+        assert_eq!(
+            findings.iter().map(|f| f.kind).collect::<Vec<_>>(),
+            vec![DriftKind::StickerTampered],
+            "{findings:?}"
+        );
+
+        // The same task again (a retry) is a no-op.
+        let (again, _) = world.apply(&task).await.map_err(anyhow::Error::msg)?;
+        assert!(
+            again.summary.contains("already up to date"),
+            "{}",
+            again.summary
+        );
+        assert_eq!(&again.stickers[0], sticker);
+        assert_eq!(world.only_container().await?.id, after.id);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_adopted_container_that_never_becomes_healthy_is_removed_and_the_old_one_serves_again(
+) -> anyhow::Result<()> {
+    let world = World::new("dk-resumefail").await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let v2 = world.images.publish("v2", false).await?;
+    let port = free_port().await?;
+    let mut settings = world.settings_with_timeout(3);
+    settings.insert("ports".to_owned(), format!("127.0.0.1:{port}:8080"));
+    let url = format!("http://127.0.0.1:{port}/");
+    world
+        .apply(&world.task("1.0.0", &v1, settings.clone()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let old = world.only_container().await?;
+
+    // Stop-first: the old container is stopped, -next runs its (failing) health wait.
+    let task = world.task("2.0.0", &v2, settings);
+    crash_after(&world, &task, "waiting").await?;
+    let name = world.container_name();
+    let (_, old_running) = container_state(&world, &name)
+        .await?
+        .context("the old container")?;
+    assert!(!old_running, "stop-first stopped the old container");
+
+    // The retry adopts -next, waits, gives up, and puts the old container back.
+    let (result, lines) = world.apply_with_lines(&task).await;
+    let error = result.expect_err("v2 never becomes healthy");
+    assert!(
+        error.contains("did not become healthy within 3 s"),
+        "{error}"
+    );
+    for expected in [
+        "adopting",
+        "removed the new container",
+        "starting container",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(expected)),
+            "{expected:?} in {lines:#?}"
+        );
+    }
+    let after = world.only_container().await?;
+    assert_eq!(after.id, old.id, "the old container is the one left");
     let served = wait_until("v1 serves again", Duration::from_secs(10), || async {
         get_text(&world.http, &url).await.ok()
     })

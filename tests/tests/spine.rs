@@ -262,6 +262,30 @@ async fn a_release_travels_by_digest_upgrades_fails_safely_and_rolls_back() -> a
 
     let env = spine.server.get("/api/v1/environments/dev").await?;
     assert_eq!(env["current"], "web@2");
+
+    // A release with the digest that already runs: the container is replaced, so that its
+    // labels name the new version, deployment and decision.
+    spine.release("2.1", &v2).await?;
+    let same = spine.promote("2.1").await?;
+    assert_eq!(same["state"], "succeeded", "{same}");
+    let (_, labels) = the_container(&spine.target).await?;
+    assert_eq!(labels["ops.stella.version"], "2.1");
+    assert_eq!(labels["ops.stella.deployment"], same["id"]);
+    assert_eq!(labels["ops.stella.decision"], same["decision_id"]);
+    let listed = docker_cli(
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=ops.stella.target={}", spine.target),
+            "--filter",
+            "label=ops.stella.version=2.1",
+        ],
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(listed.split_whitespace().count(), 1, "{listed}");
     let logs = spine
         .server
         .get(&format!(
@@ -461,7 +485,8 @@ async fn drift_is_reported_for_each_kind_and_remediated() -> anyhow::Result<()> 
     docker_cli(&["rm", "-f", &intruder], None, None).await?;
     wait_no_drift(server).await?;
 
-    // image_changed: the container replaced by hand with another image.
+    // image_changed: the container removed (missing), then made again by hand with
+    // another image. `missing` ends while `image_changed` lasts: it is resolved alone.
     let labels = docker_cli(
         &["inspect", "--format", "{{json .Config.Labels}}", &name],
         None,
@@ -470,6 +495,7 @@ async fn drift_is_reported_for_each_kind_and_remediated() -> anyhow::Result<()> 
     .await?;
     let labels: serde_json::Map<String, Value> = serde_json::from_str(labels.trim())?;
     docker_cli(&["rm", "-f", &name], None, None).await?;
+    wait_drift(server, "missing").await?;
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
     for (key, value) in &labels {
         args.push("--label".into());
@@ -479,6 +505,28 @@ async fn drift_is_reported_for_each_kind_and_remediated() -> anyhow::Result<()> 
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     docker_cli(&args, None, None).await?;
     wait_drift(server, "image_changed").await?;
+    let open = wait_until(
+        "missing is resolved while image_changed stays open",
+        Duration::from_secs(30),
+        || async {
+            let drift = server.get("/api/v1/drift").await.ok()?;
+            let kinds: Vec<Value> = drift
+                .as_array()?
+                .iter()
+                .map(|d| d["kind"].clone())
+                .collect();
+            (kinds == [json!("image_changed")]).then_some(drift)
+        },
+    )
+    .await?;
+    assert_eq!(open[0]["component"], "web");
+    let all = server.get("/api/v1/drift?all=true").await?;
+    assert!(
+        all.as_array().is_some_and(|d| d
+            .iter()
+            .any(|f| f["kind"] == "missing" && f["resolved_at"].is_string())),
+        "{all}"
+    );
 
     // remediate: the promoted digest is redeployed.
     server

@@ -59,6 +59,7 @@ store_suite!(
     deployments_are_listed_newest_first,
     logs_after_paginates_in_order,
     drift_is_upserted_resolved_and_listed,
+    a_drift_finding_is_resolved_on_its_own,
     concurrent_results_finish_the_deployment_once,
 );
 
@@ -736,6 +737,7 @@ fn _delivery_store_futures_are_send(store: &Store) {
     let drift = drift_record("t", "c", DriftKind::Missing, NOW);
     send(store.upsert_drift(&drift));
     send(store.resolve_drift("t", 0));
+    send(store.resolve_drift_finding("t", "c", DriftKind::Missing, 0));
     send(store.list_drift(None, false));
 }
 
@@ -1915,6 +1917,71 @@ async fn drift_is_upserted_resolved_and_listed(f: &Fixture) {
         .await
         .ok_or_panic("qa")
         .is_empty());
+}
+
+async fn a_drift_finding_is_resolved_on_its_own(f: &Fixture) {
+    let store = &f.store;
+    let web_missing = drift_record("web-1", "web", DriftKind::Missing, NOW);
+    let web_image = drift_record("web-1", "web", DriftKind::ImageChanged, NOW + 10);
+    let api_missing = drift_record("web-1", "api", DriftKind::Missing, NOW + 20);
+    let other = drift_record("web-2", "web", DriftKind::Missing, NOW + 30);
+    for record in [&web_missing, &web_image, &api_missing, &other] {
+        store.upsert_drift(record).await.ok_or_panic("upsert");
+    }
+
+    // The container came back with the wrong image: `missing` ends, the rest stays.
+    assert_eq!(
+        store
+            .resolve_drift_finding("web-1", "web", DriftKind::Missing, NOW + 40)
+            .await
+            .ok_or_panic("resolve"),
+        1
+    );
+    assert_eq!(
+        store
+            .resolve_drift_finding("web-1", "web", DriftKind::Missing, NOW + 50)
+            .await
+            .ok_or_panic("resolve again"),
+        0,
+        "already resolved"
+    );
+    assert_eq!(
+        store
+            .resolve_drift_finding("web-1", "web", DriftKind::Unexpected, NOW + 50)
+            .await
+            .ok_or_panic("resolve unknown"),
+        0,
+        "never reported"
+    );
+    assert_eq!(
+        store.list_drift(None, false).await.ok_or_panic("open"),
+        [other.clone(), api_missing.clone(), web_image.clone()]
+    );
+    let all = store.list_drift(None, true).await.ok_or_panic("all");
+    let resolved: Vec<&DriftRecord> = all.iter().filter(|r| r.resolved_at_ms.is_some()).collect();
+    assert_eq!(
+        resolved,
+        [&DriftRecord {
+            resolved_at_ms: Some(NOW + 40),
+            ..web_missing.clone()
+        }]
+    );
+
+    // Reported again: open again, as a new finding; the target-wide resolution still
+    // ends every finding of the target.
+    let back = drift_record("web-1", "web", DriftKind::Missing, NOW + 60);
+    store.upsert_drift(&back).await.ok_or_panic("reopen");
+    assert_eq!(
+        store
+            .resolve_drift("web-1", NOW + 70)
+            .await
+            .ok_or_panic("resolve target"),
+        3
+    );
+    assert_eq!(
+        store.list_drift(None, false).await.ok_or_panic("open"),
+        [other]
+    );
 }
 
 async fn concurrent_results_finish_the_deployment_once(f: &Fixture) {

@@ -1,5 +1,5 @@
-//! The reconciler: bring one component's container to the desired image and settings,
-//! start-first or stop-first, leaving the old container running on any failure.
+//! The reconciler: bring one component's container to the desired image, settings and
+//! sticker, start-first or stop-first, leaving the old container running on any failure.
 
 use std::collections::HashMap;
 
@@ -20,23 +20,26 @@ use crate::labels;
 use crate::settings::{DockerSettings, RestartSetting, UpdateStrategy};
 use crate::DockerTarget;
 
-/// How often Docker runs `health_cmd`.
+/// How often Docker runs the health check, during the start period too.
 const HEALTH_INTERVAL_NS: i64 = 1_000_000_000;
 /// How long one `health_cmd` run may take.
 const HEALTH_CHECK_TIMEOUT_NS: i64 = 2_000_000_000;
-/// Failed runs in a row before Docker reports `unhealthy`.
+/// Failed runs in a row, after the start period, before Docker reports `unhealthy`.
 const HEALTH_RETRIES: i64 = 3;
 
 /// What happened to one component.
 #[derive(Debug)]
 pub(crate) enum ComponentOutcome {
-    /// The right container already ran; its sticker.
+    /// The right container already ran, under this deployment's sticker.
     UpToDate(Sticker),
-    /// A new container was made.
+    /// A new container was made (or one an interrupted run made was finished).
     Deployed {
         sticker: Sticker,
         strategy: UpdateStrategy,
+        /// An old container was replaced.
         replaced: bool,
+        /// Why, when it is not the obvious (for the summary).
+        note: Option<&'static str>,
     },
 }
 
@@ -65,7 +68,8 @@ pub(crate) struct ComponentState {
 }
 
 impl ComponentState {
-    /// The running container named `name` with the desired image and settings.
+    /// The running container named `name` with the desired image and settings (its
+    /// sticker still to be judged: see [`label_sticker`]).
     pub(crate) fn current(&self, settings: &DockerSettings) -> Option<&ManagedContainer> {
         let desired = self.desired_image_id.as_deref()?;
         self.containers.iter().find(|c| {
@@ -74,6 +78,49 @@ impl ComponentState {
                 && c.image_id == desired
                 && c.label(labels::CONFIG_DIGEST) == Some(settings.config_digest.as_str())
         })
+    }
+
+    /// A `-next` container that an interrupted run of this same deployment made and
+    /// started, with the desired image and settings, and its sticker: that run's
+    /// progress, to be finished rather than thrown away (throwing it away would remove a
+    /// container that may be the only one serving, since Docker finishes a stop of the
+    /// old one that the dead run had asked for).
+    pub(crate) fn adoptable(
+        &self,
+        task: &DeployTask,
+        settings: &DockerSettings,
+    ) -> Option<(&ManagedContainer, Sticker)> {
+        let desired = self.desired_image_id.as_deref()?;
+        self.leftovers
+            .iter()
+            .filter(|c| {
+                c.running
+                    && c.image_id == desired
+                    && c.label(labels::CONFIG_DIGEST) == Some(settings.config_digest.as_str())
+            })
+            .find_map(|c| label_sticker(task, c).ok().map(|sticker| (c, sticker)))
+    }
+}
+
+/// The sticker in a container's labels, if it is a whole one that this task's deployment
+/// wrote; otherwise why not, for the operator (`its sticker names deployment …`).
+pub(crate) fn label_sticker(
+    task: &DeployTask,
+    container: &ManagedContainer,
+) -> Result<Sticker, String> {
+    let Some(sticker) = labels::sticker_from_labels(&container.labels) else {
+        return Err(format!(
+            "its ops.stella.* labels do not add up to their {}",
+            labels::STICKER_DIGEST
+        ));
+    };
+    if task.wrote(&sticker) {
+        Ok(sticker)
+    } else {
+        Err(format!(
+            "its sticker names deployment {} ({} {})",
+            sticker.deployment_id, sticker.release, sticker.version
+        ))
     }
 }
 
@@ -124,14 +171,30 @@ impl DockerTarget {
         let say = |line: String| progress.report(format!("{}: {line}", component.name));
         let mut state = self.component_state(task, settings, component).await?;
 
-        let interrupted = !state.leftovers.is_empty();
+        let adopt = state
+            .adoptable(task, settings)
+            .map(|(next, sticker)| (next.id.clone(), sticker));
+        let mut adopted = None;
+        let mut interrupted = false;
         for leftover in std::mem::take(&mut state.leftovers) {
-            self.engine.remove(&leftover.id).await?;
-            tracing::warn!(target, component = %component.name, container = %leftover.name, "removed a container left by an interrupted deployment");
+            if let Some((id, sticker)) = &adopt {
+                if *id == leftover.id {
+                    adopted = Some((leftover, sticker.clone()));
+                    continue;
+                }
+            }
+            interrupted = true;
             say(format!(
-                "removed container {} left by an interrupted deployment",
+                "removing container {} left by an interrupted deployment",
                 leftover.name
             ));
+            self.engine.remove(&leftover.id).await?;
+            tracing::warn!(target, component = %component.name, container = %leftover.name, "removed a container left by an interrupted deployment");
+        }
+        if let Some((next, sticker)) = adopted {
+            return self
+                .resume(task, settings, &mut state, &next, sticker, &say, cancel)
+                .await;
         }
         if interrupted {
             self.restart_interrupted(&mut state, &say).await;
@@ -141,19 +204,28 @@ impl DockerTarget {
                 .await?;
         }
 
+        let mut note = None;
         if let Some(current) = state.current(settings) {
-            if let Some(sticker) = self
-                .current_sticker(target, component, current, &say)
-                .await?
-            {
-                let current_id = current.id.clone();
-                self.remove_extras(&state.containers, &current_id, settings, &say)
-                    .await?;
-                say(format!(
-                    "already up to date: container {} runs {}",
-                    state.name, component.image
-                ));
-                return Ok(ComponentOutcome::UpToDate(sticker));
+            match self.current_sticker(task, component, current, &say).await? {
+                Ok(sticker) => {
+                    let current_id = current.id.clone();
+                    self.remove_extras(&state.containers, &current_id, settings, &say)
+                        .await?;
+                    say(format!(
+                        "already up to date: container {} runs {}",
+                        state.name, component.image
+                    ));
+                    return Ok(ComponentOutcome::UpToDate(sticker));
+                }
+                Err(reason) => {
+                    // Labels cannot be changed: only a new container can carry this
+                    // deployment's sticker.
+                    say(format!(
+                        "container {} runs {} but {reason}: replacing it so that its labels and sticker name this deployment",
+                        state.name, component.image
+                    ));
+                    note = Some("same image, new sticker");
+                }
             }
         }
 
@@ -184,11 +256,16 @@ impl DockerTarget {
         // The sticker exists before the container: its digest is one of the labels.
         let sticker = task.sticker(component, progress.agent_id());
         let labels = labels::sticker_labels(&sticker, &state.image.digest, &settings.config_digest);
-        let docker_health =
-            settings.health_cmd.is_some() || self.engine.image_has_healthcheck(&image_id).await?;
-        let body = container_body(settings, &state.image, labels);
+        let image_has_own = self.engine.image_has_healthcheck(&image_id).await?;
+        let docker_health = settings.health_cmd.is_some() || image_has_own;
+        let body = container_body(
+            settings,
+            &state.image,
+            labels,
+            healthcheck(settings, image_has_own),
+        );
+        say(format!("creating container {}", state.next_name));
         self.engine.create(&state.next_name, body).await?;
-        say(format!("created container {}", state.next_name));
 
         let health = HealthWait {
             container: &state.next_name,
@@ -209,9 +286,89 @@ impl DockerTarget {
                     .await?;
             }
         }
+        self.settle(&state, &sticker, strategy, &say).await?;
+        Ok(ComponentOutcome::Deployed {
+            sticker,
+            strategy,
+            replaced,
+            note,
+        })
+    }
+
+    /// Finishes what an interrupted run of this deployment started: its `-next`
+    /// container (`next`, adopted with its `sticker`) runs; once it is healthy the old
+    /// containers go and it takes the component's name, as in a run that was not
+    /// interrupted. If it does not become healthy it is removed and an old container the
+    /// interrupted run had stopped is started again.
+    #[allow(clippy::too_many_arguments)]
+    async fn resume(
+        &self,
+        task: &DeployTask,
+        settings: &DockerSettings,
+        state: &mut ComponentState,
+        next: &ManagedContainer,
+        sticker: Sticker,
+        say: &impl Fn(String),
+        cancel: &CancellationToken,
+    ) -> Result<ComponentOutcome, DockerError> {
+        let target = task.target.name.as_str();
+        say(format!(
+            "adopting container {} left by an interrupted deployment: it already runs {} for this deployment",
+            next.name, state.image
+        ));
+        tracing::warn!(target, container = %next.name, deployment_id = %task.deployment_id, "adopting the container an interrupted run of this deployment left");
+        self.check_name_is_ours(target, &state.name, &state.containers)
+            .await?;
+        let docker_health = settings.health_cmd.is_some()
+            || self.engine.image_has_healthcheck(&next.image_id).await?;
+        let health = HealthWait {
+            container: &state.next_name,
+            docker_health,
+            health_url: settings.health_url.as_deref(),
+            network: settings.network.as_deref(),
+            timeout: settings.health_timeout,
+        };
+        if let Err(failure) = self.wait_healthy(&health, say, cancel).await {
+            self.discard_new(state, say).await;
+            // A stop the dead run had asked for may have finished since the listing.
+            for old in &mut state.containers {
+                match self.engine.container_named(&old.id).await {
+                    Ok(Some(now)) => old.running = now.running,
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(container = %old.name, error = %error_chain(&error), "could not look at the old container again");
+                    }
+                }
+            }
+            self.restart_interrupted(state, say).await;
+            return Err(failure);
+        }
+        let replaced = !state.containers.is_empty();
+        for old in &state.containers {
+            self.retire(old, settings, say, "old").await?;
+        }
+        let strategy = settings.strategy();
+        self.settle(state, &sticker, strategy, say).await?;
+        Ok(ComponentOutcome::Deployed {
+            sticker,
+            strategy,
+            replaced,
+            note: Some("resumed an interrupted run"),
+        })
+    }
+
+    /// The last steps of a deployment, once the old containers are gone: the new
+    /// container takes the component's name, and the sticker file is written.
+    async fn settle(
+        &self,
+        state: &ComponentState,
+        sticker: &Sticker,
+        strategy: UpdateStrategy,
+        say: &impl Fn(String),
+    ) -> Result<(), DockerError> {
         self.engine.rename(&state.next_name, &state.name).await?;
-        self.sticker_files.write(&sticker).await?;
-        tracing::info!(target, component = %component.name, container = %state.name, image = %state.image, ?strategy, "deployed");
+        self.sticker_files.write(sticker).await?;
+        tracing::info!(target = %sticker.target, component = %sticker.component, container = %state.name, image = %state.image, deployment_id = %sticker.deployment_id, ?strategy, "deployed");
         say(format!(
             "container {} runs {} ({})",
             state.name,
@@ -221,11 +378,29 @@ impl DockerTarget {
                 UpdateStrategy::StopFirst => "stop-first",
             }
         ));
-        Ok(ComponentOutcome::Deployed {
-            sticker,
-            strategy,
-            replaced,
-        })
+        Ok(())
+    }
+
+    /// Waits until the new container is healthy, saying for how long at most first.
+    async fn wait_healthy(
+        &self,
+        health: &HealthWait<'_>,
+        say: &impl Fn(String),
+        cancel: &CancellationToken,
+    ) -> Result<(), DockerError> {
+        say(format!(
+            "waiting up to {} s for {} to be healthy ({})",
+            health.timeout.as_secs(),
+            health.container,
+            health.describe()
+        ));
+        let took = health.wait(&self.engine, &self.http, cancel).await?;
+        say(format!(
+            "{} is healthy after {:.1} s",
+            health.container,
+            took.as_secs_f64()
+        ));
+        Ok(())
     }
 
     /// New beside old; the old ones go once the new one is healthy.
@@ -238,19 +413,15 @@ impl DockerTarget {
         cancel: &CancellationToken,
     ) -> Result<(), DockerError> {
         let started = async {
+            say(format!("starting {}", state.next_name));
             self.engine.start(&state.next_name).await?;
-            say(format!(
-                "started {}, waiting until it is healthy",
-                state.next_name
-            ));
-            health.wait(&self.engine, &self.http, cancel).await
+            self.wait_healthy(health, say, cancel).await
         }
         .await;
         if let Err(failure) = started {
             self.discard_new(state, say).await;
             return Err(failure);
         }
-        say(format!("{} is healthy", state.next_name));
         for old in &state.containers {
             self.retire(old, settings, say, "old").await?;
         }
@@ -272,6 +443,10 @@ impl DockerTarget {
         let mut stopped = Vec::new();
         let mut result = Ok(());
         for old in &running {
+            say(format!(
+                "stopping old container {}, up to {} s (it is kept until the new one is healthy)",
+                old.name, settings.stop_timeout_seconds
+            ));
             match self
                 .engine
                 .stop(&old.id, settings.stop_timeout_seconds)
@@ -279,10 +454,7 @@ impl DockerTarget {
             {
                 Ok(()) => {
                     stopped.push(*old);
-                    say(format!(
-                        "stopped old container {} (kept until the new one is healthy)",
-                        old.name
-                    ));
+                    say(format!("stopped old container {}", old.name));
                 }
                 Err(error) => {
                     result = Err(error);
@@ -292,18 +464,16 @@ impl DockerTarget {
         }
         if result.is_ok() {
             result = async {
+                say(format!("starting {}", state.next_name));
                 self.engine.start(&state.next_name).await?;
-                say(format!(
-                    "started {}, waiting until it is healthy",
-                    state.next_name
-                ));
-                health.wait(&self.engine, &self.http, cancel).await
+                self.wait_healthy(health, say, cancel).await
             }
             .await;
         }
         if let Err(failure) = result {
             self.discard_new(state, say).await;
             for old in stopped {
+                say(format!("starting old container {} again", old.name));
                 if let Err(restart_error) = self.engine.start(&old.id).await {
                     tracing::error!(container = %old.name, error = %error_chain(&restart_error), "could not start the old container again");
                     return Err(DockerError::RollbackFailed {
@@ -316,7 +486,6 @@ impl DockerTarget {
             }
             return Err(failure);
         }
-        say(format!("{} is healthy", state.next_name));
         for old in &state.containers {
             self.engine.remove(&old.id).await?;
             say(format!("removed old container {}", old.name));
@@ -334,14 +503,12 @@ impl DockerTarget {
             .iter_mut()
             .filter(|c| !c.running && c.name == state.name)
         {
+            say(format!(
+                "starting container {} again, which the interrupted deployment had stopped",
+                old.name
+            ));
             match self.engine.start(&old.id).await {
-                Ok(()) => {
-                    old.running = true;
-                    say(format!(
-                        "started container {} again, which the interrupted deployment had stopped",
-                        old.name
-                    ));
-                }
+                Ok(()) => old.running = true,
                 Err(error) => {
                     tracing::warn!(container = %old.name, error = %error_chain(&error), "could not start the container an interrupted deployment had stopped");
                 }
@@ -361,16 +528,20 @@ impl DockerTarget {
     }
 
     /// The sticker of a container that runs the desired image and settings, if its
-    /// sticker checks out: from the sticker file, or rebuilt from the labels (and the file
-    /// rewritten) when the file is missing or does not match them.
+    /// labels hold a whole sticker of this task's deployment (the sticker file is
+    /// restored from them when it is missing or differs); otherwise why not.
     async fn current_sticker(
         &self,
-        target: &str,
+        task: &DeployTask,
         component: &ComponentSpec,
         current: &ManagedContainer,
         say: &impl Fn(String),
-    ) -> Result<Option<Sticker>, DockerError> {
-        let label_digest = current.label(labels::STICKER_DIGEST);
+    ) -> Result<Result<Sticker, String>, DockerError> {
+        let target = task.target.name.as_str();
+        let sticker = match label_sticker(task, current) {
+            Ok(sticker) => sticker,
+            Err(reason) => return Ok(Err(reason)),
+        };
         let file = match self.sticker_files.read(target, &component.name).await {
             Ok(file) => file,
             Err(error @ DockerError::StickerCorrupt { .. }) => {
@@ -379,27 +550,15 @@ impl DockerTarget {
             }
             Err(error) => return Err(error),
         };
-        if let Some(file) = file {
-            if file.verify()
-                && Some(file.sticker_digest.as_str()) == label_digest
-                && file.image == component.image
-            {
-                return Ok(Some(file));
-            }
+        if file.as_ref() != Some(&sticker) {
+            self.sticker_files.write(&sticker).await?;
+            tracing::warn!(target, component = %component.name, "sticker file restored from the container labels");
+            say(format!(
+                "restored the sticker file from the labels of container {}",
+                current.name
+            ));
         }
-        let Some(from_labels) = labels::sticker_from_labels(&current.labels) else {
-            return Ok(None);
-        };
-        if from_labels.image != component.image {
-            return Ok(None);
-        }
-        self.sticker_files.write(&from_labels).await?;
-        tracing::warn!(target, component = %component.name, "sticker file restored from the container labels");
-        say(format!(
-            "restored the sticker file from the labels of container {}",
-            current.name
-        ));
-        Ok(Some(from_labels))
+        Ok(Ok(sticker))
     }
 
     /// Removes the component's containers other than `keep`.
@@ -424,6 +583,10 @@ impl DockerTarget {
         say: &impl Fn(String),
         what: &str,
     ) -> Result<(), DockerError> {
+        say(format!(
+            "stopping {what} container {}, up to {} s",
+            container.name, settings.stop_timeout_seconds
+        ));
         self.engine
             .stop(&container.id, settings.stop_timeout_seconds)
             .await?;
@@ -467,11 +630,40 @@ fn credentials_for(task: &DeployTask, image: &ImageRef) -> Option<DockerCredenti
         })
 }
 
+/// The container's health check: `health_cmd` every second, or the image's own
+/// `HEALTHCHECK` (Docker fills the fields left unset from the image), either way with a
+/// start period of `health_timeout_seconds`, checked every second meanwhile. Docker does
+/// not count failed checks in the start period, so a slow starter is not `unhealthy`
+/// before Stella's wait for it ends: that wait decides (see `health`). After the start
+/// period Docker's usual rule holds (3 failures in a row for `health_cmd`).
+pub(crate) fn healthcheck(settings: &DockerSettings, image_has_own: bool) -> Option<HealthConfig> {
+    let start_period = i64::try_from(settings.health_timeout.as_nanos()).unwrap_or(i64::MAX);
+    match &settings.health_cmd {
+        Some(command) => Some(HealthConfig {
+            test: Some(vec!["CMD-SHELL".to_owned(), command.clone()]),
+            interval: Some(HEALTH_INTERVAL_NS),
+            timeout: Some(HEALTH_CHECK_TIMEOUT_NS),
+            retries: Some(HEALTH_RETRIES),
+            start_period: Some(start_period),
+            // Engines before API 1.44 ignore it and check at `interval` anyway; later
+            // ones would check only every 5 s during the start period without it.
+            start_interval: Some(HEALTH_INTERVAL_NS),
+        }),
+        None if image_has_own => Some(HealthConfig {
+            start_period: Some(start_period),
+            start_interval: Some(HEALTH_INTERVAL_NS),
+            ..Default::default()
+        }),
+        None => None,
+    }
+}
+
 /// The container as the settings describe it.
 fn container_body(
     settings: &DockerSettings,
     image: &ImageRef,
     labels: HashMap<String, String>,
+    healthcheck: Option<HealthConfig>,
 ) -> ContainerCreateBody {
     let mut exposed_ports = HashMap::new();
     let mut port_bindings: PortMap = HashMap::new();
@@ -486,13 +678,6 @@ fn container_body(
                 host_port: port.host_port.map(|p| p.to_string()),
             });
     }
-    let healthcheck = settings.health_cmd.as_ref().map(|command| HealthConfig {
-        test: Some(vec!["CMD-SHELL".to_owned(), command.clone()]),
-        interval: Some(HEALTH_INTERVAL_NS),
-        timeout: Some(HEALTH_CHECK_TIMEOUT_NS),
-        retries: Some(HEALTH_RETRIES),
-        ..Default::default()
-    });
     let restart_policy = match settings.restart {
         RestartSetting::No => RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
@@ -541,6 +726,20 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
+    fn the_health_timeout_is_the_start_period_of_any_health_check() {
+        let settings = DockerSettings::parse(&BTreeMap::from([(
+            "health_timeout_seconds".to_owned(),
+            "20".to_owned(),
+        )]))
+        .expect("settings");
+        assert_eq!(healthcheck(&settings, false), None);
+        let own = healthcheck(&settings, true).expect("the image's check, extended");
+        assert_eq!(own.test, None, "the image's test is kept");
+        assert_eq!(own.retries, None);
+        assert_eq!(own.start_period, Some(20_000_000_000));
+    }
+
+    #[test]
     fn container_body_follows_the_settings() {
         let settings = DockerSettings::parse(&BTreeMap::from([
             (
@@ -555,7 +754,12 @@ mod tests {
         ]))
         .expect("settings");
         let image = ImageRef::parse(&format!("r/web@sha256:{}", "0".repeat(64))).expect("image");
-        let body = container_body(&settings, &image, HashMap::new());
+        let body = container_body(
+            &settings,
+            &image,
+            HashMap::new(),
+            healthcheck(&settings, false),
+        );
         assert_eq!(body.image.as_deref(), Some(image.to_string().as_str()));
         assert_eq!(body.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(body.cmd, Some(vec!["run".to_owned(), "--fast".to_owned()]));
@@ -565,6 +769,9 @@ mod tests {
             Some(vec!["CMD-SHELL".to_owned(), "true".to_owned()])
         );
         assert_eq!(health.interval, Some(1_000_000_000));
+        // The health timeout (default 60 s) is the start period.
+        assert_eq!(health.start_period, Some(60_000_000_000));
+        assert_eq!(health.start_interval, Some(1_000_000_000));
         let host = body.host_config.expect("host config");
         assert_eq!(host.network_mode.as_deref(), Some("backend"));
         assert_eq!(host.binds, Some(vec!["/srv:/data:ro".to_owned()]));

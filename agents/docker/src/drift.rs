@@ -23,15 +23,21 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 impl DockerTarget {
     /// The drift of one target: per desired component, `missing` (no running container),
     /// `image_changed` (the container's image is not the local image of the desired
-    /// digest), `config_changed` (made under other settings), `sticker_tampered` (the file
-    /// is missing, does not verify, is not the sticker in the container's labels, or names
-    /// another image); and `unexpected` for a second container of a component or a
-    /// running container of a component that is not desired.
+    /// digest), `config_changed` (made under other settings), `sticker_tampered` (see
+    /// [`DockerTarget::sticker_drift`]); and `unexpected` for a second container of a
+    /// component or a running container of a component that is not desired.
+    ///
+    /// A container Stella did not deploy for the target that runs under a component's
+    /// container name (a squatter: no `ops.stella.target` label of this target) is what
+    /// runs there, so it is reported as such rather than as `missing`: `image_changed`
+    /// ("a container not deployed by Stella runs … under the name …") when it runs
+    /// another image, `sticker_tampered` when it runs the desired one without a sticker.
+    /// Stella never removes it; a deployment fails until an operator does.
     pub(crate) async fn do_detect_drift(
         &self,
         desired: &DeployTask,
     ) -> Result<Vec<DriftFinding>, DockerError> {
-        let (settings, components) = Self::resolve(desired)?;
+        let (settings, components) = Self::resolve_for_drift(desired)?;
         let target = desired.target.name.as_str();
         let containers = self.engine.containers(target, None).await?;
         let mut findings = Vec::new();
@@ -49,6 +55,10 @@ impl DockerTarget {
                 .or_else(|| running.first())
                 .copied()
             else {
+                if let Some(squatter) = self.squatter(component, &name, &containers).await? {
+                    findings.push(squatter);
+                    continue;
+                }
                 let detail = match mine.first() {
                     Some(stopped) => format!(
                         "container {} of {} is not running",
@@ -75,7 +85,7 @@ impl DockerTarget {
                 self.container_drift(component, primary, &settings.config_digest)
                     .await?,
             );
-            if let Some(tampered) = self.sticker_drift(target, component, primary).await? {
+            if let Some(tampered) = self.sticker_drift(desired, component, primary).await? {
                 findings.push(finding(component, DriftKind::StickerTampered, tampered));
             }
         }
@@ -140,17 +150,61 @@ impl DockerTarget {
         Ok(findings)
     }
 
-    /// Why the sticker of a running component is not to be trusted, if it is not.
+    /// What runs under a component's container name when no container of the target
+    /// runs the component, if the name is held by a running container that is not the
+    /// target's (see [`DockerTarget::do_detect_drift`]).
+    async fn squatter(
+        &self,
+        component: &ComponentSpec,
+        name: &str,
+        ours: &[ManagedContainer],
+    ) -> Result<Option<DriftFinding>, DockerError> {
+        let Some(found) = self.engine.container_named(name).await? else {
+            return Ok(None);
+        };
+        if !found.running || ours.iter().any(|c| c.id == found.id) {
+            return Ok(None);
+        }
+        let image =
+            ImageRef::parse(&component.image).map_err(|reason| DockerError::InvalidImage {
+                component: component.name.clone(),
+                reference: component.image.clone(),
+                reason,
+            })?;
+        let desired_id = self.engine.local_image_id(&image.to_string()).await?;
+        let runs = self.running_digest(&found).await?;
+        let runs_here =
+            format!("a container not deployed by Stella runs {runs} under the name {name}");
+        let (kind, detail) = if desired_id.as_deref() == Some(found.image_id.as_str()) {
+            (
+                DriftKind::StickerTampered,
+                format!("{runs_here}: the desired image, without a sticker"),
+            )
+        } else {
+            (
+                DriftKind::ImageChanged,
+                format!("{runs_here}, desired {}", image.digest),
+            )
+        };
+        Ok(Some(finding(component, kind, detail)))
+    }
+
+    /// Why the sticker of a running component is not to be trusted, if it is not: its
+    /// labels do not add up to the sticker digest they carry (labels edited when the
+    /// container was made again by hand); the sticker file is missing, does not verify or
+    /// is not the sticker in the labels; the sticker names another image than desired; or
+    /// it is the sticker of another deployment than the desired state's (the container
+    /// runs the right image, but its sticker does not tell how it got there).
     async fn sticker_drift(
         &self,
-        target: &str,
+        desired: &DeployTask,
         component: &ComponentSpec,
         container: &ManagedContainer,
     ) -> Result<Option<String>, DockerError> {
+        let target = desired.target.name.as_str();
         let path = self.sticker_files.path(target, &component.name)?;
-        let sticker = match self.sticker_files.read(target, &component.name).await {
-            Ok(Some(sticker)) => sticker,
-            Ok(None) => return Ok(Some(format!("no sticker file at {}", path.display()))),
+        let file = match self.sticker_files.read(target, &component.name).await {
+            Ok(file) => file,
             Err(DockerError::StickerCorrupt { .. }) => {
                 return Ok(Some(format!(
                     "the sticker file {} does not hold a sticker",
@@ -159,23 +213,58 @@ impl DockerTarget {
             }
             Err(error) => return Err(error),
         };
-        let on_container = container.label(labels::STICKER_DIGEST);
+        let Some(from_labels) = labels::sticker_from_labels(&container.labels) else {
+            let edited = file
+                .as_ref()
+                .filter(|file| {
+                    file.verify()
+                        && container.label(labels::STICKER_DIGEST)
+                            == Some(file.sticker_digest.as_str())
+                })
+                .map(|file| labels::differences(&container.labels, file))
+                .unwrap_or_default();
+            return Ok(Some(if edited.is_empty() {
+                format!(
+                    "the ops.stella.* labels of container {} do not add up to its {}",
+                    container.name,
+                    labels::STICKER_DIGEST
+                )
+            } else {
+                format!(
+                    "the labels of container {} were edited: {}",
+                    container.name,
+                    edited.join("; ")
+                )
+            }));
+        };
+        let Some(sticker) = file else {
+            return Ok(Some(format!("no sticker file at {}", path.display())));
+        };
+        let on_container = from_labels.sticker_digest.as_str();
         let detail = if !sticker.verify() {
             format!(
                 "the sticker file {} does not match its sticker_digest",
                 path.display()
             )
-        } else if on_container != Some(sticker.sticker_digest.as_str()) {
+        } else if on_container != sticker.sticker_digest {
             format!(
-                "the sticker file ({}) is not the sticker of container {} ({})",
-                sticker.sticker_digest,
-                container.name,
-                on_container.unwrap_or("none")
+                "the sticker file ({}) is not the sticker of container {} ({on_container})",
+                sticker.sticker_digest, container.name,
             )
         } else if sticker.image != component.image {
             format!(
                 "the sticker names {}, desired {}",
                 sticker.image, component.image
+            )
+        } else if !desired.wrote(&sticker) {
+            format!(
+                "the sticker names deployment {} ({} {}), the desired state is deployment {} ({} {})",
+                sticker.deployment_id,
+                sticker.release,
+                sticker.version,
+                desired.deployment_id,
+                desired.release,
+                desired.version
             )
         } else {
             return Ok(None);

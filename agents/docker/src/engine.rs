@@ -141,6 +141,29 @@ impl Engine {
         }
     }
 
+    /// The container that holds `name`, whatever its labels; `None` when there is none.
+    pub(crate) async fn container_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<ManagedContainer>, DockerError> {
+        let Some(inspect) = self.find_container(name).await? else {
+            return Ok(None);
+        };
+        let Some(id) = inspect.id else {
+            return Ok(None);
+        };
+        Ok(Some(ManagedContainer {
+            name: inspect
+                .name
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| name.to_owned()),
+            running: inspect.state.and_then(|s| s.running).unwrap_or(false),
+            image_id: inspect.image.unwrap_or_default(),
+            labels: inspect.config.and_then(|c| c.labels).unwrap_or_default(),
+            id,
+        }))
+    }
+
     /// A container that must exist.
     pub(crate) async fn inspect(
         &self,

@@ -63,14 +63,6 @@ pub enum DockerError {
         /// The last health log output or probe error.
         detail: String,
     },
-    /// The new container's Docker health check reported `unhealthy`.
-    #[error("container {container} is unhealthy: {detail}")]
-    Unhealthy {
-        /// The container name.
-        container: String,
-        /// The last health log output.
-        detail: String,
-    },
     /// The new container stopped before it became healthy.
     #[error("container {container} stopped before it became healthy: {detail}")]
     Exited {

@@ -1,6 +1,12 @@
 //! Waiting until a new container is healthy: its Docker health check reports `healthy`,
 //! the `health_url` probe answers 2xx, or — with neither — it still runs after
 //! [`SETTLE_TIME`].
+//!
+//! This wait decides, for up to `health_timeout_seconds`: the container is created with a
+//! health-check start period of that length (see `deploy::healthcheck`), so Docker does
+//! not count failed checks before the wait ends, and a status of `unhealthy` seen before
+//! the deadline (a check that passed once and failed since) is not final either. Only a
+//! container that stops or restarts fails early.
 
 use std::time::{Duration, Instant};
 
@@ -32,17 +38,31 @@ pub(crate) struct HealthWait<'a> {
 }
 
 impl HealthWait<'_> {
-    /// Polls until healthy; fails as soon as the container stops, restarts, or reports
-    /// `unhealthy`, or at the timeout with the last health output.
+    /// What is waited for, for progress lines: `its Docker health check and GET …`.
+    pub(crate) fn describe(&self) -> String {
+        match (self.docker_health, self.health_url) {
+            (true, Some(url)) => format!("its Docker health check, then GET {url}"),
+            (true, None) => "its Docker health check".to_owned(),
+            (false, Some(url)) => format!("GET {url}"),
+            (false, None) => format!(
+                "no health check: it must keep running {} s",
+                SETTLE_TIME.as_secs()
+            ),
+        }
+    }
+
+    /// Polls until healthy and returns how long that took; fails as soon as the
+    /// container stops or restarts, or at the timeout with the last health output.
     pub(crate) async fn wait(
         &self,
         engine: &Engine,
         http: &reqwest::Client,
         cancel: &CancellationToken,
-    ) -> Result<(), DockerError> {
+    ) -> Result<Duration, DockerError> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let mut last_detail = "no health check result yet".to_owned();
+        let mut docker_unhealthy = false;
         let mut poll_interval = FIRST_POLL_INTERVAL;
         loop {
             let inspect = engine.inspect(self.container).await?;
@@ -53,16 +73,8 @@ impl HealthWait<'_> {
                 if let Some(detail) = detail {
                     last_detail = detail;
                 }
-                match status {
-                    Some(HealthStatusEnum::HEALTHY) => true,
-                    Some(HealthStatusEnum::UNHEALTHY) => {
-                        return Err(DockerError::Unhealthy {
-                            container: self.container.to_owned(),
-                            detail: last_detail,
-                        });
-                    }
-                    _ => false,
-                }
+                docker_unhealthy = status == Some(HealthStatusEnum::UNHEALTHY);
+                status == Some(HealthStatusEnum::HEALTHY)
             } else {
                 true
             };
@@ -84,11 +96,14 @@ impl HealthWait<'_> {
             let settled =
                 self.docker_health || self.health_url.is_some() || started.elapsed() >= SETTLE_TIME;
             if docker_ok && url_ok && settled {
-                return Ok(());
+                return Ok(started.elapsed());
             }
             if Instant::now() >= deadline {
                 if !self.docker_health && self.health_url.is_none() {
                     last_detail = "it did not keep running".to_owned();
+                }
+                if docker_unhealthy {
+                    last_detail = format!("docker reports it unhealthy; {last_detail}");
                 }
                 return Err(DockerError::HealthTimeout {
                     container: self.container.to_owned(),

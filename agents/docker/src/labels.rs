@@ -63,7 +63,9 @@ pub fn sticker_labels(
 }
 
 /// The sticker a container's labels hold, if they hold a whole one whose digest checks
-/// out.
+/// out against `ops.stella.sticker-digest` and whose image digest is `ops.stella.digest`:
+/// labels edited after the container was made (it has to be made again for that) do not
+/// yield a sticker.
 pub fn sticker_from_labels(labels: &HashMap<String, String>) -> Option<Sticker> {
     let get = |key: &str| labels.get(key).cloned();
     let sticker = Sticker::seal(StickerFields {
@@ -78,7 +80,34 @@ pub fn sticker_from_labels(labels: &HashMap<String, String>) -> Option<Sticker> 
         deployed_at: get(DEPLOYED_AT)?,
         agent_id: get(AGENT)?,
     });
-    (labels.get(STICKER_DIGEST) == Some(&sticker.sticker_digest)).then_some(sticker)
+    let digest = sticker.image.rsplit_once('@').map(|(_, digest)| digest);
+    (labels.get(STICKER_DIGEST) == Some(&sticker.sticker_digest)
+        && labels.get(DIGEST).map(String::as_str) == digest)
+        .then_some(sticker)
+}
+
+/// The sticker labels whose value is not what `sticker` puts there, each as
+/// `ops.stella.version is "9.9.9", the sticker says "1.0.0"`.
+pub fn differences(labels: &HashMap<String, String>, sticker: &Sticker) -> Vec<String> {
+    let digest = sticker
+        .image
+        .rsplit_once('@')
+        .map_or("", |(_, digest)| digest);
+    let mut expected: Vec<(String, String)> = sticker_labels(sticker, digest, "")
+        .into_iter()
+        .filter(|(key, _)| key != CONFIG_DIGEST)
+        .collect();
+    expected.sort();
+    expected
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let found = labels.get(&key);
+            (found != Some(&value)).then(|| match found {
+                Some(found) => format!("{key} is {found:?}, the sticker says {value:?}"),
+                None => format!("{key} is missing, the sticker says {value:?}"),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -121,11 +150,27 @@ mod tests {
     }
 
     #[test]
-    fn edited_labels_do_not_yield_a_sticker() {
-        let mut labels = sticker_labels(&sticker(), "sha256:00", "sha256:cfg");
+    fn edited_labels_do_not_yield_a_sticker_and_are_named() {
+        let sticker = sticker();
+        let mut labels = sticker_labels(&sticker, "sha256:00", "sha256:cfg");
+        assert!(differences(&labels, &sticker).is_empty());
         labels.insert(VERSION.into(), "2.0".into());
         assert_eq!(sticker_from_labels(&labels), None);
+        assert_eq!(
+            differences(&labels, &sticker),
+            [r#"ops.stella.version is "2.0", the sticker says "1.0""#]
+        );
         labels.remove(VERSION);
         assert_eq!(sticker_from_labels(&labels), None);
+        assert_eq!(
+            differences(&labels, &sticker),
+            [r#"ops.stella.version is missing, the sticker says "1.0""#]
+        );
+
+        // The digest label is not a sticker field, but it must agree with the image.
+        let mut labels = sticker_labels(&sticker, "sha256:00", "sha256:cfg");
+        labels.insert(DIGEST.into(), "sha256:ff".into());
+        assert_eq!(sticker_from_labels(&labels), None);
+        assert_eq!(differences(&labels, &sticker).len(), 1);
     }
 }

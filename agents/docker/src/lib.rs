@@ -11,12 +11,22 @@
 //! # Apply: an idempotent reconciler
 //!
 //! Per component, [`DockerTarget`]'s `apply`:
-//! 1. removes `<name>-next` containers an interrupted deployment left behind;
+//! 1. looks at `<name>-next` containers an interrupted deployment left behind. One that
+//!    runs, with the desired image and settings, under a sticker of this same deployment
+//!    (a retry of the task after the agent died) is that run's progress: it is
+//!    **adopted** — waited for until healthy, then the old containers are stopped and
+//!    removed and it is renamed, exactly as the interrupted run would have done, so a
+//!    container that may already be the only one serving is never thrown away. Any other
+//!    leftover is removed, and an old container the interrupted run had stopped
+//!    (stop-first) is started again, so the deployment proceeds from the state before it;
 //! 2. does nothing when the container `<name>` runs the desired image (compared by local
-//!    image ID, not by label) with the same settings and a valid sticker — a missing or
-//!    edited sticker file is restored from the container's labels. Such a component keeps
-//!    the sticker of the deployment that made its container (labels cannot change), and
-//!    that sticker is what the outcome reports;
+//!    image ID, not by label) with the same settings, and its labels hold a whole sticker
+//!    of **this** deployment (a re-delivery of the same task) — a missing or edited
+//!    sticker file is restored from the labels. A container that runs the right image
+//!    under the sticker of another deployment (a promotion of a release with the same
+//!    digests, a rollback, a remediation) or under labels that do not add up to their
+//!    sticker digest is replaced like any other: labels cannot be changed, and what a
+//!    sticker says must be true after every successful deployment;
 //! 3. pulls `repo@sha256:…` when the engine lacks it (pinned by digest, so a local copy is
 //!    the same content), with the task's credentials for that registry;
 //! 4. seals the sticker, then creates `<name>-next` with the sticker as labels and
@@ -31,14 +41,17 @@
 //!
 //!    Healthy means: Docker's health check reports `healthy` (`health_cmd`, run every
 //!    second, or the image's own `HEALTHCHECK`), and `health_url` answers 2xx to the
-//!    agent; with neither, the container still runs 2 s after its start. A container
-//!    that stops, restarts or reports `unhealthy` fails at once; otherwise the wait ends
-//!    after `health_timeout_seconds` (60).
+//!    agent; with neither, the container still runs 2 s after its start.
+//!    `health_timeout_seconds` (default 60) is how long a new container may take: it is
+//!    the health check's start period (checked every second meanwhile; for the image's
+//!    own check too), so Docker counts no failure before then, and Stella's wait is what
+//!    decides. A container that stops or restarts fails at once; one that is not healthy
+//!    when the timeout is over fails with the last health output.
 //! 5. writes the sticker file `<sticker_dir>/<target>/<component>.json`.
 //!
-//! A `-next` container found at the start is what an agent that died mid-deployment left:
-//! it is removed, and an old container it had stopped (stop-first) is started again, so
-//! the deployment proceeds from the state before the interrupted one.
+//! Before every step that can take a while a progress line says what and for how long at
+//! most (`pulling …`, `starting …-next`, `waiting up to 30 s for …-next to be healthy
+//! (…)`, `stopping old container …, up to 10 s`).
 //!
 //! On any failure the old container keeps (or is back to) running, the new one is
 //! removed, and the error says why. Afterwards there is exactly one container per
@@ -46,12 +59,22 @@
 //!
 //! # Drift
 //!
-//! `detect_drift` compares each desired component with its containers: `missing`,
-//! `image_changed` (by local image ID), `config_changed` (settings digest label),
-//! `sticker_tampered` (file vs. its digest, the container's label and the desired
-//! image), `unexpected` (duplicates, undesired components). `watch` follows the engine's
-//! container events (start, stop, die, destroy, rename) so drift is found within
-//! seconds.
+//! `detect_drift` compares each desired component with its containers:
+//! - `missing`: no running container of the component;
+//! - `image_changed`: its image is not the local image of the desired digest — or a
+//!   container Stella did not deploy for the target (a squatter) runs another image
+//!   under the component's container name;
+//! - `config_changed`: made under other settings (settings digest label);
+//! - `sticker_tampered`: the `ops.stella.*` labels do not add up to their sticker digest
+//!   (a container made again by hand with edited labels; the edited labels are named),
+//!   the sticker file is missing, does not verify or is not the labels' sticker, the
+//!   sticker names another image, or another deployment than the desired state's — or a
+//!   squatter runs the desired image without a sticker;
+//! - `unexpected`: duplicates, components that are not desired.
+//!
+//! Stella never removes a squatter: deployments fail (`name … is taken`) until an
+//! operator does. `watch` follows the engine's container events (start, stop, die,
+//! destroy, rename) so drift is found within seconds.
 //!
 //! Architecture invariant: this crate knows the Docker engine and agent-core's `Target`
 //! trait, nothing of the control plane or the protocol.
@@ -134,11 +157,34 @@ impl DockerTarget {
         locks.entry(target.to_owned()).or_default().clone()
     }
 
-    /// The settings and the selected components of a task.
-    fn resolve(
+    /// The settings and the selected components of a task, as applied: secret
+    /// references resolved (see [`DeployTask::resolved_settings`]); the config digest is
+    /// still taken over the references, so it never depends on a secret's value.
+    fn resolve_for_apply(
         task: &DeployTask,
     ) -> Result<(DockerSettings, Vec<&stella_agent_core::ComponentSpec>), DockerError> {
-        let settings = DockerSettings::parse(&task.target.settings)?;
+        let values = task
+            .resolved_settings()
+            .map_err(|e| DockerError::InvalidSettings(e.to_string()))?;
+        Self::select(
+            task,
+            DockerSettings::parse_values(&values, &task.target.settings)?,
+        )
+    }
+
+    /// The settings and the selected components of a desired state, for drift checks:
+    /// the agent keeps no secret values, and compares only what does not depend on one
+    /// (names, components, config digest over the references).
+    fn resolve_for_drift(
+        task: &DeployTask,
+    ) -> Result<(DockerSettings, Vec<&stella_agent_core::ComponentSpec>), DockerError> {
+        Self::select(task, DockerSettings::parse(&task.target.settings)?)
+    }
+
+    fn select(
+        task: &DeployTask,
+        settings: DockerSettings,
+    ) -> Result<(DockerSettings, Vec<&stella_agent_core::ComponentSpec>), DockerError> {
         let names: Vec<&str> = task.components.iter().map(|c| c.name.as_str()).collect();
         let selected = settings.select(&names)?;
         let components = task
@@ -177,31 +223,54 @@ impl DockerTarget {
     }
 
     async fn do_plan(&self, task: &DeployTask) -> Result<Plan, DockerError> {
-        let (settings, components) = Self::resolve(task)?;
+        let (settings, components) = Self::resolve_for_apply(task)?;
         let mut steps = Vec::new();
         for component in components {
             let state = self.component_state(task, &settings, component).await?;
             let prefix = &component.name;
+            let adoptable = state
+                .adoptable(task, &settings)
+                .map(|(next, _)| next.id.clone());
             for leftover in &state.leftovers {
-                steps.push(format!(
-                    "{prefix}: remove container {} left by an interrupted deployment",
-                    leftover.name
-                ));
+                if adoptable.as_ref() == Some(&leftover.id) {
+                    steps.push(format!(
+                        "{prefix}: adopt container {} that an interrupted run of this deployment left running {}; once it is healthy, remove the old containers and rename it {}",
+                        leftover.name, state.image, state.name
+                    ));
+                } else {
+                    steps.push(format!(
+                        "{prefix}: remove container {} left by an interrupted deployment",
+                        leftover.name
+                    ));
+                }
             }
-            if let Some(current) = state.current(&settings) {
-                steps.push(format!(
-                    "{prefix}: container {} already runs {} (the sticker is checked and restored if needed)",
-                    current.name, component.image
-                ));
+            if adoptable.is_some() {
                 continue;
-            }
-            if state.desired_image_id.is_none() {
-                steps.push(format!("{prefix}: pull {}", state.image));
             }
             let strategy = match settings.strategy() {
                 UpdateStrategy::StartFirst => "start-first",
                 UpdateStrategy::StopFirst => "stop-first (a fixed host port is published)",
             };
+            if let Some(current) = state.current(&settings) {
+                match deploy::label_sticker(task, current) {
+                    Ok(_) => {
+                        steps.push(format!(
+                            "{prefix}: container {} already runs {} for this deployment (the sticker file is checked and restored if needed)",
+                            current.name, component.image
+                        ));
+                    }
+                    Err(reason) => {
+                        steps.push(format!(
+                            "{prefix}: replace container {}, which runs {} but {reason}, with one whose labels name this deployment ({strategy})",
+                            current.name, component.image
+                        ));
+                    }
+                }
+                continue;
+            }
+            if state.desired_image_id.is_none() {
+                steps.push(format!("{prefix}: pull {}", state.image));
+            }
             if state.containers.is_empty() {
                 steps.push(format!(
                     "{prefix}: create container {} from {}",
@@ -225,7 +294,7 @@ impl DockerTarget {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<ApplyOutcome, DockerError> {
-        let (settings, components) = Self::resolve(task)?;
+        let (settings, components) = Self::resolve_for_apply(task)?;
         let lock = self.target_lock(&task.target.name);
         let _guard = lock.lock().await;
         let mut stickers = Vec::new();
@@ -249,16 +318,21 @@ impl DockerTarget {
             lines.push(match &outcome {
                 ComponentOutcome::UpToDate(_) => format!("{} already up to date", component.name),
                 ComponentOutcome::Deployed {
-                    strategy, replaced, ..
-                } => match (replaced, strategy) {
-                    (false, _) => format!("{} deployed", component.name),
-                    (true, UpdateStrategy::StartFirst) => {
-                        format!("{} replaced start-first", component.name)
+                    strategy,
+                    replaced,
+                    note,
+                    ..
+                } => {
+                    let what = match (replaced, strategy) {
+                        (false, _) => "deployed",
+                        (true, UpdateStrategy::StartFirst) => "replaced start-first",
+                        (true, UpdateStrategy::StopFirst) => "replaced stop-first",
+                    };
+                    match note {
+                        Some(note) => format!("{} {what} ({note})", component.name),
+                        None => format!("{} {what}", component.name),
                     }
-                    (true, UpdateStrategy::StopFirst) => {
-                        format!("{} replaced stop-first", component.name)
-                    }
-                },
+                }
             });
             stickers.push(outcome.sticker().clone());
         }

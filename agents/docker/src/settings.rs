@@ -53,7 +53,9 @@ pub struct DockerSettings {
     /// `health_url`: an HTTP URL the agent GETs until it answers 2xx; `{ip}` is replaced
     /// by the new container's address on its network.
     pub health_url: Option<String>,
-    /// `health_timeout_seconds`: how long a new container may take to become healthy.
+    /// `health_timeout_seconds`: how long a new container may take to become healthy —
+    /// also its health check's start period, so Docker counts no failed check before
+    /// Stella's wait ends. Not part of `config_digest`: changing it replaces nothing.
     pub health_timeout: Duration,
     /// `stop_timeout_seconds`: how long `docker stop` waits before it kills (extension).
     pub stop_timeout_seconds: u64,
@@ -109,6 +111,18 @@ pub enum UpdateStrategy {
 impl DockerSettings {
     /// Parses and validates a target's settings; unknown keys are refused.
     pub fn parse(settings: &BTreeMap<String, String>) -> Result<DockerSettings, DockerError> {
+        Self::parse_values(settings, settings)
+    }
+
+    /// Parses the values to apply (`values`: secret references resolved), with the
+    /// config digest taken over `references` (the settings as stored, secrets as
+    /// `${secret.NAME}`), so the digest on the container equals the one a drift check
+    /// computes from the desired state, which holds no secret values.
+    pub fn parse_values(
+        values: &BTreeMap<String, String>,
+        references: &BTreeMap<String, String>,
+    ) -> Result<DockerSettings, DockerError> {
+        let settings = values;
         let mut parsed = DockerSettings {
             components: None,
             container_name: None,
@@ -185,7 +199,7 @@ impl DockerSettings {
                 },
             }
         }
-        parsed.config_digest = config_digest(settings);
+        parsed.config_digest = config_digest(references);
         Ok(parsed)
     }
 

@@ -31,9 +31,22 @@ impl App {
         }
         let now = now_ms();
         if report.kind == "resolved" {
-            let resolved = self.store.resolve_drift(&target.name, now).await?;
-            if resolved > 0 {
-                tracing::info!(target = %target.name, "drift resolved");
+            // With `resolved_kind`, one finding ended while others of the target may last;
+            // without (as agents before it always send), the whole target is clean.
+            if report.resolved_kind.is_empty() {
+                let resolved = self.store.resolve_drift(&target.name, now).await?;
+                if resolved > 0 {
+                    tracing::info!(target = %target.name, "drift resolved");
+                }
+            } else {
+                let kind: DriftKind = report.resolved_kind.parse().map_err(invalid)?;
+                let resolved = self
+                    .store
+                    .resolve_drift_finding(&target.name, &report.component, kind, now)
+                    .await?;
+                if resolved > 0 {
+                    tracing::info!(target = %target.name, component = %report.component, kind = %kind, "drift finding resolved");
+                }
             }
             return Ok(());
         }

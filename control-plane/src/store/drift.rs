@@ -61,6 +61,29 @@ impl Store {
         .rows_affected())
     }
 
+    /// Marks the one open finding (target, component, kind) resolved at `now_ms`; returns
+    /// how many (0 when it is not open).
+    pub async fn resolve_drift_finding(
+        &self,
+        target: &str,
+        component: &str,
+        kind: DriftKind,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE drift SET resolved_at_ms = $1 \
+             WHERE target = $2 AND component = $3 AND kind = $4 AND resolved_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(target)
+        .bind(component)
+        .bind(kind.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(database("resolving a drift finding"))?
+        .rows_affected())
+    }
+
     /// Open findings (and resolved ones if asked), of every environment or of one, the
     /// most recently seen first.
     pub async fn list_drift(
