@@ -488,7 +488,9 @@ async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else() ->
         (422, "unresolved_reference"),
         "{refused}"
     );
-    assert!(message(&refused).contains("db_url") && message(&refused).contains(&target));
+    for named in ["db_url", "db_password", target.as_str()] {
+        assert!(message(&refused).contains(named), "{named}: {refused}");
+    }
 
     let put = |path: String, value: &str| {
         let server = &estate.server;
@@ -774,7 +776,18 @@ async fn updates_and_deletes_refuse_while_something_depends_on_them() -> anyhow:
         .call(Method::DELETE, "/api/v1/agents/host-a", None)
         .await?;
     assert_eq!(status, 204);
-    estate.stopped_agent("host-a").await?;
+    // A new host under the old name: a fresh data dir and join token.
+    let token = server.join_token().await?;
+    let fresh = TestAgent::start_with(
+        server,
+        server.dir.path().join("agent-host-a-2"),
+        "host-a",
+        Some(token),
+    );
+    server
+        .wait_for_state("host-a", "connected", Duration::from_secs(10))
+        .await?;
+    fresh.stop().await?;
     let reborn = server.agent("host-a").await?;
     assert_eq!(reborn["state"], "disconnected", "{reborn}");
 

@@ -397,14 +397,6 @@ impl App {
         requested_by: &User,
     ) -> Result<Deployment, AppError> {
         let env = self.environment(environment).await?;
-        let history = self.store.succeeded_deployments(&env.name, 100).await?;
-        let Some(current) = history.first() else {
-            return Err(AppError::new(
-                ErrorKind::FailedPrecondition,
-                "nothing_to_roll_back",
-                format!("nothing was deployed successfully to `{}` yet", env.name),
-            ));
-        };
         let (release_name, target_version) = match to {
             Some(version) => {
                 let Some(earlier) = self
@@ -423,20 +415,30 @@ impl App {
                 };
                 (earlier.release, earlier.version)
             }
-            None => history
-                .iter()
-                .find(|d| d.release != current.release || d.version != current.version)
-                .map(|d| (d.release.clone(), d.version.clone()))
-                .ok_or_else(|| {
-                    AppError::new(
+            None => {
+                let history = self.store.succeeded_deployments(&env.name, 100).await?;
+                let Some(current) = history.first() else {
+                    return Err(AppError::new(
                         ErrorKind::FailedPrecondition,
                         "nothing_to_roll_back",
-                        format!(
-                            "`{}` has no earlier successful version than {}",
-                            env.name, current.version
-                        ),
-                    )
-                })?,
+                        format!("nothing was deployed successfully to `{}` yet", env.name),
+                    ));
+                };
+                history
+                    .iter()
+                    .find(|d| d.release != current.release || d.version != current.version)
+                    .map(|d| (d.release.clone(), d.version.clone()))
+                    .ok_or_else(|| {
+                        AppError::new(
+                            ErrorKind::FailedPrecondition,
+                            "nothing_to_roll_back",
+                            format!(
+                                "`{}` has no earlier successful version than {}",
+                                env.name, current.version
+                            ),
+                        )
+                    })?
+            }
         };
         let release = self
             .store

@@ -151,6 +151,8 @@ pub fn substitute_variables(
 ) -> Result<(BTreeMap<String, String>, BTreeSet<String>), Invalid> {
     let mut out = BTreeMap::new();
     let mut used_secrets = BTreeSet::new();
+    // Every unresolvable reference at once, so one error tells the operator all to set.
+    let mut missing = Vec::new();
     for (key, value) in settings {
         let mut text = String::with_capacity(value.len());
         for piece in pieces(value).map_err(|Invalid(e)| Invalid(format!("setting {key}: {e}")))? {
@@ -160,23 +162,22 @@ pub fn substitute_variables(
                 Piece::Ref(Reference {
                     kind: VariableKind::Var,
                     name,
-                }) => {
-                    let value = variables.get(&name).ok_or_else(|| {
-                        Invalid(format!(
-                            "setting {key} references the variable `{name}`, which the environment does not have (stella env var set)"
-                        ))
-                    })?;
-                    // A variable's value is literal text: escape what would read as a reference.
-                    text.push_str(&value.replace("${", "$${"));
-                }
+                }) => match variables.get(&name) {
+                    // A variable's value is literal text: escape what would read as a
+                    // reference.
+                    Some(value) => text.push_str(&value.replace("${", "$${")),
+                    None => missing.push(format!(
+                        "setting {key} references the variable `{name}`, which the environment does not have (stella env var set)"
+                    )),
+                },
                 Piece::Ref(Reference {
                     kind: VariableKind::Secret,
                     name,
                 }) => {
                     if !secrets.contains(&name) {
-                        return Err(Invalid(format!(
+                        missing.push(format!(
                             "setting {key} references the secret `{name}`, which the environment does not have (stella env secret set)"
-                        )));
+                        ));
                     }
                     text.push_str("${secret.");
                     text.push_str(&name);
@@ -186,6 +187,9 @@ pub fn substitute_variables(
             }
         }
         out.insert(key.clone(), text);
+    }
+    if !missing.is_empty() {
+        return Err(Invalid(missing.join("; ")));
     }
     Ok((out, used_secrets))
 }
