@@ -567,3 +567,62 @@ async fn a_finding_that_ends_while_others_last_is_resolved_on_its_own() {
     );
     agent.stop().await;
 }
+
+/// What a server sends when it builds a desired state before it stored the result the
+/// agent just reported: the target's previous deployment, under its older generation.
+#[tokio::test]
+async fn a_stale_desired_state_from_the_server_does_not_undo_a_deploy() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let mut old = deploy_task("web-1", "fake", &[("api", 'a')]);
+    old.generation = 1;
+    // A second target with drift: its report shows that a round ran.
+    let witness = deploy_task("web-2", "fake", &[("api", 'a')]);
+    let target = FakeDriftTarget::new();
+    target.converge(&old);
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&old, &witness]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+
+    let mut next = deploy_task("web-1", "fake", &[("api", 'f')]);
+    next.deployment_id = "dep-next".to_owned();
+    next.generation = 2;
+    control_plane
+        .script
+        .push(&v1::server_message::Body::TaskAssignment(
+            v1::TaskAssignment {
+                task_id: "deploy-next".to_owned(),
+                epoch: 1,
+                kind: "deploy".to_owned(),
+                payload_json: serde_json::to_vec(&next).expect("payload"),
+                deadline_unix_ms: 0,
+            },
+        ));
+    wait_for("the deploy result", DEADLINE, || {
+        (!control_plane.script.results("deploy-next").is_empty()).then_some(())
+    })
+    .await;
+    let from = control_plane.script.drift_reports().len();
+    control_plane
+        .script
+        .push(&v1::server_message::Body::DesiredState(desired_state(&[
+            &old, &witness,
+        ])));
+    target.notify("web-1");
+    target.notify("web-2");
+    report_matching(&control_plane, from, "a round over web-2", DEADLINE, |r| {
+        r.target == "web-2" && r.kind == "missing"
+    })
+    .await;
+    let web1: Vec<_> = reports_from(&control_plane, from)
+        .into_iter()
+        .filter(|r| r.target == "web-1" && r.kind != "resolved")
+        .collect();
+    assert!(web1.is_empty(), "false drift on web-1: {web1:?}");
+    agent.stop().await;
+}
