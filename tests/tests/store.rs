@@ -2,13 +2,18 @@
 //! database in the private test cluster), as `sqlite::<case>` and `postgres::<case>`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
+use sqlx::migrate::Migrator;
+use sqlx::{AnyConnection, Connection};
 use stella_control_plane::domain::{
     AgentState, Component, Deployment, DeploymentKind, DeploymentState, Digest, DriftKind,
     DriftMode, DriftRecord, Environment, HelloRecord, HostFacts, JoinTokenRefusal, NewAgent,
-    NewJoinToken, Registry, Release, Role, Target, TargetKind, Task, TaskState, User,
+    NewJoinToken, Registry, Release, Role, Target, TargetKind, Task, TaskState, User, Variable,
+    VariableKind,
 };
-use stella_control_plane::store::{Backend, Store, StoreError};
+use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError};
 use stella_tests::TestDir;
 
 /// Generates `sqlite::<case>` and `postgres::<case>` for each `async fn <case>(&Fixture)`.
@@ -61,6 +66,29 @@ store_suite!(
     drift_is_upserted_resolved_and_listed,
     a_drift_finding_is_resolved_on_its_own,
     concurrent_results_finish_the_deployment_once,
+    // Delivery hardening.
+    one_deployment_is_active_per_environment_under_concurrency,
+    a_taken_deployment_id_is_a_deployment_conflict,
+    generations_grow_with_every_deployment_and_tasks_carry_them,
+    desired_state_is_the_succeeded_task_of_the_highest_generation,
+    generations_keep_growing_after_history_is_deleted,
+    cancelling_stops_unfinished_tasks_and_discards_late_results,
+    deployments_are_found_by_id_or_unique_prefix,
+    numbered_log_lines_are_stored_once,
+    expiry_names_each_agent_and_open_work_is_listed,
+    succeeded_deployment_of_version_is_the_highest_generation,
+    environment_deployment_timeout_round_trips,
+    deleting_an_environment_refuses_dependents_and_removes_history,
+    variables_and_secrets_are_set_listed_and_deleted,
+    updating_a_target_keeps_its_identity_and_waits_for_unfinished_tasks,
+    deleting_a_target_keeps_its_history_and_resolves_its_drift,
+    user_roles_change_and_a_deleted_user_loses_its_tokens,
+    the_last_admin_is_never_removed,
+    two_admins_removing_each_other_leave_one,
+    goodbye_marks_an_agent_disconnected_until_its_next_hello,
+    a_revoked_agent_can_be_deleted_and_stays_revoked,
+    registries_are_deleted,
+    migration_fails_all_but_the_newest_active_deployment,
 );
 
 /// A store on a fresh database, and how to reach that database again.
@@ -68,7 +96,7 @@ struct Fixture {
     store: Store,
     url: String,
     /// Holds the SQLite file; kept and printed if the test fails.
-    _dir: Option<TestDir>,
+    dir: Option<TestDir>,
 }
 
 impl Fixture {
@@ -83,7 +111,7 @@ impl Fixture {
         Fixture {
             store,
             url,
-            _dir: Some(dir),
+            dir: Some(dir),
         }
     }
 
@@ -96,7 +124,22 @@ impl Fixture {
         Fixture {
             store,
             url,
-            _dir: None,
+            dir: None,
+        }
+    }
+
+    /// A URL to another empty database of the same backend, for a case that must start
+    /// from an older schema: a second file beside the first, or a fresh PostgreSQL
+    /// database. Nothing is migrated there.
+    async fn other_database_url(&self) -> String {
+        match &self.dir {
+            Some(dir) => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("other.db").display()
+            ),
+            None => stella_tests::postgres::fresh_database_url()
+                .await
+                .unwrap_or_else(|error| panic!("test postgresql: {error:#}")),
         }
     }
 }
@@ -739,6 +782,24 @@ fn _delivery_store_futures_are_send(store: &Store) {
     send(store.resolve_drift("t", 0));
     send(store.resolve_drift_finding("t", "c", DriftKind::Missing, 0));
     send(store.list_drift(None, false));
+    // Delivery hardening.
+    send(store.find_deployment("d"));
+    send(store.cancel_deployment("d", "m", 0));
+    send(store.cancelled_tasks_since(0));
+    send(store.open_tasks_created_before(0));
+    send(store.succeeded_deployment_of_version("e", "1"));
+    send(store.agents_with_expired_tasks(0));
+    send(store.delete_environment("e", false));
+    let v = variable("e", VariableKind::Var, "V", "x", "u", 0);
+    send(store.set_variable(&v));
+    send(store.list_variables("e"));
+    send(store.delete_variable("e", VariableKind::Var, "V"));
+    send(store.update_target(&t));
+    send(store.delete_target("t", 0));
+    send(store.change_user("u", None));
+    send(store.record_goodbye("a", 0));
+    send(store.delete_revoked_agent("a", 0));
+    send(store.delete_registry("h"));
 }
 
 const TASK_DEADLINE_MS: i64 = 10 * 60_000;
@@ -887,38 +948,70 @@ async fn delivery_fixture(store: &Store) {
 }
 
 /// Creates deployment `id` of `app@version` to staging with one task per `(task id,
-/// target)`, all for `agent-1`, created in the order given.
+/// target)`, all for `agent-1`, created in the order given; returns its generation.
 async fn deploy(
     store: &Store,
     id: &str,
     version: &str,
     created_at_ms: i64,
     tasks: &[(&str, &str)],
-) {
+) -> i64 {
+    let tasks: Vec<_> = tasks
+        .iter()
+        .map(|&(task_id, target)| (task_id, target, "agent-1"))
+        .collect();
+    deploy_to(store, "staging", id, version, created_at_ms, &tasks).await
+}
+
+/// Creates deployment `id` of `app@version` to `environment` with one task per `(task
+/// id, target, agent)`, created in the order given; returns its generation.
+async fn deploy_to(
+    store: &Store,
+    environment: &str,
+    id: &str,
+    version: &str,
+    created_at_ms: i64,
+    tasks: &[(&str, &str, &str)],
+) -> i64 {
     let tasks: Vec<Task> = tasks
         .iter()
         .enumerate()
-        .map(|(i, (task_id, target))| {
+        .map(|(i, (task_id, target, agent_id))| {
             task(
                 task_id,
                 id,
                 target,
-                "agent-1",
+                agent_id,
                 created_at_ms - NOW + i as i64,
-                &format!(r#"{{"version":"{version}","target":"{target}"}}"#),
+                &payload(version, target),
             )
         })
         .collect();
     store
-        .create_deployment(&deployment(id, "staging", version, created_at_ms), &tasks)
+        .create_deployment(&deployment(id, environment, version, created_at_ms), &tasks)
         .await
-        .ok_or_panic("create deployment");
+        .ok_or_panic("create deployment")
+}
+
+/// The payload [`deploy_to`] stores for a target.
+fn payload(version: &str, target: &str) -> String {
+    format!(r#"{{"version":"{version}","target":"{target}"}}"#)
 }
 
 /// Claims `agent-1`'s tasks and completes each listed one under its new epoch.
 async fn claim_and_complete(store: &Store, results: &[(&str, TaskState, &str)], now_ms: i64) {
+    claim_and_complete_for(store, "agent-1", results, now_ms).await;
+}
+
+/// Claims the agent's tasks and completes each listed one under its new epoch.
+async fn claim_and_complete_for(
+    store: &Store,
+    agent_id: &str,
+    results: &[(&str, TaskState, &str)],
+    now_ms: i64,
+) {
     let claimed = store
-        .claim_tasks_for_agent("agent-1", now_ms)
+        .claim_tasks_for_agent(agent_id, now_ms)
         .await
         .ok_or_panic("claim");
     for (task_id, state, message) in results {
@@ -933,6 +1026,11 @@ async fn claim_and_complete(store: &Store, results: &[(&str, TaskState, &str)], 
             .ok_or_panic("complete");
         assert!(done.is_some(), "completing {task_id}");
     }
+}
+
+/// Why an agent did not finish its tasks, as [`Store::expire_tasks`] is told.
+fn unanswered(agent_id: &str) -> String {
+    format!("{agent_id} did not answer")
 }
 
 fn assert_not_found<T: std::fmt::Debug>(result: Result<T, StoreError>, entity: &str, key: &str) {
@@ -1480,20 +1578,23 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
         .await
         .ok_or_panic("create");
     assert!(store
-        .expire_tasks(NOW + 999, |_| "deadline passed".to_owned())
+        .expire_tasks(NOW + 999, unanswered)
         .await
         .ok_or_panic("expire early")
         .is_empty());
 
     // The deadline is inclusive: at NOW + 1000 it has passed.
     let expired = store
-        .expire_tasks(NOW + 1_000, |_| "deadline passed".to_owned())
+        .expire_tasks(NOW + 1_000, unanswered)
         .await
         .ok_or_panic("expire");
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0].id, "late");
     assert_eq!(expired[0].state, TaskState::Failed);
-    assert_eq!(expired[0].message.as_deref(), Some("deadline passed"));
+    assert_eq!(
+        expired[0].message.as_deref(),
+        Some("deadline passed: agent-1 did not answer")
+    );
     assert_eq!(expired[0].finished_at_ms, Some(NOW + 1_000));
     assert_eq!(store.get_task("late").await.ok_or_panic("get"), expired[0]);
     // The other task is unfinished, so the deployment is still going.
@@ -1502,7 +1603,7 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
         DeploymentState::Running
     );
     assert!(store
-        .expire_tasks(NOW + 2_000, |_| "deadline passed".to_owned())
+        .expire_tasks(NOW + 2_000, unanswered)
         .await
         .ok_or_panic("again")
         .is_empty());
@@ -1515,14 +1616,17 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, "on-time");
     let expired = store
-        .expire_tasks(NOW + TASK_DEADLINE_MS + 5, |_| "deadline passed".to_owned())
+        .expire_tasks(NOW + TASK_DEADLINE_MS + 5, unanswered)
         .await
         .ok_or_panic("expire");
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].id, "on-time");
     let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
     assert_eq!(dep.state, DeploymentState::Failed);
-    assert_eq!(dep.message.as_deref(), Some("web-1: deadline passed"));
+    assert_eq!(
+        dep.message.as_deref(),
+        Some("web-1: deadline passed: agent-1 did not answer")
+    );
     assert_eq!(dep.finished_at_ms, Some(NOW + TASK_DEADLINE_MS + 5));
     // A result arriving after expiry is discarded.
     assert_eq!(
@@ -1537,11 +1641,18 @@ async fn expired_tasks_fail_their_deployment(f: &Fixture) {
 async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
     let store = &f.store;
     delivery_fixture(store).await;
-    assert!(store
-        .desired_payloads_for_agent("agent-1")
-        .await
-        .ok_or_panic("desired")
-        .is_empty());
+    // Every target of the agent is listed, with nothing deployed yet.
+    let nothing = |target: &str| DesiredPayload {
+        target: target.to_owned(),
+        deployed: None,
+    };
+    assert_eq!(
+        store
+            .desired_payloads_for_agent("agent-1")
+            .await
+            .ok_or_panic("desired"),
+        [nothing("web-1"), nothing("web-2")]
+    );
     assert_eq!(
         store
             .latest_succeeded_task("web-1")
@@ -1550,7 +1661,7 @@ async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
         None
     );
 
-    deploy(
+    let generation_1 = deploy(
         store,
         "dep-1",
         "1.0",
@@ -1568,7 +1679,7 @@ async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
     )
     .await;
     // 2.0 reaches web-1 only; 3.0 fails on web-1.
-    deploy(
+    let generation_2 = deploy(
         store,
         "dep-2",
         "2.0",
@@ -1609,12 +1720,18 @@ async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
             .iter()
             .map(|d| (
                 d.target.as_str(),
-                d.deployed.as_ref().map(|(p, _)| p.as_str())
+                d.deployed.as_ref().map(|(p, g)| (p.as_str(), *g))
             ))
             .collect::<Vec<_>>(),
         [
-            ("web-1", Some(r#"{"version":"2.0","target":"web-1"}"#)),
-            ("web-2", Some(r#"{"version":"1.0","target":"web-2"}"#)),
+            (
+                "web-1",
+                Some((r#"{"version":"2.0","target":"web-1"}"#, generation_2))
+            ),
+            (
+                "web-2",
+                Some((r#"{"version":"1.0","target":"web-2"}"#, generation_1))
+            ),
         ]
     );
     let latest = store
@@ -1624,9 +1741,16 @@ async fn desired_payloads_pick_the_latest_succeeded_task(f: &Fixture) {
         .unwrap_or_else(|| panic!("web-1 has succeeded tasks"));
     assert_eq!(latest.id, "t2-web-1");
     assert_eq!(latest.deployment_id, "dep-2");
-    // agent-2's target never had a deployment.
+    // agent-2's target never had a deployment: listed, with nothing to run.
+    assert_eq!(
+        store
+            .desired_payloads_for_agent("agent-2")
+            .await
+            .ok_or_panic("desired"),
+        [nothing("db-1")]
+    );
     assert!(store
-        .desired_payloads_for_agent("agent-2")
+        .desired_payloads_for_agent("agent-9")
         .await
         .ok_or_panic("desired")
         .is_empty());
@@ -1636,17 +1760,43 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
     let store = &f.store;
     delivery_fixture(store).await;
     deploy(store, "dep-1", "1.0", NOW, &[("t1", "web-1")]).await;
+    assert_eq!(
+        store
+            .active_deployment("staging")
+            .await
+            .ok_or_panic("active")
+            .map(|d| d.id),
+        Some("dep-1".to_owned())
+    );
+    // dep-1 finishes last (its replica's clock runs ahead): it is still listed by
+    // creation, and first by finish time.
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 5)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(claimed.len(), 1);
+    store
+        .complete_task("t1", 1, TaskState::Succeeded, "ok", NOW + 300)
+        .await
+        .ok_or_panic("complete")
+        .unwrap_or_else(|| panic!("t1 completes"));
     deploy(store, "dep-2", "2.0", NOW + 10, &[("t2", "web-1")]).await;
     let prod = Deployment {
         kind: DeploymentKind::Rollback,
         message: Some("back to 1.0".to_owned()),
         ..deployment("dep-3", "production", "1.0", NOW + 20)
     };
-    store
+    let prod_generation = store
         .create_deployment(&prod, &[task("t3", "dep-3", "db-1", "agent-2", 20, "{}")])
         .await
         .ok_or_panic("prod");
-    assert_eq!(store.get_deployment("dep-3").await.ok_or_panic("get"), prod);
+    assert_eq!(
+        store.get_deployment("dep-3").await.ok_or_panic("get"),
+        Deployment {
+            generation: prod_generation,
+            ..prod
+        }
+    );
     assert_not_found(store.get_deployment("dep-9").await, "deployment", "dep-9");
 
     let ids =
@@ -1666,7 +1816,7 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
             .ok_or_panic("staging")),
         ["dep-2", "dep-1"]
     );
-    // The newest pending or running one is active.
+    // The pending or running one is active.
     assert_eq!(
         store
             .active_deployment("staging")
@@ -1676,19 +1826,17 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
         Some("dep-2".to_owned())
     );
 
-    // dep-2 finishes before dep-1: newest by finish time first.
+    // dep-2 finishes before dep-1 did: newest by finish time first.
     let claimed = store
         .claim_tasks_for_agent("agent-1", NOW + 100)
         .await
         .ok_or_panic("claim");
-    assert_eq!(claimed.len(), 2);
-    for (task_id, at) in [("t2", NOW + 200), ("t1", NOW + 300)] {
-        store
-            .complete_task(task_id, 1, TaskState::Succeeded, "ok", at)
-            .await
-            .ok_or_panic("complete")
-            .unwrap_or_else(|| panic!("{task_id} completes"));
-    }
+    assert_eq!(claimed.len(), 1);
+    store
+        .complete_task("t2", 1, TaskState::Succeeded, "ok", NOW + 200)
+        .await
+        .ok_or_panic("complete")
+        .unwrap_or_else(|| panic!("t2 completes"));
     assert_eq!(
         ids(store
             .succeeded_deployments("staging", 10)
@@ -1716,8 +1864,8 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
         None
     );
 
-    // A deployment needs its environment and release; ids are unique; nothing is
-    // written when any of it fails.
+    // A deployment needs its environment and release; task ids are unique; nothing is
+    // written when any of it fails. (A taken deployment id: its own case.)
     assert_not_found(
         store
             .create_deployment(&deployment("dep-4", "qa", "1.0", NOW), &[])
@@ -1734,13 +1882,6 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
     );
     assert_conflict(
         store
-            .create_deployment(&deployment("dep-1", "staging", "1.0", NOW), &[])
-            .await,
-        "deployment",
-        "dep-1",
-    );
-    assert_conflict(
-        store
             .create_deployment(
                 &deployment("dep-4", "staging", "1.0", NOW + 50),
                 &[
@@ -1754,13 +1895,29 @@ async fn deployments_are_listed_newest_first(f: &Fixture) {
     );
     assert_not_found(store.get_deployment("dep-4").await, "deployment", "dep-4");
     assert_not_found(store.get_task("t4").await, "task", "t4");
+    assert_eq!(
+        store
+            .active_deployment("staging")
+            .await
+            .ok_or_panic("active"),
+        None,
+        "a refused deployment leaves the environment free"
+    );
 }
 
 async fn logs_after_paginates_in_order(f: &Fixture) {
     let store = &f.store;
     delivery_fixture(store).await;
     deploy(store, "dep-1", "1.0", NOW, &[("t1", "web-1")]).await;
-    deploy(store, "dep-2", "2.0", NOW, &[("t2", "web-1")]).await;
+    deploy_to(
+        store,
+        "production",
+        "dep-2",
+        "2.0",
+        NOW,
+        &[("t2", "db-1", "agent-2")],
+    )
+    .await;
     // Interleaved with another deployment's lines.
     for i in 0..5_i64 {
         store
@@ -2034,4 +2191,2011 @@ async fn concurrent_results_finish_the_deployment_once(f: &Fixture) {
     let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
     assert_eq!(dep.state, DeploymentState::Succeeded, "{dep:?}");
     assert!(dep.finished_at_ms.is_some());
+}
+
+// --- Delivery hardening: one active deployment, generations, cancel, updates, deletes ---
+
+/// A variable (or sealed secret) of an environment.
+fn variable(
+    environment: &str,
+    kind: VariableKind,
+    name: &str,
+    stored_value: &str,
+    updated_by: &str,
+    updated_at_ms: i64,
+) -> Variable {
+    Variable {
+        environment: environment.to_owned(),
+        kind,
+        name: name.to_owned(),
+        stored_value: stored_value.to_owned(),
+        updated_by: updated_by.to_owned(),
+        updated_at_ms,
+    }
+}
+
+fn user(name: &str, roles: &[Role]) -> User {
+    User {
+        id: format!("user-{name}"),
+        name: name.to_owned(),
+        roles: roles.to_vec(),
+        created_at_ms: NOW,
+    }
+}
+
+/// Ids of the tasks, sorted (for results whose order the store does not define).
+fn sorted_ids(tasks: &[Task]) -> Vec<&str> {
+    let mut ids: Vec<_> = tasks.iter().map(|t| t.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn one_deployment_is_active_per_environment_under_concurrency(f: &Fixture) {
+    const CONTENDERS: usize = 16;
+    let store = &f.store;
+    delivery_fixture(store).await;
+    // Sixteen deployments to staging and sixteen to production, all at once; each with a
+    // task, so a loser that left anything behind would show.
+    let attempts: Vec<_> = (0..2 * CONTENDERS)
+        .map(|i| {
+            let store = store.clone();
+            let (environment, target, agent) = if i % 2 == 0 {
+                ("staging", "web-1", "agent-1")
+            } else {
+                ("production", "db-1", "agent-2")
+            };
+            let id = format!("dep-{i:02}");
+            let deployment = deployment(&id, environment, "1.0", NOW + i as i64);
+            let task = task(&format!("task-{i:02}"), &id, target, agent, i as i64, "{}");
+            tokio::spawn(async move {
+                let outcome = store.create_deployment(&deployment, &[task]).await;
+                (deployment, outcome)
+            })
+        })
+        .collect();
+    let mut winners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut losers = Vec::new();
+    for attempt in attempts {
+        let (deployment, outcome) = attempt.await.unwrap_or_else(|e| panic!("task: {e}"));
+        match outcome {
+            Ok(_) => winners
+                .entry(deployment.environment)
+                .or_default()
+                .push(deployment.id),
+            Err(StoreError::Conflict {
+                entity: "active deployment",
+                key,
+            }) => {
+                assert_eq!(key, deployment.environment, "{}", deployment.id);
+                losers.push(deployment.id);
+            }
+            Err(other) => panic!("creating {}: {}", deployment.id, chain(&other)),
+        }
+    }
+    assert_eq!(
+        winners
+            .iter()
+            .map(|(e, w)| (e.as_str(), w.len()))
+            .collect::<Vec<_>>(),
+        [("production", 1), ("staging", 1)],
+        "one winner per environment: {winners:?}"
+    );
+    assert_eq!(losers.len(), 2 * CONTENDERS - 2);
+
+    // Stored: the winners, each with its task, and nothing of the losers.
+    let staging_winner = winners["staging"][0].clone();
+    let production_winner = winners["production"][0].clone();
+    for (environment, winner) in [
+        ("staging", &staging_winner),
+        ("production", &production_winner),
+    ] {
+        let listed: Vec<_> = store
+            .list_deployments(Some(environment), 100)
+            .await
+            .ok_or_panic("list")
+            .into_iter()
+            .map(|d| (d.id, d.state))
+            .collect();
+        assert_eq!(listed, [(winner.clone(), DeploymentState::Pending)]);
+        assert_eq!(
+            store
+                .active_deployment(environment)
+                .await
+                .ok_or_panic("active")
+                .map(|d| d.id)
+                .as_ref(),
+            Some(winner)
+        );
+        assert_eq!(
+            store
+                .tasks_of_deployment(winner)
+                .await
+                .ok_or_panic("tasks")
+                .len(),
+            1
+        );
+    }
+    for loser in &losers {
+        assert_not_found(store.get_deployment(loser).await, "deployment", loser);
+        assert!(store
+            .tasks_of_deployment(loser)
+            .await
+            .ok_or_panic("tasks")
+            .is_empty());
+    }
+    let open = store
+        .open_tasks_created_before(i64::MAX)
+        .await
+        .ok_or_panic("open tasks");
+    let mut expected: Vec<_> = [&staging_winner, &production_winner]
+        .iter()
+        .map(|id| id.replace("dep-", "task-"))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(sorted_ids(&open), expected, "no orphan tasks");
+
+    // Still refused while active; accepted once the active one finished.
+    assert_conflict(
+        store
+            .create_deployment(&deployment("dep-late", "staging", "2.0", NOW + 100), &[])
+            .await,
+        "active deployment",
+        "staging",
+    );
+    let staging_task = staging_winner.replace("dep-", "task-");
+    claim_and_complete(
+        store,
+        &[(staging_task.as_str(), TaskState::Succeeded, "ok")],
+        NOW + 200,
+    )
+    .await;
+    assert_eq!(
+        store
+            .get_deployment(&staging_winner)
+            .await
+            .ok_or_panic("get")
+            .state,
+        DeploymentState::Succeeded
+    );
+    deploy(
+        store,
+        "dep-next",
+        "2.0",
+        NOW + 300,
+        &[("task-next", "web-1")],
+    )
+    .await;
+    // A failed one frees its environment too.
+    claim_and_complete(
+        store,
+        &[("task-next", TaskState::Failed, "crashed")],
+        NOW + 400,
+    )
+    .await;
+    deploy(store, "dep-after-failure", "2.0", NOW + 500, &[]).await;
+
+    // And a cancelled one.
+    assert_conflict(
+        store
+            .create_deployment(&deployment("dep-late", "production", "2.0", NOW + 100), &[])
+            .await,
+        "active deployment",
+        "production",
+    );
+    store
+        .cancel_deployment(&production_winner, "cancelled by alice", NOW + 600)
+        .await
+        .ok_or_panic("cancel");
+    deploy_to(
+        store,
+        "production",
+        "dep-late",
+        "2.0",
+        NOW + 700,
+        &[("task-late", "db-1", "agent-2")],
+    )
+    .await;
+    assert_eq!(
+        store
+            .active_deployment("production")
+            .await
+            .ok_or_panic("active")
+            .map(|d| d.id),
+        Some("dep-late".to_owned())
+    );
+}
+
+async fn a_taken_deployment_id_is_a_deployment_conflict(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(store, "dep-1", "1.0", NOW, &[("t1", "web-1")]).await;
+    claim_and_complete(store, &[("t1", TaskState::Succeeded, "ok")], NOW + 10).await;
+    // No deployment is active anywhere: a unique violation here is the id, and must be
+    // reported as such, not as an active deployment of the environment.
+    for environment in ["staging", "production"] {
+        assert_conflict(
+            store
+                .create_deployment(&deployment("dep-1", environment, "2.0", NOW + 20), &[])
+                .await,
+            "deployment",
+            "dep-1",
+        );
+    }
+    let stored = store.get_deployment("dep-1").await.ok_or_panic("get");
+    assert_eq!(
+        (stored.version.as_str(), stored.state),
+        ("1.0", DeploymentState::Succeeded)
+    );
+    assert!(store
+        .active_deployment("staging")
+        .await
+        .ok_or_panic("active")
+        .is_none());
+}
+
+async fn generations_grow_with_every_deployment_and_tasks_carry_them(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    // The caller's generations are ignored: the store assigns them.
+    let dep_1 = Deployment {
+        generation: 999,
+        ..deployment("dep-1", "staging", "1.0", NOW)
+    };
+    let dep_1_tasks = [
+        Task {
+            generation: 999,
+            ..task("t1-web-1", "dep-1", "web-1", "agent-1", 0, "{}")
+        },
+        task("t1-web-2", "dep-1", "web-2", "agent-1", 1, "{}"),
+    ];
+    let g1 = store
+        .create_deployment(&dep_1, &dep_1_tasks)
+        .await
+        .ok_or_panic("dep-1");
+    assert!(g1 > 0, "{g1}");
+    let g2 = deploy_to(
+        store,
+        "production",
+        "dep-2",
+        "1.0",
+        NOW + 10,
+        &[("t2-db-1", "db-1", "agent-2")],
+    )
+    .await;
+    assert!(g2 > g1, "across environments: {g1} then {g2}");
+    // A refused deployment takes no generation that a later one could be below.
+    assert_conflict(
+        store
+            .create_deployment(&deployment("dep-x", "staging", "2.0", NOW + 15), &[])
+            .await,
+        "active deployment",
+        "staging",
+    );
+    claim_and_complete(
+        store,
+        &[
+            ("t1-web-1", TaskState::Succeeded, "ok"),
+            ("t1-web-2", TaskState::Succeeded, "ok"),
+        ],
+        NOW + 20,
+    )
+    .await;
+    // Created with an earlier time than dep-1 (another replica's clock): its generation
+    // still follows the order the store saw them in.
+    let g3 = deploy(store, "dep-3", "2.0", NOW - 1_000, &[("t3-web-1", "web-1")]).await;
+    assert!(g3 > g2, "{g2} then {g3}");
+
+    for (id, generation) in [("dep-1", g1), ("dep-2", g2), ("dep-3", g3)] {
+        assert_eq!(
+            store.get_deployment(id).await.ok_or_panic("get").generation,
+            generation,
+            "{id}"
+        );
+        let tasks = store.tasks_of_deployment(id).await.ok_or_panic("tasks");
+        assert!(!tasks.is_empty());
+        for t in &tasks {
+            assert_eq!(t.generation, generation, "{}", t.id);
+            assert_eq!(
+                store.get_task(&t.id).await.ok_or_panic("get").generation,
+                generation
+            );
+        }
+    }
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 30)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|t| (t.id.as_str(), t.generation))
+            .collect::<Vec<_>>(),
+        [("t3-web-1", g3)]
+    );
+    let listed: Vec<_> = store
+        .list_deployments(None, 10)
+        .await
+        .ok_or_panic("list")
+        .into_iter()
+        .map(|d| (d.id, d.generation))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("dep-2".to_owned(), g2),
+            ("dep-1".to_owned(), g1),
+            ("dep-3".to_owned(), g3),
+        ]
+    );
+}
+
+async fn desired_state_is_the_succeeded_task_of_the_highest_generation(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    let g1 = deploy(
+        store,
+        "dep-1",
+        "1.0",
+        NOW,
+        &[("t1-web-1", "web-1"), ("t1-web-2", "web-2")],
+    )
+    .await;
+    // dep-1's results are stored with a clock far ahead of dep-2's: finish times and
+    // generations disagree, and the generation must win.
+    claim_and_complete(
+        store,
+        &[
+            ("t1-web-1", TaskState::Succeeded, "ok"),
+            ("t1-web-2", TaskState::Succeeded, "ok"),
+        ],
+        NOW + 50_000,
+    )
+    .await;
+    let g2 = deploy(store, "dep-2", "2.0", NOW + 1_000, &[("t2-web-1", "web-1")]).await;
+    claim_and_complete(
+        store,
+        &[("t2-web-1", TaskState::Succeeded, "ok")],
+        NOW + 20_000,
+    )
+    .await;
+    assert!(g2 > g1);
+    let t1 = store.get_task("t1-web-1").await.ok_or_panic("get");
+    let t2 = store.get_task("t2-web-1").await.ok_or_panic("get");
+    assert!(
+        t1.finished_at_ms > t2.finished_at_ms,
+        "the older generation finished later: {t1:?} {t2:?}"
+    );
+
+    let expected = [
+        DesiredPayload {
+            target: "web-1".to_owned(),
+            deployed: Some((payload("2.0", "web-1"), g2)),
+        },
+        DesiredPayload {
+            target: "web-2".to_owned(),
+            deployed: Some((payload("1.0", "web-2"), g1)),
+        },
+    ];
+    assert_eq!(
+        store
+            .desired_payloads_for_agent("agent-1")
+            .await
+            .ok_or_panic("desired"),
+        expected
+    );
+    let latest = store
+        .latest_succeeded_task("web-1")
+        .await
+        .ok_or_panic("latest")
+        .unwrap_or_else(|| panic!("web-1 has succeeded tasks"));
+    assert_eq!((latest.id.as_str(), latest.generation), ("t2-web-1", g2));
+
+    // A newer generation that fails, or is cancelled, changes nothing.
+    deploy(store, "dep-3", "3.0", NOW + 2_000, &[("t3-web-1", "web-1")]).await;
+    claim_and_complete(
+        store,
+        &[("t3-web-1", TaskState::Failed, "crashed")],
+        NOW + 60_000,
+    )
+    .await;
+    deploy(store, "dep-4", "3.0", NOW + 3_000, &[("t4-web-1", "web-1")]).await;
+    store
+        .cancel_deployment("dep-4", "cancelled", NOW + 70_000)
+        .await
+        .ok_or_panic("cancel");
+    assert_eq!(
+        store
+            .desired_payloads_for_agent("agent-1")
+            .await
+            .ok_or_panic("desired"),
+        expected
+    );
+    assert_eq!(
+        store
+            .latest_succeeded_task("web-1")
+            .await
+            .ok_or_panic("latest")
+            .map(|t| t.id),
+        Some("t2-web-1".to_owned())
+    );
+    assert_eq!(
+        store
+            .latest_succeeded_task("db-1")
+            .await
+            .ok_or_panic("latest"),
+        None
+    );
+}
+
+async fn generations_keep_growing_after_history_is_deleted(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    store
+        .create_environment(&environment("qa", None, NOW))
+        .await
+        .ok_or_panic("qa");
+    let g1 = deploy(store, "dep-1", "1.0", NOW, &[]).await;
+    store
+        .cancel_deployment("dep-1", "cancelled", NOW + 1)
+        .await
+        .ok_or_panic("cancel");
+    // The newest generation belongs to qa, whose history then goes.
+    let g2 = deploy_to(store, "qa", "dep-2", "1.0", NOW + 2, &[]).await;
+    store
+        .cancel_deployment("dep-2", "cancelled", NOW + 3)
+        .await
+        .ok_or_panic("cancel");
+    store
+        .delete_environment("qa", true)
+        .await
+        .ok_or_panic("delete qa");
+    assert!(g2 > g1);
+    // An agent may still hold generation g2 for a target of qa; a later deployment must
+    // not be taken for an older one.
+    let g3 = deploy(store, "dep-3", "2.0", NOW + 4, &[]).await;
+    assert!(
+        g3 > g2,
+        "generation {g3} after {g2} was deleted: generations went back"
+    );
+}
+
+async fn cancelling_stops_unfinished_tasks_and_discards_late_results(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    store
+        .create_target(&target("web-3", "staging", "agent-2"))
+        .await
+        .ok_or_panic("web-3");
+    deploy_to(
+        store,
+        "staging",
+        "dep-1",
+        "1.0",
+        NOW,
+        &[
+            ("t-done", "web-1", "agent-1"),
+            ("t-running", "web-2", "agent-1"),
+            ("t-waiting", "web-3", "agent-2"),
+        ],
+    )
+    .await;
+    // web-1 succeeds, web-2 is assigned, web-3's agent never claimed its task.
+    claim_and_complete(
+        store,
+        &[("t-done", TaskState::Succeeded, "ok")],
+        NOW + 1_000,
+    )
+    .await;
+    let running = store.get_task("t-running").await.ok_or_panic("get");
+    assert_eq!(running.state, TaskState::Assigned);
+
+    let cancelled = store
+        .cancel_deployment("dep-1", "cancelled by alice", NOW + 5_000)
+        .await
+        .ok_or_panic("cancel");
+    assert_eq!(sorted_ids(&cancelled), ["t-running", "t-waiting"]);
+    for t in &cancelled {
+        assert_eq!(t.state, TaskState::Cancelled, "{t:?}");
+        assert_eq!(t.message.as_deref(), Some("cancelled by alice"));
+        assert_eq!(t.finished_at_ms, Some(NOW + 5_000));
+        assert_eq!(&store.get_task(&t.id).await.ok_or_panic("get"), t);
+    }
+    let done = store.get_task("t-done").await.ok_or_panic("get");
+    assert_eq!(
+        (done.state, done.finished_at_ms),
+        (TaskState::Succeeded, Some(NOW + 1_000))
+    );
+    let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
+    assert_eq!(dep.state, DeploymentState::Cancelled);
+    assert_eq!(dep.message.as_deref(), Some("cancelled by alice"));
+    assert_eq!(dep.finished_at_ms, Some(NOW + 5_000));
+    assert_eq!(
+        store
+            .active_deployment("staging")
+            .await
+            .ok_or_panic("active"),
+        None
+    );
+
+    // The agent's result arrives afterwards: discarded, nothing changes.
+    assert_eq!(
+        store
+            .complete_task(
+                "t-running",
+                running.epoch,
+                TaskState::Succeeded,
+                "ok",
+                NOW + 6_000
+            )
+            .await
+            .ok_or_panic("late result"),
+        None
+    );
+    assert_eq!(
+        store.get_task("t-running").await.ok_or_panic("get").state,
+        TaskState::Cancelled
+    );
+    assert_eq!(
+        store.get_deployment("dep-1").await.ok_or_panic("get"),
+        dep,
+        "the deployment stays cancelled"
+    );
+    // Cancelled tasks are neither claimed nor expired.
+    assert!(store
+        .claim_tasks_for_agent("agent-2", NOW + 6_000)
+        .await
+        .ok_or_panic("claim")
+        .is_empty());
+    assert!(store
+        .expire_tasks(NOW + TASK_DEADLINE_MS, unanswered)
+        .await
+        .ok_or_panic("expire")
+        .is_empty());
+
+    // Replicas learn of them by time; `since` is exclusive.
+    let since = store
+        .cancelled_tasks_since(NOW + 4_999)
+        .await
+        .ok_or_panic("since");
+    assert_eq!(sorted_ids(&since), ["t-running", "t-waiting"]);
+    assert!(store
+        .cancelled_tasks_since(NOW + 5_000)
+        .await
+        .ok_or_panic("since")
+        .is_empty());
+
+    assert_conflict(
+        store.cancel_deployment("dep-1", "again", NOW + 7_000).await,
+        "finished deployment",
+        "cancelled",
+    );
+    assert_not_found(
+        store.cancel_deployment("dep-9", "nothing", NOW).await,
+        "deployment",
+        "dep-9",
+    );
+
+    // Succeeded and failed deployments are finished too, and stay as they are.
+    deploy(store, "dep-2", "2.0", NOW + 10_000, &[("t2", "web-1")]).await;
+    claim_and_complete(store, &[("t2", TaskState::Succeeded, "ok")], NOW + 11_000).await;
+    deploy(store, "dep-3", "3.0", NOW + 20_000, &[("t3", "web-1")]).await;
+    claim_and_complete(store, &[("t3", TaskState::Failed, "crashed")], NOW + 21_000).await;
+    for (id, state) in [("dep-2", "succeeded"), ("dep-3", "failed")] {
+        let before = store.get_deployment(id).await.ok_or_panic("get");
+        assert_conflict(
+            store.cancel_deployment(id, "too late", NOW + 30_000).await,
+            "finished deployment",
+            state,
+        );
+        assert_eq!(store.get_deployment(id).await.ok_or_panic("get"), before);
+    }
+    assert_eq!(
+        sorted_ids(&store.cancelled_tasks_since(NOW).await.ok_or_panic("since")),
+        ["t-running", "t-waiting"]
+    );
+}
+
+async fn deployments_are_found_by_id_or_unique_prefix(f: &Fixture) {
+    const A1: &str = "0190aaaa-1111-7000-8000-000000000001";
+    const A2: &str = "0190aaaa-1111-7000-8000-000000000002";
+    const B: &str = "0190bbbb-2222-7000-8000-000000000003";
+    let store = &f.store;
+    delivery_fixture(store).await;
+    for (i, id) in [A1, A2, B].into_iter().enumerate() {
+        deploy(store, id, "1.0", NOW + i as i64, &[]).await;
+        store
+            .cancel_deployment(id, "cancelled", NOW + i as i64)
+            .await
+            .ok_or_panic("cancel");
+    }
+    let found = |query: &'static str| async move {
+        store
+            .find_deployment(query)
+            .await
+            .map(|d| d.id)
+            .unwrap_or_else(|e| panic!("finding {query}: {}", chain(&e)))
+    };
+    assert_eq!(found(A1).await, A1);
+    assert_eq!(found(A2).await, A2);
+    assert_eq!(found(B).await, B);
+    assert_eq!(found("0190bbbb").await, B);
+    assert_eq!(found("0190bbbb-2222-7").await, B);
+    assert_eq!(found("0190BBBB-2222").await, B, "prefixes ignore case");
+
+    for ambiguous in ["0190aaaa", "0190aaaa-1111-7000-8000-00000000000"] {
+        assert_conflict(
+            store.find_deployment(ambiguous).await,
+            "deployment id prefix",
+            ambiguous,
+        );
+    }
+    for missing in [
+        // Too short to be a prefix, though it starts an id.
+        "0190bbb",
+        "",
+        "0190cccc",
+        // Not wildcards: `_` and `%` would match both A ids in a LIKE pattern.
+        "0190aaaa-1111-7000-8000-00000000000_",
+        "0190aaa%",
+        "dep-unknown",
+    ] {
+        assert_not_found(store.find_deployment(missing).await, "deployment", missing);
+    }
+}
+
+async fn numbered_log_lines_are_stored_once(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(
+        store,
+        "dep-1",
+        "1.0",
+        NOW,
+        &[("t1", "web-1"), ("t2", "web-2")],
+    )
+    .await;
+    let lines: [(&str, Option<i64>, &str); 9] = [
+        ("", None, "requested by alice"),
+        ("t1", Some(1), "pulling"),
+        ("t1", Some(2), "starting"),
+        // Re-sent after a reconnect: already stored, the first text is kept.
+        ("t1", Some(1), "pulling (re-sent)"),
+        ("t1", Some(2), "starting"),
+        // Another task numbers its own lines.
+        ("t2", Some(1), "pulling web-2"),
+        // Unnumbered lines are never taken for duplicates.
+        ("", None, "requested by alice"),
+        ("t1", None, "note"),
+        ("t1", None, "note"),
+    ];
+    for (i, (task_id, line, message)) in lines.into_iter().enumerate() {
+        store
+            .append_log("dep-1", task_id, line, NOW + i as i64, message)
+            .await
+            .ok_or_panic("append");
+    }
+    let stored: Vec<_> = store
+        .logs_after("dep-1", 0, 100)
+        .await
+        .ok_or_panic("logs")
+        .into_iter()
+        .map(|l| (l.task_id, l.at_ms - NOW, l.message))
+        .collect();
+    let expected: Vec<_> = [
+        ("", 0, "requested by alice"),
+        ("t1", 1, "pulling"),
+        ("t1", 2, "starting"),
+        ("t2", 5, "pulling web-2"),
+        ("", 6, "requested by alice"),
+        ("t1", 7, "note"),
+        ("t1", 8, "note"),
+    ]
+    .into_iter()
+    .map(|(t, at, m)| (t.to_owned(), at, m.to_owned()))
+    .collect();
+    assert_eq!(stored, expected);
+    assert_not_found(
+        store.append_log("dep-9", "t9", Some(1), NOW, "lost").await,
+        "deployment",
+        "dep-9",
+    );
+}
+
+async fn expiry_names_each_agent_and_open_work_is_listed(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    let early = |t: Task| Task {
+        deadline_at_ms: NOW + 1_000,
+        ..t
+    };
+    store
+        .create_deployment(
+            &deployment("dep-1", "staging", "1.0", NOW),
+            &[
+                early(task("k1", "dep-1", "web-1", "agent-1", 0, "{}")),
+                task("k2", "dep-1", "web-2", "agent-1", 1, "{}"),
+            ],
+        )
+        .await
+        .ok_or_panic("dep-1");
+    store
+        .create_deployment(
+            &deployment("dep-2", "production", "1.0", NOW),
+            &[early(task("k3", "dep-2", "db-1", "agent-2", 2, "{}"))],
+        )
+        .await
+        .ok_or_panic("dep-2");
+
+    let agents = |now_ms: i64| async move {
+        let mut agents = store
+            .agents_with_expired_tasks(now_ms)
+            .await
+            .ok_or_panic("agents with expired tasks");
+        agents.sort_unstable();
+        agents
+    };
+    assert!(agents(NOW + 999).await.is_empty());
+    assert_eq!(agents(NOW + 1_000).await, ["agent-1", "agent-2"]);
+
+    // Open work by creation time, oldest first; `before` is exclusive.
+    let open = |before_ms: i64| async move {
+        store
+            .open_tasks_created_before(before_ms)
+            .await
+            .ok_or_panic("open tasks")
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(open(NOW).await.is_empty());
+    assert_eq!(open(NOW + 1).await, ["k1"]);
+    assert_eq!(open(NOW + 3).await, ["k1", "k2", "k3"]);
+
+    let expired = store
+        .expire_tasks(NOW + 1_000, |agent| format!("agent {agent} is unreachable"))
+        .await
+        .ok_or_panic("expire");
+    assert_eq!(
+        expired
+            .iter()
+            .map(|t| (t.id.as_str(), t.state, t.message.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "k1",
+                TaskState::Failed,
+                Some("deadline passed: agent agent-1 is unreachable")
+            ),
+            (
+                "k3",
+                TaskState::Failed,
+                Some("deadline passed: agent agent-2 is unreachable")
+            ),
+        ]
+    );
+    let dep_2 = store.get_deployment("dep-2").await.ok_or_panic("get");
+    assert_eq!(dep_2.state, DeploymentState::Failed);
+    assert_eq!(
+        dep_2.message.as_deref(),
+        Some("db-1: deadline passed: agent agent-2 is unreachable")
+    );
+    assert_eq!(
+        store.get_deployment("dep-1").await.ok_or_panic("get").state,
+        DeploymentState::Running
+    );
+    assert!(agents(NOW + 1_000).await.is_empty());
+    assert_eq!(open(NOW + 3).await, ["k2"]);
+
+    // Assigned tasks are open work too.
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 2_000)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(sorted_ids(&claimed), ["k2"]);
+    let still_open = store
+        .open_tasks_created_before(NOW + 3)
+        .await
+        .ok_or_panic("open");
+    assert_eq!(
+        still_open
+            .iter()
+            .map(|t| (t.id.as_str(), t.state))
+            .collect::<Vec<_>>(),
+        [("k2", TaskState::Assigned)]
+    );
+}
+
+async fn succeeded_deployment_of_version_is_the_highest_generation(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    let version_of = |version: &'static str| async move {
+        store
+            .succeeded_deployment_of_version("staging", version)
+            .await
+            .ok_or_panic("succeeded deployment of version")
+            .map(|d| d.id)
+    };
+    assert_eq!(version_of("1.0").await, None);
+    // 1.0, then 2.0, then back to 1.0 (finished earlier by the clock than the first),
+    // then 3.0, which fails.
+    for (id, version, finished_at_ms, state) in [
+        ("dep-1", "1.0", NOW + 50_000, TaskState::Succeeded),
+        ("dep-2", "2.0", NOW + 20_000, TaskState::Succeeded),
+        ("dep-3", "1.0", NOW + 30_000, TaskState::Succeeded),
+        ("dep-4", "3.0", NOW + 40_000, TaskState::Failed),
+    ] {
+        let task_id = format!("t-{id}");
+        deploy(store, id, version, NOW, &[(task_id.as_str(), "web-1")]).await;
+        claim_and_complete(store, &[(task_id.as_str(), state, "")], finished_at_ms).await;
+    }
+    assert_eq!(version_of("1.0").await.as_deref(), Some("dep-3"));
+    assert_eq!(version_of("2.0").await.as_deref(), Some("dep-2"));
+    assert_eq!(version_of("3.0").await, None, "3.0 never succeeded");
+    assert_eq!(version_of("9.9").await, None);
+    assert_eq!(
+        store
+            .succeeded_deployment_of_version("production", "1.0")
+            .await
+            .ok_or_panic("production"),
+        None
+    );
+}
+
+async fn environment_deployment_timeout_round_trips(f: &Fixture) {
+    let store = &f.store;
+    let staging = Environment {
+        deployment_timeout_seconds: Some(900),
+        ..environment("staging", None, NOW)
+    };
+    let production = environment("production", Some("staging"), NOW + 1);
+    store
+        .create_environment(&staging)
+        .await
+        .ok_or_panic("staging");
+    store
+        .create_environment(&production)
+        .await
+        .ok_or_panic("production");
+    assert_eq!(
+        store.get_environment("staging").await.ok_or_panic("get"),
+        staging
+    );
+    assert_eq!(
+        store.list_environments().await.ok_or_panic("list"),
+        [staging.clone(), production.clone()]
+    );
+
+    // Set where there was none, and cleared where there was one.
+    let production = Environment {
+        deployment_timeout_seconds: Some(3 * 3_600),
+        ..production
+    };
+    let staging = Environment {
+        deployment_timeout_seconds: None,
+        ..staging
+    };
+    store
+        .update_environment(&production)
+        .await
+        .ok_or_panic("update production");
+    store
+        .update_environment(&staging)
+        .await
+        .ok_or_panic("update staging");
+    assert_eq!(
+        store.list_environments().await.ok_or_panic("list"),
+        [staging, production]
+    );
+}
+
+async fn deleting_an_environment_refuses_dependents_and_removes_history(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    // History in both environments: deployments with tasks and logs, drift, variables.
+    deploy(store, "dep-s1", "1.0", NOW, &[("ts1", "web-1")]).await;
+    claim_and_complete(store, &[("ts1", TaskState::Succeeded, "ok")], NOW + 10).await;
+    deploy(store, "dep-s2", "2.0", NOW + 100, &[("ts2", "web-1")]).await;
+    claim_and_complete(store, &[("ts2", TaskState::Succeeded, "ok")], NOW + 110).await;
+    deploy_to(
+        store,
+        "production",
+        "dep-p1",
+        "1.0",
+        NOW + 200,
+        &[("tp1", "db-1", "agent-2")],
+    )
+    .await;
+    claim_and_complete_for(
+        store,
+        "agent-2",
+        &[("tp1", TaskState::Succeeded, "ok")],
+        NOW + 210,
+    )
+    .await;
+    for (deployment_id, task_id) in [("dep-s1", "ts1"), ("dep-p1", "tp1")] {
+        store
+            .append_log(deployment_id, task_id, Some(1), NOW, "started")
+            .await
+            .ok_or_panic("log");
+    }
+    let staging_drift = drift_record("web-1", "web", DriftKind::Missing, NOW + 300);
+    let production_drift = DriftRecord {
+        environment: "production".to_owned(),
+        agent_id: "agent-2".to_owned(),
+        ..drift_record("db-1", "db", DriftKind::ImageChanged, NOW + 300)
+    };
+    for record in [&staging_drift, &production_drift] {
+        store.upsert_drift(record).await.ok_or_panic("drift");
+    }
+    for env in ["staging", "production"] {
+        store
+            .set_variable(&variable(
+                env,
+                VariableKind::Var,
+                "REGION",
+                "eu",
+                "alice",
+                NOW,
+            ))
+            .await
+            .ok_or_panic("variable");
+    }
+
+    assert_not_found(
+        store.delete_environment("qa", false).await,
+        "environment",
+        "qa",
+    );
+    // Targets first (the first by name), then environments that come after it; history
+    // does not lift either.
+    for with_history in [false, true] {
+        assert_conflict(
+            store.delete_environment("staging", with_history).await,
+            "target",
+            "web-1",
+        );
+    }
+    store
+        .delete_target("web-1", NOW + 400)
+        .await
+        .ok_or_panic("web-1");
+    store
+        .delete_target("web-2", NOW + 400)
+        .await
+        .ok_or_panic("web-2");
+    for with_history in [false, true] {
+        assert_conflict(
+            store.delete_environment("staging", with_history).await,
+            "environment",
+            "production",
+        );
+    }
+    store
+        .delete_target("db-1", NOW + 400)
+        .await
+        .ok_or_panic("db-1");
+    // Deployments: the newest is named.
+    assert_conflict(
+        store.delete_environment("production", false).await,
+        "deployment",
+        "dep-p1",
+    );
+    assert_conflict(
+        store.delete_environment("staging", false).await,
+        "environment",
+        "production",
+    );
+    // Nothing was deleted by the refusals.
+    assert_eq!(store.list_environments().await.ok_or_panic("list").len(), 2);
+    assert_eq!(
+        store
+            .list_variables("production")
+            .await
+            .ok_or_panic("variables")
+            .len(),
+        1
+    );
+
+    store
+        .delete_environment("production", true)
+        .await
+        .ok_or_panic("delete production with its history");
+    assert_not_found(
+        store.get_environment("production").await,
+        "environment",
+        "production",
+    );
+    assert_not_found(store.get_deployment("dep-p1").await, "deployment", "dep-p1");
+    assert_not_found(store.get_task("tp1").await, "task", "tp1");
+    assert!(store
+        .logs_after("dep-p1", 0, 100)
+        .await
+        .ok_or_panic("logs")
+        .is_empty());
+    assert!(store
+        .list_drift(Some("production"), true)
+        .await
+        .ok_or_panic("drift")
+        .is_empty());
+    assert!(store
+        .list_variables("production")
+        .await
+        .ok_or_panic("variables")
+        .is_empty());
+    // Staging's history is untouched.
+    assert_eq!(
+        store
+            .list_deployments(Some("staging"), 10)
+            .await
+            .ok_or_panic("staging deployments")
+            .len(),
+        2
+    );
+    assert_eq!(
+        store
+            .logs_after("dep-s1", 0, 100)
+            .await
+            .ok_or_panic("logs")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_drift(Some("staging"), true)
+            .await
+            .ok_or_panic("drift")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_variables("staging")
+            .await
+            .ok_or_panic("variables")
+            .len(),
+        1
+    );
+
+    // Now only staging's own history holds it.
+    assert_conflict(
+        store.delete_environment("staging", false).await,
+        "deployment",
+        "dep-s2",
+    );
+    store
+        .delete_environment("staging", true)
+        .await
+        .ok_or_panic("delete staging with its history");
+    assert!(store
+        .list_environments()
+        .await
+        .ok_or_panic("list")
+        .is_empty());
+    assert!(store
+        .list_deployments(None, 10)
+        .await
+        .ok_or_panic("deployments")
+        .is_empty());
+    assert!(store
+        .list_drift(None, true)
+        .await
+        .ok_or_panic("drift")
+        .is_empty());
+
+    // An environment without history goes without `with_history`.
+    store
+        .create_environment(&environment("qa", None, NOW))
+        .await
+        .ok_or_panic("qa");
+    store
+        .delete_environment("qa", false)
+        .await
+        .ok_or_panic("delete qa");
+    assert_not_found(
+        store.delete_environment("qa", false).await,
+        "environment",
+        "qa",
+    );
+}
+
+async fn variables_and_secrets_are_set_listed_and_deleted(f: &Fixture) {
+    let store = &f.store;
+    for env in ["staging", "production"] {
+        store
+            .create_environment(&environment(env, None, NOW))
+            .await
+            .ok_or_panic("environment");
+    }
+    assert_not_found(
+        store
+            .set_variable(&variable(
+                "qa",
+                VariableKind::Var,
+                "REGION",
+                "eu",
+                "alice",
+                NOW,
+            ))
+            .await,
+        "environment",
+        "qa",
+    );
+    assert!(store
+        .list_variables("staging")
+        .await
+        .ok_or_panic("list")
+        .is_empty());
+
+    let region = variable("staging", VariableKind::Var, "REGION", "eu", "alice", NOW);
+    let api_url = variable(
+        "staging",
+        VariableKind::Var,
+        "API_URL",
+        "https://api.example",
+        "alice",
+        NOW,
+    );
+    // A secret may share a variable's name: `${secret.API_URL}` is another reference.
+    let api_secret = variable(
+        "staging",
+        VariableKind::Secret,
+        "API_URL",
+        "v1:sealed-url",
+        "alice",
+        NOW,
+    );
+    let db_password = variable(
+        "staging",
+        VariableKind::Secret,
+        "DB_PASSWORD",
+        "v1:sealed-password",
+        "alice",
+        NOW,
+    );
+    let production_region = variable("production", VariableKind::Var, "REGION", "us", "bob", NOW);
+    for v in [
+        &region,
+        &db_password,
+        &api_url,
+        &api_secret,
+        &production_region,
+    ] {
+        store.set_variable(v).await.ok_or_panic("set");
+    }
+    // By kind (`secret` before `var`), then name.
+    assert_eq!(
+        store.list_variables("staging").await.ok_or_panic("list"),
+        [
+            api_secret.clone(),
+            db_password.clone(),
+            api_url.clone(),
+            region.clone()
+        ]
+    );
+
+    // Set again: replaced, with who and when.
+    let region_moved = Variable {
+        stored_value: "eu-west".to_owned(),
+        updated_by: "bob".to_owned(),
+        updated_at_ms: NOW + 10,
+        ..region.clone()
+    };
+    store
+        .set_variable(&region_moved)
+        .await
+        .ok_or_panic("replace");
+    assert_eq!(
+        store.list_variables("staging").await.ok_or_panic("list"),
+        [
+            api_secret.clone(),
+            db_password.clone(),
+            api_url.clone(),
+            region_moved.clone()
+        ]
+    );
+    assert_eq!(
+        store.list_variables("production").await.ok_or_panic("list"),
+        std::slice::from_ref(&production_region),
+        "another environment's variable of the same name is its own"
+    );
+
+    // Deleting the variable keeps the secret of the same name.
+    store
+        .delete_variable("staging", VariableKind::Var, "API_URL")
+        .await
+        .ok_or_panic("delete");
+    assert_eq!(
+        store.list_variables("staging").await.ok_or_panic("list"),
+        [api_secret, db_password, region_moved]
+    );
+    assert_not_found(
+        store
+            .delete_variable("staging", VariableKind::Var, "API_URL")
+            .await,
+        "variable",
+        "staging/API_URL",
+    );
+    assert_not_found(
+        store
+            .delete_variable("staging", VariableKind::Secret, "REGION")
+            .await,
+        "secret",
+        "staging/REGION",
+    );
+    assert_not_found(
+        store
+            .delete_variable("qa", VariableKind::Var, "REGION")
+            .await,
+        "variable",
+        "qa/REGION",
+    );
+
+    // The environment's variables and secrets go with it.
+    store
+        .delete_environment("staging", false)
+        .await
+        .ok_or_panic("delete staging");
+    assert!(store
+        .list_variables("staging")
+        .await
+        .ok_or_panic("list")
+        .is_empty());
+    store
+        .create_environment(&environment("staging", None, NOW + 20))
+        .await
+        .ok_or_panic("staging again");
+    assert!(
+        store
+            .list_variables("staging")
+            .await
+            .ok_or_panic("list")
+            .is_empty(),
+        "a new environment of the same name starts empty"
+    );
+    assert_eq!(
+        store.list_variables("production").await.ok_or_panic("list"),
+        [production_region]
+    );
+}
+
+async fn updating_a_target_keeps_its_identity_and_waits_for_unfinished_tasks(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    let original = store.get_target("web-1").await.ok_or_panic("get");
+    // Only the agent and settings change, whatever else the caller sends.
+    let update = Target {
+        environment: "production".to_owned(),
+        kind: TargetKind::Compose,
+        agent_id: "agent-2".to_owned(),
+        settings: BTreeMap::from([("project".to_owned(), "shop".to_owned())]),
+        created_at_ms: NOW + 999,
+        ..original.clone()
+    };
+    store.update_target(&update).await.ok_or_panic("update");
+    let expected = Target {
+        agent_id: update.agent_id.clone(),
+        settings: update.settings.clone(),
+        ..original.clone()
+    };
+    assert_eq!(store.get_target("web-1").await.ok_or_panic("get"), expected);
+    assert_eq!(
+        store
+            .targets_for_agent("agent-2")
+            .await
+            .ok_or_panic("agent-2")
+            .into_iter()
+            .map(|t| t.name)
+            .collect::<Vec<_>>(),
+        ["db-1", "web-1"]
+    );
+
+    assert_not_found(
+        store
+            .update_target(&target("web-9", "staging", "agent-1"))
+            .await,
+        "target",
+        "web-9",
+    );
+    assert_not_found(
+        store
+            .update_target(&Target {
+                agent_id: "agent-9".to_owned(),
+                ..expected.clone()
+            })
+            .await,
+        "agent",
+        "agent-9",
+    );
+    assert_eq!(store.get_target("web-1").await.ok_or_panic("get"), expected);
+
+    // Pending, then assigned: refused, naming the deployment; finished: allowed.
+    deploy(store, "dep-1", "1.0", NOW, &[("t1", "web-2")]).await;
+    let web_2 = store.get_target("web-2").await.ok_or_panic("get");
+    let moved = Target {
+        agent_id: "agent-2".to_owned(),
+        ..web_2.clone()
+    };
+    assert_conflict(store.update_target(&moved).await, "deployment", "dep-1");
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 10)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(sorted_ids(&claimed), ["t1"]);
+    assert_conflict(store.update_target(&moved).await, "deployment", "dep-1");
+    assert_eq!(store.get_target("web-2").await.ok_or_panic("get"), web_2);
+    // Another target of the same deployment's environment is not held.
+    store
+        .update_target(&Target {
+            agent_id: "agent-1".to_owned(),
+            ..expected
+        })
+        .await
+        .ok_or_panic("update web-1 meanwhile");
+    store
+        .complete_task("t1", 1, TaskState::Failed, "crashed", NOW + 20)
+        .await
+        .ok_or_panic("complete")
+        .unwrap_or_else(|| panic!("t1 completes"));
+    store
+        .update_target(&moved)
+        .await
+        .ok_or_panic("update when finished");
+    assert_eq!(store.get_target("web-2").await.ok_or_panic("get"), moved);
+}
+
+async fn deleting_a_target_keeps_its_history_and_resolves_its_drift(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(
+        store,
+        "dep-1",
+        "1.0",
+        NOW,
+        &[("t1", "web-1"), ("t2", "web-2")],
+    )
+    .await;
+    claim_and_complete(
+        store,
+        &[
+            ("t1", TaskState::Succeeded, "ok"),
+            ("t2", TaskState::Succeeded, "ok"),
+        ],
+        NOW + 10,
+    )
+    .await;
+    // web-1: a finding resolved earlier and an open one; web-2: an open one.
+    let web_1_old = drift_record("web-1", "web", DriftKind::ImageChanged, NOW + 20);
+    store.upsert_drift(&web_1_old).await.ok_or_panic("drift");
+    assert_eq!(
+        store
+            .resolve_drift("web-1", NOW + 30)
+            .await
+            .ok_or_panic("resolve"),
+        1
+    );
+    let web_1_open = drift_record("web-1", "web", DriftKind::Missing, NOW + 40);
+    let web_2_open = drift_record("web-2", "web", DriftKind::Missing, NOW + 40);
+    for record in [&web_1_open, &web_2_open] {
+        store.upsert_drift(record).await.ok_or_panic("drift");
+    }
+
+    store
+        .delete_target("web-1", NOW + 100)
+        .await
+        .ok_or_panic("delete");
+    assert_not_found(store.get_target("web-1").await, "target", "web-1");
+    assert_not_found(
+        store.delete_target("web-1", NOW + 200).await,
+        "target",
+        "web-1",
+    );
+    // Its history stays.
+    let t1 = store.get_task("t1").await.ok_or_panic("task history");
+    assert_eq!(
+        (t1.target.as_str(), t1.state),
+        ("web-1", TaskState::Succeeded)
+    );
+    assert_eq!(
+        store
+            .tasks_of_deployment("dep-1")
+            .await
+            .ok_or_panic("tasks")
+            .len(),
+        2
+    );
+    // Its open finding is resolved now; the one resolved before keeps its time; another
+    // target's is still open.
+    let resolved_at = |r: &DriftRecord, at: i64| DriftRecord {
+        resolved_at_ms: Some(at),
+        ..r.clone()
+    };
+    assert_eq!(
+        store
+            .list_drift(Some("staging"), true)
+            .await
+            .ok_or_panic("drift"),
+        [
+            resolved_at(&web_1_open, NOW + 100),
+            web_2_open.clone(),
+            resolved_at(&web_1_old, NOW + 30),
+        ]
+    );
+    // Its agent no longer drives it.
+    assert_eq!(
+        store
+            .desired_payloads_for_agent("agent-1")
+            .await
+            .ok_or_panic("desired")
+            .into_iter()
+            .map(|d| d.target)
+            .collect::<Vec<_>>(),
+        ["web-2"]
+    );
+
+    // Refused while a task on it is unfinished.
+    deploy(store, "dep-2", "2.0", NOW + 300, &[("t3", "web-2")]).await;
+    assert_conflict(
+        store.delete_target("web-2", NOW + 400).await,
+        "deployment",
+        "dep-2",
+    );
+    assert!(store.get_target("web-2").await.is_ok());
+    assert_eq!(
+        store
+            .list_drift(Some("staging"), false)
+            .await
+            .ok_or_panic("drift"),
+        [web_2_open],
+        "a refused delete resolves nothing"
+    );
+}
+
+async fn user_roles_change_and_a_deleted_user_loses_its_tokens(f: &Fixture) {
+    let store = &f.store;
+    let admin = user("admin", &[Role::Admin]);
+    let alice = user("alice", &[Role::Operator]);
+    let bob = user("bob", &[Role::Viewer]);
+    for u in [&admin, &alice, &bob] {
+        store.create_user(u).await.ok_or_panic("create user");
+        store
+            .insert_api_token(&format!("hash-{}", u.name), &u.id, NOW)
+            .await
+            .ok_or_panic("token");
+    }
+
+    // Roles are replaced, in the order given.
+    store
+        .change_user("alice", Some(&[Role::Approver, Role::Viewer]))
+        .await
+        .ok_or_panic("change alice");
+    let changed = User {
+        roles: vec![Role::Approver, Role::Viewer],
+        ..alice.clone()
+    };
+    assert_eq!(store.find_user("alice").await.ok_or_panic("find"), changed);
+    store
+        .change_user("alice", Some(&[]))
+        .await
+        .ok_or_panic("no roles");
+    assert!(store
+        .find_user("alice")
+        .await
+        .ok_or_panic("find")
+        .roles
+        .is_empty());
+
+    store
+        .change_user("bob", None)
+        .await
+        .ok_or_panic("delete bob");
+    assert_not_found(store.find_user("bob").await, "user", "bob");
+    assert_eq!(
+        store.user_for_token("hash-bob").await.ok_or_panic("token"),
+        None,
+        "a deleted user's tokens no longer authenticate"
+    );
+    assert_eq!(
+        store
+            .user_for_token("hash-alice")
+            .await
+            .ok_or_panic("token")
+            .map(|u| u.name),
+        Some("alice".to_owned())
+    );
+    assert_eq!(store.count_users().await.ok_or_panic("count"), 2);
+    // A new user of the same name does not inherit the old tokens.
+    store
+        .create_user(&User {
+            id: "user-bob-2".to_owned(),
+            ..bob
+        })
+        .await
+        .ok_or_panic("bob again");
+    assert_eq!(
+        store.user_for_token("hash-bob").await.ok_or_panic("token"),
+        None
+    );
+
+    for roles in [Some(&[Role::Viewer][..]), None] {
+        assert_not_found(store.change_user("carol", roles).await, "user", "carol");
+    }
+}
+
+async fn the_last_admin_is_never_removed(f: &Fixture) {
+    let store = &f.store;
+    store
+        .create_user(&user("root", &[Role::Admin]))
+        .await
+        .ok_or_panic("root");
+    store
+        .create_user(&user("ops", &[Role::Operator]))
+        .await
+        .ok_or_panic("ops");
+
+    assert_conflict(
+        store.change_user("root", Some(&[Role::Operator])).await,
+        "last admin",
+        "root",
+    );
+    assert_conflict(store.change_user("root", None).await, "last admin", "root");
+    assert_eq!(
+        store.find_user("root").await.ok_or_panic("find").roles,
+        [Role::Admin]
+    );
+    // Keeping the admin role among others is fine; so is changing anyone else.
+    store
+        .change_user("root", Some(&[Role::Viewer, Role::Admin]))
+        .await
+        .ok_or_panic("root stays admin");
+    store
+        .change_user("ops", Some(&[Role::Admin]))
+        .await
+        .ok_or_panic("ops becomes admin");
+    // Two admins: either may go, then the other is the last.
+    store
+        .change_user("root", Some(&[Role::Viewer]))
+        .await
+        .ok_or_panic("root steps down");
+    assert_conflict(store.change_user("ops", None).await, "last admin", "ops");
+    assert_conflict(
+        store.change_user("ops", Some(&[])).await,
+        "last admin",
+        "ops",
+    );
+    store
+        .change_user("root", None)
+        .await
+        .ok_or_panic("delete the former admin");
+    assert_eq!(
+        store
+            .list_users()
+            .await
+            .ok_or_panic("list")
+            .into_iter()
+            .map(|u| (u.name, u.roles))
+            .collect::<Vec<_>>(),
+        [("ops".to_owned(), vec![Role::Admin])]
+    );
+}
+
+async fn two_admins_removing_each_other_leave_one(f: &Fixture) {
+    const ROUNDS: usize = 8;
+    let store = &f.store;
+    store
+        .create_user(&user("admin-0", &[Role::Admin]))
+        .await
+        .ok_or_panic("admin-0");
+    let mut survivor = "admin-0".to_owned();
+    // Each round: the admin left by the last round and a new one remove each other at
+    // the same moment, by deletion or by demotion.
+    for round in 1..=ROUNDS {
+        let newcomer = format!("admin-{round}");
+        store
+            .create_user(&user(&newcomer, &[Role::Admin]))
+            .await
+            .ok_or_panic("new admin");
+        let delete = round % 2 == 0;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let removals: Vec<_> = [survivor.clone(), newcomer.clone()]
+            .into_iter()
+            .map(|name| {
+                let store = store.clone();
+                let start = Arc::clone(&start);
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let roles: Option<&[Role]> = if delete { None } else { Some(&[Role::Viewer]) };
+                    let outcome = store.change_user(&name, roles).await;
+                    (name, outcome)
+                })
+            })
+            .collect();
+        let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        for removal in removals {
+            let (name, outcome) = removal.await.unwrap_or_else(|e| panic!("task: {e}"));
+            match outcome {
+                Ok(()) => removed.push(name),
+                Err(StoreError::Conflict {
+                    entity: "last admin",
+                    key,
+                }) => {
+                    assert_eq!(key, name);
+                    kept.push(name);
+                }
+                Err(other) => panic!("round {round}, removing {name}: {}", chain(&other)),
+            }
+        }
+        assert_eq!(
+            (removed.len(), kept.len()),
+            (1, 1),
+            "round {round}: removed {removed:?}, kept {kept:?}"
+        );
+        let admins: Vec<_> = store
+            .list_users()
+            .await
+            .ok_or_panic("list")
+            .into_iter()
+            .filter(|u| u.has_role(Role::Admin))
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(admins, kept, "round {round}");
+        survivor = kept.remove(0);
+    }
+}
+
+async fn goodbye_marks_an_agent_disconnected_until_its_next_hello(f: &Fixture) {
+    let store = &f.store;
+    enrol(store, "agent-1", "web-1").await;
+    enrol(store, "agent-2", "web-2").await;
+    store
+        .record_hello("agent-1", &hello(NOW + 1_000))
+        .await
+        .ok_or_panic("hello");
+    store
+        .record_goodbye("agent-1", NOW + 2_000)
+        .await
+        .ok_or_panic("goodbye");
+    let agent = store.get_agent("agent-1").await.ok_or_panic("get");
+    assert_eq!(agent.disconnected_at_ms, Some(NOW + 2_000));
+    assert_eq!(agent.last_seen_at_ms, Some(NOW + 1_000));
+    assert_eq!(agent.state(NOW + 2_000, 5_000), AgentState::Disconnected);
+    assert_eq!(
+        store
+            .get_agent("agent-2")
+            .await
+            .ok_or_panic("get")
+            .disconnected_at_ms,
+        None
+    );
+    // Unknown agents are ignored.
+    store
+        .record_goodbye("nobody", NOW)
+        .await
+        .ok_or_panic("goodbye of nobody");
+
+    store
+        .record_hello("agent-1", &hello(NOW + 3_000))
+        .await
+        .ok_or_panic("hello again");
+    let agent = store.get_agent("agent-1").await.ok_or_panic("get");
+    assert_eq!(agent.disconnected_at_ms, None);
+    assert_eq!(agent.last_seen_at_ms, Some(NOW + 3_000));
+    assert_eq!(agent.state(NOW + 3_000, 5_000), AgentState::Connected);
+}
+
+async fn a_revoked_agent_can_be_deleted_and_stays_revoked(f: &Fixture) {
+    let store = &f.store;
+    enrol(store, "agent-1", "host-1").await;
+    enrol(store, "agent-2", "host-2").await;
+    store
+        .create_environment(&environment("staging", None, NOW))
+        .await
+        .ok_or_panic("staging");
+    store
+        .create_target(&target("web-1", "staging", "agent-1"))
+        .await
+        .ok_or_panic("web-1");
+
+    assert_not_found(
+        store.delete_revoked_agent("nobody", NOW).await,
+        "agent",
+        "nobody",
+    );
+    assert_conflict(
+        store.delete_revoked_agent("agent-1", NOW).await,
+        "agent",
+        "host-1",
+    );
+    store
+        .revoke_agent("agent-1", NOW + 10, "retired")
+        .await
+        .ok_or_panic("revoke");
+    assert_conflict(
+        store.delete_revoked_agent("agent-1", NOW + 20).await,
+        "target",
+        "web-1",
+    );
+    assert!(store.get_agent("agent-1").await.is_ok());
+
+    store
+        .delete_target("web-1", NOW + 30)
+        .await
+        .ok_or_panic("delete target");
+    store
+        .delete_revoked_agent("agent-1", NOW + 40)
+        .await
+        .ok_or_panic("delete agent");
+    assert_not_found(store.get_agent("agent-1").await, "agent", "agent-1");
+    assert_not_found(store.find_agent("host-1").await, "agent", "host-1");
+    assert_not_found(
+        store.delete_revoked_agent("agent-1", NOW + 50).await,
+        "agent",
+        "agent-1",
+    );
+    // Its certificates may still be valid: its id stays on the revocation list.
+    assert_eq!(
+        store.revoked_agent_ids().await.ok_or_panic("revoked"),
+        ["agent-1"]
+    );
+
+    // Its name is free again, for an agent with a new id.
+    enrol(store, "agent-3", "host-1").await;
+    assert_eq!(
+        store.find_agent("host-1").await.ok_or_panic("find").id,
+        "agent-3"
+    );
+    assert_eq!(
+        store
+            .list_agents()
+            .await
+            .ok_or_panic("list")
+            .into_iter()
+            .map(|a| (a.name, a.id))
+            .collect::<Vec<_>>(),
+        [
+            ("host-1".to_owned(), "agent-3".to_owned()),
+            ("host-2".to_owned(), "agent-2".to_owned()),
+        ]
+    );
+    store
+        .revoke_agent("agent-2", NOW + 60, "moved")
+        .await
+        .ok_or_panic("revoke agent-2");
+    assert_eq!(
+        store.revoked_agent_ids().await.ok_or_panic("revoked"),
+        ["agent-1", "agent-2"]
+    );
+}
+
+async fn registries_are_deleted(f: &Fixture) {
+    let store = &f.store;
+    let private = registry("registry.example.com", Some("v1:sealed"));
+    let local = registry("127.0.0.1:5000", None);
+    for r in [&private, &local] {
+        store.upsert_registry(r).await.ok_or_panic("upsert");
+    }
+    store
+        .delete_registry("registry.example.com")
+        .await
+        .ok_or_panic("delete");
+    assert_eq!(
+        store
+            .get_registry("registry.example.com")
+            .await
+            .ok_or_panic("get"),
+        None
+    );
+    assert_eq!(
+        store.list_registries().await.ok_or_panic("list"),
+        std::slice::from_ref(&local)
+    );
+    assert_not_found(
+        store.delete_registry("registry.example.com").await,
+        "registry",
+        "registry.example.com",
+    );
+    // Stored again after the delete: a fresh entry.
+    store.upsert_registry(&private).await.ok_or_panic("again");
+    assert_eq!(
+        store.list_registries().await.ok_or_panic("list"),
+        [local, private]
+    );
+}
+
+/// Rows as the 0002 schema held them: in staging, a finished deployment and two active
+/// ones (the race 0003 closes let both in); in production, one active deployment created
+/// at the same millisecond as staging's older one (the id breaks the tie).
+const ROWS_BEFORE_0003: &str = "
+INSERT INTO environments (name, after_environment, drift_mode, created_at_ms) VALUES
+    ('staging', NULL, 'report', 1750000000000),
+    ('production', 'staging', 'report', 1750000000001);
+INSERT INTO releases (name, version, components_json, created_by, created_at_ms) VALUES
+    ('app', '1.0', '[]', 'user-alice', 1750000000000),
+    ('app', '2.0', '[]', 'user-alice', 1750000000000),
+    ('app', '3.0', '[]', 'user-alice', 1750000000000);
+INSERT INTO deployments (id, kind, environment, release_name, release_version, decision_id,
+    state, message, created_by, created_at_ms, finished_at_ms) VALUES
+    ('dep-done', 'promotion', 'staging', 'app', '1.0', 'sha256:d1', 'succeeded', NULL,
+        'user-alice', 1750000000000, 1750000000500),
+    ('dep-old', 'promotion', 'staging', 'app', '2.0', 'sha256:d2', 'running', NULL,
+        'user-alice', 1750000001000, NULL),
+    ('dep-new', 'promotion', 'staging', 'app', '3.0', 'sha256:d3', 'pending', NULL,
+        'user-alice', 1750000002000, NULL),
+    ('dep-prod', 'promotion', 'production', 'app', '1.0', 'sha256:d4', 'running', NULL,
+        'user-alice', 1750000001000, NULL);
+INSERT INTO tasks (id, deployment_id, target, agent_id, epoch, state, payload_json, message,
+    deadline_at_ms, created_at_ms, finished_at_ms) VALUES
+    ('t-done', 'dep-done', 'web-1', 'agent-1', 1, 'succeeded', '{\"v\":\"1.0\"}', 'ok',
+        1750000600000, 1750000000000, 1750000000500),
+    ('t-old-ok', 'dep-old', 'web-1', 'agent-1', 1, 'succeeded', '{\"v\":\"2.0\"}', 'ok',
+        1750000601000, 1750000001000, 1750000001500),
+    ('t-old-running', 'dep-old', 'web-2', 'agent-1', 1, 'assigned', '{\"v\":\"2.0\"}', NULL,
+        1750000601000, 1750000001000, NULL),
+    ('t-old-waiting', 'dep-old', 'web-3', 'agent-2', 0, 'pending', '{\"v\":\"2.0\"}', NULL,
+        1750000601000, 1750000001000, NULL),
+    ('t-new', 'dep-new', 'web-1', 'agent-1', 0, 'pending', '{\"v\":\"3.0\"}', NULL,
+        1750000602000, 1750000002000, NULL),
+    ('t-prod', 'dep-prod', 'db-1', 'agent-3', 1, 'assigned', '{\"v\":\"1.0\"}', NULL,
+        1750000601000, 1750000001000, NULL);
+";
+
+/// Migrates the empty database at `url` to version 0002, as a release before the
+/// hardening did, and stores [`ROWS_BEFORE_0003`].
+async fn database_at_0002(url: &str, backend: Backend) {
+    // The store embeds every migration; a migrator over a copy of the first two applies
+    // just those, under the same versions and checksums.
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../control-plane/migrations")
+        .join(backend.as_str());
+    let before = TestDir::new("migrations-0002");
+    for name in ["0001_foundation.sql", "0002_delivery.sql"] {
+        std::fs::copy(migrations.join(name), before.path().join(name))
+            .unwrap_or_else(|e| panic!("copying migration {name}: {e}"));
+    }
+    let migrator = Migrator::new(before.path())
+        .await
+        .unwrap_or_else(|e| panic!("reading migrations: {e}"));
+    assert_eq!(
+        migrator.iter().map(|m| m.version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    migrator
+        .run(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("migrating {url} to 0002: {e}"));
+    sqlx::raw_sql(ROWS_BEFORE_0003)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("storing rows at 0002: {e}"));
+    conn.close()
+        .await
+        .unwrap_or_else(|e| panic!("closing {url}: {e}"));
+}
+
+async fn migration_fails_all_but_the_newest_active_deployment(f: &Fixture) {
+    let url = f.other_database_url().await;
+    database_at_0002(&url, f.store.backend()).await;
+    // Captured output, shown if the case fails.
+    eprintln!("database migrated from 0002: {url}");
+    let store = &connect(&url).await;
+    let stored_deployment =
+        |id: &'static str| async move { store.get_deployment(id).await.ok_or_panic(id) };
+    let stored_task = |id: &'static str| async move { store.get_task(id).await.ok_or_panic(id) };
+
+    // The older active deployment of staging is failed, with its open tasks.
+    let old = stored_deployment("dep-old").await;
+    assert_eq!(old.state, DeploymentState::Failed, "{old:?}");
+    assert!(
+        old.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("superseded")),
+        "{old:?}"
+    );
+    assert!(old.finished_at_ms.is_some(), "{old:?}");
+    for id in ["t-old-running", "t-old-waiting"] {
+        let t = stored_task(id).await;
+        assert_eq!(t.state, TaskState::Failed, "{t:?}");
+        assert!(
+            t.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("superseded")),
+            "{t:?}"
+        );
+        assert!(t.finished_at_ms.is_some(), "{t:?}");
+    }
+    let old_ok = stored_task("t-old-ok").await;
+    assert_eq!(
+        (old_ok.state, old_ok.finished_at_ms),
+        (TaskState::Succeeded, Some(NOW + 1_500)),
+        "a finished task keeps its result"
+    );
+    // The newer one stays active; production's, alone there, too.
+    let new = stored_deployment("dep-new").await;
+    assert_eq!(
+        (new.state, new.finished_at_ms),
+        (DeploymentState::Pending, None)
+    );
+    assert_eq!(stored_task("t-new").await.state, TaskState::Pending);
+    assert_eq!(
+        store
+            .active_deployment("staging")
+            .await
+            .ok_or_panic("active")
+            .map(|d| d.id),
+        Some("dep-new".to_owned())
+    );
+    assert_eq!(
+        stored_deployment("dep-prod").await.state,
+        DeploymentState::Running
+    );
+    assert_eq!(stored_task("t-prod").await.state, TaskState::Assigned);
+    let done = stored_deployment("dep-done").await;
+    assert_eq!(
+        (done.state, done.finished_at_ms),
+        (DeploymentState::Succeeded, Some(NOW + 500))
+    );
+
+    // Generations in creation order (ties by id), carried by the tasks.
+    let expected = [
+        ("dep-done", 1, &["t-done"][..]),
+        (
+            "dep-old",
+            2,
+            &["t-old-ok", "t-old-running", "t-old-waiting"][..],
+        ),
+        ("dep-prod", 3, &["t-prod"][..]),
+        ("dep-new", 4, &["t-new"][..]),
+    ];
+    for (id, generation, tasks) in expected {
+        assert_eq!(stored_deployment(id).await.generation, generation, "{id}");
+        for task_id in tasks {
+            assert_eq!(
+                stored_task(task_id).await.generation,
+                generation,
+                "{task_id}"
+            );
+        }
+    }
+    assert_eq!(
+        store
+            .latest_succeeded_task("web-1")
+            .await
+            .ok_or_panic("latest")
+            .map(|t| t.id),
+        Some("t-old-ok".to_owned())
+    );
+
+    // The late result of a superseded task is discarded.
+    assert_eq!(
+        store
+            .complete_task("t-old-running", 1, TaskState::Succeeded, "ok", NOW + 9_000)
+            .await
+            .ok_or_panic("late result"),
+        None
+    );
+    // New generations follow the migrated ones (PostgreSQL: the sequence starts there),
+    // and the index holds from now on.
+    store
+        .create_environment(&environment("qa", None, NOW))
+        .await
+        .ok_or_panic("qa");
+    assert_eq!(
+        store
+            .create_deployment(&deployment("dep-5", "qa", "1.0", NOW + 10_000), &[])
+            .await
+            .ok_or_panic("dep-5"),
+        5
+    );
+    assert_conflict(
+        store
+            .create_deployment(&deployment("dep-6", "staging", "1.0", NOW + 10_000), &[])
+            .await,
+        "active deployment",
+        "staging",
+    );
+    store.close().await;
 }
