@@ -37,6 +37,14 @@ UPDATE deployments SET generation = (
     SELECT COUNT(*) FROM deployments earlier
     WHERE (earlier.created_at_ms, earlier.id) <= (deployments.created_at_ms, deployments.id));
 CREATE UNIQUE INDEX deployments_generation_key ON deployments (generation);
+-- The last generation handed out: deleting history (an environment deleted with it) must
+-- not let a generation be handed out twice, so it is not derived from the table.
+CREATE TABLE counters (
+    name  TEXT    NOT NULL PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+INSERT INTO counters (name, value)
+    SELECT 'deployment_generation', COALESCE(MAX(generation), 0) FROM deployments;
 -- Each task carries its deployment's generation: the agent's desired state of the target
 -- is the payload of the succeeded task with the highest generation.
 ALTER TABLE tasks ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;

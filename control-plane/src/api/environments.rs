@@ -213,7 +213,7 @@ pub async fn update_environment(
 
 /// Query of environment deletion.
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteEnvironment {
     /// Also delete its deployments, logs and drift findings.
     #[serde(default)]

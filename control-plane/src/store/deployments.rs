@@ -86,10 +86,25 @@ impl Store {
             });
         }
 
-        // SQLite: the write lock is held from BEGIN IMMEDIATE, so MAX + 1 is unique.
-        // PostgreSQL: a sequence, so replicas do not queue on one counter row.
+        let taken = sqlx::query_scalar::<_, String>("SELECT id FROM deployments WHERE id = $1")
+            .bind(deployment.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict {
+                entity: "deployment",
+                key: deployment.id.clone(),
+            });
+        }
+        // SQLite: a counter row, under the write lock held since BEGIN IMMEDIATE.
+        // PostgreSQL: a sequence, so replicas do not queue on one counter row. Neither
+        // hands a generation out twice, even after history is deleted.
         let next_generation = match self.backend {
-            super::Backend::Sqlite => "SELECT COALESCE(MAX(generation), 0) + 1 FROM deployments",
+            super::Backend::Sqlite => {
+                "UPDATE counters SET value = value + 1 \
+                 WHERE name = 'deployment_generation' RETURNING value"
+            }
             super::Backend::Postgres => "SELECT nextval('deployment_generation_seq')",
         };
         let generation = sqlx::query_scalar::<_, i64>(next_generation)
@@ -115,7 +130,8 @@ impl Store {
         .bind(deployment.finished_at_ms)
         .execute(&mut *tx)
         .await
-        // The id is a fresh UUID and the generation new: a unique violation here is the
+        // The id is free (checked above, under the write lock or this transaction's
+        // snapshot) and the generation new: a unique violation here is the
         // one-active-deployment-per-environment index.
         .map_err(unique(OP, "active deployment", &deployment.environment))?;
 
