@@ -627,12 +627,20 @@ impl Rounds {
                 tracing::debug!(target = %target_name, "drift notification for a target with no desired state");
             }
         }
-        for (target_name, task) in desired.iter() {
+        for target_name in desired.keys() {
             if !scope.includes(target_name) {
                 continue;
             }
             let Some(generation) = drift.deploying.idle_generation(target_name) else {
                 tracing::debug!(target = %target_name, "a deploy is running; drift check skipped");
+                continue;
+            };
+            // Read again now that no deploy runs: one may have finished since the round
+            // began (a deploy records its desired state before it stops counting as
+            // running), and comparing with the round's older snapshot would report the
+            // new version as drift.
+            let fresh = drift.desired.current();
+            let Some(task) = fresh.get(target_name) else {
                 continue;
             };
             let Some(target) = drift.targets.get(&task.target.kind) else {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// The fields of a sticker, before it is sealed.
@@ -129,15 +128,22 @@ impl Sticker {
     }
 }
 
-/// Formats a time as RFC 3339 UTC with whole seconds (`2024-05-01T12:00:00Z`), the form of
-/// `deployed_at`.
+/// Formats a time as RFC 3339 UTC with exactly three fraction digits
+/// (`2024-05-01T12:00:00.250Z`), the form of `deployed_at` and of every time Stella shows.
+/// Stickers written in the earlier whole-second form still verify: the digest covers the
+/// text as stored.
 pub fn rfc3339_utc(at: OffsetDateTime) -> String {
-    let at = at
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
 }
 
 fn digest_of(fields: &StickerFields) -> String {
@@ -251,10 +257,10 @@ mod tests {
     }
 
     #[test]
-    fn deployed_at_is_utc_whole_seconds() {
+    fn deployed_at_is_utc_with_milliseconds() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_714_564_800_123_000_000)
             .expect("time")
             .to_offset(time::UtcOffset::from_hms(2, 0, 0).expect("offset"));
-        assert_eq!(rfc3339_utc(at), "2024-05-01T12:00:00Z");
+        assert_eq!(rfc3339_utc(at), "2024-05-01T12:00:00.123Z");
     }
 }

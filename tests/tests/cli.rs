@@ -246,7 +246,10 @@ async fn the_cli_reports_errors_with_a_message_and_a_non_zero_exit() -> anyhow::
     .await?;
     let line = one_line_error(code, &stdout, &stderr);
     assert!(line.contains("http 403"), "{line}");
-    assert!(line.contains("user `vic` may not do this"), "{line}");
+    assert!(
+        line.contains("this needs the operator role; you are viewer"),
+        "{line}"
+    );
 
     // user create → token works; -o json is exactly one document.
     let (code, stdout, stderr) = stella(
@@ -797,6 +800,9 @@ async fn the_spine_from_the_cli() -> anyhow::Result<()> {
             "host-1",
             "--set",
             &format!("health_cmd={WEB_HEALTH_CMD}"),
+            // The failing release fails at this timeout: keep the suite short.
+            "--set",
+            "health_timeout_seconds=8",
         ],
         &env,
     )
@@ -1006,5 +1012,109 @@ async fn the_spine_from_the_cli() -> anyhow::Result<()> {
     let (code, _, err) = run(args("release create web 9 --component web=NOT::A::REF")).await?;
     assert_ne!(code, 0);
     assert!(err.contains("invalid image reference"), "{err}");
+    Ok(())
+}
+
+/// The everyday changes an operator makes from the CLI, and their refusals: one line, a
+/// non-zero exit, nothing changed.
+#[tokio::test]
+async fn everyday_changes_and_their_refusals_from_the_cli() -> anyhow::Result<()> {
+    let dir = TestDir::new("cli-everyday");
+    let server = start_server(&dir, &[]).await?;
+    let env = [
+        ("STELLA_SERVER", server.api_url.as_str()),
+        ("STELLA_TOKEN", server.token.as_str()),
+    ];
+    let ok = |args: &'static [&'static str]| {
+        let env = env;
+        async move {
+            let (code, stdout, stderr) = stella(args, &env).await?;
+            anyhow::ensure!(code == 0, "{args:?}: {stderr}");
+            anyhow::Ok(stdout)
+        }
+    };
+    let refused = |args: &'static [&'static str]| {
+        let env = env;
+        async move {
+            let (code, stdout, stderr) = stella(args, &env).await?;
+            anyhow::Ok(one_line_error(code, &stdout, &stderr))
+        }
+    };
+
+    ok(&["env", "create", "dev", "--deployment-timeout", "15m"]).await?;
+    let dev: Value = serde_json::from_str(&ok(&["env", "show", "dev", "-o", "json"]).await?)?;
+    assert_eq!(dev["deployment_timeout_seconds"], 900, "{dev}");
+    ok(&["env", "create", "stage", "--after", "dev"]).await?;
+    let cycle = refused(&["env", "update", "dev", "--after", "stage"]).await?;
+    assert!(
+        cycle.contains("cycle") && cycle.contains("dev → stage → dev"),
+        "{cycle}"
+    );
+    ok(&["env", "update", "dev", "--deployment-timeout", "default"]).await?;
+    let dev: Value = serde_json::from_str(&ok(&["env", "show", "dev", "-o", "json"]).await?)?;
+    assert_eq!(dev["deployment_timeout_seconds"], Value::Null, "{dev}");
+
+    // Variables and secrets; a secret comes from stdin and is never shown.
+    ok(&["env", "var", "set", "dev", "db_url", "postgres://db"]).await?;
+    let (code, _, stderr) = stella_tests::stella_with_input(
+        &["env", "secret", "set", "dev", "db_password"],
+        &env,
+        Some("hunter2-cli\n"),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let listed = ok(&["env", "var", "list", "dev", "-o", "json"]).await?;
+    let listed: Value = serde_json::from_str(&listed)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(!listed.to_string().contains("hunter2-cli"), "{listed}");
+    let table = ok(&["env", "secret", "list", "dev"]).await?;
+    assert!(
+        table.contains("db_password") && !table.contains("db_url"),
+        "{table}"
+    );
+    ok(&["env", "var", "unset", "dev", "db_url"]).await?;
+    let gone = refused(&["env", "var", "unset", "dev", "db_url"]).await?;
+    assert!(gone.contains("db_url"), "{gone}");
+
+    // Refusals the probe's operator met, now with their reasons.
+    let ttl = refused(&["agent", "token", "create", "--ttl", "0s"]).await?;
+    assert!(ttl.contains("ttl"), "{ttl}");
+    for args in [
+        &["drift", "list", "--env", "nope"][..],
+        &["deployment", "list", "--env", "nope"][..],
+    ] {
+        let (code, stdout, stderr) = stella(args, &env).await?;
+        let line = one_line_error(code, &stdout, &stderr);
+        assert!(line.contains("unknown environment `nope`"), "{line}");
+    }
+    let missing = refused(&["deployment", "cancel", "0123456789ab"]).await?;
+    assert!(missing.contains("no deployment"), "{missing}");
+    let in_use = refused(&["env", "delete", "dev"]).await?;
+    assert!(in_use.contains("stage"), "{in_use}");
+
+    // Deletes print what they removed; `-o json` one document.
+    ok(&["env", "delete", "stage"]).await?;
+    let deleted = ok(&["env", "delete", "dev", "-o", "json"]).await?;
+    let deleted: Value = serde_json::from_str(&deleted)?;
+    assert_eq!(deleted["deleted"]["name"], "dev", "{deleted}");
+    ok(&["registry", "add", "registry.example.com"]).await?;
+    ok(&["registry", "delete", "registry.example.com"]).await?;
+    let unknown = refused(&["registry", "delete", "registry.example.com"]).await?;
+    assert!(unknown.contains("registry.example.com"), "{unknown}");
+
+    // Users: roles replaced; never yourself, never the last admin.
+    ok(&["user", "create", "ci", "--role", "operator"]).await?;
+    let ci: Value = serde_json::from_str(
+        &ok(&["user", "update", "ci", "--role", "viewer", "-o", "json"]).await?,
+    )?;
+    assert_eq!(ci["roles"], serde_json::json!(["viewer"]), "{ci}");
+    let last = refused(&["user", "update", "admin", "--role", "viewer"]).await?;
+    assert!(last.contains("last admin"), "{last}");
+    let own = refused(&["user", "delete", "admin"]).await?;
+    assert!(own.contains("yourself"), "{own}");
+    ok(&["user", "delete", "ci"]).await?;
+    let users = ok(&["users", "list"]).await?;
+    assert!(!users.contains("ci "), "{users}");
+    drop(server.process);
     Ok(())
 }

@@ -237,13 +237,10 @@ async fn a_revoked_agent_is_cut_off_within_15s_and_cannot_come_back() -> anyhow:
     .await?;
     assert!(revoked_at.elapsed() < Duration::from_secs(15));
 
-    // The agent keeps trying; every attempt is refused at the handshake.
-    let failures = app.metrics.tls_handshake_failures.get();
-    wait_until(
-        "the agent's retry is refused",
-        Duration::from_secs(10),
-        || async { (app.metrics.tls_handshake_failures.get() > failures).then_some(()) },
-    )
+    // The agent stops instead of retrying: it was told it is revoked.
+    wait_until("the revoked agent stops", Duration::from_secs(10), || async {
+        agent.is_finished().then_some(())
+    })
     .await?;
     assert!(
         !app.sessions.is_open(&id),
@@ -255,7 +252,9 @@ async fn a_revoked_agent_is_cut_off_within_15s_and_cannot_come_back() -> anyhow:
     let renewal = stella_agent_core::renew(&identity, &agent.data_dir).await;
     assert!(renewal.is_err(), "renewal by a revoked agent must fail");
     assert_eq!(server.agent("doomed").await?["state"], "revoked");
-    drop(agent);
+    let ended = agent.stop().await;
+    let error = ended.expect_err("a revoked agent ends with an error");
+    assert!(error.to_string().contains("revoked"), "{error:#}");
     Ok(())
 }
 
