@@ -238,9 +238,11 @@ async fn a_revoked_agent_is_cut_off_within_15s_and_cannot_come_back() -> anyhow:
     assert!(revoked_at.elapsed() < Duration::from_secs(15));
 
     // The agent stops instead of retrying: it was told it is revoked.
-    wait_until("the revoked agent stops", Duration::from_secs(10), || async {
-        agent.is_finished().then_some(())
-    })
+    wait_until(
+        "the revoked agent stops",
+        Duration::from_secs(10),
+        || async { agent.is_finished().then_some(()) },
+    )
     .await?;
     assert!(
         !app.sessions.is_open(&id),

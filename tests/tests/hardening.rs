@@ -61,6 +61,15 @@ impl Estate {
         })
     }
 
+    /// A connected agent `docker-host` on this machine's Docker engine.
+    async fn docker_host(&self) -> anyhow::Result<TestAgent> {
+        let agent = TestAgent::start(&self.server, "docker-host").await?;
+        self.server
+            .wait_for_state("docker-host", "connected", Duration::from_secs(10))
+            .await?;
+        Ok(agent)
+    }
+
     /// An agent that enrolled and connected once, then stopped cleanly.
     async fn stopped_agent(&self, name: &str) -> anyhow::Result<()> {
         let agent = TestAgent::start(&self.server, name).await?;
@@ -294,11 +303,7 @@ async fn deployments_to_unavailable_agents_are_refused_or_time_out_naming_the_ag
 #[tokio::test]
 async fn repeated_promotions_leave_no_false_drift_and_true_labels() -> anyhow::Result<()> {
     let estate = Estate::start().await?;
-    let _agent = TestAgent::start(&estate.server, "docker-host").await?;
-    estate
-        .server
-        .wait_for_state("docker-host", "connected", Duration::from_secs(10))
-        .await?;
+    let _agent = estate.docker_host().await?;
     estate
         .server
         .call(
@@ -389,11 +394,7 @@ async fn progress_lines_reported_while_the_server_is_down_arrive_once() -> anyho
             json!({"name": "web", "version": "3", "components": {"web": unhealthy}}),
         )
         .await?;
-    let _agent = TestAgent::start(&estate.server, "docker-host").await?;
-    estate
-        .server
-        .wait_for_state("docker-host", "connected", Duration::from_secs(10))
-        .await?;
+    let _agent = estate.docker_host().await?;
     let target = unique("web");
     let _cleanup = ContainerCleanup::new([target.clone()]);
     estate
@@ -464,11 +465,7 @@ async fn variables_and_secrets_reach_the_container_and_secrets_nothing_else() ->
 {
     const SECRET: &str = "s3cr3t-Zebra-9431";
     let estate = Estate::start().await?;
-    let agent = TestAgent::start(&estate.server, "docker-host").await?;
-    estate
-        .server
-        .wait_for_state("docker-host", "connected", Duration::from_secs(10))
-        .await?;
+    let agent = estate.docker_host().await?;
     let target = unique("web");
     let _cleanup = ContainerCleanup::new([target.clone()]);
     estate
@@ -889,11 +886,7 @@ async fn a_revoked_agent_process_exits_with_status_3_and_one_line() -> anyhow::R
 #[tokio::test]
 async fn deployments_and_dispatch_show_in_the_metrics() -> anyhow::Result<()> {
     let estate = Estate::start().await?;
-    let _agent = TestAgent::start(&estate.server, "docker-host").await?;
-    estate
-        .server
-        .wait_for_state("docker-host", "connected", Duration::from_secs(10))
-        .await?;
+    let _agent = estate.docker_host().await?;
     let target = unique("web");
     let _cleanup = ContainerCleanup::new([target.clone()]);
     estate
