@@ -1025,20 +1025,14 @@ async fn everyday_changes_and_their_refusals_from_the_cli() -> anyhow::Result<()
         ("STELLA_SERVER", server.api_url.as_str()),
         ("STELLA_TOKEN", server.token.as_str()),
     ];
-    let ok = |args: &'static [&'static str]| {
-        let env = env;
-        async move {
-            let (code, stdout, stderr) = stella(args, &env).await?;
-            anyhow::ensure!(code == 0, "{args:?}: {stderr}");
-            anyhow::Ok(stdout)
-        }
+    let ok = |args: &'static [&'static str]| async move {
+        let (code, stdout, stderr) = stella(args, &env).await?;
+        anyhow::ensure!(code == 0, "{args:?}: {stderr}");
+        anyhow::Ok(stdout)
     };
-    let refused = |args: &'static [&'static str]| {
-        let env = env;
-        async move {
-            let (code, stdout, stderr) = stella(args, &env).await?;
-            anyhow::Ok(one_line_error(code, &stdout, &stderr))
-        }
+    let refused = |args: &'static [&'static str]| async move {
+        let (code, stdout, stderr) = stella(args, &env).await?;
+        anyhow::Ok(one_line_error(code, &stdout, &stderr))
     };
 
     ok(&["env", "create", "dev", "--deployment-timeout", "15m"]).await?;

@@ -389,6 +389,16 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
+/// For `Option<Option<T>>` body fields with `#[serde(default)]`: absent is `None`
+/// (keep), `null` is `Some(None)` (clear), a value is `Some(Some(value))`.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,14 +414,4 @@ mod tests {
         assert!(role_allows(Role::Admin, Permission::Administer));
         assert!(!role_allows(Role::Operator, Permission::Administer));
     }
-}
-
-/// For `Option<Option<T>>` body fields with `#[serde(default)]`: absent is `None`
-/// (keep), `null` is `Some(None)` (clear), a value is `Some(Some(value))`.
-pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
