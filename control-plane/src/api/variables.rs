@@ -64,7 +64,7 @@ impl std::fmt::Debug for SetVariable {
     operation_id = "listVariables",
     params(("env" = String, Path, description = "environment name")),
     responses(
-        (status = 200, description = "Variables, then secrets, each by name", body = Vec<VariableView>),
+        (status = 200, description = "By kind (`secret`, then `var`), then name", body = Vec<VariableView>),
         (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
         (status = 404, description = "No such environment (`unknown_environment`)", body = ErrorEnvelope),
     ),
