@@ -26,6 +26,7 @@
 
 mod backoff;
 mod config;
+mod desired;
 mod drift;
 mod enrol;
 mod error;
@@ -36,6 +37,7 @@ pub mod journal;
 mod session;
 mod sticker;
 mod target;
+mod tasks;
 pub mod transport;
 
 pub use backoff::Backoff;
