@@ -18,20 +18,13 @@ pub struct Invalid(pub String);
 /// A unix time in milliseconds as RFC 3339 UTC with exactly three decimals
 /// (`2026-12-02T19:16:20.480Z`), the one form times are shown in.
 pub fn format_utc_ms(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => format!("@{ms}ms"),
-    }
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| format!("@{ms}ms"))
 }
 
 /// A string-named enum: `as_str`, `FromStr` (refusing unknown names with [`Invalid`])

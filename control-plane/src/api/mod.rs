@@ -237,14 +237,7 @@ async fn method_not_allowed(method: http::Method, OriginalUri(uri): OriginalUri)
 /// Unix milliseconds as RFC 3339 UTC, always with three fraction digits
 /// (`2023-11-14T22:13:20.480Z`), so that every time in the API has one shape.
 pub fn rfc3339(ms: i64) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(FORMAT).ok())
-        .unwrap_or_default()
+    crate::domain::format_utc_ms(ms)
 }
 
 #[cfg(test)]

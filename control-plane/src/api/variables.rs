@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::rfc3339;
 use crate::app::{App, VariableView as AppVariable};
-use crate::domain::{format_utc_ms, VariableKind};
+use crate::domain::VariableKind;
 
 /// A variable, or a secret without its value.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -35,7 +36,7 @@ impl From<AppVariable> for VariableView {
             name: variable.name,
             value: variable.value,
             updated_by: variable.updated_by,
-            updated_at: format_utc_ms(variable.updated_at_ms),
+            updated_at: rfc3339(variable.updated_at_ms),
         }
     }
 }
