@@ -211,31 +211,10 @@ fn write_desired(path: &Path, targets: &DesiredTargets) -> Result<(), AgentError
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::target::{ComponentSpec, TargetSpec};
 
     fn desired() -> DeployTask {
-        DeployTask {
-            deployment_id: "dep-1".into(),
-            decision_id: "sha256:d".into(),
-            environment: "prod".into(),
-            release: "shop".into(),
-            version: "1.0.0".into(),
-            target: TargetSpec {
-                name: "web-1".into(),
-                kind: "fixed".into(),
-                settings: BTreeMap::new(),
-            },
-            components: vec![ComponentSpec {
-                name: "api".into(),
-                image: "r.local/api@sha256:aaa".into(),
-            }],
-            registry_auth: Vec::new(),
-            generation: 0,
-            secrets: Default::default(),
-        }
+        crate::target::example_task("fixed")
     }
 
     #[test]

@@ -569,7 +569,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::target::{ApplyOutcome, ComponentSpec, ObservedComponent, Plan, TargetSpec};
+    use crate::target::{ApplyOutcome, ObservedComponent, Plan, TargetSpec};
     use crate::{Progress, Sticker};
 
     /// Serves `inspect` and `read_sticker` from memory.
@@ -628,25 +628,7 @@ mod tests {
     }
 
     fn desired() -> DeployTask {
-        DeployTask {
-            deployment_id: "dep-1".into(),
-            decision_id: "sha256:d".into(),
-            environment: "prod".into(),
-            release: "shop".into(),
-            version: "1.0.0".into(),
-            target: TargetSpec {
-                name: "web-1".into(),
-                kind: "fixed".into(),
-                settings: BTreeMap::new(),
-            },
-            components: vec![ComponentSpec {
-                name: "api".into(),
-                image: "r.local/api@sha256:aaa".into(),
-            }],
-            registry_auth: Vec::new(),
-            generation: 0,
-            secrets: Default::default(),
-        }
+        crate::target::example_task("fixed")
     }
 
     /// A target running `desired` exactly, with its sticker, after `tamper` had its way.

@@ -492,6 +492,30 @@ impl fmt::Debug for Progress {
     }
 }
 
+/// A deploy task of target `web-1` (of `kind`) running component `api`, for unit tests.
+#[cfg(test)]
+pub(crate) fn example_task(kind: &str) -> DeployTask {
+    DeployTask {
+        deployment_id: "dep-1".into(),
+        decision_id: "sha256:d".into(),
+        environment: "prod".into(),
+        release: "shop".into(),
+        version: "1.0.0".into(),
+        target: TargetSpec {
+            name: "web-1".into(),
+            kind: kind.into(),
+            settings: BTreeMap::new(),
+        },
+        components: vec![ComponentSpec {
+            name: "api".into(),
+            image: "r.local/api@sha256:aaa".into(),
+        }],
+        registry_auth: Vec::new(),
+        generation: 0,
+        secrets: Secrets::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
