@@ -1,0 +1,38 @@
+//! What decides a promotion, and the evidence format.
+//!
+//! Pure: no store, no network, no clock (every time is an input, in UTC milliseconds).
+//! The control plane calls it to decide; the CLI links the same code, so `decision
+//! replay`, `evidence verify` and `audit verify` need no server and can never disagree
+//! with it.
+//!
+//! - [`canonical`]: RFC 8785 canonical JSON and `sha256:` content ids.
+//! - [`dsse`]: DSSE envelopes signed with Ed25519, and the public keys that verify them.
+//! - [`intoto`]: in-toto Statement v1 around a decision.
+//! - [`scan`]: Trivy and Grype reports, OpenVEX documents, the security verdict.
+//! - [`freeze`]: freeze windows (`CRON/DURATION[@TZ]`).
+//! - [`policy`]: the Rego policy gate (regorus).
+//! - [`gates`]: the decision: every gate over one set of inputs.
+//! - [`evidence`]: evidence packets (write, read, verify).
+//! - [`audit`]: the tamper-evident audit chain and its signed checkpoints.
+
+pub mod audit;
+pub mod canonical;
+pub mod dsse;
+pub mod evidence;
+pub mod freeze;
+pub mod gates;
+pub mod intoto;
+pub mod policy;
+pub mod scan;
+
+/// Why an input was refused or a check failed; the message names what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecisionError(pub String);
+
+impl DecisionError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> DecisionError {
+        DecisionError(message.into())
+    }
+}
