@@ -36,3 +36,18 @@ impl DecisionError {
         DecisionError(message.into())
     }
 }
+
+/// `sha256:<hex>` of bytes: the form of every content id.
+pub fn sha256_id(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A UTC time in milliseconds as RFC 3339 with milliseconds and `Z`
+/// (`2026-12-02T12:00:00.000Z`); out-of-range values print as the raw number.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
