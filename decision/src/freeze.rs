@@ -60,7 +60,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, JobType};
@@ -445,17 +445,27 @@ fn parse_cron(text: &str) -> Result<Cron, String> {
         .parse(text)
         .map_err(|error| format!("invalid cron `{text}`: {}", croner_message(&error)))?;
     // A pattern such as `0 0 31 4 *` (April 31) parses but never matches; a window
-    // that can never start is a mistake worth reporting now. Any pattern that matches
-    // at all does within eight years (29 February, with the century rule).
-    let probe = Utc.with_ymd_and_hms(2001, 1, 1, 0, 0, 0).single();
-    let probe_end = Utc.with_ymd_and_hms(2009, 1, 1, 0, 0, 0).single();
-    match (probe, probe_end) {
-        (Some(probe), Some(probe_end)) => match cron.find_next_occurrence(&probe, true) {
-            Ok(first) if first < probe_end => Ok(cron),
-            _ => Err(format!("cron `{text}` never matches a date")),
-        },
-        _ => Ok(cron),
+    // that can never start is a mistake worth reporting now. Dates and weekdays repeat
+    // every 28 years from 1901 to 2099, so a pattern matching any day at all matches
+    // one of 2001 to 2028 (29 February falls on each weekday once in that span).
+    let first_day = NaiveDate::from_ymd_opt(2001, 1, 1);
+    let end_day = NaiveDate::from_ymd_opt(2029, 1, 1);
+    let mut day = first_day;
+    while let (Some(date), Some(end)) = (day, end_day) {
+        if date >= end {
+            break;
+        }
+        let matches = cron.pattern.month_match(date.month()).unwrap_or(false)
+            && cron
+                .pattern
+                .day_match(date.year(), date.month(), date.day())
+                .unwrap_or(false);
+        if matches {
+            return Ok(cron);
+        }
+        day = date.succ_opt();
     }
+    Err(format!("cron `{text}` never matches a date"))
 }
 
 fn croner_message(error: &croner::errors::CronError) -> String {

@@ -364,6 +364,12 @@ fn yearly_windows_and_leap_days() {
         christmas.next_start_after(ms("2026-06-01T00:00:00Z")),
         Some(ms("2026-12-23T23:00:00Z"))
     );
+    // Rare, not never: 29 February on a Monday (2016, 2044).
+    let rare = window("0 0 29 2 +MON/1d");
+    assert_eq!(
+        rare.next_start_after(ms("2017-01-01T00:00:00Z")),
+        Some(ms("2044-02-29T00:00:00Z"))
+    );
     let leap_day = window("0 0 29 FEB */1d");
     assert_eq!(
         leap_day.next_start_after(ms("2026-03-01T00:00:00Z")),
@@ -466,6 +472,10 @@ fn invalid_specs_are_refused_with_the_spec_and_the_part_named() {
         ),
         ("0 18 * * FUN/64h", "invalid cron `0 18 * * FUN`"),
         ("0 0 31 4 */1h", "cron `0 0 31 4 *` never matches a date"),
+        (
+            "0 0 30 2 +MON/1h",
+            "cron `0 0 30 2 +MON` never matches a date",
+        ),
         ("0 18 * * FRI/64", "invalid duration `64`: `64` has no unit"),
         (
             "0 18 * * FRI/64x",
