@@ -146,6 +146,28 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// GET raw bytes (an evidence packet); errors as for JSON calls.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        Err(self.api_error(status, &bytes))
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -183,7 +205,12 @@ impl Client {
                 hint: None,
             });
         }
-        let envelope: Option<Value> = serde_json::from_slice(&bytes).ok();
+        Err(self.api_error(status, &bytes))
+    }
+
+    /// The error of a non-success answer: the API's envelope, or what the body says.
+    fn api_error(&self, status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+        let envelope: Option<Value> = serde_json::from_slice(bytes).ok();
         let field = |pointer: &str| {
             envelope
                 .as_ref()
@@ -191,7 +218,7 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        Err(match (field("/error/message"), field("/error/code")) {
+        match (field("/error/message"), field("/error/code")) {
             (Some(message), code) => ClientError::Api {
                 status: status.as_u16(),
                 hint: (status == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none())
@@ -208,7 +235,7 @@ impl Client {
                 ),
                 hint: None,
             },
-        })
+        }
     }
 
     fn transport(&self, error: &reqwest::Error) -> ClientError {

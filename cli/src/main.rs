@@ -15,6 +15,7 @@ mod follow;
 mod output;
 mod progress;
 mod server;
+mod trust;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use stella_agent::logging;
 
 use commands::{
-    agents, completions, deployments, drift, environments, promote, registries, releases, targets,
-    users, Context,
+    agents, completions, decisions, deployments, drift, environments, promote, registries,
+    releases, targets, users, Context,
 };
 use output::Format;
 
@@ -117,8 +118,17 @@ enum Command {
     /// Releases: named, versioned sets of image digests.
     #[command(subcommand, visible_alias = "releases")]
     Release(releases::ReleaseCommand),
-    /// Promote a release to an environment.
+    /// Promote a release to an environment: its gates decide.
     Promote(promote::PromoteArgs),
+    /// Promotions: list, show, approve, reject.
+    #[command(subcommand, visible_alias = "promotions")]
+    Promotion(promote::PromotionCommand),
+    /// Signed decision records: show, replay.
+    #[command(subcommand, visible_alias = "decisions")]
+    Decision(decisions::DecisionCommand),
+    /// Evidence packets: export from the server, verify with no server.
+    #[command(subcommand)]
+    Evidence(decisions::EvidenceCommand),
     /// Deployments and their logs.
     #[command(subcommand, visible_alias = "deployments")]
     Deployment(deployments::DeploymentCommand),
@@ -232,7 +242,16 @@ fn main() -> ExitCode {
             let agent_error = error
                 .chain()
                 .find_map(|cause| cause.downcast_ref::<stella_agent_core::AgentError>());
-            ExitCode::from(agent_error.map_or(1, stella_agent::exit_status))
+            // A promotion that was blocked, rejected or failed: a status per outcome.
+            let promotion = error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<commands::promote::PromotionOutcome>());
+            match (promotion, agent_error) {
+                (Some(outcome), _) => ExitCode::from(outcome.status),
+                (None, agent_error) => {
+                    ExitCode::from(agent_error.map_or(1, stella_agent::exit_status))
+                }
+            }
         }
     }
 }
@@ -277,6 +296,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(command) => registries::registry(&context()?, command).await,
         Command::Release(command) => releases::release(&context()?, command).await,
         Command::Promote(args) => promote::promote(&context()?, args).await,
+        Command::Promotion(command) => promote::promotion(&context()?, command).await,
+        Command::Decision(command) => decisions::decision(&context()?, command).await,
+        Command::Evidence(command) => decisions::evidence(&context()?, command).await,
         Command::Deployment(command) => deployments::deployment(&context()?, command).await,
         Command::Rollback(args) => deployments::rollback(&context()?, args).await,
         Command::Drift(command) => drift::drift(&context()?, command).await,

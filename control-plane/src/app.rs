@@ -6,13 +6,20 @@ mod deployments;
 mod dispatch;
 mod drift;
 mod environments;
+mod events;
+mod evidence;
+mod promotions;
 mod registries;
 mod releases;
 mod targets;
+mod webhooks;
 
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
+pub use events::NewEvent;
+pub use evidence::Replay;
+pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
 pub use targets::TargetChange;
 
@@ -56,6 +63,8 @@ pub struct App {
     pub secrets: crate::secrets::SecretBox,
     /// Resolves image tags to digests.
     pub registry: crate::registry::RegistryClient,
+    /// Signs decision records and audit checkpoints.
+    pub signer: stella_decision::dsse::SigningKey,
     /// When each task waiting for an unavailable agent last said so in its log.
     waiting_reminders: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// Cancellations this replica sent to agents lately (task id → when).
@@ -170,6 +179,7 @@ impl App {
         revoked: Vec<String>,
         grpc_addr: std::net::SocketAddr,
         secrets: crate::secrets::SecretBox,
+        signer: stella_decision::dsse::SigningKey,
     ) -> Self {
         App {
             config,
@@ -182,6 +192,7 @@ impl App {
             grpc_addr,
             secrets,
             registry: crate::registry::RegistryClient::new(),
+            signer,
             waiting_reminders: parking_lot::Mutex::default(),
             cancels_sent: parking_lot::Mutex::default(),
         }

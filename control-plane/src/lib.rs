@@ -158,7 +158,21 @@ pub async fn start(
     let revoked = store.revoked_agent_ids().await?;
     let secrets =
         secrets::SecretBox::load_or_create(&config.data_dir).map_err(ServeError::Secrets)?;
-    let app = Arc::new(App::new(config, store, pki, revoked, grpc_addr, secrets));
+    let signer =
+        stella_decision::dsse::SigningKey::from_pkcs8_pem(&pki.signing_key_pem).map_err(|e| {
+            ServeError::Init(error::AppError::new(
+                error::ErrorKind::Internal,
+                "signing_key",
+                format!("the decision signing key cannot be read: {e}"),
+            ))
+        })?;
+    let public = signer.public_key();
+    store
+        .put_signing_key(public.key_id(), &public.to_pem(), app::now_ms())
+        .await?;
+    let app = Arc::new(App::new(
+        config, store, pki, revoked, grpc_addr, secrets, signer,
+    ));
     let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
 
     let shutdown = CancellationToken::new();

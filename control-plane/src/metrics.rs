@@ -198,6 +198,13 @@ pub struct DriftLabels {
     pub kind: String,
 }
 
+/// Labels of a promotion decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allowed`, `blocked`, `awaiting_approval`, `rejected`.
+    pub outcome: String,
+}
+
 /// Seconds, for deployments: 0.5 s to about 2 h.
 fn deployment_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.5, 2.0, 15))
@@ -214,6 +221,8 @@ pub struct DeliveryMetrics {
     pub drift_findings: Family<DriftLabels, Counter>,
     /// From a deployment accepted to its task on the agent's stream (first assignment).
     pub task_dispatch_latency_seconds: Histogram,
+    /// Promotion evaluations, by outcome.
+    pub decisions: Family<DecisionLabels, Counter>,
 }
 
 impl DeliveryMetrics {
@@ -226,7 +235,13 @@ impl DeliveryMetrics {
             drift_findings: Family::default(),
             // 1 ms to about 16 s.
             task_dispatch_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            decisions: Family::default(),
         };
+        registry.register(
+            "promotion_decisions",
+            "Promotion evaluations, by outcome (awaiting_approval is not yet a decision)",
+            metrics.decisions.clone(),
+        );
         registry.register(
             "deployments_finished",
             "Deployments that finished, by kind and outcome",
@@ -260,6 +275,15 @@ impl DeliveryMetrics {
         self.deployment_duration_seconds
             .get_or_create(&labels)
             .observe(millis_to_seconds(duration_ms));
+    }
+
+    /// Counts a promotion evaluation.
+    pub fn decision_made(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a drift finding.

@@ -786,7 +786,7 @@ async fn the_spine_from_the_cli() -> anyhow::Result<()> {
 
     let target = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let _cleanup = ContainerCleanup::new([target.clone()]);
-    assert_eq!(run(args("env create dev")).await?.0, 0);
+    assert_eq!(run(args("env create dev --allow-unscanned")).await?.0, 0);
     let (code, _, err) = stella(
         &[
             "target",
@@ -937,12 +937,23 @@ async fn the_spine_from_the_cli() -> anyhow::Result<()> {
     assert_eq!(code, 0, "{err}");
     let promoted = out.trim().to_owned();
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(
-        err.contains(&format!("promoting web@2 to dev: deployment {promoted}")),
-        "{err}"
-    );
+    let note = format!("promotion {promoted} of web@2 to dev: deploying: allowed; deployment ");
+    let deployment_id = err
+        .lines()
+        .find_map(|line| line.strip_prefix(&note))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!deployment_id.is_empty(), "{err}");
     let (code, out, err) = stella(
-        &["deployment", "logs", &promoted, "--follow", "-o", "json"],
+        &[
+            "deployment",
+            "logs",
+            &deployment_id,
+            "--follow",
+            "-o",
+            "json",
+        ],
         &env,
     )
     .await?;

@@ -50,7 +50,10 @@ impl Estate {
                 .await?;
         }
         server
-            .post("/api/v1/environments", json!({"name": "dev"}))
+            .post(
+                "/api/v1/environments",
+                json!({"name": "dev", "allow_unscanned": true}),
+            )
             .await?;
         Ok(Estate {
             server,

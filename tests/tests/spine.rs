@@ -100,7 +100,7 @@ impl Spine {
         server
             .post(
                 "/api/v1/environments",
-                json!({"name": "dev", "drift": env_drift}),
+                json!({"name": "dev", "drift": env_drift, "allow_unscanned": true}),
             )
             .await?;
         let target = unique("web");
@@ -604,7 +604,10 @@ async fn an_agent_killed_mid_deploy_finishes_after_it_reconnects() -> anyhow::Re
         .wait_for_state("fragile", "connected", Duration::from_secs(20))
         .await?;
     server
-        .post("/api/v1/environments", json!({"name": "dev"}))
+        .post(
+            "/api/v1/environments",
+            json!({"name": "dev", "allow_unscanned": true}),
+        )
         .await?;
     let target = unique("kill");
     let _cleanup = ContainerCleanup::new([target.clone()]);
@@ -702,7 +705,10 @@ async fn a_deployment_made_on_one_replica_reaches_an_agent_connected_to_another(
     assert!(!first.running().app.sessions.is_open(&agent_id));
 
     first
-        .post("/api/v1/environments", json!({"name": "dev"}))
+        .post(
+            "/api/v1/environments",
+            json!({"name": "dev", "allow_unscanned": true}),
+        )
         .await?;
     let target = unique("replica");
     let _cleanup = ContainerCleanup::new([target.clone()]);

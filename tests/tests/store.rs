@@ -810,6 +810,7 @@ fn environment(name: &str, after: Option<&str>, created_at_ms: i64) -> Environme
         after: after.map(str::to_owned),
         drift_mode: DriftMode::Report,
         deployment_timeout_seconds: None,
+        gates: Default::default(),
         created_at_ms,
     }
 }

@@ -30,11 +30,22 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
 
 /// Python packages the tests run, each with the module that proves it is installed:
 /// `openapi-spec-validator` checks the served OpenAPI document independently of the
-/// code that generates it.
-const PYTHON_PACKAGES: &[PythonPackage] = &[PythonPackage {
-    module: "openapi_spec_validator",
-    package: "openapi-spec-validator",
-}];
+/// code that generates it; `securesystemslib` (with `cryptography` for Ed25519) verifies
+/// decision envelopes as an independent DSSE implementation.
+const PYTHON_PACKAGES: &[PythonPackage] = &[
+    PythonPackage {
+        module: "openapi_spec_validator",
+        package: "openapi-spec-validator",
+    },
+    PythonPackage {
+        module: "securesystemslib.dsse",
+        package: "securesystemslib",
+    },
+    PythonPackage {
+        module: "cryptography",
+        package: "cryptography",
+    },
+];
 
 /// Flags of `cargo xtask test`.
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! `stella env …`: environments, their promotion order and deployment timeout, and
-//! their variables and secrets.
+//! `stella env …`: environments, their promotion order, gates and deployment timeout,
+//! and their variables and secrets.
 
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub enum EnvCommand {
         /// [default: the server's task_deadline_seconds, 1h].
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         deployment_timeout: Option<Duration>,
+        #[command(flatten)]
+        gates: GateArgs,
     },
     /// Change an environment.
     Update {
@@ -42,6 +44,17 @@ pub enum EnvCommand {
         /// server's default.
         #[arg(long, value_parser = parse_timeout, value_name = "DURATION")]
         deployment_timeout: Option<Timeout>,
+        #[command(flatten)]
+        gates: GateArgs,
+        /// Remove every freeze window.
+        #[arg(long, conflicts_with = "freeze")]
+        no_freeze: bool,
+        /// Remove the policy.
+        #[arg(long, conflicts_with = "policy")]
+        no_policy: bool,
+        /// Approvals count until the deployment starts (no expiry).
+        #[arg(long, conflicts_with = "approval_ttl")]
+        no_approval_ttl: bool,
     },
     /// Delete an environment. Refused while it has targets, another environment comes
     /// after it, or (without --with-history) it has deployment history.
@@ -122,6 +135,62 @@ pub enum SecretCommand {
     },
 }
 
+/// The gates of an environment (docs/governance.md).
+#[derive(Debug, clap::Args)]
+pub struct GateArgs {
+    /// Distinct approvals a promotion needs, from approvers other than the requester.
+    #[arg(long, value_name = "K")]
+    approvals: Option<u32>,
+    /// How long an approval counts, e.g. `24h` [default: until the deployment starts].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    approval_ttl: Option<Duration>,
+    /// A freeze window: starts at each cron match and lasts DURATION, in the IANA time
+    /// zone given (default UTC), e.g. '0 18 * * FRI/64h@Europe/Berlin'. Repeatable; on
+    /// update the windows given replace the old ones.
+    #[arg(long, value_name = "CRON/DURATION[@TZ]")]
+    freeze: Vec<String>,
+    /// Unsuppressed findings at or above it block [default: critical].
+    #[arg(long, value_parser = ["none", "low", "medium", "high", "critical"])]
+    block_severity: Option<String>,
+    /// Let an image without a scan report pass (`--allow-unscanned=false` to stop).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    allow_unscanned: Option<bool>,
+    /// A Rego module (v1) whose `deny` set must be empty for a promotion to pass.
+    #[arg(long, value_name = "FILE.rego")]
+    policy: Option<std::path::PathBuf>,
+}
+
+impl GateArgs {
+    /// The given gates as body fields.
+    fn fields(&self, body: &mut serde_json::Map<String, Value>) -> anyhow::Result<()> {
+        if let Some(k) = self.approvals {
+            body.insert("approvals".to_owned(), Value::from(k));
+        }
+        if let Some(ttl) = self.approval_ttl {
+            body.insert(
+                "approval_ttl_seconds".to_owned(),
+                Value::from(ttl.as_secs()),
+            );
+        }
+        if !self.freeze.is_empty() {
+            body.insert("freeze".to_owned(), json!(self.freeze));
+        }
+        if let Some(severity) = &self.block_severity {
+            body.insert("block_severity".to_owned(), Value::from(severity.clone()));
+        }
+        if let Some(allow) = self.allow_unscanned {
+            body.insert("allow_unscanned".to_owned(), Value::from(allow));
+        }
+        if let Some(file) = &self.policy {
+            use anyhow::Context as _;
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the policy {}", file.display()))?;
+            body.insert("policy".to_owned(), Value::from(source));
+        }
+        Ok(())
+    }
+}
+
 /// A deployment timeout, or back to the server's default.
 #[derive(Clone, Copy, Debug)]
 pub enum Timeout {
@@ -149,24 +218,28 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
             after,
             drift,
             deployment_timeout,
+            gates,
         } => {
-            client
-                .post(
-                    "/environments",
-                    json!({
-                        "name": name,
-                        "after": after,
-                        "drift": drift,
-                        "deployment_timeout_seconds": deployment_timeout.map(|d| d.as_secs()),
-                    }),
-                )
-                .await?
+            let mut body = serde_json::Map::new();
+            body.insert("name".to_owned(), Value::from(name));
+            body.insert("after".to_owned(), json!(after));
+            body.insert("drift".to_owned(), json!(drift));
+            body.insert(
+                "deployment_timeout_seconds".to_owned(),
+                json!(deployment_timeout.map(|d| d.as_secs())),
+            );
+            gates.fields(&mut body)?;
+            client.post("/environments", Value::Object(body)).await?
         }
         EnvCommand::Update {
             name,
             after,
             drift,
             deployment_timeout,
+            gates,
+            no_freeze,
+            no_policy,
+            no_approval_ttl,
         } => {
             // Only what was given is sent: an absent field keeps the stored value, null
             // clears it.
@@ -193,6 +266,16 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                     change.insert("deployment_timeout_seconds".to_owned(), Value::Null);
                 }
                 None => {}
+            }
+            gates.fields(&mut change)?;
+            if no_freeze {
+                change.insert("freeze".to_owned(), json!([]));
+            }
+            if no_policy {
+                change.insert("policy".to_owned(), Value::Null);
+            }
+            if no_approval_ttl {
+                change.insert("approval_ttl_seconds".to_owned(), Value::Null);
             }
             client
                 .patch(
@@ -249,6 +332,15 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 ("deployment timeout (s)", "/deployment_timeout_seconds"),
                 ("current", "/current"),
                 ("targets", "/targets"),
+                ("approvals", "/approvals"),
+                ("approval ttl (s)", "/approval_ttl_seconds"),
+                ("freeze", "/freeze"),
+                ("frozen until", "/frozen/until"),
+                ("block severity", "/block_severity"),
+                ("allow unscanned", "/allow_unscanned"),
+                ("policy", "/policy"),
+                ("verdict", "/verdict/state"),
+                ("verdict reasons", "/verdict/reasons"),
                 ("created", "/created_at"),
             ],
         );

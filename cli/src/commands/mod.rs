@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod completions;
+pub mod decisions;
 pub mod deployments;
 pub mod drift;
 pub mod environments;

@@ -1,5 +1,4 @@
-//! `/api/v1/promotions` and `/api/v1/deployments`: promotion, deployments, their logs,
-//! and rollback.
+//! `/api/v1/deployments`: deployments, their logs, cancel, and rollback.
 
 use std::sync::Arc;
 
@@ -126,66 +125,6 @@ impl DeploymentView {
                 .collect(),
         }
     }
-}
-
-/// Body of a promotion.
-#[derive(Debug, Deserialize, ToSchema)]
-// Unknown fields are refused: a misspelt one would otherwise be dropped silently.
-#[serde(deny_unknown_fields)]
-pub struct Promote {
-    /// Release name.
-    pub release: String,
-    /// Version.
-    pub version: String,
-    /// Environment.
-    pub environment: String,
-}
-
-/// A promotion and where it stands.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PromotionView {
-    /// Promotion id (the deployment's, while promotions have no gates).
-    pub id: String,
-    /// `deploying`, `deployed`, `failed`.
-    pub state: String,
-    /// The signed decision's id.
-    pub decision_id: String,
-    /// The deployment carrying it out.
-    pub deployment_id: String,
-}
-
-/// Promotes a release to an environment.
-///
-/// Records a content-addressed decision and a deployment with one task per target of
-/// the environment; agents carry the tasks out. Needs the operator role.
-#[utoipa::path(post, path = "/api/v1/promotions", tag = "promotions", operation_id = "promoteRelease",
-    request_body = Promote,
-    responses(
-        (status = 201, description = "The promotion, deploying", body = PromotionView),
-        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
-        (status = 404, description = "No such release or environment (`not_found`)", body = ErrorEnvelope),
-        (status = 409, description = "A deployment to this environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
-        (status = 422, description = "The environment has no targets (`no_targets`)", body = ErrorEnvelope),
-    ),
-    security(("bearer" = [])))]
-pub async fn promote(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-    ApiJson(body): ApiJson<Promote>,
-) -> ApiResult<(http::StatusCode, Json<PromotionView>)> {
-    caller.require(Permission::Operate)?;
-    let deployment = app
-        .promote(&body.release, &body.version, &body.environment, &caller.0)
-        .await?;
-    Ok((
-        http::StatusCode::CREATED,
-        Json(PromotionView {
-            id: deployment.id.clone(),
-            state: "deploying".to_owned(),
-            decision_id: deployment.decision_id,
-            deployment_id: deployment.id,
-        }),
-    ))
 }
 
 /// Filter and page size of deployment lists.

@@ -31,6 +31,47 @@ pub struct EnvironmentView {
     pub targets: Vec<String>,
     /// Seconds a deployment's tasks may take here; `null`: the server's default.
     pub deployment_timeout_seconds: Option<u64>,
+    /// Distinct approvals a promotion needs here (0: none).
+    pub approvals: u32,
+    /// How long an approval counts, in seconds; `null`: until the deployment starts.
+    pub approval_ttl_seconds: Option<u64>,
+    /// Freeze windows, `CRON/DURATION[@TZ]`.
+    pub freeze: Vec<String>,
+    /// The freeze window active now, and when it ends.
+    pub frozen: Option<FrozenView>,
+    /// Unsuppressed findings at or above it block: `none`, `low`, `medium`, `high`,
+    /// `critical`.
+    pub block_severity: String,
+    /// Whether an image without a scan report may pass.
+    pub allow_unscanned: bool,
+    /// The Rego policy's id (`sha256:` of its source), if any.
+    pub policy: Option<String>,
+    /// The security verdict of what runs here, as last evaluated.
+    pub verdict: Option<VerdictView>,
+}
+
+/// An active freeze window.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FrozenView {
+    /// The window.
+    pub window: String,
+    /// When it started.
+    pub since: String,
+    /// When promotions are allowed again.
+    pub until: String,
+}
+
+/// The security verdict of the release running in an environment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerdictView {
+    /// `release@version`.
+    pub release: String,
+    /// `passing` or `blocking`.
+    pub state: String,
+    /// Why it blocks.
+    pub reasons: Vec<String>,
+    /// When it was evaluated.
+    pub at: String,
 }
 
 impl EnvironmentView {
@@ -48,6 +89,30 @@ impl EnvironmentView {
             .into_iter()
             .map(|t| t.name)
             .collect();
+        let windows: Vec<stella_decision::freeze::FreezeWindow> = env
+            .gates
+            .freeze
+            .iter()
+            .filter_map(|spec| spec.parse().ok())
+            .collect();
+        let frozen =
+            stella_decision::freeze::active_freeze(&windows, crate::app::now_ms()).map(|active| {
+                FrozenView {
+                    window: active.window,
+                    since: rfc3339(active.started_at_ms),
+                    until: rfc3339(active.ends_at_ms),
+                }
+            });
+        let verdict = app
+            .store
+            .get_verdict(&env.name)
+            .await?
+            .map(|v| VerdictView {
+                release: format!("{}@{}", v.release, v.version),
+                state: if v.passed { "passing" } else { "blocking" }.to_owned(),
+                reasons: v.reasons,
+                at: rfc3339(v.at_ms),
+            });
         Ok(EnvironmentView {
             name: env.name,
             after: env.after,
@@ -56,6 +121,14 @@ impl EnvironmentView {
             current,
             targets,
             deployment_timeout_seconds: env.deployment_timeout_seconds,
+            approvals: env.gates.approvals_required,
+            approval_ttl_seconds: env.gates.approval_ttl_seconds,
+            freeze: env.gates.freeze,
+            frozen,
+            block_severity: env.gates.block_severity,
+            allow_unscanned: env.gates.allow_unscanned,
+            policy: env.gates.policy_id,
+            verdict,
         })
     }
 }
@@ -77,6 +150,24 @@ pub struct CreateEnvironment {
     /// `task_deadline_seconds`.
     #[serde(default)]
     pub deployment_timeout_seconds: Option<u64>,
+    /// Distinct approvals a promotion needs (0 to 20; default 0).
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    /// Seconds an approval counts (1 to 7776000); absent: until the deployment starts.
+    #[serde(default)]
+    pub approval_ttl_seconds: Option<u64>,
+    /// Freeze windows, `CRON/DURATION[@TZ]` (e.g. `0 18 * * FRI/64h@Europe/Berlin`).
+    #[serde(default)]
+    pub freeze: Option<Vec<String>>,
+    /// `none`, `low`, `medium`, `high` or `critical` (default).
+    #[serde(default)]
+    pub block_severity: Option<String>,
+    /// Let images without a scan report pass (default false).
+    #[serde(default)]
+    pub allow_unscanned: Option<bool>,
+    /// A Rego module (v1) whose `deny` set must be empty.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// Body of an environment change; absent fields keep their value, `null` clears it.
@@ -96,6 +187,26 @@ pub struct UpdateEnvironment {
     #[serde(default, deserialize_with = "super::envelope::present")]
     #[schema(value_type = Option<u64>)]
     pub deployment_timeout_seconds: Option<Option<u64>>,
+    /// Distinct approvals a promotion needs (0 to 20).
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    /// Seconds an approval counts; `null`: until the deployment starts.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<u64>)]
+    pub approval_ttl_seconds: Option<Option<u64>>,
+    /// Freeze windows, replacing the ones there (`[]` removes every one).
+    #[serde(default)]
+    pub freeze: Option<Vec<String>>,
+    /// `none`, `low`, `medium`, `high` or `critical`.
+    #[serde(default)]
+    pub block_severity: Option<String>,
+    /// Let images without a scan report pass.
+    #[serde(default)]
+    pub allow_unscanned: Option<bool>,
+    /// A Rego module (v1); `null` removes the policy.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<String>)]
+    pub policy: Option<Option<String>>,
 }
 
 fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
@@ -129,6 +240,12 @@ pub async fn create_environment(
         after: Some(body.after.filter(|a| !a.is_empty())),
         drift_mode: drift_mode(body.drift.as_deref())?,
         deployment_timeout_seconds: Some(body.deployment_timeout_seconds),
+        approvals_required: body.approvals,
+        approval_ttl_seconds: Some(body.approval_ttl_seconds),
+        freeze: body.freeze,
+        block_severity: body.block_severity,
+        allow_unscanned: body.allow_unscanned,
+        policy: body.policy.map(Some),
     };
     let env = app.create_environment(&body.name, settings).await?;
     Ok((
@@ -206,6 +323,12 @@ pub async fn update_environment(
         after: body.after.map(|after| after.filter(|a| !a.is_empty())),
         drift_mode: drift_mode(body.drift.as_deref())?,
         deployment_timeout_seconds: body.deployment_timeout_seconds,
+        approvals_required: body.approvals,
+        approval_ttl_seconds: body.approval_ttl_seconds,
+        freeze: body.freeze,
+        block_severity: body.block_severity,
+        allow_unscanned: body.allow_unscanned,
+        policy: body.policy,
     };
     let env = app.update_environment(&name, change).await?;
     Ok(Json(EnvironmentView::load(&app, env).await?))

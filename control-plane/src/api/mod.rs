@@ -7,6 +7,7 @@
 //! the document.
 
 pub mod agents;
+pub mod decisions;
 pub mod deployments;
 pub mod drift;
 pub mod envelope;
@@ -14,6 +15,7 @@ pub mod environments;
 pub mod health;
 pub mod listener;
 pub mod openapi;
+pub mod promotions;
 pub mod registries;
 pub mod releases;
 pub mod targets;
@@ -100,7 +102,23 @@ pub fn router(app: Arc<App>) -> Router {
             get(releases::list_releases).post(releases::create_release),
         )
         .route("/releases/{name}/{version}", get(releases::show_release))
-        .route("/promotions", post(deployments::promote))
+        .route(
+            "/promotions",
+            get(promotions::list_promotions).post(promotions::promote),
+        )
+        .route("/promotions/{id}", get(promotions::show_promotion))
+        .route(
+            "/promotions/{id}/approve",
+            post(promotions::approve_promotion),
+        )
+        .route(
+            "/promotions/{id}/reject",
+            post(promotions::reject_promotion),
+        )
+        .route("/decisions/{id}", get(decisions::show_decision))
+        .route("/decisions/{id}/replay", get(decisions::replay_decision))
+        .route("/decisions/{id}/evidence", get(decisions::export_evidence))
+        .route("/keys", get(decisions::list_keys))
         .route("/deployments", get(deployments::list_deployments))
         .route("/deployments/{id}", get(deployments::show_deployment))
         .route("/deployments/{id}/logs", get(deployments::deployment_logs))

@@ -14,8 +14,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
 use super::{
-    agents, deployments, drift, envelope, environments, health, registries, releases, targets,
-    users, variables,
+    agents, decisions, deployments, drift, envelope, environments, health, promotions, registries,
+    releases, targets, users, variables,
 };
 
 /// The OpenAPI document of the REST API.
@@ -44,7 +44,11 @@ use super::{
         targets::update_target, targets::delete_target,
         registries::add_registry, registries::list_registries, registries::delete_registry,
         releases::create_release, releases::list_releases, releases::show_release,
-        deployments::promote, deployments::list_deployments, deployments::show_deployment,
+        promotions::promote, promotions::list_promotions, promotions::show_promotion,
+        promotions::approve_promotion, promotions::reject_promotion,
+        decisions::show_decision, decisions::replay_decision, decisions::export_evidence,
+        decisions::list_keys,
+        deployments::list_deployments, deployments::show_deployment,
         deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
         drift::list_drift,
         health::healthz, health::readyz, health::metrics, document,
@@ -58,7 +62,8 @@ use super::{
         (name = "targets", description = "Deployment targets, each driven by one agent"),
         (name = "registries", description = "OCI registries and their credentials"),
         (name = "releases", description = "Releases: immutable sets of image digests"),
-        (name = "promotions", description = "Promoting a release to an environment"),
+        (name = "promotions", description = "Promoting a release to an environment: gates and approvals"),
+        (name = "decisions", description = "Signed decision records, replay, evidence packets and the keys that verify them"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),
         (name = "drift", description = "Differences between what runs and what was deployed"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),

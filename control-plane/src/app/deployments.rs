@@ -16,11 +16,11 @@ use crate::store::StoreError;
 
 /// What a deployment plans for its targets' settings.
 #[derive(Debug, Default)]
-struct PlannedSettings {
+pub(super) struct PlannedSettings {
     /// Settings per target, variables substituted, secrets still referenced.
-    settings: BTreeMap<String, BTreeMap<String, String>>,
+    pub(super) settings: BTreeMap<String, BTreeMap<String, String>>,
     /// Secrets referenced, with the time each was last set (its version).
-    secret_versions: BTreeMap<String, i64>,
+    pub(super) secret_versions: BTreeMap<String, i64>,
 }
 
 /// RFC 8785 canonical JSON of a value whose numbers are integers: sorted keys, no
@@ -35,39 +35,6 @@ pub fn sha256_id(bytes: &[u8]) -> String {
 }
 
 impl App {
-    /// Promotes a release to an environment. Without gates the decision is to deploy:
-    /// the decision record is content-addressed, and one task per target is stored
-    /// before anything is sent.
-    pub async fn promote(
-        self: &Arc<Self>,
-        release: &str,
-        version: &str,
-        environment: &str,
-        requested_by: &User,
-    ) -> Result<Deployment, AppError> {
-        let release = self
-            .store
-            .get_release(release, version)
-            .await
-            .map_err(|e| {
-                not_found_as(
-                    e,
-                    ErrorKind::NotFound,
-                    "unknown_release",
-                    format!("unknown release {release}@{version}"),
-                )
-            })?;
-        let env = self.environment(environment).await?;
-        self.deploy(
-            &release,
-            &env,
-            DeploymentKind::Promotion,
-            &requested_by.name,
-            None,
-        )
-        .await
-    }
-
     /// Creates a deployment of `release` to `env` (all its targets, or one) and
     /// dispatches it. Refused up front when a target's agent is revoked, a setting
     /// references a variable or secret the environment lacks, or the environment has a
@@ -96,21 +63,6 @@ impl App {
             ));
         }
         let now = now_ms();
-        let agents = self.agents_of(&targets).await?;
-        for target in &targets {
-            if let Some(agent) = agents.get(&target.agent_id) {
-                if agent.revoked_at_ms.is_some() {
-                    return Err(AppError::new(
-                        ErrorKind::FailedPrecondition,
-                        "agent_revoked",
-                        format!(
-                            "target `{}` is driven by agent `{}`, which is revoked: move the target to another agent (stella target update {} --agent …)",
-                            target.name, agent.name, target.name
-                        ),
-                    ));
-                }
-            }
-        }
         let plan = self.plan_settings(env, &targets).await?;
         let decision = serde_json::json!({
             "kind": kind.as_str(),
@@ -127,13 +79,68 @@ impl App {
             "requested_at_ms": now,
         });
         let decision_id = sha256_id(canonical_json(&decision).as_bytes());
-        let mut deployment = Deployment {
+        let (mut deployment, tasks) = self
+            .plan_deployment(
+                release,
+                env,
+                kind,
+                requested_by,
+                &targets,
+                &plan.settings,
+                &decision_id,
+                now,
+            )
+            .await?;
+        deployment.generation = match self.store.create_deployment(&deployment, &tasks).await {
+            Ok(generation) => generation,
+            Err(StoreError::Conflict {
+                entity: "active deployment",
+                ..
+            }) => return Err(self.deployment_in_progress(&env.name).await),
+            Err(other) => return Err(other.into()),
+        };
+        self.deployment_created(&deployment, &tasks, release, env, now)
+            .await;
+        Ok(deployment)
+    }
+
+    /// The deployment of `release` to `targets` with their planned settings, and one task
+    /// per target, not yet stored. Refused when a target's agent is revoked or a target
+    /// selects no component.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn plan_deployment(
+        &self,
+        release: &Release,
+        env: &Environment,
+        kind: DeploymentKind,
+        requested_by: &str,
+        targets: &[Target],
+        settings: &BTreeMap<String, BTreeMap<String, String>>,
+        decision_id: &str,
+        now: i64,
+    ) -> Result<(Deployment, Vec<Task>), AppError> {
+        let agents = self.agents_of(targets).await?;
+        for target in targets {
+            if let Some(agent) = agents.get(&target.agent_id) {
+                if agent.revoked_at_ms.is_some() {
+                    return Err(AppError::new(
+                        ErrorKind::FailedPrecondition,
+                        "agent_revoked",
+                        format!(
+                            "target `{}` is driven by agent `{}`, which is revoked: move the target to another agent (stella target update {} --agent …)",
+                            target.name, agent.name, target.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let deployment = Deployment {
             id: uuid::Uuid::now_v7().to_string(),
             kind,
             environment: env.name.clone(),
             release: release.name.clone(),
             version: release.version.clone(),
-            decision_id,
+            decision_id: decision_id.to_owned(),
             generation: 0,
             state: DeploymentState::Pending,
             message: None,
@@ -150,9 +157,9 @@ impl App {
                 .saturating_mul(1000),
         );
         let mut tasks = Vec::with_capacity(targets.len());
-        for target in &targets {
+        for target in targets {
             let mut planned = target.clone();
-            if let Some(settings) = plan.settings.get(&target.name) {
+            if let Some(settings) = settings.get(&target.name) {
                 planned.settings = settings.clone();
             }
             let spec = DeploySpec::new(&deployment, release, &planned);
@@ -179,14 +186,23 @@ impl App {
                 finished_at_ms: None,
             });
         }
-        deployment.generation = match self.store.create_deployment(&deployment, &tasks).await {
-            Ok(generation) => generation,
-            Err(StoreError::Conflict {
-                entity: "active deployment",
-                ..
-            }) => return Err(self.deployment_in_progress(&env.name).await),
-            Err(other) => return Err(other.into()),
-        };
+        Ok((deployment, tasks))
+    }
+
+    /// What follows a stored deployment: its first log lines, and dispatch.
+    pub(super) async fn deployment_created(
+        &self,
+        deployment: &Deployment,
+        tasks: &[Task],
+        release: &Release,
+        env: &Environment,
+        now: i64,
+    ) {
+        let kind = deployment.kind;
+        let requested_by = &deployment.created_by;
+        let timeout_seconds = env
+            .deployment_timeout_seconds
+            .unwrap_or(self.config.task_deadline_seconds);
         self.log(
             &deployment.id,
             "",
@@ -203,7 +219,14 @@ impl App {
         )
         .await;
         tracing::info!(deployment_id = %deployment.id, release = %release.name, version = %release.version, environment = %env.name, %kind, generation = deployment.generation, "deployment created");
-        for task in &tasks {
+        let agents = match self.agents_by_id(tasks).await {
+            Ok(agents) => agents,
+            Err(error) => {
+                tracing::warn!(deployment_id = %deployment.id, %error, "cannot read the agents of a deployment");
+                HashMap::new()
+            }
+        };
+        for task in tasks {
             if let Some(waiting) = agents
                 .get(&task.agent_id)
                 .and_then(|agent| self.waiting_for(agent, now))
@@ -222,11 +245,28 @@ impl App {
         for agent in agent_ids {
             self.dispatch_to(agent).await;
         }
-        Ok(deployment)
+    }
+
+    /// The agents of these tasks, by id.
+    async fn agents_by_id(&self, tasks: &[Task]) -> Result<HashMap<String, Agent>, AppError> {
+        let mut agents = HashMap::new();
+        for task in tasks {
+            if agents.contains_key(&task.agent_id) {
+                continue;
+            }
+            match self.store.get_agent(&task.agent_id).await {
+                Ok(agent) => {
+                    agents.insert(agent.id.clone(), agent);
+                }
+                Err(StoreError::NotFound { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(agents)
     }
 
     /// The 409 for a promotion that meets a deployment in progress, naming it.
-    async fn deployment_in_progress(&self, environment: &str) -> AppError {
+    pub(super) async fn deployment_in_progress(&self, environment: &str) -> AppError {
         let detail = match self.store.active_deployment(environment).await {
             Ok(Some(active)) => format!(
                 ": deployment {} ({}@{}, {}) is still {}; wait for it or cancel it (stella deployment cancel {})",
@@ -263,7 +303,7 @@ impl App {
 
     /// Each target's settings with the environment's variables substituted, and the
     /// versions (last change times) of the secrets they reference.
-    async fn plan_settings(
+    pub(super) async fn plan_settings(
         &self,
         env: &Environment,
         targets: &[Target],
@@ -386,6 +426,7 @@ impl App {
         }
         let deployment = self.store.get_deployment(&deployment.id).await?;
         self.count_finished(&deployment);
+        self.promotion_deployment_finished(&deployment).await;
         Ok(deployment)
     }
 

@@ -319,6 +319,7 @@ impl App {
             self.log(&deployment.id, "", &line).await;
             tracing::info!(deployment_id = %deployment.id, state = %deployment.state, "deployment finished");
             self.count_finished(&deployment);
+            self.promotion_deployment_finished(&deployment).await;
         }
     }
 

@@ -21,7 +21,26 @@ pub struct EnvironmentChange {
     pub drift_mode: Option<DriftMode>,
     /// New deployment timeout; `Some(None)`: back to the server's default.
     pub deployment_timeout_seconds: Option<Option<u64>>,
+    /// Distinct approvals needed.
+    pub approvals_required: Option<u32>,
+    /// How long an approval counts; `Some(None)`: until the deployment starts.
+    pub approval_ttl_seconds: Option<Option<u64>>,
+    /// Freeze windows (`CRON/DURATION[@TZ]`), replacing the ones there.
+    pub freeze: Option<Vec<String>>,
+    /// Block severity: `none`, `low`, `medium`, `high`, `critical`.
+    pub block_severity: Option<String>,
+    /// Whether an unscanned image may pass.
+    pub allow_unscanned: Option<bool>,
+    /// A Rego policy's source; `Some(None)` removes the policy.
+    pub policy: Option<Option<String>>,
 }
+
+/// The most approvals an environment may require.
+const MAX_APPROVALS: u32 = 20;
+/// The longest approval lifetime: 90 days.
+const MAX_APPROVAL_TTL_SECONDS: u64 = 90 * 24 * 3600;
+/// The largest policy source.
+const MAX_POLICY_BYTES: usize = 256 * 1024;
 
 /// A variable or secret as shown: secrets without their value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +82,7 @@ impl App {
             after: None,
             drift_mode: DriftMode::default(),
             deployment_timeout_seconds: None,
+            gates: crate::domain::Gates::default(),
             created_at_ms: now_ms(),
         };
         self.apply_change(&mut env, settings).await?;
@@ -79,7 +99,7 @@ impl App {
 
     /// Changes an environment's settings.
     pub async fn update_environment(
-        &self,
+        self: &std::sync::Arc<Self>,
         name: &str,
         change: EnvironmentChange,
     ) -> Result<Environment, AppError> {
@@ -87,6 +107,8 @@ impl App {
         self.apply_change(&mut env, change).await?;
         self.store.update_environment(&env).await?;
         tracing::info!(environment = %name, "environment changed");
+        // A changed gate configuration changes the plan of every waiting promotion.
+        self.reevaluate_waiting(name).await;
         Ok(env)
     }
 
@@ -116,7 +138,81 @@ impl App {
             }
             env.deployment_timeout_seconds = timeout;
         }
+        if let Some(approvals) = change.approvals_required {
+            if approvals > MAX_APPROVALS {
+                return Err(AppError::invalid(format!(
+                    "--approvals must be between 0 and {MAX_APPROVALS}"
+                )));
+            }
+            env.gates.approvals_required = approvals;
+        }
+        if let Some(ttl) = change.approval_ttl_seconds {
+            if let Some(seconds) = ttl {
+                if seconds == 0 || seconds > MAX_APPROVAL_TTL_SECONDS {
+                    return Err(AppError::invalid(
+                        "--approval-ttl must be between 1 second and 90 days",
+                    ));
+                }
+            }
+            env.gates.approval_ttl_seconds = ttl;
+        }
+        if let Some(windows) = change.freeze {
+            let mut specs = Vec::with_capacity(windows.len());
+            for spec in windows {
+                let spec = spec.trim().to_owned();
+                spec.parse::<stella_decision::freeze::FreezeWindow>()
+                    .map_err(|e| AppError::invalid(e.0))?;
+                if !specs.contains(&spec) {
+                    specs.push(spec);
+                }
+            }
+            env.gates.freeze = specs;
+        }
+        if let Some(severity) = change.block_severity {
+            let severity = severity.trim().to_ascii_lowercase();
+            stella_decision::scan::parse_block_severity(&severity)
+                .map_err(|e| AppError::invalid(e.0))?;
+            env.gates.block_severity = severity;
+        }
+        if let Some(allow) = change.allow_unscanned {
+            env.gates.allow_unscanned = allow;
+        }
+        if let Some(policy) = change.policy {
+            env.gates.policy_id = match policy {
+                None => None,
+                Some(source) => Some(self.store_policy(&env.name, &source).await?),
+            };
+        }
         Ok(())
+    }
+
+    /// Checks a Rego policy and stores its source by content; returns its id (the
+    /// policy's version).
+    async fn store_policy(&self, environment: &str, source: &str) -> Result<String, AppError> {
+        if source.len() > MAX_POLICY_BYTES {
+            return Err(AppError::invalid(format!(
+                "the policy is {} bytes; at most {MAX_POLICY_BYTES} are accepted",
+                source.len()
+            )));
+        }
+        let policy = stella_decision::policy::Policy::compile(source).map_err(|e| {
+            AppError::new(
+                ErrorKind::InvalidArgument,
+                "invalid_policy",
+                format!("the policy is refused: {e}"),
+            )
+        })?;
+        let id = policy.sha256().to_owned();
+        self.store
+            .put_document(&crate::domain::Document {
+                id: id.clone(),
+                kind: "rego".to_owned(),
+                content: source.to_owned(),
+                created_by: format!("environment:{environment}"),
+                created_at_ms: now_ms(),
+            })
+            .await?;
+        Ok(id)
     }
 
     /// Refuses `name --after after` when `after` does not exist or when following the
@@ -191,7 +287,7 @@ impl App {
     /// Sets a variable (stored as is) or a secret (sealed before it is stored; the value
     /// is never returned, logged or recorded in a plan).
     pub async fn set_variable(
-        &self,
+        self: &std::sync::Arc<Self>,
         environment: &str,
         kind: VariableKind,
         name: &str,
@@ -219,6 +315,7 @@ impl App {
         };
         self.store.set_variable(&variable).await?;
         tracing::info!(environment, %kind, name, user = %by.name, "variable set");
+        self.reevaluate_waiting(environment).await;
         Ok(view(variable))
     }
 
@@ -237,7 +334,7 @@ impl App {
     /// Deletes a variable or secret. Deployments planned with it keep their plan; one
     /// not yet sent that needs a deleted secret fails when it is sent.
     pub async fn delete_variable(
-        &self,
+        self: &std::sync::Arc<Self>,
         environment: &str,
         kind: VariableKind,
         name: &str,
@@ -255,6 +352,7 @@ impl App {
                 )
             })?;
         tracing::info!(environment, %kind, name, "variable deleted");
+        self.reevaluate_waiting(environment).await;
         Ok(())
     }
 }

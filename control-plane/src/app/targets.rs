@@ -21,7 +21,7 @@ pub struct TargetChange {
 impl App {
     /// Creates a target, checking kind, settings, environment and agent.
     pub async fn create_target(
-        &self,
+        self: &std::sync::Arc<Self>,
         name: &str,
         environment: &str,
         kind: &str,
@@ -56,6 +56,7 @@ impl App {
             )
         })?;
         tracing::info!(target = %name, environment = %target.environment, kind = %kind, "target created");
+        self.reevaluate_waiting(&target.environment).await;
         Ok(target)
     }
 
@@ -63,7 +64,7 @@ impl App {
     /// task on it. What runs on the target changes with the next deployment; its agent
     /// (or both agents, when it moves) gets the new desired state at once.
     pub async fn update_target(
-        &self,
+        self: &std::sync::Arc<Self>,
         name: &str,
         change: TargetChange,
     ) -> Result<Target, AppError> {
@@ -93,13 +94,15 @@ impl App {
         if previous_agent != target.agent_id {
             self.push_desired_state(&previous_agent).await;
         }
+        // Approvals are bound to the targets' settings: say at once what this voids.
+        self.reevaluate_waiting(&target.environment).await;
         Ok(target)
     }
 
     /// Deletes a target. What runs there is left running; drift is no longer checked and
     /// its open findings are resolved. Refused while a deployment has an unfinished task
     /// on it.
-    pub async fn delete_target(&self, name: &str) -> Result<(), AppError> {
+    pub async fn delete_target(self: &std::sync::Arc<Self>, name: &str) -> Result<(), AppError> {
         let target = self.target(name).await?;
         self.store
             .delete_target(name, now_ms())
@@ -107,6 +110,7 @@ impl App {
             .map_err(|error| self.target_busy(name, "delete", error))?;
         tracing::info!(target = %name, "target deleted");
         self.push_desired_state(&target.agent_id).await;
+        self.reevaluate_waiting(&target.environment).await;
         Ok(())
     }
 

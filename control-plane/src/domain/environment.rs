@@ -52,6 +52,39 @@ pub struct Environment {
     /// How long a deployment's tasks may take here; `None`: the server's default
     /// (`task_deadline_seconds`).
     pub deployment_timeout_seconds: Option<u64>,
+    /// Approvals, freeze windows, security and policy gates.
+    pub gates: Gates,
     /// Creation time.
     pub created_at_ms: i64,
+}
+
+/// The gates a promotion into an environment passes (besides `after`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gates {
+    /// Distinct approvals needed (0: none).
+    pub approvals_required: u32,
+    /// How long an approval counts; `None`: until the deployment starts.
+    pub approval_ttl_seconds: Option<u64>,
+    /// Freeze windows, `CRON/DURATION[@TZ]`.
+    pub freeze: Vec<String>,
+    /// `none`, `low`, `medium`, `high` or `critical`: unsuppressed findings at or above
+    /// it block.
+    pub block_severity: String,
+    /// Whether an image without a scan report may pass.
+    pub allow_unscanned: bool,
+    /// The Rego policy's document id (`sha256:` of its source), if any.
+    pub policy_id: Option<String>,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            approvals_required: 0,
+            approval_ttl_seconds: None,
+            freeze: Vec::new(),
+            block_severity: "critical".to_owned(),
+            allow_unscanned: false,
+            policy_id: None,
+        }
+    }
 }

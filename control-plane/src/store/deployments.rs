@@ -62,10 +62,24 @@ impl Store {
     ) -> Result<i64, StoreError> {
         const OP: &str = "creating a deployment";
         let mut tx = self.begin_write(OP).await?;
+        let generation = self.insert_deployment(&mut tx, deployment, tasks).await?;
+        tx.commit().await.map_err(database(OP))?;
+        Ok(generation)
+    }
+
+    /// Inserts a deployment and its tasks in `tx` (see [`Store::create_deployment`]);
+    /// returns the generation it was given.
+    pub(super) async fn insert_deployment(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        deployment: &Deployment,
+        tasks: &[Task],
+    ) -> Result<i64, StoreError> {
+        const OP: &str = "creating a deployment";
         let environment =
             sqlx::query_scalar::<_, String>("SELECT name FROM environments WHERE name = $1")
                 .bind(deployment.environment.as_str())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await
                 .map_err(database(OP))?;
         if environment.is_none() {
@@ -76,7 +90,7 @@ impl Store {
         )
         .bind(deployment.release.as_str())
         .bind(deployment.version.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await
         .map_err(database(OP))?;
         if release.is_none() {
@@ -88,7 +102,7 @@ impl Store {
 
         let taken = sqlx::query_scalar::<_, String>("SELECT id FROM deployments WHERE id = $1")
             .bind(deployment.id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(database(OP))?;
         if taken.is_some() {
@@ -108,7 +122,7 @@ impl Store {
             super::Backend::Postgres => "SELECT nextval('deployment_generation_seq')",
         };
         let generation = sqlx::query_scalar::<_, i64>(next_generation)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await
             .map_err(database(OP))?;
         sqlx::query(
@@ -128,7 +142,7 @@ impl Store {
         .bind(deployment.created_by.as_str())
         .bind(deployment.created_at_ms)
         .bind(deployment.finished_at_ms)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         // The id is free (checked above, under the write lock or this transaction's
         // snapshot) and the generation new: a unique violation here is the
@@ -154,11 +168,10 @@ impl Store {
             .bind(task.deadline_at_ms)
             .bind(task.created_at_ms)
             .bind(task.finished_at_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(unique(OP, "task", &task.id))?;
         }
-        tx.commit().await.map_err(database(OP))?;
         Ok(generation)
     }
 
@@ -376,6 +389,27 @@ impl Store {
              ORDER BY generation DESC LIMIT 1"
         ))
         .bind(environment)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a succeeded deployment"))?
+        .map(DeploymentRow::into_deployment)
+        .transpose()
+    }
+
+    /// The newest succeeded deployment of `release@version` in `environment`.
+    pub async fn succeeded_deployment_of_release(
+        &self,
+        environment: &str,
+        release: &str,
+        version: &str,
+    ) -> Result<Option<Deployment>, StoreError> {
+        sqlx::query_as::<_, DeploymentRow>(select_deployments!(
+            "WHERE environment = $1 AND release_name = $2 AND release_version = $3 \
+             AND state = 'succeeded' ORDER BY generation DESC LIMIT 1"
+        ))
+        .bind(environment)
+        .bind(release)
         .bind(version)
         .fetch_optional(&self.pool)
         .await

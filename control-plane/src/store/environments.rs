@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::error::{database, unique};
 use super::{Store, StoreError};
-use crate::domain::{DriftMode, Environment, Invalid};
+use crate::domain::{DriftMode, Environment, Gates, Invalid};
 
 impl Store {
     /// Stores a new environment; `Conflict` if the name is taken, `NotFound` if `after`
@@ -15,13 +15,21 @@ impl Store {
     pub async fn create_environment(&self, env: &Environment) -> Result<(), StoreError> {
         const OP: &str = "creating an environment";
         sqlx::query(
-            "INSERT INTO environments (name, after_environment, drift_mode, \
-             deployment_timeout_seconds, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO environments (name, after_environment, drift_mode, deployment_timeout_seconds, \
+             approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
+             allow_unscanned, policy_id, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(env.name.as_str())
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
         .bind(env.deployment_timeout_seconds.map(seconds_to_i64))
+        .bind(i64::from(env.gates.approvals_required))
+        .bind(env.gates.approval_ttl_seconds.map(seconds_to_i64))
+        .bind(encode_json("freeze windows", &env.gates.freeze)?)
+        .bind(env.gates.block_severity.as_str())
+        .bind(i64::from(env.gates.allow_unscanned))
+        .bind(env.gates.policy_id.as_deref())
         .bind(env.created_at_ms)
         .execute(&self.pool)
         .await
@@ -38,7 +46,8 @@ impl Store {
     pub async fn get_environment(&self, name: &str) -> Result<Environment, StoreError> {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
-             created_at_ms FROM environments WHERE name = $1",
+             approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
+             allow_unscanned, policy_id, created_at_ms FROM environments WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -52,7 +61,8 @@ impl Store {
     pub async fn list_environments(&self) -> Result<Vec<Environment>, StoreError> {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
-             created_at_ms FROM environments ORDER BY created_at_ms, name",
+             approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
+             allow_unscanned, policy_id, created_at_ms FROM environments ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
         .await
@@ -69,11 +79,19 @@ impl Store {
         const OP: &str = "updating an environment";
         let updated = sqlx::query(
             "UPDATE environments SET after_environment = $1, drift_mode = $2, \
-             deployment_timeout_seconds = $3 WHERE name = $4",
+             deployment_timeout_seconds = $3, approvals_required = $4, \
+             approval_ttl_seconds = $5, freeze_json = $6, block_severity = $7, \
+             allow_unscanned = $8, policy_id = $9 WHERE name = $10",
         )
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
         .bind(env.deployment_timeout_seconds.map(seconds_to_i64))
+        .bind(i64::from(env.gates.approvals_required))
+        .bind(env.gates.approval_ttl_seconds.map(seconds_to_i64))
+        .bind(encode_json("freeze windows", &env.gates.freeze)?)
+        .bind(env.gates.block_severity.as_str())
+        .bind(i64::from(env.gates.allow_unscanned))
+        .bind(env.gates.policy_id.as_deref())
         .bind(env.name.as_str())
         .execute(&self.pool)
         .await
@@ -170,6 +188,12 @@ struct EnvironmentRow {
     after_environment: Option<String>,
     drift_mode: String,
     deployment_timeout_seconds: Option<i64>,
+    approvals_required: i64,
+    approval_ttl_seconds: Option<i64>,
+    freeze_json: String,
+    block_severity: String,
+    allow_unscanned: i64,
+    policy_id: Option<String>,
     created_at_ms: i64,
 }
 
@@ -184,6 +208,16 @@ impl EnvironmentRow {
             deployment_timeout_seconds: self
                 .deployment_timeout_seconds
                 .and_then(|seconds| u64::try_from(seconds).ok()),
+            gates: Gates {
+                approvals_required: u32::try_from(self.approvals_required).unwrap_or(u32::MAX),
+                approval_ttl_seconds: self
+                    .approval_ttl_seconds
+                    .and_then(|seconds| u64::try_from(seconds).ok()),
+                freeze: decode_json("environment freeze windows", &row, &self.freeze_json)?,
+                block_severity: self.block_severity,
+                allow_unscanned: self.allow_unscanned != 0,
+                policy_id: self.policy_id,
+            },
             created_at_ms: self.created_at_ms,
         })
     }

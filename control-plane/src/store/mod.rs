@@ -17,8 +17,11 @@ mod deployments;
 mod drift;
 mod environments;
 mod error;
+mod events;
+mod promotions;
 mod registries;
 mod releases;
+mod scans;
 mod targets;
 mod users;
 mod variables;
@@ -33,6 +36,8 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use deployments::DesiredPayload;
 pub use error::StoreError;
+pub use promotions::PromotionUpdate;
+pub use scans::{EnvironmentVerdict, ScanReportRef};
 
 use error::database;
 

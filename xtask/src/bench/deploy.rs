@@ -216,7 +216,9 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     }
     let target = format!("bench-{suffix}");
     let direct = format!("bench-direct-{suffix}");
-    stella.run(&["env", "create", "bench"]).await?;
+    stella
+        .run(&["env", "create", "bench", "--allow-unscanned"])
+        .await?;
     stella
         .run(&[
             "target",

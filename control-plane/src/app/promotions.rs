@@ -1,0 +1,820 @@
+//! Promotions: gates evaluated by the pure decision crate over inputs gathered from the
+//! store; approvals bound to the plan hash; signed decisions; the deployment an allowed
+//! decision creates, in the same transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use stella_decision::canonical::canonical_bytes;
+use stella_decision::dsse::INTOTO_PAYLOAD_TYPE;
+use stella_decision::gates::{
+    self, ApprovalInput, BreakGlass, ComponentInput, Decision, DecisionInputs, Documents,
+    GateConfig, OrderFact, Outcome, Plan, ReleaseInput, TargetInput,
+};
+use stella_decision::intoto::{Statement, Subject};
+
+use super::events::NewEvent;
+use super::{not_found_as, now_ms, App};
+use crate::domain::{
+    Approval, DecisionRecord, Deployment, DeploymentKind, DeploymentState, Environment, EventKind,
+    Promotion, PromotionState, Release, Role, User, Verdict,
+};
+use crate::error::{AppError, ErrorKind};
+use crate::store::{PromotionUpdate, StoreError};
+
+/// Scan reports kept per image digest: the newest of each scanner.
+const REPORT_KINDS: [&str; 2] = ["trivy", "grype"];
+
+/// A promotion with what an operator needs to see: its approvals and last gate results.
+#[derive(Debug, Clone)]
+pub struct PromotionDetail {
+    /// The promotion.
+    pub promotion: Promotion,
+    /// Its approvals and rejections.
+    pub approvals: Vec<Approval>,
+    /// The last evaluation's gates.
+    pub gates: Vec<gates::GateResult>,
+}
+
+/// Everything gathered for one evaluation.
+struct Gathered {
+    plan: Plan,
+    plan_hash: String,
+    targets: Vec<crate::domain::Target>,
+    settings: BTreeMap<String, BTreeMap<String, String>>,
+    inputs: DecisionInputs,
+    documents: Documents,
+    /// Why earlier approvals no longer count, when the plan changed.
+    plan_note: Option<String>,
+}
+
+impl App {
+    /// Requests a promotion of `release@version` to `environment`: the gates are
+    /// evaluated at once; an allowed decision creates the deployment in the same
+    /// transaction, a blocked one is signed and stored, and one that needs approvals
+    /// waits for them.
+    pub async fn promote(
+        self: &Arc<Self>,
+        release: &str,
+        version: &str,
+        environment: &str,
+        requested_by: &User,
+        break_glass: Option<String>,
+    ) -> Result<PromotionDetail, AppError> {
+        let release = self.release_named(release, version).await?;
+        let env = self.environment(environment).await?;
+        let break_glass = match break_glass {
+            Some(reason) => {
+                let reason = reason.trim().to_owned();
+                if reason.is_empty() {
+                    return Err(AppError::invalid(
+                        "--break-glass needs a reason: it goes into the decision and the audit log",
+                    ));
+                }
+                if !requested_by.has_role(Role::Admin) {
+                    return Err(AppError::new(
+                        ErrorKind::PermissionDenied,
+                        "break_glass_forbidden",
+                        format!(
+                            "only an admin may break the glass of a freeze window; {} is not an admin",
+                            requested_by.name
+                        ),
+                    ));
+                }
+                Some((requested_by.name.clone(), reason))
+            }
+            None => None,
+        };
+        let now = now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let gathered = self
+            .gather(
+                &id,
+                &release,
+                &env,
+                &requested_by.name,
+                break_glass.as_ref(),
+                now,
+            )
+            .await?;
+        let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+        let promotion = Promotion {
+            id: id.clone(),
+            environment: env.name.clone(),
+            release: release.name.clone(),
+            version: release.version.clone(),
+            state: PromotionState::AwaitingApproval,
+            requested_by: requested_by.name.clone(),
+            requested_at_ms: now,
+            plan_json: plan_json(&gathered.plan)?,
+            plan_hash: gathered.plan_hash.clone(),
+            break_glass,
+            gates_json: gates_json(&decision)?,
+            message: None,
+            decision_id: None,
+            deployment_id: None,
+            updated_at_ms: now,
+        };
+        self.settle(Some(&promotion), &release, &env, gathered, decision, now)
+            .await?;
+        self.promotion_detail(&id).await
+    }
+
+    /// Approves a promotion waiting for approvals, for its current plan. The requester
+    /// can never approve their own promotion, admins included; one user counts once.
+    pub async fn approve_promotion(
+        self: &Arc<Self>,
+        id_or_prefix: &str,
+        user: &User,
+        comment: Option<String>,
+    ) -> Result<PromotionDetail, AppError> {
+        self.answer(id_or_prefix, user, Verdict::Approved, comment)
+            .await
+    }
+
+    /// Rejects a promotion waiting for approvals: that ends it, with a signed decision.
+    pub async fn reject_promotion(
+        self: &Arc<Self>,
+        id_or_prefix: &str,
+        user: &User,
+        comment: Option<String>,
+    ) -> Result<PromotionDetail, AppError> {
+        self.answer(id_or_prefix, user, Verdict::Rejected, comment)
+            .await
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        id_or_prefix: &str,
+        user: &User,
+        verdict: Verdict,
+        comment: Option<String>,
+    ) -> Result<PromotionDetail, AppError> {
+        let promotion = self.find_promotion(id_or_prefix).await?;
+        let verb = match verdict {
+            Verdict::Approved => "approve",
+            Verdict::Rejected => "reject",
+        };
+        if promotion.state != PromotionState::AwaitingApproval {
+            return Err(AppError::new(
+                ErrorKind::Conflict,
+                "promotion_settled",
+                format!(
+                    "promotion {} is {}: there is nothing to {verb}",
+                    promotion.id, promotion.state
+                ),
+            ));
+        }
+        if verdict == Verdict::Approved && user.name == promotion.requested_by {
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "self_approval",
+                format!(
+                    "{} requested promotion {}: another approver must approve it (separation of duties applies to admins too)",
+                    user.name, promotion.id
+                ),
+            ));
+        }
+        if let Some(comment) = &comment {
+            if comment.len() > 4096 {
+                return Err(AppError::invalid("a comment may be at most 4096 bytes"));
+            }
+        }
+        // Bind the answer to the plan as it is now; a changed plan voids older approvals.
+        let release = self
+            .release_named(&promotion.release, &promotion.version)
+            .await?;
+        let env = self.environment(&promotion.environment).await?;
+        let now = now_ms();
+        let gathered = self
+            .gather(
+                &promotion.id,
+                &release,
+                &env,
+                &promotion.requested_by,
+                promotion.break_glass.as_ref(),
+                now,
+            )
+            .await?;
+        let approval = Approval {
+            promotion_id: promotion.id.clone(),
+            user: user.name.clone(),
+            plan_hash: gathered.plan_hash.clone(),
+            verdict,
+            roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            comment,
+            at_ms: now,
+        };
+        self.store
+            .add_approval(&approval)
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict { .. } => AppError::new(
+                    ErrorKind::Conflict,
+                    "already_answered",
+                    format!(
+                        "{} already answered promotion {} for its current plan: one user counts once",
+                        user.name, promotion.id
+                    ),
+                ),
+                other => other.into(),
+            })?;
+        tracing::info!(promotion_id = %promotion.id, user = %user.name, %verdict, "promotion answered");
+        self.decide_and_settle(&promotion, &release, &env, gathered)
+            .await?;
+        self.promotion_detail(&promotion.id).await
+    }
+
+    /// Evaluates a waiting promotion again (after a change to its plan) and settles it
+    /// when the gates say so.
+    async fn reevaluate(
+        self: &Arc<Self>,
+        promotion: &Promotion,
+        release: &Release,
+        env: &Environment,
+    ) -> Result<(), AppError> {
+        let gathered = self
+            .gather(
+                &promotion.id,
+                release,
+                env,
+                &promotion.requested_by,
+                promotion.break_glass.as_ref(),
+                now_ms(),
+            )
+            .await?;
+        self.decide_and_settle(promotion, release, env, gathered)
+            .await
+    }
+
+    /// Decides a waiting promotion over `gathered` and its recorded approvals.
+    async fn decide_and_settle(
+        self: &Arc<Self>,
+        promotion: &Promotion,
+        release: &Release,
+        env: &Environment,
+        mut gathered: Gathered,
+    ) -> Result<(), AppError> {
+        gathered.inputs.approvals = self
+            .store
+            .list_approvals(&promotion.id)
+            .await?
+            .into_iter()
+            .map(approval_input)
+            .collect();
+        if promotion.plan_hash != gathered.plan_hash {
+            let changes = serde_json::from_str::<Plan>(&promotion.plan_json)
+                .map(|old| gathered.plan.changes_since(&old))
+                .unwrap_or_default();
+            gathered.plan_note = Some(format!(
+                "the plan changed ({}): approvals given before are void",
+                if changes.is_empty() {
+                    "plan hash differs".to_owned()
+                } else {
+                    changes.join("; ")
+                }
+            ));
+        }
+        let now = gathered.inputs.evaluated_at_ms;
+        let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+        match self
+            .settle(None, release, env, gathered, decision, now)
+            .await
+        {
+            // Someone else settled it meanwhile: what they stored stands.
+            Err(error) if error.code == "promotion_moved_on" => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Re-evaluates every promotion of `environment` that waits for approvals: called
+    /// after a change to the environment, its targets or its variables, so a voided
+    /// approval is said at once.
+    pub async fn reevaluate_waiting(self: &Arc<Self>, environment: &str) {
+        let waiting = match self
+            .store
+            .list_promotions(
+                Some(environment),
+                Some(PromotionState::AwaitingApproval),
+                100,
+            )
+            .await
+        {
+            Ok(waiting) => waiting,
+            Err(error) => {
+                tracing::warn!(environment, error = %crate::error::ErrorChain(&error), "cannot list waiting promotions");
+                return;
+            }
+        };
+        for promotion in waiting {
+            let result = async {
+                let release = self
+                    .release_named(&promotion.release, &promotion.version)
+                    .await?;
+                let env = self.environment(&promotion.environment).await?;
+                self.reevaluate(&promotion, &release, &env).await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(promotion_id = %promotion.id, %error, "cannot re-evaluate a waiting promotion");
+            }
+        }
+    }
+
+    /// Stores the outcome of an evaluation: a new promotion (`new`) or an existing one
+    /// (the inputs' promotion id), with its signed decision and, when allowed, its
+    /// deployment, in one transaction; then emits the event and dispatches.
+    async fn settle(
+        self: &Arc<Self>,
+        new: Option<&Promotion>,
+        release: &Release,
+        env: &Environment,
+        gathered: Gathered,
+        decision: Decision,
+        now: i64,
+    ) -> Result<(), AppError> {
+        let promotion_id = gathered.inputs.promotion.clone();
+        let plan = plan_json(&gathered.plan)?;
+        let gates = gates_json(&decision)?;
+        let approvals_line = decision
+            .gate("approvals")
+            .map(|g| {
+                let mut line = g.reason.clone();
+                if !g.details.is_empty() {
+                    line.push_str(&format!(" ({})", g.details.join("; ")));
+                }
+                line
+            })
+            .unwrap_or_default();
+        let (state, message, record, deployment) = match decision.outcome {
+            Outcome::AwaitingApproval => (
+                PromotionState::AwaitingApproval,
+                match &gathered.plan_note {
+                    Some(note) => format!("{note}; {approvals_line}"),
+                    None => approvals_line.clone(),
+                },
+                None,
+                None,
+            ),
+            Outcome::Blocked => {
+                let record = self.sign(&decision, &gathered.inputs, now)?;
+                (
+                    PromotionState::Blocked,
+                    blocked_line(&decision),
+                    Some(record),
+                    None,
+                )
+            }
+            Outcome::Rejected => {
+                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let by: Vec<&str> = gathered
+                    .inputs
+                    .approvals
+                    .iter()
+                    .filter(|a| a.verdict == "rejected")
+                    .map(|a| a.user.as_str())
+                    .collect();
+                (
+                    PromotionState::Rejected,
+                    format!("rejected by {}", by.join(", ")),
+                    Some(record),
+                    None,
+                )
+            }
+            Outcome::Allowed => {
+                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let planned = self
+                    .plan_deployment(
+                        release,
+                        env,
+                        DeploymentKind::Promotion,
+                        &gathered.inputs.requested_by,
+                        &gathered.targets,
+                        &gathered.settings,
+                        &record.id,
+                        now,
+                    )
+                    .await?;
+                let line = format!("allowed; deployment {}", planned.0.id);
+                (PromotionState::Deploying, line, Some(record), Some(planned))
+            }
+        };
+        let update = PromotionUpdate {
+            promotion_id: &promotion_id,
+            expected: PromotionState::AwaitingApproval,
+            state,
+            plan: (&plan, &gathered.plan_hash),
+            gates_json: &gates,
+            message: Some(&message),
+            decision: record.as_ref(),
+            deployment: deployment.as_ref().map(|(d, t)| (d, t.as_slice())),
+            at_ms: now,
+        };
+        let stored = match new {
+            Some(promotion) => self.store.create_promotion(promotion, Some(&update)).await,
+            None => self.store.update_promotion(&update).await,
+        };
+        let generation = match stored {
+            Ok(generation) => generation,
+            Err(StoreError::Conflict {
+                entity: "active deployment",
+                ..
+            }) => {
+                let error = self.deployment_in_progress(&env.name).await;
+                return Err(match new {
+                    Some(_) => error,
+                    // The approvals stand; the promotion waits until the environment is
+                    // free and an approver (or a change) triggers it again.
+                    None => AppError::new(
+                        ErrorKind::Conflict,
+                        "deployment_in_progress",
+                        format!(
+                            "promotion {promotion_id} is allowed but cannot start: {}",
+                            error.message
+                        ),
+                    ),
+                });
+            }
+            Err(StoreError::Conflict {
+                entity: "promotion state",
+                ..
+            }) => {
+                return Err(AppError::new(
+                    ErrorKind::Conflict,
+                    "promotion_moved_on",
+                    format!("promotion {promotion_id} was settled meanwhile"),
+                ))
+            }
+            Err(other) => return Err(other.into()),
+        };
+        tracing::info!(promotion_id = %promotion_id, environment = %env.name, release = %release.name, version = %release.version, outcome = decision.outcome.as_str(), decision_id = ?record.as_ref().map(|r| r.id.as_str()), "promotion evaluated");
+        self.metrics
+            .delivery
+            .decision_made(decision.outcome.as_str());
+        let event = |kind: EventKind, message: String| NewEvent {
+            kind,
+            environment: Some(env.name.clone()),
+            release: Some((release.name.clone(), release.version.clone())),
+            subject: Some(promotion_id.clone()),
+            message,
+        };
+        let what = format!("{}@{} to {}", release.name, release.version, env.name);
+        match decision.outcome {
+            Outcome::AwaitingApproval => {
+                // Said once: when the promotion starts waiting, not at every approval.
+                if new.is_some() {
+                    self.emit(event(
+                        EventKind::PromotionAwaitingApproval,
+                        format!("promotion {promotion_id} of {what} awaits approval: {message}"),
+                    ))
+                    .await;
+                }
+            }
+            Outcome::Blocked => {
+                self.emit(event(
+                    EventKind::PromotionBlocked,
+                    format!("promotion {promotion_id} of {what} is blocked: {message}"),
+                ))
+                .await;
+            }
+            Outcome::Rejected => {
+                self.emit(event(
+                    EventKind::PromotionRejected,
+                    format!("promotion {promotion_id} of {what} was {message}"),
+                ))
+                .await;
+            }
+            Outcome::Allowed => {
+                if new.is_none() || env.gates.approvals_required > 0 {
+                    self.emit(event(
+                        EventKind::PromotionApproved,
+                        format!("promotion {promotion_id} of {what} is approved and deploying"),
+                    ))
+                    .await;
+                }
+            }
+        }
+        if let (Some((mut deployment, tasks)), Some(generation)) = (deployment, generation) {
+            deployment.generation = generation;
+            self.deployment_created(&deployment, &tasks, release, env, now)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Signs a decision: canonical JSON in an in-toto statement in a DSSE envelope.
+    fn sign(
+        &self,
+        decision: &Decision,
+        inputs: &DecisionInputs,
+        now: i64,
+    ) -> Result<DecisionRecord, AppError> {
+        let (bytes, id) = decision.canonical().map_err(undecidable)?;
+        let inputs_bytes = canonical_bytes(inputs).map_err(undecidable)?;
+        let subjects = decision
+            .subjects
+            .iter()
+            .map(|s| Subject::image(s.image.split('@').next().unwrap_or(&s.image), &s.digest))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(undecidable)?;
+        let predicate: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| AppError::internal("reading a canonical decision", &e))?;
+        let statement = Statement::decision(subjects, predicate);
+        let payload = statement.to_canonical().map_err(undecidable)?;
+        let envelope = self.signer.sign_envelope(INTOTO_PAYLOAD_TYPE, &payload);
+        let envelope_json = serde_json::to_string(&envelope)
+            .map_err(|e| AppError::internal("encoding a DSSE envelope", &e))?;
+        Ok(DecisionRecord {
+            id,
+            promotion_id: inputs.promotion.clone(),
+            outcome: decision.outcome.as_str().to_owned(),
+            decision_json: String::from_utf8(bytes)
+                .map_err(|e| AppError::internal("canonical decision is not UTF-8", &e))?,
+            inputs_json: String::from_utf8(inputs_bytes)
+                .map_err(|e| AppError::internal("canonical inputs are not UTF-8", &e))?,
+            envelope_json,
+            key_id: self.signer.key_id().to_owned(),
+            created_at_ms: now,
+        })
+    }
+
+    /// Everything one evaluation needs, read from the store now.
+    async fn gather(
+        &self,
+        promotion_id: &str,
+        release: &Release,
+        env: &Environment,
+        requested_by: &str,
+        break_glass: Option<&(String, String)>,
+        now: i64,
+    ) -> Result<Gathered, AppError> {
+        let targets = self.store.list_targets(Some(&env.name)).await?;
+        if targets.is_empty() {
+            return Err(AppError::new(
+                ErrorKind::FailedPrecondition,
+                "no_targets",
+                format!(
+                    "environment `{}` has no targets: add one with `stella target create`",
+                    env.name
+                ),
+            ));
+        }
+        let planned = self.plan_settings(env, &targets).await?;
+        let components: Vec<ComponentInput> = release
+            .components
+            .iter()
+            .map(|c| ComponentInput {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                digest: c
+                    .image
+                    .rsplit_once('@')
+                    .map_or_else(String::new, |(_, digest)| digest.to_owned()),
+            })
+            .collect();
+        let plan = Plan {
+            schema: gates::PLAN_SCHEMA.to_owned(),
+            release: ReleaseInput {
+                name: release.name.clone(),
+                version: release.version.clone(),
+                components,
+            },
+            gates: GateConfig {
+                environment: env.name.clone(),
+                after: env.after.clone(),
+                approvals_required: env.gates.approvals_required,
+                approval_ttl_seconds: env.gates.approval_ttl_seconds,
+                freeze: env.gates.freeze.clone(),
+                block_severity: env.gates.block_severity.clone(),
+                allow_unscanned: env.gates.allow_unscanned,
+                policy: env.gates.policy_id.clone(),
+            },
+            targets: targets
+                .iter()
+                .map(|t| TargetInput {
+                    name: t.name.clone(),
+                    kind: t.kind.as_str().to_owned(),
+                    agent: t.agent_id.clone(),
+                    settings: planned.settings.get(&t.name).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            secrets: planned.secret_versions.clone(),
+        };
+        let plan_hash = plan.hash().map_err(undecidable)?;
+        let order = match &env.after {
+            Some(after) => Some(OrderFact {
+                environment: after.clone(),
+                deployment: self.deployed_in(after, release).await?,
+            }),
+            None => None,
+        };
+        let mut documents = Documents::new();
+        let mut reports = BTreeMap::new();
+        for component in &plan.release.components {
+            let mut ids = Vec::new();
+            for kind in REPORT_KINDS {
+                if let Some(document) = self.store.latest_report(&component.digest, kind).await? {
+                    ids.push(document.id.clone());
+                    documents.insert(document.id, document.content.into_bytes());
+                }
+            }
+            if !ids.is_empty() {
+                reports.insert(component.digest.clone(), ids);
+            }
+        }
+        let mut vex = Vec::new();
+        for document in self.store.list_documents("openvex").await? {
+            vex.push(document.id.clone());
+            documents.insert(document.id, document.content.into_bytes());
+        }
+        if let Some(policy) = &env.gates.policy_id {
+            let document = self.store.get_document(policy).await?;
+            documents.insert(document.id, document.content.into_bytes());
+        }
+        let inputs = DecisionInputs {
+            schema: gates::INPUTS_SCHEMA.to_owned(),
+            promotion: promotion_id.to_owned(),
+            evaluated_at_ms: now,
+            requested_by: requested_by.to_owned(),
+            plan: plan.clone(),
+            plan_hash: plan_hash.clone(),
+            order,
+            approvals: Vec::new(),
+            break_glass: break_glass.map(|(by, reason)| BreakGlass {
+                by: by.clone(),
+                reason: reason.clone(),
+                admin: true,
+            }),
+            reports,
+            vex,
+        };
+        Ok(Gathered {
+            plan,
+            plan_hash,
+            targets,
+            settings: planned.settings,
+            inputs,
+            documents,
+            plan_note: None,
+        })
+    }
+
+    /// A succeeded deployment in `environment` of a release with the same digests.
+    async fn deployed_in(
+        &self,
+        environment: &str,
+        release: &Release,
+    ) -> Result<Option<String>, AppError> {
+        if let Some(deployment) = self
+            .store
+            .succeeded_deployment_of_release(environment, &release.name, &release.version)
+            .await?
+        {
+            return Ok(Some(deployment.id));
+        }
+        // Another release (name or version) may pin exactly the same digests.
+        for deployment in self.store.succeeded_deployments(environment, 200).await? {
+            if let Ok(other) = self
+                .store
+                .get_release(&deployment.release, &deployment.version)
+                .await
+            {
+                if other.same_content(release) {
+                    return Ok(Some(deployment.id));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Called when a deployment reaches a terminal state: its promotion follows.
+    pub(super) async fn promotion_deployment_finished(&self, deployment: &Deployment) {
+        if deployment.kind != DeploymentKind::Promotion || !deployment.state.is_terminal() {
+            return;
+        }
+        let (state, kind) = match deployment.state {
+            DeploymentState::Succeeded => (PromotionState::Deployed, EventKind::PromotionDeployed),
+            _ => (PromotionState::Failed, EventKind::PromotionFailed),
+        };
+        let message = match &deployment.message {
+            Some(message) => format!(
+                "deployment {} {}: {message}",
+                deployment.id, deployment.state
+            ),
+            None => format!("deployment {} {}", deployment.id, deployment.state),
+        };
+        match self
+            .store
+            .finish_promotion_of_deployment(&deployment.id, state, Some(&message), now_ms())
+            .await
+        {
+            Ok(Some(promotion)) => {
+                self.emit(NewEvent {
+                    kind,
+                    environment: Some(promotion.environment.clone()),
+                    release: Some((promotion.release.clone(), promotion.version.clone())),
+                    subject: Some(promotion.id.clone()),
+                    message: format!(
+                        "promotion {} of {}@{} to {}: {message}",
+                        promotion.id, promotion.release, promotion.version, promotion.environment
+                    ),
+                })
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(deployment_id = %deployment.id, error = %crate::error::ErrorChain(&error), "cannot finish the promotion of a deployment");
+            }
+        }
+    }
+
+    /// A promotion by id or unique prefix.
+    pub async fn find_promotion(&self, id_or_prefix: &str) -> Result<Promotion, AppError> {
+        self.store
+            .find_promotion(id_or_prefix)
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict { .. } => AppError::new(
+                    ErrorKind::Conflict,
+                    "ambiguous_id",
+                    format!("`{id_or_prefix}` matches several promotions: give more of the id"),
+                ),
+                StoreError::NotFound { .. } => AppError::new(
+                    ErrorKind::NotFound,
+                    "unknown_promotion",
+                    format!("no promotion `{id_or_prefix}`"),
+                ),
+                other => other.into(),
+            })
+    }
+
+    /// A promotion with its approvals and gates.
+    pub async fn promotion_detail(&self, id_or_prefix: &str) -> Result<PromotionDetail, AppError> {
+        let promotion = self.find_promotion(id_or_prefix).await?;
+        let approvals = self.store.list_approvals(&promotion.id).await?;
+        let gates = serde_json::from_str(&promotion.gates_json).unwrap_or_default();
+        Ok(PromotionDetail {
+            promotion,
+            approvals,
+            gates,
+        })
+    }
+
+    /// A release by name and version; 404 `unknown_release`.
+    pub(super) async fn release_named(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Release, AppError> {
+        self.store.get_release(name, version).await.map_err(|e| {
+            not_found_as(
+                e,
+                ErrorKind::NotFound,
+                "unknown_release",
+                format!("unknown release {name}@{version}"),
+            )
+        })
+    }
+}
+
+fn approval_input(approval: Approval) -> ApprovalInput {
+    ApprovalInput {
+        user: approval.user,
+        verdict: approval.verdict.as_str().to_owned(),
+        roles: approval.roles,
+        plan_hash: approval.plan_hash,
+        at_ms: approval.at_ms,
+        comment: approval.comment,
+    }
+}
+
+fn plan_json(plan: &Plan) -> Result<String, AppError> {
+    let bytes = canonical_bytes(plan).map_err(undecidable)?;
+    String::from_utf8(bytes).map_err(|e| AppError::internal("canonical plan is not UTF-8", &e))
+}
+
+fn gates_json(decision: &Decision) -> Result<String, AppError> {
+    serde_json::to_string(&decision.gates)
+        .map_err(|e| AppError::internal("encoding gate results", &e))
+}
+
+/// "blocked by <gate>: <reason>", every failed gate.
+fn blocked_line(decision: &Decision) -> String {
+    decision
+        .gates
+        .iter()
+        .filter(|g| g.status == gates::GateStatus::Failed)
+        .map(|g| format!("{}: {}", g.gate, g.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An input the gates cannot read (a broken stored document or window): 422.
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(undecidable)`
+fn undecidable(error: stella_decision::DecisionError) -> AppError {
+    AppError::new(
+        ErrorKind::FailedPrecondition,
+        "undecidable",
+        format!("the promotion cannot be decided: {error}"),
+    )
+}

@@ -1,0 +1,203 @@
+//! Which scan report covers which image digest.
+
+use super::error::database;
+use super::{Store, StoreError};
+use crate::domain::Document;
+
+/// A scan report of an image digest, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReportRef {
+    /// The image digest (`sha256:…`).
+    pub digest: String,
+    /// The report's document id.
+    pub document_id: String,
+    /// `trivy` or `grype`.
+    pub kind: String,
+    /// The image as given at import.
+    pub image: String,
+    /// Who imported it.
+    pub imported_by: String,
+    /// When.
+    pub imported_at_ms: i64,
+}
+
+impl Store {
+    /// Records that `document_id` (stored already) is a report on `digest`; importing the
+    /// same report for the same digest again is a no-op.
+    pub async fn add_scan_report(
+        &self,
+        digest: &str,
+        document_id: &str,
+        image: &str,
+        imported_by: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scan_reports (digest, document_id, image, imported_by, imported_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest, document_id) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(document_id)
+        .bind(image)
+        .bind(imported_by)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(database("recording a scan report"))?;
+        Ok(())
+    }
+
+    /// The newest report of this kind (`trivy`, `grype`) on `digest`, with its content.
+    pub async fn latest_report(
+        &self,
+        digest: &str,
+        kind: &str,
+    ) -> Result<Option<Document>, StoreError> {
+        let row = sqlx::query_as::<_, (String, String, String, String, i64)>(
+            "SELECT d.id, d.kind, d.content, d.created_by, d.created_at_ms \
+             FROM scan_reports r JOIN documents d ON d.id = r.document_id \
+             WHERE r.digest = $1 AND d.kind = $2 \
+             ORDER BY r.imported_at_ms DESC, d.id DESC LIMIT 1",
+        )
+        .bind(digest)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a scan report"))?;
+        Ok(
+            row.map(|(id, kind, content, created_by, created_at_ms)| Document {
+                id,
+                kind,
+                content,
+                created_by,
+                created_at_ms,
+            }),
+        )
+    }
+
+    /// Every report on `digest`, newest first.
+    pub async fn scan_reports(&self, digest: &str) -> Result<Vec<ScanReportRef>, StoreError> {
+        let rows = sqlx::query_as::<_, (String, String, String, String, String, i64)>(
+            "SELECT r.digest, r.document_id, d.kind, r.image, r.imported_by, r.imported_at_ms \
+             FROM scan_reports r JOIN documents d ON d.id = r.document_id \
+             WHERE r.digest = $1 ORDER BY r.imported_at_ms DESC, r.document_id DESC",
+        )
+        .bind(digest)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing scan reports"))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(digest, document_id, kind, image, imported_by, imported_at_ms)| ScanReportRef {
+                    digest,
+                    document_id,
+                    kind,
+                    image,
+                    imported_by,
+                    imported_at_ms,
+                },
+            )
+            .collect())
+    }
+}
+
+/// The security verdict of the release running in an environment, as last evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentVerdict {
+    /// The environment.
+    pub environment: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Whether it passes the environment's security gate.
+    pub passed: bool,
+    /// Why it blocks.
+    pub reasons: Vec<String>,
+    /// When it was evaluated.
+    pub at_ms: i64,
+}
+
+impl Store {
+    /// Replaces an environment's verdict; returns the one it replaced.
+    pub async fn set_verdict(
+        &self,
+        verdict: &EnvironmentVerdict,
+    ) -> Result<Option<EnvironmentVerdict>, StoreError> {
+        const OP: &str = "recording a verdict";
+        let mut tx = self.begin_write(OP).await?;
+        let previous = sqlx::query_as::<_, VerdictRow>(
+            "SELECT environment, release_name, release_version, passed, reasons_json, at_ms \
+             FROM verdicts WHERE environment = $1",
+        )
+        .bind(verdict.environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database(OP))?
+        .map(VerdictRow::into_verdict)
+        .transpose()?;
+        sqlx::query(
+            "INSERT INTO verdicts (environment, release_name, release_version, passed, \
+             reasons_json, at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (environment) DO UPDATE SET release_name = excluded.release_name, \
+             release_version = excluded.release_version, passed = excluded.passed, \
+             reasons_json = excluded.reasons_json, at_ms = excluded.at_ms",
+        )
+        .bind(verdict.environment.as_str())
+        .bind(verdict.release.as_str())
+        .bind(verdict.version.as_str())
+        .bind(i64::from(verdict.passed))
+        .bind(super::environments::encode_json(
+            "verdict reasons",
+            &verdict.reasons,
+        )?)
+        .bind(verdict.at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        tx.commit().await.map_err(database(OP))?;
+        Ok(previous)
+    }
+
+    /// An environment's verdict, if one was evaluated.
+    pub async fn get_verdict(
+        &self,
+        environment: &str,
+    ) -> Result<Option<EnvironmentVerdict>, StoreError> {
+        sqlx::query_as::<_, VerdictRow>(
+            "SELECT environment, release_name, release_version, passed, reasons_json, at_ms \
+             FROM verdicts WHERE environment = $1",
+        )
+        .bind(environment)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a verdict"))?
+        .map(VerdictRow::into_verdict)
+        .transpose()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct VerdictRow {
+    environment: String,
+    release_name: String,
+    release_version: String,
+    passed: i64,
+    reasons_json: String,
+    at_ms: i64,
+}
+
+impl VerdictRow {
+    fn into_verdict(self) -> Result<EnvironmentVerdict, StoreError> {
+        let key = format!("verdict of {}", self.environment);
+        Ok(EnvironmentVerdict {
+            reasons: super::environments::decode_json("verdict reasons", &key, &self.reasons_json)?,
+            environment: self.environment,
+            release: self.release_name,
+            version: self.release_version,
+            passed: self.passed != 0,
+            at_ms: self.at_ms,
+        })
+    }
+}
