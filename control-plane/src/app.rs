@@ -6,13 +6,16 @@ mod deployments;
 mod dispatch;
 mod drift;
 mod environments;
+mod events;
 mod registries;
 mod releases;
 mod targets;
+mod webhooks;
 
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
+pub use events::NewEvent;
 pub use releases::ComponentRequest;
 pub use targets::TargetChange;
 

@@ -64,6 +64,7 @@ macro_rules! string_enum {
 mod deployment;
 mod drift;
 mod environment;
+mod event;
 mod image;
 mod release;
 mod target;
@@ -72,6 +73,7 @@ mod variables;
 pub use deployment::*;
 pub use drift::*;
 pub use environment::*;
+pub use event::*;
 pub use image::*;
 pub use release::*;
 pub use target::*;

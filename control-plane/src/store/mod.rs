@@ -17,6 +17,7 @@ mod deployments;
 mod drift;
 mod environments;
 mod error;
+mod events;
 mod registries;
 mod releases;
 mod targets;

@@ -1,0 +1,41 @@
+//! Events: stored, then handed to the webhooks that subscribe to them.
+
+use super::{now_ms, App};
+use crate::domain::{Event, EventKind};
+use crate::error::ErrorChain;
+
+/// An event about to be emitted: what, where, about what.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The environment concerned.
+    pub environment: Option<String>,
+    /// The release concerned.
+    pub release: Option<(String, String)>,
+    /// The object concerned.
+    pub subject: Option<String>,
+    /// One line.
+    pub message: String,
+}
+
+impl App {
+    /// Stores an event and queues a delivery for every webhook that subscribes to its
+    /// kind, in the outbox, before anything is sent. A failure is logged, not returned:
+    /// what the event reports is stored already.
+    pub async fn emit(&self, new: NewEvent) {
+        let event = Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: new.kind,
+            environment: new.environment,
+            release: new.release,
+            subject: new.subject,
+            message: new.message,
+            at_ms: now_ms(),
+        };
+        if let Err(error) = self.store.add_event(&event).await {
+            tracing::warn!(kind = %event.kind, error = %ErrorChain(&error), "cannot store an event");
+        }
+        self.enqueue_webhooks(&event).await;
+    }
+}

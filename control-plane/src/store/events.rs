@@ -1,0 +1,80 @@
+//! Events: what operators are told about.
+
+use super::error::{database, unique};
+use super::{Store, StoreError};
+use crate::domain::Event;
+
+impl Store {
+    /// Stores an event.
+    pub async fn add_event(&self, event: &Event) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (id, kind, environment, release_name, release_version, \
+             subject, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(event.id.as_str())
+        .bind(event.kind.as_str())
+        .bind(event.environment.as_deref())
+        .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
+        .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
+        .bind(event.subject.as_deref())
+        .bind(event.message.as_str())
+        .bind(event.at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unique("storing an event", "event", &event.id))?;
+        Ok(())
+    }
+
+    /// Events, newest first: of one environment, of one release (name and version), of
+    /// one kind, or all.
+    pub async fn list_events(
+        &self,
+        environment: Option<&str>,
+        release: Option<(&str, &str)>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, kind, environment, release_name, release_version, subject, message, \
+             at_ms FROM events WHERE ($1 IS NULL OR environment = $1) \
+             AND ($2 IS NULL OR (release_name = $2 AND release_version = $3)) \
+             AND ($4 IS NULL OR kind = $4) ORDER BY at_ms DESC, id DESC LIMIT $5",
+        )
+        .bind(environment)
+        .bind(release.map(|(name, _)| name))
+        .bind(release.map(|(_, version)| version))
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing events"))?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    kind: String,
+    environment: Option<String>,
+    release_name: Option<String>,
+    release_version: Option<String>,
+    subject: Option<String>,
+    message: String,
+    at_ms: i64,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<Event, StoreError> {
+        let key = format!("event {}", self.id);
+        Ok(Event {
+            kind: super::environments::decode_enum("event kind", &key, &self.kind)?,
+            id: self.id,
+            environment: self.environment,
+            release: self.release_name.zip(self.release_version),
+            subject: self.subject,
+            message: self.message,
+            at_ms: self.at_ms,
+        })
+    }
+}
