@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use super::{
     agents, deployments, drift, envelope, environments, health, registries, releases, targets,
-    users, variables,
+    users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -47,6 +47,8 @@ use super::{
         deployments::promote, deployments::list_deployments, deployments::show_deployment,
         deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
         drift::list_drift,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook,
+        webhooks::list_deliveries, webhooks::list_events,
         health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
@@ -61,6 +63,8 @@ use super::{
         (name = "promotions", description = "Promoting a release to an environment"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),
         (name = "drift", description = "Differences between what runs and what was deployed"),
+        (name = "webhooks", description = "Webhooks: signed deliveries of events, from a durable outbox"),
+        (name = "events", description = "What operators are told about, in lists and through webhooks"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     ),
 )]

@@ -23,6 +23,7 @@ mod releases;
 mod targets;
 mod users;
 mod variables;
+mod webhooks;
 
 use std::fmt;
 use std::str::FromStr;
