@@ -11,6 +11,7 @@ pub mod registries;
 pub mod releases;
 pub mod targets;
 pub mod users;
+pub mod webhooks;
 
 use anyhow::bail;
 use serde_json::Value;
