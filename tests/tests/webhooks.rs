@@ -157,12 +157,12 @@ fn signature_matches(secret: &str, body: &[u8], header: &str) -> bool {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).ok().filter(|p| p.len() == 2)?;
+            u8::from_str_radix(pair, 16).ok()
+        })
         .collect()
 }
 

@@ -541,7 +541,7 @@ mod tests {
             "ftp://example.com/",
             "example.com/hook",
             "https://user:pw@example.com/",
-            "http:///nohost",
+            "http://",
             "",
         ] {
             let error = validate_url(bad).expect_err(bad);
