@@ -781,3 +781,103 @@ async fn drift_is_announced_once_per_finding_change() -> anyhow::Result<()> {
     assert_eq!(deliveries(&server, &id).await?.len(), 6);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cli_creates_lists_and_deletes_webhooks_and_shows_events() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let api_url = server.api_url();
+    let env = [
+        ("STELLA_SERVER", api_url.as_str()),
+        ("STELLA_TOKEN", server.admin_token.as_str()),
+    ];
+    let run = |args: &'static [&'static str]| stella_tests::stella(args, &env);
+
+    let (code, stdout, stderr) = stella_tests::stella(
+        &[
+            "webhook",
+            "create",
+            "https://hooks.example.com/a",
+            "--event",
+            "drift.detected",
+            "--event",
+            "promotion.failed,agent.unreachable",
+            "-o",
+            "json",
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let created: Value = serde_json::from_str(&stdout)?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        created["secret"].as_str().map(str::len),
+        Some(64),
+        "{created}"
+    );
+    assert_eq!(
+        created["events"],
+        json!(["promotion.failed", "drift.detected", "agent.unreachable"])
+    );
+
+    // For people: the id and the secret, and a note that it is shown once.
+    let (code, stdout, stderr) = stella_tests::stella(
+        &[
+            "webhooks",
+            "create",
+            "https://hooks.example.com/b",
+            "--event",
+            "*",
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("secret"), "{stdout}");
+    assert!(stderr.contains("shown only once"), "{stderr}");
+
+    let (code, stdout, stderr) = run(&["webhook", "list", "-o", "json"]).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let list: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert!(!stdout.contains(created["secret"].as_str().unwrap_or("-")));
+
+    server.running().app.emit(deployed_event()).await;
+    let (code, stdout, stderr) = run(&["events", "--kind", "promotion.deployed"]).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("shop@1.4.2"), "{stdout}");
+    let (code, stdout, stderr) = run(&["events", "--release", "shop@1.4.2", "-o", "json"]).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let events: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(events[0]["event"], Value::Null);
+    assert_eq!(events[0]["kind"], "promotion.deployed");
+
+    let (code, stdout, stderr) =
+        stella_tests::stella(&["webhook", "deliveries", &id, "-o", "json"], &env).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout)?, json!([]));
+
+    // Refusals: one line naming the cause.
+    let (code, _, stderr) = run(&[
+        "webhook",
+        "create",
+        "https://hooks.example.com/c",
+        "--event",
+        "drift.detectd",
+    ])
+    .await?;
+    assert_ne!(code, 0);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown event `drift.detectd`"), "{stderr}");
+    let (code, _, stderr) = run(&["events", "--release", "shop"]).await?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("NAME@VERSION"), "{stderr}");
+
+    let (code, stdout, stderr) = stella_tests::stella(&["webhook", "delete", &id], &env).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&id), "{stdout}");
+    let (code, _, stderr) = stella_tests::stella(&["webhook", "deliveries", &id], &env).await?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown webhook"), "{stderr}");
+    Ok(())
+}
