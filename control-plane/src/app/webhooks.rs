@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use rand::RngCore;
 use tokio_util::sync::CancellationToken;
 
@@ -24,10 +23,10 @@ use crate::domain::{
 };
 use crate::error::{AppError, ErrorChain, ErrorKind};
 
-/// Deliveries claimed at once.
-const CLAIM_BATCH: i64 = 32;
-/// Deliveries in flight at once on one replica.
-const SEND_CONCURRENCY: usize = 8;
+/// Deliveries claimed, and then sent, at once on one replica. All of a batch are in
+/// flight together, so each is sent right after its claim and its lease need only
+/// outlast one request.
+const CLAIM_BATCH: usize = 8;
 /// How often due deliveries are looked for without being told (retries come due, other
 /// replicas queue deliveries).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -261,12 +260,12 @@ impl App {
             let lease_until_ms = now.saturating_add(lease_ms);
             let claimed = self
                 .store
-                .claim_deliveries(now, lease_until_ms, CLAIM_BATCH)
+                .claim_deliveries(now, lease_until_ms, CLAIM_BATCH as i64)
                 .await?;
             if claimed.is_empty() {
                 return Ok(());
             }
-            let more = i64::try_from(claimed.len()).unwrap_or(0) >= CLAIM_BATCH;
+            let more = claimed.len() >= CLAIM_BATCH;
             let claims: Vec<(String, i64)> = claimed
                 .iter()
                 .map(|delivery| (delivery.id.clone(), lease_until_ms))
@@ -283,14 +282,10 @@ impl App {
                     hooks.insert(delivery.webhook_id.clone(), hook);
                 }
             }
-            let attempts = futures::stream::iter(claimed)
-                .filter_map(|delivery| {
-                    let hook = hooks.get(&delivery.webhook_id).cloned().flatten();
-                    async move { hook.map(|hook| (delivery, hook)) }
-                })
-                .map(|(delivery, hook)| self.attempt(client, hook, delivery, lease_until_ms))
-                .buffer_unordered(SEND_CONCURRENCY)
-                .collect::<Vec<()>>();
+            let attempts = futures::future::join_all(claimed.into_iter().filter_map(|delivery| {
+                let hook = hooks.get(&delivery.webhook_id).cloned().flatten()?;
+                Some(self.attempt(client, hook, delivery, lease_until_ms))
+            }));
             tokio::select! {
                 _ = attempts => {}
                 () = shutdown.cancelled() => {

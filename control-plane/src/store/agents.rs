@@ -330,6 +330,20 @@ impl Store {
         silent_since_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<Agent>, StoreError> {
+        const OP: &str = "marking unreachable agents";
+        // Read first: with every agent heard from, the usual case, no write lock is taken.
+        let silent = sqlx::query_scalar::<_, String>(
+            "SELECT id FROM agents WHERE unreachable_notified_at_ms IS NULL \
+             AND revoked_at_ms IS NULL AND disconnected_at_ms IS NULL \
+             AND last_seen_at_ms < $1 LIMIT 1",
+        )
+        .bind(silent_since_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database(OP))?;
+        if silent.is_none() {
+            return Ok(Vec::new());
+        }
         let mut agents = sqlx::query_as::<_, AgentRow>(
             "UPDATE agents SET unreachable_notified_at_ms = $1 \
              WHERE unreachable_notified_at_ms IS NULL AND revoked_at_ms IS NULL \
@@ -342,7 +356,7 @@ impl Store {
         .bind(silent_since_ms)
         .fetch_all(&self.pool)
         .await
-        .map_err(database("marking unreachable agents"))?
+        .map_err(database(OP))?
         .into_iter()
         .map(AgentRow::into_agent)
         .collect::<Result<Vec<_>, _>>()?;
