@@ -25,7 +25,7 @@ use stella_agent::logging;
 
 use commands::{
     agents, completions, decisions, deployments, drift, environments, promote, registries,
-    releases, targets, users, Context,
+    releases, targets, users, webhooks, Context,
 };
 use output::Format;
 
@@ -137,6 +137,11 @@ enum Command {
     /// Drift between what runs and what was promoted.
     #[command(subcommand)]
     Drift(drift::DriftCommand),
+    /// Webhooks: signed deliveries of events to URLs (admin only).
+    #[command(subcommand, visible_alias = "webhooks")]
+    Webhook(webhooks::WebhookCommand),
+    /// Events: promotions, drift, verdicts, unreachable agents; newest first.
+    Events(webhooks::EventsArgs),
     /// Print a shell completion script: `source <(stella completions bash)`.
     Completions(completions::CompletionsArgs),
 }
@@ -302,6 +307,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployment(command) => deployments::deployment(&context()?, command).await,
         Command::Rollback(args) => deployments::rollback(&context()?, args).await,
         Command::Drift(command) => drift::drift(&context()?, command).await,
+        Command::Webhook(command) => webhooks::webhook(&context()?, command).await,
+        Command::Events(args) => webhooks::events(&context()?, args).await,
         Command::Completions(args) => {
             completions::print(&args, command());
             Ok(())

@@ -22,6 +22,7 @@ pub use evidence::Replay;
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
 pub use targets::TargetChange;
+pub use webhooks::{run_webhook_sender, CreatedWebhook};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct App {
     waiting_reminders: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// Cancellations this replica sent to agents lately (task id → when).
     cancels_sent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
+    /// Wakes the webhook sender when deliveries are queued.
+    webhook_wake: tokio::sync::Notify,
 }
 
 /// A join token as handed to the operator, once.
@@ -195,6 +198,7 @@ impl App {
             signer,
             waiting_reminders: parking_lot::Mutex::default(),
             cancels_sent: parking_lot::Mutex::default(),
+            webhook_wake: tokio::sync::Notify::new(),
         }
     }
 

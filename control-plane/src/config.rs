@@ -50,6 +50,17 @@ pub struct ServerConfig {
     pub api_max_connections: usize,
     /// Largest REST request body; a larger one gets 413.
     pub api_max_body_bytes: usize,
+    /// How long a webhook receiver may take to answer a delivery; no answer by then is
+    /// a failed attempt.
+    pub webhook_timeout_seconds: u64,
+    /// The shortest wait before a failed webhook delivery is tried again; the waits
+    /// double (with full jitter) up to `webhook_retry_max_ms`.
+    pub webhook_retry_initial_ms: u64,
+    /// The longest wait between two attempts at a webhook delivery.
+    pub webhook_retry_max_ms: u64,
+    /// How long after an event its webhook deliveries are still tried; then they fail
+    /// for good.
+    pub webhook_give_up_after_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +83,10 @@ impl Default for ServerConfig {
             api_body_read_timeout_ms: 30_000,
             api_max_connections: 1024,
             api_max_body_bytes: 1024 * 1024,
+            webhook_timeout_seconds: 10,
+            webhook_retry_initial_ms: 1000,
+            webhook_retry_max_ms: 5 * 60 * 1000,
+            webhook_give_up_after_seconds: 24 * 3600,
         }
     }
 }
@@ -189,6 +204,46 @@ impl ServerConfig {
             return Err(ConfigError::Invalid {
                 key: "api_max_body_bytes",
                 reason: "must be positive".into(),
+            });
+        }
+        self.validate_webhooks()
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        // Upper bounds keep every product of these in i64 milliseconds.
+        for (key, value, max) in [
+            (
+                "webhook_timeout_seconds",
+                self.webhook_timeout_seconds,
+                3600,
+            ),
+            (
+                "webhook_retry_initial_ms",
+                self.webhook_retry_initial_ms,
+                86_400_000,
+            ),
+            (
+                "webhook_retry_max_ms",
+                self.webhook_retry_max_ms,
+                86_400_000,
+            ),
+            (
+                "webhook_give_up_after_seconds",
+                self.webhook_give_up_after_seconds,
+                365 * 86_400,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be between 1 and {max}"),
+                });
+            }
+        }
+        if self.webhook_retry_max_ms < self.webhook_retry_initial_ms {
+            return Err(ConfigError::Invalid {
+                key: "webhook_retry_max_ms",
+                reason: "must not be less than webhook_retry_initial_ms".into(),
             });
         }
         Ok(())

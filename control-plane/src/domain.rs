@@ -70,6 +70,7 @@ mod promotion;
 mod release;
 mod target;
 mod variables;
+mod webhook;
 
 pub use deployment::*;
 pub use drift::*;
@@ -80,6 +81,7 @@ pub use promotion::*;
 pub use release::*;
 pub use target::*;
 pub use variables::*;
+pub use webhook::*;
 
 /// What a user may do; a user holds any number of roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -240,7 +242,7 @@ impl fmt::Display for AgentState {
 }
 
 /// How many missed heartbeat intervals make an agent unreachable (RFC 0001).
-const MISSED_HEARTBEATS_UNREACHABLE: i64 = 3;
+pub const MISSED_HEARTBEATS_UNREACHABLE: i64 = 3;
 
 impl Agent {
     /// The agent's state at `now_ms`: revoked if revoked; disconnected if it said goodbye

@@ -199,6 +199,10 @@ pub async fn start(
         app.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(app::run_webhook_sender(
+        app.clone(),
+        shutdown.clone(),
+    )));
     tracing::info!(%api_addr, %grpc_addr, ca = %app.pki.ca.fingerprint(), "control plane started");
     Ok(RunningServer {
         app,

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     /// Idle REST connections closed at the cap to make room for a new one.
     pub http_connections_evicted: Counter,
+    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`).
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,6 +146,12 @@ impl Metrics {
             "Idle REST connections closed at the connection cap to make room",
             http_connections_evicted.clone(),
         );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhook_deliveries.clone(),
+        );
         let delivery = DeliveryMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -160,6 +168,7 @@ impl Metrics {
             http_connections,
             http_connections_refused,
             http_connections_evicted,
+            webhook_deliveries,
         }
     }
 

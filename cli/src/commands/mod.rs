@@ -12,6 +12,7 @@ pub mod registries;
 pub mod releases;
 pub mod targets;
 pub mod users;
+pub mod webhooks;
 
 use anyhow::bail;
 use serde_json::Value;

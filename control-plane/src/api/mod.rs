@@ -21,6 +21,7 @@ pub mod releases;
 pub mod targets;
 pub mod users;
 pub mod variables;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,6 +128,16 @@ pub fn router(app: Arc<App>) -> Router {
             post(deployments::cancel_deployment),
         )
         .route("/drift", get(drift::list_drift))
+        .route(
+            "/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route(
+            "/webhooks/{id}",
+            axum::routing::delete(webhooks::delete_webhook),
+        )
+        .route("/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
+        .route("/events", get(webhooks::list_events))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)

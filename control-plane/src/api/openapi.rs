@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use super::{
     agents, decisions, deployments, drift, envelope, environments, health, promotions, registries,
-    releases, targets, users, variables,
+    releases, targets, users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -51,6 +51,8 @@ use super::{
         deployments::list_deployments, deployments::show_deployment,
         deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
         drift::list_drift,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook,
+        webhooks::list_deliveries, webhooks::list_events,
         health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
@@ -66,6 +68,8 @@ use super::{
         (name = "decisions", description = "Signed decision records, replay, evidence packets and the keys that verify them"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),
         (name = "drift", description = "Differences between what runs and what was deployed"),
+        (name = "webhooks", description = "Webhooks: signed deliveries of events, from a durable outbox"),
+        (name = "events", description = "What operators are told about, in lists and through webhooks"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     ),
 )]

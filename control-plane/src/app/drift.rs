@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use stella_proto::v1;
 
-use super::{invalid, now_ms, App};
+use super::{invalid, now_ms, App, NewEvent};
 use crate::domain::{
-    DeploySpec, DeploymentKind, DriftKind, DriftMode, DriftRecord, Environment, Target,
+    DeploySpec, DeploymentKind, DriftKind, DriftMode, DriftRecord, Environment, EventKind, Target,
 };
 use crate::error::{AppError, ErrorKind};
 
@@ -35,8 +35,18 @@ impl App {
             // without (as agents before it always send), the whole target is clean.
             if report.resolved_kind.is_empty() {
                 let resolved = self.store.resolve_drift(&target.name, now).await?;
-                if resolved > 0 {
+                if !resolved.is_empty() {
                     tracing::info!(target = %target.name, "drift resolved");
+                }
+                for finding in &resolved {
+                    self.emit_drift(
+                        EventKind::DriftResolved,
+                        &target,
+                        &finding.component,
+                        finding.kind,
+                        None,
+                    )
+                    .await;
                 }
             } else {
                 let kind: DriftKind = report.resolved_kind.parse().map_err(invalid)?;
@@ -46,6 +56,14 @@ impl App {
                     .await?;
                 if resolved > 0 {
                     tracing::info!(target = %target.name, component = %report.component, kind = %kind, "drift finding resolved");
+                    self.emit_drift(
+                        EventKind::DriftResolved,
+                        &target,
+                        &report.component,
+                        kind,
+                        None,
+                    )
+                    .await;
                 }
             }
             return Ok(());
@@ -56,7 +74,8 @@ impl App {
         } else {
             now
         };
-        self.store
+        let opened = self
+            .store
             .upsert_drift(&DriftRecord {
                 target: target.name.clone(),
                 component: report.component.clone(),
@@ -71,11 +90,66 @@ impl App {
             .await?;
         tracing::warn!(target = %target.name, component = %report.component, kind = %kind, detail = %report.detail, "drift reported");
         self.metrics.delivery.drift_found(kind.as_str());
+        if opened {
+            self.emit_drift(
+                EventKind::DriftDetected,
+                &target,
+                &report.component,
+                kind,
+                Some(&report.detail),
+            )
+            .await;
+        }
         let env = self.store.get_environment(&target.environment).await?;
         if env.drift_mode == DriftMode::Remediate {
             self.remediate(&env, &target).await;
         }
         Ok(())
+    }
+
+    /// Emits one drift event for one finding of a target: the environment, the release
+    /// last deployed there, the target as subject, and what drifted.
+    async fn emit_drift(
+        &self,
+        kind: EventKind,
+        target: &Target,
+        component: &str,
+        drift: DriftKind,
+        detail: Option<&str>,
+    ) {
+        // The release the target should run: its latest succeeded deployment's.
+        let release = match self.store.latest_succeeded_task(&target.name).await {
+            Ok(Some(task)) => serde_json::from_str::<DeploySpec>(&task.payload_json)
+                .ok()
+                .map(|spec| (spec.release, spec.version)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(%error, target = %target.name, "drift event: cannot read the target's release");
+                None
+            }
+        };
+        let what = if component.is_empty() {
+            drift.as_str().to_owned()
+        } else {
+            format!("component {component}: {drift}")
+        };
+        let message = match (kind, detail) {
+            (EventKind::DriftResolved, _) => {
+                format!("drift resolved on target {} ({what})", target.name)
+            }
+            (_, Some(detail)) if !detail.is_empty() => {
+                format!("drift on target {}: {what} ({detail})", target.name)
+            }
+            _ => format!("drift on target {}: {what}", target.name),
+        };
+        self.emit(NewEvent {
+            kind,
+            environment: Some(target.environment.clone()),
+            release,
+            subject: Some(target.name.clone()),
+            message,
+        })
+        .await;
     }
 
     async fn remediate(self: &Arc<Self>, env: &Environment, target: &Target) {

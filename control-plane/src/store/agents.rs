@@ -135,8 +135,8 @@ impl Store {
     }
 
     /// Records what an agent said in `Hello` (version, capabilities, labels, host facts)
-    /// and that it was seen at `hello.at_ms` (clearing an earlier goodbye); `NotFound` if
-    /// there is no such agent.
+    /// and that it was seen at `hello.at_ms` (clearing an earlier goodbye, and the
+    /// announcement of an outage); `NotFound` if there is no such agent.
     pub async fn record_hello(&self, id: &str, hello: &HelloRecord) -> Result<(), StoreError> {
         const OP: &str = "recording an agent hello";
         let capabilities_json = encode_json("agent capabilities", &hello.capabilities)?;
@@ -146,7 +146,7 @@ impl Store {
             "UPDATE agents SET agent_version = $1, capabilities_json = $2, labels_json = $3, \
              host_json = $4, last_seen_at_ms = CASE WHEN last_seen_at_ms IS NULL \
              OR last_seen_at_ms < $5 THEN $5 ELSE last_seen_at_ms END, \
-             disconnected_at_ms = NULL WHERE id = $6",
+             disconnected_at_ms = NULL, unreachable_notified_at_ms = NULL WHERE id = $6",
         )
         .bind(hello.agent_version.as_str())
         .bind(capabilities_json)
@@ -165,8 +165,9 @@ impl Store {
     }
 
     /// Records a batch of heartbeats `(agent id, seen at ms)` in one transaction. An
-    /// agent's `last_seen_at_ms` only moves forward; unknown ids are ignored, since the
-    /// batch was collected from live sessions and the agent may be gone.
+    /// agent's `last_seen_at_ms` only moves forward, and moving it ends an announced
+    /// outage; unknown ids are ignored, since the batch was collected from live sessions
+    /// and the agent may be gone.
     pub async fn touch_agents(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
         const OP: &str = "recording heartbeats";
         if seen.is_empty() {
@@ -182,7 +183,7 @@ impl Store {
         let mut tx = self.begin_write(OP).await?;
         for (id, at_ms) in latest {
             sqlx::query(
-                "UPDATE agents SET last_seen_at_ms = $1 \
+                "UPDATE agents SET last_seen_at_ms = $1, unreachable_notified_at_ms = NULL \
                  WHERE id = $2 AND (last_seen_at_ms IS NULL OR last_seen_at_ms < $1)",
             )
             .bind(at_ms)
@@ -318,6 +319,49 @@ impl Store {
             .await
             .map_err(database(OP))?;
         tx.commit().await.map_err(database(OP))
+    }
+
+    /// Marks agents not seen since before `silent_since_ms` (neither revoked nor
+    /// stopped cleanly, and not marked yet) as announced unreachable at `now_ms`, and
+    /// returns them. One conditional `UPDATE` marks each agent once per outage, however
+    /// many replicas run it at once; the next hello or heartbeat clears the mark.
+    pub async fn mark_unreachable_agents(
+        &self,
+        silent_since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<Agent>, StoreError> {
+        const OP: &str = "marking unreachable agents";
+        // Read first: with every agent heard from, the usual case, no write lock is taken.
+        let silent = sqlx::query_scalar::<_, String>(
+            "SELECT id FROM agents WHERE unreachable_notified_at_ms IS NULL \
+             AND revoked_at_ms IS NULL AND disconnected_at_ms IS NULL \
+             AND last_seen_at_ms < $1 LIMIT 1",
+        )
+        .bind(silent_since_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database(OP))?;
+        if silent.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut agents = sqlx::query_as::<_, AgentRow>(
+            "UPDATE agents SET unreachable_notified_at_ms = $1 \
+             WHERE unreachable_notified_at_ms IS NULL AND revoked_at_ms IS NULL \
+             AND disconnected_at_ms IS NULL AND last_seen_at_ms < $2 \
+             RETURNING id, name, labels_json, capabilities_json, host_json, agent_version, \
+             cert_serial, cert_not_after_ms, enrolled_at_ms, last_seen_at_ms, revoked_at_ms, \
+             revoke_reason, disconnected_at_ms",
+        )
+        .bind(now_ms)
+        .bind(silent_since_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database(OP))?
+        .into_iter()
+        .map(AgentRow::into_agent)
+        .collect::<Result<Vec<_>, _>>()?;
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(agents)
     }
 
     /// Ids of every revoked agent, deleted ones included, sorted.

@@ -25,6 +25,7 @@ mod scans;
 mod targets;
 mod users;
 mod variables;
+mod webhooks;
 
 use std::fmt;
 use std::str::FromStr;
