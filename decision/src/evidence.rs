@@ -30,7 +30,7 @@ use flate2::{Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::canonical::{canonical_bytes, is_canonical, json_diff};
+use crate::canonical::{canonical_value, canonical_via_value, is_canonical, json_diff};
 use crate::dsse::{verify_envelope_signer, Envelope, PublicKey, SigningKey, INTOTO_PAYLOAD_TYPE};
 use crate::intoto::{Statement, Subject, DECISION_PREDICATE_TYPE};
 use crate::{sha256_id, DecisionError};
@@ -146,21 +146,25 @@ pub struct SignedDecision {
     pub envelope: Envelope,
 }
 
-/// Signs a decision: canonicalises it, wraps it as the predicate of an in-toto
-/// Statement about `subjects`, and signs that as a DSSE envelope.
-pub fn sign_decision<T: Serialize + ?Sized>(
+/// Signs a decision given as its canonical JSON (the bytes of `decision.json`, whose
+/// content id is the decision id): wraps it as the predicate of an in-toto Statement
+/// about `subjects` and signs that as a DSSE envelope. Refuses bytes that are not
+/// canonical JSON, as no packet holding them could verify.
+pub fn sign_decision(
     key: &SigningKey,
     subjects: Vec<Subject>,
-    decision: &T,
+    decision: &[u8],
 ) -> Result<SignedDecision, DecisionError> {
-    let predicate = serde_json::to_value(decision)
-        .map_err(|e| DecisionError::new(format!("decision is not JSON: {e}")))?;
-    let decision = canonical_bytes(&predicate)?;
-    let statement = Statement::decision(subjects, predicate).to_canonical()?;
+    if !is_canonical(decision) {
+        return Err(DecisionError::new(
+            "decision to sign is not canonical JSON (RFC 8785)",
+        ));
+    }
+    let statement = Statement::decision_canonical(subjects, decision)?;
     Ok(SignedDecision {
-        decision_id: sha256_id(&decision),
+        decision_id: sha256_id(decision),
         envelope: key.sign_envelope(INTOTO_PAYLOAD_TYPE, &statement),
-        decision,
+        decision: decision.to_vec(),
     })
 }
 
@@ -239,7 +243,7 @@ impl Packet {
                 .map(|(path, content)| (path.clone(), sha256_id(content)))
                 .collect(),
         };
-        canonical_bytes(&manifest)
+        canonical_via_value(&manifest)
     }
 
     /// The packet as a `.tar.gz`, with a fresh `manifest.json` (any manifest in
@@ -616,7 +620,7 @@ fn check_signature(
             ),
         ));
     }
-    let signed = canonical_bytes(&statement.predicate)
+    let signed = canonical_value(&statement.predicate)
         .map_err(|e| PacketFault::at(ENVELOPE, format!("predicate: {e}")))?;
     if signed != decision_bytes {
         return Err(PacketFault::at(
