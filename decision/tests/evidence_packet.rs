@@ -80,10 +80,9 @@ fn sample_with(signer: &SigningKey) -> Sample {
     documents.add_document(scan_report());
     documents.add_document(vex_document());
     let decision_bytes = recompute(&inputs, &documents.documents()).unwrap();
-    let decision: Value = serde_json::from_slice(&decision_bytes).unwrap();
     let subjects = vec![Subject::image("registry.example/shop/web", IMAGE).unwrap()];
-    let signed = sign_decision(signer, subjects, &decision).unwrap();
-    assert_eq!(signed.decision, decision_bytes);
+    let signed = sign_decision(signer, subjects, &decision_bytes).unwrap();
+    assert_eq!(signed.decision_id, sha256_id(&decision_bytes));
     let mut packet = Packet::for_decision(
         &signed,
         inputs,
@@ -345,9 +344,8 @@ fn packet_resigned_with_another_key_fails_even_carrying_that_key() {
     let mallory = key(66);
     let mut packet = sample.packet.clone();
     // Re-sign the very same statement, and ship Mallory's key in key.pem.
-    let decision: Value = serde_json::from_slice(&packet.files[DECISION]).unwrap();
     let subjects = vec![Subject::image("registry.example/shop/web", IMAGE).unwrap()];
-    let resigned = sign_decision(&mallory, subjects, &decision).unwrap();
+    let resigned = sign_decision(&mallory, subjects, &packet.files[DECISION]).unwrap();
     packet.files.insert(
         ENVELOPE.to_owned(),
         resigned.envelope.to_canonical().unwrap(),
