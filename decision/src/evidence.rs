@@ -19,6 +19,12 @@
 //! mtime 0, no file name, OS byte 255 (unknown) and compression level 6. The same
 //! packet always gives the same bytes with the same `flate2` backend; verification
 //! never depends on the archive bytes, only on the files in it.
+//!
+//! What vouches for what: the signature covers `decision.json` (through the
+//! envelope); recomputation ties `inputs.json` and the documents to it; `key.pem`
+//! must name the signer. The manifest itself is not signed, so other files
+//! (`deployment.json`, `stickers.json`) are only as good as the manifest; verification
+//! lists them as unattested.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -133,6 +139,10 @@ pub struct VerifiedPacket {
     pub files: usize,
     /// The decision record.
     pub decision: Value,
+    /// Files the signature and the recomputation do not cover (`deployment.json`,
+    /// `stickers.json`, anything else listed): only the unsigned manifest vouches for
+    /// them, so they are informative.
+    pub unattested: Vec<String>,
 }
 
 /// A decision with its id and its signature, ready to go into a packet.
@@ -319,27 +329,7 @@ impl Packet {
                         "packet has more than {MAX_ENTRIES} entries"
                     )));
                 }
-                let raw_path = entry.path_bytes().into_owned();
-                let path = match std::str::from_utf8(&raw_path) {
-                    Ok(path) => path.to_owned(),
-                    Err(_) => {
-                        return Err(PacketFault::at(
-                            &String::from_utf8_lossy(&raw_path),
-                            "path is not UTF-8",
-                        ))
-                    }
-                };
-                check_path(&path).map_err(|message| PacketFault::at(&path, message))?;
-                let kind = entry.header().entry_type();
-                if !kind.is_file() {
-                    return Err(PacketFault::at(
-                        &path,
-                        format!(
-                            "is {}, not a regular file; a packet holds regular files only",
-                            entry_kind_name(kind)
-                        ),
-                    ));
-                }
+                let path = entry_path(&entry)?;
                 if files.contains_key(&path) {
                     return Err(PacketFault::at(&path, "appears twice in the archive"));
                 }
@@ -474,11 +464,21 @@ pub fn verify_packet(
         ));
     }
 
+    let unattested = manifest
+        .files
+        .keys()
+        .filter(|path| {
+            ![DECISION, INPUTS, ENVELOPE, KEY].contains(&path.as_str())
+                && !path.starts_with(DOCUMENTS_DIR)
+        })
+        .cloned()
+        .collect();
     Ok(VerifiedPacket {
         decision_id,
         key_id,
         files: manifest.files.len(),
         decision,
+        unattested,
     })
 }
 
@@ -676,6 +676,30 @@ fn required<'p>(packet: &'p Packet, file: &str) -> Result<&'p [u8], PacketFault>
         .get(file)
         .map(Vec::as_slice)
         .ok_or_else(|| PacketFault::at(file, "missing: every evidence packet has one"))
+}
+
+/// The path of a tar entry that may be in a packet: UTF-8, relative, normalised, a
+/// regular file.
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, PacketFault> {
+    let raw_path = entry.path_bytes();
+    let Ok(path) = std::str::from_utf8(&raw_path) else {
+        return Err(PacketFault::at(
+            &String::from_utf8_lossy(&raw_path),
+            "path is not UTF-8",
+        ));
+    };
+    check_path(path).map_err(|message| PacketFault::at(path, message))?;
+    let kind = entry.header().entry_type();
+    if !kind.is_file() {
+        return Err(PacketFault::at(
+            path,
+            format!(
+                "is {}, not a regular file; a packet holds regular files only",
+                entry_kind_name(kind)
+            ),
+        ));
+    }
+    Ok(path.to_owned())
 }
 
 /// Why a path cannot be in a packet, if it cannot.

@@ -126,6 +126,7 @@ fn sample_packet_verifies() {
     assert_eq!(verified.key_id, key(1).key_id());
     assert_eq!(verified.files, 8);
     assert_eq!(verified.decision["verdict"], "pass");
+    assert_eq!(verified.unattested, [DEPLOYMENT, STICKERS]);
     assert_eq!(
         sha256_id(&canonical_bytes(&verified.decision).unwrap()),
         sample.decision_id
@@ -411,6 +412,25 @@ fn decision_rewritten_with_its_manifest_fails_against_the_signature() {
         fault.to_string(),
         "decision.json: differs from the decision signed in envelope.json: /verdict: \"pass\" → \"override\""
     );
+}
+
+#[test]
+fn files_outside_the_signature_are_reported_unattested() {
+    // The manifest is not signed: a deployment.json rewritten together with the
+    // manifest still verifies. Today's behaviour, reported through `unattested` so a
+    // verifier can say so; signing the manifest as well would close it.
+    let sample = sample();
+    let mut packet = sample.packet.clone();
+    packet.files.insert(
+        DEPLOYMENT.to_owned(),
+        canonical_bytes(&json!({"deployment_id": "dep-forged", "targets": []})).unwrap(),
+    );
+    let verified = verify(
+        &packet.write(&sample.decision_id).unwrap(),
+        &[key(1).public_key()],
+    )
+    .unwrap();
+    assert_eq!(verified.unattested, [DEPLOYMENT, STICKERS]);
 }
 
 #[test]
