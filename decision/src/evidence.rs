@@ -383,6 +383,12 @@ impl Packet {
         Ok(Packet { files })
     }
 
+    /// The packet's manifest, checked for form only (present, canonical, this
+    /// schema, valid paths and ids); [`verify_packet`] checks it against the files.
+    pub fn read_manifest(&self) -> Result<Manifest, PacketFault> {
+        check_manifest(self)
+    }
+
     /// The signer's public key from `key.pem`, if the packet has one. Informative: a
     /// packet proves nothing by the key it carries.
     pub fn embedded_key(&self) -> Result<Option<PublicKey>, PacketFault> {

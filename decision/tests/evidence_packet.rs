@@ -144,6 +144,9 @@ fn write_then_read_round_trips() {
     );
     assert_eq!(read, expected);
 
+    let parsed = read.read_manifest().unwrap();
+    assert_eq!(parsed.decision_id, sample.decision_id);
+    assert_eq!(parsed.files.len(), sample.packet.files.len());
     let manifest: Value = serde_json::from_slice(&read.files[MANIFEST]).unwrap();
     assert_eq!(manifest["schema"], "stella.evidence/v1");
     assert_eq!(manifest["decision_id"], sample.decision_id.as_str());
