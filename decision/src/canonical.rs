@@ -22,11 +22,121 @@ pub use crate::sha256_id;
 
 /// The RFC 8785 canonical JSON bytes of a value.
 ///
-/// Fails when the value cannot be JSON (a map with non-string keys, a NaN or infinite
-/// float), naming the reason.
+/// Fails when the value cannot be JSON (a map with keys that are not strings or
+/// numbers, a NaN or infinite float), naming the reason. For a
+/// [`serde_json::Value`], [`canonical_value`] gives the same bytes several times
+/// faster.
 pub fn canonical_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, DecisionError> {
     serde_jcs::to_vec(value)
         .map_err(|e| DecisionError::new(format!("value cannot be canonical JSON: {e}")))
+}
+
+/// The RFC 8785 canonical JSON of a parsed JSON value: the same bytes as
+/// [`canonical_bytes`], written directly (serde_jcs buffers every token and re-parses
+/// every key, which dominates signing a decision).
+pub fn canonical_value(value: &Value) -> Result<Vec<u8>, DecisionError> {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out)?;
+    Ok(out)
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), DecisionError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out)?,
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| utf16_order(a.0, b.0));
+            out.push(b'{');
+            for (index, (key, item)) in members.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out)?;
+                out.push(b':');
+                write_canonical(item, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// Strings with serde_json's escaping, which is RFC 8785's: `\"`, `\\`, `\b \t \n \f \r`,
+/// other controls as lowercase `\u00xx`, everything else as is.
+fn write_string(s: &str, out: &mut Vec<u8>) -> Result<(), DecisionError> {
+    serde_json::to_writer(out, s)
+        .map_err(|e| DecisionError::new(format!("string cannot be canonical JSON: {e}")))
+}
+
+/// Integers up to 2^53 in decimal (what RFC 8785's double formatting gives for them);
+/// anything else through serde_jcs's ECMAScript double formatting.
+fn write_number(n: &serde_json::Number, out: &mut Vec<u8>) -> Result<(), DecisionError> {
+    const EXACT: u64 = 1 << 53;
+    if let Some(u) = n.as_u64().filter(|u| *u <= EXACT) {
+        let _ = write!(ByteWriter(out), "{u}");
+        return Ok(());
+    }
+    if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= EXACT) {
+        let _ = write!(ByteWriter(out), "{i}");
+        return Ok(());
+    }
+    let double = n
+        .as_f64()
+        .ok_or_else(|| DecisionError::new(format!("number {n} cannot be canonical JSON")))?;
+    serde_jcs::to_writer(out, &double)
+        .map_err(|e| DecisionError::new(format!("number {n} cannot be canonical JSON: {e}")))
+}
+
+/// Key order of RFC 8785: by UTF-16 code units. That is code point order except that
+/// U+E000..U+FFFF sort after the supplementary planes (whose UTF-16 starts with a
+/// surrogate, 0xD800..0xDBFF); comparing (first code unit, code point) gives it.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(c: char) -> (u32, u32) {
+        let mut units = [0u16; 2];
+        (u32::from(c.encode_utf16(&mut units)[0]), u32::from(c))
+    }
+    for (x, y) in a.chars().zip(b.chars()) {
+        if x != y {
+            return key(x).cmp(&key(y));
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+/// `fmt::Write` into a byte buffer (for ASCII number formatting).
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Canonical JSON through [`serde_json::to_value`] and [`canonical_value`]: the same
+/// bytes as [`canonical_bytes`] for types made of strings, integers, booleans,
+/// sequences and string-keyed maps (no floats, which `to_value` would turn to `null`
+/// when not finite). For the crate's own record types on hot paths.
+pub(crate) fn canonical_via_value<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<Vec<u8>, DecisionError> {
+    let value = serde_json::to_value(value)
+        .map_err(|e| DecisionError::new(format!("value cannot be canonical JSON: {e}")))?;
+    canonical_value(&value)
 }
 
 /// Whether `bytes` are JSON already in RFC 8785 canonical form (parsing them and
@@ -35,7 +145,7 @@ pub fn is_canonical(bytes: &[u8]) -> bool {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
         return false;
     };
-    serde_jcs::to_vec(&value).is_ok_and(|again| again == bytes)
+    canonical_value(&value).is_ok_and(|again| again == bytes)
 }
 
 /// One leaf that differs between two JSON documents.
@@ -184,6 +294,117 @@ mod tests {
              \"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\
              \"\u{1f600}\":\"Smiley\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}"
         );
+    }
+
+    /// A random JSON value over the awkward corners: keys across Unicode planes,
+    /// escapes, integers either side of 2^53, doubles of every magnitude.
+    fn random_value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+        use rand::Rng as _;
+        const CHARS: [char; 19] = [
+            'a',
+            'b',
+            'Z',
+            '0',
+            '"',
+            '\\',
+            '\n',
+            '\u{1}',
+            '\u{1f}',
+            '\u{7f}',
+            'é',
+            '\u{2028}',
+            '\u{e000}',
+            '\u{ffff}',
+            '\u{fb33}',
+            '😀',
+            '\u{10000}',
+            '\u{10ffff}',
+            '/',
+        ];
+        let text = |rng: &mut rand::rngs::StdRng| -> String {
+            (0..rng.gen_range(0..5))
+                .map(|_| CHARS[rng.gen_range(0..CHARS.len())])
+                .collect()
+        };
+        match rng.gen_range(0..if depth > 3 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.gen()),
+            2 => match rng.gen_range(0..4) {
+                0 => json!(rng.gen_range(-1000i64..1000)),
+                1 => json!(rng.gen_range(-(1i64 << 54)..(1i64 << 54))),
+                2 => json!(rng.gen::<u64>()),
+                _ => json!(rng.gen::<i64>()),
+            },
+            3 => {
+                let double = match rng.gen_range(0..3) {
+                    0 => f64::from_bits(rng.gen()),
+                    1 => rng.gen_range(-1e6..1e6),
+                    _ => f64::from(rng.gen_range(-1000i32..1000)) / 8.0,
+                };
+                if double.is_finite() {
+                    json!(double)
+                } else {
+                    json!(0.5)
+                }
+            }
+            4 => Value::String(text(rng)),
+            5 => Value::Array(
+                (0..rng.gen_range(0..5))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.gen_range(0..6))
+                    .map(|_| (text(rng), random_value(rng, depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn canonical_value_equals_serde_jcs() {
+        use rand::SeedableRng as _;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8785);
+        for _ in 0..5000 {
+            let value = random_value(&mut rng, 0);
+            let fast = canonical_value(&value).unwrap();
+            let reference = serde_jcs::to_vec(&value).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(reference).unwrap(),
+                "value {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_via_value_equals_canonical_bytes_for_plain_records() {
+        #[derive(Serialize)]
+        struct Record {
+            z: &'static str,
+            a: Vec<i64>,
+            m: std::collections::BTreeMap<String, Option<bool>>,
+        }
+        let record = Record {
+            z: "\u{e000}\u{10000}",
+            a: vec![1, -(1 << 60)],
+            m: [("\u{ffff}".to_owned(), Some(true)), ("😀".to_owned(), None)].into(),
+        };
+        assert_eq!(
+            canonical_via_value(&record).unwrap(),
+            canonical_bytes(&record).unwrap()
+        );
+    }
+
+    #[test]
+    fn keys_sort_by_utf16_code_units() {
+        use std::cmp::Ordering;
+        assert_eq!(utf16_order("a", "b"), Ordering::Less);
+        assert_eq!(utf16_order("ab", "a"), Ordering::Greater);
+        assert_eq!(utf16_order("\u{ffff}", "\u{10000}"), Ordering::Greater);
+        assert_eq!(utf16_order("\u{d7ff}", "\u{10000}"), Ordering::Less);
+        assert_eq!(utf16_order("\u{10001}", "\u{10000}"), Ordering::Greater);
+        assert_eq!(utf16_order("x😀", "x😀"), Ordering::Equal);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Envelope {
 
     /// The envelope as canonical JSON.
     pub fn to_canonical(&self) -> Result<Vec<u8>, DecisionError> {
-        crate::canonical::canonical_bytes(self)
+        crate::canonical::canonical_via_value(self)
     }
 }
 

@@ -19,6 +19,12 @@
 //! mtime 0, no file name, OS byte 255 (unknown) and compression level 6. The same
 //! packet always gives the same bytes with the same `flate2` backend; verification
 //! never depends on the archive bytes, only on the files in it.
+//!
+//! What vouches for what: the signature covers `decision.json` (through the
+//! envelope); recomputation ties `inputs.json` and the documents to it; `key.pem`
+//! must name the signer. The manifest itself is not signed, so other files
+//! (`deployment.json`, `stickers.json`) are only as good as the manifest; verification
+//! lists them as unattested.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -30,7 +36,7 @@ use flate2::{Compression, GzBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::canonical::{canonical_bytes, is_canonical, json_diff};
+use crate::canonical::{canonical_value, canonical_via_value, is_canonical, json_diff};
 use crate::dsse::{verify_envelope_signer, Envelope, PublicKey, SigningKey, INTOTO_PAYLOAD_TYPE};
 use crate::intoto::{Statement, Subject, DECISION_PREDICATE_TYPE};
 use crate::{sha256_id, DecisionError};
@@ -133,6 +139,10 @@ pub struct VerifiedPacket {
     pub files: usize,
     /// The decision record.
     pub decision: Value,
+    /// Files the signature and the recomputation do not cover (`deployment.json`,
+    /// `stickers.json`, anything else listed): only the unsigned manifest vouches for
+    /// them, so they are informative.
+    pub unattested: Vec<String>,
 }
 
 /// A decision with its id and its signature, ready to go into a packet.
@@ -146,21 +156,25 @@ pub struct SignedDecision {
     pub envelope: Envelope,
 }
 
-/// Signs a decision: canonicalises it, wraps it as the predicate of an in-toto
-/// Statement about `subjects`, and signs that as a DSSE envelope.
-pub fn sign_decision<T: Serialize + ?Sized>(
+/// Signs a decision given as its canonical JSON (the bytes of `decision.json`, whose
+/// content id is the decision id): wraps it as the predicate of an in-toto Statement
+/// about `subjects` and signs that as a DSSE envelope. Refuses bytes that are not
+/// canonical JSON, as no packet holding them could verify.
+pub fn sign_decision(
     key: &SigningKey,
     subjects: Vec<Subject>,
-    decision: &T,
+    decision: &[u8],
 ) -> Result<SignedDecision, DecisionError> {
-    let predicate = serde_json::to_value(decision)
-        .map_err(|e| DecisionError::new(format!("decision is not JSON: {e}")))?;
-    let decision = canonical_bytes(&predicate)?;
-    let statement = Statement::decision(subjects, predicate).to_canonical()?;
+    if !is_canonical(decision) {
+        return Err(DecisionError::new(
+            "decision to sign is not canonical JSON (RFC 8785)",
+        ));
+    }
+    let statement = Statement::decision_canonical(subjects, decision)?;
     Ok(SignedDecision {
-        decision_id: sha256_id(&decision),
+        decision_id: sha256_id(decision),
         envelope: key.sign_envelope(INTOTO_PAYLOAD_TYPE, &statement),
-        decision,
+        decision: decision.to_vec(),
     })
 }
 
@@ -239,7 +253,7 @@ impl Packet {
                 .map(|(path, content)| (path.clone(), sha256_id(content)))
                 .collect(),
         };
-        canonical_bytes(&manifest)
+        canonical_via_value(&manifest)
     }
 
     /// The packet as a `.tar.gz`, with a fresh `manifest.json` (any manifest in
@@ -315,27 +329,7 @@ impl Packet {
                         "packet has more than {MAX_ENTRIES} entries"
                     )));
                 }
-                let raw_path = entry.path_bytes().into_owned();
-                let path = match std::str::from_utf8(&raw_path) {
-                    Ok(path) => path.to_owned(),
-                    Err(_) => {
-                        return Err(PacketFault::at(
-                            &String::from_utf8_lossy(&raw_path),
-                            "path is not UTF-8",
-                        ))
-                    }
-                };
-                check_path(&path).map_err(|message| PacketFault::at(&path, message))?;
-                let kind = entry.header().entry_type();
-                if !kind.is_file() {
-                    return Err(PacketFault::at(
-                        &path,
-                        format!(
-                            "is {}, not a regular file; a packet holds regular files only",
-                            entry_kind_name(kind)
-                        ),
-                    ));
-                }
+                let path = entry_path(&entry)?;
                 if files.contains_key(&path) {
                     return Err(PacketFault::at(&path, "appears twice in the archive"));
                 }
@@ -387,6 +381,12 @@ impl Packet {
             ));
         }
         Ok(Packet { files })
+    }
+
+    /// The packet's manifest, checked for form only (present, canonical, this
+    /// schema, valid paths and ids); [`verify_packet`] checks it against the files.
+    pub fn read_manifest(&self) -> Result<Manifest, PacketFault> {
+        check_manifest(self)
     }
 
     /// The signer's public key from `key.pem`, if the packet has one. Informative: a
@@ -470,11 +470,21 @@ pub fn verify_packet(
         ));
     }
 
+    let unattested = manifest
+        .files
+        .keys()
+        .filter(|path| {
+            ![DECISION, INPUTS, ENVELOPE, KEY].contains(&path.as_str())
+                && !path.starts_with(DOCUMENTS_DIR)
+        })
+        .cloned()
+        .collect();
     Ok(VerifiedPacket {
         decision_id,
         key_id,
         files: manifest.files.len(),
         decision,
+        unattested,
     })
 }
 
@@ -616,7 +626,7 @@ fn check_signature(
             ),
         ));
     }
-    let signed = canonical_bytes(&statement.predicate)
+    let signed = canonical_value(&statement.predicate)
         .map_err(|e| PacketFault::at(ENVELOPE, format!("predicate: {e}")))?;
     if signed != decision_bytes {
         return Err(PacketFault::at(
@@ -672,6 +682,30 @@ fn required<'p>(packet: &'p Packet, file: &str) -> Result<&'p [u8], PacketFault>
         .get(file)
         .map(Vec::as_slice)
         .ok_or_else(|| PacketFault::at(file, "missing: every evidence packet has one"))
+}
+
+/// The path of a tar entry that may be in a packet: UTF-8, relative, normalised, a
+/// regular file.
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, PacketFault> {
+    let raw_path = entry.path_bytes();
+    let Ok(path) = std::str::from_utf8(&raw_path) else {
+        return Err(PacketFault::at(
+            &String::from_utf8_lossy(&raw_path),
+            "path is not UTF-8",
+        ));
+    };
+    check_path(path).map_err(|message| PacketFault::at(path, message))?;
+    let kind = entry.header().entry_type();
+    if !kind.is_file() {
+        return Err(PacketFault::at(
+            path,
+            format!(
+                "is {}, not a regular file; a packet holds regular files only",
+                entry_kind_name(kind)
+            ),
+        ));
+    }
+    Ok(path.to_owned())
 }
 
 /// Why a path cannot be in a packet, if it cannot.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::canonical_bytes;
+use crate::canonical::{canonical_bytes, canonical_via_value};
 use crate::DecisionError;
 
 /// The `_type` of an in-toto Statement v1.
@@ -84,6 +84,33 @@ impl Statement {
         canonical_bytes(self)
     }
 
+    /// The canonical bytes of [`Statement::decision`]`(subjects, decision)`, given the
+    /// decision already as canonical JSON: the predicate is spliced in rather than
+    /// parsed and canonicalised again, as signing decisions is on the server's hot
+    /// path. `decision` must be canonical JSON (from
+    /// [`crate::canonical::canonical_bytes`]); a test pins the result to
+    /// [`Statement::to_canonical`].
+    pub(crate) fn decision_canonical(
+        mut subjects: Vec<Subject>,
+        decision: &[u8],
+    ) -> Result<Vec<u8>, DecisionError> {
+        subjects.sort();
+        subjects.dedup();
+        let subjects = canonical_via_value(&subjects)?;
+        // Keys in RFC 8785 order: `_type` < `predicate` < `predicateType` < `subject`.
+        let mut out = Vec::with_capacity(160 + decision.len() + subjects.len());
+        out.extend_from_slice(b"{\"_type\":\"");
+        out.extend_from_slice(STATEMENT_TYPE.as_bytes());
+        out.extend_from_slice(b"\",\"predicate\":");
+        out.extend_from_slice(decision);
+        out.extend_from_slice(b",\"predicateType\":\"");
+        out.extend_from_slice(DECISION_PREDICATE_TYPE.as_bytes());
+        out.extend_from_slice(b"\",\"subject\":");
+        out.extend_from_slice(&subjects);
+        out.push(b'}');
+        Ok(out)
+    }
+
     /// Parses a statement, refusing anything whose `_type` is not [`STATEMENT_TYPE`].
     pub fn parse(bytes: &[u8]) -> Result<Statement, DecisionError> {
         let statement: Statement = serde_json::from_slice(bytes)
@@ -147,6 +174,38 @@ mod tests {
                 &D1[7..],
                 &D2[7..]
             )
+        );
+    }
+
+    #[test]
+    fn spliced_decision_statement_equals_the_canonical_statement() {
+        let subjects = vec![
+            Subject::image("z", D2).unwrap(),
+            Subject::image("a", D1).unwrap(),
+            Subject::image("z", D2).unwrap(),
+        ];
+        for predicate in [
+            json!({"b": [1, 2.5, "\u{1}é"], "a": {"y": null, "x": true}}),
+            json!({}),
+            json!([]),
+            json!("text"),
+        ] {
+            let decision = canonical_bytes(&predicate).unwrap();
+            let spliced = Statement::decision_canonical(subjects.clone(), &decision).unwrap();
+            let whole = Statement::decision(subjects.clone(), predicate)
+                .to_canonical()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(spliced).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
+        }
+        let none = Statement::decision_canonical(vec![], b"{}").unwrap();
+        assert_eq!(
+            none,
+            Statement::decision(vec![], json!({}))
+                .to_canonical()
+                .unwrap()
         );
     }
 
