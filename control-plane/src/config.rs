@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// How long after an event its webhook deliveries are still tried; then they fail
     /// for good.
     pub webhook_give_up_after_seconds: u64,
+    /// Pins the evaluation time (UTC milliseconds) of every promotion decision, so two
+    /// servers given the same inputs produce the same decision ids. For reproducibility
+    /// checks only: freeze windows and approval expiry are then read at this time.
+    pub decision_clock_ms: Option<i64>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             webhook_retry_initial_ms: 1000,
             webhook_retry_max_ms: 5 * 60 * 1000,
             webhook_give_up_after_seconds: 24 * 3600,
+            decision_clock_ms: None,
         }
     }
 }

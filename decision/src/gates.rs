@@ -83,7 +83,7 @@ pub struct TargetInput {
     pub name: String,
     /// Kind.
     pub kind: String,
-    /// The agent's id.
+    /// The agent's name.
     pub agent: String,
     /// Settings, variables substituted, secrets still referenced.
     pub settings: BTreeMap<String, String>,
@@ -194,14 +194,14 @@ impl Plan {
     }
 }
 
-/// The fact the order gate needs: the successful deployment of the same digests in the
-/// environment before this one, if there is one.
+/// The fact the order gate needs: whether the same digests were deployed successfully
+/// in the environment before this one, and as which release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderFact {
     /// The environment that must come first.
     pub environment: String,
-    /// Id of a succeeded deployment of the same digests there.
-    pub deployment: Option<String>,
+    /// `name@version` of the release with the same digests that succeeded there.
+    pub deployed_as: Option<String>,
 }
 
 /// An approval or a rejection as recorded.
@@ -238,8 +238,6 @@ pub struct BreakGlass {
 pub struct DecisionInputs {
     /// [`INPUTS_SCHEMA`].
     pub schema: String,
-    /// The promotion decided.
-    pub promotion: String,
     /// Evaluation time (UTC ms): freeze windows, approval expiry and the policy's
     /// `time` are read from it.
     pub evaluated_at_ms: i64,
@@ -332,8 +330,6 @@ pub struct SubjectRef {
 pub struct Decision {
     /// [`DECISION_SCHEMA`].
     pub schema: String,
-    /// The promotion decided.
-    pub promotion: String,
     /// `sha256:` of the canonical inputs.
     pub inputs: String,
     /// Release name.
@@ -411,7 +407,6 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
     let overridden = results.iter().any(|g| g.status == GateStatus::Overridden);
     Ok(Decision {
         schema: DECISION_SCHEMA.to_owned(),
-        promotion: inputs.promotion.clone(),
         inputs: sha256_id(&canonical_bytes(inputs)?),
         release: inputs.plan.release.name.clone(),
         version: inputs.plan.release.version.clone(),
@@ -466,12 +461,12 @@ fn order_gate(inputs: &DecisionInputs) -> GateResult {
             Vec::new(),
         ),
         (Some(after), Some(OrderFact {
-            deployment: Some(id),
+            deployed_as: Some(release),
             ..
         })) => gate(
             "order",
             GateStatus::Passed,
-            format!("the same digests were deployed successfully to `{after}` (deployment {id})"),
+            format!("the same digests were deployed successfully to `{after}` (as {release})"),
             Vec::new(),
         ),
         (Some(after), _) => gate(

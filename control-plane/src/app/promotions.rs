@@ -85,11 +85,10 @@ impl App {
             }
             None => None,
         };
-        let now = now_ms();
+        let now = self.decision_now();
         let id = uuid::Uuid::now_v7().to_string();
         let gathered = self
             .gather(
-                &id,
                 &release,
                 &env,
                 &requested_by.name,
@@ -115,8 +114,16 @@ impl App {
             deployment_id: None,
             updated_at_ms: now,
         };
-        self.settle(Some(&promotion), &release, &env, gathered, decision, now)
-            .await?;
+        self.settle(
+            Some(&promotion),
+            &id,
+            &release,
+            &env,
+            gathered,
+            decision,
+            now,
+        )
+        .await?;
         self.promotion_detail(&id).await
     }
 
@@ -185,10 +192,9 @@ impl App {
             .release_named(&promotion.release, &promotion.version)
             .await?;
         let env = self.environment(&promotion.environment).await?;
-        let now = now_ms();
+        let now = self.decision_now();
         let gathered = self
             .gather(
-                &promotion.id,
                 &release,
                 &env,
                 &promotion.requested_by,
@@ -235,12 +241,11 @@ impl App {
     ) -> Result<(), AppError> {
         let gathered = self
             .gather(
-                &promotion.id,
                 release,
                 env,
                 &promotion.requested_by,
                 promotion.break_glass.as_ref(),
-                now_ms(),
+                self.decision_now(),
             )
             .await?;
         self.decide_and_settle(promotion, release, env, gathered)
@@ -278,7 +283,7 @@ impl App {
         let now = gathered.inputs.evaluated_at_ms;
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         match self
-            .settle(None, release, env, gathered, decision, now)
+            .settle(None, &promotion.id, release, env, gathered, decision, now)
             .await
         {
             // Someone else settled it meanwhile: what they stored stands.
@@ -324,16 +329,18 @@ impl App {
     /// Stores the outcome of an evaluation: a new promotion (`new`) or an existing one
     /// (the inputs' promotion id), with its signed decision and, when allowed, its
     /// deployment, in one transaction; then emits the event and dispatches.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         self: &Arc<Self>,
         new: Option<&Promotion>,
+        promotion_id: &str,
         release: &Release,
         env: &Environment,
         gathered: Gathered,
         decision: Decision,
         now: i64,
     ) -> Result<(), AppError> {
-        let promotion_id = gathered.inputs.promotion.clone();
+        let promotion_id = promotion_id.to_owned();
         let plan = plan_json(&gathered.plan)?;
         let gates = gates_json(&decision)?;
         let approvals_line = decision
@@ -357,7 +364,7 @@ impl App {
                 None,
             ),
             Outcome::Blocked => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 (
                     PromotionState::Blocked,
                     blocked_line(&decision),
@@ -366,7 +373,7 @@ impl App {
                 )
             }
             Outcome::Rejected => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 let by: Vec<&str> = gathered
                     .inputs
                     .approvals
@@ -382,7 +389,7 @@ impl App {
                 )
             }
             Outcome::Allowed => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 let planned = self
                     .plan_deployment(
                         release,
@@ -502,11 +509,18 @@ impl App {
         Ok(())
     }
 
+    /// The evaluation time of a decision: now, unless the configuration pins it
+    /// (`decision_clock_ms`, for reproducibility checks).
+    fn decision_now(&self) -> i64 {
+        self.config.decision_clock_ms.unwrap_or_else(now_ms)
+    }
+
     /// Signs a decision: canonical JSON in an in-toto statement in a DSSE envelope.
     fn sign(
         &self,
         decision: &Decision,
         inputs: &DecisionInputs,
+        promotion_id: &str,
         now: i64,
     ) -> Result<DecisionRecord, AppError> {
         let (bytes, id) = decision.canonical().map_err(undecidable)?;
@@ -526,7 +540,7 @@ impl App {
             .map_err(|e| AppError::internal("encoding a DSSE envelope", &e))?;
         Ok(DecisionRecord {
             id,
-            promotion_id: inputs.promotion.clone(),
+            promotion_id: promotion_id.to_owned(),
             outcome: decision.outcome.as_str().to_owned(),
             decision_json: String::from_utf8(bytes)
                 .map_err(|e| AppError::internal("canonical decision is not UTF-8", &e))?,
@@ -541,7 +555,6 @@ impl App {
     /// Everything one evaluation needs, read from the store now.
     async fn gather(
         &self,
-        promotion_id: &str,
         release: &Release,
         env: &Environment,
         requested_by: &str,
@@ -560,6 +573,7 @@ impl App {
             ));
         }
         let planned = self.plan_settings(env, &targets).await?;
+        let agents = self.agents_of(&targets).await?;
         let components: Vec<ComponentInput> = release
             .components
             .iter()
@@ -594,7 +608,9 @@ impl App {
                 .map(|t| TargetInput {
                     name: t.name.clone(),
                     kind: t.kind.as_str().to_owned(),
-                    agent: t.agent_id.clone(),
+                    agent: agents
+                        .get(&t.agent_id)
+                        .map_or_else(|| t.agent_id.clone(), |a| a.name.clone()),
                     settings: planned.settings.get(&t.name).cloned().unwrap_or_default(),
                 })
                 .collect(),
@@ -604,7 +620,7 @@ impl App {
         let order = match &env.after {
             Some(after) => Some(OrderFact {
                 environment: after.clone(),
-                deployment: self.deployed_in(after, release).await?,
+                deployed_as: self.deployed_in(after, release).await?,
             }),
             None => None,
         };
@@ -633,7 +649,6 @@ impl App {
         }
         let inputs = DecisionInputs {
             schema: gates::INPUTS_SCHEMA.to_owned(),
-            promotion: promotion_id.to_owned(),
             evaluated_at_ms: now,
             requested_by: requested_by.to_owned(),
             plan: plan.clone(),
@@ -659,7 +674,8 @@ impl App {
         })
     }
 
-    /// A succeeded deployment in `environment` of a release with the same digests.
+    /// `name@version` of a release with the same digests that was deployed successfully
+    /// in `environment`.
     async fn deployed_in(
         &self,
         environment: &str,
@@ -670,7 +686,10 @@ impl App {
             .succeeded_deployment_of_release(environment, &release.name, &release.version)
             .await?
         {
-            return Ok(Some(deployment.id));
+            return Ok(Some(format!(
+                "{}@{}",
+                deployment.release, deployment.version
+            )));
         }
         // Another release (name or version) may pin exactly the same digests.
         for deployment in self.store.succeeded_deployments(environment, 200).await? {
@@ -680,7 +699,7 @@ impl App {
                 .await
             {
                 if other.same_content(release) {
-                    return Ok(Some(deployment.id));
+                    return Ok(Some(format!("{}@{}", other.name, other.version)));
                 }
             }
         }

@@ -121,7 +121,8 @@ impl Store {
         if let Some(decision) = update.decision {
             sqlx::query(
                 "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \
-                 envelope_json, key_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 envelope_json, key_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(decision.id.as_str())
             .bind(decision.promotion_id.as_str())
@@ -133,7 +134,9 @@ impl Store {
             .bind(decision.created_at_ms)
             .execute(&mut **tx)
             .await
-            .map_err(unique(OP, "decision", &decision.id))?;
+            // Content-addressed: the same decision reached twice (same inputs, same
+            // time) is one record.
+            .map_err(database(OP))?;
         }
         let updated = sqlx::query(
             "UPDATE promotions SET state = $1, plan_json = $2, plan_hash = $3, gates_json = $4, \
