@@ -436,11 +436,32 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
 }
 
 /// Recomputes the canonical decision bytes from canonical input bytes: what replay and
-/// evidence verification compare with the stored decision.
+/// evidence verification compare with the stored decision. Every document given must
+/// be one the inputs name: a document nothing depends on is refused rather than
+/// carried along unchecked.
 pub fn recompute(inputs_json: &[u8], documents: &Documents) -> Result<Vec<u8>, DecisionError> {
     let inputs: DecisionInputs = serde_json::from_slice(inputs_json)
         .map_err(|e| DecisionError::new(format!("decision inputs: {e}")))?;
+    let named = inputs.document_ids();
+    if let Some(extra) = documents.keys().find(|id| !named.contains(id.as_str())) {
+        return Err(DecisionError::new(format!(
+            "document {extra} is not an input of the decision"
+        )));
+    }
     Ok(decide(&inputs, documents)?.canonical()?.0)
+}
+
+impl DecisionInputs {
+    /// Every document the inputs name: scan reports, VEX documents, the policy.
+    pub fn document_ids(&self) -> BTreeSet<&str> {
+        self.reports
+            .values()
+            .flatten()
+            .chain(&self.vex)
+            .chain(&self.plan.gates.policy)
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 fn gate(name: &str, status: GateStatus, reason: String, details: Vec<String>) -> GateResult {
