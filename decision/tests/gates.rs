@@ -1,5 +1,6 @@
 //! The decision over its inputs: every gate both ways, outcome precedence, the plan
 //! hash binding approvals, and determinism.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 use std::collections::BTreeMap;
 
@@ -109,7 +110,7 @@ fn order_needs_the_same_digests_deployed_before() {
         Outcome::Blocked
     );
 
-    let mut present = missing.clone();
+    let mut present = missing;
     present.order = Some(OrderFact {
         environment: "stage".to_owned(),
         deployed_as: Some("web@1".to_owned()),
@@ -189,7 +190,7 @@ fn approvals_count_distinct_approvers_other_than_the_requester_for_this_plan() {
     );
 
     // Given for another plan: void, and said.
-    let mut stale = waiting.clone();
+    let mut stale = waiting;
     stale
         .approvals
         .push(approval("carol", &["approver"], "sha256:old", NOON - 5));
