@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use stella_decision::canonical::canonical_bytes;
-use stella_decision::dsse::INTOTO_PAYLOAD_TYPE;
+use stella_decision::canonical::canonical_via_value as canonical_bytes;
+use stella_decision::evidence::sign_decision;
 use stella_decision::gates::{
     self, ApprovalInput, BreakGlass, ComponentInput, Decision, DecisionInputs, Documents,
     GateConfig, OrderFact, Outcome, Plan, ReleaseInput, TargetInput,
 };
-use stella_decision::intoto::{Statement, Subject};
+use stella_decision::intoto::Subject;
 
 use super::events::NewEvent;
 use super::{not_found_as, now_ms, App};
@@ -531,12 +531,8 @@ impl App {
             .map(|s| Subject::image(s.image.split('@').next().unwrap_or(&s.image), &s.digest))
             .collect::<Result<Vec<_>, _>>()
             .map_err(undecidable)?;
-        let predicate: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| AppError::internal("reading a canonical decision", &e))?;
-        let statement = Statement::decision(subjects, predicate);
-        let payload = statement.to_canonical().map_err(undecidable)?;
-        let envelope = self.signer.sign_envelope(INTOTO_PAYLOAD_TYPE, &payload);
-        let envelope_json = serde_json::to_string(&envelope)
+        let signed = sign_decision(&self.signer, subjects, &bytes).map_err(undecidable)?;
+        let envelope_json = serde_json::to_string(&signed.envelope)
             .map_err(|e| AppError::internal("encoding a DSSE envelope", &e))?;
         Ok(DecisionRecord {
             id,
