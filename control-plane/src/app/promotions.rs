@@ -85,7 +85,6 @@ impl App {
             }
             None => None,
         };
-        let now = self.decision_now();
         let id = uuid::Uuid::now_v7().to_string();
         let gathered = self
             .gather(
@@ -93,9 +92,10 @@ impl App {
                 &env,
                 &requested_by.name,
                 break_glass.as_ref(),
-                now,
+                self.decision_now(),
             )
             .await?;
+        let now = now_ms();
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         let promotion = Promotion {
             id: id.clone(),
@@ -114,16 +114,8 @@ impl App {
             deployment_id: None,
             updated_at_ms: now,
         };
-        self.settle(
-            Some(&promotion),
-            &id,
-            &release,
-            &env,
-            gathered,
-            decision,
-            now,
-        )
-        .await?;
+        self.settle(Some(&promotion), &id, &release, &env, gathered, decision)
+            .await?;
         self.promotion_detail(&id).await
     }
 
@@ -280,10 +272,9 @@ impl App {
                 }
             ));
         }
-        let now = gathered.inputs.evaluated_at_ms;
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         match self
-            .settle(None, &promotion.id, release, env, gathered, decision, now)
+            .settle(None, &promotion.id, release, env, gathered, decision)
             .await
         {
             // Someone else settled it meanwhile: what they stored stands.
@@ -329,7 +320,10 @@ impl App {
     /// Stores the outcome of an evaluation: a new promotion (`new`) or an existing one
     /// (the inputs' promotion id), with its signed decision and, when allowed, its
     /// deployment, in one transaction; then emits the event and dispatches.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// What is stored is stamped with the wall clock, never the decision clock: a pinned
+    /// evaluation time (`decision_clock_ms`) must not date deployments, their deadlines
+    /// or the records' order.
     async fn settle(
         self: &Arc<Self>,
         new: Option<&Promotion>,
@@ -338,8 +332,8 @@ impl App {
         env: &Environment,
         gathered: Gathered,
         decision: Decision,
-        now: i64,
     ) -> Result<(), AppError> {
+        let now = now_ms();
         let promotion_id = promotion_id.to_owned();
         let plan = plan_json(&gathered.plan)?;
         let gates = gates_json(&decision)?;
