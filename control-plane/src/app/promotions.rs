@@ -203,20 +203,36 @@ impl App {
             comment,
             at_ms: now,
         };
-        self.store
-            .add_approval(&approval)
-            .await
-            .map_err(|error| match error {
-                StoreError::Conflict { .. } => AppError::new(
-                    ErrorKind::Conflict,
-                    "already_answered",
-                    format!(
-                        "{} already answered promotion {} for its current plan: one user counts once",
-                        user.name, promotion.id
-                    ),
-                ),
-                other => other.into(),
-            })?;
+        match self.store.add_approval(&approval).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // One user counts once per plan, but an approval that expired no longer
+                // counts: its approver may give it again, or the promotion could never
+                // gather approvals further apart than the TTL.
+                let renewed = match (verdict, env.gates.approval_ttl_seconds) {
+                    (Verdict::Approved, Some(ttl)) => {
+                        let ttl_ms = i64::try_from(ttl)
+                            .unwrap_or(i64::MAX / 1000)
+                            .saturating_mul(1000);
+                        self.store
+                            .renew_expired_approval(&approval, now.saturating_sub(ttl_ms))
+                            .await?
+                    }
+                    _ => false,
+                };
+                if !renewed {
+                    return Err(AppError::new(
+                        ErrorKind::Conflict,
+                        "already_answered",
+                        format!(
+                            "{} already answered promotion {} for its current plan: one user counts once",
+                            user.name, promotion.id
+                        ),
+                    ));
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
         tracing::info!(promotion_id = %promotion.id, user = %user.name, %verdict, "promotion answered");
         self.decide_and_settle(&promotion, &release, &env, gathered)
             .await?;
