@@ -703,10 +703,14 @@ async fn approvals_need_distinct_approvers_other_than_the_requester() -> anyhow:
         (409, "promotion_settled"),
         "{settled}"
     );
-    let (code_, _, err) = estate
+    let (exit, _, err) = estate
         .cli(&admin_token, &["promote", "web@1", "--to", "prod"])
         .await?;
-    assert_eq!(code_, 0, "awaiting approval exits 0 without --wait: {err}");
+    assert_eq!(exit, 0, "awaiting approval exits 0 without --wait: {err}");
+    assert!(
+        err.contains("to prod: awaiting_approval: 0/2 approvals"),
+        "{err}"
+    );
 
     // A second, distinct approver (through the CLI): allowed, deployed for real.
     let (status, out, err) = estate
