@@ -64,6 +64,7 @@ pub struct ServerConfig {
     /// Pins the evaluation time (UTC milliseconds) of every promotion decision, so two
     /// servers given the same inputs produce the same decision ids. For reproducibility
     /// checks only: freeze windows and approval expiry are then read at this time.
+    /// Deployments, their deadlines and stored records keep the wall clock.
     pub decision_clock_ms: Option<i64>,
 }
 

@@ -85,7 +85,6 @@ impl App {
             }
             None => None,
         };
-        let now = self.decision_now();
         let id = uuid::Uuid::now_v7().to_string();
         let gathered = self
             .gather(
@@ -93,9 +92,10 @@ impl App {
                 &env,
                 &requested_by.name,
                 break_glass.as_ref(),
-                now,
+                self.decision_now(),
             )
             .await?;
+        let now = now_ms();
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         let promotion = Promotion {
             id: id.clone(),
@@ -114,16 +114,8 @@ impl App {
             deployment_id: None,
             updated_at_ms: now,
         };
-        self.settle(
-            Some(&promotion),
-            &id,
-            &release,
-            &env,
-            gathered,
-            decision,
-            now,
-        )
-        .await?;
+        self.settle(Some(&promotion), &id, &release, &env, gathered, decision)
+            .await?;
         self.promotion_detail(&id).await
     }
 
@@ -211,20 +203,36 @@ impl App {
             comment,
             at_ms: now,
         };
-        self.store
-            .add_approval(&approval)
-            .await
-            .map_err(|error| match error {
-                StoreError::Conflict { .. } => AppError::new(
-                    ErrorKind::Conflict,
-                    "already_answered",
-                    format!(
-                        "{} already answered promotion {} for its current plan: one user counts once",
-                        user.name, promotion.id
-                    ),
-                ),
-                other => other.into(),
-            })?;
+        match self.store.add_approval(&approval).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // One user counts once per plan, but an approval that expired no longer
+                // counts: its approver may give it again, or the promotion could never
+                // gather approvals further apart than the TTL.
+                let renewed = match (verdict, env.gates.approval_ttl_seconds) {
+                    (Verdict::Approved, Some(ttl)) => {
+                        let ttl_ms = i64::try_from(ttl)
+                            .unwrap_or(i64::MAX / 1000)
+                            .saturating_mul(1000);
+                        self.store
+                            .renew_expired_approval(&approval, now.saturating_sub(ttl_ms))
+                            .await?
+                    }
+                    _ => false,
+                };
+                if !renewed {
+                    return Err(AppError::new(
+                        ErrorKind::Conflict,
+                        "already_answered",
+                        format!(
+                            "{} already answered promotion {} for its current plan: one user counts once",
+                            user.name, promotion.id
+                        ),
+                    ));
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
         tracing::info!(promotion_id = %promotion.id, user = %user.name, %verdict, "promotion answered");
         self.decide_and_settle(&promotion, &release, &env, gathered)
             .await?;
@@ -280,10 +288,9 @@ impl App {
                 }
             ));
         }
-        let now = gathered.inputs.evaluated_at_ms;
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         match self
-            .settle(None, &promotion.id, release, env, gathered, decision, now)
+            .settle(None, &promotion.id, release, env, gathered, decision)
             .await
         {
             // Someone else settled it meanwhile: what they stored stands.
@@ -329,7 +336,10 @@ impl App {
     /// Stores the outcome of an evaluation: a new promotion (`new`) or an existing one
     /// (the inputs' promotion id), with its signed decision and, when allowed, its
     /// deployment, in one transaction; then emits the event and dispatches.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// What is stored is stamped with the wall clock, never the decision clock: a pinned
+    /// evaluation time (`decision_clock_ms`) must not date deployments, their deadlines
+    /// or the records' order.
     async fn settle(
         self: &Arc<Self>,
         new: Option<&Promotion>,
@@ -338,8 +348,8 @@ impl App {
         env: &Environment,
         gathered: Gathered,
         decision: Decision,
-        now: i64,
     ) -> Result<(), AppError> {
+        let now = now_ms();
         let promotion_id = promotion_id.to_owned();
         let plan = plan_json(&gathered.plan)?;
         let gates = gates_json(&decision)?;
