@@ -35,6 +35,9 @@ pub struct ScanImportView {
     pub findings: usize,
     /// The statements of a VEX document (0 for a report).
     pub statements: usize,
+    /// Whether anything was new (201); `false` when the same bytes were imported
+    /// before, for the same image (200).
+    pub created: bool,
     /// Every environment evaluated again: for a report, those whose current release
     /// contains the digest; for VEX, every environment with a current release.
     pub reevaluated: Vec<ReevaluationView>,
@@ -72,6 +75,7 @@ impl From<ScanImport> for ScanImportView {
             digest: import.digest,
             findings: import.findings,
             statements: import.statements,
+            created: import.created,
             reevaluated: import.reevaluated.into_iter().map(Into::into).collect(),
         }
     }
