@@ -200,7 +200,7 @@ fn utf8(bytes: Vec<u8>) -> anyhow::Result<(Vec<u8>, bool)> {
         _ => return Ok((bytes, false)),
     };
     let body = &bytes[2..];
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         bail!("not valid UTF-16: odd number of bytes");
     }
     let units: Vec<u16> = body
