@@ -412,10 +412,15 @@ async fn a_running_release_is_evaluated_again_when_reports_and_vex_arrive() -> a
     assert_eq!(env["verdict"]["state"], "passing", "{env}");
     assert_eq!(env["verdict"]["release"], "web@1", "{env}");
 
-    // A report with critical findings on the running digest: blocking, said once.
+    // A report with critical findings on the running digest: blocking, said once. It is
+    // imported for the tag with the registry gone: the release created from that tag
+    // says which digest it was.
+    drop(registry);
     let trivy = fixture_for("trivy-0.55-web-debian12.json", &d1)?;
-    let (status, imported) = import(&server, &admin, Some(&d1), trivy.clone()).await?;
+    let tag = format!("{}:v1", images.repository());
+    let (status, imported) = import(&server, &admin, Some(&tag), trivy.clone()).await?;
     assert_eq!(status, 201, "{imported}");
+    assert_eq!(imported["digest"], d1);
     assert_eq!(
         imported["reevaluated"],
         json!([{"environment": "prod", "release": "web@1", "state": "blocking", "changed": true}])

@@ -361,9 +361,13 @@ impl App {
             else {
                 continue;
             };
-            let release = self
-                .release_named(&current.release, &current.version)
-                .await?;
+            let release = match self.release_named(&current.release, &current.version).await {
+                Ok(release) => release,
+                Err(error) => {
+                    tracing::warn!(environment = %env.name, %error, "cannot read the release an environment runs");
+                    continue;
+                }
+            };
             if let Some(digest) = digest {
                 if !release
                     .components
