@@ -167,7 +167,7 @@ pub struct EnvironmentVerdict {
     pub version: String,
     /// Whether it passes the environment's security gate.
     pub passed: bool,
-    /// Why it blocks.
+    /// Why it blocks; when it passes, the gate's summary.
     pub reasons: Vec<String>,
     /// When it was evaluated.
     pub at_ms: i64,
