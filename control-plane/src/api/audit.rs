@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use stella_decision::audit::{AuditEntry, Checkpoint};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
@@ -95,14 +96,23 @@ pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -
                 None,
             ),
         };
-    let actor = actor.name();
+    let actor = actor.name().to_owned();
     let object = match break_glass {
         Some(reason) => format!("{path} break-glass by {actor}: {reason}"),
         None => path,
     };
     let object = cut(&object, MAX_OBJECT_CHARS);
     let outcome = response.status().as_u16().to_string();
-    app.audit(actor, &action, &object, &digest, &outcome).await;
+    // On a task of its own, so that the entry is written even if this request's future
+    // is dropped now (its client gone, the server's grace period over); the response
+    // still waits for it, so a client that got an answer finds its call in the log.
+    let append = tokio::spawn(
+        async move { app.audit(&actor, &action, &object, &digest, &outcome).await }
+            .instrument(tracing::Span::current()),
+    );
+    if let Err(error) = append.await {
+        tracing::error!(%error, "the audit append task failed");
+    }
     response
 }
 

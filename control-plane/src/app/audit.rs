@@ -30,6 +30,11 @@ use crate::store::StoreError;
 /// Attempts at one append while other replicas keep taking the next seq.
 const APPEND_ATTEMPTS: usize = 32;
 
+/// Longest an append may take, waiting for the appends queued before it included.
+/// Appends queue on one lock, so without a bound a database that stopped answering
+/// would hold every mutating call for the sum of their store timeouts.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// This replica's side of the audit chain.
 #[derive(Debug, Default)]
 pub struct AuditLog {
@@ -41,6 +46,15 @@ pub struct AuditLog {
     unsigned: parking_lot::Mutex<Unsigned>,
     /// Wakes the checkpointer when `audit_checkpoint_every_entries` are unsigned.
     full: tokio::sync::Notify,
+}
+
+/// Why an entry could not be appended.
+#[derive(Debug, thiserror::Error)]
+enum AppendError {
+    #[error("cannot write the audit log")]
+    Store(#[from] StoreError),
+    #[error("appending took longer than {APPEND_TIMEOUT:?}")]
+    TimedOut,
 }
 
 #[derive(Debug, Default)]
@@ -63,10 +77,11 @@ impl App {
         request_digest: &str,
         outcome: &str,
     ) {
-        match self
-            .append_audit(actor, action, object, request_digest, outcome)
+        let append = self.append_audit(actor, action, object, request_digest, outcome);
+        let result = tokio::time::timeout(APPEND_TIMEOUT, append)
             .await
-        {
+            .unwrap_or(Err(AppendError::TimedOut));
+        match result {
             Ok(_) => Metrics::count(&self.metrics.audit_appends, "ok"),
             Err(error) => {
                 Metrics::count(&self.metrics.audit_appends, "failed");
@@ -91,7 +106,7 @@ impl App {
         object: &str,
         request_digest: &str,
         outcome: &str,
-    ) -> Result<AuditEntry, StoreError> {
+    ) -> Result<AuditEntry, AppendError> {
         let mut head = self.audit_log.head.lock().await;
         let mut attempts = 0;
         loop {
@@ -120,7 +135,7 @@ impl App {
                 Err(StoreError::Conflict { .. }) if attempts < APPEND_ATTEMPTS => {
                     tracing::debug!(seq = entry.seq, "audit seq taken by another replica");
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             }
         }
     }
@@ -138,14 +153,23 @@ impl App {
     /// since its last checkpoint; returns its seq. A failure is logged, counted, and
     /// tried again at the next checkpoint.
     pub async fn checkpoint_audit(&self) -> Option<i64> {
+        self.checkpoint_audit_after(1).await
+    }
+
+    /// Like [`App::checkpoint_audit`], when at least `min_entries` are unsigned.
+    async fn checkpoint_audit_after(&self, min_entries: u64) -> Option<i64> {
         let (entry, count) = {
             let mut unsigned = self.audit_log.unsigned.lock();
+            if unsigned.count < min_entries {
+                return None;
+            }
             let entry = unsigned.newest.take()?;
             (entry, std::mem::take(&mut unsigned.count))
         };
         let checkpoint = Checkpoint::sign(&self.signer, &entry, now_ms());
         match self.store.add_audit_checkpoint(&checkpoint).await {
-            // A checkpoint at that seq exists: it can only be this replica's own.
+            // One is stored at that seq already: this replica's own (seqs it appended are
+            // its alone), or a forgery that verification refuses anyway.
             Ok(()) | Err(StoreError::Conflict { .. }) => {
                 Metrics::count(&self.metrics.audit_checkpoints, "ok");
                 tracing::debug!(seq = entry.seq, entries = count, "audit checkpoint signed");
@@ -178,12 +202,15 @@ pub async fn run_audit_checkpointer(app: Arc<App>, shutdown: CancellationToken) 
     let interval = Duration::from_millis(app.config.audit_checkpoint_interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = app.config.audit_checkpoint_every_entries;
     loop {
-        tokio::select! {
+        // A wake-up by count may be stale (its entries signed at a tick since): it
+        // signs only if that many are still unsigned.
+        let min_entries = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-            () = app.audit_log.full.notified() => {}
-        }
-        app.checkpoint_audit().await;
+            _ = ticker.tick() => 1,
+            () = app.audit_log.full.notified() => every,
+        };
+        app.checkpoint_audit_after(min_entries).await;
     }
 }
