@@ -665,6 +665,38 @@ async fn two_replicas_on_postgresql_append_to_one_chain() -> anyhow::Result<()> 
     .await?;
     let ok = verify(&first, &[]).await?.map_err(anyhow::Error::msg)?;
     assert!(ok.starts_with("ok: 40 entries"), "{ok}");
+
+    // What an append costs on PostgreSQL: one replica alone, then both at once racing
+    // for every seq.
+    let (a, b) = (first.running().app.clone(), second.running().app.clone());
+    let n = 100;
+    let started = Instant::now();
+    for i in 0..n {
+        a.audit(
+            "bench",
+            "POST /bench",
+            &format!("/a/{i}"),
+            "sha256:00",
+            "201",
+        )
+        .await;
+    }
+    let alone = started.elapsed() / n;
+    let started = Instant::now();
+    let both = (0..n).map(|i| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let (object_a, object_b) = (format!("/a/{i}"), format!("/b/{i}"));
+            tokio::join!(
+                a.audit("bench", "POST /bench", &object_a, "sha256:00", "201"),
+                b.audit("bench", "POST /bench", &object_b, "sha256:00", "201"),
+            )
+        }
+    });
+    futures::future::join_all(both).await;
+    let racing = started.elapsed() / (2 * n);
+    eprintln!("audit append on postgresql: {alone:?} each alone; {racing:?} each with two replicas racing");
+    assert_eq!(seqs(&entries(&first).await?), (1..=340).collect::<Vec<_>>());
     Ok(())
 }
 

@@ -33,9 +33,13 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Fetch the whole chain and its signed checkpoints and verify them here; exit 1
-    /// naming the first bad entry if an entry was edited, deleted or reordered, the
-    /// chain was truncated before a checkpoint, or a checkpoint is forged.
+    /// Verify the whole chain and its signed checkpoints, here.
+    ///
+    /// Fetches every entry and checkpoint and checks them with the keys this CLI
+    /// trusts; exits 1 naming the first bad entry if an entry was edited, deleted or
+    /// reordered, the chain was truncated before a checkpoint, or a checkpoint is
+    /// forged. Prints `ok: N entries, M checkpoints, K after the last checkpoint`:
+    /// those K are protected by the chain alone until the next checkpoint.
     Verify {
         /// The public key (PEM) that must have signed the checkpoints [default: the
         /// server keys recorded when this CLI first talked to the server about signed
