@@ -61,6 +61,11 @@ pub struct ServerConfig {
     /// How long after an event its webhook deliveries are still tried; then they fail
     /// for good.
     pub webhook_give_up_after_seconds: u64,
+    /// Pins the evaluation time (UTC milliseconds) of every promotion decision, so two
+    /// servers given the same inputs produce the same decision ids. For reproducibility
+    /// checks only: freeze windows and approval expiry are then read at this time.
+    /// Deployments, their deadlines and stored records keep the wall clock.
+    pub decision_clock_ms: Option<i64>,
     /// How often the audit entries this replica appended since its last checkpoint are
     /// covered by a new signed checkpoint. Entries after the newest checkpoint are
     /// protected by the hash chain alone: deleting them from the end leaves no trace.
@@ -94,6 +99,7 @@ impl Default for ServerConfig {
             webhook_retry_initial_ms: 1000,
             webhook_retry_max_ms: 5 * 60 * 1000,
             webhook_give_up_after_seconds: 24 * 3600,
+            decision_clock_ms: None,
             audit_checkpoint_interval_ms: 5000,
             audit_checkpoint_every_entries: 256,
         }

@@ -131,9 +131,7 @@ impl std::fmt::Write for ByteWriter<'_> {
 /// bytes as [`canonical_bytes`] for types made of strings, integers, booleans,
 /// sequences and string-keyed maps (no floats, which `to_value` would turn to `null`
 /// when not finite). For the crate's own record types on hot paths.
-pub(crate) fn canonical_via_value<T: Serialize + ?Sized>(
-    value: &T,
-) -> Result<Vec<u8>, DecisionError> {
+pub fn canonical_via_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, DecisionError> {
     let value = serde_json::to_value(value)
         .map_err(|e| DecisionError::new(format!("value cannot be canonical JSON: {e}")))?;
     canonical_value(&value)

@@ -22,9 +22,10 @@
 //!
 //! What vouches for what: the signature covers `decision.json` (through the
 //! envelope); recomputation ties `inputs.json` and the documents to it; `key.pem`
-//! must name the signer. The manifest itself is not signed, so other files
-//! (`deployment.json`, `stickers.json`) are only as good as the manifest; verification
-//! lists them as unattested.
+//! must name the signer. `manifest.sig.json`, written by [`Packet::write_signed`], is
+//! a DSSE envelope over the manifest's bytes signed by the exporting server, which
+//! vouches for every other file (`deployment.json`, `stickers.json`); without it those
+//! files are only as good as the manifest and verification lists them as unattested.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ use crate::{sha256_id, DecisionError};
 
 /// The manifest: every other file and its content id.
 pub const MANIFEST: &str = "manifest.json";
+/// The exporting server's DSSE signature over the manifest's bytes.
+pub const MANIFEST_SIGNATURE: &str = "manifest.sig.json";
+/// The DSSE payload type of [`MANIFEST_SIGNATURE`].
+pub const MANIFEST_PAYLOAD_TYPE: &str = "application/vnd.stella.evidence-manifest+json";
 /// The canonical decision record.
 pub const DECISION: &str = "decision.json";
 /// The canonical inputs the decision is computed from.
@@ -249,11 +254,40 @@ impl Packet {
             files: self
                 .files
                 .iter()
-                .filter(|(path, _)| path.as_str() != MANIFEST)
+                .filter(|(path, _)| {
+                    path.as_str() != MANIFEST && path.as_str() != MANIFEST_SIGNATURE
+                })
                 .map(|(path, content)| (path.clone(), sha256_id(content)))
                 .collect(),
         };
         canonical_via_value(&manifest)
+    }
+
+    /// Like [`Packet::write`], with the manifest signed by `key` in
+    /// `manifest.sig.json`, so every file the manifest lists is attested. Ed25519
+    /// signatures are deterministic: two writes are still byte-identical.
+    pub fn write_signed(
+        &self,
+        decision_id: &str,
+        key: &SigningKey,
+    ) -> Result<Vec<u8>, DecisionError> {
+        let manifest = self.manifest(decision_id)?;
+        let envelope = key.sign_envelope(MANIFEST_PAYLOAD_TYPE, &manifest);
+        let signature = serde_json::to_vec(&envelope)
+            .map_err(|e| DecisionError::new(format!("encoding the manifest signature: {e}")))?;
+        let rest = self
+            .files
+            .iter()
+            .filter(|(path, _)| path.as_str() != MANIFEST && path.as_str() != MANIFEST_SIGNATURE)
+            .map(|(path, content)| (path.as_str(), content.as_slice()));
+        pack_entries(
+            [
+                (MANIFEST, manifest.as_slice()),
+                (MANIFEST_SIGNATURE, signature.as_slice()),
+            ]
+            .into_iter()
+            .chain(rest),
+        )
     }
 
     /// The packet as a `.tar.gz`, with a fresh `manifest.json` (any manifest in
@@ -263,7 +297,7 @@ impl Packet {
         let rest = self
             .files
             .iter()
-            .filter(|(path, _)| path.as_str() != MANIFEST)
+            .filter(|(path, _)| path.as_str() != MANIFEST && path.as_str() != MANIFEST_SIGNATURE)
             .map(|(path, content)| (path.as_str(), content.as_slice()));
         pack_entries(std::iter::once((MANIFEST, manifest.as_slice())).chain(rest))
     }
@@ -470,15 +504,20 @@ pub fn verify_packet(
         ));
     }
 
-    let unattested = manifest
-        .files
-        .keys()
-        .filter(|path| {
-            ![DECISION, INPUTS, ENVELOPE, KEY].contains(&path.as_str())
-                && !path.starts_with(DOCUMENTS_DIR)
-        })
-        .cloned()
-        .collect();
+    let manifest_signed = check_manifest_signature(&packet, trusted)?;
+    let unattested = if manifest_signed {
+        Vec::new()
+    } else {
+        manifest
+            .files
+            .keys()
+            .filter(|path| {
+                ![DECISION, INPUTS, ENVELOPE, KEY].contains(&path.as_str())
+                    && !path.starts_with(DOCUMENTS_DIR)
+            })
+            .cloned()
+            .collect()
+    };
     Ok(VerifiedPacket {
         decision_id,
         key_id,
@@ -535,13 +574,42 @@ fn check_manifest(packet: &Packet) -> Result<Manifest, PacketFault> {
     Ok(manifest)
 }
 
+/// When `manifest.sig.json` is present: it must be a DSSE envelope over exactly the
+/// manifest's bytes, signed by a trusted key. Returns whether the manifest is signed.
+fn check_manifest_signature(packet: &Packet, trusted: &[PublicKey]) -> Result<bool, PacketFault> {
+    let Some(bytes) = packet.files.get(MANIFEST_SIGNATURE) else {
+        return Ok(false);
+    };
+    let envelope =
+        Envelope::from_json(bytes).map_err(|e| PacketFault::at(MANIFEST_SIGNATURE, e.0))?;
+    if envelope.payload_type != MANIFEST_PAYLOAD_TYPE {
+        return Err(PacketFault::at(
+            MANIFEST_SIGNATURE,
+            format!(
+                "payloadType is {:?}, expected {MANIFEST_PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            ),
+        ));
+    }
+    let (payload, _) = verify_envelope_signer(&envelope, trusted)
+        .map_err(|e| PacketFault::at(MANIFEST_SIGNATURE, e.0))?;
+    let manifest = required(packet, MANIFEST)?;
+    if payload != manifest {
+        return Err(PacketFault::at(
+            MANIFEST,
+            "differs from the manifest signed in manifest.sig.json",
+        ));
+    }
+    Ok(true)
+}
+
 /// Every file listed, none extra, each with the listed content id; the first fault
 /// in path order.
 fn check_listing(packet: &Packet, manifest: &Manifest) -> Result<(), PacketFault> {
     let mut paths: Vec<&String> = packet
         .files
         .keys()
-        .filter(|path| path.as_str() != MANIFEST)
+        .filter(|path| path.as_str() != MANIFEST && path.as_str() != MANIFEST_SIGNATURE)
         .chain(manifest.files.keys())
         .collect();
     paths.sort();

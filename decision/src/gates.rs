@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::canonical_bytes;
+use crate::canonical::canonical_via_value as canonical_bytes;
 use crate::freeze::{active_freeze, FreezeWindow};
 use crate::policy::Policy;
 use crate::scan::{self, ImageSubject, ScanDocument, ScannedImage, Severity};
@@ -83,7 +83,7 @@ pub struct TargetInput {
     pub name: String,
     /// Kind.
     pub kind: String,
-    /// The agent's id.
+    /// The agent's name.
     pub agent: String,
     /// Settings, variables substituted, secrets still referenced.
     pub settings: BTreeMap<String, String>,
@@ -194,14 +194,14 @@ impl Plan {
     }
 }
 
-/// The fact the order gate needs: the successful deployment of the same digests in the
-/// environment before this one, if there is one.
+/// The fact the order gate needs: whether the same digests were deployed successfully
+/// in the environment before this one, and as which release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderFact {
     /// The environment that must come first.
     pub environment: String,
-    /// Id of a succeeded deployment of the same digests there.
-    pub deployment: Option<String>,
+    /// `name@version` of the release with the same digests that succeeded there.
+    pub deployed_as: Option<String>,
 }
 
 /// An approval or a rejection as recorded.
@@ -238,8 +238,6 @@ pub struct BreakGlass {
 pub struct DecisionInputs {
     /// [`INPUTS_SCHEMA`].
     pub schema: String,
-    /// The promotion decided.
-    pub promotion: String,
     /// Evaluation time (UTC ms): freeze windows, approval expiry and the policy's
     /// `time` are read from it.
     pub evaluated_at_ms: i64,
@@ -332,8 +330,6 @@ pub struct SubjectRef {
 pub struct Decision {
     /// [`DECISION_SCHEMA`].
     pub schema: String,
-    /// The promotion decided.
-    pub promotion: String,
     /// `sha256:` of the canonical inputs.
     pub inputs: String,
     /// Release name.
@@ -411,7 +407,6 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
     let overridden = results.iter().any(|g| g.status == GateStatus::Overridden);
     Ok(Decision {
         schema: DECISION_SCHEMA.to_owned(),
-        promotion: inputs.promotion.clone(),
         inputs: sha256_id(&canonical_bytes(inputs)?),
         release: inputs.plan.release.name.clone(),
         version: inputs.plan.release.version.clone(),
@@ -441,11 +436,32 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
 }
 
 /// Recomputes the canonical decision bytes from canonical input bytes: what replay and
-/// evidence verification compare with the stored decision.
+/// evidence verification compare with the stored decision. Every document given must
+/// be one the inputs name: a document nothing depends on is refused rather than
+/// carried along unchecked.
 pub fn recompute(inputs_json: &[u8], documents: &Documents) -> Result<Vec<u8>, DecisionError> {
     let inputs: DecisionInputs = serde_json::from_slice(inputs_json)
         .map_err(|e| DecisionError::new(format!("decision inputs: {e}")))?;
+    let named = inputs.document_ids();
+    if let Some(extra) = documents.keys().find(|id| !named.contains(id.as_str())) {
+        return Err(DecisionError::new(format!(
+            "document {extra} is not an input of the decision"
+        )));
+    }
     Ok(decide(&inputs, documents)?.canonical()?.0)
+}
+
+impl DecisionInputs {
+    /// Every document the inputs name: scan reports, VEX documents, the policy.
+    pub fn document_ids(&self) -> BTreeSet<&str> {
+        self.reports
+            .values()
+            .flatten()
+            .chain(&self.vex)
+            .chain(&self.plan.gates.policy)
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 fn gate(name: &str, status: GateStatus, reason: String, details: Vec<String>) -> GateResult {
@@ -466,12 +482,12 @@ fn order_gate(inputs: &DecisionInputs) -> GateResult {
             Vec::new(),
         ),
         (Some(after), Some(OrderFact {
-            deployment: Some(id),
+            deployed_as: Some(release),
             ..
         })) => gate(
             "order",
             GateStatus::Passed,
-            format!("the same digests were deployed successfully to `{after}` (deployment {id})"),
+            format!("the same digests were deployed successfully to `{after}` (as {release})"),
             Vec::new(),
         ),
         (Some(after), _) => gate(
@@ -540,8 +556,8 @@ fn security_gate(
     let block = scan::parse_block_severity(&config.block_severity)?;
     let mut vex = Vec::with_capacity(inputs.vex.len());
     for id in &inputs.vex {
-        match parse(id, documents)? {
-            ScanDocument::Vex(doc) => vex.push(doc),
+        match &*parse(id, documents)? {
+            ScanDocument::Vex(doc) => vex.push(doc.clone()),
             ScanDocument::Report(_) => {
                 return Err(DecisionError::new(format!(
                     "document {id} is listed as VEX but is a scan report"
@@ -553,8 +569,8 @@ fn security_gate(
     for component in &inputs.plan.release.components {
         let mut reports = Vec::new();
         for id in inputs.reports.get(&component.digest).into_iter().flatten() {
-            match parse(id, documents)? {
-                ScanDocument::Report(report) => reports.push(report),
+            match &*parse(id, documents)? {
+                ScanDocument::Report(report) => reports.push(report.clone()),
                 ScanDocument::Vex(_) => {
                     return Err(DecisionError::new(format!(
                         "document {id} is listed as a scan report but is a VEX document"
@@ -617,11 +633,11 @@ fn severity_name(severity: Severity) -> String {
         .unwrap_or_else(|| format!("{severity:?}").to_lowercase())
 }
 
-fn parse(id: &str, documents: &Documents) -> Result<ScanDocument, DecisionError> {
+fn parse(id: &str, documents: &Documents) -> Result<std::sync::Arc<ScanDocument>, DecisionError> {
     let bytes = documents
         .get(id)
         .ok_or_else(|| DecisionError::new(format!("document {id} is missing")))?;
-    scan::parse_document(bytes).map_err(|e| DecisionError::new(format!("document {id}: {e}")))
+    parsed_document(id, bytes)
 }
 
 /// The approvals that count: approved, by an approver (or admin) other than the
@@ -724,7 +740,7 @@ fn policy_gate(
         .ok_or_else(|| DecisionError::new(format!("policy document {id} is missing")))?;
     let source = std::str::from_utf8(source)
         .map_err(|_| DecisionError::new(format!("policy document {id} is not UTF-8")))?;
-    let policy = Policy::compile(source)?;
+    let policy = compiled_policy(id, source)?;
     let input = policy_input(inputs, verdict, approvals);
     let outcome = policy.evaluate(&input, inputs.evaluated_at_ms)?;
     Ok(if outcome.allowed {
@@ -746,6 +762,61 @@ fn policy_gate(
             outcome.reasons,
         )
     })
+}
+
+/// Policies compiled once per process, by document id (the sha256 of the source, so an
+/// entry can never be stale).
+fn compiled_policy(id: &str, source: &str) -> Result<std::sync::Arc<Policy>, DecisionError> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<Policy>>>> = OnceLock::new();
+    const MAX_CACHED: usize = 64;
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(policy) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
+        return Ok(policy);
+    }
+    let policy = Arc::new(Policy::compile(source)?);
+    if policy.sha256() != id {
+        return Err(DecisionError::new(format!(
+            "policy document {id} holds a source whose id is {}",
+            policy.sha256()
+        )));
+    }
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), policy.clone());
+    }
+    Ok(policy)
+}
+
+/// Scan documents parsed once per process, by document id (content-addressed: the id
+/// is checked against the bytes once, when the document is first parsed).
+fn parsed_document(id: &str, bytes: &[u8]) -> Result<std::sync::Arc<ScanDocument>, DecisionError> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ScanDocument>>>> = OnceLock::new();
+    const MAX_CACHED: usize = 4096;
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(document) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
+        return Ok(document);
+    }
+    if sha256_id(bytes) != id {
+        return Err(DecisionError::new(format!(
+            "document {id} holds content whose id is {}",
+            sha256_id(bytes)
+        )));
+    }
+    let document = Arc::new(
+        scan::parse_document(bytes)
+            .map_err(|e| DecisionError::new(format!("document {id}: {e}")))?,
+    );
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), document.clone());
+    }
+    Ok(document)
 }
 
 /// The policy's `input` document (docs/governance.md describes it).

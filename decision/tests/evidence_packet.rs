@@ -10,7 +10,7 @@ use stella_decision::canonical::canonical_bytes;
 use stella_decision::dsse::{PublicKey, SigningKey, INTOTO_PAYLOAD_TYPE};
 use stella_decision::evidence::{
     document_path, sign_decision, verify_packet, Packet, PacketFault, VerifiedPacket, DECISION,
-    DEPLOYMENT, ENVELOPE, INPUTS, KEY, MANIFEST, MAX_ENTRIES, STICKERS,
+    DEPLOYMENT, ENVELOPE, INPUTS, KEY, MANIFEST, MANIFEST_SIGNATURE, MAX_ENTRIES, STICKERS,
 };
 use stella_decision::intoto::{Statement, Subject};
 use stella_decision::{sha256_id, DecisionError};
@@ -434,6 +434,44 @@ fn files_outside_the_signature_are_reported_unattested() {
     )
     .unwrap();
     assert_eq!(verified.unattested, [DEPLOYMENT, STICKERS]);
+}
+
+#[test]
+fn a_signed_manifest_attests_every_file() {
+    let sample = sample();
+    let signed = sample
+        .packet
+        .write_signed(&sample.decision_id, &key(1))
+        .unwrap();
+    // Deterministic: Ed25519 signatures depend on the key and the message only.
+    assert_eq!(
+        signed,
+        sample
+            .packet
+            .write_signed(&sample.decision_id, &key(1))
+            .unwrap()
+    );
+    let verified = verify(&signed, &[key(1).public_key()]).unwrap();
+    assert!(verified.unattested.is_empty(), "{:?}", verified.unattested);
+
+    // deployment.json rewritten with a fresh manifest, the old signature kept: refused.
+    let mut forged = Packet::read(&signed).unwrap();
+    forged.files.insert(
+        DEPLOYMENT.to_owned(),
+        canonical_bytes(&json!({"deployment_id": "dep-forged", "targets": []})).unwrap(),
+    );
+    let manifest = forged.manifest(&sample.decision_id).unwrap();
+    forged.files.insert(MANIFEST.to_owned(), manifest);
+    let fault = verify(&forged.pack().unwrap(), &[key(1).public_key()]).unwrap_err();
+    assert_eq!(fault.file.as_deref(), Some(MANIFEST), "{fault}");
+
+    // Re-signed by another key: refused unless that key is trusted.
+    let resigned = sample
+        .packet
+        .write_signed(&sample.decision_id, &key(2))
+        .unwrap();
+    let fault = verify(&resigned, &[key(1).public_key()]).unwrap_err();
+    assert_eq!(fault.file.as_deref(), Some(MANIFEST_SIGNATURE), "{fault}");
 }
 
 #[test]

@@ -192,7 +192,14 @@ pub async fn evidence(context: &Context, command: EvidenceCommand) -> anyhow::Re
                 "key_id": verified.key_id,
                 "files": verified.files,
                 "outcome": verified.decision["outcome"],
+                "unattested": verified.unattested,
             });
+            if !verified.unattested.is_empty() {
+                context.note(&format!(
+                    "note: the manifest is not signed, so these files are only as good as the manifest: {}",
+                    verified.unattested.join(", ")
+                ));
+            }
             context.print(&value, |v| {
                 println!(
                     "{}: verified: decision {} ({}), signed by key {}, {} files",

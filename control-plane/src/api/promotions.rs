@@ -286,7 +286,7 @@ pub struct Answer {
         (status = 200, description = "The promotion after the approval", body = PromotionView),
         (status = 403, description = "Not an approver (`forbidden`), or the requester (`self_approval`)", body = ErrorEnvelope),
         (status = 404, description = "No such promotion (`unknown_promotion`)", body = ErrorEnvelope),
-        (status = 409, description = "Already answered by this user for this plan (`already_answered`), no longer waiting (`promotion_settled`), or allowed while a deployment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 409, description = "Already answered by this user for this plan, and not expired (`already_answered`), no longer waiting (`promotion_settled`), or allowed while a deployment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
 pub async fn approve_promotion(

@@ -282,7 +282,10 @@ impl App {
     }
 
     /// The agents of these targets, by id.
-    async fn agents_of(&self, targets: &[Target]) -> Result<HashMap<String, Agent>, AppError> {
+    pub(super) async fn agents_of(
+        &self,
+        targets: &[Target],
+    ) -> Result<HashMap<String, Agent>, AppError> {
         let mut agents = HashMap::new();
         for target in targets {
             if agents.contains_key(&target.agent_id) {

@@ -45,9 +45,7 @@ impl App {
 
     /// The documents a decision's inputs name, from the store.
     async fn documents_of(&self, inputs: &DecisionInputs) -> Result<Documents, AppError> {
-        let mut ids: Vec<&String> = inputs.reports.values().flatten().collect();
-        ids.extend(&inputs.vex);
-        ids.extend(&inputs.plan.gates.policy);
+        let ids = inputs.document_ids();
         let mut documents = Documents::new();
         for id in ids {
             let document = self.store.get_document(id).await?;
@@ -193,7 +191,7 @@ impl App {
                 .files
                 .insert("stickers.json".to_owned(), canonical(&stickers)?);
         }
-        packet.write(&record.id).map_err(|e| {
+        packet.write_signed(&record.id, &self.signer).map_err(|e| {
             AppError::new(
                 ErrorKind::Internal,
                 "evidence",

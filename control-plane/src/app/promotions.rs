@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use stella_decision::canonical::canonical_bytes;
-use stella_decision::dsse::INTOTO_PAYLOAD_TYPE;
+use stella_decision::canonical::canonical_via_value as canonical_bytes;
+use stella_decision::evidence::sign_decision;
 use stella_decision::gates::{
     self, ApprovalInput, BreakGlass, ComponentInput, Decision, DecisionInputs, Documents,
     GateConfig, OrderFact, Outcome, Plan, ReleaseInput, TargetInput,
 };
-use stella_decision::intoto::{Statement, Subject};
+use stella_decision::intoto::Subject;
 
 use super::events::NewEvent;
 use super::{not_found_as, now_ms, App};
@@ -85,18 +85,17 @@ impl App {
             }
             None => None,
         };
-        let now = now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let gathered = self
             .gather(
-                &id,
                 &release,
                 &env,
                 &requested_by.name,
                 break_glass.as_ref(),
-                now,
+                self.decision_now(),
             )
             .await?;
+        let now = now_ms();
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         let promotion = Promotion {
             id: id.clone(),
@@ -115,7 +114,7 @@ impl App {
             deployment_id: None,
             updated_at_ms: now,
         };
-        self.settle(Some(&promotion), &release, &env, gathered, decision, now)
+        self.settle(Some(&promotion), &id, &release, &env, gathered, decision)
             .await?;
         self.promotion_detail(&id).await
     }
@@ -185,10 +184,9 @@ impl App {
             .release_named(&promotion.release, &promotion.version)
             .await?;
         let env = self.environment(&promotion.environment).await?;
-        let now = now_ms();
+        let now = self.decision_now();
         let gathered = self
             .gather(
-                &promotion.id,
                 &release,
                 &env,
                 &promotion.requested_by,
@@ -205,20 +203,36 @@ impl App {
             comment,
             at_ms: now,
         };
-        self.store
-            .add_approval(&approval)
-            .await
-            .map_err(|error| match error {
-                StoreError::Conflict { .. } => AppError::new(
-                    ErrorKind::Conflict,
-                    "already_answered",
-                    format!(
-                        "{} already answered promotion {} for its current plan: one user counts once",
-                        user.name, promotion.id
-                    ),
-                ),
-                other => other.into(),
-            })?;
+        match self.store.add_approval(&approval).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // One user counts once per plan, but an approval that expired no longer
+                // counts: its approver may give it again, or the promotion could never
+                // gather approvals further apart than the TTL.
+                let renewed = match (verdict, env.gates.approval_ttl_seconds) {
+                    (Verdict::Approved, Some(ttl)) => {
+                        let ttl_ms = i64::try_from(ttl)
+                            .unwrap_or(i64::MAX / 1000)
+                            .saturating_mul(1000);
+                        self.store
+                            .renew_expired_approval(&approval, now.saturating_sub(ttl_ms))
+                            .await?
+                    }
+                    _ => false,
+                };
+                if !renewed {
+                    return Err(AppError::new(
+                        ErrorKind::Conflict,
+                        "already_answered",
+                        format!(
+                            "{} already answered promotion {} for its current plan: one user counts once",
+                            user.name, promotion.id
+                        ),
+                    ));
+                }
+            }
+            Err(other) => return Err(other.into()),
+        }
         tracing::info!(promotion_id = %promotion.id, user = %user.name, %verdict, "promotion answered");
         self.decide_and_settle(&promotion, &release, &env, gathered)
             .await?;
@@ -235,12 +249,11 @@ impl App {
     ) -> Result<(), AppError> {
         let gathered = self
             .gather(
-                &promotion.id,
                 release,
                 env,
                 &promotion.requested_by,
                 promotion.break_glass.as_ref(),
-                now_ms(),
+                self.decision_now(),
             )
             .await?;
         self.decide_and_settle(promotion, release, env, gathered)
@@ -275,10 +288,9 @@ impl App {
                 }
             ));
         }
-        let now = gathered.inputs.evaluated_at_ms;
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
         match self
-            .settle(None, release, env, gathered, decision, now)
+            .settle(None, &promotion.id, release, env, gathered, decision)
             .await
         {
             // Someone else settled it meanwhile: what they stored stands.
@@ -324,16 +336,21 @@ impl App {
     /// Stores the outcome of an evaluation: a new promotion (`new`) or an existing one
     /// (the inputs' promotion id), with its signed decision and, when allowed, its
     /// deployment, in one transaction; then emits the event and dispatches.
+    ///
+    /// What is stored is stamped with the wall clock, never the decision clock: a pinned
+    /// evaluation time (`decision_clock_ms`) must not date deployments, their deadlines
+    /// or the records' order.
     async fn settle(
         self: &Arc<Self>,
         new: Option<&Promotion>,
+        promotion_id: &str,
         release: &Release,
         env: &Environment,
         gathered: Gathered,
         decision: Decision,
-        now: i64,
     ) -> Result<(), AppError> {
-        let promotion_id = gathered.inputs.promotion.clone();
+        let now = now_ms();
+        let promotion_id = promotion_id.to_owned();
         let plan = plan_json(&gathered.plan)?;
         let gates = gates_json(&decision)?;
         let approvals_line = decision
@@ -357,7 +374,7 @@ impl App {
                 None,
             ),
             Outcome::Blocked => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 (
                     PromotionState::Blocked,
                     blocked_line(&decision),
@@ -366,7 +383,7 @@ impl App {
                 )
             }
             Outcome::Rejected => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 let by: Vec<&str> = gathered
                     .inputs
                     .approvals
@@ -382,7 +399,7 @@ impl App {
                 )
             }
             Outcome::Allowed => {
-                let record = self.sign(&decision, &gathered.inputs, now)?;
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 let planned = self
                     .plan_deployment(
                         release,
@@ -502,11 +519,18 @@ impl App {
         Ok(())
     }
 
+    /// The evaluation time of a decision: now, unless the configuration pins it
+    /// (`decision_clock_ms`, for reproducibility checks).
+    fn decision_now(&self) -> i64 {
+        self.config.decision_clock_ms.unwrap_or_else(now_ms)
+    }
+
     /// Signs a decision: canonical JSON in an in-toto statement in a DSSE envelope.
     fn sign(
         &self,
         decision: &Decision,
         inputs: &DecisionInputs,
+        promotion_id: &str,
         now: i64,
     ) -> Result<DecisionRecord, AppError> {
         let (bytes, id) = decision.canonical().map_err(undecidable)?;
@@ -517,16 +541,12 @@ impl App {
             .map(|s| Subject::image(s.image.split('@').next().unwrap_or(&s.image), &s.digest))
             .collect::<Result<Vec<_>, _>>()
             .map_err(undecidable)?;
-        let predicate: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| AppError::internal("reading a canonical decision", &e))?;
-        let statement = Statement::decision(subjects, predicate);
-        let payload = statement.to_canonical().map_err(undecidable)?;
-        let envelope = self.signer.sign_envelope(INTOTO_PAYLOAD_TYPE, &payload);
-        let envelope_json = serde_json::to_string(&envelope)
+        let signed = sign_decision(&self.signer, subjects, &bytes).map_err(undecidable)?;
+        let envelope_json = serde_json::to_string(&signed.envelope)
             .map_err(|e| AppError::internal("encoding a DSSE envelope", &e))?;
         Ok(DecisionRecord {
             id,
-            promotion_id: inputs.promotion.clone(),
+            promotion_id: promotion_id.to_owned(),
             outcome: decision.outcome.as_str().to_owned(),
             decision_json: String::from_utf8(bytes)
                 .map_err(|e| AppError::internal("canonical decision is not UTF-8", &e))?,
@@ -541,7 +561,6 @@ impl App {
     /// Everything one evaluation needs, read from the store now.
     async fn gather(
         &self,
-        promotion_id: &str,
         release: &Release,
         env: &Environment,
         requested_by: &str,
@@ -560,6 +579,7 @@ impl App {
             ));
         }
         let planned = self.plan_settings(env, &targets).await?;
+        let agents = self.agents_of(&targets).await?;
         let components: Vec<ComponentInput> = release
             .components
             .iter()
@@ -594,7 +614,9 @@ impl App {
                 .map(|t| TargetInput {
                     name: t.name.clone(),
                     kind: t.kind.as_str().to_owned(),
-                    agent: t.agent_id.clone(),
+                    agent: agents
+                        .get(&t.agent_id)
+                        .map_or_else(|| t.agent_id.clone(), |a| a.name.clone()),
                     settings: planned.settings.get(&t.name).cloned().unwrap_or_default(),
                 })
                 .collect(),
@@ -604,7 +626,7 @@ impl App {
         let order = match &env.after {
             Some(after) => Some(OrderFact {
                 environment: after.clone(),
-                deployment: self.deployed_in(after, release).await?,
+                deployed_as: self.deployed_in(after, release).await?,
             }),
             None => None,
         };
@@ -633,7 +655,6 @@ impl App {
         }
         let inputs = DecisionInputs {
             schema: gates::INPUTS_SCHEMA.to_owned(),
-            promotion: promotion_id.to_owned(),
             evaluated_at_ms: now,
             requested_by: requested_by.to_owned(),
             plan: plan.clone(),
@@ -659,7 +680,8 @@ impl App {
         })
     }
 
-    /// A succeeded deployment in `environment` of a release with the same digests.
+    /// `name@version` of a release with the same digests that was deployed successfully
+    /// in `environment`.
     async fn deployed_in(
         &self,
         environment: &str,
@@ -670,7 +692,10 @@ impl App {
             .succeeded_deployment_of_release(environment, &release.name, &release.version)
             .await?
         {
-            return Ok(Some(deployment.id));
+            return Ok(Some(format!(
+                "{}@{}",
+                deployment.release, deployment.version
+            )));
         }
         // Another release (name or version) may pin exactly the same digests.
         for deployment in self.store.succeeded_deployments(environment, 200).await? {
@@ -680,7 +705,7 @@ impl App {
                 .await
             {
                 if other.same_content(release) {
-                    return Ok(Some(deployment.id));
+                    return Ok(Some(format!("{}@{}", other.name, other.version)));
                 }
             }
         }

@@ -6,7 +6,7 @@ use super::environments::{decode_enum, decode_json, encode_json};
 use super::error::{database, unique};
 use super::{Store, StoreError};
 use crate::domain::{
-    Approval, DecisionRecord, Deployment, Document, Promotion, PromotionState, Task,
+    Approval, DecisionRecord, Deployment, Document, Promotion, PromotionState, Task, Verdict,
 };
 
 /// How a promotion is settled or re-evaluated, in one transaction with its decision
@@ -121,7 +121,8 @@ impl Store {
         if let Some(decision) = update.decision {
             sqlx::query(
                 "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \
-                 envelope_json, key_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 envelope_json, key_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(decision.id.as_str())
             .bind(decision.promotion_id.as_str())
@@ -133,7 +134,9 @@ impl Store {
             .bind(decision.created_at_ms)
             .execute(&mut **tx)
             .await
-            .map_err(unique(OP, "decision", &decision.id))?;
+            // Content-addressed: the same decision reached twice (same inputs, same
+            // time) is one record.
+            .map_err(database(OP))?;
         }
         let updated = sqlx::query(
             "UPDATE promotions SET state = $1, plan_json = $2, plan_hash = $3, gates_json = $4, \
@@ -292,6 +295,35 @@ impl Store {
         .await
         .map_err(unique(OP, "approval", &approval.user))?;
         Ok(())
+    }
+
+    /// Gives an expired approval again: the approval by this user for this plan, if it
+    /// was given at or before `expired_at_ms`, takes the new time, roles and comment.
+    /// Returns whether one was renewed (a rejection, or an approval still valid, is
+    /// never replaced).
+    pub async fn renew_expired_approval(
+        &self,
+        approval: &Approval,
+        expired_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE approvals SET at_ms = $1, roles_json = $2, comment = $3 \
+             WHERE promotion_id = $4 AND user_name = $5 AND plan_hash = $6 \
+             AND verdict = $7 AND at_ms <= $8",
+        )
+        .bind(approval.at_ms)
+        .bind(encode_json("approval roles", &approval.roles)?)
+        .bind(approval.comment.as_deref())
+        .bind(approval.promotion_id.as_str())
+        .bind(approval.user.as_str())
+        .bind(approval.plan_hash.as_str())
+        .bind(Verdict::Approved.as_str())
+        .bind(expired_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(database("renewing an expired approval"))?
+        .rows_affected();
+        Ok(renewed == 1)
     }
 
     /// A promotion's approvals and rejections, in the order given.

@@ -2,6 +2,7 @@
 //! child process from release binaries. One module per bench.
 
 mod agents;
+mod decisions;
 mod deploy;
 mod server;
 mod sim;
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     Agents(agents::AgentsArgs),
     /// One container deployed through Stella versus `docker run` of the same digest.
     Deploy(deploy::DeployArgs),
+    /// Promotions decided (every gate, signed, chained, stored) per second, SQLite and
+    /// PostgreSQL.
+    Decisions(decisions::DecisionsArgs),
 }
 
 /// Runs one bench, in a release build of xtask.
@@ -33,6 +37,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Agents(args) => agents::run(&args),
         BenchCommand::Deploy(args) => deploy::run(&args),
+        BenchCommand::Decisions(args) => decisions::run(&args),
     }
 }
 
