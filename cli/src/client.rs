@@ -146,6 +146,21 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// POST a JSON document exactly as given (bytes the server stores by content, so
+    /// they are not parsed and written again), get a JSON document.
+    pub async fn post_document(&self, path: &str, bytes: Vec<u8>) -> Result<Value, ClientError> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        self.answer(request).await
+    }
+
     /// GET raw bytes (an evidence packet); errors as for JSON calls.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);
@@ -182,6 +197,11 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.answer(request).await
+    }
+
+    /// Sends a request and reads its JSON answer, or the error it stands for.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request
             .send()
             .await

@@ -25,7 +25,7 @@ use stella_agent::logging;
 
 use commands::{
     agents, audit, completions, decisions, deployments, drift, environments, promote, registries,
-    releases, targets, users, webhooks, Context,
+    releases, scans, targets, users, webhooks, Context,
 };
 use output::Format;
 
@@ -118,6 +118,9 @@ enum Command {
     /// Releases: named, versioned sets of image digests.
     #[command(subcommand, visible_alias = "releases")]
     Release(releases::ReleaseCommand),
+    /// Scan reports and VEX documents: import them, show an image's findings.
+    #[command(subcommand, visible_alias = "scans")]
+    Scan(scans::ScanCommand),
     /// Promote a release to an environment: its gates decide.
     Promote(promote::PromoteArgs),
     /// Promotions: list, show, approve, reject.
@@ -303,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Target(command) => targets::target(&context()?, command).await,
         Command::Registry(command) => registries::registry(&context()?, command).await,
         Command::Release(command) => releases::release(&context()?, command).await,
+        Command::Scan(command) => scans::scan(&context()?, command).await,
         Command::Promote(args) => promote::promote(&context()?, args).await,
         Command::Promotion(command) => promote::promotion(&context()?, command).await,
         Command::Decision(command) => decisions::decision(&context()?, command).await,

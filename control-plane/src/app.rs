@@ -12,6 +12,7 @@ mod evidence;
 mod promotions;
 mod registries;
 mod releases;
+mod scans;
 mod targets;
 mod webhooks;
 
@@ -23,6 +24,9 @@ pub use events::NewEvent;
 pub use evidence::Replay;
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
+pub use scans::{
+    Reevaluation, ReportDetail, ScanDetail, ScanImport, ShownFinding, ShownSuppression,
+};
 pub use targets::TargetChange;
 pub use webhooks::{run_webhook_sender, CreatedWebhook};
 

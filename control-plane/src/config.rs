@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub api_max_connections: usize,
     /// Largest REST request body; a larger one gets 413.
     pub api_max_body_bytes: usize,
+    /// Largest scan report or VEX document `POST /api/v1/scans` takes (scanner reports
+    /// of large images run to megabytes); a larger one gets 413.
+    pub api_max_scan_bytes: usize,
     /// How long a webhook receiver may take to answer a delivery; no answer by then is
     /// a failed attempt.
     pub webhook_timeout_seconds: u64,
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             api_body_read_timeout_ms: 30_000,
             api_max_connections: 1024,
             api_max_body_bytes: 1024 * 1024,
+            api_max_scan_bytes: 8 * 1024 * 1024,
             webhook_timeout_seconds: 10,
             webhook_retry_initial_ms: 1000,
             webhook_retry_max_ms: 5 * 60 * 1000,
@@ -215,11 +219,16 @@ impl ServerConfig {
                 reason: "must be positive".into(),
             });
         }
-        if self.api_max_body_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                key: "api_max_body_bytes",
-                reason: "must be positive".into(),
-            });
+        for (key, value) in [
+            ("api_max_body_bytes", self.api_max_body_bytes),
+            ("api_max_scan_bytes", self.api_max_scan_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be positive".into(),
+                });
+            }
         }
         self.validate_webhooks()?;
         self.validate_audit()

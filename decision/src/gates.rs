@@ -552,10 +552,30 @@ fn security_gate(
     inputs: &DecisionInputs,
     documents: &Documents,
 ) -> Result<(GateResult, scan::SecurityVerdict), DecisionError> {
-    let config = &inputs.plan.gates;
+    security(
+        &inputs.plan.release,
+        &inputs.plan.gates,
+        &inputs.reports,
+        &inputs.vex,
+        documents,
+    )
+}
+
+/// The `security` gate alone: the release's images with the reports listed for their
+/// digests (`reports`, by digest) and the VEX documents `vex`, judged by the block
+/// severity and `allow_unscanned` of `config`. [`decide`] calls it for a promotion; the
+/// server calls it again when a report or VEX document arrives for a release that runs
+/// already, so the verdict it stores is the one a promotion would get.
+pub fn security(
+    release: &ReleaseInput,
+    config: &GateConfig,
+    reports: &BTreeMap<String, Vec<String>>,
+    vex_ids: &[String],
+    documents: &Documents,
+) -> Result<(GateResult, scan::SecurityVerdict), DecisionError> {
     let block = scan::parse_block_severity(&config.block_severity)?;
-    let mut vex = Vec::with_capacity(inputs.vex.len());
-    for id in &inputs.vex {
+    let mut vex = Vec::with_capacity(vex_ids.len());
+    for id in vex_ids {
         match &*parse(id, documents)? {
             ScanDocument::Vex(doc) => vex.push(doc.clone()),
             ScanDocument::Report(_) => {
@@ -565,12 +585,12 @@ fn security_gate(
             }
         }
     }
-    let mut images = Vec::with_capacity(inputs.plan.release.components.len());
-    for component in &inputs.plan.release.components {
-        let mut reports = Vec::new();
-        for id in inputs.reports.get(&component.digest).into_iter().flatten() {
+    let mut images = Vec::with_capacity(release.components.len());
+    for component in &release.components {
+        let mut scanned = Vec::new();
+        for id in reports.get(&component.digest).into_iter().flatten() {
             match &*parse(id, documents)? {
-                ScanDocument::Report(report) => reports.push(report.clone()),
+                ScanDocument::Report(report) => scanned.push(report.clone()),
                 ScanDocument::Vex(_) => {
                     return Err(DecisionError::new(format!(
                         "document {id} is listed as a scan report but is a VEX document"
@@ -584,7 +604,7 @@ fn security_gate(
                 digest: component.digest.clone(),
                 reference: component.image.clone(),
             },
-            reports,
+            reports: scanned,
         });
     }
     let verdict = scan::evaluate(&images, &vex, block, config.allow_unscanned);

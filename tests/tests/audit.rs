@@ -186,6 +186,25 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
         .await?;
     assert_eq!(response.status().as_u16(), 413);
 
+    // A scan import has a larger limit than other bodies: the audit reads it whole.
+    let report = format!(
+        "{{\"pad\":\"{}\"}}",
+        "x".repeat(server.config.api_max_body_bytes * 2)
+    );
+    let response = http
+        .post(format!("{api}/api/v1/scans"))
+        .bearer_auth(&server.admin_token)
+        .header("content-type", "application/json")
+        .body(report.clone())
+        .send()
+        .await?;
+    assert_eq!(
+        response.status().as_u16(),
+        400,
+        "{}",
+        response.text().await?
+    );
+
     // Reads are not audited.
     let before = entries(&server).await?.len();
     for path in [
@@ -265,6 +284,7 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
             "/api/v1/environments",
             "413",
         ),
+        ("admin", "POST /api/v1/scans", "/api/v1/scans", "400"),
     ];
     let expected: Vec<(String, String, String, String)> = expected
         .iter()
@@ -272,7 +292,11 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
         .collect();
     assert_eq!(summary, expected);
 
-    assert_eq!(seqs(&all), (1..=9).collect::<Vec<_>>());
+    assert_eq!(seqs(&all), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        all[9]["request_digest"],
+        stella_decision::sha256_id(report.as_bytes()).as_str()
+    );
     assert_eq!(
         all[0]["request_digest"],
         stella_decision::sha256_id(body).as_str()
@@ -326,7 +350,7 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
     let (code, stdout, stderr) = cli(&server, &["audit", "list", "-o", "json"]).await?;
     assert_eq!(code, 0, "{stderr}");
     let listed: Value = serde_json::from_str(&stdout)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(10));
+    assert_eq!(listed.as_array().map(Vec::len), Some(11));
     Ok(())
 }
 

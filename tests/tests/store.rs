@@ -98,6 +98,9 @@ store_suite!(
     // Audit log.
     audit_entries_and_checkpoints_are_unique_by_seq,
     concurrent_audit_writers_leave_one_contiguous_chain,
+    // Scan reports and verdicts.
+    scan_documents_are_new_once_per_content_and_digest,
+    a_verdict_read_earlier_never_replaces_one_read_later,
 );
 
 /// A store on a fresh database, and how to reach that database again.
@@ -4772,4 +4775,138 @@ async fn concurrent_audit_writers_leave_one_contiguous_chain(f: &Fixture) {
     let summary = verify_chain(&entries, &[], &[]).unwrap_or_else(|fault| panic!("{fault}"));
     assert_eq!(summary.entries, WRITERS * EACH);
     eprintln!("{} lost races for a seq, each retried", conflicts);
+}
+
+fn scan_document(content: &str, kind: &str, at_ms: i64) -> stella_control_plane::domain::Document {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(content.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    stella_control_plane::domain::Document {
+        id: format!("sha256:{hex}"),
+        kind: kind.to_owned(),
+        content: content.to_owned(),
+        created_by: "alice".to_owned(),
+        created_at_ms: at_ms,
+    }
+}
+
+async fn scan_documents_are_new_once_per_content_and_digest(f: &Fixture) {
+    use stella_control_plane::store::ScanLink;
+    let store = &f.store;
+    fn link(digest: &str) -> ScanLink<'_> {
+        ScanLink {
+            digest,
+            image: "registry.example.com/web:1",
+        }
+    }
+    let (d1, d2) = (
+        format!("sha256:{}", "1".repeat(64)),
+        format!("sha256:{}", "2".repeat(64)),
+    );
+    let (d1, d2) = (d1.as_str(), d2.as_str());
+    let report = scan_document(r#"{"SchemaVersion":2}"#, "trivy", 1_000);
+    assert!(store
+        .import_scan_document(&report, Some(link(d1)))
+        .await
+        .ok_or_panic("scan store"));
+    assert!(!store
+        .import_scan_document(&report, Some(link(d1)))
+        .await
+        .ok_or_panic("scan store"));
+    // The same report for another image is a new link.
+    assert!(store
+        .import_scan_document(&report, Some(link(d2)))
+        .await
+        .ok_or_panic("scan store"));
+    let vex = scan_document(r#"{"@context":"https://openvex.dev/ns"}"#, "openvex", 1_001);
+    assert!(store
+        .import_scan_document(&vex, None)
+        .await
+        .ok_or_panic("scan store"));
+    assert!(!store
+        .import_scan_document(&vex, None)
+        .await
+        .ok_or_panic("scan store"));
+
+    let newer = scan_document(r#"{"SchemaVersion":2,"x":1}"#, "trivy", 2_000);
+    assert!(store
+        .import_scan_document(&newer, Some(link(d1)))
+        .await
+        .ok_or_panic("scan store"));
+    let latest = store
+        .latest_report(d1, "trivy")
+        .await
+        .ok_or_panic("report")
+        .unwrap_or_else(|| panic!("no report"));
+    assert_eq!(latest.id, newer.id);
+    assert!(store
+        .latest_report(d1, "grype")
+        .await
+        .ok_or_panic("scan store")
+        .is_none());
+    let listed = store.scan_reports(d1).await.ok_or_panic("scan store");
+    let ids: Vec<&str> = listed.iter().map(|r| r.document_id.as_str()).collect();
+    assert_eq!(ids, [newer.id.as_str(), report.id.as_str()]);
+    assert_eq!(listed[1].imported_by, "alice");
+    assert_eq!(listed[1].imported_at_ms, 1_000, "the first import stands");
+    let vex_documents = store
+        .list_documents("openvex")
+        .await
+        .ok_or_panic("scan store");
+    assert_eq!(vex_documents.len(), 1);
+}
+
+async fn a_verdict_read_earlier_never_replaces_one_read_later(f: &Fixture) {
+    use stella_control_plane::store::{EnvironmentVerdict, VerdictUpdate};
+    let store = &f.store;
+    store
+        .create_environment(&environment("prod", None, 1))
+        .await
+        .ok_or_panic("scan store");
+    let verdict = |passed: bool, at_ms: i64| EnvironmentVerdict {
+        environment: "prod".to_owned(),
+        release: "web".to_owned(),
+        version: "1".to_owned(),
+        passed,
+        reasons: if passed {
+            Vec::new()
+        } else {
+            vec![format!("blocked at {at_ms}")]
+        },
+        at_ms,
+    };
+    assert_eq!(
+        store
+            .set_verdict(&verdict(true, 100))
+            .await
+            .ok_or_panic("scan store"),
+        VerdictUpdate::Stored { previous: None }
+    );
+    assert_eq!(
+        store
+            .set_verdict(&verdict(false, 200))
+            .await
+            .ok_or_panic("scan store"),
+        VerdictUpdate::Stored {
+            previous: Some(verdict(true, 100))
+        }
+    );
+    // An evaluation that read its documents before the stored one did is dropped.
+    assert_eq!(
+        store
+            .set_verdict(&verdict(true, 150))
+            .await
+            .ok_or_panic("scan store"),
+        VerdictUpdate::Stale {
+            current: verdict(false, 200)
+        }
+    );
+    assert_eq!(
+        store.get_verdict("prod").await.ok_or_panic("scan store"),
+        Some(verdict(false, 200))
+    );
+    assert_eq!(
+        store.get_verdict("dev").await.ok_or_panic("scan store"),
+        None
+    );
 }

@@ -48,11 +48,32 @@ fn release_details(value: &Value) {
         ],
     );
     println!();
-    rows(
-        &value["components"],
-        &["component", "image", "from"],
-        &["/name", "/image", "/source"],
-    );
+    // `release show` says whether each digest was scanned; `create` does not.
+    let scanned = value
+        .pointer("/components/0/scanned")
+        .is_some_and(Value::is_boolean);
+    if scanned {
+        rows(
+            &value["components"],
+            &["component", "image", "from", "scanned"],
+            &["/name", "/image", "/source", "/scanned"],
+        );
+    } else {
+        rows(
+            &value["components"],
+            &["component", "image", "from"],
+            &["/name", "/image", "/source"],
+        );
+    }
+    let events = value["events"].as_array().map_or(0, Vec::len);
+    if events > 0 {
+        println!();
+        rows(
+            &value["events"],
+            &["at", "event", "environment", "message"],
+            &["/at", "/kind", "/environment", "/message"],
+        );
+    }
 }
 
 /// `stella release …`.

@@ -2,6 +2,11 @@
 //! under `/api/v1/` once its handler ran, and `/api/v1/audit` to read the chain and its
 //! checkpoints.
 //!
+//! The body is read here, within the route's own limit (`api_max_scan_bytes` for scan
+//! imports, `api_max_body_bytes` for the rest) and `api_body_read_timeout_ms`, so a body
+//! too large or too slow is refused (413, 408) before the handler, and authentication,
+//! run.
+//!
 //! What an entry records of a request: the actor (the user the [`Caller`] extractor
 //! authenticated, else `anonymous`), the action (`METHOD route-template`, e.g. `POST
 //! /api/v1/promotions/{id}/approve`), the object (the request's path, never its query
@@ -74,28 +79,29 @@ pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -
         .map_or("(unmatched)", MatchedPath::as_str);
     let action = format!("{} {route}", request.method());
     let path = request.uri().path().to_owned();
+    let (limit, limit_key) = body_limit(route, &app.config);
     let (mut parts, body) = request.into_parts();
-    let (response, actor, digest, break_glass) =
-        match super::envelope::read_limited(&parts.headers, body, &app.config).await {
-            Ok(bytes) => {
-                let actor = AuditActor::default();
-                parts.extensions.insert(actor.clone());
-                let digest = stella_decision::sha256_id(&bytes);
-                let break_glass = (action == "POST /api/v1/promotions")
-                    .then(|| break_glass_reason(&bytes))
-                    .flatten();
-                let response = next
-                    .run(Request::from_parts(parts, Body::from(bytes)))
-                    .await;
-                (response, actor, digest, break_glass)
-            }
-            Err(refusal) => (
-                refusal.into_response(),
-                AuditActor::default(),
-                UNREAD_BODY.to_owned(),
-                None,
-            ),
-        };
+    let read = super::envelope::read_limited(&parts.headers, body, limit, limit_key, &app.config);
+    let (response, actor, digest, break_glass) = match read.await {
+        Ok(bytes) => {
+            let actor = AuditActor::default();
+            parts.extensions.insert(actor.clone());
+            let digest = stella_decision::sha256_id(&bytes);
+            let break_glass = (action == "POST /api/v1/promotions")
+                .then(|| break_glass_reason(&bytes))
+                .flatten();
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            (response, actor, digest, break_glass)
+        }
+        Err(refusal) => (
+            refusal.into_response(),
+            AuditActor::default(),
+            UNREAD_BODY.to_owned(),
+            None,
+        ),
+    };
     let actor = actor.name().to_owned();
     let object = match break_glass {
         Some(reason) => format!("{path} break-glass by {actor}: {reason}"),
@@ -114,6 +120,15 @@ pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -
         tracing::error!(%error, "the audit append task failed");
     }
     response
+}
+
+/// The largest body a route takes, and the setting that says so: the same limit its
+/// handler enforces, so the audit middleware refuses nothing the handler would take.
+fn body_limit(route: &str, config: &crate::config::ServerConfig) -> (usize, &'static str) {
+    match route {
+        "/api/v1/scans" => (config.api_max_scan_bytes, "api_max_scan_bytes"),
+        _ => (config.api_max_body_bytes, "api_max_body_bytes"),
+    }
 }
 
 /// The `break_glass` reason of a promotion request's body, on one line; `None` when the

@@ -140,8 +140,27 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
         require_json(req.headers())?;
-        let bytes = read_body(req, &app.config).await?;
+        let limit = app.config.api_max_body_bytes;
+        let bytes = read_body(req, limit, "api_max_body_bytes", &app.config).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON document taken as the bytes sent, for what is stored by content (scan reports
+/// and VEX documents): refused like [`ApiJson`] (415, 408) but up to
+/// `api_max_scan_bytes` (413 above it) and not parsed here.
+#[derive(Debug)]
+pub struct ApiDocument(pub Bytes);
+
+impl FromRequest<Arc<App>> for ApiDocument {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        require_json(req.headers())?;
+        let limit = app.config.api_max_scan_bytes;
+        read_body(req, limit, "api_max_scan_bytes", &app.config)
+            .await
+            .map(ApiDocument)
     }
 }
 
@@ -203,25 +222,33 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads the whole body within the configured size and time.
-async fn read_body(request: Request, config: &ServerConfig) -> Result<Bytes, ApiError> {
+/// Reads the whole body within `limit` bytes (the setting `limit_key`) and the
+/// configured time.
+async fn read_body(
+    request: Request,
+    limit: usize,
+    limit_key: &str,
+    config: &ServerConfig,
+) -> Result<Bytes, ApiError> {
     let (parts, body) = request.into_parts();
-    read_limited(&parts.headers, body, config).await
+    read_limited(&parts.headers, body, limit, limit_key, config).await
 }
 
-/// Reads a whole body within `api_max_body_bytes` and `api_body_read_timeout_ms`: 413
-/// (before reading, when `content-length` says so), 408, or 400 when it breaks off.
+/// Reads a whole body within `limit` bytes (the setting `limit_key`) and
+/// `api_body_read_timeout_ms`: 413 (before reading, when `content-length` says so),
+/// 408, or 400 when it breaks off.
 pub(crate) async fn read_limited(
     headers: &http::HeaderMap,
     body: axum::body::Body,
+    limit: usize,
+    limit_key: &str,
     config: &ServerConfig,
 ) -> Result<Bytes, ApiError> {
-    let limit = config.api_max_body_bytes;
     let too_large = || {
         ApiError(AppError::new(
             ErrorKind::PayloadTooLarge,
             "payload_too_large",
-            format!("the request body is larger than {limit} bytes"),
+            format!("the request body is larger than {limit} bytes (`{limit_key}`)"),
         ))
     };
     // Refused before reading: the client is not made to send what would be dropped.

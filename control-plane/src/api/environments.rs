@@ -68,7 +68,7 @@ pub struct VerdictView {
     pub release: String,
     /// `passing` or `blocking`.
     pub state: String,
-    /// Why it blocks.
+    /// Why it blocks; when it passes, the gate's summary (images, findings, threshold).
     pub reasons: Vec<String>,
     /// When it was evaluated.
     pub at: String,

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod promotions;
 pub mod registries;
 pub mod releases;
+pub mod scans;
 pub mod targets;
 pub mod users;
 pub mod variables;
@@ -104,6 +105,8 @@ pub fn router(app: Arc<App>) -> Router {
             get(releases::list_releases).post(releases::create_release),
         )
         .route("/releases/{name}/{version}", get(releases::show_release))
+        .route("/scans", post(scans::import_scan))
+        .route("/scans/{digest}", get(scans::show_scan))
         .route(
             "/promotions",
             get(promotions::list_promotions).post(promotions::promote),

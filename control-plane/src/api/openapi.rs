@@ -15,7 +15,7 @@ use utoipa::OpenApi;
 
 use super::{
     agents, audit, decisions, deployments, drift, envelope, environments, health, promotions,
-    registries, releases, targets, users, variables, webhooks,
+    registries, releases, scans, targets, users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -44,6 +44,7 @@ use super::{
         targets::update_target, targets::delete_target,
         registries::add_registry, registries::list_registries, registries::delete_registry,
         releases::create_release, releases::list_releases, releases::show_release,
+        scans::import_scan, scans::show_scan,
         promotions::promote, promotions::list_promotions, promotions::show_promotion,
         promotions::approve_promotion, promotions::reject_promotion,
         decisions::show_decision, decisions::replay_decision, decisions::export_evidence,
@@ -65,6 +66,7 @@ use super::{
         (name = "targets", description = "Deployment targets, each driven by one agent"),
         (name = "registries", description = "OCI registries and their credentials"),
         (name = "releases", description = "Releases: immutable sets of image digests"),
+        (name = "scans", description = "Scan reports and VEX documents, and the findings of an image"),
         (name = "promotions", description = "Promoting a release to an environment: gates and approvals"),
         (name = "decisions", description = "Signed decision records, replay, evidence packets and the keys that verify them"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),

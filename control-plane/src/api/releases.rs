@@ -10,8 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
+use super::webhooks::EventView;
 use crate::app::{App, ComponentRequest};
-use crate::domain::Release;
+use crate::domain::{EventKind, Release};
 
 /// A release.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -61,6 +62,42 @@ impl From<Release> for ReleaseView {
         }
     }
 }
+
+/// A release with what is known about it since: whether each image was scanned, and
+/// the security verdicts that turned against it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseDetailView {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Components.
+    pub components: Vec<ComponentDetailView>,
+    /// Creator.
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Its recent `verdict.changed` events, newest first.
+    pub events: Vec<EventView>,
+}
+
+/// A release component and whether a scan report was imported for its digest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ComponentDetailView {
+    /// Name.
+    pub name: String,
+    /// The reference given at creation.
+    pub source: String,
+    /// `registry/repository@sha256:…`.
+    pub image: String,
+    /// `sha256:…`.
+    pub digest: String,
+    /// Whether a scan report was imported for the digest (`stella scan show DIGEST`).
+    pub scanned: bool,
+}
+
+/// How many `verdict.changed` events `release show` lists.
+const RELEASE_EVENTS: i64 = 20;
 
 /// Body of release creation.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -149,12 +186,13 @@ pub async fn list_releases(
 
 /// Shows a release.
 ///
-/// Its components with the references given and the digests they resolved to.
-/// Needs the viewer role.
+/// Its components with the references given, the digests they resolved to and whether
+/// each digest was scanned; and its recent `verdict.changed` events. Needs the viewer
+/// role.
 #[utoipa::path(get, path = "/api/v1/releases/{name}/{version}", tag = "releases", operation_id = "getRelease",
     params(("name" = String, Path, description = "release name"), ("version" = String, Path, description = "version")),
     responses(
-        (status = 200, description = "The release", body = ReleaseView),
+        (status = 200, description = "The release", body = ReleaseDetailView),
         (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
         (status = 404, description = "No such release (`not_found`)", body = ErrorEnvelope),
     ),
@@ -163,7 +201,37 @@ pub async fn show_release(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
-) -> ApiResult<Json<ReleaseView>> {
+) -> ApiResult<Json<ReleaseDetailView>> {
     caller.require(Permission::Read)?;
-    Ok(Json(app.store.get_release(&name, &version).await?.into()))
+    let release = app.store.get_release(&name, &version).await?;
+    let mut components = Vec::with_capacity(release.components.len());
+    for c in release.components {
+        components.push(ComponentDetailView {
+            scanned: app.is_scanned(c.digest.as_str()).await?,
+            name: c.name,
+            source: c.source,
+            image: c.image,
+            digest: c.digest.to_string(),
+        });
+    }
+    let events = app
+        .store
+        .list_events(
+            None,
+            Some((&release.name, &release.version)),
+            Some(EventKind::VerdictChanged.as_str()),
+            RELEASE_EVENTS,
+        )
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(ReleaseDetailView {
+        name: release.name,
+        version: release.version,
+        components,
+        created_by: release.created_by,
+        created_at: rfc3339(release.created_at_ms),
+        events,
+    }))
 }

@@ -14,6 +14,7 @@ use stella_decision::gates::{
 use stella_decision::intoto::Subject;
 
 use super::events::NewEvent;
+use super::scans::ScanInputs;
 use super::{not_found_as, now_ms, App};
 use crate::domain::{
     Approval, DecisionRecord, Deployment, DeploymentKind, DeploymentState, Environment, EventKind,
@@ -21,9 +22,6 @@ use crate::domain::{
 };
 use crate::error::{AppError, ErrorKind};
 use crate::store::{PromotionUpdate, StoreError};
-
-/// Scan reports kept per image digest: the newest of each scanner.
-const REPORT_KINDS: [&str; 2] = ["trivy", "grype"];
 
 /// A promotion with what an operator needs to see: its approvals and last gate results.
 #[derive(Debug, Clone)]
@@ -580,35 +578,10 @@ impl App {
         }
         let planned = self.plan_settings(env, &targets).await?;
         let agents = self.agents_of(&targets).await?;
-        let components: Vec<ComponentInput> = release
-            .components
-            .iter()
-            .map(|c| ComponentInput {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                digest: c
-                    .image
-                    .rsplit_once('@')
-                    .map_or_else(String::new, |(_, digest)| digest.to_owned()),
-            })
-            .collect();
         let plan = Plan {
             schema: gates::PLAN_SCHEMA.to_owned(),
-            release: ReleaseInput {
-                name: release.name.clone(),
-                version: release.version.clone(),
-                components,
-            },
-            gates: GateConfig {
-                environment: env.name.clone(),
-                after: env.after.clone(),
-                approvals_required: env.gates.approvals_required,
-                approval_ttl_seconds: env.gates.approval_ttl_seconds,
-                freeze: env.gates.freeze.clone(),
-                block_severity: env.gates.block_severity.clone(),
-                allow_unscanned: env.gates.allow_unscanned,
-                policy: env.gates.policy_id.clone(),
-            },
+            release: release_input(release),
+            gates: gate_config(env),
             targets: targets
                 .iter()
                 .map(|t| TargetInput {
@@ -630,25 +603,11 @@ impl App {
             }),
             None => None,
         };
-        let mut documents = Documents::new();
-        let mut reports = BTreeMap::new();
-        for component in &plan.release.components {
-            let mut ids = Vec::new();
-            for kind in REPORT_KINDS {
-                if let Some(document) = self.store.latest_report(&component.digest, kind).await? {
-                    ids.push(document.id.clone());
-                    documents.insert(document.id, document.content.into_bytes());
-                }
-            }
-            if !ids.is_empty() {
-                reports.insert(component.digest.clone(), ids);
-            }
-        }
-        let mut vex = Vec::new();
-        for document in self.store.list_documents("openvex").await? {
-            vex.push(document.id.clone());
-            documents.insert(document.id, document.content.into_bytes());
-        }
+        let ScanInputs {
+            reports,
+            vex,
+            mut documents,
+        } = self.scan_inputs(&plan.release).await?;
         if let Some(policy) = &env.gates.policy_id {
             let document = self.store.get_document(policy).await?;
             documents.insert(document.id, document.content.into_bytes());
@@ -712,8 +671,13 @@ impl App {
         Ok(None)
     }
 
-    /// Called when a deployment reaches a terminal state: its promotion follows.
+    /// Called when a deployment reaches a terminal state: its promotion follows. A
+    /// deployment that succeeded (of any kind) also gets the security verdict of what now
+    /// runs stored, so `env show` has one from the start.
     pub(super) async fn promotion_deployment_finished(&self, deployment: &Deployment) {
+        if deployment.state == DeploymentState::Succeeded {
+            self.record_deployed_verdict(deployment).await;
+        }
         if deployment.kind != DeploymentKind::Promotion || !deployment.state.is_terminal() {
             return;
         }
@@ -802,6 +766,40 @@ impl App {
     }
 }
 
+/// A release as the gates see it: its components with their pinned images and digests.
+pub(super) fn release_input(release: &Release) -> ReleaseInput {
+    ReleaseInput {
+        name: release.name.clone(),
+        version: release.version.clone(),
+        components: release
+            .components
+            .iter()
+            .map(|c| ComponentInput {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                digest: c
+                    .image
+                    .rsplit_once('@')
+                    .map_or_else(String::new, |(_, digest)| digest.to_owned()),
+            })
+            .collect(),
+    }
+}
+
+/// An environment's gates as the decision sees them.
+pub(super) fn gate_config(env: &Environment) -> GateConfig {
+    GateConfig {
+        environment: env.name.clone(),
+        after: env.after.clone(),
+        approvals_required: env.gates.approvals_required,
+        approval_ttl_seconds: env.gates.approval_ttl_seconds,
+        freeze: env.gates.freeze.clone(),
+        block_severity: env.gates.block_severity.clone(),
+        allow_unscanned: env.gates.allow_unscanned,
+        policy: env.gates.policy_id.clone(),
+    }
+}
+
 fn approval_input(approval: Approval) -> ApprovalInput {
     ApprovalInput {
         user: approval.user,
@@ -836,7 +834,7 @@ fn blocked_line(decision: &Decision) -> String {
 
 /// An input the gates cannot read (a broken stored document or window): 422.
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(undecidable)`
-fn undecidable(error: stella_decision::DecisionError) -> AppError {
+pub(super) fn undecidable(error: stella_decision::DecisionError) -> AppError {
     AppError::new(
         ErrorKind::FailedPrecondition,
         "undecidable",

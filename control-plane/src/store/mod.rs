@@ -39,7 +39,7 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 pub use deployments::DesiredPayload;
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;
-pub use scans::{EnvironmentVerdict, ScanReportRef};
+pub use scans::{EnvironmentVerdict, ScanLink, ScanReportRef, VerdictUpdate};
 
 use error::database;
 

@@ -21,7 +21,61 @@ pub struct ScanReportRef {
     pub imported_at_ms: i64,
 }
 
+/// The image digest a report is imported for, with who imported it and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanLink<'a> {
+    /// The image digest (`sha256:…`).
+    pub digest: &'a str,
+    /// The image as given at import.
+    pub image: &'a str,
+}
+
 impl Store {
+    /// Stores an imported scan document and, for a report, its link to the image digest,
+    /// in one transaction. Returns whether anything was new: `false` when the same
+    /// content was imported before (for the same digest), which the store's keys decide.
+    pub async fn import_scan_document(
+        &self,
+        document: &Document,
+        link: Option<ScanLink<'_>>,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "importing a scan document";
+        let mut tx = self.begin_write(OP).await?;
+        let mut created = sqlx::query(
+            "INSERT INTO documents (id, kind, content, created_by, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(document.id.as_str())
+        .bind(document.kind.as_str())
+        .bind(document.content.as_str())
+        .bind(document.created_by.as_str())
+        .bind(document.created_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?
+        .rows_affected()
+            > 0;
+        if let Some(link) = link {
+            created |= sqlx::query(
+                "INSERT INTO scan_reports (digest, document_id, image, imported_by, \
+                 imported_at_ms) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (digest, document_id) DO NOTHING",
+            )
+            .bind(link.digest)
+            .bind(document.id.as_str())
+            .bind(link.image)
+            .bind(document.created_by.as_str())
+            .bind(document.created_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(database(OP))?
+            .rows_affected()
+                > 0;
+        }
+        tx.commit().await.map_err(database(OP))?;
+        Ok(created)
+    }
+
     /// Records that `document_id` (stored already) is a report on `digest`; importing the
     /// same report for the same digest again is a no-op.
     pub async fn add_scan_report(
@@ -113,36 +167,64 @@ pub struct EnvironmentVerdict {
     pub version: String,
     /// Whether it passes the environment's security gate.
     pub passed: bool,
-    /// Why it blocks.
+    /// Why it blocks; when it passes, the gate's summary.
     pub reasons: Vec<String>,
     /// When it was evaluated.
     pub at_ms: i64,
 }
 
+/// What [`Store::set_verdict`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerdictUpdate {
+    /// The verdict is stored; it replaced this one, if any.
+    Stored {
+        /// The verdict it replaced.
+        previous: Option<EnvironmentVerdict>,
+    },
+    /// A verdict evaluated later is stored already; this one was dropped.
+    Stale {
+        /// The stored verdict.
+        current: EnvironmentVerdict,
+    },
+}
+
 impl Store {
-    /// Replaces an environment's verdict; returns the one it replaced.
+    /// Replaces an environment's verdict, unless the stored one was evaluated later
+    /// (`at_ms` is when the evaluation read its inputs): of two evaluations racing, the
+    /// one that read last saw every document stored before it, so it wins whichever
+    /// writes last.
     pub async fn set_verdict(
         &self,
         verdict: &EnvironmentVerdict,
-    ) -> Result<Option<EnvironmentVerdict>, StoreError> {
+    ) -> Result<VerdictUpdate, StoreError> {
         const OP: &str = "recording a verdict";
         let mut tx = self.begin_write(OP).await?;
-        let previous = sqlx::query_as::<_, VerdictRow>(
+        let lock = match self.backend {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE",
+        };
+        let previous = sqlx::query_as::<_, VerdictRow>(&format!(
             "SELECT environment, release_name, release_version, passed, reasons_json, at_ms \
-             FROM verdicts WHERE environment = $1",
-        )
+             FROM verdicts WHERE environment = $1{lock}"
+        ))
         .bind(verdict.environment.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(database(OP))?
         .map(VerdictRow::into_verdict)
         .transpose()?;
+        if let Some(current) = previous.as_ref().filter(|p| p.at_ms > verdict.at_ms) {
+            return Ok(VerdictUpdate::Stale {
+                current: current.clone(),
+            });
+        }
         sqlx::query(
             "INSERT INTO verdicts (environment, release_name, release_version, passed, \
              reasons_json, at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (environment) DO UPDATE SET release_name = excluded.release_name, \
              release_version = excluded.release_version, passed = excluded.passed, \
-             reasons_json = excluded.reasons_json, at_ms = excluded.at_ms",
+             reasons_json = excluded.reasons_json, at_ms = excluded.at_ms \
+             WHERE verdicts.at_ms <= excluded.at_ms",
         )
         .bind(verdict.environment.as_str())
         .bind(verdict.release.as_str())
@@ -157,7 +239,7 @@ impl Store {
         .await
         .map_err(database(OP))?;
         tx.commit().await.map_err(database(OP))?;
-        Ok(previous)
+        Ok(VerdictUpdate::Stored { previous })
     }
 
     /// An environment's verdict, if one was evaluated.
