@@ -24,7 +24,7 @@ use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use stella_agent::logging;
 
 use commands::{
-    agents, completions, decisions, deployments, drift, environments, promote, registries,
+    agents, audit, completions, decisions, deployments, drift, environments, promote, registries,
     releases, scans, targets, users, webhooks, Context,
 };
 use output::Format;
@@ -145,6 +145,9 @@ enum Command {
     Webhook(webhooks::WebhookCommand),
     /// Events: promotions, drift, verdicts, unreachable agents; newest first.
     Events(webhooks::EventsArgs),
+    /// The tamper-evident audit log of every API change: list, verify (admin only).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script: `source <(stella completions bash)`.
     Completions(completions::CompletionsArgs),
 }
@@ -313,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drift(command) => drift::drift(&context()?, command).await,
         Command::Webhook(command) => webhooks::webhook(&context()?, command).await,
         Command::Events(args) => webhooks::events(&context()?, args).await,
+        Command::Audit(command) => audit::audit(&context()?, command).await,
         Command::Completions(args) => {
             completions::print(&args, command());
             Ok(())

@@ -1,7 +1,8 @@
-//! The server keys this CLI trusts to have signed decisions: recorded at first use
-//! (the first time it fetches a decision or an evidence packet from a server), like an
-//! SSH client's known hosts. `evidence verify` without `--key` trusts these and nothing
-//! else: a key that merely came inside a packet proves nothing.
+//! The server keys this CLI trusts to have signed decisions and audit checkpoints:
+//! recorded at first use (the first time it fetches a decision, an evidence packet or
+//! the audit log from a server), like an SSH client's known hosts. `evidence verify`
+//! and `audit verify` without `--key` trust these and nothing else: a key that merely
+//! came inside a packet, or is listed by a server later, proves nothing.
 //!
 //! Kept in `$STELLA_CONFIG_DIR/known-keys.json` (default `$XDG_CONFIG_HOME/stella`, else
 //! `~/.config/stella`).

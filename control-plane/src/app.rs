@@ -2,6 +2,7 @@
 //! the control plane offers, over the store, the PKI and the live agent sessions.
 //! Protocol layers only translate requests and errors.
 
+mod audit;
 mod deployments;
 mod dispatch;
 mod drift;
@@ -15,6 +16,7 @@ mod scans;
 mod targets;
 mod webhooks;
 
+pub use audit::{run_audit_checkpointer, AuditLog};
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
@@ -76,6 +78,8 @@ pub struct App {
     cancels_sent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// Wakes the webhook sender when deliveries are queued.
     webhook_wake: tokio::sync::Notify,
+    /// The audit chain's cached head and what awaits a checkpoint.
+    audit_log: AuditLog,
 }
 
 /// A join token as handed to the operator, once.
@@ -203,6 +207,7 @@ impl App {
             waiting_reminders: parking_lot::Mutex::default(),
             cancels_sent: parking_lot::Mutex::default(),
             webhook_wake: tokio::sync::Notify::new(),
+            audit_log: AuditLog::default(),
         }
     }
 

@@ -69,6 +69,13 @@ pub struct ServerConfig {
     /// checks only: freeze windows and approval expiry are then read at this time.
     /// Deployments, their deadlines and stored records keep the wall clock.
     pub decision_clock_ms: Option<i64>,
+    /// How often the audit entries this replica appended since its last checkpoint are
+    /// covered by a new signed checkpoint. Entries after the newest checkpoint are
+    /// protected by the hash chain alone: deleting them from the end leaves no trace.
+    pub audit_checkpoint_interval_ms: u64,
+    /// A checkpoint is also signed as soon as this replica appended this many audit
+    /// entries since its last one, however soon that is.
+    pub audit_checkpoint_every_entries: u64,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +104,8 @@ impl Default for ServerConfig {
             webhook_retry_max_ms: 5 * 60 * 1000,
             webhook_give_up_after_seconds: 24 * 3600,
             decision_clock_ms: None,
+            audit_checkpoint_interval_ms: 5000,
+            audit_checkpoint_every_entries: 256,
         }
     }
 }
@@ -221,7 +230,31 @@ impl ServerConfig {
                 });
             }
         }
-        self.validate_webhooks()
+        self.validate_webhooks()?;
+        self.validate_audit()
+    }
+
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        for (key, value, max) in [
+            (
+                "audit_checkpoint_interval_ms",
+                self.audit_checkpoint_interval_ms,
+                3_600_000,
+            ),
+            (
+                "audit_checkpoint_every_entries",
+                self.audit_checkpoint_every_entries,
+                1_000_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be between 1 and {max}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate_webhooks(&self) -> Result<(), ConfigError> {

@@ -119,7 +119,8 @@ impl RunningServer {
     }
 
     /// Stops serving: ends every agent session (agents reconnect by themselves),
-    /// flushes heartbeats and waits for every task, at most [`STOP_GRACE`].
+    /// flushes heartbeats and waits for every task, at most [`STOP_GRACE`]; then signs
+    /// a last audit checkpoint of what the drained API appended.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.app
@@ -133,6 +134,7 @@ impl RunningServer {
                 abort.abort();
             }
         }
+        self.app.checkpoint_audit().await;
         self.app.store.close().await;
     }
 
@@ -200,6 +202,10 @@ pub async fn start(
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(app::run_webhook_sender(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(app::run_audit_checkpointer(
         app.clone(),
         shutdown.clone(),
     )));

@@ -77,6 +77,11 @@ pub struct Metrics {
     pub http_connections_evicted: Counter,
     /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`).
     pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    /// Audit log appends by outcome (`ok`, `failed`): a failed one is an audited
+    /// request missing from the log.
+    pub audit_appends: Family<OutcomeLabels, Counter>,
+    /// Audit checkpoints signed by outcome (`ok`, `failed`).
+    pub audit_checkpoints: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,6 +157,18 @@ impl Metrics {
             "Webhook delivery attempts by outcome",
             webhook_deliveries.clone(),
         );
+        let audit_appends = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "audit_appends",
+            "Audit log appends by outcome; a failed one is an audited request missing from the log",
+            audit_appends.clone(),
+        );
+        let audit_checkpoints = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "audit_checkpoints",
+            "Signed audit checkpoints by outcome",
+            audit_checkpoints.clone(),
+        );
         let delivery = DeliveryMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -169,6 +186,8 @@ impl Metrics {
             http_connections_refused,
             http_connections_evicted,
             webhook_deliveries,
+            audit_appends,
+            audit_checkpoints,
         }
     }
 

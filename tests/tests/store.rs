@@ -95,6 +95,9 @@ store_suite!(
     a_revoked_agent_can_be_deleted_and_stays_revoked,
     registries_are_deleted,
     migration_fails_all_but_the_newest_active_deployment,
+    // Audit log.
+    audit_entries_and_checkpoints_are_unique_by_seq,
+    concurrent_audit_writers_leave_one_contiguous_chain,
     // Scan reports and verdicts.
     scan_documents_are_new_once_per_content_and_digest,
     a_verdict_read_earlier_never_replaces_one_read_later,
@@ -4647,6 +4650,131 @@ async fn migration_fails_all_but_the_newest_active_deployment(f: &Fixture) {
         "staging",
     );
     store.close().await;
+}
+
+async fn audit_entries_and_checkpoints_are_unique_by_seq(f: &Fixture) {
+    use stella_decision::audit::{AuditEntry, Checkpoint};
+    let store = &f.store;
+    assert!(store.audit_head().await.ok_or_panic("head").is_none());
+    let first = AuditEntry::new(None, NOW, "admin", "POST /x", "/x", "sha256:00", "201");
+    store.append_audit_entry(&first).await.ok_or_panic("append");
+    // Another writer's entry 1, linked to the same genesis: refused.
+    let rival = AuditEntry::new(None, NOW + 1, "bob", "POST /y", "/y", "sha256:01", "201");
+    assert_conflict(store.append_audit_entry(&rival).await, "audit entry", "1");
+    let second = AuditEntry::new(
+        Some(&first),
+        NOW + 2,
+        "a\u{e9}\"b",
+        "DELETE /z/{id}",
+        "/z/1",
+        "none",
+        "403",
+    );
+    store
+        .append_audit_entry(&second)
+        .await
+        .ok_or_panic("append");
+    assert_eq!(
+        store.audit_head().await.ok_or_panic("head"),
+        Some(second.clone())
+    );
+    assert_eq!(
+        store.list_audit_entries(0, 10).await.ok_or_panic("list"),
+        vec![first.clone(), second.clone()]
+    );
+    assert_eq!(
+        store.list_audit_entries(1, 10).await.ok_or_panic("list"),
+        vec![second.clone()]
+    );
+    assert!(
+        store
+            .list_audit_entries(0, 1)
+            .await
+            .ok_or_panic("list")
+            .len()
+            == 1
+    );
+
+    let key = stella_decision::dsse::SigningKey::from_seed([3; 32]);
+    let checkpoint = Checkpoint::sign(&key, &second, NOW + 3);
+    store
+        .add_audit_checkpoint(&checkpoint)
+        .await
+        .ok_or_panic("checkpoint");
+    let again = Checkpoint::sign(&key, &second, NOW + 4);
+    assert_conflict(
+        store.add_audit_checkpoint(&again).await,
+        "audit checkpoint",
+        "2",
+    );
+    let listed = store
+        .list_audit_checkpoints(0, 10)
+        .await
+        .ok_or_panic("checkpoints");
+    assert_eq!(listed, vec![checkpoint]);
+    assert!(store
+        .list_audit_checkpoints(2, 10)
+        .await
+        .ok_or_panic("checkpoints")
+        .is_empty());
+    let entries = store.list_audit_entries(0, 10).await.ok_or_panic("list");
+    stella_decision::audit::verify_chain(&entries, &listed, &[key.public_key()])
+        .unwrap_or_else(|fault| panic!("{fault}"));
+}
+
+async fn concurrent_audit_writers_leave_one_contiguous_chain(f: &Fixture) {
+    use stella_decision::audit::{verify_chain, AuditEntry};
+    const WRITERS: usize = 6;
+    const EACH: usize = 25;
+    // Two pools, as two replicas would have; three writers on each.
+    let other = connect(&f.url).await;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = if w % 2 == 0 {
+                f.store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                for i in 0..EACH {
+                    loop {
+                        let head = store.audit_head().await.ok_or_panic("head");
+                        let entry = AuditEntry::new(
+                            head.as_ref(),
+                            NOW,
+                            format!("writer-{w}"),
+                            "POST /x",
+                            format!("/x/{i}"),
+                            "sha256:00",
+                            "201",
+                        );
+                        match store.append_audit_entry(&entry).await {
+                            Ok(()) => break,
+                            Err(StoreError::Conflict { .. }) => conflicts += 1,
+                            Err(error) => panic!("append: {}", chain(&error)),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for writer in writers {
+        conflicts += writer.await.unwrap_or_else(|e| panic!("writer: {e}"));
+    }
+    let entries = f
+        .store
+        .list_audit_entries(0, 10_000)
+        .await
+        .ok_or_panic("list");
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    let expected: Vec<i64> = (1..=(WRITERS * EACH) as i64).collect();
+    assert_eq!(seqs, expected);
+    let summary = verify_chain(&entries, &[], &[]).unwrap_or_else(|fault| panic!("{fault}"));
+    assert_eq!(summary.entries, WRITERS * EACH);
+    eprintln!("{} lost races for a seq, each retried", conflicts);
 }
 
 fn scan_document(content: &str, kind: &str, at_ms: i64) -> stella_control_plane::domain::Document {

@@ -2,6 +2,7 @@
 //! the [`Context`] every command gets, and small helpers for paths, queries and output.
 
 pub mod agents;
+pub mod audit;
 pub mod completions;
 pub mod decisions;
 pub mod deployments;

@@ -230,6 +230,20 @@ async fn read_body(
     limit_key: &str,
     config: &ServerConfig,
 ) -> Result<Bytes, ApiError> {
+    let (parts, body) = request.into_parts();
+    read_limited(&parts.headers, body, limit, limit_key, config).await
+}
+
+/// Reads a whole body within `limit` bytes (the setting `limit_key`) and
+/// `api_body_read_timeout_ms`: 413 (before reading, when `content-length` says so),
+/// 408, or 400 when it breaks off.
+pub(crate) async fn read_limited(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+    limit_key: &str,
+    config: &ServerConfig,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError(AppError::new(
             ErrorKind::PayloadTooLarge,
@@ -238,10 +252,10 @@ async fn read_body(
         ))
     };
     // Refused before reading: the client is not made to send what would be dropped.
-    if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
+    if declared_length(headers).is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let mut stream = request.into_body().into_data_stream();
+    let mut stream = body.into_data_stream();
     let read = async {
         let mut body = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -407,7 +421,12 @@ impl FromRequestParts<Arc<App>> for Caller {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
         match app.authenticate(token).await? {
-            Some(user) => Ok(Caller(user)),
+            Some(user) => {
+                if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
+                    actor.record(&user.name);
+                }
+                Ok(Caller(user))
+            }
             None => Err(unauthenticated("unknown or revoked token")),
         }
     }

@@ -7,6 +7,7 @@
 //! the document.
 
 pub mod agents;
+pub mod audit;
 pub mod decisions;
 pub mod deployments;
 pub mod drift;
@@ -141,6 +142,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
         .route("/events", get(webhooks::list_events))
+        .route("/audit", get(audit::list_audit))
+        .route("/audit/checkpoints", get(audit::list_audit_checkpoints))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)
@@ -149,6 +152,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(health::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        // Inside `observe`: an entry is appended within the request's trace span, and a
+        // body the audit middleware refuses leaves as the envelope.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            audit::record,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }

@@ -14,8 +14,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
 use super::{
-    agents, decisions, deployments, drift, envelope, environments, health, promotions, registries,
-    releases, scans, targets, users, variables, webhooks,
+    agents, audit, decisions, deployments, drift, envelope, environments, health, promotions,
+    registries, releases, scans, targets, users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -54,6 +54,7 @@ use super::{
         drift::list_drift,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook,
         webhooks::list_deliveries, webhooks::list_events,
+        audit::list_audit, audit::list_audit_checkpoints,
         health::healthz, health::readyz, health::metrics, document,
     ),
     components(schemas(envelope::ErrorEnvelope, envelope::ErrorBody)),
@@ -72,6 +73,7 @@ use super::{
         (name = "drift", description = "Differences between what runs and what was deployed"),
         (name = "webhooks", description = "Webhooks: signed deliveries of events, from a durable outbox"),
         (name = "events", description = "What operators are told about, in lists and through webhooks"),
+        (name = "audit", description = "The tamper-evident audit log of every mutating call, and its signed checkpoints"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     ),
 )]

@@ -13,6 +13,7 @@
 //! so two writers queue on the busy timeout instead of failing on a lock upgrade.
 
 mod agents;
+mod audit;
 mod deployments;
 mod drift;
 mod environments;
