@@ -1233,6 +1233,7 @@ async fn decisions_are_signed_replayable_and_verify_offline_as_evidence() -> any
         names,
         [
             "manifest.json",
+            "manifest.sig.json",
             "decision.json",
             "deployment.json",
             policy_file.as_str(),
