@@ -195,9 +195,19 @@ async fn run(backend: &str, args: &Args) -> anyhow::Result<()> {
             let mut times = Vec::with_capacity(per_task);
             for _ in 0..per_task {
                 let one = Instant::now();
-                app.promote("shop", "1.4.2", "prod", &user, None)
+                let decided = app
+                    .promote("shop", "1.4.2", "prod", &user, None)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
+                // What the API's audit middleware appends for this request.
+                app.audit(
+                    &user.name,
+                    "POST /api/v1/promotions",
+                    "/api/v1/promotions",
+                    &stella_decision::sha256_id(decided.promotion.id.as_bytes()),
+                    "201",
+                )
+                .await;
                 times.push(one.elapsed());
             }
             anyhow::Ok(times)
