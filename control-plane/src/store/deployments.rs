@@ -195,14 +195,9 @@ impl Store {
     pub async fn find_deployment(&self, id_or_prefix: &str) -> Result<Deployment, StoreError> {
         const OP: &str = "reading a deployment";
         match self.get_deployment(id_or_prefix).await {
-            Err(StoreError::NotFound { .. })
-                if id_or_prefix.len() >= 8
-                    && id_or_prefix
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit() || c == '-') => {}
+            Err(StoreError::NotFound { .. }) if super::is_id_prefix(id_or_prefix) => {}
             other => return other,
         }
-        // Hex digits and '-' only (checked above): nothing in the prefix is a LIKE wildcard.
         let rows = sqlx::query_as::<_, DeploymentRow>(select_deployments!(
             "WHERE id LIKE $1 ORDER BY id LIMIT 2"
         ))
@@ -210,18 +205,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(database(OP))?;
-        let mut rows = rows.into_iter();
-        match (rows.next(), rows.next()) {
-            (Some(row), None) => row.into_deployment(),
-            (Some(_), Some(_)) => Err(StoreError::Conflict {
-                entity: "deployment id prefix",
-                key: id_or_prefix.to_owned(),
-            }),
-            (None, _) => Err(StoreError::NotFound {
-                entity: "deployment",
-                key: id_or_prefix.to_owned(),
-            }),
-        }
+        super::only_match(rows, "deployment", "deployment id prefix", id_or_prefix)?
+            .into_deployment()
     }
 
     /// Cancels a deployment that is not finished: in one transaction its unfinished tasks

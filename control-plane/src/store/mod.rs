@@ -253,3 +253,31 @@ async fn postgres_pool(
         .await
         .map_err(database("connecting to postgresql"))
 }
+
+/// Whether `text` may be the start of an id: at least 8 characters, hex digits and `-`
+/// only (so nothing in it is a `LIKE` wildcard).
+pub(super) fn is_id_prefix(text: &str) -> bool {
+    text.len() >= 8 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// The one row a prefix lookup found (it reads at most two): `NotFound` for none,
+/// `Conflict` (entity `prefix_entity`) for several.
+pub(super) fn only_match<R>(
+    rows: Vec<R>,
+    entity: &'static str,
+    prefix_entity: &'static str,
+    prefix: &str,
+) -> Result<R, StoreError> {
+    let mut rows = rows.into_iter();
+    match (rows.next(), rows.next()) {
+        (Some(row), None) => Ok(row),
+        (Some(_), Some(_)) => Err(StoreError::Conflict {
+            entity: prefix_entity,
+            key: prefix.to_owned(),
+        }),
+        (None, _) => Err(StoreError::NotFound {
+            entity,
+            key: prefix.to_owned(),
+        }),
+    }
+}

@@ -218,11 +218,7 @@ impl Store {
     /// least 8 hex characters); `Conflict` (entity `promotion id prefix`) if several do.
     pub async fn find_promotion(&self, id_or_prefix: &str) -> Result<Promotion, StoreError> {
         match self.get_promotion(id_or_prefix).await {
-            Err(StoreError::NotFound { .. })
-                if id_or_prefix.len() >= 8
-                    && id_or_prefix
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit() || c == '-') => {}
+            Err(StoreError::NotFound { .. }) if super::is_id_prefix(id_or_prefix) => {}
             other => return other,
         }
         let rows = sqlx::query_as::<_, PromotionRow>(select_promotions!(
@@ -232,26 +228,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(database("reading a promotion"))?;
-        match rows.len() {
-            0 => Err(StoreError::NotFound {
-                entity: "promotion",
-                key: id_or_prefix.to_owned(),
-            }),
-            1 => rows
-                .into_iter()
-                .next()
-                .map(PromotionRow::into_promotion)
-                .unwrap_or_else(|| {
-                    Err(StoreError::NotFound {
-                        entity: "promotion",
-                        key: id_or_prefix.to_owned(),
-                    })
-                }),
-            _ => Err(StoreError::Conflict {
-                entity: "promotion id prefix",
-                key: id_or_prefix.to_owned(),
-            }),
-        }
+        super::only_match(rows, "promotion", "promotion id prefix", id_or_prefix)?.into_promotion()
     }
 
     /// Promotions, newest first, optionally of one environment and in one state.
