@@ -143,6 +143,29 @@ pub(crate) fn not_found_as(
     }
 }
 
+/// The error of a lookup by id or unique prefix, in the words of the request:
+/// `ambiguous_id` (409) when several match, `unknown_<what>` (404) when none does.
+pub(crate) fn prefix_lookup_error(
+    error: crate::store::StoreError,
+    what: &'static str,
+    unknown_code: &'static str,
+    id_or_prefix: &str,
+) -> AppError {
+    match error {
+        crate::store::StoreError::Conflict { .. } => AppError::new(
+            ErrorKind::Conflict,
+            "ambiguous_id",
+            format!("`{id_or_prefix}` matches several {what}s: give more of the id"),
+        ),
+        crate::store::StoreError::NotFound { .. } => AppError::new(
+            ErrorKind::NotFound,
+            unknown_code,
+            format!("no {what} `{id_or_prefix}`"),
+        ),
+        other => other.into(),
+    }
+}
+
 /// A broken domain rule as a 400.
 pub(crate) fn invalid(error: crate::domain::Invalid) -> AppError {
     AppError::invalid(error.0)

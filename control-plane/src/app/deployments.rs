@@ -383,18 +383,8 @@ impl App {
         self.store
             .find_deployment(id_or_prefix)
             .await
-            .map_err(|error| match error {
-                StoreError::Conflict { .. } => AppError::new(
-                    ErrorKind::Conflict,
-                    "ambiguous_id",
-                    format!("`{id_or_prefix}` matches several deployments: give more of the id"),
-                ),
-                StoreError::NotFound { .. } => AppError::new(
-                    ErrorKind::NotFound,
-                    "unknown_deployment",
-                    format!("no deployment `{id_or_prefix}`"),
-                ),
-                other => other.into(),
+            .map_err(|error| {
+                super::prefix_lookup_error(error, "deployment", "unknown_deployment", id_or_prefix)
             })
     }
 

@@ -722,18 +722,8 @@ impl App {
         self.store
             .find_promotion(id_or_prefix)
             .await
-            .map_err(|error| match error {
-                StoreError::Conflict { .. } => AppError::new(
-                    ErrorKind::Conflict,
-                    "ambiguous_id",
-                    format!("`{id_or_prefix}` matches several promotions: give more of the id"),
-                ),
-                StoreError::NotFound { .. } => AppError::new(
-                    ErrorKind::NotFound,
-                    "unknown_promotion",
-                    format!("no promotion `{id_or_prefix}`"),
-                ),
-                other => other.into(),
+            .map_err(|error| {
+                super::prefix_lookup_error(error, "promotion", "unknown_promotion", id_or_prefix)
             })
     }
 
