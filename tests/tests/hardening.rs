@@ -901,25 +901,40 @@ async fn deployments_and_dispatch_show_in_the_metrics() -> anyhow::Result<()> {
         .await?;
     let deployed = estate.deploy("1").await?;
     assert_eq!(deployed["state"], "succeeded", "{deployed}");
-    let metrics = reqwest::get(format!("{}/metrics", estate.server.api_url()))
-        .await?
-        .text()
-        .await?;
-    let value_of = |prefix: &str| -> Option<f64> {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
-    let samples: BTreeMap<&str, Option<f64>> = [
+    let names = [
         r#"stella_deployments_finished_total{kind="promotion",outcome="succeeded"}"#,
         r#"stella_deployment_duration_seconds_count{kind="promotion",outcome="succeeded"}"#,
         "stella_task_dispatch_latency_seconds_count",
-    ]
-    .into_iter()
-    .map(|name| (name, value_of(name)))
-    .collect();
+    ];
+    // The deployment's state is stored before the replica counts it: read the metrics
+    // until they have caught up (or the wait ends, and the assertion below says what).
+    let url = format!("{}/metrics", estate.server.api_url());
+    let read = || async {
+        let metrics = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let value_of = |prefix: &str| -> Option<f64> {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+        };
+        let samples: BTreeMap<&str, Option<f64>> = names
+            .into_iter()
+            .map(|name| (name, value_of(name)))
+            .collect();
+        Some((samples, metrics))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (samples, metrics) = loop {
+        let read = read().await;
+        let done = read
+            .as_ref()
+            .is_some_and(|(samples, _)| samples.values().all(|v| *v == Some(1.0)));
+        if done || std::time::Instant::now() > deadline {
+            break read.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for (name, value) in &samples {
         assert_eq!(*value, Some(1.0), "{name} in\n{metrics}");
     }
