@@ -4657,10 +4657,17 @@ async fn audit_entries_and_checkpoints_are_unique_by_seq(f: &Fixture) {
     let store = &f.store;
     assert!(store.audit_head().await.ok_or_panic("head").is_none());
     let first = AuditEntry::new(None, NOW, "admin", "POST /x", "/x", "sha256:00", "201");
-    store.append_audit_entry(&first).await.ok_or_panic("append");
+    store
+        .append_audit_entries(std::slice::from_ref(&first))
+        .await
+        .ok_or_panic("append");
     // Another writer's entry 1, linked to the same genesis: refused.
     let rival = AuditEntry::new(None, NOW + 1, "bob", "POST /y", "/y", "sha256:01", "201");
-    assert_conflict(store.append_audit_entry(&rival).await, "audit entry", "1");
+    assert_conflict(
+        store.append_audit_entries(&[rival]).await,
+        "audit entry",
+        "1",
+    );
     let second = AuditEntry::new(
         Some(&first),
         NOW + 2,
@@ -4671,12 +4678,37 @@ async fn audit_entries_and_checkpoints_are_unique_by_seq(f: &Fixture) {
         "403",
     );
     store
-        .append_audit_entry(&second)
+        .append_audit_entries(std::slice::from_ref(&second))
         .await
         .ok_or_panic("append");
     assert_eq!(
         store.audit_head().await.ok_or_panic("head"),
         Some(second.clone())
+    );
+    // A batch whose last seq is free but whose first is taken is refused whole: no
+    // entry of it may be linked after a head that is not its own.
+    let stale = AuditEntry::new(
+        Some(&first),
+        NOW + 5,
+        "carol",
+        "POST /w",
+        "/w",
+        "none",
+        "201",
+    );
+    let after_stale = AuditEntry::new(
+        Some(&stale),
+        NOW + 6,
+        "carol",
+        "POST /v",
+        "/v",
+        "none",
+        "201",
+    );
+    assert_conflict(
+        store.append_audit_entries(&[stale, after_stale]).await,
+        "audit entry",
+        "2",
     );
     assert_eq!(
         store.list_audit_entries(0, 10).await.ok_or_panic("list"),
@@ -4749,7 +4781,7 @@ async fn concurrent_audit_writers_leave_one_contiguous_chain(f: &Fixture) {
                             "sha256:00",
                             "201",
                         );
-                        match store.append_audit_entry(&entry).await {
+                        match store.append_audit_entries(&[entry]).await {
                             Ok(()) => break,
                             Err(StoreError::Conflict { .. }) => conflicts += 1,
                             Err(error) => panic!("append: {}", chain(&error)),

@@ -1,11 +1,17 @@
 //! The audit log's writer: appends entries to the hash chain and signs checkpoints of
 //! what this replica appended.
 //!
-//! Each replica keeps the chain's head in memory, so an append is one `INSERT` at
-//! `head + 1`. The seq is the table's primary key: when another replica took that seq
-//! first, the insert is refused, the head is read again and the entry is linked after
-//! it. Appends on one replica queue on the cached head's lock, which is held across
-//! the insert so that they never race each other.
+//! Appends are group-committed. A caller queues its entry and waits; one writer task
+//! at a time (started by the first caller that finds none running) takes everything
+//! queued, links it after the chain's head and inserts it in one statement, then
+//! answers every caller of that batch. Under load a batch carries many entries, so the
+//! chain costs one write per batch rather than one per request, and appends on one
+//! replica never race each other.
+//!
+//! Each replica keeps the chain's head in memory, so a batch is one `INSERT` at
+//! `head + 1 …`. The seq is the table's primary key: when another replica took one of
+//! those seqs first, the whole batch is refused, the head is read again and the batch
+//! is linked after it.
 //!
 //! A checkpoint signs the newest entry *this replica* appended (taken from memory, never
 //! re-read from the database), so a server never signs a chain someone else may have
@@ -20,39 +26,74 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stella_decision::audit::{AuditEntry, Checkpoint};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, App};
 use crate::error::ErrorChain;
 use crate::metrics::Metrics;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError, MAX_APPEND_BATCH};
 
-/// Attempts at one append while other replicas keep taking the next seq.
+/// Attempts at one batch while other replicas keep taking the next seq.
 const APPEND_ATTEMPTS: usize = 32;
 
-/// Longest an append may take, waiting for the appends queued before it included.
-/// Appends queue on one lock, so without a bound a database that stopped answering
-/// would hold every mutating call for the sum of their store timeouts.
+/// Longest a caller waits for its entry to be stored. Past it the call goes on (and the
+/// append is counted as failed) while the writer keeps the entry queued: a database
+/// that stopped answering must not hold every mutating call for the sum of its store
+/// timeouts.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// This replica's side of the audit chain.
-#[derive(Debug, Default)]
+/// Most entries waiting for the writer; past it an append is refused at once, so a
+/// database that stopped answering cannot grow the queue without bound.
+const MAX_QUEUED: usize = 65_536;
+
+/// This replica's side of the audit chain; cheap to clone.
+#[derive(Debug, Clone, Default)]
 pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Entries waiting for the writer, and whether a writer runs.
+    queue: parking_lot::Mutex<Queue>,
     /// The chain's head as this replica last knew it: `None` until it is read from the
     /// store (and again after a lost race or a failed write), `Some(None)` for an empty
-    /// chain.
-    head: tokio::sync::Mutex<Option<Option<AuditEntry>>>,
+    /// chain. Only the writer touches it.
+    head: parking_lot::Mutex<Option<Option<AuditEntry>>>,
     /// What this replica appended since its last checkpoint.
     unsigned: parking_lot::Mutex<Unsigned>,
     /// Wakes the checkpointer when `audit_checkpoint_every_entries` are unsigned.
     full: tokio::sync::Notify,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    writing: bool,
+}
+
+/// One entry waiting for the writer, without its link (seq, hashes) yet.
+#[derive(Debug)]
+struct Queued {
+    at_ms: i64,
+    actor: String,
+    action: String,
+    object: String,
+    request_digest: String,
+    outcome: String,
+    done: oneshot::Sender<Result<i64, String>>,
+}
+
 /// Why an entry could not be appended.
 #[derive(Debug, thiserror::Error)]
 enum AppendError {
-    #[error("cannot write the audit log")]
-    Store(#[from] StoreError),
+    #[error("cannot write the audit log: {0}")]
+    Store(String),
+    #[error("the audit writer stopped before storing the entry")]
+    WriterGone,
+    #[error("{MAX_QUEUED} entries are waiting for the audit writer already")]
+    QueueFull,
     #[error("appending took longer than {APPEND_TIMEOUT:?}")]
     TimedOut,
 }
@@ -88,7 +129,7 @@ impl App {
                 // The object and actor are enough to find the request; the digest is
                 // not logged, nor anything of the request's body.
                 tracing::error!(
-                    error = %ErrorChain(&error),
+                    error = %error,
                     %actor,
                     %action,
                     %outcome,
@@ -98,7 +139,7 @@ impl App {
         }
     }
 
-    /// Appends an entry after the head; returns it.
+    /// Queues an entry for the writer and waits until it is stored; returns its seq.
     async fn append_audit(
         &self,
         actor: &str,
@@ -106,46 +147,37 @@ impl App {
         object: &str,
         request_digest: &str,
         outcome: &str,
-    ) -> Result<AuditEntry, AppendError> {
-        let mut head = self.audit_log.head.lock().await;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            // Taken out: after a lost race or an error it stays unknown and is read again.
-            let prev = match head.take() {
-                Some(prev) => prev,
-                None => self.store.audit_head().await?,
-            };
-            let entry = AuditEntry::new(
-                prev.as_ref(),
-                now_ms(),
-                actor,
-                action,
-                object,
-                request_digest,
-                outcome,
-            );
-            match self.store.append_audit_entry(&entry).await {
-                Ok(()) => {
-                    *head = Some(Some(entry.clone()));
-                    drop(head);
-                    self.note_unsigned(entry.clone());
-                    return Ok(entry);
-                }
-                Err(StoreError::Conflict { .. }) if attempts < APPEND_ATTEMPTS => {
-                    tracing::debug!(seq = entry.seq, "audit seq taken by another replica");
-                }
-                Err(error) => return Err(error.into()),
+    ) -> Result<i64, AppendError> {
+        let (done, stored) = oneshot::channel();
+        let start_writer = {
+            let mut queue = self.audit_log.inner.queue.lock();
+            if queue.waiting.len() >= MAX_QUEUED {
+                return Err(AppendError::QueueFull);
             }
+            queue.waiting.push(Queued {
+                at_ms: now_ms(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                object: object.to_owned(),
+                request_digest: request_digest.to_owned(),
+                outcome: outcome.to_owned(),
+                done,
+            });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            // A task of its own, so that a caller that stops waiting (its request
+            // dropped, or timed out) never drops a batch half written.
+            tokio::spawn(write_queued(
+                self.store.clone(),
+                self.audit_log.clone(),
+                self.config.audit_checkpoint_every_entries,
+            ));
         }
-    }
-
-    fn note_unsigned(&self, entry: AuditEntry) {
-        let mut unsigned = self.audit_log.unsigned.lock();
-        unsigned.count += 1;
-        unsigned.newest = Some(entry);
-        if unsigned.count >= self.config.audit_checkpoint_every_entries {
-            self.audit_log.full.notify_one();
+        match stored.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(error)) => Err(AppendError::Store(error)),
+            Err(_) => Err(AppendError::WriterGone),
         }
     }
 
@@ -159,7 +191,7 @@ impl App {
     /// Like [`App::checkpoint_audit`], when at least `min_entries` are unsigned.
     async fn checkpoint_audit_after(&self, min_entries: u64) -> Option<i64> {
         let (entry, count) = {
-            let mut unsigned = self.audit_log.unsigned.lock();
+            let mut unsigned = self.audit_log.inner.unsigned.lock();
             if unsigned.count < min_entries {
                 return None;
             }
@@ -182,7 +214,7 @@ impl App {
                     seq = entry.seq,
                     "an audit checkpoint could not be stored; trying again at the next one"
                 );
-                let mut unsigned = self.audit_log.unsigned.lock();
+                let mut unsigned = self.audit_log.inner.unsigned.lock();
                 unsigned.count += count;
                 // A newer entry covers this one: a checkpoint pins everything before it.
                 if unsigned.newest.is_none() {
@@ -190,6 +222,96 @@ impl App {
                 }
                 None
             }
+        }
+    }
+}
+
+/// The writer: stores batches of what is queued until the queue is empty.
+async fn write_queued(store: Store, log: AuditLog, every_entries: u64) {
+    loop {
+        let batch: Vec<Queued> = {
+            let mut queue = log.inner.queue.lock();
+            if queue.waiting.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            let take = queue.waiting.len().min(MAX_APPEND_BATCH);
+            queue.waiting.drain(..take).collect()
+        };
+        match write_batch(&store, &log, &batch).await {
+            Ok(entries) => {
+                let newest = entries.last().cloned();
+                for (queued, entry) in batch.into_iter().zip(&entries) {
+                    // A caller that stopped waiting is no error: its entry is stored.
+                    let _ = queued.done.send(Ok(entry.seq));
+                }
+                if let Some(newest) = newest {
+                    log.note_unsigned(newest, entries.len() as u64, every_entries);
+                }
+            }
+            Err(error) => {
+                let message = ErrorChain(&error).to_string();
+                for queued in batch {
+                    let _ = queued.done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Links `batch` after the head and stores it; after a lost race, reads the head again
+/// and links it anew.
+async fn write_batch(
+    store: &Store,
+    log: &AuditLog,
+    batch: &[Queued],
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // Taken out: after a lost race or an error it stays unknown and is read again.
+        let known = log.inner.head.lock().take();
+        let mut prev = match known {
+            Some(prev) => prev,
+            None => store.audit_head().await?,
+        };
+        let mut entries = Vec::with_capacity(batch.len());
+        for q in batch {
+            let entry = AuditEntry::new(
+                prev.as_ref(),
+                q.at_ms,
+                q.actor.as_str(),
+                q.action.as_str(),
+                q.object.as_str(),
+                q.request_digest.as_str(),
+                q.outcome.as_str(),
+            );
+            prev = Some(entry.clone());
+            entries.push(entry);
+        }
+        match store.append_audit_entries(&entries).await {
+            Ok(()) => {
+                *log.inner.head.lock() = Some(prev);
+                return Ok(entries);
+            }
+            Err(StoreError::Conflict { .. }) if attempts < APPEND_ATTEMPTS => {
+                tracing::debug!(
+                    seq = entries.first().map(|e| e.seq),
+                    "audit seq taken by another replica"
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+impl AuditLog {
+    fn note_unsigned(&self, newest: AuditEntry, count: u64, every_entries: u64) {
+        let mut unsigned = self.inner.unsigned.lock();
+        unsigned.count += count;
+        unsigned.newest = Some(newest);
+        if unsigned.count >= every_entries {
+            self.inner.full.notify_one();
         }
     }
 }
@@ -209,7 +331,7 @@ pub async fn run_audit_checkpointer(app: Arc<App>, shutdown: CancellationToken) 
         let min_entries = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => 1,
-            () = app.audit_log.full.notified() => every,
+            () = app.audit_log.inner.full.notified() => every,
         };
         app.checkpoint_audit_after(min_entries).await;
     }

@@ -2,13 +2,17 @@
 //!
 //! An entry's `seq` is the primary key, so the database decides which of two writers
 //! racing for the same link wins: the loser gets [`StoreError::Conflict`], re-reads the
-//! head and links after it. Nothing here checks the chain; that is
+//! head and links its whole batch after it. Nothing here checks the chain; that is
 //! `stella_decision::audit::verify_chain`, run by whoever reads it.
 
 use stella_decision::audit::{AuditEntry, Checkpoint};
 
-use super::error::database;
+use super::error::{database, unique};
 use super::{Store, StoreError};
+
+/// Most entries [`Store::append_audit_entries`] takes at once (nine bound values each;
+/// SQLite allows 32,766 per statement).
+pub const MAX_APPEND_BATCH: usize = 256;
 
 /// Every `audit_log` column, in [`EntryRow`]'s order.
 macro_rules! entry_columns {
@@ -17,34 +21,61 @@ macro_rules! entry_columns {
     };
 }
 impl Store {
-    /// Appends an entry at its `seq`; `Conflict` when another writer holds that seq.
-    pub async fn append_audit_entry(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        // `ON CONFLICT DO NOTHING` rather than a unique violation: a lost race is an
-        // expected outcome, not a failed statement in the database's log.
-        let inserted = sqlx::query(
-            "INSERT INTO audit_log (seq, at_ms, actor, action, object, request_digest, \
-             outcome, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(entry.seq)
-        .bind(entry.at_ms)
-        .bind(entry.actor.as_str())
-        .bind(entry.action.as_str())
-        .bind(entry.object.as_str())
-        .bind(entry.request_digest.as_str())
-        .bind(entry.outcome.as_str())
-        .bind(entry.prev_hash.as_str())
-        .bind(entry.hash.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(database("appending to the audit log"))?
-        .rows_affected();
-        if inserted == 0 {
-            return Err(StoreError::Conflict {
-                entity: "audit entry",
-                key: entry.seq.to_string(),
+    /// Appends entries at their seqs, all or none, in one statement: `Conflict` when
+    /// another writer holds any of those seqs. At most [`MAX_APPEND_BATCH`] at once.
+    pub async fn append_audit_entries(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if entries.len() > MAX_APPEND_BATCH {
+            return Err(StoreError::Corrupt {
+                what: "audit batch",
+                detail: format!(
+                    "{} entries in one append, at most {MAX_APPEND_BATCH}",
+                    entries.len()
+                ),
             });
         }
+        // One multi-row INSERT: a statement is atomic, so a seq taken by another
+        // replica refuses the whole batch (a unique violation) and no entry is linked
+        // after a head that is not ours.
+        let mut sql = String::from(
+            "INSERT INTO audit_log (seq, at_ms, actor, action, object, request_digest, \
+             outcome, prev_hash, hash) VALUES ",
+        );
+        for n in 0..entries.len() {
+            let base = n * 9;
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for column in 1..=9 {
+                if column > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", base + column));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(&sql);
+        for entry in entries {
+            query = query
+                .bind(entry.seq)
+                .bind(entry.at_ms)
+                .bind(entry.actor.as_str())
+                .bind(entry.action.as_str())
+                .bind(entry.object.as_str())
+                .bind(entry.request_digest.as_str())
+                .bind(entry.outcome.as_str())
+                .bind(entry.prev_hash.as_str())
+                .bind(entry.hash.as_str());
+        }
+        let key = first.seq.to_string();
+        query.execute(&self.pool).await.map_err(unique(
+            "appending to the audit log",
+            "audit entry",
+            &key,
+        ))?;
         Ok(())
     }
 

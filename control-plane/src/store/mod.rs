@@ -36,6 +36,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
+pub use audit::MAX_APPEND_BATCH;
 pub use deployments::DesiredPayload;
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;
