@@ -4,6 +4,7 @@
 
 mod audit;
 mod deployments;
+mod documents;
 mod dispatch;
 mod drift;
 mod environments;
@@ -80,6 +81,8 @@ pub struct App {
     webhook_wake: tokio::sync::Notify,
     /// The audit chain's cached head and what awaits a checkpoint.
     audit_log: AuditLog,
+    /// Document contents by id (content-addressed, so never stale).
+    document_cache: documents::DocumentCache,
 }
 
 /// A join token as handed to the operator, once.
@@ -231,6 +234,7 @@ impl App {
             cancels_sent: parking_lot::Mutex::default(),
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
+            document_cache: documents::DocumentCache::default(),
         }
     }
 

@@ -230,12 +230,12 @@ impl Packet {
     }
 
     /// The documents, keyed by content id (`sha256:<hex>`), as `recompute` gets them.
-    pub fn documents(&self) -> BTreeMap<String, Vec<u8>> {
+    pub fn documents(&self) -> crate::gates::Documents {
         self.files
             .iter()
             .filter_map(|(path, content)| {
                 let hex = path.strip_prefix(DOCUMENTS_DIR)?;
-                Some((format!("sha256:{hex}"), content.clone()))
+                Some((format!("sha256:{hex}"), content.as_slice().into()))
             })
             .collect()
     }
@@ -442,7 +442,7 @@ const MAX_LISTED_DIFFERENCES: usize = 20;
 /// How [`verify_packet`] recomputes a decision: from `inputs.json` and the documents
 /// keyed by content id, to the canonical decision bytes.
 pub type Recompute<'a> =
-    dyn Fn(&[u8], &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, DecisionError> + 'a;
+    dyn Fn(&[u8], &crate::gates::Documents) -> Result<Vec<u8>, DecisionError> + 'a;
 
 /// Verifies an evidence packet offline.
 ///

@@ -30,8 +30,10 @@ pub const DECISION_SCHEMA: &str = "stella.decision/v1";
 /// The schema of [`Plan`].
 pub const PLAN_SCHEMA: &str = "stella.plan/v1";
 
-/// Documents by `sha256:<hex>` id: scan reports, VEX documents, policy sources.
-pub type Documents = BTreeMap<String, Vec<u8>>;
+/// Documents by `sha256:<hex>` id: scan reports, VEX documents, policy sources. Shared
+/// bytes: a server keeps them cached (they are content-addressed, so never stale) and
+/// hands the same ones to every decision.
+pub type Documents = BTreeMap<String, std::sync::Arc<[u8]>>;
 
 /// A release as the decision sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,6 @@
 //! tampered with or damaged.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use serde_json::{json, Value};
@@ -44,7 +43,7 @@ fn inputs() -> Vec<u8> {
 /// is a pure function of the inputs and documents.
 fn recompute(
     inputs: &[u8],
-    documents: &BTreeMap<String, Vec<u8>>,
+    documents: &stella_decision::gates::Documents,
 ) -> Result<Vec<u8>, DecisionError> {
     let parsed: Value = serde_json::from_slice(inputs)
         .map_err(|e| DecisionError::new(format!("inputs are not JSON: {e}")))?;
@@ -477,7 +476,7 @@ fn a_signed_manifest_attests_every_file() {
 #[test]
 fn recompute_mismatch_names_decision_and_the_field() {
     let sample = sample();
-    let stricter = |inputs: &[u8], documents: &BTreeMap<String, Vec<u8>>| {
+    let stricter = |inputs: &[u8], documents: &stella_decision::gates::Documents| {
         let decision = recompute(inputs, documents)?;
         let mut value: Value = serde_json::from_slice(&decision).unwrap();
         value["gates"][0]["verdict"] = json!("fail");
@@ -490,7 +489,7 @@ fn recompute_mismatch_names_decision_and_the_field() {
         "differs from the decision recomputed from inputs.json: /gates/0/verdict: \"pass\" → \"fail\""
     );
 
-    let failing = |_: &[u8], _: &BTreeMap<String, Vec<u8>>| {
+    let failing = |_: &[u8], _: &stella_decision::gates::Documents| {
         Err(DecisionError::new("policy.rego: parse error at 3:1"))
     };
     let fault = verify_packet(&sample.bytes, &[key(1).public_key()], &failing).unwrap_err();
@@ -504,7 +503,7 @@ fn recompute_mismatch_names_decision_and_the_field() {
 fn recompute_sees_inputs_and_documents_by_content_id() {
     let sample = sample();
     let seen = std::cell::RefCell::new(None);
-    let spy = |inputs: &[u8], documents: &BTreeMap<String, Vec<u8>>| {
+    let spy = |inputs: &[u8], documents: &stella_decision::gates::Documents| {
         *seen.borrow_mut() = Some((inputs.to_vec(), documents.clone()));
         recompute(inputs, documents)
     };
@@ -516,7 +515,7 @@ fn recompute_sees_inputs_and_documents_by_content_id() {
         ids.sort();
         ids
     });
-    assert_eq!(documents[&sha256_id(&scan_report())], scan_report());
+    assert_eq!(&documents[&sha256_id(&scan_report())][..], &scan_report()[..]);
 }
 
 #[test]

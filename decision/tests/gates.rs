@@ -286,7 +286,7 @@ fn the_same_inputs_give_the_same_bytes_and_inputs_must_match_their_plan() {
     assert_eq!(recompute(&json, &Documents::new()).unwrap(), one.0);
 
     // A document nothing names is refused, not carried along.
-    let extra = Documents::from([("sha256:abc".to_owned(), b"{}".to_vec())]);
+    let extra = Documents::from([("sha256:abc".to_owned(), std::sync::Arc::from(&b"{}"[..]))]);
     let error = recompute(&json, &extra).unwrap_err();
     assert!(error.0.contains("not an input"), "{error}");
 

@@ -222,7 +222,7 @@ fn documents(packet: &Packet) -> gates::Documents {
         .iter()
         .filter_map(|(name, bytes)| {
             name.strip_prefix("documents/")
-                .map(|hex| (format!("sha256:{hex}"), bytes.clone()))
+                .map(|hex| (format!("sha256:{hex}"), bytes.as_slice().into()))
         })
         .collect()
 }

@@ -45,13 +45,8 @@ impl App {
 
     /// The documents a decision's inputs name, from the store.
     async fn documents_of(&self, inputs: &DecisionInputs) -> Result<Documents, AppError> {
-        let ids = inputs.document_ids();
-        let mut documents = Documents::new();
-        for id in ids {
-            let document = self.store.get_document(id).await?;
-            documents.insert(document.id, document.content.into_bytes());
-        }
-        Ok(documents)
+        let ids: Vec<&str> = inputs.document_ids().into_iter().collect();
+        self.documents(&ids).await
     }
 
     fn stored_inputs(record: &DecisionRecord) -> Result<DecisionInputs, AppError> {
@@ -135,7 +130,7 @@ impl App {
             .insert("key.pem".to_owned(), key_pem.into_bytes());
         for (id, bytes) in documents {
             let hex = id.trim_start_matches("sha256:").to_owned();
-            packet.files.insert(format!("documents/{hex}"), bytes);
+            packet.files.insert(format!("documents/{hex}"), bytes.to_vec());
         }
         // The deployment the decision created, its results and the stickers its
         // targets carry.

@@ -609,8 +609,7 @@ impl App {
             mut documents,
         } = self.scan_inputs(&plan.release).await?;
         if let Some(policy) = &env.gates.policy_id {
-            let document = self.store.get_document(policy).await?;
-            documents.insert(document.id, document.content.into_bytes());
+            documents.append(&mut self.documents(&[policy.as_str()]).await?);
         }
         let inputs = DecisionInputs {
             schema: gates::INPUTS_SCHEMA.to_owned(),

@@ -298,25 +298,34 @@ impl App {
     /// The reports (the newest of each scanner per digest) and VEX documents the
     /// security gate reads for `release`, with their contents.
     pub(super) async fn scan_inputs(&self, release: &ReleaseInput) -> Result<ScanInputs, AppError> {
-        let mut documents = Documents::new();
+        let digests: Vec<&str> = release
+            .components
+            .iter()
+            .map(|c| c.digest.as_str())
+            .collect();
+        let latest = self.store.latest_report_ids(&digests).await?;
         let mut reports = BTreeMap::new();
         for component in &release.components {
-            let mut ids = Vec::new();
-            for kind in REPORT_KINDS {
-                if let Some(document) = self.store.latest_report(&component.digest, kind).await? {
-                    ids.push(document.id.clone());
-                    documents.insert(document.id, document.content.into_bytes());
-                }
-            }
+            let ids: Vec<String> = REPORT_KINDS
+                .iter()
+                .filter_map(|kind| {
+                    latest
+                        .get(&(component.digest.clone(), (*kind).to_owned()))
+                        .cloned()
+                })
+                .collect();
             if !ids.is_empty() {
                 reports.insert(component.digest.clone(), ids);
             }
         }
-        let mut vex = Vec::new();
-        for document in self.store.list_documents("openvex").await? {
-            vex.push(document.id.clone());
-            documents.insert(document.id, document.content.into_bytes());
-        }
+        let vex = self.store.document_ids("openvex").await?;
+        let ids: Vec<&str> = reports
+            .values()
+            .flatten()
+            .chain(&vex)
+            .map(String::as_str)
+            .collect();
+        let documents = self.documents(&ids).await?;
         Ok(ScanInputs {
             reports,
             vex,

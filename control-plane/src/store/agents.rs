@@ -34,7 +34,7 @@ impl Store {
         .bind(token.created_by.as_str())
         .bind(token.created_at_ms)
         .bind(token.expires_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(unique(OP, "join token", &token.hash))?;
         Ok(())
@@ -154,7 +154,7 @@ impl Store {
         .bind(host_json)
         .bind(hello.at_ms)
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database(OP))?
         .rows_affected();
@@ -208,7 +208,7 @@ impl Store {
                 .bind(serial)
                 .bind(not_after_ms)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await
                 .map_err(database("recording an agent certificate"))?
                 .rows_affected();
@@ -234,7 +234,7 @@ impl Store {
         .bind(now_ms)
         .bind(reason)
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database(OP))?
         .rows_affected();
@@ -261,7 +261,7 @@ impl Store {
         sqlx::query("UPDATE agents SET disconnected_at_ms = $1 WHERE id = $2")
             .bind(at_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await
             .map_err(database("recording an agent goodbye"))?;
         Ok(())
@@ -354,7 +354,7 @@ impl Store {
         )
         .bind(now_ms)
         .bind(silent_since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.writer())
         .await
         .map_err(database(OP))?
         .into_iter()

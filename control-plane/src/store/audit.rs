@@ -71,7 +71,7 @@ impl Store {
                 .bind(entry.hash.as_str());
         }
         let key = first.seq.to_string();
-        query.execute(&self.pool).await.map_err(unique(
+        query.execute(self.writer()).await.map_err(unique(
             "appending to the audit log",
             "audit entry",
             &key,
@@ -122,7 +122,7 @@ impl Store {
         .bind(checkpoint.at_ms)
         .bind(checkpoint.key_id.as_str())
         .bind(checkpoint.signature.as_str())
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("storing an audit checkpoint"))?
         .rows_affected();

@@ -694,7 +694,7 @@ impl Store {
         .bind(line)
         .bind(at_ms)
         .bind(message)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(|source| match &source {
             sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {

@@ -51,7 +51,7 @@ impl Store {
         .bind(record.agent_id.as_str())
         .bind(record.first_seen_at_ms)
         .bind(record.last_seen_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database(OP))?
         .rows_affected();
@@ -78,7 +78,7 @@ impl Store {
         .bind(record.target.as_str())
         .bind(record.component.as_str())
         .bind(record.kind.as_str())
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("recording drift"))?
         .rows_affected();
@@ -99,7 +99,7 @@ impl Store {
         )
         .bind(now_ms)
         .bind(target)
-        .fetch_all(&self.pool)
+        .fetch_all(self.writer())
         .await
         .map_err(database("resolving drift"))?;
         let mut resolved = rows
@@ -128,7 +128,7 @@ impl Store {
         .bind(target)
         .bind(component)
         .bind(kind.as_str())
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("resolving a drift finding"))?
         .rows_affected())

@@ -31,7 +31,7 @@ impl Store {
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
         .bind(env.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(|source| match &source {
             sqlx::Error::Database(e) if e.is_foreign_key_violation() => {
@@ -93,7 +93,7 @@ impl Store {
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
         .bind(env.name.as_str())
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(|source| match &source {
             sqlx::Error::Database(e) if e.is_foreign_key_violation() => {

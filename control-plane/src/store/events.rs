@@ -19,7 +19,7 @@ impl Store {
         .bind(event.subject.as_deref())
         .bind(event.message.as_str())
         .bind(event.at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(unique("storing an event", "event", &event.id))?;
         Ok(())

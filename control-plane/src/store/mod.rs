@@ -9,8 +9,13 @@
 //! lives in `migrations/sqlite` and `migrations/postgres`, kept in step by hand and applied
 //! on [`Store::connect`].
 //!
-//! Write transactions that read before they write begin with `BEGIN IMMEDIATE` on SQLite,
-//! so two writers queue on the busy timeout instead of failing on a lock upgrade.
+//! Every statement that writes goes through [`Store::writer`]: on SQLite a pool of its own
+//! with one connection, so writers queue in this process (woken the moment the one
+//! before them commits) instead of in SQLite's busy handler, which sleeps 1 to 100 ms
+//! between tries and left most of a busy server idle. Reads use the other connections
+//! and never wait for a writer (WAL). Write transactions that read before they write
+//! still begin with `BEGIN IMMEDIATE`, for whatever else may hold the file. On
+//! PostgreSQL the writer is the one pool.
 
 mod agents;
 mod audit;
@@ -129,7 +134,10 @@ impl fmt::Debug for StoreConfig {
 /// A pool of connections to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads (and on PostgreSQL, writes too).
     pool: AnyPool,
+    /// Writes: on SQLite one connection, on PostgreSQL a clone of `pool`.
+    writer: AnyPool,
     backend: Backend,
 }
 
@@ -145,21 +153,26 @@ impl Store {
         let backend = Backend::from_url(&config.url)?;
         let options = AnyConnectOptions::from_str(&config.url)
             .map_err(database("parsing the database url"))?;
-        let (pool, migrator) = match backend {
-            Backend::Sqlite => (
-                sqlite_pool(&config.url, options, config.max_connections).await?,
-                &SQLITE_MIGRATOR,
-            ),
-            Backend::Postgres => (
-                postgres_pool(options, config.max_connections).await?,
-                &POSTGRES_MIGRATOR,
-            ),
+        let (pool, writer, migrator) = match backend {
+            Backend::Sqlite => {
+                let (pool, writer) =
+                    sqlite_pools(&config.url, options, config.max_connections).await?;
+                (pool, writer, &SQLITE_MIGRATOR)
+            }
+            Backend::Postgres => {
+                let pool = postgres_pool(options, config.max_connections).await?;
+                (pool.clone(), pool, &POSTGRES_MIGRATOR)
+            }
         };
         // PostgreSQL: the migrator holds an advisory lock, so replicas starting together
         // apply each migration once.
-        migrator.run(&pool).await.map_err(StoreError::Migrate)?;
+        migrator.run(&writer).await.map_err(StoreError::Migrate)?;
         tracing::debug!(%backend, "store connected and migrated");
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            writer,
+            backend,
+        })
     }
 
     /// Which database this store speaks to.
@@ -179,29 +192,36 @@ impl Store {
     /// Closes every connection; later calls on any clone of this store fail.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
+    }
+
+    /// Where statements that write go (see the module's documentation).
+    fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     /// Begins a transaction that holds the write lock from its first statement on SQLite
     /// (`BEGIN IMMEDIATE`); PostgreSQL's row locks need no such care.
     async fn begin_write(&self, op: &'static str) -> Result<Transaction<'static, Any>, StoreError> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
         }
         .map_err(database(op))
     }
 }
 
-async fn sqlite_pool(
+/// The readers' pool and the writer's (one connection) of a SQLite database.
+async fn sqlite_pools(
     url: &str,
     options: AnyConnectOptions,
     max_connections: Option<u32>,
-) -> Result<AnyPool, StoreError> {
+) -> Result<(AnyPool, AnyPool), StoreError> {
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     if in_memory {
         // Every connection to an in-memory database is a database of its own: keep one,
-        // forever.
-        return AnyPoolOptions::new()
+        // forever, for reads and writes alike.
+        let pool = AnyPoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -209,7 +229,8 @@ async fn sqlite_pool(
             .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
             .connect_with(options)
             .await
-            .map_err(database("opening the sqlite database"));
+            .map_err(database("opening the sqlite database"))?;
+        return Ok((pool.clone(), pool));
     }
 
     // WAL is a property of the database file: set it once, before the pool exists, because
@@ -228,12 +249,24 @@ async fn sqlite_pool(
         .await
         .map_err(database("opening the sqlite database"))?;
 
-    AnyPoolOptions::new()
+    let readers = AnyPoolOptions::new()
         .max_connections(max_connections.unwrap_or(SQLITE_DEFAULT_MAX_CONNECTIONS))
+        .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
+        .connect_with(options.clone())
+        .await
+        .map_err(database("opening the sqlite database"))?;
+    // Kept open: a write never waits for a connection to be opened. Its acquire timeout
+    // bounds the wait behind other writers, like the busy timeout did.
+    let writer = AnyPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(30))
         .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
         .connect_with(options)
         .await
-        .map_err(database("opening the sqlite database"))
+        .map_err(database("opening the sqlite database"))?;
+    Ok((readers, writer))
 }
 
 async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {

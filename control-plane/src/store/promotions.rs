@@ -184,7 +184,7 @@ impl Store {
         .bind(message)
         .bind(at_ms)
         .bind(deployment_id)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database(OP))?
         .rows_affected();
@@ -268,7 +268,7 @@ impl Store {
         .bind(encode_json("approval roles", &approval.roles)?)
         .bind(approval.comment.as_deref())
         .bind(approval.at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(unique(OP, "approval", &approval.user))?;
         Ok(())
@@ -296,7 +296,7 @@ impl Store {
         .bind(approval.plan_hash.as_str())
         .bind(Verdict::Approved.as_str())
         .bind(expired_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("renewing an expired approval"))?
         .rows_affected();
@@ -357,7 +357,7 @@ impl Store {
         .bind(document.content.as_str())
         .bind(document.created_by.as_str())
         .bind(document.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("storing a document"))?;
         Ok(())
@@ -394,6 +394,40 @@ impl Store {
         .collect())
     }
 
+    /// The ids of every document of this kind, oldest first.
+    pub async fn document_ids(&self, kind: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM documents WHERE kind = $1 ORDER BY created_at_ms, id",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing documents"))
+    }
+
+    /// The documents with these ids that exist, in no particular order.
+    pub async fn get_documents(&self, ids: &[&str]) -> Result<Vec<Document>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT id, kind, content, created_by, created_at_ms FROM documents WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, DocumentRow>(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("reading documents"))?
+            .into_iter()
+            .map(DocumentRow::into_document)
+            .collect())
+    }
+
     /// Records a signing key's public half (idempotent).
     pub async fn put_signing_key(
         &self,
@@ -408,7 +442,7 @@ impl Store {
         .bind(key_id)
         .bind(public_pem)
         .bind(at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("recording a signing key"))?;
         Ok(())

@@ -20,7 +20,7 @@ impl Store {
         .bind(registry.username.as_deref())
         .bind(registry.password_sealed.as_deref())
         .bind(registry.updated_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("storing a registry"))?;
         Ok(())
@@ -43,7 +43,7 @@ impl Store {
     pub async fn delete_registry(&self, host: &str) -> Result<(), StoreError> {
         let deleted = sqlx::query("DELETE FROM registries WHERE host = $1")
             .bind(host)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await
             .map_err(database("deleting a registry"))?
             .rows_affected();

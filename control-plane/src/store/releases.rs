@@ -30,7 +30,7 @@ impl Store {
         .bind(components_json)
         .bind(release.created_by.as_str())
         .bind(release.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(unique("creating a release", "release", &key))?;
         Ok(())

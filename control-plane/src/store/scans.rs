@@ -1,5 +1,7 @@
 //! Which scan report covers which image digest.
 
+use std::collections::BTreeMap;
+
 use super::error::database;
 use super::{Store, StoreError};
 use crate::domain::Document;
@@ -95,7 +97,7 @@ impl Store {
         .bind(image)
         .bind(imported_by)
         .bind(at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("recording a scan report"))?;
         Ok(())
@@ -127,6 +129,40 @@ impl Store {
                 created_at_ms,
             }),
         )
+    }
+
+    /// The id of the newest report of each scanner kind on each of `digests`, keyed by
+    /// (digest, kind): what the security gate reads, in one statement and without the
+    /// reports' contents (documents are content-addressed, so callers cache those).
+    pub async fn latest_report_ids(
+        &self,
+        digests: &[&str],
+    ) -> Result<BTreeMap<(String, String), String>, StoreError> {
+        let mut latest = BTreeMap::new();
+        if digests.is_empty() {
+            return Ok(latest);
+        }
+        let placeholders: Vec<String> = (1..=digests.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT r.digest, d.kind, d.id FROM scan_reports r \
+             JOIN documents d ON d.id = r.document_id \
+             WHERE r.digest IN ({}) \
+             ORDER BY r.imported_at_ms DESC, d.id DESC",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+        for digest in digests {
+            query = query.bind(*digest);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database("reading scan reports"))?;
+        for (digest, kind, id) in rows {
+            // Newest first: the first row of each (digest, kind) is the one.
+            latest.entry((digest, kind)).or_insert(id);
+        }
+        Ok(latest)
     }
 
     /// Every report on `digest`, newest first.

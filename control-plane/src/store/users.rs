@@ -12,7 +12,7 @@ impl Store {
             .bind(user.name.as_str())
             .bind(encode_roles(&user.roles))
             .bind(user.created_at_ms)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await
             .map_err(unique("creating a user", "user", &user.name))?;
         Ok(())
@@ -60,7 +60,7 @@ impl Store {
             .bind(token_hash)
             .bind(user_id)
             .bind(created_at_ms)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await
             .map_err(|source| match &source {
                 sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {

@@ -23,7 +23,7 @@ impl Store {
         .bind(variable.stored_value.as_str())
         .bind(variable.updated_by.as_str())
         .bind(variable.updated_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(|source| match &source {
             sqlx::Error::Database(e) if e.is_foreign_key_violation() => {
@@ -75,7 +75,7 @@ impl Store {
         .bind(environment)
         .bind(kind.as_str())
         .bind(name)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("deleting a variable"))?
         .rows_affected();

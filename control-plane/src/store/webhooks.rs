@@ -35,7 +35,7 @@ impl Store {
         .bind(webhook.secret_sealed.as_str())
         .bind(webhook.created_by.as_str())
         .bind(webhook.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(unique(OP, "webhook", &webhook.id))?;
         Ok(())
@@ -164,7 +164,7 @@ impl Store {
             .bind(lease_until_ms)
             .bind(now_ms)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.writer())
             .await
             .map_err(database("claiming webhook deliveries"))?;
         let mut claimed = rows
@@ -217,7 +217,7 @@ impl Store {
         .bind(error)
         .bind(next_attempt_at_ms)
         .bind(delivered_at_ms)
-        .execute(&self.pool)
+        .execute(self.writer())
         .await
         .map_err(database("recording a webhook delivery attempt"))?
         .rows_affected();
@@ -235,7 +235,7 @@ impl Store {
             )
             .bind(id.as_str())
             .bind(*lease_until_ms)
-            .execute(&self.pool)
+            .execute(self.writer())
             .await
             .map_err(database("releasing webhook deliveries"))?;
         }
