@@ -191,9 +191,6 @@ pub struct ApprovalDecl {
     /// How long a request stays open, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_after_seconds: Option<u64>,
-    /// JSON path of this entry.
-    #[serde(skip)]
-    pub path: String,
 }
 
 /// `spec.failure`: the run's failure policy, the seed's `FailurePolicy`.

@@ -343,12 +343,12 @@ impl Compiler {
                 message,
             } => PlanBody::GateApproval {
                 approval_id: approval_id.clone(),
-                message: message.clone(),
+                message: self.message(message.as_deref(), &format!("{p}.gate.approval.message")),
             },
             StepBody::GatePolicy(g) => PlanBody::GatePolicy {
                 policy_id: g.policy_id.clone(),
                 policy_version: g.policy_version.clone(),
-                message: g.message.clone(),
+                message: self.message(g.message.as_deref(), &format!("{p}.gate.policy.message")),
                 parameters: self.resolve_map(&g.parameters, &format!("{p}.gate.policy.parameters")),
                 failure_action: g.failure_action,
                 retry_count: g.retry_count,
@@ -456,6 +456,14 @@ impl Compiler {
                 }
             }
         }
+    }
+
+    /// A gate message, templates on inputs rendered.
+    fn message(&mut self, message: Option<&str>, path: &str) -> Option<String> {
+        let text = message?;
+        Some(expr::to_text(
+            &self.resolve(&Value::String(text.to_owned()), path),
+        ))
     }
 
     fn resolve_map(&mut self, map: &Map<String, Value>, path: &str) -> Map<String, Value> {

@@ -89,7 +89,8 @@ pub fn validate(
         manifest
             .approvals
             .iter()
-            .map(|a| (a.id.as_str(), format!("{}.id", a.path))),
+            .enumerate()
+            .map(|(i, a)| (a.id.as_str(), format!("$.spec.approvals[{i}].id"))),
         "approval id",
     );
     collect_ids(&manifest.steps, &mut v.step_ids, &mut v.errors);
@@ -371,7 +372,13 @@ impl Validator {
                     self.value_templates(value, &format!("{wp}.{key}"), scope);
                 }
             }
-            StepBody::GateApproval { approval_id, .. } => {
+            StepBody::GateApproval {
+                approval_id,
+                message,
+            } => {
+                if let Some(m) = message {
+                    self.template(m, &format!("{p}.gate.approval.message"), scope);
+                }
                 if !self.approval_ids.contains(approval_id) {
                     self.err(
                         format!("{p}.gate.approval.id"),
@@ -381,6 +388,9 @@ impl Validator {
             }
             StepBody::GatePolicy(g) => {
                 let gp = format!("{p}.gate.policy");
+                if let Some(m) = &g.message {
+                    self.template(m, &format!("{gp}.message"), scope);
+                }
                 if let Some(a) = &g.override_approval {
                     if !self.approval_ids.contains(a) {
                         self.err(

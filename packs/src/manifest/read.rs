@@ -427,7 +427,6 @@ impl Reader {
                     id,
                     grants,
                     expires_after_seconds,
-                    path: p,
                 });
             }
         }

@@ -335,7 +335,10 @@ impl<'a> Walker<'a> {
                         self.waiting.push(GateWait {
                             key: key.clone(),
                             approval_id: approval_id.clone(),
-                            message: message.clone(),
+                            message: message.as_ref().map(|m| {
+                                self.render(&Value::String(m.clone()), frame)
+                                    .map_or_else(|_| m.clone(), |v| expr::to_text(&v))
+                            }),
                             reason: "awaiting-approval".to_owned(),
                         });
                         Flow::Blocked
