@@ -146,7 +146,11 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_limit_millicores: Option<u64>,
     /// Memory limit in MiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "memoryLimitMiB",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory_limit_mib: Option<u64>,
     /// Wall-clock quota of the whole run, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -339,7 +339,8 @@ impl Validator {
                 continue;
             }
             if let Some(cycle) = find_cycle(step.id.as_str(), siblings) {
-                if cycle.iter().any(|id| reported.contains(id)) {
+                // A step that needs itself is reported as such, not as a cycle.
+                if cycle.len() < 2 || cycle.iter().any(|id| reported.contains(id)) {
                     continue;
                 }
                 reported.extend(cycle.iter().copied());
