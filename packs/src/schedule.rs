@@ -21,7 +21,10 @@
 //! - Gates wait for decisions in [`RunState::approvals`]: an approval gate for its
 //!   approval, a policy gate with `requestOverride` for its override approval.
 
+mod view;
 mod walk;
+
+pub use view::{run_state_steps, RunStateStep};
 
 use std::collections::BTreeMap;
 

@@ -95,3 +95,37 @@ fn scan_deploy_without_its_required_input_is_a_plan_error() {
         json!({"errors": [{"path": "$.inputs.target", "message": "required input `target` is missing"}]})
     );
 }
+
+#[test]
+fn deploy_app_run_state_steps_match_the_contract_example() {
+    use stella_packs::schedule::{run_state_steps, schedule, StepStatus};
+    use stella_packs::{RunState, StepState};
+
+    let plan = plan_text(&fixture("deploy-app.yaml"), &Map::new()).expect("plans");
+    let mut run = RunState::default();
+    // 2025-12-06T10:02:00Z: build succeeded on its first attempt.
+    run.steps.insert(
+        "build".into(),
+        StepState {
+            status: StepStatus::Succeeded,
+            attempts: 1,
+            last_transition_ms: Some(1_765_015_320_000),
+        },
+    );
+    let next = schedule(&plan, &run, 1_765_015_321_000);
+    for t in &next.transitions {
+        run.steps.insert(
+            t.key.clone(),
+            StepState {
+                status: t.to,
+                attempts: 0,
+                last_transition_ms: None,
+            },
+        );
+    }
+    let got = serde_json::to_string(&run_state_steps(&plan, &run))
+        .expect("serializes")
+        .replace(".000Z", "Z");
+    let got: Value = serde_json::from_str(&got).expect("JSON");
+    assert_eq!(got, json_fixture("deploy-app.run-state.json")["steps"]);
+}

@@ -68,14 +68,14 @@ pub(super) struct Walker<'a> {
 fn index_steps<'a>(steps: &'a [PlanStep], out: &mut BTreeMap<&'a str, &'a PlanStep>) {
     for s in steps {
         out.insert(s.id.as_str(), s);
-        for list in children(s) {
+        for list in child_lists(s) {
             index_steps(list, out);
         }
     }
 }
 
 /// The child lists of a step.
-fn children(step: &PlanStep) -> Vec<&[PlanStep]> {
+pub(super) fn child_lists(step: &PlanStep) -> Vec<&[PlanStep]> {
     match &step.body {
         PlanBody::Run { .. } | PlanBody::GateApproval { .. } => Vec::new(),
         PlanBody::GatePolicy { on_failure, .. } => vec![on_failure],
@@ -99,7 +99,7 @@ pub(super) fn static_keys(steps: &[PlanStep], f: &mut impl FnMut(&str)) {
     for s in steps {
         f(&s.id);
         if !matches!(s.body, PlanBody::Map(_) | PlanBody::Loop(_)) {
-            for list in children(s) {
+            for list in child_lists(s) {
                 static_keys(list, f);
             }
         }
