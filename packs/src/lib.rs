@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{parse_manifest, Manifest};
 pub use plan::{compile, plan_hash, plan_text, CompiledPlan, Plan};
-pub use schedule::{schedule, RunState, Schedule, StepState, StepStatus};
+pub use schedule::{cancel, run_state_steps, schedule, RunState, Schedule, StepState, StepStatus};
 pub use simulate::{simulate, SimulationContext, SimulationResponse};
 
 /// One thing wrong with a manifest or its inputs: where (a JSON path such as
