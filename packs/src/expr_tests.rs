@@ -148,3 +148,12 @@ fn truthiness() {
         assert!(truthy(&v), "{v}");
     }
 }
+
+#[test]
+fn a_literal_open_brace_pair_is_an_expression() {
+    let t = Template::parse("echo {{ '{{' }} .Name }}").expect("parses");
+    assert_eq!(
+        t.render(&ctx()).expect("renders"),
+        json!("echo {{ .Name }}")
+    );
+}
