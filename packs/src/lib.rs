@@ -14,8 +14,8 @@
 //!   references, cycles, input values).
 //! - [`plan`]: manifest + inputs → [`plan::CompiledPlan`], whose `planHash` is the
 //!   `sha256:` of the plan's RFC 8785 canonical JSON.
-//! - [`simulate`]: the TaskRunner simulation response of a plan, executing nothing.
-//! - [`schedule`]: the scheduler core of a run: given step states, what to dispatch,
+//! - [`simulate`](mod@simulate): the TaskRunner simulation response of a plan, executing nothing.
+//! - [`schedule`](mod@schedule): the scheduler core of a run: given step states, what to dispatch,
 //!   what waits, what is skipped, and when a retry may start.
 //!
 //! docs/task-packs.md is the contract: manifest reference, expression language, plan
