@@ -4,8 +4,8 @@
 
 mod audit;
 mod deployments;
-mod documents;
 mod dispatch;
+mod documents;
 mod drift;
 mod environments;
 mod events;

@@ -24,18 +24,26 @@ impl App {
     /// kind, in the outbox, before anything is sent. A failure is logged, not returned:
     /// what the event reports is stored already.
     pub async fn emit(&self, new: NewEvent) {
-        let event = Event {
-            id: uuid::Uuid::now_v7().to_string(),
-            kind: new.kind,
-            environment: new.environment,
-            release: new.release,
-            subject: new.subject,
-            message: new.message,
-            at_ms: now_ms(),
-        };
+        let event = new.into_event();
         if let Err(error) = self.store.add_event(&event).await {
             tracing::warn!(kind = %event.kind, error = %ErrorChain(&error), "cannot store an event");
         }
         self.enqueue_webhooks(&event).await;
+    }
+}
+
+impl NewEvent {
+    /// The event, with its id and time: to store in the transaction of the change it
+    /// reports, then hand to [`App::enqueue_webhooks`].
+    pub(super) fn into_event(self) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: self.kind,
+            environment: self.environment,
+            release: self.release,
+            subject: self.subject,
+            message: self.message,
+            at_ms: now_ms(),
+        }
     }
 }

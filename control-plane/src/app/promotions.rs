@@ -112,9 +112,13 @@ impl App {
             deployment_id: None,
             updated_at_ms: now,
         };
-        self.settle(Some(&promotion), &id, &release, &env, gathered, decision)
-            .await?;
-        self.promotion_detail(&id).await
+        match self
+            .settle(Some(&promotion), &id, &release, &env, gathered, decision)
+            .await?
+        {
+            Some(detail) => Ok(detail),
+            None => self.promotion_detail(&id).await,
+        }
     }
 
     /// Approves a promotion waiting for approvals, for its current plan. The requester
@@ -293,7 +297,8 @@ impl App {
         {
             // Someone else settled it meanwhile: what they stored stands.
             Err(error) if error.code == "promotion_moved_on" => Ok(()),
-            other => other,
+            Err(other) => Err(other),
+            Ok(_) => Ok(()),
         }
     }
 
@@ -346,7 +351,7 @@ impl App {
         env: &Environment,
         gathered: Gathered,
         decision: Decision,
-    ) -> Result<(), AppError> {
+    ) -> Result<Option<PromotionDetail>, AppError> {
         let now = now_ms();
         let promotion_id = promotion_id.to_owned();
         let plan = plan_json(&gathered.plan)?;
@@ -414,6 +419,40 @@ impl App {
                 (PromotionState::Deploying, line, Some(record), Some(planned))
             }
         };
+        let what = format!("{}@{} to {}", release.name, release.version, env.name);
+        let said = match decision.outcome {
+            // Said once: when the promotion starts waiting, not at every approval.
+            Outcome::AwaitingApproval => new.is_some().then(|| {
+                (
+                    EventKind::PromotionAwaitingApproval,
+                    format!("promotion {promotion_id} of {what} awaits approval: {message}"),
+                )
+            }),
+            Outcome::Blocked => Some((
+                EventKind::PromotionBlocked,
+                format!("promotion {promotion_id} of {what} is blocked: {message}"),
+            )),
+            Outcome::Rejected => Some((
+                EventKind::PromotionRejected,
+                format!("promotion {promotion_id} of {what} was {message}"),
+            )),
+            Outcome::Allowed => (new.is_none() || env.gates.approvals_required > 0).then(|| {
+                (
+                    EventKind::PromotionApproved,
+                    format!("promotion {promotion_id} of {what} is approved and deploying"),
+                )
+            }),
+        };
+        let event = said.map(|(kind, message)| {
+            NewEvent {
+                kind,
+                environment: Some(env.name.clone()),
+                release: Some((release.name.clone(), release.version.clone())),
+                subject: Some(promotion_id.clone()),
+                message,
+            }
+            .into_event()
+        });
         let update = PromotionUpdate {
             promotion_id: &promotion_id,
             expected: PromotionState::AwaitingApproval,
@@ -423,6 +462,7 @@ impl App {
             message: Some(&message),
             decision: record.as_ref(),
             deployment: deployment.as_ref().map(|(d, t)| (d, t.as_slice())),
+            event: event.as_ref(),
             at_ms: now,
         };
         let stored = match new {
@@ -466,55 +506,31 @@ impl App {
         self.metrics
             .delivery
             .decision_made(decision.outcome.as_str());
-        let event = |kind: EventKind, message: String| NewEvent {
-            kind,
-            environment: Some(env.name.clone()),
-            release: Some((release.name.clone(), release.version.clone())),
-            subject: Some(promotion_id.clone()),
-            message,
-        };
-        let what = format!("{}@{} to {}", release.name, release.version, env.name);
-        match decision.outcome {
-            Outcome::AwaitingApproval => {
-                // Said once: when the promotion starts waiting, not at every approval.
-                if new.is_some() {
-                    self.emit(event(
-                        EventKind::PromotionAwaitingApproval,
-                        format!("promotion {promotion_id} of {what} awaits approval: {message}"),
-                    ))
-                    .await;
-                }
-            }
-            Outcome::Blocked => {
-                self.emit(event(
-                    EventKind::PromotionBlocked,
-                    format!("promotion {promotion_id} of {what} is blocked: {message}"),
-                ))
-                .await;
-            }
-            Outcome::Rejected => {
-                self.emit(event(
-                    EventKind::PromotionRejected,
-                    format!("promotion {promotion_id} of {what} was {message}"),
-                ))
-                .await;
-            }
-            Outcome::Allowed => {
-                if new.is_none() || env.gates.approvals_required > 0 {
-                    self.emit(event(
-                        EventKind::PromotionApproved,
-                        format!("promotion {promotion_id} of {what} is approved and deploying"),
-                    ))
-                    .await;
-                }
-            }
+        if let Some(event) = &event {
+            self.enqueue_webhooks(event).await;
         }
+        let settled = new.map(|promotion| Promotion {
+            state,
+            plan_json: plan.clone(),
+            plan_hash: gathered.plan_hash.clone(),
+            gates_json: gates.clone(),
+            message: Some(message.clone()),
+            decision_id: record.as_ref().map(|r| r.id.clone()),
+            deployment_id: deployment.as_ref().map(|(d, _)| d.id.clone()),
+            updated_at_ms: now,
+            ..promotion.clone()
+        });
         if let (Some((mut deployment, tasks)), Some(generation)) = (deployment, generation) {
             deployment.generation = generation;
             self.deployment_created(&deployment, &tasks, release, env, now)
                 .await;
         }
-        Ok(())
+        Ok(settled.map(|promotion| PromotionDetail {
+            promotion,
+            // A new promotion has none yet.
+            approvals: Vec::new(),
+            gates: decision.gates,
+        }))
     }
 
     /// The evaluation time of a decision: now, unless the configuration pins it

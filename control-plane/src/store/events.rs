@@ -7,22 +7,7 @@ use crate::domain::Event;
 impl Store {
     /// Stores an event.
     pub async fn add_event(&self, event: &Event) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (id, kind, environment, release_name, release_version, \
-             subject, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(event.id.as_str())
-        .bind(event.kind.as_str())
-        .bind(event.environment.as_deref())
-        .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
-        .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
-        .bind(event.subject.as_deref())
-        .bind(event.message.as_str())
-        .bind(event.at_ms)
-        .execute(self.writer())
-        .await
-        .map_err(unique("storing an event", "event", &event.id))?;
-        Ok(())
+        insert_event(self.writer(), event).await
     }
 
     /// Events, newest first: of one environment, of one release (name and version), of
@@ -77,4 +62,27 @@ impl EventRow {
             at_ms: self.at_ms,
         })
     }
+}
+
+/// Stores an event, on its own or in a caller's transaction.
+pub(super) async fn insert_event<'e, E>(executor: E, event: &Event) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO events (id, kind, environment, release_name, release_version, \
+         subject, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.id.as_str())
+    .bind(event.kind.as_str())
+    .bind(event.environment.as_deref())
+    .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
+    .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
+    .bind(event.subject.as_deref())
+    .bind(event.message.as_str())
+    .bind(event.at_ms)
+    .execute(executor)
+    .await
+    .map_err(unique("storing an event", "event", &event.id))?;
+    Ok(())
 }

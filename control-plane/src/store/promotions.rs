@@ -4,9 +4,10 @@ use sqlx::{Any, Transaction};
 
 use super::environments::{decode_enum, decode_json, encode_json};
 use super::error::{database, unique};
+use super::events::insert_event;
 use super::{Store, StoreError};
 use crate::domain::{
-    Approval, DecisionRecord, Deployment, Document, Promotion, PromotionState, Task, Verdict,
+    Approval, DecisionRecord, Deployment, Document, Event, Promotion, PromotionState, Task, Verdict,
 };
 
 /// How a promotion is settled or re-evaluated, in one transaction with its decision
@@ -29,6 +30,9 @@ pub struct PromotionUpdate<'a> {
     pub decision: Option<&'a DecisionRecord>,
     /// The deployment an allowed decision creates, with its tasks.
     pub deployment: Option<(&'a Deployment, &'a [Task])>,
+    /// The event that says what happened, stored with it (so none is lost, nor said of
+    /// a change that was not stored).
+    pub event: Option<&'a Event>,
     /// When.
     pub at_ms: i64,
 }
@@ -46,9 +50,10 @@ macro_rules! select_promotions {
 
 impl Store {
     /// Stores a new promotion, and with `update` (whose `expected` is ignored) settles
-    /// it in the same transaction. Returns the deployment's generation if one was
-    /// created. `Conflict` (entity `active deployment`) if the environment has a
-    /// deployment in progress: then nothing is stored.
+    /// it in the same transaction: the row is written as settled, with its decision,
+    /// deployment and event. Returns the deployment's generation if one was created.
+    /// `Conflict` (entity `active deployment`) if the environment has a deployment in
+    /// progress: then nothing is stored.
     pub async fn create_promotion(
         &self,
         promotion: &Promotion,
@@ -56,6 +61,33 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         const OP: &str = "creating a promotion";
         let mut tx = self.begin_write(OP).await?;
+        let generation = match update {
+            Some(update) => self.insert_settlement(&mut tx, update).await?,
+            None => None,
+        };
+        let (state, plan_json, plan_hash, gates_json, message, decision_id, deployment_id, at) =
+            match update {
+                Some(u) => (
+                    u.state,
+                    u.plan.0,
+                    u.plan.1,
+                    u.gates_json,
+                    u.message,
+                    u.decision.map(|d| d.id.as_str()),
+                    u.deployment.map(|(d, _)| d.id.as_str()),
+                    u.at_ms,
+                ),
+                None => (
+                    promotion.state,
+                    promotion.plan_json.as_str(),
+                    promotion.plan_hash.as_str(),
+                    promotion.gates_json.as_str(),
+                    promotion.message.as_deref(),
+                    promotion.decision_id.as_deref(),
+                    promotion.deployment_id.as_deref(),
+                    promotion.updated_at_ms,
+                ),
+            };
         sqlx::query(
             "INSERT INTO promotions (id, environment, release_name, release_version, state, \
              requested_by, requested_at_ms, plan_json, plan_hash, break_glass_by, \
@@ -67,25 +99,21 @@ impl Store {
         .bind(promotion.environment.as_str())
         .bind(promotion.release.as_str())
         .bind(promotion.version.as_str())
-        .bind(promotion.state.as_str())
+        .bind(state.as_str())
         .bind(promotion.requested_by.as_str())
         .bind(promotion.requested_at_ms)
-        .bind(promotion.plan_json.as_str())
-        .bind(promotion.plan_hash.as_str())
+        .bind(plan_json)
+        .bind(plan_hash)
         .bind(promotion.break_glass.as_ref().map(|(by, _)| by.as_str()))
         .bind(promotion.break_glass.as_ref().map(|(_, why)| why.as_str()))
-        .bind(promotion.gates_json.as_str())
-        .bind(promotion.message.as_deref())
-        .bind(promotion.decision_id.as_deref())
-        .bind(promotion.deployment_id.as_deref())
-        .bind(promotion.updated_at_ms)
+        .bind(gates_json)
+        .bind(message)
+        .bind(decision_id)
+        .bind(deployment_id)
+        .bind(at)
         .execute(&mut *tx)
         .await
         .map_err(unique(OP, "promotion", &promotion.id))?;
-        let generation = match update {
-            Some(update) => self.apply_update(&mut tx, update, None).await?,
-            None => None,
-        };
         tx.commit().await.map_err(database(OP))?;
         Ok(generation)
     }
@@ -107,11 +135,12 @@ impl Store {
         Ok(generation)
     }
 
-    async fn apply_update(
+    /// What settling a promotion adds beside its row: the deployment, the decision and
+    /// the event.
+    async fn insert_settlement(
         &self,
         tx: &mut Transaction<'static, Any>,
         update: &PromotionUpdate<'_>,
-        expected: Option<PromotionState>,
     ) -> Result<Option<i64>, StoreError> {
         const OP: &str = "settling a promotion";
         let generation = match update.deployment {
@@ -138,6 +167,20 @@ impl Store {
             // time) is one record.
             .map_err(database(OP))?;
         }
+        if let Some(event) = update.event {
+            insert_event(&mut **tx, event).await?;
+        }
+        Ok(generation)
+    }
+
+    async fn apply_update(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        update: &PromotionUpdate<'_>,
+        expected: Option<PromotionState>,
+    ) -> Result<Option<i64>, StoreError> {
+        const OP: &str = "settling a promotion";
+        let generation = self.insert_settlement(tx, update).await?;
         let updated = sqlx::query(
             "UPDATE promotions SET state = $1, plan_json = $2, plan_hash = $3, gates_json = $4, \
              message = $5, decision_id = COALESCE($6, decision_id), \
