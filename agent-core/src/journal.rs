@@ -217,6 +217,15 @@ impl Journal {
         Ok(journal)
     }
 
+    /// The journal of `data_dir` for reading only, while the agent that owns it runs:
+    /// unlike [`Journal::open`] it creates nothing and leaves temporary files alone
+    /// (removing them would pull a write in progress from under the agent).
+    pub fn inspect(data_dir: &Path) -> Journal {
+        Journal {
+            dir: crate::identity::journal_dir(data_dir),
+        }
+    }
+
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -97,7 +97,7 @@ async fn the_same_task_assigned_twice_executes_once_with_the_same_answer() {
     assert_eq!(all[2].message, all[0].message);
     assert_eq!(target.applies.load(Ordering::SeqCst), 1);
 
-    let journal = Journal::open(&data_dir.path()).expect("journal");
+    let journal = Journal::inspect(&data_dir.path());
     let entry = journal.get("task-1").expect("get").expect("entry");
     assert_eq!(entry.state, EntryState::Finished);
     agent.stop().await;
@@ -315,7 +315,7 @@ async fn an_acknowledged_result_is_not_resent_after_reconnect() {
         .script
         .push(&assignment("task-8", 1, "docker"));
     results(&control_plane, "task-8", 1).await;
-    let journal = Journal::open(&data_dir.path()).expect("journal");
+    let journal = Journal::inspect(&data_dir.path());
     assert!(
         !journal
             .get("task-8")
@@ -372,7 +372,7 @@ async fn the_server_acking_every_result_keeps_nothing_in_flight() {
         control_plane.script.push(&assignment(task_id, 3, "docker"));
     }
     results(&control_plane, "task-10", 1).await;
-    let journal = Journal::open(&data_dir.path()).expect("journal");
+    let journal = Journal::inspect(&data_dir.path());
     wait_for("both acks recorded", DEADLINE, || {
         journal.in_flight().ok().filter(Vec::is_empty)
     })
