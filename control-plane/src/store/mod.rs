@@ -24,6 +24,7 @@ mod registries;
 mod releases;
 mod scans;
 mod targets;
+mod tokens;
 mod users;
 mod variables;
 mod webhooks;
