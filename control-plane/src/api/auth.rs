@@ -23,7 +23,15 @@ pub fn count_failure(app: &Arc<App>, parts: &Parts, reason: &'static str) {
         parts.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
     );
-    if mutating && parts.uri.path().starts_with("/api/v1/") {
+    // Inside the `/api/v1` router the URI has lost its prefix; the original has it.
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(
+            || parts.uri.path().to_owned(),
+            |uri| uri.0.path().to_owned(),
+        );
+    if mutating && path.starts_with("/api/v1/") {
         return;
     }
     let ip = parts
@@ -35,7 +43,7 @@ pub fn count_failure(app: &Arc<App>, parts: &Parts, reason: &'static str) {
     }
     let app = app.clone();
     let action = format!("{} (authentication refused: {reason})", parts.method);
-    let object = parts.uri.path().chars().take(1024).collect::<String>();
+    let object = path.chars().take(1024).collect::<String>();
     tokio::spawn(async move {
         app.audit(
             super::audit::ANONYMOUS,
