@@ -367,7 +367,8 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
     let (code, stdout, stderr) = cli(&server, &["audit", "list", "-o", "json"]).await?;
     assert_eq!(code, 0, "{stderr}");
     let listed: Value = serde_json::from_str(&stdout)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(11));
+    // Ten mutating calls and the one refused read.
+    assert_eq!(listed.as_array().map(Vec::len), Some(12));
     Ok(())
 }
 
