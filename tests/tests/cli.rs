@@ -217,7 +217,7 @@ async fn the_cli_reports_errors_with_a_message_and_a_non_zero_exit() -> anyhow::
     .await?;
     let line = one_line_error(code, &stdout, &stderr);
     assert!(line.contains("http 401"), "{line}");
-    assert!(line.contains("unknown or revoked token"), "{line}");
+    assert!(line.contains("unknown token"), "{line}");
 
     let (code, stdout, stderr) = stella(&["agents", "show", "ghost"], &with_token).await?;
     let line = one_line_error(code, &stdout, &stderr);

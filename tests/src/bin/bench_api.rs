@@ -62,7 +62,11 @@ async fn run(
                     request = request.bearer_auth(token);
                 }
                 let response = request.send().await?;
-                anyhow::ensure!(response.status().is_success(), "{url}: {}", response.status());
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "{url}: {}",
+                    response.status()
+                );
                 response.bytes().await?;
                 latencies.push(started.elapsed());
             }
@@ -94,9 +98,15 @@ async fn main() -> anyhow::Result<()> {
         TestServer::start_plain().await?
     };
     let created = server
-        .post("/api/v1/clients", json!({"name": "bench", "scopes": ["stella.viewer"]}))
+        .post(
+            "/api/v1/clients",
+            json!({"name": "bench", "scopes": ["stella.viewer"]}),
+        )
         .await?;
-    let secret = created["client_secret"].as_str().unwrap_or_default().to_owned();
+    let secret = created["client_secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let issued: serde_json::Value = server
         .client()
         .post(format!("{}/oauth/token", server.api_url()))
@@ -116,14 +126,25 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         args.seconds,
         if args.tls { "TLS" } else { "plain HTTP" },
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
-    println!("{:<28} {:>9} {:>9} {:>10}", "case", "p50 ms", "p99 ms", "req/s");
+    println!(
+        "{:<28} {:>9} {:>9} {:>10}",
+        "case", "p50 ms", "p99 ms", "req/s"
+    );
     let mut baseline = None;
     for (case, path, bearer) in [
         ("no authentication", "/api/v1/gateway", None),
         ("API token", "/api/v1/whoami", Some(token.as_str())),
-        ("OAuth2 access token (JWT)", "/api/v1/whoami", Some(jwt.as_str())),
+        (
+            "OAuth2 access token (JWT)",
+            "/api/v1/whoami",
+            Some(jwt.as_str()),
+        ),
     ] {
         // A short warm-up: connections opened, caches filled.
         let warm = Args { seconds: 1, ..args };
