@@ -220,7 +220,7 @@ pub fn record_server_ca(server: &str, fingerprint: &stella_pki::Fingerprint) {
     })();
     match result {
         Ok(true) => {
-            eprintln!("trusting {server} at first use: its CA fingerprint is {fingerprint}")
+            eprintln!("trusting {server} at first use: its CA fingerprint is {fingerprint}");
         }
         Ok(false) => {}
         Err(error) => eprintln!("note: cannot record the CA of {server}: {error:#}"),

@@ -231,7 +231,7 @@ impl ServerCertVerifier for ApiVerifier {
                 store,
             } => {
                 let pin = pinned.get();
-                if let Some(anchor) = pin.as_ref().and_then(|pin| find(pin)) {
+                if let Some(anchor) = pin.as_ref().and_then(find) {
                     return self.verify_against(
                         anchor,
                         end_entity,

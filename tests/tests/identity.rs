@@ -488,6 +488,14 @@ async fn token_request(
     Ok((status, headers, body))
 }
 
+/// A token request that must be refused: form, Basic credentials, status, `error`.
+type RefusalCase<'a> = (
+    Vec<(&'a str, &'a str)>,
+    Option<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
 /// Re-signs `claims` with `key_pem` under the server key's `kid` (or another).
 fn forge(claims: &Value, key_pem: &str, kid: &str) -> anyhow::Result<String> {
     let header = json!({"alg": "EdDSA", "typ": "at+jwt", "kid": kid});
@@ -619,7 +627,7 @@ async fn client_credentials_issue_jwts_that_the_api_and_pyjwt_accept() -> anyhow
     assert_eq!(status, 403, "taskrunner scopes grant no Stella role");
 
     // RFC 6749 §5.2 refusals.
-    let cases: Vec<(Vec<(&str, &str)>, Option<(&str, &str)>, u16, &str)> = vec![
+    let cases: Vec<RefusalCase> = vec![
         (
             vec![("grant_type", "client_credentials")],
             Some(("ci-reader", "wrong")),

@@ -74,13 +74,15 @@ pub fn too_many_requests(wait: Duration, what: &str) -> Response {
     response
 }
 
-/// Takes one request from the per-IP bucket of a credential-issuing endpoint.
-pub fn limit_by_ip(app: &App, addr: Option<ClientAddr>, what: &str) -> Result<(), Response> {
+/// Takes one request from the per-IP bucket of a credential-issuing endpoint; the 429
+/// to answer when the bucket is empty.
+pub fn limit_by_ip(app: &App, addr: Option<ClientAddr>, what: &str) -> Option<Response> {
     let ip = addr.map_or_else(|| "unknown".to_owned(), |addr| addr.0.to_string());
     app.identity
         .by_ip
         .check(&format!("ip:{ip}"))
-        .map_err(|wait| {
+        .err()
+        .map(|wait| {
             crate::metrics::Metrics::count(&app.metrics.auth_rate_limited, "ip");
             too_many_requests(wait, what)
         })

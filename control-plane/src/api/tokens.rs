@@ -135,7 +135,11 @@ pub async fn create_token(
     caller: Caller,
     body: Option<ApiJson<CreateTokenRequest>>,
 ) -> Result<Response, Response> {
-    super::auth::limit_by_ip(&app, addr.map(|Extension(a)| a), "token requests")?;
+    if let Some(refusal) =
+        super::auth::limit_by_ip(&app, addr.map(|Extension(a)| a), "token requests")
+    {
+        return Err(refusal);
+    }
     let principal = caller.principal();
     if let crate::auth::Credential::AccessToken { .. } = principal.credential {
         return Err(ApiError(crate::error::AppError::new(

@@ -131,7 +131,11 @@ pub async fn create_token(
     body: Option<ApiJson<super::tokens::CreateTokenRequest>>,
 ) -> Result<axum::response::Response, axum::response::Response> {
     use axum::response::IntoResponse;
-    super::auth::limit_by_ip(&app, addr.map(|axum::Extension(a)| a), "token requests")?;
+    if let Some(refusal) =
+        super::auth::limit_by_ip(&app, addr.map(|axum::Extension(a)| a), "token requests")
+    {
+        return Err(refusal);
+    }
     let issue = async {
         caller.require(Permission::Administer)?;
         let user = app.store.find_user(&name).await?;

@@ -177,7 +177,7 @@ impl App {
             iat: now,
             nbf: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            client_id: client.id.clone(),
+            client_id: client.id,
             scope: format_scopes(&granted),
         };
         let access_token = self.identity.jwt.sign(&claims).map_err(|error| {
