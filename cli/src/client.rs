@@ -392,6 +392,14 @@ fn transport_cause(error: &reqwest::Error, base: &str, timeout: Duration) -> Str
     if dns {
         return format!("cannot resolve `{host}`: {root}");
     }
+    // A TLS listener answers a plain HTTP request with a TLS alert (no HTTP version),
+    // or drops it.
+    if base.starts_with("http://")
+        && (root.contains("invalid HTTP version parsed")
+            || root.contains("connection closed before message completed"))
+    {
+        return format!("{root} (if the server serves TLS, use https://)");
+    }
     root
 }
 

@@ -107,6 +107,20 @@ async fn the_api_is_tls_by_default_and_plain_http_only_when_asked() -> anyhow::R
         .await;
     assert!(untrusting.is_err());
 
+    // The CLI sent to it over plain HTTP says what to do.
+    let plain_url = format!("http://{}", server.config.api_listen);
+    let (code, _, stderr) = stella(
+        &["whoami"],
+        &[
+            ("STELLA_SERVER", plain_url.as_str()),
+            ("STELLA_TOKEN", &server.admin_token),
+        ],
+    )
+    .await?;
+    assert_ne!(code, 0);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("use https://"), "{stderr}");
+
     let plain_server = TestServer::start_plain().await?;
     assert!(plain_server.api_url().starts_with("http://"));
     let answer = reqwest::get(format!("{}/healthz", plain_server.api_url())).await?;
