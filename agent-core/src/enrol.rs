@@ -27,17 +27,33 @@ pub struct GatewayInfo {
 }
 
 /// Asks the control plane's REST API where its gateway is. The answer is unauthenticated;
-/// the CA pin of the join token is what makes it safe to follow.
-pub async fn discover_gateway(server_url: &str) -> Result<GatewayInfo, AgentError> {
+/// the CA pin of the join token is what makes it safe to follow. Over `https://` the API
+/// is trusted when it presents the pinned CA (its own certificate) or the system's roots
+/// vouch for it (an operator's certificate).
+pub async fn discover_gateway(
+    server_url: &str,
+    pin: Option<&Fingerprint>,
+) -> Result<GatewayInfo, AgentError> {
     let url = format!("{}/api/v1/gateway", server_url.trim_end_matches('/'));
     let discovery = |source| AgentError::Discovery {
         url: url.clone(),
         source,
     };
-    let client = reqwest::Client::builder()
-        .timeout(DISCOVERY_TIMEOUT)
-        .build()
-        .map_err(discovery)?;
+    let mut builder = reqwest::Client::builder().timeout(DISCOVERY_TIMEOUT);
+    if url.starts_with("https://") {
+        let trust = stella_pki::ApiTrust::FirstUse(stella_pki::FirstUse {
+            system_roots: rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+            pinned: pin.cloned(),
+            record: std::sync::Arc::new(|_| {}),
+            store: "the join token".to_owned(),
+        });
+        if let Ok(config) = stella_pki::api_client_tls_config(trust) {
+            builder = builder.use_preconfigured_tls(config);
+        }
+    }
+    let client = builder.build().map_err(discovery)?;
     client
         .get(&url)
         .send()
@@ -69,7 +85,7 @@ pub async fn enrol(config: &AgentConfig) -> Result<Identity, AgentError> {
     let grpc_url = match (&config.grpc_url, &config.server_url) {
         (Some(grpc_url), _) => grpc_url.clone(),
         (None, Some(server_url)) => {
-            let info = discover_gateway(server_url).await?;
+            let info = discover_gateway(server_url, Some(&pinned)).await?;
             let advertised = Fingerprint::parse(&info.ca_fingerprint).ok();
             if advertised.as_ref() != Some(&pinned) {
                 return Err(AgentError::CaPinMismatch {

@@ -2,6 +2,10 @@
 //! into one line that names its cause — the server's own message for an API error;
 //! `connection refused`, a DNS failure, a timeout or a TLS failure (with the URL) for a
 //! transport error, without hyper's or reqwest's wrapping.
+//!
+//! An `https://` server is trusted as `--ca-file` says (its CA certificates only), else
+//! when the system's roots vouch for it, else by its own CA pinned at first use in
+//! `known-servers.json` ([`crate::trust`]); a server whose CA changed since is refused.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -91,13 +95,28 @@ impl ClientError {
 impl Client {
     /// A client for `server` (`http://host:port` or `https://…`), refused early when it
     /// is not such a URL; every request gives up after `timeout`.
+    #[cfg(test)]
     pub fn new(
         server: &str,
         token: Option<String>,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::with_trust(server, token, timeout, None)
+    }
+
+    /// As [`Client::new`], trusting only the CA certificates of `ca_file` when given.
+    pub fn with_trust(
+        server: &str,
+        token: Option<String>,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         let base = server_url(server)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if base.starts_with("https://") {
+            builder = builder.use_preconfigured_tls(tls_config(&base, ca_file)?);
+        }
+        let http = builder
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("stella-cli/", env!("CARGO_PKG_VERSION")))
@@ -266,6 +285,44 @@ impl Client {
     }
 }
 
+/// How an `https://` server is trusted (see the module docs).
+fn tls_config(
+    base: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    use stella_pki::{ApiTrust, FirstUse};
+    let trust = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|error| {
+                ClientError::Setup(format!("cannot read --ca-file {}: {error}", path.display()))
+            })?;
+            let certs = stella_pki::pem_to_der_certs(&pem).map_err(|error| {
+                ClientError::Setup(format!("--ca-file {}: {error}", path.display()))
+            })?;
+            ApiTrust::Roots(certs)
+        }
+        None => {
+            let pinned = crate::trust::server_ca(base)
+                .map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+            let server = base.to_owned();
+            ApiTrust::FirstUse(FirstUse {
+                system_roots: rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                },
+                pinned,
+                record: std::sync::Arc::new(move |fingerprint| {
+                    crate::trust::record_server_ca(&server, fingerprint);
+                }),
+                store: crate::trust::known_servers_file().map_or_else(
+                    |_| "known-servers.json".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+            })
+        }
+    };
+    stella_pki::api_client_tls_config(trust).map_err(|error| ClientError::Setup(error.to_string()))
+}
+
 /// Checks `--server` and returns it without a trailing slash.
 fn server_url(server: &str) -> Result<String, ClientError> {
     let invalid = |reason: String| ClientError::InvalidServer {
@@ -309,6 +366,11 @@ fn transport_cause(error: &reqwest::Error, base: &str, timeout: Duration) -> Str
     let mut dns = false;
     while let Some(cause) = source {
         if let Some(tls) = find_rustls(cause) {
+            // A verifier's own refusal (a changed CA) says it all; rustls would print
+            // its debug form.
+            if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = tls {
+                return format!("TLS handshake failed: {}", other.0);
+            }
             return format!("TLS handshake failed: {tls}");
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -329,6 +391,14 @@ fn transport_cause(error: &reqwest::Error, base: &str, timeout: Duration) -> Str
     let root = root_cause(error);
     if dns {
         return format!("cannot resolve `{host}`: {root}");
+    }
+    // A TLS listener answers a plain HTTP request with a TLS alert (no HTTP version),
+    // or drops it.
+    if base.starts_with("http://")
+        && (root.contains("invalid HTTP version parsed")
+            || root.contains("connection closed before message completed"))
+    {
+        return format!("{root} (if the server serves TLS, use https://)");
     }
     root
 }

@@ -25,7 +25,7 @@ use stella_agent::logging;
 
 use commands::{
     agents, audit, completions, decisions, deployments, drift, environments, promote, registries,
-    releases, scans, targets, users, webhooks, Context,
+    releases, scans, targets, tokens, users, webhooks, Context,
 };
 use output::Format;
 
@@ -61,6 +61,10 @@ struct ClientArgs {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// Trust only the CA certificates in this PEM file for an `https://` server (default:
+    /// the system's roots, else the server's own CA pinned at first use).
+    #[arg(long, env = "STELLA_CA_FILE", value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format: `table` for people, `json` for scripts (one document on stdout).
     #[arg(
         short = 'o',
@@ -85,7 +89,7 @@ struct ClientArgs {
 }
 
 /// The ids of [`ClientArgs`]' flags.
-const CLIENT_ARGS: [&str; 5] = ["server", "token", "output", "quiet", "timeout"];
+const CLIENT_ARGS: [&str; 6] = ["server", "token", "ca_file", "output", "quiet", "timeout"];
 
 /// Commands that do not talk to the REST API, by path: they get no client flags.
 const NOT_CLIENTS: [&[&str]; 3] = [&["server"], &["agent", "run"], &["completions"]];
@@ -103,6 +107,12 @@ enum Command {
     User(users::UserCommand),
     /// The user the token belongs to, and its roles.
     Whoami,
+    /// Your API tokens: list, create (named, expiring), revoke.
+    #[command(subcommand, visible_alias = "tokens")]
+    Token(tokens::TokenCommand),
+    /// OAuth2 clients (service accounts): create, list, revoke (admin only).
+    #[command(subcommand, visible_alias = "clients")]
+    Client(tokens::ClientCommand),
     /// Environments and their promotion order.
     #[command(
         subcommand,
@@ -302,6 +312,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(command) => agents::agent(command, context).await,
         Command::User(command) => users::user(&context()?, command).await,
         Command::Whoami => users::whoami(&context()?).await,
+        Command::Token(command) => tokens::token(&context()?, command).await,
+        Command::Client(command) => tokens::client(&context()?, command).await,
         Command::Env(command) => environments::env(&context()?, command).await,
         Command::Target(command) => targets::target(&context()?, command).await,
         Command::Registry(command) => registries::registry(&context()?, command).await,

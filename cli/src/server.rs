@@ -32,6 +32,21 @@ pub struct ServerArgs {
         value_name = "URL"
     )]
     database_url: Option<String>,
+    /// Names (DNS or IP, comma-separated) of the API certificate the server issues
+    /// itself [default: this host's name, localhost, 127.0.0.1, ::1].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    api_names: Vec<String>,
+    /// Serve the API with this certificate chain (PEM, leaf first) instead; read again
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "api_key")]
+    api_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--api-cert`.
+    #[arg(long, value_name = "FILE", requires = "api_cert")]
+    api_key: Option<PathBuf>,
+    /// Serve the API over plain HTTP (behind a TLS-terminating proxy); `--dev` does on
+    /// a loopback address.
+    #[arg(long)]
+    api_plain_http: bool,
     /// Throwaway data dir, SQLite, and an in-process agent named `local`.
     #[arg(long)]
     dev: bool,
@@ -97,10 +112,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
     }
+    if !args.api_names.is_empty() {
+        config.api_names = args.api_names;
+    }
+    if let (Some(cert), Some(key)) = (args.api_cert, args.api_key) {
+        config.api_cert = Some(cert);
+        config.api_key = Some(key);
+    }
+    if args.api_plain_http || (args.dev && config.api_listen.ip().is_loopback()) {
+        config.api_plain_http = true;
+    }
     let listeners = Listeners::bind(&config).await?;
     let server = stella_control_plane::start(config, listeners).await?;
     let shutdown = CancellationToken::new();
     stella_agent::cancel_on_signals(shutdown.clone());
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
 
     let mut agent = None;
     if args.dev {
@@ -116,9 +143,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     let stopped = server.shutdown_token();
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = stopped.cancelled() => {}
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = stopped.cancelled() => break,
+            _ = hangups.recv() => {
+                // A new API certificate for new connections; open ones keep theirs.
+                if let Err(error) = server.reload_api_certificate() {
+                    tracing::error!(%error, "SIGHUP: the API certificate was not reloaded; the current one stays");
+                }
+            }
+        }
     }
     shutdown.cancel();
     if let Some(agent) = agent {
@@ -161,8 +196,14 @@ fn print_dev_banner(server: &stella_control_plane::RunningServer) {
         .created_admin_token
         .clone()
         .unwrap_or_else(|| "<see admin.token in the data dir>".to_owned());
+    let ca = server.app.config.data_dir.join("pki").join("ca.pem");
+    let ca_line = if server.app.api_tls.is_some() {
+        format!("  export STELLA_CA_FILE={}\n", ca.display())
+    } else {
+        String::new()
+    };
     eprintln!(
-        "\nstella dev server\n  api      {api}\n  gateway  {grpc}\n  data dir {dir} (deleted on exit)\n  agent    local (in-process)\n\n  export STELLA_SERVER={api}\n  export STELLA_TOKEN={token}\n",
+        "\nstella dev server\n  api      {api}\n  gateway  {grpc}\n  data dir {dir} (deleted on exit)\n  agent    local (in-process)\n\n  export STELLA_SERVER={api}\n  export STELLA_TOKEN={token}\n{ca_line}",
         api = server.api_url(),
         grpc = server.grpc_url(),
         dir = server.app.config.data_dir.display(),

@@ -6,6 +6,10 @@
 //!
 //! Kept in `$STELLA_CONFIG_DIR/known-keys.json` (default `$XDG_CONFIG_HOME/stella`, else
 //! `~/.config/stella`).
+//!
+//! Beside them, `known-servers.json` keeps the CA fingerprint of each `https://` server
+//! whose certificate no system root vouched for, recorded at first use; a server whose
+//! CA differs later is refused (see `client.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -141,4 +145,84 @@ pub async fn record_server_keys(context: &Context) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file of server CA pins.
+pub fn known_servers_file() -> anyhow::Result<PathBuf> {
+    Ok(config_dir()?.join("known-servers.json"))
+}
+
+/// One pinned server CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KnownServer {
+    ca_fingerprint: String,
+    recorded_at: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KnownServers {
+    /// Pins by server URL.
+    servers: BTreeMap<String, KnownServer>,
+}
+
+fn load_servers() -> anyhow::Result<KnownServers> {
+    let path = known_servers_file()?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a known-servers file", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(KnownServers::default()),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The CA fingerprint pinned for `server`, if any.
+pub fn server_ca(server: &str) -> anyhow::Result<Option<stella_pki::Fingerprint>> {
+    let known = load_servers()?;
+    match known.servers.get(server) {
+        None => Ok(None),
+        Some(entry) => stella_pki::Fingerprint::parse(&entry.ca_fingerprint)
+            .map(Some)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the pin of {server} in {} is not a fingerprint",
+                    known_servers_file()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )
+            }),
+    }
+}
+
+/// Pins `server`'s CA at its first use, and says so on stderr. A failure to write is a
+/// note, not an error: the connection was verified, it just will not be remembered.
+pub fn record_server_ca(server: &str, fingerprint: &stella_pki::Fingerprint) {
+    let result = (|| -> anyhow::Result<bool> {
+        let mut known = load_servers()?;
+        if known.servers.contains_key(server) {
+            return Ok(false);
+        }
+        known.servers.insert(
+            server.to_owned(),
+            KnownServer {
+                ca_fingerprint: fingerprint.to_string(),
+                recorded_at: crate::output::now(),
+            },
+        );
+        let path = known_servers_file()?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(&known).context("encoding known servers")?;
+        let temp = path.with_extension("json.tmp");
+        std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+        std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(true)
+    })();
+    match result {
+        Ok(true) => {
+            eprintln!("trusting {server} at first use: its CA fingerprint is {fingerprint}");
+        }
+        Ok(false) => {}
+        Err(error) => eprintln!("note: cannot record the CA of {server}: {error:#}"),
+    }
 }

@@ -3,6 +3,7 @@
 //! Protocol layers only translate requests and errors.
 
 mod audit;
+mod clients;
 mod deployments;
 mod dispatch;
 mod documents;
@@ -15,9 +16,11 @@ mod registries;
 mod releases;
 mod scans;
 mod targets;
+mod tokens;
 mod webhooks;
 
 pub use audit::{run_audit_checkpointer, AuditLog};
+pub use clients::{IssuedAccessToken, OAuthError};
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
@@ -29,6 +32,7 @@ pub use scans::{
     Reevaluation, ReportDetail, ScanDetail, ScanImport, ShownFinding, ShownSuppression,
 };
 pub use targets::TargetChange;
+pub use tokens::TokenListing;
 pub use webhooks::{run_webhook_sender, CreatedWebhook};
 
 use std::collections::BTreeMap;
@@ -83,6 +87,10 @@ pub struct App {
     audit_log: AuditLog,
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
+    /// Access-token keys, rate limits, last-use and client revocation caches.
+    pub identity: crate::auth::Identity,
+    /// The REST API's TLS; `None` when it serves plain HTTP.
+    pub api_tls: Option<crate::api::tls::ApiTls>,
 }
 
 /// A join token as handed to the operator, once.
@@ -218,7 +226,14 @@ impl App {
         secrets: crate::secrets::SecretBox,
         signer: stella_decision::dsse::SigningKey,
     ) -> Self {
+        let identity = crate::auth::Identity::new(
+            &config,
+            pki.oauth_keys(),
+            config.oauth_issuer.clone().unwrap_or_default(),
+        );
         App {
+            identity,
+            api_tls: None,
             config,
             store,
             pki,
@@ -236,6 +251,13 @@ impl App {
             audit_log: AuditLog::default(),
             document_cache: documents::DocumentCache::default(),
         }
+    }
+
+    /// Sets what `new` cannot know yet: the API's TLS and the access-token issuer.
+    pub fn with_api(mut self, api_tls: Option<crate::api::tls::ApiTls>, issuer: String) -> Self {
+        self.api_tls = api_tls;
+        self.identity.issuer = issuer;
+        self
     }
 
     /// The gateway's port.
@@ -559,7 +581,7 @@ impl App {
                 format!("a user named `{name}` already exists"),
             )
         })?;
-        let token = self.issue_token(&user).await?;
+        let (_, token) = self.issue_token(&user, "", None).await?;
         tracing::info!(user = %user.name, roles = ?user.roles, "user created");
         Ok((user, token))
     }
@@ -598,29 +620,19 @@ impl App {
         Ok(())
     }
 
-    /// A new API token for a user; printed once, stored as a hash.
-    pub async fn issue_token(&self, user: &User) -> Result<String, AppError> {
-        let token = stella_pki::new_api_token();
-        self.store
-            .insert_api_token(&stella_pki::hash_token(&token), &user.id, now_ms())
-            .await?;
-        Ok(token)
-    }
-
-    /// The user a bearer token belongs to.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<User>, AppError> {
-        Ok(self
-            .store
-            .user_for_token(&stella_pki::hash_token(token))
-            .await?)
-    }
-
     /// On first start: the `admin` user, with its token written to `<data-dir>/admin.token` (0600).
     pub async fn ensure_admin(&self) -> Result<Option<String>, AppError> {
         if self.store.count_users().await? > 0 {
             return Ok(None);
         }
-        let (_, token) = self.create_user("admin", vec![Role::Admin]).await?;
+        let user = User {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: "admin".to_owned(),
+            roles: vec![Role::Admin],
+            created_at_ms: now_ms(),
+        };
+        self.store.create_user(&user).await?;
+        let token = self.issue_bootstrap_token(&user).await?;
         let path = self.config.data_dir.join("admin.token");
         crate::bootstrap::write_secret(&path, &format!("{token}\n"))
             .map_err(|error| AppError::internal("writing admin token", &error))?;

@@ -1,7 +1,8 @@
 //! First-start material in the data dir: the CA, the decision-signing key and the
 //! gateway's server certificate.
 //!
-//! Layout: `<data-dir>/pki/ca.pem`, `ca.key` (0600), `signing.key` (0600). The gateway
+//! Layout: `<data-dir>/pki/ca.pem`, `ca.key` (0600), `signing.key` (0600), `oauth.key`
+//! (0600, Ed25519: signs OAuth2 access tokens). The gateway
 //! certificate is issued anew from the CA at every start, for the names in
 //! [`server_sans`], so a changed host name or `tls_sans` needs only a restart.
 //! Replicas of one control plane share the `pki/` directory (copy it, or mount it).
@@ -27,6 +28,14 @@ pub enum BootstrapError {
         #[source]
         source: std::io::Error,
     },
+    /// A stored key is unusable.
+    #[error("unusable key in {path}: {reason}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Stored key material is unusable, or a certificate could not be made.
     #[error("pki material in {path}")]
     Pki {
@@ -46,6 +55,23 @@ pub struct ServerPki {
     pub server_cert: KeyedCertificate,
     /// Ed25519 PKCS#8 PEM that signs decision records.
     pub signing_key_pem: String,
+    /// Ed25519 PKCS#8 PEM that signs OAuth2 access tokens.
+    pub oauth_key_pem: String,
+}
+
+impl ServerPki {
+    /// The access-token keys. The key was checked when loaded, so this cannot fail
+    /// short of memory corruption; a fresh key stands in then (tokens of the file's
+    /// key are refused, none are accepted that should not be).
+    pub fn oauth_keys(&self) -> crate::auth::jwt::JwtKeys {
+        crate::auth::jwt::JwtKeys::from_pkcs8_pem(&self.oauth_key_pem).unwrap_or_else(|_| {
+            let fresh = stella_pki::generate_ed25519_pkcs8_pem().unwrap_or_default();
+            match crate::auth::jwt::JwtKeys::from_pkcs8_pem(&fresh) {
+                Ok(keys) => keys,
+                Err(error) => panic!("no usable access-token key: {error}"),
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for ServerPki {
@@ -101,6 +127,25 @@ pub fn load_or_create(
         tracing::info!("created decision signing key");
         pem
     };
+    let oauth_key_path = dir.join("oauth.key");
+    let oauth_key_pem = if oauth_key_path.exists() {
+        read(&oauth_key_path)?
+    } else {
+        let pem =
+            stella_pki::generate_ed25519_pkcs8_pem().map_err(|source| BootstrapError::Pki {
+                path: oauth_key_path.clone(),
+                source,
+            })?;
+        write_secret(&oauth_key_path, &pem)?;
+        tracing::info!("created access-token signing key");
+        pem
+    };
+    if let Err(reason) = crate::auth::jwt::JwtKeys::from_pkcs8_pem(&oauth_key_pem) {
+        return Err(BootstrapError::Key {
+            path: oauth_key_path,
+            reason,
+        });
+    }
     let server_cert = ca
         .issue_server_certificate(sans, SERVER_CERT_VALIDITY)
         .map_err(|source| BootstrapError::Pki {
@@ -111,6 +156,7 @@ pub fn load_or_create(
         ca,
         server_cert,
         signing_key_pem,
+        oauth_key_pem,
     })
 }
 

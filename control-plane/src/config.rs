@@ -35,6 +35,35 @@ pub struct ServerConfig {
     pub grpc_advertise_url: Option<String>,
     /// Extra DNS names or IP addresses for the gateway's TLS certificate.
     pub tls_sans: Vec<String>,
+    /// DNS names and IP addresses of the API's own certificate, issued by the server's
+    /// CA at every start (and on SIGHUP); empty: this host's name, `localhost`,
+    /// `127.0.0.1` and `::1`. Ignored when `api_cert` is set.
+    pub api_names: Vec<String>,
+    /// A certificate chain (PEM, leaf first) to serve the API with instead of one issued
+    /// by the server's CA; read again on SIGHUP, without closing open connections.
+    pub api_cert: Option<PathBuf>,
+    /// The private key (PEM) of `api_cert`.
+    pub api_key: Option<PathBuf>,
+    /// Serves the API over plain HTTP instead of TLS: only behind a proxy that
+    /// terminates TLS, or on loopback. `--dev` on loopback sets it.
+    pub api_plain_http: bool,
+    /// Lifetime of an API token created without an expiry.
+    pub api_token_default_ttl_seconds: u64,
+    /// Longest lifetime an API token may be given.
+    pub api_token_max_ttl_seconds: u64,
+    /// `iss` of OAuth2 access tokens and `issuer` of the authorization server metadata;
+    /// default `<scheme>://<first API name>:<API port>`. Replicas behind one address
+    /// must all be given that address.
+    pub oauth_issuer: Option<String>,
+    /// `aud` of OAuth2 access tokens, which the API requires.
+    pub oauth_audience: String,
+    /// Lifetime of OAuth2 access tokens.
+    pub oauth_access_token_ttl_seconds: u64,
+    /// Requests to `/oauth/token` and API token creation allowed per minute, per
+    /// client IP address and per OAuth2 client id (token buckets in each replica).
+    pub auth_rate_limit_per_minute: u32,
+    /// How many of those requests may come at once before the rate applies.
+    pub auth_rate_limit_burst: u32,
     /// A deployment task not finished by then fails (its agent may be offline).
     pub task_deadline_seconds: u64,
     /// How long a REST client may take to send a request's headers, counted from when
@@ -93,6 +122,17 @@ impl Default for ServerConfig {
             revocation_poll_seconds: 5,
             grpc_advertise_url: None,
             tls_sans: Vec::new(),
+            api_names: Vec::new(),
+            api_cert: None,
+            api_key: None,
+            api_plain_http: false,
+            api_token_default_ttl_seconds: 90 * 86_400,
+            api_token_max_ttl_seconds: 365 * 86_400,
+            oauth_issuer: None,
+            oauth_audience: "stella".to_owned(),
+            oauth_access_token_ttl_seconds: 900,
+            auth_rate_limit_per_minute: 60,
+            auth_rate_limit_burst: 20,
             task_deadline_seconds: 30 * 60,
             api_header_read_timeout_ms: 10_000,
             api_body_read_timeout_ms: 30_000,
@@ -231,7 +271,64 @@ impl ServerConfig {
             }
         }
         self.validate_webhooks()?;
-        self.validate_audit()
+        self.validate_audit()?;
+        self.validate_identity()
+    }
+
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        if self.api_cert.is_some() != self.api_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "api_cert",
+                reason: "api_cert and api_key go together".into(),
+            });
+        }
+        for (key, value, max) in [
+            (
+                "api_token_default_ttl_seconds",
+                self.api_token_default_ttl_seconds,
+                10 * 365 * 86_400,
+            ),
+            (
+                "api_token_max_ttl_seconds",
+                self.api_token_max_ttl_seconds,
+                10 * 365 * 86_400,
+            ),
+            (
+                "oauth_access_token_ttl_seconds",
+                self.oauth_access_token_ttl_seconds,
+                86_400,
+            ),
+            (
+                "auth_rate_limit_per_minute",
+                u64::from(self.auth_rate_limit_per_minute),
+                1_000_000,
+            ),
+            (
+                "auth_rate_limit_burst",
+                u64::from(self.auth_rate_limit_burst),
+                1_000_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("must be between 1 and {max}"),
+                });
+            }
+        }
+        if self.api_token_default_ttl_seconds > self.api_token_max_ttl_seconds {
+            return Err(ConfigError::Invalid {
+                key: "api_token_default_ttl_seconds",
+                reason: "must not exceed api_token_max_ttl_seconds".into(),
+            });
+        }
+        if self.oauth_audience.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "oauth_audience",
+                reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
     }
 
     fn validate_audit(&self) -> Result<(), ConfigError> {

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Conflict,
     /// The request is valid but the current state does not allow it.
     FailedPrecondition,
+    /// The caller made too many requests of a rate-limited kind; retry later.
+    TooManyRequests,
     /// A dependency (the store) is not reachable right now.
     Unavailable,
     /// A bug or an unexpected failure; details are logged, not returned.
@@ -49,6 +51,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,6 +77,7 @@ impl ErrorKind {
                 (ErrorKind::FailedPrecondition, "failed_precondition")
             }
             StatusCode::SERVICE_UNAVAILABLE => (ErrorKind::Unavailable, "unavailable"),
+            StatusCode::TOO_MANY_REQUESTS => (ErrorKind::TooManyRequests, "rate_limited"),
             status if status.is_client_error() => (ErrorKind::InvalidArgument, "invalid_request"),
             _ => (ErrorKind::Internal, "internal"),
         }
@@ -92,6 +96,7 @@ impl ErrorKind {
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::Conflict => Code::AlreadyExists,
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::TooManyRequests => Code::ResourceExhausted,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::Internal => Code::Internal,
         }

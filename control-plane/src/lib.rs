@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod domain;
@@ -108,9 +109,25 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// `http://<api addr>`.
+    /// `https://<api addr>`, or `http://` when the API serves plain HTTP.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        let scheme = if self.app.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.api_addr)
+    }
+
+    /// Serves a fresh API certificate to new connections (the operator's files read
+    /// again, or a new one from the CA); open connections keep theirs. What SIGHUP does.
+    pub fn reload_api_certificate(
+        &self,
+    ) -> Result<Option<stella_pki::Fingerprint>, error::AppError> {
+        match &self.app.api_tls {
+            Some(tls) => tls.reload(&self.app.pki.ca).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `https://<gateway addr>`.
@@ -172,9 +189,11 @@ pub async fn start(
     store
         .put_signing_key(public.key_id(), &public.to_pem(), app::now_ms())
         .await?;
-    let app = Arc::new(App::new(
-        config, store, pki, revoked, grpc_addr, secrets, signer,
-    ));
+    let api_tls = api::tls::ApiTls::load(&config, &pki.ca, api_addr).map_err(ServeError::Init)?;
+    let issuer = oauth_issuer(&config, api_addr, api_tls.is_some());
+    let app = Arc::new(
+        App::new(config, store, pki, revoked, grpc_addr, secrets, signer).with_api(api_tls, issuer),
+    );
     let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
 
     let shutdown = CancellationToken::new();
@@ -218,6 +237,28 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// `iss` of access tokens: as configured, else the API's own URL (its first
+/// configured name, else the address it listens on, else this host's name).
+fn oauth_issuer(config: &ServerConfig, api_addr: SocketAddr, tls: bool) -> String {
+    if let Some(issuer) = &config.oauth_issuer {
+        return issuer.trim_end_matches('/').to_owned();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let host = match config.api_names.first() {
+        Some(name) => name.clone(),
+        None if !api_addr.ip().is_unspecified() => api_addr.ip().to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned()),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:{}", api_addr.port())
 }
 
 /// Runs the control plane until `shutdown` is cancelled.

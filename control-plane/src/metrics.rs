@@ -15,6 +15,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of a refused authentication.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why it was refused, from a fixed set (`unknown_token`, `expired_token`,
+    /// `revoked_token`, `invalid_jwt`, `expired_jwt`, `invalid_client`, …).
+    pub reason: String,
+}
+
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -75,6 +83,12 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     /// Idle REST connections closed at the cap to make room for a new one.
     pub http_connections_evicted: Counter,
+    /// TLS handshakes on the REST API that failed or timed out.
+    pub api_tls_handshake_failures: Counter,
+    /// Refused authentications (bearer tokens and OAuth2 clients) by reason.
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    /// Requests to the authentication endpoints refused by a rate limit (`ip`, `client`).
+    pub auth_rate_limited: Family<OutcomeLabels, Counter>,
     /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`).
     pub webhook_deliveries: Family<OutcomeLabels, Counter>,
     /// Audit log appends by outcome (`ok`, `failed`): a failed one is an audited
@@ -151,6 +165,24 @@ impl Metrics {
             "Idle REST connections closed at the connection cap to make room",
             http_connections_evicted.clone(),
         );
+        let api_tls_handshake_failures = Counter::default();
+        registry.register(
+            "api_tls_handshake_failures",
+            "TLS handshakes on the REST API that failed or timed out",
+            api_tls_handshake_failures.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Refused authentications (bearer tokens, OAuth2 clients) by reason",
+            auth_failures.clone(),
+        );
+        let auth_rate_limited = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "auth_rate_limited",
+            "Requests to authentication endpoints refused by a rate limit, by key kind",
+            auth_rate_limited.clone(),
+        );
         let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhook_deliveries",
@@ -185,10 +217,22 @@ impl Metrics {
             http_connections,
             http_connections_refused,
             http_connections_evicted,
+            api_tls_handshake_failures,
+            auth_failures,
+            auth_rate_limited,
             webhook_deliveries,
             audit_appends,
             audit_checkpoints,
         }
+    }
+
+    /// Counts a refused authentication.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts an outcome in a family.

@@ -133,6 +133,16 @@ pub enum PkiError {
         /// The pinned fingerprint.
         pin: crate::Fingerprint,
     },
+    /// The server's CA is not the one recorded for it at first use.
+    #[error("the server's CA fingerprint is {presented}, not {pinned} as recorded at first use: refusing to connect (if the server's CA was replaced on purpose, remove its entry from {store})")]
+    ServerCaChanged {
+        /// The fingerprint recorded at first use.
+        pinned: crate::Fingerprint,
+        /// The fingerprint of the CA the server presented now.
+        presented: crate::Fingerprint,
+        /// Where the recorded fingerprint is kept.
+        store: String,
+    },
     /// A rustls config could not be built.
     #[error("could not build tls {what}")]
     Tls {

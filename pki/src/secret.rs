@@ -94,6 +94,11 @@ pub fn new_api_token() -> String {
     format!("{API_TOKEN_PREFIX}{}", random_secret())
 }
 
+/// A new OAuth2 client secret: `stcs1_<32 random bytes base64url>`.
+pub fn new_client_secret() -> String {
+    format!("stcs1_{}", random_secret())
+}
+
 /// sha256(token) lowercase hex.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))

@@ -147,11 +147,11 @@ pub fn enrolment_client_tls_config(pin: &Fingerprint) -> Result<ClientConfig> {
     Ok(config)
 }
 
-fn ring_provider() -> Arc<CryptoProvider> {
+pub(crate) fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore> {
+pub(crate) fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots.add(cert.clone()).map_err(|source| PkiError::Tls {
@@ -162,7 +162,7 @@ fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-fn rejected(err: PkiError) -> rustls::Error {
+pub(crate) fn rejected(err: PkiError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 

@@ -84,7 +84,52 @@ where
     }
 }
 
-/// A control plane running in this process on loopback port-0 listeners.
+/// CA files of the servers tests started, by API URL: a `stella` command sent to one of
+/// them trusts its CA (`STELLA_CA_FILE`), as an operator given the file would.
+static SERVER_CAS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Lets `stella` commands aimed at `api_url` trust the CA in `ca_file`.
+pub fn register_server_ca(api_url: &str, ca_file: &Path) {
+    if let Ok(mut cas) = SERVER_CAS.lock() {
+        cas.retain(|(url, _)| url != api_url);
+        cas.push((api_url.to_owned(), ca_file.to_owned()));
+    }
+}
+
+/// The CA file registered for the server a command names (`--server` or
+/// `STELLA_SERVER`), unless the command names one itself.
+fn ca_env_for(args: &[&str], envs: &[(&str, &str)]) -> Option<PathBuf> {
+    if envs.iter().any(|(key, _)| *key == "STELLA_CA_FILE") || args.contains(&"--ca-file") {
+        return None;
+    }
+    let from_args = args
+        .windows(2)
+        .find(|pair| pair[0] == "--server")
+        .map(|pair| pair[1]);
+    let server = from_args.or_else(|| {
+        envs.iter()
+            .find(|(key, _)| *key == "STELLA_SERVER")
+            .map(|(_, value)| *value)
+    })?;
+    let cas = SERVER_CAS.lock().ok()?;
+    cas.iter()
+        .find(|(url, _)| url == server.trim_end_matches('/'))
+        .map(|(_, ca)| ca.clone())
+}
+
+/// A reqwest client that trusts only the CA in `ca_pem_file` (HTTP/1.1, as the API).
+pub fn client_trusting(ca_pem_file: &Path) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read_to_string(ca_pem_file)
+        .with_context(|| format!("reading {}", ca_pem_file.display()))?;
+    let roots = stella_pki::pem_to_der_certs(&pem)?;
+    let config = stella_pki::api_client_tls_config(stella_pki::ApiTrust::Roots(roots))?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()?)
+}
+
+/// A control plane running in this process on loopback port-0 listeners, serving the
+/// API over TLS under its own CA (as in production) unless started plain.
 #[derive(Debug)]
 pub struct TestServer {
     server: Option<RunningServer>,
@@ -101,6 +146,11 @@ impl TestServer {
     /// A server on SQLite with a 1 s heartbeat.
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(|_| {}).await
+    }
+
+    /// A server whose API is plain HTTP (`api_plain_http`).
+    pub async fn start_plain() -> anyhow::Result<Self> {
+        Self::start_with(|config| config.api_plain_http = true).await
     }
 
     /// A server whose config `adjust` may change (e.g. a PostgreSQL URL).
@@ -136,12 +186,19 @@ impl TestServer {
         let admin_token = std::fs::read_to_string(config.data_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default();
+        let http = if config.api_plain_http {
+            reqwest::Client::new()
+        } else {
+            let ca = config.data_dir.join("pki").join("ca.pem");
+            register_server_ca(&server.api_url(), &ca);
+            client_trusting(&ca)?
+        };
         Ok(TestServer {
             server: Some(server),
             config,
             admin_token,
             dir,
-            http: reqwest::Client::new(),
+            http,
         })
     }
 
@@ -153,9 +210,24 @@ impl TestServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (`http://` when started plain).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.config.api_listen)
+        let scheme = if self.config.api_plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.config.api_listen)
+    }
+
+    /// The server's CA certificate (PEM file), which its API certificate chains to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.config.data_dir.join("pki").join("ca.pem")
+    }
+
+    /// An HTTP client that trusts the server's CA.
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -199,6 +271,9 @@ impl TestServer {
         self.stop().await;
         let listeners = Listeners::bind(&self.config).await?;
         self.server = Some(stella_control_plane::start(self.config.clone(), listeners).await?);
+        if !self.config.api_plain_http {
+            self.http = client_trusting(&self.ca_file())?;
+        }
         Ok(())
     }
 
@@ -411,6 +486,9 @@ impl ChildProcess {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> anyhow::Result<Self> {
         let stderr = std::fs::File::create(&log)?;
         let mut command = tokio::process::Command::new(stella_bin());
+        if let Some(ca) = ca_env_for(args, envs) {
+            command.env("STELLA_CA_FILE", ca);
+        }
         command
             .args(args)
             .env_remove("STELLA_TOKEN")
@@ -447,7 +525,11 @@ pub async fn stella_with_input(
     input: Option<&str>,
 ) -> anyhow::Result<(i32, String, String)> {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(stella_bin())
+    let mut command = tokio::process::Command::new(stella_bin());
+    if let Some(ca) = ca_env_for(args, envs) {
+        command.env("STELLA_CA_FILE", ca);
+    }
+    let mut child = command
         .args(args)
         .env_remove("STELLA_TOKEN")
         .env_remove("STELLA_SERVER")

@@ -103,7 +103,7 @@ async fn wait_for_checkpoint_at_head(server: &TestServer) -> anyhow::Result<i64>
 #[tokio::test]
 async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let http = reqwest::Client::new();
+    let http = server.client();
     let api = server.api_url();
 
     // An exact body, to check its digest.
@@ -205,7 +205,7 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
         response.text().await?
     );
 
-    // Reads are not audited.
+    // Reads are not audited, but a refused authentication is, whatever the method.
     let before = entries(&server).await?.len();
     for path in [
         "/api/v1/environments",
@@ -219,8 +219,25 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
         .request(Method::GET, "/api/v1/audit", Some(&viewer_token), None)
         .await?;
     assert_eq!(status, 401, "the viewer was deleted");
-    let all = entries(&server).await?;
-    assert_eq!(all.len(), before, "GETs were audited: {all:#?}");
+    let all = stella_tests::wait_until(
+        "the refused read is audited",
+        std::time::Duration::from_secs(5),
+        || async {
+            let all = entries(&server).await.ok()?;
+            (all.len() > before).then_some(all)
+        },
+    )
+    .await?;
+    assert_eq!(all.len(), before + 1, "GETs were audited: {all:#?}");
+    let refused = &all[all.len() - 1];
+    assert_eq!(refused["actor"], "anonymous");
+    assert_eq!(
+        refused["action"],
+        "GET (authentication refused: unknown_token)"
+    );
+    assert_eq!(refused["object"], "/api/v1/audit");
+    assert_eq!(refused["outcome"], "401");
+    let all: Vec<Value> = all[..before].to_vec();
 
     let summary: Vec<(String, String, String, String)> = all
         .iter()
@@ -350,7 +367,8 @@ async fn mutating_calls_are_audited_with_actor_action_digest_and_outcome() -> an
     let (code, stdout, stderr) = cli(&server, &["audit", "list", "-o", "json"]).await?;
     assert_eq!(code, 0, "{stderr}");
     let listed: Value = serde_json::from_str(&stdout)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(11));
+    // Ten mutating calls and the one refused read.
+    assert_eq!(listed.as_array().map(Vec::len), Some(12));
     Ok(())
 }
 
@@ -590,7 +608,10 @@ async fn concurrent_appends_leave_a_contiguous_chain() -> anyhow::Result<()> {
     );
     let all = entries(&server).await?;
     assert_eq!(seqs(&all), (1..=450).collect::<Vec<_>>());
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+    let metrics = server
+        .client()
+        .get(format!("{}/metrics", server.api_url()))
+        .send()
         .await?
         .text()
         .await?;
@@ -737,7 +758,10 @@ async fn a_failed_append_never_fails_the_call() -> anyhow::Result<()> {
             json!({"name": "unrecorded", "roles": ["viewer"]}),
         )
         .await?;
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+    let metrics = server
+        .client()
+        .get(format!("{}/metrics", server.api_url()))
+        .send()
         .await?
         .text()
         .await?;

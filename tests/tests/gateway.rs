@@ -139,7 +139,10 @@ async fn expired_unknown_and_foreign_tokens_are_refused_and_issue_nothing() -> a
     }
     assert_eq!(agent_count(&server).await?, 0);
     // The expired token was not consumed by the attempt either.
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+    let metrics = server
+        .client()
+        .get(format!("{}/metrics", server.api_url()))
+        .send()
         .await?
         .text()
         .await?;
@@ -361,7 +364,10 @@ async fn renewal_issues_a_new_certificate_for_the_same_identity() -> anyhow::Res
     assert_ne!(after.cert_pem, before.cert_pem);
     let stored = Identity::load(&agent.data_dir)?.expect("identity");
     assert_eq!(stored.cert_pem, after.cert_pem);
-    let metrics = reqwest::get(format!("{}/metrics", server.api_url()))
+    let metrics = server
+        .client()
+        .get(format!("{}/metrics", server.api_url()))
+        .send()
         .await?
         .text()
         .await?;

@@ -910,7 +910,16 @@ async fn deployments_and_dispatch_show_in_the_metrics() -> anyhow::Result<()> {
     // until they have caught up (or the wait ends, and the assertion below says what).
     let url = format!("{}/metrics", estate.server.api_url());
     let read = || async {
-        let metrics = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        let metrics = estate
+            .server
+            .client()
+            .get(&url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         let value_of = |prefix: &str| -> Option<f64> {
             metrics
                 .lines()

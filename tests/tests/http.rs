@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 
 /// Small limits so that the tests see them act within a second.
 fn tight_limits(config: &mut ServerConfig) {
+    // The listener's limits are tested on plain HTTP, where raw sockets can speak it;
+    // over TLS the same limits hold (the handshake counts against the header timeout).
+    config.api_plain_http = true;
     config.api_header_read_timeout_ms = 400;
     config.api_body_read_timeout_ms = 400;
     config.api_max_connections = 40;
@@ -184,6 +187,7 @@ async fn a_slow_body_gets_408_with_the_envelope() -> anyhow::Result<()> {
 #[tokio::test]
 async fn healthz_answers_while_hundreds_of_idle_connections_are_held() -> anyhow::Result<()> {
     let server = TestServer::start_with(|config| {
+        config.api_plain_http = true;
         config.api_max_connections = 400;
         config.api_header_read_timeout_ms = 20_000;
     })
@@ -205,6 +209,7 @@ async fn healthz_answers_while_hundreds_of_idle_connections_are_held() -> anyhow
 #[tokio::test]
 async fn at_the_cap_the_oldest_idle_connections_make_room_for_healthz() -> anyhow::Result<()> {
     let server = TestServer::start_with(|config| {
+        config.api_plain_http = true;
         config.api_max_connections = 20;
         config.api_header_read_timeout_ms = 20_000;
     })
@@ -256,6 +261,7 @@ async fn at_the_cap_the_oldest_idle_connections_make_room_for_healthz() -> anyho
 #[tokio::test]
 async fn when_every_connection_is_busy_a_new_one_gets_503_at_once() -> anyhow::Result<()> {
     let server = TestServer::start_with(|config| {
+        config.api_plain_http = true;
         config.api_max_connections = 10;
         config.api_header_read_timeout_ms = 20_000;
         config.api_body_read_timeout_ms = 1_500;
@@ -439,7 +445,7 @@ fn futures_stream(
 #[tokio::test]
 async fn failed_requests_are_logged_with_their_trace_id() -> anyhow::Result<()> {
     let (logs, _guard) = LogCapture::start();
-    let server = TestServer::start().await?;
+    let server = TestServer::start_plain().await?;
     let http = reqwest::Client::new();
     let (status, _, trace_id, body) = send(
         http.get(format!(
@@ -490,7 +496,7 @@ async fn failed_requests_are_logged_with_their_trace_id() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn unknown_json_fields_are_refused_and_nothing_is_stored() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_plain().await?;
     for (path, body, field) in [
         (
             "/api/v1/environments",
@@ -537,7 +543,7 @@ async fn unknown_json_fields_are_refused_and_nothing_is_stored() -> anyhow::Resu
 
 #[tokio::test]
 async fn a_refused_permission_names_the_role_needed() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_plain().await?;
     let viewer = server
         .post("/api/v1/users", json!({"name": "vic", "roles": ["viewer"]}))
         .await?["token"]
@@ -570,7 +576,7 @@ async fn a_refused_permission_names_the_role_needed() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn request_latency_is_a_histogram_by_route_template() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_plain().await?;
     let (status, _) = server
         .request(
             Method::GET,
@@ -612,7 +618,7 @@ async fn request_latency_is_a_histogram_by_route_template() -> anyhow::Result<()
 
 #[tokio::test]
 async fn timestamps_have_millisecond_precision() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = TestServer::start_plain().await?;
     for n in 0..5 {
         server
             .post(

@@ -75,7 +75,8 @@ async fn import(
     image: Option<&str>,
     bytes: Vec<u8>,
 ) -> anyhow::Result<(u16, Value)> {
-    let mut request = reqwest::Client::new()
+    let mut request = server
+        .client()
         .post(format!("{}/api/v1/scans", server.api_url()))
         .bearer_auth(token)
         .header("content-type", "application/json")

@@ -31,7 +31,8 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
 /// Python packages the tests run, each with the module that proves it is installed:
 /// `openapi-spec-validator` checks the served OpenAPI document independently of the
 /// code that generates it; `securesystemslib` (with `cryptography` for Ed25519) verifies
-/// decision envelopes as an independent DSSE implementation.
+/// decision envelopes as an independent DSSE implementation; `pyjwt[crypto]` verifies
+/// OAuth2 access tokens against the served JWK set.
 const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "openapi_spec_validator",
@@ -44,6 +45,10 @@ const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "cryptography",
         package: "cryptography",
+    },
+    PythonPackage {
+        module: "jwt",
+        package: "pyjwt[crypto]",
     },
 ];
 

@@ -13,6 +13,7 @@ pub mod registries;
 pub mod releases;
 pub mod scans;
 pub mod targets;
+pub mod tokens;
 pub mod users;
 pub mod webhooks;
 
@@ -38,7 +39,12 @@ impl Context {
     /// From the client flags; fails when `--server` is not an http(s) URL.
     pub fn new(args: &crate::ClientArgs) -> anyhow::Result<Self> {
         Ok(Context {
-            client: Client::new(&args.server, args.token.clone(), args.timeout)?,
+            client: Client::with_trust(
+                &args.server,
+                args.token.clone(),
+                args.timeout,
+                args.ca_file.as_deref(),
+            )?,
             format: args.output,
             quiet: args.quiet,
         })

@@ -66,7 +66,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 /// Marks a response whose body is the envelope already.
 #[derive(Clone, Copy, Debug)]
-struct Enveloped;
+pub(crate) struct Enveloped;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -369,9 +369,22 @@ pub fn role_allows(role: Role, permission: Permission) -> bool {
     )
 }
 
-/// The authenticated user of a request (`Authorization: Bearer <token>`).
+/// The authenticated user of a request (`Authorization: Bearer <token>`: an API token
+/// or an OAuth2 access token), and the credential it used. An OAuth2 client is a user
+/// named `client:<id>` holding the roles its token's `stella.*` scopes grant, so a
+/// scope that does not cover a call is refused like a missing role (403).
 #[derive(Debug, Clone)]
-pub struct Caller(pub User);
+pub struct Caller(pub User, pub crate::auth::Credential);
+
+impl Caller {
+    /// Who called, and with what.
+    pub fn principal(&self) -> crate::auth::Principal {
+        crate::auth::Principal {
+            user: self.0.clone(),
+            credential: self.1.clone(),
+        }
+    }
+}
 
 impl Caller {
     /// 403 unless one of the caller's roles grants `permission`.
@@ -385,14 +398,26 @@ impl Caller {
             Ok(())
         } else {
             let roles: Vec<String> = self.0.roles.iter().map(ToString::to_string).collect();
+            let message = match &self.1 {
+                crate::auth::Credential::AccessToken { scopes, .. } => format!(
+                    "this needs the scope stella.{}; the access token has `{}`",
+                    permission.role(),
+                    crate::domain::format_scopes(scopes)
+                ),
+                crate::auth::Credential::ApiToken(_) => format!(
+                    "this needs the {} role; you are {}",
+                    permission.role(),
+                    if roles.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        roles.join(" and ")
+                    }
+                ),
+            };
             Err(ApiError(AppError::new(
                 ErrorKind::PermissionDenied,
                 "forbidden",
-                format!(
-                    "this needs the {} role; you are {}",
-                    permission.role(),
-                    roles.join(" and ")
-                ),
+                message,
             )))
         }
     }
@@ -409,25 +434,36 @@ impl FromRequestParts<Arc<App>> for Caller {
                 message,
             ))
         };
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("missing bearer token"))?;
-        let token = header
+        let refused = |failure: crate::auth::AuthFailure| {
+            super::auth::count_failure(app, parts, failure.reason);
+            unauthenticated(&failure.message)
+        };
+        let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
+            return Err(refused(crate::auth::AuthFailure::new(
+                "missing_token",
+                "missing bearer token",
+            )));
+        };
+        let Some(token) = header
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
+        else {
+            return Err(refused(crate::auth::AuthFailure::new(
+                "malformed_token",
+                "authorization must be `Bearer <token>`",
+            )));
+        };
         match app.authenticate(token).await? {
-            Some(user) => {
+            Ok(principal) => {
                 if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
-                    actor.record(&user.name);
+                    actor.record(&principal.user.name);
                 }
-                Ok(Caller(user))
+                Ok(Caller(principal.user, principal.credential))
             }
-            None => Err(unauthenticated("unknown or revoked token")),
+            Err(failure) => Err(refused(failure)),
         }
     }
 }

@@ -15,8 +15,14 @@
 //! - request bodies are bounded in size and time where they are read
 //!   ([`super::envelope::ApiJson`]).
 //!
-//! HTTP/1.1 only: the CLI, agents' discovery call and browsers speak it over plain
-//! HTTP, and sniffing for HTTP/2's preface would be one more read without a timeout.
+//! - over TLS (the default, [`super::tls`]), the handshake must finish within the same
+//!   header-read timeout; a connection refused at the cap gets its 503 after a
+//!   handshake of at most a second.
+//!
+//! HTTP/1.1 only (ALPN `http/1.1` over TLS): the CLI, agents' discovery call and
+//! browsers speak it, and sniffing for HTTP/2's preface would be one more read without
+//! a timeout. Each request carries its client's address ([`ClientAddr`]) for the rate
+//! limits of the authentication endpoints.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +32,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -35,6 +43,10 @@ use tower::ServiceExt;
 use super::envelope::envelope_json;
 use crate::app::App;
 use crate::error::{AppError, ErrorKind};
+
+/// The address of the client a request came from (the TCP peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 /// The limits the listener enforces, from the server configuration.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +73,7 @@ pub async fn serve(
     router: Router,
     listener: TcpListener,
     limits: ListenerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -72,8 +85,8 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) if is_per_connection(&error) => continue,
             Err(error) => {
                 // Out of file descriptors, most likely: wait for some to be freed
@@ -94,7 +107,7 @@ pub async fn serve(
                 None
             }
             Err(_) => {
-                refuse(&app, &stream, limits.max_connections, &refusals);
+                refuse(&app, stream, tls.clone(), limits.max_connections, &refusals);
                 continue;
             }
         };
@@ -103,6 +116,8 @@ pub async fn serve(
                 app: app.clone(),
                 router: router.clone(),
                 stream,
+                peer: ClientAddr(peer.ip()),
+                tls: tls.clone(),
                 limits,
                 shutdown: shutdown.clone(),
             },
@@ -133,6 +148,8 @@ struct Started {
     app: Arc<App>,
     router: Router,
     stream: TcpStream,
+    peer: ClientAddr,
+    tls: Option<TlsAcceptor>,
     limits: ListenerLimits,
     shutdown: CancellationToken,
 }
@@ -157,7 +174,13 @@ async fn start_connection(started: Started, slot: Option<OwnedSemaphorePermit>, 
             Ok(Ok(slot)) => slot,
             _ => {
                 let max = started.limits.max_connections;
-                refuse(&started.app, &started.stream, max, &cap.refusals);
+                refuse(
+                    &started.app,
+                    started.stream,
+                    started.tls,
+                    max,
+                    &cap.refusals,
+                );
                 return;
             }
         },
@@ -273,14 +296,58 @@ async fn serve_connection(started: Started, entry: Registered) {
         app,
         router,
         stream,
+        peer,
+        tls,
         limits,
         shutdown,
     } = started;
     app.metrics.http_connections.inc();
     // Small JSON responses; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => serve_http(&app, router, stream, peer, limits, &shutdown, &entry).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)) => handshake,
+                () = entry.close.cancelled() => Ok(Err(std::io::ErrorKind::ConnectionAborted.into())),
+                () = shutdown.cancelled() => Ok(Err(std::io::ErrorKind::ConnectionAborted.into())),
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_http(&app, router, stream, peer, limits, &shutdown, &entry).await;
+                }
+                Ok(Err(error)) => {
+                    app.metrics.api_tls_handshake_failures.inc();
+                    tracing::debug!(%error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    app.metrics.api_tls_handshake_failures.inc();
+                    tracing::debug!("TLS handshake timed out");
+                }
+            }
+        }
+    }
+    app.metrics.http_connections.dec();
+    drop(entry);
+}
+
+/// Serves HTTP/1.1 on a connection (plain or TLS) until it closes, is closed to make
+/// room, or the server shuts down.
+async fn serve_http<S>(
+    app: &App,
+    router: Router,
+    stream: S,
+    peer: ClientAddr,
+    limits: ListenerLimits,
+    shutdown: &CancellationToken,
+    entry: &Registered,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = app;
     let in_flight = entry.in_flight.clone();
-    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(peer);
         let request_in_flight = InFlight::start(&in_flight);
         let response = router.clone().oneshot(request);
         async move {
@@ -310,13 +377,18 @@ async fn serve_connection(started: Started, entry: Registered) {
         // their absence from the request log, not logged at warn.
         tracing::debug!(error = %crate::error::ErrorChain(&error), "REST connection closed");
     }
-    app.metrics.http_connections.dec();
-    drop(entry);
 }
 
 /// Answers a connection over the cap, when every open one is busy, with `503` and the
-/// envelope, and closes it.
-fn refuse(app: &App, stream: &TcpStream, max_connections: usize, log: &RefusalLog) {
+/// envelope, and closes it (over TLS after a handshake of at most a second, on a task
+/// of its own so the accept loop never waits).
+fn refuse(
+    app: &App,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    max_connections: usize,
+    log: &RefusalLog,
+) {
     app.metrics.http_connections_refused.inc();
     let trace_id = super::new_trace_id();
     let error = AppError::new(
@@ -333,8 +405,22 @@ fn refuse(app: &App, stream: &TcpStream, max_connections: usize, log: &RefusalLo
     );
     let mut response = head.into_bytes();
     response.extend_from_slice(&body);
-    // A fresh socket's send buffer takes this whole; never wait on a client here.
-    let _ = stream.try_write(&response);
+    match tls {
+        // A fresh socket's send buffer takes this whole; never wait on a client here.
+        None => {
+            let _ = stream.try_write(&response);
+        }
+        Some(acceptor) => {
+            tokio::spawn(async move {
+                let answer = async {
+                    let mut stream = acceptor.accept(stream).await?;
+                    stream.write_all(&response).await?;
+                    stream.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+            });
+        }
+    }
     if log.should_log() {
         tracing::warn!(
             %trace_id,

@@ -8,6 +8,8 @@
 
 pub mod agents;
 pub mod audit;
+pub mod auth;
+pub mod clients;
 pub mod decisions;
 pub mod deployments;
 pub mod drift;
@@ -15,12 +17,15 @@ pub mod envelope;
 pub mod environments;
 pub mod health;
 pub mod listener;
+pub mod oauth;
 pub mod openapi;
 pub mod promotions;
 pub mod registries;
 pub mod releases;
 pub mod scans;
 pub mod targets;
+pub mod tls;
+pub mod tokens;
 pub mod users;
 pub mod variables;
 pub mod webhooks;
@@ -59,6 +64,19 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/users/{name}/tokens", post(users::create_token))
         .route("/whoami", get(users::whoami))
+        .route(
+            "/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke_token))
+        .route(
+            "/clients",
+            get(clients::list_clients).post(clients::create_client),
+        )
+        .route(
+            "/clients/{id}",
+            axum::routing::delete(clients::revoke_client),
+        )
         .route(
             "/environments",
             get(environments::list_environments).post(environments::create_environment),
@@ -147,6 +165,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -170,7 +194,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limits = listener::ListenerLimits::of(&app.config);
-    listener::serve(app.clone(), router(app), listener, limits, shutdown).await
+    let tls = app.api_tls.as_ref().map(|tls| tls.acceptor());
+    listener::serve(app.clone(), router(app), listener, limits, tls, shutdown).await
 }
 
 /// A new trace id: 32 hex digits.

@@ -14,8 +14,8 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
 use super::{
-    agents, audit, decisions, deployments, drift, envelope, environments, health, promotions,
-    registries, releases, scans, targets, users, variables, webhooks,
+    agents, audit, clients, decisions, deployments, drift, envelope, environments, health, oauth,
+    promotions, registries, releases, scans, targets, tokens, users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -25,7 +25,8 @@ use super::{
         title = "Stella API",
         description = "Release control plane for container estates without Kubernetes.\n\n\
             Every call under `/api/v1/` but `/gateway` and `/openapi.json` needs \
-            `Authorization: Bearer <token>`. Errors are `{\"error\":{\"code\",\"message\",\
+            `Authorization: Bearer <token>`: an API token, or an OAuth2 access token \
+            from `POST /oauth/token` whose `stella.*` scopes stand for roles. Errors are `{\"error\":{\"code\",\"message\",\
             \"traceId\"}}` with a fitting 4xx/5xx status; the trace id is also in the \
             `x-trace-id` header of every response and in the server's log line for the \
             request."
@@ -35,6 +36,9 @@ use super::{
         agents::gateway,
         users::create, users::list, users::update, users::delete, users::create_token,
         users::whoami,
+        tokens::list_tokens, tokens::create_token, tokens::revoke_token,
+        clients::create_client, clients::list_clients, clients::revoke_client,
+        oauth::token, oauth::jwks, oauth::metadata,
         environments::create_environment, environments::list_environments,
         environments::show_environment, environments::update_environment,
         environments::delete_environment,
@@ -62,6 +66,9 @@ use super::{
     tags(
         (name = "agents", description = "Agents, their enrolment and revocation"),
         (name = "users", description = "Users, roles and API tokens"),
+        (name = "tokens", description = "API tokens: named, expiring, listed and revoked one by one"),
+        (name = "clients", description = "OAuth2 clients (service accounts) of the client credentials grant"),
+        (name = "oauth", description = "OAuth2 token endpoint (client credentials), JWK set and server metadata"),
         (name = "environments", description = "Environments and their promotion order"),
         (name = "targets", description = "Deployment targets, each driven by one agent"),
         (name = "registries", description = "OCI registries and their credentials"),
@@ -98,6 +105,26 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let scopes = crate::domain::Scope::ALL.map(|scope| {
+            let description = match scope {
+                crate::domain::Scope::Stella(role) => format!("the Stella role {role}"),
+                other => format!("the TaskRunner API: {}", other.as_str()),
+            };
+            (scope.as_str(), description)
+        });
+        components.add_security_scheme(
+            "oauth2",
+            SecurityScheme::OAuth2(utoipa::openapi::security::OAuth2::new([
+                utoipa::openapi::security::Flow::ClientCredentials(
+                    utoipa::openapi::security::ClientCredentials::new(
+                        "/oauth/token",
+                        utoipa::openapi::security::Scopes::from_iter(
+                            scopes.iter().map(|(name, text)| (*name, text.as_str())),
+                        ),
+                    ),
+                ),
+            ])),
+        );
     }
 }
 
@@ -106,7 +133,11 @@ struct CommonErrors;
 
 impl utoipa::Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in &mut openapi.paths.paths {
+            // The token endpoint takes a form and answers RFC 6749 errors, declared on it.
+            if path.starts_with("/oauth/") {
+                continue;
+            }
             let operations = [
                 &mut item.get,
                 &mut item.put,

@@ -111,25 +111,38 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json
 /// Issues another API token for a user.
 ///
 /// The user's earlier tokens stay valid. The token is shown once: only its hash is
-/// stored. Needs the admin role.
+/// stored. An optional body names it and sets its lifetime. Rate-limited per client IP
+/// address like `POST /api/v1/tokens`. Needs the admin role.
 #[utoipa::path(post, path = "/api/v1/users/{name}/tokens", tag = "users", operation_id = "createUserToken",
     params(("name" = String, Path, description = "user name")),
+    request_body(content = Option<super::tokens::CreateTokenRequest>),
     responses(
-        (status = 201, description = "The new token", body = TokenView),
+        (status = 201, description = "The new token", body = super::tokens::CreatedToken),
         (status = 403, description = "The caller is not an admin (`forbidden`)", body = ErrorEnvelope),
         (status = 404, description = "No such user (`not_found`)", body = ErrorEnvelope),
+        (status = 429, description = "Too many token requests from this address (`rate_limited`)", body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
 pub async fn create_token(
     State(app): State<Arc<App>>,
+    addr: Option<axum::Extension<super::listener::ClientAddr>>,
     caller: Caller,
     Path(name): Path<String>,
-) -> ApiResult<(http::StatusCode, Json<TokenView>)> {
-    caller.require(Permission::Administer)?;
-    let user = app.store.find_user(&name).await?;
-    let token = app.issue_token(&user).await?;
-    tracing::info!(user = %user.name, by = %caller.0.name, "api token issued");
-    Ok((http::StatusCode::CREATED, Json(TokenView { token })))
+    body: Option<ApiJson<super::tokens::CreateTokenRequest>>,
+) -> Result<axum::response::Response, axum::response::Response> {
+    use axum::response::IntoResponse;
+    if let Some(refusal) =
+        super::auth::limit_by_ip(&app, addr.map(|axum::Extension(a)| a), "token requests")
+    {
+        return Err(refusal);
+    }
+    let issue = async {
+        caller.require(Permission::Administer)?;
+        let user = app.store.find_user(&name).await?;
+        let request = body.map(|ApiJson(body)| body).unwrap_or_default();
+        super::tokens::issue(&app, &user, request).await
+    };
+    issue.await.map_err(IntoResponse::into_response)
 }
 
 /// The calling user.

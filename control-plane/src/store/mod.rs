@@ -29,6 +29,7 @@ mod registries;
 mod releases;
 mod scans;
 mod targets;
+mod tokens;
 mod users;
 mod variables;
 mod webhooks;

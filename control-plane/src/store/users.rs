@@ -56,8 +56,12 @@ impl Store {
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
         const OP: &str = "storing an api token";
-        sqlx::query("INSERT INTO api_tokens (hash, user_id, created_at_ms) VALUES ($1, $2, $3)")
+        // Named, expiring tokens are stored by `insert_token`; this one has neither.
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, id, name, user_id, created_at_ms) VALUES ($1, $2, '', $3, $4)",
+        )
             .bind(token_hash)
+            .bind(super::tokens::legacy_id(token_hash))
             .bind(user_id)
             .bind(created_at_ms)
             .execute(self.writer())
@@ -72,11 +76,13 @@ impl Store {
         Ok(())
     }
 
-    /// The user owning the API token with this hash; `None` if no such token is stored.
+    /// The user owning the API token with this hash; `None` if no such token is stored
+    /// or it is revoked (its expiry is the caller's to check: see `token_by_hash`).
     pub async fn user_for_token(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
         sqlx::query_as::<_, UserRow>(
             "SELECT u.id, u.name, u.roles, u.created_at_ms \
-             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = $1",
+             FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.hash = $1 AND t.revoked_at_ms IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -147,15 +153,15 @@ impl Store {
 
 /// A `users` row as stored.
 #[derive(sqlx::FromRow)]
-struct UserRow {
-    id: String,
-    name: String,
-    roles: String,
-    created_at_ms: i64,
+pub(super) struct UserRow {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) roles: String,
+    pub(super) created_at_ms: i64,
 }
 
 impl UserRow {
-    fn into_user(self) -> Result<User, StoreError> {
+    pub(super) fn into_user(self) -> Result<User, StoreError> {
         let roles = decode_roles(&self.roles).map_err(|e| StoreError::Corrupt {
             what: "user roles",
             detail: format!("user {}: {e}", self.id),

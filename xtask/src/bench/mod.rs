@@ -2,6 +2,7 @@
 //! child process from release binaries. One module per bench.
 
 mod agents;
+mod api;
 mod decisions;
 mod deploy;
 mod server;
@@ -25,6 +26,8 @@ pub enum BenchCommand {
     /// Promotions decided (every gate, signed, chained, stored) per second, SQLite and
     /// PostgreSQL.
     Decisions(decisions::DecisionsArgs),
+    /// Authentication's cost per request: no token, API token, OAuth2 JWT (p50, p99).
+    Api(api::ApiArgs),
 }
 
 /// Runs one bench, in a release build of xtask.
@@ -38,6 +41,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Agents(args) => agents::run(&args),
         BenchCommand::Deploy(args) => deploy::run(&args),
         BenchCommand::Decisions(args) => decisions::run(&args),
+        BenchCommand::Api(args) => api::run(&args),
     }
 }
 
