@@ -4,8 +4,8 @@
 
 mod audit;
 mod deployments;
-mod documents;
 mod dispatch;
+mod documents;
 mod drift;
 mod environments;
 mod events;
@@ -13,6 +13,7 @@ mod evidence;
 mod promotions;
 mod registries;
 mod releases;
+pub mod runs;
 mod scans;
 mod targets;
 mod webhooks;
@@ -83,6 +84,8 @@ pub struct App {
     audit_log: AuditLog,
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
+    /// The task-pack runs this replica drives.
+    pub run_engine: runs::RunEngine,
 }
 
 /// A join token as handed to the operator, once.
@@ -235,6 +238,7 @@ impl App {
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
             document_cache: documents::DocumentCache::default(),
+            run_engine: runs::RunEngine::default(),
         }
     }
 

@@ -515,7 +515,10 @@ fn recompute_sees_inputs_and_documents_by_content_id() {
         ids.sort();
         ids
     });
-    assert_eq!(&documents[&sha256_id(&scan_report())][..], &scan_report()[..]);
+    assert_eq!(
+        &documents[&sha256_id(&scan_report())][..],
+        &scan_report()[..]
+    );
 }
 
 #[test]

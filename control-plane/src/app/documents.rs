@@ -71,7 +71,8 @@ impl App {
             // Only content that matches its id is cached, so a row edited in the
             // database cannot poison later decisions (the decision checks it too).
             if stella_decision::sha256_id(&content) == document.id {
-                self.document_cache.put(document.id.clone(), content.clone());
+                self.document_cache
+                    .put(document.id.clone(), content.clone());
             }
             documents.insert(document.id, content);
         }

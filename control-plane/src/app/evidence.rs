@@ -130,7 +130,9 @@ impl App {
             .insert("key.pem".to_owned(), key_pem.into_bytes());
         for (id, bytes) in documents {
             let hex = id.trim_start_matches("sha256:").to_owned();
-            packet.files.insert(format!("documents/{hex}"), bytes.to_vec());
+            packet
+                .files
+                .insert(format!("documents/{hex}"), bytes.to_vec());
         }
         // The deployment the decision created, its results and the stickers its
         // targets carry.
