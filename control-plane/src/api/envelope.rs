@@ -64,9 +64,10 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// Marks a response whose body is the envelope already.
+/// Marks a response whose body is the envelope already, or an error body another
+/// contract fixes (the TaskRunner `PlanErrorResponse`), which is left as it is.
 #[derive(Clone, Copy, Debug)]
-struct Enveloped;
+pub(crate) struct Enveloped;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -111,7 +111,9 @@ fn tenant(headers: &HeaderMap) -> ApiResult<String> {
 
 /// A plan error response (400, `PlanErrorResponse`).
 fn plan_errors(errors: &PlanErrors) -> Response {
-    (StatusCode::BAD_REQUEST, axum::Json(errors)).into_response()
+    let mut response = (StatusCode::BAD_REQUEST, axum::Json(errors)).into_response();
+    response.extensions_mut().insert(super::envelope::Enveloped);
+    response
 }
 
 /// The body of a simulation or run request, read as the contract has it; what is

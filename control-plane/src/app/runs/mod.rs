@@ -204,12 +204,14 @@ impl App {
     ) -> Result<RunView, RunRequestError> {
         let id = match run_id {
             Some(id) if valid_run_id(&id) => id,
-            Some(id) => return Err(RunRequestError::Plan(PlanErrors::one(
-                "$.runId",
-                format!(
+            Some(id) => {
+                return Err(RunRequestError::Plan(PlanErrors::one(
+                    "$.runId",
+                    format!(
                     "run id `{id}` must match ^[a-zA-Z0-9_-]+$ (at most {MAX_RUN_ID} characters)"
                 ),
-            ))),
+                )))
+            }
             None => uuid::Uuid::now_v7().to_string(),
         };
         let plan = plan_of(manifest, inputs).map_err(RunRequestError::Plan)?;
