@@ -109,6 +109,17 @@ fn tenant(headers: &HeaderMap) -> ApiResult<String> {
     Ok(text.to_owned())
 }
 
+/// The tenant of a simulation or run request, whose 400s are `PlanErrorResponse`s.
+fn plan_tenant(caller: &Caller, scope: Scope, headers: &HeaderMap) -> Result<String, Response> {
+    require(caller, scope).map_err(IntoResponse::into_response)?;
+    tenant(headers).map_err(|error| {
+        plan_errors(&PlanErrors::one(
+            "$.headers['X-StellaOps-Tenant']",
+            error.0.message,
+        ))
+    })
+}
+
 /// A plan error response (400, `PlanErrorResponse`).
 fn plan_errors(errors: &PlanErrors) -> Response {
     let mut response = (StatusCode::BAD_REQUEST, axum::Json(errors)).into_response();
@@ -192,8 +203,8 @@ fn manifest_and_inputs(
 
 /// `POST /v1/task-runner/simulations`.
 pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
-    if let Err(error) = require(&caller, Scope::Viewer).and_then(|()| tenant(request.headers())) {
-        return error.into_response();
+    if let Err(response) = plan_tenant(&caller, Scope::Viewer, request.headers()) {
+        return response;
     }
     let body = match read_body(&app, request).await {
         Ok(body) => body,
@@ -211,9 +222,9 @@ pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Requ
 
 /// `POST /v1/task-runner/runs`: 201 with `Location`.
 pub async fn create_run(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
-    let tenant = match require(&caller, Scope::Operator).and_then(|()| tenant(request.headers())) {
+    let tenant = match plan_tenant(&caller, Scope::Operator, request.headers()) {
         Ok(tenant) => tenant,
-        Err(error) => return error.into_response(),
+        Err(response) => return response,
     };
     let body = match read_body(&app, request).await {
         Ok(body) => body,
