@@ -593,3 +593,56 @@ mod chrono_ms {
             .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
     }
 }
+
+#[tokio::test]
+async fn the_cli_simulates_runs_and_shows_packs() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let dir = stella_tests::TestDir::new("pack-cli");
+    let file = dir.path().join("pack.yaml");
+    let steps = "    - id: greet\n      run:\n        uses: builtin:script\n        with: {script: 'echo hello {{ inputs.who }}'}\n";
+    let extra = "  inputs:\n    - {name: who, type: string, required: true}\n";
+    std::fs::write(&file, pack("cli", extra, steps))?;
+    let file = file.to_str().unwrap_or_default().to_owned();
+    let env = [
+        ("STELLA_SERVER", server.api_url()),
+        ("STELLA_TOKEN", server.admin_token.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) =
+        stella_tests::stella(&["pack", "simulate", &file, "--input", "who=world"], &env).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("greet") && out.contains("Pending"), "{out}");
+    let (code, _, err) = stella_tests::stella(&["pack", "simulate", &file], &env).await?;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(err.contains("$.inputs.who"), "{err}");
+    let (code, out, err) = stella_tests::stella(
+        &[
+            "-o",
+            "json",
+            "pack",
+            "run",
+            &file,
+            "--input",
+            "who=world",
+            "--run-id",
+            "cli-run",
+            "--wait",
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let finished: Value = serde_json::from_str(&out)?;
+    assert_eq!(finished["status"], "Succeeded");
+    let (code, out, _) = stella_tests::stella(&["run", "logs", "cli-run"], &env).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("hello world"), "{out}");
+    let (code, out, _) = stella_tests::stella(&["run", "list"], &env).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("cli-run"), "{out}");
+    let (code, _, err) = stella_tests::stella(&["run", "show", "nope"], &env).await?;
+    assert_ne!(code, 0);
+    assert!(err.contains("no run"), "{err}");
+    Ok(())
+}
