@@ -1305,7 +1305,7 @@ async fn decisions_are_signed_replayable_and_verify_offline_as_evidence() -> any
     let mut resigned = Packet::for_decision(
         &signed,
         inputs,
-        original.documents().into_values(),
+        original.documents().into_values().map(|d| d.to_vec()),
         &other.public_key(),
     )?;
     for extra in ["deployment.json", "stickers.json"] {

@@ -154,7 +154,7 @@ pub async fn pack(context: &Context, command: PackCommand) -> anyhow::Result<()>
             }
             context.note(&format!("run {id} started; waiting for it to finish"));
             let finished = wait_finished(context, &id, tenant).await?;
-            print(context.format, &finished, |v| show_table(v));
+            print(context.format, &finished, show_table);
             match finished["status"].as_str() {
                 Some("Succeeded") => Ok(()),
                 other => bail!("run {id} ended {}", other.unwrap_or("unknown")),
@@ -270,7 +270,7 @@ pub async fn run(context: &Context, command: RunCommand) -> anyhow::Result<()> {
                 .request_at(Method::POST, &path, run.tenant.tenant.as_deref(), None)
                 .await?;
             print(context.format, &answer, |_| {
-                println!("cancellation of run {} requested", run.id)
+                println!("cancellation of run {} requested", run.id);
             });
         }
     }

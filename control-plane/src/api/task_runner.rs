@@ -110,13 +110,17 @@ fn tenant(headers: &HeaderMap) -> ApiResult<String> {
 }
 
 /// The tenant of a simulation or run request, whose 400s are `PlanErrorResponse`s.
-fn plan_tenant(caller: &Caller, scope: Scope, headers: &HeaderMap) -> Result<String, Response> {
-    require(caller, scope).map_err(IntoResponse::into_response)?;
+fn plan_tenant(
+    caller: &Caller,
+    scope: Scope,
+    headers: &HeaderMap,
+) -> Result<String, Box<Response>> {
+    require(caller, scope).map_err(|e| Box::new(e.into_response()))?;
     tenant(headers).map_err(|error| {
-        plan_errors(&PlanErrors::one(
+        Box::new(plan_errors(&PlanErrors::one(
             "$.headers['X-StellaOps-Tenant']",
             error.0.message,
-        ))
+        )))
     })
 }
 
@@ -204,7 +208,7 @@ fn manifest_and_inputs(
 /// `POST /v1/task-runner/simulations`.
 pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
     if let Err(response) = plan_tenant(&caller, Scope::Viewer, request.headers()) {
-        return response;
+        return *response;
     }
     let body = match read_body(&app, request).await {
         Ok(body) => body,
@@ -224,7 +228,7 @@ pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Requ
 pub async fn create_run(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
     let tenant = match plan_tenant(&caller, Scope::Operator, request.headers()) {
         Ok(tenant) => tenant,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body = match read_body(&app, request).await {
         Ok(body) => body,
@@ -567,11 +571,13 @@ pub async fn decide_approval(
         .decide_run_approval(
             &tenant,
             &run_id,
-            &approval_id,
-            &body.decision,
-            &body.plan_hash,
-            &actor,
-            body.summary,
+            crate::app::runs::RunDecision {
+                approval_id,
+                decision: body.decision,
+                plan_hash: body.plan_hash,
+                actor,
+                summary: body.summary,
+            },
         )
         .await?;
     Ok(axum::Json(

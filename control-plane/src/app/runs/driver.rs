@@ -88,7 +88,7 @@ pub async fn run_task_runner(app: Arc<App>, shutdown: CancellationToken) {
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %crate::error::ErrorChain(&error), "claiming runs failed")
+                tracing::warn!(error = %crate::error::ErrorChain(&error), "claiming runs failed");
             }
         }
         while drivers.try_join_next().is_some() {}
@@ -125,7 +125,7 @@ async fn drive(app: Arc<App>, run: Run, notify: Arc<Notify>, shutdown: Cancellat
     match drive_run(app.clone(), run, &notify, &shutdown).await {
         Ok(()) => {}
         Err(error) => {
-            tracing::warn!(%tenant, run_id = %id, error = %error.message, "driving a run failed")
+            tracing::warn!(%tenant, run_id = %id, error = %error.message, "driving a run failed");
         }
     }
     app.run_engine

@@ -59,6 +59,21 @@ pub struct ApprovalOutcome {
     pub resumed: bool,
 }
 
+/// An approval decision as requested.
+#[derive(Debug, Clone)]
+pub struct RunDecision {
+    /// The approval (from the pack's `spec.approvals`).
+    pub approval_id: String,
+    /// `approved`, `rejected`, `expired`.
+    pub decision: String,
+    /// The plan the decision is for.
+    pub plan_hash: String,
+    /// Who decides.
+    pub actor: String,
+    /// Why.
+    pub summary: Option<String>,
+}
+
 /// Longest run id.
 const MAX_RUN_ID: usize = 128;
 
@@ -321,12 +336,21 @@ impl App {
         &self,
         tenant: &str,
         id: &str,
-        approval_id: &str,
-        decision: &str,
-        plan_hash: &str,
-        actor: &str,
-        summary: Option<String>,
+        request: RunDecision,
     ) -> Result<ApprovalOutcome, AppError> {
+        let RunDecision {
+            approval_id,
+            decision,
+            plan_hash,
+            actor,
+            summary,
+        } = request;
+        let (approval_id, decision, plan_hash, actor) = (
+            approval_id.as_str(),
+            decision.as_str(),
+            plan_hash.as_str(),
+            actor.as_str(),
+        );
         let run = self.find_run(tenant, id).await?;
         let plan = stored_plan(&run)?;
         if !plan.plan.approvals.iter().any(|a| a.id == approval_id) {
