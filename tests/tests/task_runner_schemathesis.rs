@@ -7,7 +7,10 @@ use stella_tests::task_runner::spec_path;
 use stella_tests::TestServer;
 
 async fn schemathesis(server: &TestServer, schema: &str, max_examples: &str) -> anyhow::Result<()> {
+    // Its cache goes to the working directory: the test's own, not the repository.
+    let cwd = stella_tests::TestDir::new("schemathesis");
     let output = tokio::process::Command::new("schemathesis")
+        .current_dir(cwd.path())
         .args([
             "run",
             schema,
