@@ -219,6 +219,54 @@ impl Client {
         self.answer(request).await
     }
 
+    /// A request to a path outside `/api/v1` (the TaskRunner API, `/v1/task-runner/…`),
+    /// with the TaskRunner tenant header when given.
+    pub async fn request_at(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        tenant: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(tenant) = tenant {
+            request = request.header("X-StellaOps-Tenant", tenant);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.answer(request).await
+    }
+
+    /// GET text (NDJSON logs) from a path outside `/api/v1`.
+    pub async fn text_at(&self, path: &str, tenant: Option<&str>) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(tenant) = tenant {
+            request = request.header("X-StellaOps-Tenant", tenant);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        if status.is_success() {
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        Err(self.api_error(status, &bytes))
+    }
+
     /// Sends a request and reads its JSON answer, or the error it stands for.
     async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = request
@@ -257,6 +305,29 @@ impl Client {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        // A TaskRunner `PlanErrorResponse`: its first error, with its path and count.
+        if let Some(errors) = envelope
+            .as_ref()
+            .and_then(|v| v.get("errors"))
+            .and_then(Value::as_array)
+            .filter(|errors| !errors.is_empty())
+        {
+            let first = &errors[0];
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return ClientError::Api {
+                status: status.as_u16(),
+                code: Some("plan_error".to_owned()),
+                message: format!(
+                    "{}: {}{more}",
+                    first["path"].as_str().unwrap_or("$"),
+                    first["message"].as_str().unwrap_or("invalid")
+                ),
+                hint: None,
+            };
+        }
         match (field("/error/message"), field("/error/code")) {
             (Some(message), code) => ClientError::Api {
                 status: status.as_u16(),

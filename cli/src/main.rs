@@ -25,7 +25,7 @@ use stella_agent::logging;
 
 use commands::{
     agents, audit, completions, decisions, deployments, drift, environments, promote, registries,
-    releases, scans, targets, tokens, users, webhooks, Context,
+    releases, runs, scans, targets, tokens, users, webhooks, Context,
 };
 use output::Format;
 
@@ -150,6 +150,12 @@ enum Command {
     /// Drift between what runs and what was promoted.
     #[command(subcommand)]
     Drift(drift::DriftCommand),
+    /// Task packs: simulate one, or start a run of it.
+    #[command(subcommand, visible_alias = "packs")]
+    Pack(runs::PackCommand),
+    /// Task-pack runs: list, show, logs, approve, reject, cancel.
+    #[command(subcommand, visible_alias = "runs")]
+    Run(runs::RunCommand),
     /// Webhooks: signed deliveries of events to URLs (admin only).
     #[command(subcommand, visible_alias = "webhooks")]
     Webhook(webhooks::WebhookCommand),
@@ -326,6 +332,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployment(command) => deployments::deployment(&context()?, command).await,
         Command::Rollback(args) => deployments::rollback(&context()?, args).await,
         Command::Drift(command) => drift::drift(&context()?, command).await,
+        Command::Pack(command) => runs::pack(&context()?, command).await,
+        Command::Run(command) => runs::run(&context()?, command).await,
         Command::Webhook(command) => webhooks::webhook(&context()?, command).await,
         Command::Events(args) => webhooks::events(&context()?, args).await,
         Command::Audit(command) => audit::audit(&context()?, command).await,

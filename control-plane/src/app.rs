@@ -14,6 +14,7 @@ mod evidence;
 mod promotions;
 mod registries;
 mod releases;
+pub mod runs;
 mod scans;
 mod targets;
 mod tokens;
@@ -91,6 +92,8 @@ pub struct App {
     pub identity: crate::auth::Identity,
     /// The REST API's TLS; `None` when it serves plain HTTP.
     pub api_tls: Option<crate::api::tls::ApiTls>,
+    /// The task-pack runs this replica drives.
+    pub run_engine: runs::RunEngine,
 }
 
 /// A join token as handed to the operator, once.
@@ -250,6 +253,7 @@ impl App {
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
             document_cache: documents::DocumentCache::default(),
+            run_engine: runs::RunEngine::default(),
         }
     }
 

@@ -105,6 +105,15 @@ pub struct ServerConfig {
     /// A checkpoint is also signed as soon as this replica appended this many audit
     /// entries since its last one, however soon that is.
     pub audit_checkpoint_every_entries: u64,
+    /// How long a replica's claim on a task-pack run lasts without renewal; after a
+    /// crash, another replica (or this one restarted) takes the run over this long
+    /// after the last renewal.
+    pub run_lease_ms: u64,
+    /// How often each replica looks for runs to take over, approvals and cancellations
+    /// decided on other replicas, and retries that came due.
+    pub run_poll_interval_ms: u64,
+    /// Largest file a run's `file` output may capture (bytes).
+    pub run_max_artifact_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +155,9 @@ impl Default for ServerConfig {
             decision_clock_ms: None,
             audit_checkpoint_interval_ms: 5000,
             audit_checkpoint_every_entries: 256,
+            run_lease_ms: 15_000,
+            run_poll_interval_ms: 500,
+            run_max_artifact_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -271,6 +283,7 @@ impl ServerConfig {
             }
         }
         self.validate_webhooks()?;
+        self.validate_runs()?;
         self.validate_audit()?;
         self.validate_identity()
     }
@@ -326,6 +339,28 @@ impl ServerConfig {
             return Err(ConfigError::Invalid {
                 key: "oauth_audience",
                 reason: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_runs(&self) -> Result<(), ConfigError> {
+        if self.run_poll_interval_ms == 0 || self.run_poll_interval_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                key: "run_poll_interval_ms",
+                reason: "must be between 1 and 60000".into(),
+            });
+        }
+        if self.run_lease_ms < 2 * self.run_poll_interval_ms.max(500) {
+            return Err(ConfigError::Invalid {
+                key: "run_lease_ms",
+                reason: "must be at least twice run_poll_interval_ms (and at least 1000)".into(),
+            });
+        }
+        if self.run_max_artifact_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "run_max_artifact_bytes",
+                reason: "must be positive".into(),
             });
         }
         Ok(())

@@ -224,6 +224,10 @@ pub async fn start(
         app.clone(),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(app::runs::run_task_runner(
+        app.clone(),
+        shutdown.clone(),
+    )));
     tasks.push(tokio::spawn(app::run_audit_checkpointer(
         app.clone(),
         shutdown.clone(),

@@ -57,6 +57,8 @@ fn executor_params(uses: &str) -> Option<&'static [(&'static str, Param, bool)]>
             ("args", Array, false),
         ],
         "builtin:deploy" => &[
+            ("release", String, false),
+            ("version", String, false),
             ("image", String, false),
             ("environment", String, false),
             ("strategy", String, false),

@@ -11,7 +11,7 @@ use crate::cargo::{cargo, run_checked, step};
 
 /// Debian packages the tests use, each with a file that proves it is installed: the
 /// store suite's PostgreSQL, the OCI registry, and the busybox the test images are made
-/// of (no image can be pulled here). The Docker engine itself comes with the machine.
+/// of (no image can be pulled here), and bubblewrap, the sandbox of script steps. The Docker engine itself comes with the machine.
 const DEBIAN_PACKAGES: &[DebianPackage] = &[
     DebianPackage {
         check_path: "/usr/lib/postgresql/15/bin/initdb",
@@ -20,6 +20,10 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
     DebianPackage {
         check_path: "/usr/bin/docker-registry",
         package: "docker-registry",
+    },
+    DebianPackage {
+        check_path: "/usr/bin/bwrap",
+        package: "bubblewrap",
     },
     DebianPackage {
         // /bin/busybox alone could be the dynamically linked `busybox` package.
@@ -32,7 +36,8 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
 /// `openapi-spec-validator` checks the served OpenAPI document independently of the
 /// code that generates it; `securesystemslib` (with `cryptography` for Ed25519) verifies
 /// decision envelopes as an independent DSSE implementation; `pyjwt[crypto]` verifies
-/// OAuth2 access tokens against the served JWK set.
+/// OAuth2 access tokens against the served JWK set; `schemathesis` fuzzes the
+/// running server against the TaskRunner contract and the generated document.
 const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "openapi_spec_validator",
@@ -49,6 +54,10 @@ const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "jwt",
         package: "pyjwt[crypto]",
+    },
+    PythonPackage {
+        module: "schemathesis",
+        package: "schemathesis",
     },
 ];
 

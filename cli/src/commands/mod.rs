@@ -11,6 +11,7 @@ pub mod environments;
 pub mod promote;
 pub mod registries;
 pub mod releases;
+pub mod runs;
 pub mod scans;
 pub mod targets;
 pub mod tokens;

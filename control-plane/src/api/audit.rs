@@ -62,7 +62,7 @@ impl AuditActor {
     }
 }
 
-/// Appends every mutating request under `/api/v1/` to the audit log after its handler
+/// Appends every mutating request under `/api/v1/` and `/v1/task-runner/` to the audit log after its handler
 /// ran. The body is read here, within the API's size and time limits (refusing it as
 /// the handler would), digested, and handed on.
 pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -70,7 +70,9 @@ pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -
         *request.method(),
         http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
     );
-    if !mutating || !request.uri().path().starts_with("/api/v1/") {
+    let path = request.uri().path();
+    let audited = path.starts_with("/api/v1/") || path.starts_with("/v1/task-runner/");
+    if !mutating || !audited {
         return next.run(request).await;
     }
     let route = request

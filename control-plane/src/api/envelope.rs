@@ -64,7 +64,8 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-/// Marks a response whose body is the envelope already.
+/// Marks a response whose body is the envelope already, or an error body another
+/// contract fixes (the TaskRunner `PlanErrorResponse`), which is left as it is.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Enveloped;
 

@@ -24,6 +24,7 @@ pub mod registries;
 pub mod releases;
 pub mod scans;
 pub mod targets;
+pub mod task_runner;
 pub mod tls;
 pub mod tokens;
 pub mod users;
@@ -163,6 +164,25 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/audit", get(audit::list_audit))
         .route("/audit/checkpoints", get(audit::list_audit_checkpoints))
         .route("/openapi.json", get(openapi::document));
+    let task_runner = Router::new()
+        .route("/simulations", post(task_runner::simulate))
+        .route(
+            "/runs",
+            get(task_runner::list_runs).post(task_runner::create_run),
+        )
+        .route("/runs/{run_id}", get(task_runner::show_run))
+        .route("/runs/{run_id}/logs", get(task_runner::run_logs))
+        .route("/runs/{run_id}/artifacts", get(task_runner::list_artifacts))
+        .route(
+            "/runs/{run_id}/artifacts/{name}",
+            get(task_runner::download_artifact),
+        )
+        .route(
+            "/runs/{run_id}/approvals/{approval_id}",
+            post(task_runner::decide_approval),
+        )
+        .route("/runs/{run_id}/cancel", post(task_runner::cancel_run))
+        .route("/openapi.yaml", get(task_runner::openapi_spec));
     Router::new()
         .nest("/api/v1", api)
         .route("/oauth/token", post(oauth::token))
@@ -171,6 +191,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
         )
+        .nest("/v1/task-runner", task_runner)
+        .route("/.well-known/openapi", get(task_runner::openapi_metadata))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -27,6 +27,7 @@ mod events;
 mod promotions;
 mod registries;
 mod releases;
+mod runs;
 mod scans;
 mod targets;
 mod tokens;
