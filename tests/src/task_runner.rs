@@ -24,7 +24,7 @@ pub async fn call(
     tenant: Option<&str>,
     body: Option<Value>,
 ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
-    let client = reqwest::Client::new();
+    let client = server.client();
     let mut request = client
         .request(method, format!("{}{path}", server.api_url()))
         .bearer_auth(&server.admin_token);
@@ -93,7 +93,8 @@ pub fn step<'a>(state: &'a Value, key: &str) -> &'a Value {
 
 /// The NDJSON log of a run, parsed.
 pub async fn logs(server: &TestServer, id: &str) -> anyhow::Result<Vec<Value>> {
-    let text = reqwest::Client::new()
+    let text = server
+        .client()
         .get(format!(
             "{}/v1/task-runner/runs/{id}/logs",
             server.api_url()

@@ -210,7 +210,8 @@ async fn contract_examples_answer_in_the_contracts_shapes() -> anyhow::Result<()
     assert_eq!(step(&finished, "deploy")["status"], "Succeeded");
 
     // Logs (NDJSON) and artifacts of the tenant's run.
-    let text = reqwest::Client::new()
+    let text = server
+        .client()
         .get(format!(
             "{}/v1/task-runner/runs/{run_id}/logs",
             server.api_url()
@@ -277,14 +278,17 @@ async fn contract_examples_answer_in_the_contracts_shapes() -> anyhow::Result<()
         call(&server, Method::GET, "/.well-known/openapi", None, None).await?;
     assert_eq!(status, 200);
     assert!(headers.get("etag").is_some() && headers.get("x-signature").is_some());
-    let served = reqwest::get(format!(
-        "{}{}",
-        server.api_url(),
-        metadata["specUrl"].as_str().unwrap_or_default()
-    ))
-    .await?
-    .text()
-    .await?;
+    let served = server
+        .client()
+        .get(format!(
+            "{}{}",
+            server.api_url(),
+            metadata["specUrl"].as_str().unwrap_or_default()
+        ))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert_eq!(
         served,
         std::fs::read_to_string(stella_tests::task_runner::spec_path())?,
@@ -389,7 +393,8 @@ async fn script_steps_pass_outputs_capture_artifacts_and_continue_on_error() -> 
         "\"hello from stella-sandbox\""
     );
     assert_eq!(by_name("missing")["status"], "failed");
-    let report = reqwest::Client::new()
+    let report = server
+        .client()
         .get(format!(
             "{}/v1/task-runner/runs/{id}/artifacts/report",
             server.api_url()

@@ -138,6 +138,8 @@ async fn spawn_server(dir: &TestDir, api: u16, grpc: u16) -> anyhow::Result<Chil
         config.to_str().unwrap_or_default(),
         "--data-dir",
         data.to_str().unwrap_or_default(),
+        // The test is about durability; TLS has suites of its own.
+        "--api-plain-http",
         "--api-listen",
         &format!("127.0.0.1:{api}"),
         "--grpc-listen",

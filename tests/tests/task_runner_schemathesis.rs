@@ -26,6 +26,9 @@ async fn schemathesis(server: &TestServer, schema: &str, max_examples: &str) -> 
             "examples,coverage,fuzzing",
             "--request-timeout",
             "10",
+            // The server's own CA, for the schema's URL and every request.
+            "--tls-verify",
+            &server.ca_file().display().to_string(),
             "--no-color",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
