@@ -523,3 +523,70 @@ async fn token_endpoints_are_rate_limited_and_failures_counted_and_audited() -> 
     );
     Ok(())
 }
+
+/// A client's `taskrunner.*` scopes are what the TaskRunner API checks: viewer reads
+/// but may not create a run, operator creates one; neither grants a Stella role.
+#[tokio::test]
+async fn taskrunner_scopes_of_an_access_token_gate_the_task_runner_api() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut tokens = Vec::new();
+    for (name, scope) in [
+        ("runs-reader", "taskrunner.viewer"),
+        ("runs-operator", "taskrunner.operator"),
+    ] {
+        let (code, stdout, stderr) = cli(
+            &server,
+            &server.admin_token,
+            &["client", "create", name, "--scope", scope, "-o", "json"],
+        )
+        .await?;
+        assert_eq!(code, 0, "{stderr}");
+        let created: Value = serde_json::from_str(&stdout)?;
+        let secret = created["client_secret"].as_str().unwrap_or_default();
+        let (status, _, body) = token_request(
+            &server,
+            &[("grant_type", "client_credentials")],
+            Some((name, secret)),
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap_or_default().to_owned());
+    }
+    let pack = "apiVersion: stellaops.io/pack.v1\nkind: TaskPack\nmetadata:\n  name: scoped\n  version: 1.0.0\nspec:\n  steps:\n    - id: pause\n      run:\n        uses: builtin:wait\n        with: {seconds: 0}\n";
+    let create = |token: String, run_id: &'static str| {
+        let server = &server;
+        async move {
+            let response = server
+                .client()
+                .post(format!("{}/v1/task-runner/runs", server.api_url()))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"runId": run_id, "manifest": pack, "inputs": {}}))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let body = response.text().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+    let (status, body) = create(tokens[0].clone(), "scoped-by-viewer").await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("taskrunner.operator"), "{body}");
+    let (status, body) = create(tokens[1].clone(), "scoped-by-operator").await?;
+    assert_eq!(status, 201, "{body}");
+    let listed = server
+        .client()
+        .get(format!("{}/v1/task-runner/runs", server.api_url()))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await?;
+    assert_eq!(listed.status().as_u16(), 200);
+    // No Stella role comes with a TaskRunner scope.
+    let environments = server
+        .client()
+        .get(format!("{}/api/v1/environments", server.api_url()))
+        .bearer_auth(&tokens[1])
+        .send()
+        .await?;
+    assert_eq!(environments.status().as_u16(), 403);
+    Ok(())
+}

@@ -78,15 +78,41 @@ pub fn scopes_of(roles: &[Role]) -> Vec<Scope> {
     scopes
 }
 
+/// The TaskRunner scopes a caller holds: those its roles grant, and for an OAuth2
+/// access token also the `taskrunner.*` scopes it carries (each including the ones
+/// below it: admin ⊇ operator ⊇ viewer).
+fn granted(caller: &Caller) -> Vec<Scope> {
+    let mut scopes = scopes_of(&caller.0.roles);
+    if let crate::auth::Credential::AccessToken {
+        scopes: carried, ..
+    } = &caller.1
+    {
+        for scope in carried {
+            let implied: &[Scope] = match scope {
+                crate::domain::Scope::TaskRunnerViewer => &[Scope::Viewer],
+                crate::domain::Scope::TaskRunnerOperator => &[Scope::Viewer, Scope::Operator],
+                crate::domain::Scope::TaskRunnerAdmin => {
+                    &[Scope::Viewer, Scope::Operator, Scope::Admin]
+                }
+                crate::domain::Scope::Stella(_) => &[],
+            };
+            scopes.extend_from_slice(implied);
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}
+
 fn require(caller: &Caller, scope: Scope) -> ApiResult<()> {
-    if scopes_of(&caller.0.roles).contains(&scope) {
+    if granted(caller).contains(&scope) {
         return Ok(());
     }
     Err(ApiError(AppError::new(
         ErrorKind::PermissionDenied,
         "forbidden",
         format!(
-            "this needs the scope {}, which your roles do not grant",
+            "this needs the scope {}, which neither your roles nor your token's scopes grant",
             scope.name()
         ),
     )))
