@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{DeploySpec, Deployment, Task};
@@ -287,9 +287,10 @@ pub async fn rollback(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Option<ApiJson<Rollback>>,
+    body: Result<Option<ApiJson<Rollback>>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<DeploymentView>)> {
     caller.require(Permission::Operate)?;
+    let body = body?;
     let to = body.and_then(|ApiJson(b)| b.to_version);
     let deployment = app.rollback(&name, to.as_deref(), &caller.0).await?;
     Ok((

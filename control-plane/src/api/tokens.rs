@@ -133,7 +133,7 @@ pub async fn create_token(
     State(app): State<Arc<App>>,
     addr: Option<Extension<ClientAddr>>,
     caller: Caller,
-    body: Option<ApiJson<CreateTokenRequest>>,
+    body: Result<Option<ApiJson<CreateTokenRequest>>, ApiError>,
 ) -> Result<Response, Response> {
     if let Some(refusal) =
         super::auth::limit_by_ip(&app, addr.map(|Extension(a)| a), "token requests")
@@ -149,7 +149,10 @@ pub async fn create_token(
         ))
         .into_response());
     }
-    let request = body.map(|ApiJson(body)| body).unwrap_or_default();
+    let request = body
+        .map_err(IntoResponse::into_response)?
+        .map(|ApiJson(body)| body)
+        .unwrap_or_default();
     issue(&app, &principal.user, request)
         .await
         .map_err(IntoResponse::into_response)

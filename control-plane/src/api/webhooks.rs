@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{DeliveryState, Event, Webhook, WebhookDelivery};
@@ -154,9 +154,10 @@ pub struct DeliveryFilter {
 pub async fn create_webhook(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateWebhook>,
+    body: Result<ApiJson<CreateWebhook>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<CreatedWebhookView>)> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let created = app
         .create_webhook(&body.url, &body.events, &caller.0)
         .await?;
