@@ -8,6 +8,9 @@
 //! 401/403/5xx (404, 400, 409 and 422 mean authorisation passed). Path parameters are ids
 //! and names that do not exist, so no row changes what a later row sees; the principals
 //! are dedicated users and clients, never the bootstrap admin.
+//!
+//! The same walk of the document checks that every operation with a body refuses one
+//! of 10 MB with 413 and the envelope.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -136,6 +139,8 @@ struct Operation {
     method: Method,
     path: String,
     has_body: bool,
+    /// The first content type of its request body.
+    content_type: Option<String>,
 }
 
 impl Operation {
@@ -188,6 +193,10 @@ fn operations(document: &Value) -> anyhow::Result<Vec<Operation>> {
                     method,
                     path: path.clone(),
                     has_body: operation.get("requestBody").is_some(),
+                    content_type: operation
+                        .pointer("/requestBody/content")
+                        .and_then(Value::as_object)
+                        .and_then(|content| content.keys().next().cloned()),
                 });
             }
         }
@@ -623,6 +632,74 @@ async fn every_operation_answers_every_principal_as_its_rule_says() -> anyhow::R
         failures.len(),
         failures.join("\n"),
         render_matrix(&operations, &principals, &cells, &wrong)
+    );
+    Ok(())
+}
+
+/// Sends `head` (a request declaring a body it never sends) and reads the answer until
+/// the server closes the connection: (status, JSON body or Null).
+async fn declared_only(server: &TestServer, head: &str) -> anyhow::Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(server.config.api_listen).await?;
+    stream.write_all(head.as_bytes()).await?;
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .context("the server kept the connection open")?
+        .ok();
+    let raw = String::from_utf8_lossy(&received);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .with_context(|| format!("no status line in {raw:?}"))?;
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// Body limits are the listener's and the extractors', not TLS's: a plain server lets
+/// the test declare 10 MB and send none of it (a client that sent them all would see
+/// its connection closed under it).
+#[tokio::test]
+async fn every_operation_with_a_body_refuses_10_mb_with_413() -> anyhow::Result<()> {
+    let server = TestServer::start_plain().await?;
+    let document = server.get("/api/v1/openapi.json").await?;
+    let operations: Vec<Operation> = operations(&document)?
+        .into_iter()
+        .filter(|operation| operation.has_body)
+        .collect();
+    anyhow::ensure!(!operations.is_empty(), "no operation takes a body");
+    let mut failures = Vec::new();
+    for operation in &operations {
+        let content_type = operation
+            .content_type
+            .as_deref()
+            .unwrap_or("application/json");
+        // Larger than every limit: `api_max_body_bytes` (1 MiB), `api_max_scan_bytes`
+        // (8 MiB) and the token endpoint's 16 KiB.
+        let head = format!(
+            "{} {} HTTP/1.1\r\nhost: stella\r\nauthorization: Bearer {}\r\n\
+             content-type: {content_type}\r\ncontent-length: 10000000\r\n\r\n",
+            operation.method,
+            operation.concrete_path(),
+            server.admin_token
+        );
+        let (status, body) = declared_only(&server, &head)
+            .await
+            .with_context(|| operation.key())?;
+        // The token endpoint answers in RFC 6749's shape, not the envelope.
+        let refused = status == 413
+            && (operation.path.starts_with("/oauth/")
+                || body.pointer("/error/code").and_then(Value::as_str)
+                    == Some("payload_too_large"));
+        if !refused {
+            failures.push(format!("{}: {status} {body}", operation.key()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "these operations did not refuse a 10 MB body with 413 and the envelope:\n{}",
+        failures.join("\n")
     );
     Ok(())
 }
