@@ -141,11 +141,26 @@ struct Operation {
     has_body: bool,
     /// The first content type of its request body.
     content_type: Option<String>,
+    /// A query string its parameters refuse (an unknown parameter, and a word where a
+    /// number or a boolean belongs), if it has query parameters.
+    invalid_query: Option<String>,
+    /// This row sends `invalid_query`: the caller's role must be judged before the
+    /// query, as before a body.
+    bad_query: bool,
 }
 
 impl Operation {
     fn key(&self) -> String {
         format!("{} {}", self.method, self.path)
+    }
+
+    /// Its row label in the matrix.
+    fn label(&self) -> String {
+        if self.bad_query {
+            format!("{}?bad", self.key())
+        } else {
+            self.key()
+        }
     }
 
     /// The path with every parameter filled by something valid that does not exist.
@@ -166,6 +181,10 @@ impl Operation {
                 literal => literal.to_owned(),
             };
             path.push_str(&value);
+        }
+        if let (true, Some(query)) = (self.bad_query, &self.invalid_query) {
+            path.push('?');
+            path.push_str(query);
         }
         path
     }
@@ -197,11 +216,35 @@ fn operations(document: &Value) -> anyhow::Result<Vec<Operation>> {
                         .pointer("/requestBody/content")
                         .and_then(Value::as_object)
                         .and_then(|content| content.keys().next().cloned()),
+                    invalid_query: invalid_query(operation),
+                    bad_query: false,
                 });
             }
         }
     }
     Ok(operations)
+}
+
+/// A query string that the operation's query parameters refuse, if it has any.
+fn invalid_query(operation: &Value) -> Option<String> {
+    let parameters = operation["parameters"].as_array()?;
+    let mut query = vec!["matrix-unknown=1".to_owned()];
+    let mut any = false;
+    for parameter in parameters.iter().filter(|p| p["in"] == "query") {
+        any = true;
+        let kind = parameter
+            .pointer("/schema/type")
+            .map(|kind| match kind {
+                Value::Array(kinds) => kinds.first().cloned().unwrap_or(Value::Null),
+                kind => kind.clone(),
+            })
+            .unwrap_or(Value::Null);
+        if matches!(kind.as_str(), Some("integer" | "number" | "boolean")) {
+            let name = parameter["name"].as_str().unwrap_or_default();
+            query.push(format!("{name}=matrix-not-a-number"));
+        }
+    }
+    any.then(|| query.join("&"))
 }
 
 fn read_rules() -> anyhow::Result<BTreeMap<String, Level>> {
@@ -487,7 +530,7 @@ async fn send(
     let response = request
         .send()
         .await
-        .with_context(|| format!("{} as {}", operation.key(), principal.label))?;
+        .with_context(|| format!("{} as {}", operation.label(), principal.label))?;
     let status = response.status().as_u16();
     let bytes = response.bytes().await?;
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -529,7 +572,7 @@ fn render_matrix(
 ) -> String {
     let width = operations
         .iter()
-        .map(|(operation, _)| operation.key().len())
+        .map(|(operation, _)| operation.label().len())
         .max()
         .unwrap_or(0);
     let mut text = format!("{:width$} {:13}", "operation", "rule");
@@ -538,7 +581,7 @@ fn render_matrix(
     }
     text.push('\n');
     for (row, (operation, level)) in operations.iter().enumerate() {
-        let _ = write!(text, "{:width$} {:13}", operation.key(), level.name());
+        let _ = write!(text, "{:width$} {:13}", operation.label(), level.name());
         for column in 0..principals.len() {
             let status = cells
                 .get(&(row, column))
@@ -585,6 +628,13 @@ async fn every_operation_answers_every_principal_as_its_rule_says() -> anyhow::R
             let level = *rules.get(&operation.key())?;
             Some((operation, level))
         })
+        .flat_map(|(operation, level)| {
+            let bad_query = operation.invalid_query.is_some().then(|| Operation {
+                bad_query: true,
+                ..operation.clone()
+            });
+            std::iter::once((operation, level)).chain(bad_query.map(|bad| (bad, level)))
+        })
         .collect();
 
     let principals = principals(&server).await?;
@@ -612,7 +662,7 @@ async fn every_operation_answers_every_principal_as_its_rule_says() -> anyhow::R
             wrong.insert((row, column));
             failures.push(format!(
                 "{} (rule {}) as {}: {problem}",
-                operation.key(),
+                operation.label(),
                 level.name(),
                 principal.label
             ));
