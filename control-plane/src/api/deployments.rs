@@ -152,9 +152,10 @@ pub struct DeploymentFilter {
 pub async fn list_deployments(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<DeploymentFilter>,
+    filter: Result<ApiQuery<DeploymentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     if let Some(environment) = &filter.environment {
         app.environment(environment).await?;
@@ -236,9 +237,10 @@ pub async fn deployment_logs(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<LogQuery>,
+    query: Result<ApiQuery<LogQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<LogLineView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(query) = query?;
     let deployment = app.find_deployment(&id).await?;
     let lines = app
         .store

@@ -363,9 +363,10 @@ pub async fn delete_environment(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<DeleteEnvironment>,
+    query: Result<ApiQuery<DeleteEnvironment>, ApiError>,
 ) -> ApiResult<http::StatusCode> {
     caller.require(Permission::Operate)?;
+    let ApiQuery(query) = query?;
     app.delete_environment(&name, query.with_history).await?;
     Ok(http::StatusCode::NO_CONTENT)
 }

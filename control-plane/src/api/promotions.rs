@@ -217,9 +217,10 @@ pub struct PromotionFilter {
 pub async fn list_promotions(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<PromotionFilter>,
+    filter: Result<ApiQuery<PromotionFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<PromotionView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let state = filter
         .state
         .as_deref()

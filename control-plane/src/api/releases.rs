@@ -172,9 +172,10 @@ pub struct ReleaseFilter {
 pub async fn list_releases(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<ReleaseFilter>,
+    filter: Result<ApiQuery<ReleaseFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<ReleaseView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     Ok(Json(
         app.store
             .list_releases(filter.name.as_deref())

@@ -126,9 +126,10 @@ pub struct EnvironmentFilter {
 pub async fn list_targets(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<EnvironmentFilter>,
+    filter: Result<ApiQuery<EnvironmentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<TargetView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let mut views = Vec::new();
     for target in app
         .store

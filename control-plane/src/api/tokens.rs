@@ -106,8 +106,10 @@ pub struct ListTokensQuery {
 pub async fn list_tokens(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<ListTokensQuery>,
+    query: Result<ApiQuery<ListTokensQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
+    refuse_clients(&caller)?;
+    let ApiQuery(query) = query?;
     let listing = match (query.all, query.user) {
         (true, _) => TokenListing::All,
         (false, Some(user)) => TokenListing::OfUser(user),
@@ -140,15 +142,8 @@ pub async fn create_token(
     {
         return Err(refusal);
     }
+    refuse_clients(&caller).map_err(IntoResponse::into_response)?;
     let principal = caller.principal();
-    if let crate::auth::Credential::AccessToken { .. } = principal.credential {
-        return Err(ApiError(crate::error::AppError::new(
-            crate::error::ErrorKind::PermissionDenied,
-            "not_a_user",
-            "API tokens belong to users; an OAuth2 client gets access tokens at /oauth/token",
-        ))
-        .into_response());
-    }
     let request = body
         .map_err(IntoResponse::into_response)?
         .map(|ApiJson(body)| body)
@@ -156,6 +151,19 @@ pub async fn create_token(
     issue(&app, &principal.user, request)
         .await
         .map_err(IntoResponse::into_response)
+}
+
+/// 403 (`not_a_user`) for an OAuth2 client, before its query or body is judged: API
+/// tokens belong to users.
+fn refuse_clients(caller: &Caller) -> Result<(), ApiError> {
+    if let crate::auth::Credential::AccessToken { .. } = caller.1 {
+        return Err(ApiError(crate::error::AppError::new(
+            crate::error::ErrorKind::PermissionDenied,
+            "not_a_user",
+            "API tokens belong to users; an OAuth2 client gets access tokens at /oauth/token",
+        )));
+    }
+    Ok(())
 }
 
 /// Issues a token for `user` as `request` asks: 201 with the token.

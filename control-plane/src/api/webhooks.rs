@@ -237,9 +237,10 @@ pub async fn list_deliveries(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(filter): ApiQuery<DeliveryFilter>,
+    filter: Result<ApiQuery<DeliveryFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DeliveryView>>> {
     caller.require(Permission::Administer)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     let deliveries = app.webhook_deliveries(&id, limit).await?;
     Ok(Json(deliveries.into_iter().map(Into::into).collect()))
@@ -319,9 +320,10 @@ pub struct EventFilter {
 pub async fn list_events(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<EventFilter>,
+    filter: Result<ApiQuery<EventFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     let events = app
         .list_events(
