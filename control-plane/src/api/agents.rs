@@ -10,7 +10,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{now_ms, App};
 use crate::domain::Agent;
@@ -169,9 +169,10 @@ pub async fn revoke(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(agent): Path<String>,
-    body: Option<ApiJson<RevokeRequest>>,
+    body: Result<Option<ApiJson<RevokeRequest>>, ApiError>,
 ) -> ApiResult<Json<AgentView>> {
     caller.require(Permission::Administer)?;
+    let body = body?;
     let reason = body
         .and_then(|ApiJson(body)| body.reason)
         .unwrap_or_else(|| format!("revoked by {}", caller.0.name));
@@ -213,9 +214,10 @@ pub struct JoinTokenView {
 pub async fn create_join_token(
     State(app): State<Arc<App>>,
     caller: Caller,
-    body: Option<ApiJson<JoinTokenRequest>>,
+    body: Result<Option<ApiJson<JoinTokenRequest>>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<JoinTokenView>)> {
     caller.require(Permission::Administer)?;
+    let body = body?;
     let ttl = body
         .and_then(|ApiJson(body)| body.ttl_seconds)
         .map(Duration::from_secs);

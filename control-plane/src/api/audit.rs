@@ -33,7 +33,7 @@ use stella_decision::audit::{AuditEntry, Checkpoint};
 use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 
@@ -261,9 +261,10 @@ impl AuditPage {
 pub async fn list_audit(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(page): ApiQuery<AuditPage>,
+    page: Result<ApiQuery<AuditPage>, ApiError>,
 ) -> ApiResult<Json<Vec<AuditEntryView>>> {
     caller.require(Permission::Administer)?;
+    let ApiQuery(page) = page?;
     let (after, limit) = page.bounds();
     let entries = app.store.list_audit_entries(after, limit).await?;
     Ok(Json(entries.into_iter().map(Into::into).collect()))
@@ -284,9 +285,10 @@ pub async fn list_audit(
 pub async fn list_audit_checkpoints(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(page): ApiQuery<AuditPage>,
+    page: Result<ApiQuery<AuditPage>, ApiError>,
 ) -> ApiResult<Json<Vec<CheckpointView>>> {
     caller.require(Permission::Administer)?;
+    let ApiQuery(page) = page?;
     let (after, limit) = page.bounds();
     let checkpoints = app.store.list_audit_checkpoints(after, limit).await?;
     Ok(Json(checkpoints.into_iter().map(Into::into).collect()))

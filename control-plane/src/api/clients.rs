@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{OAuthClient, Scope};
@@ -78,9 +78,10 @@ pub struct CreatedClient {
 pub async fn create_client(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateClientRequest>,
+    body: Result<ApiJson<CreateClientRequest>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<CreatedClient>)> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let scopes = body
         .scopes
         .iter()

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{DeploySpec, Deployment, Task};
@@ -152,9 +152,10 @@ pub struct DeploymentFilter {
 pub async fn list_deployments(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<DeploymentFilter>,
+    filter: Result<ApiQuery<DeploymentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     if let Some(environment) = &filter.environment {
         app.environment(environment).await?;
@@ -236,9 +237,10 @@ pub async fn deployment_logs(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<LogQuery>,
+    query: Result<ApiQuery<LogQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<LogLineView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(query) = query?;
     let deployment = app.find_deployment(&id).await?;
     let lines = app
         .store
@@ -287,9 +289,10 @@ pub async fn rollback(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Option<ApiJson<Rollback>>,
+    body: Result<Option<ApiJson<Rollback>>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<DeploymentView>)> {
     caller.require(Permission::Operate)?;
+    let body = body?;
     let to = body.and_then(|ApiJson(b)| b.to_version);
     let deployment = app.rollback(&name, to.as_deref(), &caller.0).await?;
     Ok((

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::DriftRecord;
@@ -74,9 +74,10 @@ pub struct DriftFilter {
 pub async fn list_drift(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<DriftFilter>,
+    filter: Result<ApiQuery<DriftFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DriftView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     if let Some(environment) = &filter.environment {
         app.environment(environment).await?;
     }

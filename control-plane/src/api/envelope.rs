@@ -133,6 +133,10 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// content type is JSON, 413 over `api_max_body_bytes`, 408 when it does not arrive
 /// within `api_body_read_timeout_ms`, 400 for malformed JSON (`malformed_json`) or a
 /// body that does not match the schema, unknown fields included (`invalid_body`).
+///
+/// A handler that needs a role takes it as `Result<ApiJson<T>, ApiError>` and looks at
+/// it only after [`Caller::require`]: a caller without the role is refused (403) before
+/// its body is judged, so refusals do not teach it the schema.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, EnvironmentChange};
 use crate::domain::{DriftMode, Environment};
@@ -233,9 +233,10 @@ fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
 pub async fn create_environment(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateEnvironment>,
+    body: Result<ApiJson<CreateEnvironment>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<EnvironmentView>)> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let settings = EnvironmentChange {
         after: Some(body.after.filter(|a| !a.is_empty())),
         drift_mode: drift_mode(body.drift.as_deref())?,
@@ -316,9 +317,10 @@ pub async fn update_environment(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<UpdateEnvironment>,
+    body: Result<ApiJson<UpdateEnvironment>, ApiError>,
 ) -> ApiResult<Json<EnvironmentView>> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let change = EnvironmentChange {
         after: body.after.map(|after| after.filter(|a| !a.is_empty())),
         drift_mode: drift_mode(body.drift.as_deref())?,
@@ -361,9 +363,10 @@ pub async fn delete_environment(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<DeleteEnvironment>,
+    query: Result<ApiQuery<DeleteEnvironment>, ApiError>,
 ) -> ApiResult<http::StatusCode> {
     caller.require(Permission::Operate)?;
+    let ApiQuery(query) = query?;
     app.delete_environment(&name, query.with_history).await?;
     Ok(http::StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, PromotionDetail};
 use crate::domain::PromotionState;
@@ -174,9 +174,10 @@ impl From<PromotionDetail> for PromotionView {
 pub async fn promote(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<Promote>,
+    body: Result<ApiJson<Promote>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<PromotionView>)> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let detail = app
         .promote(
             &body.release,
@@ -216,9 +217,10 @@ pub struct PromotionFilter {
 pub async fn list_promotions(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<PromotionFilter>,
+    filter: Result<ApiQuery<PromotionFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<PromotionView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let state = filter
         .state
         .as_deref()
@@ -293,9 +295,10 @@ pub async fn approve_promotion(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<Answer>,
+    body: Result<ApiJson<Answer>, ApiError>,
 ) -> ApiResult<Json<PromotionView>> {
     caller.require(Permission::Approve)?;
+    let ApiJson(body) = body?;
     Ok(Json(
         app.approve_promotion(&id, &caller.0, body.comment)
             .await?
@@ -320,9 +323,10 @@ pub async fn reject_promotion(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<Answer>,
+    body: Result<ApiJson<Answer>, ApiError>,
 ) -> ApiResult<Json<PromotionView>> {
     caller.require(Permission::Approve)?;
+    let ApiJson(body) = body?;
     Ok(Json(
         app.reject_promotion(&id, &caller.0, body.comment)
             .await?

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::Registry;
@@ -80,9 +80,10 @@ impl std::fmt::Debug for AddRegistry {
 pub async fn add_registry(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<AddRegistry>,
+    body: Result<ApiJson<AddRegistry>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<RegistryView>)> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let registry = app
         .add_registry(&body.host, body.insecure, body.username, body.password)
         .await?;

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use super::webhooks::EventView;
 use crate::app::{App, ComponentRequest};
@@ -131,9 +131,10 @@ pub struct CreateRelease {
 pub async fn create_release(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateRelease>,
+    body: Result<ApiJson<CreateRelease>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<ReleaseView>)> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let components = body
         .components
         .into_iter()
@@ -171,9 +172,10 @@ pub struct ReleaseFilter {
 pub async fn list_releases(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<ReleaseFilter>,
+    filter: Result<ApiQuery<ReleaseFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<ReleaseView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     Ok(Json(
         app.store
             .list_releases(filter.name.as_deref())

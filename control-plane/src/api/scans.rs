@@ -8,7 +8,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiDocument, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{
+    ApiDocument, ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission,
+};
 use super::rfc3339;
 use crate::app::{App, Reevaluation, ScanDetail, ScanImport};
 
@@ -117,10 +119,11 @@ pub fn verdict_state(passed: bool) -> &'static str {
 pub async fn import_scan(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(target): ApiQuery<ImportTarget>,
-    ApiDocument(bytes): ApiDocument,
+    target: Result<ApiQuery<ImportTarget>, ApiError>,
+    bytes: Result<ApiDocument, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<ScanImportView>)> {
     caller.require(Permission::Operate)?;
+    let (ApiQuery(target), ApiDocument(bytes)) = (target?, bytes?);
     let import = app
         .import_scan(&bytes, target.image.as_deref(), &caller.0)
         .await?;

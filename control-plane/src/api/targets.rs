@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, TargetChange};
 use crate::domain::Target;
@@ -86,9 +86,10 @@ pub struct CreateTarget {
 pub async fn create_target(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateTarget>,
+    body: Result<ApiJson<CreateTarget>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<TargetView>)> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let target = app
         .create_target(
             &body.name,
@@ -125,9 +126,10 @@ pub struct EnvironmentFilter {
 pub async fn list_targets(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<EnvironmentFilter>,
+    filter: Result<ApiQuery<EnvironmentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<TargetView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let mut views = Vec::new();
     for target in app
         .store
@@ -195,9 +197,10 @@ pub async fn update_target(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<UpdateTarget>,
+    body: Result<ApiJson<UpdateTarget>, ApiError>,
 ) -> ApiResult<Json<TargetView>> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let change = TargetChange {
         agent: body.agent,
         set: body.set,

@@ -106,8 +106,10 @@ pub struct ListTokensQuery {
 pub async fn list_tokens(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(query): ApiQuery<ListTokensQuery>,
+    query: Result<ApiQuery<ListTokensQuery>, ApiError>,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
+    refuse_clients(&caller)?;
+    let ApiQuery(query) = query?;
     let listing = match (query.all, query.user) {
         (true, _) => TokenListing::All,
         (false, Some(user)) => TokenListing::OfUser(user),
@@ -133,26 +135,35 @@ pub async fn create_token(
     State(app): State<Arc<App>>,
     addr: Option<Extension<ClientAddr>>,
     caller: Caller,
-    body: Option<ApiJson<CreateTokenRequest>>,
+    body: Result<Option<ApiJson<CreateTokenRequest>>, ApiError>,
 ) -> Result<Response, Response> {
     if let Some(refusal) =
         super::auth::limit_by_ip(&app, addr.map(|Extension(a)| a), "token requests")
     {
         return Err(refusal);
     }
+    refuse_clients(&caller).map_err(IntoResponse::into_response)?;
     let principal = caller.principal();
-    if let crate::auth::Credential::AccessToken { .. } = principal.credential {
+    let request = body
+        .map_err(IntoResponse::into_response)?
+        .map(|ApiJson(body)| body)
+        .unwrap_or_default();
+    issue(&app, &principal.user, request)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// 403 (`not_a_user`) for an OAuth2 client, before its query or body is judged: API
+/// tokens belong to users.
+fn refuse_clients(caller: &Caller) -> Result<(), ApiError> {
+    if let crate::auth::Credential::AccessToken { .. } = caller.1 {
         return Err(ApiError(crate::error::AppError::new(
             crate::error::ErrorKind::PermissionDenied,
             "not_a_user",
             "API tokens belong to users; an OAuth2 client gets access tokens at /oauth/token",
-        ))
-        .into_response());
+        )));
     }
-    let request = body.map(|ApiJson(body)| body).unwrap_or_default();
-    issue(&app, &principal.user, request)
-        .await
-        .map_err(IntoResponse::into_response)
+    Ok(())
 }
 
 /// Issues a token for `user` as `request` asks: 201 with the token.

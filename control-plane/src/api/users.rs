@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{Role, User};
@@ -79,9 +79,10 @@ pub struct TokenView {
 pub async fn create(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateUserRequest>,
+    body: Result<ApiJson<CreateUserRequest>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<UserWithToken>)> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let roles = parse_roles(&body.roles)?;
     let (user, token) = app.create_user(&body.name, roles).await?;
     Ok((
@@ -128,7 +129,7 @@ pub async fn create_token(
     addr: Option<axum::Extension<super::listener::ClientAddr>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Option<ApiJson<super::tokens::CreateTokenRequest>>,
+    body: Result<Option<ApiJson<super::tokens::CreateTokenRequest>>, ApiError>,
 ) -> Result<axum::response::Response, axum::response::Response> {
     use axum::response::IntoResponse;
     if let Some(refusal) =
@@ -139,7 +140,7 @@ pub async fn create_token(
     let issue = async {
         caller.require(Permission::Administer)?;
         let user = app.store.find_user(&name).await?;
-        let request = body.map(|ApiJson(body)| body).unwrap_or_default();
+        let request = body?.map(|ApiJson(body)| body).unwrap_or_default();
         super::tokens::issue(&app, &user, request).await
     };
     issue.await.map_err(IntoResponse::into_response)
@@ -194,9 +195,10 @@ pub async fn update(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<UpdateUserRequest>,
+    body: Result<ApiJson<UpdateUserRequest>, ApiError>,
 ) -> ApiResult<Json<UserView>> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let user = app.set_user_roles(&name, parse_roles(&body.roles)?).await?;
     Ok(Json(user.into()))
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::envelope::{ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::{App, VariableView as AppVariable};
 use crate::domain::VariableKind;
@@ -101,9 +101,10 @@ pub async fn set_variable(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
-    ApiJson(body): ApiJson<SetVariable>,
+    body: Result<ApiJson<SetVariable>, ApiError>,
 ) -> ApiResult<Json<VariableView>> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let set = app
         .set_variable(&env, VariableKind::Var, &name, &body.value, &caller.0)
         .await?;
@@ -130,9 +131,10 @@ pub async fn set_secret(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
-    ApiJson(body): ApiJson<SetVariable>,
+    body: Result<ApiJson<SetVariable>, ApiError>,
 ) -> ApiResult<Json<VariableView>> {
     caller.require(Permission::Operate)?;
+    let ApiJson(body) = body?;
     let set = app
         .set_variable(&env, VariableKind::Secret, &name, &body.value, &caller.0)
         .await?;

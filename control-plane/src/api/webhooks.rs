@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::envelope::{ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
+use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use crate::app::App;
 use crate::domain::{DeliveryState, Event, Webhook, WebhookDelivery};
@@ -154,9 +154,10 @@ pub struct DeliveryFilter {
 pub async fn create_webhook(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateWebhook>,
+    body: Result<ApiJson<CreateWebhook>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<CreatedWebhookView>)> {
     caller.require(Permission::Administer)?;
+    let ApiJson(body) = body?;
     let created = app
         .create_webhook(&body.url, &body.events, &caller.0)
         .await?;
@@ -236,9 +237,10 @@ pub async fn list_deliveries(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiQuery(filter): ApiQuery<DeliveryFilter>,
+    filter: Result<ApiQuery<DeliveryFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DeliveryView>>> {
     caller.require(Permission::Administer)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     let deliveries = app.webhook_deliveries(&id, limit).await?;
     Ok(Json(deliveries.into_iter().map(Into::into).collect()))
@@ -318,9 +320,10 @@ pub struct EventFilter {
 pub async fn list_events(
     State(app): State<Arc<App>>,
     caller: Caller,
-    ApiQuery(filter): ApiQuery<EventFilter>,
+    filter: Result<ApiQuery<EventFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<EventView>>> {
     caller.require(Permission::Read)?;
+    let ApiQuery(filter) = filter?;
     let limit = filter.limit.unwrap_or(50).clamp(1, 1000);
     let events = app
         .list_events(
