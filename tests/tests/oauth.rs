@@ -573,6 +573,19 @@ async fn taskrunner_scopes_of_an_access_token_gate_the_task_runner_api() -> anyh
     assert!(body.contains("taskrunner.operator"), "{body}");
     let (status, body) = create(tokens[1].clone(), "scoped-by-operator").await?;
     assert_eq!(status, 201, "{body}");
+    // The scope is checked before the body is read: a malformed approval from a viewer
+    // is refused for the scope, not described as malformed.
+    let refused = server
+        .client()
+        .post(format!(
+            "{}/v1/task-runner/runs/scoped-by-operator/approvals/none",
+            server.api_url()
+        ))
+        .bearer_auth(&tokens[0])
+        .json(&serde_json::json!({"bogus": 1}))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 403);
     let listed = server
         .client()
         .get(format!("{}/v1/task-runner/runs", server.api_url()))

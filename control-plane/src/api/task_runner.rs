@@ -326,9 +326,11 @@ pub async fn list_runs(
     State(app): State<Arc<App>>,
     caller: Caller,
     headers: HeaderMap,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
 ) -> ApiResult<axum::Json<Value>> {
+    // The scope first: a caller without it learns nothing of the query's rules.
     require(&caller, Scope::Viewer)?;
+    let ApiQuery(query) = query?;
     let tenant = tenant(&headers)?;
     let runs = app.list_runs(&tenant, query.limit.unwrap_or(100)).await?;
     let rows: Vec<Value> = runs
@@ -402,9 +404,10 @@ pub async fn run_logs(
     caller: Caller,
     headers: HeaderMap,
     Path(run_id): Path<String>,
-    ApiQuery(query): ApiQuery<LogQuery>,
+    query: Result<ApiQuery<LogQuery>, ApiError>,
 ) -> ApiResult<Response> {
     require(&caller, Scope::Viewer)?;
+    let ApiQuery(query) = query?;
     let tenant = tenant(&headers)?;
     app.find_run(&tenant, &run_id).await?;
     let first = app.run_logs(&tenant, &run_id, None).await?;
@@ -569,9 +572,11 @@ pub async fn decide_approval(
     caller: Caller,
     headers: HeaderMap,
     Path((run_id, approval_id)): Path<(String, String)>,
-    super::envelope::ApiJson(body): super::envelope::ApiJson<ApprovalDecisionRequest>,
+    body: Result<super::envelope::ApiJson<ApprovalDecisionRequest>, ApiError>,
 ) -> ApiResult<axum::Json<Value>> {
+    // The scope first: a caller without it learns nothing of the body's schema.
     require(&caller, Scope::Operator)?;
+    let super::envelope::ApiJson(body) = body?;
     let tenant = tenant(&headers)?;
     if !matches!(body.decision.as_str(), "approved" | "rejected" | "expired") {
         return Err(ApiError(AppError::invalid(format!(
