@@ -134,9 +134,12 @@ async fn concurrent_promotions_to_one_environment_start_exactly_one_deployment(
 ) -> anyhow::Result<()> {
     let estate = Estate::start().await?;
     estate.stopped_agent("offline").await?;
-    // The agent said goodbye: shown at once, not after three missed heartbeats.
-    let agent = estate.server.agent("offline").await?;
-    assert_eq!(agent["state"], "disconnected", "{agent}");
+    // The agent said goodbye: shown at once, not after three missed heartbeats (15 s).
+    // "At once" is the goodbye's write, which may land just after the agent stopped.
+    estate
+        .server
+        .wait_for_state("offline", "disconnected", Duration::from_secs(2))
+        .await?;
     estate.target(&unique("web"), "offline", json!({})).await?;
 
     let attempts = (0..20).map(|i| {
