@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod decisions;
 mod deploy;
+mod runs;
 mod server;
 mod sim;
 
@@ -28,6 +29,9 @@ pub enum BenchCommand {
     Decisions(decisions::DecisionsArgs),
     /// Authentication's cost per request: no token, API token, OAuth2 JWT (p50, p99).
     Api(api::ApiArgs),
+    /// Task-pack runs of 20 no-op steps per second, and step-dispatch latency, SQLite
+    /// and PostgreSQL.
+    Runs(runs::RunsArgs),
 }
 
 /// Runs one bench, in a release build of xtask.
@@ -42,6 +46,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Deploy(args) => deploy::run(&args),
         BenchCommand::Decisions(args) => decisions::run(&args),
         BenchCommand::Api(args) => api::run(&args),
+        BenchCommand::Runs(args) => runs::run(&args),
     }
 }
 
