@@ -319,3 +319,4 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 
 mod evidence;
 mod gates;
+mod workflows;

@@ -65,12 +65,21 @@ impl RunEngine {
     }
 }
 
-/// Claims runs and drives them until `shutdown`.
+/// How often promotions handed to a workflow are checked for a run that was never
+/// created or that ended unnoticed.
+const WORKFLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Claims runs and drives them until `shutdown`; also sweeps promotion workflows.
 pub async fn run_task_runner(app: Arc<App>, shutdown: CancellationToken) {
     let poll = Duration::from_millis(app.config.run_poll_interval_ms);
     let lease_ms = i64::try_from(app.config.run_lease_ms).unwrap_or(i64::MAX);
     let mut drivers = tokio::task::JoinSet::new();
+    let mut swept_at: Option<tokio::time::Instant> = None;
     loop {
+        if swept_at.is_none_or(|at| at.elapsed() >= WORKFLOW_SWEEP_INTERVAL) {
+            app.sweep_workflow_promotions().await;
+            swept_at = Some(tokio::time::Instant::now());
+        }
         match app
             .store
             .claim_runs(app.run_engine.owner(), now_ms(), lease_ms, 64)
@@ -379,6 +388,11 @@ impl Driver {
         }
         if finished {
             tracing::info!(run_id = %self.run.id, status, "run finished");
+            let ended = Run {
+                status: status.to_owned(),
+                ..self.run.clone()
+            };
+            self.app.workflow_run_finished(&ended).await;
             return Ok(None);
         }
         Ok(Some(schedule.next_retry_at_ms))

@@ -57,6 +57,12 @@ pub(super) async fn execute(context: &StepContext, dispatch: &Dispatch) -> StepO
         Some("builtin:build") => build(context, with, &mut logs).await,
         Some("builtin:script") => script(context, dispatch, &mut logs).await,
         Some("builtin:deploy") => deploy(context, with, &mut logs).await,
+        Some("builtin:promotion") => {
+            context
+                .app
+                .run_promotion_step(&context.run, with, &context.cancel, &mut logs)
+                .await
+        }
         Some("builtin:http-check") => http_check(context, with).await,
         Some("builtin:wait") => wait(context, with).await,
         Some(other) => Err(format!("unknown executor `{other}`")),
