@@ -1,6 +1,8 @@
 //! The executors of run steps (`uses`): `builtin:scanner`, `builtin:build`,
 //! `builtin:script` (in the [`super::sandbox`]), `builtin:deploy`,
-//! `builtin:http-check` and `builtin:wait`; and the capture of a run's outputs.
+//! `builtin:promotion` (in a promotion workflow, `app::workflows`), `builtin:http-check`
+//! and `builtin:wait`; `gate.policy` evaluations (`super::policy_gate`); and the capture
+//! of a run's outputs.
 //!
 //! Every executor gets the step's `with` rendered by the scheduler and a cancellation
 //! token (the run was cancelled, or this replica stops); it answers the step's outputs
@@ -66,10 +68,7 @@ pub(super) async fn execute(context: &StepContext, dispatch: &Dispatch) -> StepO
         Some("builtin:http-check") => http_check(context, with).await,
         Some("builtin:wait") => wait(context, with).await,
         Some(other) => Err(format!("unknown executor `{other}`")),
-        None => Err(format!(
-            "policy `{}` cannot be evaluated: this server has no policy evaluator for pack gates",
-            dispatch.policy_id.as_deref().unwrap_or_default()
-        )),
+        None => super::policy_gate::evaluate(context, dispatch, &mut logs).await,
     };
     let result = if context.cancel.is_cancelled() && result.is_err() {
         Err("stopped: the run was cancelled".to_owned())
