@@ -125,6 +125,8 @@ struct Driver {
     epoch: i64,
     running: HashMap<String, CancellationToken>,
     done_tx: mpsc::UnboundedSender<StepDone>,
+    /// Where running steps send log lines as they come.
+    live_tx: mpsc::UnboundedSender<NewRunLog>,
     renewed_at_ms: i64,
     stopping_for_cancel: bool,
 }
@@ -158,7 +160,9 @@ async fn drive_run(
 ) -> Result<(), AppError> {
     let plan = Arc::new(stored_plan(&run)?);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (live_tx, mut live_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
+        live_tx,
         epoch: run.lease_epoch,
         app: app.clone(),
         run,
@@ -174,6 +178,15 @@ async fn drive_run(
     let poll = Duration::from_millis(app.config.run_poll_interval_ms);
     let mut finished: Vec<StepDone> = Vec::new();
     loop {
+        // A step's lines were sent before its result: store them first.
+        let mut lines = RunChanges::default();
+        while let Ok(line) = live_rx.try_recv() {
+            lines.logs.push(line);
+        }
+        if !driver.apply(&lines).await? {
+            driver.stop_all();
+            return Ok(());
+        }
         while let Ok(done) = done_rx.try_recv() {
             finished.push(done);
         }
@@ -189,6 +202,18 @@ async fn drive_run(
         };
         tokio::select! {
             done = done_rx.recv() => finished.extend(done),
+            Some(line) = live_rx.recv() => {
+                // Lines as they come, a batch at a time, under this driver's lease.
+                let mut changes = RunChanges::default();
+                changes.logs.push(line);
+                while let Ok(line) = live_rx.try_recv() {
+                    changes.logs.push(line);
+                }
+                if !driver.apply(&changes).await? {
+                    driver.stop_all();
+                    return Ok(());
+                }
+            }
             () = notify.notified() => {}
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => {
@@ -406,6 +431,7 @@ impl Driver {
             run: self.run.clone(),
             plan: self.plan.clone(),
             cancel,
+            live: self.live_tx.clone(),
         };
         let done_tx = self.done_tx.clone();
         tokio::spawn(async move {

@@ -31,6 +31,9 @@ pub(super) struct StepContext {
     pub run: Run,
     pub plan: Arc<CompiledPlan>,
     pub cancel: CancellationToken,
+    /// Log lines written while the step runs (a script's output as it comes); the
+    /// driver stores them under its lease.
+    pub live: tokio::sync::mpsc::UnboundedSender<NewRunLog>,
 }
 
 /// What a step did: its outputs or why it failed, and lines for the run's log.
@@ -252,6 +255,7 @@ async fn script(
         _ => Vec::new(),
     };
     let dir = run_dir(&context.app, &context.run);
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
     let spec = ScriptSpec {
         shell: shell.to_owned(),
         script: body.to_owned(),
@@ -263,18 +267,39 @@ async fn script(
             .join("tmp")
             .join(dispatch.key.replace(['[', ']', '.'], "_")),
         sandbox: context.plan.plan.sandbox.clone(),
+        live: Some(lines_tx),
     };
-    let result = sandbox::run_script(&spec, &context.cancel).await?;
-    if !result.output.is_empty() {
-        logs.push(
-            NewRunLog::info("step.output", tail(&result.output, 8000))
-                .step(&dispatch.key)
-                .meta(
-                    "exitCode",
-                    result.exit_code.map_or("none".into(), |c| c.to_string()),
-                ),
-        );
-    }
+    // Each line goes to the run's log as the script writes it.
+    let forward = {
+        let (live, key) = (context.live.clone(), dispatch.key.clone());
+        tokio::spawn(async move {
+            while let Some(line) = lines_rx.recv().await {
+                let _ = live.send(
+                    NewRunLog::info("step.output", line)
+                        .step(&key)
+                        .meta("stream", "live"),
+                );
+            }
+        })
+    };
+    let result = sandbox::run_script(&spec, &context.cancel).await;
+    drop(spec);
+    let _ = forward.await;
+    let result = result?;
+    logs.push(
+        NewRunLog::info(
+            "step.output",
+            match result.exit_code {
+                Some(code) => format!("the script exited with status {code}"),
+                None => "the script was killed by a signal".to_owned(),
+            },
+        )
+        .step(&dispatch.key)
+        .meta(
+            "exitCode",
+            result.exit_code.map_or("none".into(), |c| c.to_string()),
+        ),
+    );
     if let Some(reason) = result.killed {
         return Err(reason);
     }
