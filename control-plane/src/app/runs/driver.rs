@@ -123,7 +123,8 @@ struct Driver {
     run: Run,
     plan: Arc<CompiledPlan>,
     epoch: i64,
-    running: HashMap<String, CancellationToken>,
+    /// Steps started by this driver: their stop token and the attempt they run.
+    running: HashMap<String, (CancellationToken, u32)>,
     done_tx: mpsc::UnboundedSender<StepDone>,
     /// Where running steps send log lines as they come.
     live_tx: mpsc::UnboundedSender<NewRunLog>,
@@ -217,7 +218,7 @@ async fn drive_run(
             () = notify.notified() => {}
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => {
-                driver.stop_all();
+                driver.hand_over().await;
                 return Ok(());
             }
         }
@@ -332,7 +333,7 @@ impl Driver {
         let state = load_state(&self.app, &self.run).await?;
         if self.run.cancel_requested && !self.stopping_for_cancel {
             self.stopping_for_cancel = true;
-            for token in self.running.values() {
+            for (token, _) in self.running.values() {
                 token.cancel();
             }
         }
@@ -425,7 +426,8 @@ impl Driver {
 
     fn start(&mut self, dispatch: Dispatch) {
         let cancel = CancellationToken::new();
-        self.running.insert(dispatch.key.clone(), cancel.clone());
+        self.running
+            .insert(dispatch.key.clone(), (cancel.clone(), dispatch.attempt));
         let context = StepContext {
             app: self.app.clone(),
             run: self.run.clone(),
@@ -448,8 +450,43 @@ impl Driver {
     }
 
     fn stop_all(&mut self) {
-        for token in self.running.values() {
+        for (token, _) in self.running.values() {
             token.cancel();
+        }
+    }
+
+    /// On a graceful stop: the running steps are stopped and put back to `Pending` with
+    /// the attempt they ran not counted, so the replica that takes the run over starts
+    /// them again without spending an attempt of the failure policy. (After a crash there
+    /// is no such chance: the next driver fails them, see [`Driver::recover`].)
+    async fn hand_over(&mut self) {
+        self.stop_all();
+        if self.running.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut changes = RunChanges::default();
+        for (key, (_, attempt)) in &self.running {
+            changes.logs.push(
+                NewRunLog::info(
+                    "step.handed-over",
+                    format!("Step handed over: {key} (this replica stops)"),
+                )
+                .level("warn")
+                .step(key)
+                .meta("attempt", attempt.to_string()),
+            );
+            changes.steps.push(StepWrite {
+                key: key.clone(),
+                status: "Pending".to_owned(),
+                attempts: i64::from(attempt.saturating_sub(1)),
+                at_ms: now,
+                reason: None,
+                outputs: None,
+            });
+        }
+        if let Err(error) = self.apply(&changes).await {
+            tracing::warn!(run_id = %self.run.id, error = %error.message, "handing running steps over failed; the next driver fails them");
         }
     }
 }
