@@ -217,7 +217,8 @@ impl Store {
         Ok(generation)
     }
 
-    /// Sets the state of the promotion a deployment carries out, when it finishes.
+    /// Sets the state of the promotion a deployment carries out, when it finishes (not
+    /// one a workflow run carries out: the run's end settles that).
     pub async fn finish_promotion_of_deployment(
         &self,
         deployment_id: &str,
@@ -225,24 +226,60 @@ impl Store {
         message: Option<&str>,
         at_ms: i64,
     ) -> Result<Option<Promotion>, StoreError> {
-        const OP: &str = "finishing a promotion";
-        let updated = sqlx::query(
+        self.finish_deploying_promotion(
             "UPDATE promotions SET state = $1, message = $2, updated_at_ms = $3 \
              WHERE deployment_id = $4 AND state = 'deploying' AND run_id IS NULL",
+            select_promotions!("WHERE deployment_id = $1"),
+            deployment_id,
+            (state, message, at_ms),
         )
-        .bind(state.as_str())
-        .bind(message)
-        .bind(at_ms)
-        .bind(deployment_id)
-        .execute(self.writer())
         .await
-        .map_err(database(OP))?
-        .rows_affected();
+    }
+
+    /// Settles a promotion that its workflow run carried out, when the run has ended:
+    /// only while it is `deploying` under `run_id`. Returns the promotion if this call
+    /// settled it.
+    pub async fn finish_promotion_of_run(
+        &self,
+        run_id: &str,
+        state: PromotionState,
+        message: &str,
+        at_ms: i64,
+    ) -> Result<Option<Promotion>, StoreError> {
+        self.finish_deploying_promotion(
+            "UPDATE promotions SET state = $1, message = $2, updated_at_ms = $3 \
+             WHERE run_id = $4 AND state = 'deploying'",
+            select_promotions!("WHERE run_id = $1"),
+            run_id,
+            (state, Some(message), at_ms),
+        )
+        .await
+    }
+
+    /// Runs `update` (binding state, message, time and `key`), then, if it changed a
+    /// row, `select` (binding `key`): the promotion this call settled.
+    async fn finish_deploying_promotion(
+        &self,
+        update: &'static str,
+        select: &'static str,
+        key: &str,
+        (state, message, at_ms): (PromotionState, Option<&str>, i64),
+    ) -> Result<Option<Promotion>, StoreError> {
+        const OP: &str = "finishing a promotion";
+        let updated = sqlx::query(update)
+            .bind(state.as_str())
+            .bind(message)
+            .bind(at_ms)
+            .bind(key)
+            .execute(self.writer())
+            .await
+            .map_err(database(OP))?
+            .rows_affected();
         if updated == 0 {
             return Ok(None);
         }
-        sqlx::query_as::<_, PromotionRow>(select_promotions!("WHERE deployment_id = $1"))
-            .bind(deployment_id)
+        sqlx::query_as::<_, PromotionRow>(select)
+            .bind(key)
             .fetch_optional(&self.pool)
             .await
             .map_err(database(OP))?
@@ -287,41 +324,6 @@ impl Store {
         let generation = self.insert_deployment(&mut tx, deployment, tasks).await?;
         tx.commit().await.map_err(database(OP))?;
         Ok(generation)
-    }
-
-    /// Settles a promotion that its workflow run carried out, when the run has ended:
-    /// only while it is `deploying` under `run_id`. Returns the promotion if this call
-    /// settled it.
-    pub async fn finish_promotion_of_run(
-        &self,
-        run_id: &str,
-        state: PromotionState,
-        message: &str,
-        at_ms: i64,
-    ) -> Result<Option<Promotion>, StoreError> {
-        const OP: &str = "finishing a promotion";
-        let updated = sqlx::query(
-            "UPDATE promotions SET state = $1, message = $2, updated_at_ms = $3 \
-             WHERE run_id = $4 AND state = 'deploying'",
-        )
-        .bind(state.as_str())
-        .bind(message)
-        .bind(at_ms)
-        .bind(run_id)
-        .execute(self.writer())
-        .await
-        .map_err(database(OP))?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(None);
-        }
-        sqlx::query_as::<_, PromotionRow>(select_promotions!("WHERE run_id = $1"))
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(database(OP))?
-            .map(PromotionRow::into_promotion)
-            .transpose()
     }
 
     /// Promotions still `deploying` under a workflow run, oldest first: the ones whose
