@@ -333,7 +333,7 @@ async fn help_completions_and_misplaced_flags() -> anyhow::Result<()> {
     ] {
         assert!(help.contains(key), "{key} missing:\n{help}");
     }
-    for kind in ["compose", "winrm", "nomad"] {
+    for kind in ["winrm", "nomad"] {
         assert!(!help.contains(kind), "{kind} offered:\n{help}");
     }
     let (code, _, stderr) = stella(
