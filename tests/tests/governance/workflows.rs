@@ -165,6 +165,18 @@ async fn a_promotion_workflow_binds_its_plan_hash_and_runs_around_the_deployment
         .await?;
     assert_eq!(deployment["state"], "succeeded", "{deployment}");
 
+    // `promote --wait` follows the run, and its exit status says how it ended.
+    let (code_, stdout, stderr) = estate
+        .cli(
+            &admin,
+            &["promote", "web@1", "--to", &env, "--wait", "-o", "json"],
+        )
+        .await?;
+    assert_ne!(code_, 0, "the verification fails: {stdout}{stderr}");
+    let waited: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(waited["state"], "failed", "{waited}");
+    assert!(waited["run_id"].is_string(), "{waited}");
+
     // Back to the built-in workflow: promotions deploy without a run again.
     let (status, body) = estate
         .server
