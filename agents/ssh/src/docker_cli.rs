@@ -1,0 +1,447 @@
+//! The remote host's `docker` CLI: every command line built here quotes each argument
+//! with [`shell_quote`], and every answer is parsed from `docker inspect` JSON.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use stella_agent_core::RegistryCredential;
+use stella_target_docker::{labels, DockerSettings, ImageRef, RestartSetting};
+
+use crate::error::SshError;
+use crate::pool::Host;
+use crate::quote::{shell_join, shell_quote};
+
+/// One container on the remote engine, from `docker inspect`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RemoteContainer {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) running: bool,
+    pub(crate) restarting: bool,
+    /// `created`, `running`, `exited`, ….
+    pub(crate) status: String,
+    pub(crate) exit_code: i64,
+    pub(crate) error: String,
+    pub(crate) restart_count: i64,
+    /// The image ID (`sha256:…`).
+    pub(crate) image_id: String,
+    pub(crate) labels: HashMap<String, String>,
+    /// Docker's health status, if it has a health check.
+    pub(crate) health_status: Option<String>,
+    /// The last health check's exit code and output.
+    pub(crate) health_detail: Option<String>,
+    /// Address per network.
+    pub(crate) addresses: BTreeMap<String, String>,
+}
+
+impl RemoteContainer {
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn component(&self) -> Option<&str> {
+        self.label(labels::COMPONENT)
+    }
+
+    fn from_inspect(value: &Value) -> RemoteContainer {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let state = &value["State"];
+        let health = &state["Health"];
+        let health_detail = health["Log"]
+            .as_array()
+            .and_then(|log| log.last())
+            .map(|last| {
+                let output = one_line(last["Output"].as_str().unwrap_or_default());
+                match last["ExitCode"].as_i64() {
+                    Some(code) if output.is_empty() => format!("health check exit code {code}"),
+                    Some(code) => format!("health check exit code {code}: {output}"),
+                    None => output,
+                }
+            });
+        let labels = value["Config"]["Labels"]
+            .as_object()
+            .map(|labels| labels.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default();
+        let addresses = value["NetworkSettings"]["Networks"]
+            .as_object()
+            .map(|networks| {
+                networks
+                    .iter()
+                    .filter_map(|(name, endpoint)| {
+                        let ip = text(&endpoint["IPAddress"]);
+                        (!ip.is_empty()).then(|| (name.clone(), ip))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        RemoteContainer {
+            id: text(&value["Id"]),
+            name: text(&value["Name"]).trim_start_matches('/').to_owned(),
+            running: state["Running"].as_bool().unwrap_or(false),
+            restarting: state["Restarting"].as_bool().unwrap_or(false),
+            status: text(&state["Status"]),
+            exit_code: state["ExitCode"].as_i64().unwrap_or(0),
+            error: text(&state["Error"]),
+            restart_count: value["RestartCount"].as_i64().unwrap_or(0),
+            image_id: text(&value["Image"]),
+            labels,
+            health_status: health["Status"].as_str().map(str::to_owned),
+            health_detail,
+            addresses,
+        }
+    }
+
+    /// The container's address on `network` (default `bridge`; `host` is loopback),
+    /// else on any network it has one on.
+    pub(crate) fn address(&self, network: Option<&str>) -> Option<String> {
+        let network = network.unwrap_or("bridge");
+        if network == "host" {
+            return Some("127.0.0.1".to_owned());
+        }
+        self.addresses
+            .get(network)
+            .or_else(|| self.addresses.values().next())
+            .cloned()
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn parse_inspect(host: &Host, what: &str, stdout: &str) -> Result<Vec<RemoteContainer>, SshError> {
+    let value: Value = serde_json::from_str(stdout.trim()).map_err(|e| {
+        SshError::Failed(format!(
+            "{what} on {}: the output is not docker inspect JSON ({e})",
+            host.addr()
+        ))
+    })?;
+    Ok(value
+        .as_array()
+        .map(|all| all.iter().map(RemoteContainer::from_inspect).collect())
+        .unwrap_or_default())
+}
+
+fn is_no_such(stderr: &str) -> bool {
+    let stderr = stderr.to_ascii_lowercase();
+    stderr.contains("no such")
+}
+
+/// The containers labelled for `target` (and `component`), running or not.
+pub(crate) async fn containers(
+    host: &mut Host,
+    target: &str,
+    component: Option<&str>,
+) -> Result<Vec<RemoteContainer>, SshError> {
+    let mut filters = format!(
+        "--filter {}",
+        shell_quote(&format!("label={}={target}", labels::TARGET))
+    );
+    if let Some(component) = component {
+        filters.push_str(&format!(
+            " --filter {}",
+            shell_quote(&format!("label={}={component}", labels::COMPONENT))
+        ));
+    }
+    let command = format!(
+        "ids=$(docker ps -aq --no-trunc {filters}) || exit 1; if [ -z \"$ids\" ]; then echo '[]'; else docker inspect --type container $ids; fi"
+    );
+    let what = "docker ps / docker inspect";
+    let output = host.run(what, command).await?;
+    parse_inspect(host, what, &output.stdout)
+}
+
+/// The container named `name`, if there is one.
+pub(crate) async fn container(
+    host: &mut Host,
+    name: &str,
+) -> Result<Option<RemoteContainer>, SshError> {
+    let what = format!("docker inspect {name}");
+    let output = host
+        .exec(
+            &what,
+            shell_join(&["docker", "inspect", "--type", "container", name]),
+        )
+        .await?;
+    if output.status != 0 {
+        if is_no_such(&output.stderr) {
+            return Ok(None);
+        }
+        return Err(host.remote_error(&what, &output));
+    }
+    Ok(parse_inspect(host, &what, &output.stdout)?
+        .into_iter()
+        .next())
+}
+
+/// A local image: its ID and whether it has its own `HEALTHCHECK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LocalImage {
+    pub(crate) id: String,
+    pub(crate) has_healthcheck: bool,
+}
+
+/// The local image `reference` names, if the engine has it.
+pub(crate) async fn image(
+    host: &mut Host,
+    reference: &str,
+) -> Result<Option<LocalImage>, SshError> {
+    let what = format!("docker image inspect {reference}");
+    let format =
+        "{{.Id}} {{if .Config.Healthcheck}}{{if .Config.Healthcheck.Test}}own{{end}}{{end}}";
+    let output = host
+        .exec(
+            &what,
+            shell_join(&["docker", "image", "inspect", "--format", format, reference]),
+        )
+        .await?;
+    if output.status != 0 {
+        if is_no_such(&output.stderr) {
+            return Ok(None);
+        }
+        return Err(host.remote_error(&what, &output));
+    }
+    let mut words = output.stdout.split_whitespace();
+    let id = words.next().unwrap_or_default().to_owned();
+    Ok((!id.is_empty()).then(|| LocalImage {
+        id,
+        has_healthcheck: words.next() == Some("own"),
+    }))
+}
+
+/// The `RepoDigests` of a local image (`repo@sha256:…`).
+pub(crate) async fn repo_digests(host: &mut Host, image_id: &str) -> Result<Vec<String>, SshError> {
+    let what = format!("docker image inspect {image_id}");
+    let output = host
+        .exec(
+            &what,
+            shell_join(&[
+                "docker",
+                "image",
+                "inspect",
+                "--format",
+                "{{json .RepoDigests}}",
+                image_id,
+            ]),
+        )
+        .await?;
+    if output.status != 0 {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_str(output.stdout.trim()).unwrap_or_default())
+}
+
+/// `docker pull repo@sha256:…`; with `credential`, logged in first in a temporary
+/// `DOCKER_CONFIG` directory removed afterwards, the password on stdin only.
+pub(crate) async fn pull(
+    host: &mut Host,
+    image: &ImageRef,
+    credential: Option<&RegistryCredential>,
+) -> Result<(), SshError> {
+    let reference = image.to_string();
+    let what = format!("docker pull {reference}");
+    let pull = shell_join(&["docker", "pull", "-q", &reference]);
+    match credential {
+        None => {
+            host.run(&what, pull).await?;
+        }
+        Some(credential) => {
+            let login = shell_join(&[
+                "docker",
+                "login",
+                "--username",
+                &credential.username,
+                "--password-stdin",
+                stella_agent_core::registry_of(&reference),
+            ]);
+            let command = format!(
+                "d=$(mktemp -d) || exit 1; export DOCKER_CONFIG=\"$d\"; {login} >/dev/null && {pull}; rc=$?; rm -rf \"$d\"; exit $rc"
+            );
+            host.run_with_input(&what, command, credential.password.clone().into_bytes())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `docker create` of the component's container as the settings describe it. The
+/// environment goes through a private temporary file written from stdin, so values
+/// never appear on a command line.
+pub(crate) async fn create(
+    host: &mut Host,
+    name: &str,
+    settings: &DockerSettings,
+    image: &ImageRef,
+    labels: &HashMap<String, String>,
+    image_has_healthcheck: bool,
+) -> Result<(), SshError> {
+    let mut args: Vec<String> = vec![
+        "docker".into(),
+        "create".into(),
+        "--name".into(),
+        name.into(),
+    ];
+    let mut sorted: Vec<(&String, &String)> = labels.iter().collect();
+    sorted.sort();
+    for (key, value) in sorted {
+        args.push("--label".into());
+        args.push(format!("{key}={value}"));
+    }
+    args.push("--restart".into());
+    args.push(match settings.restart {
+        RestartSetting::No => "no".into(),
+        RestartSetting::Always => "always".into(),
+        RestartSetting::UnlessStopped => "unless-stopped".into(),
+        RestartSetting::OnFailure(None) => "on-failure".into(),
+        RestartSetting::OnFailure(Some(count)) => format!("on-failure:{count}"),
+    });
+    for port in &settings.ports {
+        let host_ip = match &port.host_ip {
+            Some(ip) if ip.contains(':') => format!("[{ip}]:"),
+            Some(ip) => format!("{ip}:"),
+            None => String::new(),
+        };
+        let host_port = port.host_port.map(|p| p.to_string()).unwrap_or_default();
+        let spec = if host_ip.is_empty() && host_port.is_empty() {
+            port.container_key()
+        } else {
+            format!("{host_ip}{host_port}:{}", port.container_key())
+        };
+        args.push("-p".into());
+        args.push(spec);
+    }
+    for volume in &settings.volumes {
+        args.push("-v".into());
+        args.push(volume.clone());
+    }
+    if let Some(network) = &settings.network {
+        args.push("--network".into());
+        args.push(network.clone());
+    }
+    let start_period = format!("{}s", settings.health_timeout.as_secs());
+    if let Some(command) = &settings.health_cmd {
+        args.extend([
+            "--health-cmd".into(),
+            command.clone(),
+            "--health-interval".into(),
+            "1s".into(),
+            "--health-timeout".into(),
+            "2s".into(),
+            "--health-retries".into(),
+            "3".into(),
+            "--health-start-period".into(),
+            start_period,
+        ]);
+    } else if image_has_healthcheck {
+        args.extend(["--health-start-period".into(), start_period]);
+    }
+    args.push("--stop-timeout".into());
+    args.push(settings.stop_timeout_seconds.to_string());
+    let env_file = !settings.env.is_empty();
+    if env_file {
+        args.push("--env-file".into());
+        args.push("__ENV_FILE__".into());
+    }
+    args.push(image.to_string());
+    if let Some(command) = &settings.command {
+        args.extend(command.iter().cloned());
+    }
+    let what = format!("docker create {name}");
+    let line = shell_join(&args);
+    if env_file {
+        let mut input = String::new();
+        for (key, value) in &settings.env {
+            if value.contains('\n') {
+                return Err(SshError::InvalidSettings(format!(
+                    "env.{key}: a value with a line break cannot be passed to a remote docker"
+                )));
+            }
+            input.push_str(&format!("{key}={value}\n"));
+        }
+        let line = line.replace("__ENV_FILE__", "\"$f\"");
+        let command = format!(
+            "umask 077; f=$(mktemp) || exit 1; cat > \"$f\" && {line} >/dev/null; rc=$?; rm -f \"$f\"; exit $rc"
+        );
+        host.run_with_input(&what, command, input.into_bytes())
+            .await?;
+    } else {
+        host.run(&what, format!("{line} >/dev/null")).await?;
+    }
+    Ok(())
+}
+
+/// `docker start`.
+pub(crate) async fn start(host: &mut Host, name: &str) -> Result<(), SshError> {
+    host.run(
+        &format!("docker start {name}"),
+        shell_join(&["docker", "start", name]),
+    )
+    .await
+    .map(drop)
+}
+
+/// `docker stop -t N`.
+pub(crate) async fn stop(host: &mut Host, name: &str, seconds: u64) -> Result<(), SshError> {
+    host.run(
+        &format!("docker stop {name}"),
+        shell_join(&["docker", "stop", "-t", &seconds.to_string(), name]),
+    )
+    .await
+    .map(drop)
+}
+
+/// `docker rm -f`; a container already gone is fine.
+pub(crate) async fn remove(host: &mut Host, name: &str) -> Result<(), SshError> {
+    let what = format!("docker rm {name}");
+    let output = host
+        .exec(&what, shell_join(&["docker", "rm", "-f", name]))
+        .await?;
+    if output.status != 0 && !is_no_such(&output.stderr) {
+        return Err(host.remote_error(&what, &output));
+    }
+    Ok(())
+}
+
+/// `docker rename`.
+pub(crate) async fn rename(host: &mut Host, from: &str, to: &str) -> Result<(), SshError> {
+    host.run(
+        &format!("docker rename {from} {to}"),
+        shell_join(&["docker", "rename", from, to]),
+    )
+    .await
+    .map(drop)
+}
+
+/// The last lines a container wrote, for error messages (empty when unavailable).
+pub(crate) async fn log_tail(host: &mut Host, name: &str, lines: usize) -> String {
+    let command = format!(
+        "{} 2>&1",
+        shell_join(&["docker", "logs", "--tail", &lines.to_string(), name])
+    );
+    match host.exec(&format!("docker logs {name}"), command).await {
+        Ok(output) => one_line(&output.stdout),
+        Err(_) => String::new(),
+    }
+}
+
+/// GETs `url` on the remote host with `curl -fsS` or `wget -q -O-`, whichever exists;
+/// `Err` holds why it failed.
+pub(crate) async fn probe(host: &mut Host, url: &str) -> Result<Result<(), String>, SshError> {
+    let url_q = shell_quote(url);
+    let command = format!(
+        "if command -v curl >/dev/null 2>&1; then curl -fsS -m 2 -o /dev/null {url_q}; \
+         elif command -v wget >/dev/null 2>&1; then wget -q -T 2 -O- {url_q} >/dev/null; \
+         else echo 'neither curl nor wget is installed on the host' >&2; exit 127; fi"
+    );
+    let output = host.exec(&format!("GET {url}"), command).await?;
+    if output.status == 0 {
+        Ok(Ok(()))
+    } else {
+        let detail = crate::conn::last_lines(&output.stderr, 2);
+        Ok(Err(if detail.is_empty() {
+            format!("GET {url} failed (exit status {})", output.status)
+        } else {
+            format!("GET {url} failed: {detail}")
+        }))
+    }
+}
