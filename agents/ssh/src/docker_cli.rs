@@ -187,8 +187,9 @@ pub(crate) async fn image(
     reference: &str,
 ) -> Result<Option<LocalImage>, SshError> {
     let what = format!("docker image inspect {reference}");
-    let format =
-        "{{.Id}} {{if .Config.Healthcheck}}{{if .Config.Healthcheck.Test}}own{{end}}{{end}}";
+    // `.Config` is a map to the CLI's templates, where a missing key is an error: the
+    // whole of it is read.
+    let format = "{{.Id}} {{json .Config}}";
     let output = host
         .exec(
             &what,
@@ -201,11 +202,18 @@ pub(crate) async fn image(
         }
         return Err(host.remote_error(&what, &output));
     }
-    let mut words = output.stdout.split_whitespace();
-    let id = words.next().unwrap_or_default().to_owned();
+    let line = output.stdout.trim();
+    let (id, config) = line.split_once(' ').unwrap_or((line, "null"));
+    let config: Value = serde_json::from_str(config).unwrap_or(Value::Null);
+    // `["NONE"]` disables an inherited check.
+    let has_healthcheck = config["Healthcheck"]["Test"]
+        .as_array()
+        .and_then(|test| test.first())
+        .and_then(Value::as_str)
+        .is_some_and(|first| first != "NONE");
     Ok((!id.is_empty()).then(|| LocalImage {
-        id,
-        has_healthcheck: words.next() == Some("own"),
+        id: id.to_owned(),
+        has_healthcheck,
     }))
 }
 

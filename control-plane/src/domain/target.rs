@@ -78,6 +78,9 @@ impl TargetKind {
                 "host_key",
                 "mode",
                 "script",
+                "sticker_dir",
+                "connect_timeout_seconds",
+                "command_timeout_seconds",
             ],
             TargetKind::Winrm => &[
                 "host",
