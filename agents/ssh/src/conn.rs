@@ -129,6 +129,7 @@ pub(crate) enum StreamKind {
 /// An authenticated connection.
 pub(crate) struct Connection {
     session: Session,
+    sftp: Option<ssh2::Sftp>,
     addr: String,
     /// Connections made so far by this process, for logs.
     pub(crate) serial: u64,
@@ -209,6 +210,7 @@ impl Connection {
         tracing::debug!(addr = %addr, user = %endpoint.user, serial, "ssh connection established");
         Ok(Connection {
             session,
+            sftp: None,
             addr,
             serial,
         })
@@ -239,7 +241,8 @@ impl Connection {
         timeout: Duration,
         on_line: &mut dyn FnMut(StreamKind, &str),
     ) -> Result<Output, SshError> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let action = format!("running {what}");
         self.session.set_blocking(true);
         self.session.set_timeout(millis(timeout));
@@ -251,6 +254,7 @@ impl Connection {
                 .map_err(|e| self.lost_error(action.clone(), &e.to_string()))?;
         }
         channel.send_eof().map_err(self.lost(&action))?;
+        let opened_ms = started.elapsed().as_millis() as u64;
 
         self.session.set_blocking(false);
         let mut stdout = Lines::default();
@@ -303,6 +307,7 @@ impl Connection {
             pause = (pause * 2).min(Duration::from_millis(20));
         };
         self.session.set_blocking(true);
+        let read_ms = started.elapsed().as_millis() as u64;
         result?;
         stdout.finish(&mut |line| on_line(StreamKind::Stdout, line));
         stderr.finish(&mut |line| on_line(StreamKind::Stderr, line));
@@ -316,6 +321,7 @@ impl Connection {
                 }
             }
         }
+        tracing::debug!(addr = %self.addr, what, status, opened_ms, read_ms, elapsed_ms = started.elapsed().as_millis() as u64, "remote command");
         Ok(Output {
             status,
             stdout: stdout.text,
@@ -348,10 +354,53 @@ impl Connection {
         }
     }
 
+    /// The connection's SFTP channel, opened on first use and kept (starting the
+    /// subsystem costs a round of the remote user's shell start-up).
+    fn ensure_sftp(&mut self, action: &str) -> Result<(), SshError> {
+        if self.sftp.is_none() {
+            let sftp = self.session.sftp().map_err(self.lost(action))?;
+            self.sftp = Some(sftp);
+        }
+        Ok(())
+    }
+
+    fn sftp_error(&self, action: &str, error: &ssh2::Error) -> SshError {
+        match error.code() {
+            ErrorCode::SFTP(_) => SshError::Failed(format!(
+                "could not {action} on {}: {}",
+                self.addr,
+                error.message()
+            )),
+            ErrorCode::Session(_) => self.lost_error(action.to_owned(), error.message()),
+        }
+    }
+
+    /// Creates `dir` and its missing parents over SFTP.
+    fn mkdir_p(&self, sftp: &ssh2::Sftp, dir: &str) -> Result<(), SshError> {
+        if sftp.stat(Path::new(dir)).is_ok_and(|stat| stat.is_dir()) {
+            return Ok(());
+        }
+        let mut path = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            if sftp.stat(Path::new(&path)).is_ok() {
+                continue;
+            }
+            if let Err(error) = sftp.mkdir(Path::new(&path), 0o755) {
+                // Made meanwhile by someone else is fine.
+                if !sftp.stat(Path::new(&path)).is_ok_and(|stat| stat.is_dir()) {
+                    return Err(self.sftp_error(&format!("create the directory {path}"), &error));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `contents` to `path` atomically: a temporary file next to it written over
-    /// SFTP and synced (`fsync@openssh.com`), then renamed over `path` (posix rename;
-    /// `mv -f` when the server's SFTP rename will not replace a file). Creates the
-    /// directory as needed.
+    /// SFTP and synced (`fsync@openssh.com`), then renamed over `path` (SFTP rename;
+    /// `mv -f`, which is rename(2), when the server's SFTP v3 rename will not replace an
+    /// existing file). Creates the directory as needed.
     pub(crate) fn write_file_atomic(
         &mut self,
         path: &str,
@@ -366,39 +415,33 @@ impl Connection {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.run(
-            &format!("mkdir -p {dir}"),
-            &format!("mkdir -p -- {}", shell_quote(&dir)),
-            None,
-            timeout,
-        )?;
         self.session.set_blocking(true);
         self.session.set_timeout(millis(timeout));
-        let action = format!("writing {path}");
-        let sftp = self.session.sftp().map_err(self.lost(&action))?;
+        let action = format!("write {path}");
+        self.ensure_sftp(&action)?;
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.lost_error(action, "no SFTP channel"));
+        };
+        self.mkdir_p(sftp, &dir)?;
         let nonce = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp = format!("{dir}/.{file_name}.tmp-{}-{nonce}", std::process::id());
-        let sftp_error = |error: ssh2::Error| match error.code() {
-            ErrorCode::SFTP(_) => SshError::Failed(format!(
-                "could not write {path} on {}: {}",
-                self.addr,
-                error.message()
-            )),
-            ErrorCode::Session(_) => self.lost_error(action.clone(), error.message()),
-        };
         {
-            let mut file = sftp.create(Path::new(&temp)).map_err(sftp_error)?;
+            let mut file = sftp
+                .create(Path::new(&temp))
+                .map_err(|e| self.sftp_error(&action, &e))?;
             file.write_all(contents)
                 .map_err(|e| self.lost_error(action.clone(), &e.to_string()))?;
-            file.fsync().map_err(sftp_error)?;
+            file.fsync().map_err(|e| self.sftp_error(&action, &e))?;
         }
         let renamed = sftp.rename(
             Path::new(&temp),
             Path::new(path),
             Some(RenameFlags::ATOMIC | RenameFlags::OVERWRITE),
         );
-        drop(sftp);
-        if renamed.is_err() {
+        if let Err(error) = renamed {
+            if let ErrorCode::Session(_) = error.code() {
+                return Err(self.lost_error(action, error.message()));
+            }
             self.run(
                 &format!("rename into {path}"),
                 &format!("mv -f -- {} {}", shell_quote(&temp), shell_quote(path)),
@@ -417,20 +460,18 @@ impl Connection {
     ) -> Result<Option<Vec<u8>>, SshError> {
         self.session.set_blocking(true);
         self.session.set_timeout(millis(timeout));
-        let action = format!("reading {path}");
-        let sftp = self.session.sftp().map_err(self.lost(&action))?;
+        let action = format!("read {path}");
+        self.ensure_sftp(&action)?;
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.lost_error(action, "no SFTP channel"));
+        };
         let mut file = match sftp.open(Path::new(path)) {
             Ok(file) => file,
             Err(error) => {
                 return match error.code() {
                     // NO_SUCH_FILE, NO_SUCH_PATH
                     ErrorCode::SFTP(2 | 10) => Ok(None),
-                    ErrorCode::SFTP(_) => Err(SshError::Failed(format!(
-                        "could not read {path} on {}: {}",
-                        self.addr,
-                        error.message()
-                    ))),
-                    ErrorCode::Session(_) => Err(self.lost_error(action, error.message())),
+                    _ => Err(self.sftp_error(&action, &error)),
                 };
             }
         };
@@ -448,8 +489,11 @@ impl Connection {
     ) -> Result<Vec<String>, SshError> {
         self.session.set_blocking(true);
         self.session.set_timeout(millis(timeout));
-        let action = format!("listing {dir}");
-        let sftp = self.session.sftp().map_err(self.lost(&action))?;
+        let action = format!("list {dir}");
+        self.ensure_sftp(&action)?;
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.lost_error(action, "no SFTP channel"));
+        };
         match sftp.readdir(Path::new(dir)) {
             Ok(entries) => Ok(entries
                 .into_iter()
@@ -460,12 +504,7 @@ impl Connection {
                 .collect()),
             Err(error) => match error.code() {
                 ErrorCode::SFTP(2 | 10) => Ok(Vec::new()),
-                ErrorCode::SFTP(_) => Err(SshError::Failed(format!(
-                    "could not list {dir} on {}: {}",
-                    self.addr,
-                    error.message()
-                ))),
-                ErrorCode::Session(_) => Err(self.lost_error(action, error.message())),
+                _ => Err(self.sftp_error(&action, &error)),
             },
         }
     }

@@ -123,18 +123,25 @@ impl ComponentDeploy<'_> {
             ))
         })?;
         let reference = image.to_string();
-        let (leftovers, olds): (Vec<_>, Vec<_>) =
-            docker_cli::containers(host, target, Some(&self.component.name))
-                .await?
-                .into_iter()
-                .partition(|c| c.name == next_name);
+        let look = docker_cli::look(
+            host,
+            target,
+            &self.component.name,
+            &reference,
+            &[&name, &next_name],
+        )
+        .await?;
+        let (leftovers, olds): (Vec<_>, Vec<_>) = look
+            .containers
+            .into_iter()
+            .partition(|c| c.name == next_name);
         let mut state = State {
             name,
             next_name,
             image,
             olds,
         };
-        let mut desired = docker_cli::image(host, &reference).await?;
+        let mut desired = look.image;
 
         // A `-next` of this deployment is this deployment's progress: adopt it.
         let adoptable = desired.as_ref().and_then(|local| {
@@ -157,6 +164,21 @@ impl ComponentDeploy<'_> {
             ));
             docker_cli::remove(host, &leftover.id).await?;
         }
+        // Names held by containers this target does not manage are never touched.
+        for name in [&state.name, &state.next_name] {
+            let held_by = look.names.get(name.as_str());
+            let ours = state
+                .olds
+                .iter()
+                .chain(&leftovers)
+                .any(|c| Some(&c.id) == held_by);
+            if held_by.is_some() && !ours {
+                return Err(SshError::Failed(format!(
+                    "container name {name} is taken on {} by a container that target {target} does not manage",
+                    host.addr()
+                )));
+            }
+        }
         if let Some(next) = adoptable {
             let sticker = label_sticker(task, next).map_err(SshError::Failed)?;
             let has_healthcheck = desired.as_ref().is_some_and(|d| d.has_healthcheck);
@@ -166,9 +188,6 @@ impl ComponentDeploy<'_> {
         }
         if interrupted {
             self.restart_stopped(host, &mut state).await;
-        }
-        for name in [&state.name, &state.next_name] {
-            self.check_name_is_ours(host, name, &state.olds).await?;
         }
 
         let mut note = None;
@@ -216,10 +235,11 @@ impl ComponentDeploy<'_> {
             }
             None => {
                 self.say(format!("pulling {}", state.image));
-                docker_cli::pull(host, &state.image, task.credential_for(&reference)).await?;
-                docker_cli::image(host, &reference).await?.ok_or_else(|| {
-                    SshError::Failed(format!("{reference} is not present after pulling it"))
-                })?
+                docker_cli::pull(host, &state.image, task.credential_for(&reference))
+                    .await?
+                    .ok_or_else(|| {
+                        SshError::Failed(format!("{reference} is not present after pulling it"))
+                    })?
             }
         };
         if self.cancel.is_cancelled() {
@@ -229,19 +249,31 @@ impl ComponentDeploy<'_> {
         // The sticker exists before the container: its digest is one of the labels.
         let sticker = task.sticker(self.component, self.progress.agent_id());
         let labels = labels::sticker_labels(&sticker, &state.image.digest, &docker.config_digest);
+        let replaced = !state.olds.is_empty();
+        let strategy = docker.strategy();
+        // Start-first starts the new container at once; stop-first first stops the old.
+        let start_now = strategy == UpdateStrategy::StartFirst;
         self.say(format!("creating container {}", state.next_name));
-        docker_cli::create(
+        if start_now {
+            self.say(format!("starting {}", state.next_name));
+        }
+        let created = docker_cli::create(
             host,
             &state.next_name,
             docker,
             &state.image,
             &labels,
             local.has_healthcheck,
+            start_now,
         )
-        .await?;
-        let replaced = !state.olds.is_empty();
-        let strategy = docker.strategy();
-        self.start_and_swap(host, &state, false, local.has_healthcheck)
+        .await;
+        if let Err(failure) = created {
+            if !failure.is_connection_lost() {
+                let _ = docker_cli::remove(host, &state.next_name).await;
+            }
+            return Err(failure);
+        }
+        self.start_and_swap(host, &state, start_now, local.has_healthcheck)
             .await?;
         self.settle(host, &state, &sticker, strategy).await?;
         Ok(Outcome::Deployed {
@@ -265,8 +297,6 @@ impl ComponentDeploy<'_> {
             "continuing with container {} that an earlier attempt of this deployment created ({})",
             next.name, next.status
         ));
-        self.check_name_is_ours(host, &state.name, &state.olds)
-            .await?;
         let replaced = !state.olds.is_empty();
         let strategy = self.docker().strategy();
         self.start_and_swap(host, state, next.running, has_healthcheck)
@@ -298,7 +328,6 @@ impl ComponentDeploy<'_> {
             network: docker.network.as_deref(),
             timeout: docker.health_timeout,
         };
-        let mut stopped = Vec::new();
         let mut result = Ok(());
         if docker.strategy() == UpdateStrategy::StopFirst && !already_running {
             for old in state.olds.iter().filter(|c| c.running) {
@@ -306,12 +335,11 @@ impl ComponentDeploy<'_> {
                     "stopping old container {}, up to {} s (it is kept until the new one is healthy)",
                     old.name, docker.stop_timeout_seconds
                 ));
-                match docker_cli::stop(host, &old.id, docker.stop_timeout_seconds).await {
-                    Ok(()) => stopped.push(old),
-                    Err(error) => {
-                        result = Err(error);
-                        break;
-                    }
+                if let Err(error) =
+                    docker_cli::stop(host, &old.id, docker.stop_timeout_seconds).await
+                {
+                    result = Err(error);
+                    break;
                 }
             }
         }
@@ -342,7 +370,6 @@ impl ComponentDeploy<'_> {
                 // Nothing can be undone without a connection; the retry continues.
                 return Err(failure);
             }
-            self.say(format!("failed: {failure}"));
             match docker_cli::remove(host, &state.next_name).await {
                 Ok(()) => self.say(format!("removed the new container {}", state.next_name)),
                 Err(error) => {
@@ -363,11 +390,7 @@ impl ComponentDeploy<'_> {
                     ))
                 })?;
             }
-            let _ = stopped;
             return Err(failure);
-        }
-        for old in &state.olds {
-            self.retire(host, old, "old").await?;
         }
         Ok(())
     }
@@ -380,7 +403,18 @@ impl ComponentDeploy<'_> {
         sticker: &Sticker,
         strategy: UpdateStrategy,
     ) -> Result<(), SshError> {
-        docker_cli::rename(host, &state.next_name, &state.name).await?;
+        let seconds = self.docker().stop_timeout_seconds;
+        for old in &state.olds {
+            self.say(format!(
+                "stopping old container {}, up to {seconds} s, and removing it",
+                old.name
+            ));
+        }
+        let olds: Vec<&str> = state.olds.iter().map(|c| c.id.as_str()).collect();
+        docker_cli::retire_and_rename(host, &olds, seconds, &state.next_name, &state.name).await?;
+        for old in &state.olds {
+            self.say(format!("removed old container {}", old.name));
+        }
         stickers::write(host, &self.settings.sticker_dir, sticker).await?;
         self.say(format!(
             "container {} runs {} ({}); sticker written to {}",
@@ -437,23 +471,6 @@ impl ComponentDeploy<'_> {
                     tracing::warn!(container = %old.name, error = %error, "could not start the container an interrupted deployment had stopped");
                 }
             }
-        }
-    }
-
-    /// Refuses to touch a container this target does not manage.
-    async fn check_name_is_ours(
-        &self,
-        host: &mut Host,
-        name: &str,
-        ours: &[RemoteContainer],
-    ) -> Result<(), SshError> {
-        match docker_cli::container(host, name).await? {
-            Some(found) if !ours.iter().any(|c| c.id == found.id) => Err(SshError::Failed(format!(
-                "container name {name} is taken on {} by a container that target {} does not manage",
-                host.addr(),
-                self.task.target.name
-            ))),
-            _ => Ok(()),
         }
     }
 }

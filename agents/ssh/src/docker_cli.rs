@@ -133,6 +133,81 @@ pub(crate) async fn containers(
     target: &str,
     component: Option<&str>,
 ) -> Result<Vec<RemoteContainer>, SshError> {
+    let command = list_command(target, component);
+    let what = "docker ps / docker inspect";
+    let output = host.run(what, command).await?;
+    parse_inspect(host, what, &output.stdout)
+}
+
+/// What one component looks like on the host, read with one remote command: its
+/// containers, the local image of the desired reference, and which containers hold the
+/// names the deployment needs.
+#[derive(Debug, Default)]
+pub(crate) struct Look {
+    pub(crate) containers: Vec<RemoteContainer>,
+    pub(crate) image: Option<LocalImage>,
+    /// Container name → ID, for the names asked about that exist.
+    pub(crate) names: HashMap<String, String>,
+}
+
+const SEPARATOR: &str = "--stella-separator--";
+
+/// The shell text that prints the local image of `reference` as `ID {config json}`, or
+/// `absent`, failing on any other error.
+fn image_probe(reference: &str) -> String {
+    format!(
+        "out=$({} 2>&1) && printf '%s\\n' \"$out\" || case \"$out\" in *'No such'*) echo absent;; *) printf '%s\\n' \"$out\" >&2; exit 1;; esac",
+        shell_join(&["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config}}", reference])
+    )
+}
+
+/// Reads [`Look`] for `target`/`component`, the image `reference` and `names`.
+pub(crate) async fn look(
+    host: &mut Host,
+    target: &str,
+    component: &str,
+    reference: &str,
+    names: &[&str],
+) -> Result<Look, SshError> {
+    let mut command = list_command(target, Some(component));
+    command.push_str(&format!("; echo {SEPARATOR}; "));
+    command.push_str(&image_probe(reference));
+    command.push_str(&format!("; echo {SEPARATOR}; "));
+    let mut args = vec![
+        "docker",
+        "container",
+        "inspect",
+        "--format",
+        "{{.Name}} {{.Id}}",
+    ];
+    args.extend(names);
+    command.push_str(&format!("{} 2>/dev/null; true", shell_join(&args)));
+    let what = "docker ps / docker inspect";
+    let output = host.run(what, command).await?;
+    let separator = format!("{SEPARATOR}\n");
+    let mut parts = output.stdout.split(&separator);
+    let containers = parse_inspect(host, what, parts.next().unwrap_or_default())?;
+    let image = parse_image(parts.next().unwrap_or_default());
+    let names = parts
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, id)| {
+            (
+                name.trim_start_matches('/').to_owned(),
+                id.trim().to_owned(),
+            )
+        })
+        .collect();
+    Ok(Look {
+        containers,
+        image,
+        names,
+    })
+}
+
+fn list_command(target: &str, component: Option<&str>) -> String {
     let mut filters = format!(
         "--filter {}",
         shell_quote(&format!("label={}={target}", labels::TARGET))
@@ -143,12 +218,28 @@ pub(crate) async fn containers(
             shell_quote(&format!("label={}={component}", labels::COMPONENT))
         ));
     }
-    let command = format!(
-        "ids=$(docker ps -aq --no-trunc {filters}) || exit 1; if [ -z \"$ids\" ]; then echo '[]'; else docker inspect --type container $ids; fi"
-    );
-    let what = "docker ps / docker inspect";
-    let output = host.run(what, command).await?;
-    parse_inspect(host, what, &output.stdout)
+    format!(
+        "ids=$(docker ps -aq --no-trunc {filters}) || exit 1; if [ -z \"$ids\" ]; then echo '[]'; else docker inspect --type container $ids || exit 1; fi"
+    )
+}
+
+fn parse_image(text: &str) -> Option<LocalImage> {
+    let line = text.trim();
+    if line.is_empty() || line == "absent" {
+        return None;
+    }
+    let (id, config) = line.split_once(' ').unwrap_or((line, "null"));
+    let config: Value = serde_json::from_str(config).unwrap_or(Value::Null);
+    // `["NONE"]` disables an inherited check.
+    let has_healthcheck = config["Healthcheck"]["Test"]
+        .as_array()
+        .and_then(|test| test.first())
+        .and_then(Value::as_str)
+        .is_some_and(|first| first != "NONE");
+    Some(LocalImage {
+        id: id.to_owned(),
+        has_healthcheck,
+    })
 }
 
 /// The container named `name`, if there is one.
@@ -186,35 +277,13 @@ pub(crate) async fn image(
     host: &mut Host,
     reference: &str,
 ) -> Result<Option<LocalImage>, SshError> {
-    let what = format!("docker image inspect {reference}");
-    // `.Config` is a map to the CLI's templates, where a missing key is an error: the
-    // whole of it is read.
-    let format = "{{.Id}} {{json .Config}}";
     let output = host
-        .exec(
-            &what,
-            shell_join(&["docker", "image", "inspect", "--format", format, reference]),
+        .run(
+            &format!("docker image inspect {reference}"),
+            image_probe(reference),
         )
         .await?;
-    if output.status != 0 {
-        if is_no_such(&output.stderr) {
-            return Ok(None);
-        }
-        return Err(host.remote_error(&what, &output));
-    }
-    let line = output.stdout.trim();
-    let (id, config) = line.split_once(' ').unwrap_or((line, "null"));
-    let config: Value = serde_json::from_str(config).unwrap_or(Value::Null);
-    // `["NONE"]` disables an inherited check.
-    let has_healthcheck = config["Healthcheck"]["Test"]
-        .as_array()
-        .and_then(|test| test.first())
-        .and_then(Value::as_str)
-        .is_some_and(|first| first != "NONE");
-    Ok((!id.is_empty()).then(|| LocalImage {
-        id: id.to_owned(),
-        has_healthcheck,
-    }))
+    Ok(parse_image(&output.stdout))
 }
 
 /// The `RepoDigests` of a local image (`repo@sha256:…`).
@@ -245,14 +314,16 @@ pub(crate) async fn pull(
     host: &mut Host,
     image: &ImageRef,
     credential: Option<&RegistryCredential>,
-) -> Result<(), SshError> {
+) -> Result<Option<LocalImage>, SshError> {
     let reference = image.to_string();
     let what = format!("docker pull {reference}");
-    let pull = shell_join(&["docker", "pull", "-q", &reference]);
-    match credential {
-        None => {
-            host.run(&what, pull).await?;
-        }
+    let pull = format!(
+        "{} >/dev/null && {}",
+        shell_join(&["docker", "pull", "-q", &reference]),
+        image_probe(&reference)
+    );
+    let output = match credential {
+        None => host.run(&what, pull).await?,
         Some(credential) => {
             let login = shell_join(&[
                 "docker",
@@ -266,10 +337,10 @@ pub(crate) async fn pull(
                 "d=$(mktemp -d) || exit 1; export DOCKER_CONFIG=\"$d\"; {login} >/dev/null && {pull}; rc=$?; rm -rf \"$d\"; exit $rc"
             );
             host.run_with_input(&what, command, credential.password.clone().into_bytes())
-                .await?;
+                .await?
         }
-    }
-    Ok(())
+    };
+    Ok(parse_image(&output.stdout))
 }
 
 /// `docker create` of the component's container as the settings describe it. The
@@ -282,6 +353,7 @@ pub(crate) async fn create(
     image: &ImageRef,
     labels: &HashMap<String, String>,
     image_has_healthcheck: bool,
+    and_start: bool,
 ) -> Result<(), SshError> {
     let mut args: Vec<String> = vec![
         "docker".into(),
@@ -354,8 +426,17 @@ pub(crate) async fn create(
     if let Some(command) = &settings.command {
         args.extend(command.iter().cloned());
     }
-    let what = format!("docker create {name}");
-    let line = shell_join(&args);
+    let what = if and_start {
+        format!("docker create / docker start {name}")
+    } else {
+        format!("docker create {name}")
+    };
+    let start = if and_start {
+        format!(" && {} >/dev/null", shell_join(&["docker", "start", name]))
+    } else {
+        String::new()
+    };
+    let line = format!("{} >/dev/null{start}", shell_join(&args));
     if env_file {
         let mut input = String::new();
         for (key, value) in &settings.env {
@@ -368,12 +449,12 @@ pub(crate) async fn create(
         }
         let line = line.replace("__ENV_FILE__", "\"$f\"");
         let command = format!(
-            "umask 077; f=$(mktemp) || exit 1; cat > \"$f\" && {line} >/dev/null; rc=$?; rm -f \"$f\"; exit $rc"
+            "umask 077; f=$(mktemp) || exit 1; cat > \"$f\" && {line}; rc=$?; rm -f \"$f\"; exit $rc"
         );
         host.run_with_input(&what, command, input.into_bytes())
             .await?;
     } else {
-        host.run(&what, format!("{line} >/dev/null")).await?;
+        host.run(&what, line).await?;
     }
     Ok(())
 }
@@ -410,14 +491,30 @@ pub(crate) async fn remove(host: &mut Host, name: &str) -> Result<(), SshError> 
     Ok(())
 }
 
-/// `docker rename`.
-pub(crate) async fn rename(host: &mut Host, from: &str, to: &str) -> Result<(), SshError> {
-    host.run(
-        &format!("docker rename {from} {to}"),
-        shell_join(&["docker", "rename", from, to]),
-    )
-    .await
-    .map(drop)
+/// Stops (gracefully, up to `stop_seconds`) and removes each of `olds`, then renames
+/// `next` to `name`: the end of a deployment, in one remote command.
+pub(crate) async fn retire_and_rename(
+    host: &mut Host,
+    olds: &[&str],
+    stop_seconds: u64,
+    next: &str,
+    name: &str,
+) -> Result<(), SshError> {
+    let mut steps: Vec<String> = Vec::new();
+    for old in olds {
+        steps.push(format!(
+            "{} >/dev/null",
+            shell_join(&["docker", "stop", "-t", &stop_seconds.to_string(), old])
+        ));
+        steps.push(format!(
+            "{} >/dev/null",
+            shell_join(&["docker", "rm", "-f", old])
+        ));
+    }
+    steps.push(shell_join(&["docker", "rename", next, name]));
+    host.run(&format!("docker rename {next} {name}"), steps.join(" && "))
+        .await
+        .map(drop)
 }
 
 /// The last lines a container wrote, for error messages (empty when unavailable).
