@@ -397,16 +397,14 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes `contents` to `path` atomically: a temporary file next to it written over
-    /// SFTP and synced (`fsync@openssh.com`), then renamed over `path` (SFTP rename;
-    /// `mv -f`, which is rename(2), when the server's SFTP v3 rename will not replace an
-    /// existing file). Creates the directory as needed.
-    pub(crate) fn write_file_atomic(
+    /// Writes `contents` to a temporary file next to `path` over SFTP and syncs it
+    /// (`fsync@openssh.com`); creates the directory as needed. Returns the file's path.
+    pub(crate) fn stage_file(
         &mut self,
         path: &str,
         contents: &[u8],
         timeout: Duration,
-    ) -> Result<(), SshError> {
+    ) -> Result<String, SshError> {
         let dir = Path::new(path)
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
@@ -425,14 +423,29 @@ impl Connection {
         self.mkdir_p(sftp, &dir)?;
         let nonce = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp = format!("{dir}/.{file_name}.tmp-{}-{nonce}", std::process::id());
-        {
-            let mut file = sftp
-                .create(Path::new(&temp))
-                .map_err(|e| self.sftp_error(&action, &e))?;
-            file.write_all(contents)
-                .map_err(|e| self.lost_error(action.clone(), &e.to_string()))?;
-            file.fsync().map_err(|e| self.sftp_error(&action, &e))?;
-        }
+        let mut file = sftp
+            .create(Path::new(&temp))
+            .map_err(|e| self.sftp_error(&action, &e))?;
+        file.write_all(contents)
+            .map_err(|e| self.lost_error(action.clone(), &e.to_string()))?;
+        file.fsync().map_err(|e| self.sftp_error(&action, &e))?;
+        Ok(temp)
+    }
+
+    /// Writes `contents` to `path` atomically: staged (see [`Connection::stage_file`]),
+    /// then renamed over `path` — by SFTP when nothing is there yet, else with `mv -f`
+    /// (rename(2)), since the SFTP v3 rename of OpenSSH does not replace a file.
+    pub(crate) fn write_file_atomic(
+        &mut self,
+        path: &str,
+        contents: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SshError> {
+        let temp = self.stage_file(path, contents, timeout)?;
+        let action = format!("write {path}");
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.lost_error(action, "no SFTP channel"));
+        };
         let renamed = sftp.rename(
             Path::new(&temp),
             Path::new(path),

@@ -410,25 +410,37 @@ impl ComponentDeploy<'_> {
                 old.name
             ));
         }
+        // The sticker is staged next to its place first and moved there right after
+        // the rename, in the same command.
+        let path = stickers::sticker_path(
+            &self.settings.sticker_dir,
+            &sticker.target,
+            &sticker.component,
+        )?;
+        let staged = host
+            .stage_file(path.clone(), sticker.to_canonical_json().into_bytes())
+            .await?;
         let olds: Vec<&str> = state.olds.iter().map(|c| c.id.as_str()).collect();
-        docker_cli::retire_and_rename(host, &olds, seconds, &state.next_name, &state.name).await?;
+        docker_cli::retire_and_rename(
+            host,
+            &olds,
+            seconds,
+            &state.next_name,
+            &state.name,
+            Some((&staged, &path)),
+        )
+        .await?;
         for old in &state.olds {
             self.say(format!("removed old container {}", old.name));
         }
-        stickers::write(host, &self.settings.sticker_dir, sticker).await?;
         self.say(format!(
-            "container {} runs {} ({}); sticker written to {}",
+            "container {} runs {} ({}); sticker written to {path}",
             state.name,
             state.image,
             match strategy {
                 UpdateStrategy::StartFirst => "start-first",
                 UpdateStrategy::StopFirst => "stop-first",
             },
-            stickers::sticker_path(
-                &self.settings.sticker_dir,
-                &sticker.target,
-                &sticker.component
-            )?
         ));
         Ok(())
     }

@@ -242,29 +242,6 @@ fn parse_image(text: &str) -> Option<LocalImage> {
     })
 }
 
-/// The container named `name`, if there is one.
-pub(crate) async fn container(
-    host: &mut Host,
-    name: &str,
-) -> Result<Option<RemoteContainer>, SshError> {
-    let what = format!("docker inspect {name}");
-    let output = host
-        .exec(
-            &what,
-            shell_join(&["docker", "inspect", "--type", "container", name]),
-        )
-        .await?;
-    if output.status != 0 {
-        if is_no_such(&output.stderr) {
-            return Ok(None);
-        }
-        return Err(host.remote_error(&what, &output));
-    }
-    Ok(parse_inspect(host, &what, &output.stdout)?
-        .into_iter()
-        .next())
-}
-
 /// A local image: its ID and whether it has its own `HEALTHCHECK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LocalImage {
@@ -491,14 +468,16 @@ pub(crate) async fn remove(host: &mut Host, name: &str) -> Result<(), SshError> 
     Ok(())
 }
 
-/// Stops (gracefully, up to `stop_seconds`) and removes each of `olds`, then renames
-/// `next` to `name`: the end of a deployment, in one remote command.
+/// Stops (gracefully, up to `stop_seconds`) and removes each of `olds`, renames `next`
+/// to `name`, and moves the staged sticker file `then_move` into place (rename(2)): the
+/// end of a deployment, in one remote command.
 pub(crate) async fn retire_and_rename(
     host: &mut Host,
     olds: &[&str],
     stop_seconds: u64,
     next: &str,
     name: &str,
+    then_move: Option<(&str, &str)>,
 ) -> Result<(), SshError> {
     let mut steps: Vec<String> = Vec::new();
     for old in olds {
@@ -511,7 +490,17 @@ pub(crate) async fn retire_and_rename(
             shell_join(&["docker", "rm", "-f", old])
         ));
     }
-    steps.push(shell_join(&["docker", "rename", next, name]));
+    steps.push(format!(
+        "{} >/dev/null",
+        shell_join(&["docker", "rename", next, name])
+    ));
+    if let Some((from, to)) = then_move {
+        steps.push(format!(
+            "mv -f -- {} {}",
+            shell_quote(from),
+            shell_quote(to)
+        ));
+    }
     host.run(&format!("docker rename {next} {name}"), steps.join(" && "))
         .await
         .map(drop)
@@ -529,24 +518,47 @@ pub(crate) async fn log_tail(host: &mut Host, name: &str, lines: usize) -> Strin
     }
 }
 
-/// GETs `url` on the remote host with `curl -fsS` or `wget -q -O-`, whichever exists;
-/// `Err` holds why it failed.
-pub(crate) async fn probe(host: &mut Host, url: &str) -> Result<Result<(), String>, SshError> {
-    let url_q = shell_quote(url);
-    let command = format!(
-        "if command -v curl >/dev/null 2>&1; then curl -fsS -m 2 -o /dev/null {url_q}; \
-         elif command -v wget >/dev/null 2>&1; then wget -q -T 2 -O- {url_q} >/dev/null; \
-         else echo 'neither curl nor wget is installed on the host' >&2; exit 127; fi"
-    );
-    let output = host.exec(&format!("GET {url}"), command).await?;
-    if output.status == 0 {
-        Ok(Ok(()))
-    } else {
-        let detail = crate::conn::last_lines(&output.stderr, 2);
-        Ok(Err(if detail.is_empty() {
-            format!("GET {url} failed (exit status {})", output.status)
-        } else {
-            format!("GET {url} failed: {detail}")
-        }))
+/// One look at a container being waited for, in one remote command: `docker inspect`
+/// and, when `url` is given, a GET of it on the remote host with `curl -fsS` or `wget -q
+/// -O-`, whichever exists. The probe's result is `Err` with why it failed.
+pub(crate) async fn poll(
+    host: &mut Host,
+    name: &str,
+    url: Option<&str>,
+) -> Result<(Option<RemoteContainer>, Option<Result<(), String>>), SshError> {
+    let inspect = shell_join(&["docker", "inspect", "--type", "container", name]);
+    let mut command = format!("{inspect} 2>/dev/null || echo '[]'");
+    if let Some(url) = url {
+        let url_q = shell_quote(url);
+        command.push_str(&format!(
+            "; echo {SEPARATOR}; \
+             if command -v curl >/dev/null 2>&1; then curl -fsS -m 2 -o /dev/null {url_q} 2>&1; \
+             elif command -v wget >/dev/null 2>&1; then wget -q -T 2 -O- {url_q} 2>&1 >/dev/null; \
+             else echo 'neither curl nor wget is installed on the host'; false; fi; echo \"probe=$?\""
+        ));
     }
+    let what = format!("docker inspect {name}");
+    let output = host.run(&what, command).await?;
+    let separator = format!("{SEPARATOR}\n");
+    let mut parts = output.stdout.split(&separator);
+    let container = parse_inspect(host, &what, parts.next().unwrap_or_default())?
+        .into_iter()
+        .next();
+    let probe = match (url, parts.next()) {
+        (Some(url), Some(text)) => {
+            let (detail, status) = text.trim_end().rsplit_once("probe=").unwrap_or((text, "1"));
+            Some(if status.trim() == "0" {
+                Ok(())
+            } else {
+                let detail = crate::conn::last_lines(detail, 2);
+                Err(if detail.is_empty() {
+                    format!("GET {url} failed (exit status {})", status.trim())
+                } else {
+                    format!("GET {url} failed: {detail}")
+                })
+            })
+        }
+        _ => None,
+    };
+    Ok((container, probe))
 }

@@ -50,8 +50,14 @@ impl HealthWait<'_> {
         let deadline = started + self.timeout;
         let mut last_detail = "no health check result yet".to_owned();
         let mut poll = FIRST_POLL;
+        // The URL, once the container's address is known (`{ip}`).
+        let mut url = self
+            .health_url
+            .filter(|template| !template.contains("{ip}"))
+            .map(str::to_owned);
         loop {
-            let Some(container) = docker_cli::container(host, self.container).await? else {
+            let (container, probe) = docker_cli::poll(host, self.container, url.as_deref()).await?;
+            let Some(container) = container else {
                 return Err(SshError::Failed(format!(
                     "container {} disappeared while waiting for it to become healthy",
                     self.container
@@ -66,30 +72,23 @@ impl HealthWait<'_> {
             } else {
                 true
             };
-            let url_ok = match self.health_url {
-                None => true,
-                Some(_) if !docker_ok => false,
-                Some(template) => {
-                    let url = if template.contains("{ip}") {
-                        container
-                            .address(self.network)
-                            .map(|ip| template.replace("{ip}", &ip))
-                    } else {
-                        Some(template.to_owned())
-                    };
-                    match url {
-                        None => {
-                            last_detail = "the container has no address".to_owned();
-                            false
-                        }
-                        Some(url) => match docker_cli::probe(host, &url).await? {
-                            Ok(()) => true,
-                            Err(detail) => {
-                                last_detail = detail;
-                                false
-                            }
-                        },
+            if url.is_none() {
+                if let Some(template) = self.health_url {
+                    match container.address(self.network) {
+                        Some(ip) => url = Some(template.replace("{ip}", &ip)),
+                        None => last_detail = "the container has no address".to_owned(),
                     }
+                }
+            }
+            let url_ok = match (self.health_url, probe) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(_), Some(Ok(()))) => docker_ok,
+                (Some(_), Some(Err(detail))) => {
+                    if docker_ok {
+                        last_detail = detail;
+                    }
+                    false
                 }
             };
             let settled =

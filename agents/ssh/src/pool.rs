@@ -205,6 +205,18 @@ impl Host {
             .await
     }
 
+    /// Writes a file next to `path` (synced) and returns its name, for a command to
+    /// move into place.
+    pub(crate) async fn stage_file(
+        &mut self,
+        path: String,
+        contents: Vec<u8>,
+    ) -> Result<String, SshError> {
+        let timeout = self.command_timeout;
+        self.with(move |c| c.stage_file(&path, &contents, timeout))
+            .await
+    }
+
     /// Reads a file; `None` when absent.
     pub(crate) async fn read_file(&mut self, path: String) -> Result<Option<Vec<u8>>, SshError> {
         let timeout = self.command_timeout;

@@ -73,38 +73,44 @@ impl ByHand<'_> {
     }
 }
 
-/// The `--set` flags of an ssh target on `sshd`.
-fn target_settings(sshd: &TestSshd, sticker_dir: &Path) -> Vec<String> {
-    [
-        "host=127.0.0.1".to_owned(),
-        format!("port={}", sshd.port),
-        "user=root".to_owned(),
-        format!("key_file={}", sshd.client_key.display()),
-        format!("host_key={}", sshd.fingerprint),
-        format!("sticker_dir={}", sticker_dir.display()),
-        "health_url=http://{ip}:8080/health".to_owned(),
-    ]
-    .into_iter()
-    .flat_map(|setting| ["--set".to_owned(), setting])
-    .collect()
-}
-
+/// Creates an ssh target on `sshd` through the REST API (what `stella target create
+/// --kind ssh --set …` sends).
 async fn create_target(
-    stella: &Stella<'_>,
+    server: &ServerProcess,
     name: &str,
     env: &str,
     sshd: &TestSshd,
     sticker_dir: &Path,
 ) -> anyhow::Result<()> {
-    let mut args: Vec<String> = [
-        "target", "create", name, "--env", env, "--kind", "ssh", "--agent", "bench-agent",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.extend(target_settings(sshd, sticker_dir));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    stella.run(&args).await.map(drop)
+    let body = json!({
+        "name": name,
+        "environment": env,
+        "kind": "ssh",
+        "agent": "bench-agent",
+        "settings": {
+            "host": "127.0.0.1",
+            "port": sshd.port.to_string(),
+            "user": "root",
+            "key_file": sshd.client_key.display().to_string(),
+            "host_key": sshd.fingerprint,
+            "sticker_dir": sticker_dir.display().to_string(),
+            "health_url": "http://{ip}:8080/health",
+        },
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/targets", server.api_url()))
+        .bearer_auth(server.admin_token())
+        .json(&body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!(
+            "creating target {name} answered {}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Established TCP connections of process `pid` to any of `ports` on loopback.
@@ -186,7 +192,8 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     let server = ServerProcess::start(
         binary,
         work_dir.path(),
-        "heartbeat_interval_seconds = 5\n",
+        // ServerProcess speaks plain HTTP to the API, on loopback.
+        "heartbeat_interval_seconds = 5\napi_plain_http = true\n",
         None,
     )
     .await?;
@@ -210,7 +217,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         stella
             .run(&["env", "create", "bench", "--allow-unscanned"])
             .await?;
-        create_target(&stella, &target, "bench", &sshd, &sticker_dir).await?;
+        create_target(&server, &target, "bench", &sshd, &sticker_dir).await?;
         for (version, image) in [("1", &v1), ("2", &v2)] {
             stella
                 .run(&[
@@ -274,7 +281,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
             .await?;
         for name in &fan_targets {
             let host = TestSshd::start().await?;
-            create_target(&stella, name, "fan", &host, &sticker_dir).await?;
+            create_target(&server, name, "fan", &host, &sticker_dir).await?;
             fan_sshd.push(host);
         }
         let started = Instant::now();
