@@ -100,7 +100,7 @@ struct State {
 }
 
 impl ComponentDeploy<'_> {
-    fn say(&self, line: String) {
+    fn say(&self, line: impl std::fmt::Display) {
         self.progress
             .report(format!("{}: {line}", self.component.name));
     }
@@ -373,7 +373,7 @@ impl ComponentDeploy<'_> {
             match docker_cli::remove(host, &state.next_name).await {
                 Ok(()) => self.say(format!("removed the new container {}", state.next_name)),
                 Err(error) => {
-                    tracing::error!(container = %state.next_name, error = %error, "could not remove the failed new container")
+                    tracing::error!(container = %state.next_name, error = %error, "could not remove the failed new container");
                 }
             }
             // Any old container that does not run (stopped by this run, or by an

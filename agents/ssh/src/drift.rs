@@ -170,7 +170,7 @@ async fn sticker_drift(
                 "the sticker file {path} does not hold a sticker"
             )))
         }
-        StickerFile::Present(sticker) => sticker,
+        StickerFile::Present(sticker) => *sticker,
     };
     if !sticker.verify() {
         return Ok(Some(format!(

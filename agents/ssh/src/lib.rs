@@ -373,7 +373,7 @@ impl Target for SshTarget {
         })
         .await?;
         match file {
-            stickers::StickerFile::Present(sticker) => Ok(Some(sticker)),
+            stickers::StickerFile::Present(sticker) => Ok(Some(*sticker)),
             stickers::StickerFile::Absent => Ok(None),
             stickers::StickerFile::Corrupt => Err(TargetError::failed(format!(
                 "the sticker file {path} on {} does not hold a sticker",

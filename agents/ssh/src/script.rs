@@ -124,7 +124,7 @@ pub(crate) async fn deploy(
     for component in components {
         let path = stickers::sticker_path(&settings.sticker_dir, target, &component.name)?;
         let sticker = match stickers::read(host, &path).await? {
-            StickerFile::Present(sticker) if sticker.verify() && task.wrote(&sticker) => sticker,
+            StickerFile::Present(sticker) if sticker.verify() && task.wrote(&sticker) => *sticker,
             _ => {
                 let sticker = task.sticker(component, progress.agent_id());
                 stickers::write(host, &settings.sticker_dir, &sticker).await?;

@@ -58,13 +58,13 @@ pub(crate) enum StickerFile {
     Absent,
     /// Not a sticker at all.
     Corrupt,
-    Present(Sticker),
+    Present(Box<Sticker>),
 }
 
 impl StickerFile {
     pub(crate) fn sticker(&self) -> Option<&Sticker> {
         match self {
-            StickerFile::Present(sticker) => Some(sticker),
+            StickerFile::Present(sticker) => Some(sticker.as_ref()),
             _ => None,
         }
     }
@@ -74,7 +74,7 @@ pub(crate) async fn read(host: &mut Host, path: &str) -> Result<StickerFile, Ssh
     Ok(match host.read_file(path.to_owned()).await? {
         None => StickerFile::Absent,
         Some(bytes) => match Sticker::from_json(&bytes) {
-            Ok(sticker) => StickerFile::Present(sticker),
+            Ok(sticker) => StickerFile::Present(Box::new(sticker)),
             Err(_) => StickerFile::Corrupt,
         },
     })
