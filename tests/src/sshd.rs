@@ -135,18 +135,30 @@ impl TestSshd {
         self.child.as_ref().and_then(tokio::process::Child::id)
     }
 
-    /// Kills (SIGKILL) every session process of this sshd — its children — so each
-    /// client connection drops at once, as a network cut would; returns how many.
+    /// Kills (SIGKILL) every session process of this sshd — the `sshd` processes below
+    /// the listener: the privileged monitor and, for a user other than root, its
+    /// unprivileged child that holds the connection too — so each client connection
+    /// drops at once, as a network cut would. The commands the sessions ran are left
+    /// running, orphaned, as after a cut. Returns how many sessions there were.
     pub fn kill_sessions(&self) -> usize {
         let Some(pid) = self.pid() else { return 0 };
-        let children = children_of(pid);
-        for child in &children {
+        let sessions = children_of(pid);
+        let mut sshd = Vec::new();
+        let mut pending = sessions.clone();
+        while let Some(next) = pending.pop() {
+            let comm = std::fs::read_to_string(format!("/proc/{next}/comm")).unwrap_or_default();
+            if comm.trim() == "sshd" {
+                sshd.push(next);
+                pending.extend(children_of(next));
+            }
+        }
+        for child in &sshd {
             let _ = std::process::Command::new("kill")
                 .args(["-KILL", &child.to_string()])
                 .stderr(Stdio::null())
                 .status();
         }
-        children.len()
+        sessions.len()
     }
 
     /// How many sessions (connections) sshd serves now.
@@ -232,41 +244,45 @@ static USER_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// login shell and no password (`*`, which sshd does not take for a locked account);
 /// returns its uid and gid.
 pub fn ensure_nodocker_user() -> anyhow::Result<(u32, u32)> {
+    ensure_user(NODOCKER_USER, &[])
+}
+
+/// Creates (once) a system user `name` with `/bin/sh` as its shell (which reads no
+/// start-up file for commands), in `groups`, and no password (`*`, which sshd does not
+/// take for a locked account); returns its uid and gid.
+pub fn ensure_user(name: &str, groups: &[&str]) -> anyhow::Result<(u32, u32)> {
     let _guard = USER_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let id = |flag: &str| -> Option<u32> {
         let output = std::process::Command::new("id")
-            .args([flag, NODOCKER_USER])
+            .args([flag, name])
+            .stderr(Stdio::null())
             .output()
             .ok()?;
         String::from_utf8_lossy(&output.stdout).trim().parse().ok()
     };
     if id("-u").is_none() {
-        let status = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                NODOCKER_USER,
-            ])
-            .status()
-            .context("useradd")?;
+        let mut useradd = std::process::Command::new("useradd");
+        useradd.args(["--system", "--create-home", "--shell", "/bin/sh"]);
+        if !groups.is_empty() {
+            useradd.args(["--groups", &groups.join(",")]);
+        }
+        let status = useradd.arg(name).status().context("useradd")?;
         if !status.success() && id("-u").is_none() {
-            bail!("useradd {NODOCKER_USER} failed: {status}");
+            bail!("useradd {name} failed: {status}");
         }
     }
     let status = std::process::Command::new("usermod")
-        .args(["-p", "*", NODOCKER_USER])
+        .args(["-p", "*", name])
         .status()
         .context("usermod")?;
     if !status.success() {
-        bail!("usermod -p '*' {NODOCKER_USER} failed: {status}");
+        bail!("usermod -p '*' {name} failed: {status}");
     }
     match (id("-u"), id("-g")) {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => bail!("user {NODOCKER_USER} has no uid"),
+        _ => bail!("user {name} has no uid"),
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{json, Value};
 use stella_agent_core::{
-    ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, DriftKind, Plan, Progress, Sticker,
-    Target, TargetSpec,
+    ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, DriftKind, Plan, Progress,
+    RegistryCredential, Sticker, Target, TargetSpec,
 };
 use stella_target_ssh::{fetch_host_key, SshTarget};
 use stella_tests::images::{
@@ -30,7 +30,7 @@ use stella_tests::{free_port, init_tracing, wait_until, TestAgent, TestServer};
 struct World {
     _cleanup: ContainerCleanup,
     images: WebImages,
-    _registry: TestRegistry,
+    registry: TestRegistry,
     target: Arc<SshTarget>,
     /// Target name, unique to the test.
     name: String,
@@ -43,9 +43,12 @@ fn suffix() -> String {
 
 impl World {
     async fn new(prefix: &str) -> anyhow::Result<World> {
+        Self::with_registry(prefix, TestRegistry::start().await?).await
+    }
+
+    async fn with_registry(prefix: &str, registry: TestRegistry) -> anyhow::Result<World> {
         init_tracing();
         let name = format!("{prefix}-{}", suffix());
-        let registry = TestRegistry::start().await?;
         let images = WebImages::new(
             &registry.host(),
             &format!("stella-test/{name}"),
@@ -54,7 +57,7 @@ impl World {
         Ok(World {
             _cleanup: ContainerCleanup::new([name.clone()]),
             images,
-            _registry: registry,
+            registry,
             target: Arc::new(SshTarget::new()),
             name,
             sshd: TestSshd::start().await?,
@@ -612,7 +615,7 @@ async fn drift_sees_a_hand_edited_remote_sticker_a_stopped_container_and_other_s
 /// user's own.
 struct ScriptHost {
     sshd: TestSshd,
-    target: SshTarget,
+    target: Arc<SshTarget>,
     name: String,
     work: std::path::PathBuf,
     stickers: std::path::PathBuf,
@@ -629,7 +632,7 @@ impl ScriptHost {
         owned_dir(&stickers, uid, gid)?;
         Ok(ScriptHost {
             sshd,
-            target: SshTarget::new(),
+            target: Arc::new(SshTarget::new()),
             name: format!("{prefix}-{}", suffix()),
             work,
             stickers,
@@ -782,6 +785,117 @@ async fn script_mode_as_a_user_without_docker_runs_once_per_deployment() -> anyh
         .join(&host.name)
         .join(format!(".done-{}", failing.deployment_id))
         .exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_script_cut_off_mid_run_is_run_again_and_one_that_runs_too_long_fails(
+) -> anyhow::Result<()> {
+    let host = ScriptHost::new("ssh-rerun").await?;
+    let work = host.work.display().to_string();
+    let script =
+        format!("cd {work} && echo run >> count && echo started && sleep 2 && echo finished");
+    let task = host.task(host.settings(NODOCKER_USER, &script));
+    let (progress, mut lines) = Progress::channel("agent-test", "rerun");
+    let running = {
+        let target = host.target.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            target
+                .apply(
+                    &task,
+                    &Plan::default(),
+                    &progress,
+                    &CancellationToken::new(),
+                )
+                .await
+        })
+    };
+    let mut seen = Vec::new();
+    let mut killed = 0;
+    while let Some(line) = lines.recv().await {
+        if killed == 0 && line == "script: started" {
+            killed = host.sshd.kill_sessions();
+        }
+        seen.push(line);
+    }
+    let outcome = running
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}: {seen:#?}"))?;
+    assert!(killed >= 1, "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("lost, reconnecting (attempt 1/3)")),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().any(|l| l == "script: finished"), "{seen:#?}");
+    // Interrupted while it ran: run again from the start (scripts must be idempotent).
+    assert_eq!(
+        std::fs::read_to_string(host.work.join("count"))?,
+        "run\nrun\n"
+    );
+    assert_eq!(outcome.stickers.len(), 2);
+
+    let mut settings = host.settings(NODOCKER_USER, "sleep 5");
+    settings.insert("command_timeout_seconds".into(), "1".into());
+    let started = std::time::Instant::now();
+    let (result, lines) = apply_on(&host.target, &host.task(settings)).await;
+    let error = result.expect_err("too long");
+    assert!(error.contains("did not finish within 1 s"), "{error}");
+    assert!(
+        !lines.iter().any(|l| l.contains("reconnecting")),
+        "not retried: {lines:#?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn registry_credentials_go_to_a_temporary_docker_config_on_the_host() -> anyhow::Result<()> {
+    let password = "ssh-registry-s3cret-pw";
+    let registry = TestRegistry::start_with_basic_auth("stella", password).await?;
+    let world = World::with_registry("ssh-auth", registry).await?;
+    let v1 = world.images.publish("v1", true).await?;
+    let registry_host = world.registry.host();
+
+    // Without credentials the host cannot pull; the registry's answer is in the error.
+    let (result, _) = world
+        .apply(&world.task("1.0.0", &v1, world.settings()))
+        .await;
+    let error = result.expect_err("no credentials");
+    assert!(error.contains("docker pull"), "{error}");
+    assert!(error.to_lowercase().contains("auth"), "{error}");
+
+    let mut task = world.task("1.0.0", &v1, world.settings());
+    task.registry_auth = vec![RegistryCredential {
+        registry: registry_host.clone(),
+        username: "stella".to_owned(),
+        password: password.to_owned(),
+    }];
+    let (outcome, lines) = world.apply_ok(&task).await?;
+    assert!(lines.iter().any(|l| l.contains("pulling")), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains(password)), "{lines:#?}");
+    assert!(!format!("{outcome:?}").contains(password));
+    world.only_container().await?;
+    // The login went to a temporary DOCKER_CONFIG, removed afterwards: neither the
+    // user's own config nor any leftover temporary one knows the registry.
+    let own = std::fs::read_to_string("/root/.docker/config.json").unwrap_or_default();
+    assert!(!own.contains(&registry_host), "{own}");
+    for entry in std::fs::read_dir("/tmp")?.filter_map(Result::ok) {
+        let config = entry.path().join("config.json");
+        if entry.file_name().to_string_lossy().starts_with("tmp.") {
+            let text = std::fs::read_to_string(&config).unwrap_or_default();
+            assert!(
+                !text.contains(&registry_host),
+                "{} was left behind",
+                config.display()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@
 //! - `script`: see `script`.
 //!
 //! The sticker of each component is a file `<sticker_dir>/<target>/<component>.json` on
-//! the host, written atomically over SFTP.
+//! the host: staged next to it over SFTP, synced, then renamed into place.
 //!
 //! # Retries
 //!

@@ -41,6 +41,12 @@ pub struct DeployArgs {
     /// Skip the release build.
     #[arg(long)]
     pub no_build: bool,
+    /// `--kind ssh`: the remote user, for Stella and by hand alike. By default a user
+    /// `stella-deploy` in the docker group whose shell is `/bin/sh` (made if absent):
+    /// every remote command pays the user's shell start-up, and root's `~/.bashrc` here
+    /// is slow.
+    #[arg(long, default_value = "stella-deploy")]
+    pub ssh_user: String,
 }
 
 /// The kinds `cargo xtask bench deploy` measures.

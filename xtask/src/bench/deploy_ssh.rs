@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use stella_tests::images::WebImages;
 use stella_tests::registry::TestRegistry;
-use stella_tests::sshd::TestSshd;
+use stella_tests::sshd::{ensure_user, TestSshd};
 
 use super::deploy::{docker, median, start_agent, uuid_like, wait_serving, DeployArgs, Stella};
 use super::server::ServerProcess;
@@ -44,6 +44,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
 /// known-hosts file, no prompts.
 struct ByHand<'a> {
     sshd: &'a TestSshd,
+    user: &'a str,
     known_hosts: std::path::PathBuf,
 }
 
@@ -57,7 +58,7 @@ impl ByHand<'_> {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
-            .arg("root@127.0.0.1")
+            .arg(format!("{}@127.0.0.1", self.user))
             .arg(command)
             .stdin(Stdio::null())
             .output()
@@ -80,6 +81,7 @@ async fn create_target(
     name: &str,
     env: &str,
     sshd: &TestSshd,
+    user: &str,
     sticker_dir: &Path,
 ) -> anyhow::Result<()> {
     let body = json!({
@@ -90,7 +92,7 @@ async fn create_target(
         "settings": {
             "host": "127.0.0.1",
             "port": sshd.port.to_string(),
-            "user": "root",
+            "user": user,
             "key_file": sshd.client_key.display().to_string(),
             "host_key": sshd.fingerprint,
             "sticker_dir": sticker_dir.display().to_string(),
@@ -182,11 +184,21 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         &known_hosts,
         format!("[127.0.0.1]:{} {host_key}", sshd.port),
     )?;
+    let user = args.ssh_user.as_str();
+    let sticker_dir = work_dir.path().join("stickers");
+    std::fs::create_dir_all(&sticker_dir)?;
+    if user != "root" {
+        let (uid, gid) = ensure_user(user, &["docker"])?;
+        stella_tests::sshd::owned_dir(&sticker_dir, uid, gid)?;
+        // The user reaches its key's directory and the sticker dir through the work dir.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
     let by_hand = ByHand {
         sshd: &sshd,
+        user,
         known_hosts,
     };
-    let sticker_dir = work_dir.path().join("stickers");
 
     step("server and agent");
     let server = ServerProcess::start(
@@ -217,7 +229,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         stella
             .run(&["env", "create", "bench", "--allow-unscanned"])
             .await?;
-        create_target(&server, &target, "bench", &sshd, &sticker_dir).await?;
+        create_target(&server, &target, "bench", &sshd, user, &sticker_dir).await?;
         for (version, image) in [("1", &v1), ("2", &v2)] {
             stella
                 .run(&[
@@ -281,7 +293,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
             .await?;
         for name in &fan_targets {
             let host = TestSshd::start().await?;
-            create_target(&server, name, "fan", &host, &sticker_dir).await?;
+            create_target(&server, name, "fan", &host, user, &sticker_dir).await?;
             fan_sshd.push(host);
         }
         let started = Instant::now();
@@ -295,6 +307,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         let held_all = established_to(agent_pid, &all_ports)?;
 
         println!();
+        println!("remote user                             {user}");
         println!("rounds                                  {}", args.rounds);
         println!("median stella promote --wait (ssh)      {stella_median:.3} s (replaces the running version, no gap)");
         println!("median ssh docker run + serving         {run_median:.3} s (nothing to replace)");
@@ -305,7 +318,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         println!("fan-out: agent's ssh connections        {held} to the {FAN_OUT_HOSTS} hosts ({held_all} with the first host); sshd sessions {sessions}");
         println!(
             "BENCH_JSON {}",
-            json!({"bench": "deploy_ssh", "rounds": args.rounds, "stella_median_seconds": stella_median,
+            json!({"bench": "deploy_ssh", "ssh_user": user, "rounds": args.rounds, "stella_median_seconds": stella_median,
                    "ssh_docker_run_median_seconds": run_median, "ssh_docker_replace_median_seconds": replace_median,
                    "ratio_to_ssh_docker_run": ratio_run, "ratio_to_ssh_docker_replace": ratio_replace,
                    "fan_out_hosts": FAN_OUT_HOSTS, "fan_out_seconds": fan_seconds,
