@@ -8,6 +8,7 @@ pub mod images;
 pub mod logs;
 pub mod postgres;
 pub mod registry;
+pub mod sshd;
 pub mod task_runner;
 pub mod token_server;
 

@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use stella_agent_core::{error_chain, AgentConfig, AgentError, TargetRegistry};
 use stella_target_docker::{DockerConfig, DockerTarget};
+use stella_target_ssh::SshTarget;
 use tokio_util::sync::CancellationToken;
 
 /// The target kinds this agent can drive on this host, keeping their state under
 /// `data_dir`. Each kind is its own crate under `agents/`. A kind that needs a local
 /// engine is registered only when the engine answers, so an agent never advertises a
 /// capability it cannot use (`docker` needs `/var/run/docker.sock` to answer a ping).
+/// `ssh` needs nothing local and is always registered.
 pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     let mut registry = TargetRegistry::new();
     let docker = DockerConfig {
@@ -32,6 +34,7 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
             );
         }
     }
+    registry.register(Arc::new(SshTarget::new()));
     registry
 }
 
