@@ -3,9 +3,10 @@
 //! — merged with what this agent deployed itself. A target keeps whichever of the two has
 //! the higher generation, so a message the server built before it stored a result this
 //! agent already recorded never takes the target back (docs/protocol.md). It is kept in
-//! memory and in `<data-dir>/desired.json` (without registry credentials or secret
-//! values), so the agent checks its targets after a restart before the server has said
-//! anything.
+//! memory (without registry credentials, with the values of the secrets its settings
+//! reference, which a drift check may need — an SSH key) and in `<data-dir>/desired.json`
+//! (without either), so the agent checks its targets after a restart before the server
+//! has said anything; secrets come back with the server's next desired state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub(crate) fn parse_deploy_task(payload_json: &[u8]) -> Result<DeployTask, Strin
 }
 
 /// The desired state, by target name: each target's last successful deploy payload,
-/// without registry credentials.
+/// without registry credentials (with secret values in memory, never on disk).
 pub(crate) type DesiredTargets = BTreeMap<String, DeployTask>;
 
 /// The form of `desired.json`: `{"targets": {"<target>": <deploy payload>, …}}`.
@@ -125,7 +126,7 @@ impl DesiredStore {
                     if desired.generation > 0 {
                         task.generation = desired.generation;
                     }
-                    sent.insert(desired.target.clone(), task.without_credentials());
+                    sent.insert(desired.target.clone(), task.without_registry_auth());
                 }
                 Err(message) => tracing::warn!(
                     target = %desired.target,
@@ -159,7 +160,7 @@ impl DesiredStore {
     /// Records a successful deployment as its target's desired state, unless a newer
     /// one (higher generation) is held already.
     pub(crate) async fn deployed(&self, task: &DeployTask) {
-        let task = task.clone().without_credentials();
+        let task = task.clone().without_registry_auth();
         self.update(|current| {
             let newer_held = current
                 .get(&task.target.name)
@@ -199,6 +200,11 @@ fn read_desired(path: &Path) -> Result<DesiredTargets, AgentError> {
 }
 
 fn write_desired(path: &Path, targets: &DesiredTargets) -> Result<(), AgentError> {
+    // Secret values stay in memory.
+    let targets: &DesiredTargets = &targets
+        .iter()
+        .map(|(name, task)| (name.clone(), task.clone().without_credentials()))
+        .collect();
     let mut json = serde_json::to_vec_pretty(&DesiredFileRef { targets }).map_err(|e| {
         AgentError::Corrupt {
             path: path.to_owned(),
@@ -255,6 +261,10 @@ mod tests {
             username: "u".into(),
             password: "hunter2".into(),
         }];
+        task.secrets = crate::target::Secrets(std::collections::BTreeMap::from([(
+            "ssh_key".to_owned(),
+            "s3cret-key".to_owned(),
+        )]));
         store
             .replace(&v1::DesiredState {
                 targets: vec![
@@ -272,7 +282,17 @@ mod tests {
             })
             .await;
         let json = std::fs::read_to_string(dir.path().join(files::DESIRED_JSON)).expect("read");
-        assert!(!json.contains("hunter2"), "{json}");
+        assert!(
+            !json.contains("hunter2") && !json.contains("s3cret-key"),
+            "{json}"
+        );
+        let held = &store.current()["web-1"];
+        assert!(held.registry_auth.is_empty(), "no registry password held");
+        assert_eq!(
+            held.secrets.0.get("ssh_key").map(String::as_str),
+            Some("s3cret-key"),
+            "secrets held in memory for drift checks"
+        );
 
         let reloaded = DesiredStore::load(dir.path());
         let targets = reloaded.current();

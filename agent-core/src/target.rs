@@ -180,6 +180,15 @@ impl DeployTask {
         self
     }
 
+    /// The task without its registry credentials, keeping the secret values: the form
+    /// the agent holds in memory as a target's desired state, so a kind whose drift
+    /// check needs a secret (an SSH key) has it. Never written to disk: see
+    /// [`DeployTask::without_credentials`].
+    pub fn without_registry_auth(mut self) -> DeployTask {
+        self.registry_auth = Vec::new();
+        self
+    }
+
     /// The settings as the target applies them: each `${secret.NAME}` replaced by the
     /// secret's value and each `$${` by a literal `${`. Compare and digest
     /// `target.settings` (the references) instead, so that what the agent stores and

@@ -175,24 +175,58 @@ impl App {
         Ok(values)
     }
 
-    /// The desired state of an agent's targets, as a message.
+    /// The desired state of an agent's targets, as a message. Each payload carries the
+    /// values of the secrets its settings reference (as a task does), for the drift
+    /// checks that need one (an SSH target's key); the agent keeps them in memory only.
+    /// A secret that cannot be had now is left out, logged: the agent then cannot check
+    /// that target until it can, but every other target keeps its desired state.
     pub async fn desired_state_for(&self, agent_id: &str) -> Result<v1::ServerMessage, AppError> {
         let payloads = self.store.desired_payloads_for_agent(agent_id).await?;
+        let mut targets = Vec::with_capacity(payloads.len());
+        for desired in payloads {
+            let (deploy_json, generation) = desired.deployed.unwrap_or_default();
+            let deploy_json = self.with_secret_values(&desired.target, deploy_json).await;
+            targets.push(v1::DesiredTarget {
+                target: desired.target,
+                deploy_json: deploy_json.into_bytes(),
+                generation: u64::try_from(generation).unwrap_or(0),
+            });
+        }
         Ok(v1::ServerMessage {
             body: Some(v1::server_message::Body::DesiredState(v1::DesiredState {
-                targets: payloads
-                    .into_iter()
-                    .map(|desired| {
-                        let (deploy_json, generation) = desired.deployed.unwrap_or_default();
-                        v1::DesiredTarget {
-                            target: desired.target,
-                            deploy_json: deploy_json.into_bytes(),
-                            generation: u64::try_from(generation).unwrap_or(0),
-                        }
-                    })
-                    .collect(),
+                targets,
             })),
         })
+    }
+
+    /// A stored deploy payload with the values of the secrets its settings reference
+    /// added; as stored when there are none or they cannot be had.
+    async fn with_secret_values(&self, target: &str, deploy_json: String) -> String {
+        if !deploy_json.contains("${secret.") {
+            return deploy_json;
+        }
+        let Ok(spec) = serde_json::from_str::<DeploySpec>(&deploy_json) else {
+            return deploy_json;
+        };
+        let secrets = match self.secret_values(&spec).await {
+            Ok(secrets) if !secrets.is_empty() => secrets,
+            Ok(_) => return deploy_json,
+            Err(error) => {
+                tracing::warn!(target, %error, "desired state sent without the secrets its settings reference");
+                return deploy_json;
+            }
+        };
+        match serde_json::from_str::<serde_json::Value>(&deploy_json) {
+            Ok(mut value) => {
+                value["secrets"] = serde_json::Value::from_iter(
+                    secrets
+                        .into_iter()
+                        .map(|(name, secret)| (name, serde_json::Value::String(secret))),
+                );
+                value.to_string()
+            }
+            Err(_) => deploy_json,
+        }
     }
 
     /// Sends an agent its desired state, if its session is on this replica (otherwise it

@@ -42,6 +42,30 @@ const DOCKER_KEYS: &[&str] = &[
     "stop_timeout_seconds",
 ];
 
+/// Settings of Compose targets (besides `service.<component>`).
+const COMPOSE_KEYS: &[&str] = &[
+    "compose_file",
+    "project",
+    "compose_version",
+    "health_url",
+    "health_timeout_seconds",
+    "sticker_dir",
+];
+/// Settings of SSH targets (besides the Docker keys and `env.NAME`, used in docker mode).
+const SSH_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "user",
+    "key_file",
+    "key_secret",
+    "host_key",
+    "mode",
+    "script",
+    "sticker_dir",
+    "connect_timeout_seconds",
+    "command_timeout_seconds",
+];
+
 impl TargetKind {
     /// All kinds, in documentation order.
     pub const ALL: [TargetKind; 6] = [
@@ -68,17 +92,8 @@ impl TargetKind {
     fn own_keys(self) -> &'static [&'static str] {
         match self {
             TargetKind::Docker => DOCKER_KEYS,
-            TargetKind::Compose => &["compose_file", "project"],
-            TargetKind::Ssh => &[
-                "host",
-                "port",
-                "user",
-                "key_file",
-                "key_secret",
-                "host_key",
-                "mode",
-                "script",
-            ],
+            TargetKind::Compose => COMPOSE_KEYS,
+            TargetKind::Ssh => SSH_KEYS,
             TargetKind::Winrm => &[
                 "host",
                 "port",
@@ -99,7 +114,8 @@ impl TargetKind {
         }
     }
 
-    /// Refuses unknown keys and values the kind cannot use.
+    /// Refuses unknown keys, values the kind cannot use, and a set of settings the kind
+    /// cannot work with (a required key missing, keys that exclude each other).
     pub fn validate_settings(self, settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
         for (key, value) in settings {
             super::references(value)
@@ -109,38 +125,21 @@ impl TargetKind {
                 || (matches!(self, TargetKind::Docker | TargetKind::Ssh)
                     && key.starts_with("env.")
                     && key.len() > 4)
-                || (self == TargetKind::Ssh && DOCKER_KEYS.contains(&key.as_str()));
+                || (self == TargetKind::Ssh && DOCKER_KEYS.contains(&key.as_str()))
+                || (self == TargetKind::Compose && key.starts_with("service.") && key.len() > 8);
             if !known {
                 return Err(Invalid(format!(
                     "unknown setting `{key}` for a {} target",
                     self.as_str()
                 )));
             }
-            match key.as_str() {
-                "ports" => validate_ports(value)?,
-                "health_timeout_seconds" | "stop_timeout_seconds" => {
-                    let seconds: u64 = value.parse().map_err(|_| {
-                        Invalid(format!("{key} `{value}` is not a whole number of seconds"))
-                    })?;
-                    if seconds == 0 || seconds > 3600 {
-                        return Err(Invalid(format!("{key} must be 1 to 3600, not {seconds}")));
-                    }
-                }
-                "container_name" => validate_container_name(value)?,
-                "restart"
-                    if !matches!(
-                        value.as_str(),
-                        "no" | "always" | "unless-stopped" | "on-failure"
-                    ) =>
-                {
-                    return Err(Invalid(format!(
-                        "restart `{value}`: use no, always, unless-stopped or on-failure"
-                    )));
-                }
-                _ => {}
-            }
+            validate_value(key, value)?;
         }
-        Ok(())
+        match self {
+            TargetKind::Compose => validate_compose(settings),
+            TargetKind::Ssh => validate_ssh(settings),
+            _ => Ok(()),
+        }
     }
 
     /// The components a target deploys: `components` (comma-separated) or all.
@@ -160,6 +159,192 @@ impl TargetKind {
             None => release.components.iter().collect(),
         }
     }
+}
+
+/// Checks one value by its key (the same key means the same thing in every kind).
+fn validate_value(key: &str, value: &str) -> Result<(), Invalid> {
+    let seconds = |max: u64| -> Result<(), Invalid> {
+        let seconds: u64 = value
+            .parse()
+            .map_err(|_| Invalid(format!("{key} `{value}` is not a whole number of seconds")))?;
+        if seconds == 0 || seconds > max {
+            return Err(Invalid(format!("{key} must be 1 to {max}, not {seconds}")));
+        }
+        Ok(())
+    };
+    match key {
+        "ports" => validate_ports(value),
+        "health_timeout_seconds" | "stop_timeout_seconds" | "command_timeout_seconds" => {
+            seconds(3600)
+        }
+        "connect_timeout_seconds" => seconds(300),
+        "container_name" => validate_container_name(value),
+        "restart" if !matches!(value, "no" | "always" | "unless-stopped" | "on-failure") => {
+            Err(Invalid(format!(
+                "restart `{value}`: use no, always, unless-stopped or on-failure"
+            )))
+        }
+        "compose_file" | "sticker_dir" | "key_file" if !value.starts_with('/') => Err(Invalid(
+            format!("{key} `{value}` must be an absolute path on the agent's host"),
+        )),
+        "project" => validate_project(value),
+        "compose_version" if !matches!(value, "auto" | "v1" | "v2") => Err(Invalid(format!(
+            "compose_version `{value}`: use auto, v1 or v2"
+        ))),
+        "mode" if !matches!(value, "docker" | "script") => {
+            Err(Invalid(format!("mode `{value}`: use docker or script")))
+        }
+        "port" => match value.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(()),
+            _ => Err(Invalid(format!(
+                "port `{value}` is not a TCP port (1-65535)"
+            ))),
+        },
+        "host" | "user"
+            if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '@') =>
+        {
+            Err(Invalid(format!(
+                "{key} `{value}` must be non-empty, without spaces or '@'"
+            )))
+        }
+        "host_key" => validate_host_key(value),
+        "key_secret" => validate_secret_reference(key, value),
+        _ if key.starts_with("service.") => validate_service_name(key, value),
+        _ => Ok(()),
+    }
+}
+
+/// A Compose project name as Compose accepts it: lowercase letters, digits, `_` and
+/// `-`, starting with a letter or digit.
+fn validate_project(value: &str) -> Result<(), Invalid> {
+    let mut chars = value.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if first_ok
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "project `{value}`: use lowercase letters, digits, '_' and '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// `service.<component>=<service>`: a Compose service name.
+fn validate_service_name(key: &str, value: &str) -> Result<(), Invalid> {
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{key} `{value}`: a Compose service name (letters, digits, '_', '.', '-')"
+        )))
+    }
+}
+
+/// An SSH host key fingerprint as OpenSSH prints it: `SHA256:` and the unpadded base64
+/// of the 32-byte hash (43 characters).
+fn validate_host_key(value: &str) -> Result<(), Invalid> {
+    use base64::Engine as _;
+    let decoded = value.strip_prefix("SHA256:").and_then(|b64| {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64)
+            .ok()
+    });
+    match decoded {
+        Some(hash) if hash.len() == 32 => Ok(()),
+        _ => Err(Invalid(format!(
+            "host_key `{value}`: use the SHA256 fingerprint as OpenSSH prints it \
+             (`ssh-keyscan HOST | ssh-keygen -lf -`), e.g. SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
+        ))),
+    }
+}
+
+/// A setting that must hold a secret, so it is never stored in plain text: its value is
+/// exactly one `${secret.NAME}` reference.
+fn validate_secret_reference(key: &str, value: &str) -> Result<(), Invalid> {
+    let only_reference = matches!(
+        super::references(value)?.as_slice(),
+        [reference] if reference.kind == super::VariableKind::Secret
+            && value == format!("${{secret.{}}}", reference.name)
+    );
+    if only_reference {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{key} must be a reference to an environment secret, `${{secret.NAME}}` \
+             (stella env secret set ENV NAME): a key is never stored in a target's settings"
+        )))
+    }
+}
+
+/// What a Compose target needs: the file.
+fn validate_compose(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if !settings.contains_key("compose_file") {
+        return Err(Invalid(
+            "a compose target needs compose_file, the absolute path of the Compose file on the agent's host"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// What an SSH target needs: where, who, which host key, one user key; in script mode a
+/// script and none of the container keys.
+fn validate_ssh(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let missing: Vec<&str> = ["host", "user", "host_key"]
+        .into_iter()
+        .filter(|key| !settings.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Invalid(format!(
+            "an ssh target needs {} (host_key pins the host: `stella target create` shows it for confirmation)",
+            missing.join(", ")
+        )));
+    }
+    match (
+        settings.contains_key("key_file"),
+        settings.contains_key("key_secret"),
+    ) {
+        (true, false) | (false, true) => {}
+        (false, false) => {
+            return Err(Invalid(
+                "an ssh target needs key_file (a private key on the agent's host) or key_secret (${secret.NAME})"
+                    .to_owned(),
+            ))
+        }
+        (true, true) => {
+            return Err(Invalid(
+                "key_file and key_secret exclude each other: set one".to_owned(),
+            ))
+        }
+    }
+    let script_mode = settings.get("mode").is_some_and(|mode| mode == "script");
+    if script_mode {
+        if !settings.contains_key("script") {
+            return Err(Invalid(
+                "mode=script needs script, the command to run".to_owned(),
+            ));
+        }
+        if let Some(key) = settings
+            .keys()
+            .find(|key| DOCKER_KEYS.contains(&key.as_str()) || key.starts_with("env."))
+        {
+            return Err(Invalid(format!(
+                "{key} applies to mode=docker only; a script gets the release as environment variables"
+            )));
+        }
+    } else if settings.contains_key("script") {
+        return Err(Invalid(
+            "script applies to mode=script only (set mode=script)".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// A Docker container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters (no
@@ -281,5 +466,117 @@ mod tests {
         let error = check("env.X", "${nope}").expect_err("bad reference");
         assert!(error.contains("env.X"), "{error}");
         assert!(check("env.X", "${secret.db_password}").is_ok());
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const FINGERPRINT: &str = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8";
+
+    #[test]
+    fn compose_targets_need_a_file_and_take_service_mappings() {
+        let check = |pairs: &[(&str, &str)]| {
+            TargetKind::Compose
+                .validate_settings(&settings(pairs))
+                .map_err(|e| e.0)
+        };
+        assert!(check(&[
+            ("compose_file", "/srv/shop/compose.yml"),
+            ("project", "shop_prod-1"),
+            ("service.api", "backend"),
+            ("compose_version", "v1"),
+            ("sticker_dir", "/var/lib/stella/stickers"),
+            ("health_timeout_seconds", "90"),
+        ])
+        .is_ok());
+        let error = check(&[("project", "shop")]).expect_err("no file");
+        assert!(error.contains("compose_file"), "{error}");
+        for (key, value) in [
+            ("compose_file", "compose.yml"),
+            ("project", "Shop"),
+            ("project", "-shop"),
+            ("compose_version", "v3"),
+            ("service.api", "back end"),
+            ("service.", "x"),
+            ("ports", "80:80"),
+        ] {
+            let result = check(&[("compose_file", "/srv/c.yml"), (key, value)]);
+            assert!(result.is_err(), "{key}={value} accepted");
+        }
+    }
+
+    #[test]
+    fn ssh_targets_pin_the_host_key_and_never_hold_a_key_in_plain_text() {
+        let check = |pairs: &[(&str, &str)]| {
+            TargetKind::Ssh
+                .validate_settings(&settings(pairs))
+                .map_err(|e| e.0)
+        };
+        let base = [
+            ("host", "10.0.0.7"),
+            ("user", "deploy"),
+            ("host_key", FINGERPRINT),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            check(&pairs)
+        };
+        assert!(with(&[("key_file", "/etc/stella/id_ed25519"), ("ports", "8080:80")]).is_ok());
+        assert!(with(&[
+            ("key_secret", "${secret.deploy_key}"),
+            ("mode", "script"),
+            ("script", "/opt/deploy.sh"),
+            ("port", "2222"),
+        ])
+        .is_ok());
+        let error = check(&[("host", "h"), ("key_file", "/k")]).expect_err("missing");
+        assert!(
+            error.contains("user") && error.contains("host_key"),
+            "{error}"
+        );
+        let error = with(&[]).expect_err("no key");
+        assert!(
+            error.contains("key_file") && error.contains("key_secret"),
+            "{error}"
+        );
+        let error = with(&[("key_file", "/k"), ("key_secret", "${secret.k}")]).expect_err("both");
+        assert!(error.contains("exclude"), "{error}");
+        for secret in [
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+            "${var.k}",
+            "x${secret.k}",
+        ] {
+            let error = with(&[("key_secret", secret)]).expect_err(secret);
+            assert!(error.contains("${secret.NAME}"), "{error}");
+        }
+        for fingerprint in [
+            "nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8",
+            "SHA256:short",
+            "MD5:16:27:ac:a5:76:28:2d:36:63:1b:56:4d:eb:df:a6:48",
+        ] {
+            let mut pairs = vec![("host", "h"), ("user", "u"), ("key_file", "/k")];
+            pairs.push(("host_key", fingerprint));
+            let error = check(&pairs).expect_err(fingerprint);
+            assert!(error.contains("host_key"), "{error}");
+        }
+        let error = with(&[("key_file", "/k"), ("mode", "script")]).expect_err("no script");
+        assert!(error.contains("script"), "{error}");
+        let error = with(&[
+            ("key_file", "/k"),
+            ("mode", "script"),
+            ("script", "x"),
+            ("ports", "80:80"),
+        ])
+        .expect_err("docker key in script mode");
+        assert!(error.contains("ports"), "{error}");
+        let error = with(&[("key_file", "/k"), ("script", "x")]).expect_err("script without mode");
+        assert!(error.contains("mode=script"), "{error}");
+        assert!(with(&[("key_file", "/k"), ("port", "0")]).is_err());
+        assert!(with(&[("key_file", "relative/key")]).is_err());
     }
 }
