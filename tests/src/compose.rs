@@ -39,11 +39,7 @@ impl ComposeGeneration {
     /// Fails (never skips) when this generation does not answer `version`.
     pub async fn require(self) -> anyhow::Result<()> {
         let mut command = self.command();
-        let output = command
-            .arg("version")
-            .stdin(Stdio::null())
-            .output()
-            .await;
+        let output = command.arg("version").stdin(Stdio::null()).output().await;
         match output {
             Ok(output) if output.status.success() => Ok(()),
             _ => bail!(
@@ -138,7 +134,10 @@ impl Drop for ProjectCleanup {
             let filter = format!("label=com.docker.compose.project={project}");
             for (list, remove) in [
                 (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
-                (vec!["network", "ls", "-q", "--filter", &filter], vec!["network", "rm"]),
+                (
+                    vec!["network", "ls", "-q", "--filter", &filter],
+                    vec!["network", "rm"],
+                ),
             ] {
                 let Ok(listed) = std::process::Command::new("docker").args(&list).output() else {
                     continue;

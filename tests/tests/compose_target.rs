@@ -212,13 +212,17 @@ impl World {
 
     /// Polls drift until a finding of `kind` shows up; returns it.
     async fn wait_drift(&self, task: &DeployTask, kind: DriftKind) -> anyhow::Result<DriftFinding> {
-        wait_until(&format!("drift {kind} is found"), Duration::from_secs(20), || async {
-            self.drift(task)
-                .await
-                .ok()?
-                .into_iter()
-                .find(|f| f.kind == kind)
-        })
+        wait_until(
+            &format!("drift {kind} is found"),
+            Duration::from_secs(20),
+            || async {
+                self.drift(task)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|f| f.kind == kind)
+            },
+        )
         .await
     }
 
@@ -292,17 +296,25 @@ async fn deploy_pins_the_release_and_keeps_the_other_service(
     assert_eq!(sticker.image, v1);
     assert!(lines.iter().any(|l| l.contains("pulling")), "{lines:#?}");
     assert!(
-        lines.iter().any(|l| l.contains("up -d --remove-orphans") && l.contains("up to")),
+        lines
+            .iter()
+            .any(|l| l.contains("up -d --remove-orphans") && l.contains("up to")),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.starts_with("compose: ")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("compose: ")),
+        "{lines:#?}"
+    );
     assert!(
         lines.iter().any(|l| l.contains("waiting up to 30 s")),
         "{lines:#?}"
     );
 
     // The operator's file is untouched; the lock sits next to it.
-    assert_eq!(std::fs::read_to_string(world.compose_file())?, operator_file);
+    assert_eq!(
+        std::fs::read_to_string(world.compose_file())?,
+        operator_file
+    );
     let lock = std::fs::read_to_string(world.lock_file())?;
     assert!(lock.contains(&format!("image: {v1}")), "{lock}");
     assert!(
@@ -310,7 +322,12 @@ async fn deploy_pins_the_release_and_keeps_the_other_service(
         "{lock}"
     );
     assert!(lock.contains("team=shop"), "the list form stays: {lock}");
-    assert!(!world.dir.path().join("app").join(PREVIOUS_LOCK_FILE).exists());
+    assert!(!world
+        .dir
+        .path()
+        .join("app")
+        .join(PREVIOUS_LOCK_FILE)
+        .exists());
 
     // web runs the digest with the sticker as labels, side as the file says.
     let web = world.service("web").await?;
@@ -337,7 +354,11 @@ async fn deploy_pins_the_release_and_keeps_the_other_service(
         Some(sticker.sticker_digest.as_str())
     );
     assert_eq!(
-        world.target.read_sticker(&task.target, "web").await?.as_ref(),
+        world
+            .target
+            .read_sticker(&task.target, "web")
+            .await?
+            .as_ref(),
         Some(sticker)
     );
     world.wait_clean(&task).await?;
@@ -394,7 +415,9 @@ async fn unhealthy_release_fails_and_the_previous_lock_runs_again(
     world.write_compose_file("v1")?;
 
     // A first deployment that fails has nothing to go back to.
-    let (result, lines) = world.apply(&world.task("0.9.0", &broken, world.settings(4))).await;
+    let (result, lines) = world
+        .apply(&world.task("0.9.0", &broken, world.settings(4)))
+        .await;
     let error = result.expect_err("an unhealthy release fails");
     assert!(error.contains("service web"), "{error}");
     assert!(error.contains("no previous lock"), "{error}");
@@ -422,14 +445,21 @@ async fn unhealthy_release_fails_and_the_previous_lock_runs_again(
     assert!(started.elapsed() < Duration::from_secs(60));
     // The failing service's logs are in the progress lines.
     assert!(
-        lines.iter().any(|l| l.starts_with("last ") && l.contains("service web")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("last ") && l.contains("service web")),
         "{lines:#?}"
     );
     assert!(
         lines.iter().any(|l| l == "web | web is starting"),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.contains("restoring the previous lock")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("restoring the previous lock")),
+        "{lines:#?}"
+    );
 
     // The previous lock is back and runs, healthy, under its own sticker.
     assert_eq!(std::fs::read(world.lock_file())?, lock_v1);
@@ -447,8 +477,12 @@ async fn unhealthy_release_fails_and_the_previous_lock_runs_again(
         inspect.state.and_then(|s| s.health).and_then(|h| h.status),
         Some(bollard::models::HealthStatusEnum::HEALTHY)
     );
-    let sticker: Value = serde_json::from_str(&std::fs::read_to_string(world.sticker_file("web"))?)?;
-    assert_eq!(sticker["version"], "1.0.0", "the failed release wrote no sticker");
+    let sticker: Value =
+        serde_json::from_str(&std::fs::read_to_string(world.sticker_file("web"))?)?;
+    assert_eq!(
+        sticker["version"], "1.0.0",
+        "the failed release wrote no sticker"
+    );
     world.wait_clean(&good).await?;
     Ok(())
 }
@@ -463,7 +497,12 @@ async fn redelivery_changes_nothing_but_the_sticker_files(
     let task = world.task("1.0.0", &v1, world.settings(30));
     let (first, _) = world.apply_ok(&task).await?;
     let lock = std::fs::read(world.lock_file())?;
-    let ids: Vec<Option<String>> = world.containers().await?.into_iter().map(|c| c.id).collect();
+    let ids: Vec<Option<String>> = world
+        .containers()
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
 
     // The agent crashed after deploying and lost the sticker file: the same task again.
     std::fs::remove_file(world.sticker_file("web"))?;
@@ -473,13 +512,22 @@ async fn redelivery_changes_nothing_but_the_sticker_files(
         "{lines:#?}"
     );
     assert!(
-        !lines.iter().any(|l| l.contains("up -d") || l.starts_with("writing")),
+        !lines
+            .iter()
+            .any(|l| l.contains("up -d") || l.starts_with("writing")),
         "{lines:#?}"
     );
-    assert_eq!(again.stickers, first.stickers, "the same sticker, deployed_at included");
+    assert_eq!(
+        again.stickers, first.stickers,
+        "the same sticker, deployed_at included"
+    );
     assert_eq!(std::fs::read(world.lock_file())?, lock);
-    let ids_after: Vec<Option<String>> =
-        world.containers().await?.into_iter().map(|c| c.id).collect();
+    let ids_after: Vec<Option<String>> = world
+        .containers()
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(ids_after, ids, "no container was recreated");
     assert_eq!(
         std::fs::read_to_string(world.sticker_file("web"))?,
@@ -642,13 +690,13 @@ async fn a_release_promoted_to_a_compose_target_through_a_real_agent() -> anyhow
         .post(
             "/api/v1/targets",
             json!({"name": target, "environment": "dev", "kind": "compose", "agent": "compose-host",
-                   "settings": {
-                       "compose_file": compose_file.display().to_string(),
-                       "compose_version": generation.setting(),
-                       "health_timeout_seconds": "30",
-                       "sticker_dir": sticker_dir.display().to_string(),
-                       "service.web": "web",
-                   }}),
+            "settings": {
+                "compose_file": compose_file.display().to_string(),
+                "compose_version": generation.setting(),
+                "health_timeout_seconds": "30",
+                "sticker_dir": sticker_dir.display().to_string(),
+                "service.web": "web",
+            }}),
         )
         .await?;
     server
@@ -667,15 +715,25 @@ async fn a_release_promoted_to_a_compose_target_through_a_real_agent() -> anyhow
         .as_str()
         .expect("deployment id")
         .to_owned();
-    let deployment = server.wait_deployment(&id, Duration::from_secs(120)).await?;
+    let deployment = server
+        .wait_deployment(&id, Duration::from_secs(120))
+        .await?;
     assert_eq!(deployment["state"], "succeeded", "{deployment}");
 
     let logs = server
         .get(&format!("/api/v1/deployments/{id}/logs"))
         .await?;
     let text = logs.to_string();
-    for expected in ["compose.stella.lock.yml", "up -d --remove-orphans", "compose: ", "is up"] {
-        assert!(text.contains(expected), "{expected:?} is not in the logs: {logs}");
+    for expected in [
+        "compose.stella.lock.yml",
+        "up -d --remove-orphans",
+        "compose: ",
+        "is up",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} is not in the logs: {logs}"
+        );
     }
     let sticker: Value = serde_json::from_str(&std::fs::read_to_string(
         sticker_dir.join(&target).join("web.json"),
@@ -699,14 +757,18 @@ async fn a_release_promoted_to_a_compose_target_through_a_real_agent() -> anyhow
     .await?;
     let web = web.trim().to_owned();
     docker_cli(&["stop", "-t", "1", &web], None, None).await?;
-    let missing = wait_until("drift `missing` is reported", Duration::from_secs(30), || async {
-        let drift = server.get("/api/v1/drift").await.ok()?;
-        drift
-            .as_array()?
-            .iter()
-            .find(|d| d["kind"] == "missing" && d["target"] == target.as_str())
-            .cloned()
-    })
+    let missing = wait_until(
+        "drift `missing` is reported",
+        Duration::from_secs(30),
+        || async {
+            let drift = server.get("/api/v1/drift").await.ok()?;
+            drift
+                .as_array()?
+                .iter()
+                .find(|d| d["kind"] == "missing" && d["target"] == target.as_str())
+                .cloned()
+        },
+    )
     .await?;
     assert_eq!(missing["component"], "web");
     docker_cli(&["start", &web], None, None).await?;
