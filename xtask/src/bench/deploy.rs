@@ -75,14 +75,16 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     runtime.block_on(bench(args, &binary))
 }
 
-struct Stella<'a> {
-    binary: &'a Path,
-    api_url: String,
-    token: String,
+/// The `stella` CLI aimed at the bench's server.
+pub(super) struct Stella<'a> {
+    pub(super) binary: &'a Path,
+    pub(super) api_url: String,
+    pub(super) token: String,
 }
 
 impl Stella<'_> {
-    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// Runs `stella ARGS…`; returns stdout, or fails with stderr.
+    pub(super) async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = tokio::process::Command::new(self.binary)
             .args(args)
             .env("STELLA_SERVER", &self.api_url)
@@ -101,7 +103,8 @@ impl Stella<'_> {
     }
 }
 
-async fn docker(args: &[&str]) -> anyhow::Result<String> {
+/// Runs `docker ARGS…`; returns stdout (trimmed), or fails with stderr.
+pub(super) async fn docker(args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("docker")
         .args(args)
         .stdin(Stdio::null())
@@ -152,7 +155,8 @@ async fn wait_serving(http: &reqwest::Client, container: &str) -> anyhow::Result
     }
 }
 
-fn median(samples: &mut [f64]) -> f64 {
+/// The median of the samples (sorts them).
+pub(super) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
     if n % 2 == 1 {
@@ -191,50 +195,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         api_url: server.api_url().to_owned(),
         token: server.admin_token().to_owned(),
     };
-    let token = server.create_join_token(600).await?;
-    let agent_log = std::fs::File::create(work_dir.path().join("agent.log"))?;
-    let mut agent = tokio::process::Command::new(binary)
-        .args([
-            "agent",
-            "run",
-            "--server",
-            server.api_url(),
-            "--name",
-            "bench-agent",
-            "--join-token",
-            &token,
-        ])
-        .arg("--data-dir")
-        .arg(work_dir.path().join("agent"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(agent_log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the agent")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = stella
-            .run(&["agents", "show", "bench-agent", "-o", "json"])
-            .await
-            .ok();
-        let agent_json: Option<Value> = shown.and_then(|s| serde_json::from_str(&s).ok());
-        if agent_json.is_some_and(|a| {
-            a["state"] == "connected"
-                && a["capabilities"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|k| k == "docker"))
-        }) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent did not connect with the docker capability; see {}",
-                work_dir.path().join("agent.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut agent = start_agent(binary, &server, &stella, work_dir.path(), "docker").await?;
     let target = format!("bench-{suffix}");
     let direct = format!("bench-direct-{suffix}");
     stella
@@ -352,7 +313,64 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     result
 }
 
-fn uuid_like() -> String {
+/// Starts `stella agent run` as `bench-agent` (log in `<work_dir>/agent.log`, data dir
+/// `<work_dir>/agent`) and waits until it is connected with `capability`.
+pub(super) async fn start_agent(
+    binary: &Path,
+    server: &ServerProcess,
+    stella: &Stella<'_>,
+    work_dir: &Path,
+    capability: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let token = server.create_join_token(600).await?;
+    let agent_log = std::fs::File::create(work_dir.join("agent.log"))?;
+    let agent = tokio::process::Command::new(binary)
+        .args([
+            "agent",
+            "run",
+            "--server",
+            server.api_url(),
+            "--name",
+            "bench-agent",
+            "--join-token",
+            &token,
+        ])
+        .arg("--data-dir")
+        .arg(work_dir.join("agent"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(agent_log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the agent")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = stella
+            .run(&["agents", "show", "bench-agent", "-o", "json"])
+            .await
+            .ok();
+        let agent_json: Option<Value> = shown.and_then(|s| serde_json::from_str(&s).ok());
+        if agent_json.is_some_and(|a| {
+            a["state"] == "connected"
+                && a["capabilities"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|k| k == capability))
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not connect with the {capability} capability; see {}",
+                work_dir.join("agent.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(agent)
+}
+
+/// Eight random lowercase letters.
+pub(super) fn uuid_like() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     (0..8)
