@@ -523,7 +523,15 @@ async fn help_completions_and_misplaced_flags() -> anyhow::Result<()> {
     ] {
         assert!(help.contains(key), "{key} missing:\n{help}");
     }
-    for kind in ["compose", "winrm", "nomad"] {
+    for key in [
+        "compose_file",
+        "service.COMPONENT",
+        "compose_version",
+        "sticker_dir",
+    ] {
+        assert!(help.contains(key), "compose key {key} missing:\n{help}");
+    }
+    for kind in ["winrm", "nomad"] {
         assert!(!help.contains(kind), "{kind} offered:\n{help}");
     }
     let (code, _, stderr) = stella(

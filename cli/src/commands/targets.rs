@@ -195,6 +195,43 @@ const KINDS: &[Kind] = &[Kind {
         ),
         ("env.NAME", "the container's environment variable NAME"),
     ],
+}, Kind {
+    name: stella_target_compose::KIND,
+    about: "a Docker Compose project on the agent's host, deployed from a digest-pinned lock file",
+    settings: &[
+        (
+            "components",
+            "the release's components to run here, comma-separated [default: all]",
+        ),
+        (
+            "compose_file",
+            "absolute path of the Compose file on the agent's host (required)",
+        ),
+        (
+            "project",
+            "the Compose project name [default: the target name, lowercased]",
+        ),
+        (
+            "service.COMPONENT",
+            "the Compose service that runs COMPONENT [default: the service named like it]",
+        ),
+        (
+            "compose_version",
+            "auto, v1 (docker-compose) or v2 (docker compose) [default: auto, v2 when present]",
+        ),
+        (
+            "health_timeout_seconds",
+            "how long the project may take to be running and healthy [default: 60]",
+        ),
+        (
+            "health_url",
+            "an http URL the agent polls until it answers 2xx, besides the services' health checks",
+        ),
+        (
+            "sticker_dir",
+            "where sticker files go, <dir>/<target>/<component>.json [default: /var/lib/stella/stickers]",
+        ),
+    ],
 }];
 
 fn kind_parser() -> PossibleValuesParser {
@@ -228,6 +265,25 @@ fn kinds_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compose_settings_in_help_are_those_the_compose_target_accepts() {
+        let Some(compose) = KINDS
+            .iter()
+            .find(|kind| kind.name == stella_target_compose::KIND)
+        else {
+            panic!("no compose kind");
+        };
+        let mut listed: Vec<&str> = compose.settings.iter().map(|(key, _)| *key).collect();
+        let mut known: Vec<&str> = stella_target_compose::KNOWN_KEYS.to_vec();
+        listed.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(listed, known);
+        assert!(kinds_help().contains(&format!(
+            "running and healthy [default: {}]",
+            stella_target_compose::DEFAULT_HEALTH_TIMEOUT_SECONDS
+        )));
+    }
 
     #[test]
     fn the_docker_settings_in_help_are_those_the_docker_target_accepts() {
