@@ -10,237 +10,18 @@
 //! and removes its project's containers and networks on drop, so the tests run in
 //! parallel.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::ListContainersOptions;
 use serde_json::{json, Value};
-use stella_agent_core::{
-    ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, DriftFinding, DriftKind, Plan,
-    Progress, Target, TargetSpec,
-};
-use stella_target_compose::{ComposeConfig, ComposeTarget, LOCK_FILE, PREVIOUS_LOCK_FILE};
+use stella_agent_core::{DriftKind, Target};
+use stella_target_compose::{LOCK_FILE, PREVIOUS_LOCK_FILE};
 use stella_target_docker::labels;
-use stella_tests::compose::{two_service_file, ComposeGeneration, ProjectCleanup};
+use stella_tests::compose::{
+    digest_of, label, two_service_file, ComposeGeneration, ComposeWorld as World, ProjectCleanup,
+};
 use stella_tests::images::{docker_cli, WebImages};
 use stella_tests::registry::TestRegistry;
-use stella_tests::{init_tracing, wait_until, TestAgent, TestDir, TestServer};
-
-/// One test's world. Fields drop in order: containers first, then images, registry, dir.
-struct World {
-    _cleanup: ProjectCleanup,
-    images: WebImages,
-    _registry: TestRegistry,
-    target: ComposeTarget,
-    docker: bollard::Docker,
-    generation: ComposeGeneration,
-    /// Target and project name, unique to the test.
-    name: String,
-    dir: TestDir,
-}
-
-impl World {
-    async fn new(prefix: &str, generation: ComposeGeneration) -> anyhow::Result<World> {
-        init_tracing();
-        generation.require().await?;
-        let registry = TestRegistry::start().await?;
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let name = format!("{prefix}-{}-{suffix}", generation.setting());
-        let dir = TestDir::new(prefix);
-        std::fs::create_dir_all(dir.path().join("app"))?;
-        let target = ComposeTarget::connect_local(ComposeConfig::default()).await?;
-        let docker = bollard::Docker::connect_with_socket_defaults()?
-            .negotiate_version()
-            .await?;
-        let images = WebImages::new(
-            &registry.host(),
-            &format!("stella-test/{name}"),
-            &registry.docker_config(),
-        );
-        Ok(World {
-            _cleanup: ProjectCleanup::new([name.clone()]),
-            images,
-            _registry: registry,
-            target,
-            docker,
-            generation,
-            name,
-            dir,
-        })
-    }
-
-    fn compose_file(&self) -> PathBuf {
-        self.dir.path().join("app").join("compose.yml")
-    }
-
-    fn lock_file(&self) -> PathBuf {
-        self.dir.path().join("app").join(LOCK_FILE)
-    }
-
-    fn sticker_file(&self, component: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("stickers")
-            .join(&self.name)
-            .join(format!("{component}.json"))
-    }
-
-    /// The operator's file: `web` on tag `web_tag`, `side` on tag `side`.
-    fn write_compose_file(&self, web_tag: &str) -> anyhow::Result<String> {
-        let text = two_service_file(self.images.repository(), web_tag);
-        std::fs::write(self.compose_file(), &text)?;
-        Ok(text)
-    }
-
-    fn settings(&self, health_timeout_seconds: u64) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (
-                "compose_file".to_owned(),
-                self.compose_file().display().to_string(),
-            ),
-            (
-                "compose_version".to_owned(),
-                self.generation.setting().to_owned(),
-            ),
-            (
-                "health_timeout_seconds".to_owned(),
-                health_timeout_seconds.to_string(),
-            ),
-            (
-                "sticker_dir".to_owned(),
-                self.dir.path().join("stickers").display().to_string(),
-            ),
-        ])
-    }
-
-    /// A task of release `shop` `version` deploying component `web` as `image`.
-    fn task(&self, version: &str, image: &str, settings: BTreeMap<String, String>) -> DeployTask {
-        DeployTask {
-            deployment_id: format!("dep-{version}-{}", uuid::Uuid::new_v4().simple()),
-            decision_id: format!("sha256:{}", "d".repeat(64)),
-            environment: "test".to_owned(),
-            release: "shop".to_owned(),
-            version: version.to_owned(),
-            target: TargetSpec {
-                name: self.name.clone(),
-                kind: "compose".to_owned(),
-                settings,
-            },
-            components: vec![ComponentSpec {
-                name: "web".to_owned(),
-                image: image.to_owned(),
-            }],
-            registry_auth: Vec::new(),
-            generation: 0,
-            secrets: Default::default(),
-        }
-    }
-
-    /// The outcome (or the error chain) and the progress lines, failed or not.
-    async fn apply(&self, task: &DeployTask) -> (Result<ApplyOutcome, String>, Vec<String>) {
-        let (progress, mut lines) = Progress::channel("agent-test", &task.deployment_id);
-        let result = self
-            .target
-            .apply(task, &Plan::default(), &progress, &CancellationToken::new())
-            .await;
-        drop(progress);
-        let mut collected = Vec::new();
-        while let Some(line) = lines.recv().await {
-            collected.push(line);
-        }
-        (
-            result.map_err(|error| stella_agent_core::error_chain(&error)),
-            collected,
-        )
-    }
-
-    async fn apply_ok(&self, task: &DeployTask) -> anyhow::Result<(ApplyOutcome, Vec<String>)> {
-        let (result, lines) = self.apply(task).await;
-        match result {
-            Ok(outcome) => Ok((outcome, lines)),
-            Err(error) => anyhow::bail!("deploy failed: {error}\n{}", lines.join("\n")),
-        }
-    }
-
-    /// Every container of the project, running or not.
-    async fn containers(&self) -> anyhow::Result<Vec<ContainerSummary>> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![format!("com.docker.compose.project={}", self.name)],
-            )])),
-            ..Default::default()
-        };
-        Ok(self.docker.list_containers(Some(options)).await?)
-    }
-
-    /// The one running container of a service.
-    async fn service(&self, service: &str) -> anyhow::Result<ContainerSummary> {
-        let found: Vec<ContainerSummary> = self
-            .containers()
-            .await?
-            .into_iter()
-            .filter(|c| label(c, "com.docker.compose.service") == Some(service))
-            .collect();
-        anyhow::ensure!(
-            found.len() == 1,
-            "expected one container of service {service}, found {}",
-            found.len()
-        );
-        let container = found.into_iter().next().expect("one");
-        anyhow::ensure!(
-            container.state == Some(ContainerSummaryStateEnum::RUNNING),
-            "the container of {service} is {:?}",
-            container.state
-        );
-        Ok(container)
-    }
-
-    /// Whether the service's container runs the local image of `image`.
-    async fn runs(&self, service: &str, image: &str) -> anyhow::Result<bool> {
-        let container = self.service(service).await?;
-        let local = self.docker.inspect_image(image).await?.id;
-        Ok(local.is_some() && local == container.image_id)
-    }
-
-    async fn drift(&self, task: &DeployTask) -> anyhow::Result<Vec<DriftFinding>> {
-        Ok(self.target.detect_drift(task).await?)
-    }
-
-    /// Polls drift until a finding of `kind` shows up; returns it.
-    async fn wait_drift(&self, task: &DeployTask, kind: DriftKind) -> anyhow::Result<DriftFinding> {
-        wait_until(
-            &format!("drift {kind} is found"),
-            Duration::from_secs(20),
-            || async {
-                self.drift(task)
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .find(|f| f.kind == kind)
-            },
-        )
-        .await
-    }
-
-    async fn wait_clean(&self, task: &DeployTask) -> anyhow::Result<()> {
-        wait_until("no drift is found", Duration::from_secs(20), || async {
-            self.drift(task).await.ok()?.is_empty().then_some(())
-        })
-        .await
-    }
-}
-
-fn label<'a>(container: &'a ContainerSummary, key: &str) -> Option<&'a str> {
-    container.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-fn digest_of(image: &str) -> &str {
-    image.split_once('@').map_or("", |(_, digest)| digest)
-}
+use stella_tests::{wait_until, TestAgent, TestServer};
 
 /// Every scenario, once per Compose generation.
 macro_rules! per_generation {
@@ -654,12 +435,12 @@ async fn a_release_promoted_to_a_compose_target_through_a_real_agent() -> anyhow
     let registry = TestRegistry::start().await?;
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let target = format!("cmp-e2e-{suffix}");
-    let _cleanup = ProjectCleanup::new([target.clone()]);
     let images = WebImages::new(
         &registry.host(),
         &format!("stella-test/{target}"),
         &registry.docker_config(),
     );
+    let _cleanup = ProjectCleanup::new([target.clone()]).with_images(images.repository());
     let v1 = images.publish("v1", true).await?;
     images.publish("side", true).await?;
 

@@ -186,7 +186,9 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     let server = ServerProcess::start(
         binary,
         work_dir.path(),
-        "heartbeat_interval_seconds = 5\n",
+        // The bench client speaks plain HTTP to the loopback API (the server serves TLS
+        // by default since the API got its own CA).
+        "heartbeat_interval_seconds = 5\napi_plain_http = true\n",
         None,
     )
     .await?;
