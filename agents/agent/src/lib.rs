@@ -37,13 +37,6 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     // `docker-compose`); its sticker files go where each target's `sticker_dir` says.
     match ComposeTarget::connect_local(ComposeConfig::default()).await {
         Ok(target) => {
-            let generations: Vec<&str> = target
-                .generations()
-                .await
-                .into_iter()
-                .map(|g| g.as_str())
-                .collect();
-            tracing::info!(generations = ?generations, "compose targets can be driven");
             registry.register(Arc::new(target));
         }
         Err(error) => {

@@ -134,7 +134,11 @@ impl ComposeTarget {
             target_locks: Mutex::new(HashMap::new()),
             projects: Arc::default(),
         };
-        if target.generations().await.is_empty() {
+        // v2 first: it answers in milliseconds, v1 (Python) takes half a second, and
+        // either is enough to offer the kind; the other is probed when a target asks.
+        if !target.cli.available(Generation::V2).await
+            && !target.cli.available(Generation::V1).await
+        {
             return Err(ComposeError::NoCompose(
                 "neither `docker compose` (v2) nor `docker-compose` (v1) answers on this host"
                     .to_owned(),
