@@ -21,7 +21,7 @@ use stella_tests::compose::{
 };
 use stella_tests::images::{docker_cli, WebImages};
 use stella_tests::registry::TestRegistry;
-use stella_tests::{wait_until, TestAgent, TestServer};
+use stella_tests::{free_port, wait_until, TestAgent, TestServer};
 
 /// Every scenario, once per Compose generation.
 macro_rules! per_generation {
@@ -52,6 +52,7 @@ per_generation!(
     redelivery_changes_nothing_but_the_sticker_files,
     drift_finds_each_kind,
     a_service_missing_from_the_file_is_refused_before_anything_changes,
+    health_url_is_probed_besides_the_health_checks,
 );
 
 async fn deploy_pins_the_release_and_keeps_the_other_service(
@@ -97,9 +98,9 @@ async fn deploy_pins_the_release_and_keeps_the_other_service(
         operator_file
     );
     let lock = std::fs::read_to_string(world.lock_file())?;
-    assert!(lock.contains(&format!("image: {v1}")), "{lock}");
+    assert!(lock.contains(&format!("image: \"{v1}\"")), "{lock}");
     assert!(
-        lock.contains(&format!("image: {}:side", world.images.repository())),
+        lock.contains(&format!("image: \"{}:side\"", world.images.repository())),
         "{lock}"
     );
     assert!(lock.contains("team=shop"), "the list form stays: {lock}");
@@ -423,6 +424,54 @@ async fn a_service_missing_from_the_file_is_refused_before_anything_changes(
     let error = result.expect_err("unpinned");
     assert!(error.contains("not pinned by digest"), "{error}");
     assert!(!world.lock_file().exists());
+    Ok(())
+}
+
+async fn health_url_is_probed_besides_the_health_checks(
+    generation: ComposeGeneration,
+) -> anyhow::Result<()> {
+    let world = World::new("cmp-url", generation).await?;
+    let v1 = world.images.publish("v1", true).await?;
+    // Serves `/` but has no `/health`; the file gives `web` no health check of its own.
+    let no_health = world.images.publish("v3", false).await?;
+    let port = free_port().await?;
+    std::fs::write(
+        world.compose_file(),
+        format!(
+            "services:\n  web:\n    image: {}:v1\n    ports: [\"127.0.0.1:{port}:8080\"]\n",
+            world.images.repository()
+        ),
+    )?;
+    let url = format!("http://127.0.0.1:{port}/health");
+    let mut settings = world.settings(3);
+    settings.insert("health_url".to_owned(), url.clone());
+
+    let (_, lines) = world
+        .apply_ok(&world.task("1.0.0", &v1, settings.clone()))
+        .await?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("then GET {url} answers 2xx"))),
+        "{lines:#?}"
+    );
+    let lock_v1 = std::fs::read(world.lock_file())?;
+
+    let (result, _) = world
+        .apply(&world.task("3.0.0", &no_health, settings))
+        .await;
+    let error = result.expect_err("the probe never passes");
+    assert!(
+        error.contains(&format!("health_url {url} did not answer 2xx within 3 s"))
+            && error.contains("404"),
+        "{error}"
+    );
+    assert!(
+        error.contains("the previous lock was restored and its services run healthy again"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(world.lock_file())?, lock_v1);
+    assert!(world.runs("web", &v1).await?);
     Ok(())
 }
 

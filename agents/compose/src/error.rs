@@ -84,6 +84,16 @@ pub enum ComposeError {
         /// What was seen: `did not become healthy within 30 s: …`.
         detail: String,
     },
+    /// `health_url` did not answer 2xx in time.
+    #[error("health_url {url} did not answer 2xx within {timeout_seconds} s: {detail}")]
+    HealthUrl {
+        /// The URL.
+        url: String,
+        /// The health timeout.
+        timeout_seconds: u64,
+        /// The last answer or error.
+        detail: String,
+    },
     /// A deployment failed; what was done about it follows the failure.
     #[error("{failure}; {aftermath}")]
     Failed {

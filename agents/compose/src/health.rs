@@ -170,12 +170,10 @@ impl ProjectWait<'_> {
                         container: container.map(|id| (service, id)),
                     },
                     None => WaitFailure {
-                        error: ComposeError::Unhealthy {
-                            service: "(health_url)".to_owned(),
-                            detail: format!(
-                                "probe did not pass within {seconds} s: {}",
-                                url_failure.unwrap_or_default()
-                            ),
+                        error: ComposeError::HealthUrl {
+                            url: self.health_url.unwrap_or_default().to_owned(),
+                            timeout_seconds: seconds,
+                            detail: url_failure.unwrap_or_default(),
                         },
                         container: None,
                     },

@@ -56,6 +56,7 @@
 mod cli;
 mod deploy;
 mod drift;
+mod emit;
 mod engine;
 mod error;
 mod files;

@@ -7,7 +7,8 @@
 //! cover, networks, volumes, `x-` fields, `${VAR}` references, which Compose still
 //! interpolates). YAML merge keys (`<<: *anchor`) are applied first, so a service whose
 //! labels come from an anchor keeps them when Stella adds its own. Comments and
-//! formatting are not kept: the lock is a generated file.
+//! formatting are not kept: the lock is a generated file, every string double-quoted so
+//! both Compose generations read it alike (see `emit`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -171,10 +172,10 @@ impl ComposeDocument {
             );
             add_labels(service, &sticker_labels(pin.sticker));
         }
-        let yaml = serde_norway::to_string(&Value::Mapping(root)).map_err(|e| {
-            ComposeError::InvalidSettings(format!("the lock cannot be written as YAML: {e}"))
-        })?;
-        Ok(format!("{HEADER}{yaml}"))
+        Ok(format!(
+            "{HEADER}{}",
+            crate::emit::to_yaml(&Value::Mapping(root))
+        ))
     }
 
     fn services_map(&self) -> Option<&Mapping> {
@@ -318,7 +319,7 @@ services:
             "the forged one is replaced"
         );
         assert!(
-            lock.contains("- tier=backend"),
+            lock.contains("- \"tier=backend\""),
             "a list stays a list: {lock}"
         );
         assert!(lock.contains("${PRICE}"), "{lock}");
