@@ -19,6 +19,7 @@ mod scans;
 mod targets;
 mod tokens;
 mod webhooks;
+mod workflows;
 
 pub use audit::{run_audit_checkpointer, AuditLog};
 pub use clients::{IssuedAccessToken, OAuthError};

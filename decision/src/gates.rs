@@ -106,12 +106,60 @@ pub struct Plan {
     pub targets: Vec<TargetInput>,
     /// Secrets referenced by the targets' settings, with the time each was last set.
     pub secrets: BTreeMap<String, i64>,
+    /// The environment's promotion workflow, compiled for this promotion; absent when the
+    /// environment runs the built-in one (gates, then the deployment and its health
+    /// checks). Absent fields leave the hash of plans made before workflows unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowInput>,
+}
+
+/// A task pack an environment names as its promotion workflow, compiled for one
+/// promotion. The compiled plan's input `promotion.deploymentPlanHash` is the hash of the
+/// rest of the [`Plan`] ([`Plan::deployment_hash`]), so the workflow's plan hash covers
+/// what will be deployed as well as every step around it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowInput {
+    /// `sha256:` of the manifest as the environment stores it.
+    pub id: String,
+    /// The compiled task-pack plan (`stella.pack-plan.v1`), as the workflow's run holds it.
+    pub plan: serde_json::Value,
 }
 
 impl Plan {
-    /// `sha256:` of the plan's canonical JSON.
+    /// What approvals and the decision are bound to. Without a workflow: `sha256:` of the
+    /// plan's canonical JSON. With one: the workflow's plan hash (`sha256:` of the
+    /// compiled task-pack plan's canonical JSON, as the task runner computes it), after
+    /// checking that the workflow binds this plan's deployment part; a workflow plan
+    /// compiled for another deployment plan is an error.
     pub fn hash(&self) -> Result<String, DecisionError> {
-        Ok(sha256_id(&canonical_bytes(self)?))
+        let Some(workflow) = &self.workflow else {
+            return Ok(sha256_id(&canonical_bytes(self)?));
+        };
+        let deployment = self.deployment_hash()?;
+        let bound = workflow
+            .plan
+            .pointer("/inputs/promotion/deploymentPlanHash")
+            .and_then(serde_json::Value::as_str);
+        if bound != Some(deployment.as_str()) {
+            return Err(DecisionError::new(format!(
+                "the workflow plan binds deployment plan {}, not this plan's {deployment}",
+                bound.unwrap_or("(none)")
+            )));
+        }
+        Ok(sha256_id(&canonical_bytes(&workflow.plan)?))
+    }
+
+    /// `sha256:` of the canonical JSON of the plan without its workflow: the release,
+    /// gates, targets and secrets that the workflow's deployment step deploys.
+    pub fn deployment_hash(&self) -> Result<String, DecisionError> {
+        if self.workflow.is_none() {
+            return Ok(sha256_id(&canonical_bytes(self)?));
+        }
+        let bare = Plan {
+            workflow: None,
+            ..self.clone()
+        };
+        Ok(sha256_id(&canonical_bytes(&bare)?))
     }
 
     /// What changed from `earlier` to this plan, one line per change, for the message
@@ -168,6 +216,14 @@ impl Plan {
             if !after.contains_key(name) {
                 changes.push(format!("target `{name}` was removed"));
             }
+        }
+        match (&earlier.workflow, &self.workflow) {
+            (None, Some(_)) => changes.push("a promotion workflow was set".to_owned()),
+            (Some(_), None) => changes.push("the promotion workflow was removed".to_owned()),
+            (Some(a), Some(b)) if a.id != b.id => {
+                changes.push("the promotion workflow changed".to_owned());
+            }
+            _ => {}
         }
         if self.secrets != earlier.secrets {
             let names: BTreeSet<&String> = self

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use stella_decision::canonical::canonical_bytes;
 use stella_decision::gates::{
     decide, recompute, ApprovalInput, BreakGlass, ComponentInput, DecisionInputs, Documents,
-    GateConfig, GateStatus, OrderFact, Outcome, Plan, ReleaseInput, TargetInput, INPUTS_SCHEMA,
-    PLAN_SCHEMA,
+    GateConfig, GateStatus, OrderFact, Outcome, Plan, ReleaseInput, TargetInput, WorkflowInput,
+    INPUTS_SCHEMA, PLAN_SCHEMA,
 };
 
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -44,6 +44,7 @@ fn plan() -> Plan {
             settings: BTreeMap::from([("ports".to_owned(), "8080:80".to_owned())]),
         }],
         secrets: BTreeMap::new(),
+        workflow: None,
     }
 }
 
@@ -293,4 +294,49 @@ fn the_same_inputs_give_the_same_bytes_and_inputs_must_match_their_plan() {
     let mut lying = inputs(plan());
     lying.plan_hash = "sha256:0".to_owned();
     assert!(decide(&lying, &Documents::new()).is_err());
+}
+
+/// A workflow compiled for `plan`: its plan hash is what approvals and the decision
+/// bind, and it covers the deployment plan, so a change to either is a new hash.
+#[test]
+fn a_workflow_plan_hash_binds_the_deployment_plan_and_the_steps() {
+    let bare = plan();
+    let deployment = bare.hash().unwrap();
+    let compiled = |bound: &str, script: &str| {
+        serde_json::json!({
+            "schema": "stella.pack-plan.v1",
+            "inputs": {"promotion": {"deploymentPlanHash": bound, "release": "web"}},
+            "steps": [{"id": "verify", "kind": "Run", "uses": "builtin:script", "with": {"script": script}}]
+        })
+    };
+    let with = |plan_json: serde_json::Value| Plan {
+        workflow: Some(WorkflowInput {
+            id: "sha256:manifest".to_owned(),
+            plan: plan_json,
+        }),
+        ..plan()
+    };
+    let flowed = with(compiled(&deployment, "true"));
+    assert_eq!(flowed.deployment_hash().unwrap(), deployment);
+    let hash = flowed.hash().unwrap();
+    assert_ne!(hash, deployment);
+    // The workflow's own plan hash, as the task runner computes it.
+    let expected =
+        stella_decision::sha256_id(&canonical_bytes(&compiled(&deployment, "true")).unwrap());
+    assert_eq!(hash, expected);
+    assert_ne!(with(compiled(&deployment, "false")).hash().unwrap(), hash);
+    let error = with(compiled("sha256:other", "true")).hash().unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("binds deployment plan sha256:other"),
+        "{error}"
+    );
+    assert_eq!(
+        flowed.changes_since(&bare),
+        vec!["a promotion workflow was set".to_owned()]
+    );
+    // Inputs bound to the workflow hash decide; the decision carries it.
+    let decision = decide(&inputs(flowed), &BTreeMap::new()).unwrap();
+    assert_eq!(decision.plan_hash, hash);
 }

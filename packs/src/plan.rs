@@ -204,6 +204,39 @@ pub struct PlanBranch {
     pub steps: Vec<PlanStep>,
 }
 
+impl Plan {
+    /// Every step of the plan, nested ones included (parallel children, map and loop
+    /// bodies, conditional branches, a policy gate's failure branch), in manifest order.
+    pub fn all_steps(&self) -> Vec<&PlanStep> {
+        fn walk<'a>(steps: &'a [PlanStep], out: &mut Vec<&'a PlanStep>) {
+            for step in steps {
+                out.push(step);
+                match &step.body {
+                    PlanBody::Run { .. } | PlanBody::GateApproval { .. } => {}
+                    PlanBody::GatePolicy { on_failure, .. } => walk(on_failure, out),
+                    PlanBody::Parallel { steps, .. } => walk(steps, out),
+                    PlanBody::Map(iteration) | PlanBody::Loop(iteration) => {
+                        walk(&iteration.steps, out);
+                    }
+                    PlanBody::Conditional {
+                        branches,
+                        else_steps,
+                        ..
+                    } => {
+                        for branch in branches {
+                            walk(&branch.steps, out);
+                        }
+                        walk(else_steps, out);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        out
+    }
+}
+
 impl PlanStep {
     /// The seed's step kind: `Run`, `GateApproval`, `GatePolicy`, `Parallel`, `Map`,
     /// `Loop`, `Conditional`.

@@ -16,11 +16,12 @@ use crate::manifest::{InputDecl, ItemsSource, Manifest, Step, StepBody};
 use crate::{PlanError, PlanErrors};
 
 /// The executors a `run` step may use.
-pub const EXECUTORS: [&str; 6] = [
+pub const EXECUTORS: [&str; 7] = [
     "builtin:scanner",
     "builtin:build",
     "builtin:script",
     "builtin:deploy",
+    "builtin:promotion",
     "builtin:http-check",
     "builtin:wait",
 ];
@@ -65,6 +66,7 @@ fn executor_params(uses: &str) -> Option<&'static [(&'static str, Param, bool)]>
             ("replicas", Integer, false),
             ("timeoutSeconds", Integer, false),
         ],
+        "builtin:promotion" => &[("timeoutSeconds", Integer, false)],
         "builtin:http-check" => &[
             ("url", String, true),
             ("method", String, false),

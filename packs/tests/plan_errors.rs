@@ -110,7 +110,7 @@ spec:
         ("$.spec.steps[0].run.with.colour", "`builtin:build` has no parameter `colour`; known: context, dockerfile, image, target, args"),
         ("$.spec.steps[0].run.with.image", "parameter `image` of `builtin:build` must be a string, found 42"),
         ("$.spec.steps[1].id", "duplicate step id `build` (first at $.spec.steps[0].id)"),
-        ("$.spec.steps[1].run.uses", "unknown executor `builtin:nope`; known: builtin:scanner, builtin:build, builtin:script, builtin:deploy, builtin:http-check, builtin:wait"),
+        ("$.spec.steps[1].run.uses", "unknown executor `builtin:nope`; known: builtin:scanner, builtin:build, builtin:script, builtin:deploy, builtin:promotion, builtin:http-check, builtin:wait"),
         ("$.spec.steps[2].run.with.environment", "unknown input `inputs.missing`"),
         ("$.spec.steps[2].run.with.image", "step `later` does not finish before this expression is evaluated"),
         ("$.spec.steps[3].run.with.target", "`builtin:scanner` needs parameter `target`"),

@@ -651,3 +651,47 @@ async fn the_cli_simulates_runs_and_shows_packs() -> anyhow::Result<()> {
     assert!(err.contains("no run"), "{err}");
     Ok(())
 }
+
+/// A script's output reaches the run's log line by line while it runs, not only when
+/// the step has finished.
+#[tokio::test]
+async fn script_output_is_logged_while_the_script_runs() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let id = unique("live");
+    let steps = "    - id: talk\n      run:\n        uses: builtin:script\n        with: {script: 'echo first; sleep 4; echo second'}\n";
+    create_run(
+        &server,
+        json!({"runId": id, "manifest": pack("live", "", steps)}),
+    )
+    .await?;
+    let live = |log: &[Value], text: &str| {
+        log.iter().any(|l| {
+            l["eventType"] == "step.output"
+                && l["stepId"] == "talk"
+                && l["message"] == text
+                && l["metadata"]["stream"] == "live"
+        })
+    };
+    let seen = stella_tests::wait_until(
+        "the first line is logged",
+        Duration::from_secs(20),
+        || async {
+            logs(&server, &id)
+                .await
+                .ok()
+                .filter(|log| live(log, "first"))
+        },
+    )
+    .await?;
+    assert!(
+        !live(&seen, "second"),
+        "the second line came with the first"
+    );
+    let state = run_state(&server, &id).await?;
+    assert_eq!(step(&state, "talk")["status"], "Running", "{state}");
+    let state = wait_run(&server, &id, &["Succeeded", "Failed"], RUN_TIMEOUT).await?;
+    assert_eq!(state["status"], "Succeeded", "{state}");
+    let log = logs(&server, &id).await?;
+    assert!(live(&log, "second"), "{log:?}");
+    Ok(())
+}

@@ -418,6 +418,52 @@ async fn a_delivery_pending_at_shutdown_is_delivered_once_after_a_restart() -> a
     Ok(())
 }
 
+/// An event stored by a replica that stopped before it queued the deliveries (stored
+/// here directly, as the transaction of a change stores it) is fanned out by the sweep;
+/// one fanned out at once is never fanned out again.
+#[tokio::test]
+async fn an_event_left_unfanned_is_delivered_once_by_the_sweep() -> anyhow::Result<()> {
+    let server = TestServer::start_with(fast_retries).await?;
+    let mut receiver = Receiver::down()?;
+    receiver.up()?;
+    let (_, secret) = create_webhook(&server, &receiver.url(), &["promotion.deployed"]).await?;
+    receiver.set_secret(&secret);
+    let app = &server.running().app;
+
+    let left = stella_control_plane::domain::Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: EventKind::PromotionDeployed,
+        environment: Some("production".to_owned()),
+        release: Some(("shop".to_owned(), "1.4.3".to_owned())),
+        subject: Some("promotion-left".to_owned()),
+        message: "stored, never fanned out".to_owned(),
+        at_ms: now_ms(),
+    };
+    app.store.add_event(&left).await?;
+    let got = wait_until("the sweep delivers the event", WAIT, || async {
+        receiver
+            .received()
+            .into_iter()
+            .find(|r| r.json()["id"] == left.id.as_str())
+    })
+    .await?;
+    assert!(got.signature_valid);
+
+    app.emit(deployed_event()).await;
+    // Longer than the sweep's grace and interval: nothing is delivered twice.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let mut ids: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "one delivery per event: {ids:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_receiver_that_refuses_the_signature_is_retried() -> anyhow::Result<()> {
     let server = TestServer::start_with(fast_retries).await?;

@@ -52,6 +52,9 @@ pub enum EnvCommand {
         /// Remove the policy.
         #[arg(long, conflicts_with = "policy")]
         no_policy: bool,
+        /// Go back to the built-in promotion workflow.
+        #[arg(long, conflicts_with = "workflow")]
+        no_workflow: bool,
         /// Approvals count until the deployment starts (no expiry).
         #[arg(long, conflicts_with = "approval_ttl")]
         no_approval_ttl: bool,
@@ -158,6 +161,10 @@ pub struct GateArgs {
     /// A Rego module (v1) whose `deny` set must be empty for a promotion to pass.
     #[arg(long, value_name = "FILE.rego")]
     policy: Option<std::path::PathBuf>,
+    /// A task pack that carries out every promotion allowed here (declares the input
+    /// `promotion`, has one `builtin:promotion` step); see docs/governance.md.
+    #[arg(long, value_name = "PACK.yaml")]
+    workflow: Option<std::path::PathBuf>,
 }
 
 impl GateArgs {
@@ -186,6 +193,12 @@ impl GateArgs {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading the policy {}", file.display()))?;
             body.insert("policy".to_owned(), Value::from(source));
+        }
+        if let Some(file) = &self.workflow {
+            use anyhow::Context as _;
+            let manifest = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the workflow {}", file.display()))?;
+            body.insert("workflow".to_owned(), Value::from(manifest));
         }
         Ok(())
     }
@@ -239,6 +252,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
             gates,
             no_freeze,
             no_policy,
+            no_workflow,
             no_approval_ttl,
         } => {
             // Only what was given is sent: an absent field keeps the stored value, null
@@ -273,6 +287,9 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
             }
             if no_policy {
                 change.insert("policy".to_owned(), Value::Null);
+            }
+            if no_workflow {
+                change.insert("workflow".to_owned(), Value::Null);
             }
             if no_approval_ttl {
                 change.insert("approval_ttl_seconds".to_owned(), Value::Null);
@@ -339,6 +356,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 ("block severity", "/block_severity"),
                 ("allow unscanned", "/allow_unscanned"),
                 ("policy", "/policy"),
+                ("workflow", "/workflow"),
                 ("verdict", "/verdict/state"),
                 ("verdict reasons", "/verdict/reasons"),
                 ("created", "/created_at"),

@@ -133,7 +133,9 @@ pub async fn promote(context: &Context, args: PromoteArgs) -> anyhow::Result<()>
     }
     if args.wait {
         promotion = wait_for_approvals(context, promotion, args.approval_timeout).await?;
-        if promotion["state"] == "deploying" {
+        if promotion["state"] == "deploying" && promotion["run_id"].is_string() {
+            promotion = wait_for_workflow(context, promotion).await?;
+        } else if promotion["state"] == "deploying" {
             let deployment_id = cell(&promotion, "/deployment_id");
             let deployment = wait(context, &deployment_id).await?;
             promotion = context
@@ -145,6 +147,31 @@ pub async fn promote(context: &Context, args: PromoteArgs) -> anyhow::Result<()>
     }
     context.print(&promotion, |p| println!("{}", cell(p, "/id")));
     outcome(&promotion, args.wait)
+}
+
+/// Polls a promotion that a workflow run carries out until the run has settled it,
+/// saying each change of its message.
+async fn wait_for_workflow(context: &Context, mut promotion: Value) -> anyhow::Result<Value> {
+    let id = cell(&promotion, "/id");
+    if context.format == Format::Table {
+        context.note(&format!(
+            "carried out by workflow run {id} (stella run show {id})",
+            id = cell(&promotion, "/run_id")
+        ));
+    }
+    while promotion["state"] == "deploying" {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match context
+            .client
+            .get(&format!("/promotions/{}", path(&id)))
+            .await
+        {
+            Ok(latest) => promotion = latest,
+            Err(error) if error.is_transport() => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(promotion)
 }
 
 /// Polls a promotion while it awaits approval, at most `timeout`.

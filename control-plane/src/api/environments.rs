@@ -46,6 +46,9 @@ pub struct EnvironmentView {
     pub allow_unscanned: bool,
     /// The Rego policy's id (`sha256:` of its source), if any.
     pub policy: Option<String>,
+    /// The promotion workflow's id (`sha256:` of the task-pack manifest), if the
+    /// environment names one; `null`: the built-in workflow.
+    pub workflow: Option<String>,
     /// The security verdict of what runs here, as last evaluated.
     pub verdict: Option<VerdictView>,
 }
@@ -128,6 +131,7 @@ impl EnvironmentView {
             block_severity: env.gates.block_severity,
             allow_unscanned: env.gates.allow_unscanned,
             policy: env.gates.policy_id,
+            workflow: env.gates.workflow_id,
             verdict,
         })
     }
@@ -168,6 +172,11 @@ pub struct CreateEnvironment {
     /// A Rego module (v1) whose `deny` set must be empty.
     #[serde(default)]
     pub policy: Option<String>,
+    /// A task pack (YAML or JSON manifest) that carries out every promotion allowed
+    /// here: it declares the input `promotion` and has exactly one `builtin:promotion`
+    /// step (docs/governance.md).
+    #[serde(default)]
+    pub workflow: Option<String>,
 }
 
 /// Body of an environment change; absent fields keep their value, `null` clears it.
@@ -207,6 +216,11 @@ pub struct UpdateEnvironment {
     #[serde(default, deserialize_with = "super::envelope::present")]
     #[schema(value_type = Option<String>)]
     pub policy: Option<Option<String>>,
+    /// A task-pack manifest, the promotion workflow; `null` goes back to the built-in
+    /// one.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<String>)]
+    pub workflow: Option<Option<String>>,
 }
 
 fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
@@ -247,6 +261,7 @@ pub async fn create_environment(
         block_severity: body.block_severity,
         allow_unscanned: body.allow_unscanned,
         policy: body.policy.map(Some),
+        workflow: body.workflow.map(Some),
     };
     let env = app.create_environment(&body.name, settings).await?;
     Ok((
@@ -331,6 +346,7 @@ pub async fn update_environment(
         block_severity: body.block_severity,
         allow_unscanned: body.allow_unscanned,
         policy: body.policy,
+        workflow: body.workflow,
     };
     let env = app.update_environment(&name, change).await?;
     Ok(Json(EnvironmentView::load(&app, env).await?))

@@ -87,8 +87,12 @@ pub struct PromotionView {
     pub approvals: Vec<ApprovalView>,
     /// The signed decision, once decided (allowed, blocked or rejected).
     pub decision_id: Option<String>,
-    /// The deployment carrying it out, once allowed.
+    /// The deployment carrying it out, once allowed (with a promotion workflow: once its
+    /// `builtin:promotion` step has made it).
     pub deployment_id: Option<String>,
+    /// The environment's promotion workflow run carrying it out (TaskRunner run id, tenant
+    /// `default`), when the environment names a workflow.
+    pub run_id: Option<String>,
     /// An admin's break-glass: who and why.
     pub break_glass: Option<BreakGlassView>,
     /// Last change.
@@ -144,6 +148,7 @@ impl From<PromotionDetail> for PromotionView {
             plan_hash: p.plan_hash,
             decision_id: p.decision_id,
             deployment_id: p.deployment_id,
+            run_id: p.run_id,
             break_glass: p
                 .break_glass
                 .map(|(by, reason)| BreakGlassView { by, reason }),

@@ -104,6 +104,39 @@ fn granted(caller: &Caller) -> Vec<Scope> {
     scopes
 }
 
+/// The grants a caller holds, against which an approval's `grants` are checked: each of
+/// its Stella roles by name and as `stella.<role>`, every TaskRunner scope it is granted
+/// (`taskrunner.viewer|operator|admin`), the scopes its access token carries, and
+/// `packs.approve` for approvers, admins and holders of `taskrunner.admin`. Admins hold
+/// every grant (checked by the caller of this function).
+fn held_grants(caller: &Caller) -> Vec<String> {
+    let mut held: Vec<String> = Vec::new();
+    for role in &caller.0.roles {
+        held.push(role.to_string());
+        held.push(format!("stella.{role}"));
+    }
+    let scopes = granted(caller);
+    held.extend(scopes.iter().map(|scope| scope.name().to_owned()));
+    if let crate::auth::Credential::AccessToken {
+        scopes: carried, ..
+    } = &caller.1
+    {
+        held.extend(carried.iter().map(|scope| scope.as_str().to_owned()));
+    }
+    if caller
+        .0
+        .roles
+        .iter()
+        .any(|role| matches!(role, Role::Approver | Role::Admin))
+        || scopes.contains(&Scope::Admin)
+    {
+        held.push("packs.approve".to_owned());
+    }
+    held.sort();
+    held.dedup();
+    held
+}
+
 fn require(caller: &Caller, scope: Scope) -> ApiResult<()> {
     if granted(caller).contains(&scope) {
         return Ok(());
@@ -608,6 +641,8 @@ pub async fn decide_approval(
                 plan_hash: body.plan_hash,
                 actor,
                 summary: body.summary,
+                grants_held: held_grants(&caller),
+                holds_every_grant: caller.0.roles.contains(&Role::Admin),
             },
         )
         .await?;

@@ -33,6 +33,9 @@ pub struct EnvironmentChange {
     pub allow_unscanned: Option<bool>,
     /// A Rego policy's source; `Some(None)` removes the policy.
     pub policy: Option<Option<String>>,
+    /// A task-pack manifest, the promotion workflow; `Some(None)` goes back to the
+    /// built-in one.
+    pub workflow: Option<Option<String>>,
 }
 
 /// The most approvals an environment may require.
@@ -181,6 +184,12 @@ impl App {
             env.gates.policy_id = match policy {
                 None => None,
                 Some(source) => Some(self.store_policy(&env.name, &source).await?),
+            };
+        }
+        if let Some(workflow) = change.workflow {
+            env.gates.workflow_id = match workflow {
+                None => None,
+                Some(manifest) => Some(self.store_workflow(&env.name, &manifest).await?),
             };
         }
         Ok(())

@@ -25,10 +25,13 @@ impl App {
     /// what the event reports is stored already.
     pub async fn emit(&self, new: NewEvent) {
         let event = new.into_event();
-        if let Err(error) = self.store.add_event(&event).await {
-            tracing::warn!(kind = %event.kind, error = %ErrorChain(&error), "cannot store an event");
+        match self.store.add_event(&event).await {
+            Ok(()) => self.enqueue_webhooks(&event).await,
+            Err(error) => {
+                tracing::warn!(kind = %event.kind, error = %ErrorChain(&error), "cannot store an event");
+                self.enqueue_unstored(&event).await;
+            }
         }
-        self.enqueue_webhooks(&event).await;
     }
 }
 

@@ -34,12 +34,15 @@ pub struct PromotionDetail {
     pub gates: Vec<gates::GateResult>,
 }
 
+/// Each target's settings as planned, by target name.
+pub(super) type PlannedTargetSettings = BTreeMap<String, BTreeMap<String, String>>;
+
 /// Everything gathered for one evaluation.
 struct Gathered {
     plan: Plan,
     plan_hash: String,
     targets: Vec<crate::domain::Target>,
-    settings: BTreeMap<String, BTreeMap<String, String>>,
+    settings: PlannedTargetSettings,
     inputs: DecisionInputs,
     documents: Documents,
     /// Why earlier approvals no longer count, when the plan changed.
@@ -110,6 +113,7 @@ impl App {
             message: None,
             decision_id: None,
             deployment_id: None,
+            run_id: None,
             updated_at_ms: now,
         };
         match self
@@ -401,6 +405,14 @@ impl App {
                     None,
                 )
             }
+            Outcome::Allowed if gathered.plan.workflow.is_some() => {
+                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
+                let line = format!(
+                    "allowed; carried out by workflow run {}",
+                    super::workflows::run_id_of(&promotion_id)
+                );
+                (PromotionState::Deploying, line, Some(record), None)
+            }
             Outcome::Allowed => {
                 let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
                 let planned = self
@@ -419,6 +431,9 @@ impl App {
                 (PromotionState::Deploying, line, Some(record), Some(planned))
             }
         };
+        let workflow_run = (decision.outcome == Outcome::Allowed
+            && gathered.plan.workflow.is_some())
+        .then(|| super::workflows::run_id_of(&promotion_id));
         let what = format!("{}@{} to {}", release.name, release.version, env.name);
         let said = match decision.outcome {
             // Said once: when the promotion starts waiting, not at every approval.
@@ -462,6 +477,7 @@ impl App {
             message: Some(&message),
             decision: record.as_ref(),
             deployment: deployment.as_ref().map(|(d, t)| (d, t.as_slice())),
+            run_id: workflow_run.as_deref(),
             event: event.as_ref(),
             at_ms: now,
         };
@@ -517,6 +533,7 @@ impl App {
             message: Some(message.clone()),
             decision_id: record.as_ref().map(|r| r.id.clone()),
             deployment_id: deployment.as_ref().map(|(d, _)| d.id.clone()),
+            run_id: workflow_run.clone(),
             updated_at_ms: now,
             ..promotion.clone()
         });
@@ -524,6 +541,11 @@ impl App {
             deployment.generation = generation;
             self.deployment_created(&deployment, &tasks, release, env, now)
                 .await;
+        }
+        if workflow_run.is_some() {
+            // Stored with the promotion first, so a crash here leaves a promotion whose
+            // run the workflow sweep creates.
+            self.start_workflow_run(&promotion_id).await;
         }
         Ok(settled.map(|promotion| PromotionDetail {
             promotion,
@@ -572,15 +594,14 @@ impl App {
         })
     }
 
-    /// Everything one evaluation needs, read from the store now.
-    async fn gather(
+    /// The deployment part of a promotion's plan (no workflow): the release, the gates,
+    /// every target with its planned settings and the secrets they reference; with the
+    /// targets and their settings as the deployment will use them.
+    pub(super) async fn deployment_plan(
         &self,
         release: &Release,
         env: &Environment,
-        requested_by: &str,
-        break_glass: Option<&(String, String)>,
-        now: i64,
-    ) -> Result<Gathered, AppError> {
+    ) -> Result<(Plan, Vec<crate::domain::Target>, PlannedTargetSettings), AppError> {
         let targets = self.store.list_targets(Some(&env.name)).await?;
         if targets.is_empty() {
             return Err(AppError::new(
@@ -609,8 +630,23 @@ impl App {
                     settings: planned.settings.get(&t.name).cloned().unwrap_or_default(),
                 })
                 .collect(),
-            secrets: planned.secret_versions.clone(),
+            secrets: planned.secret_versions,
+            workflow: None,
         };
+        Ok((plan, targets, planned.settings))
+    }
+
+    /// Everything one evaluation needs, read from the store now.
+    async fn gather(
+        &self,
+        release: &Release,
+        env: &Environment,
+        requested_by: &str,
+        break_glass: Option<&(String, String)>,
+        now: i64,
+    ) -> Result<Gathered, AppError> {
+        let (mut plan, targets, settings) = self.deployment_plan(release, env).await?;
+        plan.workflow = self.compile_workflow(env, &plan).await?;
         let plan_hash = plan.hash().map_err(undecidable)?;
         let order = match &env.after {
             Some(after) => Some(OrderFact {
@@ -647,7 +683,7 @@ impl App {
             plan,
             plan_hash,
             targets,
-            settings: planned.settings,
+            settings,
             inputs,
             documents,
             plan_note: None,

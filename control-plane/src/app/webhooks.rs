@@ -164,38 +164,81 @@ impl App {
             .await?)
     }
 
-    /// Queues a delivery of `event` for every webhook subscribed to its kind, and wakes
-    /// the sender. A failure is logged: the event itself is stored already.
+    /// Queues the deliveries of a stored event to every webhook that subscribes to its
+    /// kind, and marks it fanned out, in one transaction (so a replica that stops in
+    /// between loses nothing: [`App::fan_out_stragglers`] finds it). An event another
+    /// replica fanned out already is left alone.
     pub(super) async fn enqueue_webhooks(&self, event: &Event) {
-        let webhooks = match self.store.list_webhooks().await {
-            Ok(webhooks) => webhooks,
-            Err(error) => {
-                tracing::warn!(event_id = %event.id, kind = %event.kind, error = %ErrorChain(&error), "cannot read webhooks; the event is not delivered");
-                return;
-            }
-        };
-        let payload = webhook_payload(event);
-        let deliveries: Vec<NewDelivery> = webhooks
-            .iter()
-            .filter(|webhook| webhook.subscribes(event.kind))
-            .map(|webhook| NewDelivery {
-                id: uuid::Uuid::now_v7().to_string(),
-                webhook_id: webhook.id.clone(),
-                event: event.kind.as_str().to_owned(),
-                payload: payload.clone(),
-                created_at_ms: now_ms(),
-            })
-            .collect();
-        if deliveries.is_empty() {
+        let Some(deliveries) = self.deliveries_of(event).await else {
             return;
-        }
-        match self.store.enqueue_deliveries(&deliveries).await {
-            Ok(queued) => {
+        };
+        match self.store.fan_out_event(&event.id, &deliveries).await {
+            Ok(Some(queued)) if queued > 0 => {
                 tracing::debug!(event_id = %event.id, kind = %event.kind, queued, "webhook deliveries queued");
                 self.webhook_wake.notify_one();
             }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(event_id = %event.id, kind = %event.kind, error = %ErrorChain(&error), "cannot queue webhook deliveries now; the sweep tries again");
+            }
+        }
+    }
+
+    /// Queues the deliveries of an event that could not be stored (there is nothing to
+    /// mark; a later failure loses them).
+    pub(super) async fn enqueue_unstored(&self, event: &Event) {
+        let Some(deliveries) = self.deliveries_of(event).await else {
+            return;
+        };
+        match self.store.enqueue_deliveries(&deliveries).await {
+            Ok(queued) if queued > 0 => self.webhook_wake.notify_one(),
+            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(event_id = %event.id, kind = %event.kind, error = %ErrorChain(&error), "cannot queue webhook deliveries; the event is not delivered");
+            }
+        }
+    }
+
+    /// The deliveries an event makes: one per webhook subscribing to its kind. `None`
+    /// when the webhooks cannot be read now.
+    async fn deliveries_of(&self, event: &Event) -> Option<Vec<NewDelivery>> {
+        let webhooks = match self.store.list_webhooks().await {
+            Ok(webhooks) => webhooks,
+            Err(error) => {
+                tracing::warn!(event_id = %event.id, kind = %event.kind, error = %ErrorChain(&error), "cannot read webhooks now; the sweep tries again");
+                return None;
+            }
+        };
+        let payload = webhook_payload(event);
+        Some(
+            webhooks
+                .iter()
+                .filter(|webhook| webhook.subscribes(event.kind))
+                .map(|webhook| NewDelivery {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    webhook_id: webhook.id.clone(),
+                    event: event.kind.as_str().to_owned(),
+                    payload: payload.clone(),
+                    created_at_ms: now_ms(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Fans out events stored more than [`FAN_OUT_GRACE`] ago and never fanned out: the
+    /// replica that stored one stopped before it queued the deliveries, or could not
+    /// read the webhooks then.
+    pub async fn fan_out_stragglers(&self) {
+        let before = now_ms() - i64::try_from(FAN_OUT_GRACE.as_millis()).unwrap_or(0);
+        match self.store.unfanned_events(before, 100).await {
+            Ok(events) => {
+                for event in events {
+                    tracing::info!(event_id = %event.id, kind = %event.kind, "fanning out an event its replica left");
+                    self.enqueue_webhooks(&event).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "cannot list events to fan out; will retry");
             }
         }
     }
@@ -407,6 +450,11 @@ impl App {
     }
 }
 
+/// How long an event may wait for its own replica to fan it out before the sweep does.
+const FAN_OUT_GRACE: Duration = Duration::from_secs(2);
+/// How often the sweep looks for events left unfanned.
+const FAN_OUT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Sends due webhook deliveries until `shutdown`: woken by every queued delivery and
 /// every second; also announces agents that turned unreachable, every heartbeat
 /// interval once the server has run long enough for connected agents to be heard.
@@ -433,11 +481,14 @@ pub async fn run_webhook_sender(app: Arc<App>, shutdown: CancellationToken) {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut agents = tokio::time::interval(heartbeat);
     agents.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(FAN_OUT_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = app.webhook_wake.notified() => {}
             _ = poll.tick() => {}
+            _ = sweep.tick() => app.fan_out_stragglers().await,
             _ = agents.tick() => {
                 if started.elapsed() >= unreachable_grace {
                     if let Err(error) = app.announce_unreachable_agents().await {

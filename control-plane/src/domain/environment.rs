@@ -74,6 +74,9 @@ pub struct Gates {
     pub allow_unscanned: bool,
     /// The Rego policy's document id (`sha256:` of its source), if any.
     pub policy_id: Option<String>,
+    /// The promotion workflow's document id (`sha256:` of the task-pack manifest), if
+    /// the environment names one; `None` runs the built-in workflow.
+    pub workflow_id: Option<String>,
 }
 
 impl Default for Gates {
@@ -85,6 +88,7 @@ impl Default for Gates {
             block_severity: "critical".to_owned(),
             allow_unscanned: false,
             policy_id: None,
+            workflow_id: None,
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct Promotion {
     pub decision_id: Option<String>,
     /// The deployment carrying it out.
     pub deployment_id: Option<String>,
+    /// The run of the environment's promotion workflow carrying it out (tenant
+    /// `default`), when the environment names one; its `builtin:promotion` step makes
+    /// the deployment and its end settles the promotion.
+    pub run_id: Option<String>,
     /// Last change.
     pub updated_at_ms: i64,
 }

@@ -17,8 +17,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO environments (name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             allow_unscanned, policy_id, workflow_id, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(env.name.as_str())
         .bind(env.after.as_deref())
@@ -30,6 +30,7 @@ impl Store {
         .bind(env.gates.block_severity.as_str())
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
+        .bind(env.gates.workflow_id.as_deref())
         .bind(env.created_at_ms)
         .execute(self.writer())
         .await
@@ -47,7 +48,7 @@ impl Store {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, created_at_ms FROM environments WHERE name = $1",
+             allow_unscanned, policy_id, workflow_id, created_at_ms FROM environments WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -62,7 +63,7 @@ impl Store {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, created_at_ms FROM environments ORDER BY created_at_ms, name",
+             allow_unscanned, policy_id, workflow_id, created_at_ms FROM environments ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
         .await
@@ -81,7 +82,7 @@ impl Store {
             "UPDATE environments SET after_environment = $1, drift_mode = $2, \
              deployment_timeout_seconds = $3, approvals_required = $4, \
              approval_ttl_seconds = $5, freeze_json = $6, block_severity = $7, \
-             allow_unscanned = $8, policy_id = $9 WHERE name = $10",
+             allow_unscanned = $8, policy_id = $9, workflow_id = $10 WHERE name = $11",
         )
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
@@ -92,6 +93,7 @@ impl Store {
         .bind(env.gates.block_severity.as_str())
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
+        .bind(env.gates.workflow_id.as_deref())
         .bind(env.name.as_str())
         .execute(self.writer())
         .await
@@ -194,6 +196,7 @@ struct EnvironmentRow {
     block_severity: String,
     allow_unscanned: i64,
     policy_id: Option<String>,
+    workflow_id: Option<String>,
     created_at_ms: i64,
 }
 
@@ -217,6 +220,7 @@ impl EnvironmentRow {
                 block_severity: self.block_severity,
                 allow_unscanned: self.allow_unscanned != 0,
                 policy_id: self.policy_id,
+                workflow_id: self.workflow_id,
             },
             created_at_ms: self.created_at_ms,
         })

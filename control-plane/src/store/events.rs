@@ -2,7 +2,7 @@
 
 use super::error::{database, unique};
 use super::{Store, StoreError};
-use crate::domain::Event;
+use crate::domain::{Event, NewDelivery};
 
 impl Store {
     /// Stores an event.
@@ -33,6 +33,53 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(database("listing events"))?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+}
+
+impl Store {
+    /// Queues an event's webhook deliveries and marks it fanned out, in one transaction,
+    /// unless it is marked already (by another replica, or an earlier call): then nothing
+    /// is queued and `None` is returned. An event that was never stored is `None` too.
+    /// Otherwise the number of deliveries queued (deliveries of webhooks deleted
+    /// meanwhile are left out).
+    pub async fn fan_out_event(
+        &self,
+        event_id: &str,
+        deliveries: &[NewDelivery],
+    ) -> Result<Option<u64>, StoreError> {
+        const OP: &str = "fanning out an event";
+        let mut tx = self.begin_write(OP).await?;
+        let marked =
+            sqlx::query("UPDATE events SET fanned_out = 1 WHERE id = $1 AND fanned_out = 0")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(database(OP))?
+                .rows_affected();
+        if marked == 0 {
+            return Ok(None);
+        }
+        let queued = super::webhooks::insert_deliveries(&mut tx, deliveries).await?;
+        tx.commit().await.map_err(database(OP))?;
+        Ok(Some(queued))
+    }
+
+    /// Events not fanned out yet that happened at or before `before_ms`, oldest first.
+    pub async fn unfanned_events(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, kind, environment, release_name, release_version, subject, message, \
+             at_ms FROM events WHERE fanned_out = 0 AND at_ms <= $1 ORDER BY at_ms, id LIMIT $2",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing events to fan out"))?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
 }
@@ -71,7 +118,7 @@ where
 {
     sqlx::query(
         "INSERT INTO events (id, kind, environment, release_name, release_version, \
-         subject, message, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         subject, message, at_ms, fanned_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
     )
     .bind(event.id.as_str())
     .bind(event.kind.as_str())

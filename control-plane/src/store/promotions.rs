@@ -30,6 +30,9 @@ pub struct PromotionUpdate<'a> {
     pub decision: Option<&'a DecisionRecord>,
     /// The deployment an allowed decision creates, with its tasks.
     pub deployment: Option<(&'a Deployment, &'a [Task])>,
+    /// The workflow run an allowed decision hands the promotion to, instead of a
+    /// deployment (the run is created right after).
+    pub run_id: Option<&'a str>,
     /// The event that says what happened, stored with it (so none is lost, nor said of
     /// a change that was not stored).
     pub event: Option<&'a Event>,
@@ -42,7 +45,7 @@ macro_rules! select_promotions {
         concat!(
             "SELECT id, environment, release_name, release_version, state, requested_by, \
              requested_at_ms, plan_json, plan_hash, break_glass_by, break_glass_reason, \
-             gates_json, message, decision_id, deployment_id, updated_at_ms FROM promotions ",
+             gates_json, message, decision_id, deployment_id, run_id, updated_at_ms FROM promotions ",
             $rest
         )
     };
@@ -65,52 +68,54 @@ impl Store {
             Some(update) => self.insert_settlement(&mut tx, update).await?,
             None => None,
         };
-        let (state, plan_json, plan_hash, gates_json, message, decision_id, deployment_id, at) =
-            match update {
-                Some(u) => (
-                    u.state,
-                    u.plan.0,
-                    u.plan.1,
-                    u.gates_json,
-                    u.message,
-                    u.decision.map(|d| d.id.as_str()),
-                    u.deployment.map(|(d, _)| d.id.as_str()),
-                    u.at_ms,
-                ),
-                None => (
-                    promotion.state,
-                    promotion.plan_json.as_str(),
-                    promotion.plan_hash.as_str(),
-                    promotion.gates_json.as_str(),
-                    promotion.message.as_deref(),
-                    promotion.decision_id.as_deref(),
-                    promotion.deployment_id.as_deref(),
-                    promotion.updated_at_ms,
-                ),
-            };
+        let settled = update.map_or_else(
+            || Settled {
+                state: promotion.state,
+                plan_json: promotion.plan_json.as_str(),
+                plan_hash: promotion.plan_hash.as_str(),
+                gates_json: promotion.gates_json.as_str(),
+                message: promotion.message.as_deref(),
+                decision_id: promotion.decision_id.as_deref(),
+                deployment_id: promotion.deployment_id.as_deref(),
+                run_id: promotion.run_id.as_deref(),
+                at_ms: promotion.updated_at_ms,
+            },
+            |u| Settled {
+                state: u.state,
+                plan_json: u.plan.0,
+                plan_hash: u.plan.1,
+                gates_json: u.gates_json,
+                message: u.message,
+                decision_id: u.decision.map(|d| d.id.as_str()),
+                deployment_id: u.deployment.map(|(d, _)| d.id.as_str()),
+                run_id: u.run_id,
+                at_ms: u.at_ms,
+            },
+        );
         sqlx::query(
             "INSERT INTO promotions (id, environment, release_name, release_version, state, \
              requested_by, requested_at_ms, plan_json, plan_hash, break_glass_by, \
              break_glass_reason, gates_json, message, decision_id, deployment_id, \
-             updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16)",
+             run_id, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17)",
         )
         .bind(promotion.id.as_str())
         .bind(promotion.environment.as_str())
         .bind(promotion.release.as_str())
         .bind(promotion.version.as_str())
-        .bind(state.as_str())
+        .bind(settled.state.as_str())
         .bind(promotion.requested_by.as_str())
         .bind(promotion.requested_at_ms)
-        .bind(plan_json)
-        .bind(plan_hash)
+        .bind(settled.plan_json)
+        .bind(settled.plan_hash)
         .bind(promotion.break_glass.as_ref().map(|(by, _)| by.as_str()))
         .bind(promotion.break_glass.as_ref().map(|(_, why)| why.as_str()))
-        .bind(gates_json)
-        .bind(message)
-        .bind(decision_id)
-        .bind(deployment_id)
-        .bind(at)
+        .bind(settled.gates_json)
+        .bind(settled.message)
+        .bind(settled.decision_id)
+        .bind(settled.deployment_id)
+        .bind(settled.run_id)
+        .bind(settled.at_ms)
         .execute(&mut *tx)
         .await
         .map_err(unique(OP, "promotion", &promotion.id))?;
@@ -184,7 +189,8 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE promotions SET state = $1, plan_json = $2, plan_hash = $3, gates_json = $4, \
              message = $5, decision_id = COALESCE($6, decision_id), \
-             deployment_id = COALESCE($7, deployment_id), updated_at_ms = $8 \
+             deployment_id = COALESCE($7, deployment_id), updated_at_ms = $8, \
+             run_id = COALESCE($11, run_id) \
              WHERE id = $9 AND ($10 IS NULL OR state = $10)",
         )
         .bind(update.state.as_str())
@@ -197,6 +203,7 @@ impl Store {
         .bind(update.at_ms)
         .bind(update.promotion_id)
         .bind(expected.map(PromotionState::as_str))
+        .bind(update.run_id)
         .execute(&mut **tx)
         .await
         .map_err(database(OP))?
@@ -210,7 +217,8 @@ impl Store {
         Ok(generation)
     }
 
-    /// Sets the state of the promotion a deployment carries out, when it finishes.
+    /// Sets the state of the promotion a deployment carries out, when it finishes (not
+    /// one a workflow run carries out: the run's end settles that).
     pub async fn finish_promotion_of_deployment(
         &self,
         deployment_id: &str,
@@ -218,29 +226,119 @@ impl Store {
         message: Option<&str>,
         at_ms: i64,
     ) -> Result<Option<Promotion>, StoreError> {
-        const OP: &str = "finishing a promotion";
-        let updated = sqlx::query(
+        self.finish_deploying_promotion(
             "UPDATE promotions SET state = $1, message = $2, updated_at_ms = $3 \
-             WHERE deployment_id = $4 AND state = 'deploying'",
+             WHERE deployment_id = $4 AND state = 'deploying' AND run_id IS NULL",
+            select_promotions!("WHERE deployment_id = $1"),
+            deployment_id,
+            (state, message, at_ms),
         )
-        .bind(state.as_str())
-        .bind(message)
-        .bind(at_ms)
-        .bind(deployment_id)
-        .execute(self.writer())
         .await
-        .map_err(database(OP))?
-        .rows_affected();
+    }
+
+    /// Settles a promotion that its workflow run carried out, when the run has ended:
+    /// only while it is `deploying` under `run_id`. Returns the promotion if this call
+    /// settled it.
+    pub async fn finish_promotion_of_run(
+        &self,
+        run_id: &str,
+        state: PromotionState,
+        message: &str,
+        at_ms: i64,
+    ) -> Result<Option<Promotion>, StoreError> {
+        self.finish_deploying_promotion(
+            "UPDATE promotions SET state = $1, message = $2, updated_at_ms = $3 \
+             WHERE run_id = $4 AND state = 'deploying'",
+            select_promotions!("WHERE run_id = $1"),
+            run_id,
+            (state, Some(message), at_ms),
+        )
+        .await
+    }
+
+    /// Runs `update` (binding state, message, time and `key`), then, if it changed a
+    /// row, `select` (binding `key`): the promotion this call settled.
+    async fn finish_deploying_promotion(
+        &self,
+        update: &'static str,
+        select: &'static str,
+        key: &str,
+        (state, message, at_ms): (PromotionState, Option<&str>, i64),
+    ) -> Result<Option<Promotion>, StoreError> {
+        const OP: &str = "finishing a promotion";
+        let updated = sqlx::query(update)
+            .bind(state.as_str())
+            .bind(message)
+            .bind(at_ms)
+            .bind(key)
+            .execute(self.writer())
+            .await
+            .map_err(database(OP))?
+            .rows_affected();
         if updated == 0 {
             return Ok(None);
         }
-        sqlx::query_as::<_, PromotionRow>(select_promotions!("WHERE deployment_id = $1"))
-            .bind(deployment_id)
+        sqlx::query_as::<_, PromotionRow>(select)
+            .bind(key)
             .fetch_optional(&self.pool)
             .await
             .map_err(database(OP))?
             .map(PromotionRow::into_promotion)
             .transpose()
+    }
+
+    /// Makes the deployment of a promotion that its workflow run carries out, in one
+    /// transaction with recording it on the promotion: only while the promotion is
+    /// `deploying` under `run_id` and has no deployment yet (`Conflict`, entity
+    /// `promotion state`, otherwise); `Conflict` (entity `active deployment`) when the
+    /// environment has another deployment in progress. Returns the deployment's
+    /// generation.
+    pub async fn attach_workflow_deployment(
+        &self,
+        promotion_id: &str,
+        run_id: &str,
+        deployment: &Deployment,
+        tasks: &[Task],
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        const OP: &str = "starting a promotion's deployment";
+        let mut tx = self.begin_write(OP).await?;
+        let updated = sqlx::query(
+            "UPDATE promotions SET deployment_id = $1, updated_at_ms = $2 \
+             WHERE id = $3 AND run_id = $4 AND state = 'deploying' AND deployment_id IS NULL",
+        )
+        .bind(deployment.id.as_str())
+        .bind(at_ms)
+        .bind(promotion_id)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(database(OP))?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::Conflict {
+                entity: "promotion state",
+                key: promotion_id.to_owned(),
+            });
+        }
+        let generation = self.insert_deployment(&mut tx, deployment, tasks).await?;
+        tx.commit().await.map_err(database(OP))?;
+        Ok(generation)
+    }
+
+    /// Promotions still `deploying` under a workflow run, oldest first: the ones whose
+    /// run ended, or was never created, are settled or restarted by the sweep.
+    pub async fn promotions_in_workflow(&self, limit: i64) -> Result<Vec<Promotion>, StoreError> {
+        sqlx::query_as::<_, PromotionRow>(select_promotions!(
+            "WHERE state = 'deploying' AND run_id IS NOT NULL ORDER BY updated_at_ms LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(database("listing promotions in a workflow"))?
+        .into_iter()
+        .map(PromotionRow::into_promotion)
+        .collect()
     }
 
     /// The promotion with this id; `NotFound` if there is none.
@@ -520,7 +618,21 @@ struct PromotionRow {
     message: Option<String>,
     decision_id: Option<String>,
     deployment_id: Option<String>,
+    run_id: Option<String>,
     updated_at_ms: i64,
+}
+
+/// The columns a new promotion row is written with.
+struct Settled<'a> {
+    state: PromotionState,
+    plan_json: &'a str,
+    plan_hash: &'a str,
+    gates_json: &'a str,
+    message: Option<&'a str>,
+    decision_id: Option<&'a str>,
+    deployment_id: Option<&'a str>,
+    run_id: Option<&'a str>,
+    at_ms: i64,
 }
 
 impl PromotionRow {
@@ -541,6 +653,7 @@ impl PromotionRow {
             message: self.message,
             decision_id: self.decision_id,
             deployment_id: self.deployment_id,
+            run_id: self.run_id,
             updated_at_ms: self.updated_at_ms,
         })
     }

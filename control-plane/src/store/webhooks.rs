@@ -100,23 +100,7 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.begin_write(OP).await?;
-        let mut queued = 0;
-        for delivery in deliveries {
-            queued += sqlx::query(
-                "INSERT INTO webhook_deliveries (id, webhook_id, event, payload, state, \
-                 attempts, next_attempt_at_ms, lease_until_ms, created_at_ms) \
-                 SELECT $1, id, $2, $3, 'pending', 0, $4, 0, $4 FROM webhooks WHERE id = $5",
-            )
-            .bind(delivery.id.as_str())
-            .bind(delivery.event.as_str())
-            .bind(delivery.payload.as_str())
-            .bind(delivery.created_at_ms)
-            .bind(delivery.webhook_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(unique(OP, "webhook delivery", &delivery.id))?
-            .rows_affected();
-        }
+        let queued = insert_deliveries(&mut tx, deliveries).await?;
         tx.commit().await.map_err(database(OP))?;
         Ok(queued)
     }
@@ -340,4 +324,31 @@ impl DeliveryRow {
             delivered_at_ms: self.delivered_at_ms,
         })
     }
+}
+
+/// Inserts deliveries in a caller's transaction, each only while its webhook exists;
+/// returns how many were inserted.
+pub(super) async fn insert_deliveries(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    deliveries: &[NewDelivery],
+) -> Result<u64, StoreError> {
+    const OP: &str = "queueing webhook deliveries";
+    let mut queued = 0;
+    for delivery in deliveries {
+        queued += sqlx::query(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event, payload, state, \
+             attempts, next_attempt_at_ms, lease_until_ms, created_at_ms) \
+             SELECT $1, id, $2, $3, 'pending', 0, $4, 0, $4 FROM webhooks WHERE id = $5",
+        )
+        .bind(delivery.id.as_str())
+        .bind(delivery.event.as_str())
+        .bind(delivery.payload.as_str())
+        .bind(delivery.created_at_ms)
+        .bind(delivery.webhook_id.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(unique(OP, "webhook delivery", &delivery.id))?
+        .rows_affected();
+    }
+    Ok(queued)
 }

@@ -65,12 +65,21 @@ impl RunEngine {
     }
 }
 
-/// Claims runs and drives them until `shutdown`.
+/// How often promotions handed to a workflow are checked for a run that was never
+/// created or that ended unnoticed.
+const WORKFLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Claims runs and drives them until `shutdown`; also sweeps promotion workflows.
 pub async fn run_task_runner(app: Arc<App>, shutdown: CancellationToken) {
     let poll = Duration::from_millis(app.config.run_poll_interval_ms);
     let lease_ms = i64::try_from(app.config.run_lease_ms).unwrap_or(i64::MAX);
     let mut drivers = tokio::task::JoinSet::new();
+    let mut swept_at: Option<tokio::time::Instant> = None;
     loop {
+        if swept_at.is_none_or(|at| at.elapsed() >= WORKFLOW_SWEEP_INTERVAL) {
+            app.sweep_workflow_promotions().await;
+            swept_at = Some(tokio::time::Instant::now());
+        }
         match app
             .store
             .claim_runs(app.run_engine.owner(), now_ms(), lease_ms, 64)
@@ -114,8 +123,11 @@ struct Driver {
     run: Run,
     plan: Arc<CompiledPlan>,
     epoch: i64,
-    running: HashMap<String, CancellationToken>,
+    /// Steps started by this driver: their stop token and the attempt they run.
+    running: HashMap<String, (CancellationToken, u32)>,
     done_tx: mpsc::UnboundedSender<StepDone>,
+    /// Where running steps send log lines as they come.
+    live_tx: mpsc::UnboundedSender<NewRunLog>,
     renewed_at_ms: i64,
     stopping_for_cancel: bool,
 }
@@ -149,7 +161,9 @@ async fn drive_run(
 ) -> Result<(), AppError> {
     let plan = Arc::new(stored_plan(&run)?);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (live_tx, mut live_rx) = mpsc::unbounded_channel();
     let mut driver = Driver {
+        live_tx,
         epoch: run.lease_epoch,
         app: app.clone(),
         run,
@@ -165,6 +179,15 @@ async fn drive_run(
     let poll = Duration::from_millis(app.config.run_poll_interval_ms);
     let mut finished: Vec<StepDone> = Vec::new();
     loop {
+        // A step's lines were sent before its result: store them first.
+        let mut lines = RunChanges::default();
+        while let Ok(line) = live_rx.try_recv() {
+            lines.logs.push(line);
+        }
+        if !driver.apply(&lines).await? {
+            driver.stop_all();
+            return Ok(());
+        }
         while let Ok(done) = done_rx.try_recv() {
             finished.push(done);
         }
@@ -180,10 +203,22 @@ async fn drive_run(
         };
         tokio::select! {
             done = done_rx.recv() => finished.extend(done),
+            Some(line) = live_rx.recv() => {
+                // Lines as they come, a batch at a time, under this driver's lease.
+                let mut changes = RunChanges::default();
+                changes.logs.push(line);
+                while let Ok(line) = live_rx.try_recv() {
+                    changes.logs.push(line);
+                }
+                if !driver.apply(&changes).await? {
+                    driver.stop_all();
+                    return Ok(());
+                }
+            }
             () = notify.notified() => {}
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => {
-                driver.stop_all();
+                driver.hand_over().await;
                 return Ok(());
             }
         }
@@ -298,7 +333,7 @@ impl Driver {
         let state = load_state(&self.app, &self.run).await?;
         if self.run.cancel_requested && !self.stopping_for_cancel {
             self.stopping_for_cancel = true;
-            for token in self.running.values() {
+            for (token, _) in self.running.values() {
                 token.cancel();
             }
         }
@@ -379,6 +414,11 @@ impl Driver {
         }
         if finished {
             tracing::info!(run_id = %self.run.id, status, "run finished");
+            let ended = Run {
+                status: status.to_owned(),
+                ..self.run.clone()
+            };
+            self.app.workflow_run_finished(&ended).await;
             return Ok(None);
         }
         Ok(Some(schedule.next_retry_at_ms))
@@ -386,12 +426,14 @@ impl Driver {
 
     fn start(&mut self, dispatch: Dispatch) {
         let cancel = CancellationToken::new();
-        self.running.insert(dispatch.key.clone(), cancel.clone());
+        self.running
+            .insert(dispatch.key.clone(), (cancel.clone(), dispatch.attempt));
         let context = StepContext {
             app: self.app.clone(),
             run: self.run.clone(),
             plan: self.plan.clone(),
             cancel,
+            live: self.live_tx.clone(),
         };
         let done_tx = self.done_tx.clone();
         tokio::spawn(async move {
@@ -408,8 +450,43 @@ impl Driver {
     }
 
     fn stop_all(&mut self) {
-        for token in self.running.values() {
+        for (token, _) in self.running.values() {
             token.cancel();
+        }
+    }
+
+    /// On a graceful stop: the running steps are stopped and put back to `Pending` with
+    /// the attempt they ran not counted, so the replica that takes the run over starts
+    /// them again without spending an attempt of the failure policy. (After a crash there
+    /// is no such chance: the next driver fails them, see [`Driver::recover`].)
+    async fn hand_over(&mut self) {
+        self.stop_all();
+        if self.running.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut changes = RunChanges::default();
+        for (key, (_, attempt)) in &self.running {
+            changes.logs.push(
+                NewRunLog::info(
+                    "step.handed-over",
+                    format!("Step handed over: {key} (this replica stops)"),
+                )
+                .level("warn")
+                .step(key)
+                .meta("attempt", attempt.to_string()),
+            );
+            changes.steps.push(StepWrite {
+                key: key.clone(),
+                status: "Pending".to_owned(),
+                attempts: i64::from(attempt.saturating_sub(1)),
+                at_ms: now,
+                reason: None,
+                outputs: None,
+            });
+        }
+        if let Err(error) = self.apply(&changes).await {
+            tracing::warn!(run_id = %self.run.id, error = %error.message, "handing running steps over failed; the next driver fails them");
         }
     }
 }

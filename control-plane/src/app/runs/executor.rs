@@ -1,6 +1,8 @@
 //! The executors of run steps (`uses`): `builtin:scanner`, `builtin:build`,
 //! `builtin:script` (in the [`super::sandbox`]), `builtin:deploy`,
-//! `builtin:http-check` and `builtin:wait`; and the capture of a run's outputs.
+//! `builtin:promotion` (in a promotion workflow, `app::workflows`), `builtin:http-check`
+//! and `builtin:wait`; `gate.policy` evaluations (`super::policy_gate`); and the capture
+//! of a run's outputs.
 //!
 //! Every executor gets the step's `with` rendered by the scheduler and a cancellation
 //! token (the run was cancelled, or this replica stops); it answers the step's outputs
@@ -29,6 +31,9 @@ pub(super) struct StepContext {
     pub run: Run,
     pub plan: Arc<CompiledPlan>,
     pub cancel: CancellationToken,
+    /// Log lines written while the step runs (a script's output as it comes); the
+    /// driver stores them under its lease.
+    pub live: tokio::sync::mpsc::UnboundedSender<NewRunLog>,
 }
 
 /// What a step did: its outputs or why it failed, and lines for the run's log.
@@ -57,13 +62,16 @@ pub(super) async fn execute(context: &StepContext, dispatch: &Dispatch) -> StepO
         Some("builtin:build") => build(context, with, &mut logs).await,
         Some("builtin:script") => script(context, dispatch, &mut logs).await,
         Some("builtin:deploy") => deploy(context, with, &mut logs).await,
+        Some("builtin:promotion") => {
+            context
+                .app
+                .run_promotion_step(&context.run, with, &context.cancel, &mut logs)
+                .await
+        }
         Some("builtin:http-check") => http_check(context, with).await,
         Some("builtin:wait") => wait(context, with).await,
         Some(other) => Err(format!("unknown executor `{other}`")),
-        None => Err(format!(
-            "policy `{}` cannot be evaluated: this server has no policy evaluator for pack gates",
-            dispatch.policy_id.as_deref().unwrap_or_default()
-        )),
+        None => super::policy_gate::evaluate(context, dispatch, &mut logs).await,
     };
     let result = if context.cancel.is_cancelled() && result.is_err() {
         Err("stopped: the run was cancelled".to_owned())
@@ -247,6 +255,7 @@ async fn script(
         _ => Vec::new(),
     };
     let dir = run_dir(&context.app, &context.run);
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel();
     let spec = ScriptSpec {
         shell: shell.to_owned(),
         script: body.to_owned(),
@@ -258,18 +267,39 @@ async fn script(
             .join("tmp")
             .join(dispatch.key.replace(['[', ']', '.'], "_")),
         sandbox: context.plan.plan.sandbox.clone(),
+        live: Some(lines_tx),
     };
-    let result = sandbox::run_script(&spec, &context.cancel).await?;
-    if !result.output.is_empty() {
-        logs.push(
-            NewRunLog::info("step.output", tail(&result.output, 8000))
-                .step(&dispatch.key)
-                .meta(
-                    "exitCode",
-                    result.exit_code.map_or("none".into(), |c| c.to_string()),
-                ),
-        );
-    }
+    // Each line goes to the run's log as the script writes it.
+    let forward = {
+        let (live, key) = (context.live.clone(), dispatch.key.clone());
+        tokio::spawn(async move {
+            while let Some(line) = lines_rx.recv().await {
+                let _ = live.send(
+                    NewRunLog::info("step.output", line)
+                        .step(&key)
+                        .meta("stream", "live"),
+                );
+            }
+        })
+    };
+    let result = sandbox::run_script(&spec, &context.cancel).await;
+    drop(spec);
+    let _ = forward.await;
+    let result = result?;
+    logs.push(
+        NewRunLog::info(
+            "step.output",
+            match result.exit_code {
+                Some(code) => format!("the script exited with status {code}"),
+                None => "the script was killed by a signal".to_owned(),
+            },
+        )
+        .step(&dispatch.key)
+        .meta(
+            "exitCode",
+            result.exit_code.map_or("none".into(), |c| c.to_string()),
+        ),
+    );
     if let Some(reason) = result.killed {
         return Err(reason);
     }

@@ -7,6 +7,7 @@
 
 pub mod driver;
 mod executor;
+mod policy_gate;
 pub mod sandbox;
 
 pub use driver::{run_task_runner, RunEngine};
@@ -72,6 +73,10 @@ pub struct RunDecision {
     pub actor: String,
     /// Why.
     pub summary: Option<String>,
+    /// The grants the deciding caller holds (see `api::task_runner::held_grants`).
+    pub grants_held: Vec<String>,
+    /// Whether the caller holds every grant (an admin).
+    pub holds_every_grant: bool,
 }
 
 /// Longest run id.
@@ -344,6 +349,8 @@ impl App {
             plan_hash,
             actor,
             summary,
+            grants_held,
+            holds_every_grant,
         } = request;
         let (approval_id, decision, plan_hash, actor) = (
             approval_id.as_str(),
@@ -353,11 +360,27 @@ impl App {
         );
         let run = self.find_run(tenant, id).await?;
         let plan = stored_plan(&run)?;
-        if !plan.plan.approvals.iter().any(|a| a.id == approval_id) {
+        let Some(declared) = plan.plan.approvals.iter().find(|a| a.id == approval_id) else {
             return Err(AppError::new(
                 ErrorKind::NotFound,
                 "approval_not_found",
                 format!("run `{id}` has no approval `{approval_id}`"),
+            ));
+        };
+        let missing: Vec<&str> = declared
+            .grants
+            .iter()
+            .filter(|grant| !holds_every_grant && !grants_held.contains(grant))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(AppError::new(
+                ErrorKind::PermissionDenied,
+                "missing_grants",
+                format!(
+                    "approval `{approval_id}` needs the grants {}, which neither your roles nor your token's scopes hold",
+                    missing.join(", ")
+                ),
             ));
         }
         if plan_hash != run.plan_hash {

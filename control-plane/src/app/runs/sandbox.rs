@@ -59,7 +59,13 @@ pub struct ScriptSpec {
     pub scratch_dir: PathBuf,
     /// Network and limits.
     pub sandbox: Sandbox,
+    /// Where each line of output goes as it is written (stdout and stderr, cut at
+    /// [`MAX_LINE`] bytes), besides the tail kept in [`ScriptResult::output`].
+    pub live: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
+
+/// Longest output line streamed; the rest of a longer line is cut.
+pub const MAX_LINE: usize = 4096;
 
 /// How a script ended.
 #[derive(Debug, Clone)]
@@ -145,11 +151,11 @@ pub async fn run_script(
         child
             .stdout
             .take()
-            .map(|s| tokio::spawn(collect(s, output.clone()))),
+            .map(|s| tokio::spawn(collect(s, output.clone(), spec.live.clone()))),
         child
             .stderr
             .take()
-            .map(|s| tokio::spawn(collect(s, output.clone()))),
+            .map(|s| tokio::spawn(collect(s, output.clone(), spec.live.clone()))),
     ];
     let quota = limits.quota_seconds.map(Duration::from_secs);
     let timeout = async {
@@ -278,18 +284,50 @@ fn bwrap_args(spec: &ScriptSpec, share_net: bool) -> Vec<String> {
     args
 }
 
-async fn collect(mut stream: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
+/// Reads a script's stream into the kept tail and, when `live` is given, sends each
+/// complete line (and the unterminated rest at the end) as it comes.
+async fn collect(
+    mut stream: impl AsyncRead + Unpin,
+    into: Arc<Mutex<Vec<u8>>>,
+    live: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) {
     let mut buffer = [0_u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let send = |line: &mut Vec<u8>| {
+        if let Some(live) = &live {
+            line.truncate(MAX_LINE);
+            let _ = live.send(
+                String::from_utf8_lossy(line)
+                    .trim_end_matches('\r')
+                    .to_owned(),
+            );
+        }
+        line.clear();
+    };
     while let Ok(n) = stream.read(&mut buffer).await {
         if n == 0 {
             break;
         }
-        let mut out = into.lock();
-        out.extend_from_slice(&buffer[..n]);
-        if out.len() > MAX_OUTPUT {
-            let cut = out.len() - MAX_OUTPUT;
-            out.drain(..cut);
+        {
+            let mut out = into.lock();
+            out.extend_from_slice(&buffer[..n]);
+            if out.len() > MAX_OUTPUT {
+                let cut = out.len() - MAX_OUTPUT;
+                out.drain(..cut);
+            }
         }
+        if live.is_some() {
+            for &byte in &buffer[..n] {
+                if byte == b'\n' {
+                    send(&mut line);
+                } else if line.len() <= MAX_LINE {
+                    line.push(byte);
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        send(&mut line);
     }
 }
 
