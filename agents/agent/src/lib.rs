@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stella_agent_core::{error_chain, AgentConfig, AgentError, TargetRegistry};
+use stella_target_compose::{ComposeConfig, ComposeTarget};
 use stella_target_docker::{DockerConfig, DockerTarget};
 use stella_target_ssh::SshTarget;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,19 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
         }
     }
     registry.register(Arc::new(SshTarget::new()));
+    // `compose` needs the engine and a Compose generation (v2 `docker compose` or v1
+    // `docker-compose`); its sticker files go where each target's `sticker_dir` says.
+    match ComposeTarget::connect_local(ComposeConfig::default()).await {
+        Ok(target) => {
+            registry.register(Arc::new(target));
+        }
+        Err(error) => {
+            tracing::info!(
+                error = %error_chain(&error),
+                "no docker engine or no compose answers; this agent does not drive compose targets"
+            );
+        }
+    }
     registry
 }
 

@@ -81,6 +81,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     runtime.block_on(bench(args, &binary))
 }
 
+/// The `stella` CLI aimed at the bench's server.
 pub(super) struct Stella<'a> {
     pub(super) binary: &'a Path,
     pub(super) api_url: String,
@@ -88,6 +89,7 @@ pub(super) struct Stella<'a> {
 }
 
 impl Stella<'_> {
+    /// Runs `stella ARGS…`; returns stdout, or fails with stderr.
     pub(super) async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = tokio::process::Command::new(self.binary)
             .args(args)
@@ -107,6 +109,7 @@ impl Stella<'_> {
     }
 }
 
+/// Runs `docker ARGS…`; returns stdout (trimmed), or fails with stderr.
 pub(super) async fn docker(args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("docker")
         .args(args)
@@ -158,6 +161,7 @@ pub(super) async fn wait_serving(http: &reqwest::Client, container: &str) -> any
     }
 }
 
+/// The median of the samples (sorts them).
 pub(super) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
@@ -188,7 +192,9 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     let server = ServerProcess::start(
         binary,
         work_dir.path(),
-        "heartbeat_interval_seconds = 5\n",
+        // The bench client speaks plain HTTP to the loopback API (the server serves TLS
+        // by default since the API got its own CA).
+        "heartbeat_interval_seconds = 5\napi_plain_http = true\n",
         None,
     )
     .await?;
@@ -315,8 +321,8 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
     result
 }
 
-/// Starts `stella agent run` named `bench-agent` (data dir and log under `work_dir`)
-/// and waits until it is connected with the `capability`.
+/// Starts `stella agent run` as `bench-agent` (log in `<work_dir>/agent.log`, data dir
+/// `<work_dir>/agent`) and waits until it is connected with `capability`.
 pub(super) async fn start_agent(
     binary: &Path,
     server: &ServerProcess,
@@ -358,7 +364,7 @@ pub(super) async fn start_agent(
                     .as_array()
                     .is_some_and(|c| c.iter().any(|k| k == capability))
         }) {
-            return Ok(agent);
+            break;
         }
         if Instant::now() > deadline {
             bail!(
@@ -368,8 +374,10 @@ pub(super) async fn start_agent(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(agent)
 }
 
+/// Eight random lowercase letters.
 pub(super) fn uuid_like() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
