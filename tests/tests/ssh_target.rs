@@ -957,6 +957,68 @@ async fn fetch_host_key_shows_the_fingerprint_ssh_keygen_prints() -> anyhow::Res
     Ok(())
 }
 
+/// The CLI shows a host's key for checking, and never pins one on first use without a
+/// person confirming it: without a terminal, creating an ssh target with no host_key
+/// fails on one line naming the fingerprint to pin.
+#[tokio::test]
+async fn the_cli_shows_the_host_key_and_refuses_to_pin_it_unseen() -> anyhow::Result<()> {
+    init_tracing();
+    let sshd = TestSshd::start().await?;
+    let port = sshd.port.to_string();
+    let expected = stella_tests::sshd::fingerprint_of(&sshd.host_key_pub()).await?;
+    let none: [(&str, &str); 0] = [];
+    let (code, stdout, stderr) = stella_tests::stella(
+        &[
+            "target",
+            "host-key",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-o",
+            "json",
+        ],
+        &none,
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(shown["fingerprint"], expected.as_str(), "{shown}");
+    assert_eq!(shown["key_type"], "ssh-ed25519", "{shown}");
+
+    let (code, _, stderr) = stella_tests::stella(
+        &[
+            "--server",
+            "http://127.0.0.1:9",
+            "target",
+            "create",
+            "h1",
+            "--env",
+            "prod",
+            "--kind",
+            "ssh",
+            "--agent",
+            "a",
+            "--set",
+            "host=127.0.0.1",
+            "--set",
+            &format!("port={port}"),
+            "--set",
+            "user=root",
+            "--set",
+            "key_file=/k",
+        ],
+        &none,
+    )
+    .await?;
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("--set host_key={expected}")),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// A release promoted through a real control plane to an ssh target driven by a real
 /// agent.
 #[tokio::test]

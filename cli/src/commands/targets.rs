@@ -46,6 +46,15 @@ pub enum TargetCommand {
         #[arg(long = "unset", value_name = "KEY")]
         unset: Vec<String>,
     },
+    /// Show the SSH host key a host presents (`SHA256:` fingerprint), to check it out of
+    /// band and pin it with `--set host_key=…`. Connects from this machine.
+    HostKey {
+        /// Host name or address.
+        host: String,
+        /// SSH port.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+    },
     /// Delete a target: what runs there keeps running, Stella stops watching it.
     #[command(visible_alias = "rm")]
     Delete {
@@ -76,7 +85,11 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
             agent,
             settings,
         } => {
-            let settings: BTreeMap<String, String> = settings.into_iter().collect();
+            let mut settings: BTreeMap<String, String> = settings.into_iter().collect();
+            if kind == stella_target_ssh::KIND && !settings.contains_key("host_key") {
+                let host_key = confirm_host_key(&settings).await?;
+                settings.insert("host_key".to_owned(), host_key);
+            }
             client
                 .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings}))
                 .await?
@@ -94,6 +107,14 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
                     json!({"agent": agent, "set": set, "unset": unset}),
                 )
                 .await?
+        }
+        TargetCommand::HostKey { host, port } => {
+            let key = fetch_host_key(&host, port).await?;
+            let value = json!({"host": host, "port": port, "key_type": key.key_type, "fingerprint": key.fingerprint});
+            print(format, &value, |v| {
+                println!("{}", output::cell(v, "/fingerprint"))
+            });
+            return Ok(());
         }
         TargetCommand::Delete { name } => {
             client
@@ -139,6 +160,60 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
         );
     });
     Ok(())
+}
+
+/// How long fetching a host key may take.
+const HOST_KEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The host key `host:port` presents, fetched from this machine.
+async fn fetch_host_key(host: &str, port: u16) -> anyhow::Result<stella_target_ssh::HostKey> {
+    let (host, shown) = (host.to_owned(), format!("{host}:{port}"));
+    tokio::task::spawn_blocking(move || {
+        stella_target_ssh::fetch_host_key(&host, port, HOST_KEY_TIMEOUT)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("fetching the host key of {shown}: {e}"))?
+    .map_err(|e| anyhow::anyhow!("cannot fetch the host key of {shown}: {e}"))
+}
+
+/// An ssh target created without `host_key`: the key the host presents (to this
+/// machine) is shown, and pinned if the operator confirms it at a terminal. Without a
+/// terminal nothing is trusted on first use: the error names the fingerprint to check
+/// out of band and pass as `--set host_key=…`.
+async fn confirm_host_key(settings: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let Some(host) = settings.get("host") else {
+        anyhow::bail!("an ssh target needs host (and user, host_key and a key)");
+    };
+    let port = match settings.get("port") {
+        Some(port) => port
+            .parse::<u16>()
+            .map_err(|_| anyhow::anyhow!("port `{port}` is not a TCP port"))?,
+        None => 22,
+    };
+    let key = fetch_host_key(host, port).await?;
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        anyhow::bail!(
+            "an ssh target needs host_key: {host}:{port} presents the {} key {}; check it out of band (ssh-keygen -lf on the host) and pass --set host_key={}",
+            key.key_type,
+            key.fingerprint,
+            key.fingerprint
+        );
+    }
+    let mut stderr = std::io::stderr();
+    write!(
+        stderr,
+        "{host}:{port} presents the {} key\n  {}\nas seen from this machine. Check it out of band (ssh-keygen -lf on the host). Pin it? [y/N] ",
+        key.key_type, key.fingerprint
+    )?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(key.fingerprint)
+    } else {
+        anyhow::bail!("not created: the host key was not confirmed")
+    }
 }
 
 /// A target kind this build can deploy to, and its settings.
@@ -311,6 +386,31 @@ fn kinds_help() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listed(kind: &str) -> Vec<&'static str> {
+        let Some(kind) = KINDS.iter().find(|k| k.name == kind) else {
+            panic!("no {kind} kind");
+        };
+        let mut keys: Vec<&str> = kind
+            .settings
+            .iter()
+            .map(|(key, _)| *key)
+            .filter(|key| *key != "…")
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn the_compose_and_ssh_settings_in_help_are_those_their_targets_accept() {
+        let mut compose = stella_target_compose::KNOWN_KEYS.to_vec();
+        compose.sort_unstable();
+        assert_eq!(listed(stella_target_compose::KIND), compose);
+        let mut ssh = stella_target_ssh::SSH_KEYS.to_vec();
+        ssh.push("components");
+        ssh.sort_unstable();
+        assert_eq!(listed(stella_target_ssh::KIND), ssh);
+    }
 
     #[test]
     fn the_docker_settings_in_help_are_those_the_docker_target_accepts() {
