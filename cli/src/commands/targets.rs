@@ -112,7 +112,7 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
             let key = fetch_host_key(&host, port).await?;
             let value = json!({"host": host, "port": port, "key_type": key.key_type, "fingerprint": key.fingerprint});
             print(format, &value, |v| {
-                println!("{}", output::cell(v, "/fingerprint"))
+                println!("{}", output::cell(v, "/fingerprint"));
             });
             return Ok(());
         }
