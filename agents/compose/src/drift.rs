@@ -1,13 +1,8 @@
 //! Drift: how a Compose project differs from the last successful deployment, and the
 //! engine-event watch that makes the agent look soon after one of its containers changed.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use bollard::query_parameters::EventsOptions;
 use bollard::Docker;
-use futures::StreamExt;
-use stella_agent_core::{error_chain, DeployTask, DriftFinding, DriftKind};
+use stella_agent_core::{DeployTask, DriftFinding, DriftKind};
 use stella_target_docker::{labels, ImageRef};
 use tokio::sync::mpsc;
 
@@ -16,10 +11,6 @@ use crate::error::ComposeError;
 use crate::files::{read_optional, sha256_hex, TargetFiles};
 use crate::lockfile::ComposeDocument;
 use crate::ComposeTarget;
-
-/// The engine events that can change what runs.
-const WATCHED_EVENTS: &[&str] = &["start", "stop", "die", "destroy", "rename"];
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl ComposeTarget {
     /// The drift of one target (see the crate documentation for the kinds).
@@ -218,60 +209,12 @@ async fn watch_events(
     projects: crate::Projects,
     notify: mpsc::UnboundedSender<String>,
 ) {
-    let mut retry = Duration::from_secs(1);
-    loop {
-        let options = EventsOptions {
-            filters: Some(HashMap::from([
-                ("type".to_owned(), vec!["container".to_owned()]),
-                (
-                    "event".to_owned(),
-                    WATCHED_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
-                ),
-                ("label".to_owned(), vec![PROJECT_LABEL.to_owned()]),
-            ])),
-            ..Default::default()
-        };
-        let mut events = docker.events(Some(options));
-        loop {
-            let event = tokio::select! {
-                () = notify.closed() => return,
-                event = events.next() => event,
-            };
-            match event {
-                Some(Ok(event)) => {
-                    retry = Duration::from_secs(1);
-                    let project = event
-                        .actor
-                        .and_then(|actor| actor.attributes)
-                        .and_then(|attributes| attributes.get(PROJECT_LABEL).cloned());
-                    let target = project.and_then(|project| {
-                        projects
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .get(&project)
-                            .cloned()
-                    });
-                    if let Some(target) = target {
-                        tracing::debug!(target = %target, action = ?event.action, "compose container event");
-                        if notify.send(target).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error_chain(&error), "docker event stream failed; reconnecting");
-                    break;
-                }
-                None => {
-                    tracing::warn!("docker event stream ended; reconnecting");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            () = notify.closed() => return,
-            () = tokio::time::sleep(retry) => {}
-        }
-        retry = (retry * 2).min(WATCH_RETRY_MAX);
-    }
+    stella_target_docker::shared::watch_labelled(docker, PROJECT_LABEL, notify, |project| {
+        projects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(project)
+            .cloned()
+    })
+    .await;
 }

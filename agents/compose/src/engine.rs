@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
 use bollard::models::{ContainerInspectResponse, ContainerSummaryStateEnum};
-use bollard::query_parameters::{
-    CreateImageOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-};
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, LogsOptions};
 use bollard::Docker;
 use futures::StreamExt;
 use stella_agent_core::{CancellationToken, Progress};
@@ -196,37 +194,22 @@ impl Engine {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<(), ComposeError> {
-        let options = CreateImageOptions {
-            from_image: Some(image.repository.clone()),
-            tag: Some(image.digest.clone()),
-            ..Default::default()
-        };
-        let mut stream = self.docker.create_image(Some(options), None, credentials);
-        let mut last_status: HashMap<String, String> = HashMap::new();
-        loop {
-            let item = tokio::select! {
-                () = cancel.cancelled() => return Err(ComposeError::Cancelled),
-                item = stream.next() => item,
-            };
-            let Some(item) = item else { break };
-            let info = item.map_err(|source| ComposeError::Pull {
+        stella_target_docker::shared::pull_by_digest(
+            &self.docker,
+            image,
+            credentials,
+            prefix,
+            progress,
+            cancel,
+        )
+        .await
+        .map_err(|failure| match failure {
+            stella_target_docker::shared::PullFailure::Cancelled => ComposeError::Cancelled,
+            stella_target_docker::shared::PullFailure::Engine(source) => ComposeError::Pull {
                 image: image.to_string(),
                 source,
-            })?;
-            let Some(status) = info.status else { continue };
-            let layer = info.id.unwrap_or_default();
-            // Byte counters change many times a second; report only state changes.
-            if last_status.get(&layer) == Some(&status) {
-                continue;
-            }
-            last_status.insert(layer.clone(), status.clone());
-            if layer.is_empty() {
-                progress.report(format!("{prefix}pull: {status}"));
-            } else {
-                progress.report(format!("{prefix}pull: {layer}: {status}"));
-            }
-        }
-        Ok(())
+            },
+        })
     }
 
     /// The last `lines` lines of a container's output; empty when they cannot be read.

@@ -1,13 +1,8 @@
 //! Drift: how a target's containers differ from the last successful deployment, and the
 //! engine-event watch that makes the agent look soon after something changed.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use bollard::query_parameters::EventsOptions;
 use bollard::Docker;
-use futures::StreamExt;
-use stella_agent_core::{error_chain, ComponentSpec, DeployTask, DriftFinding, DriftKind};
+use stella_agent_core::{ComponentSpec, DeployTask, DriftFinding, DriftKind};
 use tokio::sync::mpsc;
 
 use crate::engine::ManagedContainer;
@@ -15,10 +10,6 @@ use crate::error::DockerError;
 use crate::image_ref::ImageRef;
 use crate::labels;
 use crate::DockerTarget;
-
-/// The engine events that can change what runs.
-const WATCHED_EVENTS: &[&str] = &["start", "stop", "die", "destroy", "rename"];
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl DockerTarget {
     /// The drift of one target: per desired component, `missing` (no running container),
@@ -288,55 +279,10 @@ impl DockerTarget {
 }
 
 async fn watch_events(docker: Docker, notify: mpsc::UnboundedSender<String>) {
-    let mut retry = Duration::from_secs(1);
-    loop {
-        let options = EventsOptions {
-            filters: Some(HashMap::from([
-                ("type".to_owned(), vec!["container".to_owned()]),
-                (
-                    "event".to_owned(),
-                    WATCHED_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
-                ),
-                ("label".to_owned(), vec![labels::TARGET.to_owned()]),
-            ])),
-            ..Default::default()
-        };
-        let mut events = docker.events(Some(options));
-        loop {
-            let event = tokio::select! {
-                () = notify.closed() => return,
-                event = events.next() => event,
-            };
-            match event {
-                Some(Ok(event)) => {
-                    retry = Duration::from_secs(1);
-                    let target = event
-                        .actor
-                        .and_then(|actor| actor.attributes)
-                        .and_then(|attributes| attributes.get(labels::TARGET).cloned());
-                    if let Some(target) = target {
-                        tracing::debug!(target = %target, action = ?event.action, "docker event");
-                        if notify.send(target).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error_chain(&error), "docker event stream failed; reconnecting");
-                    break;
-                }
-                None => {
-                    tracing::warn!("docker event stream ended; reconnecting");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            () = notify.closed() => return,
-            () = tokio::time::sleep(retry) => {}
-        }
-        retry = (retry * 2).min(WATCH_RETRY_MAX);
-    }
+    crate::shared::watch_labelled(docker, labels::TARGET, notify, |target| {
+        Some(target.to_owned())
+    })
+    .await;
 }
 
 fn finding(component: &ComponentSpec, kind: DriftKind, detail: String) -> DriftFinding {

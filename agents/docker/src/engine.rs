@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use bollard::auth::DockerCredentials;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -224,37 +224,15 @@ impl Engine {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<(), DockerError> {
-        let options = CreateImageOptions {
-            from_image: Some(image.repository.clone()),
-            tag: Some(image.digest.clone()),
-            ..Default::default()
-        };
-        let mut stream = self.docker.create_image(Some(options), None, credentials);
-        let mut last_status: HashMap<String, String> = HashMap::new();
-        loop {
-            let item = tokio::select! {
-                () = cancel.cancelled() => return Err(DockerError::Cancelled),
-                item = stream.next() => item,
-            };
-            let Some(item) = item else { break };
-            let info = item.map_err(|source| DockerError::Pull {
-                image: image.to_string(),
-                source,
-            })?;
-            let Some(status) = info.status else { continue };
-            let layer = info.id.unwrap_or_default();
-            // Byte counters change many times a second; report only state changes.
-            if last_status.get(&layer) == Some(&status) {
-                continue;
-            }
-            last_status.insert(layer.clone(), status.clone());
-            if layer.is_empty() {
-                progress.report(format!("{prefix}pull: {status}"));
-            } else {
-                progress.report(format!("{prefix}pull: {layer}: {status}"));
-            }
-        }
-        Ok(())
+        crate::shared::pull_by_digest(&self.docker, image, credentials, prefix, progress, cancel)
+            .await
+            .map_err(|failure| match failure {
+                crate::shared::PullFailure::Cancelled => DockerError::Cancelled,
+                crate::shared::PullFailure::Engine(source) => DockerError::Pull {
+                    image: image.to_string(),
+                    source,
+                },
+            })
     }
 
     /// Creates a container; returns its id.

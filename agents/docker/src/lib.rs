@@ -87,6 +87,7 @@ mod health;
 mod image_ref;
 pub mod labels;
 mod settings;
+pub mod shared;
 mod sticker_file;
 
 use std::collections::HashMap;
