@@ -22,6 +22,7 @@ pub mod evidence;
 pub mod freeze;
 pub mod gates;
 pub mod intoto;
+pub mod plan;
 pub mod policy;
 pub mod scan;
 
