@@ -55,21 +55,16 @@ impl Engine {
     /// Connects to `/var/run/docker.sock` (or `DOCKER_HOST`'s socket), settles on an API
     /// version both sides speak, and pings.
     pub(crate) async fn connect_local() -> Result<Engine, ComposeError> {
-        let docker = Docker::connect_with_socket_defaults()
-            .map_err(ComposeError::engine("connect to the local socket"))?;
-        let handshake = async {
-            let docker = docker
-                .negotiate_version()
-                .await
-                .map_err(ComposeError::engine("negotiate the api version"))?;
-            docker.ping().await.map_err(ComposeError::engine("ping"))?;
-            Ok(docker)
-        };
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        let docker = stella_target_docker::shared::connect_local(CONNECT_TIMEOUT)
             .await
-            .map_err(|_| ComposeError::NoAnswer {
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            })??;
+            .map_err(|failure| match failure {
+                stella_target_docker::shared::ConnectFailure::Engine(action, source) => {
+                    ComposeError::engine(action)(source)
+                }
+                stella_target_docker::shared::ConnectFailure::NoAnswer(seconds) => {
+                    ComposeError::NoAnswer { seconds }
+                }
+            })?;
         Ok(Engine { docker })
     }
 

@@ -56,22 +56,16 @@ impl Engine {
     /// version both sides speak (bollard's default is newer than many installed
     /// engines), and pings.
     pub(crate) async fn connect_local() -> Result<Engine, DockerError> {
-        let docker = Docker::connect_with_socket_defaults()
-            .map_err(DockerError::engine("connect to the local socket"))?;
-        let handshake = async {
-            let docker = docker
-                .negotiate_version()
-                .await
-                .map_err(DockerError::engine("negotiate the api version"))?;
-            docker.ping().await.map_err(DockerError::engine("ping"))?;
-            Ok(docker)
-        };
-        // A hung engine must not hold up the agent's start for bollard's 2 minutes.
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        let docker = crate::shared::connect_local(CONNECT_TIMEOUT)
             .await
-            .map_err(|_| DockerError::NoAnswer {
-                seconds: CONNECT_TIMEOUT.as_secs(),
-            })??;
+            .map_err(|failure| match failure {
+                crate::shared::ConnectFailure::Engine(action, source) => {
+                    DockerError::engine(action)(source)
+                }
+                crate::shared::ConnectFailure::NoAnswer(seconds) => {
+                    DockerError::NoAnswer { seconds }
+                }
+            })?;
         Ok(Engine { docker })
     }
 

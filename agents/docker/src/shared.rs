@@ -1,5 +1,6 @@
-//! What other target kinds that drive the local engine share with this one: pulling an
-//! image by digest with per-layer progress, and watching container events by label.
+//! What other target kinds that drive the local engine share with this one: connecting,
+//! pulling an image by digest with per-layer progress, and watching container events by
+//! label.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +18,39 @@ use crate::image_ref::ImageRef;
 const WATCHED_EVENTS: &[&str] = &["start", "stop", "die", "destroy", "rename"];
 /// Longest wait before the event stream is opened again.
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How connecting to the local engine failed.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    /// A step of the handshake failed: `connect to the local socket`, `negotiate the api
+    /// version` or `ping`.
+    Engine(&'static str, bollard::errors::Error),
+    /// The engine did not answer within this many seconds.
+    NoAnswer(u64),
+}
+
+/// Connects to `/var/run/docker.sock` (or `DOCKER_HOST`'s socket), settles on an API
+/// version both sides speak (bollard's default is newer than many installed engines),
+/// and pings, within `timeout`: a hung engine must not hold up the agent's start for
+/// bollard's 2 minutes.
+pub async fn connect_local(timeout: Duration) -> Result<Docker, ConnectFailure> {
+    let docker = Docker::connect_with_socket_defaults()
+        .map_err(|e| ConnectFailure::Engine("connect to the local socket", e))?;
+    let handshake = async {
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| ConnectFailure::Engine("negotiate the api version", e))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| ConnectFailure::Engine("ping", e))?;
+        Ok(docker)
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| ConnectFailure::NoAnswer(timeout.as_secs()))?
+}
 
 /// How a pull ended without the image.
 #[derive(Debug)]
