@@ -365,6 +365,25 @@ async fn a_wrong_content_type_is_415() -> anyhow::Result<()> {
     assert_eq!(status, 415);
     assert_envelope(&body, "unsupported_media_type");
     assert_eq!(server.get("/api/v1/environments").await?, json!([]));
+    // The body was never read, so the server closes the connection after the answer,
+    // and says so: a client must not send its next request on it.
+    let response = http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("{\"name\":\"dev\"}")
+        .send()
+        .await?;
+    assert_eq!(
+        response
+            .headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    // An answer that read its body keeps the connection.
+    let listed = http.get(&url).bearer_auth(&token).send().await?;
+    assert!(listed.headers().get("connection").is_none());
     Ok(())
 }
 

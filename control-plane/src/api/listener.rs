@@ -348,11 +348,15 @@ async fn serve_http<S>(
     let in_flight = entry.in_flight.clone();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(peer);
+        let sends_body = sends_body(request.headers());
         let request_in_flight = InFlight::start(&in_flight);
         let response = router.clone().oneshot(request);
         async move {
-            let response = response.await;
+            let mut response = response.await;
             drop(request_in_flight);
+            if let Ok(response) = &mut response {
+                close_after_refused_body(sends_body, response);
+            }
             response
         }
     });
@@ -376,6 +380,31 @@ async fn serve_http<S>(
         // Timeouts and clients that go away are routine; they are counted by
         // their absence from the request log, not logged at warn.
         tracing::debug!(error = %crate::error::ErrorChain(&error), "REST connection closed");
+    }
+}
+
+/// Whether a request comes with a body (a `content-length` above 0, or chunked).
+fn sends_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0)
+}
+
+/// A request refused (4xx, 5xx) may leave its body unread — a 415, a 413, a 403 given
+/// before the body is looked at — and hyper then closes the connection after the
+/// response. Saying so (`connection: close`) keeps a client from sending its next request
+/// on that connection and meeting a closed socket (a TLS "EOF in violation of protocol"
+/// where it expected an answer).
+fn close_after_refused_body(sends_body: bool, response: &mut http::Response<axum::body::Body>) {
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if sends_body && refused {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
 }
 
