@@ -16,7 +16,6 @@
 //! it again if the server stopped in between, and settles promotions whose run ended
 //! while no replica was listening.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +75,16 @@ fn promotion_input(plan: &Plan, deployment_hash: &str) -> Value {
     })
 }
 
+/// Every plan error of a manifest on one line: `PATH: message; …`.
+fn one_line(errors: &stella_packs::PlanErrors) -> String {
+    errors
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn invalid_workflow(message: impl Into<String>) -> AppError {
     AppError::new(ErrorKind::InvalidArgument, "invalid_workflow", message)
 }
@@ -99,19 +108,14 @@ fn check_manifest(manifest: &str) -> Result<(), AppError> {
     });
     let inputs = Map::from_iter([("promotion".to_owned(), sample)]);
     let compiled = stella_packs::plan_text(manifest, &inputs).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .errors
-            .iter()
-            .map(|e| format!("{}: {}", e.path, e.message))
-            .collect();
-        let hint = if lines.iter().any(|l| l.contains("unknown input `promotion`")) {
+        let line = one_line(&errors);
+        let hint = if line.contains("unknown input `promotion`") {
             " (a promotion workflow declares the input `promotion`, type object: Stella gives it the release, version, environment, components and the deployment plan's hash)"
         } else {
             ""
         };
         invalid_workflow(format!(
-            "the workflow is refused: {}{hint}",
-            lines.join("; ")
+            "the workflow is refused: {line}{hint}"
         ))
     })?;
     let mut deploys = 0;
@@ -188,12 +192,7 @@ impl App {
                 format!(
                     "the promotion workflow of `{}` does not compile for this promotion: {}",
                     env.name,
-                    errors
-                        .errors
-                        .iter()
-                        .map(|e| format!("{}: {}", e.path, e.message))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    one_line(&errors)
                 ),
             )
         })?;
@@ -271,12 +270,7 @@ impl App {
             Err(RunRequestError::App(error)) => Err(error),
             Err(RunRequestError::Plan(errors)) => Err(invalid_workflow(format!(
                 "the workflow no longer compiles: {}",
-                errors
-                    .errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.path, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                one_line(&errors)
             ))),
         }
     }
@@ -545,14 +539,11 @@ impl App {
                 return;
             }
         };
-        let mut by_run: BTreeMap<String, Promotion> = BTreeMap::new();
         for promotion in promotions {
-            if let Some(run_id) = promotion.run_id.clone() {
-                by_run.insert(run_id, promotion);
-            }
-        }
-        for (run_id, promotion) in by_run {
-            match self.store.get_run(WORKFLOW_TENANT, &run_id).await {
+            let Some(run_id) = promotion.run_id.as_deref() else {
+                continue;
+            };
+            match self.store.get_run(WORKFLOW_TENANT, run_id).await {
                 Ok(run) if matches!(run.status.as_str(), "Succeeded" | "Failed" | "Cancelled") => {
                     self.workflow_run_finished(&run).await;
                 }
