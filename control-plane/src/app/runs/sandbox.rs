@@ -21,7 +21,7 @@
 //! `cpuLimitMillicores` (a CFS quota); the process joins its group before it runs
 //! anything. Without cgroups, `prlimit` sets `RLIMIT_AS` to the memory limit and
 //! `RLIMIT_CPU` to the CPU time the limits allow. `quotaSeconds` bounds each script's
-//! wall-clock time: the process group is killed when it is over.
+//! wall-clock time: the whole sandbox is killed when it is over (see `kill_sandbox`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -172,17 +172,24 @@ pub async fn run_script(
                 "time limit exceeded: the script ran longer than quotaSeconds ({}s) and was killed",
                 quota.map_or(0, |q| q.as_secs())
             ));
-            kill_group(pid);
+            kill_sandbox(pid, cgroup.as_ref()).await;
             child.wait().await.ok()
         }
         () = cancel.cancelled() => {
             killed = Some("stopped: the run was cancelled".to_owned());
-            kill_group(pid);
+            kill_sandbox(pid, cgroup.as_ref()).await;
             child.wait().await.ok()
         }
     };
-    for reader in readers.into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    for mut reader in readers.into_iter().flatten() {
+        // A reader still open after this holds a pipe of a process that outlived the
+        // sandbox; it is stopped so that the step (and its live-line sender) ends.
+        if tokio::time::timeout(Duration::from_secs(2), &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+        }
     }
     let exit_code = status.and_then(|s| s.code());
     let text = String::from_utf8_lossy(&output.lock()).into_owned();
@@ -331,13 +338,69 @@ async fn collect(
     }
 }
 
-fn kill_group(pid: Option<u32>) {
-    let pid = pid
+/// Kills everything the sandbox started. `pid` is bwrap's outer process (the shells
+/// before it `exec` it), the leader of its own process group; bwrap's child, the init
+/// of the script's PID namespace, runs in a session of its own (`--new-session`), so
+/// killing the group alone would leave it to `--die-with-parent`, which a child that
+/// has not yet armed it misses (a cancel in the first milliseconds of a script). So the
+/// outer process is stopped first (it can fork no more), its children are killed (the
+/// namespace's init: the kernel then kills every process in the namespace), then its
+/// group; with control groups, every process left in them too.
+async fn kill_sandbox(pid: Option<u32>, cgroup: Option<&Cgroup>) {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    let outer = pid
         .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        .and_then(Pid::from_raw);
+    if let Some(outer) = outer {
+        let raw = outer.as_raw_nonzero().get();
+        if kill_process(outer, Signal::STOP).is_ok() {
+            // The signal is delivered asynchronously: a fork under way completes first.
+            for _ in 0..200 {
+                if !matches!(process_state(raw), Some(state) if state != 'T' && state != 't' && state != 'Z')
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for child in children_of(raw) {
+            if let Some(child) = Pid::from_raw(child) {
+                let _ = kill_process(child, Signal::KILL);
+            }
+        }
+        let _ = kill_process_group(outer, Signal::KILL);
     }
+    if let Some(cgroup) = cgroup {
+        cgroup.kill_all();
+    }
+}
+
+/// The state letter of a process (`R`, `S`, `T`, `Z`, …), `None` when it is gone.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// The processes whose parent is `parent` (from `/proc/PID/stat`).
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 fn read_outputs(path: &Path) -> Map<String, Value> {
@@ -498,6 +561,21 @@ impl Cgroup {
                         && dir.join("memory.failcnt").exists()
             }
         })
+    }
+
+    /// Kills every process in the groups.
+    fn kill_all(&self) {
+        for dir in &self.dirs {
+            if self.v2 && std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                continue;
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
     }
 
     fn remove(&self) {
@@ -750,7 +828,75 @@ async fn refuse(mut client: TcpStream, status: u16, message: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::egress_allowed;
+    use super::{egress_allowed, run_script, ScriptSpec};
+    use std::time::{Duration, Instant};
+    use stella_packs::manifest::Sandbox;
+    use tokio_util::sync::CancellationToken;
+
+    /// A cancel at any moment of a script's start, bwrap's own set-up included, stops
+    /// the whole sandbox (needs bwrap, as every script step does).
+    #[tokio::test]
+    async fn a_cancel_while_the_sandbox_starts_stops_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for delay_ms in (0u64..=24).chain([40, 80]) {
+            let marker = format!("stella-cancel-test-{}-{delay_ms}", std::process::id());
+            let spec = ScriptSpec {
+                shell: "sh".into(),
+                script: "sleep 30".into(),
+                args: vec![marker.clone()],
+                env: Vec::new(),
+                work_dir: dir.path().join("work"),
+                output_dir: dir.path().join("output"),
+                scratch_dir: dir.path().join(format!("tmp-{delay_ms}")),
+                sandbox: Sandbox::default(),
+                live: None,
+            };
+            let cancel = CancellationToken::new();
+            let started = Instant::now();
+            let stopper = {
+                let cancel = cancel.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    cancel.cancel();
+                })
+            };
+            let result = tokio::time::timeout(Duration::from_secs(20), run_script(&spec, &cancel))
+                .await
+                .unwrap_or_else(|_| panic!("a cancel after {delay_ms} ms did not stop the script"))
+                .expect("the sandbox starts (is bwrap installed?)");
+            stopper.await.expect("the stopper ends");
+            assert_eq!(
+                result.killed.as_deref(),
+                Some("stopped: the run was cancelled"),
+                "cancel after {delay_ms} ms"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a cancel after {delay_ms} ms took {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(
+                survivors(&marker),
+                Vec::<String>::new(),
+                "processes left by a cancel after {delay_ms} ms"
+            );
+        }
+    }
+
+    /// Processes whose command line holds `marker`.
+    fn survivors(marker: &str) -> Vec<String> {
+        let entries = std::fs::read_dir("/proc").expect("/proc");
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                text.contains(marker)
+                    .then(|| format!("{}: {text}", entry.file_name().to_string_lossy()))
+            })
+            .collect()
+    }
 
     #[test]
     fn allowlist_entries_match_host_and_port() {
