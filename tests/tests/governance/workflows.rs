@@ -196,3 +196,89 @@ async fn a_promotion_workflow_binds_its_plan_hash_and_runs_around_the_deployment
     estate.deployed(&plain, &target).await?;
     Ok(())
 }
+
+/// A workflow whose first step waits until the test lets it go, so that the server can
+/// be stopped while the promotion is handed to its run.
+const HELD_WORKFLOW: &str = r#"apiVersion: stellaops.io/pack.v1
+kind: TaskPack
+metadata: {name: held, version: 1.0.0}
+spec:
+  inputs:
+    - {name: promotion, type: object, required: false}
+  steps:
+    - id: hold
+      run:
+        uses: builtin:script
+        with: {script: 'while [ ! -f /work/go ]; do sleep 0.1; done'}
+    - id: deploy
+      run: {uses: builtin:promotion}
+"#;
+
+/// The server stops after a promotion was handed to its workflow and the run is lost
+/// with it (as when it stops between storing the promotion and creating the run): at
+/// the next start the sweep creates the run again and the promotion deploys.
+#[tokio::test]
+async fn a_promotion_whose_run_was_lost_gets_its_run_after_a_restart() -> anyhow::Result<()> {
+    let published = Published::start().await?;
+    let mut estate = Estate::start(&published, |_| {}).await?;
+    let env = unique("lost");
+    estate
+        .environment(json!({"name": env, "allow_unscanned": true, "workflow": HELD_WORKFLOW}))
+        .await?;
+    let target = estate.target(&env).await?;
+    let requester = estate.user(&unique("req"), &["operator"]).await?;
+    let deploying = estate
+        .promoted(&requester, "web@1", &env, "deploying")
+        .await?;
+    let id = text(&deploying, "/id").to_owned();
+    let run_id = format!("promotion-{id}");
+    wait_until("the workflow holds", DEPLOY_TIMEOUT, || async {
+        let run = run_of(&estate, &run_id).await.ok()?;
+        let hold = run["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["stepId"] == "hold")?
+            .clone();
+        (hold["status"] == "Running").then_some(())
+    })
+    .await?;
+
+    estate.server.stop().await;
+    {
+        sqlx::any::install_default_drivers();
+        let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(
+            &estate.server.config.database_url(),
+        )
+        .await?;
+        for table in [
+            "run_logs",
+            "run_steps",
+            "run_approvals",
+            "run_artifacts",
+            "runs",
+        ] {
+            let key = if table == "runs" { "id" } else { "run_id" };
+            sqlx::query(&format!("DELETE FROM {table} WHERE {key} = $1"))
+                .bind(run_id.as_str())
+                .execute(&mut db)
+                .await?;
+        }
+    }
+    let work = estate
+        .server
+        .config
+        .data_dir
+        .join("runs")
+        .join("default")
+        .join(&run_id)
+        .join("work");
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(work.join("go"), "")?;
+    estate.server.restart().await?;
+
+    let settled = estate.deployed(&deploying, &target).await?;
+    assert_eq!(settled["run_id"], run_id.as_str(), "{settled}");
+    let run = run_of(&estate, &run_id).await?;
+    assert_eq!(run["status"], "Succeeded", "{run}");
+    Ok(())
+}
