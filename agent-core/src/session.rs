@@ -471,6 +471,7 @@ impl Agent {
             Some(ServerBody::CancelTask(cancel)) => self.tasks.cancel(&cancel),
             Some(ServerBody::TaskAck(ack)) => self.tasks.acknowledge(ack).await,
             Some(ServerBody::DesiredState(desired)) => self.tasks.desired.replace(&desired).await,
+            Some(ServerBody::CheckTarget(check)) => Arc::clone(&self.tasks).check(check),
             Some(ServerBody::Welcome(_)) => {
                 tracing::debug!("ignoring a repeated Welcome");
             }

@@ -63,6 +63,20 @@ pub trait Target: Send + Sync + fmt::Debug {
         crate::drift::sticker_drift(self, desired).await
     }
 
+    /// Whether this agent can reach and drive the target as configured, changing
+    /// nothing: `Ok` with what it found, or the reason it cannot. `task` carries the
+    /// target (settings and secret values) and no components. The default inspects the
+    /// target (which reaches the engine, host or service the settings name); a kind that
+    /// can say more overrides it.
+    async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
+        let observed = self.inspect(&task.target).await?;
+        Ok(match observed.len() {
+            0 => "reachable; no component of a release runs there yet".to_owned(),
+            1 => "reachable; 1 component observed".to_owned(),
+            n => format!("reachable; {n} components observed"),
+        })
+    }
+
     /// Starts watching the engine, if this kind can: whenever something changes on a
     /// target it sends the target's name on `notify`, and the agent runs a drift round
     /// soon (debounced) instead of waiting for the interval. Called once per agent run;

@@ -385,6 +385,59 @@ impl TaskFailure {
     }
 }
 
+/// How long a target check may take on the agent (the server waits a little longer).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Tasks {
+    /// Answers a `CheckTarget`: runs the kind's [`Target::check`](crate::Target::check)
+    /// beside whatever else runs, and sends one `CheckResult`. Nothing is journalled: a
+    /// check lost with a session is simply asked again.
+    pub(crate) fn check(self: Arc<Self>, check: v1::CheckTarget) {
+        tokio::spawn(async move {
+            let outcome = match serde_json::from_slice::<DeployTask>(&check.payload_json) {
+                Err(error) => Err(format!("the check's payload is not a target: {error}")),
+                Ok(task) => match self.targets.get(&task.target.kind) {
+                    None => Err(cannot_drive(&self.targets, &task.target.kind)),
+                    Some(target) => {
+                        match tokio::time::timeout(CHECK_TIMEOUT, target.check(&task)).await {
+                            Ok(Ok(found)) => Ok(found),
+                            Ok(Err(error)) => Err(error_chain(&error)),
+                            Err(_) => Err(format!(
+                                "no answer from the target within {} s",
+                                CHECK_TIMEOUT.as_secs()
+                            )),
+                        }
+                    }
+                },
+            };
+            tracing::info!(check_id = %check.check_id, ok = outcome.is_ok(), "target checked");
+            let (ok, message) = match outcome {
+                Ok(found) => (true, found),
+                Err(reason) => (false, reason),
+            };
+            let _ = self.outbox.send(v1::AgentMessage {
+                body: Some(AgentBody::CheckResult(v1::CheckResult {
+                    check_id: check.check_id,
+                    ok,
+                    message,
+                })),
+            });
+        });
+    }
+}
+
+/// Why a task or check for `kind` cannot run on this agent.
+fn cannot_drive(targets: &TargetRegistry, kind: &str) -> String {
+    format!(
+        "this agent cannot drive targets of kind {kind:?} (it drives: {})",
+        if targets.is_empty() {
+            "nothing".to_owned()
+        } else {
+            targets.kinds().join(", ")
+        }
+    )
+}
+
 /// Plans and applies a deploy task on its target kind.
 async fn plan_and_apply(
     targets: &TargetRegistry,
@@ -393,14 +446,9 @@ async fn plan_and_apply(
     cancel: &CancellationToken,
 ) -> Result<crate::ApplyOutcome, TaskFailure> {
     let Some(target) = targets.get(&task.target.kind) else {
-        return Err(TaskFailure::failed(format!(
-            "this agent cannot drive targets of kind {:?} (it drives: {})",
-            task.target.kind,
-            if targets.is_empty() {
-                "nothing".to_owned()
-            } else {
-                targets.kinds().join(", ")
-            }
+        return Err(TaskFailure::failed(cannot_drive(
+            targets,
+            &task.target.kind,
         )));
     };
     progress.report(format!(

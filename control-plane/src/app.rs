@@ -3,6 +3,7 @@
 //! Protocol layers only translate requests and errors.
 
 mod audit;
+mod checks;
 mod clients;
 mod deployments;
 mod dispatch;
@@ -22,6 +23,7 @@ mod webhooks;
 mod workflows;
 
 pub use audit::{run_audit_checkpointer, AuditLog};
+pub use checks::TargetCheck;
 pub use clients::{IssuedAccessToken, OAuthError};
 pub use deployments::{canonical_json, sha256_id};
 pub use drift::DRIFT_ACTOR;
@@ -95,6 +97,8 @@ pub struct App {
     pub api_tls: Option<crate::api::tls::ApiTls>,
     /// The task-pack runs this replica drives.
     pub run_engine: runs::RunEngine,
+    /// Target checks waiting for their agent's answer.
+    checks: checks::PendingChecks,
 }
 
 /// A join token as handed to the operator, once.
@@ -255,6 +259,7 @@ impl App {
             audit_log: AuditLog::default(),
             document_cache: documents::DocumentCache::default(),
             run_engine: runs::RunEngine::default(),
+            checks: checks::PendingChecks::default(),
         }
     }
 

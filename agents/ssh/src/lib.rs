@@ -240,15 +240,45 @@ impl SshTarget {
 
     async fn do_inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, SshError> {
         let settings = self.spec_settings(target)?;
-        let endpoint = &settings.endpoint;
-        retrying(&endpoint.addr(), None, || async {
-            let mut host = self.pool.host(endpoint, settings.command_timeout).await;
-            match settings.mode {
-                Mode::Docker => drift::docker_inspect(&mut host, &target.name, &settings).await,
-                Mode::Script => drift::script_inspect(&mut host, &target.name, &settings).await,
-            }
+        retrying(&settings.endpoint.addr(), None, || {
+            self.inspect_with(target, &settings)
         })
         .await
+    }
+
+    /// Connects with the task's own settings and secrets (a target being created has
+    /// no desired state yet) and inspects the host as the drift loop would, once: a
+    /// check reports the first failure instead of retrying it.
+    async fn do_check(&self, task: &DeployTask) -> Result<String, SshError> {
+        let settings = self.settings_of(task)?;
+        let observed = self.inspect_with(&task.target, &settings).await?;
+        let endpoint = &settings.endpoint;
+        Ok(format!(
+            "{} presented the pinned host key and accepted {}'s key ({} mode); {} component{} observed",
+            endpoint.addr(),
+            endpoint.user,
+            match settings.mode {
+                Mode::Docker => "docker",
+                Mode::Script => "script",
+            },
+            observed.len(),
+            if observed.len() == 1 { "" } else { "s" }
+        ))
+    }
+
+    async fn inspect_with(
+        &self,
+        target: &TargetSpec,
+        settings: &SshSettings,
+    ) -> Result<Vec<ObservedComponent>, SshError> {
+        let mut host = self
+            .pool
+            .host(&settings.endpoint, settings.command_timeout)
+            .await;
+        match settings.mode {
+            Mode::Docker => drift::docker_inspect(&mut host, &target.name, settings).await,
+            Mode::Script => drift::script_inspect(&mut host, &target.name, settings).await,
+        }
     }
 
     async fn do_detect_drift(&self, desired: &DeployTask) -> Result<Vec<DriftFinding>, SshError> {
@@ -337,6 +367,10 @@ impl Target for SshTarget {
 
     async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
         Ok(self.do_inspect(target).await?)
+    }
+
+    async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
+        Ok(self.do_check(task).await?)
     }
 
     async fn write_sticker(

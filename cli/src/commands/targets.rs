@@ -30,6 +30,16 @@ pub enum TargetCommand {
         /// others are refused.
         #[arg(long = "set", value_parser = parse_pair, value_name = "KEY=VALUE")]
         settings: Vec<(String, String)>,
+        /// Have the agent check the target live first (reach its engine, host or
+        /// service); nothing is created when the check fails.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Ask a target's agent whether it can reach and drive the target as configured,
+    /// changing nothing; exits non-zero when it cannot.
+    Check {
+        /// Name.
+        name: String,
     },
     /// Change a target's agent or settings (refused while a deployment runs on it); what
     /// runs there changes with the next deployment.
@@ -84,6 +94,7 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
             kind,
             agent,
             settings,
+            check,
         } => {
             let mut settings: BTreeMap<String, String> = settings.into_iter().collect();
             if kind == stella_target_ssh::KIND && !settings.contains_key("host_key") {
@@ -91,7 +102,7 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
                 settings.insert("host_key".to_owned(), host_key);
             }
             client
-                .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings}))
+                .post("/targets", json!({"name": name, "environment": env, "kind": kind, "agent": agent, "settings": settings, "check": check}))
                 .await?
         }
         TargetCommand::Update {
@@ -107,6 +118,25 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
                     json!({"agent": agent, "set": set, "unset": unset}),
                 )
                 .await?
+        }
+        TargetCommand::Check { name } => {
+            let checked = client
+                .post(&format!("/targets/{}/check", super::path(&name)), json!({}))
+                .await?;
+            print(format, &checked, |v| {
+                println!(
+                    "{}: {}",
+                    if v["ok"] == true { "ok" } else { "failed" },
+                    output::cell(v, "/message")
+                );
+            });
+            if checked["ok"] != true {
+                anyhow::bail!(
+                    "target `{name}`: its agent cannot drive it: {}",
+                    output::cell(&checked, "/message")
+                );
+            }
+            return Ok(());
         }
         TargetCommand::HostKey { host, port } => {
             let key = fetch_host_key(&host, port).await?;

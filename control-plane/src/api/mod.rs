@@ -111,6 +111,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .patch(targets::update_target)
                 .delete(targets::delete_target),
         )
+        .route("/targets/{name}/check", post(targets::check_target))
         .route(
             "/registries",
             get(registries::list_registries).post(registries::add_registry),

@@ -68,6 +68,11 @@ pub struct CreateTarget {
     /// Kind-specific settings; unknown keys are refused.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Have the agent check the target live before it is stored (reach the engine,
+    /// host or service the settings name); a failed check stores nothing (422
+    /// `target_check_failed`).
+    #[serde(default)]
+    pub check: bool,
 }
 
 /// Creates a target.
@@ -81,6 +86,8 @@ pub struct CreateTarget {
         (status = 201, description = "The new target", body = TargetView),
         (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
         (status = 409, description = "The name is taken (`target_exists`)", body = ErrorEnvelope),
+        (status = 422, description = "With `check`: the agent cannot drive the target (`target_check_failed`) or is not connected (`agent_unavailable`)", body = ErrorEnvelope),
+        (status = 503, description = "With `check`: the agent did not answer in time (`check_unanswered`)", body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
 pub async fn create_target(
@@ -97,6 +104,7 @@ pub async fn create_target(
             &body.kind,
             &body.agent,
             body.settings,
+            body.check,
         )
         .await?;
     Ok((
@@ -232,4 +240,56 @@ pub async fn delete_target(
     caller.require(Permission::Operate)?;
     app.delete_target(&name).await?;
     Ok(http::StatusCode::NO_CONTENT)
+}
+
+/// What the agent of a target said when asked to check it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TargetCheckView {
+    /// Target name.
+    pub target: String,
+    /// The agent that checked it.
+    pub agent_id: String,
+    /// Whether the agent can drive the target as configured.
+    pub ok: bool,
+    /// What the agent found, or why it cannot drive the target.
+    pub message: String,
+    /// When the answer came.
+    pub checked_at: String,
+    /// How long the check took, in milliseconds.
+    pub duration_ms: i64,
+}
+
+/// Checks a target live.
+///
+/// Asks the target's agent whether it can reach and drive the target as configured
+/// (the Docker engine answers, the SSH host key matches and the key is accepted, the
+/// Compose file reads, …), changing nothing. A target the agent cannot drive is a 200
+/// with `ok: false` and the reason. Needs the operator role (the agent gets the
+/// values of the secrets the settings reference).
+#[utoipa::path(post, path = "/api/v1/targets/{name}/check", tag = "targets", operation_id = "checkTarget",
+    params(("name" = String, Path, description = "Target name")),
+    responses(
+        (status = 200, description = "The agent's answer", body = TargetCheckView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such target (`unknown_target`)", body = ErrorEnvelope),
+        (status = 422, description = "The agent is not connected to this server (`agent_unavailable`)", body = ErrorEnvelope),
+        (status = 503, description = "The agent did not answer in time (`check_unanswered`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn check_target(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TargetCheckView>> {
+    caller.require(Permission::Operate)?;
+    let target = app.target(&name).await?;
+    let checked = app.check_target(&target).await?;
+    Ok(Json(TargetCheckView {
+        target: target.name,
+        agent_id: target.agent_id,
+        ok: checked.ok,
+        message: checked.message,
+        checked_at: rfc3339(checked.checked_at_ms),
+        duration_ms: checked.duration_ms,
+    }))
 }

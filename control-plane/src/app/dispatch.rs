@@ -137,7 +137,10 @@ impl App {
     }
 
     /// The values of the secrets the spec's settings reference, unsealed.
-    async fn secret_values(&self, spec: &DeploySpec) -> Result<BTreeMap<String, String>, AppError> {
+    pub(super) async fn secret_values(
+        &self,
+        spec: &DeploySpec,
+    ) -> Result<BTreeMap<String, String>, AppError> {
         let mut wanted = BTreeSet::new();
         for value in spec.target.settings.values() {
             // Stored settings passed this check when the deployment was planned.

@@ -19,7 +19,9 @@ pub struct TargetChange {
 }
 
 impl App {
-    /// Creates a target, checking kind, settings, environment and agent.
+    /// Creates a target, checking kind, settings, environment and agent; with `check`,
+    /// the agent must first confirm that it can drive the target as configured (see
+    /// [`App::check_target`]), else nothing is stored (422 `target_check_failed`).
     pub async fn create_target(
         self: &std::sync::Arc<Self>,
         name: &str,
@@ -27,6 +29,7 @@ impl App {
         kind: &str,
         agent: &str,
         settings: BTreeMap<String, String>,
+        check: bool,
     ) -> Result<Target, AppError> {
         validate_name("target", name)?;
         let kind: TargetKind = kind.parse().map_err(invalid)?;
@@ -48,6 +51,19 @@ impl App {
             settings,
             created_at_ms: now_ms(),
         };
+        if check {
+            let checked = self.check_target(&target).await?;
+            if !checked.ok {
+                return Err(AppError::new(
+                    ErrorKind::FailedPrecondition,
+                    "target_check_failed",
+                    format!(
+                        "target `{name}` was not created: its agent cannot drive it: {}",
+                        checked.message
+                    ),
+                ));
+            }
+        }
         self.store.create_target(&target).await.map_err(|e| {
             conflict_as(
                 e,

@@ -323,6 +323,10 @@ async fn handle_agent_message(app: &Arc<App>, agent_id: &str, message: AgentMess
         Some(agent_message::Body::Goodbye(goodbye)) => {
             app.record_goodbye(agent_id, &goodbye.reason).await
         }
+        Some(agent_message::Body::CheckResult(result)) => {
+            app.complete_check(agent_id, result);
+            Ok(())
+        }
         None => {
             tracing::debug!("empty agent message");
             Ok(())

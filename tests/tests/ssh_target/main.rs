@@ -24,7 +24,7 @@ use stella_tests::images::{
 };
 use stella_tests::registry::TestRegistry;
 use stella_tests::sshd::{ensure_nodocker_user, keygen, owned_dir, TestSshd, NODOCKER_USER};
-use stella_tests::{free_port, init_tracing, wait_until, TestAgent, TestServer};
+use stella_tests::{free_port, init_tracing, stella, wait_until, TestAgent, TestServer};
 
 /// One test's world. Fields drop in order: containers first, then images, registry, sshd.
 struct World {
@@ -292,6 +292,7 @@ impl ScriptHost {
     }
 }
 
+mod check;
 mod docker_mode;
 mod keys;
 mod script_mode;
