@@ -206,7 +206,10 @@ fn group_counts(job: &Value) -> Vec<(String, u64)> {
                 .iter()
                 .map(|g| {
                     (
-                        g.get("Name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                        g.get("Name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
                         g.get("Count").and_then(Value::as_u64).unwrap_or(1),
                     )
                 })
@@ -217,8 +220,18 @@ fn group_counts(job: &Value) -> Vec<(String, u64)> {
 
 fn images(job: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for group in job.get("TaskGroups").and_then(Value::as_array).into_iter().flatten() {
-        for task in group.get("Tasks").and_then(Value::as_array).into_iter().flatten() {
+    for group in job
+        .get("TaskGroups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for task in group
+            .get("Tasks")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(image) = task.pointer("/Config/image").and_then(Value::as_str) {
                 out.push(image.to_owned());
             }
@@ -294,7 +307,10 @@ impl NomadDouble {
             index_tx,
         });
         let app = Router::new()
-            .route("/v1/jobs", get(list_jobs).put(register_jobs).post(register_jobs))
+            .route(
+                "/v1/jobs",
+                get(list_jobs).put(register_jobs).post(register_jobs),
+            )
             .route("/v1/jobs/parse", post(parse_hcl))
             .route(
                 "/v1/job/{id}",
@@ -373,9 +389,7 @@ impl NomadDouble {
 
     /// The current job edited by `edit` and registered again, outside Stella.
     pub fn edit(&self, id: &str, edit: impl FnOnce(&mut Value)) -> anyhow::Result<Value> {
-        let mut job = self
-            .job(id)
-            .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+        let mut job = self.job(id).ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
         edit(&mut job);
         self.register(job)
     }
@@ -417,9 +431,16 @@ fn register(shared: &Arc<Shared>, namespace: &str, mut job: Value, enforce: Opti
         .get("ID")
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
-        .ok_or((StatusCode::BAD_REQUEST, "Job ID must be specified".to_owned()))?
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "Job ID must be specified".to_owned(),
+        ))?
         .to_owned();
-    if job.get("TaskGroups").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+    if job
+        .get("TaskGroups")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
         return Err((
             StatusCode::INTERNAL_SERVER_ERROR,
             "1 error occurred:\n\t* Missing job task groups\n".to_owned(),
@@ -466,15 +487,21 @@ fn register(shared: &Arc<Shared>, namespace: &str, mut job: Value, enforce: Opti
         }
     }
     let index = shared.bump(&mut inner);
-    let version = current.as_ref().map_or(0, |c| c["Version"].as_u64().unwrap_or(0) + 1);
+    let version = current
+        .as_ref()
+        .map_or(0, |c| c["Version"].as_u64().unwrap_or(0) + 1);
     let stopped = job.get("Stop").and_then(Value::as_bool).unwrap_or(false);
-    let object = job.as_object_mut().ok_or((StatusCode::BAD_REQUEST, "Job must be an object".to_owned()))?;
+    let object = job
+        .as_object_mut()
+        .ok_or((StatusCode::BAD_REQUEST, "Job must be an object".to_owned()))?;
     object.insert("Version".into(), json!(version));
     object.insert("JobModifyIndex".into(), json!(index));
     object.insert("ModifyIndex".into(), json!(index));
     object.insert(
         "CreateIndex".into(),
-        current.as_ref().map_or(json!(index), |c| c["CreateIndex"].clone()),
+        current
+            .as_ref()
+            .map_or(json!(index), |c| c["CreateIndex"].clone()),
     );
     object.insert("SubmitTime".into(), json!(now_nanos()));
     object.insert("Stable".into(), json!(false));
@@ -484,7 +511,12 @@ fn register(shared: &Arc<Shared>, namespace: &str, mut job: Value, enforce: Opti
         json!(if stopped { "dead" } else { "pending" }),
     );
     object.insert("StatusDescription".into(), json!(""));
-    inner.jobs.entry(key.clone()).or_default().versions.push(job.clone());
+    inner
+        .jobs
+        .entry(key.clone())
+        .or_default()
+        .versions
+        .push(job.clone());
 
     // A newer version cancels the running deployments of older ones.
     for deployment in inner.deployments.values_mut() {
@@ -520,8 +552,10 @@ fn register(shared: &Arc<Shared>, namespace: &str, mut job: Value, enforce: Opti
         stopped,
         outcome,
     ));
-    Ok(json!({"EvalID": eval_id, "EvalCreateIndex": index, "JobModifyIndex": index,
-        "Warnings": "", "Index": index}))
+    Ok(
+        json!({"EvalID": eval_id, "EvalCreateIndex": index, "JobModifyIndex": index,
+        "Warnings": "", "Index": index}),
+    )
 }
 
 /// The scheduler's part: completes the evaluation, makes the deployment and moves it
@@ -548,9 +582,12 @@ async fn schedule(
                 let groups: serde_json::Map<String, Value> = group_counts(job)
                     .into_iter()
                     .map(|(name, count)| {
-                        (name, json!({"DesiredTotal": count, "PlacedAllocs": 0, "HealthyAllocs": 0,
+                        (
+                            name,
+                            json!({"DesiredTotal": count, "PlacedAllocs": 0, "HealthyAllocs": 0,
                             "UnhealthyAllocs": 0, "AutoRevert": false, "Promoted": false,
-                            "DesiredCanaries": 0}))
+                            "DesiredCanaries": 0}),
+                        )
                     })
                     .collect();
                 inner.deployments.insert(
@@ -642,7 +679,11 @@ async fn schedule(
     }
     let index = shared.bump(&mut inner);
     let (status, description, healthy) = match outcome {
-        Outcome::Succeed { .. } => ("successful", "Deployment completed successfully", Some(true)),
+        Outcome::Succeed { .. } => (
+            "successful",
+            "Deployment completed successfully",
+            Some(true),
+        ),
         Outcome::Unhealthy { .. } => ("failed", "Failed due to unhealthy allocations", Some(false)),
         _ => ("failed", "Failed due to progress deadline", None),
     };
@@ -705,7 +746,9 @@ fn deregister(shared: &Arc<Shared>, namespace: &str, id: &str, purge: bool) -> A
         let eval_id = inner.new_id();
         inner.evals.insert(eval_id.clone(), json!({"ID": eval_id, "JobID": id, "Namespace": namespace,
             "Status": "complete", "TriggeredBy": "job-deregister", "CreateIndex": index, "ModifyIndex": index}));
-        return Ok(json!({"EvalID": eval_id, "EvalCreateIndex": index, "JobModifyIndex": index, "Index": index}));
+        return Ok(
+            json!({"EvalID": eval_id, "EvalCreateIndex": index, "JobModifyIndex": index, "Index": index}),
+        );
     }
     let mut job = current;
     job["Stop"] = json!(true);
@@ -722,7 +765,9 @@ struct CommonQuery {
 
 impl CommonQuery {
     fn namespace(&self) -> String {
-        self.namespace.clone().unwrap_or_else(|| "default".to_owned())
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned())
     }
 }
 
@@ -794,11 +839,20 @@ async fn respond(
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, (StatusCode, String)> {
-    serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("Failed to decode request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("Failed to decode request body: {e}"),
+        )
+    })
 }
 
-fn register_answer(shared: &Arc<Shared>, namespace: &str, body: &Bytes, id: Option<&str>) -> Answer {
+fn register_answer(
+    shared: &Arc<Shared>,
+    namespace: &str,
+    body: &Bytes,
+    id: Option<&str>,
+) -> Answer {
     let request = parse_body(body)?;
     let job = request
         .get("Job")
@@ -806,11 +860,18 @@ fn register_answer(shared: &Arc<Shared>, namespace: &str, body: &Bytes, id: Opti
         .ok_or((StatusCode::BAD_REQUEST, "Job must be specified".to_owned()))?;
     if let Some(id) = id {
         if job.get("ID").and_then(Value::as_str) != Some(id) {
-            return Err((StatusCode::BAD_REQUEST, "Job ID does not match name".to_owned()));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "Job ID does not match name".to_owned(),
+            ));
         }
     }
-    let enforce = (request.get("EnforceIndex") == Some(&Value::Bool(true)))
-        .then(|| request.get("JobModifyIndex").and_then(Value::as_u64).unwrap_or(0));
+    let enforce = (request.get("EnforceIndex") == Some(&Value::Bool(true))).then(|| {
+        request
+            .get("JobModifyIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    });
     let namespace = job
         .get("Namespace")
         .and_then(Value::as_str)
@@ -835,7 +896,16 @@ macro_rules! handler {
             let $id: String = $id.map(|Path(id)| id).unwrap_or_default();
             let raw = uri.query().unwrap_or("").to_owned();
             let path = uri.path().to_owned();
-            respond(&$shared, &method, &path, &$query, &raw, &headers, |$shared| $answer).await
+            respond(
+                &$shared,
+                &method,
+                &path,
+                &$query,
+                &raw,
+                &headers,
+                |$shared| $answer,
+            )
+            .await
         }
     };
 }
@@ -924,7 +994,11 @@ handler!(job_deployment, |shared, query, body, id| {
 
 handler!(job_deployments, |shared, query, body, id| {
     let inner = shared.lock();
-    Ok(Value::Array(deployments_of(&inner, &query.namespace(), &id)))
+    Ok(Value::Array(deployments_of(
+        &inner,
+        &query.namespace(),
+        &id,
+    )))
 });
 
 handler!(job_allocations, |shared, query, body, id| {
@@ -956,10 +1030,10 @@ handler!(job_evaluations, |shared, query, body, id| {
 handler!(revert_job, |shared, query, body, id| {
     let request = parse_body(&body)?;
     let namespace = query.namespace();
-    let version = request
-        .get("JobVersion")
-        .and_then(Value::as_u64)
-        .ok_or((StatusCode::BAD_REQUEST, "JobVersion must be specified".to_owned()))?;
+    let version = request.get("JobVersion").and_then(Value::as_u64).ok_or((
+        StatusCode::BAD_REQUEST,
+        "JobVersion must be specified".to_owned(),
+    ))?;
     let (current, target) = {
         let inner = shared.lock();
         let entry = inner
@@ -972,19 +1046,28 @@ handler!(revert_job, |shared, query, body, id| {
             .iter()
             .find(|v| v["Version"] == version)
             .cloned()
-            .ok_or((StatusCode::BAD_REQUEST, format!("job {id:?} at version {version} not found")))?;
+            .ok_or((
+                StatusCode::BAD_REQUEST,
+                format!("job {id:?} at version {version} not found"),
+            ))?;
         (current, target)
     };
     if let Some(prior) = request.get("EnforcePriorVersion").and_then(Value::as_u64) {
         if current["Version"].as_u64() != Some(prior) {
             return Err((
                 StatusCode::BAD_REQUEST,
-                format!("Current job has version {}; enforcing version {prior}", current["Version"]),
+                format!(
+                    "Current job has version {}; enforcing version {prior}",
+                    current["Version"]
+                ),
             ));
         }
     }
     if current["Version"].as_u64() == Some(version) {
-        return Err((StatusCode::BAD_REQUEST, format!("can't revert to current version")));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("can't revert to current version"),
+        ));
     }
     register(shared, &namespace, target, None)
 });
