@@ -1066,7 +1066,7 @@ handler!(revert_job, |shared, query, body, id| {
     if current["Version"].as_u64() == Some(version) {
         return Err((
             StatusCode::BAD_REQUEST,
-            format!("can't revert to current version"),
+            "can't revert to current version".to_owned(),
         ));
     }
     register(shared, &namespace, target, None)
