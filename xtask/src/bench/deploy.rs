@@ -48,6 +48,9 @@ pub struct DeployArgs {
     /// is slow.
     #[arg(long, default_value = "stella-deploy")]
     pub ssh_user: String,
+    /// `--kind nomad`: how long the Nomad API double's deployments take, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub nomad_rollout_ms: u64,
 }
 
 /// The kinds `cargo xtask bench deploy` measures.

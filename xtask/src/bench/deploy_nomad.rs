@@ -8,7 +8,7 @@
 //!
 //! No Nomad binary can be had here: both sides talk to the Nomad API double of the test
 //! harness (`stella_tests::doubles::nomad`), in this process, whose deployments succeed
-//! 100 ms after the registration. A real registry holds the images (the server resolves
+//! `--nomad-rollout-ms` (100) after the registration. A real registry holds the images (the server resolves
 //! release digests); the release `stella` binary runs the server and the agent.
 
 use std::time::{Duration, Instant};
@@ -22,9 +22,6 @@ use stella_tests::registry::TestRegistry;
 use super::deploy::{median, start_agent, uuid_like, DeployArgs, Stella};
 use super::server::ServerProcess;
 use crate::cargo::step;
-
-/// How long the double's deployments take.
-const ROLLOUT: Duration = Duration::from_millis(100);
 
 /// Runs the bench and prints medians and the ratio.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
@@ -115,8 +112,9 @@ async fn bench(args: &DeployArgs, binary: &std::path::Path) -> anyhow::Result<()
     );
     let v1 = images.publish("v1", true).await?;
     let v2 = images.publish("v2", true).await?;
+    let rollout = Duration::from_millis(args.nomad_rollout_ms);
     let nomad = NomadDouble::start().await?;
-    nomad.set_default(Outcome::Succeed { after: ROLLOUT });
+    nomad.set_default(Outcome::Succeed { after: rollout });
     let job = format!("bench-{suffix}");
     let direct = format!("bench-direct-{suffix}");
     nomad.register(example_job(&job, &[("web", 2, &["web"])]))?;
@@ -206,14 +204,14 @@ async fn bench(args: &DeployArgs, binary: &std::path::Path) -> anyhow::Result<()
         let ratio = stella_median / bare_median;
         println!();
         println!("rounds                        {}", args.rounds);
-        println!("nomad deployment (double)     {:.3} s", ROLLOUT.as_secs_f64());
+        println!("nomad deployment (double)     {:.3} s", rollout.as_secs_f64());
         println!("median stella promote --wait  {stella_median:.3} s (job read, pinned, stickers, registered, deployment followed)");
         println!("median bare API calls         {bare_median:.3} s (GET job, PUT /v1/jobs, blocking GET deployment until successful)");
         println!("ratio                         {ratio:.2}");
         println!(
             "BENCH_JSON {}",
             json!({"bench": "deploy-nomad", "rounds": args.rounds,
-                   "rollout_seconds": ROLLOUT.as_secs_f64(),
+                   "rollout_seconds": rollout.as_secs_f64(),
                    "stella_median_seconds": stella_median,
                    "bare_api_median_seconds": bare_median, "ratio": ratio})
         );
