@@ -115,6 +115,7 @@ fn task_image(job: &Value, group: usize, task: usize) -> String {
         .to_owned()
 }
 
+mod api;
 mod cross_check;
 mod deploy;
 mod drift;
