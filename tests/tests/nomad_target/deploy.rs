@@ -359,3 +359,42 @@ async fn a_missing_job_or_task_is_a_clear_error_and_a_mapping_finds_the_task() -
     assert!(result.expect_err("no address").contains("needs address"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_cancelled_task_stops_following_at_once() -> anyhow::Result<()> {
+    let (nomad, target) = world().await?;
+    nomad.set_default(Outcome::Hang);
+    let task = task(settings(&nomad), "1.0.0", 'a');
+    let cancel = CancellationToken::new();
+    let running = {
+        let task = task.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let (progress, _lines) = Progress::channel("agent-test", "cancel");
+            target
+                .apply(&task, &Plan::default(), &progress, &cancel)
+                .await
+        })
+    };
+    wait_until(
+        "Stella's version is being deployed",
+        Duration::from_secs(10),
+        || async {
+            let last = nomad.deployments("shop").last().cloned()?;
+            (last["JobVersion"] == 1 && last["Status"] == "running").then_some(())
+        },
+    )
+    .await?;
+    let started = tokio::time::Instant::now();
+    cancel.cancel();
+    let result = running.await?;
+    assert!(
+        matches!(result, Err(stella_agent_core::TargetError::Cancelled)),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the blocking query was not waited out"
+    );
+    Ok(())
+}
