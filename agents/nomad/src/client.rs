@@ -174,6 +174,28 @@ impl NomadClient {
         }
     }
 
+    /// `GET /v1/job/:id`, blocking from `index`: the job (`None`: Nomad does not know
+    /// it, answered at once) and the answer's index.
+    pub async fn job_blocking(
+        &self,
+        job: &str,
+        index: u64,
+    ) -> Result<(Option<Value>, u64), NomadError> {
+        match self
+            .call(
+                Method::GET,
+                &Self::job_path(job, ""),
+                None,
+                Some((index, BLOCKING_WAIT)),
+            )
+            .await
+        {
+            Ok((value, index)) => Ok((Some(value), index)),
+            Err(error) if error.is_not_found() => Ok((None, index)),
+            Err(error) => Err(error),
+        }
+    }
+
     /// `GET /v1/job/:id/versions`: the job's versions, newest first.
     pub async fn versions(&self, job: &str) -> Result<Vec<Value>, NomadError> {
         let path = Self::job_path(job, "/versions");

@@ -35,7 +35,8 @@
 //! A purged or stopped job is `missing`; a task whose image is not the desired digest
 //! is `image_changed`; a sticker edited in `Meta` is `sticker_tampered`; task groups
 //! that differ from `stella.spec` (a version registered outside Stella) are
-//! `config_changed`. Drift is found at the agent's drift interval.
+//! `config_changed`. Each target whose task the agent has run is watched with a blocking
+//! query on its job (see `watch`): a change to the job starts a drift round at once.
 //!
 //! Architecture invariant: this crate knows Nomad's HTTP API and agent-core's `Target`
 //! trait, nothing of the control plane or the protocol.
@@ -46,9 +47,10 @@ mod drift;
 mod error;
 mod jobspec;
 mod settings;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use stella_agent_core::{
     async_trait, error_chain, ApplyOutcome, CancellationToken, ComponentSpec, DeployTask,
@@ -73,6 +75,8 @@ pub struct NomadTarget {
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` need the token `token_secret` names.
     secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// The settings of each target seen, for the watcher.
+    seen: Arc<Mutex<HashMap<String, NomadSettings>>>,
 }
 
 impl NomadTarget {
@@ -100,7 +104,12 @@ impl NomadTarget {
         let values = task
             .resolved_settings()
             .map_err(|e| NomadError::InvalidSettings(e.to_string()))?;
-        NomadSettings::parse(&values, &task.target.settings)
+        let settings = NomadSettings::parse(&values, &task.target.settings)?;
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task.target.name, settings.clone());
+        Ok(settings)
     }
 
     fn spec_settings(&self, target: &TargetSpec) -> Result<NomadSettings, NomadError> {
@@ -282,5 +291,9 @@ impl Target for NomadTarget {
 
     async fn detect_drift(&self, desired: &DeployTask) -> Result<Vec<DriftFinding>, TargetError> {
         self.do_detect_drift(desired).await
+    }
+
+    fn watch(&self, notify: tokio::sync::mpsc::UnboundedSender<String>) {
+        tokio::spawn(watch::run(self.seen.clone(), notify));
     }
 }

@@ -151,3 +151,38 @@ async fn a_job_file_registers_a_purged_job_again() -> anyhow::Result<()> {
     assert_eq!(target.detect_drift(&desired).await?, vec![]);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_job_is_watched_so_drift_is_looked_for_as_soon_as_it_changes() -> anyhow::Result<()> {
+    let (nomad, target) = world().await?;
+    let desired = task(settings(&nomad), "1.0.0", 'a');
+    apply_ok(&target, &desired).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    target.watch(tx);
+    stella_tests::wait_until(
+        "the watcher holds a blocking query on the job",
+        Duration::from_secs(10),
+        || async {
+            nomad
+                .requests()
+                .iter()
+                .any(|r| {
+                    r.path == "/v1/job/shop"
+                        && r.query.contains("index=")
+                        && !r.query.contains("index=0&")
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(rx.try_recv().is_err(), "nothing changed yet");
+    nomad.stop("shop", false)?;
+    let notified = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await?;
+    assert_eq!(notified.as_deref(), Some("nomad-shop"));
+    let findings = target.detect_drift(&desired).await?;
+    assert!(
+        findings.iter().all(|f| f.kind == DriftKind::Missing) && findings.len() == 2,
+        "{findings:?}"
+    );
+    Ok(())
+}
