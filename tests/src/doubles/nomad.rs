@@ -1,7 +1,11 @@
-//! A test double of the Nomad HTTP API, written from Nomad's public API documentation
-//! (developer.hashicorp.com/nomad/api-docs: jobs, job, evaluations, deployments,
-//! allocations, blocking queries). It is not Nomad: no scheduler, no clients, no
-//! drivers. It is faithful where Stella depends on it.
+//! A test double of the Nomad HTTP API, written from Nomad's public API documentation,
+//! developer.hashicorp.com/nomad/api-docs: "HTTP API" (namespaces, regions, ACL tokens,
+//! blocking queries and `X-Nomad-Index`), "Jobs" (create, list, read, versions,
+//! deployments, latest deployment, allocations, evaluations, update, revert, stop/purge),
+//! "Evaluations" (read), "Deployments" (read) and the allocation fields those answers
+//! carry. It is not Nomad: no scheduler, no clients, no drivers. It is faithful where
+//! Stella depends on it, and cross-checked with `python-nomad`, a real client
+//! (`tests/tests/nomad_target/cross_check.rs`).
 //!
 //! Implemented:
 //! - `PUT|POST /v1/jobs` and `POST|PUT /v1/job/:id` (register; `EnforceIndex` +
