@@ -105,3 +105,32 @@ async fn the_namespace_setting_selects_the_job() -> anyhow::Result<()> {
         .all(|r| r.query.contains("namespace=prod")));
     Ok(())
 }
+
+#[test]
+fn the_control_plane_accepts_every_key_the_nomad_target_reads() {
+    use stella_control_plane::domain::TargetKind;
+    for key in stella_target_nomad::NOMAD_KEYS {
+        let (key, value) = match *key {
+            "task.COMPONENT" => ("task.api", "web/api"),
+            "token_secret" => (*key, "${secret.nomad_token}"),
+            "job_file" | "ca_file" => (*key, "/etc/stella/file"),
+            "deploy_timeout_seconds" => (*key, "60"),
+            "components" => (*key, "api"),
+            "address" => (*key, "http://127.0.0.1:4646"),
+            other => (other, "prod"),
+        };
+        let settings = BTreeMap::from([
+            ("address".to_owned(), "http://127.0.0.1:4646".to_owned()),
+            ("job".to_owned(), "shop".to_owned()),
+            (key.to_owned(), value.to_owned()),
+        ]);
+        assert!(
+            TargetKind::Nomad.validate_settings(&settings).is_ok(),
+            "{key}={value} refused"
+        );
+        assert!(
+            NomadSettings::parse(&settings, &settings).is_ok(),
+            "{key}={value} refused by the target"
+        );
+    }
+}
