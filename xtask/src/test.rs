@@ -70,6 +70,11 @@ const PYTHON_PACKAGES: &[PythonPackage] = &[
         module: "schemathesis",
         package: "schemathesis",
     },
+    // A real Nomad client, to cross-check the Nomad API double.
+    PythonPackage {
+        module: "nomad",
+        package: "python-nomad",
+    },
 ];
 
 /// Flags of `cargo xtask test`.

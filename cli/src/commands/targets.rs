@@ -383,6 +383,40 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
+    Kind {
+        name: stella_target_nomad::KIND,
+        about: "a HashiCorp Nomad job, driven through the Nomad HTTP API",
+        settings: &[
+            (
+                "components",
+                "the release's components to run here, comma-separated [default: all]",
+            ),
+            (
+                "address",
+                "the Nomad HTTP API, http(s)://host:port (required)",
+            ),
+            ("job", "the job's ID (required)"),
+            (
+                "job_file",
+                "a job specification on the agent's host (JSON, or HCL parsed by Nomad) [default: the registered job]",
+            ),
+            ("namespace", "the job's namespace [default: default]"),
+            ("region", "the job's region [default: the server's own]"),
+            (
+                "token_secret",
+                "${secret.NAME}: the ACL token, kept as an environment secret",
+            ),
+            ("ca_file", "a PEM CA bundle on the agent's host, for https"),
+            (
+                "task.COMPONENT",
+                "GROUP/TASK (or TASK) that runs COMPONENT [default: the task named like it]",
+            ),
+            (
+                "deploy_timeout_seconds",
+                "how long Nomad's deployment may take before Stella reverts it [default: 600]",
+            ),
+        ],
+    },
 ];
 
 fn kind_parser() -> PossibleValuesParser {
@@ -440,6 +474,13 @@ mod tests {
         ssh.push("components");
         ssh.sort_unstable();
         assert_eq!(listed(stella_target_ssh::KIND), ssh);
+    }
+
+    #[test]
+    fn the_nomad_settings_in_help_are_those_the_nomad_target_accepts() {
+        let mut nomad = stella_target_nomad::NOMAD_KEYS.to_vec();
+        nomad.sort_unstable();
+        assert_eq!(listed(stella_target_nomad::KIND), nomad);
     }
 
     #[test]

@@ -66,6 +66,18 @@ const SSH_KEYS: &[&str] = &[
     "command_timeout_seconds",
 ];
 
+/// Settings of Nomad targets (besides `task.<component>`).
+const NOMAD_KEYS: &[&str] = &[
+    "address",
+    "job",
+    "job_file",
+    "namespace",
+    "region",
+    "token_secret",
+    "ca_file",
+    "deploy_timeout_seconds",
+];
+
 impl TargetKind {
     /// All kinds, in documentation order.
     pub const ALL: [TargetKind; 6] = [
@@ -110,7 +122,7 @@ impl TargetKind {
                 "endpoint_url",
                 "credentials_secret",
             ],
-            TargetKind::Nomad => &["address", "job_file", "namespace", "region", "token_secret"],
+            TargetKind::Nomad => NOMAD_KEYS,
         }
     }
 
@@ -126,7 +138,8 @@ impl TargetKind {
                     && key.starts_with("env.")
                     && key.len() > 4)
                 || (self == TargetKind::Ssh && DOCKER_KEYS.contains(&key.as_str()))
-                || (self == TargetKind::Compose && key.starts_with("service.") && key.len() > 8);
+                || (self == TargetKind::Compose && key.starts_with("service.") && key.len() > 8)
+                || (self == TargetKind::Nomad && key.starts_with("task.") && key.len() > 5);
             if !known {
                 return Err(Invalid(format!(
                     "unknown setting `{key}` for a {} target",
@@ -138,6 +151,7 @@ impl TargetKind {
         match self {
             TargetKind::Compose => validate_compose(settings),
             TargetKind::Ssh => validate_ssh(settings),
+            TargetKind::Nomad => validate_nomad(settings),
             _ => Ok(()),
         }
     }
@@ -177,6 +191,7 @@ fn validate_value(key: &str, value: &str) -> Result<(), Invalid> {
         "health_timeout_seconds" | "stop_timeout_seconds" | "command_timeout_seconds" => {
             seconds(3600)
         }
+        "deploy_timeout_seconds" => seconds(86_400),
         "connect_timeout_seconds" => seconds(300),
         "container_name" => validate_container_name(value),
         "restart" if !matches!(value, "no" | "always" | "unless-stopped" | "on-failure") => {
@@ -184,9 +199,13 @@ fn validate_value(key: &str, value: &str) -> Result<(), Invalid> {
                 "restart `{value}`: use no, always, unless-stopped or on-failure"
             )))
         }
-        "compose_file" | "sticker_dir" | "key_file" if !value.starts_with('/') => Err(Invalid(
-            format!("{key} `{value}` must be an absolute path on the agent's host"),
-        )),
+        "compose_file" | "sticker_dir" | "key_file" | "job_file" | "ca_file"
+            if !value.starts_with('/') =>
+        {
+            Err(Invalid(format!(
+                "{key} `{value}` must be an absolute path on the agent's host"
+            )))
+        }
         "project" => validate_project(value),
         "compose_version" if !matches!(value, "auto" | "v1" | "v2") => Err(Invalid(format!(
             "compose_version `{value}`: use auto, v1 or v2"
@@ -208,7 +227,7 @@ fn validate_value(key: &str, value: &str) -> Result<(), Invalid> {
             )))
         }
         "host_key" => validate_host_key(value),
-        "key_secret" => validate_secret_reference(key, value),
+        "key_secret" | "token_secret" => validate_secret_reference(key, value),
         _ if key.starts_with("service.") => validate_service_name(key, value),
         _ => Ok(()),
     }
@@ -278,7 +297,7 @@ fn validate_secret_reference(key: &str, value: &str) -> Result<(), Invalid> {
     } else {
         Err(Invalid(format!(
             "{key} must be a reference to an environment secret, `${{secret.NAME}}` \
-             (stella env secret set ENV NAME): a key is never stored in a target's settings"
+             (stella env secret set ENV NAME): a key or token is never stored in a target's settings"
         )))
     }
 }
@@ -343,6 +362,55 @@ fn validate_ssh(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
         return Err(Invalid(
             "script applies to mode=script only (set mode=script)".to_owned(),
         ));
+    }
+    Ok(())
+}
+
+/// What a Nomad target needs: the API's address and the job; a `task.<component>` is
+/// `GROUP/TASK` or `TASK`.
+fn validate_nomad(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let missing: Vec<&str> = ["address", "job"]
+        .into_iter()
+        .filter(|key| !settings.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Invalid(format!(
+            "a nomad target needs {} (address: the Nomad HTTP API, http(s)://host:4646; job: the job's ID)",
+            missing.join(" and ")
+        )));
+    }
+    for (key, value) in settings {
+        let plain = |v: &str| !v.is_empty() && !v.contains(char::is_whitespace);
+        let ok = match key.as_str() {
+            "address" => {
+                let rest = value
+                    .trim_end_matches('/')
+                    .strip_prefix("http://")
+                    .or_else(|| value.trim_end_matches('/').strip_prefix("https://"));
+                rest.is_some_and(|a| plain(a) && !a.contains(['/', '?', '#', '@']))
+            }
+            "job" | "namespace" | "region" => {
+                plain(value) && value.len() <= 128 && !value.contains(['/', '?', '#', '%', '&'])
+            }
+            _ if key.starts_with("task.") => match value.split_once('/') {
+                Some((group, task)) => plain(group) && plain(task) && !task.contains('/'),
+                None => plain(value),
+            },
+            _ => true,
+        };
+        if !ok {
+            return Err(Invalid(match key.as_str() {
+                "address" => format!(
+                    "address `{value}`: use the Nomad HTTP API's URL, http(s)://host:port (e.g. http://127.0.0.1:4646)"
+                ),
+                _ if key.starts_with("task.") => format!(
+                    "{key} `{value}`: use GROUP/TASK (a task group and one of its tasks) or TASK"
+                ),
+                _ => format!(
+                    "{key} `{value}`: at most 128 characters, without spaces, '/', '?', '#', '%' or '&'"
+                ),
+            }));
+        }
     }
     Ok(())
 }
@@ -506,6 +574,57 @@ mod tests {
         ] {
             let result = check(&[("compose_file", "/srv/c.yml"), (key, value)]);
             assert!(result.is_err(), "{key}={value} accepted");
+        }
+    }
+
+    #[test]
+    fn nomad_targets_need_an_address_and_a_job_and_take_the_token_from_a_secret() {
+        let check = |pairs: &[(&str, &str)]| {
+            TargetKind::Nomad
+                .validate_settings(&settings(pairs))
+                .map_err(|e| e.0)
+        };
+        let base = [("address", "https://nomad.internal:4646"), ("job", "shop")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            check(&pairs)
+        };
+        assert!(with(&[
+            ("namespace", "prod"),
+            ("region", "eu"),
+            ("token_secret", "${secret.nomad_token}"),
+            ("ca_file", "/etc/stella/nomad-ca.pem"),
+            ("task.api", "web/api"),
+            ("task.worker", "worker"),
+            ("deploy_timeout_seconds", "900"),
+            ("components", "api,worker"),
+        ])
+        .is_ok());
+        let error = check(&[("job", "shop")]).expect_err("no address");
+        assert!(error.contains("needs address"), "{error}");
+        let error = check(&[]).expect_err("nothing");
+        assert!(error.contains("address and job"), "{error}");
+        let error = with(&[("token_secret", "s.0123-plain")]).expect_err("plain token");
+        assert!(error.contains("${secret.NAME}"), "{error}");
+        let error = with(&[("image", "x")]).expect_err("unknown");
+        assert!(error.contains("unknown setting `image`"), "{error}");
+        for (key, value) in [
+            ("address", "nomad:4646"),
+            ("address", "http://nomad:4646/v1"),
+            ("job", "a/b"),
+            ("namespace", "has space"),
+            ("task.api", "a/b/c"),
+            ("task.api", "/api"),
+            ("job_file", "job.hcl"),
+            ("ca_file", "ca.pem"),
+            ("deploy_timeout_seconds", "0"),
+            ("host", "n"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            assert!(check(&pairs).is_err(), "{key}={value} accepted");
         }
     }
 

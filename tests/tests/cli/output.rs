@@ -330,15 +330,18 @@ async fn help_completions_and_misplaced_flags() -> anyhow::Result<()> {
         "stop_timeout_seconds",
         "env.NAME",
         "components",
+        "nomad",
+        "token_secret",
+        "task.COMPONENT",
     ] {
         assert!(help.contains(key), "{key} missing:\n{help}");
     }
-    for kind in ["winrm", "nomad"] {
+    for kind in ["winrm", "ecs"] {
         assert!(!help.contains(kind), "{kind} offered:\n{help}");
     }
     let (code, _, stderr) = stella(
         &[
-            "target", "create", "t", "--env", "e", "--agent", "a", "--kind", "nomad",
+            "target", "create", "t", "--env", "e", "--agent", "a", "--kind", "winrm",
         ],
         &none,
     )

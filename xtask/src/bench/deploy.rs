@@ -29,7 +29,8 @@ use crate::cargo::step;
 pub struct DeployArgs {
     /// The target kind deployed: `docker` (one container), `compose` (a Compose project,
     /// against `docker compose up -d` of the same pinned file) or `ssh` (a container on
-    /// a host driven over SSH, against `ssh host docker run …`).
+    /// a host driven over SSH, against `ssh host docker run …`) or `nomad` (a job on the
+    /// Nomad API double, against the bare API calls).
     #[arg(long, value_enum, default_value_t = DeployKind::Docker)]
     pub kind: DeployKind,
     /// Measured rounds of each method (after one warm-up round each).
@@ -47,6 +48,9 @@ pub struct DeployArgs {
     /// is slow.
     #[arg(long, default_value = "stella-deploy")]
     pub ssh_user: String,
+    /// `--kind nomad`: how long the Nomad API double's deployments take, in ms.
+    #[arg(long, default_value_t = 100)]
+    pub nomad_rollout_ms: u64,
 }
 
 /// The kinds `cargo xtask bench deploy` measures.
@@ -58,6 +62,8 @@ pub enum DeployKind {
     Compose,
     /// A container on a host reached over SSH.
     Ssh,
+    /// A job on the Nomad API double.
+    Nomad,
 }
 
 /// Runs the bench and prints medians and the ratio.
@@ -69,6 +75,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         DeployKind::Docker => {}
         DeployKind::Compose => return super::deploy_compose::run(args),
         DeployKind::Ssh => return super::deploy_ssh::run(args),
+        DeployKind::Nomad => return super::deploy_nomad::run(args),
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),
