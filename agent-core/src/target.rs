@@ -66,8 +66,10 @@ pub trait Target: Send + Sync + fmt::Debug {
     /// Whether this agent can reach and drive the target as configured, changing
     /// nothing: `Ok` with what it found, or the reason it cannot. `task` carries the
     /// target (settings and secret values) and no components. The default inspects the
-    /// target (which reaches the engine, host or service the settings name); a kind that
-    /// can say more overrides it.
+    /// target (which reaches the engine, host or service the settings name). A kind whose
+    /// settings may reference secrets overrides it, since [`Target::inspect`] gets none
+    /// (it relies on secrets remembered from earlier tasks, which a target being created
+    /// has not had); so does a kind that can say more.
     async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
         let observed = self.inspect(&task.target).await?;
         Ok(match observed.len() {

@@ -143,6 +143,42 @@ impl NomadTarget {
         Ok(drift::observed(job.as_ref(), &settings))
     }
 
+    /// Reads the job with the task's own settings and token (a target being created has
+    /// no desired state yet): what a deploy would start from.
+    async fn do_check(&self, task: &DeployTask) -> Result<String, NomadError> {
+        let settings = self.settings_of(task)?;
+        let job = NomadClient::new(&settings)?.job(&settings.job).await?;
+        let Some(found) = job.as_ref() else {
+            return match &settings.job_file {
+                Some(file) => Ok(format!(
+                    "{} answers; job {:?} is not registered yet: the first deploy registers it from {}",
+                    settings.address,
+                    settings.job,
+                    file.display()
+                )),
+                None => Err(NomadError::JobNotFound {
+                    job: settings.job.clone(),
+                    namespace: settings.namespace.clone(),
+                }),
+            };
+        };
+        let observed = drift::observed(job.as_ref(), &settings).len();
+        Ok(format!(
+            "{} answers; job {:?} version {} ({}); {observed} component{} observed",
+            settings.address,
+            settings.job,
+            found
+                .get("Version")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            found
+                .get("Status")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown status"),
+            if observed == 1 { "" } else { "s" }
+        ))
+    }
+
     async fn do_detect_drift(
         &self,
         desired: &DeployTask,
@@ -259,6 +295,10 @@ impl Target for NomadTarget {
 
     async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
         Ok(self.do_inspect(target).await?)
+    }
+
+    async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
+        Ok(self.do_check(task).await?)
     }
 
     /// Stickers live in the job's `Meta` and are written by registering the job, as part

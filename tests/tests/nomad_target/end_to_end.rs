@@ -83,7 +83,7 @@ impl Estate {
             .post(
                 "/api/v1/targets",
                 json!({"name": "nomad-prod", "environment": "prod", "kind": "nomad",
-                       "agent": "nomad-driver", "settings": self.settings()}),
+                       "agent": "nomad-driver", "settings": self.settings(), "check": true}),
             )
             .await?;
         Ok(())
@@ -207,7 +207,14 @@ async fn releases_reach_a_nomad_job_fail_with_nomads_reason_and_roll_back() -> a
         assert_ne!(code, 0, "{sets:?} accepted: {stdout}");
         assert!(stderr.contains(expected), "{sets:?}: {stderr}");
     }
+    // Created after the agent read the job with the token from the secret.
     estate.create_target().await?;
+    let (code, stdout, stderr) = estate.stella(&["target", "check", "nomad-prod"]).await?;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("ok: ") && stdout.contains(&format!("job {:?} version", estate.job)),
+        "{stdout}"
+    );
 
     // A release: the digest pinned, the sticker in Meta, the rollout in the log.
     let (first, logs) = estate.ship("1.0.0", &v1).await?;
