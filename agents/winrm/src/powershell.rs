@@ -2,7 +2,7 @@
 //! `$env:STELLA_*` variables, and three fixed scripts for the sticker directory. Each
 //! fixed script opens with a `# stella: NAME` line and takes its parameters as
 //! single-quoted literals on lines of their own; the test double interprets exactly these
-//! forms (see `tests/doubles/winrm_double.py`), so change both together.
+//! forms (see `tests/src/doubles/winrm_double.py`), so change both together.
 
 use stella_agent_core::{ComponentSpec, DeployTask};
 
