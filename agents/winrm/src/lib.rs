@@ -48,7 +48,7 @@ pub use crate::settings::{
     Auth, Endpoint, Password, WinrmSettings, DEFAULT_COMMAND_TIMEOUT_SECONDS,
     DEFAULT_OPERATION_TIMEOUT_SECONDS, DEFAULT_STICKER_DIR, WINRM_KEYS,
 };
-pub use crate::shell::{powershell_command, Output, StreamKind};
+pub use crate::shell::{powershell_command, run as run_powershell, Output, StreamKind};
 pub use crate::soap::{
     Request, ACTION_COMMAND, ACTION_CREATE, ACTION_DELETE, ACTION_RECEIVE, ACTION_SIGNAL,
     RESOURCE_URI_CMD,

@@ -7,6 +7,7 @@ mod decisions;
 mod deploy;
 mod deploy_compose;
 mod deploy_ssh;
+mod deploy_winrm;
 mod runs;
 mod server;
 mod sim;
