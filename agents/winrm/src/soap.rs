@@ -265,13 +265,11 @@ pub fn parse(xml: &str) -> Result<Response, String> {
                 };
                 match local.as_str() {
                     "Stream" => stream_name = attribute("Name"),
-                    "CommandState" => {
-                        if attribute("State").is_some_and(|s| s == STATE_DONE) {
-                            response.done = true;
-                        }
+                    "CommandState" if attribute("State").is_some_and(|s| s == STATE_DONE) => {
+                        response.done = true;
                     }
                     "Selector" => {
-                        selector_is_shell = attribute("Name").is_some_and(|n| n == "ShellId")
+                        selector_is_shell = attribute("Name").is_some_and(|n| n == "ShellId");
                     }
                     "Fault" if path.last().is_some_and(|p| p == "Body") => {
                         fault = Some(Fault::default());
@@ -289,9 +287,8 @@ pub fn parse(xml: &str) -> Result<Response, String> {
                 }
             }
             Event::End(_) => {
-                if path.pop().as_deref() == Some("Message") {
-                    in_fault_message = false;
-                }
+                let closed = path.pop();
+                in_fault_message &= closed.as_deref() != Some("Message");
             }
             Event::Text(text) => {
                 let text = text

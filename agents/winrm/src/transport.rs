@@ -217,7 +217,7 @@ impl Transport {
         Ok(response)
     }
 
-    fn ntlm_error(&self, action: &'static str, detail: String) -> WinrmError {
+    fn ntlm_error(&self, action: &'static str, detail: impl std::fmt::Display) -> WinrmError {
         WinrmError::Protocol {
             url: self.endpoint.url.clone(),
             action,

@@ -132,8 +132,8 @@ async fn ntlm_authenticates_and_wrong_passwords_are_refused() -> anyhow::Result<
 }
 
 #[tokio::test]
-async fn a_failing_script_fails_the_deployment_with_its_stderr_and_exit_code(
-) -> anyhow::Result<()> {
+async fn a_failing_script_fails_the_deployment_with_its_stderr_and_exit_code() -> anyhow::Result<()>
+{
     let host = Host::start("winrm-fail").await?;
     let task = host.task(
         "2.0.0",
@@ -151,7 +151,9 @@ async fn a_failing_script_fails_the_deployment_with_its_stderr_and_exit_code(
         "{lines:#?}"
     );
     assert!(
-        lines.iter().any(|l| l.starts_with("failed:") && l.contains("exit code 3")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("failed:") && l.contains("exit code 3")),
         "{lines:#?}"
     );
     // No marker, no sticker: the next delivery runs the script again.

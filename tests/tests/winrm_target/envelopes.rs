@@ -36,7 +36,10 @@ fn shapes(records: &[Value], pywinrm: bool) -> BTreeSet<(String, String)> {
                 r["action"].as_str().unwrap_or_default().to_owned(),
                 format!(
                     "resource={} headers={} options={} body={}",
-                    r["resource_uri"], r["headers"], options.join(","), r["body"]
+                    r["resource_uri"],
+                    r["headers"],
+                    options.join(","),
+                    r["body"]
                 ),
             )
         })
@@ -82,7 +85,10 @@ async fn pywinrm_and_stella_send_the_same_envelopes_to_the_double() -> anyhow::R
         stella_target_winrm::ACTION_RECEIVE,
         stella_target_winrm::ACTION_DELETE,
     ] {
-        assert!(both.contains(action), "{action} not sent by both: {records:#?}");
+        assert!(
+            both.contains(action),
+            "{action} not sent by both: {records:#?}"
+        );
     }
     for action in &both {
         let of = |shapes: &BTreeSet<(String, String)>| -> BTreeSet<String> {

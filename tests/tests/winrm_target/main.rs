@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stella_agent_core::{
-    ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, DriftKind, Plan, Progress,
-    Sticker, Target, TargetSpec,
+    ApplyOutcome, CancellationToken, ComponentSpec, DeployTask, DriftKind, Plan, Progress, Sticker,
+    Target, TargetSpec,
 };
 use stella_target_winrm::WinrmTarget;
 use stella_tests::doubles::winrm::{WinrmDouble, USER};

@@ -84,8 +84,10 @@ async fn releases_reach_a_winrm_target_through_server_and_agent() -> anyhow::Res
         .call(
             Method::POST,
             "/api/v1/targets",
-            Some(json!({"name": host.name, "environment": "edge", "kind": "winrm",
-                        "agent": "win-driver", "settings": literal})),
+            Some(
+                json!({"name": host.name, "environment": "edge", "kind": "winrm",
+                        "agent": "win-driver", "settings": literal}),
+            ),
         )
         .await?;
     assert_eq!(status, 400, "{refused}");
@@ -99,7 +101,13 @@ async fn releases_reach_a_winrm_target_through_server_and_agent() -> anyhow::Res
     let mut digests = BTreeMap::new();
     for (version, tag) in [("1.0.0", "v1"), ("2.0.0", "v2"), ("3.0.0", "v3")] {
         let image = images.publish(tag, true).await?;
-        digests.insert(version, image.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default());
+        digests.insert(
+            version,
+            image
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default(),
+        );
         server
             .post(
                 "/api/v1/releases",
@@ -109,14 +117,19 @@ async fn releases_reach_a_winrm_target_through_server_and_agent() -> anyhow::Res
     }
     let versions = || std::fs::read_to_string(host.work().join("versions")).unwrap_or_default();
     let sticker = || -> anyhow::Result<Sticker> {
-        Ok(Sticker::from_json(&std::fs::read(host.sticker_file("web"))?)?)
+        Ok(Sticker::from_json(&std::fs::read(
+            host.sticker_file("web"),
+        )?)?)
     };
 
     let (deployment, logs) = promote(&server, "1.0.0").await?;
     assert_eq!(deployment["state"], "succeeded", "{deployment}\n{logs}");
     assert!(logs.contains("script: deploying 1.0.0"), "{logs}");
     assert!(logs.contains("ntlm authentication"), "{logs}");
-    assert!(!logs.contains(&host.double.password), "the password is in the log");
+    assert!(
+        !logs.contains(&host.double.password),
+        "the password is in the log"
+    );
     assert_eq!(versions(), format!("1.0.0 {}\n", digests["1.0.0"]));
     assert_eq!(sticker()?.version, "1.0.0");
     assert_eq!(sticker()?.deployment_id, deployment["id"]);
@@ -145,7 +158,10 @@ async fn releases_reach_a_winrm_target_through_server_and_agent() -> anyhow::Res
     let (rolled, logs) = finish(&server, rollback["id"].as_str().context("id")?).await?;
     assert_eq!(rolled["state"], "succeeded", "{rolled}\n{logs}");
     assert!(
-        versions().ends_with(&format!("{target_version} {}\n", digests[target_version.as_str()])),
+        versions().ends_with(&format!(
+            "{target_version} {}\n",
+            digests[target_version.as_str()]
+        )),
         "{}",
         versions()
     );

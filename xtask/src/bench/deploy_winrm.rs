@@ -178,8 +178,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         bare_deploy(&transport, &versions[0]).await?;
         let mut through_stella = Vec::new();
         let mut bare = Vec::new();
-        for round in 1..=args.rounds {
-            let version = &versions[round];
+        for (round, version) in versions.iter().enumerate().take(args.rounds + 1).skip(1) {
             let started = Instant::now();
             stella
                 .run(&["promote", &format!("web@{version}"), "--to", "bench", "--wait"])
