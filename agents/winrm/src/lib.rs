@@ -3,7 +3,8 @@
 //!
 //! # Settings
 //!
-//! See [`WinrmSettings`]: `endpoint` (`https://HOST:5986/wsman`), `user`,
+//! See [`WinrmSettings`]: `endpoint` (`https://HOST:5986/wsman`, or
+//! `http://HOST:5985/wsman` with NTLM and message encryption), `user`,
 //! `password_secret` (`${secret.NAME}`: the control plane sends the password with the
 //! task; it is kept in memory only), `auth` (`ntlm` | `basic`), `ca_file`, `script`,
 //! `sticker_dir` (default `C:\ProgramData\Stella\stickers`),
@@ -27,6 +28,7 @@
 //! `Target` trait, nothing of the control plane or the protocol.
 
 mod drift;
+mod encryption;
 mod error;
 mod powershell;
 mod settings;

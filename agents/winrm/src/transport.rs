@@ -8,16 +8,17 @@
 //! connection was closed and a new one opened), the handshake is done again. The
 //! messages and the NTLMv2 response come from the `ntlmclient` crate.
 //!
-//! Message encryption (MS-WSMV 2.2.9.1.1, `multipart/encrypted` with NTLM sealing) is
-//! not implemented: NTLM is refused over plain HTTP (the password's hash would protect
-//! the handshake, but the commands, the scripts' variables and their output would cross
-//! the network in clear text). Use an HTTPS listener.
+//! Over HTTPS the AUTHENTICATE leg carries the first envelope. Over plain HTTP every
+//! envelope is encrypted with the NTLM session's keys (MS-WSMV 2.2.9.1.1, see
+//! `encryption`): the handshake runs with empty bodies first, as Windows expects, and a
+//! listener that does not agree to sealing is refused.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::sync::Mutex;
 
+use crate::encryption::{self, Session};
 use crate::error::WinrmError;
 use crate::settings::{Auth, Endpoint};
 
@@ -26,17 +27,27 @@ use crate::settings::{Auth, Endpoint};
 pub struct Transport {
     endpoint: Endpoint,
     client: reqwest::Client,
-    /// Whether the pooled connection has passed the NTLM handshake; held across a whole
-    /// exchange so two requests never interleave their handshakes.
-    ntlm_ready: Mutex<bool>,
+    /// Whether envelopes are encrypted (NTLM over plain HTTP).
+    encrypt: bool,
+    /// The NTLM state of the pooled connection: `None` before the handshake; held
+    /// across a whole exchange so two requests never interleave their handshakes or
+    /// their sequence numbers.
+    ntlm: Mutex<Option<Authenticated>>,
+}
+
+/// A connection that passed the NTLM handshake.
+#[derive(Debug)]
+struct Authenticated {
+    /// The session's keys, when sealing was negotiated.
+    session: Option<Session>,
 }
 
 impl Transport {
     /// A channel to `endpoint`; nothing is sent yet.
     pub fn new(endpoint: &Endpoint) -> Result<Transport, WinrmError> {
-        if endpoint.auth == Auth::Ntlm && !endpoint.https {
+        if endpoint.auth == Auth::Basic && !endpoint.https {
             return Err(WinrmError::InvalidSettings(format!(
-                "auth=ntlm over http ({}) needs WS-Management message encryption, which this agent does not implement yet; use an https endpoint (port 5986)",
+                "auth=basic over http ({}) would send the password in clear text; use https or ntlm",
                 endpoint.url
             )));
         }
@@ -71,7 +82,8 @@ impl Transport {
         Ok(Transport {
             endpoint: endpoint.clone(),
             client,
-            ntlm_ready: Mutex::new(false),
+            encrypt: endpoint.auth == Auth::Ntlm && !endpoint.https,
+            ntlm: Mutex::new(None),
         })
     }
 
@@ -80,32 +92,72 @@ impl Transport {
         &self.endpoint
     }
 
+    /// Whether envelopes travel encrypted (NTLM over plain HTTP).
+    pub fn encrypts(&self) -> bool {
+        self.encrypt
+    }
+
     /// POSTs `envelope` and returns the answer's body (a SOAP envelope, which may be a
     /// fault: WinRM answers faults with HTTP 500).
     pub async fn send(&self, action: &'static str, envelope: String) -> Result<String, WinrmError> {
-        match self.endpoint.auth {
-            Auth::Basic => {
-                let request = self
-                    .post(envelope)
-                    .basic_auth(&self.endpoint.user, Some(&self.endpoint.password.0));
-                let response = self.execute(action, request).await?;
-                self.body(action, response).await
-            }
-            Auth::Ntlm => {
-                let mut ready = self.ntlm_ready.lock().await;
-                if *ready {
-                    let response = self.execute(action, self.post(envelope.clone())).await?;
-                    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-                        return self.body(action, response).await;
-                    }
-                    // A new connection: authenticate it.
-                    *ready = false;
-                }
-                let response = self.ntlm_handshake(action, envelope).await?;
-                *ready = true;
-                self.body(action, response).await
-            }
+        if self.endpoint.auth == Auth::Basic {
+            let request = self
+                .post(envelope)
+                .basic_auth(&self.endpoint.user, Some(&self.endpoint.password.0));
+            let response = self.execute(action, request).await?;
+            return self.body(action, response, None).await;
         }
+        let mut state = self.ntlm.lock().await;
+        // A second attempt only after the listener forgot the connection's
+        // authentication (401 on an authenticated connection).
+        for attempt in 0..2 {
+            let authenticated = match state.as_mut() {
+                Some(authenticated) => authenticated,
+                None if self.encrypt => {
+                    let (response, authenticated) = self.ntlm_handshake(action, None).await?;
+                    let status = response.status();
+                    let _ = response.bytes().await;
+                    if !status.is_success() {
+                        return Err(self.ntlm_error(
+                            action,
+                            format!(
+                                "the listener answered the empty AUTHENTICATE with HTTP {status}"
+                            ),
+                        ));
+                    }
+                    if authenticated.session.is_none() {
+                        return Err(self.ntlm_error(
+                            action,
+                            "the listener did not agree to sealing, which message encryption over http needs",
+                        ));
+                    }
+                    state.insert(authenticated)
+                }
+                None => {
+                    let (response, authenticated) =
+                        self.ntlm_handshake(action, Some(envelope)).await?;
+                    *state = Some(authenticated);
+                    return self.body(action, response, None).await;
+                }
+            };
+            let request = match authenticated.session.as_mut() {
+                Some(session) if self.encrypt => self
+                    .client
+                    .post(&self.endpoint.url)
+                    .header(reqwest::header::CONTENT_TYPE, encryption::CONTENT_TYPE)
+                    .body(session.encrypt(envelope.as_bytes())),
+                _ => self.post(envelope.clone()),
+            };
+            let response = self.execute(action, request).await?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let _ = response.bytes().await;
+                *state = None;
+                continue;
+            }
+            let session = authenticated.session.as_mut().filter(|_| self.encrypt);
+            return self.body(action, response, session).await;
+        }
+        Err(self.refused())
     }
 
     fn post(&self, envelope: String) -> reqwest::RequestBuilder {
@@ -129,19 +181,42 @@ impl Transport {
         })
     }
 
+    /// The answer's envelope, decrypted with `session` when it comes encrypted.
     async fn body(
         &self,
         action: &'static str,
         response: reqwest::Response,
+        session: Option<&mut Session>,
     ) -> Result<String, WinrmError> {
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(self.refused());
         }
-        let text = response.text().await.map_err(|e| WinrmError::Connect {
+        let encrypted = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("multipart/encrypted"));
+        let bytes = response.bytes().await.map_err(|e| WinrmError::Connect {
             url: self.endpoint.url.clone(),
             reason: format!("reading the answer to {action}: {}", error_chain(&e)),
         })?;
+        let bytes = match (encrypted, session) {
+            (true, Some(session)) => session
+                .decrypt(&bytes)
+                .map_err(|detail| self.ntlm_error(action, detail))?,
+            (true, None) => {
+                return Err(self.ntlm_error(action, "an encrypted answer on an unencrypted channel"))
+            }
+            (false, Some(_)) if !bytes.is_empty() => {
+                return Err(self.ntlm_error(
+                    action,
+                    format!("HTTP {status}: an unencrypted answer on an encrypted channel"),
+                ))
+            }
+            (false, _) => bytes.to_vec(),
+        };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         if status.is_success() || (status.as_u16() == 500 && text.contains("Fault")) {
             return Ok(text);
         }
@@ -163,13 +238,14 @@ impl Transport {
         }
     }
 
-    /// NEGOTIATE with an empty body, CHALLENGE in the 401, then AUTHENTICATE with the
-    /// envelope (an empty body first would cost one more round trip).
+    /// NEGOTIATE with an empty body, CHALLENGE in the 401, then AUTHENTICATE with
+    /// `envelope` (over HTTPS: an empty body first would cost one more round trip) or an
+    /// empty body (before encrypted envelopes).
     async fn ntlm_handshake(
         &self,
         action: &'static str,
-        envelope: String,
-    ) -> Result<reqwest::Response, WinrmError> {
+        envelope: Option<String>,
+    ) -> Result<(reqwest::Response, Authenticated), WinrmError> {
         let negotiate = ntlm::negotiate().map_err(|detail| self.ntlm_error(action, detail))?;
         let response = self
             .execute(
@@ -198,23 +274,24 @@ impl Transport {
                     .or_else(|| value.strip_prefix("NTLM "))
             })
             .map(str::to_owned)
-            .ok_or_else(|| self.ntlm_error(action, "no NTLM challenge in the 401".to_owned()))?;
+            .ok_or_else(|| self.ntlm_error(action, "no NTLM challenge in the 401"))?;
         // Drain the body so the connection can be reused.
         let _ = response.bytes().await;
-        let authenticate =
+        let (authenticate, exported_key) =
             ntlm::authenticate(&challenge, &self.endpoint.user, &self.endpoint.password.0)
                 .map_err(|detail| self.ntlm_error(action, detail))?;
         let response = self
             .execute(
                 action,
-                self.post(envelope)
+                self.post(envelope.unwrap_or_default())
                     .header(reqwest::header::AUTHORIZATION, authenticate),
             )
             .await?;
         if response.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(self.refused());
         }
-        Ok(response)
+        let session = exported_key.map(|key| Session::client(&key));
+        Ok((response, Authenticated { session }))
     }
 
     fn ntlm_error(&self, action: &'static str, detail: impl std::fmt::Display) -> WinrmError {
@@ -234,6 +311,9 @@ mod ntlm {
     fn flags() -> Flags {
         Flags::NEGOTIATE_UNICODE
             | Flags::REQUEST_TARGET
+            | Flags::NEGOTIATE_SIGN
+            | Flags::NEGOTIATE_SEAL
+            | Flags::NEGOTIATE_KEY_EXCHANGE
             | Flags::NEGOTIATE_NTLM
             | Flags::NEGOTIATE_ALWAYS_SIGN
             | Flags::NEGOTIATE_NTLM2_KEY
@@ -277,11 +357,13 @@ mod ntlm {
         }
     }
 
+    /// The AUTHENTICATE header and, when the listener agreed to key exchange and
+    /// sealing, the exported session key.
     pub(super) fn authenticate(
         challenge: &str,
         user: &str,
         password: &str,
-    ) -> Result<String, String> {
+    ) -> Result<(String, Option<[u8; 16]>), String> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(challenge.trim())
             .map_err(|e| format!("the challenge is not base64: {e}"))?;
@@ -305,17 +387,32 @@ mod ntlm {
             ntlmclient::get_ntlm_time(),
             &credentials,
         );
-        header(&Message::Authenticate(AuthenticateMessage {
+        let flags = flags() & challenge.flags;
+        let sealing = flags.contains(Flags::NEGOTIATE_KEY_EXCHANGE | Flags::NEGOTIATE_SEAL);
+        // NTLMv2: the key exchange key is the session base key; the exported session
+        // key is random and travels encrypted with it (MS-NLMP 3.1.5.1.2).
+        let (exported, encrypted_key) = match <[u8; 16]>::try_from(response.session_key.as_slice())
+        {
+            Ok(base_key) if sealing => {
+                let exported: [u8; 16] = rand::random();
+                (
+                    Some(exported),
+                    encryption::rc4_once(&base_key, &exported).to_vec(),
+                )
+            }
+            _ => (None, Vec::new()),
+        };
+        let header = header(&Message::Authenticate(AuthenticateMessage {
             lm_response: response.lm_response,
             ntlm_response: response.ntlm_response,
             domain_name: credentials.domain,
             user_name: credentials.username,
             workstation_name: String::new(),
-            // No key exchange: the session key is not sent.
-            session_key: Vec::new(),
-            flags: flags() & challenge.flags,
+            session_key: encrypted_key,
+            flags,
             os_version: Default::default(),
-        }))
+        }))?;
+        Ok((header, exported))
     }
 
     #[cfg(test)]

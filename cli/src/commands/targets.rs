@@ -363,7 +363,7 @@ const KINDS: &[Kind] = &[
             ),
             (
                 "endpoint",
-                "the listener, https://HOST:5986/wsman (required)",
+                "the listener, https://HOST:5986/wsman or http://HOST:5985/wsman (ntlm, encrypted) (required)",
             ),
             ("user", "the user to log in as, DOMAIN\\user for ntlm (required)"),
             (

@@ -1,7 +1,8 @@
 //! Starts the WS-Management listener double (`winrm_double.py`, written from MS-WSMV;
 //! its header says what it implements) as a child process: HTTPS with a certificate
-//! made now by `rcgen`, Basic and NTLM (pyspnego's acceptor) for one user, commands run
-//! on this host, Windows paths under the test's directory.
+//! made now by `rcgen`, or plain HTTP with message encryption; Basic and NTLM
+//! (pyspnego's acceptor) for one user; commands run on this host, Windows paths under
+//! the test's directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,11 +28,21 @@ pub struct WinrmDouble {
     pub port: u16,
     /// The password of [`USER`].
     pub password: String,
+    https: bool,
 }
 
 impl WinrmDouble {
     /// Starts a double over HTTPS.
     pub async fn start() -> anyhow::Result<WinrmDouble> {
+        Self::start_with(true).await
+    }
+
+    /// Starts a double over plain HTTP: it takes only encrypted envelopes (NTLM).
+    pub async fn start_http() -> anyhow::Result<WinrmDouble> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(https: bool) -> anyhow::Result<WinrmDouble> {
         let dir = TestDir::new("winrm-double");
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root)?;
@@ -46,15 +57,21 @@ impl WinrmDouble {
         )?;
         let password = format!("Pw-{}", uuid::Uuid::new_v4().simple());
         let log = std::fs::File::create(dir.path().join("double.log"))?;
-        let mut child = tokio::process::Command::new("python3")
-            .arg(SCRIPT)
-            .arg("--root")
-            .arg(&root)
-            .args(["--user", USER, "--password", &password])
-            .arg("--cert")
-            .arg(dir.path().join("cert.pem"))
-            .arg("--key")
-            .arg(dir.path().join("key.pem"))
+        let mut command = tokio::process::Command::new("python3");
+        command.arg(SCRIPT).arg("--root").arg(&root).args([
+            "--user",
+            USER,
+            "--password",
+            &password,
+        ]);
+        if https {
+            command
+                .arg("--cert")
+                .arg(dir.path().join("cert.pem"))
+                .arg("--key")
+                .arg(dir.path().join("key.pem"));
+        }
+        let mut child = command
             .arg("--record")
             .arg(dir.path().join("record.jsonl"))
             .stdin(Stdio::null())
@@ -78,12 +95,14 @@ impl WinrmDouble {
             dir,
             port,
             password,
+            https,
         })
     }
 
-    /// `https://127.0.0.1:PORT/wsman`.
+    /// `https://127.0.0.1:PORT/wsman`, or `http://…` for a plain HTTP double.
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}/wsman", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/wsman", self.port)
     }
 
     /// The PEM of the listener's certificate (for `ca_file`).

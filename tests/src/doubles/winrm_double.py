@@ -15,8 +15,13 @@ Implements:
     return within the request's OperationTimeout (MS-WSMV 3.1.4.14.2);
   - SOAP faults for unknown actions, resource URIs, shells and commands.
 
-Not implemented: message encryption (MS-WSMV 2.2.9.1.1, multipart/encrypted), Kerberos,
-CredSSP, stdin (Send), WS-Enumeration, WMI resources, shell options' effects, quotas.
+  - message encryption over plain HTTP (MS-WSMV 2.2.9.1.1): `multipart/encrypted`
+    bodies of protocol application/HTTP-SPNEGO-session-encrypted, unsealed and verified
+    by pyspnego's NTLM context (`unwrap_winrm`), answers sealed with it (`wrap_winrm`);
+    over plain HTTP an unencrypted envelope is refused, as with AllowUnencrypted=false.
+
+Not implemented: Kerberos, CredSSP, stdin (Send), WS-Enumeration, WMI resources, shell
+options' effects, quotas.
 
 Commands run on this (Linux) host, not in PowerShell. A command line
 `powershell[.exe] … -EncodedCommand B64` is decoded (base64 of UTF-16LE) and then:
@@ -47,6 +52,7 @@ import os
 import re
 import socketserver
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -339,12 +345,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         sys.stderr.write("winrm-double: " + (fmt % args) + "\n")
 
-    def reply(self, status, body=b"", headers=()):
+    def reply(self, status, body=b"", headers=(), content_type="application/soap+xml;charset=UTF-8"):
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
         if body:
-            self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -414,6 +420,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(200)
             return
         record = {"client": self.headers.get("User-Agent", ""), "auth": auth}
+        encrypted = self.headers.get("Content-Type", "").startswith("multipart/encrypted")
+        record["encrypted"] = encrypted
+        if encrypted:
+            if auth != "ntlm":
+                self.reply(400)
+                return
+            try:
+                data = decrypt(self.ntlm_ctx, data)
+            except Exception as error:
+                self.log_message("cannot decrypt: %r", error)
+                self.reply(400)
+                return
+        elif not self.server_tls:
+            # AllowUnencrypted=false: plain HTTP carries only encrypted envelopes.
+            self.log_message("refused an unencrypted envelope over http")
+            self.reply(400, Fault("w:AccessDenied", "unencrypted traffic is not allowed", "5").xml("").encode())
+            return
         message_id = ""
         try:
             root = ET.fromstring(data)
@@ -430,7 +453,41 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if ARGS.record:
             with RECORD_LOCK, open(ARGS.record, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        self.reply(status, answer.encode())
+        if encrypted:
+            self.reply(status, encrypt(self.ntlm_ctx, answer.encode()), content_type=ENCRYPTED_TYPE)
+        else:
+            self.reply(status, answer.encode())
+
+
+BOUNDARY = b"--Encrypted Boundary"
+ENCRYPTED_TYPE = 'multipart/encrypted;protocol="application/HTTP-SPNEGO-session-encrypted";boundary="Encrypted Boundary"'
+
+
+def decrypt(ctx, body):
+    """MS-WSMV 2.2.9.1.1: the OriginalContent length, then a 4-byte signature length,
+    the signature and the sealed envelope."""
+    length = int(re.search(rb"Length=(\d+)", body).group(1))
+    marker = b"\tContent-Type: application/octet-stream\r\n"
+    payload = body[body.index(marker) + len(marker):]
+    if payload.endswith(BOUNDARY + b"--\r\n"):
+        payload = payload[: -len(BOUNDARY + b"--\r\n")]
+    signature_length = struct.unpack("<I", payload[:4])[0]
+    signature = payload[4 : 4 + signature_length]
+    message = ctx.unwrap_winrm(signature, payload[4 + signature_length :])
+    if len(message) != length:
+        raise ValueError("length %d, OriginalContent says %d" % (len(message), length))
+    return message
+
+
+def encrypt(ctx, message):
+    wrapped = ctx.wrap_winrm(message)
+    return (
+        BOUNDARY + b"\r\n\tContent-Type: application/HTTP-SPNEGO-session-encrypted\r\n"
+        + b"\tOriginalContent: type=application/soap+xml;charset=UTF-8;Length=%d\r\n" % len(message)
+        + BOUNDARY + b"\r\n\tContent-Type: application/octet-stream\r\n"
+        + struct.pack("<I", len(wrapped.header)) + wrapped.header + wrapped.data
+        + BOUNDARY + b"--\r\n"
+    )
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

@@ -121,5 +121,6 @@ impl Host {
 }
 
 mod client;
+mod encrypted;
 mod envelopes;
 mod through_server;
