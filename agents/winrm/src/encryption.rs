@@ -187,7 +187,10 @@ mod tests {
         let mut host = server(&key);
         for envelope in [&b"<s:Envelope>one</s:Envelope>"[..], b"<two/>"] {
             let body = client.encrypt(envelope);
-            assert!(find(&body, envelope).is_none(), "the envelope is in clear text");
+            assert!(
+                find(&body, envelope).is_none(),
+                "the envelope is in clear text"
+            );
             assert_eq!(host.decrypt(&body).expect("opens"), envelope);
         }
         let mut body = host.encrypt(b"<answer/>");

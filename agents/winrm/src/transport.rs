@@ -246,52 +246,70 @@ impl Transport {
         action: &'static str,
         envelope: Option<String>,
     ) -> Result<(reqwest::Response, Authenticated), WinrmError> {
-        let negotiate = ntlm::negotiate().map_err(|detail| self.ntlm_error(action, detail))?;
-        let response = self
-            .execute(
-                action,
-                self.post(String::new())
-                    .header(reqwest::header::AUTHORIZATION, negotiate),
-            )
-            .await?;
-        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Err(self.ntlm_error(
-                action,
-                format!(
-                    "the listener answered NEGOTIATE with HTTP {}",
-                    response.status()
-                ),
-            ));
+        // reqwest gives no way to pin a request to a connection: the connection of the
+        // CHALLENGE goes back to the pool asynchronously, and AUTHENTICATE may leave on a
+        // new one, which the listener refuses (it has no NTLM state there). That case is
+        // told apart from refused credentials by the local port, and the handshake made
+        // again, at most twice.
+        for attempt in 0..3 {
+            let negotiate = ntlm::negotiate().map_err(|detail| self.ntlm_error(action, detail))?;
+            let response = self
+                .execute(
+                    action,
+                    self.post(String::new())
+                        .header(reqwest::header::AUTHORIZATION, negotiate),
+                )
+                .await?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+                return Err(self.ntlm_error(
+                    action,
+                    format!(
+                        "the listener answered NEGOTIATE with HTTP {}",
+                        response.status()
+                    ),
+                ));
+            }
+            let challenge_port = local_port(&response);
+            let challenge = response
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .find_map(|value| {
+                    value
+                        .strip_prefix("Negotiate ")
+                        .or_else(|| value.strip_prefix("NTLM "))
+                })
+                .map(str::to_owned)
+                .ok_or_else(|| self.ntlm_error(action, "no NTLM challenge in the 401"))?;
+            // Drain the body and let the connection go back to the pool.
+            let _ = response.bytes().await;
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            let (authenticate, exported_key) =
+                ntlm::authenticate(&challenge, &self.endpoint.user, &self.endpoint.password.0)
+                    .map_err(|detail| self.ntlm_error(action, detail))?;
+            let response = self
+                .execute(
+                    action,
+                    self.post(envelope.clone().unwrap_or_default())
+                        .header(reqwest::header::AUTHORIZATION, authenticate),
+                )
+                .await?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                let moved = challenge_port.is_some() && local_port(&response) != challenge_port;
+                let _ = response.bytes().await;
+                if moved && attempt < 2 {
+                    tracing::debug!(url = %self.endpoint.url, "NTLM AUTHENTICATE went out on another connection; authenticating again");
+                    continue;
+                }
+                return Err(self.refused());
+            }
+            let session = exported_key.map(|key| Session::client(&key));
+            return Ok((response, Authenticated { session }));
         }
-        let challenge = response
-            .headers()
-            .get_all(reqwest::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .find_map(|value| {
-                value
-                    .strip_prefix("Negotiate ")
-                    .or_else(|| value.strip_prefix("NTLM "))
-            })
-            .map(str::to_owned)
-            .ok_or_else(|| self.ntlm_error(action, "no NTLM challenge in the 401"))?;
-        // Drain the body so the connection can be reused.
-        let _ = response.bytes().await;
-        let (authenticate, exported_key) =
-            ntlm::authenticate(&challenge, &self.endpoint.user, &self.endpoint.password.0)
-                .map_err(|detail| self.ntlm_error(action, detail))?;
-        let response = self
-            .execute(
-                action,
-                self.post(envelope.unwrap_or_default())
-                    .header(reqwest::header::AUTHORIZATION, authenticate),
-            )
-            .await?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(self.refused());
-        }
-        let session = exported_key.map(|key| Session::client(&key));
-        Ok((response, Authenticated { session }))
+        Err(self.refused())
     }
 
     fn ntlm_error(&self, action: &'static str, detail: impl std::fmt::Display) -> WinrmError {
@@ -436,6 +454,14 @@ mod ntlm {
             assert!(authenticate("bm90IG50bG0=", "u", "p").is_err());
         }
     }
+}
+
+/// The local port of the connection an answer came on, when the client knows it.
+fn local_port(response: &reqwest::Response) -> Option<u16> {
+    response
+        .extensions()
+        .get::<hyper_util::client::legacy::connect::HttpInfo>()
+        .map(|info| info.local_addr().port())
 }
 
 /// An error and its causes, `: `-separated.
