@@ -287,6 +287,10 @@ impl Transport {
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
+            if attempt > 0 {
+                // The pool gets the connection back from a task of its own: give it time.
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
             let (authenticate, exported_key) =
                 ntlm::authenticate(&challenge, &self.endpoint.user, &self.endpoint.password.0)
                     .map_err(|detail| self.ntlm_error(action, detail))?;
