@@ -1,6 +1,6 @@
 //! `cargo xtask bench deploy --kind winrm`: one release deployed to a Windows host over
 //! WS-Management — here the listener double of the tests (`winrm_double.py`, HTTPS,
-//! Basic authentication for both sides) — through Stella (`stella promote --wait` to a `winrm`
+//! NTLM verified by pyspnego, for both sides) — through Stella (`stella promote --wait` to a `winrm`
 //! target, agent warm) versus the bare WS-Management calls doing the same work (the
 //! deploy script in one shell: Create, Command, Receive, Delete; then the sticker file
 //! written in another), made with the kind's own client over one authenticated
@@ -98,7 +98,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
         https: true,
         user: USER.to_owned(),
         password: Password(double.password.clone()),
-        auth: Auth::Basic,
+        auth: Auth::Ntlm,
         ca_file: Some(double.ca_file()),
         operation_timeout: Duration::from_secs(20),
     };
@@ -143,7 +143,7 @@ async fn bench(args: &DeployArgs, binary: &Path) -> anyhow::Result<()> {
                 "name": target, "environment": "bench", "kind": "winrm", "agent": "bench-agent",
                 "settings": {
                     "endpoint": double.endpoint(), "user": USER,
-                    "password_secret": "${secret.win_password}", "auth": "basic",
+                    "password_secret": "${secret.win_password}", "auth": "ntlm",
                     "ca_file": double.ca_file().display().to_string(), "script": SCRIPT,
                 },
             }))
