@@ -48,7 +48,9 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
 /// code that generates it; `securesystemslib` (with `cryptography` for Ed25519) verifies
 /// decision envelopes as an independent DSSE implementation; `pyjwt[crypto]` verifies
 /// OAuth2 access tokens against the served JWK set; `schemathesis` fuzzes the
-/// running server against the TaskRunner contract and the generated document.
+/// running server against the TaskRunner contract and the generated document;
+/// `pyspnego` is the NTLM acceptor of the WinRM listener double and `pywinrm` the real
+/// WinRM client its envelopes are compared with.
 const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "openapi_spec_validator",
@@ -74,6 +76,15 @@ const PYTHON_PACKAGES: &[PythonPackage] = &[
     PythonPackage {
         module: "nomad",
         package: "python-nomad",
+    },
+    // A real WinRM client and a real NTLM implementation, to cross-check the WinRM double.
+    PythonPackage {
+        module: "spnego",
+        package: "pyspnego",
+    },
+    PythonPackage {
+        module: "winrm",
+        package: "pywinrm",
     },
 ];
 

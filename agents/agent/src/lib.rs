@@ -13,13 +13,14 @@ use stella_target_compose::{ComposeConfig, ComposeTarget};
 use stella_target_docker::{DockerConfig, DockerTarget};
 use stella_target_nomad::NomadTarget;
 use stella_target_ssh::SshTarget;
+use stella_target_winrm::WinrmTarget;
 use tokio_util::sync::CancellationToken;
 
 /// The target kinds this agent can drive on this host, keeping their state under
 /// `data_dir`. Each kind is its own crate under `agents/`. A kind that needs a local
 /// engine is registered only when the engine answers, so an agent never advertises a
 /// capability it cannot use (`docker` needs `/var/run/docker.sock` to answer a ping).
-/// `ssh` and `nomad` need nothing local and are always registered.
+/// `ssh`, `winrm` and `nomad` need nothing local and are always registered.
 pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     let mut registry = TargetRegistry::new();
     let docker = DockerConfig {
@@ -38,6 +39,7 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     }
     registry.register(Arc::new(SshTarget::new()));
     registry.register(Arc::new(NomadTarget::new()));
+    registry.register(Arc::new(WinrmTarget::new()));
     // `compose` needs the engine and a Compose generation (v2 `docker compose` or v1
     // `docker-compose`); its sticker files go where each target's `sticker_dir` says.
     match ComposeTarget::connect_local(ComposeConfig::default()).await {

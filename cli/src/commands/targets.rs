@@ -384,6 +384,46 @@ const KINDS: &[Kind] = &[
         ],
     },
     Kind {
+        name: stella_target_winrm::KIND,
+        about: "a Windows host without an agent, driven over WinRM (a PowerShell deploy script)",
+        settings: &[
+            (
+                "components",
+                "the release's components to deploy here, comma-separated [default: all]",
+            ),
+            (
+                "endpoint",
+                "the listener, https://HOST:5986/wsman or http://HOST:5985/wsman (ntlm, encrypted) (required)",
+            ),
+            ("user", "the user to log in as, DOMAIN\\user for ntlm (required)"),
+            (
+                "password_secret",
+                "${secret.NAME}: the user's password, kept as an environment secret (required)",
+            ),
+            ("auth", "ntlm or basic [default: ntlm]"),
+            (
+                "ca_file",
+                "a PEM file on the agent's host trusted for the listener's certificate (self-signed listeners)",
+            ),
+            (
+                "script",
+                "the PowerShell that deploys, given the release as $env:STELLA_* variables (required)",
+            ),
+            (
+                "sticker_dir",
+                "where sticker files go on the host [default: C:\\ProgramData\\Stella\\stickers]",
+            ),
+            (
+                "operation_timeout_seconds",
+                "how long the host holds one WS-Management call [default: 20]",
+            ),
+            (
+                "command_timeout_seconds",
+                "how long one remote command may take [default: 300]",
+            ),
+        ],
+    },
+    Kind {
         name: stella_target_nomad::KIND,
         about: "a HashiCorp Nomad job, driven through the Nomad HTTP API",
         settings: &[
@@ -466,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn the_compose_and_ssh_settings_in_help_are_those_their_targets_accept() {
+    fn the_compose_ssh_and_winrm_settings_in_help_are_those_their_targets_accept() {
         let mut compose = stella_target_compose::KNOWN_KEYS.to_vec();
         compose.sort_unstable();
         assert_eq!(listed(stella_target_compose::KIND), compose);
@@ -474,6 +514,9 @@ mod tests {
         ssh.push("components");
         ssh.sort_unstable();
         assert_eq!(listed(stella_target_ssh::KIND), ssh);
+        let mut winrm = stella_target_winrm::WINRM_KEYS.to_vec();
+        winrm.sort_unstable();
+        assert_eq!(listed(stella_target_winrm::KIND), winrm);
     }
 
     #[test]

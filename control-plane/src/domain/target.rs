@@ -78,6 +78,19 @@ const NOMAD_KEYS: &[&str] = &[
     "deploy_timeout_seconds",
 ];
 
+/// Settings of WinRM targets (the `winrm` kind's `WINRM_KEYS` without `components`).
+const WINRM_KEYS: &[&str] = &[
+    "endpoint",
+    "user",
+    "password_secret",
+    "auth",
+    "ca_file",
+    "script",
+    "sticker_dir",
+    "operation_timeout_seconds",
+    "command_timeout_seconds",
+];
+
 impl TargetKind {
     /// All kinds, in documentation order.
     pub const ALL: [TargetKind; 6] = [
@@ -106,15 +119,7 @@ impl TargetKind {
             TargetKind::Docker => DOCKER_KEYS,
             TargetKind::Compose => COMPOSE_KEYS,
             TargetKind::Ssh => SSH_KEYS,
-            TargetKind::Winrm => &[
-                "host",
-                "port",
-                "https",
-                "user",
-                "password_secret",
-                "auth",
-                "script",
-            ],
+            TargetKind::Winrm => WINRM_KEYS,
             TargetKind::Ecs => &[
                 "region",
                 "cluster",
@@ -146,11 +151,16 @@ impl TargetKind {
                     self.as_str()
                 )));
             }
-            validate_value(key, value)?;
+            if self == TargetKind::Winrm {
+                validate_winrm_value(key, value)?;
+            } else {
+                validate_value(key, value)?;
+            }
         }
         match self {
             TargetKind::Compose => validate_compose(settings),
             TargetKind::Ssh => validate_ssh(settings),
+            TargetKind::Winrm => validate_winrm(settings),
             TargetKind::Nomad => validate_nomad(settings),
             _ => Ok(()),
         }
@@ -297,7 +307,7 @@ fn validate_secret_reference(key: &str, value: &str) -> Result<(), Invalid> {
     } else {
         Err(Invalid(format!(
             "{key} must be a reference to an environment secret, `${{secret.NAME}}` \
-             (stella env secret set ENV NAME): a key or token is never stored in a target's settings"
+             (stella env secret set ENV NAME): a key, token or password is never stored in a target's settings"
         )))
     }
 }
@@ -411,6 +421,83 @@ fn validate_nomad(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
                 ),
             }));
         }
+    }
+    Ok(())
+}
+
+/// Checks one value of a WinRM target: Windows paths and URLs where the other kinds have
+/// Unix paths and host names.
+fn validate_winrm_value(key: &str, value: &str) -> Result<(), Invalid> {
+    match key {
+        "endpoint" => {
+            let rest = value
+                .strip_prefix("https://")
+                .or_else(|| value.strip_prefix("http://"));
+            match rest.map(|rest| rest.split('/').next().unwrap_or_default()) {
+                Some(host) if !host.is_empty() && !value.contains(char::is_whitespace) => Ok(()),
+                _ => Err(Invalid(format!(
+                    "endpoint `{value}`: use https://HOST:5986/wsman (or http://HOST:5985/wsman)"
+                ))),
+            }
+        }
+        "user" if value.is_empty() || value.contains(char::is_whitespace) => Err(Invalid(format!(
+            "user `{value}` must be non-empty, without spaces (DOMAIN\\user for ntlm)"
+        ))),
+        "auth" if !matches!(value, "ntlm" | "basic") => {
+            Err(Invalid(format!("auth `{value}`: use ntlm or basic")))
+        }
+        "password_secret" => validate_secret_reference(key, value),
+        "ca_file" if !value.starts_with('/') => Err(Invalid(format!(
+            "ca_file `{value}` must be an absolute path on the agent's host"
+        ))),
+        "sticker_dir" => {
+            let bytes = value.as_bytes();
+            let absolute = bytes.len() >= 3
+                && bytes[0].is_ascii_alphabetic()
+                && bytes[1] == b':'
+                && bytes[2] == b'\\';
+            if absolute
+                && !value.split('\\').any(|part| part == "..")
+                && !value.contains(['/', '\'', '"', '`', '$'])
+            {
+                Ok(())
+            } else {
+                Err(Invalid(format!(
+                    "sticker_dir `{value}` must be an absolute Windows directory, e.g. C:\\ProgramData\\Stella\\stickers"
+                )))
+            }
+        }
+        "operation_timeout_seconds" | "command_timeout_seconds" => validate_value(key, value),
+        _ => Ok(()),
+    }
+}
+
+/// What a WinRM target needs: where, who, the password as a secret, the script; Basic
+/// authentication only over HTTPS (NTLM over HTTP encrypts every message).
+fn validate_winrm(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let missing: Vec<&str> = ["endpoint", "user", "password_secret", "script"]
+        .into_iter()
+        .filter(|key| !settings.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Invalid(format!(
+            "a winrm target needs {} (password_secret as ${{secret.NAME}})",
+            missing.join(", ")
+        )));
+    }
+    let https = settings
+        .get("endpoint")
+        .is_some_and(|endpoint| endpoint.starts_with("https://"));
+    if !https && settings.get("auth").is_some_and(|auth| auth == "basic") {
+        return Err(Invalid(
+            "auth=basic sends the password with every request: it needs an https endpoint"
+                .to_owned(),
+        ));
+    }
+    if !https && settings.contains_key("ca_file") {
+        return Err(Invalid(
+            "ca_file applies to https endpoints only".to_owned(),
+        ));
     }
     Ok(())
 }
@@ -697,5 +784,66 @@ mod tests {
         assert!(error.contains("mode=script"), "{error}");
         assert!(with(&[("key_file", "/k"), ("port", "0")]).is_err());
         assert!(with(&[("key_file", "relative/key")]).is_err());
+    }
+
+    #[test]
+    fn winrm_targets_take_the_password_from_a_secret_and_basic_only_over_https() {
+        let check = |pairs: &[(&str, &str)]| {
+            TargetKind::Winrm
+                .validate_settings(&settings(pairs))
+                .map_err(|e| e.0)
+        };
+        let base = [
+            ("endpoint", "https://win1.example:5986/wsman"),
+            ("user", r"CORP\deploy"),
+            ("password_secret", "${secret.win_password}"),
+            ("script", r"& C:\deploy\deploy.ps1"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs: Vec<(&str, &str)> = base
+                .iter()
+                .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+                .copied()
+                .collect();
+            pairs.extend_from_slice(extra);
+            check(&pairs)
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&[
+            ("auth", "basic"),
+            ("ca_file", "/etc/stella/win1.pem"),
+            ("sticker_dir", r"D:\Stella\stickers"),
+            ("operation_timeout_seconds", "30"),
+            ("command_timeout_seconds", "600"),
+            ("components", "web"),
+        ])
+        .is_ok());
+        let error = check(&[("endpoint", "https://w:5986/wsman")]).expect_err("missing");
+        assert!(
+            error.contains("user") && error.contains("password_secret") && error.contains("script"),
+            "{error}"
+        );
+        for (key, value, needle) in [
+            ("password_secret", "hunter2", "${secret.NAME}"),
+            ("endpoint", "win1:5986", "endpoint"),
+            ("auth", "kerberos", "auth"),
+            ("sticker_dir", "/var/lib/stella", "sticker_dir"),
+            ("ca_file", "ca.pem", "ca_file"),
+            ("command_timeout_seconds", "0", "command_timeout_seconds"),
+            ("host", "win1", "unknown setting"),
+            ("https", "true", "unknown setting"),
+        ] {
+            let error = with(&[(key, value)]).expect_err(key);
+            assert!(error.contains(needle), "{key}={value}: {error}");
+        }
+        let error = with(&[("endpoint", "http://win1:5985/wsman"), ("auth", "basic")])
+            .expect_err("basic over http");
+        assert!(error.contains("https"), "{error}");
+        assert!(with(&[("endpoint", "http://win1:5985/wsman")]).is_ok());
+        assert!(with(&[
+            ("endpoint", "http://win1:5985/wsman"),
+            ("ca_file", "/c.pem")
+        ])
+        .is_err());
     }
 }

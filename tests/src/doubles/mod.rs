@@ -1,4 +1,6 @@
-//! Test doubles: in-process stand-ins, written from public API documentation, for
-//! services that cannot be run here. Each says what it implements and what it does not.
+//! Test doubles of services Stella drives that cannot run here, each written from the
+//! service's public API documentation or specification, saying what it implements and
+//! what it does not, and cross-checked with a real client.
 
 pub mod nomad;
+pub mod winrm;

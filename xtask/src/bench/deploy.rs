@@ -28,9 +28,10 @@ use crate::cargo::step;
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The target kind deployed: `docker` (one container), `compose` (a Compose project,
-    /// against `docker compose up -d` of the same pinned file) or `ssh` (a container on
-    /// a host driven over SSH, against `ssh host docker run …`) or `nomad` (a job on the
-    /// Nomad API double, against the bare API calls).
+    /// against `docker compose up -d` of the same pinned file), `ssh` (a container on
+    /// a host driven over SSH, against `ssh host docker run …`), `nomad` (a job on the
+    /// Nomad API double, against the bare API calls) or `winrm` (a script on a Windows
+    /// host over WS-Management — the test double — against the bare calls).
     #[arg(long, value_enum, default_value_t = DeployKind::Docker)]
     pub kind: DeployKind,
     /// Measured rounds of each method (after one warm-up round each).
@@ -64,6 +65,8 @@ pub enum DeployKind {
     Ssh,
     /// A job on the Nomad API double.
     Nomad,
+    /// A deploy script on a Windows host over WS-Management.
+    Winrm,
 }
 
 /// Runs the bench and prints medians and the ratio.
@@ -76,6 +79,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         DeployKind::Compose => return super::deploy_compose::run(args),
         DeployKind::Ssh => return super::deploy_ssh::run(args),
         DeployKind::Nomad => return super::deploy_nomad::run(args),
+        DeployKind::Winrm => return super::deploy_winrm::run(args),
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),

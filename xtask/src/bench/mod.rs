@@ -8,6 +8,7 @@ mod deploy;
 mod deploy_compose;
 mod deploy_nomad;
 mod deploy_ssh;
+mod deploy_winrm;
 mod runs;
 mod server;
 mod sim;
