@@ -5,8 +5,10 @@
 //! database, keys and logs can be read afterwards.
 
 pub mod compose;
+pub mod doubles;
 pub mod images;
 pub mod logs;
+pub mod moto;
 pub mod postgres;
 pub mod registry;
 pub mod sshd;
