@@ -8,7 +8,9 @@ use aws_sdk_ecs::types::{ContainerDefinition, Tag};
 use serde_json::json;
 use stella_agent_core::{DriftKind, Target};
 use stella_target_ecs::{EcsTarget, PREVIOUS_TASK_DEFINITION_TAG};
+use stella_tests::images::WebImages;
 use stella_tests::moto::Moto;
+use stella_tests::registry::TestRegistry;
 use stella_tests::{init_tracing, TestAgent, TestServer};
 
 use super::{apply_ok, pinned, settings, suffix, task};
@@ -399,7 +401,14 @@ async fn a_release_reaches_an_ecs_service_through_server_and_agent() -> anyhow::
                    "settings": settings}),
         )
         .await?;
-    let v1 = pinned("r.example/shop/api", 'c');
+    // The control plane resolves a release's images in their registry.
+    let registry = TestRegistry::start().await?;
+    let images = WebImages::new(
+        &registry.host(),
+        &format!("stella-test/{}", world.name),
+        &registry.docker_config(),
+    );
+    let v1 = images.publish("v1", true).await?;
     server
         .post(
             "/api/v1/releases",
