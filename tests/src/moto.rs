@@ -11,6 +11,10 @@ use anyhow::{bail, Context};
 
 use crate::{free_port, TestDir};
 
+/// The SDK the ecs target uses, for tests and benches that drive ECS (moto, the double)
+/// the way an operator's tooling would.
+pub use aws_sdk_ecs;
+
 /// The command `moto[server]` installs.
 pub const MOTO_SERVER: &str = "moto_server";
 
@@ -73,26 +77,7 @@ impl Moto {
 
     /// An ECS client of the SDK for this server.
     pub fn ecs_client(&self) -> aws_sdk_ecs::Client {
-        let config = aws_sdk_ecs::Config::builder()
-            .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
-            .region(aws_sdk_ecs::config::Region::new(REGION))
-            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-                ACCESS_KEY_ID,
-                SECRET_ACCESS_KEY,
-                None,
-                None,
-                "moto",
-            ))
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .endpoint_url(&self.url)
-            .build();
-        aws_sdk_ecs::Client::from_conf(config)
+        ecs_client(&self.url)
     }
 
     /// What moto logged so far.
@@ -104,4 +89,29 @@ impl Moto {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+}
+
+/// An ECS client of the SDK (rustls on ring, like the ecs target's) for the endpoint
+/// `url`, signing with [`ACCESS_KEY_ID`] in [`REGION`].
+pub fn ecs_client(url: &str) -> aws_sdk_ecs::Client {
+    let config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new(REGION))
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "moto",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .endpoint_url(url)
+        .build();
+    aws_sdk_ecs::Client::from_conf(config)
 }

@@ -29,7 +29,8 @@ use crate::cargo::step;
 pub struct DeployArgs {
     /// The target kind deployed: `docker` (one container), `compose` (a Compose project,
     /// against `docker compose up -d` of the same pinned file) or `ssh` (a container on
-    /// a host driven over SSH, against `ssh host docker run …`).
+    /// a host driven over SSH, against `ssh host docker run …`) or `ecs` (an ECS service
+    /// of the ECS double, against the bare API calls).
     #[arg(long, value_enum, default_value_t = DeployKind::Docker)]
     pub kind: DeployKind,
     /// Measured rounds of each method (after one warm-up round each).
@@ -58,6 +59,8 @@ pub enum DeployKind {
     Compose,
     /// A container on a host reached over SSH.
     Ssh,
+    /// An ECS service (against the ECS double), versus the bare API calls.
+    Ecs,
 }
 
 /// Runs the bench and prints medians and the ratio.
@@ -69,6 +72,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         DeployKind::Docker => {}
         DeployKind::Compose => return super::deploy_compose::run(args),
         DeployKind::Ssh => return super::deploy_ssh::run(args),
+        DeployKind::Ecs => return super::deploy_ecs::run(args),
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),
