@@ -509,7 +509,7 @@ fn register(state: &mut State, input: &Value) -> Value {
         .insert(arn.clone(), definition.clone());
     let tags = tag_map(&input["tags"]);
     if !tags.is_empty() {
-        state.tags.insert(arn.clone(), tags);
+        state.tags.insert(arn, tags);
     }
     json!({"taskDefinition": definition, "tags": input["tags"].clone()})
 }
@@ -540,7 +540,7 @@ fn update_service(state: &mut State, input: &Value) -> Outcome {
     let new = task_definition
         .as_ref()
         .filter(|td| **td != state.services[&name].task_definition)
-        .map(|td| td.clone());
+        .cloned();
     let deployment = new
         .as_ref()
         .map(|td| new_deployment(state, td, desired, "PRIMARY"));
