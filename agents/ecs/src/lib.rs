@@ -60,13 +60,27 @@ use crate::api::Api;
 pub const KIND: &str = "ecs";
 
 /// The `ecs` target kind.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EcsTarget {
     /// One SDK client per region, endpoint and keys (each holds a connection pool).
     clients: Mutex<HashMap<String, aws_sdk_ecs::Client>>,
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` need the keys the settings name.
     secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+}
+
+// By hand: the clients hold credentials, the map secret values; neither is shown.
+impl std::fmt::Debug for EcsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        f.debug_struct("EcsTarget")
+            .field("clients", &clients)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EcsTarget {
@@ -151,6 +165,18 @@ impl EcsTarget {
     fn spec_settings(&self, target: &TargetSpec) -> Result<EcsSettings, EcsError> {
         self.settings_of(&spec_task(target))
     }
+}
+
+/// Whether two stickers agree on every field the tags hold once for all components.
+fn shared_fields_equal(a: &Sticker, b: &Sticker) -> bool {
+    a.release == b.release
+        && a.version == b.version
+        && a.environment == b.environment
+        && a.target == b.target
+        && a.deployment_id == b.deployment_id
+        && a.decision_id == b.decision_id
+        && a.deployed_at == b.deployed_at
+        && a.agent_id == b.agent_id
 }
 
 /// A task holding only `target`, for the methods that get only a `TargetSpec`.
@@ -275,14 +301,19 @@ impl Target for EcsTarget {
         let settings = self.spec_settings(target)?;
         let api = self.api(&settings);
         let service = api.active_service().await?;
-        // Keep the other components' stickers when they are of the same deployment.
-        let mut stickers: Vec<Sticker> = settings
-            .containers
+        // The fields all components share are one tag each: the other components'
+        // stickers are kept when they share them with this one, and dropped otherwise
+        // (they would no longer verify); the next deploy writes them again.
+        let digest_prefix = format!("{}sticker-digest:", stickers::PREFIX);
+        let mut stickers: Vec<Sticker> = service
+            .tags
             .keys()
-            .chain(std::iter::once(&sticker.component))
-            .filter(|c| **c != sticker.component)
+            .filter_map(|key| key.strip_prefix(digest_prefix.as_str()))
+            // A hashed component name cannot be read back; its sticker is rewritten by
+            // the next deploy.
+            .filter(|c| *c != sticker.component && stickers::component_key(c) == *c)
             .filter_map(|c| stickers::read(&service.tags, &target.name, c))
-            .filter(|s| s.deployment_id == sticker.deployment_id)
+            .filter(|s| shared_fields_equal(s, sticker))
             .collect();
         stickers.insert(0, sticker.clone());
         let mut tags = stickers::tags_of(&stickers)?;

@@ -174,3 +174,44 @@ for _ in range(5):
     );
     Ok(())
 }
+
+/// `write_sticker` replaces one component's sticker tags on the service; the other
+/// components' stickers stay when they share the fields held once for all (the same
+/// deployment, agent and time) and are dropped otherwise, never left unverifiable.
+#[tokio::test]
+async fn a_sticker_written_alone_keeps_the_others_only_when_they_still_verify() -> anyhow::Result<()>
+{
+    use stella_agent_core::{Sticker, Target};
+    let world = World::new(RolloutScript::Complete { polls: 1 }).await?;
+    let api = pinned("r.example/shop/api", 'a');
+    let router = pinned("r.example/shop/router", 'b');
+    let mut task = world.task("1.0.0", &api);
+    task.components.push(stella_agent_core::ComponentSpec {
+        name: "log-router".into(),
+        image: router.clone(),
+    });
+    let (outcome, _) = apply_ok(&world.target, &task).await?;
+    assert_eq!(outcome.stickers.len(), 2);
+    world
+        .target
+        .write_sticker(&task.target, &outcome.stickers[0])
+        .await?;
+    let other = world
+        .target
+        .read_sticker(&task.target, "log-router")
+        .await?;
+    assert_eq!(other.as_ref(), Some(&outcome.stickers[1]));
+
+    let mut fields = outcome.stickers[0].fields();
+    fields.agent_id = "agent-2".into();
+    let rewritten = Sticker::seal(fields);
+    world.target.write_sticker(&task.target, &rewritten).await?;
+    let read = world.target.read_sticker(&task.target, "api").await?;
+    assert_eq!(read.as_ref(), Some(&rewritten));
+    let other = world
+        .target
+        .read_sticker(&task.target, "log-router")
+        .await?;
+    assert_eq!(other, None);
+    Ok(())
+}
