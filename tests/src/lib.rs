@@ -8,6 +8,7 @@ pub mod compose;
 pub mod doubles;
 pub mod images;
 pub mod logs;
+pub mod moto;
 pub mod postgres;
 pub mod registry;
 pub mod sshd;

@@ -86,6 +86,11 @@ const PYTHON_PACKAGES: &[PythonPackage] = &[
         module: "winrm",
         package: "pywinrm",
     },
+    // moto_server for the ecs target's tests (brings boto3, which checks the ECS double).
+    PythonPackage {
+        module: "moto",
+        package: "moto[server]",
+    },
 ];
 
 /// Flags of `cargo xtask test`.

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use stella_agent_core::{error_chain, AgentConfig, AgentError, TargetRegistry};
 use stella_target_compose::{ComposeConfig, ComposeTarget};
 use stella_target_docker::{DockerConfig, DockerTarget};
+#[cfg(feature = "ecs")]
+use stella_target_ecs::EcsTarget;
 use stella_target_nomad::NomadTarget;
 use stella_target_ssh::SshTarget;
 use stella_target_winrm::WinrmTarget;
@@ -20,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// `data_dir`. Each kind is its own crate under `agents/`. A kind that needs a local
 /// engine is registered only when the engine answers, so an agent never advertises a
 /// capability it cannot use (`docker` needs `/var/run/docker.sock` to answer a ping).
-/// `ssh`, `winrm` and `nomad` need nothing local and are always registered.
+/// `ssh`, `winrm`, `nomad` and `ecs` (in builds with the `ecs` feature, the default)
+/// need nothing local and are always registered.
 pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     let mut registry = TargetRegistry::new();
     let docker = DockerConfig {
@@ -40,6 +43,9 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
     registry.register(Arc::new(SshTarget::new()));
     registry.register(Arc::new(NomadTarget::new()));
     registry.register(Arc::new(WinrmTarget::new()));
+    // `ecs` drives services through the ECS API; its SDK client is made on first use.
+    #[cfg(feature = "ecs")]
+    registry.register(Arc::new(EcsTarget::new()));
     // `compose` needs the engine and a Compose generation (v2 `docker compose` or v1
     // `docker-compose`); its sticker files go where each target's `sticker_dir` says.
     match ComposeTarget::connect_local(ComposeConfig::default()).await {

@@ -424,6 +424,47 @@ const KINDS: &[Kind] = &[
         ],
     },
     Kind {
+        name: stella_target_ecs::KIND,
+        about: "an existing AWS ECS service, updated through the ECS API to new task definition revisions",
+        settings: &[
+            (
+                "components",
+                "the release's components to run here, comma-separated [default: all]",
+            ),
+            ("region", "the AWS region, e.g. eu-central-1 (required)"),
+            ("cluster", "the cluster's name or ARN (required)"),
+            ("service", "the service's name or ARN (required)"),
+            (
+                "endpoint_url",
+                "another ECS endpoint than the region's (a VPC endpoint) [default: the region's]",
+            ),
+            (
+                "access_key_secret",
+                "${secret.NAME}: the access key id [default: the agent's AWS_ACCESS_KEY_ID]",
+            ),
+            (
+                "secret_key_secret",
+                "${secret.NAME}: the secret access key [default: the agent's AWS_SECRET_ACCESS_KEY]",
+            ),
+            (
+                "session_token_secret",
+                "${secret.NAME}: the session token of temporary keys",
+            ),
+            (
+                "container.COMPONENT",
+                "the task definition's container that runs COMPONENT [default: the container named like it]",
+            ),
+            (
+                "deploy_timeout_seconds",
+                "how long a rollout may take [default: 900]",
+            ),
+            (
+                "poll_interval_ms",
+                "how often the rollout state is read [default: 5000]",
+            ),
+        ],
+    },
+    Kind {
         name: stella_target_nomad::KIND,
         about: "a HashiCorp Nomad job, driven through the Nomad HTTP API",
         settings: &[
@@ -524,6 +565,23 @@ mod tests {
         let mut nomad = stella_target_nomad::NOMAD_KEYS.to_vec();
         nomad.sort_unstable();
         assert_eq!(listed(stella_target_nomad::KIND), nomad);
+    }
+
+    #[test]
+    fn the_ecs_settings_in_help_are_those_the_ecs_target_accepts() {
+        let mut ecs = stella_target_ecs::ECS_KEYS.to_vec();
+        ecs.extend(["components", "container.COMPONENT"]);
+        ecs.sort_unstable();
+        assert_eq!(listed(stella_target_ecs::KIND), ecs);
+        let help = kinds_help();
+        assert!(help.contains(&format!(
+            "rollout may take [default: {}]",
+            stella_target_ecs::DEFAULT_DEPLOY_TIMEOUT_SECONDS
+        )));
+        assert!(help.contains(&format!(
+            "state is read [default: {}]",
+            stella_target_ecs::DEFAULT_POLL_INTERVAL_MS
+        )));
     }
 
     #[test]

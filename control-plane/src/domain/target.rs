@@ -91,6 +91,20 @@ const WINRM_KEYS: &[&str] = &[
     "command_timeout_seconds",
 ];
 
+/// Settings of ECS targets (besides `container.<component>`); the agent's crate
+/// (`stella-target-ecs`) exports the same list.
+const ECS_KEYS: &[&str] = &[
+    "region",
+    "cluster",
+    "service",
+    "endpoint_url",
+    "access_key_secret",
+    "secret_key_secret",
+    "session_token_secret",
+    "deploy_timeout_seconds",
+    "poll_interval_ms",
+];
+
 impl TargetKind {
     /// All kinds, in documentation order.
     pub const ALL: [TargetKind; 6] = [
@@ -120,13 +134,7 @@ impl TargetKind {
             TargetKind::Compose => COMPOSE_KEYS,
             TargetKind::Ssh => SSH_KEYS,
             TargetKind::Winrm => WINRM_KEYS,
-            TargetKind::Ecs => &[
-                "region",
-                "cluster",
-                "service",
-                "endpoint_url",
-                "credentials_secret",
-            ],
+            TargetKind::Ecs => ECS_KEYS,
             TargetKind::Nomad => NOMAD_KEYS,
         }
     }
@@ -144,6 +152,7 @@ impl TargetKind {
                     && key.len() > 4)
                 || (self == TargetKind::Ssh && DOCKER_KEYS.contains(&key.as_str()))
                 || (self == TargetKind::Compose && key.starts_with("service.") && key.len() > 8)
+                || (self == TargetKind::Ecs && key.starts_with("container.") && key.len() > 10)
                 || (self == TargetKind::Nomad && key.starts_with("task.") && key.len() > 5);
             if !known {
                 return Err(Invalid(format!(
@@ -161,6 +170,7 @@ impl TargetKind {
             TargetKind::Compose => validate_compose(settings),
             TargetKind::Ssh => validate_ssh(settings),
             TargetKind::Winrm => validate_winrm(settings),
+            TargetKind::Ecs => validate_ecs(settings),
             TargetKind::Nomad => validate_nomad(settings),
             _ => Ok(()),
         }
@@ -237,7 +247,35 @@ fn validate_value(key: &str, value: &str) -> Result<(), Invalid> {
             )))
         }
         "host_key" => validate_host_key(value),
-        "key_secret" | "token_secret" => validate_secret_reference(key, value),
+        "key_secret"
+        | "token_secret"
+        | "access_key_secret"
+        | "secret_key_secret"
+        | "session_token_secret" => validate_secret_reference(key, value),
+        "poll_interval_ms" => match value.parse::<u64>() {
+            Ok(ms) if (50..=60_000).contains(&ms) => Ok(()),
+            _ => Err(Invalid(format!(
+                "poll_interval_ms `{value}` must be a whole number from 50 to 60000"
+            ))),
+        },
+        "region"
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+        {
+            Err(Invalid(format!(
+                "region `{value}`: lowercase letters, digits and '-' (e.g. eu-central-1)"
+            )))
+        }
+        "endpoint_url" if !(value.starts_with("https://") || value.starts_with("http://")) => {
+            Err(Invalid(format!(
+                "endpoint_url `{value}` must be an http:// or https:// URL"
+            )))
+        }
+        _ if key.starts_with("container.") && value.trim().is_empty() => Err(Invalid(format!(
+            "{key}: name the task definition's container that runs the component"
+        ))),
         _ if key.starts_with("service.") => validate_service_name(key, value),
         _ => Ok(()),
     }
@@ -498,6 +536,41 @@ fn validate_winrm(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
         return Err(Invalid(
             "ca_file applies to https endpoints only".to_owned(),
         ));
+    }
+    Ok(())
+}
+
+/// What an ECS target needs: where the service is; credentials as secret references
+/// that come in pairs (or none: the agent's environment).
+fn validate_ecs(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let missing: Vec<&str> = ["region", "cluster", "service"]
+        .into_iter()
+        .filter(|key| !settings.contains_key(*key))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Invalid(format!(
+            "an ecs target needs {}",
+            missing.join(", ")
+        )));
+    }
+    match (
+        settings.contains_key("access_key_secret"),
+        settings.contains_key("secret_key_secret"),
+    ) {
+        (true, true) => {}
+        (false, false) if !settings.contains_key("session_token_secret") => {}
+        (false, false) => {
+            return Err(Invalid(
+                "session_token_secret needs access_key_secret and secret_key_secret".to_owned(),
+            ))
+        }
+        _ => {
+            return Err(Invalid(
+                "access_key_secret and secret_key_secret go together: set both \
+                 (${secret.NAME} each) or neither (the agent's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    .to_owned(),
+            ))
+        }
     }
     Ok(())
 }
@@ -845,5 +918,66 @@ mod tests {
             ("ca_file", "/c.pem")
         ])
         .is_err());
+    }
+
+    #[test]
+    fn ecs_targets_name_their_service_and_hold_credentials_only_as_secret_references() {
+        let check = |pairs: &[(&str, &str)]| {
+            TargetKind::Ecs
+                .validate_settings(&settings(pairs))
+                .map_err(|e| e.0)
+        };
+        let base = [
+            ("region", "eu-central-1"),
+            ("cluster", "prod"),
+            ("service", "shop"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            check(&pairs)
+        };
+        assert!(with(&[]).is_ok(), "the agent's environment holds the keys");
+        assert!(with(&[
+            ("access_key_secret", "${secret.aws_id}"),
+            ("secret_key_secret", "${secret.aws_key}"),
+            ("session_token_secret", "${secret.aws_token}"),
+            ("endpoint_url", "http://127.0.0.1:5000"),
+            ("container.api", "shop-api"),
+            ("components", "api"),
+            ("deploy_timeout_seconds", "600"),
+            ("poll_interval_ms", "500"),
+        ])
+        .is_ok());
+        let error = check(&[("region", "eu-central-1")]).expect_err("missing");
+        assert!(
+            error.contains("cluster") && error.contains("service"),
+            "{error}"
+        );
+        let error = with(&[("access_key_secret", "${secret.aws_id}")]).expect_err("half");
+        assert!(error.contains("together"), "{error}");
+        let error = with(&[("session_token_secret", "${secret.t}")]).expect_err("token alone");
+        assert!(error.contains("needs"), "{error}");
+        for key in ["access_key_secret", "secret_key_secret"] {
+            let error = with(&[
+                ("access_key_secret", "${secret.aws_id}"),
+                ("secret_key_secret", "${secret.aws_key}"),
+                (key, "AKIAIOSFODNN7EXAMPLE"),
+            ])
+            .expect_err(key);
+            assert!(error.contains("${secret.NAME}"), "{error}");
+        }
+        for (key, value) in [
+            ("region", "EU Central"),
+            ("endpoint_url", "ecs.local"),
+            ("deploy_timeout_seconds", "0"),
+            ("poll_interval_ms", "10"),
+            ("container.api", ""),
+            ("container.", "x"),
+            ("credentials_secret", "${secret.x}"),
+            ("ports", "80:80"),
+        ] {
+            assert!(with(&[(key, value)]).is_err(), "{key}={value} accepted");
+        }
     }
 }

@@ -30,8 +30,9 @@ pub struct DeployArgs {
     /// The target kind deployed: `docker` (one container), `compose` (a Compose project,
     /// against `docker compose up -d` of the same pinned file), `ssh` (a container on
     /// a host driven over SSH, against `ssh host docker run …`), `nomad` (a job on the
-    /// Nomad API double, against the bare API calls) or `winrm` (a script on a Windows
-    /// host over WS-Management — the test double — against the bare calls).
+    /// Nomad API double, against the bare API calls), `winrm` (a script on a Windows host
+    /// over WS-Management — the test double — against the bare calls) or `ecs` (an ECS
+    /// service of the ECS double, against the bare API calls).
     #[arg(long, value_enum, default_value_t = DeployKind::Docker)]
     pub kind: DeployKind,
     /// Measured rounds of each method (after one warm-up round each).
@@ -67,6 +68,8 @@ pub enum DeployKind {
     Nomad,
     /// A deploy script on a Windows host over WS-Management.
     Winrm,
+    /// An ECS service (against the ECS double), versus the bare API calls.
+    Ecs,
 }
 
 /// Runs the bench and prints medians and the ratio.
@@ -80,6 +83,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         DeployKind::Ssh => return super::deploy_ssh::run(args),
         DeployKind::Nomad => return super::deploy_nomad::run(args),
         DeployKind::Winrm => return super::deploy_winrm::run(args),
+        DeployKind::Ecs => return super::deploy_ecs::run(args),
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),

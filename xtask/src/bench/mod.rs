@@ -6,6 +6,7 @@ mod api;
 mod decisions;
 mod deploy;
 mod deploy_compose;
+mod deploy_ecs;
 mod deploy_nomad;
 mod deploy_ssh;
 mod deploy_winrm;
