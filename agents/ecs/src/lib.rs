@@ -287,6 +287,32 @@ impl Target for EcsTarget {
         Ok(drift::inspect(&self.api(&settings), &settings).await?)
     }
 
+    /// Describes the service with the task's own credentials (a target being created
+    /// has none remembered): what a deploy would start from.
+    async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
+        let settings = self.settings_of(task)?;
+        let api = self.api(&settings);
+        let service = api.service().await?;
+        let Some(service) = service.filter(|s| s.status == "ACTIVE") else {
+            return Err(EcsError::ServiceNotFound {
+                cluster: settings.cluster.clone(),
+                service: settings.service.clone(),
+                state: "does not exist or is not ACTIVE".to_owned(),
+            }
+            .into());
+        };
+        let observed = drift::inspect(&api, &settings).await?.len();
+        Ok(format!(
+            "service {} in cluster {} runs {} ({} of {} tasks running); {observed} component{} observed",
+            settings.service,
+            settings.cluster,
+            service.task_definition,
+            service.running_count,
+            service.desired_count,
+            if observed == 1 { "" } else { "s" }
+        ))
+    }
+
     async fn write_sticker(
         &self,
         target: &TargetSpec,

@@ -245,6 +245,21 @@ impl WinrmTarget {
         Ok(drift::findings(&dir, &path, desired, &components))
     }
 
+    /// Logs in with the task's own password (a target being created has none
+    /// remembered) and reads the target's sticker directory, as a drift round would.
+    async fn do_check(&self, task: &DeployTask) -> Result<String, WinrmError> {
+        let settings = self.settings_of(task)?;
+        let transport = self.transport(&settings)?;
+        let dir = stickers::read_dir(&transport, &settings, &task.target.name).await?;
+        let observed = drift::observed(&dir).len();
+        Ok(format!(
+            "{} accepted {} and ran PowerShell; {observed} component{} observed",
+            settings.endpoint.url,
+            settings.endpoint.user,
+            if observed == 1 { "" } else { "s" }
+        ))
+    }
+
     async fn do_inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, WinrmError> {
         let settings = self.spec_settings(target)?;
         let transport = self.transport(&settings)?;
@@ -325,6 +340,10 @@ impl Target for WinrmTarget {
 
     async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
         Ok(self.do_inspect(target).await?)
+    }
+
+    async fn check(&self, task: &DeployTask) -> Result<String, TargetError> {
+        Ok(self.do_check(task).await?)
     }
 
     async fn write_sticker(

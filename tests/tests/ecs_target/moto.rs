@@ -398,9 +398,20 @@ async fn a_release_reaches_an_ecs_service_through_server_and_agent() -> anyhow::
         .post(
             "/api/v1/targets",
             json!({"name": world.name, "environment": "prod", "kind": "ecs", "agent": "ecs-driver",
-                   "settings": settings}),
+                   "settings": settings, "check": true}),
         )
         .await?;
+    // Created after the agent described the service with the keys from the secrets.
+    let checked = server
+        .post(&format!("/api/v1/targets/{}/check", world.name), json!({}))
+        .await?;
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert!(
+        checked["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("service {}", world.service))),
+        "{checked}"
+    );
     // The control plane resolves a release's images in their registry.
     let registry = TestRegistry::start().await?;
     let images = WebImages::new(

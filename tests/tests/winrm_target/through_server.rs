@@ -95,9 +95,20 @@ async fn releases_reach_a_winrm_target_through_server_and_agent() -> anyhow::Res
         .post(
             "/api/v1/targets",
             json!({"name": host.name, "environment": "edge", "kind": "winrm",
-                   "agent": "win-driver", "settings": settings}),
+                   "agent": "win-driver", "settings": settings, "check": true}),
         )
         .await?;
+    // Created after the agent logged in with the password from the secret; asked again:
+    let checked = server
+        .post(&format!("/api/v1/targets/{}/check", host.name), json!({}))
+        .await?;
+    assert_eq!(checked["ok"], true, "{checked}");
+    assert!(
+        checked["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ran PowerShell")),
+        "{checked}"
+    );
     let mut digests = BTreeMap::new();
     for (version, tag) in [("1.0.0", "v1"), ("2.0.0", "v2"), ("3.0.0", "v3")] {
         let image = images.publish(tag, true).await?;
