@@ -410,6 +410,28 @@ impl TestAgent {
         Ok(Self::start_with(server, data_dir, name, Some(token)))
     }
 
+    /// Enrols and connects an agent that drives only the kinds of `targets` (none:
+    /// an agent no target can be given to).
+    pub async fn start_driving(
+        server: &TestServer,
+        name: &str,
+        targets: stella_agent_core::TargetRegistry,
+    ) -> anyhow::Result<Self> {
+        let token = server.join_token().await?;
+        let data_dir = server.dir.path().join(format!("agent-{name}"));
+        let mut config = test_agent_config(&data_dir);
+        config.server_url = Some(server.api_url());
+        config.join_token = Some(token);
+        config.name = Some(name.to_owned());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(stella_agent_core::run(config, targets, shutdown.clone()));
+        Ok(TestAgent {
+            data_dir,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
     /// Starts an agent on a data dir (enrolled already when `join_token` is None).
     pub fn start_with(
         server: &TestServer,

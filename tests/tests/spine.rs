@@ -302,6 +302,17 @@ async fn bad_input_is_refused_clearly_and_stores_nothing() -> anyhow::Result<()>
     let spine = Spine::start("report").await?;
     let v1 = spine.images.publish("v1", true).await?;
     let v2 = spine.images.publish("v2", true).await?;
+    // An agent that drives no kind at all: no target can be given to it.
+    let _bare = TestAgent::start_driving(
+        &spine.server,
+        "no-kinds",
+        stella_agent_core::TargetRegistry::new(),
+    )
+    .await?;
+    spine
+        .server
+        .wait_for_state("no-kinds", "connected", Duration::from_secs(10))
+        .await?;
     let admin = Some(spine.server.admin_token.as_str());
     let post = |path: &'static str, body: Value| {
         let server = &spine.server;
@@ -356,7 +367,8 @@ async fn bad_input_is_refused_clearly_and_stores_nothing() -> anyhow::Result<()>
             "unknown_agent",
         ),
         (
-            json!({"name": "t1", "environment": "dev", "kind": "ecs", "agent": "docker-host"}),
+            json!({"name": "t1", "environment": "dev", "kind": "ecs", "agent": "no-kinds",
+                   "settings": {"region": "eu-central-1", "cluster": "c", "service": "s"}}),
             "agent_cannot_drive_kind",
         ),
     ] {

@@ -336,12 +336,20 @@ async fn help_completions_and_misplaced_flags() -> anyhow::Result<()> {
     ] {
         assert!(help.contains(key), "{key} missing:\n{help}");
     }
-    for kind in ["winrm", "ecs"] {
-        assert!(!help.contains(kind), "{kind} offered:\n{help}");
+    for key in ["winrm", "password_secret", "ecs", "container.COMPONENT"] {
+        assert!(help.contains(key), "{key} missing:\n{help}");
     }
     let (code, _, stderr) = stella(
         &[
-            "target", "create", "t", "--env", "e", "--agent", "a", "--kind", "winrm",
+            "target",
+            "create",
+            "t",
+            "--env",
+            "e",
+            "--agent",
+            "a",
+            "--kind",
+            "kubernetes",
         ],
         &none,
     )
