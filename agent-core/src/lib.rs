@@ -52,7 +52,7 @@ pub use session::{run, DEFAULT_HEARTBEAT_INTERVAL};
 pub use sticker::{rfc3339_utc, Sticker, StickerFields};
 pub use target::{
     registry_of, ApplyOutcome, ComponentSpec, DeployTask, ObservedComponent, Plan, Progress,
-    RegistryCredential, Target, TargetRegistry, TargetSpec,
+    RegistryCredential, RememberedSecrets, Target, TargetRegistry, TargetSpec,
 };
 
 /// Re-exported so target crates need not depend on tokio-util and async-trait themselves.

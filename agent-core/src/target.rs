@@ -1,7 +1,7 @@
 //! The `Target` trait that every target kind (docker, compose, ssh, …) implements, the
 //! registry of the kinds an agent drives, and the deploy task they receive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -177,7 +177,66 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// The secret values the last task of each target came with, in memory only, for a kind
+/// whose methods that get only a [`TargetSpec`] (inspect, stickers, drift) need a secret
+/// its settings reference: a key, a token, a password. `Debug` shows target names only.
+#[derive(Default)]
+pub struct RememberedSecrets(std::sync::Mutex<HashMap<String, Secrets>>);
+
+impl RememberedSecrets {
+    /// `task`'s settings with secret references resolved: with the task's own secret
+    /// values when it has some (remembered for its target from then on), else with the
+    /// values last remembered for its target. An error names the setting and the
+    /// secret, never a value.
+    pub fn resolved_settings(
+        &self,
+        task: &DeployTask,
+    ) -> Result<BTreeMap<String, String>, TargetError> {
+        let mut known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !task.secrets.is_empty() {
+            known.insert(task.target.name.clone(), task.secrets.clone());
+            return task.resolved_settings();
+        }
+        let secrets = known.get(&task.target.name).cloned().unwrap_or_default();
+        task.target
+            .settings
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), resolve_secrets(key, value, &secrets)?)))
+            .collect()
+    }
+}
+
+impl fmt::Debug for RememberedSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.debug_set().entries(known.keys()).finish()
+    }
+}
+
 impl DeployTask {
+    /// A task holding only `target` (no release, no components, no secrets), for the
+    /// [`Target`] methods that get only a [`TargetSpec`] and share code with a deploy.
+    pub fn for_target(target: &TargetSpec) -> DeployTask {
+        DeployTask {
+            deployment_id: String::new(),
+            decision_id: String::new(),
+            environment: String::new(),
+            release: String::new(),
+            version: String::new(),
+            target: target.clone(),
+            components: Vec::new(),
+            registry_auth: Vec::new(),
+            generation: 0,
+            secrets: Secrets::default(),
+        }
+    }
+
     /// The credential for the registry `image` (`host[:port]/repo[:tag]@digest`) comes
     /// from, if the control plane sent one. Registry names compare without case; Docker
     /// Hub's aliases (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one.
@@ -565,6 +624,48 @@ mod tests {
             generation: 0,
             secrets: Secrets::default(),
         }
+    }
+
+    #[test]
+    fn remembered_secrets_serve_later_calls_of_the_same_target_and_never_show() {
+        let mut task = DeployTask::for_target(&TargetSpec {
+            name: "edge-1".into(),
+            kind: "ssh".into(),
+            settings: BTreeMap::from([("key_secret".into(), "${secret.deploy_key}".into())]),
+        });
+        let remembered = RememberedSecrets::default();
+        let error = remembered
+            .resolved_settings(&task)
+            .expect_err("nothing remembered yet");
+        assert!(error.to_string().contains("deploy_key"), "{error}");
+        task.secrets
+            .0
+            .insert("deploy_key".into(), "PEM-VALUE".into());
+        assert_eq!(
+            remembered
+                .resolved_settings(&task)
+                .ok()
+                .and_then(|s| s.get("key_secret").cloned()),
+            Some("PEM-VALUE".to_owned())
+        );
+        let later = DeployTask::for_target(&task.target);
+        assert_eq!(
+            remembered
+                .resolved_settings(&later)
+                .ok()
+                .and_then(|s| s.get("key_secret").cloned()),
+            Some("PEM-VALUE".to_owned())
+        );
+        let other = DeployTask::for_target(&TargetSpec {
+            name: "edge-2".into(),
+            ..task.target.clone()
+        });
+        assert!(remembered.resolved_settings(&other).is_err(), "per target");
+        let shown = format!("{remembered:?}");
+        assert!(
+            shown.contains("edge-1") && !shown.contains("PEM-VALUE"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod error;
 mod settings;
 mod stickers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use stella_agent_core::{
@@ -66,7 +66,7 @@ pub struct EcsTarget {
     clients: Mutex<HashMap<String, aws_sdk_ecs::Client>>,
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` need the keys the settings name.
-    secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    secrets: stella_agent_core::RememberedSecrets,
 }
 
 // By hand: the clients hold credentials, the map secret values; neither is shown.
@@ -91,22 +91,9 @@ impl EcsTarget {
 
     /// The settings of a task, secret references resolved.
     fn settings_of(&self, task: &DeployTask) -> Result<EcsSettings, EcsError> {
-        let mut task = task.clone();
-        {
-            let mut secrets = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if task.secrets.is_empty() {
-                if let Some(known) = secrets.get(&task.target.name) {
-                    task.secrets.0 = known.clone();
-                }
-            } else {
-                secrets.insert(task.target.name.clone(), task.secrets.0.clone());
-            }
-        }
-        let values = task
-            .resolved_settings()
+        let values = self
+            .secrets
+            .resolved_settings(task)
             .map_err(|e| EcsError::InvalidSettings(e.to_string()))?;
         EcsSettings::parse(&values, &task.target.settings, |name| {
             std::env::var(name).ok()
@@ -163,7 +150,7 @@ impl EcsTarget {
     }
 
     fn spec_settings(&self, target: &TargetSpec) -> Result<EcsSettings, EcsError> {
-        self.settings_of(&spec_task(target))
+        self.settings_of(&DeployTask::for_target(target))
     }
 }
 
@@ -177,22 +164,6 @@ fn shared_fields_equal(a: &Sticker, b: &Sticker) -> bool {
         && a.decision_id == b.decision_id
         && a.deployed_at == b.deployed_at
         && a.agent_id == b.agent_id
-}
-
-/// A task holding only `target`, for the methods that get only a `TargetSpec`.
-fn spec_task(target: &TargetSpec) -> DeployTask {
-    DeployTask {
-        deployment_id: String::new(),
-        decision_id: String::new(),
-        environment: String::new(),
-        release: String::new(),
-        version: String::new(),
-        target: target.clone(),
-        components: Vec::new(),
-        registry_auth: Vec::new(),
-        generation: 0,
-        secrets: Default::default(),
-    }
 }
 
 /// The components of the task this target deploys (`components`), in release order.

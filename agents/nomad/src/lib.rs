@@ -49,7 +49,7 @@ mod jobspec;
 mod settings;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use stella_agent_core::{
@@ -74,7 +74,7 @@ pub const KIND: &str = "nomad";
 pub struct NomadTarget {
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` need the token `token_secret` names.
-    secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    secrets: stella_agent_core::RememberedSecrets,
     /// The settings of each target seen, for the watcher.
     seen: Arc<Mutex<HashMap<String, NomadSettings>>>,
 }
@@ -87,33 +87,20 @@ impl NomadTarget {
 
     /// The settings of a task, secret references resolved.
     fn settings_of(&self, task: &DeployTask) -> Result<NomadSettings, NomadError> {
-        let mut task = task.clone();
-        {
-            let mut secrets = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if task.secrets.is_empty() {
-                if let Some(known) = secrets.get(&task.target.name) {
-                    task.secrets.0 = known.clone();
-                }
-            } else {
-                secrets.insert(task.target.name.clone(), task.secrets.0.clone());
-            }
-        }
-        let values = task
-            .resolved_settings()
+        let values = self
+            .secrets
+            .resolved_settings(task)
             .map_err(|e| NomadError::InvalidSettings(e.to_string()))?;
         let settings = NomadSettings::parse(&values, &task.target.settings)?;
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(task.target.name, settings.clone());
+            .insert(task.target.name.clone(), settings.clone());
         Ok(settings)
     }
 
     fn spec_settings(&self, target: &TargetSpec) -> Result<NomadSettings, NomadError> {
-        self.settings_of(&spec_task(target))
+        self.settings_of(&DeployTask::for_target(target))
     }
 
     async fn do_apply(
@@ -201,22 +188,6 @@ impl NomadTarget {
             findings.extend(stella_agent_core::sticker_drift(self, &only_ours).await?);
         }
         Ok(findings)
-    }
-}
-
-/// A task holding only `target`, for the methods that get only a `TargetSpec`.
-fn spec_task(target: &TargetSpec) -> DeployTask {
-    DeployTask {
-        deployment_id: String::new(),
-        decision_id: String::new(),
-        environment: String::new(),
-        release: String::new(),
-        version: String::new(),
-        target: target.clone(),
-        components: Vec::new(),
-        registry_auth: Vec::new(),
-        generation: 0,
-        secrets: Default::default(),
     }
 }
 

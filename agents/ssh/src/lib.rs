@@ -52,9 +52,6 @@ mod script;
 mod settings;
 mod stickers;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-
 use stella_agent_core::{
     async_trait, error_chain, ApplyOutcome, CancellationToken, ComponentSpec, DeployTask,
     DriftFinding, ObservedComponent, Plan, Progress, Sticker, Target, TargetError, TargetSpec,
@@ -81,7 +78,7 @@ pub struct SshTarget {
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` (inspect, stickers) need the key a
     /// `key_secret` names.
-    secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    secrets: stella_agent_core::RememberedSecrets,
 }
 
 impl SshTarget {
@@ -95,39 +92,17 @@ impl SshTarget {
         self.pool.open_connections()
     }
 
-    fn remember_secrets(&self, task: &DeployTask) {
-        if task.secrets.is_empty() {
-            return;
-        }
-        let mut secrets = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        secrets.insert(task.target.name.clone(), task.secrets.0.clone());
-    }
-
     /// The settings of a task, secret references resolved.
     fn settings_of(&self, task: &DeployTask) -> Result<SshSettings, SshError> {
-        let mut task = task.clone();
-        if task.secrets.is_empty() {
-            let secrets = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(known) = secrets.get(&task.target.name) {
-                task.secrets.0 = known.clone();
-            }
-        } else {
-            self.remember_secrets(&task);
-        }
-        let values = task
-            .resolved_settings()
+        let values = self
+            .secrets
+            .resolved_settings(task)
             .map_err(|e| SshError::InvalidSettings(e.to_string()))?;
         SshSettings::parse(&values, &task.target.settings)
     }
 
     fn spec_settings(&self, target: &TargetSpec) -> Result<SshSettings, SshError> {
-        self.settings_of(&spec_task(target))
+        self.settings_of(&DeployTask::for_target(target))
     }
 
     async fn do_apply(
@@ -297,22 +272,6 @@ impl SshTarget {
             }
         })
         .await
-    }
-}
-
-/// A task holding only `target`, for the methods that get only a `TargetSpec`.
-fn spec_task(target: &TargetSpec) -> DeployTask {
-    DeployTask {
-        deployment_id: String::new(),
-        decision_id: String::new(),
-        environment: String::new(),
-        release: String::new(),
-        version: String::new(),
-        target: target.clone(),
-        components: Vec::new(),
-        registry_auth: Vec::new(),
-        generation: 0,
-        secrets: Default::default(),
     }
 }
 

@@ -37,7 +37,7 @@ mod soap;
 mod stickers;
 mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use stella_agent_core::{
@@ -67,7 +67,7 @@ pub const KIND: &str = "winrm";
 pub struct WinrmTarget {
     /// The secret values the last task of each target came with, in memory only: the
     /// `Target` methods that get only a `TargetSpec` need the password.
-    secrets: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    secrets: stella_agent_core::RememberedSecrets,
     /// One channel per endpoint (so an NTLM-authenticated connection is reused).
     transports: Mutex<HashMap<String, Arc<Transport>>>,
 }
@@ -80,28 +80,15 @@ impl WinrmTarget {
 
     /// The settings of a task, secret references resolved.
     fn settings_of(&self, task: &DeployTask) -> Result<WinrmSettings, WinrmError> {
-        let mut task = task.clone();
-        {
-            let mut secrets = self
-                .secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if task.secrets.is_empty() {
-                if let Some(known) = secrets.get(&task.target.name) {
-                    task.secrets.0 = known.clone();
-                }
-            } else {
-                secrets.insert(task.target.name.clone(), task.secrets.0.clone());
-            }
-        }
-        let values = task
-            .resolved_settings()
+        let values = self
+            .secrets
+            .resolved_settings(task)
             .map_err(|e| WinrmError::InvalidSettings(e.to_string()))?;
         WinrmSettings::parse(&values, &task.target.settings)
     }
 
     fn spec_settings(&self, target: &TargetSpec) -> Result<WinrmSettings, WinrmError> {
-        self.settings_of(&spec_task(target))
+        self.settings_of(&DeployTask::for_target(target))
     }
 
     /// The channel to the target's endpoint, made on first use and again when the
@@ -265,22 +252,6 @@ impl WinrmTarget {
         let transport = self.transport(&settings)?;
         let dir = stickers::read_dir(&transport, &settings, &target.name).await?;
         Ok(drift::observed(&dir))
-    }
-}
-
-/// A task holding only `target`, for the methods that get only a `TargetSpec`.
-fn spec_task(target: &TargetSpec) -> DeployTask {
-    DeployTask {
-        deployment_id: String::new(),
-        decision_id: String::new(),
-        environment: String::new(),
-        release: String::new(),
-        version: String::new(),
-        target: target.clone(),
-        components: Vec::new(),
-        registry_auth: Vec::new(),
-        generation: 0,
-        secrets: Default::default(),
     }
 }
 
