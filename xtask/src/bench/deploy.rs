@@ -85,14 +85,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         DeployKind::Winrm => return super::deploy_winrm::run(args),
         DeployKind::Ecs => return super::deploy_ecs::run(args),
     }
-    let binary = match &args.server_binary {
-        Some(path) => path.clone(),
-        None => super::agents::server_binary(args.no_build)?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let (binary, runtime) = super::deploy::server_and_runtime(args)?;
     runtime.block_on(bench(args, &binary))
 }
 
@@ -399,4 +392,20 @@ pub(super) fn uuid_like() -> String {
     (0..8)
         .map(|_| char::from(b'a' + rng.gen_range(0..26)))
         .collect()
+}
+
+/// The `stella` binary a deploy bench runs (`--server-binary`, else the release build,
+/// built unless `--no-build`) and the runtime it runs in.
+pub(super) fn server_and_runtime(
+    args: &DeployArgs,
+) -> anyhow::Result<(std::path::PathBuf, tokio::runtime::Runtime)> {
+    let binary = match &args.server_binary {
+        Some(path) => path.clone(),
+        None => super::agents::server_binary(args.no_build)?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    Ok((binary, runtime))
 }

@@ -29,14 +29,7 @@ const FAN_OUT_HOSTS: usize = 20;
 
 /// Runs the bench and prints medians and the ratio.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
-    let binary = match &args.server_binary {
-        Some(path) => path.clone(),
-        None => super::agents::server_binary(args.no_build)?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let (binary, runtime) = super::deploy::server_and_runtime(args)?;
     runtime.block_on(bench(args, &binary))
 }
 

@@ -27,14 +27,7 @@ const SCRIPT: &str = "echo \"deploying $STELLA_VERSION\"";
 
 /// Runs the bench and prints medians and the ratio.
 pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
-    let binary = match &args.server_binary {
-        Some(path) => path.clone(),
-        None => super::agents::server_binary(args.no_build)?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let (binary, runtime) = super::deploy::server_and_runtime(args)?;
     runtime.block_on(bench(args, &binary))
 }
 
