@@ -5,6 +5,7 @@
 //! database, keys and logs can be read afterwards.
 
 pub mod compose;
+pub mod debian;
 pub mod doubles;
 pub mod images;
 pub mod logs;

@@ -24,6 +24,11 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
         check_path: "/usr/bin/docker-registry",
         package: "docker-registry",
     },
+    // Fresh Debian roots for the installation tests (agent install script, packages).
+    DebianPackage {
+        check_path: "/usr/sbin/debootstrap",
+        package: "debootstrap",
+    },
     DebianPackage {
         check_path: "/usr/bin/bwrap",
         package: "bubblewrap",
