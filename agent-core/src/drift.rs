@@ -260,6 +260,8 @@ pub(crate) struct DriftLoop {
     pub(crate) session_up: watch::Receiver<bool>,
     /// Target names from [`Target::watch`] and from finished deploy tasks.
     pub(crate) notify: mpsc::UnboundedReceiver<String>,
+    /// The desired state as last seen, to tell which targets were dropped.
+    pub(crate) held: Arc<DesiredTargets>,
 }
 
 /// What a round checks: every desired target, or the ones named.
@@ -301,7 +303,7 @@ impl DriftLoop {
         let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut desired = self.desired.subscribe();
-        desired.borrow_and_update();
+        self.held = Arc::clone(&desired.borrow_and_update());
         let mut rounds = Rounds {
             reported: BTreeMap::new(),
             checked: BTreeSet::new(),
@@ -347,6 +349,21 @@ impl DriftLoop {
         }
     }
 
+    /// Tells each kind about the targets the desired state no longer holds, so it
+    /// drops their secrets, clients and watchers.
+    fn forget_dropped(&mut self, now: &Arc<DesiredTargets>) {
+        let before = std::mem::replace(&mut self.held, Arc::clone(now));
+        for (name, task) in before.iter() {
+            if now.contains_key(name) {
+                continue;
+            }
+            if let Some(kind) = self.targets.get(&task.target.kind) {
+                tracing::info!(target = %name, kind = %task.target.kind, "target no longer listed; forgetting it");
+                kind.forget(name);
+            }
+        }
+    }
+
     async fn wait(
         &mut self,
         tick: &mut tokio::time::Interval,
@@ -358,7 +375,8 @@ impl DriftLoop {
             _ = tick.tick() => Wake::Interval,
             changed = desired.changed() => match changed {
                 Ok(()) => {
-                    desired.borrow_and_update();
+                    let now = Arc::clone(&desired.borrow_and_update());
+                    self.forget_dropped(&now);
                     Wake::Soon(Scope::everything())
                 }
                 Err(_) => Wake::Stop,

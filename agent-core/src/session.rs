@@ -259,6 +259,7 @@ impl Agent {
             outbox: self.tasks.outbox.clone(),
             session_up: self.session_up.subscribe(),
             notify,
+            held: Arc::default(),
         };
         tokio::spawn(drift.run(shutdown).in_current_span())
     }

@@ -79,6 +79,14 @@ pub trait Target: Send + Sync + fmt::Debug {
         })
     }
 
+    /// The control plane no longer lists `target` for this agent (it was deleted, or
+    /// moved to another agent): drop what the kind holds for it in memory — remembered
+    /// secret values, clients, watchers. Nothing on the target itself is touched. The
+    /// default holds nothing per target.
+    fn forget(&self, target: &str) {
+        let _ = target;
+    }
+
     /// Starts watching the engine, if this kind can: whenever something changes on a
     /// target it sends the target's name on `notify`, and the agent runs a drift round
     /// soon (debounced) instead of waiting for the interval. Called once per agent run;
@@ -206,6 +214,16 @@ impl RememberedSecrets {
             .iter()
             .map(|(key, value)| Ok((key.clone(), resolve_secrets(key, value, &secrets)?)))
             .collect()
+    }
+}
+
+impl RememberedSecrets {
+    /// Drops the values remembered for `target` (see [`Target::forget`]).
+    pub fn forget(&self, target: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(target);
     }
 }
 

@@ -626,3 +626,57 @@ async fn a_stale_desired_state_from_the_server_does_not_undo_a_deploy() {
     assert!(web1.is_empty(), "false drift on web-1: {web1:?}");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_target_the_server_stops_listing_is_forgotten_by_its_kind_and_no_longer_checked() {
+    init_tracing();
+    let control_plane = ScriptedControlPlane::start().await;
+    let data_dir = DataDir::new();
+    let kept = deploy_task("web-1", "fake", &[("api", 'a')]);
+    let dropped = deploy_task("web-2", "fake", &[("api", 'a')]);
+    let target = FakeDriftTarget::new();
+    target.converge(&kept);
+    target.converge(&dropped);
+    *control_plane
+        .script
+        .desired_on_welcome
+        .lock()
+        .expect("lock") = Some(desired_state(&[&kept, &dropped]));
+    let agent = RunningAgent::start(config(&control_plane, &data_dir, 60), target.registry());
+    connected(&control_plane, 1).await;
+    wait_for("a round over both targets", DEADLINE, || {
+        (target.inspections("web-1") > 0 && target.inspections("web-2") > 0).then_some(())
+    })
+    .await;
+    assert!(target.forgotten().is_empty(), "{:?}", target.forgotten());
+
+    control_plane
+        .script
+        .push(&v1::server_message::Body::DesiredState(desired_state(&[
+            &kept,
+        ])));
+    wait_for("web-2 forgotten", DEADLINE, || {
+        (target.forgotten() == vec!["web-2".to_owned()]).then_some(())
+    })
+    .await;
+    // Rounds after that look at web-1 only.
+    let web2 = target.inspections("web-2");
+    let web1 = target.inspections("web-1");
+    target.notify("web-1");
+    target.notify("web-2");
+    wait_for("another round over web-1", DEADLINE, || {
+        (target.inspections("web-1") > web1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        target.inspections("web-2"),
+        web2,
+        "a forgotten target was checked"
+    );
+    assert_eq!(
+        target.forgotten(),
+        vec!["web-2".to_owned()],
+        "forgotten once"
+    );
+    agent.stop().await;
+}

@@ -773,6 +773,8 @@ pub struct FakeDriftTarget {
     /// When set, `apply` waits for a permit.
     gate: Option<tokio::sync::Semaphore>,
     pub applies: AtomicUsize,
+    /// Targets `forget` was called for, in order.
+    forgotten: Mutex<Vec<String>>,
 }
 
 impl FakeDriftTarget {
@@ -792,6 +794,7 @@ impl FakeDriftTarget {
             inspections: Mutex::new(BTreeMap::new()),
             gate,
             applies: AtomicUsize::new(0),
+            forgotten: Mutex::new(Vec::new()),
         })
     }
 
@@ -851,12 +854,20 @@ impl FakeDriftTarget {
     pub fn inspections(&self, target: &str) -> usize {
         lock(&self.inspections).get(target).copied().unwrap_or(0)
     }
+
+    pub fn forgotten(&self) -> Vec<String> {
+        lock(&self.forgotten).clone()
+    }
 }
 
 #[async_trait]
 impl Target for FakeDriftTarget {
     fn kind(&self) -> &'static str {
         "fake"
+    }
+
+    fn forget(&self, target: &str) {
+        lock(&self.forgotten).push(target.to_owned());
     }
 
     async fn plan(&self, task: &DeployTask) -> Result<Plan, TargetError> {

@@ -316,4 +316,12 @@ impl Target for ComposeTarget {
     fn watch(&self, notify: mpsc::UnboundedSender<String>) {
         self.spawn_watch(notify);
     }
+
+    /// Its project's engine events are no longer mapped to it.
+    fn forget(&self, target: &str) {
+        self.projects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, held| held != target);
+    }
 }

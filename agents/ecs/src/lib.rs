@@ -203,6 +203,17 @@ fn select<'a>(
 
 #[async_trait]
 impl Target for EcsTarget {
+    /// Its secrets go, and every cached client with them (a client holds the
+    /// credentials it was made with, possibly this target's; the others are made again
+    /// on their next use).
+    fn forget(&self, target: &str) {
+        self.secrets.forget(target);
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }

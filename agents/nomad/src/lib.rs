@@ -307,4 +307,13 @@ impl Target for NomadTarget {
     fn watch(&self, notify: tokio::sync::mpsc::UnboundedSender<String>) {
         tokio::spawn(watch::run(self.seen.clone(), notify));
     }
+
+    /// Its secrets and its settings go; its job's watcher stops (see `watch::run`).
+    fn forget(&self, target: &str) {
+        self.secrets.forget(target);
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(target);
+    }
 }

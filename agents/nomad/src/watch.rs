@@ -26,7 +26,8 @@ fn settings_of(seen: &Seen, target: &str) -> Option<NomadSettings> {
         .cloned()
 }
 
-/// Starts one watcher per target seen; stops when `notify` is closed.
+/// Starts one watcher per target seen, and stops the watchers of targets forgotten;
+/// stops when `notify` is closed.
 pub(crate) async fn run(seen: Seen, notify: mpsc::UnboundedSender<String>) {
     let mut watching: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while !notify.is_closed() {
@@ -36,6 +37,13 @@ pub(crate) async fn run(seen: Seen, notify: mpsc::UnboundedSender<String>) {
             .keys()
             .cloned()
             .collect();
+        watching.retain(|target, task| {
+            let keep = targets.contains(target);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
         for target in targets {
             if watching.get(&target).is_none_or(|w| w.is_finished()) {
                 let task = tokio::spawn(watch_one(seen.clone(), target.clone(), notify.clone()));

@@ -294,6 +294,12 @@ fn select<'a>(
 
 #[async_trait]
 impl Target for SshTarget {
+    /// Its secret values go. Pooled connections are per host and user, may serve other
+    /// targets, and close when the host ends them or they fail a command.
+    fn forget(&self, target: &str) {
+        self.secrets.forget(target);
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }

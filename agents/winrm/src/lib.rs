@@ -270,6 +270,16 @@ fn select<'a>(task: &'a DeployTask, settings: &WinrmSettings) -> Vec<&'a Compone
 
 #[async_trait]
 impl Target for WinrmTarget {
+    /// Its secrets go, and every pooled transport with them (one may be authenticated
+    /// with this target's password; the others are made again on their next use).
+    fn forget(&self, target: &str) {
+        self.secrets.forget(target);
+        self.transports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }
