@@ -24,6 +24,21 @@ use crate::{Fingerprint, PkiError, Result};
 
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// curl's `--pinnedpubkey` value of a certificate (DER): `sha256//` and the base64 of
+/// the SHA-256 of its SubjectPublicKeyInfo. A pin of the key rather than of the
+/// certificate holds across re-issues of the certificate for the same key.
+pub fn public_key_pin(cert_der: &[u8]) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|error| crate::error::x509_error("certificate", error))?;
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Ok(format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    ))
+}
+
 /// A certificate chain (leaf first) and its private key, both PEM, ready to serve.
 pub fn api_certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>> {
     let chain = pem_to_der_certs(chain_pem)?;
