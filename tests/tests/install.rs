@@ -194,12 +194,21 @@ impl Host {
 
 /// A control plane on the network's gateway address, serving `downloads`.
 async fn server_for(network: &PrivateNetwork, downloads: &Path) -> anyhow::Result<TestServer> {
+    start_server(network, downloads, false).await
+}
+
+async fn start_server(
+    network: &PrivateNetwork,
+    downloads: &Path,
+    plain_http: bool,
+) -> anyhow::Result<TestServer> {
     let gateway = network.gateway.clone();
     let downloads = downloads.to_owned();
     TestServer::start_with(move |config| {
         config.api_listen = format!("{gateway}:0").parse().unwrap_or(config.api_listen);
         config.grpc_listen = format!("{gateway}:0").parse().unwrap_or(config.grpc_listen);
         config.downloads_dir = Some(downloads);
+        config.api_plain_http = plain_http;
     })
     .await
 }
@@ -413,6 +422,53 @@ async fn the_install_stops_before_anything_runs_on_a_tampered_binary_or_a_wrong_
             .exists("/etc/systemd/system/stella-agent.service")
             .await?
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_install_command_works_over_plain_http() -> anyhow::Result<()> {
+    let image = debian_image(&HOST_PACKAGES).await?;
+    let dir = TestDir::new("install-plain");
+    let (downloads, _) = downloads_dir(dir.path())?;
+    let mut network = PrivateNetwork::create().await?;
+    let server = start_server(&network, &downloads, true).await?;
+    let host = network.start_systemd_host(&image).await?;
+
+    // No TLS key to pin: only the SHA-256 check guards the binary (see docs/security.md).
+    let command = install_command(&server).await?;
+    assert!(command.starts_with("curl -fsS http://"), "{command}");
+    assert!(!command.contains("--pin"), "{command}");
+    let (code, out, err) = host.sh(&command).await?;
+    assert_eq!(code, 0, "the install failed:\n{out}\n{err}");
+    assert!(err.contains("sha256"), "{err}");
+    wait_connected(&server, &host.name).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn token_create_install_refuses_a_server_that_is_not_an_http_url() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.api_url();
+    for bad in ["ftp://cp:8080", "https://cp:8080/path;rm -rf", "cp:8080"] {
+        let (code, stdout, stderr) = stella(
+            &[
+                "agent",
+                "token",
+                "create",
+                "--install",
+                "--install-server",
+                bad,
+                "--server",
+                &url,
+            ],
+            &[("STELLA_TOKEN", &server.admin_token)],
+        )
+        .await?;
+        assert_ne!(code, 0, "{bad}: {stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{bad}: {stderr}");
+        assert!(stderr.contains("not an http(s) URL"), "{bad}: {stderr}");
+        assert!(stdout.is_empty(), "{bad}: {stdout}");
+    }
     Ok(())
 }
 

@@ -54,9 +54,27 @@ pub fn note(server: &str, pinned: bool, expires_at: &str) -> String {
     } else {
         "the server's certificate is checked against the host's CA roots"
     };
-    format!(
+    let mut note = format!(
         "run the command above as a user who may sudo on the new host; the join token in it is single-use and expires {expires_at}; {trust}"
-    )
+    );
+    if is_loopback(server) {
+        note.push_str(&format!(
+            "\nnote: {server} is this machine's loopback address; give --install-server with an address the new host reaches"
+        ));
+    }
+    note
+}
+
+fn is_loopback(server: &str) -> bool {
+    let authority = server.split_once("://").map_or(server, |(_, rest)| rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `text` as one shell word.
@@ -95,5 +113,8 @@ mod tests {
         assert!(server_url("https://cp/x;rm").is_err());
         assert!(server_url("cp:8080").is_err());
         assert_eq!(quote("it's"), r"'it'\''s'");
+        assert!(is_loopback("http://127.0.0.1:8080"));
+        assert!(is_loopback("https://[::1]:8080"));
+        assert!(!is_loopback("https://10.0.0.5:8080"));
     }
 }
