@@ -438,10 +438,19 @@ async fn the_install_command_works_over_plain_http() -> anyhow::Result<()> {
     let command = install_command(&server).await?;
     assert!(command.starts_with("curl -fsS http://"), "{command}");
     assert!(!command.contains("--pin"), "{command}");
-    let (code, out, err) = host.sh(&command).await?;
+    // The operator's additions at the end of the line reach the agent.
+    let (code, out, err) = host
+        .sh(&format!("{command} --name web-1 --label site=lab"))
+        .await?;
     assert_eq!(code, 0, "the install failed:\n{out}\n{err}");
     assert!(err.contains("sha256"), "{err}");
-    wait_connected(&server, &host.name).await?;
+    wait_connected(&server, "web-1").await?;
+    let listed = agents(&server).await?;
+    let agent = listed
+        .iter()
+        .find(|a| a["name"] == "web-1")
+        .context("web-1 not listed")?;
+    assert_eq!(agent["labels"]["site"], "lab", "{agent}");
     Ok(())
 }
 
