@@ -287,6 +287,7 @@ fi
 waited=0
 while ! enrolled; do
 	if [ "$waited" -ge "$ENROL_TIMEOUT_SECONDS" ]; then
+		journalctl -u stella-agent.service -n 5 --no-pager >&2 || true
 		die "the agent did not enrol within ${ENROL_TIMEOUT_SECONDS}s; see journalctl -u stella-agent (the join token stays in $ENV_FILE for its next try)"
 	fi
 	sleep 1
