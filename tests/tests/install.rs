@@ -265,7 +265,7 @@ async fn wait_connected(server: &TestServer, name: &str) -> anyhow::Result<()> {
 async fn the_install_command_enrols_an_agent_once_and_uninstall_removes_it() -> anyhow::Result<()> {
     let image = debian_image(&HOST_PACKAGES).await?;
     let dir = TestDir::new("install");
-    let (downloads, _) = downloads_dir(dir.path())?;
+    let (downloads, served) = downloads_dir(dir.path())?;
     let mut network = PrivateNetwork::create().await?;
     let server = server_for(&network, &downloads).await?;
     let host = network.start_systemd_host(&image).await?;
@@ -311,6 +311,37 @@ async fn the_install_command_enrols_an_agent_once_and_uninstall_removes_it() -> 
     );
     let (code, state, _) = host.sh("systemctl is-active stella-agent").await?;
     assert_eq!((code, state.trim()), (0, "active"));
+    assert!(err.contains("already this version"), "{err}");
+
+    // A new binary on the server (one byte more still runs): replaced, the service
+    // restarted, the same agent back.
+    let mut newer = std::fs::read(&served)?;
+    newer.push(0);
+    std::fs::write(&served, &newer)?;
+    let newer_sha = format!("{:x}", Sha256::digest(&newer));
+    let upgrade = install_command(&server).await?;
+    let (code, out, err) = host.sh(&upgrade).await?;
+    assert_eq!(code, 0, "the upgrade failed:\n{out}\n{err}");
+    assert!(
+        err.contains("installed /usr/local/bin/stella-agent"),
+        "{err}"
+    );
+    let (_, installed_sha, _) = host.sh("sha256sum /usr/local/bin/stella-agent").await?;
+    assert!(installed_sha.starts_with(&newer_sha), "{installed_sha}");
+    wait_connected(&server, &host.name).await?;
+    assert_eq!(
+        host.sh("cat /var/lib/stella-agent/agent.json").await?.1,
+        id_before
+    );
+    let listed = agents(&server).await?;
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|a| a["name"] == host.name.as_str())
+            .count(),
+        1,
+        "{listed:?}"
+    );
 
     // Uninstall: unit, binary and env file go; the identity stays unless purged.
     let fetch = command
@@ -329,6 +360,14 @@ async fn the_install_command_enrols_an_agent_once_and_uninstall_removes_it() -> 
     assert!(host.exists("/var/lib/stella-agent/agent.json").await?);
     let (code, _, _) = host.sh("systemctl is-active stella-agent").await?;
     assert_ne!(code, 0, "the agent still runs");
+
+    // --purge also takes the identity and the user.
+    let (code, out, err) = host
+        .sh(&format!("{fetch} | sh -s -- --uninstall --purge"))
+        .await?;
+    assert_eq!(code, 0, "purge failed:\n{out}\n{err}");
+    assert!(!host.exists("/var/lib/stella-agent").await?);
+    assert_ne!(host.sh("getent passwd stella-agent").await?.0, 0);
     Ok(())
 }
 
