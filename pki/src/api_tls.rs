@@ -343,3 +343,38 @@ mod parking_lot_free {
         }
     }
 }
+
+#[cfg(test)]
+mod pin_tests {
+    use base64::Engine as _;
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+
+    use super::public_key_pin;
+    use crate::CertificateAuthority;
+
+    #[test]
+    fn the_pin_is_the_sha256_of_the_key_curl_sees() {
+        let ca = CertificateAuthority::generate("pin.test").expect("a CA");
+        let hour = std::time::Duration::from_secs(3600);
+        let issued = ca
+            .issue_server_certificate(&["localhost".to_owned()], hour)
+            .expect("a certificate");
+        let key = rcgen::KeyPair::from_pem(&issued.key_pem).expect("the key");
+        let expected = format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+        );
+        let der = |pem: &str| crate::pem_to_der_certs(pem).expect("a certificate")[0].to_vec();
+        assert_eq!(public_key_pin(&der(&issued.cert_pem)).ok(), Some(expected));
+        let other = ca
+            .issue_server_certificate(&["localhost".to_owned()], hour)
+            .expect("another certificate");
+        assert_ne!(
+            public_key_pin(&der(&issued.cert_pem)).ok(),
+            public_key_pin(&der(&other.cert_pem)).ok()
+        );
+        assert!(public_key_pin(b"not a certificate").is_err());
+    }
+}
