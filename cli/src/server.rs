@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// a loopback address.
     #[arg(long)]
     api_plain_http: bool,
+    /// Agent binaries and `.deb` files served under `/downloads/` [default:
+    /// /usr/lib/stella/downloads if it exists, else this executable's directory].
+    #[arg(long, env = "STELLA_DOWNLOADS_DIR", value_name = "DIR")]
+    downloads_dir: Option<PathBuf>,
     /// Throwaway data dir, SQLite, and an in-process agent named `local`.
     #[arg(long)]
     dev: bool,
@@ -118,6 +122,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (args.api_cert, args.api_key) {
         config.api_cert = Some(cert);
         config.api_key = Some(key);
+    }
+    if let Some(dir) = args.downloads_dir {
+        config.downloads_dir = Some(dir);
     }
     if args.api_plain_http || (args.dev && config.api_listen.ip().is_loopback()) {
         config.api_plain_http = true;

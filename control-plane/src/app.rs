@@ -8,6 +8,7 @@ mod clients;
 mod deployments;
 mod dispatch;
 mod documents;
+pub mod downloads;
 mod drift;
 mod environments;
 mod events;
@@ -99,6 +100,8 @@ pub struct App {
     pub run_engine: runs::RunEngine,
     /// Target checks waiting for their agent's answer.
     checks: checks::PendingChecks,
+    /// Agent binaries and packages served under `/downloads/`.
+    pub downloads: downloads::Downloads,
 }
 
 /// A join token as handed to the operator, once.
@@ -242,6 +245,7 @@ impl App {
         App {
             identity,
             api_tls: None,
+            downloads: downloads::Downloads::of(&config),
             config,
             store,
             pki,

@@ -114,6 +114,11 @@ pub struct ServerConfig {
     pub run_poll_interval_ms: u64,
     /// Largest file a run's `file` output may capture (bytes).
     pub run_max_artifact_bytes: usize,
+    /// What `/downloads/` serves: agent binaries `stella-agent-linux-<arch>` (a plain
+    /// `stella-agent` as this machine's arch) and `*.deb` files. Default:
+    /// `/usr/lib/stella/downloads` if it exists, else the directory of the running
+    /// executable (where `cargo build` puts `stella-agent` beside `stella`).
+    pub downloads_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -158,6 +163,7 @@ impl Default for ServerConfig {
             run_lease_ms: 15_000,
             run_poll_interval_ms: 500,
             run_max_artifact_bytes: 8 * 1024 * 1024,
+            downloads_dir: None,
         }
     }
 }

@@ -232,6 +232,20 @@ pub async fn start(
         app.clone(),
         shutdown.clone(),
     )));
+    // Hashes the downloads now rather than at the first request for them.
+    tasks.push(tokio::spawn({
+        let downloads = app.downloads.clone();
+        async move {
+            match downloads.list().await {
+                Ok(listed) => tracing::info!(
+                    dir = %downloads.dir().display(),
+                    files = listed.len(),
+                    "downloads hashed"
+                ),
+                Err(error) => tracing::warn!(error = %error.message, "downloads not hashed"),
+            }
+        }
+    }));
     tracing::info!(%api_addr, %grpc_addr, ca = %app.pki.ca.fingerprint(), "control plane started");
     Ok(RunningServer {
         app,

@@ -24,6 +24,21 @@ use crate::{Fingerprint, PkiError, Result};
 
 const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// curl's `--pinnedpubkey` value of a certificate (DER): `sha256//` and the base64 of
+/// the SHA-256 of its SubjectPublicKeyInfo. A pin of the key rather than of the
+/// certificate holds across re-issues of the certificate for the same key.
+pub fn public_key_pin(cert_der: &[u8]) -> Result<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|error| crate::error::x509_error("certificate", error))?;
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    Ok(format!(
+        "sha256//{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    ))
+}
+
 /// A certificate chain (leaf first) and its private key, both PEM, ready to serve.
 pub fn api_certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>> {
     let chain = pem_to_der_certs(chain_pem)?;
@@ -326,5 +341,40 @@ mod parking_lot_free {
                 *slot = Some(value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use base64::Engine as _;
+    use rcgen::PublicKeyData as _;
+    use sha2::Digest as _;
+
+    use super::public_key_pin;
+    use crate::CertificateAuthority;
+
+    #[test]
+    fn the_pin_is_the_sha256_of_the_key_curl_sees() {
+        let ca = CertificateAuthority::generate("pin.test").expect("a CA");
+        let hour = std::time::Duration::from_secs(3600);
+        let issued = ca
+            .issue_server_certificate(&["localhost".to_owned()], hour)
+            .expect("a certificate");
+        let key = rcgen::KeyPair::from_pem(&issued.key_pem).expect("the key");
+        let expected = format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(key.subject_public_key_info()))
+        );
+        let der = |pem: &str| crate::pem_to_der_certs(pem).expect("a certificate")[0].to_vec();
+        assert_eq!(public_key_pin(&der(&issued.cert_pem)).ok(), Some(expected));
+        let other = ca
+            .issue_server_certificate(&["localhost".to_owned()], hour)
+            .expect("another certificate");
+        assert_ne!(
+            public_key_pin(&der(&issued.cert_pem)).ok(),
+            public_key_pin(&der(&other.cert_pem)).ok()
+        );
+        assert!(public_key_pin(b"not a certificate").is_err());
     }
 }

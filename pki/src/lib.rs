@@ -17,7 +17,8 @@ mod secret;
 mod tls;
 
 pub use api_tls::{
-    api_certified_key, api_client_tls_config, api_server_tls_config, ApiTrust, FirstUse,
+    api_certified_key, api_client_tls_config, api_server_tls_config, public_key_pin, ApiTrust,
+    FirstUse,
 };
 pub use ca::{AgentKey, CertificateAuthority, IssuedCertificate, KeyedCertificate};
 pub use error::PkiError;

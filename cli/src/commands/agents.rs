@@ -6,6 +6,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+mod install;
+
 use super::{path, Context};
 use crate::output::{self, cell, Format};
 
@@ -58,6 +60,14 @@ pub enum TokenCommand {
         /// Lifetime, e.g. `30m`, `2h`.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// Print the one command that installs and enrols an agent on a new host: it
+        /// fetches the install script and the agent from this server, pinning the API's
+        /// TLS key.
+        #[arg(long)]
+        install: bool,
+        /// The server's URL as the new host reaches it [default: `--server`].
+        #[arg(long, requires = "install", value_name = "URL")]
+        install_server: Option<String>,
     },
 }
 
@@ -79,7 +89,41 @@ pub async fn agent(
     let context = context()?;
     let client = &context.client;
     let value = match command {
-        AgentApiCommand::Token(TokenCommand::Create { ttl }) => {
+        AgentApiCommand::Token(TokenCommand::Create {
+            ttl,
+            install: true,
+            install_server,
+        }) => {
+            let server = install_server.unwrap_or_else(|| client.base().to_owned());
+            let server = install::server_url(&server)?;
+            // Asked before the token is made, so that a failure leaves no token behind.
+            let gateway = client.get("/gateway").await?;
+            let pin = gateway
+                .get("api_key_pin")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let mut issued = client
+                .post(
+                    "/agents/join-tokens",
+                    json!({ "ttl_seconds": ttl.as_secs() }),
+                )
+                .await?;
+            let token = cell(&issued, "/token");
+            let command = install::command(&server, &token, pin.as_deref());
+            if let Value::Object(fields) = &mut issued {
+                fields.insert("install_command".to_owned(), Value::String(command.clone()));
+            }
+            context.print(&issued, |issued| {
+                println!("{command}");
+                context.note(&install::note(
+                    &server,
+                    pin.is_some(),
+                    &cell(issued, "/expires_at"),
+                ));
+            });
+            return Ok(());
+        }
+        AgentApiCommand::Token(TokenCommand::Create { ttl, .. }) => {
             let issued = client
                 .post(
                     "/agents/join-tokens",

@@ -241,6 +241,10 @@ pub struct GatewayInfo {
     pub ca_fingerprint: String,
     /// SPIFFE trust domain.
     pub trust_domain: String,
+    /// curl's `--pinnedpubkey` value (`sha256//<base64>`) of the API's TLS key, which the
+    /// agent install command pins; absent when the API serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_pin: Option<String>,
 }
 
 /// Gateway discovery for agents.
@@ -267,6 +271,7 @@ pub async fn gateway(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<Ga
         grpc_url,
         ca_fingerprint: app.pki.ca.fingerprint().to_string(),
         trust_domain: app.trust_domain().to_owned(),
+        api_key_pin: app.api_tls.as_ref().and_then(|tls| tls.public_key_pin()),
     })
 }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod clients;
 pub mod decisions;
 pub mod deployments;
+pub mod downloads;
 pub mod drift;
 pub mod envelope;
 pub mod environments;
@@ -152,6 +153,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(deployments::cancel_deployment),
         )
         .route("/drift", get(drift::list_drift))
+        .route("/downloads", get(downloads::list_downloads))
         .route(
             "/webhooks",
             get(webhooks::list_webhooks).post(webhooks::create_webhook),
@@ -194,6 +196,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .nest("/v1/task-runner", task_runner)
         .route("/.well-known/openapi", get(task_runner::openapi_metadata))
+        .route("/downloads/{name}", get(downloads::get_download))
+        .route("/install/agent.sh", get(downloads::agent_install_script))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

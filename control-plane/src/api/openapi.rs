@@ -14,8 +14,9 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
 use super::{
-    agents, audit, clients, decisions, deployments, drift, envelope, environments, health, oauth,
-    promotions, registries, releases, scans, targets, tokens, users, variables, webhooks,
+    agents, audit, clients, decisions, deployments, downloads, drift, envelope, environments,
+    health, oauth, promotions, registries, releases, scans, targets, tokens, users, variables,
+    webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -24,7 +25,7 @@ use super::{
     info(
         title = "Stella API",
         description = "Release control plane for container estates without Kubernetes.\n\n\
-            Every call under `/api/v1/` but `/gateway` and `/openapi.json` needs \
+            Every call under `/api/v1/` but `/gateway`, `/downloads` and `/openapi.json` needs \
             `Authorization: Bearer <token>`: an API token, or an OAuth2 access token \
             from `POST /oauth/token` whose `stella.*` scopes stand for roles. Errors are `{\"error\":{\"code\",\"message\",\
             \"traceId\"}}` with a fitting 4xx/5xx status; the trace id is also in the \
@@ -56,6 +57,7 @@ use super::{
         deployments::list_deployments, deployments::show_deployment,
         deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
         drift::list_drift,
+        downloads::list_downloads, downloads::get_download, downloads::agent_install_script,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook,
         webhooks::list_deliveries, webhooks::list_events,
         audit::list_audit, audit::list_audit_checkpoints,
@@ -78,6 +80,7 @@ use super::{
         (name = "decisions", description = "Signed decision records, replay, evidence packets and the keys that verify them"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),
         (name = "drift", description = "Differences between what runs and what was deployed"),
+        (name = "downloads", description = "Agent binaries, packages and the agent install script, served without a token"),
         (name = "webhooks", description = "Webhooks: signed deliveries of events, from a durable outbox"),
         (name = "events", description = "What operators are told about, in lists and through webhooks"),
         (name = "audit", description = "The tamper-evident audit log of every mutating call, and its signed checkpoints"),

@@ -111,6 +111,14 @@ impl ApiTls {
         )
     }
 
+    /// curl's `--pinnedpubkey` value of the key served now (see
+    /// [`stella_pki::public_key_pin`]); what the agent install command pins.
+    pub fn public_key_pin(&self) -> Option<String> {
+        let current = self.resolver.current.read().clone();
+        let leaf = current.cert.first()?;
+        stella_pki::public_key_pin(leaf).ok()
+    }
+
     /// The acceptor the listener wraps connections in.
     pub fn acceptor(&self) -> TlsAcceptor {
         self.acceptor.clone()
