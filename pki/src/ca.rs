@@ -148,6 +148,38 @@ impl CertificateAuthority {
         sans: &[String],
         validity: Duration,
     ) -> Result<KeyedCertificate> {
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Rcgen {
+                action: "generate server key",
+                source,
+            })?;
+        self.issue_server_certificate_with(sans, validity, &key)
+    }
+
+    /// Like [`CertificateAuthority::issue_server_certificate`], for a key the caller
+    /// keeps (PKCS#8 PEM, ECDSA P-256), so that what clients pin of the key survives a
+    /// new certificate.
+    pub fn issue_server_certificate_for_key(
+        &self,
+        sans: &[String],
+        validity: Duration,
+        key_pem: &str,
+    ) -> Result<KeyedCertificate> {
+        let key = KeyPair::from_pkcs8_pem_and_sign_algo(key_pem, &PKCS_ECDSA_P256_SHA256).map_err(
+            |source| PkiError::Rcgen {
+                action: "read server key (expected pkcs#8 ecdsa p-256)",
+                source,
+            },
+        )?;
+        self.issue_server_certificate_with(sans, validity, &key)
+    }
+
+    fn issue_server_certificate_with(
+        &self,
+        sans: &[String],
+        validity: Duration,
+        key: &KeyPair,
+    ) -> Result<KeyedCertificate> {
         if sans.is_empty() {
             return Err(PkiError::NoServerNames);
         }
@@ -156,17 +188,12 @@ impl CertificateAuthority {
             .map(|name| server_san(name))
             .collect::<Result<Vec<_>>>()?;
         let (not_before, not_after) = validity_window(validity)?;
-        let key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| PkiError::Rcgen {
-                action: "generate server key",
-                source,
-            })?;
         let mut params = leaf_params(not_before, not_after);
         params.distinguished_name = common_name(SERVER_COMMON_NAME);
         params.subject_alt_names = subject_alt_names;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(key, &self.issuer)
             .map_err(|source| PkiError::Rcgen {
                 action: "sign server certificate",
                 source,

@@ -177,6 +177,54 @@ async fn the_cli_refuses_a_wrong_name_another_ca_and_a_changed_ca() -> anyhow::R
     Ok(())
 }
 
+#[tokio::test]
+async fn the_issued_api_certificate_keeps_its_key_across_restarts_and_reloads() -> anyhow::Result<()>
+{
+    let mut server = TestServer::start().await?;
+    let ca_pem = server.running().app.pki.ca.cert_pem().to_owned();
+    let pin = |server: &TestServer| {
+        server
+            .running()
+            .app
+            .api_tls
+            .as_ref()
+            .and_then(|tls| tls.public_key_pin())
+    };
+    let first_pin = pin(&server).expect("the API serves TLS");
+    let (_, first_leaf) = tls_connect(&server, &ca_pem).await?;
+    let key_file = server.config.data_dir.join("api-key.pem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "the API key is private");
+
+    server.running().reload_api_certificate()?;
+    let (_, reloaded_leaf) = tls_connect(&server, &ca_pem).await?;
+    assert_ne!(
+        first_leaf, reloaded_leaf,
+        "a reload issues a new certificate"
+    );
+    assert_eq!(pin(&server).as_deref(), Some(first_pin.as_str()));
+
+    server.stop().await;
+    server.restart().await?;
+    let (_, restarted_leaf) = tls_connect(&server, &ca_pem).await?;
+    assert_ne!(
+        first_leaf, restarted_leaf,
+        "a start issues a new certificate"
+    );
+    assert_eq!(
+        pin(&server).as_deref(),
+        Some(first_pin.as_str()),
+        "for the same key: a printed install command stays valid"
+    );
+    let (status, body) = server
+        .request(Method::GET, "/api/v1/gateway", None, None)
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["api_key_pin"], json!(first_pin));
+    Ok(())
+}
+
 /// An operator's CA, and a certificate from it for 127.0.0.1 written to two files.
 fn operator_certificate(
     ca: &stella_pki::CertificateAuthority,

@@ -1,5 +1,7 @@
 //! TLS of the REST API. The certificate is either issued by the server's own CA for
-//! `api_names` (again at every start and on reload), or the operator's (`api_cert`,
+//! `api_names` (again at every start and on reload, always for the same key, kept in
+//! `<data_dir>/api-key.pem`, so the key an agent install command pins stays valid across
+//! restarts), or the operator's (`api_cert`,
 //! `api_key`, read again on reload). It sits behind a rustls certificate resolver, so a
 //! reload swaps what new handshakes get while open connections keep theirs.
 //!
@@ -18,14 +20,18 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ServerConfig;
 use crate::error::{AppError, ErrorKind};
 
+/// The key of the API certificate the server issues itself, in its data dir.
+const ISSUED_KEY_FILE: &str = "api-key.pem";
+
 /// Validity of the API certificate the server issues itself.
 const ISSUED_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where the API's certificate comes from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// Issued by the server's CA for these names.
-    Issued(Vec<String>),
+    /// Issued by the server's CA for these names, for the key in this file (made on
+    /// first use).
+    Issued { names: Vec<String>, key: PathBuf },
     /// The operator's files.
     Files { cert: PathBuf, key: PathBuf },
 }
@@ -68,15 +74,20 @@ impl ApiTls {
         if config.api_plain_http {
             return Ok(None);
         }
+        let key = config.data_dir.join(ISSUED_KEY_FILE);
         let source = match (&config.api_cert, &config.api_key) {
             (Some(cert), Some(key)) => Source::Files {
                 cert: cert.clone(),
                 key: key.clone(),
             },
-            _ if config.api_names.is_empty() => {
-                Source::Issued(crate::bootstrap::server_sans(&[], listen))
-            }
-            _ => Source::Issued(config.api_names.clone()),
+            _ if config.api_names.is_empty() => Source::Issued {
+                names: crate::bootstrap::server_sans(&[], listen),
+                key,
+            },
+            _ => Source::Issued {
+                names: config.api_names.clone(),
+                key,
+            },
         };
         let key = certified_key(&source, ca)?;
         let resolver = Arc::new(Resolver {
@@ -130,16 +141,33 @@ fn certified_key(
     ca: &CertificateAuthority,
 ) -> Result<Arc<CertifiedKey>, AppError> {
     match source {
-        Source::Issued(names) => {
-            let issued = ca
-                .issue_server_certificate(names, ISSUED_VALIDITY)
-                .map_err(|error| {
-                    AppError::new(
-                        ErrorKind::InvalidArgument,
-                        "api_certificate",
-                        format!("cannot issue the API certificate for {names:?}: {error}"),
-                    )
+        Source::Issued { names, key } => {
+            let kept = match std::fs::read_to_string(key) {
+                Ok(pem) => Some(pem),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => {
+                    return Err(AppError::internal(
+                        &format!("reading the API key {}", key.display()),
+                        &error,
+                    ))
+                }
+            };
+            let issued = match &kept {
+                Some(pem) => ca.issue_server_certificate_for_key(names, ISSUED_VALIDITY, pem),
+                None => ca.issue_server_certificate(names, ISSUED_VALIDITY),
+            }
+            .map_err(|error| {
+                AppError::new(
+                    ErrorKind::InvalidArgument,
+                    "api_certificate",
+                    format!("cannot issue the API certificate for {names:?}: {error}"),
+                )
+            })?;
+            if kept.is_none() {
+                crate::bootstrap::write_secret(key, &issued.key_pem).map_err(|error| {
+                    AppError::internal(&format!("writing the API key {}", key.display()), &error)
                 })?;
+            }
             let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
             stella_pki::api_certified_key(&chain, &issued.key_pem)
                 .map_err(|error| AppError::internal("loading the issued API certificate", &error))

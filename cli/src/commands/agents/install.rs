@@ -50,7 +50,7 @@ pub fn note(server: &str, pinned: bool, expires_at: &str) -> String {
     let trust = if server.starts_with("http://") {
         "plain HTTP: only the SHA-256 check of the agent binary protects the install, against damage but not against an attacker on the network"
     } else if pinned {
-        "the server's TLS key is pinned in the command; it changes when the server issues itself a new key (at a restart)"
+        "the server's TLS key is pinned in the command"
     } else {
         "the server's certificate is checked against the host's CA roots"
     };
