@@ -12,6 +12,7 @@ mod drift;
 mod environments;
 mod events;
 mod evidence;
+mod offline;
 mod promotions;
 mod registries;
 mod releases;
@@ -30,6 +31,7 @@ pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
 pub use events::NewEvent;
 pub use evidence::Replay;
+pub use offline::{BundledKit, EvidenceImport, MAX_KIT_RELEASES};
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
 pub use scans::{
