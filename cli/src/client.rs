@@ -180,10 +180,16 @@ impl Client {
         self.answer(request).await
     }
 
-    /// POST a JSON body, get raw bytes (an offline kit); errors as for JSON calls.
-    pub async fn post_for_bytes(&self, path: &str, body: Value) -> Result<Vec<u8>, ClientError> {
+    /// POST a JSON body, get raw bytes (an offline kit); errors as for JSON calls. The
+    /// whole exchange may take `timeout` (the server answers once the work is done).
+    pub async fn post_for_bytes(
+        &self,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self.http.post(&url).json(&body);
+        let mut request = self.http.post(&url).json(&body).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

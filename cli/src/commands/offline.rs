@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
@@ -24,6 +25,10 @@ use super::{path, query, Context};
 use crate::client::ClientError;
 use crate::output::cell;
 use crate::trust;
+
+/// How long `bundle` waits for the server to fetch every image and answer the kit,
+/// unless `--timeout` is longer.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// `stella offline …`
 #[derive(Debug, Subcommand)]
@@ -148,7 +153,11 @@ async fn bundle(context: &Context, releases: &[String], out: &Path) -> anyhow::R
     }
     let bytes = context
         .client
-        .post_for_bytes("/offline/kits", json!({ "releases": releases }))
+        .post_for_bytes(
+            "/offline/kits",
+            json!({ "releases": releases }),
+            context.client.timeout().max(BUNDLE_TIMEOUT),
+        )
         .await?;
     trust::record_server_keys(context).await?;
     let kit =
