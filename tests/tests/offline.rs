@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use stella_decision::dsse::SigningKey;
@@ -562,6 +563,67 @@ async fn a_changed_incomplete_or_foreign_signed_kit_is_refused_naming_the_culpri
             "{what}: one line: {stderr}"
         );
     }
+
+    // Import verifies first: a foreign-signed kit touches neither registry nor server.
+    let foreign_dir = work.path().join("case-4").display().to_string();
+    let key_arg = key.display().to_string();
+    let registry_arg = format!("{}/mirror", source.registry.host());
+    let (code, _, stderr) = source
+        .cli(&[
+            "offline",
+            "import",
+            &foreign_dir,
+            "--registry",
+            &registry_arg,
+            "--key",
+            &key_arg,
+        ])
+        .await?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("manifest.sig.json"), "{stderr}");
+    let imports = source.server.get("/api/v1/evidence/imports").await?;
+    assert_eq!(imports["items"], json!([]), "{imports}");
+
+    // The API's refusals: an unknown release; a decision packet under the wrong key.
+    let (status, body) = source
+        .server
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/offline/kits",
+            Some(&source.server.admin_token),
+            Some(json!({"releases": ["shop@9"]})),
+        )
+        .await?;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("unknown_release")),
+        "{body}"
+    );
+    let packet = kit
+        .files
+        .iter()
+        .find(|(path, _)| path.starts_with("decisions/"))
+        .map(|(_, bytes)| bytes.clone())
+        .ok_or_else(|| anyhow::anyhow!("no decision packet in the kit"))?;
+    let other_key = SigningKey::from_seed([9; 32]).public_key().to_pem();
+    let (status, body) = source
+        .server
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/evidence/imports",
+            Some(&source.server.admin_token),
+            Some(json!({
+                "packet": base64::engine::general_purpose::STANDARD.encode(&packet),
+                "key_pem": other_key,
+                "kit_manifest": "sha256:00",
+            })),
+        )
+        .await?;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("evidence_invalid")),
+        "{body}"
+    );
 
     // The untouched kit verifies, as a tar and against the recorded key.
     let (code, _, stderr) = verify(&tar, &key).await?;
