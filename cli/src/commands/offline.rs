@@ -151,6 +151,11 @@ async fn bundle(context: &Context, releases: &[String], out: &Path) -> anyhow::R
             }
         }
     }
+    context.note(&format!(
+        "bundling {} on {}: the server fetches every image by digest…",
+        releases.join(", "),
+        context.client.base()
+    ));
     let bytes = context
         .client
         .post_for_bytes(
@@ -249,6 +254,13 @@ async fn import(
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("pushing {reference}@{}: {e}", component.digest))?;
+            context.note(&format!(
+                "{reference}@{}: {} uploaded, {} present{}",
+                component.digest,
+                outcome.uploaded,
+                outcome.present,
+                if outcome.tagged { ", tagged" } else { "" }
+            ));
             changes.blobs_uploaded += outcome.uploaded;
             changes.blobs_present += outcome.present;
             changes.tags += usize::from(outcome.tagged);
