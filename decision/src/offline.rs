@@ -204,12 +204,23 @@ pub struct VerifiedKit {
     pub releases: Vec<KitRelease>,
     /// The documents and the images they are about.
     pub documents: Vec<KitDocument>,
-    /// Decision ids whose packets verified.
-    pub decisions: Vec<String>,
+    /// The decision packets that verified, in path order.
+    pub decisions: Vec<VerifiedDecision>,
     /// Blobs in the layout.
     pub blobs: usize,
     /// The downloads listed.
     pub downloads: Vec<KitDownload>,
+}
+
+/// A decision packet of a kit that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDecision {
+    /// Its path in the kit.
+    pub path: String,
+    /// The decision id.
+    pub decision_id: String,
+    /// The id of the trusted key that signed it (a server's earlier key may have).
+    pub key_id: String,
 }
 
 /// `releases/<name>@<version>.json`.
@@ -609,7 +620,11 @@ pub fn verify_kit(kit: &Kit, trusted: &[PublicKey]) -> Result<VerifiedKit, KitFa
                 ),
             ));
         }
-        decisions.push(verified.decision_id);
+        decisions.push(VerifiedDecision {
+            path: path.clone(),
+            decision_id: verified.decision_id,
+            key_id: verified.key_id,
+        });
     }
 
     let downloads: Vec<KitDownload> = match kit.files.get(DOWNLOADS) {

@@ -17,8 +17,8 @@ use stella_control_plane::domain::ImageRef;
 use stella_control_plane::registry::{RegistryAccess, RegistryClient};
 use stella_decision::dsse::PublicKey;
 use stella_decision::offline::{
-    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DECISIONS_DIR, DOCUMENTS_DIR,
-    MANIFEST, OCI_INDEX,
+    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, MANIFEST,
+    OCI_INDEX,
 };
 
 use super::{path, query, Context};
@@ -51,10 +51,11 @@ pub enum OfflineCommand {
     Verify {
         /// The kit (directory or `.tar`).
         kit: PathBuf,
-        /// The public key (PEM) that must have signed it [default: the server keys this
-        /// CLI recorded when it first talked to a server about decisions].
+        /// A public key (PEM) that may have signed it; repeat for a server's earlier keys
+        /// [default: the server keys this CLI recorded when it first talked to a server
+        /// about decisions].
         #[arg(long, value_name = "PUBKEY")]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
     },
     /// Verify a kit, push its images by digest to an air-gapped registry, and create
     /// its releases (same digests), scan reports, VEX and decision records on the
@@ -66,10 +67,10 @@ pub enum OfflineCommand {
         /// `HOST/PREFIX/<its repository>`.
         #[arg(long, value_name = "HOST[/PREFIX]")]
         registry: String,
-        /// The public key (PEM) that must have signed the kit [default: the recorded
-        /// server keys].
+        /// A public key (PEM) that may have signed the kit; repeat for a server's
+        /// earlier keys [default: the recorded server keys].
         #[arg(long, value_name = "PUBKEY")]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
         /// Plain HTTP, or HTTPS without certificate checks, allowed (loopback
         /// registries always are).
         #[arg(long)]
@@ -88,7 +89,7 @@ pub async fn offline(context: &Context, command: OfflineCommand) -> anyhow::Resu
     match command {
         OfflineCommand::Bundle { releases, out } => bundle(context, &releases, &out).await,
         OfflineCommand::Verify { kit, key } => {
-            let trusted = trusted_keys(key.as_deref())?;
+            let trusted = trusted_keys(&key)?;
             let loaded = read_kit(&kit)?;
             let verified = verify(&kit, &loaded, &trusted)?;
             let value = summary(&kit, &verified);
@@ -124,7 +125,7 @@ pub async fn offline(context: &Context, command: OfflineCommand) -> anyhow::Resu
                 insecure,
                 credentials: username.zip(password),
             };
-            import(context, &kit, &registry, key.as_deref(), &access).await
+            import(context, &kit, &registry, &key, &access).await
         }
     }
 }
@@ -193,17 +194,19 @@ async fn import(
     context: &Context,
     kit_path: &Path,
     registry: &str,
-    key: Option<&Path>,
+    key: &[PathBuf],
     access: &RegistryAccess,
 ) -> anyhow::Result<()> {
     let trusted = trusted_keys(key)?;
     let kit = read_kit(kit_path)?;
     let verified = verify(kit_path, &kit, &trusted)?;
-    let key_pem = trusted
-        .iter()
-        .find(|k| k.key_id() == verified.key_id)
-        .map(PublicKey::to_pem)
-        .context("the verifying key is not among the trusted keys")?;
+    let pem_of = |key_id: &str| {
+        trusted
+            .iter()
+            .find(|k| k.key_id() == key_id)
+            .map(PublicKey::to_pem)
+            .context("the verifying key is not among the trusted keys")
+    };
     let kit_manifest = kit
         .files
         .get(MANIFEST)
@@ -336,10 +339,13 @@ async fn import(
     }
 
     // Decision records, kept as imported evidence.
-    for (file, packet) in kit.files.range(DECISIONS_DIR.to_owned()..) {
-        if !file.starts_with(DECISIONS_DIR) {
-            break;
-        }
+    for decision in &verified.decisions {
+        let file = &decision.path;
+        let packet = kit
+            .files
+            .get(file)
+            .context("a verified kit holds every decision it verified")?;
+        let key_pem = pem_of(&decision.key_id)?;
         let answer = context
             .client
             .post(
@@ -455,28 +461,26 @@ fn summary(path: &Path, verified: &VerifiedKit) -> Value {
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "documents": verified.documents.len(),
-        "decisions": verified.decisions,
+        "decisions": verified.decisions.iter().map(|d| d.decision_id.as_str()).collect::<Vec<_>>(),
         "downloads": verified.downloads.len(),
     })
 }
 
-fn trusted_keys(key: Option<&Path>) -> anyhow::Result<Vec<PublicKey>> {
-    match key {
-        Some(key) => {
+fn trusted_keys(keys: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    if keys.is_empty() {
+        let recorded = trust::recorded_keys()?;
+        if recorded.is_empty() {
+            bail!("no trusted key: pass --key PUBKEY, or talk to the bundling server once (e.g. `stella decision show`) so its key is recorded");
+        }
+        return Ok(recorded);
+    }
+    keys.iter()
+        .map(|key| {
             let pem = std::fs::read_to_string(key)
                 .with_context(|| format!("reading the key {}", key.display()))?;
-            Ok(vec![PublicKey::from_pem(&pem).map_err(|e| {
-                anyhow::anyhow!("the key {}: {e}", key.display())
-            })?])
-        }
-        None => {
-            let keys = trust::recorded_keys()?;
-            if keys.is_empty() {
-                bail!("no trusted key: pass --key PUBKEY, or talk to the bundling server once (e.g. `stella decision show`) so its key is recorded");
-            }
-            Ok(keys)
-        }
-    }
+            PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("the key {}: {e}", key.display()))
+        })
+        .collect()
 }
 
 fn is_tar(path: &Path) -> bool {
