@@ -633,3 +633,132 @@ async fn a_changed_incomplete_or_foreign_signed_kit_is_refused_naming_the_culpri
     assert_eq!(code, 0, "against the key recorded at bundle time: {stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_image_index_travels_whole_by_digest() -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    use stella_control_plane::domain::ImageRef;
+    use stella_control_plane::registry::{RegistryAccess, RegistryClient};
+
+    // Two images, made into a two-platform index in a repository of their own.
+    let registry = TestRegistry::start().await?;
+    let images = WebImages::new(
+        &registry.host(),
+        &unique("stella-test/offline-index"),
+        &registry.docker_config(),
+    );
+    let amd64 = images.publish("v1", true).await?;
+    let arm64 = derived_image(
+        &format!("{}:v1", images.repository()),
+        &format!("{}:v1-arm64", images.repository()),
+        &registry.docker_config(),
+    )
+    .await?;
+    let client = RegistryClient::new();
+    let access = RegistryAccess::default();
+    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut children = Vec::new();
+    for (image, arch) in [(&amd64, "amd64"), (&arm64, "arm64")] {
+        let reference = ImageRef::parse(image).map_err(|e| anyhow::anyhow!(e.0))?;
+        let pulled = client
+            .pull_image(&reference, &access, &Default::default())
+            .await?;
+        children.push(json!({
+            "mediaType": pulled.media_type,
+            "digest": pulled.digest.to_string(),
+            "size": pulled.manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+        blobs.extend(pulled.blobs);
+        blobs.insert(pulled.digest.to_string(), pulled.manifest);
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": children,
+    }))?;
+    let index_digest = format!("sha256:{}", sha256_hex(&index));
+    let multi = ImageRef::parse(&format!("{}:multi", images.repository()))
+        .map_err(|e| anyhow::anyhow!(e.0))?;
+    client
+        .push_image(
+            &multi,
+            &access,
+            &index,
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            &|digest| blobs.get(digest).cloned(),
+        )
+        .await?;
+
+    // A release of the index, by tag: it pins the index, not one platform.
+    let source = TestServer::start().await?;
+    let release = source
+        .post(
+            "/api/v1/releases",
+            json!({"name": "multi", "version": "1",
+                   "components": {"app": format!("{}:multi", images.repository())}}),
+        )
+        .await?;
+    assert_eq!(release["components"][0]["digest"], index_digest.as_str());
+    let work = TestDir::new("offline-index");
+    let tar = work.path().join("kit.tar");
+    let out = tar.display().to_string();
+    let config = source.dir.path().join("cli-config");
+    let (code, _, stderr) = cli(
+        &source,
+        &config,
+        &["offline", "bundle", "--release", "multi@1", "--out", &out],
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let kit = Kit::from_tar(&std::fs::read(&tar)?).map_err(|f| anyhow::anyhow!("{f}"))?;
+    for digest in std::iter::once(&index_digest).chain(blobs.keys()) {
+        let path = format!("oci/blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        assert!(kit.files.contains_key(&path), "{path} is not in the kit");
+    }
+
+    // Imported elsewhere: the index itself, by the same digest, with its tag.
+    let target_registry = TestRegistry::start().await?;
+    let target = TestServer::start().await?;
+    let key = work.path().join("key.pem");
+    let keys = source.get("/api/v1/keys").await?;
+    std::fs::write(&key, keys[0]["public_key_pem"].as_str().unwrap_or_default())?;
+    let registry_arg = target_registry.host();
+    let key_arg = key.display().to_string();
+    let (code, _, stderr) = cli(
+        &target,
+        &target.dir.path().join("cli-config"),
+        &[
+            "offline",
+            "import",
+            &out,
+            "--registry",
+            &registry_arg,
+            "--key",
+            &key_arg,
+        ],
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let imported = target.get("/api/v1/releases/multi/1").await?;
+    assert_eq!(imported["components"][0]["digest"], index_digest.as_str());
+    let repository = images.repository().split_once('/').map_or("", |(_, r)| r);
+    let served = reqwest::Client::new()
+        .get(format!(
+            "http://{registry_arg}/v2/{repository}/manifests/multi"
+        ))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    assert_eq!(
+        served.as_ref(),
+        index.as_slice(),
+        "the tag names the same index"
+    );
+    Ok(())
+}
