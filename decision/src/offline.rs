@@ -138,7 +138,7 @@ pub struct KitDocument {
     pub kind: String,
 }
 
-/// One agent binary or package.
+/// One agent binary or package, as the server's `GET /api/v1/downloads` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KitDownload {
     /// File name (its file is `downloads/<name>`).
@@ -638,10 +638,24 @@ pub fn verify_kit(kit: &Kit, trusted: &[PublicKey]) -> Result<VerifiedKit, KitFa
             .files
             .get(&path)
             .ok_or_else(|| KitFault::at(DOWNLOADS, format!("lists {path}, which is missing")))?;
-        if sha256_id(content) != format!("sha256:{}", download.sha256) {
+        if download.name.contains('/') {
+            return Err(KitFault::at(
+                DOWNLOADS,
+                format!("lists {:?}, not a file name", download.name),
+            ));
+        }
+        if sha256_id(content) != format!("sha256:{}", download.sha256)
+            || content.len() as u64 != download.size
+        {
             return Err(KitFault::at(
                 &path,
-                "differs from the sha256 the server listed",
+                format!(
+                    "differs from downloads.json: expected sha256:{} ({} bytes), actual {} ({} bytes)",
+                    download.sha256,
+                    download.size,
+                    sha256_id(content),
+                    content.len()
+                ),
             ));
         }
     }
@@ -873,6 +887,41 @@ mod tests {
         let fault = refused(&other, &trusted);
         assert_eq!(fault.file.as_deref(), Some(MANIFEST_SIGNATURE));
         assert!(fault.message.contains("trusted"), "{fault}");
+    }
+
+    #[test]
+    fn downloads_are_checked_against_their_listing() {
+        let agent = b"agent binary".to_vec();
+        let listing = |size: usize| {
+            serde_json::to_vec(&[KitDownload {
+                name: "stella-agent-linux-amd64".to_owned(),
+                kind: "agent".to_owned(),
+                os: "linux".to_owned(),
+                arch: "amd64".to_owned(),
+                size: size as u64,
+                sha256: sha256_id(&agent).trim_start_matches("sha256:").to_owned(),
+            }])
+            .expect("json")
+        };
+        let mut kit = kit();
+        kit.files.insert(DOWNLOADS.to_owned(), listing(agent.len()));
+        kit.files.insert(
+            format!("{DOWNLOADS_DIR}stella-agent-linux-amd64"),
+            agent.clone(),
+        );
+        kit.sign(&key(1)).expect("sign");
+        let verified = verify_kit(&kit, &[key(1).public_key()]).expect("verifies");
+        assert_eq!(verified.downloads.len(), 1);
+
+        // Signed, yet not what the listing says: refused naming the file.
+        kit.files
+            .insert(DOWNLOADS.to_owned(), listing(agent.len() + 1));
+        kit.sign(&key(1)).expect("sign");
+        let fault = refused(&kit, &[key(1).public_key()]);
+        assert_eq!(
+            fault.file.as_deref(),
+            Some("downloads/stella-agent-linux-amd64")
+        );
     }
 
     #[test]

@@ -157,6 +157,11 @@ impl Source {
             ])
             .await?;
         anyhow::ensure!(code == 0, "bundle failed: {stderr}");
+        // This server serves no agent binaries or packages: bundled without, and said.
+        anyhow::ensure!(
+            stderr.contains("serves no downloads"),
+            "bundle did not say the kit holds no downloads: {stderr}"
+        );
         Ok(serde_json::from_str(&stdout)?)
     }
 

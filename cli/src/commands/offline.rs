@@ -17,8 +17,8 @@ use stella_control_plane::domain::ImageRef;
 use stella_control_plane::registry::{RegistryAccess, RegistryClient};
 use stella_decision::dsse::PublicKey;
 use stella_decision::offline::{
-    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, MANIFEST,
-    OCI_INDEX,
+    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, DOWNLOADS,
+    MANIFEST, OCI_INDEX,
 };
 
 use super::{path, query, Context};
@@ -137,21 +137,6 @@ async fn bundle(context: &Context, releases: &[String], out: &Path) -> anyhow::R
         }
     }
     check_out(out)?;
-    // The agent binaries and packages the server serves, when it serves any.
-    match context.client.get("/downloads").await {
-        Err(ClientError::Api { status: 404, .. }) => context.note(
-            "note: the server serves no downloads (GET /api/v1/downloads: 404): the kit holds no agent binaries or .deb packages",
-        ),
-        Err(other) => return Err(other.into()),
-        Ok(listing) => {
-            let count = listing["items"].as_array().map_or(0, Vec::len);
-            if count > 0 {
-                context.note(&format!(
-                    "note: the server serves {count} downloads; kits do not carry them yet: copy them from GET /downloads/NAME separately"
-                ));
-            }
-        }
-    }
     context.note(&format!(
         "bundling {} on {}: the server fetches every image by digest…",
         releases.join(", "),
@@ -172,6 +157,11 @@ async fn bundle(context: &Context, releases: &[String], out: &Path) -> anyhow::R
     // server, before anything is written.
     let trusted = trust::recorded_keys()?;
     let verified = verify(out, &kit, &trusted)?;
+    if !kit.files.contains_key(DOWNLOADS) {
+        context.note(
+            "note: the server serves no downloads (GET /api/v1/downloads: 404): the kit holds no agent binaries or .deb packages",
+        );
+    }
     write_kit(out, &kit, &bytes)?;
     let mut value = summary(out, &verified);
     value["kit_sha256"] = json!(stella_decision::sha256_id(&bytes));

@@ -15,6 +15,7 @@ use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvel
 use super::rfc3339;
 use crate::app::{App, MAX_KIT_RELEASES};
 use crate::error::AppError;
+use stella_decision::offline::KitDownload;
 
 /// Body of a kit request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -29,7 +30,9 @@ pub struct BundleRequest {
 /// The kit of the releases named: an OCI image layout of every component image,
 /// fetched by digest from its registry with the stored credentials; the releases;
 /// their scan reports and every VEX document; each decision on them as its evidence
-/// packet; and `manifest.json`, every file's sha256 and size, signed by this server's
+/// packet; the agent binaries and packages this server serves (from its own `GET
+/// /api/v1/downloads`, with the caller's credentials; none when that answers 404); and
+/// `manifest.json`, every file's sha256 and size, signed by this server's
 /// key in `manifest.sig.json`. A plain tar with sorted entries and fixed metadata: the
 /// same stored data and registry content give the same bytes. Needs the operator
 /// role.
@@ -45,6 +48,7 @@ pub struct BundleRequest {
 pub async fn bundle_kit(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: http::HeaderMap,
     body: Result<ApiJson<BundleRequest>, ApiError>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Operate)?;
@@ -63,7 +67,8 @@ pub async fn bundle_kit(
         };
         releases.push((name.to_owned(), version.to_owned()));
     }
-    let bundled = app.bundle_kit(&releases).await?;
+    let downloads = served_downloads(&app, &headers).await?;
+    let bundled = app.bundle_kit(&releases, downloads).await?;
     let tar = bundled.kit.to_tar().map_err(|e| {
         AppError::new(
             crate::error::ErrorKind::Internal,
@@ -227,4 +232,111 @@ pub async fn list_imported_evidence(
         })
         .collect();
     Ok(Json(ImportedEvidenceList { items }))
+}
+
+/// The most bytes one download may have when it goes into a kit: 512 MiB.
+const MAX_DOWNLOAD_BYTES: usize = 512 * 1024 * 1024;
+
+/// The agent binaries and packages this server serves, asked of its own routes
+/// (`GET /api/v1/downloads`, then each `GET /downloads/{name}`) in process, with the
+/// caller's credentials: the kit then carries exactly what the server hands out, each
+/// file checked against the listing's size and sha256. `None` when the listing answers
+/// 404 (this server serves no downloads).
+async fn served_downloads(
+    app: &Arc<App>,
+    headers: &http::HeaderMap,
+) -> Result<Option<Vec<(KitDownload, Vec<u8>)>>, ApiError> {
+    let listing = own_get(app, headers, "/api/v1/downloads").await?;
+    let (status, bytes) = match listing {
+        Some(answer) => answer,
+        None => return Ok(None),
+    };
+    if status != http::StatusCode::OK {
+        return Err(downloads_error(format!("GET /api/v1/downloads answered {status}")).into());
+    }
+    #[derive(Deserialize)]
+    struct Listing {
+        items: Vec<ListedDownload>,
+    }
+    #[derive(Deserialize)]
+    struct ListedDownload {
+        #[serde(flatten)]
+        download: KitDownload,
+        url: String,
+    }
+    let listing: Listing = serde_json::from_slice(&bytes)
+        .map_err(|e| downloads_error(format!("GET /api/v1/downloads: not a listing: {e}")))?;
+    let mut downloads = Vec::with_capacity(listing.items.len());
+    for item in listing.items {
+        let name = &item.download.name;
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(
+                downloads_error(format!("the listing names {name:?}, not a file name")).into(),
+            );
+        }
+        if !item.url.starts_with("/downloads/") {
+            return Err(downloads_error(format!(
+                "{name}: url {:?} is not under /downloads/",
+                item.url
+            ))
+            .into());
+        }
+        let (status, bytes) = own_get(app, headers, &item.url)
+            .await?
+            .ok_or_else(|| downloads_error(format!("GET {}: 404", item.url)))?;
+        if status != http::StatusCode::OK {
+            return Err(downloads_error(format!("GET {} answered {status}", item.url)).into());
+        }
+        let actual = stella_decision::sha256_id(&bytes);
+        if actual != format!("sha256:{}", item.download.sha256)
+            || bytes.len() as u64 != item.download.size
+        {
+            return Err(downloads_error(format!(
+                "{name}: the file served is {actual} ({} bytes), the listing says sha256:{} ({} bytes)",
+                bytes.len(),
+                item.download.sha256,
+                item.download.size
+            ))
+            .into());
+        }
+        downloads.push((item.download, bytes.to_vec()));
+    }
+    Ok(Some(downloads))
+}
+
+/// `GET path` through this server's own router, as the caller; `None` on 404.
+async fn own_get(
+    app: &Arc<App>,
+    headers: &http::HeaderMap,
+    path: &str,
+) -> Result<Option<(http::StatusCode, axum::body::Bytes)>, ApiError> {
+    use tower::ServiceExt as _;
+    let mut request = http::Request::get(path);
+    if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
+        request = request.header(http::header::AUTHORIZATION, authorization);
+    }
+    let request = request
+        .body(axum::body::Body::empty())
+        .map_err(|e| downloads_error(format!("GET {path}: {e}")))?;
+    let response = match super::router(app.clone()).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let status = response.status();
+    if status == http::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), MAX_DOWNLOAD_BYTES)
+        .await
+        .map_err(|e| downloads_error(format!("GET {path}: {e}")))?;
+    Ok(Some((status, bytes)))
+}
+
+fn downloads_error(message: impl Into<String>) -> AppError {
+    let message = message.into();
+    AppError::new(
+        crate::error::ErrorKind::Internal,
+        "kit_downloads",
+        format!("cannot add this server's downloads to the kit: {message}"),
+    )
 }

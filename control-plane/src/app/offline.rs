@@ -11,8 +11,9 @@ use stella_decision::canonical::canonical_via_value;
 use stella_decision::dsse::PublicKey;
 use stella_decision::evidence::verify_packet;
 use stella_decision::offline::{
-    blob_path, oci_index, release_path, Kit, KitComponent, KitDocument, KitRelease, DECISIONS_DIR,
-    DOCUMENTS, DOCUMENTS_DIR, OCI_INDEX, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
+    blob_path, oci_index, release_path, Kit, KitComponent, KitDocument, KitDownload, KitRelease,
+    DECISIONS_DIR, DOCUMENTS, DOCUMENTS_DIR, DOWNLOADS, DOWNLOADS_DIR, OCI_INDEX, OCI_LAYOUT,
+    OCI_LAYOUT_CONTENT,
 };
 
 use super::{now_ms, App};
@@ -48,9 +49,15 @@ pub struct EvidenceImport {
 
 impl App {
     /// Assembles the offline kit of `releases` (`(name, version)`), signed with this
-    /// server's key. Deterministic: the same stored releases, documents, decisions and
+    /// server's key. `downloads` are the agent binaries and packages this server serves
+    /// (`None` when it serves none): they go under `downloads/` with `downloads.json`.
+    /// Deterministic: the same stored releases, documents, decisions, downloads and
     /// registry content give the same files and the same signature.
-    pub async fn bundle_kit(&self, releases: &[(String, String)]) -> Result<BundledKit, AppError> {
+    pub async fn bundle_kit(
+        &self,
+        releases: &[(String, String)],
+        downloads: Option<Vec<(KitDownload, Vec<u8>)>>,
+    ) -> Result<BundledKit, AppError> {
         let wanted: BTreeSet<&(String, String)> = releases.iter().collect();
         if wanted.is_empty() {
             return Err(AppError::invalid(
@@ -142,6 +149,16 @@ impl App {
                 kit.files
                     .insert(format!("{DECISIONS_DIR}{}.tar.gz", hex_of(&id)), packet);
             }
+        }
+
+        if let Some(mut downloads) = downloads {
+            downloads.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            for (download, bytes) in &downloads {
+                kit.files
+                    .insert(format!("{DOWNLOADS_DIR}{}", download.name), bytes.clone());
+            }
+            let listing: Vec<&KitDownload> = downloads.iter().map(|(d, _)| d).collect();
+            kit.files.insert(DOWNLOADS.to_owned(), canonical(&listing)?);
         }
 
         kit.sign(&self.signer).map_err(|e| internal_kit(&e.0))?;
