@@ -5,7 +5,7 @@
 //! air-gapped server and registry. Verification is `stella_decision::offline`, the code
 //! the server wrote the kit with, so the two cannot disagree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -214,7 +214,7 @@ async fn import(
     let mut changes = Changes::default();
 
     // Images, by digest, into HOST/PREFIX/<repository>.
-    let mut pushed: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut pushed: BTreeSet<(String, String)> = BTreeSet::new();
     for release in &verified.releases {
         for component in &release.components {
             let repository = if prefix.is_empty() {
@@ -223,7 +223,7 @@ async fn import(
                 format!("{prefix}/{}", component.repository)
             };
             let key = (repository.clone(), component.digest.clone());
-            if pushed.contains_key(&key) && component.tag.is_none() {
+            if pushed.contains(&key) && component.tag.is_none() {
                 continue;
             }
             let reference = match &component.tag {
@@ -257,7 +257,7 @@ async fn import(
             changes.blobs_uploaded += outcome.uploaded;
             changes.blobs_present += outcome.present;
             changes.tags += usize::from(outcome.tagged);
-            pushed.insert(key, ());
+            pushed.insert(key);
         }
     }
 
