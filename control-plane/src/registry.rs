@@ -311,6 +311,8 @@ struct Session {
     transport: Transport,
     image: ImageRef,
     http: reqwest::Client,
+    /// The `Authorization` header `HEAD`s send, once asked (`Some(None)`: none needed).
+    authorization: tokio::sync::Mutex<Option<Option<String>>>,
 }
 
 impl Session {
@@ -391,6 +393,7 @@ impl Session {
             transport,
             image: image.clone(),
             http,
+            authorization: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -442,8 +445,19 @@ impl Session {
         Ok(bytes)
     }
 
-    /// The `Authorization` header for a `HEAD`, if the registry wants one.
-    async fn authorization(&self) -> Result<Option<String>, RegistryError> {
+    /// The `Authorization` header for a `HEAD`, if the registry wants one: asked once
+    /// per session, again after a 401 (a bearer token expired).
+    async fn authorization(&self, fresh: bool) -> Result<Option<String>, RegistryError> {
+        let mut cached = self.authorization.lock().await;
+        if let (Some(value), false) = (cached.as_ref(), fresh) {
+            return Ok(value.clone());
+        }
+        let value = self.ask_authorization().await?;
+        *cached = Some(value.clone());
+        Ok(value)
+    }
+
+    async fn ask_authorization(&self) -> Result<Option<String>, RegistryError> {
         let reference = self.reference(None, None);
         let token = self
             .client
@@ -469,20 +483,34 @@ impl Session {
         accept: Option<&str>,
     ) -> Result<Option<reqwest::header::HeaderMap>, RegistryError> {
         let url = format!("{}/v2/{}/{path}", self.base(), self.image.repository);
-        let mut request = self.http.head(&url);
-        if let Some(value) = self.authorization().await? {
-            request = request.header(reqwest::header::AUTHORIZATION, value);
+        let mut response = None;
+        for fresh in [false, true] {
+            let mut request = self.http.head(&url);
+            if let Some(value) = self.authorization(fresh).await? {
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            let answer = request
+                .send()
+                .await
+                .map_err(|error| RegistryError::Unreachable {
+                    registry: self.image.registry.clone(),
+                    source: Box::new(error),
+                })?;
+            let unauthorized = answer.status() == reqwest::StatusCode::UNAUTHORIZED;
+            response = Some(answer);
+            if !unauthorized {
+                break;
+            }
         }
-        if let Some(accept) = accept {
-            request = request.header(reqwest::header::ACCEPT, accept);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| RegistryError::Unreachable {
-                registry: self.image.registry.clone(),
-                source: Box::new(error),
-            })?;
+        let Some(response) = response else {
+            return Err(protocol(
+                &self.image.registry,
+                format!("HEAD {url}: no answer"),
+            ));
+        };
         match response.status().as_u16() {
             200 => Ok(Some(response.headers().clone())),
             404 => Ok(None),

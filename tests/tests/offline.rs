@@ -16,7 +16,7 @@ use stella_decision::dsse::SigningKey;
 use stella_decision::offline::Kit;
 use stella_tests::images::{docker_cli, push_image, ContainerCleanup, WebImages, WEB_HEALTH_CMD};
 use stella_tests::registry::TestRegistry;
-use stella_tests::{stella, TestAgent, TestDir, TestServer};
+use stella_tests::{stella, stella_with_input, TestAgent, TestDir, TestServer};
 
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -722,29 +722,52 @@ async fn an_image_index_travels_whole_by_digest() -> anyhow::Result<()> {
         assert!(kit.files.contains_key(&path), "{path} is not in the kit");
     }
 
-    // Imported elsewhere: the index itself, by the same digest, with its tag.
-    let target_registry = TestRegistry::start().await?;
+    // Imported elsewhere, into a registry that wants a password (the target server has
+    // it too, to resolve the release): the index itself, by the same digest, with its tag.
+    let target_registry = TestRegistry::start_with_basic_auth("mirror", "s3cret").await?;
     let target = TestServer::start().await?;
+    target
+        .post(
+            "/api/v1/registries",
+            json!({"host": target_registry.host(), "username": "mirror", "password": "s3cret"}),
+        )
+        .await?;
     let key = work.path().join("key.pem");
     let keys = source.get("/api/v1/keys").await?;
     std::fs::write(&key, keys[0]["public_key_pem"].as_str().unwrap_or_default())?;
     let registry_arg = target_registry.host();
     let key_arg = key.display().to_string();
-    let (code, _, stderr) = cli(
-        &target,
-        &target.dir.path().join("cli-config"),
-        &[
-            "offline",
-            "import",
-            &out,
-            "--registry",
-            &registry_arg,
-            "--key",
-            &key_arg,
-        ],
-    )
-    .await?;
+    let import = [
+        "offline",
+        "import",
+        out.as_str(),
+        "--registry",
+        registry_arg.as_str(),
+        "--key",
+        key_arg.as_str(),
+        "--username",
+        "mirror",
+        "--password-stdin",
+    ];
+    let config = target.dir.path().join("cli-config").display().to_string();
+    let envs = [
+        ("STELLA_SERVER", target.api_url()),
+        ("STELLA_TOKEN", target.admin_token.clone()),
+        ("STELLA_CONFIG_DIR", config),
+    ];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, _, stderr) = stella_with_input(&import, &envs, Some("s3cret\n")).await?;
     assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = stella_with_input(&import, &envs, Some("s3cret\n")).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("nothing to import"), "{stdout}");
+    // Without the password, the registry refuses and the import says so.
+    let (code, _, stderr) = stella(&import[..7], &envs).await?;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("refused access") && stderr.contains("--password-stdin"),
+        "{stderr}"
+    );
     let imported = target.get("/api/v1/releases/multi/1").await?;
     assert_eq!(imported["components"][0]["digest"], index_digest.as_str());
     let repository = images.repository().split_once('/').map_or("", |(_, r)| r);
@@ -752,6 +775,7 @@ async fn an_image_index_travels_whole_by_digest() -> anyhow::Result<()> {
         .get(format!(
             "http://{registry_arg}/v2/{repository}/manifests/multi"
         ))
+        .basic_auth("mirror", Some("s3cret"))
         .header(
             "accept",
             "application/vnd.docker.distribution.manifest.list.v2+json",

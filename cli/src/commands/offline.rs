@@ -14,7 +14,7 @@ use base64::Engine as _;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use stella_control_plane::domain::ImageRef;
-use stella_control_plane::registry::{RegistryAccess, RegistryClient};
+use stella_control_plane::registry::{RegistryAccess, RegistryClient, RegistryError};
 use stella_decision::dsse::PublicKey;
 use stella_decision::offline::{
     blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, DOWNLOADS,
@@ -246,7 +246,13 @@ async fn import(
                     kit.files.get(&blob_path(digest)).cloned()
                 })
                 .await
-                .map_err(|e| anyhow::anyhow!("pushing {reference}@{}: {e}", component.digest))?;
+                .map_err(|error| match error {
+                    RegistryError::Unauthorized { registry } => anyhow::anyhow!(
+                        "pushing {reference}@{}: registry {registry} refused access: pass --username U --password-stdin",
+                        component.digest
+                    ),
+                    other => anyhow::anyhow!("pushing {reference}@{}: {other}", component.digest),
+                })?;
             context.note(&format!(
                 "{reference}@{}: {} uploaded, {} present{}",
                 component.digest,
