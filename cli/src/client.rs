@@ -180,6 +180,34 @@ impl Client {
         self.answer(request).await
     }
 
+    /// POST a JSON body, get raw bytes (an offline kit); errors as for JSON calls. The
+    /// whole exchange may take `timeout` (the server answers once the work is done).
+    pub async fn post_for_bytes(
+        &self,
+        path: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut request = self.http.post(&url).json(&body).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.transport(&error))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        Err(self.api_error(status, &bytes))
+    }
+
     /// GET raw bytes (an evidence packet); errors as for JSON calls.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);

@@ -24,8 +24,8 @@ use clap::{Arg, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use stella_agent::logging;
 
 use commands::{
-    agents, audit, completions, decisions, deployments, drift, environments, promote, registries,
-    releases, runs, scans, targets, tokens, users, webhooks, Context,
+    agents, audit, completions, decisions, deployments, drift, environments, offline, promote,
+    registries, releases, runs, scans, targets, tokens, users, webhooks, Context,
 };
 use output::Format;
 
@@ -142,6 +142,10 @@ enum Command {
     /// Evidence packets: export from the server, verify with no server.
     #[command(subcommand)]
     Evidence(decisions::EvidenceCommand),
+    /// Offline kits: bundle releases with their images and evidence, verify a kit with
+    /// no server, import it into an air-gapped server and registry.
+    #[command(subcommand)]
+    Offline(offline::OfflineCommand),
     /// Deployments and their logs.
     #[command(subcommand, visible_alias = "deployments")]
     Deployment(deployments::DeploymentCommand),
@@ -329,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Promotion(command) => promote::promotion(&context()?, command).await,
         Command::Decision(command) => decisions::decision(&context()?, command).await,
         Command::Evidence(command) => decisions::evidence(&context()?, command).await,
+        Command::Offline(command) => offline::offline(&context()?, command).await,
         Command::Deployment(command) => deployments::deployment(&context()?, command).await,
         Command::Rollback(args) => deployments::rollback(&context()?, args).await,
         Command::Drift(command) => drift::drift(&context()?, command).await,

@@ -13,6 +13,7 @@ mod drift;
 mod environments;
 mod events;
 mod evidence;
+mod offline;
 mod promotions;
 mod registries;
 mod releases;
@@ -31,6 +32,7 @@ pub use drift::DRIFT_ACTOR;
 pub use environments::{EnvironmentChange, VariableView};
 pub use events::NewEvent;
 pub use evidence::Replay;
+pub use offline::{BundledKit, EvidenceImport, MAX_KIT_RELEASES};
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
 pub use scans::{

@@ -16,6 +16,7 @@
 //! - A check that what came back is a schema 2 manifest or index.
 //! - Errors an operator can act on.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -26,7 +27,8 @@ use oci_client::manifest::{
     OCI_IMAGE_MEDIA_TYPE,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
+use stella_decision::offline::referenced_blobs;
 
 use crate::domain::{Digest, ImageRef};
 
@@ -136,6 +138,462 @@ impl RegistryClient {
             })??;
         tracing::debug!(%registry, image = %image, %digest, "resolved image");
         Ok(digest)
+    }
+}
+
+/// An image fetched by digest: its manifest (or index) and what it references.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its bytes.
+    pub manifest: Vec<u8>,
+    /// Every blob under it that was fetched, by digest: child manifests of an index,
+    /// configs and layers. Blobs the caller already had are not fetched again.
+    pub blobs: BTreeMap<String, Vec<u8>>,
+}
+
+/// What pushing one image did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Blobs and manifests uploaded.
+    pub uploaded: usize,
+    /// Blobs and manifests the registry already had (found by `HEAD`).
+    pub present: usize,
+    /// Whether the tag was set (or moved) now.
+    pub tagged: bool,
+}
+
+impl RegistryClient {
+    /// Fetches the image `image` pins by digest: the manifest or index kept whole, and
+    /// every blob it reaches (child manifests, configs, layers), each checked against
+    /// its descriptor's digest and size. Blobs whose digest is in `have` are not
+    /// fetched (layers shared with images fetched before).
+    pub async fn pull_image(
+        &self,
+        image: &ImageRef,
+        access: &RegistryAccess,
+        have: &BTreeSet<String>,
+    ) -> Result<PulledImage, RegistryError> {
+        let registry = image.registry.as_str();
+        let Some(digest) = image.digest.clone() else {
+            return Err(protocol(
+                registry,
+                format!("{image} is not pinned by digest"),
+            ));
+        };
+        let (session, manifest) = Session::open(image, access, digest.as_str()).await?;
+        let media_type = stella_decision::offline::declared_media_type(&manifest)
+            .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_owned());
+        let mut blobs = BTreeMap::new();
+        let mut queue = referenced_blobs(&manifest).map_err(|e| protocol(registry, e.0))?;
+        while let Some(blob) = queue.pop() {
+            if have.contains(&blob.digest) || blobs.contains_key(&blob.digest) {
+                continue;
+            }
+            let bytes = if blob.is_manifest {
+                let (bytes, _) = session.manifest(&blob.digest).await?;
+                queue.extend(referenced_blobs(&bytes).map_err(|e| protocol(registry, e.0))?);
+                bytes
+            } else {
+                session.blob(&blob.digest).await?
+            };
+            if bytes.len() as u64 != blob.size {
+                return Err(protocol(
+                    registry,
+                    format!(
+                        "blob {} is {} bytes, its descriptor says {}",
+                        blob.digest,
+                        bytes.len(),
+                        blob.size
+                    ),
+                ));
+            }
+            blobs.insert(blob.digest, bytes);
+        }
+        Ok(PulledImage {
+            digest,
+            media_type,
+            manifest,
+            blobs,
+        })
+    }
+
+    /// Pushes an image into `target`'s registry and repository by digest: every blob
+    /// (skipped when `HEAD` finds it), child manifests, then the manifest itself by
+    /// digest; and the tag `target` names, if it names one. `blob` gives the bytes of
+    /// a digest.
+    pub async fn push_image(
+        &self,
+        target: &ImageRef,
+        access: &RegistryAccess,
+        manifest: &[u8],
+        media_type: &str,
+        blob: &(dyn Fn(&str) -> Option<Vec<u8>> + Sync),
+    ) -> Result<PushOutcome, RegistryError> {
+        let registry = target.registry.as_str();
+        let digest = stella_decision::sha256_id(manifest);
+        let session = Session::connect(target, access).await?;
+        let mut outcome = PushOutcome::default();
+        // Depth first, children before parents, so a registry never sees a manifest
+        // whose blobs it lacks.
+        let mut order: Vec<(String, Option<String>, bool)> = Vec::new();
+        let mut stack = vec![(digest.clone(), Some(media_type.to_owned()), true, false)];
+        let mut seen = BTreeSet::new();
+        while let Some((blob_digest, blob_type, is_manifest, expanded)) = stack.pop() {
+            if expanded {
+                order.push((blob_digest, blob_type, is_manifest));
+                continue;
+            }
+            if !seen.insert(blob_digest.clone()) {
+                continue;
+            }
+            stack.push((blob_digest.clone(), blob_type, is_manifest, true));
+            if is_manifest {
+                let bytes = if blob_digest == digest {
+                    manifest.to_vec()
+                } else {
+                    blob(&blob_digest)
+                        .ok_or_else(|| protocol(registry, format!("no bytes for {blob_digest}")))?
+                };
+                for child in referenced_blobs(&bytes).map_err(|e| protocol(registry, e.0))? {
+                    stack.push((child.digest, child.media_type, child.is_manifest, false));
+                }
+            }
+        }
+        for (blob_digest, blob_type, is_manifest) in order {
+            let bytes = if blob_digest == digest {
+                manifest.to_vec()
+            } else {
+                blob(&blob_digest)
+                    .ok_or_else(|| protocol(registry, format!("no bytes for {blob_digest}")))?
+            };
+            if is_manifest {
+                if session.manifest_exists(&blob_digest).await? {
+                    outcome.present += 1;
+                    continue;
+                }
+                let content_type = blob_type
+                    .or_else(|| stella_decision::offline::declared_media_type(&bytes))
+                    .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_owned());
+                session
+                    .put_manifest(Some(&blob_digest), None, bytes, &content_type)
+                    .await?;
+            } else {
+                if session.blob_exists(&blob_digest).await? {
+                    outcome.present += 1;
+                    continue;
+                }
+                session.put_blob(&blob_digest, &bytes).await?;
+            }
+            outcome.uploaded += 1;
+        }
+        if let Some(tag) = &target.tag {
+            let current = session.tag_digest(tag).await?;
+            if current.as_deref() != Some(digest.as_str()) {
+                session
+                    .put_manifest(None, Some(tag), manifest.to_vec(), media_type)
+                    .await?;
+                outcome.tagged = true;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// A client bound to one registry, repository, credentials and the transport that
+/// answered.
+struct Session {
+    client: Client,
+    auth: RegistryAuth,
+    transport: Transport,
+    image: ImageRef,
+    http: reqwest::Client,
+    /// The `Authorization` header `HEAD`s send, once asked (`Some(None)`: none needed).
+    authorization: tokio::sync::Mutex<Option<Option<String>>>,
+}
+
+impl Session {
+    /// Finds the transport that answers (Docker's rule, as [`RegistryClient::resolve`])
+    /// by fetching the manifest `digest`, and returns it with the session.
+    async fn open(
+        image: &ImageRef,
+        access: &RegistryAccess,
+        digest: &str,
+    ) -> Result<(Session, Vec<u8>), RegistryError> {
+        let mut last = None;
+        for transport in transports(image, access) {
+            let session = Session::new(image, access, transport)?;
+            match session.manifest(digest).await {
+                Ok((bytes, _)) => return Ok((session, bytes)),
+                Err(error @ RegistryError::Unreachable { .. }) => last = Some(error),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last.unwrap_or_else(|| protocol(&image.registry, "no transport to try".to_owned())))
+    }
+
+    /// Finds the transport that answers with a ping of `/v2/`.
+    async fn connect(image: &ImageRef, access: &RegistryAccess) -> Result<Session, RegistryError> {
+        let mut last = None;
+        for transport in transports(image, access) {
+            let session = Session::new(image, access, transport)?;
+            let url = format!("{}/v2/", session.base());
+            match session.http.get(&url).send().await {
+                Ok(_) => return Ok(session),
+                Err(error) => {
+                    last = Some(RegistryError::Unreachable {
+                        registry: image.registry.clone(),
+                        source: Box::new(error),
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| protocol(&image.registry, "no transport to try".to_owned())))
+    }
+
+    fn new(
+        image: &ImageRef,
+        access: &RegistryAccess,
+        transport: Transport,
+    ) -> Result<Session, RegistryError> {
+        let config = ClientConfig {
+            protocol: match transport {
+                Transport::Http => ClientProtocol::Http,
+                Transport::Https | Transport::HttpsUnverified => ClientProtocol::Https,
+            },
+            accept_invalid_certificates: transport == Transport::HttpsUnverified,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(DEFAULT_TIMEOUT),
+            platform_resolver: None,
+            // The distribution spec's monolithic upload (POST, then one PUT): what
+            // every registry supports.
+            use_monolithic_push: true,
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).map_err(|error| classify(error, image))?;
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(transport == Transport::HttpsUnverified)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(DEFAULT_TIMEOUT)
+            .build()
+            .map_err(|error| RegistryError::Unreachable {
+                registry: image.registry.clone(),
+                source: Box::new(error),
+            })?;
+        let auth = match &access.credentials {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        Ok(Session {
+            client,
+            auth,
+            transport,
+            image: image.clone(),
+            http,
+            authorization: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn base(&self) -> String {
+        let scheme = match self.transport {
+            Transport::Http => "http",
+            Transport::Https | Transport::HttpsUnverified => "https",
+        };
+        format!("{scheme}://{}", self.image.registry)
+    }
+
+    fn reference(&self, digest: Option<&str>, tag: Option<&str>) -> Reference {
+        let registry = self.image.registry.clone();
+        let repository = self.image.repository.clone();
+        match (digest, tag) {
+            (Some(digest), _) => Reference::with_digest(registry, repository, digest.to_owned()),
+            (None, tag) => {
+                Reference::with_tag(registry, repository, tag.unwrap_or("latest").to_owned())
+            }
+        }
+    }
+
+    /// A manifest by digest, checked against it.
+    async fn manifest(&self, digest: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let reference = self.reference(Some(digest), None);
+        let (bytes, got) = self
+            .client
+            .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|error| classify(error, &self.image))?;
+        check_manifest(&bytes).map_err(|detail| protocol(&self.image.registry, detail))?;
+        if stella_decision::sha256_id(&bytes) != digest {
+            return Err(protocol(
+                &self.image.registry,
+                format!("manifest {digest} does not match its digest (registry said {got})"),
+            ));
+        }
+        Ok((bytes, got))
+    }
+
+    /// A blob by digest, checked against it by the client.
+    async fn blob(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        let reference = self.reference(Some(digest), None);
+        let mut bytes = Vec::new();
+        self.client
+            .pull_blob(&reference, digest, &mut bytes)
+            .await
+            .map_err(|error| classify(error, &self.image))?;
+        Ok(bytes)
+    }
+
+    /// The `Authorization` header for a `HEAD`, if the registry wants one: asked once
+    /// per session, again after a 401 (a bearer token expired).
+    async fn authorization(&self, fresh: bool) -> Result<Option<String>, RegistryError> {
+        let mut cached = self.authorization.lock().await;
+        if let (Some(value), false) = (cached.as_ref(), fresh) {
+            return Ok(value.clone());
+        }
+        let value = self.ask_authorization().await?;
+        *cached = Some(value.clone());
+        Ok(value)
+    }
+
+    async fn ask_authorization(&self) -> Result<Option<String>, RegistryError> {
+        let reference = self.reference(None, None);
+        let token = self
+            .client
+            .auth(&reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|error| classify(error, &self.image))?;
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => Some(format!("Bearer {token}")),
+            (None, RegistryAuth::Basic(user, password)) => {
+                use base64::Engine as _;
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(format!("Basic {encoded}"))
+            }
+            (None, _) => None,
+        })
+    }
+
+    /// `HEAD` on a URL under the repository: 200 means present, 404 absent.
+    async fn head(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Option<reqwest::header::HeaderMap>, RegistryError> {
+        let url = format!("{}/v2/{}/{path}", self.base(), self.image.repository);
+        let mut response = None;
+        for fresh in [false, true] {
+            let mut request = self.http.head(&url);
+            if let Some(value) = self.authorization(fresh).await? {
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            let answer = request
+                .send()
+                .await
+                .map_err(|error| RegistryError::Unreachable {
+                    registry: self.image.registry.clone(),
+                    source: Box::new(error),
+                })?;
+            let unauthorized = answer.status() == reqwest::StatusCode::UNAUTHORIZED;
+            response = Some(answer);
+            if !unauthorized {
+                break;
+            }
+        }
+        let Some(response) = response else {
+            return Err(protocol(
+                &self.image.registry,
+                format!("HEAD {url}: no answer"),
+            ));
+        };
+        match response.status().as_u16() {
+            200 => Ok(Some(response.headers().clone())),
+            404 => Ok(None),
+            401 | 403 => Err(RegistryError::Unauthorized {
+                registry: self.image.registry.clone(),
+            }),
+            code => Err(protocol(
+                &self.image.registry,
+                format!("HEAD {url}: HTTP {code}"),
+            )),
+        }
+    }
+
+    async fn blob_exists(&self, digest: &str) -> Result<bool, RegistryError> {
+        Ok(self.head(&format!("blobs/{digest}"), None).await?.is_some())
+    }
+
+    async fn manifest_exists(&self, digest: &str) -> Result<bool, RegistryError> {
+        let accept = ACCEPTED_MANIFESTS.join(", ");
+        Ok(self
+            .head(&format!("manifests/{digest}"), Some(&accept))
+            .await?
+            .is_some())
+    }
+
+    /// The digest a tag points at, if the tag exists.
+    async fn tag_digest(&self, tag: &str) -> Result<Option<String>, RegistryError> {
+        let accept = ACCEPTED_MANIFESTS.join(", ");
+        Ok(self
+            .head(&format!("manifests/{tag}"), Some(&accept))
+            .await?
+            .and_then(|headers| {
+                headers
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            }))
+    }
+
+    async fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        let reference = self.reference(Some(digest), None);
+        self.client
+            .push_blob(&reference, bytes, digest)
+            .await
+            .map_err(|error| classify(error, &self.image))?;
+        Ok(())
+    }
+
+    async fn put_manifest(
+        &self,
+        digest: Option<&str>,
+        tag: Option<&str>,
+        bytes: Vec<u8>,
+        media_type: &str,
+    ) -> Result<(), RegistryError> {
+        let reference = self.reference(digest, tag);
+        let content_type = reqwest::header::HeaderValue::from_str(media_type).map_err(|_| {
+            protocol(
+                &self.image.registry,
+                format!("media type {media_type:?} is not a header value"),
+            )
+        })?;
+        self.client
+            .push_manifest_raw(&reference, bytes, content_type)
+            .await
+            .map_err(|error| classify(error, &self.image))?;
+        Ok(())
+    }
+}
+
+/// The transports to try, in order: Docker's rule.
+fn transports(image: &ImageRef, access: &RegistryAccess) -> Vec<Transport> {
+    if access.insecure || image.is_loopback_registry() {
+        vec![Transport::HttpsUnverified, Transport::Http]
+    } else {
+        vec![Transport::Https]
+    }
+}
+
+fn protocol(registry: &str, detail: String) -> RegistryError {
+    RegistryError::Protocol {
+        registry: registry.to_owned(),
+        detail,
     }
 }
 

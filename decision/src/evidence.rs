@@ -777,7 +777,7 @@ fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, PacketFault>
 }
 
 /// Why a path cannot be in a packet, if it cannot.
-fn check_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("empty path".to_owned());
     }
@@ -801,7 +801,7 @@ fn is_lower_hex_64(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn is_sha256_id(text: &str) -> bool {
+pub(crate) fn is_sha256_id(text: &str) -> bool {
     text.strip_prefix("sha256:").is_some_and(is_lower_hex_64)
 }
 

@@ -14,6 +14,7 @@
 //! - [`gates`]: the decision: every gate over one set of inputs.
 //! - [`evidence`]: evidence packets (write, read, verify).
 //! - [`audit`]: the tamper-evident audit chain and its signed checkpoints.
+//! - [`offline`]: offline kits (OCI layout, releases, evidence; signed manifest; verify).
 
 pub mod audit;
 pub mod canonical;
@@ -22,6 +23,7 @@ pub mod evidence;
 pub mod freeze;
 pub mod gates;
 pub mod intoto;
+pub mod offline;
 pub mod plan;
 pub mod policy;
 pub mod scan;

@@ -8,6 +8,7 @@ pub mod decisions;
 pub mod deployments;
 pub mod drift;
 pub mod environments;
+pub mod offline;
 pub mod promote;
 pub mod registries;
 pub mod releases;

@@ -19,6 +19,7 @@ pub mod environments;
 pub mod health;
 pub mod listener;
 pub mod oauth;
+pub mod offline;
 pub mod openapi;
 pub mod promotions;
 pub mod registries;
@@ -145,6 +146,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/decisions/{id}/replay", get(decisions::replay_decision))
         .route("/decisions/{id}/evidence", get(decisions::export_evidence))
         .route("/keys", get(decisions::list_keys))
+        .route("/offline/kits", post(offline::bundle_kit))
+        .route(
+            "/evidence/imports",
+            get(offline::list_imported_evidence).post(offline::import_evidence),
+        )
         .route("/deployments", get(deployments::list_deployments))
         .route("/deployments/{id}", get(deployments::show_deployment))
         .route("/deployments/{id}/logs", get(deployments::deployment_logs))

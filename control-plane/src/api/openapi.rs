@@ -15,8 +15,8 @@ use utoipa::OpenApi;
 
 use super::{
     agents, audit, clients, decisions, deployments, downloads, drift, envelope, environments,
-    health, oauth, promotions, registries, releases, scans, targets, tokens, users, variables,
-    webhooks,
+    health, oauth, offline, promotions, registries, releases, scans, targets, tokens, users,
+    variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -54,6 +54,7 @@ use super::{
         promotions::approve_promotion, promotions::reject_promotion,
         decisions::show_decision, decisions::replay_decision, decisions::export_evidence,
         decisions::list_keys,
+        offline::bundle_kit, offline::import_evidence, offline::list_imported_evidence,
         deployments::list_deployments, deployments::show_deployment,
         deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
         drift::list_drift,
@@ -78,6 +79,7 @@ use super::{
         (name = "scans", description = "Scan reports and VEX documents, and the findings of an image"),
         (name = "promotions", description = "Promoting a release to an environment: gates and approvals"),
         (name = "decisions", description = "Signed decision records, replay, evidence packets and the keys that verify them"),
+        (name = "offline", description = "Offline kits: bundled and signed here, decision records imported from another server's kit"),
         (name = "deployments", description = "Deployments, their logs, and rollback"),
         (name = "drift", description = "Differences between what runs and what was deployed"),
         (name = "downloads", description = "Agent binaries, packages and the agent install script, served without a token"),

@@ -93,8 +93,25 @@ impl App {
 
     /// The evidence packet of a decision: a deterministic `.tar.gz` that verifies with
     /// no server (docs/governance.md).
+    /// A decision imported from another server's offline kit is served as the packet
+    /// it came in, byte for byte (it verifies against that server's key).
     pub async fn evidence_packet(&self, id: &str) -> Result<Vec<u8>, AppError> {
-        let record = self.decision(id).await?;
+        let record = match self.decision(id).await {
+            Ok(record) => record,
+            Err(error) if error.code == "unknown_decision" => {
+                let id = if id.starts_with("sha256:") {
+                    id.to_owned()
+                } else {
+                    format!("sha256:{id}")
+                };
+                return match self.store.get_imported_evidence(&id).await {
+                    Ok(imported) => Ok(imported.packet),
+                    Err(StoreError::NotFound { .. }) => Err(error),
+                    Err(other) => Err(other.into()),
+                };
+            }
+            Err(error) => return Err(error),
+        };
         let inputs = Self::stored_inputs(&record)?;
         let documents = self.documents_of(&inputs).await?;
         let keys = self.store.list_signing_keys().await?;

@@ -105,6 +105,32 @@ pub struct Approval {
     pub at_ms: i64,
 }
 
+/// A decision record another Stella server made, imported from an offline kit as its
+/// evidence packet. Immutable; verified against the bundling server's key on import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedEvidence {
+    /// The decision id (`sha256:` of its canonical record).
+    pub decision_id: String,
+    /// The key that signed it.
+    pub key_id: String,
+    /// `allowed`, `blocked` or `rejected`.
+    pub outcome: String,
+    /// The release it decided on: name.
+    pub release: String,
+    /// Version.
+    pub version: String,
+    /// The environment it was for (on the bundling server).
+    pub environment: String,
+    /// The evidence packet exactly as bundled.
+    pub packet: Vec<u8>,
+    /// `sha256:` of the manifest of the kit it came in.
+    pub kit_manifest: String,
+    /// Who imported it.
+    pub imported_by: String,
+    /// When.
+    pub imported_at_ms: i64,
+}
+
 /// A signed decision record as stored. Immutable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionRecord {

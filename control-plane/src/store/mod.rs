@@ -24,6 +24,7 @@ mod drift;
 mod environments;
 mod error;
 mod events;
+mod offline;
 mod promotions;
 mod registries;
 mod releases;

@@ -7,6 +7,7 @@ store_suite!(
     concurrent_audit_writers_leave_one_contiguous_chain,
     scan_documents_are_new_once_per_content_and_digest,
     a_verdict_read_earlier_never_replaces_one_read_later,
+    imported_evidence_is_kept_once_per_decision,
 );
 
 async fn audit_entries_and_checkpoints_are_unique_by_seq(f: &Fixture) {
@@ -285,4 +286,67 @@ async fn a_verdict_read_earlier_never_replaces_one_read_later(f: &Fixture) {
         store.get_verdict("dev").await.ok_or_panic("scan store"),
         None
     );
+}
+
+async fn imported_evidence_is_kept_once_per_decision(f: &Fixture) {
+    use stella_control_plane::domain::ImportedEvidence;
+    let store = &f.store;
+    let evidence = |id: &str, release: &str, at_ms: i64| ImportedEvidence {
+        decision_id: format!("sha256:{}", id.repeat(64)),
+        key_id: "ab".repeat(32),
+        outcome: "allowed".to_owned(),
+        release: release.to_owned(),
+        version: "1".to_owned(),
+        environment: "prod".to_owned(),
+        // Not UTF-8: packets are gzip.
+        packet: vec![0x1f, 0x8b, 0x00, 0xff, 0x80],
+        kit_manifest: format!("sha256:{}", "c".repeat(64)),
+        imported_by: "admin".to_owned(),
+        imported_at_ms: at_ms,
+    };
+    let first = evidence("1", "shop", NOW);
+    assert!(store
+        .put_imported_evidence(&first)
+        .await
+        .ok_or_panic("imported evidence"));
+    // The same decision again, later: nothing changes.
+    assert!(!store
+        .put_imported_evidence(&evidence("1", "shop", NOW + 10))
+        .await
+        .ok_or_panic("imported evidence"));
+    let second = evidence("2", "api", NOW + 20);
+    assert!(store
+        .put_imported_evidence(&second)
+        .await
+        .ok_or_panic("imported evidence"));
+    assert_eq!(
+        store
+            .get_imported_evidence(&first.decision_id)
+            .await
+            .ok_or_panic("imported evidence"),
+        first
+    );
+    let all = store
+        .list_imported_evidence(None)
+        .await
+        .ok_or_panic("imported evidence");
+    assert_eq!(all, vec![second.clone(), first.clone()], "newest first");
+    assert_eq!(
+        store
+            .list_imported_evidence(Some("shop"))
+            .await
+            .ok_or_panic("imported evidence"),
+        vec![first]
+    );
+    assert_not_found(
+        store.get_imported_evidence("sha256:none").await,
+        "imported evidence",
+        "sha256:none",
+    );
+    // No promotion of this release: no decisions.
+    assert!(store
+        .decision_ids_of_release("shop", "1")
+        .await
+        .ok_or_panic("decisions")
+        .is_empty());
 }

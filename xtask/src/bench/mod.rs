@@ -10,6 +10,7 @@ mod deploy_ecs;
 mod deploy_nomad;
 mod deploy_ssh;
 mod deploy_winrm;
+mod offline;
 mod runs;
 mod server;
 mod sim;
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     Decisions(decisions::DecisionsArgs),
     /// Authentication's cost per request: no token, API token, OAuth2 JWT (p50, p99).
     Api(api::ApiArgs),
+    /// An offline kit of a five-image release: its size against the images' compressed
+    /// layers, and bundle and import times.
+    Offline(offline::OfflineArgs),
     /// Task-pack runs of 20 no-op steps per second, and step-dispatch latency, SQLite
     /// and PostgreSQL.
     Runs(runs::RunsArgs),
@@ -52,6 +56,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Decisions(args) => decisions::run(&args),
         BenchCommand::Api(args) => api::run(&args),
         BenchCommand::Runs(args) => runs::run(&args),
+        BenchCommand::Offline(args) => offline::run(&args),
     }
 }
 
