@@ -59,6 +59,7 @@ fn fixture_for(name: &str, digest: &str) -> anyhow::Result<Vec<u8>> {
 /// VEX document, and a blocked decision (`side` has no scan).
 struct Source {
     _agent: TestAgent,
+    _downloads: TestDir,
     server: TestServer,
     registry: TestRegistry,
     web: String,
@@ -82,7 +83,22 @@ impl Source {
             &registry.docker_config(),
         )
         .await?;
-        let server = TestServer::start().await?;
+        // What the server serves to new hosts travels in the kit; the bytes are checked
+        // there, never run, so small stand-ins do.
+        let downloads_dir = TestDir::new("offline-downloads");
+        let downloads = downloads_dir.path().to_owned();
+        std::fs::write(
+            downloads.join("stella-agent-linux-x86_64"),
+            b"agent binary stand-in\n",
+        )?;
+        std::fs::write(
+            downloads.join("stella-agent_0.1.0_amd64.deb"),
+            b"package stand-in\n",
+        )?;
+        let server = TestServer::start_with(|config| {
+            config.downloads_dir = Some(downloads.clone());
+        })
+        .await?;
         server
             .post(
                 "/api/v1/releases",
@@ -128,6 +144,7 @@ impl Source {
         let cli_config = server.dir.path().join("cli-config");
         Ok(Source {
             _agent: agent,
+            _downloads: downloads_dir,
             server,
             registry,
             web,
@@ -157,12 +174,13 @@ impl Source {
             ])
             .await?;
         anyhow::ensure!(code == 0, "bundle failed: {stderr}");
-        // This server serves no agent binaries or packages: bundled without, and said.
+        let summary: Value = serde_json::from_str(&stdout)?;
+        // The agent binary and the package this server serves are in the kit.
         anyhow::ensure!(
-            stderr.contains("serves no downloads"),
-            "bundle did not say the kit holds no downloads: {stderr}"
+            summary["downloads"] == json!(2) && !stderr.contains("holds none"),
+            "the kit lacks the server's downloads: {summary} {stderr}"
         );
-        Ok(serde_json::from_str(&stdout)?)
+        Ok(summary)
     }
 
     /// The server's signing key as a PEM file under `dir`.

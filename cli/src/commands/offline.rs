@@ -17,8 +17,8 @@ use stella_control_plane::domain::ImageRef;
 use stella_control_plane::registry::{RegistryAccess, RegistryClient, RegistryError};
 use stella_decision::dsse::PublicKey;
 use stella_decision::offline::{
-    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, DOWNLOADS,
-    MANIFEST, OCI_INDEX,
+    blob_path, declared_media_type, verify_kit, Kit, VerifiedKit, DOCUMENTS_DIR, MANIFEST,
+    OCI_INDEX,
 };
 
 use super::{path, query, Context};
@@ -157,9 +157,9 @@ async fn bundle(context: &Context, releases: &[String], out: &Path) -> anyhow::R
     // server, before anything is written.
     let trusted = trust::recorded_keys()?;
     let verified = verify(out, &kit, &trusted)?;
-    if !kit.files.contains_key(DOWNLOADS) {
+    if verified.downloads.is_empty() {
         context.note(
-            "note: the server serves no downloads (GET /api/v1/downloads: 404): the kit holds no agent binaries or .deb packages",
+            "note: the server serves no agent binaries or .deb packages (GET /api/v1/downloads), so the kit holds none",
         );
     }
     write_kit(out, &kit, &bytes)?;
