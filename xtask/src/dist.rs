@@ -154,6 +154,8 @@ pub fn debs(
 ) -> anyhow::Result<Vec<Artifact>> {
     ensure_cargo_deb()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // cargo deb runs in the workspace root and prints the path it wrote relative to it.
+    let out = &std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
     let mut artifacts = Vec::new();
     for package in ["stella-cli", "stella-agent"] {
         step(&format!("debian package of {package}"));
