@@ -212,15 +212,17 @@ async fn packages_install_start_nothing_upgrade_and_purge_cleanly() -> anyhow::R
     sh_ok(&host, "id stella && id stella-agent").await?;
     let dirs = sh_ok(
         &host,
-        "stat -c '%U %a %n' /var/lib/stella /var/lib/stella-agent /etc/stella/agent.env",
+        "stat -c '%U:%G %a %n' /var/lib/stella /var/lib/stella-agent /etc/stella/agent.env \\
+         /etc/stella/server.toml",
     )
     .await?;
     assert_eq!(
         dirs.lines().collect::<Vec<_>>(),
         [
-            "stella 700 /var/lib/stella",
-            "stella-agent 700 /var/lib/stella-agent",
-            "root 600 /etc/stella/agent.env"
+            "stella:stella 700 /var/lib/stella",
+            "stella-agent:stella-agent 700 /var/lib/stella-agent",
+            "root:root 600 /etc/stella/agent.env",
+            "root:stella 640 /etc/stella/server.toml"
         ]
     );
     let versions = sh_ok(

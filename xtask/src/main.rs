@@ -1,7 +1,7 @@
 //! Developer tasks for the Stella workspace, run as `cargo xtask <task>`.
 //!
-//! - `test`: provisions the Debian packages the tests use, builds the binaries and runs
-//!   every test of the workspace.
+//! - `test`: provisions the Debian packages the tests use, builds the binaries, the
+//!   Debian packages and images made of them, and runs every test of the workspace.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, as CI runs them.
 //! - `dist`: the Debian packages (cargo-deb); `dist images`: the container images.
 //! - `bench agents`: how many agents one control plane holds, and at what cost.
