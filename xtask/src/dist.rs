@@ -418,3 +418,49 @@ fn image_id(name: &str) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cargo::workspace_root;
+
+    /// A unit's directives, without its comments.
+    fn directives(path: &str) -> anyhow::Result<Vec<String>> {
+        let text = std::fs::read_to_string(workspace_root().join(path))?;
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The packages' units are the hand-install units of `installers/systemd/` with only
+    /// the changes packaging needs, so hardening added to one is not missing from the
+    /// other.
+    #[test]
+    fn package_units_are_the_hand_install_units_with_packaged_paths() -> anyhow::Result<()> {
+        let server: Vec<String> = directives("installers/systemd/stella-server.service")?
+            .into_iter()
+            .map(|line| line.replace("/usr/local/bin/stella", "/usr/bin/stella"))
+            .collect();
+        assert_eq!(
+            server,
+            directives("installers/debian/stella/stella-server.service")?
+        );
+
+        let agent: Vec<String> = directives("installers/systemd/stella-agent.service")?
+            .into_iter()
+            // The docker group comes from the user's groups (postinst), and the server's
+            // URL from /etc/stella/agent.env.
+            .filter(|line| {
+                line != "SupplementaryGroups=docker"
+                    && !line.starts_with("Environment=STELLA_SERVER=")
+            })
+            .map(|line| line.replace("/usr/local/bin/stella agent run", "/usr/bin/stella-agent"))
+            .collect();
+        assert_eq!(
+            agent,
+            directives("installers/debian/stella-agent/stella-agent.service")?
+        );
+        Ok(())
+    }
+}
