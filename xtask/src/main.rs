@@ -1,12 +1,14 @@
 //! Developer tasks for the Stella workspace, run as `cargo xtask <task>`.
 //!
-//! - `test`: provisions the Debian packages the tests use, builds the binaries and runs
-//!   every test of the workspace.
+//! - `test`: provisions the Debian packages the tests use, builds the binaries, the
+//!   Debian packages and images made of them, and runs every test of the workspace.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, as CI runs them.
+//! - `dist`: the Debian packages (cargo-deb); `dist images`: the container images.
 //! - `bench agents`: how many agents one control plane holds, and at what cost.
 
 mod bench;
 mod cargo;
+mod dist;
 mod lint;
 mod test;
 
@@ -29,6 +31,9 @@ enum Task {
     Test(test::TestArgs),
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the whole workspace.
     Lint,
+    /// The Debian packages `stella` and `stella-agent` (`dist images`: the container
+    /// images `stella/server` and `stella/agent`), with their SHA-256.
+    Dist(dist::DistArgs),
     /// Benchmarks against a real control plane.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Test(args) => test::run(&args),
         Task::Lint => lint::run(),
+        Task::Dist(args) => dist::run(&args),
         Task::Bench(command) => bench::run(command),
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::cargo::{cargo, run_checked, step};
+use crate::dist::{self, Profile};
 
 /// Debian packages the tests use, each with a file that proves it is installed: the
 /// store suite's PostgreSQL, the OCI registry, and the busybox the test images are made
@@ -104,6 +105,10 @@ pub struct TestArgs {
     /// Do not install missing Debian packages (tests needing them will fail).
     #[arg(long)]
     no_provision: bool,
+    /// Do not build the Debian packages and container images (the packaging tests
+    /// then fail).
+    #[arg(long)]
+    no_dist: bool,
     /// Passed to `cargo test` as is, e.g. `-- -p stella-pki -- --nocapture`.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
@@ -141,6 +146,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     step("build binaries");
     run_checked(cargo().args(["build", "--workspace", "--bins"]))?;
 
+    if args.no_dist {
+        step("packages and images: skipped (--no-dist)");
+    } else {
+        dist_for_tests()?;
+    }
+
     step("run tests");
     let mut test = cargo();
     test.args(["test", "--no-fail-fast"]);
@@ -150,6 +161,21 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     run_checked(test.args(&args.cargo_test_args))?;
     println!("\ntest: ok");
+    Ok(())
+}
+
+/// The packaging tests' inputs, from the debug binaries just built (no release build):
+/// the two packages in `target/dist/dev`, the same at a higher version in
+/// `target/dist/dev/upgrade` (an upgrade to install over them), and the images
+/// `stella/server:<version>-dev` and `stella/agent:<version>-dev`.
+fn dist_for_tests() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let out = dist::default_out(Profile::Dev)?;
+    dist::debs(Profile::Dev, &out, None)?;
+    let upgrade = format!("{}+upgrade-1", env!("CARGO_PKG_VERSION"));
+    dist::debs(Profile::Dev, &out.join("upgrade"), Some(&upgrade))?;
+    dist::images(Profile::Dev)?;
+    println!("packages and images: {:.1?}", started.elapsed());
     Ok(())
 }
 
