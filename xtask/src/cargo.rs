@@ -20,6 +20,23 @@ pub fn cargo() -> Command {
     command
 }
 
+/// Installs the cargo subcommand `subcommand` from the crate `krate` at `version`
+/// (`cargo install --locked`) unless `cargo SUBCOMMAND --version` already names that
+/// version.
+pub fn ensure_cargo_tool(subcommand: &str, krate: &str, version: &str) -> anyhow::Result<()> {
+    let installed = cargo()
+        .args([subcommand, "--version"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+    if installed.is_some_and(|text| text.split_whitespace().any(|word| word == version)) {
+        return Ok(());
+    }
+    step(&format!("install {krate} {version}"));
+    run_checked(cargo().args(["install", krate, "--version", version, "--locked"]))
+}
+
 /// Prints a step header so long runs show where they are.
 pub fn step(title: &str) {
     println!("\n==> {title}");

@@ -328,28 +328,7 @@ ENTRYPOINT ["/usr/bin/stella-agent"]
 /// Only `dist` (and `cargo xtask test`, which packages) gets here: normal builds never
 /// compile it.
 fn ensure_cargo_deb() -> anyhow::Result<()> {
-    let installed = cargo()
-        .args(["deb", "--version"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
-    if let Some(version) = &installed {
-        if version
-            .split_whitespace()
-            .any(|word| word == CARGO_DEB_VERSION)
-        {
-            return Ok(());
-        }
-    }
-    step(&format!("install cargo-deb {CARGO_DEB_VERSION}"));
-    run_checked(cargo().args([
-        "install",
-        "cargo-deb",
-        "--version",
-        CARGO_DEB_VERSION,
-        "--locked",
-    ]))
+    crate::cargo::ensure_cargo_tool("deb", "cargo-deb", CARGO_DEB_VERSION)
 }
 
 /// Runs `command` with stderr shown and stdout captured; returns stdout's last line

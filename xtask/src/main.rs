@@ -4,11 +4,13 @@
 //!   Debian packages and images made of them, and runs every test of the workspace.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, as CI runs them.
 //! - `dist`: the Debian packages (cargo-deb); `dist images`: the container images.
+//! - `fuzz`: the fuzz targets of `fuzz/`, each for a time limit.
 //! - `bench agents`: how many agents one control plane holds, and at what cost.
 
 mod bench;
 mod cargo;
 mod dist;
+mod fuzz;
 mod lint;
 mod test;
 
@@ -34,6 +36,8 @@ enum Task {
     /// The Debian packages `stella` and `stella-agent` (`dist images`: the container
     /// images `stella/server` and `stella/agent`), with their SHA-256.
     Dist(dist::DistArgs),
+    /// Runs the fuzz targets of `fuzz/` with libFuzzer, each for `--seconds` (600).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks against a real control plane.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Lint => lint::run(),
         Task::Dist(args) => dist::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench(command) => bench::run(command),
     }
 }
