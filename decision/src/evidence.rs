@@ -29,7 +29,6 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, Read};
 use std::rc::Rc;
 
@@ -98,40 +97,7 @@ pub struct Manifest {
 }
 
 /// Why a packet was refused: which file (when the fault is about one) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PacketFault {
-    /// The file at fault, by its path in the packet.
-    pub file: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl PacketFault {
-    fn at(file: &str, message: impl Into<String>) -> PacketFault {
-        PacketFault {
-            file: Some(file.to_owned()),
-            message: message.into(),
-        }
-    }
-
-    fn whole(message: impl Into<String>) -> PacketFault {
-        PacketFault {
-            file: None,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for PacketFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.file {
-            Some(file) => write!(f, "{file}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for PacketFault {}
+pub type PacketFault = crate::FileFault;
 
 /// What a verified packet holds.
 #[derive(Debug, Clone, PartialEq)]

@@ -54,3 +54,40 @@ pub fn format_time(ms: i64) -> String {
         |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
     )
 }
+
+/// Why a file set (an evidence packet, an offline kit) was refused: the file at fault,
+/// by its path in the set, when the fault is about one, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFault {
+    /// The file at fault, by its path in the set.
+    pub file: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FileFault {
+    pub(crate) fn at(file: &str, message: impl Into<String>) -> FileFault {
+        FileFault {
+            file: Some(file.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn whole(message: impl Into<String>) -> FileFault {
+        FileFault {
+            file: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FileFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{file}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for FileFault {}

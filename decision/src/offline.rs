@@ -21,7 +21,6 @@
 //! files only, mode 0644, uid and gid 0, mtime 0.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -156,40 +155,7 @@ pub struct KitDownload {
 }
 
 /// Why a kit was refused: the file at fault, when there is one, and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KitFault {
-    /// The path in the kit.
-    pub file: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl KitFault {
-    fn at(file: &str, message: impl Into<String>) -> KitFault {
-        KitFault {
-            file: Some(file.to_owned()),
-            message: message.into(),
-        }
-    }
-
-    fn whole(message: impl Into<String>) -> KitFault {
-        KitFault {
-            file: None,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for KitFault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.file {
-            Some(file) => write!(f, "{file}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for KitFault {}
+pub type KitFault = crate::FileFault;
 
 /// What a verified kit holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
