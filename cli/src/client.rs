@@ -189,29 +189,18 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self.http.post(&url).json(&body).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
+        self.bytes_of(self.http.post(&url).json(&body).timeout(timeout))
             .await
-            .map_err(|error| self.transport(&error))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| self.transport(&error))?;
-        if status.is_success() {
-            return Ok(bytes.to_vec());
-        }
-        Err(self.api_error(status, &bytes))
     }
 
     /// GET raw bytes (an evidence packet); errors as for JSON calls.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);
-        let mut request = self.http.get(&url);
+        self.bytes_of(self.http.get(&url)).await
+    }
+
+    /// Sends `request` with the token; the body's bytes, or the API's error.
+    async fn bytes_of(&self, mut request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
