@@ -742,6 +742,33 @@ fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, PacketFault>
     Ok(path.to_owned())
 }
 
+/// Appends one regular file with fixed metadata (mode 0644, uid and gid 0, mtime 0), so
+/// the same files make the same bytes; errors name the file as `what PATH`. Shared by
+/// evidence packets and offline kits.
+pub(crate) fn append_file<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    content: &[u8],
+    what: &str,
+) -> Result<(), DecisionError> {
+    check_path(path)
+        .map_err(|message| DecisionError::new(format!("{what} {path:?}: {message}")))?;
+    let mut header = tar::Header::new_ustar();
+    header
+        .set_path(path)
+        .map_err(|e| DecisionError::new(format!("{what} {path:?}: {e}")))?;
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    builder
+        .append(&header, content)
+        .map_err(|e| DecisionError::new(format!("{what} {path:?}: cannot archive: {e}")))
+}
+
 /// Why a path cannot be in a packet, if it cannot.
 pub(crate) fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
@@ -795,22 +822,7 @@ fn pack_entries<'a>(
         .write(Vec::new(), Compression::new(GZIP_LEVEL));
     let mut builder = tar::Builder::new(gzip);
     for (path, content) in entries {
-        check_path(path)
-            .map_err(|message| DecisionError::new(format!("evidence file {path:?}: {message}")))?;
-        let mut header = tar::Header::new_ustar();
-        header
-            .set_path(path)
-            .map_err(|e| DecisionError::new(format!("evidence file {path:?}: {e}")))?;
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, content).map_err(|e| {
-            DecisionError::new(format!("evidence file {path:?}: cannot archive: {e}"))
-        })?;
+        append_file(&mut builder, path, content, "evidence file")?;
     }
     let gzip = builder.into_inner().map_err(|e| {
         DecisionError::new(format!("evidence packet: cannot finish the archive: {e}"))

@@ -354,21 +354,7 @@ impl Kit {
     pub fn to_tar(&self) -> Result<Vec<u8>, DecisionError> {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, content) in self.ordered() {
-            check_path(path).map_err(|m| DecisionError::new(format!("kit file {path:?}: {m}")))?;
-            let mut header = tar::Header::new_ustar();
-            header
-                .set_path(path)
-                .map_err(|e| DecisionError::new(format!("kit file {path:?}: {e}")))?;
-            header.set_size(content.len() as u64);
-            header.set_mode(0o644);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_cksum();
-            builder
-                .append(&header, content)
-                .map_err(|e| DecisionError::new(format!("kit file {path:?}: {e}")))?;
+            crate::evidence::append_file(&mut builder, path, content, "kit file")?;
         }
         builder
             .into_inner()
