@@ -20,6 +20,8 @@ pub struct Client {
     base: String,
     token: Option<String>,
     timeout: Duration,
+    /// Sent as `X-StellaOps-Tenant` on every call (`--tenant`).
+    tenant: Option<String>,
 }
 
 /// Why a request failed.
@@ -127,7 +129,43 @@ impl Client {
             base,
             token: token.filter(|t| !t.trim().is_empty()),
             timeout,
+            tenant: None,
         })
+    }
+
+    /// Acts in `tenant` (the `X-StellaOps-Tenant` header of every call; the server's
+    /// `default` when `None`).
+    pub fn in_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant.filter(|t| !t.trim().is_empty());
+        self
+    }
+
+    /// The tenant of `--tenant`, if given.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// This client acting in the `default` tenant, where users, clients, tenants and
+    /// role bindings are managed whatever tenant the commands act in.
+    pub fn in_default_tenant(&self) -> Client {
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: self.token.clone(),
+            timeout: self.timeout,
+            tenant: None,
+        }
+    }
+
+    /// The bearer token and the tenant header, on a request of this client.
+    fn authorize(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(tenant) = &self.tenant {
+            request = request.header("X-StellaOps-Tenant", tenant);
+        }
+        request
     }
 
     /// The server's base URL, as given (`http://host:port`).
@@ -174,9 +212,7 @@ impl Client {
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(bytes);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        request = self.authorize(request);
         self.answer(request).await
     }
 
@@ -201,9 +237,7 @@ impl Client {
 
     /// Sends `request` with the token; the body's bytes, or the API's error.
     async fn bytes_of(&self, mut request: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        request = self.authorize(request);
         let response = request
             .send()
             .await
@@ -227,32 +261,23 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        request = self.authorize(request);
         if let Some(body) = body {
             request = request.json(&body);
         }
         self.answer(request).await
     }
 
-    /// A request to a path outside `/api/v1` (the TaskRunner API, `/v1/task-runner/…`),
-    /// with the TaskRunner tenant header when given.
+    /// A request to a path outside `/api/v1` (the TaskRunner API, `/v1/task-runner/…`).
     pub async fn request_at(
         &self,
         method: reqwest::Method,
         path: &str,
-        tenant: Option<&str>,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(tenant) = tenant {
-            request = request.header("X-StellaOps-Tenant", tenant);
-        }
+        request = self.authorize(request);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -260,15 +285,10 @@ impl Client {
     }
 
     /// GET text (NDJSON logs) from a path outside `/api/v1`.
-    pub async fn text_at(&self, path: &str, tenant: Option<&str>) -> Result<String, ClientError> {
+    pub async fn text_at(&self, path: &str) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.get(&url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(tenant) = tenant {
-            request = request.header("X-StellaOps-Tenant", tenant);
-        }
+        request = self.authorize(request);
         let response = request
             .send()
             .await

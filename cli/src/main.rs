@@ -61,6 +61,10 @@ struct ClientArgs {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// Act in this tenant (sent as `X-StellaOps-Tenant`; the server's `default` tenant
+    /// when absent).
+    #[arg(long, env = "STELLA_TENANT", value_name = "TENANT")]
+    tenant: Option<String>,
     /// Trust only the CA certificates in this PEM file for an `https://` server (default:
     /// the system's roots, else the server's own CA pinned at first use).
     #[arg(long, env = "STELLA_CA_FILE", value_name = "FILE")]
@@ -89,7 +93,9 @@ struct ClientArgs {
 }
 
 /// The ids of [`ClientArgs`]' flags.
-const CLIENT_ARGS: [&str; 6] = ["server", "token", "ca_file", "output", "quiet", "timeout"];
+const CLIENT_ARGS: [&str; 7] = [
+    "server", "token", "tenant", "ca_file", "output", "quiet", "timeout",
+];
 
 /// Commands that do not talk to the REST API, by path: they get no client flags.
 const NOT_CLIENTS: [&[&str]; 3] = [&["server"], &["agent", "run"], &["completions"]];
@@ -105,8 +111,11 @@ enum Command {
     /// Users, roles and API tokens (admin only).
     #[command(subcommand, visible_alias = "users")]
     User(users::UserCommand),
-    /// The user the token belongs to, and its roles.
+    /// The user the token belongs to, its roles in the tenant, and its bindings.
     Whoami,
+    /// Tenants: create, list, delete (server admins).
+    #[command(subcommand, visible_alias = "tenants")]
+    Tenant(users::TenantCommand),
     /// Your API tokens: list, create (named, expiring), revoke.
     #[command(subcommand, visible_alias = "tokens")]
     Token(tokens::TokenCommand),
@@ -322,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(command) => agents::agent(command, context).await,
         Command::User(command) => users::user(&context()?, command).await,
         Command::Whoami => users::whoami(&context()?).await,
+        Command::Tenant(command) => users::tenant(&context()?, command).await,
         Command::Token(command) => tokens::token(&context()?, command).await,
         Command::Client(command) => tokens::client(&context()?, command).await,
         Command::Env(command) => environments::env(&context()?, command).await,

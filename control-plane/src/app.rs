@@ -50,7 +50,7 @@ use stella_pki::{AgentIdentity, IssuedCertificate, JoinToken};
 
 use crate::bootstrap::ServerPki;
 use crate::config::ServerConfig;
-use crate::domain::{Agent, NewAgent, NewJoinToken, Role, User};
+use crate::domain::{Agent, NewAgent, NewJoinToken, Role, TenantId, User};
 use crate::error::{AppError, ErrorKind};
 use crate::gateway::sessions::{CloseReason, HeartbeatBuffer, RevocationSet, SessionRegistry};
 use crate::metrics::Metrics;
@@ -66,16 +66,19 @@ pub struct App {
     pub config: ServerConfig,
     /// The only way to the database.
     pub store: Store,
+    /// The tenant whose database `store` is; the rest below is shared by every
+    /// tenant's core, except where it says otherwise.
+    pub tenant: TenantId,
     /// CA, signing key, gateway certificate.
-    pub pki: ServerPki,
+    pub pki: Arc<ServerPki>,
     /// Agent sessions open on this replica.
-    pub sessions: SessionRegistry,
+    pub sessions: Arc<SessionRegistry>,
     /// Revoked agent ids, consulted at every TLS handshake.
     pub revocations: Arc<RevocationSet>,
-    /// Heartbeats waiting for the next batched write.
+    /// Heartbeats waiting for the next batched write (this tenant's agents).
     pub heartbeats: HeartbeatBuffer,
     /// Prometheus metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Where the gateway listens (the bound address, also with port 0).
     pub grpc_addr: std::net::SocketAddr,
     /// Seals secrets stored in the database (registry passwords).
@@ -95,8 +98,9 @@ pub struct App {
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
     /// Access-token keys, rate limits, last-use and client revocation caches.
-    pub identity: crate::auth::Identity,
-    /// The REST API's TLS; `None` when it serves plain HTTP.
+    pub identity: Arc<crate::auth::Identity>,
+    /// The REST API's TLS; `None` when it serves plain HTTP (and in every tenant's
+    /// core but `default`'s, which serves the API).
     pub api_tls: Option<crate::api::tls::ApiTls>,
     /// The task-pack runs this replica drives.
     pub run_engine: runs::RunEngine,
@@ -245,16 +249,17 @@ impl App {
             config.oauth_issuer.clone().unwrap_or_default(),
         );
         App {
-            identity,
+            identity: Arc::new(identity),
             api_tls: None,
             downloads: downloads::Downloads::of(&config),
             config,
             store,
-            pki,
-            sessions: SessionRegistry::default(),
+            tenant: TenantId::default_tenant(),
+            pki: Arc::new(pki),
+            sessions: Arc::default(),
             revocations: Arc::new(RevocationSet::new(revoked)),
             heartbeats: HeartbeatBuffer::default(),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             grpc_addr,
             secrets,
             registry: crate::registry::RegistryClient::new(),
@@ -272,8 +277,42 @@ impl App {
     /// Sets what `new` cannot know yet: the API's TLS and the access-token issuer.
     pub fn with_api(mut self, api_tls: Option<crate::api::tls::ApiTls>, issuer: String) -> Self {
         self.api_tls = api_tls;
-        self.identity.issuer = issuer;
+        match Arc::get_mut(&mut self.identity) {
+            Some(identity) => identity.issuer = issuer,
+            None => tracing::error!("the access-token issuer was set after the core was shared"),
+        }
         self
+    }
+
+    /// The core of another tenant over its own database: what belongs to a tenant
+    /// (its store, heartbeat buffer, audit head, caches, run engine) is new, what
+    /// belongs to the server (configuration, PKI, agent sessions, revocations,
+    /// metrics, secrets, registry client, signing key, identity) is shared.
+    pub fn for_tenant(&self, tenant: TenantId, store: Store) -> App {
+        App {
+            config: self.config.clone(),
+            store,
+            tenant,
+            pki: self.pki.clone(),
+            sessions: self.sessions.clone(),
+            revocations: self.revocations.clone(),
+            heartbeats: HeartbeatBuffer::default(),
+            metrics: self.metrics.clone(),
+            grpc_addr: self.grpc_addr,
+            secrets: self.secrets.clone(),
+            registry: self.registry.clone(),
+            signer: self.signer.clone(),
+            waiting_reminders: parking_lot::Mutex::default(),
+            cancels_sent: parking_lot::Mutex::default(),
+            webhook_wake: tokio::sync::Notify::new(),
+            audit_log: AuditLog::default(),
+            document_cache: documents::DocumentCache::default(),
+            identity: self.identity.clone(),
+            api_tls: None,
+            run_engine: runs::RunEngine::default(),
+            checks: checks::PendingChecks::default(),
+            downloads: self.downloads.clone(),
+        }
     }
 
     /// The gateway's port.
@@ -540,19 +579,6 @@ impl App {
     pub async fn record_goodbye(&self, agent_id: &str, reason: &str) -> Result<(), AppError> {
         self.store.record_goodbye(agent_id, now_ms()).await?;
         tracing::info!(agent_id, reason, "agent said goodbye");
-        Ok(())
-    }
-
-    /// Re-reads revocations from the store (other replicas may have revoked agents)
-    /// and closes their sessions here.
-    pub async fn sync_revocations(&self) -> Result<(), AppError> {
-        let revoked = self.store.revoked_agent_ids().await?;
-        for id in &revoked {
-            if self.sessions.close(id, CloseReason::Revoked) {
-                self.metrics.revoked_sessions_closed.inc();
-            }
-        }
-        self.revocations.replace(revoked);
         Ok(())
     }
 

@@ -71,6 +71,7 @@ mod promotion;
 mod release;
 mod run;
 mod target;
+mod tenant;
 mod variables;
 mod webhook;
 
@@ -84,6 +85,7 @@ pub use promotion::*;
 pub use release::*;
 pub use run::*;
 pub use target::*;
+pub use tenant::*;
 pub use variables::*;
 pub use webhook::*;
 

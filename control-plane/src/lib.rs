@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod registry;
 pub mod secrets;
 pub mod store;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,8 +97,10 @@ pub enum ServeError {
 /// A server running in this process.
 #[derive(Debug)]
 pub struct RunningServer {
-    /// The application core (for tests and the dev agent).
+    /// The `default` tenant's core (for tests and the dev agent).
     pub app: Arc<App>,
+    /// Every tenant's core.
+    pub tenants: Arc<tenants::Tenants>,
     /// Bound REST address.
     pub api_addr: SocketAddr,
     /// Bound gateway address.
@@ -197,41 +200,31 @@ pub async fn start(
     let created_admin_token = app.ensure_admin().await.map_err(ServeError::Init)?;
 
     let shutdown = CancellationToken::new();
+    let tenants = Arc::new(tenants::Tenants::new(app.clone(), shutdown.clone()));
+    // Opens every tenant's database (migrating it) and reads every tenant's revoked
+    // agents before an agent can connect.
+    tenants.refresh().await.map_err(ServeError::Init)?;
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn({
-        let (app, shutdown) = (app.clone(), shutdown.clone());
+        let (tenants, shutdown) = (tenants.clone(), shutdown.clone());
         async move {
-            if let Err(error) = api::serve(app, listeners.api, shutdown.clone()).await {
+            if let Err(error) = api::serve(tenants, listeners.api, shutdown.clone()).await {
                 tracing::error!(%error, "api server failed");
                 shutdown.cancel();
             }
         }
     }));
     tasks.push(tokio::spawn({
-        let (app, shutdown) = (app.clone(), shutdown.clone());
+        let (tenants, shutdown) = (tenants.clone(), shutdown.clone());
         async move {
-            if let Err(error) = gateway::serve(app, listeners.grpc, shutdown.clone()).await {
+            if let Err(error) = gateway::serve(tenants, listeners.grpc, shutdown.clone()).await {
                 tracing::error!(error = %error::ErrorChain(&error), "agent gateway failed");
                 shutdown.cancel();
             }
         }
     }));
-    tasks.push(tokio::spawn(gateway::run_background(
-        app.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(app::run_webhook_sender(
-        app.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(app::runs::run_task_runner(
-        app.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(app::run_audit_checkpointer(
-        app.clone(),
-        shutdown.clone(),
-    )));
+    tasks.extend(tenants::spawn_background(&app, &shutdown));
+    tasks.push(tokio::spawn(tenants.clone().run_refresh()));
     // Hashes the downloads now rather than at the first request for them.
     tasks.push(tokio::spawn({
         let downloads = app.downloads.clone();
@@ -249,6 +242,7 @@ pub async fn start(
     tracing::info!(%api_addr, %grpc_addr, ca = %app.pki.ca.fingerprint(), "control plane started");
     Ok(RunningServer {
         app,
+        tenants,
         api_addr,
         grpc_addr,
         created_admin_token,

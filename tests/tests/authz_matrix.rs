@@ -44,10 +44,12 @@ enum Level {
     Operator,
     Approver,
     Admin,
+    /// Admin in the `default` tenant: what is the server's (users, clients, tenants).
+    ServerAdmin,
 }
 
 impl Level {
-    const ALL: [Level; 7] = [
+    const ALL: [Level; 8] = [
         Level::Public,
         Level::Authenticated,
         Level::User,
@@ -55,6 +57,7 @@ impl Level {
         Level::Operator,
         Level::Approver,
         Level::Admin,
+        Level::ServerAdmin,
     ];
 
     fn parse(text: &str) -> anyhow::Result<Level> {
@@ -73,6 +76,7 @@ impl Level {
             Level::Operator => "operator",
             Level::Approver => "approver",
             Level::Admin => "admin",
+            Level::ServerAdmin => "server-admin",
         }
     }
 
@@ -88,6 +92,7 @@ impl Level {
             Level::Operator => "`operator`, `admin`",
             Level::Approver => "`approver`, `admin`",
             Level::Admin => "`admin`",
+            Level::ServerAdmin => "`admin` in the `default` tenant",
         }
     }
 }
@@ -101,6 +106,9 @@ struct Principal {
     authorization: Option<String>,
     /// `None`: it does not authenticate. Otherwise its roles, and whether it is a user.
     identity: Option<(Vec<Level>, bool)>,
+    /// The `X-StellaOps-Tenant` it sends, and whether it holds a role there; without
+    /// one, every operation but the public ones is refused (`tenant_forbidden`).
+    tenant: Option<(&'static str, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,11 +126,15 @@ impl Principal {
         let Some((roles, is_user)) = &self.identity else {
             return Outcome::Unauthenticated;
         };
+        if self.tenant.is_some_and(|(_, bound)| !bound) {
+            return Outcome::Forbidden;
+        }
         let has = |role: Level| roles.contains(&role) || roles.contains(&Level::Admin);
         let allowed = match level {
             Level::Public | Level::Authenticated => true,
             Level::User => *is_user,
             Level::Viewer => !roles.is_empty(),
+            Level::ServerAdmin => has(Level::Admin) && self.tenant.is_none(),
             role => has(role),
         };
         if allowed {
@@ -376,16 +388,32 @@ async fn principals(server: &TestServer) -> anyhow::Result<Vec<Principal>> {
         label,
         authorization: bearer(token),
         identity: Some((roles, true)),
+        tenant: None,
     };
     let refused = |label, authorization| Principal {
         label,
         authorization,
         identity: None,
+        tenant: None,
     };
     let viewer = create_user(server, "matrix-viewer", "viewer").await?;
     let operator = create_user(server, "matrix-operator", "operator").await?;
     let approver = create_user(server, "matrix-approver", "approver").await?;
     let admin = create_user(server, "matrix-admin", "admin").await?;
+    // An admin of tenant `matrix-b` (a viewer in `default`), calling into `matrix-b`,
+    // and into `matrix-c` where it holds nothing.
+    let tenant_admin = create_user(server, "matrix-tenant-admin", "viewer").await?;
+    for tenant in ["matrix-b", "matrix-c"] {
+        server
+            .post("/api/v1/tenants", json!({ "name": tenant }))
+            .await?;
+    }
+    server
+        .post(
+            "/api/v1/users/matrix-tenant-admin/bindings",
+            json!({"tenant": "matrix-b", "role": "admin"}),
+        )
+        .await?;
 
     // An admin's tokens that no longer work: the strongest credentials to refuse.
     let expiring = server
@@ -478,29 +506,46 @@ async fn principals(server: &TestServer) -> anyhow::Result<Vec<Principal>> {
         user("approver", &approver, vec![Level::Approver]),
         user("admin", &admin, vec![Level::Admin]),
         Principal {
+            label: "tenant:admin",
+            authorization: bearer(&tenant_admin),
+            identity: Some((vec![Level::Admin], true)),
+            tenant: Some(("matrix-b", true)),
+        },
+        Principal {
+            label: "tenant:other",
+            authorization: bearer(&tenant_admin),
+            identity: Some((vec![Level::Admin], true)),
+            tenant: Some(("matrix-c", false)),
+        },
+        Principal {
             label: "jwt:viewer",
             authorization: bearer(&jwt_viewer),
             identity: Some((vec![Level::Viewer], false)),
+            tenant: None,
         },
         Principal {
             label: "jwt:operator",
             authorization: bearer(&jwt_operator),
             identity: Some((vec![Level::Operator], false)),
+            tenant: None,
         },
         Principal {
             label: "jwt:approver",
             authorization: bearer(&jwt_approver),
             identity: Some((vec![Level::Approver], false)),
+            tenant: None,
         },
         Principal {
             label: "jwt:admin",
             authorization: bearer(&jwt_admin),
             identity: Some((vec![Level::Admin], false)),
+            tenant: None,
         },
         Principal {
             label: "jwt:taskrunner",
             authorization: bearer(&jwt_taskrunner),
             identity: Some((vec![], false)),
+            tenant: None,
         },
         refused("jwt:foreign", bearer(&jwt_foreign)),
         refused("jwt:expired", bearer(&jwt_expired)),
@@ -523,6 +568,9 @@ async fn send(
     let mut request = server.client().request(operation.method.clone(), url);
     if let Some(authorization) = &principal.authorization {
         request = request.header("authorization", authorization);
+    }
+    if let Some((tenant, _)) = principal.tenant {
+        request = request.header("x-stellaops-tenant", tenant);
     }
     if operation.has_body {
         request = request.json(&json!({}));

@@ -46,7 +46,8 @@ impl Context {
                 args.token.clone(),
                 args.timeout,
                 args.ca_file.as_deref(),
-            )?,
+            )?
+            .in_tenant(args.tenant.clone()),
             format: args.output,
             quiet: args.quiet,
         })
@@ -110,7 +111,8 @@ fn split_release(release: &str, version: Option<String>) -> anyhow::Result<(Stri
     }
 }
 
-fn query(pairs: &[(&str, Option<&str>)]) -> String {
+/// A query string of the pairs that have a value (`?a=1&b=2`; empty for none).
+pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={}", path(v))))

@@ -37,16 +37,13 @@ pub struct PackArgs {
     /// string); repeatable.
     #[arg(long = "input", value_name = "NAME=VALUE")]
     pub inputs: Vec<String>,
-    /// Tenant (`X-StellaOps-Tenant`; `default` when absent).
-    #[arg(long)]
-    pub tenant: Option<String>,
 }
 
 /// `stella run …`
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
-    /// The tenant's runs, newest first.
-    List(TenantArg),
+    /// The tenant's runs, newest first (`--tenant`).
+    List,
     /// A run and its steps.
     Show(RunRef),
     /// A run's log; `--follow` until it finishes.
@@ -65,21 +62,11 @@ pub enum RunCommand {
     Cancel(RunRef),
 }
 
-/// `--tenant`.
-#[derive(Debug, Args)]
-pub struct TenantArg {
-    /// Tenant (`X-StellaOps-Tenant`; `default` when absent).
-    #[arg(long)]
-    pub tenant: Option<String>,
-}
-
 /// A run by id.
 #[derive(Debug, Args)]
 pub struct RunRef {
     /// Run id.
     pub id: String,
-    #[command(flatten)]
-    pub tenant: TenantArg,
 }
 
 /// An approval decision.
@@ -118,12 +105,7 @@ pub async fn pack(context: &Context, command: PackCommand) -> anyhow::Result<()>
             let body = json!({"manifest": manifest(&args)?, "inputs": inputs(&args.inputs)?});
             let simulation = context
                 .client
-                .request_at(
-                    Method::POST,
-                    "/v1/task-runner/simulations",
-                    args.tenant.as_deref(),
-                    Some(body),
-                )
+                .request_at(Method::POST, "/v1/task-runner/simulations", Some(body))
                 .await?;
             print(context.format, &simulation, |v| {
                 println!("plan {}", v["planHash"].as_str().unwrap_or_default());
@@ -142,10 +124,9 @@ pub async fn pack(context: &Context, command: PackCommand) -> anyhow::Result<()>
             if let Some(id) = run_id {
                 body["runId"] = json!(id);
             }
-            let tenant = pack.tenant.as_deref();
             let created = context
                 .client
-                .request_at(Method::POST, "/v1/task-runner/runs", tenant, Some(body))
+                .request_at(Method::POST, "/v1/task-runner/runs", Some(body))
                 .await?;
             let id = created["runId"].as_str().unwrap_or_default().to_owned();
             if !wait {
@@ -153,7 +134,7 @@ pub async fn pack(context: &Context, command: PackCommand) -> anyhow::Result<()>
                 return Ok(());
             }
             context.note(&format!("run {id} started; waiting for it to finish"));
-            let finished = wait_finished(context, &id, tenant).await?;
+            let finished = wait_finished(context, &id).await?;
             print(context.format, &finished, show_table);
             match finished["status"].as_str() {
                 Some("Succeeded") => Ok(()),
@@ -170,14 +151,11 @@ fn flatten(steps: &Value, out: &mut Vec<Value>) {
     }
 }
 
-async fn wait_finished(context: &Context, id: &str, tenant: Option<&str>) -> anyhow::Result<Value> {
+async fn wait_finished(context: &Context, id: &str) -> anyhow::Result<Value> {
     let path = format!("/v1/task-runner/runs/{}", super::path(id));
     let mut last_status = String::new();
     loop {
-        let state = context
-            .client
-            .request_at(Method::GET, &path, tenant, None)
-            .await?;
+        let state = context.client.request_at(Method::GET, &path, None).await?;
         let status = state["status"].as_str().unwrap_or_default().to_owned();
         if matches!(status.as_str(), "Succeeded" | "Failed" | "Cancelled") {
             return Ok(state);
@@ -208,14 +186,9 @@ fn show_table(v: &Value) {
 pub async fn run(context: &Context, command: RunCommand) -> anyhow::Result<()> {
     let client = &context.client;
     match command {
-        RunCommand::List(tenant) => {
+        RunCommand::List => {
             let list = client
-                .request_at(
-                    Method::GET,
-                    "/v1/task-runner/runs",
-                    tenant.tenant.as_deref(),
-                    None,
-                )
+                .request_at(Method::GET, "/v1/task-runner/runs", None)
                 .await?;
             print(context.format, &list, |v| {
                 rows(
@@ -227,17 +200,14 @@ pub async fn run(context: &Context, command: RunCommand) -> anyhow::Result<()> {
         }
         RunCommand::Show(run) => {
             let path = format!("/v1/task-runner/runs/{}", super::path(&run.id));
-            let state = client
-                .request_at(Method::GET, &path, run.tenant.tenant.as_deref(), None)
-                .await?;
+            let state = client.request_at(Method::GET, &path, None).await?;
             print(context.format, &state, show_table);
         }
         RunCommand::Logs { run, follow } => {
-            let tenant = run.tenant.tenant.as_deref();
             let path = format!("/v1/task-runner/runs/{}/logs", super::path(&run.id));
             let mut printed = 0_usize;
             loop {
-                let text = client.text_at(&path, tenant).await?;
+                let text = client.text_at(&path).await?;
                 for line in text.lines().skip(printed) {
                     printed += 1;
                     print_log_line(context, line);
@@ -246,14 +216,12 @@ pub async fn run(context: &Context, command: RunCommand) -> anyhow::Result<()> {
                     break;
                 }
                 let state_path = format!("/v1/task-runner/runs/{}", super::path(&run.id));
-                let state = client
-                    .request_at(Method::GET, &state_path, tenant, None)
-                    .await?;
+                let state = client.request_at(Method::GET, &state_path, None).await?;
                 if matches!(
                     state["status"].as_str(),
                     Some("Succeeded" | "Failed" | "Cancelled")
                 ) {
-                    let text = client.text_at(&path, tenant).await?;
+                    let text = client.text_at(&path).await?;
                     for line in text.lines().skip(printed) {
                         print_log_line(context, line);
                     }
@@ -266,9 +234,7 @@ pub async fn run(context: &Context, command: RunCommand) -> anyhow::Result<()> {
         RunCommand::Reject(decision) => decide(context, decision, "rejected").await?,
         RunCommand::Cancel(run) => {
             let path = format!("/v1/task-runner/runs/{}/cancel", super::path(&run.id));
-            let answer = client
-                .request_at(Method::POST, &path, run.tenant.tenant.as_deref(), None)
-                .await?;
+            let answer = client.request_at(Method::POST, &path, None).await?;
             print(context.format, &answer, |_| {
                 println!("cancellation of run {} requested", run.id);
             });
@@ -299,11 +265,10 @@ fn print_log_line(context: &Context, line: &str) {
 }
 
 async fn decide(context: &Context, decision: Decision, verdict: &str) -> anyhow::Result<()> {
-    let tenant = decision.run.tenant.tenant.as_deref();
     let run_path = format!("/v1/task-runner/runs/{}", super::path(&decision.run.id));
     let state = context
         .client
-        .request_at(Method::GET, &run_path, tenant, None)
+        .request_at(Method::GET, &run_path, None)
         .await?;
     let mut body = json!({"decision": verdict, "planHash": state["planHash"]});
     if let Some(summary) = decision.summary {
@@ -312,7 +277,7 @@ async fn decide(context: &Context, decision: Decision, verdict: &str) -> anyhow:
     let path = format!("{run_path}/approvals/{}", super::path(&decision.approval));
     let answer = context
         .client
-        .request_at(Method::POST, &path, tenant, Some(body))
+        .request_at(Method::POST, &path, Some(body))
         .await?;
     print(context.format, &answer, |v| {
         println!(

@@ -38,12 +38,102 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
+    /// Give a user a role in the tenant of `--tenant` (`default` without it), or only
+    /// for one environment of it with `--env`.
+    Bind {
+        /// User name.
+        name: String,
+        /// viewer, operator, approver or admin.
+        #[arg(long)]
+        role: String,
+        /// Narrow the role to this environment (e.g. approver for `prod` only).
+        #[arg(long = "env", value_name = "ENV")]
+        environment: Option<String>,
+    },
+    /// Take a role binding away (the same `--tenant`, `--role` and `--env` it was
+    /// given with).
+    Unbind {
+        /// User name.
+        name: String,
+        /// viewer, operator, approver or admin.
+        #[arg(long)]
+        role: String,
+        /// The environment the role was narrowed to.
+        #[arg(long = "env", value_name = "ENV")]
+        environment: Option<String>,
+    },
+    /// A user's role bindings in every tenant.
+    Bindings {
+        /// User name.
+        name: String,
+    },
 }
 
 /// `stella user …`.
 pub async fn user(context: &Context, command: UserCommand) -> anyhow::Result<()> {
-    let client = &context.client;
+    // Users and their bindings are the server's: managed in `default`, whatever tenant
+    // `--tenant` names (for `bind` and `unbind`, the binding's tenant).
+    let client = &context.client.in_default_tenant();
+    let tenant = context.client.tenant().unwrap_or("default").to_owned();
     match command {
+        UserCommand::Bind {
+            name,
+            role,
+            environment,
+        } => {
+            let bound = client
+                .post(
+                    &format!("/users/{}/bindings", path(&name)),
+                    json!({ "tenant": tenant, "role": role, "environment": environment }),
+                )
+                .await?;
+            context.print(&bound, |bound| {
+                println!(
+                    "{name} is {} in tenant {}{}",
+                    cell(bound, "/role"),
+                    cell(bound, "/tenant"),
+                    bound
+                        .pointer("/environment")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|env| format!(" for environment {env}"))
+                        .unwrap_or_default()
+                );
+            });
+        }
+        UserCommand::Unbind {
+            name,
+            role,
+            environment,
+        } => {
+            let mut pairs = vec![
+                ("tenant", Some(tenant.as_str())),
+                ("role", Some(role.as_str())),
+            ];
+            pairs.push(("environment", environment.as_deref()));
+            client
+                .delete(&format!(
+                    "/users/{}/bindings{}",
+                    path(&name),
+                    super::query(&pairs)
+                ))
+                .await?;
+            let value = json!({ "unbound": { "user": name, "tenant": tenant, "role": role, "environment": environment } });
+            context.print(&value, |_| {
+                println!("unbound {role} in tenant {tenant} from {name}")
+            });
+        }
+        UserCommand::Bindings { name } => {
+            let bindings = client
+                .get(&format!("/users/{}/bindings", path(&name)))
+                .await?;
+            context.print(&bindings, |bindings| {
+                rows(
+                    bindings,
+                    &["tenant", "role", "environment"],
+                    &["/tenant", "/role", "/environment"],
+                );
+            });
+        }
         UserCommand::Create { name, roles } => {
             let created = client
                 .post("/users", json!({ "name": name, "roles": roles }))
@@ -103,11 +193,72 @@ pub async fn whoami(context: &Context) -> anyhow::Result<()> {
             user,
             &[
                 ("name", "/name"),
+                ("tenant", "/tenant"),
                 ("roles", "/roles"),
                 ("created", "/created_at"),
                 ("id", "/id"),
             ],
         );
+        if let Some(bindings) = user.get("bindings").and_then(serde_json::Value::as_array) {
+            for binding in bindings {
+                println!(
+                    "binding: {} in {}{}",
+                    cell(binding, "/role"),
+                    cell(binding, "/tenant"),
+                    binding
+                        .pointer("/environment")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|env| format!(" (environment {env})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
     });
+    Ok(())
+}
+
+/// `stella tenant …`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant: a space of its own; bind users to it with `user bind`.
+    Create {
+        /// 1 to 48 lowercase letters, digits or '-'.
+        name: String,
+    },
+    /// List tenants (a server admin sees all, anyone else those they hold a role in).
+    List,
+    /// Delete an empty tenant (no environment, no agent).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Tenant name.
+        name: String,
+    },
+}
+
+/// `stella tenant …`: always in `default`, where tenants are managed.
+pub async fn tenant(context: &Context, command: TenantCommand) -> anyhow::Result<()> {
+    let client = &context.client.in_default_tenant();
+    match command {
+        TenantCommand::Create { name } => {
+            let created = client.post("/tenants", json!({ "name": name })).await?;
+            context.print(&created, |created| {
+                println!("created tenant {}", cell(created, "/name"));
+            });
+        }
+        TenantCommand::List => {
+            let tenants = client.get("/tenants").await?;
+            context.print(&tenants, |tenants| {
+                rows(
+                    tenants,
+                    &["name", "created", "by"],
+                    &["/name", "/created_at", "/created_by"],
+                );
+            });
+        }
+        TenantCommand::Delete { name } => {
+            client.delete(&format!("/tenants/{}", path(&name))).await?;
+            context.deleted("tenant", &name);
+        }
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
+use super::tenancy::Scoped;
 use crate::app::{now_ms, App};
 use crate::domain::Agent;
 
@@ -110,7 +111,7 @@ impl AgentView {
         (status = 403, description = "The caller has no role that reads (`forbidden`)", body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<AgentView>>> {
+pub async fn list(Scoped(app): Scoped, caller: Caller) -> ApiResult<Json<Vec<AgentView>>> {
     caller.require(Permission::Read)?;
     let agents = app.store.list_agents().await?;
     Ok(Json(
@@ -133,7 +134,7 @@ pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json
     ),
     security(("bearer" = [])))]
 pub async fn show(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
@@ -166,7 +167,7 @@ pub struct RevokeRequest {
     ),
     security(("bearer" = [])))]
 pub async fn revoke(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(agent): Path<String>,
     body: Result<Option<ApiJson<RevokeRequest>>, ApiError>,
@@ -212,7 +213,7 @@ pub struct JoinTokenView {
     ),
     security(("bearer" = [])))]
 pub async fn create_join_token(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<Option<ApiJson<JoinTokenRequest>>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<JoinTokenView>)> {
@@ -290,7 +291,7 @@ pub async fn gateway(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<Ga
     ),
     security(("bearer" = [])))]
 pub async fn delete(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(agent): Path<String>,
 ) -> ApiResult<http::StatusCode> {

@@ -35,7 +35,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::ApiState;
+use super::tenancy::Scoped;
+use crate::domain::TenantId;
 
 /// The actor of a request that authenticated no one.
 pub const ANONYMOUS: &str = "anonymous";
@@ -48,13 +50,20 @@ const MAX_OBJECT_CHARS: usize = 1024;
 
 /// Where the [`Caller`] extractor leaves the authenticated user's name for the audit
 /// middleware, so that a request is authenticated once.
+/// With it, the tenant the caller was let into: the entry goes to that tenant's chain
+/// (to `default`'s when the request reached no tenant).
 #[derive(Clone, Debug, Default)]
-pub struct AuditActor(Arc<OnceLock<String>>);
+pub struct AuditActor(Arc<OnceLock<String>>, Arc<OnceLock<TenantId>>);
 
 impl AuditActor {
     /// Records the authenticated user (the first one recorded stays).
     pub fn record(&self, name: &str) {
         let _ = self.0.set(name.to_owned());
+    }
+
+    /// Records the tenant the caller acts in (the first one recorded stays).
+    pub fn record_tenant(&self, tenant: &TenantId) {
+        let _ = self.1.set(tenant.clone());
     }
 
     fn name(&self) -> &str {
@@ -65,7 +74,8 @@ impl AuditActor {
 /// Appends every mutating request under `/api/v1/` and `/v1/task-runner/` to the audit log after its handler
 /// ran. The body is read here, within the API's size and time limits (refusing it as
 /// the handler would), digested, and handed on.
-pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub async fn record(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let app = state.app.clone();
     let mutating = matches!(
         *request.method(),
         http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
@@ -104,7 +114,12 @@ pub async fn record(State(app): State<Arc<App>>, request: Request, next: Next) -
             None,
         ),
     };
+    let tenant = actor.1.get().cloned();
     let actor = actor.name().to_owned();
+    let app = match tenant {
+        Some(tenant) => state.tenants.get(&tenant).await.unwrap_or(app),
+        None => app,
+    };
     let object = match break_glass {
         Some(reason) => format!("{path} break-glass by {actor}: {reason}"),
         None => path,
@@ -259,7 +274,7 @@ impl AuditPage {
     ),
     security(("bearer" = [])))]
 pub async fn list_audit(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     page: Result<ApiQuery<AuditPage>, ApiError>,
 ) -> ApiResult<Json<Vec<AuditEntryView>>> {
@@ -283,7 +298,7 @@ pub async fn list_audit(
     ),
     security(("bearer" = [])))]
 pub async fn list_audit_checkpoints(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     page: Result<ApiQuery<AuditPage>, ApiError>,
 ) -> ApiResult<Json<Vec<CheckpointView>>> {

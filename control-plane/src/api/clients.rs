@@ -80,7 +80,7 @@ pub async fn create_client(
     caller: Caller,
     body: Result<ApiJson<CreateClientRequest>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<CreatedClient>)> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     let ApiJson(body) = body?;
     let scopes = body
         .scopes
@@ -115,7 +115,7 @@ pub async fn list_clients(
     State(app): State<Arc<App>>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<ClientView>>> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     let clients = app.store.list_clients().await?;
     Ok(Json(clients.into_iter().map(ClientView::from).collect()))
 }
@@ -137,6 +137,6 @@ pub async fn revoke_client(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ClientView>> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     Ok(Json(app.revoke_client(&id).await?.into()))
 }

@@ -1,9 +1,7 @@
 //! `/api/v1/decisions` and `/api/v1/keys`: signed decision records, their replay and
 //! evidence packets, and the public keys that verify them.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::envelope::{ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::Scoped;
 
 /// A decision record.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -50,7 +48,7 @@ pub struct DecisionView {
     ),
     security(("bearer" = [])))]
 pub async fn show_decision(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DecisionView>> {
@@ -109,7 +107,7 @@ pub struct DifferenceView {
     ),
     security(("bearer" = [])))]
 pub async fn replay_decision(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ReplayView>> {
@@ -146,7 +144,7 @@ pub async fn replay_decision(
     ),
     security(("bearer" = [])))]
 pub async fn export_evidence(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
@@ -178,10 +176,7 @@ pub struct KeyView {
         (status = 401, description = "No valid token (`unauthenticated`)", body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
-pub async fn list_keys(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-) -> ApiResult<Json<Vec<KeyView>>> {
+pub async fn list_keys(Scoped(app): Scoped, caller: Caller) -> ApiResult<Json<Vec<KeyView>>> {
     caller.require(Permission::Read)?;
     Ok(Json(
         app.store

@@ -1,15 +1,13 @@
 //! `/api/v1/deployments`: deployments, their logs, cancel, and rollback.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::Scoped;
 use crate::domain::{DeploySpec, Deployment, Task};
 
 /// A deployment and its tasks.
@@ -150,7 +148,7 @@ pub struct DeploymentFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_deployments(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<DeploymentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
@@ -187,7 +185,7 @@ pub async fn list_deployments(
     ),
     security(("bearer" = [])))]
 pub async fn show_deployment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {
@@ -234,7 +232,7 @@ pub struct LogLineView {
     ),
     security(("bearer" = [])))]
 pub async fn deployment_logs(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
     query: Result<ApiQuery<LogQuery>, ApiError>,
@@ -286,7 +284,7 @@ pub struct Rollback {
     ),
     security(("bearer" = [])))]
 pub async fn rollback(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
     body: Result<Option<ApiJson<Rollback>>, ApiError>,
@@ -316,7 +314,7 @@ pub async fn rollback(
     ),
     security(("bearer" = [])))]
 pub async fn cancel_deployment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentView>> {

@@ -1,15 +1,12 @@
 //! `/api/v1/drift`: drift findings reported by agents.
 
-use std::sync::Arc;
-
-use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::Scoped;
 use crate::domain::DriftRecord;
 
 /// A drift finding.
@@ -72,7 +69,7 @@ pub struct DriftFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_drift(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<DriftFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<DriftView>>> {

@@ -140,10 +140,14 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T>
+where
+    Arc<App>: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = &<Arc<App> as axum::extract::FromRef<S>>::from_ref(state);
         require_json(req.headers())?;
         let limit = app.config.api_max_body_bytes;
         let bytes = read_body(req, limit, "api_max_body_bytes", &app.config).await?;
@@ -157,10 +161,14 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
 #[derive(Debug)]
 pub struct ApiDocument(pub Bytes);
 
-impl FromRequest<Arc<App>> for ApiDocument {
+impl<S: Send + Sync> FromRequest<S> for ApiDocument
+where
+    Arc<App>: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = &<Arc<App> as axum::extract::FromRef<S>>::from_ref(state);
         require_json(req.headers())?;
         let limit = app.config.api_max_scan_bytes;
         read_body(req, limit, "api_max_scan_bytes", &app.config)
@@ -171,17 +179,20 @@ impl FromRequest<Arc<App>> for ApiDocument {
 
 /// An optional JSON body: absent when the request has neither a `content-type` nor a
 /// body.
-impl<T: DeserializeOwned> axum::extract::OptionalFromRequest<Arc<App>> for ApiJson<T> {
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::OptionalFromRequest<S> for ApiJson<T>
+where
+    Arc<App>: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, app: &Arc<App>) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
         let headers = req.headers();
         let has_body = headers.contains_key(http::header::TRANSFER_ENCODING)
             || declared_length(headers).is_some_and(|length| length > 0);
         if !headers.contains_key(http::header::CONTENT_TYPE) && !has_body {
             return Ok(None);
         }
-        <Self as FromRequest<Arc<App>>>::from_request(req, app)
+        <Self as FromRequest<S>>::from_request(req, state)
             .await
             .map(Some)
     }
@@ -378,8 +389,19 @@ pub fn role_allows(role: Role, permission: Permission) -> bool {
 /// or an OAuth2 access token), and the credential it used. An OAuth2 client is a user
 /// named `client:<id>` holding the roles its token's `stella.*` scopes grant, so a
 /// scope that does not cover a call is refused like a missing role (403).
+///
+/// The user's roles are those it holds in the request's tenant (the third field):
+/// `X-StellaOps-Tenant`, else `default`. In `default` they are the user's own roles
+/// plus its bindings there; in any other tenant its bindings there, and a caller with
+/// none is refused (`403 tenant_forbidden`, the same answer for a tenant that does not
+/// exist). Bindings narrowed to an environment count only through
+/// [`Caller::require_in`].
 #[derive(Debug, Clone)]
-pub struct Caller(pub User, pub crate::auth::Credential);
+pub struct Caller(
+    pub User,
+    pub crate::auth::Credential,
+    pub super::tenancy::Tenancy,
+);
 
 impl Caller {
     /// Who called, and with what.
@@ -392,6 +414,42 @@ impl Caller {
 }
 
 impl Caller {
+    /// 403 unless one of the caller's roles in the tenant, or one narrowed to
+    /// `environment`, grants `permission`.
+    pub fn require_in(&self, permission: Permission, environment: &str) -> Result<(), ApiError> {
+        let narrowed = self
+            .2
+            .narrowed
+            .iter()
+            .any(|(role, env)| env == environment && role_allows(*role, permission));
+        if narrowed {
+            return Ok(());
+        }
+        self.require(permission)
+    }
+
+    /// 403 unless the request acts in `default` and the caller's roles there grant
+    /// `permission`: for what is the server's rather than a tenant's (users, tokens,
+    /// clients, tenants and who may enter them).
+    pub fn require_server(&self, permission: Permission) -> Result<(), ApiError> {
+        if !self.2.tenant.is_default() {
+            return Err(ApiError(AppError::new(
+                ErrorKind::PermissionDenied,
+                "forbidden",
+                format!(
+                    "users, tokens, clients and tenants are managed in the default tenant, not in `{}`",
+                    self.2.tenant
+                ),
+            )));
+        }
+        self.require(permission)
+    }
+
+    /// The request's tenant.
+    pub fn tenant(&self) -> &crate::domain::TenantId {
+        &self.2.tenant
+    }
+
     /// 403 unless one of the caller's roles grants `permission`.
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self
@@ -428,10 +486,18 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<Arc<App>> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<App>: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let app = &<Arc<App> as axum::extract::FromRef<S>>::from_ref(state);
         let unauthenticated = |message: &str| {
             ApiError(AppError::new(
                 ErrorKind::Unauthenticated,
@@ -466,7 +532,14 @@ impl FromRequestParts<Arc<App>> for Caller {
                 if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
                     actor.record(&principal.user.name);
                 }
-                Ok(Caller(principal.user, principal.credential))
+                let (user, tenancy) =
+                    super::tenancy::resolve(app, &parts.headers, principal.user).await?;
+                if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
+                    actor.record_tenant(&tenancy.tenant);
+                }
+                let caller = Caller(user, principal.credential, tenancy);
+                parts.extensions.insert(caller.clone());
+                Ok(caller)
             }
             Err(failure) => Err(refused(failure)),
         }

@@ -1,15 +1,14 @@
 //! `/api/v1/environments`: environments, their promotion order, drift mode and
 //! deployment timeout.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
+use super::tenancy::Scoped;
 use crate::app::{App, EnvironmentChange};
 use crate::domain::{DriftMode, Environment};
 use crate::error::AppError;
@@ -245,7 +244,7 @@ fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
     ),
     security(("bearer" = [])))]
 pub async fn create_environment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<CreateEnvironment>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<EnvironmentView>)> {
@@ -281,7 +280,7 @@ pub async fn create_environment(
     ),
     security(("bearer" = [])))]
 pub async fn list_environments(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
 ) -> ApiResult<Json<Vec<EnvironmentView>>> {
     caller.require(Permission::Read)?;
@@ -305,7 +304,7 @@ pub async fn list_environments(
     ),
     security(("bearer" = [])))]
 pub async fn show_environment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
@@ -329,7 +328,7 @@ pub async fn show_environment(
     ),
     security(("bearer" = [])))]
 pub async fn update_environment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
     body: Result<ApiJson<UpdateEnvironment>, ApiError>,
@@ -376,7 +375,7 @@ pub struct DeleteEnvironment {
     ),
     security(("bearer" = [])))]
 pub async fn delete_environment(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
     query: Result<ApiQuery<DeleteEnvironment>, ApiError>,

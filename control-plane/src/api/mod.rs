@@ -27,6 +27,8 @@ pub mod releases;
 pub mod scans;
 pub mod targets;
 pub mod task_runner;
+pub mod tenancy;
+pub mod tenants;
 pub mod tls;
 pub mod tokens;
 pub mod users;
@@ -48,12 +50,19 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::error::{AppError, ErrorKind};
 use crate::metrics::{HttpLabels, HttpLatencyLabels};
+use crate::tenants::Tenants;
 use envelope::{ApiError, TRACE_ID};
 
 pub use openapi::ApiDoc;
+use tenancy::ApiState;
 
 /// The whole HTTP surface.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(tenants: Arc<Tenants>) -> Router {
+    let app = tenants.default_app().clone();
+    let state = ApiState {
+        app: app.clone(),
+        tenants,
+    };
     let api = Router::new()
         .route("/agents", get(agents::list))
         .route("/agents/join-tokens", post(agents::create_join_token))
@@ -67,6 +76,14 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/users/{name}/tokens", post(users::create_token))
         .route("/whoami", get(users::whoami))
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route("/tenants/{name}", axum::routing::delete(tenants::delete))
+        .route(
+            "/users/{name}/bindings",
+            get(tenants::list_bindings)
+                .post(tenants::bind)
+                .delete(tenants::unbind),
+        )
         .route(
             "/tokens",
             get(tokens::list_tokens).post(tokens::create_token),
@@ -212,23 +229,24 @@ pub fn router(app: Arc<App>) -> Router {
         // Inside `observe`: an entry is appended within the request's trace span, and a
         // body the audit middleware refuses leaves as the envelope.
         .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            state.clone(),
             audit::record,
         ))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
-        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(app, observe))
+        .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown`, with the limits of the app's
 /// configuration (see [`listener`]).
 pub async fn serve(
-    app: Arc<App>,
+    tenants: Arc<Tenants>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let app = tenants.default_app().clone();
     let limits = listener::ListenerLimits::of(&app.config);
     let tls = app.api_tls.as_ref().map(|tls| tls.acceptor());
-    listener::serve(app.clone(), router(app), listener, limits, tls, shutdown).await
+    listener::serve(app, router(tenants), listener, limits, tls, shutdown).await
 }
 
 /// A new trace id: 32 hex digits.

@@ -13,7 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::{App, MAX_KIT_RELEASES};
+use super::tenancy::Scoped;
+use crate::app::MAX_KIT_RELEASES;
 use crate::error::AppError;
 use stella_decision::offline::KitDownload;
 
@@ -46,7 +47,8 @@ pub struct BundleRequest {
     ),
     security(("bearer" = [])))]
 pub async fn bundle_kit(
-    State(app): State<Arc<App>>,
+    State(tenants): State<Arc<crate::tenants::Tenants>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: http::HeaderMap,
     body: Result<ApiJson<BundleRequest>, ApiError>,
@@ -67,7 +69,7 @@ pub async fn bundle_kit(
         };
         releases.push((name.to_owned(), version.to_owned()));
     }
-    let downloads = served_downloads(&app, &headers).await?;
+    let downloads = served_downloads(&tenants, &headers).await?;
     let bundled = app.bundle_kit(&releases, downloads).await?;
     let tar = bundled.kit.to_tar().map_err(|e| {
         AppError::new(
@@ -132,7 +134,7 @@ pub struct ImportedEvidenceView {
     ),
     security(("bearer" = [])))]
 pub async fn import_evidence(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<ImportEvidence>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<ImportedEvidenceView>)> {
@@ -209,7 +211,7 @@ pub struct ImportedEvidenceList {
     ),
     security(("bearer" = [])))]
 pub async fn list_imported_evidence(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<ImportedFilter>, ApiError>,
 ) -> ApiResult<Json<ImportedEvidenceList>> {
@@ -243,10 +245,10 @@ const MAX_DOWNLOAD_BYTES: usize = 512 * 1024 * 1024;
 /// file checked against the listing's size and sha256. `None` when the listing answers
 /// 404 (this server serves no downloads).
 async fn served_downloads(
-    app: &Arc<App>,
+    tenants: &Arc<crate::tenants::Tenants>,
     headers: &http::HeaderMap,
 ) -> Result<Option<Vec<(KitDownload, Vec<u8>)>>, ApiError> {
-    let listing = own_get(app, headers, "/api/v1/downloads").await?;
+    let listing = own_get(tenants, headers, "/api/v1/downloads").await?;
     let (status, bytes) = match listing {
         Some(answer) => answer,
         None => return Ok(None),
@@ -281,7 +283,7 @@ async fn served_downloads(
             ))
             .into());
         }
-        let (status, bytes) = own_get(app, headers, &item.url)
+        let (status, bytes) = own_get(tenants, headers, &item.url)
             .await?
             .ok_or_else(|| downloads_error(format!("GET {}: 404", item.url)))?;
         if status != http::StatusCode::OK {
@@ -306,7 +308,7 @@ async fn served_downloads(
 
 /// `GET path` through this server's own router, as the caller; `None` on 404.
 async fn own_get(
-    app: &Arc<App>,
+    tenants: &Arc<crate::tenants::Tenants>,
     headers: &http::HeaderMap,
     path: &str,
 ) -> Result<Option<(http::StatusCode, axum::body::Bytes)>, ApiError> {
@@ -318,7 +320,7 @@ async fn own_get(
     let request = request
         .body(axum::body::Body::empty())
         .map_err(|e| downloads_error(format!("GET {path}: {e}")))?;
-    let response = match super::router(app.clone()).oneshot(request).await {
+    let response = match super::router(tenants.clone()).oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };

@@ -15,8 +15,8 @@ use utoipa::OpenApi;
 
 use super::{
     agents, audit, clients, decisions, deployments, downloads, drift, envelope, environments,
-    health, oauth, offline, promotions, registries, releases, scans, targets, tokens, users,
-    variables, webhooks,
+    health, oauth, offline, promotions, registries, releases, scans, targets, tenants, tokens,
+    users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -27,7 +27,9 @@ use super::{
         description = "Release control plane for container estates without Kubernetes.\n\n\
             Every call under `/api/v1/` but `/gateway`, `/downloads` and `/openapi.json` needs \
             `Authorization: Bearer <token>`: an API token, or an OAuth2 access token \
-            from `POST /oauth/token` whose `stella.*` scopes stand for roles. Errors are `{\"error\":{\"code\",\"message\",\
+            from `POST /oauth/token` whose `stella.*` scopes stand for roles. A request acts \
+            in the tenant `X-StellaOps-Tenant` names (`default` when absent), with the \
+            caller's roles there. Errors are `{\"error\":{\"code\",\"message\",\
             \"traceId\"}}` with a fitting 4xx/5xx status; the trace id is also in the \
             `x-trace-id` header of every response and in the server's log line for the \
             request."
@@ -37,6 +39,8 @@ use super::{
         agents::gateway,
         users::create, users::list, users::update, users::delete, users::create_token,
         users::whoami,
+        tenants::list, tenants::create, tenants::delete, tenants::list_bindings,
+        tenants::bind, tenants::unbind,
         tokens::list_tokens, tokens::create_token, tokens::revoke_token,
         clients::create_client, clients::list_clients, clients::revoke_client,
         oauth::token, oauth::jwks, oauth::metadata,
@@ -69,6 +73,7 @@ use super::{
     tags(
         (name = "agents", description = "Agents, their enrolment and revocation"),
         (name = "users", description = "Users, roles and API tokens"),
+        (name = "tenants", description = "Tenants, each a space of its own, and users' roles in them"),
         (name = "tokens", description = "API tokens: named, expiring, listed and revoked one by one"),
         (name = "clients", description = "OAuth2 clients (service accounts) of the client credentials grant"),
         (name = "oauth", description = "OAuth2 token endpoint (client credentials), JWK set and server metadata"),

@@ -1,15 +1,14 @@
 //! `/api/v1/promotions`: promotion requests, their gates and approvals.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::{App, PromotionDetail};
+use super::tenancy::Scoped;
+use crate::app::PromotionDetail;
 use crate::domain::PromotionState;
 use crate::error::AppError;
 
@@ -177,12 +176,24 @@ impl From<PromotionDetail> for PromotionView {
     ),
     security(("bearer" = [])))]
 pub async fn promote(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<Promote>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<PromotionView>)> {
-    caller.require(Permission::Operate)?;
-    let ApiJson(body) = body?;
+    let ApiJson(body) = match caller.require(Permission::Operate) {
+        Ok(()) => body?,
+        // A role narrowed to the environment may promote into it: the body says which.
+        Err(refused) => match body {
+            Ok(body)
+                if caller
+                    .require_in(Permission::Operate, &body.0.environment)
+                    .is_ok() =>
+            {
+                body
+            }
+            _ => return Err(refused),
+        },
+    };
     let detail = app
         .promote(
             &body.release,
@@ -220,7 +231,7 @@ pub struct PromotionFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_promotions(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<PromotionFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<PromotionView>>> {
@@ -264,7 +275,7 @@ pub async fn list_promotions(
     ),
     security(("bearer" = [])))]
 pub async fn show_promotion(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PromotionView>> {
@@ -297,12 +308,12 @@ pub struct Answer {
     ),
     security(("bearer" = [])))]
 pub async fn approve_promotion(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<ApiJson<Answer>, ApiError>,
 ) -> ApiResult<Json<PromotionView>> {
-    caller.require(Permission::Approve)?;
+    require_for_promotion(&app, &caller, &id).await?;
     let ApiJson(body) = body?;
     Ok(Json(
         app.approve_promotion(&id, &caller.0, body.comment)
@@ -325,16 +336,36 @@ pub async fn approve_promotion(
     ),
     security(("bearer" = [])))]
 pub async fn reject_promotion(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<ApiJson<Answer>, ApiError>,
 ) -> ApiResult<Json<PromotionView>> {
-    caller.require(Permission::Approve)?;
+    require_for_promotion(&app, &caller, &id).await?;
     let ApiJson(body) = body?;
     Ok(Json(
         app.reject_promotion(&id, &caller.0, body.comment)
             .await?
             .into(),
     ))
+}
+
+/// 403 unless the caller may approve in the promotion's tenant, or holds the approver
+/// role narrowed to the promotion's environment.
+async fn require_for_promotion(
+    app: &crate::app::App,
+    caller: &Caller,
+    id: &str,
+) -> Result<(), ApiError> {
+    let refused = match caller.require(Permission::Approve) {
+        Ok(()) => return Ok(()),
+        Err(refused) => refused,
+    };
+    if caller.2.narrowed.is_empty() {
+        return Err(refused);
+    }
+    match app.find_promotion(id).await {
+        Ok(promotion) => caller.require_in(Permission::Approve, &promotion.environment),
+        Err(_) => Err(refused),
+    }
 }

@@ -1,15 +1,13 @@
 //! `/api/v1/registries`: OCI registries and their (sealed) credentials.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::Scoped;
 use crate::domain::Registry;
 
 /// A registry (never with its password).
@@ -78,7 +76,7 @@ impl std::fmt::Debug for AddRegistry {
     ),
     security(("bearer" = [])))]
 pub async fn add_registry(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<AddRegistry>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<RegistryView>)> {
@@ -101,7 +99,7 @@ pub async fn add_registry(
     ),
     security(("bearer" = [])))]
 pub async fn list_registries(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
 ) -> ApiResult<Json<Vec<RegistryView>>> {
     caller.require(Permission::Read)?;
@@ -130,7 +128,7 @@ pub async fn list_registries(
     ),
     security(("bearer" = [])))]
 pub async fn delete_registry(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(host): Path<String>,
 ) -> ApiResult<http::StatusCode> {

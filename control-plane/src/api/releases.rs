@@ -1,17 +1,17 @@
 //! `/api/v1/releases`: releases, their tags resolved to digests at creation.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
+use super::tenancy::Scoped;
 use super::webhooks::EventView;
-use crate::app::{App, ComponentRequest};
+use crate::app::ComponentRequest;
 use crate::domain::{EventKind, Release};
 
 /// A release.
@@ -129,7 +129,7 @@ pub struct CreateRelease {
     ),
     security(("bearer" = [])))]
 pub async fn create_release(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<CreateRelease>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<ReleaseView>)> {
@@ -170,7 +170,7 @@ pub struct ReleaseFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_releases(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<ReleaseFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<ReleaseView>>> {
@@ -200,7 +200,7 @@ pub async fn list_releases(
     ),
     security(("bearer" = [])))]
 pub async fn show_release(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<ReleaseDetailView>> {

@@ -1,9 +1,7 @@
 //! `/api/v1/scans`: scan reports (Trivy, Grype) and OpenVEX documents, imported as
 //! they are; and what is known about one image digest.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,7 +10,8 @@ use super::envelope::{
     ApiDocument, ApiError, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission,
 };
 use super::rfc3339;
-use crate::app::{App, Reevaluation, ScanDetail, ScanImport};
+use super::tenancy::Scoped;
+use crate::app::{Reevaluation, ScanDetail, ScanImport};
 
 /// The image an import is for.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -117,7 +116,7 @@ pub fn verdict_state(passed: bool) -> &'static str {
     ),
     security(("bearer" = [])))]
 pub async fn import_scan(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     target: Result<ApiQuery<ImportTarget>, ApiError>,
     bytes: Result<ApiDocument, ApiError>,
@@ -262,7 +261,7 @@ impl From<ScanDetail> for ScanView {
     ),
     security(("bearer" = [])))]
 pub async fn show_scan(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(digest): Path<String>,
 ) -> ApiResult<Json<ScanView>> {

@@ -1,15 +1,15 @@
 //! `/api/v1/targets`: deployment targets, each driven by one agent.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
+use super::tenancy::Scoped;
 use crate::app::{App, TargetChange};
 use crate::domain::Target;
 
@@ -91,7 +91,7 @@ pub struct CreateTarget {
     ),
     security(("bearer" = [])))]
 pub async fn create_target(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<CreateTarget>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<TargetView>)> {
@@ -132,7 +132,7 @@ pub struct EnvironmentFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_targets(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<EnvironmentFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<TargetView>>> {
@@ -161,7 +161,7 @@ pub async fn list_targets(
     ),
     security(("bearer" = [])))]
 pub async fn show_target(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TargetView>> {
@@ -202,7 +202,7 @@ pub struct UpdateTarget {
     ),
     security(("bearer" = [])))]
 pub async fn update_target(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
     body: Result<ApiJson<UpdateTarget>, ApiError>,
@@ -233,7 +233,7 @@ pub async fn update_target(
     ),
     security(("bearer" = [])))]
 pub async fn delete_target(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<http::StatusCode> {
@@ -277,7 +277,7 @@ pub struct TargetCheckView {
     ),
     security(("bearer" = [])))]
 pub async fn check_target(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TargetCheckView>> {

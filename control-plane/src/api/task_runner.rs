@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -26,6 +26,7 @@ use stella_packs::PlanErrors;
 
 use super::envelope::{ApiError, ApiQuery, ApiResult, Caller};
 use super::rfc3339;
+use super::tenancy::Scoped;
 use crate::app::runs::{valid_tenant, RunRequestError, RunView};
 use crate::app::App;
 use crate::domain::{Role, RunArtifact, RunLogLine, DEFAULT_TENANT};
@@ -265,7 +266,7 @@ fn manifest_and_inputs(
 }
 
 /// `POST /v1/task-runner/simulations`.
-pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
+pub async fn simulate(Scoped(app): Scoped, caller: Caller, request: Request) -> Response {
     if let Err(response) = plan_tenant(&caller, Scope::Viewer, request.headers()) {
         return *response;
     }
@@ -284,7 +285,7 @@ pub async fn simulate(State(app): State<Arc<App>>, caller: Caller, request: Requ
 }
 
 /// `POST /v1/task-runner/runs`: 201 with `Location`.
-pub async fn create_run(State(app): State<Arc<App>>, caller: Caller, request: Request) -> Response {
+pub async fn create_run(Scoped(app): Scoped, caller: Caller, request: Request) -> Response {
     let tenant = match plan_tenant(&caller, Scope::Operator, request.headers()) {
         Ok(tenant) => tenant,
         Err(response) => return *response,
@@ -356,7 +357,7 @@ pub struct ListQuery {
 
 /// `GET /v1/task-runner/runs`: the tenant's runs, newest first (summary rows).
 pub async fn list_runs(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     query: Result<ApiQuery<ListQuery>, ApiError>,
@@ -385,7 +386,7 @@ pub async fn list_runs(
 
 /// `GET /v1/task-runner/runs/{runId}`.
 pub async fn show_run(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path(run_id): Path<String>,
@@ -433,7 +434,7 @@ fn ndjson(lines: &[RunLogLine]) -> Bytes {
 /// `GET /v1/task-runner/runs/{runId}/logs`: NDJSON; with `?follow=true` the response
 /// stays open, sending lines as they are stored, until the run has finished.
 pub async fn run_logs(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path(run_id): Path<String>,
@@ -534,7 +535,7 @@ fn artifact_json(artifact: &RunArtifact) -> Value {
 
 /// `GET /v1/task-runner/runs/{runId}/artifacts`.
 pub async fn list_artifacts(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path(run_id): Path<String>,
@@ -550,7 +551,7 @@ pub async fn list_artifacts(
 /// `GET /v1/task-runner/runs/{runId}/artifacts/{name}`: a file's bytes, or an object's
 /// JSON value.
 pub async fn download_artifact(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path((run_id, name)): Path<(String, String)>,
@@ -601,7 +602,7 @@ pub struct ApprovalDecisionRequest {
 
 /// `POST /v1/task-runner/runs/{runId}/approvals/{approvalId}`.
 pub async fn decide_approval(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path((run_id, approval_id)): Path<(String, String)>,
@@ -653,7 +654,7 @@ pub async fn decide_approval(
 
 /// `POST /v1/task-runner/runs/{runId}/cancel`: 202 with `Location`.
 pub async fn cancel_run(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     headers: HeaderMap,
     Path(run_id): Path<String>,
@@ -681,7 +682,7 @@ fn spec_etag() -> String {
 /// `GET /.well-known/openapi`: where the contract is, its ETag, and an Ed25519
 /// signature of its bytes by the server's signing key (`ed25519:<key id>:<base64>`),
 /// which `/api/v1/keys` lists.
-pub async fn openapi_metadata(State(app): State<Arc<App>>) -> Response {
+pub async fn openapi_metadata(Scoped(app): Scoped) -> Response {
     let etag = spec_etag();
     let signature = format!(
         "ed25519:{}:{}",

@@ -24,6 +24,12 @@ pub struct UserView {
     pub roles: Vec<String>,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// `whoami` only: the request's tenant, whose roles `roles` lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `whoami` only: every role binding the user holds, in any tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<super::tenants::BindingView>,
 }
 
 impl From<User> for UserView {
@@ -33,6 +39,8 @@ impl From<User> for UserView {
             name: user.name,
             roles: user.roles.iter().map(ToString::to_string).collect(),
             created_at: rfc3339(user.created_at_ms),
+            tenant: None,
+            bindings: Vec::new(),
         }
     }
 }
@@ -81,7 +89,7 @@ pub async fn create(
     caller: Caller,
     body: Result<ApiJson<CreateUserRequest>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<UserWithToken>)> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     let ApiJson(body) = body?;
     let roles = parse_roles(&body.roles)?;
     let (user, token) = app.create_user(&body.name, roles).await?;
@@ -104,7 +112,7 @@ pub async fn create(
     ),
     security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<Vec<UserView>>> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     let users = app.store.list_users().await?;
     Ok(Json(users.into_iter().map(UserView::from).collect()))
 }
@@ -138,7 +146,7 @@ pub async fn create_token(
         return Err(refusal);
     }
     let issue = async {
-        caller.require(Permission::Administer)?;
+        caller.require_server(Permission::Administer)?;
         let user = app.store.find_user(&name).await?;
         let request = body?.map(|ApiJson(body)| body).unwrap_or_default();
         super::tokens::issue(&app, &user, request).await
@@ -148,12 +156,21 @@ pub async fn create_token(
 
 /// The calling user.
 ///
-/// The user the bearer token belongs to, with its roles; any valid token may ask.
+/// The user the bearer token belongs to, with its roles in the request's tenant and
+/// every role binding it holds; any valid token may ask.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "users", operation_id = "whoami",
     responses((status = 200, description = "The caller", body = UserView)),
     security(("bearer" = [])))]
-pub async fn whoami(caller: Caller) -> Json<UserView> {
-    Json(caller.0.into())
+pub async fn whoami(State(app): State<Arc<App>>, caller: Caller) -> ApiResult<Json<UserView>> {
+    let bindings = app.store.role_bindings(&caller.0.id).await?;
+    let tenant = caller.tenant().to_string();
+    let mut view = UserView::from(caller.0);
+    view.tenant = Some(tenant);
+    view.bindings = bindings
+        .into_iter()
+        .map(super::tenants::BindingView::from)
+        .collect();
+    Ok(Json(view))
 }
 
 fn parse_roles(roles: &[String]) -> Result<Vec<Role>, AppError> {
@@ -197,7 +214,7 @@ pub async fn update(
     Path(name): Path<String>,
     body: Result<ApiJson<UpdateUserRequest>, ApiError>,
 ) -> ApiResult<Json<UserView>> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     let ApiJson(body) = body?;
     let user = app.set_user_roles(&name, parse_roles(&body.roles)?).await?;
     Ok(Json(user.into()))
@@ -221,7 +238,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<http::StatusCode> {
-    caller.require(Permission::Administer)?;
+    caller.require_server(Permission::Administer)?;
     app.delete_user(&name, &caller.0).await?;
     Ok(http::StatusCode::NO_CONTENT)
 }

@@ -1,16 +1,15 @@
 //! `/api/v1/environments/{env}/variables` and `/secrets`: the values target settings
 //! reference as `${var.NAME}` and `${secret.NAME}`. Secret values go in, never out.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::envelope::{ApiError, ApiJson, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::{App, VariableView as AppVariable};
+use super::tenancy::Scoped;
+use crate::app::VariableView as AppVariable;
 use crate::domain::VariableKind;
 
 /// A variable, or a secret without its value.
@@ -71,7 +70,7 @@ impl std::fmt::Debug for SetVariable {
     ),
     security(("bearer" = [])))]
 pub async fn list_variables(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(env): Path<String>,
 ) -> ApiResult<Json<Vec<VariableView>>> {
@@ -98,7 +97,7 @@ pub async fn list_variables(
     ),
     security(("bearer" = [])))]
 pub async fn set_variable(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
     body: Result<ApiJson<SetVariable>, ApiError>,
@@ -128,7 +127,7 @@ pub async fn set_variable(
     ),
     security(("bearer" = [])))]
 pub async fn set_secret(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
     body: Result<ApiJson<SetVariable>, ApiError>,
@@ -154,7 +153,7 @@ pub async fn set_secret(
     ),
     security(("bearer" = [])))]
 pub async fn delete_variable(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
 ) -> ApiResult<http::StatusCode> {
@@ -177,7 +176,7 @@ pub async fn delete_variable(
     ),
     security(("bearer" = [])))]
 pub async fn delete_secret(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path((env, name)): Path<(String, String)>,
 ) -> ApiResult<http::StatusCode> {

@@ -1,16 +1,14 @@
 //! `/api/v1/webhooks` and `/api/v1/events`: webhooks, their deliveries, and the
 //! events they are sent.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
-use crate::app::App;
+use super::tenancy::Scoped;
 use crate::domain::{DeliveryState, Event, Webhook, WebhookDelivery};
 
 /// A webhook (never with its secret).
@@ -152,7 +150,7 @@ pub struct DeliveryFilter {
     ),
     security(("bearer" = [])))]
 pub async fn create_webhook(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     body: Result<ApiJson<CreateWebhook>, ApiError>,
 ) -> ApiResult<(http::StatusCode, Json<CreatedWebhookView>)> {
@@ -185,7 +183,7 @@ pub async fn create_webhook(
     ),
     security(("bearer" = [])))]
 pub async fn list_webhooks(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
 ) -> ApiResult<Json<Vec<WebhookView>>> {
     caller.require(Permission::Administer)?;
@@ -211,7 +209,7 @@ pub async fn list_webhooks(
     ),
     security(("bearer" = [])))]
 pub async fn delete_webhook(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<http::StatusCode> {
@@ -234,7 +232,7 @@ pub async fn delete_webhook(
     ),
     security(("bearer" = [])))]
 pub async fn list_deliveries(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     Path(id): Path<String>,
     filter: Result<ApiQuery<DeliveryFilter>, ApiError>,
@@ -318,7 +316,7 @@ pub struct EventFilter {
     ),
     security(("bearer" = [])))]
 pub async fn list_events(
-    State(app): State<Arc<App>>,
+    Scoped(app): Scoped,
     caller: Caller,
     filter: Result<ApiQuery<EventFilter>, ApiError>,
 ) -> ApiResult<Json<Vec<EventView>>> {

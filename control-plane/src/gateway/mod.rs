@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use crate::app::{now_ms, App};
 use crate::domain::{HelloRecord, HostFacts};
+use crate::tenants::Tenants;
 
 pub use tls::PeerInfo;
 
@@ -41,10 +42,11 @@ const SESSION_QUEUE: usize = 16;
 
 /// Serves the gateway on `listener` until `shutdown`.
 pub async fn serve(
-    app: Arc<App>,
+    tenants: Arc<Tenants>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let app = tenants.default_app().clone();
     let tls = tls::server_config(&app);
     let tls = match tls {
         Ok(tls) => tls,
@@ -54,7 +56,7 @@ pub async fn serve(
         }
     };
     let incoming = tls::incoming(listener, tls, app.clone(), shutdown.clone());
-    let service = AgentGatewayServer::new(Gateway { app });
+    let service = AgentGatewayServer::new(Gateway { tenants });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -67,21 +69,19 @@ pub async fn serve(
         .await
 }
 
-/// Background work of the gateway: batched heartbeat writes, revocation sync, task
+/// Background work of the gateway for one tenant: batched heartbeat writes, task
 /// deadlines and reminders of tasks waiting for unavailable agents, and tasks created or
-/// cancelled on other replicas for agents connected here.
+/// cancelled on other replicas for agents connected here. (Revocations are synced for
+/// every tenant at once by [`Tenants::refresh`].)
 pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     let mut flush = tokio::time::interval(Duration::from_millis(
         app.config.heartbeat_flush_interval_ms,
     ));
-    let mut revocations =
-        tokio::time::interval(Duration::from_secs(app.config.revocation_poll_seconds));
     let mut deadlines = tokio::time::interval(Duration::from_secs(5));
     let mut pending = tokio::time::interval(Duration::from_secs(2));
     pending.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -106,11 +106,6 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
                     tracing::warn!(%error, "cancellation propagation failed; will retry");
                 }
             }
-            _ = revocations.tick() => {
-                if let Err(error) = app.sync_revocations().await {
-                    tracing::warn!(%error, "revocation sync failed; will retry");
-                }
-            }
         }
     }
     // Last write so a clean shutdown loses no heartbeat.
@@ -119,10 +114,11 @@ pub async fn run_background(app: Arc<App>, shutdown: CancellationToken) {
     }
 }
 
-/// The tonic service.
+/// The tonic service: enrolment goes to the tenant holding the join token, a session
+/// to the tenant its agent belongs to.
 #[derive(Debug)]
 struct Gateway {
-    app: Arc<App>,
+    tenants: Arc<Tenants>,
 }
 
 fn peer_identity<T>(request: &Request<T>) -> Result<AgentIdentity, Status> {
@@ -174,7 +170,7 @@ impl AgentGateway for Gateway {
     ) -> Result<Response<EnrollResponse>, Status> {
         let request = request.into_inner();
         let enrolled = self
-            .app
+            .tenants
             .enroll(
                 &request.join_token,
                 &request.csr_der,
@@ -186,7 +182,7 @@ impl AgentGateway for Gateway {
             agent_id: enrolled.identity.agent_id,
             trust_domain: enrolled.identity.trust_domain,
             certificate_pem: enrolled.certificate.cert_pem,
-            ca_pem: self.app.pki.ca.cert_pem().to_owned(),
+            ca_pem: self.tenants.default_app().pki.ca.cert_pem().to_owned(),
             not_after_unix_seconds: unix_seconds(enrolled.certificate.not_after),
         }))
     }
@@ -196,13 +192,11 @@ impl AgentGateway for Gateway {
         request: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
         let identity = peer_identity(&request)?;
-        let certificate = self
-            .app
-            .renew(&identity, &request.into_inner().csr_der)
-            .await?;
+        let app = self.tenants.app_of_agent(&identity.agent_id).await?;
+        let certificate = app.renew(&identity, &request.into_inner().csr_der).await?;
         Ok(Response::new(RenewResponse {
             certificate_pem: certificate.cert_pem,
-            ca_pem: self.app.pki.ca.cert_pem().to_owned(),
+            ca_pem: app.pki.ca.cert_pem().to_owned(),
             not_after_unix_seconds: unix_seconds(certificate.not_after),
         }))
     }
@@ -214,7 +208,8 @@ impl AgentGateway for Gateway {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let identity = peer_identity(&request)?;
-        let agent = self.app.authorize_agent(&identity).await?;
+        let app = self.tenants.app_of_agent(&identity.agent_id).await?;
+        let agent = app.authorize_agent(&identity).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -226,24 +221,23 @@ impl AgentGateway for Gateway {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
         let in_flight = hello.in_flight.len();
-        self.app
-            .store
+        app.store
             .record_hello(&agent.id, &hello_record(hello, now_ms()))
             .await
             .map_err(crate::error::AppError::from)?;
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let guard = self.app.sessions.open(&agent.id, tx.clone());
+        let guard = app.sessions.open(&agent.id, tx.clone());
         let welcome = ServerMessage {
             body: Some(server_message::Body::Welcome(Welcome {
                 agent_id: agent.id.clone(),
                 agent_name: agent.name.clone(),
-                heartbeat_interval_seconds: self.app.config.heartbeat_interval_seconds,
+                heartbeat_interval_seconds: app.config.heartbeat_interval_seconds,
                 server_time_unix_ms: now_ms(),
             })),
         };
         // The channel is new and empty: this cannot wait.
         let _ = tx.try_send(Box::new(Ok(welcome)));
-        match self.app.desired_state_for(&agent.id).await {
+        match app.desired_state_for(&agent.id).await {
             Ok(desired) => {
                 let _ = tx.try_send(Box::new(Ok(desired)));
             }
@@ -252,12 +246,10 @@ impl AgentGateway for Gateway {
         tracing::info!(agent_id = %agent.id, agent = %agent.name, in_flight, "agent session opened");
         let span = tracing::info_span!("agent_session", agent_id = %agent.id);
         tokio::spawn(
-            run_session(self.app.clone(), agent.id.clone(), inbound, tx, guard)
-                .instrument(span.clone()),
+            run_session(app.clone(), agent.id.clone(), inbound, tx, guard).instrument(span.clone()),
         );
         // Tasks waiting for this agent, and those it had in flight (re-assigned under a
         // new epoch; its journal answers the ones it finished).
-        let app = self.app.clone();
         tokio::spawn(async move { app.dispatch_to(&agent.id).await }.instrument(span));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|item| *item),

@@ -31,6 +31,7 @@ mod releases;
 mod runs;
 mod scans;
 mod targets;
+mod tenants;
 mod tokens;
 mod users;
 mod variables;

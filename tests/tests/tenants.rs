@@ -1,0 +1,393 @@
+//! Tenants: the same names in two tenants, nothing of one visible or changeable from
+//! another (404, no existence leak), callers without a role in a tenant refused, an
+//! agent enrolled into one tenant invisible to the others and refused for their
+//! targets, roles narrowed to one environment, and a tenant's database surviving a
+//! restart of the server.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::Method;
+use serde_json::{json, Value};
+use stella_tests::{wait_until, TestAgent, TestServer};
+
+/// A caller: its token and the tenant it names (`None`: no header, `default`).
+struct As<'a> {
+    server: &'a TestServer,
+    token: String,
+    tenant: Option<&'static str>,
+}
+
+impl As<'_> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .server
+            .client()
+            .request(method, format!("{}{path}", self.server.api_url()))
+            .bearer_auth(&self.token);
+        if let Some(tenant) = self.tenant {
+            request = request.header("X-StellaOps-Tenant", tenant);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, reply) = self.call(method.clone(), path, body).await?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{method} {path} as {:?}: {status} {reply}",
+            self.tenant
+        );
+        Ok(reply)
+    }
+}
+
+fn code(reply: &Value) -> &str {
+    reply
+        .pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+async fn user(server: &TestServer, name: &str) -> anyhow::Result<String> {
+    let created = server
+        .post("/api/v1/users", json!({"name": name, "roles": ["viewer"]}))
+        .await?;
+    created["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no token")
+}
+
+async fn bind(server: &TestServer, user: &str, binding: Value) -> anyhow::Result<()> {
+    server
+        .post(&format!("/api/v1/users/{user}/bindings"), binding)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> anyhow::Result<()> {
+    stella_tests::init_tracing();
+    let mut server = TestServer::start().await?;
+    for tenant in ["team-a", "team-b"] {
+        let created = server
+            .post("/api/v1/tenants", json!({"name": tenant}))
+            .await?;
+        assert_eq!(created["name"], tenant);
+    }
+    let (status, reply) = server
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(json!({"name": "team-a"})),
+        )
+        .await?;
+    assert_eq!((status, code(&reply)), (409, "tenant_exists"));
+    let (status, reply) = server
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(json!({"name": "Team_A"})),
+        )
+        .await?;
+    assert_eq!(status, 400, "{reply}");
+
+    let alice_token = user(&server, "alice").await?;
+    let bob_token = user(&server, "bob").await?;
+    bind(
+        &server,
+        "alice",
+        json!({"tenant": "team-a", "role": "admin"}),
+    )
+    .await?;
+    bind(&server, "bob", json!({"tenant": "team-b", "role": "admin"})).await?;
+    let alice = As {
+        server: &server,
+        token: alice_token.clone(),
+        tenant: Some("team-a"),
+    };
+    let bob = As {
+        server: &server,
+        token: bob_token.clone(),
+        tenant: Some("team-b"),
+    };
+    let alice_in_b = As {
+        server: &server,
+        token: alice_token.clone(),
+        tenant: Some("team-b"),
+    };
+    let admin = As {
+        server: &server,
+        token: server.admin_token.clone(),
+        tenant: None,
+    };
+    let admin_in_a = As {
+        server: &server,
+        token: server.admin_token.clone(),
+        tenant: Some("team-a"),
+    };
+
+    // The same names in both tenants, with their own settings.
+    alice
+        .ok(
+            Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "prod", "approvals": 2})),
+        )
+        .await?;
+    bob.ok(
+        Method::POST,
+        "/api/v1/environments",
+        Some(json!({"name": "prod", "approvals": 1})),
+    )
+    .await?;
+    alice
+        .ok(
+            Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "a-only"})),
+        )
+        .await?;
+    let a_prod = alice
+        .ok(Method::GET, "/api/v1/environments/prod", None)
+        .await?;
+    let b_prod = bob
+        .ok(Method::GET, "/api/v1/environments/prod", None)
+        .await?;
+    assert_eq!(a_prod["approvals"], 2, "{a_prod}");
+    assert_eq!(b_prod["approvals"], 1, "{b_prod}");
+    let listed = bob.ok(Method::GET, "/api/v1/environments", None).await?;
+    let names: Vec<&str> = listed
+        .as_array()
+        .context("a list")?
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["prod"], "team-b sees only its own: {listed}");
+    let in_default = admin.ok(Method::GET, "/api/v1/environments", None).await?;
+    assert_eq!(in_default, json!([]), "default holds none of them");
+
+    // Another tenant's object is not found, for reads and writes alike.
+    for (method, body) in [
+        (Method::GET, None),
+        (Method::PATCH, Some(json!({"approvals": 0}))),
+        (Method::DELETE, None),
+    ] {
+        let (status, reply) = bob
+            .call(method.clone(), "/api/v1/environments/a-only", body)
+            .await?;
+        assert_eq!(
+            status, 404,
+            "{method} of team-a's environment from team-b: {reply}"
+        );
+    }
+    alice
+        .ok(Method::GET, "/api/v1/environments/a-only", None)
+        .await?;
+
+    // No role in a tenant: refused, whatever the role elsewhere, and the same answer
+    // for a tenant that does not exist.
+    for (caller, tenant) in [(&alice_in_b, "team-b"), (&admin_in_a, "team-a")] {
+        let (status, reply) = caller
+            .call(Method::GET, "/api/v1/environments", None)
+            .await?;
+        assert_eq!(
+            (status, code(&reply)),
+            (403, "tenant_forbidden"),
+            "{tenant}: {reply}"
+        );
+    }
+    let nowhere = As {
+        server: &server,
+        token: alice_token.clone(),
+        tenant: Some("no-such"),
+    };
+    let (status, reply) = nowhere
+        .call(Method::GET, "/api/v1/environments", None)
+        .await?;
+    assert_eq!((status, code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    // A tenant admin does not manage the server's users or tenants.
+    let (status, _) = alice.call(Method::GET, "/api/v1/users", None).await?;
+    assert_eq!(status, 403);
+    let (status, _) = alice
+        .call(
+            Method::POST,
+            "/api/v1/tenants",
+            Some(json!({"name": "team-z"})),
+        )
+        .await?;
+    assert_eq!(status, 403);
+
+    // An agent enrolled with team-a's join token belongs to team-a.
+    let issued = alice
+        .ok(Method::POST, "/api/v1/agents/join-tokens", Some(json!({})))
+        .await?;
+    let join_token = issued["token"].as_str().context("join token")?.to_owned();
+    let agent = TestAgent::start_with(
+        &server,
+        server.dir.path().join("agent-host-a"),
+        "host-a",
+        Some(join_token),
+    );
+    wait_until(
+        "host-a is connected in team-a",
+        Duration::from_secs(20),
+        || async {
+            let (status, reply) = alice
+                .call(Method::GET, "/api/v1/agents/host-a", None)
+                .await
+                .ok()?;
+            (status == 200 && reply["state"] == "connected").then_some(())
+        },
+    )
+    .await?;
+    for caller in [&bob, &admin] {
+        let (status, reply) = caller
+            .call(Method::GET, "/api/v1/agents/host-a", None)
+            .await?;
+        assert_eq!(status, 404, "{reply}");
+    }
+    let target = |environment: &str| {
+        json!({"name": "web-1", "environment": environment, "kind": "docker", "agent": "host-a",
+               "settings": {}})
+    };
+    alice
+        .ok(Method::POST, "/api/v1/targets", Some(target("prod")))
+        .await?;
+    let (status, reply) = bob
+        .call(Method::POST, "/api/v1/targets", Some(target("prod")))
+        .await?;
+    assert_eq!((status, code(&reply)), (400, "unknown_agent"), "{reply}");
+
+    // A role narrowed to one environment counts for that environment only.
+    let carol_token = user(&server, "carol").await?;
+    bind(
+        &server,
+        "carol",
+        json!({"tenant": "team-a", "role": "operator", "environment": "a-only"}),
+    )
+    .await?;
+    let carol = As {
+        server: &server,
+        token: carol_token,
+        tenant: Some("team-a"),
+    };
+    let promote =
+        |environment: &str| json!({"release": "web", "version": "1", "environment": environment});
+    let (status, reply) = carol
+        .call(Method::POST, "/api/v1/promotions", Some(promote("prod")))
+        .await?;
+    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
+    let (status, reply) = carol
+        .call(Method::POST, "/api/v1/promotions", Some(promote("a-only")))
+        .await?;
+    assert!(
+        status == 404 || status == 422,
+        "authorised, then no such release: {status} {reply}"
+    );
+    let (status, _) = carol
+        .call(
+            Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "x"})),
+        )
+        .await?;
+    assert_eq!(status, 403, "a narrowed role does not cover the tenant");
+    let whoami = carol.ok(Method::GET, "/api/v1/whoami", None).await?;
+    assert_eq!(whoami["tenant"], "team-a");
+    assert_eq!(whoami["roles"], json!([]));
+    assert_eq!(
+        whoami["bindings"],
+        json!([{"tenant": "team-a", "role": "operator", "environment": "a-only"}])
+    );
+
+    // Each tenant's audit chain has its own entries and verifies on its own.
+    let audit_a = alice.ok(Method::GET, "/api/v1/audit", None).await?;
+    let objects: Vec<&str> = audit_a
+        .as_array()
+        .context("audit entries")?
+        .iter()
+        .filter_map(|e| e["object"].as_str())
+        .collect();
+    assert!(
+        objects.contains(&"/api/v1/environments") && objects.contains(&"/api/v1/targets"),
+        "team-a's own changes: {objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|o| o.starts_with("/api/v1/users")),
+        "the server admin's user and binding changes stay in default's chain: {objects:?}"
+    );
+    let audit_default = admin.ok(Method::GET, "/api/v1/audit", None).await?;
+    let default_objects: Vec<&str> = audit_default
+        .as_array()
+        .context("audit entries")?
+        .iter()
+        .filter_map(|e| e["object"].as_str())
+        .collect();
+    assert!(
+        default_objects.contains(&"/api/v1/tenants"),
+        "{default_objects:?}"
+    );
+    assert!(
+        !default_objects.contains(&"/api/v1/targets"),
+        "team-a's target is not in default's chain: {default_objects:?}"
+    );
+
+    // A tenant that still has environments or agents is not deleted; after a
+    // restart its objects are all there.
+    let (status, reply) = admin
+        .call(Method::DELETE, "/api/v1/tenants/team-a", None)
+        .await?;
+    assert_eq!((status, code(&reply)), (409, "tenant_not_empty"), "{reply}");
+    agent.stop().await?;
+    server.restart().await?;
+    let alice = As {
+        server: &server,
+        token: alice_token.clone(),
+        tenant: Some("team-a"),
+    };
+    let a_prod = alice
+        .ok(Method::GET, "/api/v1/environments/prod", None)
+        .await?;
+    assert_eq!(a_prod["approvals"], 2);
+    alice.ok(Method::GET, "/api/v1/agents/host-a", None).await?;
+
+    // An empty tenant is deleted, with its bindings; its name is free again.
+    let bob = As {
+        server: &server,
+        token: bob_token,
+        tenant: Some("team-b"),
+    };
+    bob.ok(Method::DELETE, "/api/v1/environments/prod", None)
+        .await?;
+    server
+        .call(Method::DELETE, "/api/v1/tenants/team-b", None)
+        .await?;
+    let (status, reply) = bob.call(Method::GET, "/api/v1/environments", None).await?;
+    assert_eq!((status, code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    let bindings = server.get("/api/v1/users/bob/bindings").await?;
+    assert_eq!(bindings, json!([]));
+    server
+        .post("/api/v1/tenants", json!({"name": "team-b"}))
+        .await?;
+    let (status, reply) = server
+        .call(Method::DELETE, "/api/v1/tenants/default", None)
+        .await?;
+    assert_eq!(status, 422, "{reply}");
+    Ok(())
+}
