@@ -84,7 +84,17 @@ async fn contract_examples_answer_in_the_contracts_shapes() -> anyhow::Result<()
     assert_eq!(status, 400);
     assert_eq!(missing["errors"][0]["path"], "$.manifest");
 
-    // The create-run example: 201 with Location, in the body's tenant.
+    // The create-run example: 201 with Location, in the body's tenant (which exists,
+    // and where the caller holds a role).
+    server
+        .post("/api/v1/tenants", json!({"name": "tenant-prod"}))
+        .await?;
+    server
+        .post(
+            "/api/v1/users/admin/bindings",
+            json!({"tenant": "tenant-prod", "role": "admin"}),
+        )
+        .await?;
     let run_id = unique("run-20251206");
     let (status, headers, created) = call(
         &server,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -285,7 +285,12 @@ pub async fn simulate(Scoped(app): Scoped, caller: Caller, request: Request) -> 
 }
 
 /// `POST /v1/task-runner/runs`: 201 with `Location`.
-pub async fn create_run(Scoped(app): Scoped, caller: Caller, request: Request) -> Response {
+pub async fn create_run(
+    State(tenants): State<Arc<crate::tenants::Tenants>>,
+    Scoped(app): Scoped,
+    caller: Caller,
+    request: Request,
+) -> Response {
     let tenant = match plan_tenant(&caller, Scope::Operator, request.headers()) {
         Ok(tenant) => tenant,
         Err(response) => return *response,
@@ -317,6 +322,19 @@ pub async fn create_run(Scoped(app): Scoped, caller: Caller, request: Request) -
         }
         Some(_) => return plan_errors(&PlanErrors::one("$.tenantId", "must be a string")),
     };
+    // A body's tenant other than the request's: the run is that tenant's, created with
+    // the caller's roles there, as if the header had named it.
+    let (app, caller) = if tenant == caller.tenant().as_str() {
+        (app, caller)
+    } else {
+        match in_body_tenant(&tenants, caller, &tenant).await {
+            Ok(scoped) => scoped,
+            Err(error) => return error.into_response(),
+        }
+    };
+    if let Err(error) = require(&caller, Scope::Operator) {
+        return error.into_response();
+    }
     match app
         .create_run(&tenant, run_id, &manifest, &inputs, &caller.0)
         .await
@@ -716,4 +734,25 @@ pub async fn openapi_spec() -> Response {
         response.headers_mut().insert(http::header::ETAG, value);
     }
     response
+}
+
+/// The core of the tenant a run's body names, and the caller with its roles there
+/// (`403 tenant_forbidden` without any).
+async fn in_body_tenant(
+    tenants: &Arc<crate::tenants::Tenants>,
+    caller: Caller,
+    tenant: &str,
+) -> Result<(Arc<App>, Caller), ApiError> {
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(tenant).map_err(|_| {
+        ApiError(crate::error::AppError::invalid(format!(
+            "invalid tenant `{}`",
+            tenant.chars().take(80).collect::<String>()
+        )))
+    })?;
+    headers.insert(super::tenancy::TENANT_HEADER, value);
+    let (user, tenancy) =
+        super::tenancy::resolve(tenants.default_app(), &headers, caller.0).await?;
+    let app = tenants.get(&tenancy.tenant).await?;
+    Ok((app, Caller(user, caller.1, tenancy)))
 }
