@@ -56,7 +56,7 @@ impl As<'_> {
     }
 }
 
-fn code(reply: &Value) -> &str {
+fn error_code(reply: &Value) -> &str {
     reply
         .pointer("/error/code")
         .and_then(Value::as_str)
@@ -97,7 +97,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
             Some(json!({"name": "team-a"})),
         )
         .await?;
-    assert_eq!((status, code(&reply)), (409, "tenant_exists"));
+    assert_eq!((status, error_code(&reply)), (409, "tenant_exists"));
     let (status, reply) = server
         .call(
             Method::POST,
@@ -207,7 +207,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
             .call(Method::GET, "/api/v1/environments", None)
             .await?;
         assert_eq!(
-            (status, code(&reply)),
+            (status, error_code(&reply)),
             (403, "tenant_forbidden"),
             "{tenant}: {reply}"
         );
@@ -220,7 +220,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = nowhere
         .call(Method::GET, "/api/v1/environments", None)
         .await?;
-    assert_eq!((status, code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
     // A tenant admin does not manage the server's users or tenants.
     let (status, _) = alice.call(Method::GET, "/api/v1/users", None).await?;
     assert_eq!(status, 403);
@@ -272,7 +272,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = bob
         .call(Method::POST, "/api/v1/targets", Some(target("prod")))
         .await?;
-    assert_eq!((status, code(&reply)), (400, "unknown_agent"), "{reply}");
+    assert_eq!((status, error_code(&reply)), (400, "unknown_agent"), "{reply}");
 
     // A role narrowed to one environment counts for that environment only.
     let carol_token = user(&server, "carol").await?;
@@ -292,7 +292,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = carol
         .call(Method::POST, "/api/v1/promotions", Some(promote("prod")))
         .await?;
-    assert_eq!((status, code(&reply)), (403, "forbidden"), "{reply}");
+    assert_eq!((status, error_code(&reply)), (403, "forbidden"), "{reply}");
     let (status, reply) = carol
         .call(Method::POST, "/api/v1/promotions", Some(promote("a-only")))
         .await?;
@@ -353,7 +353,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = admin
         .call(Method::DELETE, "/api/v1/tenants/team-a", None)
         .await?;
-    assert_eq!((status, code(&reply)), (409, "tenant_not_empty"), "{reply}");
+    assert_eq!((status, error_code(&reply)), (409, "tenant_not_empty"), "{reply}");
     agent.stop().await?;
     server.restart().await?;
     let alice = As {
@@ -379,7 +379,7 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
         .call(Method::DELETE, "/api/v1/tenants/team-b", None)
         .await?;
     let (status, reply) = bob.call(Method::GET, "/api/v1/environments", None).await?;
-    assert_eq!((status, code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
     let bindings = server.get("/api/v1/users/bob/bindings").await?;
     assert_eq!(bindings, json!([]));
     server
@@ -389,5 +389,156 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
         .call(Method::DELETE, "/api/v1/tenants/default", None)
         .await?;
     assert_eq!(status, 422, "{reply}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cli_and_oauth2_clients_act_in_a_tenant() -> anyhow::Result<()> {
+    stella_tests::init_tracing();
+    let server = TestServer::start().await?;
+    let url = server.api_url();
+    let admin = [
+        ("STELLA_SERVER", url.as_str()),
+        ("STELLA_TOKEN", server.admin_token.as_str()),
+    ];
+    let run = |args: &'static [&'static str], env: Vec<(&'static str, String)>| async move {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        stella_tests::stella(args, &env).await
+    };
+    let env = |extra: &[(&'static str, &str)]| {
+        let mut all: Vec<(&'static str, String)> =
+            admin.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        all.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        all
+    };
+
+    let (code, stdout, stderr) = run(&["tenant", "create", "ops"], env(&[])).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("created tenant ops"), "{stdout}");
+    let (code, _, stderr) = run(&["tenant", "create", "Bad_Name"], env(&[])).await?;
+    assert_ne!(code, 0);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // The admin holds nothing in `ops` until bound there (with `--tenant` or
+    // STELLA_TENANT, both naming the binding's tenant for `user bind`).
+    let (code, _, stderr) = run(&["env", "list"], env(&[("STELLA_TENANT", "ops")])).await?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no role in tenant `ops`"), "{stderr}");
+    let (code, stdout, stderr) = run(
+        &[
+            "user", "bind", "admin", "--role", "admin", "--tenant", "ops",
+        ],
+        env(&[]),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("admin is admin in tenant ops"), "{stdout}");
+    let (code, _, stderr) = run(&["env", "create", "prod", "--tenant", "ops"], env(&[])).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, _) = run(
+        &["-o", "json", "env", "list"],
+        env(&[("STELLA_TENANT", "ops")]),
+    )
+    .await?;
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let (code, stdout, _) = run(&["-o", "json", "env", "list"], env(&[])).await?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout)?,
+        json!([]),
+        "default has none"
+    );
+    let (code, stdout, stderr) =
+        run(&["-o", "json", "whoami", "--tenant", "ops"], env(&[])).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let me: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(me["tenant"], "ops");
+    assert_eq!(me["roles"], json!(["admin"]));
+    let (code, stdout, _) = run(&["-o", "json", "tenant", "list"], env(&[])).await?;
+    assert_eq!(code, 0);
+    let names: Vec<String> = serde_json::from_str::<Value>(&stdout)?
+        .as_array()
+        .context("tenants")?
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["default", "ops"]);
+
+    // An OAuth2 client of `ops`: its access token carries the tenant and acts there.
+    let (code, stdout, stderr) = run(
+        &[
+            "-o",
+            "json",
+            "client",
+            "create",
+            "deployer",
+            "--scope",
+            "stella.viewer",
+            "--tenant",
+            "ops",
+        ],
+        env(&[]),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let created: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(created["client"]["tenant"], "ops");
+    let secret = created["client_secret"].as_str().context("secret")?;
+    let token: Value = server
+        .client()
+        .post(format!("{url}/oauth/token"))
+        .basic_auth("deployer", Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let access = token["access_token"]
+        .as_str()
+        .context("access token")?
+        .to_owned();
+    let claims = access.split('.').nth(1).context("claims")?;
+    use base64::Engine as _;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims)?)?;
+    assert_eq!(claims["tenant"], "ops");
+    let client = As {
+        server: &server,
+        token: access.clone(),
+        tenant: None,
+    };
+    let listed = client.ok(Method::GET, "/api/v1/environments", None).await?;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "its own tenant's: {listed}"
+    );
+    let elsewhere = As {
+        server: &server,
+        token: access,
+        tenant: Some("default"),
+    };
+    let (status, reply) = elsewhere
+        .call(Method::GET, "/api/v1/environments", None)
+        .await?;
+    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
+
+    // Unbinding takes the role away at once.
+    let (code, _, stderr) = run(
+        &[
+            "user", "unbind", "admin", "--role", "admin", "--tenant", "ops",
+        ],
+        env(&[]),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&["env", "list", "--tenant", "ops"], env(&[])).await?;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("tenant_forbidden") || stderr.contains("no role"),
+        "{stderr}"
+    );
     Ok(())
 }

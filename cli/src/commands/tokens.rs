@@ -41,7 +41,8 @@ pub enum TokenCommand {
 /// `stella client …`
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Create an OAuth2 client; prints its secret once.
+    /// Create an OAuth2 client acting in the tenant of `--tenant` (`default` without
+    /// it); prints its secret once.
     Create {
         /// Client id: 1 to 63 of `a-z 0-9 . _ -`.
         name: String,
@@ -126,11 +127,17 @@ pub async fn token(context: &Context, command: TokenCommand) -> anyhow::Result<(
 
 /// `stella client …`.
 pub async fn client(context: &Context, command: ClientCommand) -> anyhow::Result<()> {
-    let http = &context.client;
+    // Clients are the server's, managed in `default`; `--tenant` names the tenant a
+    // new client's tokens act in.
+    let http = &context.client.in_default_tenant();
     match command {
         ClientCommand::Create { name, scopes } => {
+            let tenant = context.client.tenant().unwrap_or("default");
             let created = http
-                .post("/clients", json!({ "name": name, "scopes": scopes }))
+                .post(
+                    "/clients",
+                    json!({ "name": name, "scopes": scopes, "tenant": tenant }),
+                )
                 .await?;
             context.print(&created, |created| {
                 println!("{}", cell(created, "/client_secret"));
@@ -146,9 +153,17 @@ pub async fn client(context: &Context, command: ClientCommand) -> anyhow::Result
             context.print(&clients, |clients| {
                 rows(
                     clients,
-                    &["client id", "scopes", "created by", "created", "revoked"],
+                    &[
+                        "client id",
+                        "tenant",
+                        "scopes",
+                        "created by",
+                        "created",
+                        "revoked",
+                    ],
                     &[
                         "/client_id",
+                        "/tenant",
                         "/scopes",
                         "/created_by",
                         "/created_at",

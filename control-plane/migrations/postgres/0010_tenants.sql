@@ -24,3 +24,7 @@ CREATE TABLE role_bindings (
     PRIMARY KEY (user_id, tenant, role, environment)
 );
 CREATE INDEX role_bindings_tenant_idx ON role_bindings (tenant);
+
+-- An OAuth2 client belongs to one tenant: its access tokens carry it (the `tenant`
+-- claim) and act there. Clients from before tenants belong to `default`.
+ALTER TABLE oauth_clients ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';

@@ -28,6 +28,8 @@ pub struct ClientView {
     /// When it was revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// The tenant its access tokens act in.
+    pub tenant: String,
 }
 
 impl From<OAuthClient> for ClientView {
@@ -38,6 +40,7 @@ impl From<OAuthClient> for ClientView {
             created_by: client.created_by,
             created_at: rfc3339(client.created_at_ms),
             revoked_at: client.revoked_at_ms.map(rfc3339),
+            tenant: client.tenant.to_string(),
         }
     }
 }
@@ -51,6 +54,9 @@ pub struct CreateClientRequest {
     /// Scopes it may be granted: `stella.viewer`, `stella.operator`, `stella.approver`,
     /// `stella.admin`, `taskrunner.viewer`, `taskrunner.operator`, `taskrunner.admin`.
     pub scopes: Vec<String>,
+    /// The tenant its access tokens act in (`default` when absent); it must exist.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A new client and its secret, shown once.
@@ -91,7 +97,26 @@ pub async fn create_client(
                 .map_err(|e| AppError::invalid(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (client, secret) = app.create_client(&caller.0, &body.name, scopes).await?;
+    let tenant: crate::domain::TenantId = match &body.tenant {
+        None => crate::domain::TenantId::default_tenant(),
+        Some(name) => name
+            .parse()
+            .map_err(|e: crate::domain::Invalid| AppError::invalid(e.0))?,
+    };
+    app.store.find_tenant(&tenant).await.map_err(|error| {
+        if error.is_not_found() {
+            AppError::new(
+                crate::error::ErrorKind::NotFound,
+                "tenant_not_found",
+                format!("tenant `{tenant}` not found"),
+            )
+        } else {
+            error.into()
+        }
+    })?;
+    let (client, secret) = app
+        .create_client(&caller.0, &body.name, scopes, tenant)
+        .await?;
     Ok((
         http::StatusCode::CREATED,
         Json(CreatedClient {

@@ -532,8 +532,13 @@ where
                 if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
                     actor.record(&principal.user.name);
                 }
-                let (user, tenancy) =
-                    super::tenancy::resolve(app, &parts.headers, principal.user).await?;
+                let (user, tenancy) = super::tenancy::resolve(
+                    app,
+                    &parts.headers,
+                    &principal.credential,
+                    principal.user,
+                )
+                .await?;
                 if let Some(actor) = parts.extensions.get::<super::audit::AuditActor>() {
                     actor.record_tenant(&tenancy.tenant);
                 }

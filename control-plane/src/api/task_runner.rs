@@ -752,7 +752,7 @@ async fn in_body_tenant(
     })?;
     headers.insert(super::tenancy::TENANT_HEADER, value);
     let (user, tenancy) =
-        super::tenancy::resolve(tenants.default_app(), &headers, caller.0).await?;
+        super::tenancy::resolve(tenants.default_app(), &headers, &caller.1, caller.0).await?;
     let app = tenants.get(&tenancy.tenant).await?;
     Ok((app, Caller(user, caller.1, tenancy)))
 }

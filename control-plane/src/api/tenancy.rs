@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 
 use super::envelope::{ApiError, Caller};
 use crate::app::App;
+use crate::auth::Credential;
 use crate::domain::{Role, TenantId, User};
 use crate::error::{AppError, ErrorKind};
 use crate::tenants::Tenants;
@@ -67,8 +68,27 @@ pub fn requested_tenant(headers: &http::HeaderMap) -> Result<TenantId, ApiError>
 pub async fn resolve(
     app: &Arc<App>,
     headers: &http::HeaderMap,
+    credential: &Credential,
     mut user: User,
 ) -> Result<(User, Tenancy), ApiError> {
+    // An OAuth2 client acts in its own tenant, with the roles its scopes grant; it
+    // may name that tenant, and no other.
+    if let Credential::AccessToken { tenant: own, .. } = credential {
+        let tenant = match headers.get(TENANT_HEADER) {
+            None => own.clone(),
+            Some(_) => requested_tenant(headers)?,
+        };
+        if &tenant != own {
+            return Err(forbidden(&tenant));
+        }
+        return Ok((
+            user,
+            Tenancy {
+                tenant,
+                narrowed: Vec::new(),
+            },
+        ));
+    }
     let tenant = requested_tenant(headers)?;
     let bindings = app
         .store
@@ -90,16 +110,20 @@ pub async fn resolve(
         }
     }
     if !bound {
-        return Err(ApiError(AppError::new(
-            ErrorKind::PermissionDenied,
-            "tenant_forbidden",
-            format!("you hold no role in tenant `{tenant}`"),
-        )));
+        return Err(forbidden(&tenant));
     }
     roles.sort();
     roles.dedup();
     user.roles = roles;
     Ok((user, Tenancy { tenant, narrowed }))
+}
+
+fn forbidden(tenant: &TenantId) -> ApiError {
+    ApiError(AppError::new(
+        ErrorKind::PermissionDenied,
+        "tenant_forbidden",
+        format!("you hold no role in tenant `{tenant}`"),
+    ))
 }
 
 /// The core of the request's tenant, for handlers of tenant-owned objects. Extracting

@@ -64,6 +64,7 @@ impl App {
         caller: &User,
         name: &str,
         scopes: Vec<Scope>,
+        tenant: crate::domain::TenantId,
     ) -> Result<(OAuthClient, String), AppError> {
         validate_name("client", name)?;
         if scopes.is_empty() {
@@ -81,6 +82,7 @@ impl App {
             created_by: caller.name.clone(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            tenant,
         };
         self.store.insert_client(&client).await.map_err(|error| {
             super::conflict_as(
@@ -179,6 +181,7 @@ impl App {
             jti: uuid::Uuid::new_v4().to_string(),
             client_id: client.id,
             scope: format_scopes(&granted),
+            tenant: client.tenant.to_string(),
         };
         let access_token = self.identity.jwt.sign(&claims).map_err(|error| {
             tracing::error!(%error, "signing an access token");

@@ -236,6 +236,12 @@ impl App {
                 "invalid access token: unknown scope",
             )));
         };
+        let Ok(tenant) = claims.tenant.parse::<crate::domain::TenantId>() else {
+            return Ok(Err(AuthFailure::new(
+                "invalid_jwt",
+                "invalid access token: invalid tenant",
+            )));
+        };
         Ok(Ok(Principal {
             user: User {
                 id: claims.client_id.clone(),
@@ -246,6 +252,7 @@ impl App {
             credential: Credential::AccessToken {
                 client_id: claims.client_id,
                 scopes,
+                tenant,
             },
         }))
     }

@@ -37,6 +37,13 @@ pub struct AccessClaims {
     pub client_id: String,
     /// Granted scopes, space-separated.
     pub scope: String,
+    /// The tenant the client acts in (`default` for tokens issued before tenants).
+    #[serde(default = "default_tenant_claim")]
+    pub tenant: String,
+}
+
+fn default_tenant_claim() -> String {
+    crate::domain::TenantId::DEFAULT.to_owned()
 }
 
 /// Why a JWT was refused.
@@ -165,6 +172,7 @@ mod tests {
             jti: "1".into(),
             client_id: "ci".into(),
             scope: "stella.viewer".into(),
+            tenant: "default".into(),
         }
     }
 

@@ -48,6 +48,8 @@ pub enum Credential {
         client_id: String,
         /// Its scopes.
         scopes: Vec<Scope>,
+        /// The tenant it acts in.
+        tenant: crate::domain::TenantId,
     },
 }
 

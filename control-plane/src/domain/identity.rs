@@ -78,6 +78,8 @@ pub struct OAuthClient {
     pub created_at_ms: i64,
     /// When it was revoked: it gets no more tokens, and its tokens stop working.
     pub revoked_at_ms: Option<i64>,
+    /// The tenant it acts in.
+    pub tenant: super::TenantId,
 }
 
 /// What an access token lets its bearer do.

@@ -130,8 +130,8 @@ impl Store {
     /// Stores a new OAuth2 client; `Conflict` if the name is taken.
     pub async fn insert_client(&self, client: &OAuthClient) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO oauth_clients (id, name, secret_hash, scopes, created_by, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO oauth_clients (id, name, secret_hash, scopes, created_by, created_at_ms, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(client.id.as_str())
         .bind(client.name.as_str())
@@ -139,6 +139,7 @@ impl Store {
         .bind(crate::domain::format_scopes(&client.scopes))
         .bind(client.created_by.as_str())
         .bind(client.created_at_ms)
+        .bind(client.tenant.as_str())
         .execute(self.writer())
         .await
         .map_err(unique("creating an oauth client", "client", &client.name))?;
@@ -196,7 +197,7 @@ impl Store {
 }
 
 const CLIENT_COLUMNS: &str =
-    "id, name, secret_hash, scopes, created_by, created_at_ms, revoked_at_ms";
+    "id, name, secret_hash, scopes, created_by, created_at_ms, revoked_at_ms, tenant";
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {
@@ -242,12 +243,17 @@ struct ClientRow {
     created_by: String,
     created_at_ms: i64,
     revoked_at_ms: Option<i64>,
+    tenant: String,
 }
 
 impl ClientRow {
     fn into_client(self) -> Result<OAuthClient, StoreError> {
         let scopes: Vec<Scope> = parse_scopes(&self.scopes).map_err(|e| StoreError::Corrupt {
             what: "client scopes",
+            detail: format!("client {}: {e}", self.id),
+        })?;
+        let tenant = self.tenant.parse().map_err(|e| StoreError::Corrupt {
+            what: "client tenant",
             detail: format!("client {}: {e}", self.id),
         })?;
         Ok(OAuthClient {
@@ -258,6 +264,7 @@ impl ClientRow {
             created_by: self.created_by,
             created_at_ms: self.created_at_ms,
             revoked_at_ms: self.revoked_at_ms,
+            tenant,
         })
     }
 }
