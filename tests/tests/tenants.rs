@@ -220,7 +220,11 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = nowhere
         .call(Method::GET, "/api/v1/environments", None)
         .await?;
-    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    assert_eq!(
+        (status, error_code(&reply)),
+        (403, "tenant_forbidden"),
+        "{reply}"
+    );
     // A tenant admin does not manage the server's users or tenants.
     let (status, _) = alice.call(Method::GET, "/api/v1/users", None).await?;
     assert_eq!(status, 403);
@@ -272,7 +276,11 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = bob
         .call(Method::POST, "/api/v1/targets", Some(target("prod")))
         .await?;
-    assert_eq!((status, error_code(&reply)), (400, "unknown_agent"), "{reply}");
+    assert_eq!(
+        (status, error_code(&reply)),
+        (400, "unknown_agent"),
+        "{reply}"
+    );
 
     // A role narrowed to one environment counts for that environment only.
     let carol_token = user(&server, "carol").await?;
@@ -353,7 +361,11 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
     let (status, reply) = admin
         .call(Method::DELETE, "/api/v1/tenants/team-a", None)
         .await?;
-    assert_eq!((status, error_code(&reply)), (409, "tenant_not_empty"), "{reply}");
+    assert_eq!(
+        (status, error_code(&reply)),
+        (409, "tenant_not_empty"),
+        "{reply}"
+    );
     agent.stop().await?;
     server.restart().await?;
     let alice = As {
@@ -379,7 +391,11 @@ async fn tenants_are_isolated_spaces_with_their_own_names_agents_and_roles() -> 
         .call(Method::DELETE, "/api/v1/tenants/team-b", None)
         .await?;
     let (status, reply) = bob.call(Method::GET, "/api/v1/environments", None).await?;
-    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    assert_eq!(
+        (status, error_code(&reply)),
+        (403, "tenant_forbidden"),
+        "{reply}"
+    );
     let bindings = server.get("/api/v1/users/bob/bindings").await?;
     assert_eq!(bindings, json!([]));
     server
@@ -523,7 +539,11 @@ async fn the_cli_and_oauth2_clients_act_in_a_tenant() -> anyhow::Result<()> {
     let (status, reply) = elsewhere
         .call(Method::GET, "/api/v1/environments", None)
         .await?;
-    assert_eq!((status, error_code(&reply)), (403, "tenant_forbidden"), "{reply}");
+    assert_eq!(
+        (status, error_code(&reply)),
+        (403, "tenant_forbidden"),
+        "{reply}"
+    );
 
     // Unbinding takes the role away at once.
     let (code, _, stderr) = run(
@@ -540,5 +560,231 @@ async fn the_cli_and_oauth2_clients_act_in_a_tenant() -> anyhow::Result<()> {
         stderr.contains("tenant_forbidden") || stderr.contains("no role"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// The migrations of `backend` (`sqlite` or `postgres`) from before tenants (0001 to
+/// 0009), copied into `dir`.
+fn migrations_before_tenants(backend: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../control-plane/migrations")
+        .join(backend);
+    for entry in std::fs::read_dir(&source)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0010" {
+            std::fs::copy(entry.path(), dir.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the previous release held: an environment, and an OAuth2 client.
+const BEFORE_TENANTS: [&str; 2] = [
+    "INSERT INTO environments (name, drift_mode, created_at_ms) VALUES ('prod', 'report', 1)",
+    "INSERT INTO oauth_clients (id, name, secret_hash, scopes, created_by, created_at_ms) \
+     VALUES ('ci', 'ci', 'x', 'stella.viewer', 'admin', 1)",
+];
+
+/// A server over a database written by the previous release finds everything in
+/// `default`, and tenants work beside it.
+async fn upgraded_into_default(server: &TestServer) -> anyhow::Result<()> {
+    let environments = server.get("/api/v1/environments").await?;
+    assert_eq!(environments[0]["name"], "prod", "{environments}");
+    let clients = server.get("/api/v1/clients").await?;
+    assert_eq!(clients[0]["tenant"], "default", "{clients}");
+    let tenants = server.get("/api/v1/tenants").await?;
+    assert_eq!(tenants.as_array().map(Vec::len), Some(1), "{tenants}");
+    assert_eq!(tenants[0]["name"], "default");
+    server
+        .post("/api/v1/tenants", json!({"name": "later"}))
+        .await?;
+    server
+        .post(
+            "/api/v1/users/admin/bindings",
+            json!({"tenant": "later", "role": "admin"}),
+        )
+        .await?;
+    let later = As {
+        server,
+        token: server.admin_token.clone(),
+        tenant: Some("later"),
+    };
+    later
+        .ok(
+            Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "prod"})),
+        )
+        .await?;
+    let listed = later.ok(Method::GET, "/api/v1/environments", None).await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sqlite_data_dir_from_before_tenants_upgrades_into_default() -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    stella_tests::init_tracing();
+    let dir = stella_tests::TestDir::new("tenants-upgrade");
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let old = dir.path().join("migrations");
+    migrations_before_tenants("sqlite", &old)?;
+    let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join("stella.db"))
+        .create_if_missing(true)
+        .connect()
+        .await?;
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await?
+        .run(&mut connection)
+        .await?;
+    for statement in BEFORE_TENANTS {
+        sqlx::query(statement).execute(&mut connection).await?;
+    }
+    drop(connection);
+    let moved = data_dir.clone();
+    let server = TestServer::start_with(move |config| config.data_dir = moved).await?;
+    upgraded_into_default(&server).await?;
+    assert!(data_dir.join("tenants").join("later.db").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_postgresql_database_from_before_tenants_upgrades_into_default() -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    stella_tests::init_tracing();
+    let url = stella_tests::postgres::fresh_database_url().await?;
+    let dir = stella_tests::TestDir::new("tenants-upgrade-pg");
+    let old = dir.path().join("migrations");
+    migrations_before_tenants("postgres", &old)?;
+    let mut connection = sqlx::postgres::PgConnection::connect(&url).await?;
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await?
+        .run(&mut connection)
+        .await?;
+    for statement in BEFORE_TENANTS {
+        sqlx::query(statement).execute(&mut connection).await?;
+    }
+    connection.close().await?;
+    let database = url.clone();
+    let server = TestServer::start_with(move |config| config.database_url = Some(database)).await?;
+    upgraded_into_default(&server).await?;
+    // The tenant's tables are in a schema of their own.
+    let mut connection = sqlx::postgres::PgConnection::connect(&url).await?;
+    let (in_schema,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM tenant_later.environments WHERE name = 'prod'")
+            .fetch_one(&mut connection)
+            .await?;
+    assert_eq!(in_schema, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_on_postgresql_reach_every_replica_and_are_dropped_whole() -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    stella_tests::init_tracing();
+    let url = stella_tests::postgres::fresh_database_url().await?;
+    let database = url.clone();
+    let first = TestServer::start_with(move |config| config.database_url = Some(database)).await?;
+    let second = first.start_replica().await?;
+    first
+        .post("/api/v1/tenants", json!({"name": "team-a"}))
+        .await?;
+    let alice_token = user(&first, "alice").await?;
+    bind(
+        &first,
+        "alice",
+        json!({"tenant": "team-a", "role": "admin"}),
+    )
+    .await?;
+    // Created on the first replica, used at once on the second.
+    let on_second = As {
+        server: &second,
+        token: alice_token.clone(),
+        tenant: Some("team-a"),
+    };
+    on_second
+        .ok(
+            Method::POST,
+            "/api/v1/environments",
+            Some(json!({"name": "prod", "approvals": 3})),
+        )
+        .await?;
+    second
+        .post(
+            "/api/v1/environments",
+            json!({"name": "prod", "approvals": 1}),
+        )
+        .await?;
+    let on_first = As {
+        server: &first,
+        token: alice_token,
+        tenant: Some("team-a"),
+    };
+    let prod = on_first
+        .ok(Method::GET, "/api/v1/environments/prod", None)
+        .await?;
+    assert_eq!(prod["approvals"], 3, "{prod}");
+    let default_prod = first.get("/api/v1/environments/prod").await?;
+    assert_eq!(default_prod["approvals"], 1, "{default_prod}");
+    // An agent enrolled through one replica into team-a connects through the other.
+    let issued = on_first
+        .ok(Method::POST, "/api/v1/agents/join-tokens", Some(json!({})))
+        .await?;
+    let join_token = issued["token"].as_str().context("join token")?.to_owned();
+    let agent = TestAgent::start_with(
+        &second,
+        second.dir.path().join("agent-pg-a"),
+        "pg-a",
+        Some(join_token),
+    );
+    wait_until(
+        "pg-a is connected in team-a",
+        Duration::from_secs(20),
+        || async {
+            let (status, reply) = on_first
+                .call(Method::GET, "/api/v1/agents/pg-a", None)
+                .await
+                .ok()?;
+            (status == 200 && reply["state"] == "connected").then_some(())
+        },
+    )
+    .await?;
+    agent.stop().await?;
+    on_first
+        .ok(Method::POST, "/api/v1/agents/pg-a/revoke", Some(json!({})))
+        .await?;
+    on_first
+        .ok(Method::DELETE, "/api/v1/agents/pg-a", None)
+        .await?;
+    on_first
+        .ok(Method::DELETE, "/api/v1/environments/prod", None)
+        .await?;
+    let (status, reply) = second
+        .call(Method::DELETE, "/api/v1/tenants/team-a", None)
+        .await?;
+    assert_eq!(status, 204, "{reply}");
+    let mut connection = sqlx::postgres::PgConnection::connect(&url).await?;
+    let (schemas,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'tenant_team_a'",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    assert_eq!(schemas, 0, "the tenant's schema is dropped");
+    wait_until(
+        "the first replica forgets team-a",
+        Duration::from_secs(20),
+        || async {
+            let (status, _) = on_first
+                .call(Method::GET, "/api/v1/environments", None)
+                .await
+                .ok()?;
+            (status == 403).then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
