@@ -47,6 +47,7 @@ pub struct CreateTenantRequest {
 
 /// A role binding as the API shows it and takes it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BindingView {
     /// The tenant.
