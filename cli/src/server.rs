@@ -139,7 +139,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut agent = None;
     if args.dev {
         agent = Some(start_dev_agent(&server, shutdown.clone()).await?);
-        print_dev_banner(&server);
+        let link = dev_sign_in_link(&server).await?;
+        print_dev_banner(&server, &link);
     } else if server.created_admin_token.is_some() {
         // A log event, not a bare line, so that `--log-format json` stays one object
         // per line.
@@ -198,7 +199,25 @@ async fn start_dev_agent(
     }))
 }
 
-fn print_dev_banner(server: &stella_control_plane::RunningServer) {
+/// A sign-in link to the console for `admin` (a session made for it; the dev server
+/// is a throwaway on loopback).
+async fn dev_sign_in_link(server: &stella_control_plane::RunningServer) -> anyhow::Result<String> {
+    let admin = server
+        .app
+        .store
+        .find_user("admin")
+        .await
+        .context("the dev server has no admin user")?;
+    let session = stella_control_plane::console::session::create_session(&server.app, &admin.id)
+        .await
+        .map_err(|error| anyhow::anyhow!("creating the console sign-in link: {error}"))?;
+    Ok(format!(
+        "{}/console/login/link?session={session}",
+        server.api_url()
+    ))
+}
+
+fn print_dev_banner(server: &stella_control_plane::RunningServer, link: &str) {
     let token = server
         .created_admin_token
         .clone()
@@ -210,7 +229,7 @@ fn print_dev_banner(server: &stella_control_plane::RunningServer) {
         String::new()
     };
     eprintln!(
-        "\nstella dev server\n  api      {api}\n  gateway  {grpc}\n  data dir {dir} (deleted on exit)\n  agent    local (in-process)\n\n  export STELLA_SERVER={api}\n  export STELLA_TOKEN={token}\n{ca_line}",
+        "\nstella dev server\n  console  {api}/ (sign in: {link})\n  api      {api}\n  gateway  {grpc}\n  data dir {dir} (deleted on exit)\n  agent    local (in-process)\n\n  export STELLA_SERVER={api}\n  export STELLA_TOKEN={token}\n{ca_line}",
         api = server.api_url(),
         grpc = server.grpc_url(),
         dir = server.app.config.data_dir.display(),

@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod gateway;

@@ -4,6 +4,7 @@
 //! A test's directory is kept when the test panics, and its path printed, so the
 //! database, keys and logs can be read afterwards.
 
+pub mod browser;
 pub mod compose;
 pub mod debian;
 pub mod doubles;

@@ -42,6 +42,15 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
         check_path: "/usr/bin/docker-compose",
         package: "docker-compose",
     },
+    // The web console's suite drives a real, headless Chromium.
+    DebianPackage {
+        check_path: "/usr/bin/chromium",
+        package: "chromium",
+    },
+    DebianPackage {
+        check_path: "/usr/bin/chromedriver",
+        package: "chromium-driver",
+    },
     DebianPackage {
         // /bin/busybox alone could be the dynamically linked `busybox` package.
         check_path: "/var/lib/dpkg/info/busybox-static.list",

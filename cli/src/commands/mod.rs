@@ -80,7 +80,7 @@ impl Context {
 
 /// A secret read from standard input (so it stays out of the shell history and the
 /// process list), without its trailing newline; refused when empty.
-fn read_stdin(what: &str) -> anyhow::Result<String> {
+pub fn read_stdin(what: &str) -> anyhow::Result<String> {
     use anyhow::Context as _;
     use std::io::Read as _;
     let mut text = String::new();

@@ -67,6 +67,13 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
+    /// Set a user's web console password, read from standard input (at least 12
+    /// characters): `printf %s "$PW" | stella user password alice`. Without NAME, your
+    /// own.
+    Password {
+        /// User name (admins); your own password without it.
+        name: Option<String>,
+    },
 }
 
 /// `stella user …`.
@@ -119,7 +126,7 @@ pub async fn user(context: &Context, command: UserCommand) -> anyhow::Result<()>
                 .await?;
             let value = json!({ "unbound": { "user": name, "tenant": tenant, "role": role, "environment": environment } });
             context.print(&value, |_| {
-                println!("unbound {role} in tenant {tenant} from {name}")
+                println!("unbound {role} in tenant {tenant} from {name}");
             });
         }
         UserCommand::Bindings { name } => {
@@ -174,6 +181,17 @@ pub async fn user(context: &Context, command: UserCommand) -> anyhow::Result<()>
         UserCommand::Delete { name } => {
             client.delete(&format!("/users/{}", path(&name))).await?;
             context.deleted("user", &name);
+        }
+        UserCommand::Password { name } => {
+            let password = super::read_stdin("password")?;
+            let path = match &name {
+                Some(name) => format!("/users/{}/password", path(name)),
+                None => "/password".to_owned(),
+            };
+            client.put(&path, json!({ "password": password })).await?;
+            let who = name.unwrap_or_else(|| "your".to_owned());
+            let value = json!({ "password_set": { "user": who } });
+            context.print(&value, |_| println!("console password set for {who}"));
         }
         UserCommand::Token { name } => {
             let token = client

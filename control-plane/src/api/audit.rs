@@ -81,7 +81,9 @@ pub async fn record(State(state): State<ApiState>, request: Request, next: Next)
         http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
     );
     let path = request.uri().path();
-    let audited = path.starts_with("/api/v1/") || path.starts_with("/v1/task-runner/");
+    let audited = path.starts_with("/api/v1/")
+        || path.starts_with("/v1/task-runner/")
+        || path.starts_with("/console/");
     if !mutating || !audited {
         return next.run(request).await;
     }

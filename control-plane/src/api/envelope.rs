@@ -467,7 +467,7 @@ impl Caller {
                     permission.role(),
                     crate::domain::format_scopes(scopes)
                 ),
-                crate::auth::Credential::ApiToken(_) => format!(
+                crate::auth::Credential::ApiToken(_) | crate::auth::Credential::Session => format!(
                     "this needs the {} role; you are {}",
                     permission.role(),
                     if roles.is_empty() {

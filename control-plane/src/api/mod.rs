@@ -76,6 +76,8 @@ pub fn router(tenants: Arc<Tenants>) -> Router {
         )
         .route("/users/{name}/tokens", post(users::create_token))
         .route("/whoami", get(users::whoami))
+        .route("/password", put(users::set_own_password))
+        .route("/users/{name}/password", put(users::set_password))
         .route("/tenants", get(tenants::list).post(tenants::create))
         .route("/tenants/{name}", axum::routing::delete(tenants::delete))
         .route(
@@ -210,6 +212,7 @@ pub fn router(tenants: Arc<Tenants>) -> Router {
         .route("/runs/{run_id}/cancel", post(task_runner::cancel_run))
         .route("/openapi.yaml", get(task_runner::openapi_spec));
     Router::new()
+        .merge(crate::console::router())
         .nest("/api/v1", api)
         .route("/oauth/token", post(oauth::token))
         .route("/.well-known/jwks.json", get(oauth::jwks))

@@ -38,7 +38,7 @@ use super::{
         agents::list, agents::show, agents::revoke, agents::delete, agents::create_join_token,
         agents::gateway,
         users::create, users::list, users::update, users::delete, users::create_token,
-        users::whoami,
+        users::whoami, users::set_password, users::set_own_password,
         tenants::list, tenants::create, tenants::delete, tenants::list_bindings,
         tenants::bind, tenants::unbind,
         tokens::list_tokens, tokens::create_token, tokens::revoke_token,

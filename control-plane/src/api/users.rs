@@ -242,3 +242,76 @@ pub async fn delete(
     app.delete_user(&name, &caller.0).await?;
     Ok(http::StatusCode::NO_CONTENT)
 }
+
+/// Body of a password change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    /// The console password from now on: at least 12 characters.
+    pub password: String,
+}
+
+/// Sets a user's console password.
+///
+/// Stored as an argon2id hash; the user's console sessions go on until they end.
+/// Needs a server admin.
+#[utoipa::path(put, path = "/api/v1/users/{name}/password", tag = "users", operation_id = "setUserPassword",
+    params(("name" = String, Path, description = "user name")),
+    request_body = PasswordRequest,
+    responses(
+        (status = 204, description = "Set"),
+        (status = 400, description = "Too short (`invalid_argument`)", body = ErrorEnvelope),
+        (status = 403, description = "The caller is not a server admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such user (`not_found`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn set_password(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<ApiJson<PasswordRequest>, ApiError>,
+) -> ApiResult<http::StatusCode> {
+    caller.require_server(Permission::Administer)?;
+    let ApiJson(body) = body?;
+    let user = app.store.find_user(&name).await?;
+    store_password(&app, &user, body.password).await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}
+
+/// Sets the caller's own console password.
+///
+/// Any user, for itself (an OAuth2 client has none: `not_a_user`).
+#[utoipa::path(put, path = "/api/v1/password", tag = "users", operation_id = "setOwnPassword",
+    request_body = PasswordRequest,
+    responses(
+        (status = 204, description = "Set"),
+        (status = 400, description = "Too short (`invalid_argument`)", body = ErrorEnvelope),
+        (status = 403, description = "The caller is an OAuth2 client (`not_a_user`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn set_own_password(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Result<ApiJson<PasswordRequest>, ApiError>,
+) -> ApiResult<http::StatusCode> {
+    if let crate::auth::Credential::AccessToken { .. } = caller.1 {
+        return Err(ApiError(AppError::new(
+            crate::error::ErrorKind::PermissionDenied,
+            "not_a_user",
+            "an OAuth2 client has no console password",
+        )));
+    }
+    let ApiJson(body) = body?;
+    store_password(&app, &caller.0, body.password).await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}
+
+async fn store_password(app: &App, user: &User, password: String) -> Result<(), AppError> {
+    let hash =
+        tokio::task::spawn_blocking(move || crate::console::session::hash_password(&password))
+            .await
+            .map_err(|e| AppError::internal("hashing a password", &e))??;
+    app.store.set_password_hash(&user.id, Some(&hash)).await?;
+    tracing::info!(user = %user.name, "console password changed");
+    Ok(())
+}

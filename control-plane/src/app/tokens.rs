@@ -261,7 +261,7 @@ impl App {
 /// The user whose tokens these are: API tokens belong to users, not to OAuth2 clients.
 fn token_owner(caller: &Principal) -> Result<&User, AppError> {
     match caller.credential {
-        Credential::ApiToken(_) => Ok(&caller.user),
+        Credential::ApiToken(_) | Credential::Session => Ok(&caller.user),
         Credential::AccessToken { .. } => Err(AppError::new(
             ErrorKind::PermissionDenied,
             "not_a_user",

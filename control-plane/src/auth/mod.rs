@@ -51,6 +51,8 @@ pub enum Credential {
         /// The tenant it acts in.
         tenant: crate::domain::TenantId,
     },
+    /// A signed-in console session (a browser's cookie).
+    Session,
 }
 
 /// Why a bearer credential was refused: a fixed `reason` (the metric label) and a

@@ -19,6 +19,7 @@
 
 mod agents;
 mod audit;
+mod console;
 mod deployments;
 mod drift;
 mod environments;
@@ -46,6 +47,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use audit::MAX_APPEND_BATCH;
+pub use console::ConsoleSession;
 pub use deployments::DesiredPayload;
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;

@@ -31,6 +31,22 @@ impl Store {
         .collect()
     }
 
+    /// The user with this id; `NotFound` if there is none.
+    pub async fn get_user(&self, id: &str) -> Result<User, StoreError> {
+        sqlx::query_as::<_, UserRow>(
+            "SELECT id, name, roles, created_at_ms FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database("reading a user"))?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "user",
+            key: id.to_owned(),
+        })?
+        .into_user()
+    }
+
     /// The user with this name; `NotFound` if there is none.
     pub async fn find_user(&self, name: &str) -> Result<User, StoreError> {
         sqlx::query_as::<_, UserRow>(
