@@ -29,8 +29,9 @@
 //! between the two, since only a reload does), and success sends `nginx -s reload`
 //! (SIGHUP to the master: old workers finish their requests, new ones take new
 //! connections, the listening sockets stay open). The reload counts as done when the
-//! master has a worker it did not have before the signal: nginx starts new workers
-//! only once it has read the new configuration.
+//! master has a worker it did not have before the signal (nginx starts new workers only
+//! once it has read the new configuration) and every old worker has exited or calls
+//! itself `worker process is shutting down` (it no longer takes connections).
 //!
 //! `current` reads the route file: open-source nginx has no API that lists an upstream's
 //! servers, and after a confirmed reload the file is what the workers run. The spec line
@@ -189,7 +190,7 @@ impl NginxRouter {
         let deadline = Duration::from_secs(self.settings.timeout_seconds);
         loop {
             let now = children_of(master).await;
-            if now.iter().any(|pid| !before.contains(pid)) {
+            if now.iter().any(|pid| !before.contains(pid)) && old_workers_left(&before).await {
                 tracing::info!(
                     master,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -213,6 +214,10 @@ impl NginxRouter {
         let Some(text) = files::read_if_exists(path).await? else {
             return Ok(None);
         };
+        // `nginx -t` leaves an empty pid file behind when no master runs.
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
         let pid: u32 = text.trim().parse().map_err(|_| RouterError::Foreign {
             path: path.clone(),
             reason: format!("not a pid: {:?}", text.trim()),
@@ -427,6 +432,24 @@ fn nginx_message(output: &str) -> String {
     } else {
         lines.join("; ")
     }
+}
+
+/// Whether every worker in `old` has exited or stopped taking connections: nginx
+/// starts the new workers first and tells the old ones to finish about 100 ms later;
+/// until then they still accept on the shared sockets with the old configuration. A
+/// worker told to finish renames itself `nginx: worker process is shutting down`.
+async fn old_workers_left(old: &BTreeSet<u32>) -> bool {
+    for pid in old {
+        match tokio::fs::read(format!("/proc/{pid}/cmdline")).await {
+            Ok(cmdline) => {
+                if !String::from_utf8_lossy(&cmdline).contains("shutting down") {
+                    return false;
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    true
 }
 
 /// The pids whose parent is `parent`, from `/proc/*/stat` (an empty set when `/proc`
