@@ -444,6 +444,14 @@ impl Drop for Nginx {
                 .args(["-s", "stop"])
                 .stderr(Stdio::null())
                 .status();
+            // The master stops its workers before it exits; killing it first (what
+            // dropping the child does) would leave them running.
+            if let Some(child) = self.child.as_mut() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
         if std::thread::panicking() {
             let path = self.dir.path().to_owned();
