@@ -131,7 +131,10 @@ pub fn forward_action(
 /// The requests that make `backends` the listener's traffic split.
 pub fn requests(backends: &[Backend], settings: &AlbSettings) -> Result<AlbRequests, RouterError> {
     let split = Split::new(backends)?;
-    let default = forward_action(&groups(&split.default, settings)?, settings.stickiness_seconds)?;
+    let default = forward_action(
+        &groups(&split.default, settings)?,
+        settings.stickiness_seconds,
+    )?;
     let modify_listener = json!({
         "ListenerArn": settings.listener_arn,
         "DefaultActions": [default],
@@ -155,7 +158,10 @@ pub fn requests(backends: &[Backend], settings: &AlbSettings) -> Result<AlbReque
 
 /// The slots of `set` as target groups, each weighted by the sum of its backends'
 /// weights, in the order the slots first appear.
-fn groups(set: &[&Backend], settings: &AlbSettings) -> Result<Vec<WeightedTargetGroup>, RouterError> {
+fn groups(
+    set: &[&Backend],
+    settings: &AlbSettings,
+) -> Result<Vec<WeightedTargetGroup>, RouterError> {
     let mut groups: Vec<(String, WeightedTargetGroup)> = Vec::new();
     for backend in set {
         let slot = backend.slot.as_deref().ok_or_else(|| {
@@ -185,7 +191,9 @@ fn conditions(rule: &AbMatch, settings: &AlbSettings) -> Result<Vec<(String, Val
     let mut out = Vec::new();
     if let Some(header) = &rule.header {
         let arn = settings.ab_header_rule_arn.as_ref().ok_or_else(|| {
-            RouterError::Invalid("alb: the A/B rule tests a header and no ab_header_rule_arn is set".to_owned())
+            RouterError::Invalid(
+                "alb: the A/B rule tests a header and no ab_header_rule_arn is set".to_owned(),
+            )
         })?;
         out.push((
             arn.clone(),
@@ -197,7 +205,9 @@ fn conditions(rule: &AbMatch, settings: &AlbSettings) -> Result<Vec<(String, Val
     }
     if let Some(cookie) = &rule.cookie {
         let arn = settings.ab_cookie_rule_arn.as_ref().ok_or_else(|| {
-            RouterError::Invalid("alb: the A/B rule tests a cookie and no ab_cookie_rule_arn is set".to_owned())
+            RouterError::Invalid(
+                "alb: the A/B rule tests a cookie and no ab_cookie_rule_arn is set".to_owned(),
+            )
         })?;
         out.push((
             arn.clone(),

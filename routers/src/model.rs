@@ -28,9 +28,12 @@ impl RouteName {
         let valid = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .split('-')
-                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && name.split('-').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         if valid {
             Ok(Self(name.to_owned()))
         } else {
@@ -156,7 +159,9 @@ impl FromStr for Address {
             )));
         }
         let port = port.parse::<u16>().map_err(|_| {
-            RouterError::Invalid(format!("upstream {value:?}: port {port:?} is not a number 1–65535"))
+            RouterError::Invalid(format!(
+                "upstream {value:?}: port {port:?} is not a number 1–65535"
+            ))
         })?;
         Self::new(host, port)
     }
@@ -276,7 +281,10 @@ impl AbMatch {
         }
         if let Some(header) = &self.header {
             if header.name.is_empty()
-                || !header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || !header
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             {
                 return Err(RouterError::Invalid(format!(
                     "A/B header name {:?}: letters, digits and '-'",
@@ -287,7 +295,10 @@ impl AbMatch {
         }
         if let Some(cookie) = &self.cookie {
             if cookie.name.is_empty()
-                || !cookie.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || !cookie
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             {
                 return Err(RouterError::Invalid(format!(
                     "A/B cookie name {:?}: letters, digits and '_'",
@@ -449,10 +460,22 @@ mod tests {
         for good in ["web", "web-2", "a", "api-v1-eu"] {
             assert!(RouteName::new(good).is_ok(), "{good}");
         }
-        for bad in ["", "Web", "2web", "web-", "web--ab", "web_ab", "web.ab", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Web",
+            "2web",
+            "web-",
+            "web--ab",
+            "web_ab",
+            "web.ab",
+            &"a".repeat(64),
+        ] {
             assert!(RouteName::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(RouteName::new("api-v1").map(|n| n.identifier()).ok(), Some("api_v1".to_owned()));
+        assert_eq!(
+            RouteName::new("api-v1").map(|n| n.identifier()).ok(),
+            Some("api_v1".to_owned())
+        );
     }
 
     #[test]
@@ -461,7 +484,16 @@ mod tests {
             let address: Address = text.parse().expect("valid address");
             assert_eq!(address.to_string(), text);
         }
-        for bad in ["127.0.0.1", "host:0", "host:70000", "::1:80", "a b:80", "x;y:80", ":80", "-a:80"] {
+        for bad in [
+            "127.0.0.1",
+            "host:0",
+            "host:70000",
+            "::1:80",
+            "a b:80",
+            "x;y:80",
+            ":80",
+            "-a:80",
+        ] {
             assert!(bad.parse::<Address>().is_err(), "{bad}");
         }
     }
@@ -479,13 +511,17 @@ mod tests {
         let backends = vec![
             Backend::new("127.0.0.1:1", 90).expect("backend"),
             Backend::new("127.0.0.1:2", 10).expect("backend"),
-            Backend::new("127.0.0.1:2", 1).expect("backend").matching(ab.clone()),
+            Backend::new("127.0.0.1:2", 1)
+                .expect("backend")
+                .matching(ab.clone()),
         ];
         let split = Split::new(&backends).expect("valid split");
         assert_eq!(split.default.len(), 2);
         assert_eq!(split.ab.as_ref().map(|(_, set)| set.len()), Some(1));
 
-        let only_ab = vec![Backend::new("127.0.0.1:2", 1).expect("backend").matching(ab.clone())];
+        let only_ab = vec![Backend::new("127.0.0.1:2", 1)
+            .expect("backend")
+            .matching(ab.clone())];
         assert!(Split::new(&only_ab).is_err());
         let twice = vec![
             Backend::new("127.0.0.1:1", 1).expect("backend"),
@@ -494,7 +530,9 @@ mod tests {
         assert!(Split::new(&twice).is_err());
         let two_rules = vec![
             Backend::new("127.0.0.1:1", 1).expect("backend"),
-            Backend::new("127.0.0.1:2", 1).expect("backend").matching(ab),
+            Backend::new("127.0.0.1:2", 1)
+                .expect("backend")
+                .matching(ab),
             Backend::new("127.0.0.1:3", 1)
                 .expect("backend")
                 .matching(AbMatch::cookie("canary", "yes")),

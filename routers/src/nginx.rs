@@ -237,7 +237,9 @@ impl NginxRouter {
             command.arg("-e").arg(error_log);
         }
         command.arg("-c").arg(&settings.conf_path).args(args);
-        command.kill_on_drop(true).stdin(std::process::Stdio::null());
+        command
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
         let line = format!("{} {}", settings.nginx_bin.display(), args.join(" "));
         let output = tokio::time::timeout(
             Duration::from_secs(settings.timeout_seconds),
@@ -333,7 +335,14 @@ pub fn render(route: &RouteName, backends: &[Backend]) -> Result<String, RouterE
         }
         Some((rule, set)) => {
             upstream(&mut out, &ab_upstream, set);
-            ab_maps(&mut out, rule, &variable, &id, &default_upstream, &ab_upstream);
+            ab_maps(
+                &mut out,
+                rule,
+                &variable,
+                &id,
+                &default_upstream,
+                &ab_upstream,
+            );
         }
     }
     Ok(out)
@@ -367,7 +376,10 @@ fn ab_maps(
 ) {
     let cookie_variable = format!("$stella_route_{id}__cookie");
     if let Some(header) = &rule.header {
-        let source = format!("$http_{}", header.name.to_ascii_lowercase().replace('-', "_"));
+        let source = format!(
+            "$http_{}",
+            header.name.to_ascii_lowercase().replace('-', "_")
+        );
         let fallback = if rule.cookie.is_some() {
             cookie_variable.as_str()
         } else {
@@ -375,7 +387,11 @@ fn ab_maps(
         };
         let _ = writeln!(out, "map {source} {variable} {{");
         let _ = writeln!(out, "    default {fallback};");
-        let _ = writeln!(out, "    \"~^{}$\" {ab_upstream};", regex_escape(&header.value));
+        let _ = writeln!(
+            out,
+            "    \"~^{}$\" {ab_upstream};",
+            regex_escape(&header.value)
+        );
         let _ = writeln!(out, "}}");
     }
     if let Some(cookie) = &rule.cookie {
@@ -386,7 +402,11 @@ fn ab_maps(
         };
         let _ = writeln!(out, "map $cookie_{} {target} {{", cookie.name);
         let _ = writeln!(out, "    default {default_upstream};");
-        let _ = writeln!(out, "    \"~^{}$\" {ab_upstream};", regex_escape(&cookie.value));
+        let _ = writeln!(
+            out,
+            "    \"~^{}$\" {ab_upstream};",
+            regex_escape(&cookie.value)
+        );
         let _ = writeln!(out, "}}");
     }
 }
@@ -424,7 +444,9 @@ pub fn parse(route: &RouteName, path: &Path, text: &str) -> Result<Vec<Backend>,
 fn nginx_message(output: &str) -> String {
     let lines: Vec<&str> = output
         .lines()
-        .filter(|line| line.contains("[emerg]") || line.contains("[alert]") || line.contains("[crit]"))
+        .filter(|line| {
+            line.contains("[emerg]") || line.contains("[alert]") || line.contains("[crit]")
+        })
         .map(|line| line.trim_start_matches("nginx: ").trim())
         .collect();
     if lines.is_empty() {
@@ -460,7 +482,11 @@ async fn children_of(parent: u32) -> BTreeSet<u32> {
         return children;
     };
     while let Ok(Some(entry)) = entries.next_entry().await {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = tokio::fs::read_to_string(entry.path().join("stat")).await else {
@@ -490,8 +516,12 @@ mod tests {
     #[test]
     fn weights_render_as_servers_and_zero_as_down() {
         let backends = vec![
-            Backend::new("127.0.0.1:8081", 90).expect("backend").in_slot("stable"),
-            Backend::new("127.0.0.1:8082", 10).expect("backend").in_slot("canary"),
+            Backend::new("127.0.0.1:8081", 90)
+                .expect("backend")
+                .in_slot("stable"),
+            Backend::new("127.0.0.1:8082", 10)
+                .expect("backend")
+                .in_slot("canary"),
             Backend::new("[::1]:8083", 0).expect("backend"),
         ];
         let text = render(&route("web-app"), &backends).expect("render");
@@ -518,7 +548,9 @@ mod tests {
         let rule = AbMatch::header("X-Canary", "v2.1").or_cookie("canary", "yes");
         let backends = vec![
             Backend::new("127.0.0.1:8081", 1).expect("backend"),
-            Backend::new("127.0.0.1:8082", 1).expect("backend").matching(rule),
+            Backend::new("127.0.0.1:8082", 1)
+                .expect("backend")
+                .matching(rule),
         ];
         let text = render(&route("web"), &backends).expect("render");
         let body: Vec<&str> = text.lines().skip(2).collect();
@@ -550,8 +582,14 @@ mod tests {
         let edited = text.replace("weight=5", "weight=6");
         let error = parse(&route("web"), Path::new("web.conf"), &edited).expect_err("edited");
         assert!(error.to_string().contains("edited by hand"), "{error}");
-        let error = parse(&route("web"), Path::new("web.conf"), "upstream x {}\n").expect_err("foreign");
-        assert!(error.to_string().contains("no `# stella-routers-spec:` line"), "{error}");
+        let error =
+            parse(&route("web"), Path::new("web.conf"), "upstream x {}\n").expect_err("foreign");
+        assert!(
+            error
+                .to_string()
+                .contains("no `# stella-routers-spec:` line"),
+            "{error}"
+        );
     }
 
     #[test]

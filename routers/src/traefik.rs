@@ -72,7 +72,9 @@ pub fn dynamic_config(
 ) -> Result<Value, RouterError> {
     let split = Split::new(backends)?;
     if settings.rule.trim().is_empty() {
-        return Err(RouterError::Invalid("traefik: the router rule is empty".to_owned()));
+        return Err(RouterError::Invalid(
+            "traefik: the router rule is empty".to_owned(),
+        ));
     }
     if !matches!(settings.scheme.as_str(), "http" | "https" | "h2c") {
         return Err(RouterError::Invalid(format!(
@@ -82,7 +84,12 @@ pub fn dynamic_config(
     }
     let mut services = BTreeMap::new();
     let mut routers = BTreeMap::new();
-    weighted(&mut services, route.as_str(), &split.default, &settings.scheme)?;
+    weighted(
+        &mut services,
+        route.as_str(),
+        &split.default,
+        &settings.scheme,
+    )?;
     routers.insert(
         route.to_string(),
         json!({
@@ -139,7 +146,10 @@ fn weighted(
             "traefik: every backend of `{name}` has weight 0; Traefik's weighted service needs one above 0"
         )));
     }
-    services.insert(name.to_owned(), json!({ "weighted": { "services": entries } }));
+    services.insert(
+        name.to_owned(),
+        json!({ "weighted": { "services": entries } }),
+    );
     Ok(())
 }
 

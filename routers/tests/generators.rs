@@ -9,13 +9,17 @@ use stella_routers::traefik::{self, TraefikSettings, TraefikVersion};
 use stella_routers::{AbMatch, Backend, RouteName};
 
 const LISTENER: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener/app/shop/50dc6c495c0c9188/f2f7dc8efc522ab2";
-const STABLE: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop-stable/2453ed029918f21f";
-const CANARY: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop-canary/73e2d6bc24d8a067";
+const STABLE: &str =
+    "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop-stable/2453ed029918f21f";
+const CANARY: &str =
+    "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/shop-canary/73e2d6bc24d8a067";
 const HEADER_RULE: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener-rule/app/shop/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee";
 const COOKIE_RULE: &str = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:listener-rule/app/shop/50dc6c495c0c9188/f2f7dc8efc522ab2/1a2b3c4d5e6f7a8b";
 
 fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -40,8 +44,12 @@ fn traefik_settings(version: TraefikVersion, entry_point: &str) -> TraefikSettin
 #[test]
 fn traefik_weighted_services_match_the_documented_shape() {
     let backends = [
-        Backend::new("10.0.0.5:8080", 90).expect("backend").in_slot("stable"),
-        Backend::new("10.0.0.6:8080", 10).expect("backend").in_slot("canary"),
+        Backend::new("10.0.0.5:8080", 90)
+            .expect("backend")
+            .in_slot("stable"),
+        Backend::new("10.0.0.6:8080", 10)
+            .expect("backend")
+            .in_slot("canary"),
         Backend::new("10.0.0.7:8080", 0).expect("backend"),
     ];
     let settings = traefik_settings(TraefikVersion::V3, "websecure");
@@ -57,13 +65,19 @@ fn traefik_ab_router_matches_the_documented_v2_rule_syntax() {
     let rule = AbMatch::header("X-Canary", "v2").or_cookie("canary", "yes");
     let backends = [
         Backend::new("10.0.0.5:8080", 1).expect("backend"),
-        Backend::new("10.0.0.6:8080", 1).expect("backend").matching(rule),
+        Backend::new("10.0.0.6:8080", 1)
+            .expect("backend")
+            .matching(rule),
     ];
     let settings = traefik_settings(TraefikVersion::V2, "web");
     let document = traefik::dynamic_config(&web(), &backends, &settings).expect("generate");
     assert_eq!(document, yaml(&fixture("traefik-ab-v2.yml")));
-    let v3 = traefik::dynamic_config(&web(), &backends, &traefik_settings(TraefikVersion::V3, "web"))
-        .expect("generate v3");
+    let v3 = traefik::dynamic_config(
+        &web(),
+        &backends,
+        &traefik_settings(TraefikVersion::V3, "web"),
+    )
+    .expect("generate v3");
     assert_eq!(
         v3["http"]["routers"]["web-ab"]["rule"],
         "(Host(`shop.example.com`)) && (Header(`X-Canary`, `v2`) || HeaderRegexp(`Cookie`, `(^|;\\s*)canary=yes(;|$)`))"
@@ -73,8 +87,12 @@ fn traefik_ab_router_matches_the_documented_v2_rule_syntax() {
 #[test]
 fn traefik_refuses_a_set_with_no_weight() {
     let backends = [Backend::new("10.0.0.5:8080", 0).expect("backend")];
-    let error = traefik::dynamic_config(&web(), &backends, &traefik_settings(TraefikVersion::V3, "web"))
-        .expect_err("all zero");
+    let error = traefik::dynamic_config(
+        &web(),
+        &backends,
+        &traefik_settings(TraefikVersion::V3, "web"),
+    )
+    .expect_err("all zero");
     assert!(error.to_string().contains("weight 0"), "{error}");
 }
 
@@ -95,12 +113,19 @@ fn alb_settings() -> AlbSettings {
 #[test]
 fn alb_modify_listener_matches_the_documented_shape_with_weights_summed_per_slot() {
     let backends = [
-        Backend::new("10.0.0.5:8080", 45).expect("backend").in_slot("stable"),
-        Backend::new("10.0.0.6:8080", 45).expect("backend").in_slot("stable"),
-        Backend::new("10.0.0.7:8080", 10).expect("backend").in_slot("canary"),
+        Backend::new("10.0.0.5:8080", 45)
+            .expect("backend")
+            .in_slot("stable"),
+        Backend::new("10.0.0.6:8080", 45)
+            .expect("backend")
+            .in_slot("stable"),
+        Backend::new("10.0.0.7:8080", 10)
+            .expect("backend")
+            .in_slot("canary"),
     ];
     let requests = alb::requests(&backends, &alb_settings()).expect("generate");
-    let expected: Value = serde_json::from_str(&fixture("alb-canary-modify-listener.json")).expect("fixture");
+    let expected: Value =
+        serde_json::from_str(&fixture("alb-canary-modify-listener.json")).expect("fixture");
     assert_eq!(requests.modify_listener, expected);
     assert!(requests.modify_rules.is_empty());
 }
@@ -109,15 +134,21 @@ fn alb_modify_listener_matches_the_documented_shape_with_weights_summed_per_slot
 fn alb_ab_rules_match_the_documented_shape() {
     let rule = AbMatch::header("X-Canary", "v2").or_cookie("canary", "yes");
     let backends = [
-        Backend::new("10.0.0.5:8080", 1).expect("backend").in_slot("stable"),
-        Backend::new("10.0.0.6:8080", 1).expect("backend").in_slot("canary").matching(rule),
+        Backend::new("10.0.0.5:8080", 1)
+            .expect("backend")
+            .in_slot("stable"),
+        Backend::new("10.0.0.6:8080", 1)
+            .expect("backend")
+            .in_slot("canary")
+            .matching(rule),
     ];
     let settings = AlbSettings {
         stickiness_seconds: None,
         ..alb_settings()
     };
     let requests = alb::requests(&backends, &settings).expect("generate");
-    let expected: Value = serde_json::from_str(&fixture("alb-ab-modify-rules.json")).expect("fixture");
+    let expected: Value =
+        serde_json::from_str(&fixture("alb-ab-modify-rules.json")).expect("fixture");
     assert_eq!(Value::Array(requests.modify_rules), expected);
 }
 

@@ -18,7 +18,10 @@ fn route() -> RouteSpec {
 async fn started(backends: &[Backend]) -> (Nginx, NginxRouter) {
     let mut nginx = Nginx::prepare("web");
     let router = NginxRouter::new(nginx.settings());
-    let applied = router.apply(&route(), backends).await.expect("apply before start");
+    let applied = router
+        .apply(&route(), backends)
+        .await
+        .expect("apply before start");
     assert_eq!(applied.method, ApplyMethod::NotRunning);
     nginx.start().await;
     (nginx, router)
@@ -26,31 +29,51 @@ async fn started(backends: &[Backend]) -> (Nginx, NginxRouter) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_weights_90_10_send_10_percent_to_the_second_over_2000_requests() {
-    let (v1, v2) = (HttpBackend::start("v1").await, HttpBackend::start("v2").await);
+    let (v1, v2) = (
+        HttpBackend::start("v1").await,
+        HttpBackend::start("v2").await,
+    );
     let (nginx, router) = started(&[Backend::new(&v1.address(), 100).expect("backend")]).await;
 
     let backends = [
-        Backend::new(&v1.address(), 90).expect("backend").in_slot("stable"),
-        Backend::new(&v2.address(), 10).expect("backend").in_slot("canary"),
+        Backend::new(&v1.address(), 90)
+            .expect("backend")
+            .in_slot("stable"),
+        Backend::new(&v2.address(), 10)
+            .expect("backend")
+            .in_slot("canary"),
     ];
     let started = Instant::now();
-    let applied = router.apply(&route(), &backends).await.expect("apply 90/10");
+    let applied = router
+        .apply(&route(), &backends)
+        .await
+        .expect("apply 90/10");
     println!("nginx apply with reload: {:?}", started.elapsed());
     assert_eq!(applied.method, ApplyMethod::Reload);
     assert_eq!(applied.live, backends);
     assert_eq!(router.current(&route()).await.expect("current"), backends);
 
     let tally = send(&nginx.url(), 2_000, 4, &[]).await;
-    println!("nginx 90/10 over 2000 requests: {tally:?}, v2 share {:.2} %", tally.share("v2") * 100.0);
+    println!(
+        "nginx 90/10 over 2000 requests: {tally:?}, v2 share {:.2} %",
+        tally.share("v2") * 100.0
+    );
     assert_eq!(tally.failed(), 0, "{tally:?}");
     assert_eq!(tally.total(), 2_000);
     let share = tally.share("v2");
-    assert!((0.07..=0.13).contains(&share), "v2 got {:.2} % of requests: {tally:?}", share * 100.0);
+    assert!(
+        (0.07..=0.13).contains(&share),
+        "v2 got {:.2} % of requests: {tally:?}",
+        share * 100.0
+    );
 }
 
 /// Moves weights six times under a steady client loop and returns what the loop saw.
 async fn move_weights_under_load(connections: Connections) -> Tally {
-    let (v1, v2) = (HttpBackend::start("v1").await, HttpBackend::start("v2").await);
+    let (v1, v2) = (
+        HttpBackend::start("v1").await,
+        HttpBackend::start("v2").await,
+    );
     let (nginx, router) = started(&[
         Backend::new(&v1.address(), 100).expect("backend"),
         Backend::new(&v2.address(), 0).expect("backend"),
@@ -66,7 +89,10 @@ async fn move_weights_under_load(connections: Connections) -> Tally {
             Backend::new(&v2.address(), w2).expect("backend"),
         ];
         let started = Instant::now();
-        let applied = router.apply(&route(), &backends).await.expect("apply under load");
+        let applied = router
+            .apply(&route(), &backends)
+            .await
+            .expect("apply under load");
         reloads.push(started.elapsed());
         assert_eq!(applied.method, ApplyMethod::Reload);
         load.wait_for_more(300).await;
@@ -80,7 +106,11 @@ async fn move_weights_under_load(connections: Connections) -> Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_weight_changes_under_steady_load_fail_no_request() {
     let tally = move_weights_under_load(Connections::Fresh).await;
-    assert_eq!(tally.failed(), 0, "failed requests during reloads: {tally:?}");
+    assert_eq!(
+        tally.failed(),
+        0,
+        "failed requests during reloads: {tally:?}"
+    );
 }
 
 /// A client that keeps connections alive can have a request cross nginx closing an idle
@@ -89,17 +119,26 @@ async fn nginx_weight_changes_under_steady_load_fail_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_weight_changes_under_keep_alive_load_fail_no_request_with_one_retry() {
     let tally = move_weights_under_load(Connections::KeepAliveRetryOnce).await;
-    assert_eq!(tally.failed(), 0, "failed requests during reloads: {tally:?}");
+    assert_eq!(
+        tally.failed(),
+        0,
+        "failed requests during reloads: {tally:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_ab_header_or_cookie_routes_exactly_the_marked_requests() {
-    let (v1, v2) = (HttpBackend::start("v1").await, HttpBackend::start("v2").await);
+    let (v1, v2) = (
+        HttpBackend::start("v1").await,
+        HttpBackend::start("v2").await,
+    );
     let (nginx, router) = started(&[Backend::new(&v1.address(), 1).expect("backend")]).await;
     let rule = AbMatch::header("X-Canary", "v2").or_cookie("canary", "yes");
     let backends = [
         Backend::new(&v1.address(), 1).expect("backend"),
-        Backend::new(&v2.address(), 1).expect("backend").matching(rule),
+        Backend::new(&v2.address(), 1)
+            .expect("backend")
+            .matching(rule),
     ];
     router.apply(&route(), &backends).await.expect("apply A/B");
     assert_eq!(router.current(&route()).await.expect("current"), backends);
@@ -121,7 +160,11 @@ async fn nginx_ab_header_or_cookie_routes_exactly_the_marked_requests() {
         ("X-Canary: v2x", &prefix, "v1"),
         ("cookies canary=no, xcanary=yes", &other_cookie, "v1"),
     ] {
-        assert_eq!(tally.count(version), 200, "{what} should all go to {version}: {tally:?}");
+        assert_eq!(
+            tally.count(version),
+            200,
+            "{what} should all go to {version}: {tally:?}"
+        );
     }
 
     // Without the rule, marked requests go to the default set again.
@@ -135,7 +178,10 @@ async fn nginx_ab_header_or_cookie_routes_exactly_the_marked_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_refuses_a_config_it_cannot_load_and_keeps_serving_the_old_one() {
-    let (v1, v2) = (HttpBackend::start("v1").await, HttpBackend::start("v2").await);
+    let (v1, v2) = (
+        HttpBackend::start("v1").await,
+        HttpBackend::start("v2").await,
+    );
     let good = [Backend::new(&v1.address(), 1).expect("backend")];
     let (nginx, router) = started(&good).await;
     let path = router.route_file(&route().name);
@@ -149,9 +195,15 @@ async fn nginx_refuses_a_config_it_cannot_load_and_keeps_serving_the_old_one() {
     ];
     let load = Load::start(&nginx.url(), 2, Duration::from_secs(30));
     load.wait_for_more(50).await;
-    let error = router.apply(&route(), &bad).await.expect_err("nginx -t refuses");
+    let error = router
+        .apply(&route(), &bad)
+        .await
+        .expect_err("nginx -t refuses");
     println!("refused: {error}");
-    assert!(matches!(error, RouterError::NginxRejected { .. }), "{error:?}");
+    assert!(
+        matches!(error, RouterError::NginxRejected { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
     assert!(message.contains("host not found in upstream"), "{message}");
     assert!(message.contains("no-such-host.invalid"), "{message}");
@@ -160,12 +212,19 @@ async fn nginx_refuses_a_config_it_cannot_load_and_keeps_serving_the_old_one() {
     load.wait_for_more(100).await;
     let tally = load.stop().await;
     assert_eq!(tally.failed(), 0, "{tally:?}");
-    assert_eq!(tally.count("v2"), 0, "the refused route must not serve: {tally:?}");
+    assert_eq!(
+        tally.count("v2"),
+        0,
+        "the refused route must not serve: {tally:?}"
+    );
     let after = send(&nginx.url(), 100, 2, &[]).await;
     assert_eq!(after.count("v1"), 100, "{after:?}");
 
     // Removing the route is refused too while the server block proxies to it.
-    let error = router.remove(&route()).await.expect_err("route still in use");
+    let error = router
+        .remove(&route())
+        .await
+        .expect_err("route still in use");
     assert!(error.to_string().contains("stella_route_web"), "{error}");
     assert_eq!(std::fs::read_to_string(&path).expect("route file"), before);
 

@@ -296,7 +296,9 @@ impl Router for HaproxyRouter {
                     b
                 })
                 .collect();
-            list.sort_by(|a, b| (a.r#match.is_some(), &a.address).cmp(&(b.r#match.is_some(), &b.address)));
+            list.sort_by(|a, b| {
+                (a.r#match.is_some(), &a.address).cmp(&(b.r#match.is_some(), &b.address))
+            });
             list
         };
         if comparable(&live) != comparable(backends) {
@@ -475,9 +477,9 @@ impl SlotPlan {
         let mut assigned: Vec<(Slot, Backend)> = Vec::new();
         let mut unplaced: Vec<&Backend> = Vec::new();
         for want in wanted {
-            let at = free.iter().position(|s| {
-                s.is_some_and(|s| s.address.as_ref() == Some(&want.address))
-            });
+            let at = free
+                .iter()
+                .position(|s| s.is_some_and(|s| s.address.as_ref() == Some(&want.address)));
             match at.and_then(|i| free[i].take()) {
                 Some(slot) => assigned.push((slot.clone(), (*want).clone())),
                 None => unplaced.push(want),
@@ -531,7 +533,10 @@ impl AbMaps {
             let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
                 continue;
             };
-            let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".map")) else {
+            let Some(rest) = file
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".map"))
+            else {
                 continue;
             };
             if let Some(header) = rest.strip_prefix("header.") {
@@ -596,7 +601,14 @@ mod tests {
         let slots = parse_servers_state("show servers state web", STATE).expect("parse");
         assert_eq!(slots.len(), 2);
         assert_eq!(slots[0].name, "s1");
-        assert_eq!(slots[0].address.as_ref().map(ToString::to_string).as_deref(), Some("127.0.0.1:8081"));
+        assert_eq!(
+            slots[0]
+                .address
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("127.0.0.1:8081")
+        );
         assert_eq!(slots[0].weight, 90);
         assert!(!slots[0].maint, "CMAINT alone is not maintenance");
         assert!(slots[1].maint);
@@ -614,21 +626,43 @@ mod tests {
             .iter()
             .map(|(s, b)| (s.name.as_str(), b.address.to_string()))
             .collect();
-        assert_eq!(names, [("s1", "127.0.0.1:8081".to_owned()), ("s2", "127.0.0.1:8082".to_owned())]);
+        assert_eq!(
+            names,
+            [
+                ("s1", "127.0.0.1:8081".to_owned()),
+                ("s2", "127.0.0.1:8082".to_owned())
+            ]
+        );
         assert!(plan.released.is_empty());
         let c = Backend::new("127.0.0.1:8083", 1).expect("backend");
         let error = SlotPlan::new("web", &slots, &[&a, &b, &c]).expect_err("too many");
-        assert!(error.to_string().contains("has 2 server slots and the route needs 3"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("has 2 server slots and the route needs 3"),
+            "{error}"
+        );
     }
 
     #[test]
     fn ab_maps_are_found_by_file_name() {
         let show = "# id (file) description\n0 (/etc/haproxy/web__ab.header.X-Canary.map) pattern loaded from file '/etc/haproxy/web__ab.header.X-Canary.map' used by map at file 'h.cfg' line 11. curr_ver=0 next_ver=0 entry_cnt=0\n1 (/etc/haproxy/web-2__ab.cookie.canary.map) pattern loaded …\n";
         let maps = AbMaps::find(&RouteName::new("web").expect("name"), show);
-        assert_eq!(maps.header.as_ref().map(|(n, _)| n.as_str()), Some("X-Canary"));
+        assert_eq!(
+            maps.header.as_ref().map(|(n, _)| n.as_str()),
+            Some("X-Canary")
+        );
         assert!(maps.cookie.is_none());
-        let keys = maps.keys_for(&AbMatch::header("x-canary", "v2")).expect("keys");
-        assert_eq!(keys, [(PathBuf::from("/etc/haproxy/web__ab.header.X-Canary.map"), Some("v2".to_owned()))]);
+        let keys = maps
+            .keys_for(&AbMatch::header("x-canary", "v2"))
+            .expect("keys");
+        assert_eq!(
+            keys,
+            [(
+                PathBuf::from("/etc/haproxy/web__ab.header.X-Canary.map"),
+                Some("v2".to_owned())
+            )]
+        );
         assert!(maps.keys_for(&AbMatch::cookie("canary", "v2")).is_err());
     }
 }

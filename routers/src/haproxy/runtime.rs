@@ -59,20 +59,19 @@ impl RuntimeApi {
                 .write_all(format!("{line}\n").as_bytes())
                 .await
                 .map_err(io_error)?;
+            // HAProxy closes the connection after its answer; `take` bounds what is
+            // read from a server that would not.
             let mut reply = Vec::new();
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                let n = stream.read(&mut chunk).await.map_err(io_error)?;
-                if n == 0 {
-                    break;
-                }
-                reply.extend_from_slice(&chunk[..n]);
-                if reply.len() > MAX_REPLY_BYTES {
-                    return Err(RouterError::HaproxyReply {
-                        command: line.to_owned(),
-                        detail: format!("answer longer than {MAX_REPLY_BYTES} bytes"),
-                    });
-                }
+            (&mut stream)
+                .take(MAX_REPLY_BYTES as u64 + 1)
+                .read_to_end(&mut reply)
+                .await
+                .map_err(io_error)?;
+            if reply.len() > MAX_REPLY_BYTES {
+                return Err(RouterError::HaproxyReply {
+                    command: line.to_owned(),
+                    detail: format!("answer longer than {MAX_REPLY_BYTES} bytes"),
+                });
             }
             Ok(reply)
         };

@@ -40,7 +40,9 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a backend");
         let addr = listener.local_addr().expect("backend address");
         let hits = Arc::new(AtomicU64::new(0));
         let (task_name, task_hits) = (name.to_owned(), hits.clone());
@@ -125,7 +127,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !condition().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -231,8 +236,10 @@ pub async fn send(url: &str, count: u64, concurrency: u64, headers: &[(&str, &st
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
         workers.push(tokio::spawn(async move {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             let mut tally = Tally::default();
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 match get(&client, &url, &headers).await {
@@ -264,7 +271,12 @@ impl Load {
         Self::start_with(url, concurrency, max, Connections::KeepAlive)
     }
 
-    pub fn start_with(url: &str, concurrency: usize, max: Duration, connections: Connections) -> Self {
+    pub fn start_with(
+        url: &str,
+        concurrency: usize,
+        max: Duration,
+        connections: Connections,
+    ) -> Self {
         let client = client_for(connections);
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
