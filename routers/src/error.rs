@@ -103,6 +103,17 @@ pub enum RouterError {
         /// What was wrong with the answer.
         detail: String,
     },
+    /// A runtime command failed after others had changed the route (HAProxy has no
+    /// transaction across commands): the route is partly changed; applying it again
+    /// finishes the change, since `apply` plans from what is live.
+    #[error("route {route} is partly changed (apply it again)")]
+    PartlyApplied {
+        /// The route.
+        route: String,
+        /// The command's error.
+        #[source]
+        source: Box<RouterError>,
+    },
     /// What the router reports after the change is not what was applied.
     #[error("route {route}: read back {live} after applying {wanted}")]
     Mismatch {
@@ -123,4 +134,16 @@ impl RouterError {
             source,
         }
     }
+}
+
+/// `error` and its sources, joined by `: `, for the one log line that reports it.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
 }

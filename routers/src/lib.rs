@@ -31,7 +31,7 @@ use std::fmt;
 
 pub use async_trait::async_trait;
 
-pub use crate::error::RouterError;
+pub use crate::error::{error_chain, RouterError};
 pub use crate::model::{
     AbMatch, Address, Applied, ApplyMethod, Backend, MatchValue, RouteName, RouteSpec, Weight,
     MAX_WEIGHT,
@@ -55,8 +55,9 @@ pub trait Router: Send + Sync + fmt::Debug {
     /// Makes `backends` the route's backends, all at once as far as the router allows
     /// (nginx: one file swapped in by rename and one reload; HAProxy: new servers made
     /// ready before weights move and old servers are put in maintenance), then reads them
-    /// back. On an error the route serves what it served before, except where the error
-    /// says otherwise.
+    /// back. On an error the route serves what it served before, except after
+    /// [`RouterError::PartlyApplied`] (a HAProxy command failed midway), which applying
+    /// again repairs.
     async fn apply(&self, route: &RouteSpec, backends: &[Backend]) -> Result<Applied, RouterError>;
 
     /// The route's backends as the router has them now; empty when the route is not

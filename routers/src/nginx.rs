@@ -163,16 +163,18 @@ impl NginxRouter {
                 None => files::remove_if_exists(path).await,
             };
             if let Err(restore) = restored {
-                tracing::error!(path = %path.display(), error = %format!("{restore:#}"), "could not put the previous route file back after nginx -t refused the new one");
+                tracing::error!(path = %path.display(), error = %crate::error::error_chain(&restore), "could not put the previous route file back after nginx -t refused the new one");
                 return Err(restore);
             }
-            return Err(match check {
+            let error = match check {
                 RouterError::Command { output, .. } => RouterError::NginxRejected {
                     path: path.to_owned(),
                     message: nginx_message(&output),
                 },
                 other => other,
-            });
+            };
+            tracing::warn!(path = %path.display(), error = %crate::error::error_chain(&error), "route file refused; the previous one is back");
+            return Err(error);
         }
         self.reload().await
     }
@@ -289,6 +291,7 @@ impl Router for NginxRouter {
                 live: describe(&live),
             });
         }
+        tracing::info!(kind = KIND, route = %route.name, backends = %describe(&live), method = ?method, "route applied");
         Ok(Applied { live, method })
     }
 

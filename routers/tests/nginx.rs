@@ -233,3 +233,40 @@ async fn nginx_refuses_a_config_it_cannot_load_and_keeps_serving_the_old_one() {
     let error = router.current(&route()).await.expect_err("edited by hand");
     assert!(error.to_string().contains("edited by hand"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_run_by_an_unprivileged_user_with_its_own_prefix_takes_routes() {
+    let (v1, v2) = (
+        HttpBackend::start("v1").await,
+        HttpBackend::start("v2").await,
+    );
+    let mut nginx = Nginx::prepare_unprivileged("web");
+    let router = NginxRouter::new(nginx.settings());
+    let first = [Backend::new(&v1.address(), 1).expect("backend")];
+    let applied = router
+        .apply(&route(), &first)
+        .await
+        .expect("apply before start");
+    assert_eq!(applied.method, ApplyMethod::NotRunning);
+    nginx.start().await;
+    let master = nginx.master_pid();
+    assert_ne!(common::uid_of(&master.to_string()), 0, "nginx runs as root");
+
+    let backends = [
+        Backend::new(&v1.address(), 3).expect("backend"),
+        Backend::new(&v2.address(), 1).expect("backend"),
+    ];
+    let applied = router
+        .apply(&route(), &backends)
+        .await
+        .expect("apply 75/25");
+    assert_eq!(applied.method, ApplyMethod::Reload);
+    let tally = send(&nginx.url(), 400, 4, &[]).await;
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let share = tally.share("v2");
+    assert!(
+        (0.20..=0.30).contains(&share),
+        "v2 got {:.1} %: {tally:?}",
+        share * 100.0
+    );
+}

@@ -268,22 +268,32 @@ impl Router for HaproxyRouter {
             }
         };
 
-        self.fill(name.as_str(), &default_plan).await?;
-        match ab_plan {
-            Some((keys, plan)) => {
-                self.fill(&ab_backend, &plan).await?;
-                for (path, key) in keys {
-                    self.set_map(&path, key.as_deref()).await?;
+        let changes = async {
+            self.fill(name.as_str(), &default_plan).await?;
+            match ab_plan {
+                Some((keys, plan)) => {
+                    self.fill(&ab_backend, &plan).await?;
+                    for (path, key) in keys {
+                        self.set_map(&path, key.as_deref()).await?;
+                    }
+                }
+                None => {
+                    for path in maps.all() {
+                        self.set_map(path, None).await?;
+                    }
+                    if let Some(slots) = self.slots(&ab_backend).await? {
+                        self.drain(&ab_backend, &slots).await?;
+                    }
                 }
             }
-            None => {
-                for path in maps.all() {
-                    self.set_map(path, None).await?;
-                }
-                if let Some(slots) = self.slots(&ab_backend).await? {
-                    self.drain(&ab_backend, &slots).await?;
-                }
-            }
+            Ok::<(), RouterError>(())
+        };
+        if let Err(error) = Box::pin(changes).await {
+            tracing::warn!(kind = KIND, route = %name, error = %crate::error::error_chain(&error), "route partly changed");
+            return Err(RouterError::PartlyApplied {
+                route: name.to_string(),
+                source: Box::new(error),
+            });
         }
 
         let live = self.current(route).await?;
@@ -308,6 +318,7 @@ impl Router for HaproxyRouter {
                 live: describe(&live),
             });
         }
+        tracing::info!(kind = KIND, route = %name, backends = %describe(&live), "route applied");
         Ok(Applied {
             live,
             method: ApplyMethod::Runtime,

@@ -102,6 +102,21 @@ async fn serve(mut stream: TcpStream, name: String, hits: Arc<AtomicU64>) {
     }
 }
 
+/// The real uid of process `pid` (`self` for this one), from `/proc/PID/status`.
+pub fn uid_of(pid: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("process status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a Uid line")
+}
+
+pub fn current_uid() -> u32 {
+    uid_of("self")
+}
+
 /// A port nothing listens on now (bound and released; the OS does not hand it out again
 /// at once).
 pub fn free_port() -> u16 {
@@ -346,6 +361,8 @@ impl Load {
 pub struct Nginx {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// What runs nginx: the binary, or a script running it as `nobody`.
+    bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -392,14 +409,49 @@ http {{
         Self {
             dir,
             port,
+            bin: PathBuf::from(NGINX_BIN),
             child: None,
         }
+    }
+
+    /// Like [`Nginx::prepare`], with nginx (the instance and every command the router
+    /// runs) as an unprivileged user: when the test runs as root, through a script that
+    /// runs it as `nobody` with `setpriv`, the directory given to `nobody`.
+    pub fn prepare_unprivileged(route: &str) -> Self {
+        let mut nginx = Self::prepare(route);
+        if current_uid() != 0 {
+            return nginx;
+        }
+        let root = nginx.dir.path().to_owned();
+        let script = root.join("nginx-as-nobody");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups {NGINX_BIN} \"$@\"\n"
+            ),
+        )
+        .expect("wrapper script");
+        let status = std::process::Command::new("chmod")
+            .args(["755"])
+            .arg(&root)
+            .arg(&script)
+            .status()
+            .expect("chmod");
+        assert!(status.success(), "chmod failed");
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&root)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown failed");
+        nginx.bin = script;
+        nginx
     }
 
     pub fn settings(&self) -> stella_routers::nginx::NginxSettings {
         let root = self.dir.path();
         stella_routers::nginx::NginxSettings {
-            nginx_bin: PathBuf::from(NGINX_BIN),
+            nginx_bin: self.bin.clone(),
             conf_path: root.join("nginx.conf"),
             prefix: Some(root.to_owned()),
             error_log: Some(root.join("error.log")),
@@ -411,7 +463,7 @@ http {{
 
     pub async fn start(&mut self) {
         let root = self.dir.path();
-        let child = Command::new(NGINX_BIN)
+        let child = Command::new(&self.bin)
             .arg("-p")
             .arg(root)
             .arg("-e")
@@ -436,6 +488,15 @@ http {{
         format!("http://127.0.0.1:{}/", self.port)
     }
 
+    /// The master's pid, from the pid file.
+    pub fn master_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("nginx.pid"))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
@@ -446,7 +507,7 @@ impl Drop for Nginx {
         // Workers outlive a killed master: stop them through the master first.
         if self.child.is_some() {
             let root = self.dir.path();
-            let _ = std::process::Command::new(NGINX_BIN)
+            let _ = std::process::Command::new(&self.bin)
                 .arg("-p")
                 .arg(root)
                 .arg("-e")
