@@ -164,6 +164,18 @@ async fn haproxy_ab_header_or_cookie_routes_exactly_the_marked_requests() {
         );
     }
 
+    // Header names are case-insensitive: the same rule spelt in lowercase applies.
+    let lowercase = [
+        backends[0].clone(),
+        Backend::new(&v2.address(), 1)
+            .expect("backend")
+            .matching(AbMatch::header("x-canary", "v2").or_cookie("canary", "yes")),
+    ];
+    router
+        .apply(&route(), &lowercase)
+        .await
+        .expect("apply with x-canary");
+
     // A rule on a header the configuration has no map for is refused, and nothing moves.
     let other = [
         Backend::new(&v1.address(), 1).expect("backend"),

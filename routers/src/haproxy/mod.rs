@@ -302,7 +302,12 @@ impl Router for HaproxyRouter {
                 .iter()
                 .cloned()
                 .map(|mut b| {
+                    // HAProxy keeps no slot names, and header names are
+                    // case-insensitive (the map file's spelling is what is read back).
                     b.slot = None;
+                    if let Some(header) = b.r#match.as_mut().and_then(|m| m.header.as_mut()) {
+                        header.name.make_ascii_lowercase();
+                    }
                     b
                 })
                 .collect();
