@@ -1,0 +1,24 @@
+//! The short form of the fault suite (`cargo xtask faults` runs the full one): a real
+//! `stella server` process broken under load, and what was lost or done twice counted
+//! at the targets. See docs/faults.md.
+
+use std::time::Instant;
+
+use stella_tests::faults::server_kill::{self, ServerKillOptions};
+use stella_tests::{init_tracing, TestDir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_during_deployments_loses_none_and_applies_none_twice() -> anyhow::Result<()>
+{
+    init_tracing();
+    let dir = TestDir::new("faults-server-kill");
+    let started = Instant::now();
+    let figures = server_kill::run(&ServerKillOptions::short(), dir.path()).await?;
+    println!(
+        "{figures}  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(figures.is_clean(), "{figures}");
+    assert_eq!(figures.n, 100);
+    Ok(())
+}

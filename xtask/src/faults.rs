@@ -1,0 +1,99 @@
+//! `cargo xtask faults`: the fault suite at full size against a real `stella server`
+//! process (the debug build, which this task builds first), with agents in this process
+//! driving simulated targets. Each scenario prints its figures in one block; the task
+//! fails if any lost or duplicated something. The scenarios live in `stella-tests`
+//! (`faults`), whose test `faults.rs` runs a short form of each on every
+//! `cargo xtask test`. See docs/faults.md.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use clap::Args;
+use stella_tests::faults::server_kill::{self, ServerKillOptions};
+use stella_tests::faults::Figures;
+
+use crate::cargo::{cargo, run_checked, step};
+
+/// The scenarios, by the name `--only` takes.
+const SCENARIOS: &[&str] = &["server-kill"];
+
+/// Flags of `cargo xtask faults`.
+#[derive(Debug, Args)]
+pub struct FaultsArgs {
+    /// Deployments in flight when the server is killed.
+    #[arg(long, default_value_t = 1000)]
+    deployments: usize,
+    /// Agents the simulated targets are spread over.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// Run only these scenarios (comma-separated): server-kill.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Keep each scenario's directory (server data, agents, logs) and print where.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Builds the `stella` binary, then runs the scenarios one after the other.
+pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
+    for name in &args.only {
+        if !SCENARIOS.contains(&name.as_str()) {
+            bail!(
+                "unknown scenario {name}: use one of {}",
+                SCENARIOS.join(", ")
+            );
+        }
+    }
+    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|n| n == name);
+    step("build the stella binary the scenarios start");
+    run_checked(cargo().args(["build", "--package", "stella-cli", "--bin", "stella"]))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut all = Vec::new();
+    if selected("server-kill") {
+        step("server-kill: SIGKILL of the server during in-flight deployments");
+        let options = ServerKillOptions {
+            deployments: args.deployments,
+            agents: args.agents,
+            ..ServerKillOptions::full()
+        };
+        let dir = scenario_dir("server-kill", args.keep)?;
+        let started = Instant::now();
+        let figures = runtime.block_on(server_kill::run(&options, dir.path()))?;
+        report(&figures, started);
+        all.push(figures);
+    }
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|f| !f.is_clean())
+        .map(|f| f.scenario.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "scenarios that lost or duplicated work: {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn scenario_dir(name: &str, keep: bool) -> anyhow::Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("stella-faults-{name}-"))
+        .tempdir()?;
+    if keep {
+        dir.disable_cleanup(true);
+        println!("{name}: kept in {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
+fn report(figures: &Figures, started: Instant) {
+    println!();
+    print!("{figures}");
+    println!(
+        "  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
