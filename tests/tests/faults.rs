@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use stella_tests::faults::partition::{self, PartitionOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::{init_tracing, TestDir};
 
@@ -20,5 +21,27 @@ async fn a_server_killed_during_deployments_loses_none_and_applies_none_twice() 
     );
     assert!(figures.is_clean(), "{figures}");
     assert_eq!(figures.n, 100);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_longer_than_the_unreachable_threshold_heals_without_duplicates_or_lost_drift(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("faults-partition");
+    let started = Instant::now();
+    let figures = partition::run(&PartitionOptions::short(), dir.path()).await?;
+    println!(
+        "{figures}  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(figures.is_clean(), "{figures}");
+    assert!(
+        figures
+            .extra
+            .iter()
+            .any(|(name, _)| name == "unreachable after"),
+        "the agents must have been shown unreachable during the cut: {figures}"
+    );
     Ok(())
 }

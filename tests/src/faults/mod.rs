@@ -9,11 +9,13 @@
 //!   of what was lost or duplicated;
 //! - [`fleet`]: agents in this process (agent-core, the library `stella-agent` runs)
 //!   driving `sim` targets;
+//! - [`partition`]: the agents cut from the gateway (iptables) and healed;
 //! - [`server_kill`]: SIGKILL of a single-node (SQLite) server during in-flight
 //!   deployments.
 
 pub mod estate;
 pub mod fleet;
+pub mod partition;
 pub mod server;
 pub mod server_kill;
 pub mod sim;
