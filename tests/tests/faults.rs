@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use stella_tests::faults::disk_full::{self, DiskFullOptions};
 use stella_tests::faults::partition::{self, PartitionOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::{init_tracing, TestDir};
@@ -43,5 +44,20 @@ async fn a_partition_longer_than_the_unreachable_threshold_heals_without_duplica
             .any(|(name, _)| name == "unreachable after"),
         "the agents must have been shown unreachable during the cut: {figures}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_refuses_writes_with_a_5xx_envelope_and_corrupts_nothing() -> anyhow::Result<()>
+{
+    init_tracing();
+    let dir = TestDir::new("faults-disk-full");
+    let started = Instant::now();
+    let figures = disk_full::run(&DiskFullOptions::short(), dir.path()).await?;
+    println!(
+        "{figures}  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(figures.is_clean(), "{figures}");
     Ok(())
 }

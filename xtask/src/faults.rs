@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
+use stella_tests::faults::partition::{self, PartitionOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::faults::Figures;
 
 use crate::cargo::{cargo, run_checked, step};
 
 /// The scenarios, by the name `--only` takes.
-const SCENARIOS: &[&str] = &["server-kill"];
+const SCENARIOS: &[&str] = &["server-kill", "partition"];
 
 /// Flags of `cargo xtask faults`.
 #[derive(Debug, Args)]
@@ -26,7 +27,7 @@ pub struct FaultsArgs {
     /// Agents the simulated targets are spread over.
     #[arg(long, default_value_t = 10)]
     agents: usize,
-    /// Run only these scenarios (comma-separated): server-kill.
+    /// Run only these scenarios (comma-separated): server-kill, partition.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep each scenario's directory (server data, agents, logs) and print where.
@@ -61,6 +62,14 @@ pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
         let dir = scenario_dir("server-kill", args.keep)?;
         let started = Instant::now();
         let figures = runtime.block_on(server_kill::run(&options, dir.path()))?;
+        report(&figures, started);
+        all.push(figures);
+    }
+    if selected("partition") {
+        step("partition: the agents cut from the gateway past the unreachable threshold");
+        let dir = scenario_dir("partition", args.keep)?;
+        let started = Instant::now();
+        let figures = runtime.block_on(partition::run(&PartitionOptions::full(), dir.path()))?;
         report(&figures, started);
         all.push(figures);
     }

@@ -5,6 +5,7 @@
 //!
 //! - [`sim`]: the `sim` target kind and the ledger of side effects at the targets;
 //! - [`server`]: the server as a child process that can be SIGKILLed and restarted;
+//! - [`disk_full`]: the SQLite data dir out of space, then freed;
 //! - [`estate`]: environments with one `sim` target each, promotions, and the count
 //!   of what was lost or duplicated;
 //! - [`fleet`]: agents in this process (agent-core, the library `stella-agent` runs)
@@ -13,6 +14,7 @@
 //! - [`server_kill`]: SIGKILL of a single-node (SQLite) server during in-flight
 //!   deployments.
 
+pub mod disk_full;
 pub mod estate;
 pub mod fleet;
 pub mod partition;

@@ -34,7 +34,13 @@ impl ServerProcess {
     /// Starts a server in `dir` (data dir `dir/server`) whose TOML config is the
     /// addresses and data dir followed by `extra_config`, and waits until it is ready.
     pub async fn start(dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
-        let data_dir = dir.join("server");
+        Self::start_on(dir, &dir.join("server"), extra_config).await
+    }
+
+    /// Like [`ServerProcess::start`], with the data dir at `data_dir` (config and logs
+    /// stay in `dir`).
+    pub async fn start_on(dir: &Path, data_dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
+        let data_dir = data_dir.to_owned();
         let api_addr = format!("127.0.0.1:{}", free_port().await?);
         let grpc_addr = format!("127.0.0.1:{}", free_port().await?);
         let config_file = dir.join("server.toml");
@@ -100,6 +106,13 @@ impl ServerProcess {
         self.spawn()?;
         self.wait_ready().await?;
         Ok(started.elapsed())
+    }
+
+    /// Whether the process is still running (not exited or killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.child.try_wait(), Ok(None)))
     }
 
     /// What the current process logged.
