@@ -167,8 +167,28 @@ impl From<StoreError> for AppError {
                 "conflict",
                 format!("{entity} `{key}` already exists"),
             ),
+            StoreError::Database { source, .. } if is_storage_full(source) => {
+                tracing::error!(error = %ErrorChain(&error), "the database's storage is full");
+                AppError::new(
+                    ErrorKind::Unavailable,
+                    "storage_full",
+                    "the database's storage is full: nothing was stored; retry once space is freed",
+                )
+            }
             _ => AppError::internal("store operation failed", &error),
         }
+    }
+}
+
+/// Whether the database refused a write for want of space: SQLite's `SQLITE_FULL` (13),
+/// PostgreSQL's `disk_full` (53100). Not a bug but the operator's to fix, and nothing
+/// was stored: the client may retry once space is freed.
+fn is_storage_full(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => {
+            matches!(database.code().as_deref(), Some("13" | "53100"))
+        }
+        _ => false,
     }
 }
 
