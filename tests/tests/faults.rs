@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use stella_tests::faults::disk_full::{self, DiskFullOptions};
 use stella_tests::faults::partition::{self, PartitionOptions};
+use stella_tests::faults::postgres_restart::{self, PostgresRestartOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::{init_tracing, TestDir};
 
@@ -59,5 +60,20 @@ async fn a_full_disk_refuses_writes_with_a_5xx_envelope_and_corrupts_nothing() -
         started.elapsed().as_secs_f64()
     );
     assert!(figures.is_clean(), "{figures}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_rides_out_a_postgres_restart_and_readyz_tells_the_truth() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("faults-postgres-restart");
+    let started = Instant::now();
+    let figures = postgres_restart::run(&PostgresRestartOptions::short(), dir.path()).await?;
+    println!(
+        "{figures}  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(figures.is_clean(), "{figures}");
+    assert!(figures.n > 0, "no write was acknowledged: {figures}");
     Ok(())
 }

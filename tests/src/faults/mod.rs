@@ -11,6 +11,7 @@
 //! - [`fleet`]: agents in this process (agent-core, the library `stella-agent` runs)
 //!   driving `sim` targets;
 //! - [`partition`]: the agents cut from the gateway (iptables) and healed;
+//! - [`postgres_restart`]: PostgreSQL stopped and started again under API load;
 //! - [`server_kill`]: SIGKILL of a single-node (SQLite) server during in-flight
 //!   deployments.
 
@@ -18,6 +19,7 @@ pub mod disk_full;
 pub mod estate;
 pub mod fleet;
 pub mod partition;
+pub mod postgres_restart;
 pub mod server;
 pub mod server_kill;
 pub mod sim;
