@@ -77,3 +77,98 @@ async fn a_server_rides_out_a_postgres_restart_and_readyz_tells_the_truth() -> a
     assert!(figures.n > 0, "no write was acknowledged: {figures}");
     Ok(())
 }
+
+/// Found by the server-kill scenario: every new deployment for an agent re-assigned the
+/// tasks it was already running under a new epoch, so the results it sent were discarded
+/// as stale and under a steady stream of deployments a finished task waited long for its
+/// result to be taken (epochs reached 60 in the 1,000-deployment run).
+#[tokio::test]
+async fn a_new_deployment_leaves_the_epoch_of_a_task_in_flight_alone() -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use stella_tests::faults::sim::{Ledger, SimTarget};
+    use stella_tests::registry::TestRegistry;
+    use stella_tests::{wait_until, TestAgent, TestServer};
+
+    let registry = TestRegistry::start().await?;
+    let image = registry
+        .push_inert_image("faults/epoch", "1", "epoch")
+        .await?;
+    let server = TestServer::start().await?;
+    let ledger = Ledger::new();
+    let sim = SimTarget::new(std::sync::Arc::clone(&ledger));
+    let _agent = TestAgent::start_driving(&server, "sim-host", sim.registry()).await?;
+    server
+        .wait_for_state("sim-host", "connected", Duration::from_secs(20))
+        .await?;
+    server
+        .post(
+            "/api/v1/releases",
+            json!({"name": "app", "version": "1", "components": {"app": image}}),
+        )
+        .await?;
+    for (environment, apply_ms) in [("slow", "4000"), ("fast", "0")] {
+        server
+            .post(
+                "/api/v1/environments",
+                json!({"name": environment, "allow_unscanned": true}),
+            )
+            .await?;
+        server
+            .post(
+                "/api/v1/targets",
+                json!({"name": format!("t-{environment}"), "environment": environment,
+                       "kind": "sim", "agent": "sim-host", "settings": {"apply_ms": apply_ms}}),
+            )
+            .await?;
+    }
+    let promote = |environment: &'static str| {
+        let server = &server;
+        async move {
+            let reply = server
+                .post(
+                    "/api/v1/promotions",
+                    json!({"release": "app", "version": "1", "environment": environment}),
+                )
+                .await?;
+            reply["deployment_id"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no deployment id in {reply}"))
+        }
+    };
+    let slow = promote("slow").await?;
+    wait_until("the slow task runs", Duration::from_secs(20), || async {
+        let logs = server
+            .get(&format!("/api/v1/deployments/{slow}/logs"))
+            .await
+            .ok()?;
+        logs.as_array()?
+            .iter()
+            .any(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("applying"))
+            })
+            .then_some(())
+    })
+    .await?;
+    // A deployment for the same agent while the slow one runs, and a pending sweep.
+    let fast = promote("fast").await?;
+    let fast = server
+        .wait_deployment(&fast, Duration::from_secs(20))
+        .await?;
+    assert_eq!(fast["state"], "succeeded", "{fast}");
+    let slow = server
+        .wait_deployment(&slow, Duration::from_secs(20))
+        .await?;
+    assert_eq!(slow["state"], "succeeded", "{slow}");
+    assert_eq!(
+        slow["tasks"][0]["epoch"], 1,
+        "the running task was re-assigned: {slow}"
+    );
+    assert_eq!(ledger.len(), 2);
+    assert!(ledger.duplicated().is_empty());
+    Ok(())
+}
