@@ -9,14 +9,16 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
+use stella_tests::faults::disk_full::{self, DiskFullOptions};
 use stella_tests::faults::partition::{self, PartitionOptions};
+use stella_tests::faults::postgres_restart::{self, PostgresRestartOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::faults::Figures;
 
 use crate::cargo::{cargo, run_checked, step};
 
 /// The scenarios, by the name `--only` takes.
-const SCENARIOS: &[&str] = &["server-kill", "partition"];
+const SCENARIOS: &[&str] = &["server-kill", "partition", "disk-full", "postgres-restart"];
 
 /// Flags of `cargo xtask faults`.
 #[derive(Debug, Args)]
@@ -27,7 +29,8 @@ pub struct FaultsArgs {
     /// Agents the simulated targets are spread over.
     #[arg(long, default_value_t = 10)]
     agents: usize,
-    /// Run only these scenarios (comma-separated): server-kill, partition.
+    /// Run only these scenarios (comma-separated): server-kill, partition, disk-full,
+    /// postgres-restart.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep each scenario's directory (server data, agents, logs) and print where.
@@ -73,11 +76,43 @@ pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
         report(&figures, started);
         all.push(figures);
     }
+    if selected("disk-full") {
+        step("disk-full: the SQLite data dir out of space, then freed");
+        let dir = scenario_dir("disk-full", args.keep)?;
+        let started = Instant::now();
+        let figures = runtime.block_on(disk_full::run(&DiskFullOptions::full(), dir.path()))?;
+        report(&figures, started);
+        all.push(figures);
+    }
+    if selected("postgres-restart") {
+        step("postgres-restart: PostgreSQL stopped and started again under write load");
+        let dir = scenario_dir("postgres-restart", args.keep)?;
+        let started = Instant::now();
+        let figures = runtime.block_on(postgres_restart::run(
+            &PostgresRestartOptions::full(),
+            dir.path(),
+        ))?;
+        report(&figures, started);
+        all.push(figures);
+    }
     let failed: Vec<&str> = all
         .iter()
         .filter(|f| !f.is_clean())
         .map(|f| f.scenario.as_str())
         .collect();
+    println!("\n==> summary");
+    for figures in &all {
+        println!(
+            "{:<70} N {:>5}  lost {}  duplicated {}  recovered {}",
+            figures.scenario,
+            figures.n,
+            figures.lost,
+            figures.duplicated,
+            figures
+                .recovered_after
+                .map_or_else(|| "-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+        );
+    }
     if !failed.is_empty() {
         bail!(
             "scenarios that lost or duplicated work: {}",
