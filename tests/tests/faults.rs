@@ -7,6 +7,7 @@ use std::time::Instant;
 use stella_tests::faults::disk_full::{self, DiskFullOptions};
 use stella_tests::faults::partition::{self, PartitionOptions};
 use stella_tests::faults::postgres_restart::{self, PostgresRestartOptions};
+use stella_tests::faults::replica_kill::{self, ReplicaKillOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::{init_tracing, TestDir};
 
@@ -170,5 +171,20 @@ async fn a_new_deployment_leaves_the_epoch_of_a_task_in_flight_alone() -> anyhow
     );
     assert_eq!(ledger.len(), 2);
     assert!(ledger.duplicated().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_during_deployments_loses_none_and_applies_none_twice(
+) -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("faults-replica-kill");
+    let started = Instant::now();
+    let figures = replica_kill::run(&ReplicaKillOptions::short(), dir.path()).await?;
+    println!(
+        "{figures}  runtime            {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(figures.is_clean(), "{figures}");
     Ok(())
 }

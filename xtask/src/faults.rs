@@ -12,13 +12,20 @@ use clap::Args;
 use stella_tests::faults::disk_full::{self, DiskFullOptions};
 use stella_tests::faults::partition::{self, PartitionOptions};
 use stella_tests::faults::postgres_restart::{self, PostgresRestartOptions};
+use stella_tests::faults::replica_kill::{self, ReplicaKillOptions};
 use stella_tests::faults::server_kill::{self, ServerKillOptions};
 use stella_tests::faults::Figures;
 
 use crate::cargo::{cargo, run_checked, step};
 
 /// The scenarios, by the name `--only` takes.
-const SCENARIOS: &[&str] = &["server-kill", "partition", "disk-full", "postgres-restart"];
+const SCENARIOS: &[&str] = &[
+    "server-kill",
+    "partition",
+    "disk-full",
+    "postgres-restart",
+    "replica-kill",
+];
 
 /// Flags of `cargo xtask faults`.
 #[derive(Debug, Args)]
@@ -30,7 +37,7 @@ pub struct FaultsArgs {
     #[arg(long, default_value_t = 10)]
     agents: usize,
     /// Run only these scenarios (comma-separated): server-kill, partition, disk-full,
-    /// postgres-restart.
+    /// postgres-restart, replica-kill.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep each scenario's directory (server data, agents, logs) and print where.
@@ -100,6 +107,15 @@ pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
         .filter(|f| !f.is_clean())
         .map(|f| f.scenario.as_str())
         .collect();
+    if selected("replica-kill") {
+        step("replica-kill: SIGKILL of one of three replicas over PostgreSQL");
+        let dir = scenario_dir("replica-kill", args.keep)?;
+        let started = Instant::now();
+        let figures =
+            runtime.block_on(replica_kill::run(&ReplicaKillOptions::full(), dir.path()))?;
+        report(&figures, started);
+        all.push(figures);
+    }
     println!("\n==> summary");
     for figures in &all {
         println!(

@@ -12,14 +12,18 @@
 //!   driving `sim` targets;
 //! - [`partition`]: the agents cut from the gateway (iptables) and healed;
 //! - [`postgres_restart`]: PostgreSQL stopped and started again under API load;
+//! - [`replica_kill`]: one of three replicas over PostgreSQL SIGKILLed, the agents
+//!   behind a TCP [`balancer`];
 //! - [`server_kill`]: SIGKILL of a single-node (SQLite) server during in-flight
 //!   deployments.
 
+pub mod balancer;
 pub mod disk_full;
 pub mod estate;
 pub mod fleet;
 pub mod partition;
 pub mod postgres_restart;
+pub mod replica_kill;
 pub mod server;
 pub mod server_kill;
 pub mod sim;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use serde_json::Value;
 
 use crate::{client_trusting, free_port, register_server_ca, wait_until, ChildProcess};
@@ -37,12 +37,35 @@ impl ServerProcess {
         Self::start_on(dir, &dir.join("server"), extra_config).await
     }
 
+    /// Like [`ServerProcess::start`], with the gateway on `grpc_port` (a balancer in
+    /// front of replicas must know their ports before they start).
+    pub async fn start_with_ports(
+        dir: &Path,
+        extra_config: &str,
+        grpc_port: u16,
+    ) -> anyhow::Result<Self> {
+        Self::launch(dir, &dir.join("server"), extra_config, Some(grpc_port)).await
+    }
+
     /// Like [`ServerProcess::start`], with the data dir at `data_dir` (config and logs
     /// stay in `dir`).
     pub async fn start_on(dir: &Path, data_dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
+        Self::launch(dir, data_dir, extra_config, None).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        data_dir: &Path,
+        extra_config: &str,
+        grpc_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let data_dir = data_dir.to_owned();
         let api_addr = format!("127.0.0.1:{}", free_port().await?);
-        let grpc_addr = format!("127.0.0.1:{}", free_port().await?);
+        let grpc_port = match grpc_port {
+            Some(port) => port,
+            None => free_port().await?,
+        };
+        let grpc_addr = format!("127.0.0.1:{grpc_port}");
         let config_file = dir.join("server.toml");
         std::fs::write(
             &config_file,
@@ -68,8 +91,9 @@ impl ServerProcess {
         };
         server.spawn()?;
         server.wait_ready().await?;
-        let token = std::fs::read_to_string(server.data_dir.join("admin.token"))
-            .context("reading the admin token")?;
+        // A replica of an existing control plane writes none: see `start_replica`.
+        let token =
+            std::fs::read_to_string(server.data_dir.join("admin.token")).unwrap_or_default();
         let ca = server.data_dir.join("pki").join("ca.pem");
         register_server_ca(&server.api.base, &ca);
         server.api = Api {
@@ -78,6 +102,33 @@ impl ServerProcess {
             http: client_trusting(&ca)?,
         };
         Ok(server)
+    }
+
+    /// Another replica of this control plane, in `dir`: the same database (the
+    /// `database_url` of `extra_config`, which must be PostgreSQL) and the same `pki/`
+    /// material (as operators share it), its own ports and data dir.
+    pub async fn start_replica(&self, dir: &Path, extra_config: &str) -> anyhow::Result<Self> {
+        let port = free_port().await?;
+        self.start_replica_with_port(dir, extra_config, port).await
+    }
+
+    /// Like [`ServerProcess::start_replica`], with the gateway on `grpc_port`.
+    pub async fn start_replica_with_port(
+        &self,
+        dir: &Path,
+        extra_config: &str,
+        grpc_port: u16,
+    ) -> anyhow::Result<Self> {
+        let data_dir = dir.join("server");
+        let pki = data_dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        for entry in std::fs::read_dir(self.data_dir.join("pki"))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), pki.join(entry.file_name()))?;
+        }
+        let mut replica = Self::launch(dir, &data_dir, extra_config, Some(grpc_port)).await?;
+        replica.api.token = self.api.token.clone();
+        Ok(replica)
     }
 
     /// `https://127.0.0.1:PORT` of the API.
@@ -204,6 +255,22 @@ impl Api {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         ))
+    }
+
+    /// The `stella_agent_sessions` gauge of `/metrics`: sessions open on this replica.
+    pub async fn agent_sessions(&self) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("stella_agent_sessions "))
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no stella_agent_sessions in /metrics"))
     }
 
     /// GET, expecting 2xx.
