@@ -189,12 +189,17 @@ impl From<StoreError> for AppError {
 }
 
 /// Whether the database could not be reached (no connection within the pool's acquire
-/// timeout, or the connection failed): an outage, not a bug.
+/// timeout, or the connection failed) or is going down or coming up (PostgreSQL's
+/// connection exceptions, class `08`, and `admin_shutdown`, `crash_shutdown`,
+/// `cannot_connect_now`): an outage, not a bug.
 fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
 }
 
 /// Whether the database refused a write for want of space: SQLite's `SQLITE_FULL` (13),
@@ -285,11 +290,17 @@ mod tests {
             assert_eq!(error.kind, ErrorKind::Unavailable, "{code}");
             assert_eq!(error.code, "storage_full", "{code}");
         }
-        let error = from_driver(sqlx::Error::PoolTimedOut);
-        assert_eq!(
-            (error.kind, error.code),
-            (ErrorKind::Unavailable, "store_unavailable")
-        );
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Database(Box::new(Coded("57P01"))),
+            sqlx::Error::Database(Box::new(Coded("08006"))),
+        ] {
+            let error = from_driver(error);
+            assert_eq!(
+                (error.kind, error.code),
+                (ErrorKind::Unavailable, "store_unavailable")
+            );
+        }
         let other = from_driver(sqlx::Error::Database(Box::new(Coded("19"))));
         assert_eq!(other.kind, ErrorKind::Internal);
     }
