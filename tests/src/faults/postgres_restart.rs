@@ -4,8 +4,9 @@
 //!
 //! Checked: the server process rides it out (never exits); `/readyz` answers not ready
 //! (503) throughout the time the database is down and ready again after; every write
-//! acknowledged (2xx) before, during or after is stored; writes work again after the
-//! restart, and how long that took.
+//! acknowledged (2xx) before, during or after is stored; a write refused meanwhile is
+//! refused with 503 (the database is unavailable, not a bug); writes work again after
+//! the restart, and how long that took.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -177,6 +178,16 @@ pub async fn run(options: &PostgresRestartOptions, dir: &Path) -> anyhow::Result
             figures.lost += 1;
             figures.problem(format!("environment {name} was acknowledged and is gone"));
         }
+    }
+    let unclear = writes
+        .refused
+        .iter()
+        .filter(|(status, _)| *status != 503)
+        .count();
+    if unclear > 0 {
+        figures.problem(format!(
+            "{unclear} writes refused with another status than 503 during the outage"
+        ));
     }
     let mut codes: Vec<String> = writes
         .refused
