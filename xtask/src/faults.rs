@@ -102,11 +102,6 @@ pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
         report(&figures, started);
         all.push(figures);
     }
-    let failed: Vec<&str> = all
-        .iter()
-        .filter(|f| !f.is_clean())
-        .map(|f| f.scenario.as_str())
-        .collect();
     if selected("replica-kill") {
         step("replica-kill: SIGKILL of one of three replicas over PostgreSQL");
         let dir = scenario_dir("replica-kill", args.keep)?;
@@ -129,6 +124,11 @@ pub fn run(args: &FaultsArgs) -> anyhow::Result<()> {
                 .map_or_else(|| "-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
         );
     }
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|f| !f.is_clean())
+        .map(|f| f.scenario.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!(
             "scenarios that lost or duplicated work: {}",
