@@ -179,6 +179,7 @@ pub async fn run(options: &PostgresRestartOptions, dir: &Path) -> anyhow::Result
             figures.problem(format!("environment {name} was acknowledged and is gone"));
         }
     }
+    let unaudited = unaudited(&api, &writes.acknowledged).await?;
     let unclear = writes
         .refused
         .iter()
@@ -209,6 +210,10 @@ pub async fn run(options: &PostgresRestartOptions, dir: &Path) -> anyhow::Result
         ),
         ("refused with".to_owned(), codes.join(", ")),
         (
+            "not in the audit".to_owned(),
+            format!("{} acknowledged writes: {unaudited:?}", unaudited.len()),
+        ),
+        (
             "readyz probes".to_owned(),
             format!(
                 "{} ({} not ready)",
@@ -219,6 +224,41 @@ pub async fn run(options: &PostgresRestartOptions, dir: &Path) -> anyhow::Result
     ];
     server.kill().await?;
     Ok(figures)
+}
+
+/// The acknowledged writes whose audit entry is missing, found by the digest of the body
+/// (the audit log keeps the body's SHA-256, never the body).
+async fn unaudited(api: &Api, acknowledged: &[(String, Instant)]) -> anyhow::Result<Vec<String>> {
+    use sha2::Digest as _;
+    let mut digests = HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .get(&format!("/api/v1/audit?after={after}&limit=10000"))
+            .await?;
+        let entries = page.as_array().cloned().unwrap_or_default();
+        let Some(last) = entries.last().and_then(|e| e["seq"].as_i64()) else {
+            break;
+        };
+        for entry in &entries {
+            if let Some(digest) = entry["request_digest"].as_str() {
+                digests.insert(digest.to_owned());
+            }
+        }
+        after = last;
+    }
+    let mut missing = Vec::new();
+    for (name, _) in acknowledged {
+        let body = serde_json::to_vec(&json!({"name": name}))?;
+        let hex: String = sha2::Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !digests.contains(&format!("sha256:{hex}")) {
+            missing.push(name.clone());
+        }
+    }
+    Ok(missing)
 }
 
 /// Creates environments `w<writer>-<n>` one after the other until `stop`.
