@@ -165,6 +165,14 @@ pub async fn run(options: &ServerKillOptions, dir: &Path) -> anyhow::Result<Figu
     let repaired = Instant::now();
     figures.ready_after = Some(server.restart().await?);
     let api = server.api.clone();
+    let agents = fleet.agents.len() as u64;
+    crate::wait_until(
+        "every agent holds a session again",
+        Duration::from_secs(60),
+        || async { (api.agent_sessions().await.ok()? >= agents).then_some(()) },
+    )
+    .await?;
+    let agents_back = repaired.elapsed();
     let mut deployments: HashMap<String, String> = HashMap::new();
     let listed = list_per_environment(&api, &environments, options.concurrency).await?;
     let mut resent = 0;
@@ -217,6 +225,10 @@ pub async fn run(options: &ServerKillOptions, dir: &Path) -> anyhow::Result<Figu
         (
             "at the kill".to_owned(),
             format!("{acknowledged} promotions acknowledged, {unanswered} unanswered, {not_sent} not sent"),
+        ),
+        (
+            "agents back".to_owned(),
+            format!("{:.2} s after the restart began", agents_back.as_secs_f64()),
         ),
         ("resent".to_owned(), resent.to_string()),
         ("re-leased".to_owned(), format!("{reassigned} tasks ended under epoch > 1")),
