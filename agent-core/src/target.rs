@@ -583,6 +583,14 @@ impl Progress {
     pub fn task_id(&self) -> &str {
         &self.task_id
     }
+
+    /// The newest lease epoch the server assigned the task under; 0 outside a session.
+    pub fn epoch(&self) -> u64 {
+        match &self.sink {
+            ProgressSink::Session { epoch, .. } => epoch.load(Ordering::SeqCst),
+            ProgressSink::Lines(_) | ProgressSink::Log => 0,
+        }
+    }
 }
 
 impl fmt::Debug for Progress {

@@ -167,8 +167,50 @@ impl From<StoreError> for AppError {
                 "conflict",
                 format!("{entity} `{key}` already exists"),
             ),
+            StoreError::Database { source, .. } if is_storage_full(source) => {
+                tracing::error!(error = %ErrorChain(&error), "the database's storage is full");
+                AppError::new(
+                    ErrorKind::Unavailable,
+                    "storage_full",
+                    "the database's storage is full: nothing was stored; retry once space is freed",
+                )
+            }
+            StoreError::Database { source, .. } if is_unreachable(source) => {
+                tracing::error!(error = %ErrorChain(&error), "the database is unreachable");
+                AppError::new(
+                    ErrorKind::Unavailable,
+                    "store_unavailable",
+                    "the database does not answer; retry later",
+                )
+            }
             _ => AppError::internal("store operation failed", &error),
         }
+    }
+}
+
+/// Whether the database could not be reached (no connection within the pool's acquire
+/// timeout, or the connection failed) or is going down or coming up (PostgreSQL's
+/// connection exceptions, class `08`, and `admin_shutdown`, `crash_shutdown`,
+/// `cannot_connect_now`): an outage, not a bug.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether the database refused a write for want of space: SQLite's `SQLITE_FULL` (13),
+/// PostgreSQL's `disk_full` (53100). Not a bug but the operator's to fix, and nothing
+/// was stored: the client may retry once space is freed.
+fn is_storage_full(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(database) => {
+            matches!(database.code().as_deref(), Some("13" | "53100"))
+        }
+        _ => false,
     }
 }
 
@@ -199,5 +241,67 @@ mod tests {
             let (kind, _) = ErrorKind::for_http_status(status);
             assert_eq!(kind.http_status(), status);
         }
+    }
+
+    /// A driver error with a given code, as SQLite and PostgreSQL report them.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "database error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "database or disk is full"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn from_driver(source: sqlx::Error) -> AppError {
+        AppError::from(StoreError::Database {
+            op: "creating an environment",
+            source,
+        })
+    }
+
+    #[test]
+    fn a_full_disk_is_503_storage_full_and_an_outage_503_store_unavailable() {
+        for code in ["13", "53100"] {
+            let error = from_driver(sqlx::Error::Database(Box::new(Coded(code))));
+            assert_eq!(error.kind, ErrorKind::Unavailable, "{code}");
+            assert_eq!(error.code, "storage_full", "{code}");
+        }
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Database(Box::new(Coded("57P01"))),
+            sqlx::Error::Database(Box::new(Coded("08006"))),
+        ] {
+            let error = from_driver(error);
+            assert_eq!(
+                (error.kind, error.code),
+                (ErrorKind::Unavailable, "store_unavailable")
+            );
+        }
+        let other = from_driver(sqlx::Error::Database(Box::new(Coded("19"))));
+        assert_eq!(other.kind, ErrorKind::Internal);
     }
 }

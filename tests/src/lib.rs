@@ -8,6 +8,7 @@ pub mod browser;
 pub mod compose;
 pub mod debian;
 pub mod doubles;
+pub mod faults;
 pub mod images;
 pub mod logs;
 pub mod moto;
@@ -487,10 +488,17 @@ pub fn test_agent_config(data_dir: &Path) -> AgentConfig {
 /// The `stella` binary next to this test binary (`cargo xtask test` builds it first).
 pub fn stella_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    // target/<profile>/deps/<test> → target/<profile>/stella
+    // target/<profile>/deps/<test> → target/<profile>/stella; xtask runs from
+    // target/<profile>/xtask itself.
     let bin = exe
         .parent()
-        .and_then(Path::parent)
+        .and_then(|dir| {
+            if dir.file_name().is_some_and(|name| name == "deps") {
+                dir.parent()
+            } else {
+                Some(dir)
+            }
+        })
         .map(|dir| dir.join("stella"))
         .unwrap_or_else(|| PathBuf::from("stella"));
     assert!(

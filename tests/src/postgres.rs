@@ -293,3 +293,131 @@ fn read_log(root: &Path) -> String {
     }
     log
 }
+
+/// A PostgreSQL cluster of one test's own that can be stopped and started again (the
+/// shared cluster cannot: other tests use it). Run with `pg_ctl`; stopped
+/// (`-m immediate`) and removed on drop. Unlike the shared cluster it does not outlive
+/// a test process killed with SIGKILL cleanly: its directory says `stella-test-pg-`.
+#[derive(Debug)]
+pub struct RestartablePostgres {
+    root: PathBuf,
+    port: u16,
+}
+
+impl RestartablePostgres {
+    /// Creates and starts a cluster on a free loopback port.
+    ///
+    /// # Panics
+    /// If the PostgreSQL 15 server binaries are not installed.
+    pub fn start() -> anyhow::Result<Self> {
+        require_binaries();
+        let root = tempfile::Builder::new()
+            .prefix("stella-test-pg-")
+            .tempdir()
+            .context("creating the cluster directory")?
+            .keep();
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&root)
+                .status()
+                .context("running chown")?;
+            if !status.success() {
+                bail!("chown postgres {} failed: {status}", root.display());
+            }
+        }
+        let initdb = as_postgres(&Path::new(POSTGRES_BIN_DIR).join("initdb"))
+            .arg("-D")
+            .arg(root.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+            .args(["-E", "UTF8", "--no-locale"])
+            .current_dir(&root)
+            .output()
+            .context("running initdb")?;
+        if !initdb.status.success() {
+            bail!(
+                "initdb failed ({}): {}",
+                initdb.status,
+                String::from_utf8_lossy(&initdb.stderr)
+            );
+        }
+        let cluster = RestartablePostgres {
+            root,
+            port: free_port()?,
+        };
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// A URL to database `name` as the superuser.
+    pub fn database_url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Creates a new, empty database and returns its URL.
+    pub async fn fresh_database_url(&self) -> anyhow::Result<String> {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::postgres::PgConnection::connect(&self.database_url("postgres"))
+            .await
+            .context("connecting to the test cluster")?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await.ok();
+        Ok(self.database_url(&name))
+    }
+
+    /// Stops the server: `fast` (what a restart by an operator does: clients are
+    /// disconnected, the server shuts down cleanly) or `immediate` (as a crash).
+    pub fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        let output = as_postgres(&Path::new(POSTGRES_BIN_DIR).join("pg_ctl"))
+            .args(["stop", "-w", "-m", mode, "-D"])
+            .arg(self.root.join("data"))
+            .output()
+            .context("running pg_ctl stop")?;
+        if !output.status.success() {
+            bail!(
+                "pg_ctl stop: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port; waits until it accepts
+    /// connections.
+    pub fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
+            self.port,
+            self.root.display()
+        );
+        let output = as_postgres(&Path::new(POSTGRES_BIN_DIR).join("pg_ctl"))
+            .args(["start", "-w", "-t", "30", "-o", &options, "-l"])
+            .arg(self.root.join("postgres.log"))
+            .arg("-D")
+            .arg(self.root.join("data"))
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl start")?;
+        if !output.status.success() {
+            bail!(
+                "pg_ctl start: {}\npostgres.log:\n{}",
+                String::from_utf8_lossy(&output.stderr).trim(),
+                read_log(&self.root)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RestartablePostgres {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
+        if std::env::var_os(KEEP_ENV).is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

@@ -152,3 +152,103 @@ async fn wait_ready(port: u16, child: &mut tokio::process::Child) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl TestRegistry {
+    /// Pushes a one-layer OCI image (a few bytes of `content`, not a runnable file
+    /// system) as `repository:tag` over the distribution API, without Docker, for
+    /// targets that never run it (the `sim` kind); returns `HOST/REPOSITORY@DIGEST`.
+    /// Only for a registry open to anyone.
+    pub async fn push_inert_image(
+        &self,
+        repository: &str,
+        tag: &str,
+        content: &str,
+    ) -> anyhow::Result<String> {
+        const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        let http = reqwest::Client::new();
+        let base = format!("http://{}", self.host());
+        let layer = format!("stella test layer: {content}").into_bytes();
+        let layer_digest = push_blob(&http, &base, repository, &layer).await?;
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }))?;
+        let config_digest = push_blob(&http, &base, repository, &config).await?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer_digest,
+                "size": layer.len(),
+            }],
+        }))?;
+        let url = format!("{base}/v2/{repository}/manifests/{tag}");
+        let response = http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == reqwest::StatusCode::CREATED,
+            "PUT {url}: {}",
+            response.status()
+        );
+        Ok(format!(
+            "{}/{repository}@{}",
+            self.host(),
+            sha256_digest(&manifest)
+        ))
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A monolithic blob upload: POST for a session, PUT the bytes with their digest.
+async fn push_blob(
+    http: &reqwest::Client,
+    base: &str,
+    repository: &str,
+    bytes: &[u8],
+) -> anyhow::Result<String> {
+    let digest = sha256_digest(bytes);
+    let start = format!("{base}/v2/{repository}/blobs/uploads/");
+    let response = http.post(&start).send().await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::ACCEPTED,
+        "POST {start}: {}",
+        response.status()
+    );
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .context("no Location for the upload")?
+        .to_str()?;
+    let mut url = reqwest::Url::parse(&start)?.join(location)?;
+    url.query_pairs_mut().append_pair("digest", &digest);
+    let response = http
+        .put(url.as_str())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::CREATED,
+        "PUT blob {digest}: {}",
+        response.status()
+    );
+    Ok(digest)
+}

@@ -5,11 +5,13 @@
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, as CI runs them.
 //! - `dist`: the Debian packages (cargo-deb); `dist images`: the container images.
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a time limit.
+//! - `faults`: the fault suite (server killed, partitions, disk full, database restarts).
 //! - `bench agents`: how many agents one control plane holds, and at what cost.
 
 mod bench;
 mod cargo;
 mod dist;
+mod faults;
 mod fuzz;
 mod lint;
 mod test;
@@ -38,6 +40,9 @@ enum Task {
     Dist(dist::DistArgs),
     /// Runs the fuzz targets of `fuzz/` with libFuzzer, each for `--seconds` (600).
     Fuzz(fuzz::FuzzArgs),
+    /// The fault suite: the server killed, partitioned, out of disk, its database
+    /// restarted, under load; prints what was lost or duplicated.
+    Faults(faults::FaultsArgs),
     /// Benchmarks against a real control plane.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint::run(),
         Task::Dist(args) => dist::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Faults(args) => faults::run(&args),
         Task::Bench(command) => bench::run(command),
     }
 }

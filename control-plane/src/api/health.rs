@@ -22,7 +22,7 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: the store answers.
 ///
-/// Answers `ready` when the database answers a ping, and `503 store_unavailable`
+/// Answers `ready` when the database answers a ping within 2 s, and `503 store_unavailable`
 /// otherwise, so that a load balancer sends requests only to replicas that can serve
 /// them.
 #[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "getReadiness",
@@ -31,16 +31,26 @@ pub async fn healthz() -> &'static str {
         (status = 503, description = "The store does not answer (`store_unavailable`)", body = ErrorEnvelope),
     ))]
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.store.ping().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(error) => ApiError(AppError::new(
-            ErrorKind::Unavailable,
-            "store_unavailable",
-            format!("store unavailable: {error}"),
-        ))
-        .into_response(),
-    }
+    // Bounded: while the database is down the pool keeps trying to connect until its
+    // acquire timeout, and a probe that hangs that long tells a load balancer nothing.
+    let message = match tokio::time::timeout(READY_PING_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => return "ready\n".into_response(),
+        Ok(Err(error)) => format!("store unavailable: {error}"),
+        Err(_) => format!(
+            "store unavailable: no answer within {} s",
+            READY_PING_TIMEOUT.as_secs()
+        ),
+    };
+    ApiError(AppError::new(
+        ErrorKind::Unavailable,
+        "store_unavailable",
+        message,
+    ))
+    .into_response()
 }
+
+/// How long `/readyz` waits for the store's answer.
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Prometheus metrics of this replica.
 ///

@@ -243,7 +243,7 @@ impl App {
         agent_ids.sort_unstable();
         agent_ids.dedup();
         for agent in agent_ids {
-            self.dispatch_to(agent).await;
+            self.dispatch_new_to(agent).await;
         }
     }
 

@@ -16,15 +16,45 @@ const WAITING_REMINDER: Duration = Duration::from_secs(60);
 /// (an agent that connects later is not sent the task at all).
 const CANCEL_PROPAGATION: Duration = Duration::from_secs(60);
 
+/// Which of an agent's tasks a dispatch claims.
+#[derive(Clone, Copy)]
+enum Claim {
+    /// Pending and assigned: a new session, which holds nothing yet.
+    NotFinished,
+    /// Pending only: an open session, whose agent holds the assigned ones.
+    Pending,
+}
+
 impl App {
-    /// Sends an agent the tasks waiting for it (after a new deployment, and whenever
-    /// it opens a session: tasks in flight are re-assigned under a new epoch, and its
-    /// journal answers those it finished).
+    /// Sends an agent every task of its that is not finished, when it opens a session:
+    /// tasks in flight are re-assigned under a new epoch (the agent's journal answers
+    /// those it finished, and those it still runs keep running).
     pub async fn dispatch_to(&self, agent_id: &str) {
+        self.dispatch(agent_id, Claim::NotFinished).await;
+    }
+
+    /// Sends an agent whose session is open the tasks not sent yet (after a new
+    /// deployment, and from the pending sweep). The tasks it holds already keep their
+    /// epoch: re-assigning them on every new deployment made the results the agent was
+    /// sending stale, so under a steady stream of deployments a finished task could wait
+    /// long for its result to be taken.
+    pub async fn dispatch_new_to(&self, agent_id: &str) {
+        self.dispatch(agent_id, Claim::Pending).await;
+    }
+
+    async fn dispatch(&self, agent_id: &str, claim: Claim) {
         if !self.sessions.is_open(agent_id) {
             return;
         }
-        let tasks = match self.store.claim_tasks_for_agent(agent_id, now_ms()).await {
+        let claimed = match claim {
+            Claim::NotFinished => self.store.claim_tasks_for_agent(agent_id, now_ms()).await,
+            Claim::Pending => {
+                self.store
+                    .claim_pending_tasks_for_agent(agent_id, now_ms())
+                    .await
+            }
+        };
+        let tasks = match claimed {
             Ok(tasks) => tasks,
             Err(error) => {
                 tracing::warn!(agent_id, error = %ErrorChain(&error), "claiming tasks failed");
@@ -104,7 +134,7 @@ impl App {
     pub async fn dispatch_pending(&self) -> Result<(), AppError> {
         for agent_id in self.store.agents_with_pending_tasks(now_ms()).await? {
             if self.sessions.is_open(&agent_id) {
-                self.dispatch_to(&agent_id).await;
+                self.dispatch_new_to(&agent_id).await;
             }
         }
         Ok(())

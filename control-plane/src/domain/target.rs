@@ -35,17 +35,22 @@ pub enum TargetKind {
     Ecs,
     /// A HashiCorp Nomad job.
     Nomad,
+    /// A simulated target that changes nothing anywhere: it exists for the benches and
+    /// the fault suite only (their in-process agents drive it), and its settings are
+    /// free-form. No shipped agent advertises it, so no real target can be given to it.
+    Sim,
 }
 
 impl TargetKind {
     /// All kinds, in documentation order.
-    pub const ALL: [TargetKind; 6] = [
+    pub const ALL: [TargetKind; 7] = [
         TargetKind::Docker,
         TargetKind::Compose,
         TargetKind::Ssh,
         TargetKind::Winrm,
         TargetKind::Ecs,
         TargetKind::Nomad,
+        TargetKind::Sim,
     ];
 
     /// The kind's name, as agents advertise it.
@@ -57,6 +62,7 @@ impl TargetKind {
             TargetKind::Winrm => "winrm",
             TargetKind::Ecs => "ecs",
             TargetKind::Nomad => "nomad",
+            TargetKind::Sim => "sim",
         }
     }
 
@@ -68,6 +74,7 @@ impl TargetKind {
             TargetKind::Winrm => WINRM_KEYS,
             TargetKind::Ecs => ECS_KEYS,
             TargetKind::Nomad => NOMAD_KEYS,
+            TargetKind::Sim => &[],
         }
     }
 
@@ -77,6 +84,10 @@ impl TargetKind {
         for (key, value) in settings {
             super::references(value)
                 .map_err(|Invalid(e)| Invalid(format!("setting {key}: {e}")))?;
+            if self == TargetKind::Sim {
+                // Free-form: the simulator reads what it wants (see `kinds.rs`).
+                continue;
+            }
             let known = COMMON_KEYS.contains(&key.as_str())
                 || self.own_keys().contains(&key.as_str())
                 || (matches!(self, TargetKind::Docker | TargetKind::Ssh)
@@ -136,7 +147,7 @@ impl FromStr for TargetKind {
             .find(|kind| kind.as_str() == s)
             .ok_or_else(|| {
                 Invalid(format!(
-                    "unknown target kind `{s}`: use docker, compose, ssh, winrm, ecs or nomad"
+                    "unknown target kind `{s}`: use docker, compose, ssh, winrm, ecs or nomad (or sim, for benches and the fault suite)"
                 ))
             })
     }

@@ -468,12 +468,35 @@ impl Store {
         agent_id: &str,
         now_ms: i64,
     ) -> Result<Vec<Task>, StoreError> {
+        self.claim_tasks(agent_id, now_ms, "('pending', 'assigned')")
+            .await
+    }
+
+    /// Like [`Store::claim_tasks_for_agent`], but only the `pending` tasks: for a
+    /// session that is open already, whose agent holds the `assigned` ones (claiming
+    /// those again would bump their epochs under the agent's feet, and the results it
+    /// is about to send would be discarded as stale).
+    pub async fn claim_pending_tasks_for_agent(
+        &self,
+        agent_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.claim_tasks(agent_id, now_ms, "('pending')").await
+    }
+
+    /// `states` is an SQL list literal, one of the two above.
+    async fn claim_tasks(
+        &self,
+        agent_id: &str,
+        now_ms: i64,
+        states: &'static str,
+    ) -> Result<Vec<Task>, StoreError> {
         const OP: &str = "claiming tasks";
         let mut tx = self.begin_write(OP).await?;
-        let deployment_ids = sqlx::query_scalar::<_, String>(
+        let deployment_ids = sqlx::query_scalar::<_, String>(&format!(
             "SELECT DISTINCT deployment_id FROM tasks WHERE agent_id = $1 \
-             AND state IN ('pending', 'assigned') AND deadline_at_ms > $2 ORDER BY deployment_id",
-        )
+             AND state IN {states} AND deadline_at_ms > $2 ORDER BY deployment_id"
+        ))
         .bind(agent_id)
         .bind(now_ms)
         .fetch_all(&mut *tx)
@@ -483,10 +506,10 @@ impl Store {
         let mut claimed = Vec::new();
         for deployment_id in &deployment_ids {
             lock_deployment(&mut tx, deployment_id, OP).await?;
-            let rows = sqlx::query_as::<_, TaskRow>(concat!(
-                "UPDATE tasks SET state = 'assigned', epoch = epoch + 1 ",
-                "WHERE deployment_id = $1 AND agent_id = $2 ",
-                "AND state IN ('pending', 'assigned') AND deadline_at_ms > $3 RETURNING ",
+            let rows = sqlx::query_as::<_, TaskRow>(&format!(
+                "UPDATE tasks SET state = 'assigned', epoch = epoch + 1 \
+                 WHERE deployment_id = $1 AND agent_id = $2 \
+                 AND state IN {states} AND deadline_at_ms > $3 RETURNING {}",
                 task_columns!()
             ))
             .bind(deployment_id.as_str())

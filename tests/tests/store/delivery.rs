@@ -4,6 +4,7 @@ use super::*;
 
 store_suite!(
     claims_raise_the_epoch_and_stale_results_are_discarded,
+    pending_claims_leave_assigned_tasks_alone,
     deployment_state_follows_its_tasks,
     expired_tasks_fail_their_deployment,
     desired_payloads_pick_the_latest_succeeded_task,
@@ -13,6 +14,43 @@ store_suite!(
     a_drift_finding_is_resolved_on_its_own,
     concurrent_results_finish_the_deployment_once,
 );
+
+async fn pending_claims_leave_assigned_tasks_alone(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(store, "dep-1", "1.0", NOW, &[("task-a", "web-1")]).await;
+    let first = store
+        .claim_pending_tasks_for_agent("agent-1", NOW + 1_000)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].epoch, first[0].state), (1, TaskState::Assigned));
+    // An open session is sent only what it has not had: the assigned task keeps its epoch.
+    // (In another environment: one deployment runs per environment at a time.)
+    deploy_to(
+        store,
+        "production",
+        "dep-2",
+        "1.0",
+        NOW + 1_500,
+        &[("task-b", "db-1", "agent-1")],
+    )
+    .await;
+    let second = store
+        .claim_pending_tasks_for_agent("agent-1", NOW + 2_000)
+        .await
+        .ok_or_panic("claim pending");
+    let ids: Vec<(&str, i64)> = second.iter().map(|t| (t.id.as_str(), t.epoch)).collect();
+    assert_eq!(ids, [("task-b", 1)]);
+    assert_eq!(store.get_task("task-a").await.ok_or_panic("get").epoch, 1);
+    // A new session re-claims both.
+    let third = store
+        .claim_tasks_for_agent("agent-1", NOW + 3_000)
+        .await
+        .ok_or_panic("claim all");
+    assert_eq!(third.len(), 2);
+    assert!(third.iter().all(|t| t.epoch == 2));
+}
 
 async fn claims_raise_the_epoch_and_stale_results_are_discarded(f: &Fixture) {
     let store = &f.store;

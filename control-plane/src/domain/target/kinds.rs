@@ -85,6 +85,9 @@ pub(super) const ECS_KEYS: &[&str] = &[
     "poll_interval_ms",
 ];
 
+// The `sim` kind has no list: its settings are free-form, since only the simulated
+// targets of the benches and the fault suite (`stella-tests`' `faults` module) read them.
+
 /// What a Compose target needs: the file.
 pub(super) fn validate_compose(settings: &BTreeMap<String, String>) -> Result<(), Invalid> {
     if !settings.contains_key("compose_file") {

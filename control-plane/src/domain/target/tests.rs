@@ -323,3 +323,12 @@ fn ecs_targets_name_their_service_and_hold_credentials_only_as_secret_references
         assert!(with(&[(key, value)]).is_err(), "{key}={value} accepted");
     }
 }
+
+#[test]
+fn sim_targets_take_any_settings_but_still_check_references() {
+    let free = settings(&[("apply_ms", "250"), ("colour", "blue"), ("ports", "any")]);
+    assert!(TargetKind::Sim.validate_settings(&free).is_ok());
+    assert_eq!("sim".parse::<TargetKind>().ok(), Some(TargetKind::Sim));
+    let bad = settings(&[("token", "${nope}")]);
+    assert!(TargetKind::Sim.validate_settings(&bad).is_err());
+}
