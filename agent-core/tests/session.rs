@@ -149,15 +149,18 @@ async fn a_revoked_agent_stops_with_a_clear_error_instead_of_retrying() {
         message.contains("revoked") && message.contains("join token"),
         "one line that says what happened and what to do: {message}"
     );
-    // It tried once after the revocation (one attempt may cost two handshakes: TLS 1.3
-    // reports the refusal after the client's side of the handshake), then stopped.
+    // It stopped after the first refusal it could read. In TLS 1.3 the server refuses
+    // the client's certificate after the client's side of the handshake is done, so
+    // the alert can be lost to a write that fails first (a broken pipe): that attempt
+    // is retried at once, and one attempt may cost two handshakes. So at most two
+    // attempts, four handshakes — not a retry loop.
     let failures = control_plane
         .script
         .handshake_failure_times
         .lock()
         .expect("lock")
         .len();
-    assert!(failures <= 2, "{failures} refused handshakes");
+    assert!(failures <= 4, "{failures} refused handshakes");
     assert_eq!(control_plane.script.connects.load(Ordering::SeqCst), 1);
 }
 
