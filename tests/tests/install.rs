@@ -605,7 +605,8 @@ async fn the_downloads_api_lists_serves_and_refuses() -> anyhow::Result<()> {
         "stella-agent",
         "..%2Fsecret",
         "..%2F..%2Fsecret",
-        "%2E%2E",
+        // (`%2E%2E` alone is `..` to the URL parser, which sends `/` instead.)
+        "%2E%2E%2Fsecret",
         "nothing.sha256",
     ] {
         let response = http

@@ -266,7 +266,15 @@ fn manifest_and_inputs(
 }
 
 /// `POST /v1/task-runner/simulations`.
-pub async fn simulate(Scoped(app): Scoped, caller: Caller, request: Request) -> Response {
+pub async fn simulate(
+    State(tenants): State<Arc<crate::tenants::Tenants>>,
+    caller: Result<Caller, ApiError>,
+    request: Request,
+) -> Response {
+    let (app, caller) = match planning(&tenants, caller).await {
+        Ok(scoped) => scoped,
+        Err(response) => return *response,
+    };
     if let Err(response) = plan_tenant(&caller, Scope::Viewer, request.headers()) {
         return *response;
     }
@@ -287,10 +295,13 @@ pub async fn simulate(Scoped(app): Scoped, caller: Caller, request: Request) -> 
 /// `POST /v1/task-runner/runs`: 201 with `Location`.
 pub async fn create_run(
     State(tenants): State<Arc<crate::tenants::Tenants>>,
-    Scoped(app): Scoped,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     request: Request,
 ) -> Response {
+    let (app, caller) = match planning(&tenants, caller).await {
+        Ok(scoped) => scoped,
+        Err(response) => return *response,
+    };
     let tenant = match plan_tenant(&caller, Scope::Operator, request.headers()) {
         Ok(tenant) => tenant,
         Err(response) => return *response,
@@ -755,4 +766,28 @@ async fn in_body_tenant(
         super::tenancy::resolve(tenants.default_app(), &headers, &caller.1, caller.0).await?;
     let app = tenants.get(&tenancy.tenant).await?;
     Ok((app, Caller(user, caller.1, tenancy)))
+}
+
+/// The caller of a simulation or run request and its tenant's core; a tenant header
+/// that names no possible tenant is the contract's `PlanErrorResponse` (400), other
+/// refusals the envelope.
+async fn planning(
+    tenants: &Arc<crate::tenants::Tenants>,
+    caller: Result<Caller, ApiError>,
+) -> Result<(Arc<App>, Caller), Box<Response>> {
+    let caller = caller.map_err(|error| {
+        Box::new(if error.0.code == "invalid_tenant" {
+            plan_errors(&PlanErrors::one(
+                "$.headers['X-StellaOps-Tenant']",
+                error.0.message,
+            ))
+        } else {
+            error.into_response()
+        })
+    })?;
+    let app = tenants
+        .get(caller.tenant())
+        .await
+        .map_err(|error| Box::new(ApiError(error).into_response()))?;
+    Ok((app, caller))
 }
