@@ -273,7 +273,17 @@ where
     outcome
 }
 
+/// Checks a page's accessibility, and keeps a screenshot of it in
+/// `STELLA_CONSOLE_SCREENSHOTS` when that names a directory (the docs' pictures are
+/// taken so: `STELLA_CONSOLE_SCREENSHOTS=docs/console cargo test --test console`).
 async fn accessible(browser: &Browser, page: &str) -> anyhow::Result<()> {
+    if let Some(dir) = std::env::var_os("STELLA_CONSOLE_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        browser
+            .screenshot(&dir.join(format!("{}.png", page.replace(' ', "-"))))
+            .await?;
+    }
     let problems = browser.run(ACCESSIBILITY_CHECKS).await?;
     let problems = problems.as_array().cloned().unwrap_or_default();
     anyhow::ensure!(problems.is_empty(), "accessibility of {page}: {problems:?}");
@@ -424,8 +434,12 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             json!("kept"),
             "the page updated without a reload"
         );
-        let dashboard = driver.browser().await?;
-        drop(dashboard);
+        // The dashboard now shows the release current in prod.
+        alice.goto(&format!("{url}/")).await?;
+        alice
+            .wait_text("table.matrix", "current", Duration::from_secs(10))
+            .await?;
+        accessible(&alice, "dashboard").await?;
 
         // Drift: the container removed behind Stella's back shows on the drift page,
         // live.
@@ -467,6 +481,40 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             .await?;
         let revoked = server.agent("docker-host").await?;
         assert_eq!(revoked["state"], "revoked");
+
+        // The release's page: its digest, its promotion, the evidence to download.
+        bob.goto(&format!("{url}/console/releases/web/1")).await?;
+        accessible(&bob, "release").await?;
+        assert!(bob.text("main").await?.contains("sha256:"));
+        let href = bob
+            .run("return document.querySelector('a[download]').getAttribute('href');")
+            .await?;
+        let href = href.as_str().context("an evidence link")?.to_owned();
+        let cookie = bob
+            .client
+            .get_named_cookie("stella_session")
+            .await
+            .map_err(|e| anyhow!("the session cookie: {e}"))?;
+        let packet = reqwest::Client::new()
+            .get(format!("{url}{href}"))
+            .header("cookie", format!("stella_session={}", cookie.value()))
+            .send()
+            .await?;
+        assert_eq!(packet.status(), 200);
+        assert_eq!(packet.headers()["content-type"], "application/gzip");
+        assert!(
+            packet.bytes().await?.starts_with(&[0x1f, 0x8b]),
+            "a gzip packet"
+        );
+
+        // The audit chain, verified on the page; the runs page.
+        bob.goto(&format!("{url}/console/audit")).await?;
+        accessible(&bob, "audit").await?;
+        let verification = bob.text("#audit-verification").await?;
+        assert!(verification.starts_with("verified:"), "{verification}");
+        assert!(bob.text("main").await?.contains("/console/promotions/"));
+        bob.goto(&format!("{url}/console/runs")).await?;
+        accessible(&bob, "runs").await?;
         Ok(())
     })
     .await;

@@ -59,6 +59,19 @@ pub fn router() -> Router<ApiState> {
             "/console/promotions/{id}/answer",
             post(pages::answer_promotion),
         )
+        .route(
+            "/console/releases/{name}/{version}",
+            get(pages::release_page),
+        )
+        .route("/console/decisions/{id}/evidence", get(pages::evidence))
+        .route("/console/runs", get(pages::runs_page))
+        .route("/console/runs/{id}", get(pages::run_page))
+        .route(
+            "/console/runs/{id}/approvals/{approval}",
+            post(pages::answer_run),
+        )
+        .route("/console/runs/{id}/cancel", post(pages::cancel_run))
+        .route("/console/audit", get(pages::audit_page))
         .route("/console/live", get(live::live))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))

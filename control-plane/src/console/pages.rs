@@ -18,12 +18,18 @@ use crate::domain::{format_utc_ms, PromotionState, Role, TenantId};
 use crate::error::{AppError, ErrorKind};
 
 /// The links of the console's navigation: (path, label).
-const NAV: [(&str, &str); 4] = [
+const NAV: [(&str, &str); 6] = [
     ("/", "Dashboard"),
     ("/console/pipeline", "Pipeline"),
     ("/console/agents", "Agents"),
     ("/console/drift", "Targets and drift"),
+    ("/console/runs", "Runs"),
+    ("/console/audit", "Audit"),
 ];
+
+/// Audit entries the audit page lists (the newest), and the longest chain it verifies.
+const AUDIT_SHOWN: usize = 200;
+const AUDIT_VERIFIED: i64 = 100_000;
 
 /// Releases shown on the dashboard, newest first.
 const DASHBOARD_RELEASES: usize = 50;
@@ -41,6 +47,14 @@ pub enum View {
     Agents,
     /// Targets and drift.
     Drift,
+    /// One release.
+    Release(String, String),
+    /// Task-pack runs.
+    Runs,
+    /// One run.
+    Run(String),
+    /// The audit chain.
+    Audit,
 }
 
 impl View {
@@ -52,6 +66,10 @@ impl View {
             View::Promotion(id) => format!("promotion:{id}"),
             View::Agents => "agents".to_owned(),
             View::Drift => "drift".to_owned(),
+            View::Release(name, version) => format!("release:{name}@{version}"),
+            View::Runs => "runs".to_owned(),
+            View::Run(id) => format!("run:{id}"),
+            View::Audit => "audit".to_owned(),
         }
     }
 
@@ -62,10 +80,20 @@ impl View {
             "pipeline" => Some(View::Pipeline),
             "agents" => Some(View::Agents),
             "drift" => Some(View::Drift),
-            other => other
-                .strip_prefix("promotion:")
-                .filter(|id| !id.is_empty() && id.len() <= 64)
-                .map(|id| View::Promotion(id.to_owned())),
+            "runs" => Some(View::Runs),
+            "audit" => Some(View::Audit),
+            other => {
+                let short = |id: &&str| !id.is_empty() && id.len() <= 128;
+                if let Some(id) = other.strip_prefix("promotion:").filter(short) {
+                    return Some(View::Promotion(id.to_owned()));
+                }
+                if let Some(id) = other.strip_prefix("run:").filter(short) {
+                    return Some(View::Run(id.to_owned()));
+                }
+                let release = other.strip_prefix("release:").filter(short)?;
+                let (name, version) = release.split_once('@')?;
+                Some(View::Release(name.to_owned(), version.to_owned()))
+            }
         }
     }
 
@@ -76,15 +104,20 @@ impl View {
             View::Promotion(_) => "Promotion",
             View::Agents => "Agents",
             View::Drift => "Targets and drift",
+            View::Release(..) => "Release",
+            View::Runs | View::Run(_) => "Runs",
+            View::Audit => "Audit",
         }
     }
 
     fn nav(&self) -> &'static str {
         match self {
-            View::Dashboard | View::Promotion(_) => "/",
+            View::Dashboard | View::Promotion(_) | View::Release(..) => "/",
             View::Pipeline => "/console/pipeline",
             View::Agents => "/console/agents",
             View::Drift => "/console/drift",
+            View::Runs | View::Run(_) => "/console/runs",
+            View::Audit => "/console/audit",
         }
     }
 }
@@ -246,6 +279,16 @@ pub async fn render_main(signed: &Signed, view: &View, extra: &Extra) -> Result<
         View::Promotion(id) => promotion(signed, id).await?.render(),
         View::Agents => agents(signed, extra).await?.render(),
         View::Drift => drift(signed).await?.render(),
+        View::Release(name, version) => release(signed, name, version).await?.render(),
+        View::Runs => runs(signed).await?.render(),
+        View::Run(id) => run(signed, id).await?.render(),
+        View::Audit => {
+            signed
+                .caller
+                .require(Permission::Administer)
+                .map_err(|e| e.0)?;
+            audit(signed).await?.render()
+        }
     };
     html.map_err(|error| {
         tracing::error!(%error, "rendering a console page");
@@ -1196,4 +1239,466 @@ pub async fn promote(
         }
         Err(error) => error_page(&state, &signed, &View::Dashboard, &error).await,
     }
+}
+
+struct ComponentRow {
+    name: String,
+    image: String,
+    digest: String,
+    scan: String,
+}
+
+struct PromotionRow {
+    id: String,
+    environment: String,
+    state: String,
+    state_text: String,
+    requested: String,
+    decision: String,
+}
+
+#[derive(Template)]
+#[template(path = "release.html")]
+struct ReleasePage {
+    name: String,
+    version: String,
+    created_by: String,
+    created_at: String,
+    components: Vec<ComponentRow>,
+    findings: Vec<(String, String, String, String, String)>,
+    promotions: Vec<PromotionRow>,
+}
+
+async fn release(signed: &Signed, name: &str, version: &str) -> Result<ReleasePage, AppError> {
+    let app = &signed.app;
+    let release = app.store.get_release(name, version).await.map_err(|e| {
+        if e.is_not_found() {
+            AppError::new(
+                ErrorKind::NotFound,
+                "unknown_release",
+                format!("no release {name}@{version}"),
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    let mut components = Vec::new();
+    let mut findings = Vec::new();
+    for component in &release.components {
+        let digest = component.digest.to_string();
+        let scan = match app.scan_detail(&digest).await {
+            Ok(detail) => {
+                let open = detail
+                    .findings
+                    .iter()
+                    .filter(|f| f.suppressed_by.is_none())
+                    .count();
+                for shown in &detail.findings {
+                    findings.push((
+                        component.name.clone(),
+                        shown.finding.vulnerability.clone(),
+                        format!("{:?}", shown.finding.severity).to_lowercase(),
+                        format!(
+                            "{} {}",
+                            shown.finding.package, shown.finding.installed_version
+                        ),
+                        shown.suppressed_by.as_ref().map_or_else(
+                            || "not suppressed".to_owned(),
+                            |s| format!("suppressed by {}", s.vex_id),
+                        ),
+                    ));
+                }
+                format!(
+                    "{} report(s), {} finding(s), {open} not suppressed",
+                    detail.reports.len(),
+                    detail.findings.len()
+                )
+            }
+            Err(error) if error.kind == ErrorKind::NotFound => "not scanned".to_owned(),
+            Err(error) => return Err(error),
+        };
+        components.push(ComponentRow {
+            name: component.name.clone(),
+            image: component.image.clone(),
+            digest,
+            scan,
+        });
+    }
+    let promotions = app
+        .store
+        .list_promotions(None, None, 500)
+        .await?
+        .into_iter()
+        .filter(|p| p.release == release.name && p.version == release.version)
+        .map(|p| PromotionRow {
+            state: p.state.as_str().to_owned(),
+            state_text: state_text(p.state),
+            requested: format!("{} by {}", format_utc_ms(p.requested_at_ms), p.requested_by),
+            decision: p.decision_id.clone().unwrap_or_default(),
+            environment: p.environment,
+            id: p.id,
+        })
+        .collect();
+    Ok(ReleasePage {
+        name: release.name.clone(),
+        version: release.version.clone(),
+        created_by: release.created_by.clone(),
+        created_at: format_utc_ms(release.created_at_ms),
+        components,
+        findings,
+        promotions,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "runs.html")]
+struct RunsPage {
+    runs: Vec<(String, String, String, String)>,
+}
+
+async fn runs(signed: &Signed) -> Result<RunsPage, AppError> {
+    let tenant = signed.caller.tenant().to_string();
+    let runs = signed
+        .app
+        .list_runs(&tenant, 200)
+        .await?
+        .into_iter()
+        .map(|run| {
+            (
+                run.id,
+                run.status.to_lowercase(),
+                run.created_by,
+                format_utc_ms(run.created_at_ms),
+            )
+        })
+        .collect();
+    Ok(RunsPage { runs })
+}
+
+struct StepRow {
+    id: String,
+    kind: String,
+    status: String,
+    attempts: u32,
+    after: String,
+    note: String,
+    approval: String,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    id: String,
+    status: String,
+    plan_hash: String,
+    created_by: String,
+    steps: Vec<StepRow>,
+    cancellable: bool,
+    csrf: String,
+    logs: Vec<String>,
+}
+
+/// The name serde gives an enum value (`Succeeded`, `Run`), for showing it.
+fn shown<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> {
+    let tenant = signed.caller.tenant().to_string();
+    let view = signed.app.run_view(&tenant, id).await?;
+    let after: HashMap<String, Vec<String>> = view
+        .plan
+        .plan
+        .steps
+        .iter()
+        .map(|step| (step.id.clone(), step.needs.clone()))
+        .collect();
+    let steps = view
+        .steps
+        .iter()
+        .map(|step| {
+            let status = shown(&step.status);
+            let waiting = status == "WaitingApproval" || status == "Waiting";
+            StepRow {
+                kind: shown(&step.kind),
+                attempts: step.attempts,
+                after: after
+                    .get(&step.step_id)
+                    .map(|needs| needs.join(", "))
+                    .unwrap_or_default(),
+                note: step.gate_message.clone().unwrap_or_default(),
+                approval: if waiting {
+                    step.approval_id.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                status: status.to_lowercase(),
+                id: step.step_id.clone(),
+            }
+        })
+        .collect();
+    let logs = signed
+        .app
+        .run_logs(&tenant, id, None)
+        .await?
+        .into_iter()
+        .map(|line| {
+            format!(
+                "{} {} {}{}",
+                format_utc_ms(line.at_ms),
+                line.event_type,
+                line.step_id.map(|s| format!("[{s}] ")).unwrap_or_default(),
+                line.message
+            )
+        })
+        .collect();
+    let status = view.run.status.to_lowercase();
+    Ok(RunPage {
+        cancellable: !matches!(status.as_str(), "succeeded" | "failed" | "cancelled"),
+        id: view.run.id.clone(),
+        status,
+        plan_hash: view.run.plan_hash.clone(),
+        created_by: view.run.created_by.clone(),
+        steps,
+        csrf: signed.csrf.clone(),
+        logs,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    verification: String,
+    verified_class: String,
+    entries: Vec<(i64, String, String, String, String, String)>,
+}
+
+async fn audit(signed: &Signed) -> Result<AuditPage, AppError> {
+    let store = &signed.app.store;
+    let entries = store.list_audit_entries(0, AUDIT_VERIFIED).await?;
+    let checkpoints = store.list_audit_checkpoints(0, AUDIT_VERIFIED).await?;
+    let keys: Vec<stella_decision::dsse::PublicKey> = store
+        .list_signing_keys()
+        .await?
+        .into_iter()
+        .filter_map(|(_, pem, _)| stella_decision::dsse::PublicKey::from_pem(&pem).ok())
+        .collect();
+    let (verification, verified_class) = if i64::try_from(entries.len()).unwrap_or(i64::MAX)
+        >= AUDIT_VERIFIED
+    {
+        (
+            format!("longer than {AUDIT_VERIFIED} entries: verify it with `stella audit verify`"),
+            "note".to_owned(),
+        )
+    } else {
+        match stella_decision::audit::verify_chain(&entries, &checkpoints, &keys) {
+            Ok(summary) => (
+                format!(
+                    "verified: {} entries, {} signed checkpoints, every hash and link intact{}",
+                    summary.entries,
+                    summary.checkpoints,
+                    summary
+                        .last_checkpoint_seq
+                        .map(|seq| format!("; the newest checkpoint signs entry {seq}"))
+                        .unwrap_or_default()
+                ),
+                "notice".to_owned(),
+            ),
+            Err(fault) => (
+                format!("NOT verified: {}", fault.message),
+                "error".to_owned(),
+            ),
+        }
+    };
+    let entries = entries
+        .iter()
+        .rev()
+        .take(AUDIT_SHOWN)
+        .map(|e| {
+            (
+                e.seq,
+                format_utc_ms(e.at_ms),
+                e.actor.clone(),
+                e.action.clone(),
+                e.object.clone(),
+                e.outcome.clone(),
+            )
+        })
+        .collect();
+    Ok(AuditPage {
+        verification,
+        verified_class,
+        entries,
+    })
+}
+
+/// `GET /console/releases/{name}/{version}`
+pub async fn release_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    let view = View::Release(name, version);
+    page(
+        &state,
+        &signed,
+        &view,
+        Banner::default(),
+        http::StatusCode::OK,
+        Extra::default(),
+    )
+    .await
+}
+
+/// `GET /console/runs`
+pub async fn runs_page(State(state): State<ApiState>, signed: Signed) -> Response {
+    page(
+        &state,
+        &signed,
+        &View::Runs,
+        Banner::default(),
+        http::StatusCode::OK,
+        Extra::default(),
+    )
+    .await
+}
+
+/// `GET /console/runs/{id}`
+pub async fn run_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    page(
+        &state,
+        &signed,
+        &View::Run(id),
+        Banner::default(),
+        http::StatusCode::OK,
+        Extra::default(),
+    )
+    .await
+}
+
+/// `GET /console/audit` (admin, as `GET /api/v1/audit`)
+pub async fn audit_page(State(state): State<ApiState>, signed: Signed) -> Response {
+    page(
+        &state,
+        &signed,
+        &View::Audit,
+        Banner::default(),
+        http::StatusCode::OK,
+        Extra::default(),
+    )
+    .await
+}
+
+/// `GET /console/decisions/{id}/evidence`: the evidence packet, as `GET
+/// /api/v1/decisions/{id}/evidence` (viewer).
+pub async fn evidence(signed: Signed, Path(id): Path<String>) -> Response {
+    if let Err(error) = signed.caller.require(Permission::Read) {
+        return error.into_response();
+    }
+    match signed.app.evidence_packet(&id).await {
+        Ok(bytes) => {
+            let file = format!(
+                "attachment; filename=\"evidence-{}.tar.gz\"",
+                id.trim_start_matches("sha256:")
+                    .chars()
+                    .take(16)
+                    .collect::<String>()
+            );
+            (
+                [
+                    (http::header::CONTENT_TYPE, "application/gzip".to_owned()),
+                    (http::header::CONTENT_DISPOSITION, file),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(error) => crate::api::envelope::ApiError(error).into_response(),
+    }
+}
+
+/// The approve / reject form of a run's gate.
+#[derive(Debug, Deserialize)]
+pub struct RunAnswer {
+    /// The session's token.
+    #[serde(default)]
+    pub csrf: String,
+    /// `approved` or `rejected`.
+    #[serde(default)]
+    pub decision: String,
+    /// The plan the page showed.
+    #[serde(default)]
+    pub plan_hash: String,
+}
+
+/// `POST /console/runs/{id}/approvals/{approval}`: as the TaskRunner API's decision
+/// (operator).
+pub async fn answer_run(
+    State(state): State<ApiState>,
+    signed: Signed,
+    headers: http::HeaderMap,
+    Path((id, approval)): Path<(String, String)>,
+    Form(form): Form<RunAnswer>,
+) -> Response {
+    let app = signed.app.clone();
+    let caller = signed.caller.clone();
+    let tenant = signed.caller.tenant().to_string();
+    act(
+        &state,
+        &signed,
+        &headers,
+        &form.csrf,
+        View::Run(id.clone()),
+        || async move {
+            caller.require(Permission::Operate).map_err(|e| e.0)?;
+            let decision = crate::app::runs::RunDecision {
+                approval_id: approval.clone(),
+                decision: form.decision.clone(),
+                plan_hash: form.plan_hash,
+                actor: caller.0.name.clone(),
+                summary: Some("answered in the console".to_owned()),
+                grants_held: Vec::new(),
+                holds_every_grant: caller.0.has_role(Role::Admin),
+            };
+            app.decide_run_approval(&tenant, &id, decision).await?;
+            Ok((format!("{approval}: {}", form.decision), Extra::default()))
+        },
+    )
+    .await
+}
+
+/// `POST /console/runs/{id}/cancel` (operator)
+pub async fn cancel_run(
+    State(state): State<ApiState>,
+    signed: Signed,
+    headers: http::HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Plain>,
+) -> Response {
+    let app = signed.app.clone();
+    let caller = signed.caller.clone();
+    let tenant = signed.caller.tenant().to_string();
+    act(
+        &state,
+        &signed,
+        &headers,
+        &form.csrf,
+        View::Run(id.clone()),
+        || async move {
+            caller.require(Permission::Operate).map_err(|e| e.0)?;
+            let run = app.cancel_run(&tenant, &id, &caller.0).await?;
+            Ok((
+                format!("run {} is being cancelled", run.id),
+                Extra::default(),
+            ))
+        },
+    )
+    .await
 }
