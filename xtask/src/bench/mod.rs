@@ -14,6 +14,7 @@ mod offline;
 mod runs;
 mod server;
 mod sim;
+mod ui;
 
 use clap::Subcommand;
 
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// Task-pack runs of 20 no-op steps per second, and step-dispatch latency, SQLite
     /// and PostgreSQL.
     Runs(runs::RunsArgs),
+    /// The web console's dashboard over 200 releases × 10 environments × 1,000 targets:
+    /// server time, page weight, first contentful paint in headless Chromium.
+    Ui(ui::UiArgs),
 }
 
 /// Runs one bench, in a release build of xtask.
@@ -57,6 +61,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(args) => api::run(&args),
         BenchCommand::Runs(args) => runs::run(&args),
         BenchCommand::Offline(args) => offline::run(&args),
+        BenchCommand::Ui(args) => ui::run(&args),
     }
 }
 
