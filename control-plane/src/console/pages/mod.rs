@@ -1,0 +1,434 @@
+//! The console's pages: each is a `main` part rendered from a template of its own,
+//! inside the one page frame. The same function renders a page's `main` for the page
+//! and for its live updates ([`super::live`]), so what updates is what was loaded.
+
+mod audit;
+mod delivery;
+mod fleet;
+mod runs;
+
+use super::session::{check_csrf, same_origin, Signed};
+use crate::api::envelope::Permission;
+use crate::api::tenancy::ApiState;
+use crate::app::now_ms;
+use crate::domain::{format_utc_ms, PromotionState, Role, TenantId};
+use crate::error::{AppError, ErrorKind};
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+
+pub use audit::audit_page;
+pub use delivery::{
+    answer_promotion, create_environment, dashboard_page, drift_page, evidence, pipeline_page,
+    promote, promotion_page, release_page,
+};
+pub use fleet::{agents_page, create_join_token, revoke_agent};
+pub use runs::{answer_run, cancel_run, run_page, runs_page};
+
+/// The links of the console's navigation: (path, label).
+const NAV: [(&str, &str); 6] = [
+    ("/", "Dashboard"),
+    ("/console/pipeline", "Pipeline"),
+    ("/console/agents", "Agents"),
+    ("/console/drift", "Targets and drift"),
+    ("/console/runs", "Runs"),
+    ("/console/audit", "Audit"),
+];
+
+/// A view of the console: which page, and for the promotion page which promotion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Releases × environments.
+    Dashboard,
+    /// Environments in promotion order.
+    Pipeline,
+    /// One promotion.
+    Promotion(String),
+    /// Agents.
+    Agents,
+    /// Targets and drift.
+    Drift,
+    /// One release.
+    Release(String, String),
+    /// Task-pack runs.
+    Runs,
+    /// One run.
+    Run(String),
+    /// The audit chain.
+    Audit,
+}
+
+impl View {
+    /// The `data-live` value that names this view to [`super::live`].
+    pub fn key(&self) -> String {
+        match self {
+            View::Dashboard => "dashboard".to_owned(),
+            View::Pipeline => "pipeline".to_owned(),
+            View::Promotion(id) => format!("promotion:{id}"),
+            View::Agents => "agents".to_owned(),
+            View::Drift => "drift".to_owned(),
+            View::Release(name, version) => format!("release:{name}@{version}"),
+            View::Runs => "runs".to_owned(),
+            View::Run(id) => format!("run:{id}"),
+            View::Audit => "audit".to_owned(),
+        }
+    }
+
+    /// The view a `data-live` value names.
+    pub fn parse(key: &str) -> Option<View> {
+        match key {
+            "dashboard" => Some(View::Dashboard),
+            "pipeline" => Some(View::Pipeline),
+            "agents" => Some(View::Agents),
+            "drift" => Some(View::Drift),
+            "runs" => Some(View::Runs),
+            "audit" => Some(View::Audit),
+            other => {
+                let short = |id: &&str| !id.is_empty() && id.len() <= 128;
+                if let Some(id) = other.strip_prefix("promotion:").filter(short) {
+                    return Some(View::Promotion(id.to_owned()));
+                }
+                if let Some(id) = other.strip_prefix("run:").filter(short) {
+                    return Some(View::Run(id.to_owned()));
+                }
+                let release = other.strip_prefix("release:").filter(short)?;
+                let (name, version) = release.split_once('@')?;
+                Some(View::Release(name.to_owned(), version.to_owned()))
+            }
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            View::Dashboard => "Dashboard",
+            View::Pipeline => "Pipeline",
+            View::Promotion(_) => "Promotion",
+            View::Agents => "Agents",
+            View::Drift => "Targets and drift",
+            View::Release(..) => "Release",
+            View::Runs | View::Run(_) => "Runs",
+            View::Audit => "Audit",
+        }
+    }
+
+    fn nav(&self) -> &'static str {
+        match self {
+            View::Dashboard | View::Promotion(_) | View::Release(..) => "/",
+            View::Pipeline => "/console/pipeline",
+            View::Agents => "/console/agents",
+            View::Drift => "/console/drift",
+            View::Runs | View::Run(_) => "/console/runs",
+            View::Audit => "/console/audit",
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "page.html")]
+struct Page<'a> {
+    title: &'a str,
+    nav: &'a [(&'a str, &'a str)],
+    current: &'a str,
+    csrf: &'a str,
+    tenants: Vec<String>,
+    tenant: String,
+    user: &'a str,
+    roles: String,
+    error: String,
+    notice: String,
+    live: String,
+    version: String,
+    main: String,
+}
+
+/// What a page says above its `main` part.
+#[derive(Default)]
+pub struct Banner {
+    /// An error (role `alert`).
+    pub error: String,
+    /// A confirmation (role `status`).
+    pub notice: String,
+}
+
+/// Renders a whole page of `view`, with `extra` rendered into its `main` when the view
+/// has something to add (a join token just created).
+pub async fn page(
+    state: &ApiState,
+    signed: &Signed,
+    view: &View,
+    banner: Banner,
+    status: http::StatusCode,
+    extra: Extra,
+) -> Response {
+    let main = match render_main(signed, view, &extra).await {
+        Ok(main) => main,
+        Err(error) => return error_page(state, signed, view, &error).await,
+    };
+    frame(state, signed, view, banner, main, status).await
+}
+
+async fn frame(
+    state: &ApiState,
+    signed: &Signed,
+    view: &View,
+    banner: Banner,
+    main: String,
+    status: http::StatusCode,
+) -> Response {
+    let tenants = visible_tenants(state, signed).await;
+    let user = &signed.caller.0;
+    let mut roles: Vec<String> = user.roles.iter().map(ToString::to_string).collect();
+    roles.extend(
+        signed
+            .caller
+            .2
+            .narrowed
+            .iter()
+            .map(|(role, env)| format!("{role} for {env}")),
+    );
+    let page = Page {
+        title: view.title(),
+        nav: &NAV,
+        current: view.nav(),
+        csrf: &signed.csrf,
+        tenants,
+        tenant: signed.caller.tenant().to_string(),
+        user: &user.name,
+        roles: if roles.is_empty() {
+            "no role".to_owned()
+        } else {
+            roles.join(", ")
+        },
+        error: banner.error,
+        notice: banner.notice,
+        live: view.key(),
+        version: super::live::version(&main),
+        main,
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => render_failed(&error),
+    }
+}
+
+async fn error_page(state: &ApiState, signed: &Signed, view: &View, error: &AppError) -> Response {
+    let status = error.kind.http_status();
+    // The page as it is, under the error; nothing when the page itself failed.
+    let main = render_main(signed, view, &Extra::default())
+        .await
+        .unwrap_or_default();
+    frame(
+        state,
+        signed,
+        view,
+        Banner {
+            error: error.message.clone(),
+            notice: String::new(),
+        },
+        main,
+        status,
+    )
+    .await
+}
+
+fn render_failed(error: &askama::Error) -> Response {
+    tracing::error!(%error, "rendering a console page");
+    (
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        "the page could not be rendered",
+    )
+        .into_response()
+}
+
+/// The tenants the switcher offers: every one to a server admin, else `default` and
+/// those the user holds a role in.
+async fn visible_tenants(state: &ApiState, signed: &Signed) -> Vec<String> {
+    let all = state.tenants.list().await.unwrap_or_default();
+    let server_admin = state
+        .app
+        .store
+        .get_user(&signed.caller.0.id)
+        .await
+        .is_ok_and(|user| user.has_role(Role::Admin));
+    let bindings = state
+        .app
+        .store
+        .role_bindings(&signed.caller.0.id)
+        .await
+        .unwrap_or_default();
+    all.into_iter()
+        .filter(|t| {
+            server_admin || t.name.is_default() || bindings.iter().any(|b| b.tenant == t.name)
+        })
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+/// What a page's `main` shows besides what the store holds.
+#[derive(Default)]
+pub struct Extra {
+    /// A join token's install command and when the token expires.
+    pub install: Option<(String, String)>,
+}
+
+/// The `main` part of `view`, as the signed-in caller may see it.
+pub async fn render_main(signed: &Signed, view: &View, extra: &Extra) -> Result<String, AppError> {
+    signed.caller.require(Permission::Read).map_err(|e| e.0)?;
+    let html = match view {
+        View::Dashboard => delivery::dashboard(signed).await?.render(),
+        View::Pipeline => delivery::pipeline(signed).await?.render(),
+        View::Promotion(id) => delivery::promotion(signed, id).await?.render(),
+        View::Agents => fleet::agents(signed, extra).await?.render(),
+        View::Drift => delivery::drift(signed).await?.render(),
+        View::Release(name, version) => delivery::release(signed, name, version).await?.render(),
+        View::Runs => runs::runs(signed).await?.render(),
+        View::Run(id) => runs::run(signed, id).await?.render(),
+        View::Audit => {
+            signed
+                .caller
+                .require(Permission::Administer)
+                .map_err(|e| e.0)?;
+            audit::audit(signed).await?.render()
+        }
+    };
+    html.map_err(|error| {
+        tracing::error!(%error, "rendering a console page");
+        AppError::new(
+            ErrorKind::Internal,
+            "internal",
+            "the page could not be rendered",
+        )
+    })
+}
+
+fn state_text(state: PromotionState) -> String {
+    state.as_str().replace('_', " ")
+}
+
+/// A form with only its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct Plain {
+    /// The session's token.
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Runs a form's action after the origin and CSRF checks; the page again, with the
+/// outcome above it (or the refusal, with its status).
+async fn act<F, Fut>(
+    state: &ApiState,
+    signed: &Signed,
+    headers: &http::HeaderMap,
+    csrf: &str,
+    view: View,
+    action: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(String, Extra), AppError>>,
+{
+    let checked = same_origin(headers).and_then(|()| check_csrf(signed, csrf));
+    let outcome = match checked {
+        Ok(()) => action().await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok((notice, extra)) => {
+            page(
+                state,
+                signed,
+                &view,
+                Banner {
+                    notice,
+                    error: String::new(),
+                },
+                http::StatusCode::OK,
+                extra,
+            )
+            .await
+        }
+        Err(error) => {
+            page(
+                state,
+                signed,
+                &view,
+                Banner {
+                    error: error.message.clone(),
+                    notice: String::new(),
+                },
+                error.kind.http_status(),
+                Extra::default(),
+            )
+            .await
+        }
+    }
+}
+
+/// The tenant switcher's form.
+#[derive(Debug, Deserialize)]
+pub struct SwitchTenant {
+    /// The session's token.
+    #[serde(default)]
+    pub csrf: String,
+    /// The tenant to show.
+    #[serde(default)]
+    pub tenant: String,
+}
+
+/// `POST /console/tenant`: shows another tenant (one the user holds a role in).
+pub async fn switch_tenant(
+    State(state): State<ApiState>,
+    signed: Signed,
+    headers: http::HeaderMap,
+    Form(form): Form<SwitchTenant>,
+) -> Response {
+    let checked = same_origin(&headers).and_then(|()| check_csrf(&signed, &form.csrf));
+    let tenant = checked.and_then(|()| {
+        form.tenant
+            .parse::<TenantId>()
+            .map_err(|e| AppError::invalid(e.0))
+    });
+    let tenant = match tenant {
+        Ok(tenant)
+            if visible_tenants(&state, &signed)
+                .await
+                .contains(&tenant.to_string()) =>
+        {
+            tenant
+        }
+        Ok(tenant) => {
+            return error_page(
+                &state,
+                &signed,
+                &View::Dashboard,
+                &AppError::new(
+                    ErrorKind::PermissionDenied,
+                    "tenant_forbidden",
+                    format!("you hold no role in tenant `{tenant}`"),
+                ),
+            )
+            .await
+        }
+        Err(error) => return error_page(&state, &signed, &View::Dashboard, &error).await,
+    };
+    if let Err(error) = state
+        .app
+        .store
+        .set_console_tenant(&signed.id_hash, tenant.as_str())
+        .await
+    {
+        return error_page(&state, &signed, &View::Dashboard, &error.into()).await;
+    }
+    Redirect::to("/").into_response()
+}
+
+/// The name serde gives an enum value (`Succeeded`, `Run`), for showing it.
+fn shown<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
