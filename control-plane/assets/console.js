@@ -16,8 +16,45 @@
       main.innerHTML = event.data;
       main.dataset.version = event.lastEventId;
       main.dataset.updated = String(Date.now());
+      follow();
     });
   }
+  // A log the page shows (pre.log[data-follow]) grows line by line from its own stream;
+  // an update of main keeps the followed log element instead of the one it brings.
+  let following = null;
+  function follow() {
+    const log = main && main.querySelector("pre.log[data-follow]");
+    if (!log || !window.EventSource) {
+      return;
+    }
+    if (following && following.url === log.dataset.follow) {
+      if (following.log !== log) {
+        log.replaceWith(following.log);
+      }
+      return;
+    }
+    if (following) {
+      following.source.close();
+    }
+    const source = new EventSource(log.dataset.follow + "&after=" +
+      encodeURIComponent(log.dataset.after || "-1"));
+    following = { url: log.dataset.follow, log: log, source: source };
+    source.addEventListener("line", function (event) {
+      const at = following.log;
+      const bottom = at.scrollTop + at.clientHeight >= at.scrollHeight - 4;
+      at.appendChild(document.createTextNode(event.data + "\n"));
+      at.dataset.after = event.lastEventId;
+      at.dataset.lines = String(Number(at.dataset.lines || "0") + 1);
+      if (bottom) {
+        at.scrollTop = at.scrollHeight;
+      }
+    });
+    source.addEventListener("end", function () {
+      source.close();
+      following.log.dataset.ended = "true";
+    });
+  }
+  follow();
   document.addEventListener("submit", function (event) {
     const form = event.target;
     const question = form.dataset && form.dataset.confirm;

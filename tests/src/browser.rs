@@ -157,6 +157,18 @@ impl Browser {
         .await
     }
 
+    /// Waits until `script` returns `true` in the page.
+    pub async fn wait_for(&self, script: &str, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait_until(&format!("`{script}`"), timeout, || async {
+            self.run(script)
+                .await
+                .ok()
+                .filter(|v| *v == Value::Bool(true))
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Saves a screenshot as `path` (PNG).
     pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
         let png = self

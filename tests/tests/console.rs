@@ -301,6 +301,12 @@ async fn browser_sign_in(browser: &Browser, url: &str, user: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A run of a three-step pack in the default tenant: build, an approval, deploy.
+fn run_example(run_id: &str) -> Value {
+    let manifest = "apiVersion: stellaops.io/pack.v1\nkind: TaskPack\nmetadata:\n  name: console-pack\n  version: 1.0.0\nspec:\n  approvals:\n    - id: security-review\n      grants: [packs.approve]\n  steps:\n    - id: build\n      run:\n        uses: builtin:build\n    - id: approval\n      gate:\n        approval:\n          id: security-review\n          message: \"Security review required before deploy\"\n    - id: deploy\n      run:\n        uses: builtin:deploy\n";
+    json!({"runId": run_id, "manifest": manifest, "tenantId": "default"})
+}
+
 #[tokio::test]
 async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
     stella_tests::init_tracing();
@@ -313,12 +319,6 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
     let v1 = images.publish("v1", true).await?;
     let server = TestServer::start_plain().await?;
     let url = server.api_url();
-    server
-        .post(
-            "/api/v1/releases",
-            json!({"name": "web", "version": "1", "components": {"web": v1}}),
-        )
-        .await?;
     // Alice may approve too, but never her own promotion.
     for (name, roles) in [
         ("alice", json!(["operator", "approver"])),
@@ -358,6 +358,22 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
         browser_sign_in(&alice, &url, "alice").await?;
         accessible(&alice, "dashboard").await?;
 
+        // She creates the release on the dashboard: its tag resolved to a digest.
+        alice.fill("#release-name", "web").await?;
+        alice.fill("#release-version", "1").await?;
+        alice
+            .fill("#release-components", &format!("web={v1}"))
+            .await?;
+        alice.click("#create-release").await?;
+        let created = alice
+            .wait_text(
+                "[role=status]",
+                "release web@1 created",
+                Duration::from_secs(30),
+            )
+            .await?;
+        assert!(created.contains("sha256:"), "{created}");
+
         // Alice creates `prod` (one approval) on the pipeline page.
         alice.goto(&format!("{url}/console/pipeline")).await?;
         accessible(&alice, "pipeline").await?;
@@ -372,14 +388,22 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
                 Duration::from_secs(10),
             )
             .await?;
-        server
-            .post(
-                "/api/v1/targets",
-                json!({"name": target, "environment": "prod", "kind": "docker",
-                       "agent": "docker-host",
-                       "settings": {"health_cmd": WEB_HEALTH_CMD, "health_timeout_seconds": "30"}}),
+        // And its target, on the targets page.
+        alice.goto(&format!("{url}/console/drift")).await?;
+        alice.fill("#target-name", &target).await?;
+        alice
+            .fill(
+                "#target-settings",
+                &format!("health_cmd={WEB_HEALTH_CMD}\nhealth_timeout_seconds=30"),
             )
             .await?;
+        alice.click("#create-target").await?;
+        alice
+            .wait_text("[role=status]", "created in prod", Duration::from_secs(10))
+            .await?;
+        let made = server.get(&format!("/api/v1/targets/{target}")).await?;
+        assert_eq!(made["settings"]["health_cmd"], WEB_HEALTH_CMD, "{made}");
+        assert_eq!(made["agent"], "docker-host");
 
         // She promotes web@1 to prod; it waits for an approval.
         alice.goto(&format!("{url}/")).await?;
@@ -434,6 +458,28 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             json!("kept"),
             "the page updated without a reload"
         );
+        // Per target, the task's state; the decision replayed on the server; the
+        // deployment's log, streamed line by line into the page.
+        alice
+            .wait_text(
+                &format!("#task-{target}"),
+                "succeeded",
+                Duration::from_secs(10),
+            )
+            .await?;
+        let verification = alice.text("#decision-verification").await?;
+        assert!(verification.contains("byte-identical"), "{verification}");
+        alice
+            .wait_for(
+                "return document.querySelector('#deployment-log').dataset.ended === 'true';",
+                Duration::from_secs(20),
+            )
+            .await?;
+        let log = alice.text("#deployment-log").await?;
+        assert!(
+            log.contains(&target),
+            "the deployment's log names its target: {log}"
+        );
         // The dashboard now shows the release current in prod.
         alice.goto(&format!("{url}/")).await?;
         alice
@@ -466,6 +512,36 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             alice.run("return window.stellaMark || null;").await?,
             json!("drift")
         );
+        // Remediate: what was deployed there is deployed again, and the badge goes,
+        // live.
+        alice.click(&format!("#remediate-{target}")).await?;
+        alice
+            .client
+            .accept_alert()
+            .await
+            .map_err(|e| anyhow!("accepting the confirmation: {e}"))?;
+        alice
+            .wait_text("[role=status]", "remediating", Duration::from_secs(10))
+            .await?;
+        alice
+            .wait_text(
+                &format!("#target-{target}"),
+                "in sync",
+                Duration::from_secs(120),
+            )
+            .await?;
+        let sticker = alice.text(&format!("#target-{target}")).await?;
+        assert!(sticker.contains("web@1"), "the sticker: {sticker}");
+        // Lists filter and page.
+        alice
+            .goto(&format!("{url}/console/drift?q=no-such-target"))
+            .await?;
+        assert_eq!(alice.text("#list-summary").await?, "no targets");
+        alice
+            .goto(&format!("{url}/console/drift?q={}", target.to_uppercase()))
+            .await?;
+        assert!(alice.text("main").await?.contains(&target));
+        accessible(&alice, "targets filtered").await?;
 
         // An admin revokes the agent, confirming first.
         bob.goto(&format!("{url}/console/login")).await?;
@@ -515,6 +591,30 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
         assert!(bob.text("main").await?.contains("/console/promotions/"));
         bob.goto(&format!("{url}/console/runs")).await?;
         accessible(&bob, "runs").await?;
+
+        // A task-pack run: its steps drawn, its gate answered on the page, its log
+        // streamed to the end.
+        let run_id = unique("run");
+        server
+            .post("/v1/task-runner/runs", run_example(&run_id))
+            .await?;
+        bob.goto(&format!("{url}/console/runs/{run_id}")).await?;
+        bob.wait_text("#node-approval", "waiting", Duration::from_secs(30))
+            .await?;
+        accessible(&bob, "run").await?;
+        let arrows = bob
+            .run("return document.querySelectorAll('figure.dag path.edge').length;")
+            .await?;
+        assert_eq!(arrows, json!(2), "build → approval → deploy");
+        bob.click("#approve-security-review").await?;
+        bob.wait_text("#run-status", "succeeded", Duration::from_secs(60))
+            .await?;
+        bob.wait_for(
+            "return document.querySelector('#run-log').dataset.ended === 'true';",
+            Duration::from_secs(20),
+        )
+        .await?;
+        assert!(bob.text("#node-deploy").await?.contains("succeeded"));
         Ok(())
     })
     .await;

@@ -41,6 +41,12 @@ pub enum TargetCommand {
         /// Name.
         name: String,
     },
+    /// Redeploy to a target what was last deployed to it successfully (after drift);
+    /// prints the remediation deployment's id.
+    Remediate {
+        /// Name.
+        name: String,
+    },
     /// Change a target's agent or settings (refused while a deployment runs on it); what
     /// runs there changes with the next deployment.
     Update {
@@ -136,6 +142,18 @@ pub async fn target(context: &Context, command: TargetCommand) -> anyhow::Result
                     output::cell(&checked, "/message")
                 );
             }
+            return Ok(());
+        }
+        TargetCommand::Remediate { name } => {
+            let deployment = client
+                .post(
+                    &format!("/targets/{}/remediate", super::path(&name)),
+                    json!({}),
+                )
+                .await?;
+            print(format, &deployment, |v| {
+                println!("{}", output::cell(v, "/id"));
+            });
             return Ok(());
         }
         TargetCommand::HostKey { host, port } => {

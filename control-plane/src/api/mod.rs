@@ -133,6 +133,7 @@ pub fn router(tenants: Arc<Tenants>) -> Router {
                 .delete(targets::delete_target),
         )
         .route("/targets/{name}/check", post(targets::check_target))
+        .route("/targets/{name}/remediate", post(targets::remediate_target))
         .route(
             "/registries",
             get(registries::list_registries).post(registries::add_registry),

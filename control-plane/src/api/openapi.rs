@@ -51,6 +51,7 @@ use super::{
         variables::set_secret, variables::delete_secret,
         targets::create_target, targets::list_targets, targets::show_target,
         targets::update_target, targets::delete_target, targets::check_target,
+        targets::remediate_target,
         registries::add_registry, registries::list_registries, registries::delete_registry,
         releases::create_release, releases::list_releases, releases::show_release,
         scans::import_scan, scans::show_scan,

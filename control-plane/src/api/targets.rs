@@ -7,6 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::deployments::DeploymentView;
 use super::envelope::{ApiError, ApiJson, ApiQuery, ApiResult, Caller, ErrorEnvelope, Permission};
 use super::rfc3339;
 use super::tenancy::Scoped;
@@ -292,4 +293,32 @@ pub async fn check_target(
         checked_at: rfc3339(checked.checked_at_ms),
         duration_ms: checked.duration_ms,
     }))
+}
+
+/// Remediates a target.
+///
+/// Redeploys to the target what was last deployed to it successfully (the release its
+/// sticker names), as a new deployment of kind `remediation`: what an environment with
+/// `drift_mode: remediate` does by itself when drift is found. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/targets/{name}/remediate", tag = "targets", operation_id = "remediateTarget",
+    params(("name" = String, Path, description = "Target name")),
+    responses(
+        (status = 201, description = "The remediation deployment", body = DeploymentView),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such target (`unknown_target`)", body = ErrorEnvelope),
+        (status = 409, description = "A deployment to its environment is in progress (`deployment_in_progress`)", body = ErrorEnvelope),
+        (status = 422, description = "Nothing was deployed to it yet (`nothing_deployed`), or its agent is revoked (`agent_revoked`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn remediate_target(
+    Scoped(app): Scoped,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<(http::StatusCode, Json<DeploymentView>)> {
+    caller.require(Permission::Operate)?;
+    let deployment = app.remediate_target(&name, &caller.0.name).await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(DeploymentView::new(deployment, Vec::new())),
+    ))
 }

@@ -6,7 +6,8 @@ use stella_proto::v1;
 
 use super::{invalid, now_ms, App, NewEvent};
 use crate::domain::{
-    DeploySpec, DeploymentKind, DriftKind, DriftMode, DriftRecord, Environment, EventKind, Target,
+    DeploySpec, Deployment, DeploymentKind, DriftKind, DriftMode, DriftRecord, Environment,
+    EventKind, Target,
 };
 use crate::error::{AppError, ErrorKind};
 
@@ -152,45 +153,58 @@ impl App {
         .await;
     }
 
+    /// Redeploys to one target what was last deployed to it successfully (its desired
+    /// state), as a `remediation` deployment: what a `remediate` environment does by
+    /// itself, asked for by an operator. Refused with 422 `nothing_deployed` when nothing
+    /// was, and 409 `deployment_in_progress` while a deployment to its environment runs.
+    pub async fn remediate_target(
+        self: &Arc<Self>,
+        name: &str,
+        requested_by: &str,
+    ) -> Result<Deployment, AppError> {
+        let target = self.target(name).await?;
+        let env = self.environment(&target.environment).await?;
+        self.redeploy_desired(&env, &target, requested_by).await
+    }
+
+    async fn redeploy_desired(
+        self: &Arc<Self>,
+        env: &Environment,
+        target: &Target,
+        requested_by: &str,
+    ) -> Result<Deployment, AppError> {
+        let Some(desired) = self.store.latest_succeeded_task(&target.name).await? else {
+            return Err(AppError::new(
+                ErrorKind::FailedPrecondition,
+                "nothing_deployed",
+                format!(
+                    "nothing was deployed to target `{}` yet: there is no desired state to restore",
+                    target.name
+                ),
+            ));
+        };
+        let spec: DeploySpec = serde_json::from_str(&desired.payload_json)
+            .map_err(|error| AppError::internal("decoding a target's desired state", &error))?;
+        let release = self.store.get_release(&spec.release, &spec.version).await?;
+        self.deploy(
+            &release,
+            env,
+            DeploymentKind::Remediation,
+            requested_by,
+            Some(target),
+        )
+        .await
+    }
+
     async fn remediate(self: &Arc<Self>, env: &Environment, target: &Target) {
-        let desired = match self.store.latest_succeeded_task(&target.name).await {
-            Ok(Some(task)) => task,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "remediation: cannot read the desired state");
-                return;
-            }
-        };
-        let spec: DeploySpec = match serde_json::from_str(&desired.payload_json) {
-            Ok(spec) => spec,
-            Err(error) => {
-                tracing::warn!(%error, "remediation: undecodable desired state");
-                return;
-            }
-        };
-        let release = match self.store.get_release(&spec.release, &spec.version).await {
-            Ok(release) => release,
-            Err(error) => {
-                tracing::warn!(%error, "remediation: release gone");
-                return;
-            }
-        };
-        match self
-            .deploy(
-                &release,
-                env,
-                DeploymentKind::Remediation,
-                DRIFT_ACTOR,
-                Some(target),
-            )
-            .await
-        {
+        match self.redeploy_desired(env, target, DRIFT_ACTOR).await {
             Ok(deployment) => {
                 tracing::info!(deployment_id = %deployment.id, target = %target.name, "drift remediation started");
             }
             Err(error) if error.code == "deployment_in_progress" => {
                 tracing::debug!(target = %target.name, "remediation waits for the running deployment");
             }
+            Err(error) if error.code == "nothing_deployed" => {}
             Err(error) => {
                 tracing::warn!(target = %target.name, %error, "drift remediation failed to start");
             }

@@ -54,6 +54,17 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/console/agents/{agent}/revoke", post(pages::revoke_agent))
         .route("/console/drift", get(pages::drift_page))
+        .route("/console/targets", post(pages::create_target))
+        .route(
+            "/console/targets/{name}/remediate",
+            post(pages::remediate_target),
+        )
+        .route("/console/rollback", post(pages::rollback_environment))
+        .route("/console/releases", post(pages::create_release))
+        .route(
+            "/console/releases/{name}/{version}/scans",
+            post(pages::import_scan),
+        )
         .route("/console/promotions/{id}", get(pages::promotion_page))
         .route(
             "/console/promotions/{id}/answer",
@@ -73,6 +84,7 @@ pub fn router() -> Router<ApiState> {
         .route("/console/runs/{id}/cancel", post(pages::cancel_run))
         .route("/console/audit", get(pages::audit_page))
         .route("/console/live", get(live::live))
+        .route("/console/logs", get(live::logs))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
         .layer(axum::middleware::from_fn(security_headers))

@@ -3,8 +3,9 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// Audit entries the audit page lists (the newest), and the longest chain it verifies.
-const AUDIT_SHOWN: usize = 200;
+/// Audit entries listed on one page (newest first), and the longest chain the page
+/// verifies.
+const AUDIT_PER_PAGE: usize = 100;
 
 const AUDIT_VERIFIED: i64 = 100_000;
 
@@ -14,9 +15,10 @@ pub(super) struct AuditPage {
     verification: String,
     verified_class: String,
     entries: Vec<(i64, String, String, String, String, String)>,
+    pager: Pager,
 }
 
-pub(super) async fn audit(signed: &Signed) -> Result<AuditPage, AppError> {
+pub(super) async fn audit(signed: &Signed, listing: &Listing) -> Result<AuditPage, AppError> {
     let store = &signed.app.store;
     let entries = store.list_audit_entries(0, AUDIT_VERIFIED).await?;
     let checkpoints = store.list_audit_checkpoints(0, AUDIT_VERIFIED).await?;
@@ -53,10 +55,17 @@ pub(super) async fn audit(signed: &Signed) -> Result<AuditPage, AppError> {
             ),
         }
     };
-    let entries = entries
+    let entries: Vec<_> = entries
         .iter()
         .rev()
-        .take(AUDIT_SHOWN)
+        .filter(|e| {
+            listing.keeps([
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.object.as_str(),
+                e.outcome.as_str(),
+            ])
+        })
         .map(|e| {
             (
                 e.seq,
@@ -68,22 +77,20 @@ pub(super) async fn audit(signed: &Signed) -> Result<AuditPage, AppError> {
             )
         })
         .collect();
+    let (entries, pager) = listing.page_of(entries, AUDIT_PER_PAGE, "/console/audit", "entries");
     Ok(AuditPage {
         verification,
         verified_class,
         entries,
+        pager,
     })
 }
 
 /// `GET /console/audit` (admin, as `GET /api/v1/audit`)
-pub async fn audit_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Audit,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+pub async fn audit_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    RawQuery(query): RawQuery,
+) -> Response {
+    list_page(&state, &signed, query, View::Audit).await
 }

@@ -1,11 +1,11 @@
-//! The pages of releases on their way: dashboard, pipeline, promotion, release, and
-//! targets and drift; and their forms (promote, answer, new environment).
+//! The pages of releases on their way: the dashboard and the pipeline; and their
+//! forms (new release, promote, new environment).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// Releases shown on the dashboard, newest first.
-const DASHBOARD_RELEASES: usize = 50;
+/// Releases shown on one page of the dashboard, newest first.
+const RELEASES_PER_PAGE: usize = 50;
 
 struct EnvHead {
     name: String,
@@ -39,14 +39,21 @@ pub(super) struct Dashboard {
     envs: Vec<EnvHead>,
     rows: Vec<Row>,
     waiting: Vec<Waiting>,
+    pager: Pager,
+    operator: bool,
     csrf: String,
 }
 
-pub(super) async fn dashboard(signed: &Signed) -> Result<Dashboard, AppError> {
+pub(super) async fn dashboard(signed: &Signed, listing: &Listing) -> Result<Dashboard, AppError> {
     let store = &signed.app.store;
     let environments = ordered(store.list_environments().await?);
-    let mut releases = store.list_releases(None).await?;
-    releases.truncate(DASHBOARD_RELEASES);
+    let releases: Vec<_> = store
+        .list_releases(None)
+        .await?
+        .into_iter()
+        .filter(|r| listing.keeps([format!("{}@{}", r.name, r.version).as_str()]))
+        .collect();
+    let (releases, pager) = listing.page_of(releases, RELEASES_PER_PAGE, "/", "releases");
     let drift = store.list_drift(None, false).await?;
     let mut drifted: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
     for record in &drift {
@@ -169,6 +176,8 @@ pub(super) async fn dashboard(signed: &Signed) -> Result<Dashboard, AppError> {
             .collect(),
         rows,
         waiting,
+        pager,
+        operator: signed.caller.require(Permission::Operate).is_ok(),
         csrf: signed.csrf.clone(),
     })
 }
@@ -261,193 +270,13 @@ pub(super) async fn pipeline(signed: &Signed) -> Result<Pipeline, AppError> {
         csrf: signed.csrf.clone(),
     })
 }
-
-#[derive(Template)]
-#[template(path = "promotion.html")]
-pub(super) struct PromotionPage {
-    id: String,
-    release: String,
-    environment: String,
-    state: String,
-    state_text: String,
-    requested_by: String,
-    requested_at: String,
-    message: String,
-    decision: String,
-    verified: String,
-    deployment: String,
-    deployment_state: String,
-    gates: Vec<(String, String, String)>,
-    approvals: Vec<String>,
-    awaiting: bool,
-    own: bool,
-    csrf: String,
-    logs: Vec<String>,
-}
-
-pub(super) async fn promotion(signed: &Signed, id: &str) -> Result<PromotionPage, AppError> {
-    let detail = signed.app.promotion_detail(id).await?;
-    let promotion = &detail.promotion;
-    let (deployment, deployment_state, logs) = match &promotion.deployment_id {
-        Some(deployment_id) => {
-            let deployment = signed.app.find_deployment(deployment_id).await?;
-            let logs = signed
-                .app
-                .store
-                .logs_after(deployment_id, 0, 200)
-                .await?
-                .into_iter()
-                .map(|line| format!("{} {}", format_utc_ms(line.at_ms), line.message))
-                .collect();
-            (
-                deployment_id.clone(),
-                deployment.state.as_str().to_owned(),
-                logs,
-            )
-        }
-        None => (String::new(), String::new(), Vec::new()),
-    };
-    Ok(PromotionPage {
-        id: promotion.id.clone(),
-        release: format!("{}@{}", promotion.release, promotion.version),
-        environment: promotion.environment.clone(),
-        state: promotion.state.as_str().to_owned(),
-        state_text: state_text(promotion.state),
-        requested_by: promotion.requested_by.clone(),
-        requested_at: format_utc_ms(promotion.requested_at_ms),
-        message: promotion.message.clone().unwrap_or_default(),
-        decision: promotion.decision_id.clone().unwrap_or_default(),
-        verified: "signed; verify offline with stella evidence verify".to_owned(),
-        deployment,
-        deployment_state,
-        gates: detail
-            .gates
-            .iter()
-            .map(|gate| {
-                let mut why = gate.reason.clone();
-                for detail in &gate.details {
-                    why.push_str("; ");
-                    why.push_str(detail);
-                }
-                (gate.gate.clone(), gate_status(gate.status).to_owned(), why)
-            })
-            .collect(),
-        approvals: detail
-            .approvals
-            .iter()
-            .map(|a| {
-                format!(
-                    "{} by {} at {}{}",
-                    a.verdict.as_str(),
-                    a.user,
-                    format_utc_ms(a.at_ms),
-                    a.comment
-                        .as_deref()
-                        .map(|c| format!(": {c}"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect(),
-        awaiting: promotion.state == PromotionState::AwaitingApproval,
-        own: promotion.requested_by == signed.caller.0.name,
-        csrf: signed.csrf.clone(),
-        logs,
-    })
-}
-
-fn gate_status(status: stella_decision::gates::GateStatus) -> &'static str {
-    use stella_decision::gates::GateStatus;
-    match status {
-        GateStatus::Passed => "pass",
-        GateStatus::Failed => "fail",
-        GateStatus::Waiting => "waiting",
-        GateStatus::Overridden => "overridden",
-        GateStatus::NotConfigured => "skipped",
-    }
-}
-
-struct TargetRow {
-    name: String,
-    environment: String,
-    kind: String,
-    agent: String,
-    deployed: String,
-    drift: String,
-}
-
-#[derive(Template)]
-#[template(path = "drift.html")]
-pub(super) struct DriftPage {
-    targets: Vec<TargetRow>,
-}
-
-pub(super) async fn drift(signed: &Signed) -> Result<DriftPage, AppError> {
-    let store = &signed.app.store;
-    let targets = store.list_targets(None).await?;
-    let drift = store.list_drift(None, false).await?;
-    let agents: HashMap<String, String> = store
-        .list_agents()
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
-    let mut current: HashMap<String, String> = HashMap::new();
-    for env in store.list_environments().await? {
-        let deployments = store.list_deployments(Some(&env.name), 50).await?;
-        if let Some(live) = deployments.iter().find(|d| d.state.as_str() == "succeeded") {
-            current.insert(
-                env.name.clone(),
-                format!("{}@{}", live.release, live.version),
-            );
-        }
-    }
-    let now = now_ms();
-    let targets = targets
-        .into_iter()
-        .map(|target| {
-            let findings: Vec<String> = drift
-                .iter()
-                .filter(|d| d.target == target.name)
-                .map(|d| {
-                    let age = (now - d.first_seen_at_ms).max(0) / 1000;
-                    format!(
-                        "{} {} ({}; for {age} s)",
-                        d.component,
-                        d.kind.as_str(),
-                        d.detail
-                    )
-                })
-                .collect();
-            TargetRow {
-                deployed: current
-                    .get(&target.environment)
-                    .cloned()
-                    .unwrap_or_else(|| "nothing".to_owned()),
-                agent: agents
-                    .get(&target.agent_id)
-                    .cloned()
-                    .unwrap_or_else(|| target.agent_id.clone()),
-                kind: target.kind.as_str().to_owned(),
-                environment: target.environment.clone(),
-                drift: findings.join("; "),
-                name: target.name,
-            }
-        })
-        .collect();
-    Ok(DriftPage { targets })
-}
-
 /// `GET /`
-pub async fn dashboard_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Dashboard,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+pub async fn dashboard_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    RawQuery(query): RawQuery,
+) -> Response {
+    list_page(&state, &signed, query, View::Dashboard).await
 }
 
 /// `GET /console/pipeline`
@@ -460,94 +289,6 @@ pub async fn pipeline_page(State(state): State<ApiState>, signed: Signed) -> Res
         http::StatusCode::OK,
         Extra::default(),
     )
-    .await
-}
-
-/// `GET /console/drift`
-pub async fn drift_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Drift,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
-}
-
-/// `GET /console/promotions/{id}`
-pub async fn promotion_page(
-    State(state): State<ApiState>,
-    signed: Signed,
-    Path(id): Path<String>,
-) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Promotion(id),
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
-}
-
-/// The approve / reject form of a promotion.
-#[derive(Debug, Deserialize)]
-pub struct Answer {
-    /// The session's token.
-    #[serde(default)]
-    pub csrf: String,
-    /// `approve` or `reject`.
-    #[serde(default)]
-    pub verdict: String,
-    /// Why.
-    #[serde(default)]
-    pub comment: String,
-}
-
-/// `POST /console/promotions/{id}/answer`: approve or reject, with the API's rules
-/// (the approver role, or one narrowed to the environment; never one's own promotion).
-pub async fn answer_promotion(
-    State(state): State<ApiState>,
-    signed: Signed,
-    headers: http::HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<Answer>,
-) -> Response {
-    let view = View::Promotion(id.clone());
-    let app = signed.app.clone();
-    let caller = signed.caller.clone();
-    act(&state, &signed, &headers, &form.csrf, view, || async move {
-        let promotion = app.find_promotion(&id).await?;
-        caller
-            .require_in(Permission::Approve, &promotion.environment)
-            .map_err(|e| e.0)?;
-        let comment = Some(form.comment).filter(|c| !c.trim().is_empty());
-        let answered = match form.verdict.as_str() {
-            "approve" => app.approve_promotion(&id, &caller.0, comment).await?,
-            "reject" => app.reject_promotion(&id, &caller.0, comment).await?,
-            other => {
-                return Err(AppError::invalid(format!(
-                    "unknown verdict `{other}`: approve or reject"
-                )))
-            }
-        };
-        Ok((
-            format!(
-                "{} {}: it is now {}",
-                if form.verdict == "approve" {
-                    "approved"
-                } else {
-                    "rejected"
-                },
-                answered.promotion.id,
-                state_text(answered.promotion.state)
-            ),
-            Extra::default(),
-        ))
-    })
     .await
 }
 
@@ -659,165 +400,85 @@ pub async fn promote(
         Ok(detail) => {
             Redirect::to(&format!("/console/promotions/{}", detail.promotion.id)).into_response()
         }
-        Err(error) => error_page(&state, &signed, &View::Dashboard, &error).await,
-    }
-}
-
-struct ComponentRow {
-    name: String,
-    image: String,
-    digest: String,
-    scan: String,
-}
-
-struct PromotionRow {
-    id: String,
-    environment: String,
-    state: String,
-    state_text: String,
-    requested: String,
-    decision: String,
-}
-
-#[derive(Template)]
-#[template(path = "release.html")]
-pub(super) struct ReleasePage {
-    name: String,
-    version: String,
-    created_by: String,
-    created_at: String,
-    components: Vec<ComponentRow>,
-    findings: Vec<(String, String, String, String, String)>,
-    promotions: Vec<PromotionRow>,
-}
-
-pub(super) async fn release(
-    signed: &Signed,
-    name: &str,
-    version: &str,
-) -> Result<ReleasePage, AppError> {
-    let app = &signed.app;
-    let release = app.store.get_release(name, version).await.map_err(|e| {
-        if e.is_not_found() {
-            AppError::new(
-                ErrorKind::NotFound,
-                "unknown_release",
-                format!("no release {name}@{version}"),
+        Err(error) => {
+            error_page(
+                &state,
+                &signed,
+                &View::Dashboard(Listing::default()),
+                &error,
             )
-        } else {
-            e.into()
+            .await
         }
-    })?;
-    let mut components = Vec::new();
-    let mut findings = Vec::new();
-    for component in &release.components {
-        let digest = component.digest.to_string();
-        let scan = match app.scan_detail(&digest).await {
-            Ok(detail) => {
-                let open = detail
-                    .findings
-                    .iter()
-                    .filter(|f| f.suppressed_by.is_none())
-                    .count();
-                for shown in &detail.findings {
-                    findings.push((
-                        component.name.clone(),
-                        shown.finding.vulnerability.clone(),
-                        format!("{:?}", shown.finding.severity).to_lowercase(),
-                        format!(
-                            "{} {}",
-                            shown.finding.package, shown.finding.installed_version
-                        ),
-                        shown.suppressed_by.as_ref().map_or_else(
-                            || "not suppressed".to_owned(),
-                            |s| format!("suppressed by {}", s.vex_id),
-                        ),
-                    ));
-                }
-                format!(
-                    "{} report(s), {} finding(s), {open} not suppressed",
-                    detail.reports.len(),
-                    detail.findings.len()
-                )
-            }
-            Err(error) if error.kind == ErrorKind::NotFound => "not scanned".to_owned(),
-            Err(error) => return Err(error),
-        };
-        components.push(ComponentRow {
-            name: component.name.clone(),
-            image: component.image.clone(),
-            digest,
-            scan,
-        });
     }
-    let promotions = app
-        .store
-        .list_promotions(None, None, 500)
-        .await?
-        .into_iter()
-        .filter(|p| p.release == release.name && p.version == release.version)
-        .map(|p| PromotionRow {
-            state: p.state.as_str().to_owned(),
-            state_text: state_text(p.state),
-            requested: format!("{} by {}", format_utc_ms(p.requested_at_ms), p.requested_by),
-            decision: p.decision_id.clone().unwrap_or_default(),
-            environment: p.environment,
-            id: p.id,
-        })
-        .collect();
-    Ok(ReleasePage {
-        name: release.name.clone(),
-        version: release.version.clone(),
-        created_by: release.created_by.clone(),
-        created_at: format_utc_ms(release.created_at_ms),
-        components,
-        findings,
-        promotions,
-    })
 }
 
-/// `GET /console/releases/{name}/{version}`
-pub async fn release_page(
+/// The new-release form of the dashboard.
+#[derive(Debug, Deserialize)]
+pub struct NewRelease {
+    /// The session's token.
+    #[serde(default)]
+    pub csrf: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// Its version.
+    #[serde(default)]
+    pub version: String,
+    /// Components, `NAME=IMAGE` per line.
+    #[serde(default)]
+    pub components: String,
+}
+
+/// `POST /console/releases`: as `POST /api/v1/releases` (operator): every tag resolved
+/// to its digest, once, now.
+pub async fn create_release(
     State(state): State<ApiState>,
     signed: Signed,
-    Path((name, version)): Path<(String, String)>,
+    headers: http::HeaderMap,
+    Form(form): Form<NewRelease>,
 ) -> Response {
-    let view = View::Release(name, version);
-    page(
-        &state,
-        &signed,
-        &view,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
-}
-
-/// `GET /console/decisions/{id}/evidence`: the evidence packet, as `GET
-/// /api/v1/decisions/{id}/evidence` (viewer).
-pub async fn evidence(signed: Signed, Path(id): Path<String>) -> Response {
-    if let Err(error) = signed.caller.require(Permission::Read) {
-        return error.into_response();
-    }
-    match signed.app.evidence_packet(&id).await {
-        Ok(bytes) => {
-            let file = format!(
-                "attachment; filename=\"evidence-{}.tar.gz\"",
-                id.trim_start_matches("sha256:")
-                    .chars()
-                    .take(16)
-                    .collect::<String>()
-            );
-            (
-                [
-                    (http::header::CONTENT_TYPE, "application/gzip".to_owned()),
-                    (http::header::CONTENT_DISPOSITION, file),
-                ],
-                bytes,
-            )
-                .into_response()
+    let app = signed.app.clone();
+    let caller = signed.caller.clone();
+    let view = View::Dashboard(Listing::default());
+    act(&state, &signed, &headers, &form.csrf, view, || async move {
+        caller.require(Permission::Operate).map_err(|e| e.0)?;
+        let mut components = Vec::new();
+        for line in form
+            .components
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let (name, image) = line.split_once('=').ok_or_else(|| {
+                AppError::invalid(format!("component `{line}` is not NAME=IMAGE"))
+            })?;
+            components.push(crate::app::ComponentRequest {
+                name: name.trim().to_owned(),
+                image: image.trim().to_owned(),
+            });
         }
-        Err(error) => crate::api::envelope::ApiError(error).into_response(),
-    }
+        let (release, created) = app
+            .create_release(form.name.trim(), form.version.trim(), components, &caller.0)
+            .await?;
+        let digests: Vec<String> = release
+            .components
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.digest))
+            .collect();
+        Ok((
+            format!(
+                "release {}@{} {}: {}",
+                release.name,
+                release.version,
+                if created {
+                    "created"
+                } else {
+                    "exists already, unchanged"
+                },
+                digests.join(", ")
+            ),
+            Extra::default(),
+        ))
+    })
+    .await
 }

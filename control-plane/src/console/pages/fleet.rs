@@ -16,12 +16,20 @@ struct AgentRow {
 #[template(path = "agents.html")]
 pub(super) struct AgentsPage {
     agents: Vec<AgentRow>,
+    pager: Pager,
     csrf: String,
     install: String,
     expires: String,
 }
 
-pub(super) async fn agents(signed: &Signed, extra: &Extra) -> Result<AgentsPage, AppError> {
+/// Agents listed on one page.
+const AGENTS_PER_PAGE: usize = 100;
+
+pub(super) async fn agents(
+    signed: &Signed,
+    listing: &Listing,
+    extra: &Extra,
+) -> Result<AgentsPage, AppError> {
     let app = &signed.app;
     let now = now_ms();
     let interval = app.config.heartbeat_interval_ms();
@@ -45,10 +53,21 @@ pub(super) async fn agents(signed: &Signed, extra: &Extra) -> Result<AgentsPage,
                 .map_or_else(|| "never".to_owned(), format_utc_ms),
             name: agent.name,
         })
+        .filter(|row| {
+            listing.keeps([
+                row.name.as_str(),
+                row.state.as_str(),
+                row.version.as_str(),
+                row.capabilities.as_str(),
+                row.host.as_str(),
+            ])
+        })
         .collect();
+    let (agents, pager) = listing.page_of(agents, AGENTS_PER_PAGE, "/console/agents", "agents");
     let (install, expires) = extra.install.clone().unwrap_or_default();
     Ok(AgentsPage {
         agents,
+        pager,
         csrf: signed.csrf.clone(),
         install,
         expires,
@@ -56,16 +75,12 @@ pub(super) async fn agents(signed: &Signed, extra: &Extra) -> Result<AgentsPage,
 }
 
 /// `GET /console/agents`
-pub async fn agents_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Agents,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+pub async fn agents_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    RawQuery(query): RawQuery,
+) -> Response {
+    list_page(&state, &signed, query, View::Agents).await
 }
 
 /// `POST /console/agents/{agent}/revoke`
@@ -83,7 +98,7 @@ pub async fn revoke_agent(
         &signed,
         &headers,
         &form.csrf,
-        View::Agents,
+        View::Agents(Listing::default()),
         || async move {
             caller.require(Permission::Administer).map_err(|e| e.0)?;
             let revoked = app
@@ -119,7 +134,7 @@ pub async fn create_join_token(
         &signed,
         &headers,
         &form.csrf,
-        View::Agents,
+        View::Agents(Listing::default()),
         || async move {
             caller.require(Permission::Administer).map_err(|e| e.0)?;
             let issued = app.create_join_token(&caller.0, None).await?;

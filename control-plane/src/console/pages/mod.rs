@@ -5,7 +5,12 @@
 mod audit;
 mod delivery;
 mod fleet;
+mod graph;
+mod listing;
+mod promotion;
+mod release;
 mod runs;
+mod targets;
 
 use super::session::{check_csrf, same_origin, Signed};
 use crate::api::envelope::Permission;
@@ -14,19 +19,20 @@ use crate::app::now_ms;
 use crate::domain::{format_utc_ms, PromotionState, Role, TenantId};
 use crate::error::{AppError, ErrorKind};
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
 pub use audit::audit_page;
-pub use delivery::{
-    answer_promotion, create_environment, dashboard_page, drift_page, evidence, pipeline_page,
-    promote, promotion_page, release_page,
-};
+pub use delivery::{create_environment, create_release, dashboard_page, pipeline_page, promote};
 pub use fleet::{agents_page, create_join_token, revoke_agent};
-pub use runs::{answer_run, cancel_run, run_page, runs_page};
+pub use listing::{Listing, Pager};
+pub use promotion::{answer_promotion, deployment_line, promotion_page};
+pub use release::{evidence, import_scan, release_page};
+pub use runs::{answer_run, cancel_run, run_line, run_page, runs_page};
+pub use targets::{create_target, drift_page, remediate_target, rollback_environment};
 
 /// The links of the console's navigation: (path, label).
 const NAV: [(&str, &str); 6] = [
@@ -38,54 +44,58 @@ const NAV: [(&str, &str); 6] = [
     ("/console/audit", "Audit"),
 ];
 
-/// A view of the console: which page, and for the promotion page which promotion.
+/// A view of the console: which page, which object, and for a list which filter and
+/// page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum View {
     /// Releases × environments.
-    Dashboard,
+    Dashboard(Listing),
     /// Environments in promotion order.
     Pipeline,
     /// One promotion.
     Promotion(String),
     /// Agents.
-    Agents,
+    Agents(Listing),
     /// Targets and drift.
-    Drift,
+    Drift(Listing),
     /// One release.
     Release(String, String),
     /// Task-pack runs.
-    Runs,
+    Runs(Listing),
     /// One run.
     Run(String),
     /// The audit chain.
-    Audit,
+    Audit(Listing),
 }
 
 impl View {
-    /// The `data-live` value that names this view to [`super::live`].
+    /// The `data-live` value that names this view to [`super::live`]: its name, and
+    /// for a list its query (`drift?q=web&page=2`).
     pub fn key(&self) -> String {
         match self {
-            View::Dashboard => "dashboard".to_owned(),
+            View::Dashboard(l) => format!("dashboard{}", l.query()),
             View::Pipeline => "pipeline".to_owned(),
             View::Promotion(id) => format!("promotion:{id}"),
-            View::Agents => "agents".to_owned(),
-            View::Drift => "drift".to_owned(),
+            View::Agents(l) => format!("agents{}", l.query()),
+            View::Drift(l) => format!("drift{}", l.query()),
             View::Release(name, version) => format!("release:{name}@{version}"),
-            View::Runs => "runs".to_owned(),
+            View::Runs(l) => format!("runs{}", l.query()),
             View::Run(id) => format!("run:{id}"),
-            View::Audit => "audit".to_owned(),
+            View::Audit(l) => format!("audit{}", l.query()),
         }
     }
 
     /// The view a `data-live` value names.
     pub fn parse(key: &str) -> Option<View> {
-        match key {
-            "dashboard" => Some(View::Dashboard),
+        let (name, query) = key.split_once('?').unwrap_or((key, ""));
+        let listing = || Listing::parse(query);
+        match name {
+            "dashboard" => Some(View::Dashboard(listing()?)),
             "pipeline" => Some(View::Pipeline),
-            "agents" => Some(View::Agents),
-            "drift" => Some(View::Drift),
-            "runs" => Some(View::Runs),
-            "audit" => Some(View::Audit),
+            "agents" => Some(View::Agents(listing()?)),
+            "drift" => Some(View::Drift(listing()?)),
+            "runs" => Some(View::Runs(listing()?)),
+            "audit" => Some(View::Audit(listing()?)),
             other => {
                 let short = |id: &&str| !id.is_empty() && id.len() <= 128;
                 if let Some(id) = other.strip_prefix("promotion:").filter(short) {
@@ -103,25 +113,25 @@ impl View {
 
     fn title(&self) -> &'static str {
         match self {
-            View::Dashboard => "Dashboard",
+            View::Dashboard(_) => "Dashboard",
             View::Pipeline => "Pipeline",
             View::Promotion(_) => "Promotion",
-            View::Agents => "Agents",
-            View::Drift => "Targets and drift",
+            View::Agents(_) => "Agents",
+            View::Drift(_) => "Targets and drift",
             View::Release(..) => "Release",
-            View::Runs | View::Run(_) => "Runs",
-            View::Audit => "Audit",
+            View::Runs(_) | View::Run(_) => "Runs",
+            View::Audit(_) => "Audit",
         }
     }
 
     fn nav(&self) -> &'static str {
         match self {
-            View::Dashboard | View::Promotion(_) | View::Release(..) => "/",
+            View::Dashboard(_) | View::Promotion(_) | View::Release(..) => "/",
             View::Pipeline => "/console/pipeline",
-            View::Agents => "/console/agents",
-            View::Drift => "/console/drift",
-            View::Runs | View::Run(_) => "/console/runs",
-            View::Audit => "/console/audit",
+            View::Agents(_) => "/console/agents",
+            View::Drift(_) => "/console/drift",
+            View::Runs(_) | View::Run(_) => "/console/runs",
+            View::Audit(_) => "/console/audit",
         }
     }
 }
@@ -267,6 +277,33 @@ async fn visible_tenants(state: &ApiState, signed: &Signed) -> Vec<String> {
         .collect()
 }
 
+/// A list page (`GET` with `?q=…&page=…`); a query that is not a listing is refused
+/// with the page's error.
+async fn list_page(
+    state: &ApiState,
+    signed: &Signed,
+    query: Option<String>,
+    view: fn(Listing) -> View,
+) -> Response {
+    match Listing::parse(query.as_deref().unwrap_or_default()) {
+        Some(listing) => {
+            page(
+                state,
+                signed,
+                &view(listing),
+                Banner::default(),
+                http::StatusCode::OK,
+                Extra::default(),
+            )
+            .await
+        }
+        None => {
+            let error = AppError::invalid("the filter is not `?q=TEXT&page=N` (N from 1)");
+            error_page(state, signed, &view(Listing::default()), &error).await
+        }
+    }
+}
+
 /// What a page's `main` shows besides what the store holds.
 #[derive(Default)]
 pub struct Extra {
@@ -278,20 +315,20 @@ pub struct Extra {
 pub async fn render_main(signed: &Signed, view: &View, extra: &Extra) -> Result<String, AppError> {
     signed.caller.require(Permission::Read).map_err(|e| e.0)?;
     let html = match view {
-        View::Dashboard => delivery::dashboard(signed).await?.render(),
+        View::Dashboard(l) => delivery::dashboard(signed, l).await?.render(),
         View::Pipeline => delivery::pipeline(signed).await?.render(),
-        View::Promotion(id) => delivery::promotion(signed, id).await?.render(),
-        View::Agents => fleet::agents(signed, extra).await?.render(),
-        View::Drift => delivery::drift(signed).await?.render(),
-        View::Release(name, version) => delivery::release(signed, name, version).await?.render(),
-        View::Runs => runs::runs(signed).await?.render(),
+        View::Promotion(id) => promotion::promotion(signed, id).await?.render(),
+        View::Agents(l) => fleet::agents(signed, l, extra).await?.render(),
+        View::Drift(l) => targets::drift(signed, l).await?.render(),
+        View::Release(name, version) => release::release(signed, name, version).await?.render(),
+        View::Runs(l) => runs::runs(signed, l).await?.render(),
         View::Run(id) => runs::run(signed, id).await?.render(),
-        View::Audit => {
+        View::Audit(l) => {
             signed
                 .caller
                 .require(Permission::Administer)
                 .map_err(|e| e.0)?;
-            audit::audit(signed).await?.render()
+            audit::audit(signed, l).await?.render()
         }
     };
     html.map_err(|error| {
@@ -403,7 +440,7 @@ pub async fn switch_tenant(
             return error_page(
                 &state,
                 &signed,
-                &View::Dashboard,
+                &View::Dashboard(Listing::default()),
                 &AppError::new(
                     ErrorKind::PermissionDenied,
                     "tenant_forbidden",
@@ -412,7 +449,15 @@ pub async fn switch_tenant(
             )
             .await
         }
-        Err(error) => return error_page(&state, &signed, &View::Dashboard, &error).await,
+        Err(error) => {
+            return error_page(
+                &state,
+                &signed,
+                &View::Dashboard(Listing::default()),
+                &error,
+            )
+            .await
+        }
     };
     if let Err(error) = state
         .app
@@ -420,7 +465,13 @@ pub async fn switch_tenant(
         .set_console_tenant(&signed.id_hash, tenant.as_str())
         .await
     {
-        return error_page(&state, &signed, &View::Dashboard, &error.into()).await;
+        return error_page(
+            &state,
+            &signed,
+            &View::Dashboard(Listing::default()),
+            &error.into(),
+        )
+        .await;
     }
     Redirect::to("/").into_response()
 }

@@ -7,13 +7,18 @@ use super::*;
 #[template(path = "runs.html")]
 pub(super) struct RunsPage {
     runs: Vec<(String, String, String, String)>,
+    pager: Pager,
 }
 
-pub(super) async fn runs(signed: &Signed) -> Result<RunsPage, AppError> {
+/// Runs listed on one page, and the newest runs the list goes back to.
+const RUNS_PER_PAGE: usize = 100;
+const RUNS_LISTED: i64 = 10_000;
+
+pub(super) async fn runs(signed: &Signed, listing: &Listing) -> Result<RunsPage, AppError> {
     let tenant = signed.caller.tenant().to_string();
     let runs = signed
         .app
-        .list_runs(&tenant, 200)
+        .list_runs(&tenant, RUNS_LISTED)
         .await?
         .into_iter()
         .map(|run| {
@@ -24,8 +29,10 @@ pub(super) async fn runs(signed: &Signed) -> Result<RunsPage, AppError> {
                 format_utc_ms(run.created_at_ms),
             )
         })
+        .filter(|run| listing.keeps([run.0.as_str(), &run.1, &run.2, &run.3]))
         .collect();
-    Ok(RunsPage { runs })
+    let (runs, pager) = listing.page_of(runs, RUNS_PER_PAGE, "/console/runs", "runs");
+    Ok(RunsPage { runs, pager })
 }
 
 struct StepRow {
@@ -49,19 +56,76 @@ pub(super) struct RunPage {
     cancellable: bool,
     csrf: String,
     logs: Vec<String>,
+    last_seq: i64,
+    graph: super::graph::Graph,
+}
+
+/// Each step of a plan to draw, with the steps it waits for: a list runs in order, so
+/// a step waits for the one before it (for all the last ones of a `parallel` block
+/// before it); a child of a `parallel` block waits for its `needs`, or else for the
+/// block's start. Maps, loops and branches are drawn as one step each.
+fn waits_for(steps: &[stella_packs::plan::PlanStep]) -> Vec<(String, Vec<String>)> {
+    use stella_packs::plan::PlanBody;
+    let mut drawn = Vec::new();
+    let mut before: Vec<String> = Vec::new();
+    for step in steps {
+        drawn.push((step.id.clone(), before.clone()));
+        before = vec![step.id.clone()];
+        if let PlanBody::Parallel {
+            steps: children, ..
+        } = &step.body
+        {
+            let ids: Vec<&str> = children.iter().map(|c| c.id.as_str()).collect();
+            for child in children {
+                let needs: Vec<String> = child
+                    .needs
+                    .iter()
+                    .filter(|n| ids.contains(&n.as_str()))
+                    .cloned()
+                    .collect();
+                let needs = if needs.is_empty() {
+                    vec![step.id.clone()]
+                } else {
+                    needs
+                };
+                drawn.push((child.id.clone(), needs));
+            }
+            let last: Vec<String> = children
+                .iter()
+                .filter(|c| !children.iter().any(|o| o.needs.contains(&c.id)))
+                .map(|c| c.id.clone())
+                .collect();
+            if !last.is_empty() {
+                before = last;
+            }
+        }
+    }
+    drawn
+}
+
+/// A run's log line as the page shows it (and the live log streams it).
+pub fn run_line(line: &crate::domain::RunLogLine) -> String {
+    format!(
+        "{} {} {}{}",
+        format_utc_ms(line.at_ms),
+        line.event_type,
+        line.step_id
+            .as_deref()
+            .map(|s| format!("[{s}] "))
+            .unwrap_or_default(),
+        line.message
+    )
 }
 
 pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> {
     let tenant = signed.caller.tenant().to_string();
     let view = signed.app.run_view(&tenant, id).await?;
-    let after: HashMap<String, Vec<String>> = view
-        .plan
-        .plan
-        .steps
+    let waits = waits_for(&view.plan.plan.steps);
+    let after: HashMap<&str, &Vec<String>> = waits
         .iter()
-        .map(|step| (step.id.clone(), step.needs.clone()))
+        .map(|(id, needs)| (id.as_str(), needs))
         .collect();
-    let steps = view
+    let steps: Vec<StepRow> = view
         .steps
         .iter()
         .map(|step| {
@@ -71,7 +135,7 @@ pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> 
                 kind: shown(&step.kind),
                 attempts: step.attempts,
                 after: after
-                    .get(&step.step_id)
+                    .get(step.step_id.as_str())
                     .map(|needs| needs.join(", "))
                     .unwrap_or_default(),
                 note: step.gate_message.clone().unwrap_or_default(),
@@ -85,21 +149,22 @@ pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> 
             }
         })
         .collect();
-    let logs = signed
-        .app
-        .run_logs(&tenant, id, None)
-        .await?
-        .into_iter()
-        .map(|line| {
-            format!(
-                "{} {} {}{}",
-                format_utc_ms(line.at_ms),
-                line.event_type,
-                line.step_id.map(|s| format!("[{s}] ")).unwrap_or_default(),
-                line.message
-            )
+    let lines = signed.app.run_logs(&tenant, id, None).await?;
+    let last_seq = lines.last().map_or(-1, |line| line.seq);
+    let logs = lines.iter().map(run_line).collect();
+    let states: HashMap<&str, String> = steps
+        .iter()
+        .map(|row: &StepRow| (row.id.as_str(), row.status.clone()))
+        .collect();
+    let nodes: Vec<super::graph::StepNode<'_>> = waits
+        .iter()
+        .map(|(id, needs)| super::graph::StepNode {
+            id,
+            needs,
+            state: states.get(id.as_str()).map_or("pending", String::as_str),
         })
         .collect();
+    let graph = super::graph::layout(&nodes);
     let status = view.run.status.to_lowercase();
     Ok(RunPage {
         cancellable: !matches!(status.as_str(), "succeeded" | "failed" | "cancelled"),
@@ -110,20 +175,18 @@ pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> 
         steps,
         csrf: signed.csrf.clone(),
         logs,
+        last_seq,
+        graph,
     })
 }
 
 /// `GET /console/runs`
-pub async fn runs_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Runs,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+pub async fn runs_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    RawQuery(query): RawQuery,
+) -> Response {
+    list_page(&state, &signed, query, View::Runs).await
 }
 
 /// `GET /console/runs/{id}`
