@@ -4,9 +4,13 @@
 //! again is what a reload would cost, and it keeps one truth: what updates is what the
 //! page renders.
 //!
-//! Logs stream line by line instead (`GET /console/logs?of=run:ID|deployment:ID`): the
-//! script appends each line to the log the page shows and keeps that log across the
-//! main part's updates.
+//! The log a view shows (a promotion's deployment, a run) comes on the same stream line
+//! by line (event `line`, data `SEQ<tab>TEXT`), from the line after the one the page
+//! shows (`after`), then `end` once the deployment or run is finished: the script
+//! appends the lines to the log element and keeps that element across swaps of `main`,
+//! whose live renders leave the log's lines out. One stream per page: a browser holds
+//! at most six connections to a server over HTTP/1.1, and a second stream per page
+//! used them up.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -19,7 +23,6 @@ use serde::Deserialize;
 
 use super::pages::{deployment_line, render_main, run_line, Extra, View};
 use super::session::Signed;
-use crate::api::envelope::Permission;
 use crate::error::AppError;
 
 /// How often a view is rendered again to see whether it changed.
@@ -32,6 +35,9 @@ pub struct LiveQuery {
     /// The version of the view the page shows ([`version`]): not sent again.
     #[serde(default)]
     version: String,
+    /// The last line of the view's log the page shows (its seq; -1: none).
+    #[serde(default)]
+    after: Option<i64>,
 }
 
 /// A short fingerprint of a rendered view.
@@ -44,19 +50,44 @@ pub async fn live(signed: Signed, Query(query): Query<LiveQuery>) -> Response {
     let Some(view) = View::parse(&query.view) else {
         return (http::StatusCode::BAD_REQUEST, "unknown view").into_response();
     };
-    Sse::new(changes(signed, view, query.version))
+    let tail = LogTail {
+        followed: None,
+        after: query.after.unwrap_or(-1),
+        ended: false,
+    };
+    Sse::new(changes(signed, view, query.version, tail))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// Where the log of a view is followed.
+struct LogTail {
+    /// The deployment or run, once known (a promotion has a deployment only once it
+    /// is allowed).
+    followed: Option<Followed>,
+    /// The last line sent (or shown by the page).
+    after: i64,
+    /// `end` was sent.
+    ended: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Followed {
+    Run(String),
+    Deployment(String),
 }
 
 fn changes(
     signed: Signed,
     view: View,
     shown: String,
+    tail: LogTail,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let start = (signed, view, Some(shown), true);
-    futures::stream::unfold(start, |(signed, view, last, first)| async move {
+    use futures::StreamExt;
+    let start = (signed, view, Some(shown), true, tail);
+    futures::stream::unfold(start, |(signed, view, last, first, mut tail)| async move {
         let mut first = first;
+        let mut last = last;
         loop {
             if !first {
                 tokio::time::sleep(CHECK_EVERY).await;
@@ -72,78 +103,84 @@ fn changes(
                 Ok(Some(_)) => {}
                 _ => return None,
             }
-            let main = match render_main(&signed, &view, &Extra::default()).await {
+            let extra = Extra {
+                live: true,
+                ..Extra::default()
+            };
+            let main = match render_main(&signed, &view, &extra).await {
                 Ok(main) => main,
                 // The promotion gone, the role lost: the next page load tells why.
                 Err(_) => return None,
             };
+            let mut events = Vec::new();
             let now = version(&main);
-            if last.as_deref() == Some(now.as_str()) {
-                continue;
+            if last.as_deref() != Some(now.as_str()) {
+                events.push(Ok(Event::default()
+                    .event("main")
+                    .id(now.clone())
+                    .data(&main)));
+                last = Some(now);
             }
-            let event = Event::default().event("main").id(now.clone()).data(&main);
-            return Some((Ok(event), (signed, view, Some(now), false)));
+            events.extend(log_events(&signed, &view, &mut tail).await);
+            if !events.is_empty() {
+                return Some((events, (signed, view, last, false, tail)));
+            }
         }
     })
+    .flat_map(futures::stream::iter)
 }
 
-/// How often a followed log is read again while it has no new line.
-const LOG_POLL: Duration = Duration::from_millis(500);
-
-/// Lines read from the store at a time.
-const LOG_BATCH: i64 = 500;
-
-/// The log a stream follows, and after which line.
-#[derive(Debug, Deserialize)]
-pub struct LogQuery {
-    /// `run:ID` or `deployment:ID`.
-    of: String,
-    /// The last line the page shows (its seq); the stream sends those after it.
-    #[serde(default)]
-    after: Option<i64>,
-}
-
-#[derive(Clone, Debug)]
-enum Followed {
-    Run(String),
-    Deployment(String),
-}
-
-/// `GET /console/logs?of=run:ID|deployment:ID&after=SEQ`: server-sent events, one
-/// `line` event per log line (its id the line's seq, so a reconnecting browser resumes
-/// after the last one it got, from `Last-Event-ID`), and `end` once the run or
-/// deployment is finished and every line was sent.
-pub async fn logs(
-    signed: Signed,
-    headers: http::HeaderMap,
-    Query(query): Query<LogQuery>,
-) -> Response {
-    if let Err(error) = signed.caller.require(Permission::Read) {
-        return error.into_response();
+/// The new lines of the view's log, and `end` once it is finished and every line was
+/// sent. A failure to read is left for the next tick.
+async fn log_events(
+    signed: &Signed,
+    view: &View,
+    tail: &mut LogTail,
+) -> Vec<Result<Event, Infallible>> {
+    if tail.ended {
+        return Vec::new();
     }
-    let followed = if let Some(id) = query.of.strip_prefix("run:") {
-        Followed::Run(id.to_owned())
-    } else if let Some(id) = query.of.strip_prefix("deployment:") {
-        Followed::Deployment(id.to_owned())
-    } else {
-        return (
-            http::StatusCode::BAD_REQUEST,
-            "unknown log: run:ID or deployment:ID",
-        )
-            .into_response();
+    if tail.followed.is_none() {
+        tail.followed = match view {
+            View::Run(id) => Some(Followed::Run(id.clone())),
+            View::Promotion(id) => signed
+                .app
+                .find_promotion(id)
+                .await
+                .ok()
+                .and_then(|p| p.deployment_id)
+                .map(Followed::Deployment),
+            _ => None,
+        };
+    }
+    let Some(followed) = tail.followed.clone() else {
+        return Vec::new();
     };
-    // Unknown here (or in another tenant): 404 before the stream starts.
-    if let Err(error) = finished(&signed, &followed).await {
-        return crate::api::envelope::ApiError(error).into_response();
+    // Finished is read before the lines: a line written before the end is then always
+    // in this read or an earlier one.
+    let Ok(done) = finished(signed, &followed).await else {
+        return Vec::new();
+    };
+    let Ok(lines) = lines_after(signed, &followed, tail.after).await else {
+        return Vec::new();
+    };
+    if let Some(&(seq, _)) = lines.last() {
+        tail.after = seq;
+        return lines
+            .into_iter()
+            .map(|(seq, text)| {
+                Ok(Event::default()
+                    .event("line")
+                    .data(format!("{seq}\t{text}")))
+            })
+            .collect();
     }
-    let resumed = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
-    let after = resumed.or(query.after).unwrap_or(-1);
-    Sse::new(log_lines(signed, followed, after))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    if done {
+        tail.ended = true;
+        // An event without data is not dispatched by browsers: it says "end".
+        return vec![Ok(Event::default().event("end").data("end"))];
+    }
+    Vec::new()
 }
 
 /// Whether the followed run or deployment is finished.
@@ -185,49 +222,5 @@ async fn lines_after(
     })
 }
 
-fn log_lines(
-    signed: Signed,
-    followed: Followed,
-    after: i64,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    use futures::StreamExt;
-    let start = (signed, followed, after, false);
-    futures::stream::unfold(start, |(signed, followed, after, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            match signed
-                .home
-                .store
-                .console_session(&signed.id_hash, crate::app::now_ms())
-                .await
-            {
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-            // Finished is read before the lines: a line written before the end is
-            // then always in this read or an earlier one.
-            let done = finished(&signed, &followed).await.ok()?;
-            let lines = lines_after(&signed, &followed, after).await.ok()?;
-            if let Some(&(last, _)) = lines.last() {
-                let events: Vec<Result<Event, Infallible>> = lines
-                    .into_iter()
-                    .map(|(seq, text)| {
-                        Ok(Event::default()
-                            .event("line")
-                            .id(seq.to_string())
-                            .data(text))
-                    })
-                    .collect();
-                return Some((events, (signed, followed, last, false)));
-            }
-            if done {
-                let end = vec![Ok(Event::default().event("end").data(""))];
-                return Some((end, (signed, followed, after, true)));
-            }
-            tokio::time::sleep(LOG_POLL).await;
-        }
-    })
-    .flat_map(futures::stream::iter)
-}
+/// Lines read from the store at a time.
+const LOG_BATCH: i64 = 500;

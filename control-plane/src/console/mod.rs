@@ -84,7 +84,6 @@ pub fn router() -> Router<ApiState> {
         .route("/console/runs/{id}/cancel", post(pages::cancel_run))
         .route("/console/audit", get(pages::audit_page))
         .route("/console/live", get(live::live))
-        .route("/console/logs", get(live::logs))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
         .layer(axum::middleware::from_fn(security_headers))

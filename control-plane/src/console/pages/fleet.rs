@@ -143,6 +143,7 @@ pub async fn create_join_token(
                 "join token created: copy the command below".to_owned(),
                 Extra {
                     install: Some((command, format_utc_ms(issued.expires_at_ms))),
+                    live: false,
                 },
             ))
         },

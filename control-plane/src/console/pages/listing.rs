@@ -105,8 +105,16 @@ impl Listing {
                     }
                 )
             },
-            previous: (page > 1).then(|| link(page - 1)).unwrap_or_default(),
-            next: (page < pages).then(|| link(page + 1)).unwrap_or_default(),
+            previous: if page > 1 {
+                link(page - 1)
+            } else {
+                String::new()
+            },
+            next: if page < pages {
+                link(page + 1)
+            } else {
+                String::new()
+            },
             page,
             pages,
         };

@@ -309,6 +309,9 @@ async fn list_page(
 pub struct Extra {
     /// A join token's install command and when the token expires.
     pub install: Option<(String, String)>,
+    /// Rendered for a live update: a log's lines are left out (they come on the
+    /// stream one by one, [`super::live`]).
+    pub live: bool,
 }
 
 /// The `main` part of `view`, as the signed-in caller may see it.
@@ -317,12 +320,12 @@ pub async fn render_main(signed: &Signed, view: &View, extra: &Extra) -> Result<
     let html = match view {
         View::Dashboard(l) => delivery::dashboard(signed, l).await?.render(),
         View::Pipeline => delivery::pipeline(signed).await?.render(),
-        View::Promotion(id) => promotion::promotion(signed, id).await?.render(),
+        View::Promotion(id) => promotion::promotion(signed, id, extra.live).await?.render(),
         View::Agents(l) => fleet::agents(signed, l, extra).await?.render(),
         View::Drift(l) => targets::drift(signed, l).await?.render(),
         View::Release(name, version) => release::release(signed, name, version).await?.render(),
         View::Runs(l) => runs::runs(signed, l).await?.render(),
-        View::Run(id) => runs::run(signed, id).await?.render(),
+        View::Run(id) => runs::run(signed, id, extra.live).await?.render(),
         View::Audit(l) => {
             signed
                 .caller

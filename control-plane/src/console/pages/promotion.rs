@@ -37,17 +37,26 @@ pub fn deployment_line(line: &crate::domain::LogLine) -> String {
     format!("{} {}", format_utc_ms(line.at_ms), line.message)
 }
 
-pub(super) async fn promotion(signed: &Signed, id: &str) -> Result<PromotionPage, AppError> {
+/// A promotion's page; `live` leaves out the log's lines (see [`super::Extra::live`]).
+pub(super) async fn promotion(
+    signed: &Signed,
+    id: &str,
+    live: bool,
+) -> Result<PromotionPage, AppError> {
     let detail = signed.app.promotion_detail(id).await?;
     let promotion = &detail.promotion;
     let (deployment, deployment_state, logs, last_seq, tasks) = match &promotion.deployment_id {
         Some(deployment_id) => {
             let deployment = signed.app.find_deployment(deployment_id).await?;
-            let lines = signed
-                .app
-                .store
-                .logs_after(deployment_id, -1, LOG_LINES)
-                .await?;
+            let lines = if live {
+                Vec::new()
+            } else {
+                signed
+                    .app
+                    .store
+                    .logs_after(deployment_id, -1, LOG_LINES)
+                    .await?
+            };
             let tasks = signed
                 .app
                 .store

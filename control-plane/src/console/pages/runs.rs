@@ -117,7 +117,8 @@ pub fn run_line(line: &crate::domain::RunLogLine) -> String {
     )
 }
 
-pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> {
+/// A run's page; `live` leaves out the log's lines (see [`super::Extra::live`]).
+pub(super) async fn run(signed: &Signed, id: &str, live: bool) -> Result<RunPage, AppError> {
     let tenant = signed.caller.tenant().to_string();
     let view = signed.app.run_view(&tenant, id).await?;
     let waits = waits_for(&view.plan.plan.steps);
@@ -129,8 +130,14 @@ pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> 
         .steps
         .iter()
         .map(|step| {
-            let status = shown(&step.status);
-            let waiting = status == "WaitingApproval" || status == "Waiting";
+            // A gate waiting for its approval is `Pending` with the reason
+            // `awaiting-approval` (the TaskRunner contract); the page says `waiting`.
+            let waiting = step.status_reason.as_deref() == Some("awaiting-approval");
+            let status = if waiting {
+                "Waiting".to_owned()
+            } else {
+                shown(&step.status)
+            };
             StepRow {
                 kind: shown(&step.kind),
                 attempts: step.attempts,
@@ -149,7 +156,11 @@ pub(super) async fn run(signed: &Signed, id: &str) -> Result<RunPage, AppError> 
             }
         })
         .collect();
-    let lines = signed.app.run_logs(&tenant, id, None).await?;
+    let lines = if live {
+        Vec::new()
+    } else {
+        signed.app.run_logs(&tenant, id, None).await?
+    };
     let last_seq = lines.last().map_or(-1, |line| line.seq);
     let logs = lines.iter().map(run_line).collect();
     let states: HashMap<&str, String> = steps
