@@ -14,7 +14,7 @@ use common::{send, Haproxy, HttpBackend, Nginx};
 use reqwest::Method;
 use serde_json::{json, Value};
 use stella_agent_core::TargetRegistry;
-use stella_tests::{wait_until, TestAgent, TestServer};
+use stella_tests::{stella, wait_until, TestAgent, TestServer};
 
 /// A real agent (the one `stella agent run` runs) connected to `server`, once it has
 /// told the server it drives `capability`.
@@ -292,6 +292,74 @@ async fn haproxy_router_takes_a_90_10_route_through_the_api() -> anyhow::Result<
     );
     let current = server.get("/api/v1/routers/lb/routes/web").await?;
     assert_eq!(current["backends"], unslotted, "nothing moved");
+
+    // The same through the CLI: move every request to v2 (v1 stays known with weight 0),
+    // read it back, list, and a refusal as one line on stderr with a non-zero exit.
+    let ca = server.ca_file().display().to_string();
+    let api = server.api_url();
+    let env = [
+        ("STELLA_SERVER", api.as_str()),
+        ("STELLA_TOKEN", server.admin_token.as_str()),
+        ("STELLA_CA_FILE", ca.as_str()),
+    ];
+    let (v1_backend, v2_backend) = (
+        format!("{}=0@stable", v1.address()),
+        format!("{}=100@canary", v2.address()),
+    );
+    let (status, stdout, stderr) = stella(
+        &[
+            "router",
+            "route",
+            "lb",
+            "web",
+            "--backend",
+            &v1_backend,
+            "--backend",
+            &v2_backend,
+            "-o",
+            "json",
+        ],
+        &env,
+    )
+    .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let applied: Value = serde_json::from_str(&stdout)?;
+    let moved = json!([
+        {"address": v1.address(), "weight": 0},
+        {"address": v2.address(), "weight": 100},
+    ]);
+    assert_eq!(applied["backends"], moved, "{stdout}");
+    let tally = send(&haproxy.url(), 200, 2, &[]).await;
+    assert_eq!(
+        (tally.count("v1"), tally.count("v2")),
+        (0, 200),
+        "{tally:?}"
+    );
+    let (status, stdout, stderr) = stella(&["router", "route", "lb", "web"], &env).await?;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stdout.contains(&v2.address()) && stdout.contains("100"),
+        "{stdout}"
+    );
+    let (status, stdout, stderr) = stella(&["router", "list", "-o", "json"], &env).await?;
+    assert_eq!(status, 0, "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(listed[0]["kind"], "haproxy", "{stdout}");
+    let (status, _, stderr) = stella(
+        &[
+            "router",
+            "route",
+            "lb",
+            "web",
+            "--backend",
+            "127.0.0.1:1=300",
+        ],
+        &env,
+    )
+    .await?;
+    assert_ne!(status, 0);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("weight 300"), "{stderr}");
     Ok(())
 }
 
