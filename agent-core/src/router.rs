@@ -37,8 +37,11 @@ pub struct RouterRegistry {
     /// One router per kind and settings, made on first use and kept: a router
     /// serialises its own changes (nginx tests every route file with each change, so two
     /// applies must not interleave), which only holds if requests share it.
-    made: Arc<Mutex<HashMap<(String, String), Arc<dyn Router>>>>,
+    made: Arc<Mutex<MadeRouters>>,
 }
+
+/// Routers made so far, by kind and settings (as JSON text).
+type MadeRouters = HashMap<(String, String), Arc<dyn Router>>;
 
 impl RouterRegistry {
     /// An empty registry: an agent that drives no router.
@@ -120,9 +123,12 @@ impl RouterRegistry {
         let settings: serde_json::Value = serde_json::from_slice(&update.settings_json)
             .map_err(|e| Failure::new("invalid", format!("router settings: {e}")))?;
         let router = self.router(&update.router_kind, &settings)?;
-        let route = RouteSpec::new(&update.route).map_err(Failure::from_router)?;
+        let route = RouteSpec::new(&update.route).map_err(|e| Failure::from_router(&e))?;
         if update.read_only {
-            let live = router.current(&route).await.map_err(Failure::from_router)?;
+            let live = router
+                .current(&route)
+                .await
+                .map_err(|e| Failure::from_router(&e))?;
             return Ok((live, String::new()));
         }
         let backends: Vec<Backend> = serde_json::from_slice(&update.backends_json)
@@ -130,7 +136,7 @@ impl RouterRegistry {
         let applied = router
             .apply(&route, &backends)
             .await
-            .map_err(Failure::from_router)?;
+            .map_err(|e| Failure::from_router(&e))?;
         let method = serde_json::to_value(applied.method)
             .ok()
             .and_then(|m| m.as_str().map(str::to_owned))
@@ -152,8 +158,8 @@ impl Failure {
     }
 
     /// A router's error in the protocol's words (see `RouteResult.error_kind`).
-    fn from_router(error: RouterError) -> Self {
-        let kind = match &error {
+    fn from_router(error: &RouterError) -> Self {
+        let kind = match error {
             RouterError::Invalid(_) => "invalid",
             RouterError::NginxRejected { .. }
             | RouterError::HaproxyConfig(_)
@@ -161,7 +167,7 @@ impl Failure {
             RouterError::PartlyApplied { .. } => "partly_applied",
             _ => "failed",
         };
-        Failure::new(kind, error_chain(&error))
+        Failure::new(kind, error_chain(error))
     }
 }
 

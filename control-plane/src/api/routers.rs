@@ -272,7 +272,7 @@ pub struct RouteView {
 }
 
 impl RouteView {
-    fn new(router: String, route: RouteName, applied: AppliedRoute) -> Self {
+    fn new(router: String, route: &RouteName, applied: AppliedRoute) -> Self {
         RouteView {
             router,
             route: route.to_string(),
@@ -334,7 +334,7 @@ pub async fn apply_route(
         .collect::<Result<Vec<_>, _>>()?;
     let router = app.router(&name).await?;
     let applied = app.apply_route(&router, &route, &backends).await?;
-    Ok(Json(RouteView::new(router.name, route, applied)))
+    Ok(Json(RouteView::new(router.name, &route, applied)))
 }
 
 /// Shows a route.
@@ -364,5 +364,5 @@ pub async fn show_route(
     let route = route_name(&route)?;
     let router = app.router(&name).await?;
     let current = app.current_route(&router, &route).await?;
-    Ok(Json(RouteView::new(router.name, route, current)))
+    Ok(Json(RouteView::new(router.name, &route, current)))
 }

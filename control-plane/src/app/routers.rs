@@ -77,7 +77,7 @@ impl RouteFailure {
     }
 
     /// The error the API answers with.
-    fn into_error(self, router: &str, message: String) -> AppError {
+    fn into_error(self, router: &str, message: &str) -> AppError {
         let message = format!("router `{router}`: {message}");
         match self {
             RouteFailure::Invalid => {
@@ -294,7 +294,7 @@ impl App {
         if !result.ok {
             tracing::warn!(router = %router.name, route = %route, agent_id = %agent.id, error_kind = %result.error_kind, error = %result.message, "route request failed on the agent");
             return Err(RouteFailure::from_wire(&result.error_kind)
-                .into_error(&router.name, result.message));
+                .into_error(&router.name, &result.message));
         }
         let backends: Vec<Backend> =
             serde_json::from_slice(&result.backends_json).map_err(|e| {
@@ -372,7 +372,7 @@ mod tests {
     fn failures_map_to_fitting_statuses() {
         let status = |kind: &str| {
             RouteFailure::from_wire(kind)
-                .into_error("edge", "m".into())
+                .into_error("edge", "m")
                 .kind
                 .http_status()
                 .as_u16()
