@@ -367,7 +367,7 @@ async fn haproxy_router_takes_a_90_10_route_through_the_api() -> anyhow::Result<
 async fn routers_are_refused_with_bad_settings_a_taken_name_or_an_agent_that_cannot_drive_them(
 ) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let _edge = router_agent(&server, "edge", "router:nginx").await?;
+    let edge = router_agent(&server, "edge", "router:nginx").await?;
     // An agent that drives nothing: it says hello with no capability.
     let _bare = TestAgent::start_driving(&server, "bare", TargetRegistry::new()).await?;
     server
@@ -446,5 +446,28 @@ async fn routers_are_refused_with_bad_settings_a_taken_name_or_an_agent_that_can
         .call(Method::DELETE, "/api/v1/routers/edge", None)
         .await?;
     assert_eq!((status, code(&body)), (404, "unknown_router"), "{body}");
+
+    // A router whose agent is not connected cannot take a route: said at once, not
+    // after the 30 s wait.
+    let (status, body) = create(nginx("edge", "edge", json!({"routes_dir": "/r"}))).await?;
+    assert_eq!(status, 201, "{body}");
+    edge.stop().await?;
+    server
+        .wait_for_state("edge", "disconnected", Duration::from_secs(30))
+        .await?;
+    let started = std::time::Instant::now();
+    let (status, body) = put_route(
+        &server,
+        "edge",
+        "web",
+        json!([{"address": "127.0.0.1:8081", "weight": 1}]),
+    )
+    .await?;
+    assert_eq!((status, code(&body)), (422, "agent_unavailable"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (status, body) = server
+        .call(Method::GET, "/api/v1/routers/edge/routes/web", None)
+        .await?;
+    assert_eq!((status, code(&body)), (422, "agent_unavailable"), "{body}");
     Ok(())
 }
