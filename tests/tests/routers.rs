@@ -432,6 +432,49 @@ async fn routers_are_refused_with_bad_settings_a_taken_name_or_an_agent_that_can
     let (status, body) = create(nginx("edge", "edge", json!({"routes_dir": "/other"}))).await?;
     assert_eq!((status, code(&body)), (409, "router_exists"), "{body}");
 
+    // Routers belong to their tenant: another tenant sees none, and its agents are its
+    // own (the default tenant's `edge` is unknown there).
+    server
+        .post("/api/v1/tenants", json!({"name": "team-a"}))
+        .await?;
+    let me = server.get("/api/v1/whoami").await?;
+    let me = me["name"].as_str().unwrap_or("admin").to_owned();
+    server
+        .post(
+            &format!("/api/v1/users/{me}/bindings"),
+            json!({"tenant": "team-a", "role": "admin"}),
+        )
+        .await?;
+    let in_team_a = |method: Method, path: &'static str, body: Option<Value>| {
+        let server = &server;
+        async move {
+            let mut request = server
+                .client()
+                .request(method, format!("{}{path}", server.api_url()))
+                .bearer_auth(&server.admin_token)
+                .header("X-StellaOps-Tenant", "team-a");
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value =
+                serde_json::from_slice(&response.bytes().await?).unwrap_or(Value::Null);
+            anyhow::Ok((status, body))
+        }
+    };
+    let (status, body) = in_team_a(Method::GET, "/api/v1/routers", None).await?;
+    assert_eq!((status, body), (200, json!([])));
+    let (status, body) = in_team_a(Method::GET, "/api/v1/routers/edge", None).await?;
+    assert_eq!((status, code(&body)), (404, "unknown_router"), "{body}");
+    let (status, body) = in_team_a(
+        Method::POST,
+        "/api/v1/routers",
+        Some(nginx("edge", "edge", json!({"routes_dir": "/r"}))),
+    )
+    .await?;
+    assert_eq!((status, code(&body)), (400, "unknown_agent"), "{body}");
+
     let shown = server.get("/api/v1/routers/edge").await?;
     assert_eq!(shown["settings"], json!({"routes_dir": "/r"}));
     let (status, body) = server
