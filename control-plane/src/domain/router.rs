@@ -68,7 +68,7 @@ impl RouterKind {
             RouterKind::Nginx => nginx::KIND,
             RouterKind::Haproxy => haproxy::KIND,
             RouterKind::Traefik => traefik::KIND,
-            RouterKind::Alb => "alb",
+            RouterKind::Alb => alb::KIND,
         }
     }
 
