@@ -180,3 +180,168 @@ fn failure_result(request_id: &str, failure: Failure) -> v1::RouteResult {
         ..v1::RouteResult::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use stella_routers::{async_trait, Applied, ApplyMethod};
+
+    use super::*;
+
+    /// A router that keeps the last backends applied, in memory.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        live: Mutex<Vec<Backend>>,
+    }
+
+    #[async_trait]
+    impl Router for Recorder {
+        fn kind(&self) -> &'static str {
+            "recorder"
+        }
+        async fn apply(
+            &self,
+            route: &RouteSpec,
+            backends: &[Backend],
+        ) -> Result<Applied, RouterError> {
+            if route.name.as_str() == "refused" {
+                return Err(RouterError::NginxRejected {
+                    path: "/r/refused.conf".into(),
+                    message: "[emerg] no".to_owned(),
+                });
+            }
+            let mut live = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *live = backends.to_vec();
+            Ok(Applied {
+                live: live.clone(),
+                method: ApplyMethod::Reload,
+            })
+        }
+        async fn current(&self, _route: &RouteSpec) -> Result<Vec<Backend>, RouterError> {
+            Ok(self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone())
+        }
+        async fn remove(&self, _route: &RouteSpec) -> Result<(), RouterError> {
+            Ok(())
+        }
+    }
+
+    /// Makes recorders, counting how many.
+    #[derive(Debug, Default)]
+    struct Recorders {
+        made: AtomicUsize,
+    }
+
+    impl RouterKind for Arc<Recorders> {
+        fn kind(&self) -> &'static str {
+            "recorder"
+        }
+        fn router(&self, settings: &serde_json::Value) -> Result<Arc<dyn Router>, String> {
+            if settings.get("bad").is_some() {
+                return Err("bad is not a setting".to_owned());
+            }
+            self.made.fetch_add(1, Ordering::Relaxed);
+            Ok(Arc::new(Recorder::default()))
+        }
+    }
+
+    fn update(route: &str, settings: &str, backends: &str, read_only: bool) -> v1::RouteUpdate {
+        v1::RouteUpdate {
+            request_id: "r1".to_owned(),
+            router_kind: "recorder".to_owned(),
+            settings_json: settings.as_bytes().to_vec(),
+            route: route.to_owned(),
+            backends_json: backends.as_bytes().to_vec(),
+            read_only,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_router_per_settings_applies_and_reads_back() {
+        let recorders = Arc::new(Recorders::default());
+        let mut registry = RouterRegistry::new();
+        registry.register(Arc::new(recorders.clone()));
+        assert_eq!(registry.capabilities(), ["router:recorder"]);
+
+        let backends = r#"[{"address":"127.0.0.1:8081","weight":90,"slot":"stable"}]"#;
+        let applied = registry
+            .answer(&update("web", r#"{"a":1}"#, backends, false))
+            .await;
+        assert!(applied.ok, "{applied:?}");
+        assert_eq!(applied.method, "reload");
+        let read = registry
+            .answer(&update("web", r#"{"a":1}"#, "", true))
+            .await;
+        assert!(read.ok && read.method.is_empty(), "{read:?}");
+        let live: Vec<Backend> = serde_json::from_slice(&read.backends_json).expect("backends");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].slot.as_deref(), Some("stable"));
+        assert_eq!(
+            recorders.made.load(Ordering::Relaxed),
+            1,
+            "one router, kept"
+        );
+        let other = registry
+            .answer(&update("web", r#"{"a":2}"#, "", true))
+            .await;
+        assert!(other.ok && other.backends_json == b"[]", "{other:?}");
+        assert_eq!(
+            recorders.made.load(Ordering::Relaxed),
+            2,
+            "other settings, other router"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_carry_their_kind() {
+        let mut registry = RouterRegistry::new();
+        registry.register(Arc::new(Arc::new(Recorders::default())));
+        let kind = |result: v1::RouteResult| {
+            assert!(!result.ok);
+            assert_eq!(result.request_id, "r1");
+            (result.error_kind, result.message)
+        };
+        let one = r#"[{"address":"127.0.0.1:8081","weight":1}]"#;
+        let (error, message) = kind(registry.answer(&update("refused", "{}", one, false)).await);
+        assert_eq!(error, "rejected");
+        assert!(message.contains("[emerg] no"), "{message}");
+        assert_eq!(
+            kind(registry.answer(&update("Web", "{}", one, false)).await).0,
+            "invalid"
+        );
+        assert_eq!(
+            kind(
+                registry
+                    .answer(&update("web", "{}", r#"[{"weight":1}]"#, false))
+                    .await
+            )
+            .0,
+            "invalid"
+        );
+        assert_eq!(
+            kind(registry.answer(&update("web", "{", one, false)).await).0,
+            "invalid"
+        );
+        assert_eq!(
+            kind(
+                registry
+                    .answer(&update("web", r#"{"bad":1}"#, one, false))
+                    .await
+            )
+            .0,
+            "invalid"
+        );
+        let mut unknown = update("web", "{}", one, false);
+        unknown.router_kind = "envoy".to_owned();
+        let (error, message) = kind(registry.answer(&unknown).await);
+        assert_eq!(error, "unsupported");
+        assert!(message.contains("it drives: recorder"), "{message}");
+    }
+}
