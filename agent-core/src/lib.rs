@@ -11,6 +11,9 @@
 //!   a task a crash interrupted runs again (targets are idempotent reconcilers).
 //! - The [`Target`] trait that each target crate (`agents/*`) implements, and version
 //!   [`Sticker`]s.
+//! - Routers beside targets (RFC 0005): the [`RouterKind`]s an agent drives (each makes
+//!   a `stella-routers` [`Router`] from a router's settings), advertised as
+//!   `router:KIND`, and the answer to a `RouteUpdate` ([`RouterRegistry`]).
 //! - The drift loop: the desired state the server sends (`DesiredState`) is kept in
 //!   `<data-dir>/desired.json`; every `drift_interval_seconds`, and soon after a target
 //!   kind's [`Target::watch`] notifies, [`Target::detect_drift`] compares each target with
@@ -22,7 +25,7 @@
 //!
 //! Architecture invariant: agent-core speaks gRPC to the gateway only, never to the
 //! database or the REST API (except the unauthenticated gateway discovery), and knows no
-//! target kind.
+//! target kind and no router kind (it knows `stella-routers`' trait, not its kinds).
 
 mod backoff;
 mod config;
@@ -34,6 +37,7 @@ mod fsutil;
 mod host;
 pub mod identity;
 pub mod journal;
+mod router;
 mod session;
 mod sticker;
 mod target;
@@ -48,6 +52,7 @@ pub use error::{error_chain, AgentError, TargetError};
 pub use host::HostFacts;
 pub use identity::Identity;
 pub use journal::Journal;
+pub use router::{Router, RouterKind, RouterRegistry, ROUTER_CAPABILITY_PREFIX};
 pub use session::{run, DEFAULT_HEARTBEAT_INTERVAL};
 pub use sticker::{rfc3339_utc, Sticker, StickerFields};
 pub use target::{

@@ -390,13 +390,7 @@ impl Agent {
         let in_flight = fsutil::blocking(move || journal.in_flight()).await?;
         let hello = v1::Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: self
-                .tasks
-                .targets
-                .kinds()
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
+            capabilities: self.tasks.targets.capabilities(),
             labels: self.config.labels.clone().into_iter().collect(),
             host: Some(host.into()),
             in_flight: in_flight.iter().map(JournalEntry::status).collect(),
@@ -473,6 +467,7 @@ impl Agent {
             Some(ServerBody::TaskAck(ack)) => self.tasks.acknowledge(ack).await,
             Some(ServerBody::DesiredState(desired)) => self.tasks.desired.replace(&desired).await,
             Some(ServerBody::CheckTarget(check)) => Arc::clone(&self.tasks).check(check),
+            Some(ServerBody::RouteUpdate(update)) => Arc::clone(&self.tasks).route(update),
             Some(ServerBody::Welcome(_)) => {
                 tracing::debug!("ignoring a repeated Welcome");
             }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drift::DriftFinding;
 use crate::error::TargetError;
+use crate::router::{RouterKind, RouterRegistry};
 use crate::sticker::{Sticker, StickerFields};
 use stella_proto::v1;
 
@@ -97,10 +98,12 @@ pub trait Target: Send + Sync + fmt::Debug {
     }
 }
 
-/// The target kinds an agent drives, by kind.
+/// The target kinds an agent drives, by kind, and the router kinds it drives beside
+/// them (see [`RouterRegistry`]): everything the agent advertises in `Hello`.
 #[derive(Debug, Clone, Default)]
 pub struct TargetRegistry {
     targets: BTreeMap<&'static str, Arc<dyn Target>>,
+    routers: RouterRegistry,
 }
 
 impl TargetRegistry {
@@ -114,9 +117,27 @@ impl TargetRegistry {
         self.targets.insert(target.kind(), target)
     }
 
-    /// The kinds, sorted: the agent's capabilities.
+    /// The target kinds, sorted.
     pub fn kinds(&self) -> Vec<&'static str> {
         self.targets.keys().copied().collect()
+    }
+
+    /// Adds a router kind; returns the one it replaces, if any.
+    pub fn register_router(&mut self, kind: Arc<dyn RouterKind>) -> Option<Arc<dyn RouterKind>> {
+        self.routers.register(kind)
+    }
+
+    /// The router kinds.
+    pub fn routers(&self) -> &RouterRegistry {
+        &self.routers
+    }
+
+    /// What the agent advertises in `Hello`: the target kinds, then `router:KIND` for
+    /// each router kind.
+    pub fn capabilities(&self) -> Vec<String> {
+        let mut capabilities: Vec<String> = self.kinds().into_iter().map(str::to_owned).collect();
+        capabilities.extend(self.routers.capabilities());
+        capabilities
     }
 
     /// The implementation of a kind.

@@ -426,6 +426,26 @@ impl Tasks {
     }
 }
 
+impl Tasks {
+    /// Answers a `RouteUpdate`: applies or reads the route on the router its settings
+    /// name, beside whatever else runs, and sends one `RouteResult`. Nothing is
+    /// journalled: the router is where a route lives, and a request lost with a session
+    /// is asked again.
+    pub(crate) fn route(self: Arc<Self>, update: v1::RouteUpdate) {
+        tokio::spawn(async move {
+            let result = self.targets.routers().answer(&update).await;
+            if result.ok {
+                tracing::info!(request_id = %update.request_id, kind = %update.router_kind, route = %update.route, read_only = update.read_only, method = %result.method, "route request carried out");
+            } else {
+                tracing::warn!(request_id = %update.request_id, kind = %update.router_kind, route = %update.route, read_only = update.read_only, error_kind = %result.error_kind, error = %result.message, "route request failed");
+            }
+            let _ = self.outbox.send(v1::AgentMessage {
+                body: Some(AgentBody::RouteResult(result)),
+            });
+        });
+    }
+}
+
 /// Why a task or check for `kind` cannot run on this agent.
 fn cannot_drive(targets: &TargetRegistry, kind: &str) -> String {
     format!(

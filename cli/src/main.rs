@@ -25,7 +25,7 @@ use stella_agent::logging;
 
 use commands::{
     agents, audit, completions, decisions, deployments, drift, environments, offline, promote,
-    registries, releases, runs, scans, targets, tokens, users, webhooks, Context,
+    registries, releases, routers, runs, scans, targets, tokens, users, webhooks, Context,
 };
 use output::Format;
 
@@ -131,6 +131,9 @@ enum Command {
     /// Deployment targets.
     #[command(subcommand, visible_alias = "targets")]
     Target(targets::TargetCommand),
+    /// Routers (nginx, HAProxy, …) and the weighted routes applied through them.
+    #[command(subcommand, visible_alias = "routers")]
+    Router(routers::RouterCommand),
     /// Registries and their credentials.
     #[command(subcommand, visible_alias = "registries")]
     Registry(registries::RegistryCommand),
@@ -336,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(command) => tokens::client(&context()?, command).await,
         Command::Env(command) => environments::env(&context()?, command).await,
         Command::Target(command) => targets::target(&context()?, command).await,
+        Command::Router(command) => routers::router(&context()?, command).await,
         Command::Registry(command) => registries::registry(&context()?, command).await,
         Command::Release(command) => releases::release(&context()?, command).await,
         Command::Scan(command) => scans::scan(&context()?, command).await,

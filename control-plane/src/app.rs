@@ -17,6 +17,7 @@ mod offline;
 mod promotions;
 mod registries;
 mod releases;
+mod routers;
 pub mod runs;
 mod scans;
 mod targets;
@@ -35,6 +36,7 @@ pub use evidence::Replay;
 pub use offline::{BundledKit, EvidenceImport, MAX_KIT_RELEASES};
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
+pub use routers::{AppliedRoute, RouteFailure};
 pub use scans::{
     Reevaluation, ReportDetail, ScanDetail, ScanImport, ShownFinding, ShownSuppression,
 };
@@ -106,6 +108,8 @@ pub struct App {
     pub run_engine: runs::RunEngine,
     /// Target checks waiting for their agent's answer.
     checks: checks::PendingChecks,
+    /// Route updates and reads waiting for their agent's answer.
+    routes: routers::PendingRoutes,
     /// Agent binaries and packages served under `/downloads/`.
     pub downloads: downloads::Downloads,
 }
@@ -271,6 +275,7 @@ impl App {
             document_cache: documents::DocumentCache::default(),
             run_engine: runs::RunEngine::default(),
             checks: checks::PendingChecks::default(),
+            routes: routers::PendingRoutes::default(),
         }
     }
 
@@ -311,6 +316,7 @@ impl App {
             api_tls: None,
             run_engine: runs::RunEngine::default(),
             checks: checks::PendingChecks::default(),
+            routes: routers::PendingRoutes::default(),
             downloads: self.downloads.clone(),
         }
     }
@@ -559,6 +565,17 @@ impl App {
                     format!(
                         "agent `{}` is not revoked: revoke it first (stella agents revoke {})",
                         agent.name, agent.name
+                    ),
+                ),
+                crate::store::StoreError::Conflict {
+                    entity: "router",
+                    key,
+                } => AppError::new(
+                    ErrorKind::Conflict,
+                    "agent_in_use",
+                    format!(
+                        "agent `{}` still drives router `{key}`: delete its routers first",
+                        agent.name
                     ),
                 ),
                 crate::store::StoreError::Conflict { key, .. } => AppError::new(

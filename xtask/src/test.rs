@@ -51,9 +51,10 @@ const DEBIAN_PACKAGES: &[DebianPackage] = &[
         check_path: "/usr/bin/chromedriver",
         package: "chromium-driver",
     },
-    // The routers' tests start their own nginx and HAProxy (own config in a temp dir, a
-    // free port). The packages' system services are not used: where the package starts
-    // one (on port 80, from /etc), the tests do not notice it.
+    // The routers' tests (`routers/tests`, `tests/tests/routers.rs`) start their own nginx
+    // and HAProxy (own config in a temp dir, a free port). The packages' system services
+    // are not used: where the package starts one (on port 80, from /etc), the tests do not
+    // notice it.
     DebianPackage {
         check_path: "/usr/sbin/nginx",
         package: "nginx",

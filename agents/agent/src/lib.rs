@@ -1,9 +1,11 @@
 //! The Stella agent as a library: [`targets_for`] wires the target kinds this host can
-//! drive into an `agent-core` registry, and [`run`] runs the agent. The
+//! drive, and the router kinds installed here ([`routers`]), into an `agent-core`
+//! registry, and [`run`] runs the agent. The
 //! `stella-agent` binary, `stella agent run` and the in-process agent of
 //! `stella server --dev` all go through here.
 
 pub mod logging;
+pub mod routers;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub async fn targets_for(data_dir: &Path) -> TargetRegistry {
             );
         }
     }
+    // Routers beside targets: nginx and HAProxy, where installed.
+    routers::register_installed(&mut registry);
     registry
 }
 

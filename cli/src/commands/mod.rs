@@ -12,6 +12,7 @@ pub mod offline;
 pub mod promote;
 pub mod registries;
 pub mod releases;
+pub mod routers;
 pub mod runs;
 pub mod scans;
 pub mod targets;

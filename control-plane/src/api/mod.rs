@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod promotions;
 pub mod registries;
 pub mod releases;
+pub mod routers;
 pub mod scans;
 pub mod targets;
 pub mod task_runner;
@@ -134,6 +135,18 @@ pub fn router(tenants: Arc<Tenants>) -> Router {
         )
         .route("/targets/{name}/check", post(targets::check_target))
         .route("/targets/{name}/remediate", post(targets::remediate_target))
+        .route(
+            "/routers",
+            get(routers::list_routers).post(routers::create_router),
+        )
+        .route(
+            "/routers/{name}",
+            get(routers::show_router).delete(routers::delete_router),
+        )
+        .route(
+            "/routers/{name}/routes/{route}",
+            get(routers::show_route).put(routers::apply_route),
+        )
         .route(
             "/registries",
             get(registries::list_registries).post(registries::add_registry),

@@ -15,8 +15,8 @@ use utoipa::OpenApi;
 
 use super::{
     agents, audit, clients, decisions, deployments, downloads, drift, envelope, environments,
-    health, oauth, offline, promotions, registries, releases, scans, targets, tenants, tokens,
-    users, variables, webhooks,
+    health, oauth, offline, promotions, registries, releases, routers, scans, targets, tenants,
+    tokens, users, variables, webhooks,
 };
 
 /// The OpenAPI document of the REST API.
@@ -52,6 +52,8 @@ use super::{
         targets::create_target, targets::list_targets, targets::show_target,
         targets::update_target, targets::delete_target, targets::check_target,
         targets::remediate_target,
+        routers::create_router, routers::list_routers, routers::show_router,
+        routers::delete_router, routers::apply_route, routers::show_route,
         registries::add_registry, registries::list_registries, registries::delete_registry,
         releases::create_release, releases::list_releases, releases::show_release,
         scans::import_scan, scans::show_scan,
@@ -80,6 +82,7 @@ use super::{
         (name = "oauth", description = "OAuth2 token endpoint (client credentials), JWK set and server metadata"),
         (name = "environments", description = "Environments and their promotion order"),
         (name = "targets", description = "Deployment targets, each driven by one agent"),
+        (name = "routers", description = "Routers (nginx, HAProxy, Traefik, AWS ALB), each driven by one agent, and the weighted or A/B routes applied through them"),
         (name = "registries", description = "OCI registries and their credentials"),
         (name = "releases", description = "Releases: immutable sets of image digests"),
         (name = "scans", description = "Scan reports and VEX documents, and the findings of an image"),

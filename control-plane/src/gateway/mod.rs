@@ -319,6 +319,10 @@ async fn handle_agent_message(app: &Arc<App>, agent_id: &str, message: AgentMess
             app.complete_check(agent_id, result);
             Ok(())
         }
+        Some(agent_message::Body::RouteResult(result)) => {
+            app.complete_route(agent_id, result);
+            Ok(())
+        }
         None => {
             tracing::debug!("empty agent message");
             Ok(())

@@ -269,8 +269,8 @@ impl Store {
 
     /// Deletes a revoked agent, freeing its name; its id stays on the revocation list.
     /// `NotFound` if there is no such agent; `Conflict` (entity `agent`) if it is not
-    /// revoked, or (entity `target`, key: the first target's name) if a target still
-    /// names it. The checks and the delete are one transaction.
+    /// revoked, or (entity `target` or `router`, key: the first one's name) if a target
+    /// or a router still names it. The checks and the delete are one transaction.
     pub async fn delete_revoked_agent(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
         const OP: &str = "deleting an agent";
         let mut tx = self.begin_write(OP).await?;
@@ -300,6 +300,19 @@ impl Store {
             return Err(StoreError::Conflict {
                 entity: "target",
                 key: target,
+            });
+        }
+        let router: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM routers WHERE agent_id = $1 ORDER BY name LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database(OP))?;
+        if let Some(router) = router {
+            return Err(StoreError::Conflict {
+                entity: "router",
+                key: router,
             });
         }
         sqlx::query(

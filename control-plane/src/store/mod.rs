@@ -29,6 +29,7 @@ mod offline;
 mod promotions;
 mod registries;
 mod releases;
+mod routers;
 mod runs;
 mod scans;
 mod targets;
