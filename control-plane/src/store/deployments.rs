@@ -177,8 +177,7 @@ impl Store {
             .map_err(unique(OP, "task", &task.id))?;
         }
         // The replica holding an agent's session dispatches the moment this commits.
-        let agents: Vec<&str> = tasks.iter().map(|t| t.agent_id.as_str()).collect();
-        super::notify::notify_tasks(tx, self.backend, agents, OP).await?;
+        super::notify::notify_tasks(tx, self.backend, &deployment.id, OP).await?;
         Ok(generation)
     }
 

@@ -92,26 +92,27 @@ pub enum ListenerEvent {
     Notice(DispatchNotice),
 }
 
-/// Tells the replicas that `agent_ids` have new pending tasks, when `tx` commits.
+/// Tells the replicas that the agents of deployment `deployment_id`'s tasks have new
+/// pending tasks (one notice per agent), when `tx` commits.
 pub(super) async fn notify_tasks(
     tx: &mut Transaction<'static, Any>,
     backend: Backend,
-    mut agent_ids: Vec<&str>,
+    deployment_id: &str,
     op: &'static str,
 ) -> Result<(), StoreError> {
     if backend != Backend::Postgres {
         return Ok(());
     }
-    agent_ids.sort_unstable();
-    agent_ids.dedup();
-    for agent_id in agent_ids {
-        sqlx::query("SELECT pg_notify($1, COALESCE(current_schema(), '') || ' tasks ' || $2)")
-            .bind(DISPATCH_CHANNEL)
-            .bind(agent_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(database(op))?;
-    }
+    // One statement for however many agents: a deployment may span a thousand.
+    sqlx::query(
+        "SELECT pg_notify($1, COALESCE(current_schema(), '') || ' tasks ' || agent_id) \
+         FROM (SELECT DISTINCT agent_id FROM tasks WHERE deployment_id = $2) AS agents",
+    )
+    .bind(DISPATCH_CHANNEL)
+    .bind(deployment_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(database(op))?;
     Ok(())
 }
 
