@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::Connection;
-use stella_control_plane::domain::{Component, Digest, Release};
+use stella_control_plane::domain::{Component, Digest, Release, TenantId};
 use stella_tests::faults::sim::{Ledger, SimTarget};
-use stella_tests::{wait_until, TestAgent, TestServer};
+use stella_tests::{wait_until, TestServer};
 
 /// Promotions measured.
 const ROUNDS: usize = 20;
@@ -19,18 +20,26 @@ const SWEEP: Duration = Duration::from_secs(2);
 
 /// Three replicas on one fresh PostgreSQL database, and an agent driving the `sim` kind
 /// whose session is on the second; `dev` has one target of it (`apply_ms` as given) and
-/// releases `app@1` to `app@{ROUNDS}` exist.
+/// releases `app@1` to `app@{ROUNDS}` exist. All of it in `tenant` when given (a schema
+/// of its own), else in `default`.
 struct Cluster {
     first: TestServer,
     second: TestServer,
     third: TestServer,
     url: String,
     ledger: Arc<Ledger>,
-    _agent: TestAgent,
+    /// Who calls the API, and in which tenant.
+    token: String,
+    tenant: Option<&'static str>,
+    _agent: tokio_util::sync::DropGuard,
 }
 
 impl Cluster {
     async fn start(apply_ms: u64) -> anyhow::Result<Cluster> {
+        Cluster::start_in(None, apply_ms).await
+    }
+
+    async fn start_in(tenant: Option<&'static str>, apply_ms: u64) -> anyhow::Result<Cluster> {
         let url = stella_tests::postgres::fresh_database_url().await?;
         let first = {
             let url = url.clone();
@@ -38,41 +47,126 @@ impl Cluster {
         };
         let second = first.start_replica().await?;
         let third = first.start_replica().await?;
+        let token = match tenant {
+            None => first.admin_token.clone(),
+            Some(tenant) => {
+                first
+                    .post("/api/v1/tenants", json!({"name": tenant}))
+                    .await?;
+                let created = first
+                    .post(
+                        "/api/v1/users",
+                        json!({"name": "alice", "roles": ["viewer"]}),
+                    )
+                    .await?;
+                first
+                    .post(
+                        "/api/v1/users/alice/bindings",
+                        json!({"tenant": tenant, "role": "admin"}),
+                    )
+                    .await?;
+                created["token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow::anyhow!("no token in {created}"))?
+                    .to_owned()
+            }
+        };
+        let mut cluster = Cluster {
+            first,
+            second,
+            third,
+            url,
+            ledger: Ledger::new(),
+            token,
+            tenant,
+            _agent: tokio_util::sync::CancellationToken::new().drop_guard(),
+        };
 
-        // Every call goes through the first; the third stands by (it must neither take
-        // nor disturb the work).
-        let ledger = Ledger::new();
-        let sim = SimTarget::new(Arc::clone(&ledger));
-        let agent = TestAgent::start_driving(&second, "far", sim.registry()).await?;
-        let shown = second
-            .wait_for_state("far", "connected", Duration::from_secs(20))
-            .await?;
-        let agent_id = shown["id"].as_str().unwrap_or_default().to_owned();
-        assert!(second.running().app.sessions.is_open(&agent_id));
-        assert!(!first.running().app.sessions.is_open(&agent_id));
-        assert!(!third.running().app.sessions.is_open(&agent_id));
-
-        first
-            .post(
-                "/api/v1/environments",
-                json!({"name": "dev", "allow_unscanned": true}),
+        // The other replicas open a tenant made on the first at their next refresh
+        // (`revocation_poll_seconds`); until then they do not know its join tokens.
+        wait_until(
+            "every replica opened the tenant",
+            Duration::from_secs(20),
+            || async {
+                [&cluster.second, &cluster.third]
+                    .iter()
+                    .all(|server| {
+                        server.running().tenants.apps().len() == 1 + usize::from(tenant.is_some())
+                    })
+                    .then_some(())
+            },
+        )
+        .await?;
+        // The agent enrols and connects through the second replica; every call goes
+        // through the first; the third stands by (it must neither take nor disturb the
+        // work).
+        let join = cluster
+            .call(
+                &cluster.first,
+                Method::POST,
+                "/api/v1/agents/join-tokens",
+                Some(json!({})),
             )
             .await?;
-        first
-            .post(
+        let mut config = stella_tests::test_agent_config(&cluster.second.dir.path().join("agent"));
+        config.server_url = Some(cluster.second.api_url());
+        config.join_token = join["token"].as_str().map(str::to_owned);
+        config.name = Some("far".to_owned());
+        let sim = SimTarget::new(Arc::clone(&cluster.ledger));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stella_agent_core::run(
+            config,
+            sim.registry(),
+            shutdown.clone(),
+        ));
+        cluster._agent = shutdown.drop_guard();
+        let shown = wait_until("far is connected", Duration::from_secs(20), || async {
+            let agent = cluster
+                .call(&cluster.first, Method::GET, "/api/v1/agents/far", None)
+                .await
+                .ok()?;
+            (agent["state"] == "connected").then_some(agent)
+        })
+        .await?;
+        let agent_id = shown["id"].as_str().unwrap_or_default().to_owned();
+        assert!(cluster.second.running().app.sessions.is_open(&agent_id));
+        assert!(!cluster.first.running().app.sessions.is_open(&agent_id));
+        assert!(!cluster.third.running().app.sessions.is_open(&agent_id));
+
+        cluster
+            .call(
+                &cluster.first,
+                Method::POST,
+                "/api/v1/environments",
+                Some(json!({"name": "dev", "allow_unscanned": true})),
+            )
+            .await?;
+        cluster
+            .call(
+                &cluster.first,
+                Method::POST,
                 "/api/v1/targets",
-                json!({"name": "t-far", "environment": "dev", "kind": "sim", "agent": "far",
-                       "settings": {"apply_ms": apply_ms.to_string()}}),
+                Some(json!({"name": "t-far", "environment": "dev", "kind": "sim",
+                            "agent": "far", "settings": {"apply_ms": apply_ms.to_string()}})),
             )
             .await?;
         // Releases straight into the shared store: resolving tags would need a
         // registry, and the path measured starts at the promotion.
+        let tenant_id: TenantId = tenant
+            .unwrap_or(TenantId::DEFAULT)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("tenant name: {e}"))?;
+        let store = cluster
+            .first
+            .running()
+            .tenants
+            .get(&tenant_id)
+            .await?
+            .store
+            .clone();
         let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64)))?;
         for round in 1..=ROUNDS {
-            first
-                .running()
-                .app
-                .store
+            store
                 .create_release(&Release {
                     name: "app".to_owned(),
                     version: round.to_string(),
@@ -87,14 +181,54 @@ impl Cluster {
                 })
                 .await?;
         }
-        Ok(Cluster {
-            first,
-            second,
-            third,
-            url,
-            ledger,
-            _agent: agent,
-        })
+        Ok(cluster)
+    }
+
+    /// A call to `server`'s API as this cluster's user in its tenant, expecting 2xx.
+    async fn call(
+        &self,
+        server: &TestServer,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = server
+            .client()
+            .request(method.clone(), format!("{}{path}", server.api_url()))
+            .bearer_auth(&self.token);
+        if let Some(tenant) = self.tenant {
+            request = request.header("X-StellaOps-Tenant", tenant);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let reply: Value = serde_json::from_slice(&response.bytes().await?).unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {reply}");
+        Ok(reply)
+    }
+
+    /// GET through the first replica.
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(&self.first, Method::GET, path, None).await
+    }
+
+    /// Waits until deployment `id` finished; returns it.
+    async fn finished(&self, id: &str) -> anyhow::Result<Value> {
+        wait_until(
+            &format!("deployment {id} finishes"),
+            Duration::from_secs(20),
+            || async {
+                let deployment = self.get(&format!("/api/v1/deployments/{id}")).await.ok()?;
+                matches!(
+                    deployment["state"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                )
+                .then_some(deployment)
+            },
+        )
+        .await
     }
 
     /// Promotes `app@round` to `dev` through the first replica; returns the deployment
@@ -102,10 +236,11 @@ impl Cluster {
     async fn promote(&self, round: usize) -> anyhow::Result<(String, Instant)> {
         let asked = Instant::now();
         let reply = self
-            .first
-            .post(
+            .call(
+                &self.first,
+                Method::POST,
                 "/api/v1/promotions",
-                json!({"release": "app", "version": round.to_string(), "environment": "dev"}),
+                Some(json!({"release": "app", "version": round.to_string(), "environment": "dev"})),
             )
             .await?;
         let id = reply["deployment_id"]
@@ -131,10 +266,7 @@ impl Cluster {
             },
         )
         .await?;
-        let finished = self
-            .first
-            .wait_deployment(&id, Duration::from_secs(20))
-            .await?;
+        let finished = self.finished(&id).await?;
         assert_eq!(finished["state"], "succeeded", "{finished}");
         Ok(applied.saturating_duration_since(asked))
     }
@@ -203,7 +335,6 @@ async fn a_cancel_through_one_replica_stops_the_task_on_another_without_the_swee
             Duration::from_secs(20),
             || async {
                 let logs = cluster
-                    .first
                     .get(&format!("/api/v1/deployments/{id}/logs"))
                     .await
                     .ok()?;
@@ -213,7 +344,6 @@ async fn a_cancel_through_one_replica_stops_the_task_on_another_without_the_swee
                         .is_some_and(|m| m.contains("applying"))
                 });
                 let deployment = cluster
-                    .first
                     .get(&format!("/api/v1/deployments/{id}"))
                     .await
                     .ok()?;
@@ -224,8 +354,12 @@ async fn a_cancel_through_one_replica_stops_the_task_on_another_without_the_swee
         .await?;
         let asked = Instant::now();
         cluster
-            .first
-            .post(&format!("/api/v1/deployments/{id}/cancel"), json!({}))
+            .call(
+                &cluster.first,
+                Method::POST,
+                &format!("/api/v1/deployments/{id}/cancel"),
+                Some(json!({})),
+            )
             .await?;
         let stopped = wait_until(
             &format!("round {round}'s task stops"),
@@ -234,10 +368,7 @@ async fn a_cancel_through_one_replica_stops_the_task_on_another_without_the_swee
         )
         .await?;
         latencies.push(stopped.saturating_duration_since(asked));
-        let finished: Value = cluster
-            .first
-            .wait_deployment(&id, Duration::from_secs(20))
-            .await?;
+        let finished = cluster.finished(&id).await?;
         assert_eq!(finished["state"], "cancelled", "{finished}");
     }
     let (p50, p90, max) = figures(&mut latencies);
@@ -295,6 +426,27 @@ async fn replicas_listen_again_after_their_notice_connections_are_cut() -> anyho
     assert!(
         p50 < Duration::from_millis(500),
         "p50 {p50:?}: the notices did not come back after the cut"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_promotion_through_one_replica_reaches_its_agent_on_another() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start_in(Some("team-a"), 0).await?;
+    let mut latencies = Vec::new();
+    for round in 1..=5 {
+        latencies.push(cluster.promote_and_measure(round).await?);
+    }
+    let (p50, _, max) = figures(&mut latencies);
+    println!(
+        "in tenant team-a (schema tenant_team_a): p50 {} ms, max {} ms",
+        p50.as_millis(),
+        max.as_millis()
+    );
+    assert!(
+        p50 < Duration::from_millis(500),
+        "p50 {p50:?}: the tenant's notices were not routed to its core"
     );
     Ok(())
 }
