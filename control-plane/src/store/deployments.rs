@@ -740,36 +740,41 @@ impl Store {
         message: &str,
     ) -> Result<(), StoreError> {
         const OP: &str = "appending a log line";
-        let mut tx = self.begin_write(OP).await?;
+        // One statement either way. On PostgreSQL the lock is taken by the subquery,
+        // before the row (and its `seq`) is formed, and held until the statement's
+        // transaction has committed; the two-key form keeps its key space apart from
+        // one-key locks (sqlx's migrator), its first key naming this use.
+        let sql = match self.backend {
+            super::Backend::Sqlite => {
+                "INSERT INTO logs (deployment_id, task_id, line, at_ms, message) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+            }
+            super::Backend::Postgres => {
+                "INSERT INTO logs (deployment_id, task_id, line, at_ms, message) \
+                 SELECT $1, $2, $3, $4, $5 \
+                 FROM (SELECT pg_advisory_xact_lock($6, hashtext($1))) AS in_seq_order \
+                 ON CONFLICT DO NOTHING"
+            }
+        };
+        let mut query = sqlx::query(sql)
+            .bind(deployment_id)
+            .bind(task_id)
+            .bind(line)
+            .bind(at_ms)
+            .bind(message);
         if self.backend == super::Backend::Postgres {
-            // Two-key form: its key space is apart from the one-key locks (sqlx's
-            // migrator); the first key names this use.
-            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(LOG_APPEND_LOCK)
-                .bind(deployment_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(database(OP))?;
+            query = query.bind(LOG_APPEND_LOCK);
         }
-        sqlx::query(
-            "INSERT INTO logs (deployment_id, task_id, line, at_ms, message) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(deployment_id)
-        .bind(task_id)
-        .bind(line)
-        .bind(at_ms)
-        .bind(message)
-        .execute(&mut *tx)
-        .await
-        .map_err(|source| match &source {
-            sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {
-                entity: "deployment",
-                key: deployment_id.to_owned(),
-            },
-            _ => StoreError::Database { op: OP, source },
-        })?;
-        tx.commit().await.map_err(database(OP))?;
+        query
+            .execute(self.writer())
+            .await
+            .map_err(|source| match &source {
+                sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {
+                    entity: "deployment",
+                    key: deployment_id.to_owned(),
+                },
+                _ => StoreError::Database { op: OP, source },
+            })?;
         Ok(())
     }
 
