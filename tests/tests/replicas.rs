@@ -313,6 +313,15 @@ async fn a_promotion_through_one_replica_reaches_an_agent_on_another_without_the
         p50 < Duration::from_millis(500),
         "p50 {p50:?}: dispatch waited for the sweep ({SWEEP:?}) instead of the notice"
     );
+    let notices = cluster
+        .second
+        .running()
+        .app
+        .metrics
+        .delivery
+        .dispatch_notices
+        .get();
+    assert!(notices >= ROUNDS as u64, "{notices} notices acted on");
     assert_eq!(cluster.ledger.len(), ROUNDS, "every round applied once");
     assert!(
         cluster.ledger.duplicated().is_empty(),
@@ -417,6 +426,15 @@ async fn replicas_listen_again_after_their_notice_connections_are_cut() -> anyho
     for round in 1..=5 {
         latencies.push(cluster.promote_and_measure(round).await?);
     }
+    let reconnects = cluster
+        .second
+        .running()
+        .app
+        .metrics
+        .delivery
+        .dispatch_listener_reconnects
+        .get();
+    assert_eq!(reconnects, 1, "the second replica counted its reconnect");
     let (p50, _, max) = figures(&mut latencies);
     println!(
         "after the notice connections were cut: p50 {} ms, max {} ms",

@@ -31,6 +31,12 @@ pub async fn run_dispatch_listener(
             // Notices sent while the connection was down are lost: sweep now rather
             // than at the next tick.
             ListenerEvent::Connected => {
+                tenants
+                    .default_app()
+                    .metrics
+                    .delivery
+                    .dispatch_listener_reconnects
+                    .inc();
                 for app in tenants.apps() {
                     tokio::spawn(async move {
                         if let Err(error) = app.dispatch_pending().await {
@@ -60,6 +66,7 @@ async fn route(tenants: &Arc<Tenants>, notice: DispatchNotice) {
         return;
     }
     tracing::debug!(agent_id = %notice.agent_id, tenant = %app.tenant, kind = ?notice.kind, "dispatch notice");
+    app.metrics.delivery.dispatch_notices.inc();
     tokio::spawn(async move {
         match notice.kind {
             NoticeKind::Tasks => app.dispatch_new_to(&notice.agent_id).await,
