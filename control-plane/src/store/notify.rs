@@ -10,6 +10,11 @@
 //! periodic sweep stays as the safety net, and a (re)connected listener says so
 //! ([`ListenerEvent::Connected`]) for its owner to sweep at once.
 //!
+//! PostgreSQL serializes the commits of transactions that notify (one queue for the
+//! database), so only the writes dispatch waits for send notices: tasks created,
+//! cancelled or failed by their deadline; never the busy ones (progress lines,
+//! heartbeats, results).
+//!
 //! SQLite is single-node: every write happens in the process whose sessions need to
 //! know, so nothing is sent there.
 
