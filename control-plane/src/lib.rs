@@ -225,6 +225,13 @@ pub async fn start(
         }
     }));
     tasks.extend(tenants::spawn_background(&app, &shutdown));
+    if app.store.backend() == store::Backend::Postgres {
+        tasks.push(tokio::spawn(gateway::run_dispatch_listener(
+            tenants.clone(),
+            app.config.database_url(),
+            shutdown.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(tenants.clone().run_refresh()));
     // Hashes the downloads now rather than at the first request for them.
     tasks.push(tokio::spawn({

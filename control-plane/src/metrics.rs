@@ -295,6 +295,10 @@ pub struct DeliveryMetrics {
     pub task_dispatch_latency_seconds: Histogram,
     /// Promotion evaluations, by outcome.
     pub decisions: Family<DecisionLabels, Counter>,
+    /// Dispatch notices (work created or cancelled on any replica) acted on here.
+    pub dispatch_notices: Counter,
+    /// Times the dispatch notice connection was lost and listened again.
+    pub dispatch_listener_reconnects: Counter,
 }
 
 impl DeliveryMetrics {
@@ -308,7 +312,20 @@ impl DeliveryMetrics {
             // 1 ms to about 16 s.
             task_dispatch_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             decisions: Family::default(),
+            dispatch_notices: Counter::default(),
+            dispatch_listener_reconnects: Counter::default(),
         };
+        registry.register(
+            "dispatch_notices",
+            "Dispatch notices (tasks created or cancelled on any replica, PostgreSQL only) \
+             acted on for agents connected here",
+            metrics.dispatch_notices.clone(),
+        );
+        registry.register(
+            "dispatch_listener_reconnects",
+            "Times the connection listening for dispatch notices was lost and listened again",
+            metrics.dispatch_listener_reconnects.clone(),
+        );
         registry.register(
             "promotion_decisions",
             "Promotion evaluations, by outcome (awaiting_approval is not yet a decision)",

@@ -525,6 +525,29 @@ impl App {
         Ok(())
     }
 
+    /// Tells a task's agent to stop it (a dispatch notice from the replica that
+    /// cancelled it or failed it by its deadline), once, if its session is here.
+    pub async fn stop_notified(&self, task_id: &str) {
+        if self.cancels_sent.lock().contains_key(task_id) {
+            return;
+        }
+        let task = match self.store.get_task(task_id).await {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(task_id, error = %ErrorChain(&error), "cannot read a task to stop");
+                return;
+            }
+        };
+        if !task.state.is_terminal() {
+            return;
+        }
+        let reason = task
+            .message
+            .clone()
+            .unwrap_or_else(|| "cancelled".to_owned());
+        self.send_cancel(&task, &reason).await;
+    }
+
     /// Tells a task's agent to stop it, if its session is on this replica.
     pub(super) async fn send_cancel(&self, task: &Task, reason: &str) {
         if !self.sessions.is_open(&task.agent_id) {

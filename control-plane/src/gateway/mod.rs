@@ -7,6 +7,7 @@
 //! TLS layer because `Enroll` is open to agents without one; `Connect` and `Renew`
 //! refuse a request whose connection carries no verified agent certificate.
 
+mod notify;
 pub mod sessions;
 mod tls;
 
@@ -33,6 +34,7 @@ use crate::app::{now_ms, App};
 use crate::domain::{HelloRecord, HostFacts};
 use crate::tenants::Tenants;
 
+pub use notify::run_dispatch_listener;
 pub use tls::PeerInfo;
 
 /// How long a new stream may take to send its `Hello`.

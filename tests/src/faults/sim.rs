@@ -36,6 +36,8 @@ pub struct SideEffect {
 #[derive(Debug, Default)]
 pub struct Ledger {
     effects: Mutex<Vec<SideEffect>>,
+    /// Applies stopped by a cancellation: task id and when.
+    stopped: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Ledger {
@@ -84,6 +86,16 @@ impl Ledger {
             .collect();
         duplicated.sort_by(|a, b| a.0.cmp(&b.0));
         duplicated
+    }
+
+    /// When the apply of `task_id` was stopped by a cancellation, if it was.
+    pub fn stopped_at(&self, task_id: &str) -> Option<Instant> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(id, _)| id == task_id)
+            .map(|(_, at)| *at)
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<SideEffect>> {
@@ -176,7 +188,14 @@ impl Target for SimTarget {
             .unwrap_or(0);
         progress.report(format!("applying for {apply_ms} ms"));
         tokio::select! {
-            () = cancel.cancelled() => return Err(TargetError::Cancelled),
+            () = cancel.cancelled() => {
+                self.ledger
+                    .stopped
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((progress.task_id().to_owned(), Instant::now()));
+                return Err(TargetError::Cancelled);
+            }
             () = tokio::time::sleep(Duration::from_millis(apply_ms)) => {}
         }
         // The change itself: recorded and made in one step, so the ledger is the truth

@@ -47,6 +47,7 @@ mod catalogue;
 mod changes;
 mod delivery;
 mod deployments;
+mod log_order;
 mod routers;
 mod users;
 mod webhooks;
