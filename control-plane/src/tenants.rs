@@ -202,11 +202,15 @@ impl Tenants {
         let mut app = self.default.clone();
         if let Ok(token) = stella_pki::JoinToken::parse(join_token) {
             let hash = token.secret_hash();
-            for candidate in self.apps() {
-                if candidate.store.has_join_token(&hash).await? {
-                    app = candidate;
-                    break;
-                }
+            let mut found = self.holder_of_token(&hash).await?;
+            // A tenant created on another replica since the last refresh: its token
+            // is in a database this replica has not opened yet.
+            if found.is_none() {
+                self.refresh().await?;
+                found = self.holder_of_token(&hash).await?;
+            }
+            if let Some(holder) = found {
+                app = holder;
             }
         }
         let enrolled = app.enroll(join_token, csr_der, name, labels).await?;
@@ -214,6 +218,16 @@ impl Tenants {
             .write()
             .insert(enrolled.identity.agent_id.clone(), app.tenant.clone());
         Ok(enrolled)
+    }
+
+    /// The core of the tenant whose database holds the join token with this hash.
+    async fn holder_of_token(&self, hash: &str) -> Result<Option<Arc<App>>, AppError> {
+        for candidate in self.apps() {
+            if candidate.store.has_join_token(hash).await? {
+                return Ok(Some(candidate));
+            }
+        }
+        Ok(None)
     }
 
     /// The core of the tenant an agent belongs to (`default` for an id no tenant
