@@ -480,6 +480,7 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             log.contains(&target),
             "the deployment's log names its target: {log}"
         );
+        accessible(&alice, "promotion").await?;
         // The dashboard now shows the release current in prod.
         alice.goto(&format!("{url}/")).await?;
         alice
@@ -512,6 +513,7 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
             alice.run("return window.stellaMark || null;").await?,
             json!("drift")
         );
+        accessible(&alice, "targets and drift").await?;
         // Remediate: what was deployed there is deployed again, and the badge goes,
         // live.
         alice.click(&format!("#remediate-{target}")).await?;

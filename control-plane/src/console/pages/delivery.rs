@@ -252,11 +252,7 @@ pub(super) async fn pipeline(signed: &Signed) -> Result<Pipeline, AppError> {
             current,
             after: env.after.clone().unwrap_or_else(|| "—".to_owned()),
             approvals: env.gates.approvals_required,
-            freeze: if env.gates.freeze.is_empty() {
-                "none".to_owned()
-            } else {
-                env.gates.freeze.join(", ")
-            },
+            freeze: freeze_state(&env.gates.freeze, now_ms()),
             waiting: if waiting.is_empty() {
                 "nothing".to_owned()
             } else {
@@ -481,4 +477,53 @@ pub async fn create_release(
         ))
     })
     .await
+}
+
+/// Whether an environment is frozen now and until when, or when its next freeze
+/// starts, with its windows.
+fn freeze_state(specs: &[String], now: i64) -> String {
+    use stella_decision::freeze::{active_freeze, FreezeWindow};
+    if specs.is_empty() {
+        return "no freeze windows".to_owned();
+    }
+    let windows: Vec<FreezeWindow> = specs
+        .iter()
+        .filter_map(|spec| FreezeWindow::parse(spec).ok())
+        .collect();
+    let state = match active_freeze(&windows, now) {
+        Some(active) => format!(
+            "FROZEN until {} ({})",
+            format_utc_ms(active.ends_at_ms),
+            active.window
+        ),
+        None => match windows.iter().filter_map(|w| w.next_start_after(now)).min() {
+            Some(next) => format!("open; next freeze from {}", format_utc_ms(next)),
+            None => "open".to_owned(),
+        },
+    };
+    format!("{state}; windows: {}", specs.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::freeze_state;
+
+    #[test]
+    fn the_freeze_state_says_until_when_or_from_when() {
+        // 2026-12-04T12:00:00Z, a Friday.
+        let noon = 1_796_385_600_000;
+        let mornings = vec!["0 10 * * */4h".to_owned()];
+        let state = freeze_state(&mornings, noon);
+        assert!(
+            state.starts_with("FROZEN until 2026-12-04T14:00:00"),
+            "{state}"
+        );
+        let evenings = vec!["0 18 * * */2h".to_owned()];
+        let open = freeze_state(&evenings, noon);
+        assert!(
+            open.starts_with("open; next freeze from 2026-12-04T18:00:00"),
+            "{open}"
+        );
+        assert_eq!(freeze_state(&[], noon), "no freeze windows");
+    }
 }
