@@ -306,7 +306,11 @@ pub async fn set_own_password(
     Ok(http::StatusCode::NO_CONTENT)
 }
 
-async fn store_password(app: &App, user: &User, password: String) -> Result<(), AppError> {
+pub(crate) async fn store_password(
+    app: &App,
+    user: &User,
+    password: String,
+) -> Result<(), AppError> {
     let hash =
         tokio::task::spawn_blocking(move || crate::console::session::hash_password(&password))
             .await

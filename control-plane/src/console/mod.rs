@@ -83,6 +83,11 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/console/runs/{id}/cancel", post(pages::cancel_run))
         .route("/console/audit", get(pages::audit_page))
+        .route(
+            "/console/users",
+            get(pages::users_page).post(pages::create_user),
+        )
+        .route("/console/users/password", post(pages::set_password))
         .route("/console/live", get(live::live))
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))

@@ -11,6 +11,7 @@ mod promotion;
 mod release;
 mod runs;
 mod targets;
+mod users;
 
 use super::session::{check_csrf, same_origin, Signed};
 use crate::api::envelope::Permission;
@@ -33,15 +34,17 @@ pub use promotion::{answer_promotion, deployment_line, promotion_page};
 pub use release::{evidence, import_scan, release_page};
 pub use runs::{answer_run, cancel_run, run_line, run_page, runs_page};
 pub use targets::{create_target, drift_page, remediate_target, rollback_environment};
+pub use users::{create_user, set_password, users_page};
 
 /// The links of the console's navigation: (path, label).
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Dashboard"),
     ("/console/pipeline", "Pipeline"),
     ("/console/agents", "Agents"),
     ("/console/drift", "Targets and drift"),
     ("/console/runs", "Runs"),
     ("/console/audit", "Audit"),
+    ("/console/users", "Users"),
 ];
 
 /// A view of the console: which page, which object, and for a list which filter and
@@ -66,6 +69,8 @@ pub enum View {
     Run(String),
     /// The audit chain.
     Audit(Listing),
+    /// Users (server admins).
+    Users(Listing),
 }
 
 impl View {
@@ -82,6 +87,7 @@ impl View {
             View::Runs(l) => format!("runs{}", l.query()),
             View::Run(id) => format!("run:{id}"),
             View::Audit(l) => format!("audit{}", l.query()),
+            View::Users(l) => format!("users{}", l.query()),
         }
     }
 
@@ -96,6 +102,7 @@ impl View {
             "drift" => Some(View::Drift(listing()?)),
             "runs" => Some(View::Runs(listing()?)),
             "audit" => Some(View::Audit(listing()?)),
+            "users" => Some(View::Users(listing()?)),
             other => {
                 let short = |id: &&str| !id.is_empty() && id.len() <= 128;
                 if let Some(id) = other.strip_prefix("promotion:").filter(short) {
@@ -121,6 +128,7 @@ impl View {
             View::Release(..) => "Release",
             View::Runs(_) | View::Run(_) => "Runs",
             View::Audit(_) => "Audit",
+            View::Users(_) => "Users",
         }
     }
 
@@ -132,6 +140,7 @@ impl View {
             View::Drift(_) => "/console/drift",
             View::Runs(_) | View::Run(_) => "/console/runs",
             View::Audit(_) => "/console/audit",
+            View::Users(_) => "/console/users",
         }
     }
 }
@@ -333,6 +342,7 @@ pub async fn render_main(signed: &Signed, view: &View, extra: &Extra) -> Result<
                 .map_err(|e| e.0)?;
             audit::audit(signed, l).await?.render()
         }
+        View::Users(l) => users::users(signed, l).await?.render(),
     };
     html.map_err(|error| {
         tracing::error!(%error, "rendering a console page");
