@@ -547,4 +547,5 @@ mod secs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests;
