@@ -9,9 +9,13 @@
 //! [`recompute`] replays a recorded step: the same samples and the same judge always give
 //! the same verdict.
 //!
-//! Why no crate: the Rust statistics crates in this field (`statrs` and its kin) carry
-//! distributions (a normal CDF among them), not this rank test; the test and the one
-//! CDF it needs are about sixty lines below, which is less to audit than a dependency.
+//! Why no crate: the widely used Rust statistics crate, `statrs`, is mostly
+//! distributions (a normal CDF among them). Small crates do carry this test (`hypors`,
+//! `stattest`, others), but each differs in the details that set the p-value (which U is
+//! reported, the tie correction, the continuity correction, exact or approximate), and
+//! would need the same checks against R as the code here. The test and the one CDF it
+//! needs are about sixty lines below, pinned to R's definition and tested against its
+//! published output: less to audit than a dependency.
 //! The normal CDF uses Abramowitz and Stegun's formula 7.1.26 for `erf`, whose absolute
 //! error is at most 1.5 × 10⁻⁷, so a p-value here is within 1.5 × 10⁻⁷ of the exact
 //! normal approximation's.

@@ -150,7 +150,7 @@ fn the_same_behaviour_continues() {
     let b = around(0.01, 0.004, 20);
     let j = judge()
         .judge(&[
-            metric(Metric::ErrorRatio, b.clone(), b.clone()),
+            metric(Metric::ErrorRatio, b.clone(), b),
             metric(
                 Metric::LatencyP99Ms,
                 around(120.0, 30.0, 20),

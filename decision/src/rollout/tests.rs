@@ -499,3 +499,53 @@ fn backend_weights() {
     assert_eq!(backend_weight(100), 256);
     assert_eq!(backend_weight(200), 256);
 }
+
+#[test]
+fn strategies_round_trip_through_json() {
+    let all = [
+        vec!["--strategy", "all-at-once"],
+        vec![
+            "--strategy",
+            "rolling",
+            "--batch",
+            "30%",
+            "--analysis",
+            "smoke",
+            "--pause",
+            "manual",
+        ],
+        vec![
+            "--strategy",
+            "blue-green",
+            "--router",
+            "edge",
+            "--keep-old",
+            "1h",
+        ],
+        vec![
+            "--strategy",
+            "canary",
+            "--steps",
+            "5,100",
+            "--router",
+            "edge",
+        ],
+        vec![
+            "--strategy",
+            "a-b",
+            "--router",
+            "edge",
+            "--match",
+            "header:X-B=on",
+        ],
+    ];
+    for args in all {
+        let s = Strategy::from_args(&args).unwrap();
+        assert_eq!(s.name(), args[1]);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["strategy"], args[1]);
+        let back: Strategy = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(s.router().is_some(), args.contains(&"--router"));
+    }
+}
