@@ -23,8 +23,10 @@ use crate::canonical::canonical_bytes;
 use crate::DecisionError;
 
 mod parse;
+mod rollback;
 
 pub use parse::parse_duration;
+pub use rollback::rollback_of;
 
 /// Why a strategy was refused or could not be compiled; the message names the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,10 +199,12 @@ pub enum Step {
         slot: Slot,
     },
     /// Rollback only: redeploy the previous release's payload (which the desired state
-    /// holds) to these targets' stable slot.
+    /// holds) to this slot of these targets.
     Restore {
         /// Target names.
         targets: Vec<String>,
+        /// The slot: stable, or blue when a finished blue-green is rolled back.
+        slot: Slot,
     },
 }
 
@@ -354,69 +358,6 @@ fn push_pause(steps: &mut Vec<Step>, pause: Option<PauseKind>) {
         Some(p) => steps.push(Step::Pause(p)),
         None => {}
     }
-}
-
-/// The steps that undo `done` (the steps of a rollout that have run, in order): first
-/// one route giving all the weight back to the slot that served before (when any route
-/// ran), then the new slots retired (most recently deployed first, except slots already
-/// retired), then the stable deployments redeployed with the previous release, last
-/// batch first. Pauses and analyses need no undoing. A retire that ran cannot be undone
-/// (its containers are gone); the rollback leaves it.
-pub fn rollback_of(done: &[Step]) -> Vec<Step> {
-    let mut out = Vec::new();
-    // The slot that served before: the first route's slot that this rollout did not
-    // deploy (stable for canary and A/B, blue for blue-green).
-    let deployed_new: Vec<Slot> = done
-        .iter()
-        .filter_map(|s| match s {
-            Step::Deploy { slot, .. } if *slot != Slot::Stable => Some(*slot),
-            _ => None,
-        })
-        .collect();
-    let first_route = done.iter().find_map(|s| match s {
-        Step::Route { weights, .. } => Some(weights),
-        _ => None,
-    });
-    if let Some(weights) = first_route {
-        let old = weights
-            .iter()
-            .map(|(slot, _)| *slot)
-            .find(|slot| !deployed_new.contains(slot))
-            .unwrap_or(Slot::Stable);
-        out.push(Step::Route {
-            weights: weights
-                .iter()
-                .map(|(slot, _)| (*slot, if *slot == old { 100 } else { 0 }))
-                .collect(),
-            matched: None,
-        });
-    }
-    let retired: Vec<Slot> = done
-        .iter()
-        .filter_map(|s| match s {
-            Step::Retire { slot } => Some(*slot),
-            _ => None,
-        })
-        .collect();
-    let mut to_retire: Vec<Slot> = Vec::new();
-    for slot in deployed_new.iter().rev() {
-        if !retired.contains(slot) && !to_retire.contains(slot) {
-            to_retire.push(*slot);
-        }
-    }
-    out.extend(to_retire.into_iter().map(|slot| Step::Retire { slot }));
-    for step in done.iter().rev() {
-        if let Step::Deploy {
-            targets,
-            slot: Slot::Stable,
-        } = step
-        {
-            out.push(Step::Restore {
-                targets: targets.clone(),
-            });
-        }
-    }
-    out
 }
 
 /// The canonical JSON (RFC 8785) of a strategy and its compiled steps, as the plan hash

@@ -433,7 +433,8 @@ fn rollback_routes_back_first_then_retires_then_restores() {
             route(&[(Slot::Stable, 100), (Slot::Canary, 0)]),
             Step::Retire { slot: Slot::Canary },
             Step::Restore {
-                targets: vec!["web-00".into(), "web-01".into(), "web-02".into()]
+                targets: vec!["web-00".into(), "web-01".into(), "web-02".into()],
+                slot: Slot::Stable,
             },
         ]
     );
@@ -445,6 +446,30 @@ fn rollback_routes_back_first_then_retires_then_restores() {
         vec![
             route(&[(Slot::Blue, 100), (Slot::Green, 0)]),
             Step::Retire { slot: Slot::Green },
+        ]
+    );
+    // A finished blue-green: blue is gone, so it is restored before the route back.
+    assert_eq!(
+        rollback_of(&steps),
+        vec![
+            Step::Restore {
+                targets: vec!["web-00".into(), "web-01".into()],
+                slot: Slot::Blue,
+            },
+            route(&[(Slot::Blue, 100), (Slot::Green, 0)]),
+            Step::Retire { slot: Slot::Green },
+        ]
+    );
+    // A finished canary: the canary slot stays retired, stable gets the old release.
+    let steps = compile(&s, &names(3)).unwrap();
+    assert_eq!(
+        rollback_of(&steps),
+        vec![
+            route(&[(Slot::Stable, 100), (Slot::Canary, 0)]),
+            Step::Restore {
+                targets: vec!["web-00".into(), "web-01".into(), "web-02".into()],
+                slot: Slot::Stable,
+            },
         ]
     );
     // Rolling: done batches restored, last first.
@@ -462,10 +487,12 @@ fn rollback_routes_back_first_then_retires_then_restores() {
         rollback_of(&steps[..2]),
         vec![
             Step::Restore {
-                targets: vec!["web-02".into(), "web-03".into()]
+                targets: vec!["web-02".into(), "web-03".into()],
+                slot: Slot::Stable,
             },
             Step::Restore {
-                targets: vec!["web-00".into(), "web-01".into()]
+                targets: vec!["web-00".into(), "web-01".into()],
+                slot: Slot::Stable,
             },
         ]
     );
