@@ -15,7 +15,10 @@
 //! - [`evidence`]: evidence packets (write, read, verify).
 //! - [`audit`]: the tamper-evident audit chain and its signed checkpoints.
 //! - [`offline`]: offline kits (OCI layout, releases, evidence; signed manifest; verify).
+//! - [`rollout`]: progressive delivery strategies compiled to rollout steps, and their rollback.
+//! - [`analysis`]: the canary judge (Mann–Whitney U test and absolute thresholds).
 
+pub mod analysis;
 pub mod audit;
 pub mod canonical;
 pub mod dsse;
@@ -26,6 +29,7 @@ pub mod intoto;
 pub mod offline;
 pub mod plan;
 pub mod policy;
+pub mod rollout;
 pub mod scan;
 
 /// Why an input was refused or a check failed; the message names what and where.
