@@ -319,16 +319,15 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
     let v1 = images.publish("v1", true).await?;
     let server = TestServer::start_plain().await?;
     let url = server.api_url();
-    // Alice may approve too, but never her own promotion.
-    for (name, roles) in [
-        ("alice", json!(["operator", "approver"])),
-        ("bob", json!(["approver"])),
-    ] {
-        server
-            .post("/api/v1/users", json!({"name": name, "roles": roles}))
-            .await?;
-    }
-    for user in ["alice", "bob", "admin"] {
+    // Alice may approve too, but never her own promotion. Bob is made on the Users
+    // page below.
+    server
+        .post(
+            "/api/v1/users",
+            json!({"name": "alice", "roles": ["operator", "approver"]}),
+        )
+        .await?;
+    for user in ["alice", "admin"] {
         assert_eq!(set_password(&server, user, PASSWORD).await?, 204);
     }
     let agent = TestAgent::start(&server, "docker-host").await?;
@@ -445,6 +444,20 @@ async fn the_console_in_a_real_browser() -> anyhow::Result<()> {
         alice
             .run("window.stellaMark = 'kept'; return true;")
             .await?;
+        // An admin makes bob, an approver with a console password, on the Users page.
+        browser_sign_in(&bob, &url, "admin").await?;
+        bob.goto(&format!("{url}/console/users")).await?;
+        bob.fill("#user-name", "bob").await?;
+        bob.fill("#user-roles", "approver").await?;
+        bob.fill("#user-password", PASSWORD).await?;
+        bob.click("#create-user").await?;
+        let made = bob
+            .wait_text("[role=status]", "user bob created", Duration::from_secs(10))
+            .await?;
+        assert!(made.contains("stk1_"), "the token shown once: {made}");
+        assert!(bob.text("#user-bob").await?.contains("approver"));
+        accessible(&bob, "users").await?;
+        bob.goto(&format!("{url}/console/login")).await?;
         browser_sign_in(&bob, &url, "bob").await?;
         bob.goto(&promotion_url).await?;
         bob.click("#approve").await?;

@@ -41,6 +41,7 @@ pub(super) struct Dashboard {
     waiting: Vec<Waiting>,
     pager: Pager,
     operator: bool,
+    admin: bool,
     csrf: String,
 }
 
@@ -178,6 +179,7 @@ pub(super) async fn dashboard(signed: &Signed, listing: &Listing) -> Result<Dash
         waiting,
         pager,
         operator: signed.caller.require(Permission::Operate).is_ok(),
+        admin: signed.caller.require(Permission::Administer).is_ok(),
         csrf: signed.csrf.clone(),
     })
 }
@@ -306,6 +308,9 @@ pub struct NewEnvironment {
     /// `true` when images without a scan report may be promoted into it.
     #[serde(default)]
     pub allow_unscanned: Option<String>,
+    /// Freeze windows, `CRON/DURATION[@TZ]` one per line.
+    #[serde(default)]
+    pub freeze: String,
 }
 
 /// `POST /console/environments`: as `POST /api/v1/environments` (operator).
@@ -335,6 +340,14 @@ pub async fn create_environment(
                 after: Some(Some(form.after.clone()).filter(|a| !a.is_empty())),
                 approvals_required: approvals,
                 allow_unscanned: Some(form.allow_unscanned.as_deref() == Some("true")),
+                freeze: Some(
+                    form.freeze
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
                 ..crate::app::EnvironmentChange::default()
             };
             let env = app.create_environment(form.name.trim(), settings).await?;
@@ -359,6 +372,9 @@ pub struct PromoteForm {
     /// The environment.
     #[serde(default)]
     pub environment: String,
+    /// Why a freeze is overridden (admins; empty: no override).
+    #[serde(default)]
+    pub break_glass: String,
 }
 
 /// `POST /console/promotions`: as `POST /api/v1/promotions` (operator, or one narrowed
@@ -382,7 +398,13 @@ pub async fn promote(
             Some((name, version)) => {
                 signed
                     .app
-                    .promote(name, version, &form.environment, &signed.caller.0, None)
+                    .promote(
+                        name,
+                        version,
+                        &form.environment,
+                        &signed.caller.0,
+                        Some(form.break_glass.trim().to_owned()).filter(|r| !r.is_empty()),
+                    )
                     .await
             }
             None => Err(AppError::invalid(format!(
