@@ -25,6 +25,7 @@ mod drift;
 mod environments;
 mod error;
 mod events;
+mod logs;
 pub mod notify;
 mod offline;
 mod promotions;
