@@ -15,6 +15,8 @@ pub mod config;
 pub mod console;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod registry;

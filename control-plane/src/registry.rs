@@ -682,7 +682,7 @@ async fn fetch_digest(
 
 /// Accepts schema 2 image manifests and indexes (OCI or Docker). Schema 1 manifests
 /// are refused: Docker no longer pulls them.
-fn check_manifest(body: &[u8]) -> Result<(), String> {
+pub(crate) fn check_manifest(body: &[u8]) -> Result<(), String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Versioned {

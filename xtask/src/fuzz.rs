@@ -3,8 +3,8 @@
 //! input libFuzzer leaves under `fuzz/artifacts/<target>/`. The corpus each run grows
 //! stays in `fuzz/corpus/<target>/` (not committed) and seeds the next run; inputs worth
 //! keeping (crash reproducers, minimised) go to `fuzz/regressions/<target>/`, which the
-//! `fuzz_regressions` tests of the decision and packs crates replay on every
-//! `cargo xtask test`.
+//! `fuzz_regressions` tests of the decision, packs and control-plane crates replay on
+//! every `cargo xtask test`.
 
 use std::time::Instant;
 
@@ -27,6 +27,10 @@ pub const TARGETS: &[&str] = &[
     "pack_expression",
     "canonical_json",
     "agent_message",
+    "image_reference",
+    "registry_response",
+    "target_settings",
+    "api_bodies",
 ];
 
 /// Flags of `cargo xtask fuzz`.

@@ -306,7 +306,7 @@ pub(crate) async fn read_limited(
 
 /// Deserializes a body, naming where it went wrong (`roles[0]: …`, `unknown field
 /// `colour``, `line 1 column 7`).
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     use axum::extract::rejection::JsonRejection;
     axum::Json::<T>::from_bytes(bytes)
         .map(|axum::Json(value)| value)

@@ -229,7 +229,7 @@ async fn read_body(app: &App, request: Request) -> Result<Map<String, Value>, Re
     }
 }
 
-fn manifest_and_inputs(
+pub(crate) fn manifest_and_inputs(
     body: &Map<String, Value>,
 ) -> Result<(String, Map<String, Value>), PlanErrors> {
     let mut errors = Vec::new();

@@ -54,6 +54,9 @@ impl From<Digest> for String {
     }
 }
 
+/// The longest image reference taken, normalised (registry and `library/` added).
+const MAX_REFERENCE_LEN: usize = 512;
+
 /// An OCI image reference, `[registry/]repository[:tag][@digest]`, normalised as Docker
 /// does: without a registry part it is `docker.io`, and `library/` is added to one-part
 /// Docker Hub names.
@@ -73,7 +76,10 @@ impl ImageRef {
     /// Parses a reference; refuses anything Docker would refuse.
     pub fn parse(text: &str) -> Result<ImageRef, Invalid> {
         let bad = |why: &str| Invalid(format!("invalid image reference `{text}`: {why}"));
-        if text.is_empty() || text.len() > 512 || text.chars().any(char::is_whitespace) {
+        if text.is_empty()
+            || text.len() > MAX_REFERENCE_LEN
+            || text.chars().any(char::is_whitespace)
+        {
             return Err(bad("empty, too long or contains white space"));
         }
         let (name_and_tag, digest) = match text.split_once('@') {
@@ -128,12 +134,18 @@ impl ImageRef {
         if registry.is_empty() {
             return Err(bad("empty registry"));
         }
-        Ok(ImageRef {
+        let image = ImageRef {
             registry,
             repository,
             tag,
             digest,
-        })
+        };
+        // The limit holds for the normalised form too (`docker.io/library/` added), which
+        // is what a release stores and what is parsed again later.
+        if image.to_string().len() > MAX_REFERENCE_LEN {
+            return Err(bad("longer than 512 characters with its registry"));
+        }
+        Ok(image)
     }
 
     /// `registry/repository@digest`: the form a release pins.
@@ -218,5 +230,12 @@ mod tests {
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad} should be refused");
         }
+        // 500 characters, 518 with `docker.io/library/`: refused, since the stored
+        // normalised form would not parse again.
+        let long = "a".repeat(500);
+        let error = ImageRef::parse(&long).expect_err("too long once normalised");
+        assert!(error.0.contains("512"), "{error:?}");
+        let fits = "a".repeat(512 - "docker.io/library/".len());
+        assert!(ImageRef::parse(&fits).is_ok());
     }
 }
