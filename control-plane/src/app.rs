@@ -2,6 +2,7 @@
 //! the control plane offers, over the store, the PKI and the live agent sessions.
 //! Protocol layers only translate requests and errors.
 
+mod asked;
 mod audit;
 mod checks;
 mod clients;
@@ -107,9 +108,9 @@ pub struct App {
     /// The task-pack runs this replica drives.
     pub run_engine: runs::RunEngine,
     /// Target checks waiting for their agent's answer.
-    checks: checks::PendingChecks,
+    checks: asked::Asked<(bool, String)>,
     /// Route updates and reads waiting for their agent's answer.
-    routes: routers::PendingRoutes,
+    routes: asked::Asked<stella_proto::v1::RouteResult>,
     /// Agent binaries and packages served under `/downloads/`.
     pub downloads: downloads::Downloads,
 }
@@ -274,8 +275,8 @@ impl App {
             audit_log: AuditLog::default(),
             document_cache: documents::DocumentCache::default(),
             run_engine: runs::RunEngine::default(),
-            checks: checks::PendingChecks::default(),
-            routes: routers::PendingRoutes::default(),
+            checks: asked::Asked::new("target check"),
+            routes: asked::Asked::new("route request"),
         }
     }
 
@@ -315,8 +316,8 @@ impl App {
             identity: self.identity.clone(),
             api_tls: None,
             run_engine: runs::RunEngine::default(),
-            checks: checks::PendingChecks::default(),
-            routes: routers::PendingRoutes::default(),
+            checks: asked::Asked::new("target check"),
+            routes: asked::Asked::new("route request"),
             downloads: self.downloads.clone(),
         }
     }

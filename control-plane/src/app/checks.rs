@@ -5,11 +5,9 @@
 //! added — and the answer (`CheckResult`) comes back on it. Nothing is stored: a check
 //! is asked of the agent session this replica holds, and waited for a bounded time.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use stella_proto::v1;
-use tokio::sync::oneshot;
 
 use super::{now_ms, App};
 use crate::domain::{AgentState, DeploySpec, Target, TargetSpec};
@@ -17,24 +15,6 @@ use crate::error::{AppError, ErrorKind};
 
 /// How long the server waits for an agent's answer (the agent gives the target 20 s).
 const CHECK_WAIT: Duration = Duration::from_secs(25);
-
-/// A check waiting for its answer: the agent asked (only its answer counts) and where
-/// the answer (`ok`, message) goes.
-type Waiting = (String, oneshot::Sender<(bool, String)>);
-
-/// Checks asked of agents on this replica and not answered yet, by check id.
-#[derive(Default)]
-pub(crate) struct PendingChecks {
-    waiting: parking_lot::Mutex<HashMap<String, Waiting>>,
-}
-
-impl std::fmt::Debug for PendingChecks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingChecks")
-            .field("waiting", &self.waiting.lock().len())
-            .finish()
-    }
-}
 
 /// What an agent said of a target.
 #[derive(Debug, Clone)]
@@ -103,26 +83,19 @@ impl App {
                 .map_err(|e| AppError::internal("encoding secrets", &e))?;
         }
 
-        let check_id = uuid::Uuid::new_v4().to_string();
-        let (answer_tx, answer_rx) = oneshot::channel();
-        self.checks
-            .waiting
-            .lock()
-            .insert(check_id.clone(), (agent.id.clone(), answer_tx));
         let started = std::time::Instant::now();
-        let message = v1::ServerMessage {
-            body: Some(v1::server_message::Body::CheckTarget(v1::CheckTarget {
-                check_id: check_id.clone(),
-                payload_json: payload.to_string().into_bytes(),
-            })),
-        };
-        let answer = if self.sessions.send(&agent.id, message).await {
-            tokio::time::timeout(CHECK_WAIT, answer_rx).await.ok()
-        } else {
-            None
-        };
-        self.checks.waiting.lock().remove(&check_id);
-        let Some(Ok((ok, message))) = answer else {
+        let answer = self
+            .checks
+            .ask(&self.sessions, &agent.id, CHECK_WAIT, |check_id| {
+                v1::ServerMessage {
+                    body: Some(v1::server_message::Body::CheckTarget(v1::CheckTarget {
+                        check_id,
+                        payload_json: payload.to_string().into_bytes(),
+                    })),
+                }
+            })
+            .await;
+        let Some((ok, message)) = answer else {
             return Err(AppError::new(
                 ErrorKind::Unavailable,
                 "check_unanswered",
@@ -145,55 +118,8 @@ impl App {
 
     /// An agent's answer to a check; ignored unless that agent was asked.
     pub(crate) fn complete_check(&self, agent_id: &str, result: v1::CheckResult) {
-        self.checks.complete(agent_id, result);
-    }
-}
-
-impl PendingChecks {
-    /// Hands an answer to the check it answers, if `agent_id` is the agent asked;
-    /// whether it was taken.
-    fn complete(&self, agent_id: &str, result: v1::CheckResult) -> bool {
-        let mut waiting = self.waiting.lock();
-        match waiting.get(&result.check_id) {
-            Some((asked, _)) if asked == agent_id => {
-                if let Some((_, answer)) = waiting.remove(&result.check_id) {
-                    let _ = answer.send((result.ok, result.message));
-                }
-                true
-            }
-            Some(_) => {
-                tracing::warn!(%agent_id, check_id = %result.check_id, "a check result from an agent that was not asked; ignored");
-                false
-            }
-            None => {
-                tracing::debug!(%agent_id, check_id = %result.check_id, "a check result nobody waits for");
-                false
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_agent_asked_answers_a_check() {
-        let checks = PendingChecks::default();
-        let (tx, mut rx) = oneshot::channel();
-        checks
-            .waiting
-            .lock()
-            .insert("c1".into(), ("agent-a".into(), tx));
-        let answer = |ok| v1::CheckResult {
-            check_id: "c1".into(),
-            ok,
-            message: "m".into(),
-        };
-        assert!(!checks.complete("agent-b", answer(true)), "another agent");
-        assert!(rx.try_recv().is_err());
-        assert!(checks.complete("agent-a", answer(false)));
-        assert_eq!(rx.try_recv().ok(), Some((false, "m".to_owned())));
-        assert!(!checks.complete("agent-a", answer(true)), "answered once");
+        let id = result.check_id.clone();
+        self.checks
+            .complete(agent_id, &id, (result.ok, result.message));
     }
 }

@@ -5,12 +5,11 @@
 //! in memory, waited for a bounded time. Nothing about a route is stored here: the
 //! router itself is where a route lives, and `current` reads it from there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use stella_proto::v1;
 use stella_routers::{Backend, RouteName};
-use tokio::sync::oneshot;
 
 use super::{conflict_as, invalid, not_found_as, now_ms, validate_name, App};
 use crate::domain::{AgentState, Router, RouterKind};
@@ -19,24 +18,6 @@ use crate::error::{AppError, ErrorKind};
 /// How long the server waits for an agent's answer (an nginx apply allows its commands
 /// `timeout_seconds`, 30 by default, but takes well under a second on a quiet host).
 const ROUTE_WAIT: Duration = Duration::from_secs(30);
-
-/// A route request waiting for its answer: the agent asked (only its answer counts)
-/// and where the answer goes.
-type Waiting = (String, oneshot::Sender<v1::RouteResult>);
-
-/// Route requests sent to agents on this replica and not answered yet, by request id.
-#[derive(Default)]
-pub(crate) struct PendingRoutes {
-    waiting: parking_lot::Mutex<HashMap<String, Waiting>>,
-}
-
-impl std::fmt::Debug for PendingRoutes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingRoutes")
-            .field("waiting", &self.waiting.lock().len())
-            .finish()
-    }
-}
 
 /// A route as the router reports it, after an apply or on a read.
 #[derive(Debug, Clone)]
@@ -255,30 +236,23 @@ impl App {
             .kind
             .settings_json(&router.settings)
             .map_err(invalid)?;
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let (answer_tx, answer_rx) = oneshot::channel();
-        self.routes
-            .waiting
-            .lock()
-            .insert(request_id.clone(), (agent.id.clone(), answer_tx));
         let started = std::time::Instant::now();
-        let message = v1::ServerMessage {
-            body: Some(v1::server_message::Body::RouteUpdate(v1::RouteUpdate {
-                request_id: request_id.clone(),
-                router_kind: router.kind.as_str().to_owned(),
-                settings_json: settings.to_string().into_bytes(),
-                route: route.to_string(),
-                backends_json,
-                read_only,
-            })),
-        };
-        let answer = if self.sessions.send(&agent.id, message).await {
-            tokio::time::timeout(ROUTE_WAIT, answer_rx).await.ok()
-        } else {
-            None
-        };
-        self.routes.waiting.lock().remove(&request_id);
-        let Some(Ok(result)) = answer else {
+        let answer = self
+            .routes
+            .ask(&self.sessions, &agent.id, ROUTE_WAIT, |request_id| {
+                v1::ServerMessage {
+                    body: Some(v1::server_message::Body::RouteUpdate(v1::RouteUpdate {
+                        request_id,
+                        router_kind: router.kind.as_str().to_owned(),
+                        settings_json: settings.to_string().into_bytes(),
+                        route: route.to_string(),
+                        backends_json,
+                        read_only,
+                    })),
+                }
+            })
+            .await;
+        let Some(result) = answer else {
             return Err(AppError::new(
                 ErrorKind::Unavailable,
                 "route_unanswered",
@@ -316,57 +290,14 @@ impl App {
 
     /// An agent's answer to a route request; ignored unless that agent was asked.
     pub(crate) fn complete_route(&self, agent_id: &str, result: v1::RouteResult) {
-        self.routes.complete(agent_id, result);
-    }
-}
-
-impl PendingRoutes {
-    /// Hands an answer to the request it answers, if `agent_id` is the agent asked;
-    /// whether it was taken.
-    fn complete(&self, agent_id: &str, result: v1::RouteResult) -> bool {
-        let mut waiting = self.waiting.lock();
-        match waiting.get(&result.request_id) {
-            Some((asked, _)) if asked == agent_id => {
-                if let Some((_, answer)) = waiting.remove(&result.request_id) {
-                    let _ = answer.send(result);
-                }
-                true
-            }
-            Some(_) => {
-                tracing::warn!(%agent_id, request_id = %result.request_id, "a route result from an agent that was not asked; ignored");
-                false
-            }
-            None => {
-                tracing::debug!(%agent_id, request_id = %result.request_id, "a route result nobody waits for");
-                false
-            }
-        }
+        let id = result.request_id.clone();
+        self.routes.complete(agent_id, &id, result);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_agent_asked_answers_a_route_request() {
-        let routes = PendingRoutes::default();
-        let (tx, mut rx) = oneshot::channel();
-        routes
-            .waiting
-            .lock()
-            .insert("r1".into(), ("agent-a".into(), tx));
-        let answer = |ok| v1::RouteResult {
-            request_id: "r1".into(),
-            ok,
-            ..v1::RouteResult::default()
-        };
-        assert!(!routes.complete("agent-b", answer(true)), "another agent");
-        assert!(rx.try_recv().is_err());
-        assert!(routes.complete("agent-a", answer(false)));
-        assert_eq!(rx.try_recv().ok().map(|r| r.ok), Some(false));
-        assert!(!routes.complete("agent-a", answer(true)), "answered once");
-    }
 
     #[test]
     fn failures_map_to_fitting_statuses() {
