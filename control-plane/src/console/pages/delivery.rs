@@ -279,15 +279,7 @@ pub async fn dashboard_page(
 
 /// `GET /console/pipeline`
 pub async fn pipeline_page(State(state): State<ApiState>, signed: Signed) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Pipeline,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+    show(&state, &signed, &View::Pipeline).await
 }
 
 /// The new-environment form of the pipeline page.

@@ -286,6 +286,19 @@ async fn visible_tenants(state: &ApiState, signed: &Signed) -> Vec<String> {
         .collect()
 }
 
+/// A page as it is (`GET`), with nothing above it.
+async fn show(state: &ApiState, signed: &Signed, view: &View) -> Response {
+    page(
+        state,
+        signed,
+        view,
+        Banner::default(),
+        http::StatusCode::OK,
+        Extra::default(),
+    )
+    .await
+}
+
 /// A list page (`GET` with `?q=…&page=…`); a query that is not a listing is refused
 /// with the page's error.
 async fn list_page(
@@ -295,17 +308,7 @@ async fn list_page(
     view: fn(Listing) -> View,
 ) -> Response {
     match Listing::parse(query.as_deref().unwrap_or_default()) {
-        Some(listing) => {
-            page(
-                state,
-                signed,
-                &view(listing),
-                Banner::default(),
-                http::StatusCode::OK,
-                Extra::default(),
-            )
-            .await
-        }
+        Some(listing) => show(state, signed, &view(listing)).await,
         None => {
             let error = AppError::invalid("the filter is not `?q=TEXT&page=N` (N from 1)");
             error_page(state, signed, &view(Listing::default()), &error).await

@@ -155,21 +155,14 @@ fn gate_status(status: stella_decision::gates::GateStatus) -> &'static str {
         GateStatus::NotConfigured => "skipped",
     }
 }
+
 /// `GET /console/promotions/{id}`
 pub async fn promotion_page(
     State(state): State<ApiState>,
     signed: Signed,
     Path(id): Path<String>,
 ) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Promotion(id),
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+    show(&state, &signed, &View::Promotion(id)).await
 }
 
 /// The approve / reject form of a promotion.

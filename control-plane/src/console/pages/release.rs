@@ -128,15 +128,7 @@ pub async fn release_page(
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
     let view = View::Release(name, version);
-    page(
-        &state,
-        &signed,
-        &view,
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+    show(&state, &signed, &view).await
 }
 
 /// `GET /console/decisions/{id}/evidence`: the evidence packet, as `GET

@@ -206,15 +206,7 @@ pub async fn run_page(
     signed: Signed,
     Path(id): Path<String>,
 ) -> Response {
-    page(
-        &state,
-        &signed,
-        &View::Run(id),
-        Banner::default(),
-        http::StatusCode::OK,
-        Extra::default(),
-    )
-    .await
+    show(&state, &signed, &View::Run(id)).await
 }
 
 /// The approve / reject form of a run's gate.
