@@ -155,3 +155,38 @@ pub fn path(segment: &str) -> String {
         })
         .collect()
 }
+
+/// A kind of target or router as `--help` describes it.
+pub(super) struct Kind {
+    pub(super) name: &'static str,
+    pub(super) about: &'static str,
+    /// `(key, what it does [default])`.
+    pub(super) settings: &'static [(&'static str, &'static str)],
+}
+
+/// A `--kind` parser offering `kinds`, each with its one-line help.
+pub(super) fn kind_parser(kinds: &'static [Kind]) -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        kinds
+            .iter()
+            .map(|kind| clap::builder::PossibleValue::new(kind.name).help(kind.about)),
+    )
+}
+
+/// `heading`, then each of `kinds` with its settings, aligned: the `--help` text of a
+/// `create` command.
+pub(super) fn kinds_help(heading: &str, kinds: &[Kind]) -> String {
+    let width = kinds
+        .iter()
+        .flat_map(|kind| kind.settings.iter().map(|(key, _)| key.len()))
+        .max()
+        .unwrap_or(0);
+    let mut text = heading.to_owned();
+    for kind in kinds {
+        text.push_str(&format!("\n\n{} — {}", kind.name, kind.about));
+        for (key, about) in kind.settings {
+            text.push_str(&format!("\n  {key:<width$}  {about}"));
+        }
+    }
+    text
+}

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -18,7 +17,7 @@ pub enum RouterCommand {
         /// Name, unique in the tenant.
         name: String,
         /// What it is; see the kinds and their settings below.
-        #[arg(long, value_parser = kind_parser())]
+        #[arg(long, value_parser = super::kind_parser(KINDS))]
         kind: String,
         /// The agent that drives it (name or id).
         #[arg(long)]
@@ -177,18 +176,10 @@ fn parse_backend(s: &str) -> Result<Value, String> {
     Ok(backend)
 }
 
-/// A router kind and its settings, for `--help`.
-struct Kind {
-    name: &'static str,
-    about: &'static str,
-    /// `(key, what it does [default])`.
-    settings: &'static [(&'static str, &'static str)],
-}
-
 /// The kinds the control plane knows. Agents drive nginx and HAProxy where installed;
 /// Traefik and ALB routers can be created only on an agent that advertises them.
-const KINDS: &[Kind] = &[
-    Kind {
+const KINDS: &[super::Kind] = &[
+    super::Kind {
         name: "nginx",
         about: "one route file per route, checked with nginx -t, reloaded gracefully",
         settings: &[
@@ -219,7 +210,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: "haproxy",
         about: "server-template slots set through the Runtime API, no reload",
         settings: &[
@@ -233,7 +224,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: "traefik",
         about: "the file provider's dynamic configuration (generator; no agent drives it yet)",
         settings: &[
@@ -250,7 +241,7 @@ const KINDS: &[Kind] = &[
             ("scheme", "http or https [default: http]"),
         ],
     },
-    Kind {
+    super::Kind {
         name: "alb",
         about: "AWS ALB weighted forward actions (generator; no agent drives it yet)",
         settings: &[
@@ -276,29 +267,12 @@ const KINDS: &[Kind] = &[
     },
 ];
 
-fn kind_parser() -> PossibleValuesParser {
-    PossibleValuesParser::new(
-        KINDS
-            .iter()
-            .map(|kind| PossibleValue::new(kind.name).help(kind.about)),
-    )
-}
-
 /// The `--help` text listing each kind's settings.
 fn kinds_help() -> String {
-    let width = KINDS
-        .iter()
-        .flat_map(|kind| kind.settings.iter().map(|(key, _)| key.len()))
-        .max()
-        .unwrap_or(0);
-    let mut text = String::from("Router kinds and their settings (--set KEY=VALUE):");
-    for kind in KINDS {
-        text.push_str(&format!("\n\n{} — {}", kind.name, kind.about));
-        for (key, about) in kind.settings {
-            text.push_str(&format!("\n  {key:<width$}  {about}"));
-        }
-    }
-    text
+    super::kinds_help(
+        &String::from("Router kinds and their settings (--set KEY=VALUE):"),
+        KINDS,
+    )
 }
 
 #[cfg(test)]

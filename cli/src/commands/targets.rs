@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -21,7 +20,7 @@ pub enum TargetCommand {
         #[arg(long)]
         env: String,
         /// What it is; see the kinds and their settings below.
-        #[arg(long, value_parser = kind_parser())]
+        #[arg(long, value_parser = super::kind_parser(KINDS))]
         kind: String,
         /// The agent that drives it (name or id); it must be able to drive the kind.
         #[arg(long)]
@@ -264,18 +263,10 @@ async fn confirm_host_key(settings: &BTreeMap<String, String>) -> anyhow::Result
     }
 }
 
-/// A target kind this build can deploy to, and its settings.
-struct Kind {
-    name: &'static str,
-    about: &'static str,
-    /// `(key, what it does [default])`.
-    settings: &'static [(&'static str, &'static str)],
-}
-
 /// The kinds linked into this binary. The control plane knows more kinds than any one
 /// agent build drives; only these are offered. A new kind adds an entry here.
-const KINDS: &[Kind] = &[
-    Kind {
+const KINDS: &[super::Kind] = &[
+    super::Kind {
         name: stella_target_docker::KIND,
         about: "containers on the agent's Docker engine",
         settings: &[
@@ -320,7 +311,7 @@ const KINDS: &[Kind] = &[
             ("env.NAME", "the container's environment variable NAME"),
         ],
     },
-    Kind {
+    super::Kind {
         name: stella_target_compose::KIND,
         about: "a Docker Compose project on the agent's host, deployed from a digest-pinned lock file",
         settings: &[
@@ -358,7 +349,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: stella_target_ssh::KIND,
         about: "a host without an agent, driven over SSH (its docker CLI, or a deploy script)",
         settings: &[
@@ -401,7 +392,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: stella_target_winrm::KIND,
         about: "a Windows host without an agent, driven over WinRM (a PowerShell deploy script)",
         settings: &[
@@ -441,7 +432,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: stella_target_ecs::KIND,
         about: "an existing AWS ECS service, updated through the ECS API to new task definition revisions",
         settings: &[
@@ -482,7 +473,7 @@ const KINDS: &[Kind] = &[
             ),
         ],
     },
-    Kind {
+    super::Kind {
         name: stella_target_nomad::KIND,
         about: "a HashiCorp Nomad job, driven through the Nomad HTTP API",
         settings: &[
@@ -518,32 +509,15 @@ const KINDS: &[Kind] = &[
     },
 ];
 
-fn kind_parser() -> PossibleValuesParser {
-    PossibleValuesParser::new(
-        KINDS
-            .iter()
-            .map(|kind| PossibleValue::new(kind.name).help(kind.about)),
-    )
-}
-
 /// The `--help` text listing each kind's settings.
 fn kinds_help() -> String {
-    let width = KINDS
-        .iter()
-        .flat_map(|kind| kind.settings.iter().map(|(key, _)| key.len()))
-        .max()
-        .unwrap_or(0);
-    let mut text = String::from(
-        "Values may use the environment's variables and secrets: ${var.NAME}, ${secret.NAME} \
+    super::kinds_help(
+        &String::from(
+            "Values may use the environment's variables and secrets: ${var.NAME}, ${secret.NAME} \
          ($${ for a literal ${).\n\nTarget kinds and their settings (--set KEY=VALUE):",
-    );
-    for kind in KINDS {
-        text.push_str(&format!("\n\n{} — {}", kind.name, kind.about));
-        for (key, about) in kind.settings {
-            text.push_str(&format!("\n  {key:<width$}  {about}"));
-        }
-    }
-    text
+        ),
+        KINDS,
+    )
 }
 
 #[cfg(test)]
