@@ -18,6 +18,7 @@ mod offline;
 mod promotions;
 mod registries;
 mod releases;
+mod rollouts;
 mod routers;
 pub mod runs;
 mod scans;
@@ -37,6 +38,7 @@ pub use evidence::Replay;
 pub use offline::{BundledKit, EvidenceImport, MAX_KIT_RELEASES};
 pub use promotions::PromotionDetail;
 pub use releases::ComponentRequest;
+pub use rollouts::{endpoint_of, run_rollout_driver, RolloutDetail, DRAIN};
 pub use routers::{AppliedRoute, RouteFailure};
 pub use scans::{
     Reevaluation, ReportDetail, ScanDetail, ScanImport, ShownFinding, ShownSuppression,

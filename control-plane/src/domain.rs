@@ -69,6 +69,7 @@ mod identity;
 mod image;
 mod promotion;
 mod release;
+mod rollout;
 mod router;
 mod run;
 mod target;
@@ -78,6 +79,7 @@ mod webhook;
 
 pub use deployment::*;
 pub use drift::*;
+pub use rollout::*;
 pub use environment::*;
 pub use event::*;
 pub use identity::*;

@@ -355,6 +355,7 @@ pub fn spawn_background(app: &Arc<App>, stop: &CancellationToken) -> Vec<JoinHan
         tokio::spawn(crate::gateway::run_background(app.clone(), stop.clone())),
         tokio::spawn(crate::app::run_webhook_sender(app.clone(), stop.clone())),
         tokio::spawn(crate::app::runs::run_task_runner(app.clone(), stop.clone())),
+        tokio::spawn(crate::app::run_rollout_driver(app.clone(), stop.clone())),
         tokio::spawn(crate::app::run_audit_checkpointer(
             app.clone(),
             stop.clone(),

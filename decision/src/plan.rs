@@ -89,6 +89,20 @@ pub struct Plan {
     /// checks). Absent fields leave the hash of plans made before workflows unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<WorkflowInput>,
+    /// How the release reaches the targets, when not all at once: the environment's
+    /// strategy and the steps it compiles to over these targets. Absent for all-at-once,
+    /// which leaves the hash of plans made before rollouts unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutInput>,
+}
+
+/// A progressive rollout as a plan binds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutInput {
+    /// The environment's strategy.
+    pub strategy: crate::rollout::Strategy,
+    /// The steps it compiles to over the plan's targets ([`crate::rollout::compile`]).
+    pub steps: Vec<crate::rollout::Step>,
 }
 
 /// A task pack an environment names as its promotion workflow, compiled for one
@@ -202,6 +216,12 @@ impl Plan {
                 changes.push("the promotion workflow changed".to_owned());
             }
             _ => {}
+        }
+        if self.rollout != earlier.rollout {
+            changes.push(format!(
+                "the rollout strategy of `{}` changed",
+                self.gates.environment
+            ));
         }
         if self.secrets != earlier.secrets {
             let names: BTreeSet<&String> = self

@@ -144,7 +144,9 @@ pub enum Slot {
     Stable,
     /// The canary container.
     Canary,
-    /// The slot serving before a blue-green switch (the container in service).
+    /// The slot serving before a blue-green switch. Blue-green as [`compile`] writes it
+    /// keeps the old set in the stable slot, so only rollbacks of steps recorded before
+    /// that name it.
     Blue,
     /// The new slot of a blue-green deployment.
     Green,
@@ -272,18 +274,29 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             keep_old, analysis, ..
         } => {
             steps.push(Step::Deploy {
-                targets: all,
+                targets: all.clone(),
                 slot: Slot::Green,
             });
             push_analysis(&mut steps, analysis.as_ref());
             steps.push(Step::Route {
-                weights: vec![(Slot::Blue, 0), (Slot::Green, 100)],
+                weights: vec![(Slot::Stable, 0), (Slot::Green, 100)],
                 matched: None,
             });
             if !keep_old.is_zero() {
                 steps.push(Step::Pause(PauseKind::For(*keep_old)));
             }
-            steps.push(Step::Retire { slot: Slot::Blue });
+            // The old set (the stable containers, taking no traffic now) is replaced by
+            // the new release, traffic goes back to it, and green is retired: between
+            // rollouts only stable containers run, on the ports the targets publish.
+            steps.push(Step::Deploy {
+                targets: all,
+                slot: Slot::Stable,
+            });
+            steps.push(Step::Route {
+                weights: vec![(Slot::Stable, 100), (Slot::Green, 0)],
+                matched: None,
+            });
+            steps.push(Step::Retire { slot: Slot::Green });
         }
         Strategy::Canary {
             steps: weights,

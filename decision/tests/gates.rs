@@ -45,6 +45,7 @@ fn plan() -> Plan {
         }],
         secrets: BTreeMap::new(),
         workflow: None,
+        rollout: None,
     }
 }
 

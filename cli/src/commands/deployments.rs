@@ -41,6 +41,26 @@ pub enum DeploymentCommand {
         /// Id (or a unique prefix of at least 8 characters).
         id: String,
     },
+    /// Rollout: end the current pause (a `--pause manual` step, or a timed one early).
+    Promote {
+        /// Id (or a unique prefix of at least 8 characters).
+        id: String,
+    },
+    /// Rollout: start no further step until `resume`.
+    Pause {
+        /// Id (or a unique prefix of at least 8 characters).
+        id: String,
+    },
+    /// Rollout: go on after `pause`.
+    Resume {
+        /// Id (or a unique prefix of at least 8 characters).
+        id: String,
+    },
+    /// Rollout: roll back what it changed, now (traffic back to the old version first).
+    Abort {
+        /// Id (or a unique prefix of at least 8 characters).
+        id: String,
+    },
 }
 
 /// `stella rollback --env E [--to VERSION]`
@@ -110,6 +130,10 @@ pub async fn deployment(context: &Context, command: DeploymentCommand) -> anyhow
                 );
             });
         }
+        DeploymentCommand::Promote { id } => move_rollout(context, &id, "promote").await?,
+        DeploymentCommand::Pause { id } => move_rollout(context, &id, "pause").await?,
+        DeploymentCommand::Resume { id } => move_rollout(context, &id, "resume").await?,
+        DeploymentCommand::Abort { id } => move_rollout(context, &id, "abort").await?,
         DeploymentCommand::Logs { id, follow: true } => {
             let mut printer = LogPrinter {
                 format: context.format,
@@ -132,6 +156,24 @@ pub async fn deployment(context: &Context, command: DeploymentCommand) -> anyhow
             });
         }
     }
+    Ok(())
+}
+
+/// `stella deployment promote|pause|resume|abort ID`: the request is recorded and its
+/// rollout's driver acts on it within a second (the deployment's log says when).
+async fn move_rollout(context: &Context, id: &str, action: &str) -> anyhow::Result<()> {
+    let value = context
+        .client
+        .post(&format!("/deployments/{}/{action}", path(id)), json!({}))
+        .await?;
+    context.print(&value, |value| {
+        println!(
+            "deployment {}: {action} requested; rollout {} at step {}",
+            cell(value, "/id"),
+            cell(value, "/rollout/state"),
+            cell(value, "/rollout/current_step"),
+        );
+    });
     Ok(())
 }
 
@@ -322,6 +364,7 @@ fn deployment_details(value: &Value, components: &BTreeMap<String, Vec<Component
             ("finished", "/finished_at"),
         ],
     );
+    rollout_details(&value["rollout"]);
     let tasks = value["tasks"].as_array().cloned().unwrap_or_default();
     if tasks.is_empty() {
         return;
@@ -329,8 +372,16 @@ fn deployment_details(value: &Value, components: &BTreeMap<String, Vec<Component
     println!();
     rows(
         &value["tasks"],
-        &["target", "state", "epoch", "finished", "message"],
-        &["/target", "/state", "/epoch", "/finished_at", "/message"],
+        &["target", "kind", "slot", "state", "epoch", "finished", "message"],
+        &[
+            "/target",
+            "/kind",
+            "/slot",
+            "/state",
+            "/epoch",
+            "/finished_at",
+            "/message",
+        ],
     );
     let mut component_rows = Vec::new();
     for task in &tasks {
@@ -350,5 +401,54 @@ fn deployment_details(value: &Value, components: &BTreeMap<String, Vec<Component
     if !component_rows.is_empty() {
         println!();
         output::table(&["target", "component", "digest", "image"], component_rows);
+    }
+}
+
+/// The rollout part of `deployment show`: where it is, the weights, every step.
+fn rollout_details(rollout: &Value) {
+    if rollout.is_null() {
+        return;
+    }
+    let weights: Vec<String> = rollout["weights"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| format!("{} {}%", cell(w, "/slot"), cell(w, "/percent")))
+        .collect();
+    println!();
+    output::details(
+        &json!({
+            "strategy": rollout["strategy"]["strategy"],
+            "state": rollout["state"],
+            "phase": rollout["phase"],
+            "step": rollout["current_step"],
+            "weights": if weights.is_empty() { Value::Null } else { Value::from(weights.join(", ")) },
+            "message": rollout["message"],
+            "requested": rollout["requested"],
+        }),
+        &[
+            ("rollout", "/strategy"),
+            ("rollout state", "/state"),
+            ("phase", "/phase"),
+            ("current step", "/step"),
+            ("weights", "/weights"),
+            ("rollout message", "/message"),
+            ("requested", "/requested"),
+        ],
+    );
+    if rollout["steps"].as_array().is_some_and(|s| !s.is_empty()) {
+        println!();
+        rows(
+            &rollout["steps"],
+            &["step", "phase", "what", "state", "finished", "message"],
+            &[
+                "/seq",
+                "/phase",
+                "/step",
+                "/state",
+                "/finished_at",
+                "/message",
+            ],
+        );
     }
 }

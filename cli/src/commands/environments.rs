@@ -29,6 +29,8 @@ pub enum EnvCommand {
         deployment_timeout: Option<Duration>,
         #[command(flatten)]
         gates: GateArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
     /// Change an environment.
     Update {
@@ -46,6 +48,8 @@ pub enum EnvCommand {
         deployment_timeout: Option<Timeout>,
         #[command(flatten)]
         gates: GateArgs,
+        #[command(flatten)]
+        rollout: RolloutArgs,
         /// Remove every freeze window.
         #[arg(long, conflicts_with = "freeze")]
         no_freeze: bool,
@@ -204,6 +208,66 @@ impl GateArgs {
     }
 }
 
+/// How a release reaches an environment's targets (docs/rollouts.md). Giving
+/// `--strategy` replaces the whole strategy; the other flags belong to it.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Rollout")]
+pub struct RolloutArgs {
+    /// How a promotion replaces the targets: every one at once (the default), in
+    /// batches, beside the old set behind a router (blue-green), a growing share of the
+    /// traffic (canary), or the requests matching a header or cookie (a-b).
+    #[arg(long, value_parser = ["all-at-once", "rolling", "blue-green", "canary", "a-b"])]
+    strategy: Option<String>,
+    /// Canary weights in percent, increasing, ending at 100, e.g. `5,25,50,100`.
+    #[arg(long, requires = "strategy", value_name = "W,W,…")]
+    steps: Option<String>,
+    /// Wait after each batch or weight: a duration (`30s`, `2m`) or `manual` (until
+    /// `stella deployment promote`).
+    #[arg(long, requires = "strategy", value_name = "DURATION|manual")]
+    pause: Option<String>,
+    /// Rolling: targets per batch, or a percentage (`3`, `25%`).
+    #[arg(long, requires = "strategy", value_name = "N|P%")]
+    batch: Option<String>,
+    /// Rolling: at most this many targets out of service at once [default: 1].
+    #[arg(long, requires = "strategy", value_name = "N")]
+    max_unavailable: Option<String>,
+    /// Blue-green, canary, a-b: the router in front of the targets.
+    #[arg(long, requires = "strategy", value_name = "ROUTER")]
+    router: Option<String>,
+    /// Blue-green: how long the old set stays ready for an instant switch back.
+    #[arg(long, requires = "strategy", value_name = "DURATION")]
+    keep_old: Option<String>,
+    /// A-b: the requests that go to the new version, `header:NAME=VALUE` or
+    /// `cookie:NAME=VALUE`.
+    #[arg(long = "match", requires = "strategy", value_name = "header:NAME=VALUE")]
+    match_: Option<String>,
+}
+
+impl RolloutArgs {
+    /// The strategy as the body's `rollout` field, when `--strategy` was given.
+    fn fields(&self, body: &mut serde_json::Map<String, Value>) {
+        let Some(strategy) = &self.strategy else {
+            return;
+        };
+        let mut settings = serde_json::Map::new();
+        settings.insert("strategy".to_owned(), Value::from(strategy.clone()));
+        for (key, value) in [
+            ("steps", &self.steps),
+            ("pause", &self.pause),
+            ("batch", &self.batch),
+            ("max-unavailable", &self.max_unavailable),
+            ("router", &self.router),
+            ("keep-old", &self.keep_old),
+            ("match", &self.match_),
+        ] {
+            if let Some(value) = value {
+                settings.insert(key.to_owned(), Value::from(value.clone()));
+            }
+        }
+        body.insert("rollout".to_owned(), Value::Object(settings));
+    }
+}
+
 /// A deployment timeout, or back to the server's default.
 #[derive(Clone, Copy, Debug)]
 pub enum Timeout {
@@ -232,6 +296,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
             drift,
             deployment_timeout,
             gates,
+            rollout,
         } => {
             let mut body = serde_json::Map::new();
             body.insert("name".to_owned(), Value::from(name));
@@ -242,6 +307,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 json!(deployment_timeout.map(|d| d.as_secs())),
             );
             gates.fields(&mut body)?;
+            rollout.fields(&mut body);
             client.post("/environments", Value::Object(body)).await?
         }
         EnvCommand::Update {
@@ -250,6 +316,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
             drift,
             deployment_timeout,
             gates,
+            rollout,
             no_freeze,
             no_policy,
             no_workflow,
@@ -282,6 +349,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 None => {}
             }
             gates.fields(&mut change)?;
+            rollout.fields(&mut change);
             if no_freeze {
                 change.insert("freeze".to_owned(), json!([]));
             }
@@ -357,6 +425,7 @@ pub async fn env(context: &Context, command: EnvCommand) -> anyhow::Result<()> {
                 ("allow unscanned", "/allow_unscanned"),
                 ("policy", "/policy"),
                 ("workflow", "/workflow"),
+                ("rollout", "/rollout"),
                 ("verdict", "/verdict/state"),
                 ("verdict reasons", "/verdict/reasons"),
                 ("created", "/created_at"),

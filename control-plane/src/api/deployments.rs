@@ -37,9 +37,112 @@ pub struct DeploymentView {
     pub created_at: String,
     /// Finish time.
     pub finished_at: Option<String>,
-    /// One task per target (on `show`).
+    /// One task per target (on `show`); a rollout's tasks, step by step.
     #[serde(default)]
     pub tasks: Vec<TaskView>,
+    /// The rollout, when the environment's strategy is not all-at-once (on `show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// A progressive rollout: where it is and every step it ran.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    /// The strategy and its parameters.
+    #[schema(value_type = Object)]
+    pub strategy: serde_json::Value,
+    /// `running`, `paused`, `succeeded`, `rolled_back` or `failed`.
+    pub state: String,
+    /// `forward` or `rollback`.
+    pub phase: String,
+    /// The step running or next (1-based over both phases), while not over.
+    pub current_step: Option<i64>,
+    /// The weights the router was last given.
+    pub weights: Vec<WeightView>,
+    /// Why it rolled back or failed, or who paused it.
+    pub message: Option<String>,
+    /// An operator's request not acted on yet.
+    pub requested: Option<String>,
+    /// The strategy's steps, then the rollback's, described.
+    pub plan: Vec<String>,
+    /// Every step started so far.
+    pub steps: Vec<RolloutStepView>,
+}
+
+/// A slot's share of the traffic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WeightView {
+    /// `stable`, `canary`, `green`, `blue` or `b`.
+    pub slot: String,
+    /// Percent.
+    pub percent: u8,
+}
+
+/// One step of a rollout.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RolloutStepView {
+    /// Its number.
+    pub seq: i64,
+    /// `forward` or `rollback`.
+    pub phase: String,
+    /// What it does.
+    pub step: String,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// What happened.
+    pub message: Option<String>,
+    /// What it found or did (backends applied, endpoints reported).
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
+    /// Start time.
+    pub started_at: String,
+    /// End time.
+    pub finished_at: Option<String>,
+}
+
+impl RolloutView {
+    fn new(detail: crate::app::RolloutDetail) -> Self {
+        use crate::domain::describe_step;
+        let rollout = detail.rollout;
+        let current_step = (!rollout.state.is_terminal())
+            .then(|| rollout.seq_of(rollout.phase, rollout.next_step));
+        RolloutView {
+            strategy: serde_json::to_value(&rollout.strategy).unwrap_or_default(),
+            state: rollout.state.to_string(),
+            phase: rollout.phase.to_string(),
+            current_step,
+            weights: rollout
+                .weights
+                .iter()
+                .map(|(slot, percent)| WeightView {
+                    slot: crate::domain::slot_name(*slot).to_owned(),
+                    percent: *percent,
+                })
+                .collect(),
+            message: rollout.message.clone(),
+            requested: rollout.requested.as_ref().map(|(r, _)| r.to_string()),
+            plan: rollout
+                .steps
+                .iter()
+                .chain(rollout.rollback.iter())
+                .map(describe_step)
+                .collect(),
+            steps: detail
+                .records
+                .into_iter()
+                .map(|r| RolloutStepView {
+                    seq: r.seq,
+                    phase: r.phase.to_string(),
+                    step: describe_step(&r.step),
+                    state: r.state.to_string(),
+                    message: r.message,
+                    detail: r.detail,
+                    started_at: rfc3339(r.started_at_ms),
+                    finished_at: r.finished_at_ms.map(rfc3339),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A deployment task.
@@ -51,6 +154,10 @@ pub struct TaskView {
     pub target: String,
     /// Agent id.
     pub agent_id: String,
+    /// `deploy`, or `retire` (a rollout removing a slot).
+    pub kind: String,
+    /// The slot a rollout's task acts on; `null`: the target's own containers.
+    pub slot: Option<String>,
     /// `pending`, `assigned`, `succeeded`, `failed`, `cancelled`.
     pub state: String,
     /// Lease epoch.
@@ -92,12 +199,21 @@ impl DeploymentView {
             created_by: deployment.created_by,
             created_at: rfc3339(deployment.created_at_ms),
             finished_at: deployment.finished_at_ms.map(rfc3339),
+            rollout: None,
             tasks: tasks
                 .into_iter()
                 .map(|t| {
                     // The stored plan; a payload this version cannot read shows no detail.
                     let spec = serde_json::from_str::<DeploySpec>(&t.payload_json).ok();
+                    let slot = match &spec {
+                        Some(spec) => spec.slot.clone(),
+                        None => serde_json::from_str::<serde_json::Value>(&t.payload_json)
+                            .ok()
+                            .and_then(|v| v.get("slot")?.as_str().map(str::to_owned)),
+                    };
                     TaskView {
+                        kind: t.kind.to_string(),
+                        slot,
                         components: spec
                             .as_ref()
                             .map(|spec| {
@@ -191,8 +307,54 @@ pub async fn show_deployment(
 ) -> ApiResult<Json<DeploymentView>> {
     caller.require(Permission::Read)?;
     let deployment = app.find_deployment(&id).await?;
+    Ok(Json(full_view(&app, deployment).await?))
+}
+
+/// A deployment with its tasks and, if it runs as one, its rollout.
+async fn full_view(app: &crate::app::App, deployment: Deployment) -> ApiResult<DeploymentView> {
     let tasks = app.store.tasks_of_deployment(&deployment.id).await?;
-    Ok(Json(DeploymentView::new(deployment, tasks)))
+    let rollout = app.rollout_detail(&deployment.id).await?;
+    let mut view = DeploymentView::new(deployment, tasks);
+    view.rollout = rollout.map(RolloutView::new);
+    Ok(view)
+}
+
+/// Moves a rollout on: `promote` ends the current pause, `pause` stops before the next
+/// step, `resume` goes on after a pause, `abort` rolls back now.
+///
+/// The driver acts within a fraction of a second; the answer is the deployment as it is
+/// when the request is recorded (its log says when the driver acted). The id may be a
+/// unique prefix of at least 8 characters. Needs the operator role.
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/{action}", tag = "deployments", operation_id = "moveRollout",
+    params(
+        ("id" = String, Path, description = "deployment id, or a unique prefix of at least 8 characters"),
+        ("action" = String, Path, description = "`promote`, `pause`, `resume` or `abort`"),
+    ),
+    responses(
+        (status = 202, description = "Recorded; the deployment with its rollout", body = DeploymentView),
+        (status = 400, description = "Not one of the four actions (`invalid_argument`)", body = ErrorEnvelope),
+        (status = 403, description = "The caller is neither operator nor admin (`forbidden`)", body = ErrorEnvelope),
+        (status = 404, description = "No such deployment (`unknown_deployment`)", body = ErrorEnvelope),
+        (status = 409, description = "The rollout is over (`rollout_finished`), or the prefix is ambiguous (`ambiguous_id`)", body = ErrorEnvelope),
+        (status = 422, description = "The deployment deploys every target at once (`not_a_rollout`)", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn move_rollout(
+    Scoped(app): Scoped,
+    caller: Caller,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<(http::StatusCode, Json<DeploymentView>)> {
+    caller.require(Permission::Operate)?;
+    let request: crate::domain::RolloutRequest = action.parse().map_err(|_| {
+        crate::error::AppError::invalid(format!(
+            "`{action}` is not a rollout action: use promote, pause, resume or abort"
+        ))
+    })?;
+    let deployment = app.request_rollout(&id, request, &caller.0.name).await?;
+    Ok((
+        http::StatusCode::ACCEPTED,
+        Json(full_view(&app, deployment).await?),
+    ))
 }
 
 /// Which log lines to return.
@@ -302,7 +464,9 @@ pub async fn rollback(
 /// Cancels a deployment.
 ///
 /// Its unfinished tasks are cancelled and their agents told to stop them; what a task
-/// already changed on its target stays (drift shows it). The id may be a unique prefix
+/// already changed on its target stays (drift shows it). A deployment that runs as a
+/// rollout is aborted instead: its driver rolls back what the rollout changed (the
+/// answer shows it still running). The id may be a unique prefix
 /// of at least 8 characters. Needs the operator role.
 #[utoipa::path(post, path = "/api/v1/deployments/{id}/cancel", tag = "deployments", operation_id = "cancelDeployment",
     params(("id" = String, Path, description = "deployment id, or a unique prefix of at least 8 characters")),
@@ -320,6 +484,5 @@ pub async fn cancel_deployment(
 ) -> ApiResult<Json<DeploymentView>> {
     caller.require(Permission::Operate)?;
     let deployment = app.cancel_deployment(&id, &caller.0).await?;
-    let tasks = app.store.tasks_of_deployment(&deployment.id).await?;
-    Ok(Json(DeploymentView::new(deployment, tasks)))
+    Ok(Json(full_view(&app, deployment).await?))
 }

@@ -48,6 +48,10 @@ pub struct EnvironmentView {
     /// The promotion workflow's id (`sha256:` of the task-pack manifest), if the
     /// environment names one; `null`: the built-in workflow.
     pub workflow: Option<String>,
+    /// How a release reaches the targets when not all at once: the strategy (`strategy`:
+    /// `rolling`, `blue-green`, `canary`, `a-b`) and its parameters; `null`: all at once.
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<serde_json::Value>,
     /// The security verdict of what runs here, as last evaluated.
     pub verdict: Option<VerdictView>,
 }
@@ -131,6 +135,11 @@ impl EnvironmentView {
             allow_unscanned: env.gates.allow_unscanned,
             policy: env.gates.policy_id,
             workflow: env.gates.workflow_id,
+            rollout: env
+                .gates
+                .rollout
+                .as_ref()
+                .and_then(|strategy| serde_json::to_value(strategy).ok()),
             verdict,
         })
     }
@@ -176,6 +185,11 @@ pub struct CreateEnvironment {
     /// step (docs/governance.md).
     #[serde(default)]
     pub workflow: Option<String>,
+    /// The rollout strategy, as the flags of `stella env update` without `--`:
+    /// `{"strategy": "canary", "steps": "5,25,50,100", "pause": "2m", "router": "edge"}`
+    /// (docs/rollouts.md); absent: all at once.
+    #[serde(default)]
+    pub rollout: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Body of an environment change; absent fields keep their value, `null` clears it.
@@ -220,6 +234,11 @@ pub struct UpdateEnvironment {
     #[serde(default, deserialize_with = "super::envelope::present")]
     #[schema(value_type = Option<String>)]
     pub workflow: Option<Option<String>>,
+    /// The rollout strategy, as the flags of `stella env update` without `--`
+    /// (docs/rollouts.md); `null` goes back to all at once.
+    #[serde(default, deserialize_with = "super::envelope::present")]
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<Option<std::collections::BTreeMap<String, String>>>,
 }
 
 fn drift_mode(text: Option<&str>) -> Result<Option<DriftMode>, AppError> {
@@ -261,6 +280,7 @@ pub async fn create_environment(
         allow_unscanned: body.allow_unscanned,
         policy: body.policy.map(Some),
         workflow: body.workflow.map(Some),
+        rollout: body.rollout.map(Some),
     };
     let env = app.create_environment(&body.name, settings).await?;
     Ok((
@@ -346,6 +366,7 @@ pub async fn update_environment(
         allow_unscanned: body.allow_unscanned,
         policy: body.policy,
         workflow: body.workflow,
+        rollout: body.rollout,
     };
     let env = app.update_environment(&name, change).await?;
     Ok(Json(EnvironmentView::load(&app, env).await?))

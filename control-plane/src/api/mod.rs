@@ -188,6 +188,10 @@ pub fn router(tenants: Arc<Tenants>) -> Router {
         .route("/deployments/{id}", get(deployments::show_deployment))
         .route("/deployments/{id}/logs", get(deployments::deployment_logs))
         .route(
+            "/deployments/{id}/{action}",
+            post(deployments::move_rollout),
+        )
+        .route(
             "/deployments/{id}/cancel",
             post(deployments::cancel_deployment),
         )

@@ -63,7 +63,7 @@ use super::{
         decisions::list_keys,
         offline::bundle_kit, offline::import_evidence, offline::list_imported_evidence,
         deployments::list_deployments, deployments::show_deployment,
-        deployments::deployment_logs, deployments::cancel_deployment, deployments::rollback,
+        deployments::deployment_logs, deployments::cancel_deployment, deployments::move_rollout, deployments::rollback,
         drift::list_drift,
         downloads::list_downloads, downloads::get_download, downloads::agent_install_script,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::delete_webhook,

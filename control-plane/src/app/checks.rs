@@ -74,6 +74,7 @@ impl App {
                 settings,
             },
             components: Vec::new(),
+            slot: None,
         };
         let mut payload = serde_json::to_value(&spec)
             .map_err(|e| AppError::internal("encoding a check payload", &e))?;

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use super::{not_found_as, now_ms, App};
 use crate::domain::{
     format_utc_ms, substitute_variables, Agent, AgentState, DeploySpec, Deployment, DeploymentKind,
-    DeploymentState, Environment, Invalid, Release, Target, Task, TaskState, User, VariableKind,
+    DeploymentState, Environment, Invalid, Release, Target, Task, TaskKind, TaskState, User, VariableKind,
 };
 use crate::error::{AppError, ErrorKind};
 use crate::store::StoreError;
@@ -176,6 +176,7 @@ impl App {
                 deployment_id: deployment.id.clone(),
                 target: target.name.clone(),
                 agent_id: target.agent_id.clone(),
+                kind: TaskKind::Deploy,
                 epoch: 0,
                 generation: 0,
                 state: TaskState::Pending,
@@ -398,6 +399,19 @@ impl App {
         requested_by: &User,
     ) -> Result<Deployment, AppError> {
         let deployment = self.find_deployment(id_or_prefix).await?;
+        if let Some(rollout) = self.store.get_rollout(&deployment.id).await? {
+            if !rollout.state.is_terminal() {
+                // Stopping a rollout's tasks would leave the router and the slots as
+                // they are; an abort undoes them.
+                return self
+                    .request_rollout(
+                        &deployment.id,
+                        crate::domain::RolloutRequest::Abort,
+                        &requested_by.name,
+                    )
+                    .await;
+            }
+        }
         let message = format!("cancelled by {}", requested_by.name);
         let cancelled = self
             .store

@@ -7,7 +7,7 @@ use std::time::Duration;
 use stella_proto::v1;
 
 use super::{now_ms, App};
-use crate::domain::{references, DeploySpec, Deployment, Task, TaskState, VariableKind};
+use crate::domain::{references, DeploySpec, Deployment, Task, TaskKind, TaskState, VariableKind};
 use crate::error::{AppError, ErrorChain, ErrorKind};
 
 /// How often a task waiting for an unreachable agent says so again in its log.
@@ -74,7 +74,7 @@ impl App {
                     v1::TaskAssignment {
                         task_id: task.id.clone(),
                         epoch: u64::try_from(task.epoch).unwrap_or(0),
-                        kind: "deploy".to_owned(),
+                        kind: task.kind.as_str().to_owned(),
                         payload_json: payload.into_bytes(),
                         deadline_unix_ms: task.deadline_at_ms,
                     },
@@ -144,6 +144,10 @@ impl App {
     /// credentials of the registries it pulls from, and the values of the secrets its
     /// settings reference. None of these is stored with the task or logged.
     async fn wire_payload(&self, task: &Task) -> Result<String, AppError> {
+        if task.kind == TaskKind::Retire {
+            // `{deployment_id, target, slot}`: nothing to add.
+            return Ok(task.payload_json.clone());
+        }
         let spec: DeploySpec = serde_json::from_str(&task.payload_json)
             .map_err(|e| AppError::internal("decoding a stored deploy payload", &e))?;
         let mut value = serde_json::to_value(&spec)
@@ -334,9 +338,14 @@ impl App {
             }
         };
         let epoch = i64::try_from(result.epoch).unwrap_or(-1);
+        // The outcome's JSON is kept for rollouts (endpoints of a slot); a payload that is
+        // not JSON is not kept, and the result is stored all the same.
+        let output = std::str::from_utf8(&result.output_json)
+            .ok()
+            .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok());
         let updated = self
             .store
-            .complete_task(&task.id, epoch, state, &result.message, now_ms())
+            .complete_task_with_output(&task.id, epoch, state, &result.message, output, now_ms())
             .await?;
         // Acknowledge whether it was new or a duplicate: either way it is stored.
         let ack = v1::ServerMessage {
@@ -368,7 +377,7 @@ impl App {
     }
 
     /// Logs and counts a deployment that a finished task finished.
-    async fn after_task_finished(&self, deployment_id: &str) {
+    pub(super) async fn after_task_finished(&self, deployment_id: &str) {
         let deployment = match self.store.get_deployment(deployment_id).await {
             Ok(deployment) => deployment,
             Err(error) => {

@@ -1,6 +1,10 @@
 //! Environments: create, change and delete; promotion order, drift mode, deployment
 //! timeout; variables and sealed secrets.
 
+use std::collections::BTreeMap;
+
+use stella_decision::rollout::Strategy;
+
 use super::{conflict_as, invalid, not_found_as, now_ms, validate_name, App};
 use crate::domain::{validate_variable_name, DriftMode, Environment, User, Variable, VariableKind};
 use crate::error::{AppError, ErrorKind};
@@ -36,6 +40,10 @@ pub struct EnvironmentChange {
     /// A task-pack manifest, the promotion workflow; `Some(None)` goes back to the
     /// built-in one.
     pub workflow: Option<Option<String>>,
+    /// The rollout strategy as CLI-shaped settings (`strategy`, `steps`, `router`, …:
+    /// the flags of `stella env update` without `--`); `Some(None)` goes back to
+    /// all-at-once.
+    pub rollout: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// The most approvals an environment may require.
@@ -186,6 +194,12 @@ impl App {
                 Some(source) => Some(self.store_policy(&env.name, &source).await?),
             };
         }
+        if let Some(rollout) = change.rollout {
+            env.gates.rollout = match rollout {
+                None => None,
+                Some(settings) => self.check_rollout(&settings).await?,
+            };
+        }
         if let Some(workflow) = change.workflow {
             env.gates.workflow_id = match workflow {
                 None => None,
@@ -193,6 +207,41 @@ impl App {
             };
         }
         Ok(())
+    }
+
+    /// Reads a rollout strategy from its settings: `None` for all-at-once. Refused: a
+    /// setting the strategy does not take or a bad value (naming the flag), a router that
+    /// does not exist, and analysis, which this server cannot run yet.
+    async fn check_rollout(
+        &self,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Option<Strategy>, AppError> {
+        let strategy =
+            Strategy::from_settings(settings).map_err(|e| AppError::invalid(e.0))?;
+        let analysis = match &strategy {
+            Strategy::Rolling { analysis, .. }
+            | Strategy::BlueGreen { analysis, .. }
+            | Strategy::Canary { analysis, .. } => analysis.is_some(),
+            Strategy::AllAtOnce | Strategy::AB { .. } => false,
+        };
+        if analysis {
+            return Err(AppError::new(
+                ErrorKind::InvalidArgument,
+                "analysis_unavailable",
+                "--analysis is not available yet: this server cannot run metric or HTTP checks; \
+                 use --pause (a time, or `manual` with `stella deployment promote`) between steps",
+            ));
+        }
+        if let Some(router) = strategy.router() {
+            if let Err(error) = self.router(router).await {
+                return Err(AppError::new(
+                    ErrorKind::InvalidArgument,
+                    "unknown_router",
+                    format!("--router {router}: {}", error.message),
+                ));
+            }
+        }
+        Ok((strategy != Strategy::AllAtOnce).then_some(strategy))
     }
 
     /// Checks a Rego policy and stores its source by content; returns its id (the

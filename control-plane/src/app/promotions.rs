@@ -431,6 +431,15 @@ impl App {
                 (PromotionState::Deploying, line, Some(record), Some(planned))
             }
         };
+        // A progressive strategy: the deployment runs as a rollout, whose driver creates
+        // the tasks step by step.
+        let (deployment, rollout) = match (deployment, &gathered.plan.rollout) {
+            (Some((deployment, tasks)), Some(input)) => {
+                let rollout = self.new_rollout(&deployment, &tasks, input, now).await?;
+                (Some((deployment, Vec::new())), Some(rollout))
+            }
+            (deployment, _) => (deployment, None),
+        };
         let workflow_run = (decision.outcome == Outcome::Allowed
             && gathered.plan.workflow.is_some())
         .then(|| super::workflows::run_id_of(&promotion_id));
@@ -477,6 +486,7 @@ impl App {
             message: Some(&message),
             decision: record.as_ref(),
             deployment: deployment.as_ref().map(|(d, t)| (d, t.as_slice())),
+            rollout: rollout.as_ref(),
             run_id: workflow_run.as_deref(),
             event: event.as_ref(),
             at_ms: now,
@@ -539,8 +549,13 @@ impl App {
         });
         if let (Some((mut deployment, tasks)), Some(generation)) = (deployment, generation) {
             deployment.generation = generation;
-            self.deployment_created(&deployment, &tasks, release, env, now)
-                .await;
+            match &rollout {
+                Some(rollout) => self.rollout_created(&deployment, rollout).await,
+                None => {
+                    self.deployment_created(&deployment, &tasks, release, env, now)
+                        .await;
+                }
+            }
         }
         if workflow_run.is_some() {
             // Stored with the promotion first, so a crash here leaves a promotion whose
@@ -632,6 +647,7 @@ impl App {
                 .collect(),
             secrets: planned.secret_versions,
             workflow: None,
+            rollout: super::rollouts::rollout_input(env, &targets)?,
         };
         Ok((plan, targets, planned.settings))
     }

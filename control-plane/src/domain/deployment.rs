@@ -62,6 +62,16 @@ impl DeploymentState {
     }
 }
 
+string_enum!(
+    /// What a task does on its agent (`TaskAssignment.kind`).
+    TaskKind {
+        /// Bring the target (or one of its slots) to the payload's release.
+        Deploy = "deploy",
+        /// Remove one slot's containers from the target.
+        Retire = "retire",
+    }
+);
+
 impl TaskState {
     /// Whether nothing will change it any more.
     pub fn is_terminal(self) -> bool {
@@ -113,6 +123,8 @@ pub struct Task {
     pub target: String,
     /// The agent that drives the target.
     pub agent_id: String,
+    /// What it does.
+    pub kind: TaskKind,
     /// Lease epoch: increases at every (re)assignment; older results are discarded.
     pub epoch: i64,
     /// Its deployment's generation.
@@ -165,6 +177,9 @@ pub struct DeploySpec {
     pub target: TargetSpec,
     /// Components to run, pinned by digest.
     pub components: Vec<ComponentSpec>,
+    /// The slot a rollout deploys to (RFC 0005); `None`: the target's own containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// A target as an agent sees it.
@@ -208,6 +223,7 @@ impl DeploySpec {
                     image: c.image.clone(),
                 })
                 .collect(),
+            slot: None,
         }
     }
 

@@ -77,6 +77,10 @@ pub struct Gates {
     /// The promotion workflow's document id (`sha256:` of the task-pack manifest), if
     /// the environment names one; `None` runs the built-in workflow.
     pub workflow_id: Option<String>,
+    /// How a release reaches the targets when not all at once (RFC 0005); `None`:
+    /// every target at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<stella_decision::rollout::Strategy>,
 }
 
 impl Default for Gates {
@@ -89,6 +93,7 @@ impl Default for Gates {
             allow_unscanned: false,
             policy_id: None,
             workflow_id: None,
+            rollout: None,
         }
     }
 }

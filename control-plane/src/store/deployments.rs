@@ -15,15 +15,18 @@ use sqlx::{Any, Transaction};
 use super::environments::{decode_enum, not_found_environment};
 use super::error::{database, unique};
 use super::{Store, StoreError};
-use crate::domain::{Deployment, DeploymentKind, DeploymentState, Task, TaskState};
+use crate::domain::{Deployment, DeploymentKind, DeploymentState, Task, TaskKind, TaskState};
 
 /// Every `tasks` column, in [`TaskRow`] order, as one literal.
 macro_rules! task_columns {
     () => {
-        "id, deployment_id, target, agent_id, epoch, generation, state, payload_json, message, \
-         deadline_at_ms, created_at_ms, finished_at_ms"
+        "id, deployment_id, target, agent_id, kind, epoch, generation, state, payload_json, \
+         message, deadline_at_ms, created_at_ms, finished_at_ms"
     };
 }
+
+/// Every `tasks` column, in [`TaskRow`] order, for queries built elsewhere.
+pub(super) const TASK_COLUMNS: &str = task_columns!();
 
 /// `SELECT <every task column> FROM tasks <tail>`, as one literal.
 macro_rules! select_tasks {
@@ -152,14 +155,15 @@ impl Store {
         for task in tasks {
             debug_assert_eq!(task.deployment_id, deployment.id, "task {}", task.id);
             sqlx::query(
-                "INSERT INTO tasks (id, deployment_id, target, agent_id, epoch, generation, \
+                "INSERT INTO tasks (id, deployment_id, target, agent_id, kind, epoch, generation, \
                  state, payload_json, message, deadline_at_ms, created_at_ms, finished_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(task.id.as_str())
             .bind(deployment.id.as_str())
             .bind(task.target.as_str())
             .bind(task.agent_id.as_str())
+            .bind(task.kind.as_str())
             .bind(task.epoch)
             .bind(generation)
             .bind(task.state.as_str())
@@ -560,6 +564,24 @@ impl Store {
         message: &str,
         now_ms: i64,
     ) -> Result<Option<Task>, StoreError> {
+        self.complete_task_with_output(task_id, epoch, state, message, None, now_ms)
+            .await
+    }
+
+    /// [`Store::complete_task`], keeping what the agent reported with the result
+    /// (`output_json`, the deploy outcome a rollout reads endpoints from).
+    ///
+    /// A deployment that runs as a rollout is not settled here: its driver settles it
+    /// when the rollout ends.
+    pub async fn complete_task_with_output(
+        &self,
+        task_id: &str,
+        epoch: i64,
+        state: TaskState,
+        message: &str,
+        output_json: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<Task>, StoreError> {
         const OP: &str = "completing a task";
         let mut tx = self.begin_write(OP).await?;
         let deployment_id =
@@ -575,7 +597,8 @@ impl Store {
         lock_deployment(&mut tx, &deployment_id, OP).await?;
         let finished_at_ms = state.is_terminal().then_some(now_ms);
         let row = sqlx::query_as::<_, TaskRow>(concat!(
-            "UPDATE tasks SET state = $1, message = $2, finished_at_ms = $3 ",
+            "UPDATE tasks SET state = $1, message = $2, finished_at_ms = $3, ",
+            "output_json = COALESCE($6, output_json) ",
             "WHERE id = $4 AND epoch = $5 AND state IN ('pending', 'assigned') RETURNING ",
             task_columns!()
         ))
@@ -584,6 +607,7 @@ impl Store {
         .bind(finished_at_ms)
         .bind(task_id)
         .bind(epoch)
+        .bind(output_json)
         .fetch_optional(&mut *tx)
         .await
         .map_err(database(OP))?;
@@ -677,6 +701,7 @@ impl Store {
             "SELECT t.name, k.payload_json, k.generation FROM targets t \
              LEFT JOIN tasks k ON k.id = (SELECT l.id FROM tasks l \
              WHERE l.target = t.name AND l.state = 'succeeded' \
+             AND l.kind = 'deploy' AND l.slot IS NULL \
              ORDER BY l.generation DESC, l.id DESC LIMIT 1) \
              WHERE t.agent_id = $1 ORDER BY t.name",
         )
@@ -697,7 +722,7 @@ impl Store {
     /// should run there.
     pub async fn latest_succeeded_task(&self, target: &str) -> Result<Option<Task>, StoreError> {
         sqlx::query_as::<_, TaskRow>(select_tasks!(
-            "WHERE target = $1 AND state = 'succeeded' \
+            "WHERE target = $1 AND state = 'succeeded' AND kind = 'deploy' AND slot IS NULL \
              ORDER BY generation DESC, id DESC LIMIT 1"
         ))
         .bind(target)
@@ -740,6 +765,22 @@ async fn settle_deployment(
     now_ms: i64,
     op: &'static str,
 ) -> Result<(), StoreError> {
+    let rollout = sqlx::query_scalar::<_, String>(
+        "SELECT deployment_id FROM rollouts WHERE deployment_id = $1",
+    )
+    .bind(deployment_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(database(op))?;
+    if rollout.is_some() {
+        // Its driver decides when it is done (after the last step, or a rollback).
+        sqlx::query("UPDATE deployments SET state = 'running' WHERE id = $1 AND state = 'pending'")
+            .bind(deployment_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(database(op))?;
+        return Ok(());
+    }
     let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<i64>, i64)>(
         "SELECT id, target, state, message, finished_at_ms, created_at_ms FROM tasks \
          WHERE deployment_id = $1",
@@ -838,11 +879,12 @@ impl DeploymentRow {
 
 /// A `tasks` row as stored.
 #[derive(sqlx::FromRow)]
-struct TaskRow {
+pub(super) struct TaskRow {
     id: String,
     deployment_id: String,
     target: String,
     agent_id: String,
+    kind: String,
     epoch: i64,
     generation: i64,
     state: String,
@@ -854,14 +896,16 @@ struct TaskRow {
 }
 
 impl TaskRow {
-    fn into_task(self) -> Result<Task, StoreError> {
-        let state: TaskState =
-            decode_enum("task state", &format!("task {}", self.id), &self.state)?;
+    pub(super) fn into_task(self) -> Result<Task, StoreError> {
+        let row = format!("task {}", self.id);
+        let state: TaskState = decode_enum("task state", &row, &self.state)?;
+        let kind: TaskKind = decode_enum("task kind", &row, &self.kind)?;
         Ok(Task {
             id: self.id,
             deployment_id: self.deployment_id,
             target: self.target,
             agent_id: self.agent_id,
+            kind,
             epoch: self.epoch,
             generation: self.generation,
             state,

@@ -17,8 +17,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO environments (name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, workflow_id, created_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             allow_unscanned, policy_id, workflow_id, rollout_json, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(env.name.as_str())
         .bind(env.after.as_deref())
@@ -31,6 +31,7 @@ impl Store {
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
         .bind(env.gates.workflow_id.as_deref())
+        .bind(encode_rollout(env)?)
         .bind(env.created_at_ms)
         .execute(self.writer())
         .await
@@ -48,7 +49,7 @@ impl Store {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, workflow_id, created_at_ms FROM environments WHERE name = $1",
+             allow_unscanned, policy_id, workflow_id, rollout_json, created_at_ms FROM environments WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -63,7 +64,7 @@ impl Store {
         sqlx::query_as::<_, EnvironmentRow>(
             "SELECT name, after_environment, drift_mode, deployment_timeout_seconds, \
              approvals_required, approval_ttl_seconds, freeze_json, block_severity, \
-             allow_unscanned, policy_id, workflow_id, created_at_ms FROM environments ORDER BY created_at_ms, name",
+             allow_unscanned, policy_id, workflow_id, rollout_json, created_at_ms FROM environments ORDER BY created_at_ms, name",
         )
         .fetch_all(&self.pool)
         .await
@@ -82,7 +83,8 @@ impl Store {
             "UPDATE environments SET after_environment = $1, drift_mode = $2, \
              deployment_timeout_seconds = $3, approvals_required = $4, \
              approval_ttl_seconds = $5, freeze_json = $6, block_severity = $7, \
-             allow_unscanned = $8, policy_id = $9, workflow_id = $10 WHERE name = $11",
+             allow_unscanned = $8, policy_id = $9, workflow_id = $10, rollout_json = $11 \
+             WHERE name = $12",
         )
         .bind(env.after.as_deref())
         .bind(env.drift_mode.to_string())
@@ -94,6 +96,7 @@ impl Store {
         .bind(i64::from(env.gates.allow_unscanned))
         .bind(env.gates.policy_id.as_deref())
         .bind(env.gates.workflow_id.as_deref())
+        .bind(encode_rollout(env)?)
         .bind(env.name.as_str())
         .execute(self.writer())
         .await
@@ -197,7 +200,17 @@ struct EnvironmentRow {
     allow_unscanned: i64,
     policy_id: Option<String>,
     workflow_id: Option<String>,
+    rollout_json: Option<String>,
     created_at_ms: i64,
+}
+
+/// The environment's strategy as stored (NULL: all at once).
+fn encode_rollout(env: &Environment) -> Result<Option<String>, StoreError> {
+    env.gates
+        .rollout
+        .as_ref()
+        .map(|strategy| encode_json("rollout strategy", strategy))
+        .transpose()
 }
 
 impl EnvironmentRow {
@@ -221,6 +234,11 @@ impl EnvironmentRow {
                 allow_unscanned: self.allow_unscanned != 0,
                 policy_id: self.policy_id,
                 workflow_id: self.workflow_id,
+                rollout: self
+                    .rollout_json
+                    .as_deref()
+                    .map(|json| decode_json("environment rollout strategy", &row, json))
+                    .transpose()?,
             },
             created_at_ms: self.created_at_ms,
         })

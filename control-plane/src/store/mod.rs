@@ -31,6 +31,7 @@ mod offline;
 mod promotions;
 mod registries;
 mod releases;
+mod rollouts;
 mod routers;
 mod runs;
 mod scans;
@@ -54,6 +55,7 @@ pub use console::ConsoleSession;
 pub use deployments::DesiredPayload;
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;
+pub use rollouts::{StepTask, StepTaskResult};
 pub use scans::{EnvironmentVerdict, ScanLink, ScanReportRef, VerdictUpdate};
 
 use error::database;

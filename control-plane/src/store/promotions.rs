@@ -7,7 +7,7 @@ use super::error::{database, unique};
 use super::events::insert_event;
 use super::{Store, StoreError};
 use crate::domain::{
-    Approval, DecisionRecord, Deployment, Document, Event, Promotion, PromotionState, Task, Verdict,
+    Approval, DecisionRecord, Deployment, Document, Event, Promotion, PromotionState, Rollout, Task, Verdict,
 };
 
 /// How a promotion is settled or re-evaluated, in one transaction with its decision
@@ -30,6 +30,9 @@ pub struct PromotionUpdate<'a> {
     pub decision: Option<&'a DecisionRecord>,
     /// The deployment an allowed decision creates, with its tasks.
     pub deployment: Option<(&'a Deployment, &'a [Task])>,
+    /// The rollout that deployment runs as, when the environment has a progressive
+    /// strategy (its tasks are then created step by step, not with the deployment).
+    pub rollout: Option<&'a Rollout>,
     /// The workflow run an allowed decision hands the promotion to, instead of a
     /// deployment (the run is created right after).
     pub run_id: Option<&'a str>,
@@ -152,6 +155,9 @@ impl Store {
             Some((deployment, tasks)) => Some(self.insert_deployment(tx, deployment, tasks).await?),
             None => None,
         };
+        if let Some(rollout) = update.rollout {
+            self.insert_rollout(tx, rollout).await?;
+        }
         if let Some(decision) = update.decision {
             sqlx::query(
                 "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \

@@ -289,9 +289,11 @@ fn blue_green_follows_the_table() {
                 checks: "smoke".into(),
                 duration: DEFAULT_ANALYSIS
             },
-            route(&[(Slot::Blue, 0), (Slot::Green, 100)]),
+            route(&[(Slot::Stable, 0), (Slot::Green, 100)]),
             Step::Pause(PauseKind::For(Duration::from_secs(900))),
-            Step::Retire { slot: Slot::Blue },
+            deploy(&["web-00", "web-01"], Slot::Stable),
+            route(&[(Slot::Stable, 100), (Slot::Green, 0)]),
+            Step::Retire { slot: Slot::Green },
         ]
     );
 }
@@ -438,22 +440,40 @@ fn rollback_routes_back_first_then_retires_then_restores() {
             },
         ]
     );
-    // Blue-green after the switch: back to blue, green retired.
+    // Blue-green after the switch: back to the old set, green retired.
     let bg = Strategy::from_args(&["--strategy", "blue-green", "--router", "edge"]).unwrap();
     let steps = compile(&bg, &names(2)).unwrap();
     assert_eq!(
         rollback_of(&steps[..2]),
         vec![
-            route(&[(Slot::Blue, 100), (Slot::Green, 0)]),
+            route(&[(Slot::Stable, 100), (Slot::Green, 0)]),
             Step::Retire { slot: Slot::Green },
         ]
     );
-    // A finished blue-green: blue is gone, so it is restored before the route back.
+    // A finished blue-green: green is gone and stable runs the new release, which is
+    // restored to the previous one after the route back.
     assert_eq!(
         rollback_of(&steps),
         vec![
+            route(&[(Slot::Stable, 100), (Slot::Green, 0)]),
             Step::Restore {
                 targets: vec!["web-00".into(), "web-01".into()],
+                slot: Slot::Stable,
+            },
+        ]
+    );
+    // Recorded steps naming blue (the old set in a slot of its own): blue is restored
+    // before the route back.
+    let with_blue = vec![
+        deploy(&["web-00"], Slot::Green),
+        route(&[(Slot::Blue, 0), (Slot::Green, 100)]),
+        Step::Retire { slot: Slot::Blue },
+    ];
+    assert_eq!(
+        rollback_of(&with_blue),
+        vec![
+            Step::Restore {
+                targets: vec!["web-00".into()],
                 slot: Slot::Blue,
             },
             route(&[(Slot::Blue, 100), (Slot::Green, 0)]),

@@ -293,13 +293,21 @@ impl Load {
         connections: Connections,
     ) -> Self {
         let client = client_for(connections);
+        // The retry goes out on a connection of its own, never on another idle one of the
+        // pool that the same old worker may be closing at that moment.
+        let retry_client = client_for(Connections::Fresh);
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let workers = (0..concurrency)
             .map(|_| {
-                let (client, stop, done, url) =
-                    (client.clone(), stop.clone(), done.clone(), url.to_owned());
+                let (client, retry_client, stop, done, url) = (
+                    client.clone(),
+                    retry_client.clone(),
+                    stop.clone(),
+                    done.clone(),
+                    url.to_owned(),
+                );
                 tokio::spawn(async move {
                     let mut tally = Tally::default();
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
@@ -307,7 +315,7 @@ impl Load {
                         if connections == Connections::KeepAliveRetryOnce
                             && matches!(&answer, Err(e) if e.starts_with("request:"))
                         {
-                            answer = get(&client, &url, &[]).await;
+                            answer = get(&retry_client, &url, &[]).await;
                             if answer.is_ok() {
                                 tally.retried += 1;
                             }

@@ -12,7 +12,7 @@ use stella_control_plane::domain::{
     AgentState, Component, DeliveryAttempt, DeliveryState, Deployment, DeploymentKind,
     DeploymentState, Digest, DriftKind, DriftMode, DriftRecord, Environment, HelloRecord,
     HostFacts, JoinTokenRefusal, NewAgent, NewDelivery, NewJoinToken, Registry, Release, Role,
-    Target, TargetKind, Task, TaskState, User, Variable, VariableKind, Webhook, WebhookDelivery,
+    Target, TargetKind, Task, TaskKind, TaskState, User, Variable, VariableKind, Webhook, WebhookDelivery,
 };
 use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError};
 use stella_tests::TestDir;
@@ -393,6 +393,7 @@ fn task(
         deployment_id: deployment_id.to_owned(),
         target: target.to_owned(),
         agent_id: agent_id.to_owned(),
+        kind: TaskKind::Deploy,
         epoch: 0,
         generation: 0,
         state: TaskState::Pending,
