@@ -655,6 +655,7 @@ impl Target for CountingTarget {
         Ok(ApplyOutcome {
             summary: format!("applied {} (apply #{applies})", task.version),
             stickers,
+            ..ApplyOutcome::default()
         })
     }
 
@@ -699,6 +700,7 @@ pub fn deploy_payload(kind: &str) -> Vec<u8> {
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     };
     serde_json::to_vec(&task).expect("payload")
 }
@@ -731,6 +733,7 @@ pub fn deploy_task(target: &str, kind: &str, components: &[(&str, char)]) -> Dep
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     }
 }
 

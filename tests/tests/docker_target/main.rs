@@ -106,6 +106,7 @@ impl World {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         }
     }
 
