@@ -549,7 +549,8 @@ impl ComposeTarget {
         ApplyOutcome {
             summary,
             stickers: prepared.pinned.iter().map(|p| p.sticker.clone()).collect(),
-        }..ApplyOutcome::default()
+            ..ApplyOutcome::default()
+        }
     }
 }
 

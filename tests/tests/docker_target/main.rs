@@ -285,3 +285,4 @@ fn spawn_probe(
 mod crashes;
 mod deploy;
 mod drift;
+mod slots;
