@@ -147,7 +147,7 @@ pub struct JournalEntry {
     pub task_id: String,
     /// The lease epoch the task was (last) run under.
     pub epoch: u64,
-    /// The task kind (`deploy`).
+    /// The task kind (`deploy` or `retire`); the journal treats every kind alike.
     pub kind: String,
     /// Running or finished.
     pub state: EntryState,

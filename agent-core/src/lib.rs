@@ -10,7 +10,8 @@
 //! - The task [`Journal`]: a finished task is answered from disk and never executed twice;
 //!   a task a crash interrupted runs again (targets are idempotent reconcilers).
 //! - The [`Target`] trait that each target crate (`agents/*`) implements, and version
-//!   [`Sticker`]s.
+//!   [`Sticker`]s. Kinds that can ([`Target::supports_slots`]) deploy to slots beside a
+//!   target's own deployment and retire them (`retire` tasks, [`RetireTask`]; RFC 0005).
 //! - Routers beside targets (RFC 0005): the [`RouterKind`]s an agent drives (each makes
 //!   a `stella-routers` [`Router`] from a router's settings), advertised as
 //!   `router:KIND`, and the answer to a `RouteUpdate` ([`RouterRegistry`]).
@@ -39,6 +40,7 @@ pub mod identity;
 pub mod journal;
 mod router;
 mod session;
+mod slot;
 mod sticker;
 mod target;
 mod tasks;
@@ -54,10 +56,12 @@ pub use identity::Identity;
 pub use journal::Journal;
 pub use router::{Router, RouterKind, RouterRegistry, ROUTER_CAPABILITY_PREFIX};
 pub use session::{run, DEFAULT_HEARTBEAT_INTERVAL};
+pub use slot::{check_slot_name, STABLE_SLOT};
 pub use sticker::{rfc3339_utc, Sticker, StickerFields};
 pub use target::{
-    registry_of, ApplyOutcome, ComponentSpec, DeployTask, ObservedComponent, Plan, Progress,
-    RegistryCredential, RememberedSecrets, Target, TargetRegistry, TargetSpec,
+    registry_of, ApplyOutcome, ComponentSpec, DeployTask, Endpoint, ObservedComponent, Plan,
+    Progress, RegistryCredential, RememberedSecrets, RetireTask, Target, TargetRegistry,
+    TargetSpec,
 };
 
 /// Re-exported so target crates need not depend on tokio-util and async-trait themselves.

@@ -96,6 +96,31 @@ pub trait Target: Send + Sync + fmt::Debug {
     fn watch(&self, notify: mpsc::UnboundedSender<String>) {
         let _ = notify;
     }
+
+    /// Whether this kind deploys to slots ([`DeployTask::slot`]) and retires them. The
+    /// agent refuses a slot deploy for a kind that does not, before anything is touched.
+    /// The default is no.
+    fn supports_slots(&self) -> bool {
+        false
+    }
+
+    /// Removes every container (or whatever the kind runs) of `slot` on `target`, and
+    /// says how many in the outcome's summary; a slot with nothing left succeeds. The
+    /// outcome names the slot and has no stickers and no endpoints. The default refuses:
+    /// the kind has no slots.
+    async fn retire(
+        &self,
+        target: &TargetSpec,
+        slot: &str,
+        progress: &Progress,
+    ) -> Result<ApplyOutcome, TargetError> {
+        let _ = progress;
+        Err(TargetError::failed(format!(
+            "targets of kind {} have no slots: cannot retire slot {slot} of {}",
+            self.kind(),
+            target.name
+        )))
+    }
 }
 
 /// The target kinds an agent drives, by kind, and the router kinds it drives beside
@@ -185,6 +210,18 @@ pub struct DeployTask {
     /// [`DeployTask::resolved_settings`].
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
+    /// The slot to deploy to (RFC 0005): a deployment beside the target's own, for a
+    /// router to send traffic to, which a `retire` task removes later. `None` is the
+    /// target's own ("stable") deployment; a payload's `"stable"` reads as `None`, any
+    /// other name must pass [`check_slot_name`](crate::check_slot_name). A slot deploy
+    /// is not the target's desired state, writes no stickers and is not drift. Only kinds
+    /// whose [`Target::supports_slots`] run it.
+    #[serde(
+        default,
+        deserialize_with = "crate::slot::deserialize_slot",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slot: Option<String>,
 }
 
 /// Secret values by name. `Debug` shows the names only.
@@ -273,6 +310,7 @@ impl DeployTask {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Secrets::default(),
+            slot: None,
         }
     }
 
@@ -486,6 +524,43 @@ pub struct ApplyOutcome {
     /// `StickerReport`.
     #[serde(default)]
     pub stickers: Vec<Sticker>,
+    /// The slot deployed to or retired; `None` for the target's own deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// Where the deployed containers can be reached, as the engine reports them after
+    /// they run: one entry per published port binding (a router points at these, in
+    /// particular at the host ports an engine picked for a slot). Empty for kinds that
+    /// publish no ports themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One published port of a deployed component, as the engine bound it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Component name.
+    pub component: String,
+    /// The port inside the container.
+    pub container_port: u16,
+    /// `tcp` or `udp` (or whatever else the engine reports, e.g. `sctp`).
+    pub protocol: String,
+    /// The host address bound, as the engine reports it; `0.0.0.0` when it reports none.
+    pub host_ip: String,
+    /// The host port bound.
+    pub host_port: u16,
+}
+
+/// The `payload_json` of a `retire` task assignment: remove every container of a slot
+/// of a target (RFC 0005). Retiring a slot that has none succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireTask {
+    /// The deployment (rollout) this task belongs to.
+    pub deployment_id: String,
+    /// The target whose slot is retired.
+    pub target: TargetSpec,
+    /// The slot: a name that passes [`check_slot_name`](crate::check_slot_name), never
+    /// `stable`.
+    pub slot: String,
 }
 
 /// One component as found running on a target.
@@ -644,6 +719,7 @@ pub(crate) fn example_task(kind: &str) -> DeployTask {
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Secrets::default(),
+        slot: None,
     }
 }
 
@@ -670,6 +746,7 @@ mod tests {
             registry_auth,
             generation: 0,
             secrets: Secrets::default(),
+            slot: None,
         }
     }
 
@@ -813,6 +890,84 @@ mod tests {
         let json = serde_json::to_string(&task).expect("json");
         let parsed: DeployTask = serde_json::from_str(&json).expect("parse");
         assert_eq!(parsed, task);
+    }
+
+    #[test]
+    fn a_slot_is_optional_on_the_wire_and_stable_is_no_slot() {
+        let task = task_with(Vec::new());
+        let json = serde_json::to_value(&task).expect("json");
+        assert!(json.get("slot").is_none(), "absent when stable: {json}");
+        let parsed: DeployTask = serde_json::from_value(json.clone()).expect("parse");
+        assert_eq!(parsed.slot, None);
+
+        let with_slot = |slot: serde_json::Value| {
+            let mut json = json.clone();
+            json["slot"] = slot;
+            serde_json::from_value::<DeployTask>(json)
+        };
+        assert_eq!(with_slot(serde_json::json!(null)).expect("null").slot, None);
+        assert_eq!(
+            with_slot(serde_json::json!("stable")).expect("stable").slot,
+            None
+        );
+        let canary = with_slot(serde_json::json!("canary")).expect("canary");
+        assert_eq!(canary.slot.as_deref(), Some("canary"));
+        assert_eq!(
+            serde_json::to_value(&canary).expect("json")["slot"],
+            "canary"
+        );
+        for bad in ["Bad!", "", "web-canary", "abcdefghijklmnopq"] {
+            let error = with_slot(serde_json::json!(bad)).expect_err(bad);
+            assert!(
+                error.to_string().contains("is not a valid slot name"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outcome_names_its_slot_and_endpoints_only_when_it_has_them() {
+        let stable = ApplyOutcome {
+            summary: "deployed".into(),
+            ..ApplyOutcome::default()
+        };
+        let json = serde_json::to_value(&stable).expect("json");
+        assert!(
+            json.get("slot").is_none() && json.get("endpoints").is_none(),
+            "{json}"
+        );
+        let parsed: ApplyOutcome =
+            serde_json::from_str(r#"{"summary":"old agent","stickers":[]}"#).expect("parse");
+        assert_eq!(parsed.slot, None);
+        assert!(parsed.endpoints.is_empty());
+
+        let slot = ApplyOutcome {
+            summary: "web deployed".into(),
+            stickers: Vec::new(),
+            slot: Some("canary".into()),
+            endpoints: vec![Endpoint {
+                component: "web".into(),
+                container_port: 8080,
+                protocol: "tcp".into(),
+                host_ip: "0.0.0.0".into(),
+                host_port: 32768,
+            }],
+        };
+        let json = serde_json::to_value(&slot).expect("json");
+        assert_eq!(
+            json["endpoints"],
+            serde_json::json!([{
+                "component": "web",
+                "container_port": 8080,
+                "protocol": "tcp",
+                "host_ip": "0.0.0.0",
+                "host_port": 32768
+            }])
+        );
+        assert_eq!(
+            serde_json::from_value::<ApplyOutcome>(json).expect("parse"),
+            slot
+        );
     }
 
     #[test]

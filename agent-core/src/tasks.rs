@@ -1,7 +1,8 @@
 //! The tasks an agent runs: assignments checked against the journal (a finished task is
 //! answered from it, never run twice), each run with its progress journaled and its
 //! deadline kept, cancellations, acknowledgements, and the deploys that update the
-//! desired state.
+//! desired state. Task kinds: `deploy` (a [`DeployTask`], to the target's own deployment
+//! or to a slot) and `retire` (a [`RetireTask`]: remove a slot).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,8 @@ use crate::drift::Deploying;
 use crate::error::error_chain;
 use crate::fsutil;
 use crate::journal::{EntryState, Journal, JournalEntry, Outcome, StoredResult};
-use crate::target::{DeployTask, Progress, TargetRegistry};
+use crate::slot::{check_slot_name, STABLE_SLOT};
+use crate::target::{DeployTask, Progress, RetireTask, TargetRegistry};
 
 /// The tasks of this agent: the journal, what runs now, and how results reach the server.
 pub(crate) struct Tasks {
@@ -245,6 +247,8 @@ impl Tasks {
 
     /// Runs a deploy task. The drift loop leaves its target alone meanwhile; a success
     /// becomes the target's desired state, and the target is checked for drift right after.
+    /// A deploy to a slot is none of that: it changes nothing the drift loop looks at,
+    /// is not the target's desired state, and reports no stickers.
     async fn deploy(
         &self,
         payload_json: &[u8],
@@ -257,8 +261,20 @@ impl Tasks {
             deployment_id = %task.deployment_id,
             release = %task.release,
             version = %task.version,
-            target = %task.target.name
+            target = %task.target.name,
+            slot = %task.slot.as_deref().unwrap_or(STABLE_SLOT)
         );
+        if task.slot.is_some() {
+            let mut outcome = plan_and_apply(&self.targets, &task, progress, cancel)
+                .instrument(span)
+                .await?;
+            if !outcome.stickers.is_empty() {
+                tracing::warn!(target = %task.target.name, kind = %task.target.kind, "a slot deploy returned stickers; not reporting them");
+                outcome.stickers.clear();
+            }
+            outcome.slot.clone_from(&task.slot);
+            return Ok(outcome);
+        }
         let deploying = self.deploying.start(&task.target.name);
         let outcome = plan_and_apply(&self.targets, &task, progress, cancel)
             .instrument(span)
@@ -269,6 +285,47 @@ impl Tasks {
         drop(deploying);
         let _ = self.drift_notify.send(task.target.name.clone());
         outcome
+    }
+
+    /// Runs a retire task: removes what runs in a slot of a target, through the kind's
+    /// [`Target::retire`](crate::Target::retire). The drift loop does not look at slots,
+    /// and the desired state does not hold them, so neither is involved.
+    async fn retire(
+        &self,
+        payload_json: &[u8],
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<crate::ApplyOutcome, TaskFailure> {
+        let task: RetireTask = serde_json::from_slice(payload_json)
+            .map_err(|e| TaskFailure::failed(format!("invalid retire payload: {e}")))?;
+        check_slot_name(&task.slot)
+            .map_err(|reason| TaskFailure::failed(format!("cannot retire: {reason}")))?;
+        let Some(target) = self.targets.get(&task.target.kind) else {
+            return Err(TaskFailure::failed(cannot_drive(
+                &self.targets,
+                &task.target.kind,
+            )));
+        };
+        let span = tracing::info_span!(
+            "retire",
+            deployment_id = %task.deployment_id,
+            target = %task.target.name,
+            slot = %task.slot
+        );
+        progress.report(format!(
+            "retiring slot {} of {} ({})",
+            task.slot, task.target.name, task.target.kind
+        ));
+        // Removing a slot's containers is idempotent, so a cancelled retire can simply
+        // be run again.
+        let retired = tokio::select! {
+            () = cancel.cancelled() => Err(crate::TargetError::Cancelled),
+            retired = target.retire(&task.target, &task.slot, progress).instrument(span) => retired,
+        };
+        let mut outcome = retired.map_err(|e| TaskFailure::from_target(&e, cancel))?;
+        outcome.slot = Some(task.slot);
+        outcome.stickers.clear();
+        Ok(outcome)
     }
 
     pub(crate) fn send_result(&self, task_id: &str, epoch: u64, result: &StoredResult) {
@@ -326,8 +383,13 @@ async fn run_task(
                 .deploy(&assignment.payload_json, progress, cancel)
                 .await
         }
+        "retire" => {
+            tasks
+                .retire(&assignment.payload_json, progress, cancel)
+                .await
+        }
         other => Err(TaskFailure::failed(format!(
-            "unknown task kind {other:?}; this agent runs \"deploy\" tasks"
+            "unknown task kind {other:?}; this agent runs \"deploy\" and \"retire\" tasks"
         ))),
     };
     let finished_at_unix_ms = crate::now_unix_ms();
@@ -335,7 +397,10 @@ async fn run_task(
         Ok(outcome) => {
             let output_json = serde_json::to_string(&outcome).unwrap_or_default();
             let message = if outcome.summary.is_empty() {
-                "deployed".to_owned()
+                match assignment.kind.as_str() {
+                    "retire" => "retired".to_owned(),
+                    _ => "deployed".to_owned(),
+                }
             } else {
                 outcome.summary.clone()
             };
@@ -471,10 +536,25 @@ async fn plan_and_apply(
             &task.target.kind,
         )));
     };
-    progress.report(format!(
-        "planning {}@{} on {} ({})",
-        task.release, task.version, task.target.name, task.target.kind
-    ));
+    if let Some(slot) = &task.slot {
+        // Payloads are checked when parsed; a task made in code is checked here.
+        check_slot_name(slot).map_err(TaskFailure::failed)?;
+        if !target.supports_slots() {
+            return Err(TaskFailure::failed(format!(
+                "targets of kind {} have no slots: cannot deploy {}@{} to slot {slot} of {}",
+                task.target.kind, task.release, task.version, task.target.name
+            )));
+        }
+        progress.report(format!(
+            "planning {}@{} in slot {slot} of {} ({})",
+            task.release, task.version, task.target.name, task.target.kind
+        ));
+    } else {
+        progress.report(format!(
+            "planning {}@{} on {} ({})",
+            task.release, task.version, task.target.name, task.target.kind
+        ));
+    }
     let plan = tokio::select! {
         () = cancel.cancelled() => Err(crate::TargetError::Cancelled),
         plan = target.plan(task) => plan,

@@ -323,6 +323,7 @@ impl ComposeWorld {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         }
     }
 

@@ -579,6 +579,10 @@ pub struct CountingTarget {
     pub gate: Option<tokio::sync::Semaphore>,
     /// The task `apply` last got, registry credentials included.
     pub last_task: Mutex<Option<DeployTask>>,
+    /// Whether the kind has slots (see [`CountingTarget::with_slots`]).
+    pub slots: bool,
+    /// The slots `retire` was asked to remove, in order.
+    pub retired: Mutex<Vec<String>>,
 }
 
 impl CountingTarget {
@@ -590,6 +594,23 @@ impl CountingTarget {
             finished_applies: AtomicUsize::new(0),
             gate: None,
             last_task: Mutex::new(None),
+            slots: false,
+            retired: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A counting target whose kind has slots: its `retire` records the slot and
+    /// succeeds.
+    pub fn with_slots(kind: &'static str) -> Arc<CountingTarget> {
+        Arc::new(CountingTarget {
+            kind,
+            plans: AtomicUsize::new(0),
+            applies: AtomicUsize::new(0),
+            finished_applies: AtomicUsize::new(0),
+            gate: None,
+            last_task: Mutex::new(None),
+            slots: true,
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -601,6 +622,8 @@ impl CountingTarget {
             finished_applies: AtomicUsize::new(0),
             gate: Some(tokio::sync::Semaphore::new(0)),
             last_task: Mutex::new(None),
+            slots: false,
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -655,11 +678,33 @@ impl Target for CountingTarget {
         Ok(ApplyOutcome {
             summary: format!("applied {} (apply #{applies})", task.version),
             stickers,
+            ..ApplyOutcome::default()
         })
     }
 
     async fn inspect(&self, _target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
         Ok(Vec::new())
+    }
+
+    fn supports_slots(&self) -> bool {
+        self.slots
+    }
+
+    async fn retire(
+        &self,
+        target: &TargetSpec,
+        slot: &str,
+        progress: &Progress,
+    ) -> Result<ApplyOutcome, TargetError> {
+        let _ = target;
+        let mut retired = lock(&self.retired);
+        let removed = usize::from(!retired.iter().any(|s| s == slot));
+        retired.push(slot.to_owned());
+        progress.report(format!("retiring {slot}"));
+        Ok(ApplyOutcome {
+            summary: format!("retired slot {slot}: removed {removed} container"),
+            ..ApplyOutcome::default()
+        })
     }
 
     async fn write_sticker(
@@ -699,6 +744,7 @@ pub fn deploy_payload(kind: &str) -> Vec<u8> {
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     };
     serde_json::to_vec(&task).expect("payload")
 }
@@ -731,6 +777,7 @@ pub fn deploy_task(target: &str, kind: &str, components: &[(&str, char)]) -> Dep
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     }
 }
 

@@ -549,6 +549,7 @@ impl ComposeTarget {
         ApplyOutcome {
             summary,
             stickers: prepared.pinned.iter().map(|p| p.sticker.clone()).collect(),
+            ..ApplyOutcome::default()
         }
     }
 }

@@ -229,26 +229,16 @@ impl DockerTarget {
             }
         }
 
-        let image_id = match state.desired_image_id.clone() {
-            Some(id) => {
-                say(format!("image {} is present", state.image));
-                id
-            }
-            None => {
-                say(format!("pulling {}", state.image));
-                let credentials = credentials_for(task, &state.image);
-                let prefix = format!("{}: ", component.name);
-                self.engine
-                    .pull(&state.image, credentials, &prefix, progress, cancel)
-                    .await?;
-                self.engine
-                    .local_image_id(&state.image.to_string())
-                    .await?
-                    .ok_or_else(|| DockerError::MissingAfterPull {
-                        image: state.image.to_string(),
-                    })?
-            }
-        };
+        let image_id = self
+            .local_or_pulled(
+                task,
+                component,
+                &state.image,
+                state.desired_image_id.clone(),
+                progress,
+                cancel,
+            )
+            .await?;
         if cancel.is_cancelled() {
             return Err(DockerError::Cancelled);
         }
@@ -293,6 +283,35 @@ impl DockerTarget {
             replaced,
             note,
         })
+    }
+
+    /// The local image ID of `image`: `known_id` when the engine has it, else after
+    /// pulling it with the task's credentials for its registry.
+    pub(crate) async fn local_or_pulled(
+        &self,
+        task: &DeployTask,
+        component: &ComponentSpec,
+        image: &ImageRef,
+        known_id: Option<String>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<String, DockerError> {
+        if let Some(id) = known_id {
+            progress.report(format!("{}: image {image} is present", component.name));
+            return Ok(id);
+        }
+        progress.report(format!("{}: pulling {image}", component.name));
+        let credentials = credentials_for(task, image);
+        let prefix = format!("{}: ", component.name);
+        self.engine
+            .pull(image, credentials, &prefix, progress, cancel)
+            .await?;
+        self.engine
+            .local_image_id(&image.to_string())
+            .await?
+            .ok_or_else(|| DockerError::MissingAfterPull {
+                image: image.to_string(),
+            })
     }
 
     /// Finishes what an interrupted run of this deployment started: its `-next`
@@ -345,7 +364,8 @@ impl DockerTarget {
         }
         let replaced = !state.containers.is_empty();
         for old in &state.containers {
-            self.retire(old, settings, say, "old").await?;
+            self.stop_and_remove(old, settings.stop_timeout_seconds, say, "old")
+                .await?;
         }
         let strategy = settings.strategy();
         self.settle(state, &sticker, strategy, say).await?;
@@ -382,7 +402,7 @@ impl DockerTarget {
     }
 
     /// Waits until the new container is healthy, saying for how long at most first.
-    async fn wait_healthy(
+    pub(crate) async fn wait_healthy(
         &self,
         health: &HealthWait<'_>,
         say: &impl Fn(String),
@@ -423,7 +443,8 @@ impl DockerTarget {
             return Err(failure);
         }
         for old in &state.containers {
-            self.retire(old, settings, say, "old").await?;
+            self.stop_and_remove(old, settings.stop_timeout_seconds, say, "old")
+                .await?;
         }
         Ok(())
     }
@@ -570,25 +591,27 @@ impl DockerTarget {
         say: &impl Fn(String),
     ) -> Result<(), DockerError> {
         for extra in containers.iter().filter(|c| c.id != keep) {
-            self.retire(extra, settings, say, "extra").await?;
+            self.stop_and_remove(extra, settings.stop_timeout_seconds, say, "extra")
+                .await?;
         }
         Ok(())
     }
 
-    /// Stops a container gracefully and removes it.
-    async fn retire(
+    /// Stops a container gracefully (SIGKILL after `stop_timeout_seconds`) and removes
+    /// it; `what` says which in the progress lines (`old`, `extra`, `slot`).
+    pub(crate) async fn stop_and_remove(
         &self,
         container: &ManagedContainer,
-        settings: &DockerSettings,
+        stop_timeout_seconds: u64,
         say: &impl Fn(String),
         what: &str,
     ) -> Result<(), DockerError> {
         say(format!(
-            "stopping {what} container {}, up to {} s",
-            container.name, settings.stop_timeout_seconds
+            "stopping {what} container {}, up to {stop_timeout_seconds} s",
+            container.name
         ));
         self.engine
-            .stop(&container.id, settings.stop_timeout_seconds)
+            .stop(&container.id, stop_timeout_seconds)
             .await?;
         self.engine.remove(&container.id).await?;
         say(format!("removed {what} container {}", container.name));
@@ -596,7 +619,7 @@ impl DockerTarget {
     }
 
     /// Refuses to touch a container this target does not manage.
-    async fn check_name_is_ours(
+    pub(crate) async fn check_name_is_ours(
         &self,
         target: &str,
         name: &str,
@@ -659,7 +682,7 @@ pub(crate) fn healthcheck(settings: &DockerSettings, image_has_own: bool) -> Opt
 }
 
 /// The container as the settings describe it.
-fn container_body(
+pub(crate) fn container_body(
     settings: &DockerSettings,
     image: &ImageRef,
     labels: HashMap<String, String>,

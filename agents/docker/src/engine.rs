@@ -4,14 +4,16 @@
 use std::collections::HashMap;
 
 use bollard::auth::DockerCredentials;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, PortMap,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, RenameContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
-use stella_agent_core::{CancellationToken, Progress};
+use stella_agent_core::{CancellationToken, Endpoint, Progress};
 
 use crate::error::DockerError;
 use crate::image_ref::ImageRef;
@@ -69,8 +71,9 @@ impl Engine {
         Ok(Engine { docker })
     }
 
-    /// Every container (running or not) labelled for `target`, and for `component` when
-    /// given.
+    /// Every stable container (running or not) labelled for `target`, and for
+    /// `component` when given: slot containers ([`labels::SLOT`]) are left out, so the
+    /// stable deployment, inspect and drift never see, count or touch them.
     pub(crate) async fn containers(
         &self,
         target: &str,
@@ -80,18 +83,56 @@ impl Engine {
         if let Some(component) = component {
             label_filters.push(format!("{}={component}", labels::COMPONENT));
         }
+        let mut containers = self
+            .list(
+                label_filters,
+                &format!("list the containers of target {target}"),
+            )
+            .await?;
+        // The engine can filter on a label's presence, not on its absence.
+        containers.retain(|c| !c.labels.contains_key(labels::SLOT));
+        Ok(containers)
+    }
+
+    /// Every container (running or not) of `slot` of `target`, and of `component` when
+    /// given.
+    pub(crate) async fn slot_containers(
+        &self,
+        target: &str,
+        slot: &str,
+        component: Option<&str>,
+    ) -> Result<Vec<ManagedContainer>, DockerError> {
+        let mut label_filters = vec![
+            format!("{}={target}", labels::TARGET),
+            format!("{}={slot}", labels::SLOT),
+        ];
+        if let Some(component) = component {
+            label_filters.push(format!("{}={component}", labels::COMPONENT));
+        }
+        self.list(
+            label_filters,
+            &format!("list the containers of slot {slot} of target {target}"),
+        )
+        .await
+    }
+
+    /// The containers (running or not) that carry every label of `label_filters`
+    /// (`key=value`), sorted by name; `action` names the listing in an error.
+    async fn list(
+        &self,
+        label_filters: Vec<String>,
+        action: &str,
+    ) -> Result<Vec<ManagedContainer>, DockerError> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([("label".to_owned(), label_filters)])),
             ..Default::default()
         };
-        let summaries =
-            self.docker
-                .list_containers(Some(options))
-                .await
-                .map_err(DockerError::engine(format!(
-                    "list the containers of target {target}"
-                )))?;
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::engine(action.to_owned()))?;
         let mut containers: Vec<ManagedContainer> = summaries
             .into_iter()
             .filter_map(|summary| {
@@ -116,6 +157,20 @@ impl Engine {
         Ok(containers)
     }
 
+    /// The published ports of a running container, as the engine bound them
+    /// (`NetworkSettings.Ports`), one [`Endpoint`] per binding, for `component`.
+    pub(crate) async fn endpoints(
+        &self,
+        component: &str,
+        container: &str,
+    ) -> Result<Vec<Endpoint>, DockerError> {
+        let inspect = self.inspect(container).await?;
+        let ports = inspect
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .unwrap_or_default();
+        endpoints_of(component, container, &ports)
+    }
     /// A container by name or id; `None` when there is none.
     pub(crate) async fn find_container(
         &self,
@@ -349,5 +404,108 @@ impl Engine {
             text.push_str(&chunk.to_string());
         }
         text.trim().to_owned()
+    }
+}
+
+/// The endpoints of `container` (running `component`) from the engine's port map
+/// (`"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32768"}]`): one per binding, sorted;
+/// ports exposed but not published have no binding and no endpoint. A binding whose
+/// ports do not parse is an error that names it, since a router pointed at a wrong port
+/// would send traffic nowhere.
+pub(crate) fn endpoints_of(
+    component: &str,
+    container: &str,
+    ports: &PortMap,
+) -> Result<Vec<Endpoint>, DockerError> {
+    let unreadable = |detail: String| DockerError::UnreadablePorts {
+        container: container.to_owned(),
+        detail,
+    };
+    let mut endpoints = Vec::new();
+    for (key, bindings) in ports {
+        let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+        let container_port: u16 = port
+            .parse()
+            .map_err(|_| unreadable(format!("container port {key:?}")))?;
+        for binding in bindings.iter().flatten() {
+            let host_port = binding.host_port.as_deref().unwrap_or_default();
+            let host_port: u16 = host_port
+                .parse()
+                .map_err(|_| unreadable(format!("host port {host_port:?} of {key}")))?;
+            let host_ip = binding
+                .host_ip
+                .clone()
+                .filter(|ip| !ip.is_empty())
+                .unwrap_or_else(|| "0.0.0.0".to_owned());
+            endpoints.push(Endpoint {
+                component: component.to_owned(),
+                container_port,
+                protocol: protocol.to_owned(),
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    endpoints.sort_by(|a, b| {
+        (a.container_port, &a.protocol, &a.host_ip, a.host_port).cmp(&(
+            b.container_port,
+            &b.protocol,
+            &b.host_ip,
+            b.host_port,
+        ))
+    });
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::PortBinding;
+
+    #[test]
+    fn endpoints_are_the_bindings_the_engine_reports() {
+        let binding = |ip: Option<&str>, port: &str| PortBinding {
+            host_ip: ip.map(str::to_owned),
+            host_port: Some(port.to_owned()),
+        };
+        let ports: PortMap = HashMap::from([
+            (
+                "8080/tcp".to_owned(),
+                Some(vec![
+                    binding(Some("0.0.0.0"), "32768"),
+                    binding(Some("::"), "32768"),
+                ]),
+            ),
+            ("53/udp".to_owned(), Some(vec![binding(None, "5353")])),
+            ("9000/tcp".to_owned(), None),
+        ]);
+        let endpoints = endpoints_of("web", "app-web", &ports).expect("endpoints");
+        let found: Vec<(u16, &str, &str, u16)> = endpoints
+            .iter()
+            .map(|e| {
+                assert_eq!(e.component, "web");
+                (
+                    e.container_port,
+                    e.protocol.as_str(),
+                    e.host_ip.as_str(),
+                    e.host_port,
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (53, "udp", "0.0.0.0", 5353),
+                (8080, "tcp", "0.0.0.0", 32768),
+                (8080, "tcp", "::", 32768)
+            ]
+        );
+
+        let broken: PortMap = HashMap::from([(
+            "8080/tcp".to_owned(),
+            Some(vec![binding(Some("0.0.0.0"), "")]),
+        )]);
+        let error = endpoints_of("web", "app-web", &broken).expect_err("no host port");
+        assert!(error.to_string().contains("app-web"), "{error}");
     }
 }

@@ -85,6 +85,17 @@ pub enum DockerError {
         /// The target.
         target: String,
     },
+    /// The engine reports a container's published ports in a form that does not parse.
+    #[error("the published ports of container {container} cannot be read: {detail}")]
+    UnreadablePorts {
+        /// The container.
+        container: String,
+        /// Which port.
+        detail: String,
+    },
+    /// A slot cannot be used as asked (see `stella_agent_core::check_slot_name`).
+    #[error("{0}")]
+    InvalidSlot(String),
     /// A deployment failed and putting the old container back failed too.
     #[error("{failure}; restarting the old container {container} failed too: {restart_error}")]
     RollbackFailed {

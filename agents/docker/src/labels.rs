@@ -2,7 +2,8 @@
 //! labels, a container carries the few sticker fields those leave out (`image`,
 //! `deployed-at`, `agent`), so the whole sticker can be rebuilt from the labels and its
 //! digest checked — that is how a lost or edited sticker file is restored without
-//! restarting the container — and the digest of the settings it was made with.
+//! restarting the container — and the digest of the settings it was made with. A slot
+//! container (RFC 0005) carries [`SLOT`] and no sticker: see [`slot_labels`].
 
 use std::collections::HashMap;
 
@@ -35,6 +36,39 @@ pub const AGENT: &str = "ops.stella.agent";
 /// Digest of the settings the container was made with (extension; see
 /// `DockerSettings::config_digest`).
 pub const CONFIG_DIGEST: &str = "ops.stella.config-digest";
+/// The slot a container runs in (RFC 0005; extension): only on slot containers. A
+/// container without it is the target's own ("stable") container; everything that looks
+/// at the stable deployment (apply, inspect, drift) leaves slot containers alone.
+pub const SLOT: &str = "ops.stella.slot";
+
+/// The labels of a container deployed to `slot`: the target, component, slot, what it
+/// runs and which deployment made it, and its settings digest. No sticker: a slot is not
+/// what the target runs for its environment, so its containers carry none
+/// (no `ops.stella.sticker-digest`, [`sticker_from_labels`] finds nothing).
+pub fn slot_labels(
+    task: &stella_agent_core::DeployTask,
+    slot: &str,
+    component: &str,
+    image: &str,
+    digest: &str,
+    config_digest: &str,
+) -> HashMap<String, String> {
+    [
+        (TARGET, task.target.name.as_str()),
+        (ENVIRONMENT, task.environment.as_str()),
+        (RELEASE, task.release.as_str()),
+        (VERSION, task.version.as_str()),
+        (COMPONENT, component),
+        (DIGEST, digest),
+        (DEPLOYMENT, task.deployment_id.as_str()),
+        (IMAGE, image),
+        (CONFIG_DIGEST, config_digest),
+        (SLOT, slot),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect()
+}
 
 /// The labels of a container deployed with `sticker`.
 pub fn sticker_labels(
@@ -147,6 +181,32 @@ mod tests {
             assert!(labels.contains_key(key), "{key}");
         }
         assert_eq!(sticker_from_labels(&labels), Some(sticker));
+        assert!(!labels.contains_key(SLOT), "a stable container has no slot");
+    }
+
+    #[test]
+    fn slot_labels_name_the_slot_and_hold_no_sticker() {
+        let mut task = stella_agent_core::DeployTask::for_target(&stella_agent_core::TargetSpec {
+            name: "app".into(),
+            kind: "docker".into(),
+            settings: Default::default(),
+        });
+        task.release = "shop".into();
+        task.version = "2.0".into();
+        let labels = slot_labels(
+            &task,
+            "canary",
+            "web",
+            "r/web@sha256:00",
+            "sha256:00",
+            "sha256:cfg",
+        );
+        assert_eq!(labels[SLOT], "canary");
+        assert_eq!(labels[TARGET], "app");
+        assert_eq!(labels[COMPONENT], "web");
+        assert_eq!(labels[VERSION], "2.0");
+        assert!(!labels.contains_key(STICKER_DIGEST));
+        assert_eq!(sticker_from_labels(&labels), None);
     }
 
     #[test]

@@ -55,7 +55,21 @@
 //!
 //! On any failure the old container keeps (or is back to) running, the new one is
 //! removed, and the error says why. Afterwards there is exactly one container per
-//! component; running the same task again changes nothing.
+//! component; running the same task again changes nothing. The outcome lists the ports
+//! each container published, as the engine bound them (`endpoints`).
+//!
+//! # Slots
+//!
+//! A deploy task with a `slot` (RFC 0005) runs each component as a second container,
+//! `<name>-<slot>` (e.g. `shop-web-canary`), labelled `ops.stella.slot=<slot>`, beside
+//! the stable one and never touching it: same image, environment, settings and health
+//! check, but every published port without its host port, so the engine picks a free
+//! one, which the outcome reports (`endpoints`). A slot container that already runs the
+//! desired image and settings is up to date; any other is removed and made again (a
+//! slot takes no traffic while it is deployed); one that fails its health check is
+//! removed and the task fails. A slot writes no sticker. `retire` stops and removes every
+//! container of a slot. Slot `next` is refused (a stable deployment's new container is
+//! `<name>-next`). The stable deployment, `inspect` and drift ignore slot containers.
 //!
 //! # Drift
 //!
@@ -71,6 +85,9 @@
 //!   sticker names another image, or another deployment than the desired state's — or a
 //!   squatter runs the desired image without a sticker;
 //! - `unexpected`: duplicates, components that are not desired.
+//!
+//! Slot containers are not drift: a running canary is neither `unexpected` nor a
+//! duplicate.
 //!
 //! Stella never removes a squatter: deployments fail (`name … is taken`) until an
 //! operator does. `watch` follows the engine's container events (start, stop, die,
@@ -88,6 +105,7 @@ mod image_ref;
 pub mod labels;
 mod settings;
 pub mod shared;
+mod slots;
 mod sticker_file;
 
 use std::collections::HashMap;
@@ -300,6 +318,7 @@ impl DockerTarget {
         let _guard = lock.lock().await;
         let mut stickers = Vec::new();
         let mut lines = Vec::new();
+        let mut endpoints = Vec::new();
         for component in components {
             if cancel.is_cancelled() {
                 return Err(DockerError::Cancelled);
@@ -336,6 +355,8 @@ impl DockerTarget {
                 }
             });
             stickers.push(outcome.sticker().clone());
+            let name = settings.container_name(&task.target.name, &component.name);
+            endpoints.extend(self.engine.endpoints(&component.name, &name).await?);
         }
         Ok(ApplyOutcome {
             summary: format!(
@@ -346,6 +367,8 @@ impl DockerTarget {
                 lines.join(", ")
             ),
             stickers,
+            slot: None,
+            endpoints,
         })
     }
 
@@ -379,7 +402,10 @@ impl Target for DockerTarget {
     }
 
     async fn plan(&self, task: &DeployTask) -> Result<Plan, TargetError> {
-        Ok(self.do_plan(task).await?)
+        match &task.slot {
+            Some(slot) => Ok(self.plan_slot(task, slot).await?),
+            None => Ok(self.do_plan(task).await?),
+        }
     }
 
     async fn apply(
@@ -390,7 +416,10 @@ impl Target for DockerTarget {
         cancel: &CancellationToken,
     ) -> Result<ApplyOutcome, TargetError> {
         // The plan is advisory: a reconciler looks again at what runs now.
-        Ok(self.do_apply(task, progress, cancel).await?)
+        match &task.slot {
+            Some(slot) => Ok(self.apply_slot(task, slot, progress, cancel).await?),
+            None => Ok(self.do_apply(task, progress, cancel).await?),
+        }
     }
 
     async fn inspect(&self, target: &TargetSpec) -> Result<Vec<ObservedComponent>, TargetError> {
@@ -425,5 +454,18 @@ impl Target for DockerTarget {
 
     fn watch(&self, notify: mpsc::UnboundedSender<String>) {
         self.spawn_watch(notify);
+    }
+
+    fn supports_slots(&self) -> bool {
+        true
+    }
+
+    async fn retire(
+        &self,
+        target: &TargetSpec,
+        slot: &str,
+        progress: &Progress,
+    ) -> Result<ApplyOutcome, TargetError> {
+        Ok(self.retire_slot(target, slot, progress).await?)
     }
 }

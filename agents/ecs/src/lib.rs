@@ -146,6 +146,7 @@ impl EcsTarget {
         Ok(ApplyOutcome {
             summary: deployed.summary,
             stickers: deployed.stickers,
+            ..ApplyOutcome::default()
         })
     }
 

@@ -87,6 +87,7 @@ impl JobDeploy<'_> {
             Ended::Successful(line) => Ok(ApplyOutcome {
                 summary: describe(&line),
                 stickers,
+                ..ApplyOutcome::default()
             }),
             Ended::Cancelled(reason) => Err(NomadError::Failed(format!(
                 "the Nomad deployment of job {job_id} version {version} was cancelled: {reason}"

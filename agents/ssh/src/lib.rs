@@ -143,6 +143,7 @@ impl SshTarget {
                         }
                     ),
                     stickers,
+                    ..ApplyOutcome::default()
                 }
             }
             Mode::Docker => {
@@ -176,6 +177,7 @@ impl SshTarget {
                         lines.join(", ")
                     ),
                     stickers,
+                    ..ApplyOutcome::default()
                 }
             }
         };

@@ -219,6 +219,7 @@ impl WinrmTarget {
                 }
             ),
             stickers: written,
+            ..ApplyOutcome::default()
         })
     }
 

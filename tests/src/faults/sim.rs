@@ -227,6 +227,7 @@ impl Target for SimTarget {
         Ok(ApplyOutcome {
             summary: format!("{} component(s) applied", stickers.len()),
             stickers,
+            ..ApplyOutcome::default()
         })
     }
 

@@ -106,6 +106,7 @@ impl World {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         }
     }
 
@@ -284,3 +285,4 @@ fn spawn_probe(
 mod crashes;
 mod deploy;
 mod drift;
+mod slots;

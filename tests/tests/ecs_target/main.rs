@@ -81,6 +81,7 @@ fn task(
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     };
     task.secrets.0 = secrets();
     task

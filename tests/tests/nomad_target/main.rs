@@ -75,6 +75,7 @@ fn task(settings: BTreeMap<String, String>, version: &str, c: char) -> DeployTas
         registry_auth: Vec::new(),
         generation: 0,
         secrets: Default::default(),
+        slot: None,
     }
 }
 

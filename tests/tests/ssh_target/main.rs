@@ -114,6 +114,7 @@ impl World {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         }
     }
 
@@ -288,6 +289,7 @@ impl ScriptHost {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         }
     }
 }

@@ -90,6 +90,7 @@ impl Host {
             registry_auth: Vec::new(),
             generation: 0,
             secrets: Default::default(),
+            slot: None,
         };
         task.secrets
             .0
