@@ -161,6 +161,17 @@ impl TargetRegistry {
     /// each router kind.
     pub fn capabilities(&self) -> Vec<String> {
         let mut capabilities: Vec<String> = self.kinds().into_iter().map(str::to_owned).collect();
+        // `slots:KIND`: this agent deploys to slots of KIND targets and runs `retire`
+        // tasks for them (an older agent would deploy a slot's payload to the stable
+        // containers), so the control plane sends slot work only where it is said.
+        let mut slotted: Vec<String> = self
+            .targets
+            .values()
+            .filter(|target| target.supports_slots())
+            .map(|target| format!("slots:{}", target.kind()))
+            .collect();
+        slotted.sort();
+        capabilities.extend(slotted);
         capabilities.extend(self.routers.capabilities());
         capabilities
     }

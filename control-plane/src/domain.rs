@@ -79,13 +79,13 @@ mod webhook;
 
 pub use deployment::*;
 pub use drift::*;
-pub use rollout::*;
 pub use environment::*;
 pub use event::*;
 pub use identity::*;
 pub use image::*;
 pub use promotion::*;
 pub use release::*;
+pub use rollout::*;
 pub use router::*;
 pub use run::*;
 pub use target::*;

@@ -372,7 +372,9 @@ fn deployment_details(value: &Value, components: &BTreeMap<String, Vec<Component
     println!();
     rows(
         &value["tasks"],
-        &["target", "kind", "slot", "state", "epoch", "finished", "message"],
+        &[
+            "target", "kind", "slot", "state", "epoch", "finished", "message",
+        ],
         &[
             "/target",
             "/kind",

@@ -239,7 +239,11 @@ pub struct RolloutArgs {
     keep_old: Option<String>,
     /// A-b: the requests that go to the new version, `header:NAME=VALUE` or
     /// `cookie:NAME=VALUE`.
-    #[arg(long = "match", requires = "strategy", value_name = "header:NAME=VALUE")]
+    #[arg(
+        long = "match",
+        requires = "strategy",
+        value_name = "header:NAME=VALUE"
+    )]
     match_: Option<String>,
 }
 

@@ -9,7 +9,8 @@ use sha2::{Digest as _, Sha256};
 use super::{not_found_as, now_ms, App};
 use crate::domain::{
     format_utc_ms, substitute_variables, Agent, AgentState, DeploySpec, Deployment, DeploymentKind,
-    DeploymentState, Environment, Invalid, Release, Target, Task, TaskKind, TaskState, User, VariableKind,
+    DeploymentState, Environment, Invalid, Release, Target, Task, TaskKind, TaskState, User,
+    VariableKind,
 };
 use crate::error::{AppError, ErrorKind};
 use crate::store::StoreError;

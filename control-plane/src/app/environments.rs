@@ -216,8 +216,7 @@ impl App {
         &self,
         settings: &BTreeMap<String, String>,
     ) -> Result<Option<Strategy>, AppError> {
-        let strategy =
-            Strategy::from_settings(settings).map_err(|e| AppError::invalid(e.0))?;
+        let strategy = Strategy::from_settings(settings).map_err(|e| AppError::invalid(e.0))?;
         let analysis = match &strategy {
             Strategy::Rolling { analysis, .. }
             | Strategy::BlueGreen { analysis, .. }

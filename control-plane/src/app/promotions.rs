@@ -647,7 +647,7 @@ impl App {
                 .collect(),
             secrets: planned.secret_versions,
             workflow: None,
-            rollout: super::rollouts::rollout_input(env, &targets)?,
+            rollout: super::rollouts::rollout_input(env, &targets, &agents)?,
         };
         Ok((plan, targets, planned.settings))
     }

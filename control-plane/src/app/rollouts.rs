@@ -26,7 +26,7 @@
 //! ends `failed` with "rolled back: REASON". A rollback step that fails ends the rollout
 //! `failed` and says which step: the operator looks at the router and the targets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, App};
 use crate::domain::{
-    describe_step, slot_name, DeploySpec, Deployment, DeploymentState, Environment, Rollout,
+    describe_step, slot_name, Agent, DeploySpec, Deployment, DeploymentState, Environment, Rollout,
     RolloutPhase, RolloutRequest, RolloutState, RolloutStepRecord, StepState, Target, Task,
     TaskKind, TaskState,
 };
@@ -67,6 +67,7 @@ const DEFAULT_ROUTE_HOST: &str = "127.0.0.1";
 pub(super) fn rollout_input(
     env: &Environment,
     targets: &[Target],
+    agents: &HashMap<String, Agent>,
 ) -> Result<Option<RolloutInput>, AppError> {
     let strategy = match &env.gates.rollout {
         None | Some(Strategy::AllAtOnce) => return Ok(None),
@@ -93,6 +94,20 @@ pub(super) fn rollout_input(
                 target.name,
                 target.kind.as_str()
             )));
+        }
+        // An agent that said hello without `slots:docker` predates slots: it would
+        // deploy a slot's payload over the stable containers.
+        for target in targets {
+            let capability = format!("slots:{}", target.kind.as_str());
+            if let Some(agent) = agents.get(&target.agent_id) {
+                if agent.host.is_some() && !agent.capabilities.contains(&capability) {
+                    return Err(invalid(format!(
+                        "target `{}` is driven by agent `{}`, which does not deploy to slots \
+                         (it did not advertise `{capability}`): upgrade the agent",
+                        target.name, agent.name
+                    )));
+                }
+            }
         }
     }
     Ok(Some(RolloutInput {
@@ -224,16 +239,14 @@ impl App {
             .await
         {
             Ok(()) => {}
-            Err(StoreError::NotFound { .. }) => {
-                return Err(AppError::new(
-                    ErrorKind::FailedPrecondition,
-                    "not_a_rollout",
-                    format!(
-                        "deployment {} deploys every target at once: there are no steps to {request}",
-                        deployment.id
-                    ),
-                ))
-            }
+            Err(StoreError::NotFound { .. }) => return Err(AppError::new(
+                ErrorKind::FailedPrecondition,
+                "not_a_rollout",
+                format!(
+                    "deployment {} deploys every target at once: there are no steps to {request}",
+                    deployment.id
+                ),
+            )),
             Err(StoreError::Conflict { .. }) => {
                 return Err(AppError::new(
                     ErrorKind::Conflict,
@@ -243,12 +256,8 @@ impl App {
             }
             Err(other) => return Err(other.into()),
         }
-        self.log(
-            &deployment.id,
-            "",
-            &format!("{request} requested by {by}"),
-        )
-        .await;
+        self.log(&deployment.id, "", &format!("{request} requested by {by}"))
+            .await;
         tracing::info!(deployment_id = %deployment.id, %request, by, "rollout request recorded");
         Ok(deployment)
     }
@@ -262,7 +271,11 @@ pub async fn run_rollout_driver(app: Arc<App>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(CLAIM_INTERVAL) => {}
         }
-        let claimed = match app.store.claim_rollouts(&owner, now_ms(), LEASE_MS, 16).await {
+        let claimed = match app
+            .store
+            .claim_rollouts(&owner, now_ms(), LEASE_MS, 16)
+            .await
+        {
             Ok(claimed) => claimed,
             Err(error) => {
                 tracing::warn!(error = %ErrorChain(&error), "claiming rollouts failed");
@@ -381,7 +394,12 @@ impl Driver {
         if self.rollout.state == RolloutState::Paused {
             return Ok(Progress::Wait);
         }
-        let Some(step) = self.rollout.phase_steps().get(self.rollout.next_step).cloned() else {
+        let Some(step) = self
+            .rollout
+            .phase_steps()
+            .get(self.rollout.next_step)
+            .cloned()
+        else {
             return self.finish().await;
         };
         let phase = self.rollout.phase;
@@ -437,8 +455,11 @@ impl Driver {
                             now_ms(),
                         )
                         .await?;
-                    self.log(&format!("{}step {seq} done: {message}", self.phase_prefix()))
-                        .await;
+                    self.log(&format!(
+                        "{}step {seq} done: {message}",
+                        self.phase_prefix()
+                    ))
+                    .await;
                 }
                 self.rollout.next_step += 1;
                 self.save().await
@@ -464,8 +485,11 @@ impl Driver {
                 }
                 match phase {
                     RolloutPhase::Forward => {
-                        self.start_rollback(format!("step {seq} ({}): {message}", describe_step(&step)))
-                            .await
+                        self.start_rollback(format!(
+                            "step {seq} ({}): {message}",
+                            describe_step(&step)
+                        ))
+                        .await
                     }
                     RolloutPhase::Rollback => {
                         let reason = self.rollout.message.clone().unwrap_or_default();
@@ -501,15 +525,19 @@ impl Driver {
                 if self.rollout.phase == RolloutPhase::Forward {
                     return self.start_rollback(format!("aborted by {by}")).await;
                 }
-                self.log(&format!("abort by {by}: the rollout is rolling back already"))
-                    .await;
+                self.log(&format!(
+                    "abort by {by}: the rollout is rolling back already"
+                ))
+                .await;
             }
             RolloutRequest::Pause => {
                 if self.rollout.state == RolloutState::Running {
                     self.rollout.state = RolloutState::Paused;
                     self.rollout.message = Some(format!("paused by {by}"));
-                    self.log(&format!("paused by {by}: no further step starts until `resume`"))
-                        .await;
+                    self.log(&format!(
+                        "paused by {by}: no further step starts until `resume`"
+                    ))
+                    .await;
                 }
             }
             RolloutRequest::Resume => {
@@ -581,7 +609,11 @@ impl Driver {
         self.log(&format!(
             "rolling back ({} step{}): {reason}",
             self.rollout.rollback.len(),
-            if self.rollout.rollback.len() == 1 { "" } else { "s" }
+            if self.rollout.rollback.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         ))
         .await;
         for (index, step) in self.rollout.rollback.clone().iter().enumerate() {
@@ -720,7 +752,9 @@ impl Driver {
                     return Ok(StepOutcome::Wait);
                 }
             }
-            return self.create_tasks(record, kind, targets, slot, release).await;
+            return self
+                .create_tasks(record, kind, targets, slot, release)
+                .await;
         }
         if tasks.iter().any(|t| !t.task.state.is_terminal()) {
             return Ok(StepOutcome::Wait);
@@ -791,7 +825,11 @@ impl Driver {
             .store
             .get_deployment(&self.rollout.deployment_id)
             .await?;
-        let env = self.app.store.get_environment(&self.rollout.environment).await?;
+        let env = self
+            .app
+            .store
+            .get_environment(&self.rollout.environment)
+            .await?;
         let timeout_seconds = env
             .deployment_timeout_seconds
             .unwrap_or(self.app.config.task_deadline_seconds);
@@ -1044,7 +1082,11 @@ impl Driver {
             .and_then(|p| serde_json::from_str::<DeploySpec>(p).ok())
             .map(|spec| spec.target.settings)
             .unwrap_or_default();
-        Ok(endpoint_of(output.as_deref(), &settings, slot == Slot::Stable))
+        Ok(endpoint_of(
+            output.as_deref(),
+            &settings,
+            slot == Slot::Stable,
+        ))
     }
 }
 
@@ -1137,8 +1179,12 @@ mod tests {
             Some("127.0.0.1:49153")
         );
         assert_eq!(
-            endpoint_of(Some(output), &settings(&[("route_host", "10.0.0.7")]), false)
-                .as_deref(),
+            endpoint_of(
+                Some(output),
+                &settings(&[("route_host", "10.0.0.7")]),
+                false
+            )
+            .as_deref(),
             Some("10.0.0.7:49153")
         );
         let bound = r#"{"endpoints":[{"component":"web","container_port":80,"protocol":"tcp","host_ip":"192.0.2.4","host_port":8080}]}"#;
@@ -1152,14 +1198,16 @@ mod tests {
             Some("127.0.0.1:8081")
         );
         assert_eq!(endpoint_of(Some("{}"), &ports, false), None);
-        assert_eq!(endpoint_of(None, &settings(&[("ports", "8080")]), true), None);
+        assert_eq!(
+            endpoint_of(None, &settings(&[("ports", "8080")]), true),
+            None
+        );
         assert_eq!(
             endpoint_of(None, &settings(&[("ports", "0.0.0.0:9090:80")]), true).as_deref(),
             Some("127.0.0.1:9090")
         );
         assert_eq!(
-            endpoint_of(Some(output), &settings(&[("route_host", "fd00::1")]), false)
-                .as_deref(),
+            endpoint_of(Some(output), &settings(&[("route_host", "fd00::1")]), false).as_deref(),
             Some("[fd00::1]:49153")
         );
     }

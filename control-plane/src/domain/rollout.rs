@@ -213,7 +213,10 @@ pub fn describe_step(step: &Step) -> String {
             slot_name(*slot),
             targets.join(", ")
         ),
-        Step::Route { weights: w, matched } => match matched {
+        Step::Route {
+            weights: w,
+            matched,
+        } => match matched {
             None => format!("route {}", weights(w)),
             Some((rule, slot)) => format!(
                 "route {}; requests matching {} to {}",

@@ -7,7 +7,8 @@ use super::error::{database, unique};
 use super::events::insert_event;
 use super::{Store, StoreError};
 use crate::domain::{
-    Approval, DecisionRecord, Deployment, Document, Event, Promotion, PromotionState, Rollout, Task, Verdict,
+    Approval, DecisionRecord, Deployment, Document, Event, Promotion, PromotionState, Rollout,
+    Task, Verdict,
 };
 
 /// How a promotion is settled or re-evaluated, in one transaction with its decision

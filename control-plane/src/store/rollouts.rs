@@ -233,13 +233,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         const OP: &str = "asking a rollout";
         let mut tx = self.begin_write(OP).await?;
-        let state = sqlx::query_scalar::<_, String>(
-            "SELECT state FROM rollouts WHERE deployment_id = $1",
-        )
-        .bind(deployment_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(database(OP))?;
+        let state =
+            sqlx::query_scalar::<_, String>("SELECT state FROM rollouts WHERE deployment_id = $1")
+                .bind(deployment_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(database(OP))?;
         let Some(state) = state else {
             return Err(StoreError::NotFound {
                 entity: "rollout",

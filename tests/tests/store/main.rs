@@ -12,7 +12,8 @@ use stella_control_plane::domain::{
     AgentState, Component, DeliveryAttempt, DeliveryState, Deployment, DeploymentKind,
     DeploymentState, Digest, DriftKind, DriftMode, DriftRecord, Environment, HelloRecord,
     HostFacts, JoinTokenRefusal, NewAgent, NewDelivery, NewJoinToken, Registry, Release, Role,
-    Target, TargetKind, Task, TaskKind, TaskState, User, Variable, VariableKind, Webhook, WebhookDelivery,
+    Target, TargetKind, Task, TaskKind, TaskState, User, Variable, VariableKind, Webhook,
+    WebhookDelivery,
 };
 use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError};
 use stella_tests::TestDir;
