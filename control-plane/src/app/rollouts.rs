@@ -239,14 +239,16 @@ impl App {
             .await
         {
             Ok(()) => {}
-            Err(StoreError::NotFound { .. }) => return Err(AppError::new(
-                ErrorKind::FailedPrecondition,
-                "not_a_rollout",
-                format!(
+            Err(StoreError::NotFound { .. }) => {
+                return Err(AppError::new(
+                    ErrorKind::FailedPrecondition,
+                    "not_a_rollout",
+                    format!(
                     "deployment {} deploys every target at once: there are no steps to {request}",
                     deployment.id
                 ),
-            )),
+                ))
+            }
             Err(StoreError::Conflict { .. }) => {
                 return Err(AppError::new(
                     ErrorKind::Conflict,

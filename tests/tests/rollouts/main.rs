@@ -1,0 +1,272 @@
+//! Progressive rollouts end to end (RFC 0005, increment 2): a real control plane and a
+//! real agent that drives Docker targets on the real engine and Debian's nginx in front
+//! of them. Promotions into an environment with a strategy run as rollouts; every claim
+//! about traffic is measured with requests sent through nginx while the rollout runs.
+
+#[path = "../../../routers/tests/common/mod.rs"]
+mod common;
+mod world;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use world::{fresh_client, get, send, step_states, wait_rollout, Load, World, DEPLOY_TIMEOUT};
+
+/// Blue-green with the old set kept in the stable slot: green starts on engine-picked
+/// ports, all traffic moves to it, the stable containers (fixed host ports, so
+/// stop-first) are replaced while they take none, traffic moves back and green is
+/// retired. Under steady load through nginx, no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_request(
+) -> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    let (status, _, stderr) = world
+        .set_strategy(&["--strategy", "blue-green", "--router", "edge"])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let env = world.server.get("/api/v1/environments/web").await?;
+    assert_eq!(env["rollout"]["strategy"], "blue-green", "{env}");
+
+    let load = Load::start(&world.nginx.url());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = world.promote("v2").await?;
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = load.stop().await;
+    println!("blue-green under load: {tally:?}");
+
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let rollout = &done["rollout"];
+    assert_eq!(rollout["state"], "succeeded", "{rollout:#}");
+    assert_eq!(
+        step_states(&done)
+            .iter()
+            .map(|(_, _, state)| state.as_str())
+            .collect::<Vec<_>>(),
+        ["succeeded"; 5],
+        "{rollout:#}"
+    );
+    assert_eq!(
+        rollout["weights"],
+        json!([{"slot": "stable", "percent": 100}, {"slot": "green", "percent": 0}])
+    );
+    assert_eq!(
+        tally.failed(),
+        0,
+        "failed requests during blue-green: {tally:?}"
+    );
+    assert!(tally.count("v1") > 0 && tally.count("v2") > 0, "{tally:?}");
+    assert!(tally.total() > 100, "too little load to tell: {tally:?}");
+    // Green was served from (it had all the traffic while stable was replaced), then
+    // retired; the stable containers run v2 on their fixed ports.
+    let kinds: Vec<(&str, &str)> = done["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["kind"].as_str().unwrap_or(""),
+                t["slot"].as_str().unwrap_or("stable"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ("deploy", "green")).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ("deploy", "stable")).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ("retire", "green")).count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(world.slot_containers("green").await?, 0);
+    for port in &world.ports {
+        let direct = get(&fresh_client(), &format!("http://127.0.0.1:{port}/")).await;
+        assert_eq!(direct.as_deref(), Ok("v2"), "stable on port {port}");
+    }
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v2"), 40, "{after:?}");
+
+    // The promotion carried the strategy in its plan, and says deployed.
+    let promotions = world.server.get("/api/v1/promotions").await?;
+    let promotion = promotions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["deployment_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(promotion["state"], "deployed", "{promotion:#}");
+    Ok(())
+}
+
+/// Canary at 50 % waits for `promote`; the measured split through nginx matches the
+/// weights; `abort` (also what `cancel` does to a rollout) routes everything back to
+/// the stable version and retires the canary; the deployment fails naming the abort.
+/// A canary whose new version does not start is rolled back before any traffic moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_failure(
+) -> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    let v1 = world.serve_v1().await?;
+    world.release("v2", true).await?;
+    world.release("v3", false).await?;
+
+    // Bad strategies are refused with one line, naming the flag, and change nothing.
+    for (args, expected) in [
+        (
+            vec![
+                "--strategy",
+                "canary",
+                "--steps",
+                "50,10",
+                "--router",
+                "edge",
+            ],
+            "strictly increasing",
+        ),
+        (
+            vec!["--strategy", "canary", "--steps", "50,100"],
+            "--router",
+        ),
+        (
+            vec![
+                "--strategy",
+                "canary",
+                "--steps",
+                "50,100",
+                "--router",
+                "nowhere",
+            ],
+            "nowhere",
+        ),
+        (
+            vec![
+                "--strategy",
+                "canary",
+                "--steps",
+                "50,100",
+                "--router",
+                "edge",
+                "--pause",
+                "soon",
+            ],
+            "--pause",
+        ),
+    ] {
+        let (status, _, stderr) = world.set_strategy(&args).await?;
+        assert_ne!(status, 0, "{args:?} was taken");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let env = world.server.get("/api/v1/environments/web").await?;
+    assert!(env["rollout"].is_null(), "{env}");
+
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--pause",
+            "manual",
+            "--router",
+            "edge",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+
+    let id = world.promote("v2").await?;
+    let paused = wait_rollout(&world, &id, "the canary at 50 % waiting for promote", |d| {
+        d["rollout"]["weights"]
+            == json!([{"slot": "stable", "percent": 50}, {"slot": "canary", "percent": 50}])
+            && step_states(d).last().is_some_and(|(_, step, state)| {
+                step == "pause until promoted" && state == "running"
+            })
+    })
+    .await?;
+    assert_eq!(paused["state"], "running", "{paused:#}");
+    // One target runs the canary beside its stable container; stable keeps 50 % over
+    // both targets, the canary 50 % on one.
+    assert_eq!(world.slot_containers("canary").await?, 1);
+    let split = send(&world.nginx.url(), 400).await;
+    println!("canary 50 %: {split:?}");
+    assert_eq!(split.failed(), 0, "{split:?}");
+    let share = split.count("v2") as f64 / 400.0;
+    assert!(
+        (0.40..=0.60).contains(&share),
+        "v2 share {share}: {split:?}"
+    );
+
+    // Promote is refused for an all-at-once deployment.
+    let (status, body) = world
+        .server
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{v1}/promote"),
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("not_a_rollout")),
+        "{body}"
+    );
+
+    let (status, stdout, stderr) = world.cli(&["deployment", "abort", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stdout.contains("abort requested"), "{stdout}");
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(done["rollout"]["state"], "rolled_back", "{done:#}");
+    let message = done["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("rolled back: aborted by admin"),
+        "{message}"
+    );
+    assert_eq!(
+        done["rollout"]["weights"],
+        json!([{"slot": "stable", "percent": 100}, {"slot": "canary", "percent": 0}])
+    );
+    assert_eq!(world.slot_containers("canary").await?, 0);
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v1"), 40, "{after:?}");
+    let (status, stdout, stderr) = world.cli(&["deployment", "show", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stdout.contains("rolled_back") && stdout.contains("retire canary"),
+        "{stdout}"
+    );
+
+    // v3 never becomes healthy: the canary deploy fails, nothing was routed, and the
+    // rollback retires the slot.
+    let id = world.promote("v3").await?;
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let message = done["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("rolled back: step 1 (deploy to canary of"),
+        "{message}"
+    );
+    let phases: Vec<(String, String, String)> = step_states(&done);
+    assert_eq!(phases[0].2, "failed", "{phases:?}");
+    assert!(
+        phases[1..]
+            .iter()
+            .all(|(phase, _, state)| phase == "rollback" && state == "succeeded"),
+        "{phases:?}"
+    );
+    assert_eq!(world.slot_containers("canary").await?, 0);
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v1"), 40, "{after:?}");
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The world of the rollout tests: a server, an agent driving Docker targets and the
+//! nginx router, a registry with the web images, and a load generator counting answers
+//! by the version they name.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use stella_tests::images::{ContainerCleanup, WebImages, WEB_HEALTH_CMD};
+use stella_tests::registry::TestRegistry;
+use stella_tests::{free_port, stella, wait_until, TestAgent, TestServer};
+
+use crate::common::Nginx;
+
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Requests through the router, counted by the version the answer names.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub by_version: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+    pub fn count(&self, version: &str) -> u64 {
+        self.by_version.get(version).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.by_version.values().sum::<u64>() + self.failed()
+    }
+}
+
+/// One GET on a connection of its own: the body (the web image serves its version).
+pub async fn get(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| format!("body: {e}"))?;
+    if status.is_success() {
+        Ok(body.trim().to_owned())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+pub fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `count` GETs, four at a time.
+pub async fn send(url: &str, count: usize) -> Tally {
+    let client = fresh_client();
+    let mut tally = Tally::default();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(4) {
+        let answers = futures::future::join_all(chunk.iter().map(|_| get(&client, url))).await;
+        for answer in answers {
+            match answer {
+                Ok(v) => *tally.by_version.entry(v).or_default() += 1,
+                Err(e) => *tally.failures.entry(e).or_default() += 1,
+            }
+        }
+    }
+    tally
+}
+
+/// Four client loops through the router until stopped.
+pub struct Load {
+    pub stop: Arc<AtomicBool>,
+    pub workers: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+impl Load {
+    pub fn start(url: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = fresh_client();
+        let workers = (0..4)
+            .map(|_| {
+                let (stop, client, url) = (stop.clone(), client.clone(), url.to_owned());
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&client, &url).await {
+                            Ok(v) => *tally.by_version.entry(v).or_default() += 1,
+                            Err(e) => *tally.failures.entry(e).or_default() += 1,
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    pub async fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = Tally::default();
+        for worker in self.workers {
+            let tally = worker.await.expect("load worker");
+            for (k, v) in tally.by_version {
+                *total.by_version.entry(k).or_default() += v;
+            }
+            for (k, v) in tally.failures {
+                *total.failures.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+}
+
+/// A server, one agent driving two Docker targets with fixed host ports and the nginx
+/// router in front of them, environment `web` (the route's name), and a release per
+/// version published to a real registry.
+pub struct World {
+    pub server: TestServer,
+    _agent: TestAgent,
+    pub nginx: Nginx,
+    pub images: WebImages,
+    pub targets: Vec<String>,
+    /// Each target's fixed host port, in `targets` order.
+    pub ports: Vec<u16>,
+    _cleanup: ContainerCleanup,
+    _registry: TestRegistry,
+}
+
+impl World {
+    pub async fn start() -> anyhow::Result<World> {
+        let registry = TestRegistry::start().await?;
+        let images = WebImages::new(
+            &registry.host(),
+            &unique("stella-test/rollout"),
+            &registry.docker_config(),
+        );
+        let server = TestServer::start().await?;
+        let agent = TestAgent::start(&server, "edge").await?;
+        wait_until(
+            "agent edge drives docker with slots and nginx",
+            Duration::from_secs(30),
+            || async {
+                server.agent("edge").await.ok().filter(|a| {
+                    let has = |c: &str| {
+                        a["capabilities"]
+                            .as_array()
+                            .is_some_and(|all| all.iter().any(|x| x == c))
+                    };
+                    a["state"] == "connected" && has("slots:docker") && has("router:nginx")
+                })
+            },
+        )
+        .await?;
+        let nginx = Nginx::prepare("web");
+        let settings = nginx.settings();
+        let path = |p: &std::path::Path| p.display().to_string();
+        server
+            .post(
+                "/api/v1/routers",
+                json!({
+                    "name": "edge", "kind": "nginx", "agent": "edge",
+                    "settings": {
+                        "nginx_bin": path(&settings.nginx_bin),
+                        "conf_path": path(&settings.conf_path),
+                        "prefix": path(settings.prefix.as_deref().expect("prefix")),
+                        "error_log": path(settings.error_log.as_deref().expect("error log")),
+                        "pid_file": path(&settings.pid_file),
+                        "routes_dir": path(&settings.routes_dir),
+                    },
+                }),
+            )
+            .await?;
+        server
+            .post(
+                "/api/v1/environments",
+                json!({"name": "web", "allow_unscanned": true}),
+            )
+            .await?;
+        let targets = vec![unique("web-a"), unique("web-b")];
+        let mut ports = Vec::new();
+        for target in &targets {
+            let port = free_port().await?;
+            ports.push(port);
+            server
+                .post(
+                    "/api/v1/targets",
+                    json!({"name": target, "environment": "web", "kind": "docker", "agent": "edge",
+                           "settings": {"health_cmd": WEB_HEALTH_CMD, "health_timeout_seconds": "30",
+                                        "ports": format!("127.0.0.1:{port}:8080")}}),
+                )
+                .await?;
+        }
+        let cleanup = ContainerCleanup::new(targets.clone());
+        Ok(World {
+            server,
+            _agent: agent,
+            nginx,
+            images,
+            targets,
+            ports,
+            _cleanup: cleanup,
+            _registry: registry,
+        })
+    }
+
+    pub async fn release(&self, version: &str, healthy: bool) -> anyhow::Result<()> {
+        let image = self.images.publish(version, healthy).await?;
+        self.server
+            .post(
+                "/api/v1/releases",
+                json!({"name": "web", "version": version, "components": {"web": image}}),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Promotes `version` into `web`; returns the deployment id.
+    pub async fn promote(&self, version: &str) -> anyhow::Result<String> {
+        let promotion = self
+            .server
+            .post(
+                "/api/v1/promotions",
+                json!({"release": "web", "version": version, "environment": "web"}),
+            )
+            .await?;
+        Ok(promotion["deployment_id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no deployment: {promotion}"))?
+            .to_owned())
+    }
+
+    pub async fn deployment(&self, id: &str) -> anyhow::Result<Value> {
+        self.server.get(&format!("/api/v1/deployments/{id}")).await
+    }
+
+    /// v1 all at once, the route to the stable containers, then nginx started.
+    pub async fn serve_v1(&mut self) -> anyhow::Result<String> {
+        self.release("v1", true).await?;
+        let id = self.promote("v1").await?;
+        let done = self.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert!(done.get("rollout").is_none(), "all at once: {done}");
+        let backends: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|port| json!({"address": format!("127.0.0.1:{port}"), "weight": 128, "slot": "stable"}))
+            .collect();
+        let (status, body) = self
+            .server
+            .call(
+                Method::PUT,
+                "/api/v1/routers/edge/routes/web",
+                Some(json!({ "backends": backends })),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        self.nginx.start().await;
+        let first = send(&self.nginx.url(), 20).await;
+        assert_eq!(first.count("v1"), 20, "{first:?}");
+        Ok(id)
+    }
+
+    pub async fn set_strategy(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let mut all = vec!["env", "update", "web"];
+        all.extend_from_slice(args);
+        self.cli(&all).await
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let (api, ca) = (
+            self.server.api_url(),
+            self.server.ca_file().display().to_string(),
+        );
+        let env = [
+            ("STELLA_SERVER", api.as_str()),
+            ("STELLA_TOKEN", self.server.admin_token.as_str()),
+            ("STELLA_CA_FILE", ca.as_str()),
+        ];
+        stella(args, &env).await
+    }
+
+    /// Containers of the rollout's targets labelled with `slot`.
+    pub async fn slot_containers(&self, slot: &str) -> anyhow::Result<usize> {
+        let docker = bollard::Docker::connect_with_local_defaults()?;
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_owned(), vec![format!("ops.stella.slot={slot}")]);
+        let all = docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(all
+            .iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get("ops.stella.target"))
+                    .is_some_and(|t| self.targets.contains(t))
+            })
+            .count())
+    }
+}
+
+pub async fn wait_rollout<F>(world: &World, id: &str, what: &str, check: F) -> anyhow::Result<Value>
+where
+    F: Fn(&Value) -> bool,
+{
+    wait_until(what, DEPLOY_TIMEOUT, || async {
+        world.deployment(id).await.ok().filter(|d| check(d))
+    })
+    .await
+}
+
+pub fn step_states(deployment: &Value) -> Vec<(String, String, String)> {
+    deployment["rollout"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["phase"].as_str().unwrap_or_default().to_owned(),
+                s["step"].as_str().unwrap_or_default().to_owned(),
+                s["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
