@@ -245,6 +245,14 @@ pub struct RolloutArgs {
         value_name = "header:NAME=VALUE"
     )]
     match_: Option<String>,
+    /// Checks after each batch, weight or before the blue-green switch: `http:PATH`
+    /// (error ratio of the new version against the old) or `errors-and-latency:PATH`
+    /// (and p99 latency); see docs/rollouts.md.
+    #[arg(long, requires = "strategy", value_name = "CHECKS")]
+    analysis: Option<String>,
+    /// How long each analysis samples [default: 1m].
+    #[arg(long, requires = "analysis", value_name = "DURATION")]
+    analysis_for: Option<String>,
 }
 
 impl RolloutArgs {
@@ -263,6 +271,8 @@ impl RolloutArgs {
             ("router", &self.router),
             ("keep-old", &self.keep_old),
             ("match", &self.match_),
+            ("analysis", &self.analysis),
+            ("analysis-for", &self.analysis_for),
         ] {
             if let Some(value) = value {
                 settings.insert(key.to_owned(), Value::from(value.clone()));
