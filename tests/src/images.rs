@@ -36,6 +36,9 @@ pub struct WebImageOptions {
     /// The image's own `HEALTHCHECK` instruction (for `docker import --change`), e.g.
     /// `HEALTHCHECK --interval=1s --retries=1 CMD wget -q -O /dev/null http://127.0.0.1:8080/health`.
     pub healthcheck: Option<String>,
+    /// The share of requests to `/cgi-bin/app` answered 500, in percent (the others
+    /// get the version, like `/`).
+    pub error_percent: u8,
 }
 
 /// Builds the web image locally and tags it `tag` (e.g. `127.0.0.1:PORT/stella-test/web:v1`):
@@ -60,8 +63,11 @@ pub async fn build_web_image_with(
     let root = dir.path().join("rootfs");
     let version = version.to_owned();
     let rootfs = root.clone();
-    let healthy = options.healthy;
-    tokio::task::spawn_blocking(move || write_web_rootfs(&rootfs, &version, healthy)).await??;
+    let (healthy, error_percent) = (options.healthy, options.error_percent);
+    tokio::task::spawn_blocking(move || {
+        write_web_rootfs(&rootfs, &version, healthy, error_percent)
+    })
+    .await??;
     let command = match options.healthy_after_seconds {
         None => WEB_CMD.to_owned(),
         // The health file is written by a background job, so `/` answers at once and
@@ -296,7 +302,12 @@ pub async fn docker_cli(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn write_web_rootfs(root: &Path, version: &str, healthy: bool) -> anyhow::Result<()> {
+fn write_web_rootfs(
+    root: &Path,
+    version: &str,
+    healthy: bool,
+    error_percent: u8,
+) -> anyhow::Result<()> {
     let busybox = Path::new(BUSYBOX);
     assert!(
         busybox.exists(),
@@ -312,6 +323,18 @@ fn write_web_rootfs(root: &Path, version: &str, healthy: bool) -> anyhow::Result
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     std::fs::write(www.join("index.html"), version)?;
+    // A CGI script (busybox httpd runs executables under /cgi-bin): the version, or a 500
+    // for `error_percent` of the requests (busybox sh's $RANDOM).
+    let cgi = www.join("cgi-bin");
+    std::fs::create_dir_all(&cgi)?;
+    let script = format!(
+        "#!/bin/sh\nif [ $((RANDOM % 100)) -lt {error_percent} ]; then\n  printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nerror\\n'\nelse\n  printf 'Content-Type: text/plain\\r\\n\\r\\n{version}\\n'\nfi\n"
+    );
+    std::fs::write(cgi.join("app"), script)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cgi.join("app"), std::fs::Permissions::from_mode(0o755))?;
+    }
     if healthy {
         std::fs::write(www.join("health"), "ok\n")?;
     }

@@ -210,8 +210,8 @@ impl App {
     }
 
     /// Reads a rollout strategy from its settings: `None` for all-at-once. Refused: a
-    /// setting the strategy does not take or a bad value (naming the flag), a router that
-    /// does not exist, and analysis, which this server cannot run yet.
+    /// setting the strategy does not take or a bad value (naming the flag), checks this
+    /// server does not know, a router that does not exist.
     async fn check_rollout(
         &self,
         settings: &BTreeMap<String, String>,
@@ -220,16 +220,11 @@ impl App {
         let analysis = match &strategy {
             Strategy::Rolling { analysis, .. }
             | Strategy::BlueGreen { analysis, .. }
-            | Strategy::Canary { analysis, .. } => analysis.is_some(),
-            Strategy::AllAtOnce | Strategy::AB { .. } => false,
+            | Strategy::Canary { analysis, .. } => analysis.as_ref(),
+            Strategy::AllAtOnce | Strategy::AB { .. } => None,
         };
-        if analysis {
-            return Err(AppError::new(
-                ErrorKind::InvalidArgument,
-                "analysis_unavailable",
-                "--analysis is not available yet: this server cannot run metric or HTTP checks; \
-                 use --pause (a time, or `manual` with `stella deployment promote`) between steps",
-            ));
+        if let Some(analysis) = analysis {
+            super::rollouts::analysis::parse_checks(&analysis.checks).map_err(AppError::invalid)?;
         }
         if let Some(router) = strategy.router() {
             if let Err(error) = self.router(router).await {

@@ -270,3 +270,113 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
     assert_eq!(after.count("v1"), 40, "{after:?}");
     Ok(())
 }
+
+/// Canary analysis over HTTP probes: a new version that fails one request in twenty at
+/// `/cgi-bin/app` is judged worse than the old one (Mann–Whitney U on the per-round
+/// error ratios) and rolled back, the analysis saying why and keeping its samples; a
+/// clean version passes both analyses and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_clean_one(
+) -> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    world
+        .release_with(
+            "v3",
+            &stella_tests::images::WebImageOptions {
+                healthy: true,
+                error_percent: 5,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--router",
+            "edge",
+            "--analysis",
+            "smoke",
+        ])
+        .await?;
+    assert_ne!(status, 0, "unknown checks were taken");
+    assert!(stderr.contains("--analysis \"smoke\""), "{stderr}");
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--router",
+            "edge",
+            "--analysis",
+            "http:/cgi-bin/app",
+            "--analysis-for",
+            "20s",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+
+    let id = world.promote("v3").await?;
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(done["rollout"]["state"], "rolled_back", "{done:#}");
+    let message = done["message"].as_str().unwrap_or_default();
+    println!("rolled back: {message}");
+    assert!(
+        message.contains("analysis `http:/cgi-bin/app` over")
+            && message.contains("error_ratio: canary worse than baseline"),
+        "{message}"
+    );
+    let analysed = done["rollout"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["step"].as_str().is_some_and(|t| t.starts_with("analyse")))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(analysed["state"], "failed", "{analysed:#}");
+    let record = &analysed["detail"]["analysis"];
+    assert_eq!(record["verdict"]["verdict"], "rollback", "{record:#}");
+    let canary: Vec<f64> =
+        serde_json::from_value(record["metrics"][0]["samples"]["canary"].clone())?;
+    let baseline: Vec<f64> =
+        serde_json::from_value(record["metrics"][0]["samples"]["baseline"].clone())?;
+    assert!(
+        canary.len() >= 15 && canary.iter().any(|r| *r > 0.0),
+        "{canary:?}"
+    );
+    assert!(baseline.iter().all(|r| *r == 0.0), "{baseline:?}");
+    // The recorded samples give the recorded verdict again.
+    let replayed: stella_decision::analysis::StepRecord = serde_json::from_value(record.clone())?;
+    assert_eq!(
+        stella_decision::analysis::recompute(&replayed)?,
+        replayed.verdict
+    );
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v1"), 40, "{after:?}");
+    assert_eq!(world.slot_containers("canary").await?, 0);
+
+    let id = world.promote("v2").await?;
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let analyses: Vec<String> = done["rollout"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["step"].as_str().is_some_and(|t| t.starts_with("analyse")))
+        .map(|s| format!("{}: {}", s["state"], s["message"]))
+        .collect();
+    assert_eq!(analyses.len(), 2, "{analyses:?}");
+    assert!(
+        analyses.iter().all(|a| a.starts_with("\"succeeded\"")),
+        "{analyses:?}"
+    );
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v2"), 40, "{after:?}");
+    Ok(())
+}

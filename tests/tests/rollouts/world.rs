@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use stella_tests::images::{ContainerCleanup, WebImages, WEB_HEALTH_CMD};
+use stella_tests::images::{ContainerCleanup, WebImageOptions, WebImages, WEB_HEALTH_CMD};
 use stella_tests::registry::TestRegistry;
 use stella_tests::{free_port, stella, wait_until, TestAgent, TestServer};
 
@@ -221,7 +221,22 @@ impl World {
     }
 
     pub async fn release(&self, version: &str, healthy: bool) -> anyhow::Result<()> {
-        let image = self.images.publish(version, healthy).await?;
+        self.release_with(
+            version,
+            &WebImageOptions {
+                healthy,
+                ..WebImageOptions::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn release_with(
+        &self,
+        version: &str,
+        options: &WebImageOptions,
+    ) -> anyhow::Result<()> {
+        let image = self.images.publish_with(version, options).await?;
         self.server
             .post(
                 "/api/v1/releases",

@@ -39,6 +39,8 @@ use stella_routers::{AbMatch, Backend, RouteName};
 use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, App};
+
+pub(super) mod analysis;
 use crate::domain::{
     describe_step, slot_name, Agent, DeploySpec, Deployment, DeploymentState, Environment, Rollout,
     RolloutPhase, RolloutRequest, RolloutState, RolloutStepRecord, StepState, Target, Task,
@@ -268,6 +270,13 @@ impl App {
 /// Claims and drives rollouts until `stop` (see the module documentation).
 pub async fn run_rollout_driver(app: Arc<App>, stop: CancellationToken) {
     let owner = app.run_engine.owner().to_owned();
+    let probe_client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(error = %ErrorChain(&error), "cannot build the HTTP client of rollout analyses; rollouts are not driven");
+            return;
+        }
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -291,6 +300,8 @@ pub async fn run_rollout_driver(app: Arc<App>, stop: CancellationToken) {
                 owner: owner.clone(),
                 renewed_at_ms: now_ms(),
                 rollout,
+                analyses: HashMap::new(),
+                probes: probe_client.clone(),
             };
             tokio::spawn(driver.drive(stop.clone()));
         }
@@ -326,6 +337,10 @@ struct Driver {
     owner: String,
     renewed_at_ms: i64,
     rollout: Rollout,
+    /// The samples of the analyses running, by step number.
+    analyses: HashMap<i64, analysis::Sampling>,
+    /// The client analyses probe with.
+    probes: reqwest::Client,
 }
 
 impl Driver {
@@ -725,12 +740,9 @@ impl Driver {
                 }
             }
             Step::Pause(PauseKind::Manual) => Ok(StepOutcome::Wait),
-            Step::Analyse { checks, .. } => Ok(StepOutcome::Failed {
-                message: format!(
-                    "analysis `{checks}` cannot run: this server has no metric or HTTP checks yet"
-                ),
-                detail: None,
-            }),
+            Step::Analyse { checks, duration } => {
+                self.analyse_step(record, checks, *duration).await
+            }
         }
     }
 
@@ -801,6 +813,138 @@ impl Driver {
                 detail,
             })
         }
+    }
+
+    /// An `analyse` step: a probe round when one is due, the judgement at the end.
+    async fn analyse_step(
+        &mut self,
+        record: &RolloutStepRecord,
+        checks: &str,
+        duration: Duration,
+    ) -> Result<StepOutcome, AppError> {
+        let parsed = match analysis::parse_checks(checks) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                return Ok(StepOutcome::Failed {
+                    message,
+                    detail: None,
+                })
+            }
+        };
+        let now = now_ms();
+        let sampling = self
+            .analyses
+            .entry(record.seq)
+            .or_insert_with(|| analysis::Sampling::new(now));
+        let deadline = sampling
+            .started_ms
+            .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
+        if now < deadline {
+            if now < sampling.next_ms {
+                return Ok(StepOutcome::Wait);
+            }
+            sampling.next_ms = now + analysis::PROBE_INTERVAL_MS;
+            let (canary, baseline) = match self.analysis_sides().await {
+                Ok(sides) => sides,
+                Err(message) => {
+                    return Ok(StepOutcome::Failed {
+                        message,
+                        detail: None,
+                    })
+                }
+            };
+            let (b, c) = futures::future::join(
+                analysis::probe_round(&self.probes, &baseline, &parsed.path),
+                analysis::probe_round(&self.probes, &canary, &parsed.path),
+            )
+            .await;
+            if let Some(sampling) = self.analyses.get_mut(&record.seq) {
+                sampling.add(b, c);
+            }
+            return Ok(StepOutcome::Wait);
+        }
+        let judged = sampling.judged(&parsed);
+        self.analyses.remove(&record.seq);
+        let (step_record, detail) = match judged {
+            Ok(judged) => judged,
+            Err(message) => {
+                return Ok(StepOutcome::Failed {
+                    message: format!("analysis `{checks}`: {message}"),
+                    detail: None,
+                })
+            }
+        };
+        let rounds = detail["rounds"].as_u64().unwrap_or(0);
+        Ok(match step_record.verdict {
+            stella_decision::analysis::Verdict::Continue => StepOutcome::Done {
+                message: format!(
+                    "analysis `{checks}` passed over {rounds} rounds: the new version is no worse than the old"
+                ),
+                detail: Some(detail),
+            },
+            stella_decision::analysis::Verdict::Rollback { reason } => StepOutcome::Failed {
+                message: format!("analysis `{checks}` over {rounds} rounds: {reason}"),
+                detail: Some(detail),
+            },
+            stella_decision::analysis::Verdict::Pause { reason } => StepOutcome::Failed {
+                message: format!(
+                    "analysis `{checks}` could not decide in {}: {reason}",
+                    humantime::format_duration(duration)
+                ),
+                detail: Some(detail),
+            },
+        })
+    }
+
+    /// The addresses an analysis compares: the new version (the slot the last forward
+    /// deploy filled, or a rolling batch's stable containers) and the old one (the
+    /// stable containers of the other targets; the batch itself when no other is left).
+    async fn analysis_sides(&self) -> Result<(Vec<String>, Vec<String>), String> {
+        let index = self.rollout.next_step.min(self.rollout.steps.len());
+        let last = self.rollout.steps[..index]
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Step::Deploy { targets, slot } => Some((targets.clone(), *slot)),
+                _ => None,
+            });
+        let Some((targets, slot)) = last else {
+            return Err("an analysis needs a deploy before it".to_owned());
+        };
+        let mut canary = Vec::new();
+        for target in &targets {
+            if let Some(address) = self
+                .endpoint(target, slot)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                canary.push(address);
+            }
+        }
+        if canary.is_empty() {
+            return Err(format!(
+                "no address to check for slot {} of {}",
+                slot_name(slot),
+                targets.join(", ")
+            ));
+        }
+        let mut baseline = Vec::new();
+        for target in self.rollout.payloads.keys() {
+            if slot == Slot::Stable && targets.contains(target) {
+                continue;
+            }
+            if let Some(address) = self
+                .endpoint(target, Slot::Stable)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                baseline.push(address);
+            }
+        }
+        if baseline.is_empty() {
+            baseline = canary.clone();
+        }
+        Ok((canary, baseline))
     }
 
     /// Whether the step before `record` in this phase changed the route.
