@@ -12,6 +12,7 @@
 //! | `key.pem` | the signer's public key; informative only, never trusted by itself |
 //! | `documents/<hex>` | raw input documents (scan reports, VEX, policy sources), named by the hex SHA-256 of their content |
 //! | `deployment.json`, `stickers.json` | optional: what was deployed, and the stickers written |
+//! | `rollout.json` | optional: a progressive deployment's steps; each analysis step's `detail.analysis` (judge, samples, verdict) must give its verdict again when recomputed |
 //!
 //! The archive is ustar, `manifest.json` first and then every other file in byte
 //! order of its path (so a streaming reader meets the manifest first); regular files
@@ -61,6 +62,8 @@ pub const DOCUMENTS_DIR: &str = "documents/";
 pub const DEPLOYMENT: &str = "deployment.json";
 /// The version stickers written (optional).
 pub const STICKERS: &str = "stickers.json";
+/// The rollout's steps, with each analysis's samples and verdict (optional).
+pub const ROLLOUT: &str = "rollout.json";
 
 /// The manifest's `schema`.
 pub const MANIFEST_SCHEMA: &str = "stella.evidence/v1";
@@ -470,6 +473,7 @@ pub fn verify_packet(
         ));
     }
 
+    check_rollout(&packet)?;
     let manifest_signed = check_manifest_signature(&packet, trusted)?;
     let unattested = if manifest_signed {
         Vec::new()
@@ -491,6 +495,45 @@ pub fn verify_packet(
         decision,
         unattested,
     })
+}
+
+/// `rollout.json`, when present: canonical, and every recorded analysis gives its
+/// verdict again from its samples (`decision::analysis::recompute`).
+fn check_rollout(packet: &Packet) -> Result<(), PacketFault> {
+    let Some(bytes) = packet.files.get(ROLLOUT) else {
+        return Ok(());
+    };
+    if !is_canonical(bytes) {
+        return Err(PacketFault::at(ROLLOUT, "not canonical JSON (RFC 8785)"));
+    }
+    let rollout: Value = serde_json::from_slice(bytes)
+        .map_err(|e| PacketFault::at(ROLLOUT, format!("not JSON: {e}")))?;
+    for step in rollout["steps"].as_array().into_iter().flatten() {
+        let Some(analysis) = step.get("detail").and_then(|d| d.get("analysis")) else {
+            continue;
+        };
+        let seq = &step["seq"];
+        let record: crate::analysis::StepRecord = serde_json::from_value(analysis.clone())
+            .map_err(|e| {
+                PacketFault::at(ROLLOUT, format!("step {seq}: not an analysis record: {e}"))
+            })?;
+        let again = crate::analysis::recompute(&record).map_err(|e| {
+            PacketFault::at(
+                ROLLOUT,
+                format!("step {seq}: the analysis cannot be recomputed: {e}"),
+            )
+        })?;
+        if again != record.verdict {
+            return Err(PacketFault::at(
+                ROLLOUT,
+                format!(
+                    "step {seq}: the recorded verdict {:?} does not follow from its samples (recomputed: {again:?})",
+                    record.verdict
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_manifest(packet: &Packet) -> Result<Manifest, PacketFault> {

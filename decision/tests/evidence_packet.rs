@@ -798,3 +798,66 @@ fn embedded_key_is_read_but_not_trusted() {
     assert_eq!(fault.file.as_deref(), Some(KEY));
     assert_eq!(Packet::new().embedded_key().unwrap(), None);
 }
+
+/// A packet with `rollout.json` whose analysis step records a judge, samples and a
+/// verdict: the verdict must follow from the samples.
+fn with_rollout(verdict: serde_json::Value) -> Vec<u8> {
+    let mut sample = sample();
+    let rollout = json!({
+        "strategy": {"strategy": "canary", "steps": [50, 100], "router": "edge"},
+        "state": "rolled_back",
+        "steps": [{
+            "seq": 3,
+            "phase": "forward",
+            "state": "failed",
+            "detail": {"analysis": {
+                "judge": {"alpha": 0.05, "min_samples": 5, "tolerance": 0.1, "thresholds": {}},
+                "metrics": [{"metric": "error_ratio", "samples": {
+                    "baseline": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                    "canary": [0.05, 0.1, 0.05, 0.05, 0.1, 0.05],
+                }}],
+                "verdict": verdict,
+            }},
+        }],
+    });
+    sample.packet.files.insert(
+        stella_decision::evidence::ROLLOUT.to_owned(),
+        canonical_bytes(&rollout).unwrap(),
+    );
+    sample.packet.write(&sample.decision_id).unwrap()
+}
+
+#[test]
+fn a_rollout_analysis_must_give_its_verdict_again_from_its_samples() {
+    let verdict = {
+        let record: stella_decision::analysis::StepRecord = serde_json::from_value(json!({
+            "judge": {"alpha": 0.05, "min_samples": 5, "tolerance": 0.1, "thresholds": {}},
+            "metrics": [{"metric": "error_ratio", "samples": {
+                "baseline": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                "canary": [0.05, 0.1, 0.05, 0.05, 0.1, 0.05],
+            }}],
+            "verdict": {"verdict": "continue"},
+        }))
+        .unwrap();
+        stella_decision::analysis::recompute(&record).unwrap()
+    };
+    assert!(matches!(
+        verdict,
+        stella_decision::analysis::Verdict::Rollback { .. }
+    ));
+    let honest = with_rollout(serde_json::to_value(&verdict).unwrap());
+    verify(&honest, &[key(1).public_key()]).unwrap();
+    // The same samples recorded as a pass: named, with both verdicts.
+    let fault = fault_of(&with_rollout(json!({"verdict": "continue"})));
+    assert_eq!(
+        fault.file.as_deref(),
+        Some(stella_decision::evidence::ROLLOUT),
+        "{fault}"
+    );
+    assert!(
+        fault
+            .message
+            .contains("step 3: the recorded verdict Continue does not follow from its samples"),
+        "{fault}"
+    );
+}

@@ -184,8 +184,13 @@ impl App {
             });
             let stickers: Vec<serde_json::Value> = tasks
                 .iter()
-                .filter(|t| t.state == crate::domain::TaskState::Succeeded)
+                .filter(|t| {
+                    t.state == crate::domain::TaskState::Succeeded
+                        && t.kind == crate::domain::TaskKind::Deploy
+                })
                 .filter_map(|t| serde_json::from_str::<DeploySpec>(&t.payload_json).ok())
+                // A slot's containers carry no sticker.
+                .filter(|spec| spec.slot.is_none())
                 .map(|spec| {
                     serde_json::json!({
                         "target": spec.target.name,
@@ -204,6 +209,27 @@ impl App {
             packet
                 .files
                 .insert("stickers.json".to_owned(), canonical(&stickers)?);
+            if let Some(detail) = self.rollout_detail(&deployment.id).await? {
+                let rollout = serde_json::json!({
+                    "strategy": detail.rollout.strategy,
+                    "state": detail.rollout.state.as_str(),
+                    "message": detail.rollout.message,
+                    "steps": detail.records.iter().map(|r| serde_json::json!({
+                        "seq": r.seq,
+                        "phase": r.phase.as_str(),
+                        "step": r.step,
+                        "state": r.state.as_str(),
+                        "message": r.message,
+                        "detail": r.detail,
+                        "started_at": stella_decision::format_time(r.started_at_ms),
+                        "finished_at": r.finished_at_ms.map(stella_decision::format_time),
+                    })).collect::<Vec<_>>(),
+                });
+                packet.files.insert(
+                    stella_decision::evidence::ROLLOUT.to_owned(),
+                    canonical(&rollout)?,
+                );
+            }
         }
         packet.write_signed(&record.id, &self.signer).map_err(|e| {
             AppError::new(

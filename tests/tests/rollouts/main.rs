@@ -361,6 +361,22 @@ async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_
     assert_eq!(after.count("v1"), 40, "{after:?}");
     assert_eq!(world.slot_containers("canary").await?, 0);
 
+    // The evidence packet of the promotion carries the rollout with the analysis, and
+    // verifies with no server (the analysis recomputed from its samples).
+    let decision = done["decision_id"].as_str().unwrap_or_default().to_owned();
+    let packet = world.nginx.dir.path().join("evidence.tar.gz");
+    let packet_path = packet.display().to_string();
+    let (status, _, stderr) = world
+        .cli(&["evidence", "export", &decision, "--out", &packet_path])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let read = stella_decision::evidence::Packet::read(&std::fs::read(&packet)?)?;
+    let rollout: serde_json::Value =
+        serde_json::from_slice(&read.files[stella_decision::evidence::ROLLOUT])?;
+    assert_eq!(rollout["state"], "rolled_back", "{rollout:#}");
+    let (status, stdout, stderr) = world.cli(&["evidence", "verify", &packet_path]).await?;
+    assert_eq!(status, 0, "{stdout}{stderr}");
+
     let id = world.promote("v2").await?;
     let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
     assert_eq!(done["state"], "succeeded", "{done:#}");
