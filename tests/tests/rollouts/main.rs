@@ -396,3 +396,150 @@ async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_
     assert_eq!(after.count("v2"), 40, "{after:?}");
     Ok(())
 }
+
+/// Targets of `world` whose own (stable) container is not running now.
+async fn stable_down(world: &World) -> anyhow::Result<usize> {
+    let docker = bollard::Docker::connect_with_local_defaults()?;
+    let all = docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            ..Default::default()
+        }))
+        .await?;
+    let running: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+        .filter_map(|c| {
+            let labels = c.labels.as_ref()?;
+            if labels.contains_key("ops.stella.slot") {
+                return None;
+            }
+            labels.get("ops.stella.target").cloned()
+        })
+        .collect();
+    Ok(world
+        .targets
+        .iter()
+        .filter(|t| !running.contains(*t))
+        .count())
+}
+
+/// Rolling over ten targets in batches of three, one target out of service at a time:
+/// a sampler of the engine never sees more than one down, and requests through nginx
+/// (which passes a refused connection on to the next upstream) never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_over_ten_targets_keeps_at_most_one_down_and_fails_no_request() -> anyhow::Result<()>
+{
+    let mut world = World::start_targets(10).await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "rolling",
+            "--batch",
+            "3",
+            "--max-unavailable",
+            "1",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+
+    let load = Load::start(&world.nginx.url());
+    let id = world.promote("v2").await?;
+    let mut most_down = 0;
+    let mut samples = 0;
+    let done = loop {
+        most_down = most_down.max(stable_down(&world).await?);
+        samples += 1;
+        let deployment = world.deployment(&id).await?;
+        if deployment["finished_at"].is_string() {
+            break deployment;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tally = load.stop().await;
+    println!("rolling: {samples} samples, at most {most_down} down; {tally:?}");
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let steps = step_states(&done);
+    assert_eq!(steps.len(), 10, "one target per step: {steps:?}");
+    assert!(
+        steps.iter().all(|(_, _, state)| state == "succeeded"),
+        "{steps:?}"
+    );
+    assert!(samples > 20, "too few samples to tell: {samples}");
+    assert!(most_down <= 1, "{most_down} targets were down at once");
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(tally.count("v1") > 0 && tally.count("v2") > 0, "{tally:?}");
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v2"), 40, "{after:?}");
+    Ok(())
+}
+
+/// A canary survives its agent crashing and its server restarting: the rollout waits
+/// at its pause, the promote is taken by the restarted server, the route step waits
+/// for the agent to come back, and the rollout finishes. Requests through nginx never
+/// fail meanwhile: the router keeps the last weights it was given, which point at
+/// running containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_survives_its_agent_crashing_and_its_server_restarting() -> anyhow::Result<()> {
+    let mut world = World::start_with_agent_process().await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--pause",
+            "manual",
+            "--router",
+            "edge",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let load = Load::start(&world.nginx.url());
+    let id = world.promote("v2").await?;
+    wait_rollout(&world, &id, "the canary paused at 50 %", |d| {
+        step_states(d)
+            .last()
+            .is_some_and(|(_, step, state)| step == "pause until promoted" && state == "running")
+    })
+    .await?;
+
+    world.kill_agent().await?;
+    world.server.restart().await?;
+    let (status, _, stderr) = world.cli(&["deployment", "promote", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    // The route to 100 % cannot be applied while the agent is gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = world.deployment(&id).await?;
+    assert_eq!(waiting["state"], "running", "{waiting:#}");
+    assert_eq!(
+        waiting["rollout"]["weights"],
+        json!([{"slot": "stable", "percent": 50}, {"slot": "canary", "percent": 50}]),
+        "{waiting:#}"
+    );
+    world.restart_agent()?;
+    // At 100 % the canary pauses again (a pause follows every weight).
+    wait_rollout(&world, &id, "the canary paused at 100 %", |d| {
+        d["rollout"]["weights"]
+            == json!([{"slot": "stable", "percent": 0}, {"slot": "canary", "percent": 100}])
+            && step_states(d).last().is_some_and(|(_, step, state)| {
+                step == "pause until promoted" && state == "running"
+            })
+    })
+    .await?;
+    let (status, _, stderr) = world.cli(&["deployment", "promote", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    let tally = load.stop().await;
+    println!("canary across an agent crash and a server restart: {tally:?}");
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    let after = send(&world.nginx.url(), 40).await;
+    assert_eq!(after.count("v2"), 40, "{after:?}");
+    assert_eq!(world.slot_containers("canary").await?, 0);
+    Ok(())
+}

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use stella_tests::images::{ContainerCleanup, WebImageOptions, WebImages, WEB_HEALTH_CMD};
 use stella_tests::registry::TestRegistry;
-use stella_tests::{free_port, stella, wait_until, TestAgent, TestServer};
+use stella_tests::{free_port, stella, wait_until, ChildProcess, TestAgent, TestServer};
 
 use crate::common::Nginx;
 
@@ -133,7 +133,10 @@ impl Load {
 /// version published to a real registry.
 pub struct World {
     pub server: TestServer,
-    _agent: TestAgent,
+    /// The agent `edge` in this process (none when it runs as a process).
+    _agent: Option<TestAgent>,
+    /// The agent `edge` as a `stella agent run` process, when the world was started so.
+    pub agent_process: Option<ChildProcess>,
     pub nginx: Nginx,
     pub images: WebImages,
     pub targets: Vec<String>,
@@ -145,6 +148,21 @@ pub struct World {
 
 impl World {
     pub async fn start() -> anyhow::Result<World> {
+        World::start_targets(2).await
+    }
+
+    /// A world with `count` Docker targets, each on a fixed host port.
+    pub async fn start_targets(count: usize) -> anyhow::Result<World> {
+        World::start_opts(count, false).await
+    }
+
+    /// A world whose agent is a `stella agent run` process, which
+    /// [`World::kill_agent`] kills with SIGKILL.
+    pub async fn start_with_agent_process() -> anyhow::Result<World> {
+        World::start_opts(2, true).await
+    }
+
+    async fn start_opts(count: usize, agent_process: bool) -> anyhow::Result<World> {
         let registry = TestRegistry::start().await?;
         let images = WebImages::new(
             &registry.host(),
@@ -152,7 +170,13 @@ impl World {
             &registry.docker_config(),
         );
         let server = TestServer::start().await?;
-        let agent = TestAgent::start(&server, "edge").await?;
+        let (agent, process) = if agent_process {
+            let token = server.join_token().await?;
+            let process = spawn_agent(&server, Some(&token))?;
+            (None, Some(process))
+        } else {
+            (Some(TestAgent::start(&server, "edge").await?), None)
+        };
         wait_until(
             "agent edge drives docker with slots and nginx",
             Duration::from_secs(30),
@@ -193,7 +217,7 @@ impl World {
                 json!({"name": "web", "allow_unscanned": true}),
             )
             .await?;
-        let targets = vec![unique("web-a"), unique("web-b")];
+        let targets: Vec<String> = (0..count).map(|i| unique(&format!("web-{i:02}"))).collect();
         let mut ports = Vec::new();
         for target in &targets {
             let port = free_port().await?;
@@ -211,6 +235,7 @@ impl World {
         Ok(World {
             server,
             _agent: agent,
+            agent_process: process,
             nginx,
             images,
             targets,
@@ -218,6 +243,22 @@ impl World {
             _cleanup: cleanup,
             _registry: registry,
         })
+    }
+
+    /// Kills the agent process with SIGKILL (a world started with
+    /// [`World::start_with_agent_process`]).
+    pub async fn kill_agent(&mut self) -> anyhow::Result<()> {
+        let mut process = self
+            .agent_process
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the agent does not run as a process here"))?;
+        process.kill().await
+    }
+
+    /// Starts the agent process again on its data dir (enrolled already).
+    pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        self.agent_process = Some(spawn_agent(&self.server, None)?);
+        Ok(())
     }
 
     pub async fn release(&self, version: &str, healthy: bool) -> anyhow::Result<()> {
@@ -333,6 +374,31 @@ impl World {
             })
             .count())
     }
+}
+
+/// `stella agent run` as agent `edge` of `server` (enrolling with `token`, if given).
+fn spawn_agent(server: &TestServer, token: Option<&str>) -> anyhow::Result<ChildProcess> {
+    let data_dir = server.dir.path().join("agent-edge-process");
+    let api = server.api_url();
+    let data = data_dir.display().to_string();
+    let mut args = vec![
+        "agent",
+        "run",
+        "--server",
+        &api,
+        "--data-dir",
+        &data,
+        "--name",
+        "edge",
+    ];
+    if let Some(token) = token {
+        args.extend(["--join-token", token]);
+    }
+    let log = server
+        .dir
+        .path()
+        .join(format!("agent-edge-{}.log", uuid::Uuid::new_v4().simple()));
+    ChildProcess::spawn(&args, &[], log)
 }
 
 pub async fn wait_rollout<F>(world: &World, id: &str, what: &str, check: F) -> anyhow::Result<Value>
