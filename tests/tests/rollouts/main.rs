@@ -5,6 +5,7 @@
 
 #[path = "../../../routers/tests/common/mod.rs"]
 mod common;
+mod haproxy;
 mod world;
 
 use std::time::Duration;
@@ -30,7 +31,7 @@ async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_requ
     let env = world.server.get("/api/v1/environments/web").await?;
     assert_eq!(env["rollout"]["strategy"], "blue-green", "{env}");
 
-    let load = Load::start(&world.nginx.url());
+    let load = Load::start(&world.router.url());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = world.promote("v2").await?;
     let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
@@ -93,7 +94,7 @@ async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_requ
         let direct = get(&fresh_client(), &format!("http://127.0.0.1:{port}/")).await;
         assert_eq!(direct.as_deref(), Ok("v2"), "stable on port {port}");
     }
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
 
     // The promotion carried the strategy in its plan, and says deployed.
@@ -198,7 +199,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
     // One target runs the canary beside its stable container; stable keeps 50 % over
     // both targets, the canary 50 % on one.
     assert_eq!(world.slot_containers("canary").await?, 1);
-    let split = send(&world.nginx.url(), 400).await;
+    let split = send(&world.router.url(), 400).await;
     println!("canary 50 %: {split:?}");
     assert_eq!(split.failed(), 0, "{split:?}");
     let share = split.count("v2") as f64 / 400.0;
@@ -238,7 +239,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
         json!([{"slot": "stable", "percent": 100}, {"slot": "canary", "percent": 0}])
     );
     assert_eq!(world.slot_containers("canary").await?, 0);
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v1"), 40, "{after:?}");
     let (status, stdout, stderr) = world.cli(&["deployment", "show", &id]).await?;
     assert_eq!(status, 0, "{stderr}");
@@ -266,7 +267,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
         "{phases:?}"
     );
     assert_eq!(world.slot_containers("canary").await?, 0);
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v1"), 40, "{after:?}");
     Ok(())
 }

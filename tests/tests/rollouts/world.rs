@@ -1,11 +1,12 @@
-//! The world of the rollout tests: a server, an agent driving Docker targets and the
-//! nginx router, a registry with the web images, and a load generator counting answers
-//! by the version they name.
+//! The world of the rollout tests: a server, an agent driving Docker targets and a
+//! router (nginx or HAProxy), a registry with the web images, and a load generator
+//! counting answers by the version they name. `bench-rollout` (tests/src/bin) includes
+//! this module too.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ use stella_tests::images::{ContainerCleanup, WebImages, WEB_HEALTH_CMD};
 use stella_tests::registry::TestRegistry;
 use stella_tests::{free_port, stella, wait_until, TestAgent, TestServer};
 
-use crate::common::Nginx;
+use crate::common::{Haproxy, Nginx};
 
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -87,7 +88,7 @@ pub async fn send(url: &str, count: usize) -> Tally {
 /// Four client loops through the router until stopped.
 pub struct Load {
     pub stop: Arc<AtomicBool>,
-    pub workers: Vec<tokio::task::JoinHandle<Tally>>,
+    pub workers: Vec<tokio::task::JoinHandle<(Tally, Vec<Duration>)>>,
 }
 
 impl Load {
@@ -99,13 +100,17 @@ impl Load {
                 let (stop, client, url) = (stop.clone(), client.clone(), url.to_owned());
                 tokio::spawn(async move {
                     let mut tally = Tally::default();
+                    let mut latencies = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        match get(&client, &url).await {
+                        let sent = Instant::now();
+                        let answer = get(&client, &url).await;
+                        latencies.push(sent.elapsed());
+                        match answer {
                             Ok(v) => *tally.by_version.entry(v).or_default() += 1,
                             Err(e) => *tally.failures.entry(e).or_default() += 1,
                         }
                     }
-                    tally
+                    (tally, latencies)
                 })
             })
             .collect();
@@ -113,28 +118,60 @@ impl Load {
     }
 
     pub async fn stop(self) -> Tally {
+        self.stop_timed().await.0
+    }
+
+    /// Stops the load: the tally, and every request's latency (failed ones included).
+    pub async fn stop_timed(self) -> (Tally, Vec<Duration>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
+        let mut all = Vec::new();
         for worker in self.workers {
-            let tally = worker.await.expect("load worker");
+            let (tally, latencies) = worker.await.expect("load worker");
             for (k, v) in tally.by_version {
                 *total.by_version.entry(k).or_default() += v;
             }
             for (k, v) in tally.failures {
                 *total.failures.entry(k).or_default() += v;
             }
+            all.extend(latencies);
         }
-        total
+        (total, all)
     }
 }
 
-/// A server, one agent driving two Docker targets with fixed host ports and the nginx
-/// router in front of them, environment `web` (the route's name), and a release per
+/// The router a world puts in front of its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterUnderTest {
+    /// Debian's nginx, its route file rewritten and reloaded.
+    Nginx,
+    /// Debian's HAProxy, its server slots changed through the Runtime API.
+    Haproxy,
+}
+
+/// The running router: route `web`, registered as router `edge`.
+pub enum Router {
+    Nginx(Nginx),
+    Haproxy(Haproxy),
+}
+
+impl Router {
+    /// Where requests go through it.
+    pub fn url(&self) -> String {
+        match self {
+            Router::Nginx(nginx) => nginx.url(),
+            Router::Haproxy(haproxy) => haproxy.url(),
+        }
+    }
+}
+
+/// A server, one agent driving two Docker targets with fixed host ports and a router
+/// (nginx or HAProxy) in front of them, environment `web` (the route's name), and a release per
 /// version published to a real registry.
 pub struct World {
     pub server: TestServer,
     _agent: TestAgent,
-    pub nginx: Nginx,
+    pub router: Router,
     pub images: WebImages,
     pub targets: Vec<String>,
     /// Each target's fixed host port, in `targets` order.
@@ -144,7 +181,12 @@ pub struct World {
 }
 
 impl World {
+    /// A world behind nginx.
     pub async fn start() -> anyhow::Result<World> {
+        World::start_with(RouterUnderTest::Nginx).await
+    }
+
+    pub async fn start_with(kind: RouterUnderTest) -> anyhow::Result<World> {
         let registry = TestRegistry::start().await?;
         let images = WebImages::new(
             &registry.host(),
@@ -153,8 +195,12 @@ impl World {
         );
         let server = TestServer::start().await?;
         let agent = TestAgent::start(&server, "edge").await?;
+        let capability = match kind {
+            RouterUnderTest::Nginx => "router:nginx",
+            RouterUnderTest::Haproxy => "router:haproxy",
+        };
         wait_until(
-            "agent edge drives docker with slots and nginx",
+            &format!("agent edge drives docker with slots and {capability}"),
             Duration::from_secs(30),
             || async {
                 server.agent("edge").await.ok().filter(|a| {
@@ -163,28 +209,42 @@ impl World {
                             .as_array()
                             .is_some_and(|all| all.iter().any(|x| x == c))
                     };
-                    a["state"] == "connected" && has("slots:docker") && has("router:nginx")
+                    a["state"] == "connected" && has("slots:docker") && has(capability)
                 })
             },
         )
         .await?;
-        let nginx = Nginx::prepare("web");
-        let settings = nginx.settings();
-        let path = |p: &std::path::Path| p.display().to_string();
+        let (router, settings) = match kind {
+            RouterUnderTest::Nginx => {
+                let nginx = Nginx::prepare("web");
+                let settings = nginx.settings();
+                let path = |p: &std::path::Path| p.display().to_string();
+                let settings = json!({
+                    "nginx_bin": path(&settings.nginx_bin),
+                    "conf_path": path(&settings.conf_path),
+                    "prefix": path(settings.prefix.as_deref().expect("prefix")),
+                    "error_log": path(settings.error_log.as_deref().expect("error log")),
+                    "pid_file": path(&settings.pid_file),
+                    "routes_dir": path(&settings.routes_dir),
+                });
+                (Router::Nginx(nginx), settings)
+            }
+            RouterUnderTest::Haproxy => {
+                // A blue-green rollout over the two targets has four servers in the
+                // backend at once (two stable, two green).
+                let haproxy = Haproxy::start("web", 4).await;
+                let socket = haproxy.settings().admin_socket.display().to_string();
+                (Router::Haproxy(haproxy), json!({ "admin_socket": socket }))
+            }
+        };
+        let router_kind = match kind {
+            RouterUnderTest::Nginx => "nginx",
+            RouterUnderTest::Haproxy => "haproxy",
+        };
         server
             .post(
                 "/api/v1/routers",
-                json!({
-                    "name": "edge", "kind": "nginx", "agent": "edge",
-                    "settings": {
-                        "nginx_bin": path(&settings.nginx_bin),
-                        "conf_path": path(&settings.conf_path),
-                        "prefix": path(settings.prefix.as_deref().expect("prefix")),
-                        "error_log": path(settings.error_log.as_deref().expect("error log")),
-                        "pid_file": path(&settings.pid_file),
-                        "routes_dir": path(&settings.routes_dir),
-                    },
-                }),
+                json!({"name": "edge", "kind": router_kind, "agent": "edge", "settings": settings}),
             )
             .await?;
         server
@@ -211,7 +271,7 @@ impl World {
         Ok(World {
             server,
             _agent: agent,
-            nginx,
+            router,
             images,
             targets,
             ports,
@@ -250,7 +310,8 @@ impl World {
         self.server.get(&format!("/api/v1/deployments/{id}")).await
     }
 
-    /// v1 all at once, the route to the stable containers, then nginx started.
+    /// v1 all at once, then the route to the stable containers (nginx is started once
+    /// its route file exists; HAProxy runs from the start).
     pub async fn serve_v1(&mut self) -> anyhow::Result<String> {
         self.release("v1", true).await?;
         let id = self.promote("v1").await?;
@@ -271,8 +332,10 @@ impl World {
             )
             .await?;
         assert_eq!(status, 200, "{body}");
-        self.nginx.start().await;
-        let first = send(&self.nginx.url(), 20).await;
+        if let Router::Nginx(nginx) = &mut self.router {
+            nginx.start().await;
+        }
+        let first = send(&self.router.url(), 20).await;
         assert_eq!(first.count("v1"), 20, "{first:?}");
         Ok(id)
     }
