@@ -85,10 +85,19 @@ pub async fn send(url: &str, count: usize) -> Tally {
     tally
 }
 
+/// When the requests of a [`Load`] were answered, and how fast.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// The latency of every request answered with a version.
+    pub answered: Vec<Duration>,
+    /// When each failed request ended.
+    pub failed_at: Vec<Instant>,
+}
+
 /// Four client loops through the router until stopped.
 pub struct Load {
     pub stop: Arc<AtomicBool>,
-    pub workers: Vec<tokio::task::JoinHandle<(Tally, Vec<Duration>)>>,
+    pub workers: Vec<tokio::task::JoinHandle<(Tally, Timings)>>,
 }
 
 impl Load {
@@ -100,17 +109,21 @@ impl Load {
                 let (stop, client, url) = (stop.clone(), client.clone(), url.to_owned());
                 tokio::spawn(async move {
                     let mut tally = Tally::default();
-                    let mut latencies = Vec::new();
+                    let mut timings = Timings::default();
                     while !stop.load(Ordering::Relaxed) {
                         let sent = Instant::now();
-                        let answer = get(&client, &url).await;
-                        latencies.push(sent.elapsed());
-                        match answer {
-                            Ok(v) => *tally.by_version.entry(v).or_default() += 1,
-                            Err(e) => *tally.failures.entry(e).or_default() += 1,
+                        match get(&client, &url).await {
+                            Ok(v) => {
+                                timings.answered.push(sent.elapsed());
+                                *tally.by_version.entry(v).or_default() += 1;
+                            }
+                            Err(e) => {
+                                timings.failed_at.push(Instant::now());
+                                *tally.failures.entry(e).or_default() += 1;
+                            }
                         }
                     }
-                    (tally, latencies)
+                    (tally, timings)
                 })
             })
             .collect();
@@ -121,20 +134,21 @@ impl Load {
         self.stop_timed().await.0
     }
 
-    /// Stops the load: the tally, and every request's latency (failed ones included).
-    pub async fn stop_timed(self) -> (Tally, Vec<Duration>) {
+    /// Stops the load: the tally, and when and how fast requests were answered.
+    pub async fn stop_timed(self) -> (Tally, Timings) {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
-        let mut all = Vec::new();
+        let mut all = Timings::default();
         for worker in self.workers {
-            let (tally, latencies) = worker.await.expect("load worker");
+            let (tally, timings) = worker.await.expect("load worker");
             for (k, v) in tally.by_version {
                 *total.by_version.entry(k).or_default() += v;
             }
             for (k, v) in tally.failures {
                 *total.failures.entry(k).or_default() += v;
             }
-            all.extend(latencies);
+            all.answered.extend(timings.answered);
+            all.failed_at.extend(timings.failed_at);
         }
         (total, all)
     }
