@@ -39,8 +39,10 @@
 //! Slots are planned first (a backend already in a slot keeps it; new ones take slots in
 //! maintenance), and a route that needs more slots than there are is refused before any
 //! command. Then, per set: new slots get `set server B/S addr A port P`, `set server B/S
-//! weight W` and `set server B/S state ready`; kept slots get their new weight; slots no
-//! longer wanted go to `set server B/S state maint` (their requests in flight finish).
+//! weight W` and `set server B/S state ready`; kept slots get their new weight (servers
+//! that gain traffic first, those that lose some after, so that a switch never leaves
+//! the backend without a server); slots no longer wanted go to `set server B/S state
+//! maint` (their requests in flight finish).
 //! An A/B set is filled before its map points at it, and its map is emptied before it is
 //! drained. Finally `show servers state` is read back and compared.
 //!
@@ -517,6 +519,15 @@ impl SlotPlan {
                 }
             }
         }
+        // Servers that gain traffic (new, out of maintenance, or a higher weight) are
+        // changed before those that lose some: taking weight away first would leave a
+        // moment with no server to take a request (blue-green's switch sets stable to 0
+        // before green is ready), and HAProxy answers 503 in it.
+        assigned.sort_by_key(|(slot, wanted)| {
+            !slot.maint
+                && slot.address.as_ref() == Some(&wanted.address)
+                && wanted.weight.get() < slot.weight
+        });
         // A slot taken over from a live backend is not released: its address changes.
         let released = free.into_iter().flatten().cloned().collect();
         Ok(Self { assigned, released })
@@ -658,6 +669,22 @@ mod tests {
                 .contains("has 2 server slots and the route needs 3"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn slot_plan_adds_servers_before_it_takes_weight_away() {
+        // s1 serves 127.0.0.1:8081 at 90; s2 is in maintenance. Everything moves to a
+        // new server: it must be ready before s1 goes to 0.
+        let slots = parse_servers_state("show servers state web", STATE).expect("parse");
+        let old = Backend::new("127.0.0.1:8081", 0).expect("backend");
+        let new = Backend::new("127.0.0.1:8082", 256).expect("backend");
+        let plan = SlotPlan::new("web", &slots, &[&old, &new]).expect("plan");
+        let order: Vec<(&str, u16)> = plan
+            .assigned
+            .iter()
+            .map(|(s, b)| (s.name.as_str(), b.weight.get()))
+            .collect();
+        assert_eq!(order, [("s2", 256), ("s1", 0)]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 #[path = "../../../routers/tests/common/mod.rs"]
 mod common;
+mod haproxy;
 mod world;
 
 use std::time::Duration;
@@ -30,7 +31,7 @@ async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_requ
     let env = world.server.get("/api/v1/environments/web").await?;
     assert_eq!(env["rollout"]["strategy"], "blue-green", "{env}");
 
-    let load = Load::start(&world.nginx.url());
+    let load = Load::start(&world.router.url());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let id = world.promote("v2").await?;
     let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
@@ -93,7 +94,7 @@ async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_requ
         let direct = get(&fresh_client(), &format!("http://127.0.0.1:{port}/")).await;
         assert_eq!(direct.as_deref(), Ok("v2"), "stable on port {port}");
     }
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
 
     // The promotion carried the strategy in its plan, and says deployed.
@@ -198,7 +199,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
     // One target runs the canary beside its stable container; stable keeps 50 % over
     // both targets, the canary 50 % on one.
     assert_eq!(world.slot_containers("canary").await?, 1);
-    let split = send(&world.nginx.url(), 400).await;
+    let split = send(&world.router.url(), 400).await;
     println!("canary 50 %: {split:?}");
     assert_eq!(split.failed(), 0, "{split:?}");
     let share = split.count("v2") as f64 / 400.0;
@@ -238,7 +239,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
         json!([{"slot": "stable", "percent": 100}, {"slot": "canary", "percent": 0}])
     );
     assert_eq!(world.slot_containers("canary").await?, 0);
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v1"), 40, "{after:?}");
     let (status, stdout, stderr) = world.cli(&["deployment", "show", &id]).await?;
     assert_eq!(status, 0, "{stderr}");
@@ -266,7 +267,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
         "{phases:?}"
     );
     assert_eq!(world.slot_containers("canary").await?, 0);
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v1"), 40, "{after:?}");
     Ok(())
 }
@@ -357,14 +358,14 @@ async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_
         stella_decision::analysis::recompute(&replayed)?,
         replayed.verdict
     );
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v1"), 40, "{after:?}");
     assert_eq!(world.slot_containers("canary").await?, 0);
 
     // The evidence packet of the promotion carries the rollout with the analysis, and
     // verifies with no server (the analysis recomputed from its samples).
     let decision = done["decision_id"].as_str().unwrap_or_default().to_owned();
-    let packet = world.nginx.dir.path().join("evidence.tar.gz");
+    let packet = world.server.dir.path().join("evidence.tar.gz");
     let packet_path = packet.display().to_string();
     let (status, _, stderr) = world
         .cli(&["evidence", "export", &decision, "--out", &packet_path])
@@ -392,7 +393,7 @@ async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_
         analyses.iter().all(|a| a.starts_with("\"succeeded\"")),
         "{analyses:?}"
     );
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
     Ok(())
 }
@@ -445,7 +446,7 @@ async fn rolling_over_ten_targets_keeps_at_most_one_down_and_fails_no_request() 
         .await?;
     assert_eq!(status, 0, "{stderr}");
 
-    let load = Load::start(&world.nginx.url());
+    let load = Load::start(&world.router.url());
     let id = world.promote("v2").await?;
     let mut most_down = 0;
     let mut samples = 0;
@@ -471,7 +472,7 @@ async fn rolling_over_ten_targets_keeps_at_most_one_down_and_fails_no_request() 
     assert!(most_down <= 1, "{most_down} targets were down at once");
     assert_eq!(tally.failed(), 0, "{tally:?}");
     assert!(tally.count("v1") > 0 && tally.count("v2") > 0, "{tally:?}");
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
     Ok(())
 }
@@ -499,7 +500,7 @@ async fn a_canary_survives_its_agent_crashing_and_its_server_restarting() -> any
         ])
         .await?;
     assert_eq!(status, 0, "{stderr}");
-    let load = Load::start(&world.nginx.url());
+    let load = Load::start(&world.router.url());
     let id = world.promote("v2").await?;
     wait_rollout(&world, &id, "the canary paused at 50 %", |d| {
         step_states(d)
@@ -538,7 +539,7 @@ async fn a_canary_survives_its_agent_crashing_and_its_server_restarting() -> any
     println!("canary across an agent crash and a server restart: {tally:?}");
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(tally.failed(), 0, "{tally:?}");
-    let after = send(&world.nginx.url(), 40).await;
+    let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
     assert_eq!(world.slot_containers("canary").await?, 0);
     Ok(())

@@ -1,11 +1,12 @@
-//! The world of the rollout tests: a server, an agent driving Docker targets and the
-//! nginx router, a registry with the web images, and a load generator counting answers
-//! by the version they name.
+//! The world of the rollout tests: a server, an agent driving Docker targets and a
+//! router (nginx or HAProxy), a registry with the web images, and a load generator
+//! counting answers by the version they name. `bench-rollout` (tests/src/bin) includes
+//! this module too.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ use stella_tests::images::{ContainerCleanup, WebImageOptions, WebImages, WEB_HEA
 use stella_tests::registry::TestRegistry;
 use stella_tests::{free_port, stella, wait_until, ChildProcess, TestAgent, TestServer};
 
-use crate::common::Nginx;
+use crate::common::{Haproxy, Nginx};
 
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -84,10 +85,19 @@ pub async fn send(url: &str, count: usize) -> Tally {
     tally
 }
 
+/// When the requests of a [`Load`] were answered, and how fast.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// The latency of every request answered with a version.
+    pub answered: Vec<Duration>,
+    /// When each failed request ended.
+    pub failed_at: Vec<Instant>,
+}
+
 /// Four client loops through the router until stopped.
 pub struct Load {
     pub stop: Arc<AtomicBool>,
-    pub workers: Vec<tokio::task::JoinHandle<Tally>>,
+    pub workers: Vec<tokio::task::JoinHandle<(Tally, Timings)>>,
 }
 
 impl Load {
@@ -99,13 +109,21 @@ impl Load {
                 let (stop, client, url) = (stop.clone(), client.clone(), url.to_owned());
                 tokio::spawn(async move {
                     let mut tally = Tally::default();
+                    let mut timings = Timings::default();
                     while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
                         match get(&client, &url).await {
-                            Ok(v) => *tally.by_version.entry(v).or_default() += 1,
-                            Err(e) => *tally.failures.entry(e).or_default() += 1,
+                            Ok(v) => {
+                                timings.answered.push(sent.elapsed());
+                                *tally.by_version.entry(v).or_default() += 1;
+                            }
+                            Err(e) => {
+                                timings.failed_at.push(Instant::now());
+                                *tally.failures.entry(e).or_default() += 1;
+                            }
                         }
                     }
-                    tally
+                    (tally, timings)
                 })
             })
             .collect();
@@ -113,23 +131,56 @@ impl Load {
     }
 
     pub async fn stop(self) -> Tally {
+        self.stop_timed().await.0
+    }
+
+    /// Stops the load: the tally, and when and how fast requests were answered.
+    pub async fn stop_timed(self) -> (Tally, Timings) {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
+        let mut all = Timings::default();
         for worker in self.workers {
-            let tally = worker.await.expect("load worker");
+            let (tally, timings) = worker.await.expect("load worker");
             for (k, v) in tally.by_version {
                 *total.by_version.entry(k).or_default() += v;
             }
             for (k, v) in tally.failures {
                 *total.failures.entry(k).or_default() += v;
             }
+            all.answered.extend(timings.answered);
+            all.failed_at.extend(timings.failed_at);
         }
-        total
+        (total, all)
     }
 }
 
-/// A server, one agent driving two Docker targets with fixed host ports and the nginx
-/// router in front of them, environment `web` (the route's name), and a release per
+/// The router a world puts in front of its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterUnderTest {
+    /// Debian's nginx, its route file rewritten and reloaded.
+    Nginx,
+    /// Debian's HAProxy, its server slots changed through the Runtime API.
+    Haproxy,
+}
+
+/// The running router: route `web`, registered as router `edge`.
+pub enum Router {
+    Nginx(Nginx),
+    Haproxy(Haproxy),
+}
+
+impl Router {
+    /// Where requests go through it.
+    pub fn url(&self) -> String {
+        match self {
+            Router::Nginx(nginx) => nginx.url(),
+            Router::Haproxy(haproxy) => haproxy.url(),
+        }
+    }
+}
+
+/// A server, one agent driving two Docker targets with fixed host ports and a router
+/// (nginx or HAProxy) in front of them, environment `web` (the route's name), and a release per
 /// version published to a real registry.
 pub struct World {
     pub server: TestServer,
@@ -137,7 +188,7 @@ pub struct World {
     _agent: Option<TestAgent>,
     /// The agent `edge` as a `stella agent run` process, when the world was started so.
     pub agent_process: Option<ChildProcess>,
-    pub nginx: Nginx,
+    pub router: Router,
     pub images: WebImages,
     pub targets: Vec<String>,
     /// Each target's fixed host port, in `targets` order.
@@ -147,22 +198,32 @@ pub struct World {
 }
 
 impl World {
+    /// A world behind nginx.
     pub async fn start() -> anyhow::Result<World> {
-        World::start_targets(2).await
+        World::start_opts(RouterUnderTest::Nginx, 2, false).await
     }
 
-    /// A world with `count` Docker targets, each on a fixed host port.
+    /// A world behind `kind`.
+    pub async fn start_with(kind: RouterUnderTest) -> anyhow::Result<World> {
+        World::start_opts(kind, 2, false).await
+    }
+
+    /// A world behind nginx with `count` Docker targets, each on a fixed host port.
     pub async fn start_targets(count: usize) -> anyhow::Result<World> {
-        World::start_opts(count, false).await
+        World::start_opts(RouterUnderTest::Nginx, count, false).await
     }
 
-    /// A world whose agent is a `stella agent run` process, which
+    /// A world behind nginx whose agent is a `stella agent run` process, which
     /// [`World::kill_agent`] kills with SIGKILL.
     pub async fn start_with_agent_process() -> anyhow::Result<World> {
-        World::start_opts(2, true).await
+        World::start_opts(RouterUnderTest::Nginx, 2, true).await
     }
 
-    async fn start_opts(count: usize, agent_process: bool) -> anyhow::Result<World> {
+    async fn start_opts(
+        kind: RouterUnderTest,
+        count: usize,
+        agent_process: bool,
+    ) -> anyhow::Result<World> {
         let registry = TestRegistry::start().await?;
         let images = WebImages::new(
             &registry.host(),
@@ -177,8 +238,12 @@ impl World {
         } else {
             (Some(TestAgent::start(&server, "edge").await?), None)
         };
+        let capability = match kind {
+            RouterUnderTest::Nginx => "router:nginx",
+            RouterUnderTest::Haproxy => "router:haproxy",
+        };
         wait_until(
-            "agent edge drives docker with slots and nginx",
+            &format!("agent edge drives docker with slots and {capability}"),
             Duration::from_secs(30),
             || async {
                 server.agent("edge").await.ok().filter(|a| {
@@ -187,28 +252,43 @@ impl World {
                             .as_array()
                             .is_some_and(|all| all.iter().any(|x| x == c))
                     };
-                    a["state"] == "connected" && has("slots:docker") && has("router:nginx")
+                    a["state"] == "connected" && has("slots:docker") && has(capability)
                 })
             },
         )
         .await?;
-        let nginx = Nginx::prepare("web");
-        let settings = nginx.settings();
-        let path = |p: &std::path::Path| p.display().to_string();
+        let (router, settings) = match kind {
+            RouterUnderTest::Nginx => {
+                let nginx = Nginx::prepare("web");
+                let settings = nginx.settings();
+                let path = |p: &std::path::Path| p.display().to_string();
+                let settings = json!({
+                    "nginx_bin": path(&settings.nginx_bin),
+                    "conf_path": path(&settings.conf_path),
+                    "prefix": path(settings.prefix.as_deref().expect("prefix")),
+                    "error_log": path(settings.error_log.as_deref().expect("error log")),
+                    "pid_file": path(&settings.pid_file),
+                    "routes_dir": path(&settings.routes_dir),
+                });
+                (Router::Nginx(nginx), settings)
+            }
+            RouterUnderTest::Haproxy => {
+                // A blue-green rollout has two servers per target in the backend at
+                // once (stable and green).
+                let haproxy =
+                    Haproxy::start("web", u32::try_from(2 * count).unwrap_or(u32::MAX)).await;
+                let socket = haproxy.settings().admin_socket.display().to_string();
+                (Router::Haproxy(haproxy), json!({ "admin_socket": socket }))
+            }
+        };
+        let router_kind = match kind {
+            RouterUnderTest::Nginx => "nginx",
+            RouterUnderTest::Haproxy => "haproxy",
+        };
         server
             .post(
                 "/api/v1/routers",
-                json!({
-                    "name": "edge", "kind": "nginx", "agent": "edge",
-                    "settings": {
-                        "nginx_bin": path(&settings.nginx_bin),
-                        "conf_path": path(&settings.conf_path),
-                        "prefix": path(settings.prefix.as_deref().expect("prefix")),
-                        "error_log": path(settings.error_log.as_deref().expect("error log")),
-                        "pid_file": path(&settings.pid_file),
-                        "routes_dir": path(&settings.routes_dir),
-                    },
-                }),
+                json!({"name": "edge", "kind": router_kind, "agent": "edge", "settings": settings}),
             )
             .await?;
         server
@@ -236,7 +316,7 @@ impl World {
             server,
             _agent: agent,
             agent_process: process,
-            nginx,
+            router,
             images,
             targets,
             ports,
@@ -306,7 +386,8 @@ impl World {
         self.server.get(&format!("/api/v1/deployments/{id}")).await
     }
 
-    /// v1 all at once, the route to the stable containers, then nginx started.
+    /// v1 all at once, then the route to the stable containers (nginx is started once
+    /// its route file exists; HAProxy runs from the start).
     pub async fn serve_v1(&mut self) -> anyhow::Result<String> {
         self.release("v1", true).await?;
         let id = self.promote("v1").await?;
@@ -327,8 +408,10 @@ impl World {
             )
             .await?;
         assert_eq!(status, 200, "{body}");
-        self.nginx.start().await;
-        let first = send(&self.nginx.url(), 20).await;
+        if let Router::Nginx(nginx) = &mut self.router {
+            nginx.start().await;
+        }
+        let first = send(&self.router.url(), 20).await;
         assert_eq!(first.count("v1"), 20, "{first:?}");
         Ok(id)
     }

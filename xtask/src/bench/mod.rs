@@ -11,6 +11,7 @@ mod deploy_nomad;
 mod deploy_ssh;
 mod deploy_winrm;
 mod offline;
+mod rollout;
 mod runs;
 mod server;
 mod sim;
@@ -39,6 +40,9 @@ pub enum BenchCommand {
     /// An offline kit of a five-image release: its size against the images' compressed
     /// layers, and bundle and import times.
     Offline(offline::OfflineArgs),
+    /// Requests through the router while a promotion runs, per strategy (none, all at
+    /// once, blue-green, canary): failures, outage, p50/p99, and each rollout step's time.
+    Rollout(rollout::RolloutArgs),
     /// Task-pack runs of 20 no-op steps per second, and step-dispatch latency, SQLite
     /// and PostgreSQL.
     Runs(runs::RunsArgs),
@@ -59,6 +63,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Deploy(args) => deploy::run(&args),
         BenchCommand::Decisions(args) => decisions::run(&args),
         BenchCommand::Api(args) => api::run(&args),
+        BenchCommand::Rollout(args) => rollout::run(&args),
         BenchCommand::Runs(args) => runs::run(&args),
         BenchCommand::Offline(args) => offline::run(&args),
         BenchCommand::Ui(args) => ui::run(&args),

@@ -191,34 +191,41 @@ pub async fn answer_promotion(
     let view = View::Promotion(id.clone());
     let app = signed.app.clone();
     let caller = signed.caller.clone();
-    act(&state, &signed, &headers, &form.csrf, view, || async move {
-        let promotion = app.find_promotion(&id).await?;
-        caller
-            .require_in(Permission::Approve, &promotion.environment)
-            .map_err(|e| e.0)?;
-        let comment = Some(form.comment).filter(|c| !c.trim().is_empty());
-        let answered = match form.verdict.as_str() {
-            "approve" => app.approve_promotion(&id, &caller.0, comment).await?,
-            "reject" => app.reject_promotion(&id, &caller.0, comment).await?,
-            other => {
-                return Err(AppError::invalid(format!(
-                    "unknown verdict `{other}`: approve or reject"
-                )))
-            }
-        };
-        Ok((
-            format!(
-                "{} {}: it is now {}",
-                if form.verdict == "approve" {
-                    "approved"
-                } else {
-                    "rejected"
-                },
-                answered.promotion.id,
-                state_text(answered.promotion.state)
-            ),
-            Extra::default(),
-        ))
-    })
+    Box::pin(act(
+        &state,
+        &signed,
+        &headers,
+        &form.csrf,
+        view,
+        || async move {
+            let promotion = app.find_promotion(&id).await?;
+            caller
+                .require_in(Permission::Approve, &promotion.environment)
+                .map_err(|e| e.0)?;
+            let comment = Some(form.comment).filter(|c| !c.trim().is_empty());
+            let answered = match form.verdict.as_str() {
+                "approve" => app.approve_promotion(&id, &caller.0, comment).await?,
+                "reject" => app.reject_promotion(&id, &caller.0, comment).await?,
+                other => {
+                    return Err(AppError::invalid(format!(
+                        "unknown verdict `{other}`: approve or reject"
+                    )))
+                }
+            };
+            Ok((
+                format!(
+                    "{} {}: it is now {}",
+                    if form.verdict == "approve" {
+                        "approved"
+                    } else {
+                        "rejected"
+                    },
+                    answered.promotion.id,
+                    state_text(answered.promotion.state)
+                ),
+                Extra::default(),
+            ))
+        },
+    ))
     .await
 }
