@@ -801,7 +801,7 @@ fn embedded_key_is_read_but_not_trusted() {
 
 /// A packet with `rollout.json` whose analysis step records a judge, samples and a
 /// verdict: the verdict must follow from the samples.
-fn with_rollout(verdict: serde_json::Value) -> Vec<u8> {
+fn with_rollout(verdict: &serde_json::Value) -> Vec<u8> {
     let mut sample = sample();
     let rollout = json!({
         "strategy": {"strategy": "canary", "steps": [50, 100], "router": "edge"},
@@ -845,10 +845,10 @@ fn a_rollout_analysis_must_give_its_verdict_again_from_its_samples() {
         verdict,
         stella_decision::analysis::Verdict::Rollback { .. }
     ));
-    let honest = with_rollout(serde_json::to_value(&verdict).unwrap());
+    let honest = with_rollout(&serde_json::to_value(&verdict).unwrap());
     verify(&honest, &[key(1).public_key()]).unwrap();
     // The same samples recorded as a pass: named, with both verdicts.
-    let fault = fault_of(&with_rollout(json!({"verdict": "continue"})));
+    let fault = fault_of(&with_rollout(&json!({"verdict": "continue"})));
     assert_eq!(
         fault.file.as_deref(),
         Some(stella_decision::evidence::ROLLOUT),

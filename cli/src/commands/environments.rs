@@ -29,8 +29,9 @@ pub enum EnvCommand {
         deployment_timeout: Option<Duration>,
         #[command(flatten)]
         gates: GateArgs,
+        // Boxed: the strategy's flags would make this the largest command by far.
         #[command(flatten)]
-        rollout: RolloutArgs,
+        rollout: Box<RolloutArgs>,
     },
     /// Change an environment.
     Update {
@@ -48,8 +49,9 @@ pub enum EnvCommand {
         deployment_timeout: Option<Timeout>,
         #[command(flatten)]
         gates: GateArgs,
+        // Boxed: the strategy's flags would make this the largest command by far.
         #[command(flatten)]
-        rollout: RolloutArgs,
+        rollout: Box<RolloutArgs>,
         /// Remove every freeze window.
         #[arg(long, conflicts_with = "freeze")]
         no_freeze: bool,

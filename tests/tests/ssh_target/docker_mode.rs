@@ -205,7 +205,7 @@ async fn a_connection_cut_during_the_health_wait_reconnects_and_completes_exactl
             &WebImageOptions {
                 healthy: false,
                 healthy_after_seconds: Some(3),
-                healthcheck: None,
+                ..WebImageOptions::default()
             },
         )
         .await?;

@@ -202,6 +202,7 @@ pub fn summarise(results: &[(bool, f64)]) -> Round {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use stella_decision::analysis::Verdict;
 
