@@ -685,3 +685,75 @@ allow := false
     assert_eq!(gate(&scanned_or_not, "security")["status"], "passed");
     Ok(())
 }
+
+/// The rollout strategy is part of the plan: changing it voids approvals given before,
+/// as a target edit does, and says so.
+#[tokio::test]
+async fn a_strategy_change_voids_approvals() -> anyhow::Result<()> {
+    let published = Published::start().await?;
+    let estate = Estate::start(&published, |_| {}).await?;
+    let alice = estate.user("alice", &["operator"]).await?;
+    let bob = estate.user("bob", &["approver"]).await?;
+    estate
+        .environment(json!({"name": "prod", "approvals": 2, "allow_unscanned": true}))
+        .await?;
+    estate.target("prod").await?;
+    estate.target("prod").await?;
+    let waiting = estate
+        .promoted(&alice, "web@1", "prod", "awaiting_approval")
+        .await?;
+    let id = text(&waiting, "/id").to_owned();
+    let (status, approved) = estate.answer(&bob, &id, "approve").await?;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["approvals"][0]["current"], true);
+
+    let (status, edited) = estate
+        .server
+        .call(
+            Method::PATCH,
+            "/api/v1/environments/prod",
+            Some(json!({"rollout": {"strategy": "rolling", "batch": "1", "max-unavailable": "1"}})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["rollout"]["strategy"], "rolling", "{edited}");
+    let voided = estate.promotion(&id).await?;
+    assert_eq!(voided["state"], "awaiting_approval", "{voided}");
+    assert_ne!(voided["plan_hash"], waiting["plan_hash"]);
+    let message = text(&voided, "/message");
+    assert!(
+        message.starts_with(
+            "the plan changed (the rollout strategy of `prod` changed): approvals given before are void"
+        ),
+        "{message}"
+    );
+    assert_eq!(voided["approvals"][0]["current"], false, "{voided}");
+
+    // A strategy that cannot run over these targets is refused at promotion time.
+    let (status, edited) = estate
+        .server
+        .call(
+            Method::PATCH,
+            "/api/v1/environments/prod",
+            Some(json!({"rollout": {"strategy": "rolling", "batch": "1", "max-unavailable": "2"}})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{edited}");
+    let (status, refused) = estate
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/promotions",
+            Some(json!({"release": "web", "version": "1", "environment": "prod"})),
+        )
+        .await?;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "rollout_invalid", "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().is_some_and(
+            |m| m.contains("--max-unavailable 2 must be below the number of targets (2)")
+        ),
+        "{refused}"
+    );
+    Ok(())
+}

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use world::{fresh_client, get, send, step_states, wait_rollout, Load, World, DEPLOY_TIMEOUT};
+use world::{
+    fresh_client, get, send, send_with_header, step_states, wait_rollout, Load, World,
+    DEPLOY_TIMEOUT,
+};
 
 /// Blue-green with the old set kept in the stable slot: green starts on engine-picked
 /// ports, all traffic moves to it, the stable containers (fixed host ports, so
@@ -542,5 +545,53 @@ async fn a_canary_survives_its_agent_crashing_and_its_server_restarting() -> any
     let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
     assert_eq!(world.slot_containers("canary").await?, 0);
+    Ok(())
+}
+
+/// A-b through nginx: while the rollout waits, exactly the requests carrying the header
+/// go to the new version, on one target's `b` slot; `promote` finishes it on every
+/// target and retires `b`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_b_routes_exactly_the_marked_requests_until_promoted() -> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "a-b",
+            "--match",
+            "header:X-Canary=v2",
+            "--router",
+            "edge",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let id = world.promote("v2").await?;
+    wait_rollout(&world, &id, "the a-b rollout waiting for promote", |d| {
+        step_states(d)
+            .last()
+            .is_some_and(|(_, step, state)| step == "pause until promoted" && state == "running")
+    })
+    .await?;
+    assert_eq!(world.slot_containers("b").await?, 1);
+    let url = world.router.url();
+    let marked = send_with_header(&url, 100, "X-Canary", "v2").await;
+    let other = send_with_header(&url, 100, "X-Canary", "v3").await;
+    let unmarked = send(&url, 100).await;
+    println!("a-b: marked {marked:?}, other value {other:?}, unmarked {unmarked:?}");
+    assert_eq!(marked.count("v2"), 100, "{marked:?}");
+    assert_eq!(other.count("v1"), 100, "{other:?}");
+    assert_eq!(unmarked.count("v1"), 100, "{unmarked:?}");
+
+    let (status, _, stderr) = world.cli(&["deployment", "promote", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(world.slot_containers("b").await?, 0);
+    let after = send(&url, 40).await;
+    assert_eq!(after.count("v2"), 40, "{after:?}");
+    let marked = send_with_header(&url, 20, "X-Canary", "v2").await;
+    assert_eq!(marked.count("v2"), 20, "{marked:?}");
     Ok(())
 }

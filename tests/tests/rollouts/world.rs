@@ -69,6 +69,28 @@ pub fn fresh_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// `count` GETs with one header, one after the other.
+pub async fn send_with_header(url: &str, count: usize, name: &str, value: &str) -> Tally {
+    let client = fresh_client();
+    let mut tally = Tally::default();
+    for _ in 0..count {
+        let answer = match client.get(url).header(name, value).send().await {
+            Ok(response) if response.status().is_success() => response
+                .text()
+                .await
+                .map(|body| body.trim().to_owned())
+                .map_err(|e| format!("body: {e}")),
+            Ok(response) => Err(format!("status {}", response.status())),
+            Err(e) => Err(format!("request: {e}")),
+        };
+        match answer {
+            Ok(v) => *tally.by_version.entry(v).or_default() += 1,
+            Err(e) => *tally.failures.entry(e).or_default() += 1,
+        }
+    }
+    tally
+}
+
 /// `count` GETs, four at a time.
 pub async fn send(url: &str, count: usize) -> Tally {
     let client = fresh_client();
