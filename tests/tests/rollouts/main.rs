@@ -113,8 +113,8 @@ async fn blue_green_behind_nginx_replaces_fixed_port_targets_with_no_failed_requ
     Ok(())
 }
 
-/// Canary at 50 % waits for `promote`; the measured split through nginx matches the
-/// weights; `abort` (also what `cancel` does to a rollout) routes everything back to
+/// Canary at 10 % waits for `promote`; the measured split through nginx is 10 % ± 3 %
+/// of 2,000 requests; `abort` (also what `cancel` does to a rollout) routes everything back to
 /// the stable version and retires the canary; the deployment fails naming the abort.
 /// A canary whose new version does not start is rolled back before any traffic moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +180,7 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
             "--strategy",
             "canary",
             "--steps",
-            "50,100",
+            "10,100",
             "--pause",
             "manual",
             "--router",
@@ -190,24 +190,24 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
     assert_eq!(status, 0, "{stderr}");
 
     let id = world.promote("v2").await?;
-    let paused = wait_rollout(&world, &id, "the canary at 50 % waiting for promote", |d| {
+    let paused = wait_rollout(&world, &id, "the canary at 10 % waiting for promote", |d| {
         d["rollout"]["weights"]
-            == json!([{"slot": "stable", "percent": 50}, {"slot": "canary", "percent": 50}])
+            == json!([{"slot": "stable", "percent": 90}, {"slot": "canary", "percent": 10}])
             && step_states(d).last().is_some_and(|(_, step, state)| {
                 step == "pause until promoted" && state == "running"
             })
     })
     .await?;
     assert_eq!(paused["state"], "running", "{paused:#}");
-    // One target runs the canary beside its stable container; stable keeps 50 % over
-    // both targets, the canary 50 % on one.
+    // One target runs the canary beside its stable container; stable keeps 90 % over
+    // both targets (115 of 256 each), the canary 10 % on one (26): 10.2 % of requests.
     assert_eq!(world.slot_containers("canary").await?, 1);
-    let split = send(&world.router.url(), 400).await;
-    println!("canary 50 %: {split:?}");
+    let split = send(&world.router.url(), 2_000).await;
+    println!("canary 10 %: {split:?}");
     assert_eq!(split.failed(), 0, "{split:?}");
-    let share = split.count("v2") as f64 / 400.0;
+    let share = split.count("v2") as f64 / 2_000.0;
     assert!(
-        (0.40..=0.60).contains(&share),
+        (0.07..=0.13).contains(&share),
         "v2 share {share}: {split:?}"
     );
 
@@ -250,6 +250,27 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
         stdout.contains("rolled_back") && stdout.contains("retire canary"),
         "{stdout}"
     );
+    // The promotion's console page shows the rollout: its state, the weights the
+    // router was left with, and every step with its result.
+    let promotions = world.server.get("/api/v1/promotions").await?;
+    let promotion = promotions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["deployment_id"] == id.as_str())
+        .and_then(|p| p["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let page = world
+        .console_page(&format!("/console/promotions/{promotion}"))
+        .await?;
+    assert!(page.contains(r#"id="rollout-state">rolled_back<"#), "{page}");
+    assert!(
+        page.contains(r#"id="rollout-weights">stable 100%, canary 0%<"#),
+        "{page}"
+    );
+    assert!(page.contains("retire canary"), "{page}");
+    assert!(page.contains("aborted by admin"), "{page}");
 
     // v3 never becomes healthy: the canary deploy fails, nothing was routed, and the
     // rollback retires the slot.

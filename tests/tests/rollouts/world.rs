@@ -457,6 +457,50 @@ impl World {
         stella(args, &env).await
     }
 
+    /// A console page as the admin sees it, signed in with a password.
+    pub async fn console_page(&self, path: &str) -> anyhow::Result<String> {
+        const PASSWORD: &str = "rollout-console-password";
+        let (status, body) = self
+            .server
+            .call(
+                Method::PUT,
+                "/api/v1/users/admin/password",
+                Some(json!({ "password": PASSWORD })),
+            )
+            .await?;
+        anyhow::ensure!(status == 204, "setting the admin password: {status} {body}");
+        let pem = std::fs::read_to_string(self.server.ca_file())?;
+        let roots = stella_pki::pem_to_der_certs(&pem)?;
+        let config = stella_pki::api_client_tls_config(stella_pki::ApiTrust::Roots(roots))?;
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let url = self.server.api_url();
+        let signed_in = client
+            .post(format!("{url}/console/login"))
+            .header("sec-fetch-site", "same-origin")
+            .form(&[("username", "admin"), ("password", PASSWORD)])
+            .send()
+            .await?;
+        let cookie = signed_in
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("stella_session="))
+            .and_then(|v| v.split(';').next())
+            .ok_or_else(|| anyhow::anyhow!("no session cookie: {}", signed_in.status()))?
+            .to_owned();
+        let page = client
+            .get(format!("{url}{path}"))
+            .header("cookie", format!("stella_session={cookie}"))
+            .send()
+            .await?;
+        anyhow::ensure!(page.status() == 200, "{path}: {}", page.status());
+        Ok(page.text().await?)
+    }
+
     /// Containers of the rollout's targets labelled with `slot`.
     pub async fn slot_containers(&self, slot: &str) -> anyhow::Result<usize> {
         let docker = bollard::Docker::connect_with_local_defaults()?;

@@ -29,7 +29,55 @@ pub(super) struct PromotionPage {
     csrf: String,
     logs: Vec<String>,
     last_seq: i64,
-    tasks: Vec<(String, String, String)>,
+    /// Per task: element id, what it is, state, last word.
+    tasks: Vec<(String, String, String, String)>,
+    rollout: Option<RolloutPanel>,
+}
+
+/// A progressive deployment as the promotion's page shows it: where it is, the
+/// weights the router was last given, and every step so far.
+pub(super) struct RolloutPanel {
+    strategy: String,
+    state: String,
+    weights: String,
+    message: String,
+    /// Per step: number, phase, what, state, message.
+    steps: Vec<(i64, String, String, String, String)>,
+}
+
+impl RolloutPanel {
+    fn new(detail: &crate::app::RolloutDetail) -> Self {
+        let rollout = &detail.rollout;
+        let weights = rollout
+            .weights
+            .iter()
+            .map(|(slot, percent)| format!("{} {percent}%", crate::domain::slot_name(*slot)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        RolloutPanel {
+            strategy: rollout.strategy.name().to_owned(),
+            state: rollout.state.as_str().to_owned(),
+            weights: if weights.is_empty() {
+                "not routed yet".to_owned()
+            } else {
+                weights
+            },
+            message: rollout.message.clone().unwrap_or_default(),
+            steps: detail
+                .records
+                .iter()
+                .map(|r| {
+                    (
+                        r.seq,
+                        r.phase.as_str().to_owned(),
+                        crate::domain::describe_step(&r.step),
+                        r.state.as_str().to_owned(),
+                        r.message.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A deployment's log line as the page shows it (and the live log streams it).
@@ -45,7 +93,9 @@ pub(super) async fn promotion(
 ) -> Result<PromotionPage, AppError> {
     let detail = signed.app.promotion_detail(id).await?;
     let promotion = &detail.promotion;
-    let (deployment, deployment_state, logs, last_seq, tasks) = match &promotion.deployment_id {
+    let (deployment, deployment_state, logs, last_seq, tasks, rollout) = match &promotion
+        .deployment_id
+    {
         Some(deployment_id) => {
             let deployment = signed.app.find_deployment(deployment_id).await?;
             let lines = if live {
@@ -57,6 +107,7 @@ pub(super) async fn promotion(
                     .logs_after(deployment_id, -1, LOG_LINES)
                     .await?
             };
+            let rollout = signed.app.rollout_detail(deployment_id).await?;
             let tasks = signed
                 .app
                 .store
@@ -64,8 +115,25 @@ pub(super) async fn promotion(
                 .await?
                 .into_iter()
                 .map(|task| {
+                    // A rollout has several tasks per target: each row says which.
+                    let (id, what) = match &rollout {
+                        None => (format!("task-{}", task.target), task.target.clone()),
+                        Some(_) => {
+                            let slot = serde_json::from_str::<serde_json::Value>(
+                                &task.payload_json,
+                            )
+                            .ok()
+                            .and_then(|v| v.get("slot")?.as_str().map(str::to_owned))
+                            .unwrap_or_else(|| "stable".to_owned());
+                            (
+                                format!("task-{}", task.id),
+                                format!("{} ({} {slot})", task.target, task.kind),
+                            )
+                        }
+                    };
                     (
-                        task.target,
+                        id,
+                        what,
                         task.state.as_str().to_owned(),
                         task.message.unwrap_or_default(),
                     )
@@ -77,9 +145,10 @@ pub(super) async fn promotion(
                 lines.iter().map(deployment_line).collect(),
                 lines.last().map_or(-1, |line| line.seq),
                 tasks,
+                rollout.as_ref().map(RolloutPanel::new),
             )
         }
-        None => (String::new(), String::new(), Vec::new(), -1, Vec::new()),
+        None => (String::new(), String::new(), Vec::new(), -1, Vec::new(), None),
     };
     let verified = match &promotion.decision_id {
         None => String::new(),
@@ -142,6 +211,7 @@ pub(super) async fn promotion(
         logs,
         last_seq,
         tasks,
+        rollout,
     })
 }
 
