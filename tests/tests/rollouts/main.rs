@@ -264,7 +264,10 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
     let page = world
         .console_page(&format!("/console/promotions/{promotion}"))
         .await?;
-    assert!(page.contains(r#"id="rollout-state">rolled_back<"#), "{page}");
+    assert!(
+        page.contains(r#"id="rollout-state">rolled_back<"#),
+        "{page}"
+    );
     assert!(
         page.contains(r#"id="rollout-weights">stable 100%, canary 0%<"#),
         "{page}"

@@ -93,63 +93,68 @@ pub(super) async fn promotion(
 ) -> Result<PromotionPage, AppError> {
     let detail = signed.app.promotion_detail(id).await?;
     let promotion = &detail.promotion;
-    let (deployment, deployment_state, logs, last_seq, tasks, rollout) = match &promotion
-        .deployment_id
-    {
-        Some(deployment_id) => {
-            let deployment = signed.app.find_deployment(deployment_id).await?;
-            let lines = if live {
-                Vec::new()
-            } else {
-                signed
+    let (deployment, deployment_state, logs, last_seq, tasks, rollout) =
+        match &promotion.deployment_id {
+            Some(deployment_id) => {
+                let deployment = signed.app.find_deployment(deployment_id).await?;
+                let lines = if live {
+                    Vec::new()
+                } else {
+                    signed
+                        .app
+                        .store
+                        .logs_after(deployment_id, -1, LOG_LINES)
+                        .await?
+                };
+                let rollout = signed.app.rollout_detail(deployment_id).await?;
+                let tasks = signed
                     .app
                     .store
-                    .logs_after(deployment_id, -1, LOG_LINES)
+                    .tasks_of_deployment(deployment_id)
                     .await?
-            };
-            let rollout = signed.app.rollout_detail(deployment_id).await?;
-            let tasks = signed
-                .app
-                .store
-                .tasks_of_deployment(deployment_id)
-                .await?
-                .into_iter()
-                .map(|task| {
-                    // A rollout has several tasks per target: each row says which.
-                    let (id, what) = match &rollout {
-                        None => (format!("task-{}", task.target), task.target.clone()),
-                        Some(_) => {
-                            let slot = serde_json::from_str::<serde_json::Value>(
-                                &task.payload_json,
-                            )
-                            .ok()
-                            .and_then(|v| v.get("slot")?.as_str().map(str::to_owned))
-                            .unwrap_or_else(|| "stable".to_owned());
-                            (
-                                format!("task-{}", task.id),
-                                format!("{} ({} {slot})", task.target, task.kind),
-                            )
-                        }
-                    };
-                    (
-                        id,
-                        what,
-                        task.state.as_str().to_owned(),
-                        task.message.unwrap_or_default(),
-                    )
-                })
-                .collect();
-            (
-                deployment_id.clone(),
-                deployment.state.as_str().to_owned(),
-                lines.iter().map(deployment_line).collect(),
-                lines.last().map_or(-1, |line| line.seq),
-                tasks,
-                rollout.as_ref().map(RolloutPanel::new),
-            )
-        }
-        None => (String::new(), String::new(), Vec::new(), -1, Vec::new(), None),
-    };
+                    .into_iter()
+                    .map(|task| {
+                        // A rollout has several tasks per target: each row says which.
+                        let (id, what) = match &rollout {
+                            None => (format!("task-{}", task.target), task.target.clone()),
+                            Some(_) => {
+                                let slot =
+                                    serde_json::from_str::<serde_json::Value>(&task.payload_json)
+                                        .ok()
+                                        .and_then(|v| v.get("slot")?.as_str().map(str::to_owned))
+                                        .unwrap_or_else(|| "stable".to_owned());
+                                (
+                                    format!("task-{}", task.id),
+                                    format!("{} ({} {slot})", task.target, task.kind),
+                                )
+                            }
+                        };
+                        (
+                            id,
+                            what,
+                            task.state.as_str().to_owned(),
+                            task.message.unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                (
+                    deployment_id.clone(),
+                    deployment.state.as_str().to_owned(),
+                    lines.iter().map(deployment_line).collect(),
+                    lines.last().map_or(-1, |line| line.seq),
+                    tasks,
+                    rollout.as_ref().map(RolloutPanel::new),
+                )
+            }
+            None => (
+                String::new(),
+                String::new(),
+                Vec::new(),
+                -1,
+                Vec::new(),
+                None,
+            ),
+        };
     let verified = match &promotion.decision_id {
         None => String::new(),
         Some(id) => match signed.app.replay_decision(id).await {
