@@ -57,6 +57,10 @@ pub enum Strategy {
         /// Checks after each batch, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         analysis: Option<AnalysisSpec>,
+        /// The router in front of the targets, if any: each group is drained out of it
+        /// before it is replaced, and put back after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        router: Option<String>,
     },
     /// Every target in a green slot, then all traffic to it.
     BlueGreen {
@@ -183,6 +187,10 @@ pub enum Step {
         /// A/B: requests matching go to this slot.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         matched: Option<(HeaderOrCookie, Slot)>,
+        /// Rolling behind a router: these targets' stable backends are kept listed at
+        /// weight 0 (drained) whatever the weights say. Sorted.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drained: Vec<String>,
     },
     /// Wait.
     Pause(PauseKind),
@@ -246,6 +254,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             max_unavailable,
             pause,
             analysis,
+            router,
         } => {
             let max = *max_unavailable as usize;
             if max >= n {
@@ -261,10 +270,18 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             .clamp(1, n);
             for group in all.chunks(size) {
                 for chunk in group.chunks(max.max(1)) {
+                    // Behind a router, a group leaves it before it is replaced (the
+                    // driver waits for requests in flight to finish) and comes back after.
+                    if router.is_some() {
+                        steps.push(drain(chunk.to_vec()));
+                    }
                     steps.push(Step::Deploy {
                         targets: chunk.to_vec(),
                         slot: Slot::Stable,
                     });
+                    if router.is_some() {
+                        steps.push(drain(Vec::new()));
+                    }
                 }
                 push_analysis(&mut steps, analysis.as_ref());
                 push_pause(&mut steps, *pause);
@@ -281,6 +298,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             steps.push(Step::Route {
                 weights: vec![(Slot::Stable, 0), (Slot::Green, 100)],
                 matched: None,
+                drained: Vec::new(),
             });
             if !keep_old.is_zero() {
                 steps.push(Step::Pause(PauseKind::For(*keep_old)));
@@ -295,6 +313,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             steps.push(Step::Route {
                 weights: vec![(Slot::Stable, 100), (Slot::Green, 0)],
                 matched: None,
+                drained: Vec::new(),
             });
             steps.push(Step::Retire { slot: Slot::Green });
         }
@@ -316,6 +335,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
                 steps.push(Step::Route {
                     weights: vec![(Slot::Stable, 100 - w), (Slot::Canary, *w)],
                     matched: None,
+                    drained: Vec::new(),
                 });
                 push_analysis(&mut steps, analysis.as_ref());
                 push_pause(&mut steps, *pause);
@@ -327,6 +347,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             steps.push(Step::Route {
                 weights: vec![(Slot::Stable, 100), (Slot::Canary, 0)],
                 matched: None,
+                drained: Vec::new(),
             });
             steps.push(Step::Retire { slot: Slot::Canary });
         }
@@ -340,6 +361,7 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             steps.push(Step::Route {
                 weights: vec![(Slot::Stable, 100), (Slot::B, 0)],
                 matched: Some((match_.clone(), Slot::B)),
+                drained: Vec::new(),
             });
             steps.push(Step::Pause(PauseKind::Manual));
             steps.push(Step::Deploy {
@@ -349,11 +371,21 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
             steps.push(Step::Route {
                 weights: vec![(Slot::Stable, 100), (Slot::B, 0)],
                 matched: None,
+                drained: Vec::new(),
             });
             steps.push(Step::Retire { slot: Slot::B });
         }
     }
     Ok(steps)
+}
+
+/// A route giving all the weight to the stable slot, with `drained` (sorted) at 0.
+fn drain(drained: Vec<String>) -> Step {
+    Step::Route {
+        weights: vec![(Slot::Stable, 100)],
+        matched: None,
+        drained,
+    }
 }
 
 fn push_analysis(steps: &mut Vec<Step>, analysis: Option<&AnalysisSpec>) {
@@ -400,7 +432,8 @@ impl Strategy {
     /// The router the strategy names, if any.
     pub fn router(&self) -> Option<&str> {
         match self {
-            Strategy::AllAtOnce | Strategy::Rolling { .. } => None,
+            Strategy::AllAtOnce => None,
+            Strategy::Rolling { router, .. } => router.as_deref(),
             Strategy::BlueGreen { router, .. }
             | Strategy::Canary { router, .. }
             | Strategy::AB { router, .. } => Some(router),
@@ -416,6 +449,7 @@ impl Strategy {
             Strategy::Rolling {
                 batch,
                 max_unavailable,
+                router,
                 ..
             } => {
                 match batch {
@@ -431,6 +465,9 @@ impl Strategy {
                 }
                 if *max_unavailable == 0 {
                     return Err(RolloutError::new("--max-unavailable must be at least 1"));
+                }
+                if let Some(router) = router {
+                    check_router(router)?;
                 }
             }
             Strategy::Canary { steps, router, .. } => {

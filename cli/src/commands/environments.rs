@@ -233,7 +233,8 @@ pub struct RolloutArgs {
     /// Rolling: at most this many targets out of service at once [default: 1].
     #[arg(long, requires = "strategy", value_name = "N")]
     max_unavailable: Option<String>,
-    /// Blue-green, canary, a-b: the router in front of the targets.
+    /// Blue-green, canary, a-b: the router in front of the targets. Rolling: optional;
+    /// with it each group is drained out of the router before it is replaced.
     #[arg(long, requires = "strategy", value_name = "ROUTER")]
     router: Option<String>,
     /// Blue-green: how long the old set stays ready for an instant switch back.

@@ -216,8 +216,10 @@ pub fn describe_step(step: &Step) -> String {
         Step::Route {
             weights: w,
             matched,
+            drained,
         } => match matched {
-            None => format!("route {}", weights(w)),
+            None if drained.is_empty() => format!("route {}", weights(w)),
+            None => format!("route {}; drain {}", weights(w), drained.join(", ")),
             Some((rule, slot)) => format!(
                 "route {}; requests matching {} to {}",
                 weights(w),

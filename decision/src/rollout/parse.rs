@@ -16,6 +16,7 @@ fn allowed(strategy: &str) -> &'static [&'static str] {
             "pause",
             "analysis",
             "analysis-for",
+            "router",
         ],
         "blue-green" => &["router", "keep-old", "analysis", "analysis-for"],
         "canary" => &["steps", "pause", "analysis", "analysis-for", "router"],
@@ -101,6 +102,7 @@ pub(super) fn from_settings(settings: &BTreeMap<String, String>) -> Result<Strat
             },
             pause,
             analysis,
+            router: get("router").map(str::to_owned),
         },
         "blue-green" => Strategy::BlueGreen {
             keep_old: match get("keep-old") {

@@ -11,9 +11,19 @@ use super::{Slot, Step};
 /// 2. the new slots retired, most recently deployed first, except slots already retired;
 /// 3. the stable deployments redeployed with the previous release, last batch first.
 ///
+/// A rolling rollout behind a router (its routes drain targets) is undone group by group
+/// instead, last first: each group drained, restored and put back, so no request in
+/// flight is cut; with no group done, one route puts every target back.
+///
 /// Pauses and analyses need no undoing. A retire of a new slot that ran stays done (its
 /// containers are gone; the route back never points at it).
 pub fn rollback_of(done: &[Step]) -> Vec<Step> {
+    let drains = done
+        .iter()
+        .any(|s| matches!(s, Step::Route { drained, .. } if !drained.is_empty()));
+    if drains {
+        return rolling_behind_router(done);
+    }
     let mut out = Vec::new();
     let new_deploys: Vec<(&Vec<String>, Slot)> = done
         .iter()
@@ -55,6 +65,7 @@ pub fn rollback_of(done: &[Step]) -> Vec<Step> {
                 .map(|(slot, _)| (*slot, if *slot == old { 100 } else { 0 }))
                 .collect(),
             matched: None,
+            drained: Vec::new(),
         });
     }
     let mut to_retire: Vec<Slot> = Vec::new();
@@ -75,6 +86,33 @@ pub fn rollback_of(done: &[Step]) -> Vec<Step> {
                 slot: Slot::Stable,
             });
         }
+    }
+    out
+}
+
+fn rolling_behind_router(done: &[Step]) -> Vec<Step> {
+    let route = |drained: Vec<String>| Step::Route {
+        weights: vec![(Slot::Stable, 100)],
+        matched: None,
+        drained,
+    };
+    let mut out = Vec::new();
+    for step in done.iter().rev() {
+        if let Step::Deploy {
+            targets,
+            slot: Slot::Stable,
+        } = step
+        {
+            out.push(route(targets.clone()));
+            out.push(Step::Restore {
+                targets: targets.clone(),
+                slot: Slot::Stable,
+            });
+            out.push(route(Vec::new()));
+        }
+    }
+    if out.is_empty() {
+        out.push(route(Vec::new()));
     }
     out
 }

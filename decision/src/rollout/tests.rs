@@ -18,6 +18,15 @@ fn route(weights: &[(Slot, u8)]) -> Step {
     Step::Route {
         weights: weights.to_vec(),
         matched: None,
+        drained: Vec::new(),
+    }
+}
+
+fn drain(targets: &[&str]) -> Step {
+    Step::Route {
+        weights: vec![(Slot::Stable, 100)],
+        matched: None,
+        drained: targets.iter().map(|t| (*t).to_owned()).collect(),
     }
 }
 
@@ -66,6 +75,7 @@ fn parses_the_rfc_examples() {
             max_unavailable: 1,
             pause: Some(PauseKind::For(Duration::from_secs(30))),
             analysis: None,
+            router: None,
         }
     );
     assert!(matches!(
@@ -516,6 +526,39 @@ fn rollback_routes_back_first_then_retires_then_restores() {
             },
         ]
     );
+    // Rolling behind a router: each done group drained, restored and put back, last
+    // first; a failure at the first drain puts every target back.
+    let rr = Strategy::from_args(&[
+        "--strategy",
+        "rolling",
+        "--batch",
+        "2",
+        "--max-unavailable",
+        "1",
+        "--router",
+        "edge",
+    ])
+    .unwrap();
+    let steps = compile(&rr, &names(3)).unwrap();
+    // web-00 done and put back; web-01 drained and deployed, which failed.
+    assert_eq!(
+        rollback_of(&steps[..5]),
+        vec![
+            drain(&["web-01"]),
+            Step::Restore {
+                targets: vec!["web-01".into()],
+                slot: Slot::Stable,
+            },
+            drain(&[]),
+            drain(&["web-00"]),
+            Step::Restore {
+                targets: vec!["web-00".into()],
+                slot: Slot::Stable,
+            },
+            drain(&[]),
+        ]
+    );
+    assert_eq!(rollback_of(&steps[..1]), vec![drain(&[])]);
     // Nothing done, nothing to undo.
     assert!(rollback_of(&[]).is_empty());
     // A/B: the match is dropped with the route back.
@@ -595,4 +638,51 @@ fn strategies_round_trip_through_json() {
         assert_eq!(back, s);
         assert_eq!(s.router().is_some(), args.contains(&"--router"));
     }
+}
+
+#[test]
+fn rolling_behind_a_router_drains_each_group_before_replacing_it() {
+    let s = Strategy::from_args(&[
+        "--strategy",
+        "rolling",
+        "--batch",
+        "3",
+        "--max-unavailable",
+        "2",
+        "--pause",
+        "5s",
+        "--router",
+        "edge",
+    ])
+    .unwrap();
+    assert_eq!(s.router(), Some("edge"));
+    let steps = compile(&s, &names(4)).unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            drain(&["web-00", "web-01"]),
+            deploy(&["web-00", "web-01"], Slot::Stable),
+            drain(&[]),
+            drain(&["web-02"]),
+            deploy(&["web-02"], Slot::Stable),
+            drain(&[]),
+            Step::Pause(PauseKind::For(Duration::from_secs(5))),
+            drain(&["web-03"]),
+            deploy(&["web-03"], Slot::Stable),
+            drain(&[]),
+            Step::Pause(PauseKind::For(Duration::from_secs(5))),
+        ]
+    );
+    // Without a router the plan is what it was, and its JSON names no router or drain.
+    let plain = Strategy::from_args(&["--strategy", "rolling", "--batch", "3"]).unwrap();
+    let fragment = plan_fragment(&plain, &compile(&plain, &names(4)).unwrap()).unwrap();
+    let text = String::from_utf8(fragment).unwrap();
+    assert!(
+        !text.contains("router") && !text.contains("drained"),
+        "{text}"
+    );
+    let err = Strategy::from_args(&["--strategy", "rolling", "--batch", "3", "--router", " "])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs --router NAME"), "{err}");
 }

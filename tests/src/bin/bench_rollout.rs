@@ -14,9 +14,10 @@
 //! - `none`: the same load for `--idle-seconds` with no deployment (the floor);
 //! - `all-at-once`: v2 over the stable containers (stop-first: fixed host ports);
 //! - `blue-green`: v3;
-//! - `canary`: v4 at 50 % then 100 %, `--pause 2s` after each route.
+//! - `canary`: v4 at 50 % then 100 %, `--pause 2s` after each route;
+//! - `rolling`: v5 one target at a time behind the router (drained, replaced, put back).
 //!
-//! Rolling is not measured: its driver is not on this branch yet. For the rollouts, each
+//! For the rollouts, each
 //! step's time comes from the deployment's `rollout.steps[]` (`started_at`,
 //! `finished_at`); a pause step's time beyond its pause is its duration less the pause.
 
@@ -234,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut world = World::start_with(args.router).await?;
     world.serve_v1().await?;
-    for version in ["v2", "v3", "v4"] {
+    for version in ["v2", "v3", "v4", "v5"] {
         world.release(version, true).await?;
     }
 
@@ -280,8 +281,26 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
+    results.push(
+        rollout(
+            &world,
+            "rolling",
+            &[
+                "--strategy",
+                "rolling",
+                "--batch",
+                "1",
+                "--max-unavailable",
+                "1",
+                "--router",
+                "edge",
+            ],
+            "v5",
+        )
+        .await?,
+    );
 
-    println!("\nthrough {router}, 4 clients, a new connection per request; rolling: not built yet, not measured\n");
+    println!("\nthrough {router}, 4 clients, a new connection per request\n");
     println!(
         "| strategy | requests | failed | outage (s) | p50 (ms) | p99 (ms) | deployment (s) |"
     );

@@ -485,7 +485,11 @@ impl Driver {
                 self.task_step(record, TaskKind::Retire, &targets, *slot, Release::New)
                     .await
             }
-            Step::Route { weights, matched } => self.route_step(record, weights, matched).await,
+            Step::Route {
+                weights,
+                matched,
+                drained,
+            } => self.route_step(record, weights, matched, drained).await,
             Step::Pause(PauseKind::For(duration)) => {
                 let until = record
                     .started_at_ms

@@ -343,6 +343,7 @@ impl Driver {
         record: &RolloutStepRecord,
         weights: &[(Slot, u8)],
         matched: &Option<(HeaderOrCookie, Slot)>,
+        drained: &[String],
     ) -> Result<StepOutcome, AppError> {
         let failed = |message: String| {
             Ok(StepOutcome::Failed {
@@ -364,17 +365,20 @@ impl Driver {
             Ok(route) => route,
             Err(error) => return failed(error.to_string()),
         };
-        let backends = match self.backends(weights, matched).await {
+        let backends = match self.backends(weights, matched, drained).await {
             Ok(backends) => backends,
             Err(message) => return failed(message),
         };
         match self.app.apply_route(&router, &route, &backends).await {
             Ok(applied) => {
                 self.rollout.weights = weights.to_vec();
-                let described: Vec<String> = weights
+                let mut described: Vec<String> = weights
                     .iter()
                     .map(|(slot, percent)| format!("{} {percent}%", slot_name(*slot)))
                     .collect();
+                if !drained.is_empty() {
+                    described.push(format!("{} drained", drained.join(", ")));
+                }
                 Ok(StepOutcome::Done {
                     message: format!(
                         "router `{}` route `{route}`: {} ({} backend{}, {} in {} ms)",
@@ -391,6 +395,7 @@ impl Driver {
                         "backends": applied.backends,
                         "method": applied.method,
                         "duration_ms": applied.duration_ms,
+                        "drained": drained,
                     })),
                 })
             }
@@ -415,12 +420,14 @@ impl Driver {
 
     /// The router's backends for `weights`: every target of each slot, at the address
     /// its agent reported, with the slot's share of the weight split evenly between its
-    /// targets. A slot without weight whose address is unknown (it never ran, or it
-    /// failed to start) is left out; one with weight is an error.
+    /// targets; the stable backends of `drained` targets at weight 0. A backend without
+    /// weight whose address is unknown (it never ran, or it failed to start) is left out;
+    /// one with weight is an error.
     async fn backends(
         &self,
         weights: &[(Slot, u8)],
         matched: &Option<(HeaderOrCookie, Slot)>,
+        drained: &[String],
     ) -> Result<Vec<Backend>, String> {
         let mut backends = Vec::new();
         for (slot, percent) in weights {
@@ -444,6 +451,11 @@ impl Driver {
                 }
             };
             for target in &targets {
+                let weight = if *slot == Slot::Stable && drained.contains(target) {
+                    0
+                } else {
+                    weight
+                };
                 let address = match self.endpoint(target, *slot).await {
                     Ok(Some(address)) => address,
                     Ok(None) if weight == 0 => continue,
