@@ -513,6 +513,74 @@ async fn rolling_behind_nginx_over_ten_targets_keeps_at_most_one_down_and_fails_
     Ok(())
 }
 
+/// A rolling rollout behind nginx aborted after its first target: the rollback drains
+/// that target again, restores the previous release there and puts it back, with no
+/// request through the router failing; every target ends on v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_rolling_rollout_behind_nginx_is_undone_without_a_failed_request(
+) -> anyhow::Result<()> {
+    let mut world = World::start_targets(3).await?;
+    world.serve_v1().await?;
+    world.release("v2", true).await?;
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "rolling",
+            "--batch",
+            "1",
+            "--pause",
+            "manual",
+            "--router",
+            "edge",
+        ])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let load = Load::start(&world.router.url());
+    let id = world.promote("v2").await?;
+    wait_rollout(
+        &world,
+        &id,
+        "the first target done, waiting for promote",
+        |d| {
+            step_states(d).last().is_some_and(|(_, step, state)| {
+                step == "pause until promoted" && state == "running"
+            })
+        },
+    )
+    .await?;
+    let (status, _, stderr) = world.cli(&["deployment", "abort", &id]).await?;
+    assert_eq!(status, 0, "{stderr}");
+    let done = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    let tally = load.stop().await;
+    println!("aborted rolling: {tally:?}");
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(done["rollout"]["state"], "rolled_back", "{done:#}");
+    let rollback: Vec<String> = step_states(&done)
+        .into_iter()
+        .filter(|(phase, _, _)| phase == "rollback")
+        .map(|(_, step, state)| {
+            assert_eq!(state, "succeeded", "{step}");
+            step
+        })
+        .collect();
+    let first = &world.targets[0];
+    assert_eq!(rollback.len(), 3, "{rollback:?}");
+    assert!(
+        rollback[0].ends_with(&format!("drain {first}")),
+        "{rollback:?}"
+    );
+    assert!(rollback[1].starts_with("restore") && rollback[1].ends_with(first.as_str()));
+    assert!(!rollback[2].contains("drain"), "{rollback:?}");
+    assert_eq!(tally.failed(), 0, "{tally:?}");
+    assert!(
+        tally.count("v2") > 0,
+        "the first target served v2: {tally:?}"
+    );
+    let after = send(&world.router.url(), 60).await;
+    assert_eq!(after.count("v1"), 60, "{after:?}");
+    Ok(())
+}
+
 /// A canary survives its agent crashing and its server restarting: the rollout waits
 /// at its pause, the promote is taken by the restarted server, the route step waits
 /// for the agent to come back, and the rollout finishes. Requests through nginx never
