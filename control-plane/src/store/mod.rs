@@ -211,6 +211,24 @@ impl Store {
         &self.writer
     }
 
+    /// Whether `query` (one text column; `$1` is bound to `now_ms`) finds a row, read on
+    /// the readers' pool. A poller asks first, so that with nothing to claim, the usual
+    /// case, it takes no write lock (on SQLite a write transaction takes it even when it
+    /// changes nothing).
+    async fn any_due(
+        &self,
+        query: &str,
+        now_ms: i64,
+        op: &'static str,
+    ) -> Result<bool, StoreError> {
+        let found = sqlx::query_scalar::<_, String>(query)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(database(op))?;
+        Ok(found.is_some())
+    }
+
     /// Begins a transaction that holds the write lock from its first statement on SQLite
     /// (`BEGIN IMMEDIATE`); PostgreSQL's row locks need no such care.
     async fn begin_write(&self, op: &'static str) -> Result<Transaction<'static, Any>, StoreError> {

@@ -113,17 +113,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Rollout>, StoreError> {
         const OP: &str = "claiming rollouts";
-        // Read first: with no rollout to take, the usual case, no write lock is taken
-        // (on SQLite a write transaction takes it even when it changes nothing).
-        let any = sqlx::query_scalar::<_, String>(
-            "SELECT deployment_id FROM rollouts WHERE state IN ('running', 'paused') \
-             AND (lease_owner IS NULL OR lease_expires_at_ms <= $1) LIMIT 1",
-        )
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(database(OP))?;
-        if any.is_none() {
+        let due = "SELECT deployment_id FROM rollouts WHERE state IN ('running', 'paused') \
+                   AND (lease_owner IS NULL OR lease_expires_at_ms <= $1) LIMIT 1";
+        if !self.any_due(due, now_ms, OP).await? {
             return Ok(Vec::new());
         }
         let lock = match self.backend {

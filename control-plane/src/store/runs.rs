@@ -215,17 +215,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Run>, StoreError> {
         const OP: &str = "claiming runs";
-        // Read first: with no run to take, the usual case, no write lock is taken (on
-        // SQLite a write transaction takes it even when it changes nothing).
-        let any = sqlx::query_scalar::<_, String>(&format!(
+        let due = format!(
             "SELECT id FROM runs WHERE status IN {ACTIVE} \
              AND (lease_owner IS NULL OR lease_expires_at_ms <= $1) LIMIT 1"
-        ))
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(database(OP))?;
-        if any.is_none() {
+        );
+        if !self.any_due(&due, now_ms, OP).await? {
             return Ok(Vec::new());
         }
         let lock = match self.backend {

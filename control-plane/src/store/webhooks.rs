@@ -119,17 +119,12 @@ impl Store {
         // what it chooses and skips rows a concurrent claim has locked, then re-checks
         // the conditions on rows that changed meanwhile; SQLite runs the statement
         // under its single write lock.
-        // Read first: an idle outbox, the usual case, takes no write lock (on SQLite an
-        // UPDATE does, even when it matches nothing).
-        let due = sqlx::query_scalar::<_, String>(
-            "SELECT id FROM webhook_deliveries WHERE state = 'pending' \
-             AND next_attempt_at_ms <= $1 AND lease_until_ms <= $1 LIMIT 1",
-        )
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(database("claiming webhook deliveries"))?;
-        if due.is_none() {
+        let due = "SELECT id FROM webhook_deliveries WHERE state = 'pending' \
+                   AND next_attempt_at_ms <= $1 AND lease_until_ms <= $1 LIMIT 1";
+        if !self
+            .any_due(due, now_ms, "claiming webhook deliveries")
+            .await?
+        {
             return Ok(Vec::new());
         }
         let lock = match self.backend {
