@@ -527,7 +527,7 @@ async fn prometheus_analysis(world: &World) -> anyhow::Result<()> {
     );
     for side in [&latency.samples.baseline, &latency.samples.canary] {
         assert!(
-            !side.is_empty() && side.iter().all(|ms| (ms - 4.95).abs() < 1e-9),
+            !side.is_empty() && side.iter().all(|ms| *ms == 4.95),
             "{latency:?}"
         );
     }

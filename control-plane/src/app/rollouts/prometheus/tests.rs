@@ -106,6 +106,21 @@ fn a_delta_counts_5xx_by_code_or_status_and_sums_buckets_per_bound() {
     // there: 0.01 + 0.09 × 9/10 = 0.091 s.
     let p99 = delta.p99_ms().unwrap();
     assert!((p99 - 91.0).abs() < 1e-9, "{p99}");
+    // Equal latencies give equal samples whatever the count, so the judge's test sees
+    // them tied.
+    let p99s: Vec<f64> = (1..=300)
+        .map(|n| {
+            let n = f64::from(n);
+            Delta {
+                requests: n,
+                errors: 0.0,
+                buckets: vec![(0.005, n), (f64::INFINITY, n)],
+            }
+            .p99_ms()
+            .unwrap()
+        })
+        .collect();
+    assert!(p99s.iter().all(|ms| *ms == 4.95), "{p99s:?}");
     assert_eq!(Delta::default().error_ratio(), None);
     assert_eq!(Delta::default().p99_ms(), None);
 }
