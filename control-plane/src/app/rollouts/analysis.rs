@@ -1,6 +1,7 @@
-//! The `analyse` step's checks: HTTP probes of the new version and of the old one, once
-//! a second for the step's duration, judged by `decision::analysis` (Mann–Whitney U
-//! between the two, as Kayenta compares a canary with its baseline).
+//! The `analyse` step's checks: a round on the new version and on the old one once a
+//! second for the step's duration (HTTP probes, or scrapes of their metrics), judged by
+//! `decision::analysis` (Mann–Whitney U between the two, as Kayenta compares a canary
+//! with its baseline).
 //!
 //! `--analysis http:PATH` compares the error ratio: each round sends
 //! [`PROBES_PER_ENDPOINT`] GETs to PATH on every endpoint of each side, and a request

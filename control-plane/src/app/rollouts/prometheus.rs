@@ -20,11 +20,11 @@
 //! of an address only sets its baseline.
 //!
 //! **Samples.** Error ratio = Δ5xx / Δrequests; p99 latency = `histogram_quantile(0.99)`
-//! of the Δ buckets, in milliseconds rounded to the nanosecond ([`quantile`]). A side whose requests did not grow
-//! in a round gives no sample that round. A side with an address whose scrape failed
-//! (refused, timed out, not 2xx, too large) gives no sample that round either, and keeps
-//! its previous scrape as the base of the next round's deltas; the failure is counted
-//! and named in the step's detail.
+//! of the Δ buckets, in milliseconds rounded to the nanosecond ([`quantile`]). A side
+//! whose requests did not grow in a round gives no sample that round. A side with an
+//! address whose scrape failed (refused, timed out, not 2xx, too large) gives no sample
+//! that round either, and keeps its previous scrape as the base of the next round's
+//! deltas; the failure is counted and named in the step's detail.
 
 mod exposition;
 mod quantile;
@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use exposition::Labels;
-pub use quantile::bucket_quantile;
+use quantile::bucket_quantile;
 
 /// The quantile of the latency compared.
 const QUANTILE: f64 = 0.99;
