@@ -137,6 +137,21 @@ pub struct AnalysisSpec {
     pub duration: Duration,
 }
 
+impl AnalysisSpec {
+    /// Whether the checks judge the traffic each version serves (`prometheus:`, its
+    /// request counters and latency histograms) rather than requests the server sends
+    /// itself (`http:`, `errors-and-latency:`). Such checks need both versions to take
+    /// traffic: a canary is not analysed at 100 % (the old version serves nothing then),
+    /// and blue-green, whose new version serves nothing before its switch, refuses them.
+    pub fn compares_served_traffic(&self) -> bool {
+        let kind = self
+            .checks
+            .split_once(':')
+            .map_or(self.checks.as_str(), |(k, _)| k);
+        kind.trim() == "prometheus"
+    }
+}
+
 /// How long an analysis runs when `--analysis-for` is not given.
 pub const DEFAULT_ANALYSIS: Duration = Duration::from_secs(60);
 
@@ -337,7 +352,12 @@ pub fn compile(strategy: &Strategy, targets: &[String]) -> Result<Vec<Step>, Rol
                     matched: None,
                     drained: Vec::new(),
                 });
-                push_analysis(&mut steps, analysis.as_ref());
+                // At 100 % the old version serves nothing to compare the canary's traffic
+                // with.
+                let analysis = analysis
+                    .as_ref()
+                    .filter(|a| *w < 100 || !a.compares_served_traffic());
+                push_analysis(&mut steps, analysis);
                 push_pause(&mut steps, *pause);
             }
             steps.push(Step::Deploy {
@@ -442,7 +462,9 @@ impl Strategy {
 
     /// Checks what does not depend on the targets (a strategy read back from storage
     /// is checked again): canary steps strictly increasing, 1–100, ending at 100; a batch
-    /// of at least 1 (a percentage 1–100); `max_unavailable` ≥ 1; a router named.
+    /// of at least 1 (a percentage 1–100); `max_unavailable` ≥ 1; a router named; checks
+    /// that compare served traffic ([`AnalysisSpec::compares_served_traffic`]) only where
+    /// both versions serve some: not with blue-green, not with a canary of `--steps 100`.
     pub fn validate(&self) -> Result<(), RolloutError> {
         match self {
             Strategy::AllAtOnce => {}
@@ -470,7 +492,12 @@ impl Strategy {
                     check_router(router)?;
                 }
             }
-            Strategy::Canary { steps, router, .. } => {
+            Strategy::Canary {
+                steps,
+                router,
+                analysis,
+                ..
+            } => {
                 check_router(router)?;
                 if steps.is_empty() {
                     return Err(RolloutError::new("--steps needs at least one weight"));
@@ -491,8 +518,30 @@ impl Strategy {
                 if steps.last() != Some(&100) {
                     return Err(RolloutError::new("--steps must end at 100"));
                 }
+                if steps.len() == 1
+                    && analysis
+                        .as_ref()
+                        .is_some_and(AnalysisSpec::compares_served_traffic)
+                {
+                    return Err(RolloutError::new(
+                        "--analysis prometheus compares the traffic each version serves, and with --steps 100 the old version serves none: add a weight below 100",
+                    ));
+                }
             }
-            Strategy::BlueGreen { router, .. } | Strategy::AB { router, .. } => {
+            Strategy::BlueGreen {
+                router, analysis, ..
+            } => {
+                check_router(router)?;
+                if analysis
+                    .as_ref()
+                    .is_some_and(AnalysisSpec::compares_served_traffic)
+                {
+                    return Err(RolloutError::new(
+                        "--analysis prometheus compares the traffic each version serves, and blue-green sends the new version none before its switch: use http:PATH",
+                    ));
+                }
+            }
+            Strategy::AB { router, .. } => {
                 check_router(router)?;
             }
         }

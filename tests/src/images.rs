@@ -5,6 +5,10 @@
 //!
 //! The web image serves `/www` on port 8080: `/index.html` holds the version text, and
 //! `/health` exists only in healthy images, so [`WEB_HEALTH_CMD`] fails on the others.
+//! `/cgi-bin/app` answers the version (or a 500, see [`WebImageOptions::error_percent`])
+//! and appends its status to `/tmp/requests`; `/cgi-bin/metrics` counts those lines and
+//! answers them in the Prometheus text format, as a service instrumented with a client
+//! library would ([`WEB_METRICS_PATH`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,6 +19,16 @@ use tokio::io::AsyncWriteExt;
 
 /// Where Debian's `busybox-static` puts its binary.
 pub const BUSYBOX: &str = "/bin/busybox";
+
+/// Where the web images answer their metrics: `http_requests_total{code="200"|"500"}`
+/// counts the requests `/cgi-bin/app` answered, and the histogram
+/// `http_request_duration_seconds` (client_golang's default buckets) has each of them
+/// in the bucket of the image's fixed [`WebImageOptions::latency_ms`].
+pub const WEB_METRICS_PATH: &str = "/cgi-bin/metrics";
+
+/// The upper bounds of the metrics' latency buckets, in milliseconds (`+Inf` apart):
+/// client_golang's `DefBuckets`.
+const LATENCY_BUCKETS_MS: [u32; 11] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
 /// A `health_cmd` for the web images: fails (404) on images built unhealthy.
 pub const WEB_HEALTH_CMD: &str = "wget -q -O /dev/null http://127.0.0.1:8080/health";
@@ -39,6 +53,9 @@ pub struct WebImageOptions {
     /// The share of requests to `/cgi-bin/app` answered 500, in percent (the others
     /// get the version, like `/`).
     pub error_percent: u8,
+    /// How long `/cgi-bin/app` sleeps before it answers, in milliseconds; the metrics
+    /// report every request at this latency.
+    pub latency_ms: u32,
 }
 
 /// Builds the web image locally and tags it `tag` (e.g. `127.0.0.1:PORT/stella-test/web:v1`):
@@ -63,11 +80,8 @@ pub async fn build_web_image_with(
     let root = dir.path().join("rootfs");
     let version = version.to_owned();
     let rootfs = root.clone();
-    let (healthy, error_percent) = (options.healthy, options.error_percent);
-    tokio::task::spawn_blocking(move || {
-        write_web_rootfs(&rootfs, &version, healthy, error_percent)
-    })
-    .await??;
+    let behaviour = options.clone();
+    tokio::task::spawn_blocking(move || write_web_rootfs(&rootfs, &version, &behaviour)).await??;
     let command = match options.healthy_after_seconds {
         None => WEB_CMD.to_owned(),
         // The health file is written by a background job, so `/` answers at once and
@@ -302,12 +316,7 @@ pub async fn docker_cli(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn write_web_rootfs(
-    root: &Path,
-    version: &str,
-    healthy: bool,
-    error_percent: u8,
-) -> anyhow::Result<()> {
+fn write_web_rootfs(root: &Path, version: &str, options: &WebImageOptions) -> anyhow::Result<()> {
     let busybox = Path::new(BUSYBOX);
     assert!(
         busybox.exists(),
@@ -319,26 +328,82 @@ fn write_web_rootfs(
     std::fs::create_dir_all(&www)?;
     std::fs::create_dir_all(root.join("tmp"))?;
     std::fs::copy(busybox, bin.join("busybox")).context("copying busybox")?;
-    for applet in ["sh", "httpd", "wget", "sleep"] {
+    for applet in ["sh", "httpd", "wget", "sleep", "usleep", "grep"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     std::fs::write(www.join("index.html"), version)?;
-    // A CGI script (busybox httpd runs executables under /cgi-bin): the version, or a 500
-    // for `error_percent` of the requests (busybox sh's $RANDOM).
+    // CGI scripts (busybox httpd runs executables under /cgi-bin).
     let cgi = www.join("cgi-bin");
     std::fs::create_dir_all(&cgi)?;
-    let script = format!(
-        "#!/bin/sh\nif [ $((RANDOM % 100)) -lt {error_percent} ]; then\n  printf 'Status: 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\nerror\\n'\nelse\n  printf 'Content-Type: text/plain\\r\\n\\r\\n{version}\\n'\nfi\n"
-    );
-    std::fs::write(cgi.join("app"), script)?;
+    std::fs::write(cgi.join("app"), app_script(version, options))?;
+    std::fs::write(cgi.join("metrics"), metrics_script(options.latency_ms))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(cgi.join("app"), std::fs::Permissions::from_mode(0o755))?;
+        for script in ["app", "metrics"] {
+            std::fs::set_permissions(cgi.join(script), std::fs::Permissions::from_mode(0o755))?;
+        }
     }
-    if healthy {
+    if options.healthy {
         std::fs::write(www.join("health"), "ok\n")?;
     }
     Ok(())
+}
+
+/// `/cgi-bin/app`: after `latency_ms`, the version, or a 500 for `error_percent` of the
+/// requests (busybox sh's $RANDOM); the status is appended to `/tmp/requests` first (a
+/// write of a few bytes with O_APPEND is atomic, so concurrent requests do not mix;
+/// `$REQUESTS` names another file, for the test below).
+fn app_script(version: &str, options: &WebImageOptions) -> String {
+    let sleep = match options.latency_ms {
+        0 => String::new(),
+        ms => format!("usleep {}\n", u64::from(ms) * 1000),
+    };
+    let error_percent = options.error_percent;
+    format!(
+        r#"#!/bin/sh
+{sleep}if [ $((RANDOM % 100)) -lt {error_percent} ]; then
+  echo 500 >> "${{REQUESTS:-/tmp/requests}}"
+  printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nerror\n'
+else
+  echo 200 >> "${{REQUESTS:-/tmp/requests}}"
+  printf 'Content-Type: text/plain\r\n\r\n{version}\n'
+fi
+"#
+    )
+}
+
+/// `/cgi-bin/metrics`: the requests `/cgi-bin/app` recorded, as client_golang writes a
+/// counter vector and a histogram (the 500 series only once there is one).
+fn metrics_script(latency_ms: u32) -> String {
+    let mut script = String::from(
+        r#"#!/bin/sh
+requests=${REQUESTS:-/tmp/requests}
+ok=$(grep -c '^200' "$requests" 2>/dev/null); ok=${ok:-0}
+err=$(grep -c '^500' "$requests" 2>/dev/null); err=${err:-0}
+n=$((ok + err))
+printf 'Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n\r\n'
+echo '# HELP http_requests_total Requests answered by /cgi-bin/app.'
+echo '# TYPE http_requests_total counter'
+echo "http_requests_total{code=\"200\",handler=\"app\"} $ok"
+if [ "$err" -gt 0 ]; then echo "http_requests_total{code=\"500\",handler=\"app\"} $err"; fi
+echo '# HELP http_request_duration_seconds Latency of /cgi-bin/app.'
+echo '# TYPE http_request_duration_seconds histogram'
+"#,
+    );
+    for bound in LATENCY_BUCKETS_MS {
+        let count = if latency_ms <= bound { "$n" } else { "0" };
+        let le = f64::from(bound) / 1000.0;
+        script.push_str(&format!(
+            "echo \"http_request_duration_seconds_bucket{{handler=\\\"app\\\",le=\\\"{le}\\\"}} {count}\"\n"
+        ));
+    }
+    script.push_str(&format!(
+        r#"echo "http_request_duration_seconds_bucket{{handler=\"app\",le=\"+Inf\"}} $n"
+echo "http_request_duration_seconds_sum{{handler=\"app\"}} $((n * {latency_ms}))e-3"
+echo "http_request_duration_seconds_count{{handler=\"app\"}} $n"
+"#
+    ));
+    script
 }
 
 /// `host:port/name:tag` → `host:port/name`.
@@ -365,4 +430,68 @@ async fn run_checked(command: &mut tokio::process::Command, what: &str) -> anyho
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    /// The CGI scripts under the host's busybox: the app records each answer, and the
+    /// metrics count them.
+    #[test]
+    fn the_metrics_count_what_the_app_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let requests = dir.path().join("requests");
+        let run = |script: &str| {
+            let path = dir.path().join("script");
+            std::fs::write(&path, script).unwrap();
+            let output = std::process::Command::new(BUSYBOX)
+                .arg("sh")
+                .arg(&path)
+                .env("REQUESTS", &requests)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let empty = run(&metrics_script(30));
+        assert!(
+            empty.contains("http_requests_total{code=\"200\",handler=\"app\"} 0\n")
+                && !empty.contains("code=\"500\""),
+            "{empty}"
+        );
+        let failing = WebImageOptions {
+            error_percent: 50,
+            ..WebImageOptions::default()
+        };
+        let mut errors = 0;
+        for _ in 0..40 {
+            if run(&app_script("v9", &failing)).starts_with("Status: 500") {
+                errors += 1;
+            }
+        }
+        let text = run(&metrics_script(30));
+        assert!(
+            text.starts_with("Content-Type: text/plain; version=0.0.4"),
+            "{text}"
+        );
+        let ok_line = format!(
+            "http_requests_total{{code=\"200\",handler=\"app\"}} {}\n",
+            40 - errors
+        );
+        assert!(text.contains(&ok_line), "{text}");
+        assert!(
+            text.contains(&format!("code=\"500\",handler=\"app\"}} {errors}\n")) || errors == 0,
+            "{text}"
+        );
+        // 30 ms is above the 25 ms bucket and within the 50 ms one.
+        assert!(text.contains("le=\"0.025\"} 0\n"), "{text}");
+        assert!(text.contains("le=\"0.05\"} 40\n"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 40\n"), "{text}");
+        assert!(
+            text.contains("http_request_duration_seconds_sum{handler=\"app\"} 1200e-3\n"),
+            "{text}"
+        );
+    }
 }

@@ -249,8 +249,10 @@ pub struct RolloutArgs {
     )]
     match_: Option<String>,
     /// Checks after each batch, weight or before the blue-green switch: `http:PATH`
-    /// (error ratio of the new version against the old) or `errors-and-latency:PATH`
-    /// (and p99 latency); see docs/rollouts.md.
+    /// (error ratio of the new version against the old), `errors-and-latency:PATH`
+    /// (and p99 latency), or `prometheus:PATH` (both, from the traffic each version
+    /// served, read from its metrics; `?requests=NAME&latency=NAME` names the counter
+    /// and histogram); see docs/rollouts.md.
     #[arg(long, requires = "strategy", value_name = "CHECKS")]
     analysis: Option<String>,
     /// How long each analysis samples [default: 1m].

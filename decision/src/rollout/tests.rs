@@ -146,6 +146,30 @@ fn refuses_bad_settings_with_clear_errors() {
         err(&["--strategy", "a-b", "--router", "e", "--match", "query:x=1"])
             .contains("header:NAME=VALUE")
     );
+    let served = "compares the traffic each version serves";
+    assert!(err(&[
+        "--strategy",
+        "blue-green",
+        "--router",
+        "e",
+        "--analysis",
+        "prometheus"
+    ])
+    .contains(served));
+    let single = err(&[
+        "--strategy",
+        "canary",
+        "--router",
+        "e",
+        "--steps",
+        "100",
+        "--analysis",
+        "prometheus:/metrics",
+    ]);
+    assert!(
+        single.contains(served) && single.contains("a weight below 100"),
+        "{single}"
+    );
     assert!(err(&["--strategy"]).contains("needs a value"));
     assert!(err(&["--pause", "1s", "--pause", "2s"]).contains("twice"));
 }
@@ -275,6 +299,50 @@ fn canary_follows_the_table() {
             Step::Retire { slot: Slot::Canary },
         ]
     );
+}
+
+#[test]
+fn a_canary_judged_on_served_traffic_is_not_analysed_at_100() {
+    let s = Strategy::from_args(&[
+        "--strategy",
+        "canary",
+        "--steps",
+        "25,50,100",
+        "--analysis",
+        "prometheus:/metrics",
+        "--analysis-for",
+        "30s",
+        "--router",
+        "edge",
+    ])
+    .unwrap();
+    let steps = compile(&s, &names(4)).unwrap();
+    let analyse = Step::Analyse {
+        checks: "prometheus:/metrics".into(),
+        duration: Duration::from_secs(30),
+    };
+    assert_eq!(
+        steps,
+        vec![
+            deploy(&["web-00"], Slot::Canary),
+            route(&[(Slot::Stable, 75), (Slot::Canary, 25)]),
+            analyse.clone(),
+            route(&[(Slot::Stable, 50), (Slot::Canary, 50)]),
+            analyse,
+            route(&[(Slot::Stable, 0), (Slot::Canary, 100)]),
+            deploy(&["web-00", "web-01", "web-02", "web-03"], Slot::Stable),
+            route(&[(Slot::Stable, 100), (Slot::Canary, 0)]),
+            Step::Retire { slot: Slot::Canary },
+        ]
+    );
+    let spec = |checks: &str| AnalysisSpec {
+        checks: checks.into(),
+        duration: DEFAULT_ANALYSIS,
+    };
+    assert!(spec("prometheus").compares_served_traffic());
+    assert!(spec("prometheus:/m?requests=x").compares_served_traffic());
+    assert!(!spec("http:/prometheus").compares_served_traffic());
+    assert!(!spec("errors-and-latency").compares_served_traffic());
 }
 
 #[test]

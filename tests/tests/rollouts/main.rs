@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
+use stella_tests::images::WEB_METRICS_PATH;
 use world::{
     fresh_client, get, send, send_with_header, step_states, wait_rollout, Load, World,
     DEPLOY_TIMEOUT,
@@ -302,13 +303,16 @@ async fn canary_splits_traffic_waits_for_promote_and_rolls_back_on_abort_or_fail
 /// Canary analysis over HTTP probes: a new version that fails one request in twenty at
 /// `/cgi-bin/app` is judged worse than the old one (Mann–Whitney U on the per-round
 /// error ratios) and rolled back, the analysis saying why and keeping its samples; a
-/// clean version passes both analyses and finishes.
+/// clean version passes both analyses and finishes. Then the same over the versions'
+/// own Prometheus metrics, with traffic sent through the router: the failing version is
+/// rolled back again, and another clean one passes (its one analysis, at 50 %).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_clean_one(
 ) -> anyhow::Result<()> {
     let mut world = World::start().await?;
     world.serve_v1().await?;
     world.release("v2", true).await?;
+    world.release("v4", true).await?;
     world
         .release_with(
             "v3",
@@ -422,7 +426,166 @@ async fn canary_analysis_rolls_back_a_version_failing_five_percent_and_passes_a_
     );
     let after = send(&world.router.url(), 40).await;
     assert_eq!(after.count("v2"), 40, "{after:?}");
+
+    prometheus_analysis(&world).await
+}
+
+/// The second half of the test above: `--analysis prometheus:` over the web images'
+/// `/cgi-bin/metrics`, while four clients send requests to `/cgi-bin/app` through nginx.
+async fn prometheus_analysis(world: &World) -> anyhow::Result<()> {
+    let canary = |analysis: &str| {
+        [
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--router",
+            "edge",
+            "--analysis",
+            analysis,
+            "--analysis-for",
+            "10s",
+        ]
+        .map(str::to_owned)
+    };
+    let unknown = canary("prometheus:/cgi-bin/metrics?rate=5m");
+    let (status, _, stderr) = world
+        .set_strategy(&unknown.each_ref().map(String::as_str))
+        .await?;
+    assert_ne!(status, 0, "an unknown key was taken");
+    assert!(
+        stderr.contains("unknown key `rate`") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    let (status, _, stderr) = world
+        .set_strategy(&[
+            "--strategy",
+            "blue-green",
+            "--router",
+            "edge",
+            "--analysis",
+            "prometheus",
+        ])
+        .await?;
+    assert_ne!(status, 0, "blue-green took checks of served traffic");
+    assert!(
+        stderr.contains("blue-green sends the new version none"),
+        "{stderr}"
+    );
+    let checks = format!("prometheus:{WEB_METRICS_PATH}");
+    let (status, _, stderr) = world
+        .set_strategy(&canary(&checks).each_ref().map(String::as_str))
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+
+    let load = Load::start(&format!("{}cgi-bin/app", world.router.url()));
+    let id = world.promote("v3").await?;
+    let failed = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    let id = world.promote("v4").await?;
+    let passed = world.server.wait_deployment(&id, DEPLOY_TIMEOUT).await?;
+    let tally = load.stop().await;
+    println!("load through nginx during both rollouts: {tally:?}");
+
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert_eq!(failed["rollout"]["state"], "rolled_back", "{failed:#}");
+    let message = failed["message"].as_str().unwrap_or_default();
+    println!("rolled back: {message}");
+    assert!(
+        message.contains(&format!("analysis `{checks}` over"))
+            && message.contains("error_ratio: canary worse than baseline"),
+        "{message}"
+    );
+    let analysed = analyse_steps(&failed);
+    assert_eq!(analysed.len(), 1, "{analysed:#?}");
+    let detail = &analysed[0]["detail"];
+    println!(
+        "analysis detail: rounds {}, requests {}, results {}, scraped {}",
+        detail["rounds"], detail["requests"], detail["results"], detail["scraped"]
+    );
+    let record: stella_decision::analysis::StepRecord =
+        serde_json::from_value(detail["analysis"].clone())?;
+    assert_eq!(
+        stella_decision::analysis::recompute(&record)?,
+        record.verdict
+    );
+    let errors = &record.metrics[0];
+    assert_eq!(errors.metric, stella_decision::analysis::Metric::ErrorRatio);
+    assert!(
+        errors.samples.canary.len() >= 5 && errors.samples.canary.iter().any(|r| *r > 0.0),
+        "{errors:?}"
+    );
+    assert!(
+        errors.samples.baseline.iter().all(|r| *r == 0.0),
+        "{errors:?}"
+    );
+    // Every request of the image is in its first bucket (≤ 5 ms): PromQL's p99 of that
+    // is 0.99 × 5 ms on both sides.
+    let latency = &record.metrics[1];
+    assert_eq!(
+        latency.metric,
+        stella_decision::analysis::Metric::LatencyP99Ms
+    );
+    for side in [&latency.samples.baseline, &latency.samples.canary] {
+        assert!(
+            !side.is_empty() && side.iter().all(|ms| *ms == 4.95),
+            "{latency:?}"
+        );
+    }
+    let scraped = &detail["scraped"];
+    assert_eq!(scraped["path"], WEB_METRICS_PATH);
+    assert_eq!(scraped["metrics"]["requests"], "http_requests_total");
+    for side in ["baseline", "canary"] {
+        assert_eq!(scraped[side]["scrapes_failed"], 0, "{scraped:#}");
+        assert_eq!(scraped[side]["lines_skipped"], 0, "{scraped:#}");
+        assert!(scraped[side]["requests"].as_u64() > Some(0), "{scraped:#}");
+    }
+    assert!(
+        scraped["canary"]["errors"].as_u64() > Some(0),
+        "{scraped:#}"
+    );
+
+    // The evidence packet verifies with no server, the analysis recomputed.
+    let decision = failed["decision_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let packet = world.server.dir.path().join("evidence-prometheus.tar.gz");
+    let packet_path = packet.display().to_string();
+    let (status, _, stderr) = world
+        .cli(&["evidence", "export", &decision, "--out", &packet_path])
+        .await?;
+    assert_eq!(status, 0, "{stderr}");
+    let (status, stdout, stderr) = world.cli(&["evidence", "verify", &packet_path]).await?;
+    assert_eq!(status, 0, "{stdout}{stderr}");
+
+    assert_eq!(passed["state"], "succeeded", "{passed:#}");
+    let analysed = analyse_steps(&passed);
+    // At 100 % the old version serves nothing: the one analysis is at 50 %.
+    assert_eq!(analysed.len(), 1, "{analysed:#?}");
+    assert_eq!(analysed[0]["state"], "succeeded", "{analysed:#?}");
+    println!("clean: {}", analysed[0]["message"]);
+    // The load saw the failing version's 500s and nothing else fail.
+    assert!(
+        tally
+            .failures
+            .keys()
+            .all(|k| k == "status 500 Internal Server Error"),
+        "{tally:?}"
+    );
+    let after = send(&world.router.url(), 40).await;
+    assert_eq!(after.count("v4"), 40, "{after:?}");
     Ok(())
+}
+
+/// The `analyse` steps of a deployment's rollout.
+fn analyse_steps(deployment: &serde_json::Value) -> Vec<serde_json::Value> {
+    deployment["rollout"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["step"].as_str().is_some_and(|t| t.starts_with("analyse")))
+        .cloned()
+        .collect()
 }
 
 /// Targets of `world` whose own (stable) container is not running now.

@@ -36,6 +36,7 @@ use super::{now_ms, App};
 
 pub(super) mod analysis;
 mod driver;
+mod prometheus;
 mod steps;
 
 use crate::domain::{

@@ -1,5 +1,5 @@
 //! The steps a rollout driver takes: tasks for deploy, restore and retire; the router's
-//! backends for route; the probes and the judgement for analyse.
+//! backends for route; the probes or scrapes and the judgement for analyse.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -122,13 +122,9 @@ impl Driver {
                     })
                 }
             };
-            let (b, c) = futures::future::join(
-                analysis::probe_round(&self.probes, &baseline, &parsed.path),
-                analysis::probe_round(&self.probes, &canary, &parsed.path),
-            )
-            .await;
+            let round = analysis::take_round(&self.probes, &parsed, &baseline, &canary).await;
             if let Some(sampling) = self.analyses.get_mut(&record.seq) {
-                sampling.add(b, c);
+                sampling.record(round);
             }
             return Ok(StepOutcome::Wait);
         }
