@@ -1,0 +1,295 @@
+//! Phases 2 and 3: dispatch latency at a promotion rate, and the fan-out of one
+//! promotion to a target on each agent.
+//!
+//! "Accepted" is when the API's answer to `POST /api/v1/promotions` arrived: the server
+//! answers after the decision, the deployment and its tasks are committed, so a task on
+//! an agent's stream was durable before it was sent. "Stored" results are those the
+//! server acknowledged with `TaskAck`, which it sends after committing the result.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::estate::{self, TargetPlan};
+use super::{round1, round2, summary, Fleet};
+use crate::bench::sim::TaskFrame;
+use crate::cargo::step;
+
+/// How long tasks may take to reach their agents after the last promotion.
+const FRAMES_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the fan-out's results may take to be stored.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Targets of the fan-out: at most this many seconds of API polling between looks.
+const POLL: Duration = Duration::from_millis(250);
+
+/// One promotion of the dispatch phase.
+struct Promotion {
+    deployment: anyhow::Result<String>,
+    sent: Instant,
+    answered: Instant,
+}
+
+pub async fn latency(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
+    let args = fleet.args;
+    let count = usize::try_from(u64::from(args.rate) * args.dispatch_seconds).unwrap_or(0);
+    step(&format!(
+        "dispatch: {count} promotions at {} /s (at most {} in flight), one target each",
+        args.rate, args.dispatch_concurrency
+    ));
+    let environments: Vec<String> = (1..=count).map(|i| format!("d-{i:05}")).collect();
+    let alive = alive_agents(fleet);
+    let targets: Vec<TargetPlan> = environments
+        .iter()
+        .enumerate()
+        .map(|(index, environment)| TargetPlan {
+            environment: environment.clone(),
+            name: format!("t-{environment}"),
+            agent: alive[index % alive.len()].clone(),
+        })
+        .collect();
+    estate::create(&fleet.server, &environments, &targets).await?;
+
+    let frames_before = fleet.context.tasks.len();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let paced = futures::stream::unfold(ticker, |mut ticker| async move {
+        ticker.tick().await;
+        Some(((), ticker))
+    });
+    let server = &fleet.server;
+    let started = Instant::now();
+    let promotions: Vec<Promotion> = futures::stream::iter(&environments)
+        .zip(paced)
+        .map(|(environment, ())| async move {
+            let sent = Instant::now();
+            let deployment = estate::promote(server, environment).await;
+            Promotion {
+                deployment,
+                sent,
+                answered: Instant::now(),
+            }
+        })
+        .buffer_unordered(args.dispatch_concurrency.max(1))
+        .collect()
+        .await;
+    let last_answer = promotions
+        .iter()
+        .map(|p| p.answered)
+        .max()
+        .unwrap_or(started);
+    let accepted: Vec<&Promotion> = promotions.iter().filter(|p| p.deployment.is_ok()).collect();
+    let failed = promotions.len() - accepted.len();
+    if let Some(Err(error)) = promotions
+        .iter()
+        .map(|p| &p.deployment)
+        .find(|d| d.is_err())
+    {
+        println!("  first failed promotion: {error:#}");
+    }
+    let wanted = accepted.len();
+    let frames = wait_frames(fleet, frames_before, |frames| {
+        first_frames(frames).len() >= wanted
+    })
+    .await;
+    let firsts = first_frames(&frames);
+    let mut from_accept = Vec::with_capacity(wanted);
+    let mut from_request = Vec::with_capacity(wanted);
+    let mut before_answer = 0;
+    let mut missing = 0;
+    for promotion in &accepted {
+        let Ok(id) = &promotion.deployment else {
+            continue;
+        };
+        let Some(at) = firsts.get(id.as_str()) else {
+            missing += 1;
+            continue;
+        };
+        if *at < promotion.answered {
+            before_answer += 1;
+        }
+        from_accept.push(ms(at.saturating_duration_since(promotion.answered)));
+        from_request.push(ms(at.saturating_duration_since(promotion.sent)));
+    }
+    let seconds = last_answer.duration_since(started).as_secs_f64();
+    let rate = if seconds > 0.0 {
+        wanted as f64 / seconds
+    } else {
+        0.0
+    };
+    let (accept_p50, accept_p99, accept_max) = summary(&mut from_accept);
+    let (request_p50, request_p99, _) = summary(&mut from_request);
+    fleet.figure(
+        "dispatch_promotions_per_second",
+        "dispatch: promotions accepted/s",
+        json!(round1(rate)),
+        format!(
+            "{rate:.1} (asked {}; {wanted} accepted in {seconds:.1} s, {failed} refused or failed)",
+            args.rate
+        ),
+    );
+    fleet.figure(
+        "dispatch_latency_ms",
+        "dispatch: accepted → frame at agent",
+        json!({"p50": round1(accept_p50), "p99": round1(accept_p99), "max": round1(accept_max)}),
+        format!(
+            "p50 {accept_p50:.1} ms, p99 {accept_p99:.1} ms, max {accept_max:.1} ms \
+             ({before_answer} frames came before the answer: 0 ms; {missing} never came)"
+        ),
+    );
+    fleet.figure(
+        "dispatch_request_to_frame_ms",
+        "dispatch: request sent → frame at agent",
+        json!({"p50": round1(request_p50), "p99": round1(request_p99)}),
+        format!("p50 {request_p50:.1} ms, p99 {request_p99:.1} ms"),
+    );
+    Ok(())
+}
+
+pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
+    let alive = alive_agents(fleet);
+    let count = fleet.args.fanout_targets.min(alive.len());
+    step(&format!(
+        "fan-out: one promotion to {count} targets on {count} agents"
+    ));
+    let environment = "fanout".to_owned();
+    let targets: Vec<TargetPlan> = alive
+        .iter()
+        .take(count)
+        .enumerate()
+        .map(|(index, agent)| TargetPlan {
+            environment: environment.clone(),
+            name: format!("f-{:05}", index + 1),
+            agent: agent.clone(),
+        })
+        .collect();
+    estate::create(&fleet.server, std::slice::from_ref(&environment), &targets).await?;
+
+    let tasks = &fleet.context.tasks;
+    let frames_before = tasks.len();
+    let acks_before = tasks.acks.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    let id = estate::promote(&fleet.server, &environment).await?;
+    let accepted = Instant::now();
+    let accepted_micros = fleet.context.micros();
+    let frames = wait_frames(fleet, frames_before, |frames| {
+        frames.iter().filter(|f| f.deployment_id == id).count() >= count
+    })
+    .await;
+    let ours: Vec<&TaskFrame> = frames.iter().filter(|f| f.deployment_id == id).collect();
+    let last_frame = ours.iter().map(|f| f.at).max().unwrap_or(accepted);
+    let on_streams = ours.len();
+
+    // Results: acknowledged to the agents (stored), and the deployment `succeeded`.
+    let deadline = accepted + FANOUT_TIMEOUT;
+    let mut succeeded_after = None;
+    let mut state = String::new();
+    while Instant::now() < deadline {
+        let acked = tasks.acks.load(Ordering::Relaxed) - acks_before;
+        if succeeded_after.is_none() {
+            match estate::deployment_state(&fleet.server, &id).await {
+                Ok(now) if now == "succeeded" => succeeded_after = Some(accepted.elapsed()),
+                Ok(now) => state = now,
+                Err(error) => state = format!("{error:#}"),
+            }
+        }
+        if acked >= count && succeeded_after.is_some() {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let acked = tasks.acks.load(Ordering::Relaxed) - acks_before;
+    let last_ack = Duration::from_micros(
+        tasks
+            .last_ack_micros
+            .load(Ordering::Relaxed)
+            .saturating_sub(accepted_micros),
+    );
+    fleet.figure(
+        "fanout_answer_ms",
+        "fan-out: promotion answered",
+        json!(round1(ms(accepted - sent))),
+        format!("{:.1} ms after the request", ms(accepted - sent)),
+    );
+    fleet.figure(
+        "fanout_on_streams_seconds",
+        "fan-out: every task on its stream",
+        json!(round2(
+            last_frame.saturating_duration_since(accepted).as_secs_f64()
+        )),
+        format!(
+            "{:.2} s after accepted ({on_streams}/{count} tasks; target 2 s)",
+            last_frame.saturating_duration_since(accepted).as_secs_f64()
+        ),
+    );
+    fleet.figure(
+        "fanout_stored_seconds",
+        "fan-out: every result stored (acked)",
+        json!(round2(last_ack.as_secs_f64())),
+        format!(
+            "{:.2} s after accepted ({acked}/{count} acknowledged; target 5 s)",
+            last_ack.as_secs_f64()
+        ),
+    );
+    let succeeded = match succeeded_after {
+        Some(after) => format!(
+            "{:.2} s after accepted (polled every {POLL:?})",
+            after.as_secs_f64()
+        ),
+        None => format!("not within {FANOUT_TIMEOUT:?} (state {state})"),
+    };
+    fleet.figure(
+        "fanout_succeeded_seconds",
+        "fan-out: deployment `succeeded` (API)",
+        json!(succeeded_after.map(|d| round2(d.as_secs_f64()))),
+        succeeded,
+    );
+    Ok(())
+}
+
+/// Names of the agents not killed, in enrolment order.
+fn alive_agents(fleet: &Fleet<'_>) -> Vec<String> {
+    fleet
+        .agents
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !fleet.killed.contains(index))
+        .map(|(_, agent)| agent.name.clone())
+        .collect()
+}
+
+/// Waits until `done` holds for the frames received since `from`, or a timeout; returns
+/// those frames.
+async fn wait_frames(
+    fleet: &Fleet<'_>,
+    from: usize,
+    done: impl Fn(&[TaskFrame]) -> bool,
+) -> Vec<TaskFrame> {
+    let deadline = Instant::now() + FRAMES_TIMEOUT;
+    loop {
+        let frames = fleet.context.tasks.frames_from(from);
+        if done(&frames) || Instant::now() >= deadline {
+            return frames;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first frame of each deployment.
+fn first_frames(frames: &[TaskFrame]) -> HashMap<&str, Instant> {
+    let mut firsts: HashMap<&str, Instant> = HashMap::new();
+    for frame in frames {
+        firsts
+            .entry(frame.deployment_id.as_str())
+            .and_modify(|at| *at = (*at).min(frame.at))
+            .or_insert(frame.at);
+    }
+    firsts
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
