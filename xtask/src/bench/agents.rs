@@ -106,8 +106,10 @@ async fn bench(
         .tempdir()
         .context("cannot create a temp dir")?;
     step("start the control plane");
+    // The bench client speaks plain HTTP to the loopback API (the server serves TLS
+    // by default).
     let config = format!(
-        "heartbeat_interval_seconds = {}\n",
+        "heartbeat_interval_seconds = {}\napi_plain_http = true\n",
         args.heartbeat_interval_seconds
     );
     let server = ServerProcess::start(

@@ -365,6 +365,25 @@ impl Metrics {
             rest.split_whitespace().next()?.parse().ok()
         })
     }
+
+    /// The cumulative buckets of a histogram without other labels, e.g.
+    /// `stella_task_dispatch_latency_seconds`: `(le, count)` in the page's order.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        self.0
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&prefix)?;
+                let (le, rest) = rest.split_once("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.split_whitespace().next()?.parse().ok()?))
+            })
+            .collect()
+    }
 }
 
 /// The server's and this process's counters at one moment.

@@ -1,10 +1,15 @@
 //! Phases 2 and 3: dispatch latency at a promotion rate, and the fan-out of one
 //! promotion to a target on each agent.
 //!
-//! "Accepted" is when the API's answer to `POST /api/v1/promotions` arrived: the server
-//! answers after the decision, the deployment and its tasks are committed, so a task on
-//! an agent's stream was durable before it was sent. "Stored" results are those the
-//! server acknowledged with `TaskAck`, which it sends after committing the result.
+//! The API answers a promotion after the decision, the deployment and its tasks are
+//! committed, and the server dispatches the tasks as it commits: the frames usually
+//! reach the agents before the answer reaches the client. So the client measures from
+//! the request sent (the whole promotion: gates, signed decision, commit, dispatch) to
+//! the frame read by the agent, and the server's own histogram
+//! `stella_task_dispatch_latency_seconds` (deployment accepted → task written to the
+//! agent's stream) gives the accept → stream part. A task on a stream was durable
+//! before it was sent. "Stored" results are those the server acknowledged with
+//! `TaskAck`, which it sends after committing the result.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,6 +24,8 @@ use super::{round1, round2, summary, Fleet};
 use crate::bench::sim::TaskFrame;
 use crate::cargo::step;
 
+/// The server's histogram of deployment accepted → task on the agent's stream.
+const DISPATCH_HISTOGRAM: &str = "stella_task_dispatch_latency_seconds";
 /// How long tasks may take to reach their agents after the last promotion.
 const FRAMES_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the fan-out's results may take to be stored.
@@ -54,6 +61,7 @@ pub async fn latency(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
     estate::create(&fleet.server, &environments, &targets).await?;
 
     let frames_before = fleet.context.tasks.len();
+    let histogram_before = fleet.server.metrics().await?.buckets(DISPATCH_HISTOGRAM);
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let paced = futures::stream::unfold(ticker, |mut ticker| async move {
@@ -96,14 +104,15 @@ pub async fn latency(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
     })
     .await;
     let firsts = first_frames(&frames);
-    let mut from_accept = Vec::with_capacity(wanted);
     let mut from_request = Vec::with_capacity(wanted);
+    let mut answers = Vec::with_capacity(wanted);
     let mut before_answer = 0;
     let mut missing = 0;
     for promotion in &accepted {
         let Ok(id) = &promotion.deployment else {
             continue;
         };
+        answers.push(ms(promotion.answered - promotion.sent));
         let Some(at) = firsts.get(id.as_str()) else {
             missing += 1;
             continue;
@@ -111,17 +120,18 @@ pub async fn latency(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         if *at < promotion.answered {
             before_answer += 1;
         }
-        from_accept.push(ms(at.saturating_duration_since(promotion.answered)));
         from_request.push(ms(at.saturating_duration_since(promotion.sent)));
     }
+    let histogram_after = fleet.server.metrics().await?.buckets(DISPATCH_HISTOGRAM);
+    let server_side = bucket_quantiles(&histogram_before, &histogram_after);
     let seconds = last_answer.duration_since(started).as_secs_f64();
     let rate = if seconds > 0.0 {
         wanted as f64 / seconds
     } else {
         0.0
     };
-    let (accept_p50, accept_p99, accept_max) = summary(&mut from_accept);
-    let (request_p50, request_p99, _) = summary(&mut from_request);
+    let (request_p50, request_p99, request_max) = summary(&mut from_request);
+    let (answer_p50, answer_p99, _) = summary(&mut answers);
     fleet.figure(
         "dispatch_promotions_per_second",
         "dispatch: promotions accepted/s",
@@ -132,21 +142,63 @@ pub async fn latency(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         ),
     );
     fleet.figure(
-        "dispatch_latency_ms",
-        "dispatch: accepted → frame at agent",
-        json!({"p50": round1(accept_p50), "p99": round1(accept_p99), "max": round1(accept_max)}),
+        "dispatch_request_to_frame_ms",
+        "dispatch: request → frame at agent",
+        json!({"p50": round1(request_p50), "p99": round1(request_p99), "max": round1(request_max)}),
         format!(
-            "p50 {accept_p50:.1} ms, p99 {accept_p99:.1} ms, max {accept_max:.1} ms \
-             ({before_answer} frames came before the answer: 0 ms; {missing} never came)"
+            "p50 {request_p50:.1} ms, p99 {request_p99:.1} ms, max {request_max:.1} ms \
+             ({before_answer} of {wanted} frames before the API's answer; {missing} never came)"
         ),
     );
     fleet.figure(
-        "dispatch_request_to_frame_ms",
-        "dispatch: request sent → frame at agent",
-        json!({"p50": round1(request_p50), "p99": round1(request_p99)}),
-        format!("p50 {request_p50:.1} ms, p99 {request_p99:.1} ms"),
+        "dispatch_answer_ms",
+        "dispatch: request → API answer",
+        json!({"p50": round1(answer_p50), "p99": round1(answer_p99)}),
+        format!("p50 {answer_p50:.1} ms, p99 {answer_p99:.1} ms"),
+    );
+    let (text, value) = match server_side {
+        Some((p50, p99, observed)) => (
+            format!(
+                "p50 ≤ {p50:.0} ms, p99 ≤ {p99:.0} ms ({observed:.0} tasks; histogram bucket \
+                 bounds)"
+            ),
+            json!({"p50_le": p50, "p99_le": p99}),
+        ),
+        None => ("no observations".to_owned(), serde_json::Value::Null),
+    };
+    fleet.figure(
+        "dispatch_accept_to_stream_ms",
+        "dispatch: accepted → on stream (server)",
+        value,
+        text,
     );
     Ok(())
+}
+
+/// The p50 and p99 (upper bounds of their buckets, in ms) and the count of what a
+/// cumulative histogram observed between two readings.
+fn bucket_quantiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |&(_, c)| c);
+            (le, count - earlier)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let bound = |q: f64| {
+        delta
+            .iter()
+            .find(|(_, count)| *count >= q * total)
+            .map_or(f64::INFINITY, |(le, _)| le * 1000.0)
+    };
+    Some((bound(0.50), bound(0.99), total))
 }
 
 pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
@@ -181,6 +233,8 @@ pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
     .await;
     let ours: Vec<&TaskFrame> = frames.iter().filter(|f| f.deployment_id == id).collect();
     let last_frame = ours.iter().map(|f| f.at).max().unwrap_or(accepted);
+    let sent_micros = accepted_micros
+        .saturating_sub(u64::try_from((accepted - sent).as_micros()).unwrap_or(u64::MAX));
     let on_streams = ours.len();
 
     // Results: acknowledged to the agents (stored), and the deployment `succeeded`.
@@ -191,7 +245,7 @@ pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         let acked = tasks.acks.load(Ordering::Relaxed) - acks_before;
         if succeeded_after.is_none() {
             match estate::deployment_state(&fleet.server, &id).await {
-                Ok(now) if now == "succeeded" => succeeded_after = Some(accepted.elapsed()),
+                Ok(now) if now == "succeeded" => succeeded_after = Some(sent.elapsed()),
                 Ok(now) => state = now,
                 Err(error) => state = format!("{error:#}"),
             }
@@ -206,7 +260,7 @@ pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         tasks
             .last_ack_micros
             .load(Ordering::Relaxed)
-            .saturating_sub(accepted_micros),
+            .saturating_sub(sent_micros),
     );
     fleet.figure(
         "fanout_answer_ms",
@@ -218,11 +272,11 @@ pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         "fanout_on_streams_seconds",
         "fan-out: every task on its stream",
         json!(round2(
-            last_frame.saturating_duration_since(accepted).as_secs_f64()
+            last_frame.saturating_duration_since(sent).as_secs_f64()
         )),
         format!(
-            "{:.2} s after accepted ({on_streams}/{count} tasks; target 2 s)",
-            last_frame.saturating_duration_since(accepted).as_secs_f64()
+            "{:.2} s after the request ({on_streams}/{count} tasks; target 2 s)",
+            last_frame.saturating_duration_since(sent).as_secs_f64()
         ),
     );
     fleet.figure(
@@ -230,13 +284,13 @@ pub async fn fanout(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         "fan-out: every result stored (acked)",
         json!(round2(last_ack.as_secs_f64())),
         format!(
-            "{:.2} s after accepted ({acked}/{count} acknowledged; target 5 s)",
+            "{:.2} s after the request ({acked}/{count} acknowledged; target 5 s)",
             last_ack.as_secs_f64()
         ),
     );
     let succeeded = match succeeded_after {
         Some(after) => format!(
-            "{:.2} s after accepted (polled every {POLL:?})",
+            "{:.2} s after the request (polled every {POLL:?})",
             after.as_secs_f64()
         ),
         None => format!("not within {FANOUT_TIMEOUT:?} (state {state})"),

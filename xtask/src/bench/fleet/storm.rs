@@ -27,7 +27,7 @@ pub async fn run(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
     let welcomed_before = stats.welcomed.load(Ordering::Relaxed);
     let errors_before = stats.attempt_errors.load(Ordering::Relaxed);
     let lost_before = stats.lost.load(Ordering::Relaxed);
-    stats.clear_first_error();
+    stats.clear_first_errors();
     let killed_micros = context.micros();
     let killed_at = Instant::now();
     let restart = fleet.server.kill_and_restart().await?;
@@ -106,8 +106,10 @@ pub async fn run(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         json!({"sessions_cut": cut, "failed_attempts": errors, "gave_up": gave_up}),
         format!(
             "{cut} sessions cut, {errors} failed attempts to reconnect, {gave_up} gave up; \
-             first: {}",
-            stats.first_error().unwrap_or_else(|| "none".to_owned())
+             first failed attempt: {}",
+            stats
+                .first_attempt_error()
+                .unwrap_or_else(|| "none".to_owned())
         ),
     );
     Ok(())

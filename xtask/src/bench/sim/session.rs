@@ -53,6 +53,7 @@ pub struct SessionStats {
     /// When the latest `Welcome` arrived, in µs since [`SessionContext::started`].
     pub last_welcome_micros: AtomicU64,
     first_error: Mutex<Option<String>>,
+    first_attempt_error: Mutex<Option<String>>,
 }
 
 impl SessionStats {
@@ -61,10 +62,17 @@ impl SessionStats {
         self.first_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Forgets the first error, so a phase reports its own.
-    pub fn clear_first_error(&self) {
-        if let Ok(mut first) = self.first_error.lock() {
-            *first = None;
+    /// The first error of an attempt to open a session.
+    pub fn first_attempt_error(&self) -> Option<String> {
+        self.first_attempt_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Forgets the first errors, so a phase reports its own.
+    pub fn clear_first_errors(&self) {
+        for slot in [&self.first_error, &self.first_attempt_error] {
+            if let Ok(mut first) = slot.lock() {
+                *first = None;
+            }
         }
     }
 
@@ -224,6 +232,9 @@ pub async fn run_agent(
                 attempt += 1;
                 stats.attempt_errors.fetch_add(1, Ordering::Relaxed);
                 stats.record_error(&error);
+                if let Ok(mut first) = stats.first_attempt_error.lock() {
+                    first.get_or_insert_with(|| format!("{error:#}"));
+                }
                 if backoff.is_none() && attempt >= CONNECT_ATTEMPTS {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     return;
