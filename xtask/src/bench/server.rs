@@ -225,10 +225,22 @@ impl ServerProcess {
         path: &str,
         body: &serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
+        self.post_json_within(path, body, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`ServerProcess::post_json`] for a call that may take up to `timeout`.
+    pub async fn post_json_within(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let response = self
             .http
             .post(format!("{}{path}", self.api_url))
             .bearer_auth(&self.admin_token)
+            .timeout(timeout)
             .json(body)
             .send()
             .await

@@ -3,6 +3,7 @@
 //! targets driven by the simulated agents, promotions, deployments and agent states.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -16,6 +17,8 @@ use crate::bench::server::ServerProcess;
 pub const RELEASE: &str = "fleet";
 /// Its version.
 pub const VERSION: &str = "1";
+/// How long a promotion's answer may take.
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(900);
 /// REST calls in flight while building environments and targets.
 const SETUP_CONCURRENCY: usize = 32;
 
@@ -87,12 +90,15 @@ pub async fn create(
     Ok(())
 }
 
-/// Promotes the release to `environment`; returns the deployment id.
+/// Promotes the release to `environment`; returns the deployment id. The server answers
+/// once it has handed the tasks to their agents' sessions, which for thousands of
+/// targets takes minutes: the call may take up to [`PROMOTION_TIMEOUT`].
 pub async fn promote(server: &ServerProcess, environment: &str) -> anyhow::Result<String> {
     let reply = server
-        .post_json(
+        .post_json_within(
             "/api/v1/promotions",
             &json!({"release": RELEASE, "version": VERSION, "environment": environment}),
+            PROMOTION_TIMEOUT,
         )
         .await?;
     reply["deployment_id"]

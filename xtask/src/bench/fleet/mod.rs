@@ -199,7 +199,13 @@ async fn bench(args: &FleetArgs, binary: &Path) -> anyhow::Result<()> {
         eprintln!("server log (last lines):\n{}", fleet.server.log_tail());
     }
     print_summary(&fleet);
+    let log_path = fleet.server.log_path().to_owned();
     fleet.server.stop().await;
+    // The work dir goes; the server's log stays for a look at what it did.
+    let kept = std::env::temp_dir().join("stella-bench-fleet-server.log");
+    if std::fs::copy(&log_path, &kept).is_ok() {
+        println!("server log: {}", kept.display());
+    }
     drop(work_dir);
     result
 }
