@@ -128,8 +128,9 @@ impl ServerProcess {
     }
 
     /// Kills the server with SIGKILL (no shutdown of its sessions, as a crash or an OOM
-    /// kill would) and starts it again on the same data dir and ports. Returns when it
-    /// answers `/healthz` again, with how long that took from the kill.
+    /// kill would) and starts it again on the same data dir and ports. Returns once the
+    /// new process runs, with how long that took from the kill; [`Self::wait_healthy`]
+    /// tells when it answers.
     pub async fn kill_and_restart(&mut self) -> anyhow::Result<Duration> {
         let killed = Instant::now();
         let _ = tokio::process::Command::new("kill")
@@ -141,7 +142,6 @@ impl ServerProcess {
         let (child, pid) = self.launch.spawn(&self.log_path).await?;
         self.child = child;
         self.pid = pid;
-        self.wait_healthy().await?;
         Ok(killed.elapsed())
     }
 
@@ -276,7 +276,8 @@ impl ServerProcess {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+    /// Waits until the server answers `/healthz`, for at most [`STARTUP_TIMEOUT`].
+    pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let url = format!("{}/healthz", self.api_url);
         loop {
