@@ -13,19 +13,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use stella_agent_core::transport::GatewayUrl;
-use stella_pki::Fingerprint;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::server::{self, server_binary, ServerProcess, Snapshot};
-use super::sim::{
-    self, enrol_all, hello, per_second, raise_fd_limit, Enroller, SessionContext, SessionStats,
-    TaskLog, PROGRESS_INTERVAL,
-};
+use super::sim::{self, hello, per_second, raise_fd_limit, SessionContext, SessionStats, TaskLog};
 use crate::cargo::step;
-/// TLS connections the enrolments share.
-const ENROL_CONNECTIONS: usize = 4;
 /// The memory budget per agent the bench is held against.
 const TARGET_RSS_PER_AGENT_KIB: f64 = 48.0;
 /// Heartbeats per agent after which the server's RSS stops growing (measured: the
@@ -135,43 +128,20 @@ async fn bench(
 
 async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyhow::Result<Report> {
     let clock_ticks = server::clock_ticks_per_second()?;
-    let info = server.gateway_info().await?;
-    println!(
-        "gateway {} (trust domain {}, ca {})",
-        info.grpc_url, info.trust_domain, info.ca_fingerprint
-    );
-    let gateway = GatewayUrl::parse(&info.grpc_url)?;
-    let ca_pin = Fingerprint::parse(&info.ca_fingerprint).with_context(|| {
-        format!(
-            "the server announced an invalid ca fingerprint `{}`",
-            info.ca_fingerprint
-        )
-    })?;
+    let (gateway, ca_pin) = sim::gateway_of(server).await?;
     tokio::time::sleep(SETTLE).await;
     let startup = Snapshot::take(server)?;
 
-    step(&format!(
-        "enrol {} agents ({} at a time)",
-        args.count, args.enrol_concurrency
-    ));
     let labels = HashMap::from([("bench".to_owned(), "agents".to_owned())]);
-    let enroller =
-        Arc::new(Enroller::new(&gateway, &ca_pin, ENROL_CONNECTIONS, labels.clone()).await?);
-    let enrolment = enrol_all(args.count, args.enrol_concurrency, server, &enroller).await;
-    drop(enroller);
-    let enrolled = enrolment.agents.len();
-    println!(
-        "enrolled {enrolled}/{} in {:.1} s ({:.1}/s)",
+    let enrolment = sim::enrol_fleet(
+        server,
+        (&gateway, &ca_pin),
         args.count,
-        enrolment.seconds,
-        per_second(enrolled, enrolment.seconds)
-    );
-    if let Some(error) = &enrolment.first_error {
-        println!("first enrolment error: {error}");
-    }
-    if enrolled == 0 {
-        bail!("no agent could enrol");
-    }
+        args.enrol_concurrency,
+        &labels,
+    )
+    .await?;
+    let enrolled = enrolment.agents.len();
     let after_enrolment = Snapshot::take(server)?;
 
     step(&format!(
@@ -220,9 +190,10 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         .value("stella_heartbeats_total")
         .unwrap_or(0.0);
     let sent_start = stats.heartbeats_sent.load(Ordering::Relaxed);
-    watch_steady_window(
+    sim::watch_window(
         server,
         window_start + Duration::from_secs(args.duration_seconds),
+        &stats.open,
     )
     .await;
     let metrics_end = server.metrics().await?;
@@ -254,26 +225,6 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         heartbeats_sent_per_second: (sent_end - sent_start) as f64 / window,
         clock_ticks,
     })
-}
-
-/// Waits until `end`, printing the server's RSS every [`PROGRESS_INTERVAL`]: buffers
-/// that fill slowly (HTTP/2 and gRPC read buffers) show as a slope.
-async fn watch_steady_window(server: &ServerProcess, end: Instant) {
-    let start = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        tokio::time::sleep((end - now).min(PROGRESS_INTERVAL)).await;
-        if let Ok(sample) = server.sample() {
-            println!(
-                "  +{:>4.0} s: server RSS {:.1} MiB",
-                start.elapsed().as_secs_f64(),
-                sample.rss_kib as f64 / 1024.0
-            );
-        }
-    }
 }
 
 /// Every figure of one run.

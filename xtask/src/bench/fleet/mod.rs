@@ -32,21 +32,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use stella_agent_core::transport::GatewayUrl;
 use stella_agent_core::BackoffConfig;
-use stella_pki::Fingerprint;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::server::{self, server_binary, ServerProcess, Snapshot};
 use super::sim::{
-    self, enrol_all, hello, per_second, raise_fd_limit, Enroller, RunningAgent, SessionContext,
-    SessionStats, TaskLog,
+    self, hello, raise_fd_limit, RunningAgent, SessionContext, SessionStats, TaskLog,
 };
 use crate::cargo::step;
 
-/// TLS connections the enrolments share.
-const ENROL_CONNECTIONS: usize = 4;
 /// How long the server may settle after startup before the first sample.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -260,36 +255,20 @@ async fn enrol_and_connect(
     server: &ServerProcess,
 ) -> anyhow::Result<(Arc<SessionContext>, Vec<RunningAgent>, Snapshot, u64)> {
     let clock_ticks = server::clock_ticks_per_second()?;
-    let info = server.gateway_info().await?;
-    let gateway = GatewayUrl::parse(&info.grpc_url)?;
-    let ca_pin = Fingerprint::parse(&info.ca_fingerprint).with_context(|| {
-        format!(
-            "the server announced an invalid ca fingerprint `{}`",
-            info.ca_fingerprint
-        )
-    })?;
+    let (gateway, ca_pin) = sim::gateway_of(server).await?;
     tokio::time::sleep(SETTLE).await;
     let startup = Snapshot::take(server)?;
 
-    step(&format!(
-        "enrol {} agents ({} at a time)",
-        args.count, args.enrol_concurrency
-    ));
     let labels = HashMap::from([("bench".to_owned(), "fleet".to_owned())]);
-    let enroller =
-        Arc::new(Enroller::new(&gateway, &ca_pin, ENROL_CONNECTIONS, labels.clone()).await?);
-    let enrolment = enrol_all(args.count, args.enrol_concurrency, server, &enroller).await;
-    drop(enroller);
-    let enrolled = enrolment.agents.len();
-    println!(
-        "enrolled {enrolled}/{} in {:.1} s ({:.1}/s)",
+    let enrolment = sim::enrol_fleet(
+        server,
+        (&gateway, &ca_pin),
         args.count,
-        enrolment.seconds,
-        per_second(enrolled, enrolment.seconds)
-    );
-    if let Some(error) = &enrolment.first_error {
-        println!("first enrolment error: {error}");
-    }
+        args.enrol_concurrency,
+        &labels,
+    )
+    .await?;
+    let enrolled = enrolment.agents.len();
     if enrolled < args.count {
         bail!("only {enrolled} of {} agents could enrol", args.count);
     }

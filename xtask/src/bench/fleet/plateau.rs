@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{round1, Fleet};
 use crate::bench::server::Snapshot;
-use crate::bench::sim::PROGRESS_INTERVAL;
+use crate::bench::sim;
 use crate::cargo::step;
 
 /// The RSS budget per agent at the plateau.
@@ -32,22 +32,12 @@ pub async fn run(fleet: &mut Fleet<'_>) -> anyhow::Result<()> {
         .value("stella_heartbeats_total")
         .unwrap_or(0.0);
     let window_start = Instant::now();
-    let end = window_start + Duration::from_secs(seconds);
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        tokio::time::sleep((end - now).min(PROGRESS_INTERVAL)).await;
-        if let Ok(sample) = server.sample() {
-            println!(
-                "  +{:>4.0} s: server RSS {:.1} MiB, {} sessions open",
-                window_start.elapsed().as_secs_f64(),
-                sample.rss_kib as f64 / 1024.0,
-                fleet.context.stats.open.load(Ordering::Relaxed)
-            );
-        }
-    }
+    sim::watch_window(
+        server,
+        window_start + Duration::from_secs(seconds),
+        &fleet.context.stats.open,
+    )
+    .await;
     let metrics = server.metrics().await?;
     let window = window_start.elapsed().as_secs_f64();
     let end = Snapshot::take(server)?;

@@ -26,6 +26,8 @@ pub use session::{run_agent, SessionContext, SessionStats, TaskFrame, TaskLog};
 use super::server::ServerProcess;
 use crate::cargo::step;
 
+/// TLS connections the enrolments share.
+const ENROL_CONNECTIONS: usize = 4;
 /// How long one `Enroll` call may take.
 const ENROL_TIMEOUT: Duration = Duration::from_secs(60);
 /// File descriptors each process needs besides one per agent (listeners, the
@@ -112,9 +114,76 @@ pub struct Enrolment {
     pub first_error: Option<String>,
 }
 
+/// The gateway the server announces, and the CA fingerprint its agents pin.
+pub async fn gateway_of(server: &ServerProcess) -> anyhow::Result<(GatewayUrl, Fingerprint)> {
+    let info = server.gateway_info().await?;
+    println!(
+        "gateway {} (trust domain {}, ca {})",
+        info.grpc_url, info.trust_domain, info.ca_fingerprint
+    );
+    let gateway = GatewayUrl::parse(&info.grpc_url)?;
+    let ca_pin = Fingerprint::parse(&info.ca_fingerprint).with_context(|| {
+        format!(
+            "the server announced an invalid ca fingerprint `{}`",
+            info.ca_fingerprint
+        )
+    })?;
+    Ok((gateway, ca_pin))
+}
+
+/// Enrols `count` agents with `labels`, `concurrency` at a time over a few shared
+/// connections, and prints how it went; fails when none could enrol.
+pub async fn enrol_fleet(
+    server: &ServerProcess,
+    (gateway, ca_pin): (&GatewayUrl, &Fingerprint),
+    count: usize,
+    concurrency: usize,
+    labels: &HashMap<String, String>,
+) -> anyhow::Result<Enrolment> {
+    step(&format!("enrol {count} agents ({concurrency} at a time)"));
+    let enroller =
+        Arc::new(Enroller::new(gateway, ca_pin, ENROL_CONNECTIONS, labels.clone()).await?);
+    let enrolment = enrol_all(count, concurrency, server, &enroller).await;
+    let enrolled = enrolment.agents.len();
+    println!(
+        "enrolled {enrolled}/{count} in {:.1} s ({:.1}/s)",
+        enrolment.seconds,
+        per_second(enrolled, enrolment.seconds)
+    );
+    if let Some(error) = &enrolment.first_error {
+        println!("first enrolment error: {error}");
+    }
+    if enrolled == 0 {
+        bail!("no agent could enrol");
+    }
+    Ok(enrolment)
+}
+
+/// Waits until `end`, printing the server's RSS and the sessions open every
+/// [`PROGRESS_INTERVAL`]: buffers that fill slowly (HTTP/2 and gRPC read buffers) show
+/// as a slope.
+pub async fn watch_window(server: &ServerProcess, end: Instant, open: &AtomicUsize) {
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        tokio::time::sleep((end - now).min(PROGRESS_INTERVAL)).await;
+        if let Ok(sample) = server.sample() {
+            println!(
+                "  +{:>4.0} s: server RSS {:.1} MiB, {} sessions open",
+                start.elapsed().as_secs_f64(),
+                sample.rss_kib as f64 / 1024.0,
+                open.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 /// Enrols agents 1 to `count`, `concurrency` at a time, each with a join token of its
 /// own.
-pub async fn enrol_all(
+async fn enrol_all(
     count: usize,
     concurrency: usize,
     server: &ServerProcess,
