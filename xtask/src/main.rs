@@ -7,6 +7,8 @@
 //! - `fuzz`: the fuzz targets of `fuzz/`, each for a time limit.
 //! - `faults`: the fault suite (server killed, partitions, disk full, database restarts).
 //! - `bench agents`: how many agents one control plane holds, and at what cost.
+//! - `bench fleet`: simulated agents that run tasks: plateau, dispatch latency, fan-out,
+//!   dead-agent detection and a reconnect storm.
 
 mod bench;
 mod cargo;

@@ -7,36 +7,23 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures::StreamExt;
-use stella_agent_core::transport::GatewayUrl;
-use stella_pki::Fingerprint;
-use stella_proto::v1::{Hello, HostFacts};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::server::{self, ProcSample, ServerProcess};
-use super::sim::{self, Enroller, SessionContext, SessionStats, SimAgent};
-use crate::cargo::{cargo, run_checked, step, target_dir};
-
-/// File descriptors each process needs besides one per agent (listeners, the
-/// database, enrolment and API connections, the runtime).
-const FD_HEADROOM: u64 = 200;
-/// TLS connections the enrolments share.
-const ENROL_CONNECTIONS: usize = 4;
+use super::server::{self, server_binary, ServerProcess, Snapshot};
+use super::sim::{self, hello, per_second, raise_fd_limit, SessionContext, SessionStats, TaskLog};
+use crate::cargo::step;
 /// The memory budget per agent the bench is held against.
 const TARGET_RSS_PER_AGENT_KIB: f64 = 48.0;
 /// Heartbeats per agent after which the server's RSS stops growing (measured: the
 /// HTTP/2 and gRPC read buffers of a connection are then fully faulted in).
 const PLATEAU_HEARTBEATS: f64 = 250.0;
-/// How often long phases print where they are.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the server may settle after startup before the first sample.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -102,44 +89,6 @@ pub fn run(args: &AgentsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; the server, a child,
-/// inherits it. Fails when `count` agents cannot fit.
-fn raise_fd_limit(count: usize) -> anyhow::Result<u64> {
-    step("file descriptor limit");
-    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
-    let soft = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
-    let needed = count as u64 + FD_HEADROOM;
-    println!(
-        "open files: soft {soft}, hard {hard}; {count} agents need about {needed} per process"
-    );
-    if soft < needed {
-        bail!(
-            "{count} agents need about {needed} open files in this process and in the server, \
-             but the limit is {soft} (hard limit {hard}); raise the hard limit \
-             (`ulimit -Hn`, limits.conf, or the container's nofile) or use at most {} agents",
-            soft.saturating_sub(FD_HEADROOM)
-        );
-    }
-    Ok(soft)
-}
-
-pub(super) fn server_binary(no_build: bool) -> anyhow::Result<PathBuf> {
-    if no_build {
-        step("release build: skipped (--no-build)");
-    } else {
-        step("release build");
-        run_checked(cargo().args(["build", "--release", "-p", "stella-cli"]))?;
-    }
-    let binary = target_dir()?.join("release").join("stella");
-    if !binary.exists() {
-        bail!(
-            "{} does not exist; build it with `cargo build --release -p stella-cli`",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
 async fn bench(
     args: &AgentsArgs,
     binary: &std::path::Path,
@@ -150,8 +99,10 @@ async fn bench(
         .tempdir()
         .context("cannot create a temp dir")?;
     step("start the control plane");
+    // The bench client speaks plain HTTP to the loopback API (the server serves TLS
+    // by default).
     let config = format!(
-        "heartbeat_interval_seconds = {}\n",
+        "heartbeat_interval_seconds = {}\napi_plain_http = true\n",
         args.heartbeat_interval_seconds
     );
     let server = ServerProcess::start(
@@ -177,43 +128,20 @@ async fn bench(
 
 async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyhow::Result<Report> {
     let clock_ticks = server::clock_ticks_per_second()?;
-    let info = server.gateway_info().await?;
-    println!(
-        "gateway {} (trust domain {}, ca {})",
-        info.grpc_url, info.trust_domain, info.ca_fingerprint
-    );
-    let gateway = GatewayUrl::parse(&info.grpc_url)?;
-    let ca_pin = Fingerprint::parse(&info.ca_fingerprint).with_context(|| {
-        format!(
-            "the server announced an invalid ca fingerprint `{}`",
-            info.ca_fingerprint
-        )
-    })?;
+    let (gateway, ca_pin) = sim::gateway_of(server).await?;
     tokio::time::sleep(SETTLE).await;
     let startup = Snapshot::take(server)?;
 
-    step(&format!(
-        "enrol {} agents ({} at a time)",
-        args.count, args.enrol_concurrency
-    ));
     let labels = HashMap::from([("bench".to_owned(), "agents".to_owned())]);
-    let enroller =
-        Arc::new(Enroller::new(&gateway, &ca_pin, ENROL_CONNECTIONS, labels.clone()).await?);
-    let enrolment = enrol_all(args, server, &enroller).await;
-    drop(enroller);
-    let enrolled = enrolment.agents.len();
-    println!(
-        "enrolled {enrolled}/{} in {:.1} s ({:.1}/s)",
+    let enrolment = sim::enrol_fleet(
+        server,
+        (&gateway, &ca_pin),
         args.count,
-        enrolment.seconds,
-        per_second(enrolled, enrolment.seconds)
-    );
-    if let Some(error) = &enrolment.first_error {
-        println!("first enrolment error: {error}");
-    }
-    if enrolled == 0 {
-        bail!("no agent could enrol");
-    }
+        args.enrol_concurrency,
+        &labels,
+    )
+    .await?;
+    let enrolled = enrolment.agents.len();
     let after_enrolment = Snapshot::take(server)?;
 
     step(&format!(
@@ -222,42 +150,18 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
     ));
     let context = Arc::new(SessionContext {
         gateway,
-        hello: hello(labels),
+        hello: hello(labels, &["docker"]),
         default_heartbeat_interval: Duration::from_secs(u64::from(args.heartbeat_interval_seconds)),
         started: Instant::now(),
         stats: SessionStats::default(),
+        tasks: TaskLog::default(),
         shutdown: CancellationToken::new(),
         connections_only: args.connections_only,
+        reconnect: None,
     });
     let connect_start = Snapshot::take(server)?;
-    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency));
-    for agent in enrolment.agents {
-        let permit = handshakes.clone().acquire_owned().await?;
-        tokio::spawn(sim::run_session(agent, context.clone(), permit));
-    }
+    let _running = sim::connect_all(enrolment.agents, &context, args.connect_concurrency).await?;
     let stats = &context.stats;
-    let deadline =
-        Instant::now() + Duration::from_secs(60) + Duration::from_millis(20) * enrolled as u32;
-    let mut last_progress = Instant::now();
-    loop {
-        let done = stats.welcomed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
-        if done >= enrolled {
-            break;
-        }
-        if Instant::now() >= deadline {
-            println!("connect phase timed out with {done}/{enrolled} sessions settled");
-            break;
-        }
-        if last_progress.elapsed() >= PROGRESS_INTERVAL {
-            println!(
-                "  {} welcomed, {} failed",
-                stats.welcomed.load(Ordering::Relaxed),
-                stats.failed.load(Ordering::Relaxed)
-            );
-            last_progress = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let connect_end = Snapshot::take(server)?;
     let connected = stats.welcomed.load(Ordering::Relaxed);
     let connect_seconds =
@@ -286,9 +190,10 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         .value("stella_heartbeats_total")
         .unwrap_or(0.0);
     let sent_start = stats.heartbeats_sent.load(Ordering::Relaxed);
-    watch_steady_window(
+    sim::watch_window(
         server,
         window_start + Duration::from_secs(args.duration_seconds),
+        &stats.open,
     )
     .await;
     let metrics_end = server.metrics().await?;
@@ -320,137 +225,6 @@ async fn drive(args: &AgentsArgs, server: &ServerProcess, fd_limit: u64) -> anyh
         heartbeats_sent_per_second: (sent_end - sent_start) as f64 / window,
         clock_ticks,
     })
-}
-
-/// Waits until `end`, printing the server's RSS every [`PROGRESS_INTERVAL`]: buffers
-/// that fill slowly (HTTP/2 and gRPC read buffers) show as a slope.
-async fn watch_steady_window(server: &ServerProcess, end: Instant) {
-    let start = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        tokio::time::sleep((end - now).min(PROGRESS_INTERVAL)).await;
-        if let Ok(sample) = server.sample() {
-            println!(
-                "  +{:>4.0} s: server RSS {:.1} MiB",
-                start.elapsed().as_secs_f64(),
-                sample.rss_kib as f64 / 1024.0
-            );
-        }
-    }
-}
-
-/// The server's and this process's counters at one moment.
-#[derive(Debug, Clone, Copy)]
-struct Snapshot {
-    server: ProcSample,
-    client: ProcSample,
-}
-
-impl Snapshot {
-    fn take(server: &ServerProcess) -> anyhow::Result<Self> {
-        Ok(Snapshot {
-            server: server.sample()?,
-            client: server::sample_self()?,
-        })
-    }
-}
-
-/// What the enrolment phase produced.
-struct Enrolment {
-    agents: Vec<SimAgent>,
-    seconds: f64,
-    first_error: Option<String>,
-}
-
-async fn enrol_all(
-    args: &AgentsArgs,
-    server: &ServerProcess,
-    enroller: &Arc<Enroller>,
-) -> Enrolment {
-    let started = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
-    let progress = tokio::spawn(print_progress("enrolled", done.clone(), args.count));
-    // Each enrolment is its own task so both cores generate keys and run TLS;
-    // `buffer_unordered` bounds how many exist at once.
-    let results: Vec<anyhow::Result<SimAgent>> = futures::stream::iter(1..=args.count)
-        .map(|index| {
-            let enroller = enroller.clone();
-            let done = done.clone();
-            // A token per agent: join tokens are single use.
-            let token = server.create_join_token(3600);
-            async move {
-                let token = token.await.context("creating a join token")?;
-                let agent = tokio::spawn(async move { enroller.enrol(index, token).await })
-                    .await
-                    .context("enrolment task")??;
-                done.fetch_add(1, Ordering::Relaxed);
-                Ok(agent)
-            }
-        })
-        .buffer_unordered(args.enrol_concurrency)
-        .collect()
-        .await;
-    progress.abort();
-    let seconds = started.elapsed().as_secs_f64();
-    let mut agents = Vec::with_capacity(results.len());
-    let mut first_error = None;
-    let mut failed = 0;
-    for result in results {
-        match result {
-            Ok(agent) => agents.push(agent),
-            Err(error) => {
-                failed += 1;
-                first_error.get_or_insert_with(|| format!("{error:#}"));
-            }
-        }
-    }
-    if failed > 0 {
-        println!("{failed} enrolments failed");
-    }
-    Enrolment {
-        agents,
-        seconds,
-        first_error,
-    }
-}
-
-async fn print_progress(what: &'static str, done: Arc<AtomicUsize>, total: usize) {
-    let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        println!("  {what} {}/{total}", done.load(Ordering::Relaxed));
-    }
-}
-
-fn hello(labels: HashMap<String, String>) -> Hello {
-    Hello {
-        agent_version: concat!("xtask-sim/", env!("CARGO_PKG_VERSION")).to_owned(),
-        capabilities: vec!["docker".to_owned()],
-        labels,
-        host: Some(HostFacts {
-            hostname: "sim-host".to_owned(),
-            os_name: "Debian GNU/Linux".to_owned(),
-            os_version: "12".to_owned(),
-            kernel_version: "6.1.0".to_owned(),
-            arch: std::env::consts::ARCH.to_owned(),
-            cpu_count: 2,
-            memory_total_bytes: 4 << 30,
-            boot_time_unix_seconds: 1_700_000_000,
-        }),
-        in_flight: Vec::new(),
-    }
-}
-
-fn per_second(count: usize, seconds: f64) -> f64 {
-    if seconds > 0.0 {
-        count as f64 / seconds
-    } else {
-        0.0
-    }
 }
 
 /// Every figure of one run.

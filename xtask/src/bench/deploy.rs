@@ -401,7 +401,7 @@ pub(super) fn server_and_runtime(
 ) -> anyhow::Result<(std::path::PathBuf, tokio::runtime::Runtime)> {
     let binary = match &args.server_binary {
         Some(path) => path.clone(),
-        None => super::agents::server_binary(args.no_build)?,
+        None => super::server::server_binary(args.no_build)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,6 +10,7 @@ mod deploy_ecs;
 mod deploy_nomad;
 mod deploy_ssh;
 mod deploy_winrm;
+mod fleet;
 mod offline;
 mod rollout;
 mod runs;
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     /// How many agents (mTLS sessions with heartbeats) one control plane holds, and its
     /// memory and CPU per agent.
     Agents(agents::AgentsArgs),
+    /// A fleet of simulated agents driving `sim` targets: memory and CPU at a plateau,
+    /// dispatch latency, fan-out, dead-agent detection and a reconnect storm.
+    Fleet(fleet::FleetArgs),
     /// One container deployed through Stella versus `docker run` of the same digest.
     Deploy(deploy::DeployArgs),
     /// Promotions decided (every gate, signed, chained, stored) per second, SQLite and
@@ -60,6 +64,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
     match command {
         BenchCommand::Agents(args) => agents::run(&args),
+        BenchCommand::Fleet(args) => fleet::run(&args),
         BenchCommand::Deploy(args) => deploy::run(&args),
         BenchCommand::Decisions(args) => decisions::run(&args),
         BenchCommand::Api(args) => api::run(&args),

@@ -50,7 +50,7 @@ pub fn run(args: &OfflineArgs) -> anyhow::Result<()> {
     }
     let binary = match &args.server_binary {
         Some(path) => path.clone(),
-        None => super::agents::server_binary(args.no_build)?,
+        None => super::server::server_binary(args.no_build)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use tokio::process::{Child, Command};
 
+use crate::cargo::{cargo, run_checked, step, target_dir};
+
 /// How long a fresh server may take to answer `/healthz` (it creates its CA first).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping server may take before it is killed.
@@ -22,10 +24,23 @@ pub struct ServerProcess {
     child: Child,
     /// The server itself (the child's descendant when a wrapper is used).
     pid: u32,
+    launch: Launch,
     api_url: String,
     log_path: PathBuf,
     admin_token: String,
     http: reqwest::Client,
+}
+
+/// How the server was started: a restart runs it again the same way, on the same data
+/// dir and ports.
+#[derive(Debug, Clone)]
+struct Launch {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    api_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    wrapper: Option<String>,
 }
 
 /// What `GET /api/v1/gateway` says about the agent gateway.
@@ -86,47 +101,23 @@ impl ServerProcess {
         let log_path = work_dir.join("server.log");
         std::fs::write(&config_path, config_toml)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
-        let api_addr = free_loopback_addr()?;
-        let grpc_addr = free_loopback_addr()?;
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut wrapper_words = wrapper.into_iter().flat_map(str::split_whitespace);
-        let mut command = match wrapper_words.next() {
-            Some(program) => {
-                let mut command = Command::new(program);
-                command.args(wrapper_words).arg(binary);
-                command
-            }
-            None => Command::new(binary),
+        let launch = Launch {
+            binary: binary.to_owned(),
+            data_dir: data_dir.clone(),
+            config_path,
+            api_addr: free_loopback_addr()?,
+            grpc_addr: free_loopback_addr()?,
+            wrapper: wrapper.map(str::to_owned),
         };
-        let mut child = command
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--api-listen")
-            .arg(api_addr.to_string())
-            .arg("--grpc-listen")
-            .arg(grpc_addr.to_string())
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let child_pid = child.id().context("the server exited at once")?;
-        let pid = match wrapper {
-            Some(_) => find_descendant(&mut child, child_pid, binary).await?,
-            None => child_pid,
-        };
+        let (child, pid) = launch.spawn(&log_path).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
         let mut server = ServerProcess {
             child,
             pid,
-            api_url: format!("http://{api_addr}"),
+            api_url: format!("http://{}", launch.api_addr),
+            launch,
             log_path,
             admin_token: String::new(),
             http,
@@ -134,6 +125,24 @@ impl ServerProcess {
         server.wait_healthy().await?;
         server.admin_token = server.read_admin_token(&data_dir).await?;
         Ok(server)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown of its sessions, as a crash or an OOM
+    /// kill would) and starts it again on the same data dir and ports. Returns once the
+    /// new process runs, with how long that took from the kill; [`Self::wait_healthy`]
+    /// tells when it answers.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<Duration> {
+        let killed = Instant::now();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status()
+            .await;
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let (child, pid) = self.launch.spawn(&self.log_path).await?;
+        self.child = child;
+        self.pid = pid;
+        Ok(killed.elapsed())
     }
 
     /// `http://127.0.0.1:PORT` of its REST API.
@@ -198,6 +207,47 @@ impl ServerProcess {
         Ok(Metrics(response.text().await?))
     }
 
+    /// `GET path` of the REST API as the admin, as JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        json_or_error(response, &format!("GET {path}")).await
+    }
+
+    /// `POST path` of the REST API as the admin with a JSON body, as JSON.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.post_json_within(path, body, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`ServerProcess::post_json`] for a call that may take up to `timeout`.
+    pub async fn post_json_within(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api_url))
+            .bearer_auth(&self.admin_token)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        json_or_error(response, &format!("POST {path}")).await
+    }
+
     /// Stops the server with SIGTERM (so wrappers like heaptrack can finish their
     /// output), and kills it if it takes longer than [`STOP_TIMEOUT`].
     pub async fn stop(mut self) {
@@ -226,7 +276,8 @@ impl ServerProcess {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+    /// Waits until the server answers `/healthz`, for at most [`STARTUP_TIMEOUT`].
+    pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let url = format!("{}/healthz", self.api_url);
         loop {
@@ -273,6 +324,48 @@ impl ServerProcess {
     }
 }
 
+impl Launch {
+    /// Starts the server (appending to its log); returns the child and the server's pid.
+    async fn spawn(&self, log_path: &Path) -> anyhow::Result<(Child, u32)> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut wrapper_words = self.wrapper.iter().flat_map(|w| w.split_whitespace());
+        let mut command = match wrapper_words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_words).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let mut child = command
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api-listen")
+            .arg(self.api_addr.to_string())
+            .arg("--grpc-listen")
+            .arg(self.grpc_addr.to_string())
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        let child_pid = child.id().context("the server exited at once")?;
+        let pid = match self.wrapper {
+            Some(_) => find_descendant(&mut child, child_pid, &self.binary).await?,
+            None => child_pid,
+        };
+        Ok((child, pid))
+    }
+}
+
 /// A `/metrics` page (OpenMetrics text).
 #[derive(Debug)]
 pub struct Metrics(String);
@@ -285,6 +378,62 @@ impl Metrics {
             rest.split_whitespace().next()?.parse().ok()
         })
     }
+
+    /// The cumulative buckets of a histogram without other labels, e.g.
+    /// `stella_task_dispatch_latency_seconds`: `(le, count)` in the page's order.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        self.0
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&prefix)?;
+                let (le, rest) = rest.split_once("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.split_whitespace().next()?.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// The server's and this process's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// The server's.
+    pub server: ProcSample,
+    /// The bench client's.
+    pub client: ProcSample,
+}
+
+impl Snapshot {
+    /// Samples both processes now.
+    pub fn take(server: &ServerProcess) -> anyhow::Result<Self> {
+        Ok(Snapshot {
+            server: server.sample()?,
+            client: sample_self()?,
+        })
+    }
+}
+
+/// The `stella` release binary of the workspace, built first unless `no_build`.
+pub fn server_binary(no_build: bool) -> anyhow::Result<PathBuf> {
+    if no_build {
+        step("release build: skipped (--no-build)");
+    } else {
+        step("release build");
+        run_checked(cargo().args(["build", "--release", "-p", "stella-cli"]))?;
+    }
+    let binary = target_dir()?.join("release").join("stella");
+    if !binary.exists() {
+        bail!(
+            "{} does not exist; build it with `cargo build --release -p stella-cli`",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
 /// Memory and CPU of this process.
