@@ -781,30 +781,17 @@ async fn settle_deployment(
             .map_err(database(op))?;
         return Ok(());
     }
-    let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<i64>, i64)>(
-        "SELECT id, target, state, message, finished_at_ms, created_at_ms FROM tasks \
-         WHERE deployment_id = $1",
+    // Two index lookups (tasks by deployment and state), not a read of every task: this
+    // runs after each result, so a fan-out to N targets would read N² rows.
+    let open = sqlx::query_scalar::<_, String>(
+        "SELECT id FROM tasks WHERE deployment_id = $1 AND state IN ('pending', 'assigned') \
+         LIMIT 1",
     )
     .bind(deployment_id)
-    .fetch_all(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await
     .map_err(database(op))?;
-
-    let mut unfinished = false;
-    // (finished_at_ms, created_at_ms, id, target, message) of every failed task.
-    let mut failures = Vec::new();
-    for (id, target, state, message, finished_at_ms, created_at_ms) in rows {
-        let state: TaskState = decode_enum("task state", &format!("task {id}"), &state)?;
-        match state {
-            TaskState::Pending | TaskState::Assigned => unfinished = true,
-            TaskState::Succeeded => {}
-            TaskState::Failed | TaskState::Cancelled => {
-                failures.push((finished_at_ms, created_at_ms, id, target, message));
-            }
-        }
-    }
-
-    if unfinished {
+    if open.is_some() {
         sqlx::query("UPDATE deployments SET state = 'running' WHERE id = $1 AND state = 'pending'")
             .bind(deployment_id)
             .execute(&mut **tx)
@@ -812,10 +799,20 @@ async fn settle_deployment(
             .map_err(database(op))?;
         return Ok(());
     }
-    // The first failure is the one that finished first (ties: created first, then by id).
-    let (state, message) = match failures.into_iter().min() {
+    // The first failure is the one that finished first (a failure with no finish time
+    // before any other; ties: created first, then by id).
+    let first_failure = sqlx::query_as::<_, (String, Option<String>)>(
+        "SELECT target, message FROM tasks \
+         WHERE deployment_id = $1 AND state IN ('failed', 'cancelled') \
+         ORDER BY finished_at_ms IS NOT NULL, finished_at_ms, created_at_ms, id LIMIT 1",
+    )
+    .bind(deployment_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(database(op))?;
+    let (state, message) = match first_failure {
         None => (DeploymentState::Succeeded, None),
-        Some((_, _, _, target, message)) => (
+        Some((target, message)) => (
             DeploymentState::Failed,
             Some(format!(
                 "{target}: {}",
