@@ -13,7 +13,45 @@ store_suite!(
     drift_is_upserted_resolved_and_listed,
     a_drift_finding_is_resolved_on_its_own,
     concurrent_results_finish_the_deployment_once,
+    a_deployment_fails_with_the_failure_that_finished_first,
 );
+
+/// Two tasks fail; the deployment names the one that finished first, though it was
+/// created second and its target sorts last.
+async fn a_deployment_fails_with_the_failure_that_finished_first(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(
+        store,
+        "dep-1",
+        "1.0",
+        NOW,
+        &[("t-a", "web-1"), ("t-b", "web-2")],
+    )
+    .await;
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 1)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(claimed.len(), 2);
+    let fail = |id: &'static str, message: &'static str, at: i64| async move {
+        store
+            .complete_task(id, 1, TaskState::Failed, message, at)
+            .await
+            .ok_or_panic("complete")
+            .unwrap_or_else(|| panic!("{id} completes"))
+    };
+    fail("t-b", "disk full", NOW + 100).await;
+    assert_eq!(
+        store.get_deployment("dep-1").await.ok_or_panic("get").state,
+        DeploymentState::Running
+    );
+    fail("t-a", "pull denied", NOW + 200).await;
+    let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
+    assert_eq!(dep.state, DeploymentState::Failed);
+    assert_eq!(dep.message.as_deref(), Some("web-2: disk full"));
+    assert_eq!(dep.finished_at_ms, Some(NOW + 200));
+}
 
 async fn pending_claims_leave_assigned_tasks_alone(f: &Fixture) {
     let store = &f.store;
