@@ -244,13 +244,25 @@ impl App {
         let mut agent_ids: Vec<&str> = tasks.iter().map(|t| t.agent_id.as_str()).collect();
         agent_ids.sort_unstable();
         agent_ids.dedup();
-        for agent in agent_ids {
-            self.dispatch_new_to(agent).await;
-        }
+        self.dispatch_deployment(&deployment.id, &agent_ids).await;
     }
 
     /// The agents of these tasks, by id.
     async fn agents_by_id(&self, tasks: &[Task]) -> Result<HashMap<String, Agent>, AppError> {
+        /// Above this many agents one read of them all beats one read per agent.
+        const READ_ALL_ABOVE: usize = 32;
+        let wanted: std::collections::BTreeSet<&str> =
+            tasks.iter().map(|t| t.agent_id.as_str()).collect();
+        if wanted.len() > READ_ALL_ABOVE {
+            return Ok(self
+                .store
+                .list_agents()
+                .await?
+                .into_iter()
+                .filter(|agent| wanted.contains(agent.id.as_str()))
+                .map(|agent| (agent.id.clone(), agent))
+                .collect());
+        }
         let mut agents = HashMap::new();
         for task in tasks {
             if agents.contains_key(&task.agent_id) {

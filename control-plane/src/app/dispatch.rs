@@ -61,6 +61,37 @@ impl App {
                 return;
             }
         };
+        self.send_assignments(tasks).await;
+    }
+
+    /// Hands a new deployment's tasks to the agents whose sessions this replica holds,
+    /// claiming them in one transaction and logging the assignments in another, however
+    /// many agents there are (agents on other replicas are told by those).
+    pub(super) async fn dispatch_deployment(&self, deployment_id: &str, agent_ids: &[&str]) {
+        let open: Vec<&str> = agent_ids
+            .iter()
+            .copied()
+            .filter(|agent| self.sessions.is_open(agent))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .claim_pending_tasks_of_deployment(deployment_id, &open, now_ms())
+            .await
+        {
+            Ok(tasks) => self.send_assignments(tasks).await,
+            Err(error) => {
+                tracing::warn!(deployment_id, error = %ErrorChain(&error), "claiming a deployment's tasks failed");
+            }
+        }
+    }
+
+    /// Writes claimed tasks to their agents' streams, then logs each assignment (one
+    /// write per deployment).
+    async fn send_assignments(&self, tasks: Vec<Task>) {
+        let mut lines: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
         for task in tasks {
             let payload = match self.wire_payload(&task).await {
                 Ok(payload) => payload,
@@ -80,7 +111,7 @@ impl App {
                     },
                 )),
             };
-            if self.sessions.send(agent_id, assignment).await {
+            if self.sessions.send(&task.agent_id, assignment).await {
                 let now = now_ms();
                 if task.epoch == 1 {
                     // First assignment: from the API accepting the deployment to the
@@ -90,15 +121,19 @@ impl App {
                         .observe_dispatch_latency(now.saturating_sub(task.created_at_ms));
                 }
                 tracing::info!(task_id = %task.id, deployment_id = %task.deployment_id, target = %task.target, epoch = task.epoch, "task assigned");
-                self.log(
-                    &task.deployment_id,
-                    &task.id,
-                    &format!(
+                lines.entry(task.deployment_id.clone()).or_default().push((
+                    task.id.clone(),
+                    now,
+                    format!(
                         "{}: assigned to its agent (epoch {})",
                         task.target, task.epoch
                     ),
-                )
-                .await;
+                ));
+            }
+        }
+        for (deployment_id, lines) in lines {
+            if let Err(error) = self.store.append_logs(&deployment_id, &lines).await {
+                tracing::warn!(deployment_id, error = %ErrorChain(&error), "cannot store log lines");
             }
         }
     }

@@ -548,6 +548,59 @@ impl Store {
         Ok(claimed)
     }
 
+    /// The `pending` tasks of one deployment whose agents are among `agent_ids` (the
+    /// sessions this replica holds), claimed in one transaction: what a new deployment
+    /// hands out at once. Claiming agent by agent cost a write transaction each, which a
+    /// fan-out to thousands of agents paid thousands of times.
+    pub async fn claim_pending_tasks_of_deployment(
+        &self,
+        deployment_id: &str,
+        agent_ids: &[&str],
+        now_ms: i64,
+    ) -> Result<Vec<Task>, StoreError> {
+        const OP: &str = "claiming a deployment's tasks";
+        /// Agent ids per statement: far below SQLite's and PostgreSQL's bind limits.
+        const CHUNK: usize = 500;
+        if agent_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write(OP).await?;
+        lock_deployment(&mut tx, deployment_id, OP).await?;
+        let mut claimed = Vec::new();
+        for chunk in agent_ids.chunks(CHUNK) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE tasks SET state = 'assigned', epoch = epoch + 1 \
+                 WHERE deployment_id = $1 AND state = 'pending' AND deadline_at_ms > $2 \
+                 AND agent_id IN ({}) RETURNING {}",
+                list.join(", "),
+                task_columns!()
+            );
+            let mut query = sqlx::query_as::<_, TaskRow>(&sql)
+                .bind(deployment_id)
+                .bind(now_ms);
+            for agent in chunk {
+                query = query.bind(*agent);
+            }
+            let rows = query.fetch_all(&mut *tx).await.map_err(database(OP))?;
+            for row in rows {
+                claimed.push(row.into_task()?);
+            }
+        }
+        if !claimed.is_empty() {
+            sqlx::query(
+                "UPDATE deployments SET state = 'running' WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(deployment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(database(OP))?;
+        }
+        tx.commit().await.map_err(database(OP))?;
+        claimed.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(claimed)
+    }
+
     /// Records a task's result if `epoch` equals the stored epoch and the task is not
     /// terminal, and returns the updated task; `None` when the result is stale or a
     /// duplicate, or the task unknown (so a repeated report is harmless). `state` is meant

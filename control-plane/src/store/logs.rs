@@ -75,6 +75,50 @@ impl Store {
         Ok(())
     }
 
+    /// Appends server lines (`(task_id, at_ms, message)`, in order) to one deployment's
+    /// log in one transaction, in `seq` order as [`Store::append_log`] keeps it (on
+    /// PostgreSQL under the same advisory lock, taken once).
+    pub async fn append_logs(
+        &self,
+        deployment_id: &str,
+        lines: &[(String, i64, String)],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "appending log lines";
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write(OP).await?;
+        if self.backend == super::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(LOG_APPEND_LOCK)
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(database(OP))?;
+        }
+        for (task_id, at_ms, message) in lines {
+            sqlx::query(
+                "INSERT INTO logs (deployment_id, task_id, line, at_ms, message) \
+                 VALUES ($1, $2, NULL, $3, $4)",
+            )
+            .bind(deployment_id)
+            .bind(task_id.as_str())
+            .bind(*at_ms)
+            .bind(message.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| match &source {
+                sqlx::Error::Database(e) if e.is_foreign_key_violation() => StoreError::NotFound {
+                    entity: "deployment",
+                    key: deployment_id.to_owned(),
+                },
+                _ => StoreError::Database { op: OP, source },
+            })?;
+        }
+        tx.commit().await.map_err(database(OP))?;
+        Ok(())
+    }
+
     /// Up to `limit` log lines of a deployment with `seq > after_seq`, in `seq` order.
     /// Follow a log by passing the last `seq` seen.
     pub async fn logs_after(
