@@ -220,46 +220,14 @@ impl Driver {
         match outcome {
             StepOutcome::Wait => Ok(Progress::Wait),
             StepOutcome::Done { message, detail } => {
-                if record.state == StepState::Running {
-                    self.app
-                        .store
-                        .finish_rollout_step(
-                            &id,
-                            seq,
-                            StepState::Succeeded,
-                            Some(&message),
-                            detail.as_ref(),
-                            now_ms(),
-                        )
-                        .await?;
-                    self.log(&format!(
-                        "{}step {seq} done: {message}",
-                        self.phase_prefix()
-                    ))
-                    .await;
-                }
+                self.finish_step(&record, StepState::Succeeded, &message, detail.as_ref())
+                    .await?;
                 self.rollout.next_step += 1;
                 self.save().await
             }
             StepOutcome::Failed { message, detail } => {
-                if record.state == StepState::Running {
-                    self.app
-                        .store
-                        .finish_rollout_step(
-                            &id,
-                            seq,
-                            StepState::Failed,
-                            Some(&message),
-                            detail.as_ref(),
-                            now_ms(),
-                        )
-                        .await?;
-                    self.log(&format!(
-                        "{}step {seq} failed: {message}",
-                        self.phase_prefix()
-                    ))
-                    .await;
-                }
+                self.finish_step(&record, StepState::Failed, &message, detail.as_ref())
+                    .await?;
                 match phase {
                     RolloutPhase::Forward => {
                         self.start_rollback(format!(
@@ -287,6 +255,44 @@ impl Driver {
             RolloutPhase::Forward => "",
             RolloutPhase::Rollback => "rollback ",
         }
+    }
+
+    /// Records the end of a running step (its state, message and detail) and logs it;
+    /// a step found finished already (a replica that took the rollout over) is left as
+    /// it is stored.
+    async fn finish_step(
+        &self,
+        record: &RolloutStepRecord,
+        state: StepState,
+        message: &str,
+        detail: Option<&serde_json::Value>,
+    ) -> Result<(), AppError> {
+        if record.state != StepState::Running {
+            return Ok(());
+        }
+        self.app
+            .store
+            .finish_rollout_step(
+                &record.deployment_id,
+                record.seq,
+                state,
+                Some(message),
+                detail,
+                now_ms(),
+            )
+            .await?;
+        let verb = if state == StepState::Succeeded {
+            "done"
+        } else {
+            "failed"
+        };
+        self.log(&format!(
+            "{}step {} {verb}: {message}",
+            self.phase_prefix(),
+            record.seq
+        ))
+        .await;
+        Ok(())
     }
 
     /// Acts on an operator's request and clears it.
