@@ -56,30 +56,18 @@ pub async fn create(
     targets: &[TargetPlan],
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let results: Vec<anyhow::Result<Value>> = futures::stream::iter(environments)
-        .map(|name| async move {
-            let body = json!({"name": name, "allow_unscanned": true});
-            server.post_json("/api/v1/environments", &body).await
-        })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
-    results
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()
+    let environment_bodies = environments
+        .iter()
+        .map(|name| json!({"name": name, "allow_unscanned": true}));
+    post_all(server, "/api/v1/environments", environment_bodies)
+        .await
         .context("creating environments")?;
-    let results: Vec<anyhow::Result<Value>> = futures::stream::iter(targets)
-        .map(|target| async move {
-            let body = json!({"name": target.name, "environment": target.environment,
-                              "kind": "sim", "agent": target.agent, "settings": {}});
-            server.post_json("/api/v1/targets", &body).await
-        })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
-    results
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()
+    let target_bodies = targets.iter().map(|target| {
+        json!({"name": target.name, "environment": target.environment,
+               "kind": "sim", "agent": target.agent, "settings": {}})
+    });
+    post_all(server, "/api/v1/targets", target_bodies)
+        .await
         .context("creating targets")?;
     println!(
         "created {} environments and {} targets in {:.1} s",
@@ -133,4 +121,19 @@ pub async fn agent_states(server: &ServerProcess) -> anyhow::Result<HashMap<Stri
             ))
         })
         .collect())
+}
+
+/// POSTs every body to `path`, [`SETUP_CONCURRENCY`] at a time; fails on the first error.
+async fn post_all(
+    server: &ServerProcess,
+    path: &str,
+    bodies: impl Iterator<Item = Value>,
+) -> anyhow::Result<()> {
+    let results: Vec<anyhow::Result<Value>> = futures::stream::iter(bodies)
+        .map(|body| async move { server.post_json(path, &body).await })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(())
 }
