@@ -50,6 +50,7 @@ mod delivery;
 mod deployments;
 mod log_order;
 mod routers;
+mod settle;
 mod users;
 mod webhooks;
 
