@@ -18,6 +18,7 @@ mod offline;
 mod promotions;
 mod registries;
 mod releases;
+mod results;
 mod rollouts;
 mod routers;
 pub mod runs;
@@ -100,6 +101,8 @@ pub struct App {
     webhook_wake: tokio::sync::Notify,
     /// The audit chain's cached head and what awaits a checkpoint.
     audit_log: AuditLog,
+    /// Task results waiting for the group-committing writer.
+    task_results: results::ResultWriter,
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
     /// Access-token keys, rate limits, last-use and client revocation caches.
@@ -275,6 +278,7 @@ impl App {
             cancels_sent: parking_lot::Mutex::default(),
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
+            task_results: results::ResultWriter::default(),
             document_cache: documents::DocumentCache::default(),
             run_engine: runs::RunEngine::default(),
             checks: asked::Asked::new("target check"),
@@ -314,6 +318,7 @@ impl App {
             cancels_sent: parking_lot::Mutex::default(),
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
+            task_results: results::ResultWriter::default(),
             document_cache: documents::DocumentCache::default(),
             identity: self.identity.clone(),
             api_tls: None,

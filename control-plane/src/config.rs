@@ -35,6 +35,12 @@ pub struct ServerConfig {
     pub grpc_advertise_url: Option<String>,
     /// Extra DNS names or IP addresses for the gateway's TLS certificate.
     pub tls_sans: Vec<String>,
+    /// Agent TLS handshakes the gateway runs at once. Further connections wait in the
+    /// listen backlog (4,096) until one finishes, so a reconnect storm is served at the
+    /// rate the CPU allows instead of every handshake starting at once and many timing
+    /// out. Raise it when agents are far away (a handshake holds its slot for about two
+    /// round trips).
+    pub gateway_max_handshakes: usize,
     /// DNS names and IP addresses of the API's own certificate, issued by the server's
     /// CA at every start (and on SIGHUP); empty: this host's name, `localhost`,
     /// `127.0.0.1` and `::1`. Ignored when `api_cert` is set.
@@ -136,6 +142,7 @@ impl Default for ServerConfig {
             revocation_poll_seconds: 5,
             grpc_advertise_url: None,
             tls_sans: Vec::new(),
+            gateway_max_handshakes: 128,
             api_names: Vec::new(),
             api_cert: None,
             api_key: None,
@@ -271,11 +278,16 @@ impl ServerConfig {
                 });
             }
         }
-        if self.api_max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                key: "api_max_connections",
-                reason: "must be positive".into(),
-            });
+        for (key, value) in [
+            ("api_max_connections", self.api_max_connections),
+            ("gateway_max_handshakes", self.gateway_max_handshakes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be positive".into(),
+                });
+            }
         }
         for (key, value) in [
             ("api_max_body_bytes", self.api_max_body_bytes),

@@ -212,6 +212,9 @@ pub struct Agent {
     pub revoked_at_ms: Option<i64>,
     /// When the agent said goodbye on a clean stop; cleared by its next `Hello`.
     pub disconnected_at_ms: Option<i64>,
+    /// When its session ended without a goodbye (process killed, connection cut), if it
+    /// has not said `Hello` since; cleared by its next `Hello`.
+    pub session_lost_at_ms: Option<i64>,
     /// Why the agent was revoked, as the operator said.
     pub revoke_reason: Option<String>,
 }
@@ -254,10 +257,17 @@ impl fmt::Display for AgentState {
 /// How many missed heartbeat intervals make an agent unreachable (RFC 0001).
 pub const MISSED_HEARTBEATS_UNREACHABLE: i64 = 3;
 
+/// How many heartbeat intervals an agent whose session ended without a goodbye has to
+/// come back before it counts as unreachable: long enough for an agent whose connection
+/// broke to reconnect (its first retry comes within half a second), short enough that a
+/// killed agent is not shown connected for three intervals.
+pub const LOST_SESSION_GRACE_INTERVALS: i64 = 1;
+
 impl Agent {
     /// The agent's state at `now_ms`: revoked if revoked; disconnected if it said goodbye
-    /// since its last `Hello`; enrolled if never seen; connected if seen within three
-    /// heartbeat intervals; unreachable otherwise.
+    /// since its last `Hello`; enrolled if never seen; unreachable if its session was lost
+    /// more than one heartbeat interval ago and it was not heard from since; connected if
+    /// seen within three heartbeat intervals; unreachable otherwise.
     pub fn state(&self, now_ms: i64, heartbeat_interval_ms: i64) -> AgentState {
         if self.revoked_at_ms.is_some() {
             return AgentState::Revoked;
@@ -268,6 +278,12 @@ impl Agent {
         let Some(last_seen_at_ms) = self.last_seen_at_ms else {
             return AgentState::Enrolled;
         };
+        if let Some(lost_at_ms) = self.session_lost_at_ms {
+            let grace_ms = heartbeat_interval_ms.saturating_mul(LOST_SESSION_GRACE_INTERVALS);
+            if lost_at_ms >= last_seen_at_ms && now_ms.saturating_sub(lost_at_ms) > grace_ms {
+                return AgentState::Unreachable;
+            }
+        }
         let silence_ms = now_ms.saturating_sub(last_seen_at_ms);
         if silence_ms <= heartbeat_interval_ms.saturating_mul(MISSED_HEARTBEATS_UNREACHABLE) {
             AgentState::Connected
@@ -358,7 +374,46 @@ mod tests {
             revoked_at_ms,
             revoke_reason: None,
             disconnected_at_ms: None,
+            session_lost_at_ms: None,
         }
+    }
+
+    #[test]
+    fn a_lost_session_makes_an_agent_unreachable_after_one_interval() {
+        let seen = 1_000_000;
+        let mut a = agent(Some(seen), None);
+        a.session_lost_at_ms = Some(seen + 100);
+        assert_eq!(
+            a.state(seen + 100 + INTERVAL_MS, INTERVAL_MS),
+            AgentState::Connected
+        );
+        assert_eq!(
+            a.state(seen + 101 + INTERVAL_MS, INTERVAL_MS),
+            AgentState::Unreachable
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_after_a_lost_session_wins() {
+        // The loss was recorded by one replica after the agent was heard on another.
+        let lost = 1_000_000;
+        let mut a = agent(Some(lost + 1), None);
+        a.session_lost_at_ms = Some(lost);
+        assert_eq!(
+            a.state(lost + 2 * INTERVAL_MS, INTERVAL_MS),
+            AgentState::Connected
+        );
+    }
+
+    #[test]
+    fn a_goodbye_wins_over_a_lost_session() {
+        let mut a = agent(Some(1_000_000), None);
+        a.session_lost_at_ms = Some(1_000_000);
+        a.disconnected_at_ms = Some(1_000_000);
+        assert_eq!(
+            a.state(1_000_000 + 10 * INTERVAL_MS, INTERVAL_MS),
+            AgentState::Disconnected
+        );
     }
 
     #[test]

@@ -55,12 +55,10 @@ impl Listeners {
                 addr: config.api_listen,
                 source,
             })?;
-        let grpc = TcpListener::bind(config.grpc_listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.grpc_listen,
-                source,
-            })?;
+        let grpc = gateway::tls::bind(config.grpc_listen).map_err(|source| ServeError::Bind {
+            addr: config.grpc_listen,
+            source,
+        })?;
         Ok(Listeners { api, grpc })
     }
 }

@@ -9,6 +9,7 @@ use stella_proto::v1;
 use super::{now_ms, App};
 use crate::domain::{references, DeploySpec, Deployment, Task, TaskKind, TaskState, VariableKind};
 use crate::error::{AppError, ErrorChain, ErrorKind};
+use crate::store::TaskResultRecord;
 
 /// How often a task waiting for an unreachable agent says so again in its log.
 const WAITING_REMINDER: Duration = Duration::from_secs(60);
@@ -378,10 +379,16 @@ impl App {
         let output = std::str::from_utf8(&result.output_json)
             .ok()
             .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok());
-        let updated = self
-            .store
-            .complete_task_with_output(&task.id, epoch, state, &result.message, output, now_ms())
+        let stored = self
+            .store_task_result(TaskResultRecord {
+                task_id: task.id.clone(),
+                epoch,
+                state,
+                message: result.message.clone(),
+                output_json: output.map(str::to_owned),
+            })
             .await?;
+        let updated = stored.task;
         // Acknowledge whether it was new or a duplicate: either way it is stored.
         let ack = v1::ServerMessage {
             body: Some(v1::server_message::Body::TaskAck(v1::TaskAck {
@@ -397,14 +404,11 @@ impl App {
             tracing::debug!(task_id = %task.id, epoch, "duplicate or stale task result ignored");
             return Ok(());
         };
-        self.log(
-            &updated.deployment_id,
-            &updated.id,
-            &format!("{}: {state}: {}", updated.target, result.message),
-        )
-        .await;
+        // Its log line was stored with it.
         tracing::info!(task_id = %updated.id, deployment_id = %updated.deployment_id, state = %state, "task finished");
-        self.after_task_finished(&updated.deployment_id).await;
+        if stored.finished_deployment {
+            self.after_task_finished(&updated.deployment_id).await;
+        }
         if state == TaskState::Succeeded {
             self.push_desired_state(agent_id).await;
         }

@@ -19,7 +19,7 @@ use super::{not_found_as, now_ms, App, NewEvent};
 use crate::domain::{
     format_utc_ms, parse_subscription, webhook_payload, webhook_signature, DeliveryAttempt, Event,
     EventKind, NewDelivery, RetryPolicy, User, Webhook, WebhookDelivery,
-    MISSED_HEARTBEATS_UNREACHABLE,
+    LOST_SESSION_GRACE_INTERVALS, MISSED_HEARTBEATS_UNREACHABLE,
 };
 use crate::error::{AppError, ErrorChain, ErrorKind};
 
@@ -245,16 +245,19 @@ impl App {
 
     /// Emits `agent.unreachable` once for each agent that turned unreachable (three
     /// heartbeat intervals of silence, plus the heartbeat flush interval so that a late
-    /// batch write does not make an outage) since it was last seen.
+    /// batch write does not make an outage; or a session lost without a goodbye one
+    /// interval ago, with nothing heard since) since it was last seen.
     pub async fn announce_unreachable_agents(&self) -> Result<(), AppError> {
         let now = now_ms();
         let flush_ms = i64::try_from(self.config.heartbeat_flush_interval_ms).unwrap_or(0);
         let silent_since = now
             .saturating_sub(self.config.heartbeat_interval_ms() * MISSED_HEARTBEATS_UNREACHABLE)
             .saturating_sub(flush_ms);
+        let lost_before =
+            now.saturating_sub(self.config.heartbeat_interval_ms() * LOST_SESSION_GRACE_INTERVALS);
         for agent in self
             .store
-            .mark_unreachable_agents(silent_since, now)
+            .mark_unreachable_agents(silent_since, lost_before, now)
             .await?
         {
             let last_seen = agent

@@ -9,7 +9,7 @@
 
 mod notify;
 pub mod sessions;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -223,8 +223,9 @@ impl AgentGateway for Gateway {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
         let in_flight = hello.in_flight.len();
+        let hello_at_ms = now_ms();
         app.store
-            .record_hello(&agent.id, &hello_record(hello, now_ms()))
+            .record_hello(&agent.id, &hello_record(hello, hello_at_ms))
             .await
             .map_err(crate::error::AppError::from)?;
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
@@ -248,7 +249,15 @@ impl AgentGateway for Gateway {
         tracing::info!(agent_id = %agent.id, agent = %agent.name, in_flight, "agent session opened");
         let span = tracing::info_span!("agent_session", agent_id = %agent.id);
         tokio::spawn(
-            run_session(app.clone(), agent.id.clone(), inbound, tx, guard).instrument(span.clone()),
+            run_session(
+                app.clone(),
+                agent.id.clone(),
+                hello_at_ms,
+                inbound,
+                tx,
+                guard,
+            )
+            .instrument(span.clone()),
         );
         // Tasks waiting for this agent, and those it had in flight (re-assigned under a
         // new epoch; its journal answers the ones it finished).
@@ -259,37 +268,58 @@ impl AgentGateway for Gateway {
     }
 }
 
+/// Reads the agent's messages until the session ends. A session that the agent's side
+/// ended without a `Goodbye` (its process killed, its connection cut) is recorded as
+/// lost, so the agent shows unreachable after one heartbeat interval unless it comes
+/// back; one the server closed (replaced by a newer session, revoked, shutting down) is
+/// not.
 async fn run_session(
     app: Arc<App>,
     agent_id: String,
+    hello_at_ms: i64,
     mut inbound: Streaming<AgentMessage>,
     tx: sessions::Outbox,
     guard: sessions::SessionGuard,
 ) {
     app.metrics.agent_sessions.inc();
-    loop {
+    let mut last_heard_ms = hello_at_ms;
+    let mut said_goodbye = false;
+    let lost = loop {
         tokio::select! {
             _ = guard.closed.cancelled() => {
                 let reason = guard.close_reason().unwrap_or(sessions::CloseReason::ShuttingDown);
                 tracing::info!(?reason, "closing agent session");
                 let _ = tx.send(Box::new(Err(reason.status()))).await;
-                break;
+                break false;
             }
             message = inbound.message() => match message {
-                Ok(Some(message)) => handle_agent_message(&app, &agent_id, message).await,
+                Ok(Some(message)) => {
+                    last_heard_ms = last_heard_ms.max(now_ms());
+                    said_goodbye |= matches!(message.body, Some(agent_message::Body::Goodbye(_)));
+                    handle_agent_message(&app, &agent_id, message).await;
+                }
                 Ok(None) => {
-                    tracing::info!("agent closed its session");
-                    break;
+                    tracing::info!(said_goodbye, "agent closed its session");
+                    break !said_goodbye;
                 }
                 Err(status) => {
-                    tracing::info!(code = ?status.code(), message = status.message(), "agent session ended");
-                    break;
+                    tracing::info!(code = ?status.code(), message = status.message(), said_goodbye, "agent session ended");
+                    break !said_goodbye;
                 }
             }
         }
-    }
+    };
     app.sessions.remove(&agent_id, guard.session_id);
     app.metrics.agent_sessions.dec();
+    if lost {
+        if let Err(error) = app
+            .store
+            .record_session_lost(&agent_id, now_ms(), last_heard_ms)
+            .await
+        {
+            tracing::warn!(error = %crate::error::ErrorChain(&error), "cannot record the lost session");
+        }
+    }
 }
 
 async fn handle_agent_message(app: &Arc<App>, agent_id: &str, message: AgentMessage) {

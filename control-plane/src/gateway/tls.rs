@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::Stream;
 use stella_pki::AgentIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,6 +26,10 @@ use crate::app::App;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for tonic to pick them up.
 const ACCEPT_QUEUE: usize = 1024;
+/// Connections the kernel completes and queues before the gateway accepts them: the
+/// Linux default cap (`net.core.somaxconn`), where std and tokio ask for 128 and 1,024.
+/// While every handshake slot is taken, a reconnect storm waits here.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// What the gateway knows about the other end of a connection; in every request's
 /// extensions.
@@ -103,7 +107,24 @@ pub fn server_config(app: &App) -> Result<Arc<rustls::ServerConfig>, stella_pki:
     Ok(Arc::new(config))
 }
 
-/// Accepts connections until `shutdown`, handshaking each on its own task.
+/// Binds the gateway's listener with a backlog of [`LISTEN_BACKLOG`] (and
+/// `SO_REUSEADDR`, so a restarted server binds the port its predecessor's connections
+/// still hold in `TIME_WAIT`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections until `shutdown`, handshaking each on its own task, at most
+/// `max_handshakes` at once: a connection is accepted only once a handshake slot is
+/// free, so the others wait in the kernel's backlog, where they cost no CPU and no
+/// handshake timeout runs.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -112,8 +133,15 @@ pub fn incoming(
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(app.config.gateway_max_handshakes));
     tokio::spawn(async move {
         loop {
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot,
+            };
+            // The semaphore is never closed.
+            let Ok(slot) = slot else { break };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
@@ -132,7 +160,9 @@ pub fn incoming(
             let tx = tx.clone();
             let app = app.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(slot);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let identity = stream
                             .get_ref()

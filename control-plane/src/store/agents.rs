@@ -16,7 +16,7 @@ macro_rules! select_agents {
         concat!(
             "SELECT id, name, labels_json, capabilities_json, host_json, agent_version, ",
             "cert_serial, cert_not_after_ms, enrolled_at_ms, last_seen_at_ms, revoked_at_ms, ",
-            "revoke_reason, disconnected_at_ms FROM agents ",
+            "revoke_reason, disconnected_at_ms, session_lost_at_ms FROM agents ",
             $tail
         )
     };
@@ -146,7 +146,8 @@ impl Store {
             "UPDATE agents SET agent_version = $1, capabilities_json = $2, labels_json = $3, \
              host_json = $4, last_seen_at_ms = CASE WHEN last_seen_at_ms IS NULL \
              OR last_seen_at_ms < $5 THEN $5 ELSE last_seen_at_ms END, \
-             disconnected_at_ms = NULL, unreachable_notified_at_ms = NULL WHERE id = $6",
+             disconnected_at_ms = NULL, session_lost_at_ms = NULL, \
+             unreachable_notified_at_ms = NULL WHERE id = $6",
         )
         .bind(hello.agent_version.as_str())
         .bind(capabilities_json)
@@ -267,6 +268,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records that an agent's session ended without a goodbye at `at_ms`, unless the
+    /// agent was heard from after `last_heard_ms` (the latest hello or heartbeat of that
+    /// session): then a newer session, here or on another replica, already said hello, and
+    /// the loss is old news. Unknown, revoked and cleanly stopped agents are left alone.
+    pub async fn record_session_lost(
+        &self,
+        id: &str,
+        at_ms: i64,
+        last_heard_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE agents SET session_lost_at_ms = $1 WHERE id = $2 \
+             AND revoked_at_ms IS NULL AND disconnected_at_ms IS NULL \
+             AND (last_seen_at_ms IS NULL OR last_seen_at_ms <= $3)",
+        )
+        .bind(at_ms)
+        .bind(id)
+        .bind(last_heard_ms)
+        .execute(self.writer())
+        .await
+        .map_err(database("recording a lost agent session"))?;
+        Ok(())
+    }
+
     /// Deletes a revoked agent, freeing its name; its id stays on the revocation list.
     /// `NotFound` if there is no such agent; `Conflict` (entity `agent`) if it is not
     /// revoked, or (entity `target` or `router`, key: the first one's name) if a target
@@ -334,13 +359,14 @@ impl Store {
         tx.commit().await.map_err(database(OP))
     }
 
-    /// Marks agents not seen since before `silent_since_ms` (neither revoked nor
-    /// stopped cleanly, and not marked yet) as announced unreachable at `now_ms`, and
-    /// returns them. One conditional `UPDATE` marks each agent once per outage, however
+    /// Marks agents not seen since before `silent_since_ms`, or whose session was lost
+    /// before `lost_before_ms` with nothing heard since (neither revoked nor stopped
+    /// cleanly, and not marked yet) as announced unreachable at `now_ms`, and returns them. One conditional `UPDATE` marks each agent once per outage, however
     /// many replicas run it at once; the next hello or heartbeat clears the mark.
     pub async fn mark_unreachable_agents(
         &self,
         silent_since_ms: i64,
+        lost_before_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<Agent>, StoreError> {
         const OP: &str = "marking unreachable agents";
@@ -348,9 +374,11 @@ impl Store {
         let silent = sqlx::query_scalar::<_, String>(
             "SELECT id FROM agents WHERE unreachable_notified_at_ms IS NULL \
              AND revoked_at_ms IS NULL AND disconnected_at_ms IS NULL \
-             AND last_seen_at_ms < $1 LIMIT 1",
+             AND (last_seen_at_ms < $1 OR (session_lost_at_ms < $2 \
+             AND session_lost_at_ms >= last_seen_at_ms)) LIMIT 1",
         )
         .bind(silent_since_ms)
+        .bind(lost_before_ms)
         .fetch_optional(&self.pool)
         .await
         .map_err(database(OP))?;
@@ -360,13 +388,15 @@ impl Store {
         let mut agents = sqlx::query_as::<_, AgentRow>(
             "UPDATE agents SET unreachable_notified_at_ms = $1 \
              WHERE unreachable_notified_at_ms IS NULL AND revoked_at_ms IS NULL \
-             AND disconnected_at_ms IS NULL AND last_seen_at_ms < $2 \
+             AND disconnected_at_ms IS NULL AND (last_seen_at_ms < $2 \
+             OR (session_lost_at_ms < $3 AND session_lost_at_ms >= last_seen_at_ms)) \
              RETURNING id, name, labels_json, capabilities_json, host_json, agent_version, \
              cert_serial, cert_not_after_ms, enrolled_at_ms, last_seen_at_ms, revoked_at_ms, \
-             revoke_reason, disconnected_at_ms",
+             revoke_reason, disconnected_at_ms, session_lost_at_ms",
         )
         .bind(now_ms)
         .bind(silent_since_ms)
+        .bind(lost_before_ms)
         .fetch_all(self.writer())
         .await
         .map_err(database(OP))?
@@ -431,6 +461,7 @@ struct AgentRow {
     revoked_at_ms: Option<i64>,
     revoke_reason: Option<String>,
     disconnected_at_ms: Option<i64>,
+    session_lost_at_ms: Option<i64>,
 }
 
 impl AgentRow {
@@ -458,6 +489,7 @@ impl AgentRow {
             revoked_at_ms: self.revoked_at_ms,
             revoke_reason: self.revoke_reason,
             disconnected_at_ms: self.disconnected_at_ms,
+            session_lost_at_ms: self.session_lost_at_ms,
         })
     }
 }

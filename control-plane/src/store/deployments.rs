@@ -30,6 +30,8 @@ pub(super) const TASK_COLUMNS: &str = task_columns!();
 
 // After the macros above, which it uses.
 mod claims;
+mod results;
+pub use results::{StoredResult, TaskResultRecord};
 
 /// `SELECT <every task column> FROM tasks <tail>`, as one literal.
 macro_rules! select_tasks {
@@ -681,12 +683,13 @@ async fn lock_deployment(
 
 /// Moves a deployment on after some of its tasks finished: `succeeded` or `failed` when
 /// every task is terminal, else `running`. A finished deployment is left as it is.
+/// Returns whether this call finished it.
 async fn settle_deployment(
     tx: &mut Transaction<'static, Any>,
     deployment_id: &str,
     now_ms: i64,
     op: &'static str,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let rollout = sqlx::query_scalar::<_, String>(
         "SELECT deployment_id FROM rollouts WHERE deployment_id = $1",
     )
@@ -701,7 +704,7 @@ async fn settle_deployment(
             .execute(&mut **tx)
             .await
             .map_err(database(op))?;
-        return Ok(());
+        return Ok(false);
     }
     // Two index lookups (tasks by deployment and state), not a read of every task: this
     // runs after each result, so a fan-out to N targets would read N² rows.
@@ -719,7 +722,7 @@ async fn settle_deployment(
             .execute(&mut **tx)
             .await
             .map_err(database(op))?;
-        return Ok(());
+        return Ok(false);
     }
     // The first failure is the one that finished first (a failure with no finish time
     // before any other; ties: created first, then by id).
@@ -743,7 +746,7 @@ async fn settle_deployment(
         ),
     };
     // A succeeded deployment keeps whatever message it was created with.
-    sqlx::query(
+    let finished = sqlx::query(
         "UPDATE deployments SET state = $1, message = COALESCE($2, message), finished_at_ms = $3 \
          WHERE id = $4 AND state IN ('pending', 'running')",
     )
@@ -753,8 +756,9 @@ async fn settle_deployment(
     .bind(deployment_id)
     .execute(&mut **tx)
     .await
-    .map_err(database(op))?;
-    Ok(())
+    .map_err(database(op))?
+    .rows_affected();
+    Ok(finished > 0)
 }
 
 /// A `deployments` row as stored.

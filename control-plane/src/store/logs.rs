@@ -6,7 +6,7 @@ use crate::domain::LogLine;
 
 /// The first key of the advisory locks that order a deployment's log appends on
 /// PostgreSQL (see [`Store::append_log`]): "STLG".
-const LOG_APPEND_LOCK: i32 = 0x5354_4c47;
+pub(super) const LOG_APPEND_LOCK: i32 = 0x5354_4c47;
 
 impl Store {
     /// Appends a line to a deployment's log (`task_id` empty for server lines).

@@ -16,6 +16,7 @@ store_suite!(
     users_and_tokens_round_trip,
     data_survives_reconnecting,
     goodbye_marks_an_agent_disconnected_until_its_next_hello,
+    a_lost_session_counts_until_the_next_hello,
     a_revoked_agent_can_be_deleted_and_stays_revoked,
 );
 
@@ -533,6 +534,79 @@ async fn goodbye_marks_an_agent_disconnected_until_its_next_hello(f: &Fixture) {
     assert_eq!(agent.disconnected_at_ms, None);
     assert_eq!(agent.last_seen_at_ms, Some(NOW + 3_000));
     assert_eq!(agent.state(NOW + 3_000, 5_000), AgentState::Connected);
+}
+
+async fn a_lost_session_counts_until_the_next_hello(f: &Fixture) {
+    let store = &f.store;
+    enrol(store, "agent-1", "web-1").await;
+    enrol(store, "agent-2", "web-2").await;
+    for id in ["agent-1", "agent-2"] {
+        store
+            .record_hello(id, &hello(NOW + 1_000))
+            .await
+            .ok_or_panic("hello");
+    }
+    // Lost after its last heartbeat: recorded, unreachable one interval later, and
+    // announced once by the sweep.
+    store
+        .touch_agents(&[("agent-1".to_owned(), NOW + 2_000)])
+        .await
+        .ok_or_panic("heartbeat");
+    store
+        .record_session_lost("agent-1", NOW + 2_500, NOW + 2_000)
+        .await
+        .ok_or_panic("lost");
+    let agent = store.get_agent("agent-1").await.ok_or_panic("get");
+    assert_eq!(agent.session_lost_at_ms, Some(NOW + 2_500));
+    assert_eq!(agent.state(NOW + 7_500, 5_000), AgentState::Connected);
+    assert_eq!(agent.state(NOW + 7_501, 5_000), AgentState::Unreachable);
+    let marked = store
+        .mark_unreachable_agents(0, NOW + 2_400, NOW + 7_000)
+        .await
+        .ok_or_panic("mark too early");
+    assert!(marked.is_empty(), "marked before the grace: {marked:?}");
+    let marked = store
+        .mark_unreachable_agents(0, NOW + 7_600, NOW + 7_600)
+        .await
+        .ok_or_panic("mark");
+    assert_eq!(
+        marked.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        ["web-1"]
+    );
+
+    // A loss reported by a session older than what the store heard (a newer session
+    // said hello, on this replica or another) is not recorded.
+    store
+        .record_hello("agent-2", &hello(NOW + 3_000))
+        .await
+        .ok_or_panic("hello of the new session");
+    store
+        .record_session_lost("agent-2", NOW + 3_100, NOW + 1_000)
+        .await
+        .ok_or_panic("late loss");
+    let agent = store.get_agent("agent-2").await.ok_or_panic("get");
+    assert_eq!(agent.session_lost_at_ms, None);
+
+    // The next hello clears the loss.
+    store
+        .record_hello("agent-1", &hello(NOW + 9_000))
+        .await
+        .ok_or_panic("hello again");
+    let agent = store.get_agent("agent-1").await.ok_or_panic("get");
+    assert_eq!(agent.session_lost_at_ms, None);
+    assert_eq!(agent.state(NOW + 20_000, 5_000), AgentState::Connected);
+
+    // A cleanly stopped agent is never marked lost.
+    store
+        .record_goodbye("agent-2", NOW + 10_000)
+        .await
+        .ok_or_panic("goodbye");
+    store
+        .record_session_lost("agent-2", NOW + 10_001, NOW + 10_000)
+        .await
+        .ok_or_panic("loss after goodbye");
+    let agent = store.get_agent("agent-2").await.ok_or_panic("get");
+    assert_eq!(agent.session_lost_at_ms, None);
 }
 
 async fn a_revoked_agent_can_be_deleted_and_stays_revoked(f: &Fixture) {

@@ -15,7 +15,7 @@ use stella_control_plane::domain::{
     Target, TargetKind, Task, TaskKind, TaskState, User, Variable, VariableKind, Webhook,
     WebhookDelivery,
 };
-use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError};
+use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError, TaskResultRecord};
 use stella_tests::TestDir;
 
 /// Generates `sqlite::<case>` and `postgres::<case>` for each `async fn <case>(&Fixture)`.
@@ -305,7 +305,7 @@ fn _delivery_store_futures_are_send(store: &Store) {
     ));
     send(store.release_deliveries(&[]));
     send(store.list_deliveries("w", 1));
-    send(store.mark_unreachable_agents(0, 0));
+    send(store.mark_unreachable_agents(0, 0, 0));
 }
 
 const TASK_DEADLINE_MS: i64 = 10 * 60_000;

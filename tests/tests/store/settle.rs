@@ -1,11 +1,12 @@
-//! A deployment's tasks claimed at once for its agents, and the deployment settled on
-//! its first failure.
+//! A deployment's tasks claimed at once for its agents, the deployment settled on its
+//! first failure, and task results stored in batches.
 
 use super::*;
 
 store_suite!(
     a_deployment_fails_with_the_failure_that_finished_first,
     a_new_deployment_is_claimed_at_once_for_the_agents_given,
+    a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once,
 );
 
 /// A new deployment's pending tasks are claimed in one go for the agents named (those
@@ -130,4 +131,94 @@ async fn a_deployment_fails_with_the_failure_that_finished_first(f: &Fixture) {
     assert_eq!(dep.state, DeploymentState::Failed);
     assert_eq!(dep.message.as_deref(), Some("web-2: disk full"));
     assert_eq!(dep.finished_at_ms, Some(NOW + 200));
+}
+
+/// One batch: two deployments' results, a duplicate, a stale epoch and an unknown task.
+/// Each kept result is logged; each deployment settles once, and only the last kept
+/// result of a deployment that finished is told so.
+async fn a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once(f: &Fixture) {
+    let store = &f.store;
+    delivery_fixture(store).await;
+    deploy(
+        store,
+        "dep-1",
+        "1.0",
+        NOW,
+        &[("t-a", "web-1"), ("t-b", "web-2")],
+    )
+    .await;
+    let claimed = store
+        .claim_tasks_for_agent("agent-1", NOW + 1)
+        .await
+        .ok_or_panic("claim");
+    assert_eq!(claimed.len(), 2);
+    let result = |id: &str, epoch: i64, state: TaskState, message: &str| TaskResultRecord {
+        task_id: id.to_owned(),
+        epoch,
+        state,
+        message: message.to_owned(),
+        output_json: (id == "t-a").then(|| "{\"endpoints\":[]}".to_owned()),
+    };
+    let batch = [
+        result("t-a", 1, TaskState::Succeeded, "ok"),
+        result("t-a", 1, TaskState::Failed, "again"),
+        result("t-b", 0, TaskState::Failed, "stale epoch"),
+        result("t-none", 1, TaskState::Succeeded, ""),
+        result("t-b", 1, TaskState::Succeeded, ""),
+    ];
+    let stored = store
+        .complete_tasks(&batch, NOW + 10, |task| {
+            format!("{}: {}", task.target, task.state)
+        })
+        .await
+        .ok_or_panic("batch");
+    let kept: Vec<_> = stored
+        .iter()
+        .map(|s| (s.task.as_ref().map(|t| t.id.clone()), s.finished_deployment))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (Some("t-a".to_owned()), false),
+            (None, false),
+            (None, false),
+            (None, false),
+            (Some("t-b".to_owned()), true),
+        ]
+    );
+    let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
+    assert_eq!(dep.state, DeploymentState::Succeeded);
+    assert_eq!(dep.finished_at_ms, Some(NOW + 10));
+    let t_a = store.get_task("t-a").await.ok_or_panic("t-a");
+    assert_eq!(
+        (t_a.state, t_a.message.as_deref()),
+        (TaskState::Succeeded, Some("ok"))
+    );
+    let logged: Vec<(String, String)> = store
+        .logs_after("dep-1", 0, 10)
+        .await
+        .ok_or_panic("read")
+        .into_iter()
+        .map(|l| (l.task_id, l.message))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("t-a".to_owned(), "web-1: succeeded".to_owned()),
+            ("t-b".to_owned(), "web-2: succeeded".to_owned()),
+        ]
+    );
+    // The same results again change nothing and finish nothing.
+    let again = store
+        .complete_tasks(&batch, NOW + 20, |task| task.target.clone())
+        .await
+        .ok_or_panic("again");
+    assert!(again
+        .iter()
+        .all(|s| s.task.is_none() && !s.finished_deployment));
+    assert!(store
+        .complete_tasks(&[], NOW, |task| task.target.clone())
+        .await
+        .ok_or_panic("empty")
+        .is_empty());
 }

@@ -286,12 +286,12 @@ async fn unreachable_agents_are_marked_once_per_outage(f: &Fixture) {
     // Silent since before NOW + 5 s: only `quiet` (stopped cleanly, revoked and never
     // seen agents are not unreachable).
     let marked = store
-        .mark_unreachable_agents(NOW + 5_000, NOW + 20_000)
+        .mark_unreachable_agents(NOW + 5_000, 0, NOW + 20_000)
         .await
         .ok_or_panic("mark");
     assert_eq!(names(marked), ["quiet"]);
     assert!(store
-        .mark_unreachable_agents(NOW + 5_000, NOW + 21_000)
+        .mark_unreachable_agents(NOW + 5_000, 0, NOW + 21_000)
         .await
         .ok_or_panic("mark again")
         .is_empty());
@@ -302,7 +302,7 @@ async fn unreachable_agents_are_marked_once_per_outage(f: &Fixture) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .mark_unreachable_agents(NOW + 15_000, NOW + 30_000 + i)
+                    .mark_unreachable_agents(NOW + 15_000, 0, NOW + 30_000 + i)
                     .await
                     .ok_or_panic("concurrent mark")
             })
@@ -320,14 +320,14 @@ async fn unreachable_agents_are_marked_once_per_outage(f: &Fixture) {
         .await
         .ok_or_panic("heartbeat");
     assert!(store
-        .mark_unreachable_agents(NOW + 35_000, NOW + 41_000)
+        .mark_unreachable_agents(NOW + 35_000, 0, NOW + 41_000)
         .await
         .ok_or_panic("seen")
         .is_empty());
     assert_eq!(
         names(
             store
-                .mark_unreachable_agents(NOW + 45_000, NOW + 50_000)
+                .mark_unreachable_agents(NOW + 45_000, 0, NOW + 50_000)
                 .await
                 .ok_or_panic("silent again")
         ),
@@ -341,7 +341,7 @@ async fn unreachable_agents_are_marked_once_per_outage(f: &Fixture) {
     assert_eq!(
         names(
             store
-                .mark_unreachable_agents(NOW + 55_000, NOW + 60_000)
+                .mark_unreachable_agents(NOW + 55_000, 0, NOW + 60_000)
                 .await
                 .ok_or_panic("talky again")
         ),
