@@ -34,15 +34,81 @@ fn scan_documents() {
 
 #[test]
 fn evidence_packets_offline_kits_and_envelopes() {
-    for (_, data) in inputs("evidence_packet") {
-        let _ = stella_decision::evidence::Packet::read(&data);
+    use stella_decision::evidence::{Packet, MANIFEST, MANIFEST_SIGNATURE};
+    use stella_decision::offline::{self, verify_kit, Kit};
+
+    let packets = inputs("evidence_packet");
+    assert!(
+        packets.iter().any(|(path, _)| path.contains("/seeds/")),
+        "the evidence packet seeds are where this test looks"
+    );
+    for (path, data) in packets {
+        let read = Packet::read(&data);
+        if !path.contains("/seeds/") {
+            continue;
+        }
+        // A seed is a packet as `Packet::write` makes it: it unpacks, its manifest has
+        // the right form and lists every other file with its content id, and it names
+        // the decision in `decision.json`. The signatures are not checked: no key is
+        // trusted here.
+        let packet = read.unwrap_or_else(|fault| panic!("{path}: {fault}"));
+        let manifest = packet
+            .read_manifest()
+            .unwrap_or_else(|fault| panic!("{path}: {fault}"));
+        let listed: Vec<(&str, String)> = packet
+            .files
+            .iter()
+            .filter(|(file, _)| *file != MANIFEST && *file != MANIFEST_SIGNATURE)
+            .map(|(file, content)| (file.as_str(), stella_decision::sha256_id(content)))
+            .collect();
+        let in_manifest: Vec<(&str, String)> = manifest
+            .files
+            .iter()
+            .map(|(file, id)| (file.as_str(), id.clone()))
+            .collect();
+        assert_eq!(listed, in_manifest, "{path}");
+        let decision = packet
+            .files
+            .get(stella_decision::evidence::DECISION)
+            .unwrap_or_else(|| panic!("{path}: no decision.json"));
+        assert_eq!(
+            stella_decision::sha256_id(decision),
+            manifest.decision_id,
+            "{path}"
+        );
     }
-    for (path, data) in inputs("offline_kit") {
-        if let Ok(kit) = stella_decision::offline::Kit::from_tar(&data) {
-            assert!(
-                stella_decision::offline::verify_kit(&kit, &[]).is_err(),
-                "{path}"
+
+    let kits = inputs("offline_kit");
+    assert!(
+        kits.iter().any(|(path, _)| path.contains("/seeds/")),
+        "the offline kit seeds are where this test looks"
+    );
+    for (path, data) in kits {
+        let read = Kit::from_tar(&data);
+        if path.contains("/seeds/") {
+            assert!(read.is_ok(), "{path}: {read:?}");
+        }
+        let Ok(kit) = read else {
+            continue;
+        };
+        let verified = verify_kit(&kit, &[]);
+        assert!(verified.is_err(), "{path}");
+        if path.contains("/seeds/") {
+            // With no key trusted, a whole kit is refused at its signature, and
+            // nowhere earlier; its decision packets unpack.
+            let fault = verified.expect_err("refused");
+            assert_eq!(
+                fault.file.as_deref(),
+                Some(offline::MANIFEST_SIGNATURE),
+                "{path}: {fault}"
             );
+            for (file, content) in kit.files.range("decisions/".to_owned()..) {
+                if !file.starts_with("decisions/") {
+                    break;
+                }
+                let packet = Packet::read(content);
+                assert!(packet.is_ok(), "{path}: {file}: {packet:?}");
+            }
         }
     }
     for (_, data) in inputs("dsse_envelope") {
