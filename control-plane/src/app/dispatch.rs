@@ -9,7 +9,14 @@ use stella_proto::v1;
 use super::{now_ms, App};
 use crate::domain::{references, DeploySpec, Deployment, Task, TaskKind, TaskState, VariableKind};
 use crate::error::{AppError, ErrorChain, ErrorKind};
-use crate::store::TaskResultRecord;
+use crate::store::{ResultOutcome, TaskResultRecord};
+
+/// Agents whose tasks of a new deployment one transaction claims.
+const CLAIM_CHUNK: usize = 500;
+
+/// Registry credentials (user, password) by host, as [`App::registry_access`] gives
+/// them; `None` for a registry without any.
+type RegistryCredentials = HashMap<String, Option<(String, String)>>;
 
 /// How often a task waiting for an unreachable agent says so again in its log.
 const WAITING_REMINDER: Duration = Duration::from_secs(60);
@@ -65,26 +72,50 @@ impl App {
         self.send_assignments(tasks).await;
     }
 
-    /// Hands a new deployment's tasks to the agents whose sessions this replica holds,
-    /// claiming them in one transaction and logging the assignments in another, however
-    /// many agents there are (agents on other replicas are told by those).
+    /// Hands a new deployment's tasks to the agents whose sessions this replica holds
+    /// (agents on other replicas are told by those), [`CLAIM_CHUNK`] agents at a time:
+    /// one transaction claims a chunk's tasks while the previous chunk's are written to
+    /// their streams, so the first frames leave after one small transaction and claiming
+    /// overlaps sending. A task is on a stream only once its claim is committed.
     pub(super) async fn dispatch_deployment(&self, deployment_id: &str, agent_ids: &[&str]) {
         let open: Vec<&str> = agent_ids
             .iter()
             .copied()
             .filter(|agent| self.sessions.is_open(agent))
             .collect();
-        if open.is_empty() {
+        let mut chunks = open.chunks(CLAIM_CHUNK);
+        let Some(first) = chunks.next() else {
             return;
+        };
+        let mut claimed = self.claim_chunk(deployment_id, first).await;
+        loop {
+            let next = chunks.next();
+            let claim_next = async {
+                match next {
+                    Some(chunk) => Some(self.claim_chunk(deployment_id, chunk).await),
+                    None => None,
+                }
+            };
+            let ((), next_claimed) = tokio::join!(self.send_assignments(claimed), claim_next);
+            match next_claimed {
+                Some(tasks) => claimed = tasks,
+                None => break,
+            }
         }
+    }
+
+    /// Claims a deployment's pending tasks of these agents; a failure is logged and the
+    /// tasks stay pending for the pending sweep.
+    async fn claim_chunk(&self, deployment_id: &str, agent_ids: &[&str]) -> Vec<Task> {
         match self
             .store
-            .claim_pending_tasks_of_deployment(deployment_id, &open, now_ms())
+            .claim_pending_tasks_of_deployment(deployment_id, agent_ids, now_ms())
             .await
         {
-            Ok(tasks) => self.send_assignments(tasks).await,
+            Ok(tasks) => tasks,
             Err(error) => {
                 tracing::warn!(deployment_id, error = %ErrorChain(&error), "claiming a deployment's tasks failed");
+                Vec::new()
             }
         }
     }
@@ -93,8 +124,11 @@ impl App {
     /// write per deployment).
     async fn send_assignments(&self, tasks: Vec<Task>) {
         let mut lines: BTreeMap<String, Vec<(String, i64, String)>> = BTreeMap::new();
+        // Registry credentials by host, read once per batch: a fan-out's tasks pull from
+        // the same registries.
+        let mut registries = RegistryCredentials::new();
         for task in tasks {
-            let payload = match self.wire_payload(&task).await {
+            let payload = match self.wire_payload(&task, &mut registries).await {
                 Ok(payload) => payload,
                 Err(error) => {
                     self.fail_undeliverable(&task, &error).await;
@@ -179,7 +213,11 @@ impl App {
     /// The payload as sent: the stored one plus its deployment's generation, the
     /// credentials of the registries it pulls from, and the values of the secrets its
     /// settings reference. None of these is stored with the task or logged.
-    async fn wire_payload(&self, task: &Task) -> Result<String, AppError> {
+    async fn wire_payload(
+        &self,
+        task: &Task,
+        registries: &mut RegistryCredentials,
+    ) -> Result<String, AppError> {
         if task.kind == TaskKind::Retire {
             // `{deployment_id, target, slot}`: nothing to add.
             return Ok(task.payload_json.clone());
@@ -191,7 +229,15 @@ impl App {
         value["generation"] = serde_json::Value::from(task.generation);
         let mut auth = Vec::new();
         for host in spec.registries() {
-            if let Some((username, password)) = self.registry_access(&host).await?.credentials {
+            let credentials = match registries.get(&host) {
+                Some(credentials) => credentials.clone(),
+                None => {
+                    let credentials = self.registry_access(&host).await?.credentials;
+                    registries.insert(host.clone(), credentials.clone());
+                    credentials
+                }
+            };
+            if let Some((username, password)) = credentials {
                 auth.push(serde_json::json!({"registry": host, "username": username, "password": password}));
             }
         }
@@ -354,14 +400,14 @@ impl App {
         Ok(())
     }
 
-    /// A task result from an agent: stored (idempotently, fenced by epoch), then
-    /// acknowledged; a success updates the agent's desired state.
+    /// A task result from an agent: stored (idempotently, fenced by epoch, through the
+    /// group-committing result writer, which also checks that the task is the agent's),
+    /// then acknowledged; a success updates the agent's desired state.
     pub async fn record_task_result(
         &self,
         agent_id: &str,
         result: &v1::TaskResult,
     ) -> Result<(), AppError> {
-        let task = self.agent_task(agent_id, &result.task_id).await?;
         let state = match v1::TaskState::try_from(result.state) {
             Ok(v1::TaskState::Succeeded) => TaskState::Succeeded,
             Ok(v1::TaskState::Failed) => TaskState::Failed,
@@ -381,27 +427,39 @@ impl App {
             .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok());
         let stored = self
             .store_task_result(TaskResultRecord {
-                task_id: task.id.clone(),
+                agent_id: agent_id.to_owned(),
+                task_id: result.task_id.clone(),
                 epoch,
                 state,
                 message: result.message.clone(),
                 output_json: output.map(str::to_owned),
             })
             .await?;
-        let updated = stored.task;
         // Acknowledge whether it was new or a duplicate: either way it is stored.
-        let ack = v1::ServerMessage {
-            body: Some(v1::server_message::Body::TaskAck(v1::TaskAck {
-                task_id: task.id.clone(),
-                epoch: result.epoch,
-            })),
+        let acknowledge = match &stored.outcome {
+            ResultOutcome::Stored(_) => true,
+            ResultOutcome::Finished { epoch: finished } => *finished <= epoch,
+            ResultOutcome::OtherEpoch => false,
+            ResultOutcome::Unknown => return Err(AppError::not_found("task", &result.task_id)),
+            ResultOutcome::NotYours => {
+                return Err(AppError::new(
+                    ErrorKind::PermissionDenied,
+                    "not_your_task",
+                    "task belongs to another agent",
+                ))
+            }
         };
-        let stored_epoch = updated.as_ref().map_or(task.epoch, |t| t.epoch);
-        if updated.is_some() || (task.state.is_terminal() && stored_epoch <= epoch) {
+        if acknowledge {
+            let ack = v1::ServerMessage {
+                body: Some(v1::server_message::Body::TaskAck(v1::TaskAck {
+                    task_id: result.task_id.clone(),
+                    epoch: result.epoch,
+                })),
+            };
             self.sessions.send(agent_id, ack).await;
         }
-        let Some(updated) = updated else {
-            tracing::debug!(task_id = %task.id, epoch, "duplicate or stale task result ignored");
+        let ResultOutcome::Stored(updated) = stored.outcome else {
+            tracing::debug!(task_id = %result.task_id, epoch, "duplicate or stale task result ignored");
             return Ok(());
         };
         // Its log line was stored with it.

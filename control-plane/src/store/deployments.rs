@@ -31,7 +31,7 @@ pub(super) const TASK_COLUMNS: &str = task_columns!();
 // After the macros above, which it uses.
 mod claims;
 mod results;
-pub use results::{StoredResult, TaskResultRecord};
+pub use results::{ResultOutcome, StoredResult, TaskResultRecord};
 
 /// `SELECT <every task column> FROM tasks <tail>`, as one literal.
 macro_rules! select_tasks {

@@ -52,7 +52,7 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 
 pub use audit::MAX_APPEND_BATCH;
 pub use console::ConsoleSession;
-pub use deployments::{DesiredPayload, StoredResult, TaskResultRecord};
+pub use deployments::{DesiredPayload, ResultOutcome, StoredResult, TaskResultRecord};
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;
 pub use rollouts::{StepTask, StepTaskResult};

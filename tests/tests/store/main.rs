@@ -15,7 +15,9 @@ use stella_control_plane::domain::{
     Target, TargetKind, Task, TaskKind, TaskState, User, Variable, VariableKind, Webhook,
     WebhookDelivery,
 };
-use stella_control_plane::store::{Backend, DesiredPayload, Store, StoreError, TaskResultRecord};
+use stella_control_plane::store::{
+    Backend, DesiredPayload, ResultOutcome, Store, StoreError, TaskResultRecord,
+};
 use stella_tests::TestDir;
 
 /// Generates `sqlite::<case>` and `postgres::<case>` for each `async fn <case>(&Fixture)`.

@@ -133,9 +133,9 @@ async fn a_deployment_fails_with_the_failure_that_finished_first(f: &Fixture) {
     assert_eq!(dep.finished_at_ms, Some(NOW + 200));
 }
 
-/// One batch: two deployments' results, a duplicate, a stale epoch and an unknown task.
-/// Each kept result is logged; each deployment settles once, and only the last kept
-/// result of a deployment that finished is told so.
+/// One batch: results of one deployment with a duplicate, a stale epoch, an unknown
+/// task and another agent's task. Each kept result is logged; the deployment settles
+/// once, and only the last kept result of a deployment that finished is told so.
 async fn a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once(f: &Fixture) {
     let store = &f.store;
     delivery_fixture(store).await;
@@ -152,19 +152,22 @@ async fn a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once(f: 
         .await
         .ok_or_panic("claim");
     assert_eq!(claimed.len(), 2);
-    let result = |id: &str, epoch: i64, state: TaskState, message: &str| TaskResultRecord {
-        task_id: id.to_owned(),
-        epoch,
-        state,
-        message: message.to_owned(),
-        output_json: (id == "t-a").then(|| "{\"endpoints\":[]}".to_owned()),
-    };
+    let result =
+        |agent: &str, id: &str, epoch: i64, state: TaskState, message: &str| TaskResultRecord {
+            agent_id: agent.to_owned(),
+            task_id: id.to_owned(),
+            epoch,
+            state,
+            message: message.to_owned(),
+            output_json: (id == "t-a").then(|| "{\"endpoints\":[]}".to_owned()),
+        };
     let batch = [
-        result("t-a", 1, TaskState::Succeeded, "ok"),
-        result("t-a", 1, TaskState::Failed, "again"),
-        result("t-b", 0, TaskState::Failed, "stale epoch"),
-        result("t-none", 1, TaskState::Succeeded, ""),
-        result("t-b", 1, TaskState::Succeeded, ""),
+        result("agent-1", "t-a", 1, TaskState::Succeeded, "ok"),
+        result("agent-1", "t-a", 1, TaskState::Failed, "again"),
+        result("agent-1", "t-b", 0, TaskState::Failed, "stale epoch"),
+        result("agent-1", "t-none", 1, TaskState::Succeeded, ""),
+        result("agent-2", "t-b", 1, TaskState::Failed, "not mine"),
+        result("agent-1", "t-b", 1, TaskState::Succeeded, ""),
     ];
     let stored = store
         .complete_tasks(&batch, NOW + 10, |task| {
@@ -172,18 +175,25 @@ async fn a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once(f: 
         })
         .await
         .ok_or_panic("batch");
-    let kept: Vec<_> = stored
+    let outcomes: Vec<_> = stored
         .iter()
-        .map(|s| (s.task.as_ref().map(|t| t.id.clone()), s.finished_deployment))
+        .map(|s| {
+            let outcome = match &s.outcome {
+                ResultOutcome::Stored(task) => format!("stored {}", task.id),
+                other => format!("{other:?}"),
+            };
+            (outcome, s.finished_deployment)
+        })
         .collect();
     assert_eq!(
-        kept,
+        outcomes,
         [
-            (Some("t-a".to_owned()), false),
-            (None, false),
-            (None, false),
-            (None, false),
-            (Some("t-b".to_owned()), true),
+            ("stored t-a".to_owned(), false),
+            ("Finished { epoch: 1 }".to_owned(), false),
+            ("OtherEpoch".to_owned(), false),
+            ("Unknown".to_owned(), false),
+            ("NotYours".to_owned(), false),
+            ("stored t-b".to_owned(), true),
         ]
     );
     let dep = store.get_deployment("dep-1").await.ok_or_panic("get");
@@ -215,7 +225,7 @@ async fn a_batch_of_results_keeps_each_once_and_finishes_the_deployment_once(f: 
         .ok_or_panic("again");
     assert!(again
         .iter()
-        .all(|s| s.task.is_none() && !s.finished_deployment));
+        .all(|s| !matches!(s.outcome, ResultOutcome::Stored(_)) && !s.finished_deployment));
     assert!(store
         .complete_tasks(&[], NOW, |task| task.target.clone())
         .await

@@ -44,6 +44,21 @@ impl Store {
         states: &'static str,
     ) -> Result<Vec<Task>, StoreError> {
         const OP: &str = "claiming tasks";
+        // Read first: an agent with nothing to claim, the usual case when a session opens
+        // (10,000 of them in a reconnect storm), takes no write lock. A task created
+        // after this read is handed out by its deployment's dispatch or the pending sweep.
+        let any = sqlx::query_scalar::<_, String>(&format!(
+            "SELECT id FROM tasks WHERE agent_id = $1 \
+             AND state IN {states} AND deadline_at_ms > $2 LIMIT 1"
+        ))
+        .bind(agent_id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(database(OP))?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write(OP).await?;
         let deployment_ids = sqlx::query_scalar::<_, String>(&format!(
             "SELECT DISTINCT deployment_id FROM tasks WHERE agent_id = $1 \

@@ -102,6 +102,10 @@ pub struct FleetArgs {
     /// Bench this `stella` binary instead of the workspace's; implies `--no-build`.
     #[arg(long, value_name = "PATH")]
     server_binary: Option<PathBuf>,
+    /// Diagnostics: run the server under this command, e.g. `perf record -g` or
+    /// `taskset -c 1` (as in `bench agents`).
+    #[arg(long, value_name = "COMMAND")]
+    server_wrapper: Option<String>,
 }
 
 impl FleetArgs {
@@ -174,7 +178,13 @@ async fn bench(args: &FleetArgs, binary: &Path) -> anyhow::Result<()> {
         "heartbeat_interval_seconds = {}\napi_plain_http = true\n",
         args.heartbeat_interval_seconds
     );
-    let server = ServerProcess::start(binary, work_dir.path(), &config, None).await?;
+    let server = ServerProcess::start(
+        binary,
+        work_dir.path(),
+        &config,
+        args.server_wrapper.as_deref(),
+    )
+    .await?;
     println!(
         "server pid {} (log: {})",
         server.pid(),
