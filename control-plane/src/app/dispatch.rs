@@ -11,9 +11,6 @@ use crate::domain::{references, DeploySpec, Deployment, Task, TaskKind, TaskStat
 use crate::error::{AppError, ErrorChain, ErrorKind};
 use crate::store::{ResultOutcome, TaskResultRecord};
 
-/// Agents whose tasks of a new deployment one transaction claims.
-const CLAIM_CHUNK: usize = 500;
-
 /// Registry credentials (user, password) by host, as [`App::registry_access`] gives
 /// them; `None` for a registry without any.
 type RegistryCredentials = HashMap<String, Option<(String, String)>>;
@@ -72,50 +69,28 @@ impl App {
         self.send_assignments(tasks).await;
     }
 
-    /// Hands a new deployment's tasks to the agents whose sessions this replica holds
-    /// (agents on other replicas are told by those), [`CLAIM_CHUNK`] agents at a time:
-    /// one transaction claims a chunk's tasks while the previous chunk's are written to
-    /// their streams, so the first frames leave after one small transaction and claiming
-    /// overlaps sending. A task is on a stream only once its claim is committed.
+    /// Hands a new deployment's tasks to the agents whose sessions this replica holds,
+    /// claiming them in one transaction and logging the assignments in another, however
+    /// many agents there are (agents on other replicas are told by those). Claiming in
+    /// chunks while sending the previous chunk was tried: the first results then reach
+    /// the one SQLite writer between the chunks' claims, and the last frame left later.
     pub(super) async fn dispatch_deployment(&self, deployment_id: &str, agent_ids: &[&str]) {
         let open: Vec<&str> = agent_ids
             .iter()
             .copied()
             .filter(|agent| self.sessions.is_open(agent))
             .collect();
-        let mut chunks = open.chunks(CLAIM_CHUNK);
-        let Some(first) = chunks.next() else {
+        if open.is_empty() {
             return;
-        };
-        let mut claimed = self.claim_chunk(deployment_id, first).await;
-        loop {
-            let next = chunks.next();
-            let claim_next = async {
-                match next {
-                    Some(chunk) => Some(self.claim_chunk(deployment_id, chunk).await),
-                    None => None,
-                }
-            };
-            let ((), next_claimed) = tokio::join!(self.send_assignments(claimed), claim_next);
-            match next_claimed {
-                Some(tasks) => claimed = tasks,
-                None => break,
-            }
         }
-    }
-
-    /// Claims a deployment's pending tasks of these agents; a failure is logged and the
-    /// tasks stay pending for the pending sweep.
-    async fn claim_chunk(&self, deployment_id: &str, agent_ids: &[&str]) -> Vec<Task> {
         match self
             .store
-            .claim_pending_tasks_of_deployment(deployment_id, agent_ids, now_ms())
+            .claim_pending_tasks_of_deployment(deployment_id, &open, now_ms())
             .await
         {
-            Ok(tasks) => tasks,
+            Ok(tasks) => self.send_assignments(tasks).await,
             Err(error) => {
                 tracing::warn!(deployment_id, error = %ErrorChain(&error), "claiming a deployment's tasks failed");
-                Vec::new()
             }
         }
     }
