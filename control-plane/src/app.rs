@@ -14,6 +14,7 @@ mod drift;
 mod environments;
 mod events;
 mod evidence;
+mod group_commit;
 mod offline;
 mod promotions;
 mod registries;
@@ -23,6 +24,7 @@ mod rollouts;
 mod routers;
 pub mod runs;
 mod scans;
+mod settlements;
 mod targets;
 mod tokens;
 mod webhooks;
@@ -103,6 +105,8 @@ pub struct App {
     audit_log: AuditLog,
     /// Task results waiting for the group-committing writer.
     task_results: results::ResultWriter,
+    /// New promotions settled without a deployment, waiting for their group commit.
+    settlements: settlements::SettlementWriter,
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
     /// Access-token keys, rate limits, last-use and client revocation caches.
@@ -279,6 +283,7 @@ impl App {
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
             task_results: results::ResultWriter::default(),
+            settlements: settlements::SettlementWriter::default(),
             document_cache: documents::DocumentCache::default(),
             run_engine: runs::RunEngine::default(),
             checks: asked::Asked::new("target check"),
@@ -319,6 +324,7 @@ impl App {
             webhook_wake: tokio::sync::Notify::new(),
             audit_log: AuditLog::default(),
             task_results: results::ResultWriter::default(),
+            settlements: settlements::SettlementWriter::default(),
             document_cache: documents::DocumentCache::default(),
             identity: self.identity.clone(),
             api_tls: None,

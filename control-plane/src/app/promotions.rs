@@ -21,7 +21,7 @@ use crate::domain::{
     Promotion, PromotionState, Release, Role, User, Verdict,
 };
 use crate::error::{AppError, ErrorKind};
-use crate::store::{PromotionUpdate, StoreError};
+use crate::store::{NewSettlement, PromotionUpdate, StoreError};
 
 /// A promotion with what an operator needs to see: its approvals and last gate results.
 #[derive(Debug, Clone)]
@@ -477,6 +477,35 @@ impl App {
             }
             .into_event()
         });
+        let settled = new.map(|promotion| Promotion {
+            state,
+            plan_json: plan.clone(),
+            plan_hash: gathered.plan_hash.clone(),
+            gates_json: gates.clone(),
+            message: Some(message.clone()),
+            decision_id: record.as_ref().map(|r| r.id.clone()),
+            deployment_id: deployment.as_ref().map(|(d, _)| d.id.clone()),
+            run_id: workflow_run.clone(),
+            updated_at_ms: now,
+            ..promotion.clone()
+        });
+        // A new promotion that starts nothing: group-committed with others.
+        if let (Some(settled), None, None, None) = (&settled, &deployment, &rollout, &workflow_run)
+        {
+            self.store_settlement(NewSettlement {
+                promotion: settled.clone(),
+                decision: record.clone(),
+                event,
+                deliveries: None,
+            })
+            .await?;
+            self.promotion_evaluated(&promotion_id, release, env, &decision, record.as_ref());
+            return Ok(Some(PromotionDetail {
+                promotion: settled.clone(),
+                approvals: Vec::new(),
+                gates: decision.gates,
+            }));
+        }
         let update = PromotionUpdate {
             promotion_id: &promotion_id,
             expected: PromotionState::AwaitingApproval,
@@ -528,25 +557,10 @@ impl App {
             }
             Err(other) => return Err(other.into()),
         };
-        tracing::info!(promotion_id = %promotion_id, environment = %env.name, release = %release.name, version = %release.version, outcome = decision.outcome.as_str(), decision_id = ?record.as_ref().map(|r| r.id.as_str()), "promotion evaluated");
-        self.metrics
-            .delivery
-            .decision_made(decision.outcome.as_str());
+        self.promotion_evaluated(&promotion_id, release, env, &decision, record.as_ref());
         if let Some(event) = &event {
             self.enqueue_webhooks(event).await;
         }
-        let settled = new.map(|promotion| Promotion {
-            state,
-            plan_json: plan.clone(),
-            plan_hash: gathered.plan_hash.clone(),
-            gates_json: gates.clone(),
-            message: Some(message.clone()),
-            decision_id: record.as_ref().map(|r| r.id.clone()),
-            deployment_id: deployment.as_ref().map(|(d, _)| d.id.clone()),
-            run_id: workflow_run.clone(),
-            updated_at_ms: now,
-            ..promotion.clone()
-        });
         if let (Some((mut deployment, tasks)), Some(generation)) = (deployment, generation) {
             deployment.generation = generation;
             match &rollout {
@@ -568,6 +582,21 @@ impl App {
             approvals: Vec::new(),
             gates: decision.gates,
         }))
+    }
+
+    /// Logs and counts a stored evaluation.
+    fn promotion_evaluated(
+        &self,
+        promotion_id: &str,
+        release: &Release,
+        env: &Environment,
+        decision: &Decision,
+        record: Option<&DecisionRecord>,
+    ) {
+        tracing::info!(promotion_id = %promotion_id, environment = %env.name, release = %release.name, version = %release.version, outcome = decision.outcome.as_str(), decision_id = ?record.map(|r| r.id.as_str()), "promotion evaluated");
+        self.metrics
+            .delivery
+            .decision_made(decision.outcome.as_str());
     }
 
     /// The evaluation time of a decision: now, unless the configuration pins it

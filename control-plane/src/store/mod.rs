@@ -35,6 +35,7 @@ mod rollouts;
 mod routers;
 mod runs;
 mod scans;
+mod settlements;
 mod targets;
 mod tenants;
 mod tokens;
@@ -57,6 +58,7 @@ pub use error::StoreError;
 pub use promotions::PromotionUpdate;
 pub use rollouts::{StepTask, StepTaskResult};
 pub use scans::{EnvironmentVerdict, ScanLink, ScanReportRef, VerdictUpdate};
+pub use settlements::NewSettlement;
 
 use error::database;
 
@@ -255,6 +257,7 @@ async fn sqlite_pools(
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
             .connect_with(options)
             .await
@@ -278,8 +281,12 @@ async fn sqlite_pools(
         .await
         .map_err(database("opening the sqlite database"))?;
 
+    // No ping before each acquire (sqlx's default): a connection to a local file does
+    // not go stale, and the ping was a round trip to the connection's thread per
+    // statement.
     let readers = AnyPoolOptions::new()
         .max_connections(max_connections.unwrap_or(SQLITE_DEFAULT_MAX_CONNECTIONS))
+        .test_before_acquire(false)
         .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
         .connect_with(options.clone())
         .await
@@ -290,6 +297,7 @@ async fn sqlite_pools(
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn).await }))
         .connect_with(options)
@@ -315,6 +323,27 @@ async fn postgres_pool(
         .connect_with(options)
         .await
         .map_err(database("connecting to postgresql"))
+}
+
+/// `($1, $2), ($3, $4)`: the `VALUES` of a multi-row `INSERT` of `rows` rows of `columns`
+/// values each, numbered from `$1` row by row.
+pub(super) fn value_rows(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// Whether `text` may be the start of an id: at least 8 characters, hex digits and `-`
