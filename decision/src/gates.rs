@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::canonical_via_value as canonical_bytes;
 use crate::freeze::{active_freeze, FreezeWindow};
+use crate::memo::Memo;
 use crate::policy::Policy;
 use crate::scan::{self, ImageSubject, ScanDocument, ScannedImage, Severity};
 use crate::{format_time, sha256_id, DecisionError};
@@ -358,7 +359,12 @@ fn freeze_gate(inputs: &DecisionInputs) -> Result<GateResult, DecisionError> {
         .gates
         .freeze
         .iter()
-        .map(|spec| spec.parse::<FreezeWindow>())
+        .map(|spec| {
+            static WINDOWS: Memo<FreezeWindow> = Memo::new(1024);
+            WINDOWS
+                .get_or_try(spec, || spec.parse::<FreezeWindow>())
+                .map(|window| (*window).clone())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let Some(active) = active_freeze(&windows, inputs.evaluated_at_ms) else {
         return Ok(gate(
@@ -408,7 +414,32 @@ fn security_gate(
 /// severity and `allow_unscanned` of `config`. [`decide`] calls it for a promotion; the
 /// server calls it again when a report or VEX document arrives for a release that runs
 /// already, so the verdict it stores is the one a promotion would get.
+///
+/// The result depends on nothing but those inputs, and the documents are named by
+/// content id: it is computed once per process for the same inputs.
 pub fn security(
+    release: &ReleaseInput,
+    config: &GateConfig,
+    reports: &BTreeMap<String, Vec<String>>,
+    vex_ids: &[String],
+    documents: &Documents,
+) -> Result<(GateResult, scan::SecurityVerdict), DecisionError> {
+    static VERDICTS: Memo<(GateResult, scan::SecurityVerdict)> = Memo::new(1024);
+    let key = serde_json::to_string(&(
+        &release.components,
+        &config.block_severity,
+        config.allow_unscanned,
+        reports,
+        vex_ids,
+    ))
+    .map_err(|e| DecisionError::new(format!("security gate inputs: {e}")))?;
+    let memoised = VERDICTS.get_or_try(&key, || {
+        security_of(release, config, reports, vex_ids, documents)
+    })?;
+    Ok((*memoised).clone())
+}
+
+fn security_of(
     release: &ReleaseInput,
     config: &GateConfig,
     reports: &BTreeMap<String, Vec<String>>,
@@ -629,56 +660,32 @@ fn policy_gate(
 /// Policies compiled once per process, by document id (the sha256 of the source, so an
 /// entry can never be stale).
 fn compiled_policy(id: &str, source: &str) -> Result<std::sync::Arc<Policy>, DecisionError> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<Policy>>>> = OnceLock::new();
-    const MAX_CACHED: usize = 64;
-    let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(policy) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
-        return Ok(policy);
-    }
-    let policy = Arc::new(Policy::compile(source)?);
-    if policy.sha256() != id {
-        return Err(DecisionError::new(format!(
-            "policy document {id} holds a source whose id is {}",
-            policy.sha256()
-        )));
-    }
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
+    static POLICIES: Memo<Policy> = Memo::new(64);
+    POLICIES.get_or_try(id, || {
+        let policy = Policy::compile(source)?;
+        if policy.sha256() != id {
+            return Err(DecisionError::new(format!(
+                "policy document {id} holds a source whose id is {}",
+                policy.sha256()
+            )));
         }
-        cache.insert(id.to_owned(), policy.clone());
-    }
-    Ok(policy)
+        Ok(policy)
+    })
 }
 
 /// Scan documents parsed once per process, by document id (content-addressed: the id
 /// is checked against the bytes once, when the document is first parsed).
 fn parsed_document(id: &str, bytes: &[u8]) -> Result<std::sync::Arc<ScanDocument>, DecisionError> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<BTreeMap<String, Arc<ScanDocument>>>> = OnceLock::new();
-    const MAX_CACHED: usize = 4096;
-    let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(document) = cache.lock().ok().and_then(|c| c.get(id).cloned()) {
-        return Ok(document);
-    }
-    if sha256_id(bytes) != id {
-        return Err(DecisionError::new(format!(
-            "document {id} holds content whose id is {}",
-            sha256_id(bytes)
-        )));
-    }
-    let document = Arc::new(
-        scan::parse_document(bytes)
-            .map_err(|e| DecisionError::new(format!("document {id}: {e}")))?,
-    );
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
+    static DOCUMENTS: Memo<ScanDocument> = Memo::new(4096);
+    DOCUMENTS.get_or_try(id, || {
+        if sha256_id(bytes) != id {
+            return Err(DecisionError::new(format!(
+                "document {id} holds content whose id is {}",
+                sha256_id(bytes)
+            )));
         }
-        cache.insert(id.to_owned(), document.clone());
-    }
-    Ok(document)
+        scan::parse_document(bytes).map_err(|e| DecisionError::new(format!("document {id}: {e}")))
+    })
 }
 
 /// The policy's `input` document (docs/governance.md describes it).

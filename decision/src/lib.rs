@@ -26,6 +26,7 @@ pub mod evidence;
 pub mod freeze;
 pub mod gates;
 pub mod intoto;
+mod memo;
 pub mod offline;
 pub mod plan;
 pub mod policy;

@@ -98,6 +98,7 @@ impl App {
             .await?;
         let now = now_ms();
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+
         let promotion = Promotion {
             id: id.clone(),
             environment: env.name.clone(),
