@@ -98,7 +98,6 @@ impl App {
             .await?;
         let now = now_ms();
         let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
-
         let promotion = Promotion {
             id: id.clone(),
             environment: env.name.clone(),
@@ -691,21 +690,30 @@ impl App {
         break_glass: Option<&(String, String)>,
         now: i64,
     ) -> Result<Gathered, AppError> {
-        let (mut plan, targets, settings) = self.deployment_plan(release, env).await?;
-        plan.workflow = self.compile_workflow(env, &plan).await?;
-        let plan_hash = plan.hash().map_err(undecidable)?;
-        let order = match &env.after {
-            Some(after) => Some(OrderFact {
-                environment: after.clone(),
-                deployed_as: self.deployed_in(after, release).await?,
-            }),
-            None => None,
-        };
+        // Three independent sets of reads, in flight together.
+        let release_input = release_input(release);
+        let (planned, order, scans) = tokio::join!(
+            self.deployment_plan(release, env),
+            async {
+                match &env.after {
+                    Some(after) => Ok::<_, AppError>(Some(OrderFact {
+                        environment: after.clone(),
+                        deployed_as: self.deployed_in(after, release).await?,
+                    })),
+                    None => Ok(None),
+                }
+            },
+            self.scan_inputs(&release_input),
+        );
+        let (mut plan, targets, settings) = planned?;
+        let order = order?;
         let ScanInputs {
             reports,
             vex,
             mut documents,
-        } = self.scan_inputs(&plan.release).await?;
+        } = scans?;
+        plan.workflow = self.compile_workflow(env, &plan).await?;
+        let plan_hash = plan.hash().map_err(undecidable)?;
         if let Some(policy) = &env.gates.policy_id {
             documents.append(&mut self.documents(&[policy.as_str()]).await?);
         }

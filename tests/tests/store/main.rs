@@ -51,6 +51,7 @@ mod changes;
 mod delivery;
 mod deployments;
 mod log_order;
+mod promotions;
 mod routers;
 mod settle;
 mod users;

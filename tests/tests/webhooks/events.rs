@@ -202,3 +202,98 @@ async fn drift_is_announced_once_per_finding_change() -> anyhow::Result<()> {
     assert_eq!(deliveries(&server, &id).await?.len(), 6);
     Ok(())
 }
+
+/// Promotions blocked at once are stored by one group commit with their events and
+/// deliveries: every promotion is stored, and each event delivered once, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blocked_promotions_are_each_stored_and_delivered_once() -> anyhow::Result<()> {
+    use stella_control_plane::domain::{Component, Digest, Release, Role};
+
+    let server = TestServer::start().await?;
+    let app = server.running().app.clone();
+    let agent = stella_tests::TestAgent::start(&server, "web-host").await?;
+    server
+        .wait_for_state("web-host", "connected", Duration::from_secs(20))
+        .await?;
+    server
+        .post(
+            "/api/v1/environments",
+            json!({"name": "stage", "allow_unscanned": true}),
+        )
+        .await?;
+    server
+        .post(
+            "/api/v1/environments",
+            json!({"name": "prod", "after": "stage", "allow_unscanned": true}),
+        )
+        .await?;
+    server
+        .post(
+            "/api/v1/targets",
+            json!({"name": "web-1", "environment": "prod", "kind": "docker", "agent": "web-host"}),
+        )
+        .await?;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    app.store
+        .create_release(&Release {
+            name: "shop".to_owned(),
+            version: "2.0".to_owned(),
+            components: vec![Component {
+                name: "web".to_owned(),
+                source: "registry.example.com/shop/web:2.0".to_owned(),
+                image: format!("registry.example.com/shop/web@{digest}"),
+                digest: Digest::parse(&digest).map_err(|e| anyhow::anyhow!("{}", e.0))?,
+            }],
+            created_by: "test".to_owned(),
+            created_at_ms: now_ms(),
+        })
+        .await?;
+    let mut receiver = Receiver::down()?;
+    receiver.up()?;
+    let (webhook_id, secret) =
+        create_webhook(&server, &receiver.url(), &["promotion.blocked"]).await?;
+    receiver.set_secret(&secret);
+    let (user, _) = app.create_user("release-bot", vec![Role::Operator]).await?;
+
+    const PROMOTIONS: usize = 24;
+    let mut requests = Vec::new();
+    for _ in 0..PROMOTIONS {
+        let (app, user) = (app.clone(), user.clone());
+        requests.push(tokio::spawn(async move {
+            app.promote("shop", "2.0", "prod", &user, None).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for request in requests {
+        let detail = request.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(detail.promotion.state.as_str(), "blocked");
+        let stored = app.store.get_promotion(&detail.promotion.id).await?;
+        assert_eq!(stored, detail.promotion, "stored as answered");
+        let decision = stored.decision_id.clone().unwrap_or_default();
+        app.store.get_decision(&decision).await?;
+        ids.insert(detail.promotion.id);
+    }
+    assert_eq!(ids.len(), PROMOTIONS);
+
+    let got = wait_until("every blocked promotion is delivered", WAIT, || async {
+        let got = receiver.received();
+        (got.len() >= PROMOTIONS).then_some(got)
+    })
+    .await?;
+    // Give a duplicate time to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received().len().max(got.len());
+    assert_eq!(got, PROMOTIONS, "each event delivered once");
+    let received = receiver.received();
+    assert!(received.iter().all(|r| r.signature_valid));
+    let subjects: std::collections::BTreeSet<String> = received
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(subjects, ids, "one delivery per promotion");
+    let listed = deliveries(&server, &webhook_id).await?;
+    assert_eq!(listed.len(), PROMOTIONS);
+    assert!(app.store.unfanned_events(now_ms(), 100).await?.is_empty());
+    agent.stop().await?;
+    Ok(())
+}
