@@ -562,6 +562,22 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
+/// The deliveries `event` makes: one per webhook of `webhooks` subscribing to its kind.
+pub(super) fn deliveries_for(event: &Event, webhooks: &[Webhook]) -> Vec<NewDelivery> {
+    let payload = webhook_payload(event);
+    webhooks
+        .iter()
+        .filter(|webhook| webhook.subscribes(event.kind))
+        .map(|webhook| NewDelivery {
+            id: uuid::Uuid::now_v7().to_string(),
+            webhook_id: webhook.id.clone(),
+            event: event.kind.as_str().to_owned(),
+            payload: payload.clone(),
+            created_at_ms: now_ms(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,20 +607,4 @@ mod tests {
         assert_eq!(truncate("é".repeat(10), 5), "éé…");
         assert_eq!(truncate("short".to_owned(), 10), "short");
     }
-}
-
-/// The deliveries `event` makes: one per webhook of `webhooks` subscribing to its kind.
-pub(super) fn deliveries_for(event: &Event, webhooks: &[Webhook]) -> Vec<NewDelivery> {
-    let payload = webhook_payload(event);
-    webhooks
-        .iter()
-        .filter(|webhook| webhook.subscribes(event.kind))
-        .map(|webhook| NewDelivery {
-            id: uuid::Uuid::now_v7().to_string(),
-            webhook_id: webhook.id.clone(),
-            event: event.kind.as_str().to_owned(),
-            payload: payload.clone(),
-            created_at_ms: now_ms(),
-        })
-        .collect()
 }
