@@ -1,0 +1,150 @@
+//! What one evaluation of a promotion reads from the store: the plan (targets, their
+//! planned settings, agents, the workflow), the order gate's fact, the scan reports and
+//! VEX documents, the policy source; the independent reads in flight together.
+
+use super::{gate_config, release_input, undecidable, Gathered, PlannedTargetSettings};
+use crate::app::scans::ScanInputs;
+use crate::app::App;
+use crate::domain::{Environment, Release};
+use crate::error::{AppError, ErrorKind};
+use stella_decision::gates::{self, BreakGlass, DecisionInputs, OrderFact, Plan, TargetInput};
+
+impl App {
+    /// The deployment part of a promotion's plan (no workflow): the release, the gates,
+    /// every target with its planned settings and the secrets they reference; with the
+    /// targets and their settings as the deployment will use them.
+    pub(in crate::app) async fn deployment_plan(
+        &self,
+        release: &Release,
+        env: &Environment,
+    ) -> Result<(Plan, Vec<crate::domain::Target>, PlannedTargetSettings), AppError> {
+        let targets = self.store.list_targets(Some(&env.name)).await?;
+        if targets.is_empty() {
+            return Err(AppError::new(
+                ErrorKind::FailedPrecondition,
+                "no_targets",
+                format!(
+                    "environment `{}` has no targets: add one with `stella target create`",
+                    env.name
+                ),
+            ));
+        }
+        let planned = self.plan_settings(env, &targets).await?;
+        let agents = self.agents_of(&targets).await?;
+        let plan = Plan {
+            schema: gates::PLAN_SCHEMA.to_owned(),
+            release: release_input(release),
+            gates: gate_config(env),
+            targets: targets
+                .iter()
+                .map(|t| TargetInput {
+                    name: t.name.clone(),
+                    kind: t.kind.as_str().to_owned(),
+                    agent: agents
+                        .get(&t.agent_id)
+                        .map_or_else(|| t.agent_id.clone(), |a| a.name.clone()),
+                    settings: planned.settings.get(&t.name).cloned().unwrap_or_default(),
+                })
+                .collect(),
+            secrets: planned.secret_versions,
+            workflow: None,
+            rollout: crate::app::rollouts::rollout_input(env, &targets, &agents)?,
+        };
+        Ok((plan, targets, planned.settings))
+    }
+
+    /// Everything one evaluation needs, read from the store now.
+    pub(super) async fn gather(
+        &self,
+        release: &Release,
+        env: &Environment,
+        requested_by: &str,
+        break_glass: Option<&(String, String)>,
+        now: i64,
+    ) -> Result<Gathered, AppError> {
+        // Three independent sets of reads, in flight together.
+        let release_input = release_input(release);
+        let (planned, order, scans) = tokio::join!(
+            self.deployment_plan(release, env),
+            async {
+                match &env.after {
+                    Some(after) => Ok::<_, AppError>(Some(OrderFact {
+                        environment: after.clone(),
+                        deployed_as: self.deployed_in(after, release).await?,
+                    })),
+                    None => Ok(None),
+                }
+            },
+            self.scan_inputs(&release_input),
+        );
+        let (mut plan, targets, settings) = planned?;
+        let order = order?;
+        let ScanInputs {
+            reports,
+            vex,
+            mut documents,
+        } = scans?;
+        plan.workflow = self.compile_workflow(env, &plan).await?;
+        let plan_hash = plan.hash().map_err(undecidable)?;
+        if let Some(policy) = &env.gates.policy_id {
+            documents.append(&mut self.documents(&[policy.as_str()]).await?);
+        }
+        let inputs = DecisionInputs {
+            schema: gates::INPUTS_SCHEMA.to_owned(),
+            evaluated_at_ms: now,
+            requested_by: requested_by.to_owned(),
+            plan: plan.clone(),
+            plan_hash: plan_hash.clone(),
+            order,
+            approvals: Vec::new(),
+            break_glass: break_glass.map(|(by, reason)| BreakGlass {
+                by: by.clone(),
+                reason: reason.clone(),
+                admin: true,
+            }),
+            reports,
+            vex,
+        };
+        Ok(Gathered {
+            plan,
+            plan_hash,
+            targets,
+            settings,
+            inputs,
+            documents,
+            plan_note: None,
+        })
+    }
+
+    /// `name@version` of a release with the same digests that was deployed successfully
+    /// in `environment`.
+    async fn deployed_in(
+        &self,
+        environment: &str,
+        release: &Release,
+    ) -> Result<Option<String>, AppError> {
+        if let Some(deployment) = self
+            .store
+            .succeeded_deployment_of_release(environment, &release.name, &release.version)
+            .await?
+        {
+            return Ok(Some(format!(
+                "{}@{}",
+                deployment.release, deployment.version
+            )));
+        }
+        // Another release (name or version) may pin exactly the same digests.
+        for deployment in self.store.succeeded_deployments(environment, 200).await? {
+            if let Ok(other) = self
+                .store
+                .get_release(&deployment.release, &deployment.version)
+                .await
+            {
+                if other.same_content(release) {
+                    return Ok(Some(format!("{}@{}", other.name, other.version)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
