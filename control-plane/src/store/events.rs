@@ -116,20 +116,38 @@ pub(super) async fn insert_event<'e, E>(executor: E, event: &Event) -> Result<()
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(
+    insert_event_rows(executor, &[(event, false)])
+        .await
+        .map_err(unique("storing an event", "event", &event.id))
+}
+
+/// Inserts events in one statement, each with whether it is stored fanned out (its
+/// deliveries queued in the same transaction).
+pub(super) async fn insert_event_rows<'e, E>(
+    executor: E,
+    events: &[(&Event, bool)],
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
         "INSERT INTO events (id, kind, environment, release_name, release_version, \
-         subject, message, at_ms, fanned_out) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
-    )
-    .bind(event.id.as_str())
-    .bind(event.kind.as_str())
-    .bind(event.environment.as_deref())
-    .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
-    .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
-    .bind(event.subject.as_deref())
-    .bind(event.message.as_str())
-    .bind(event.at_ms)
-    .execute(executor)
-    .await
-    .map_err(unique("storing an event", "event", &event.id))?;
+         subject, message, at_ms, fanned_out) VALUES {}",
+        super::value_rows(events.len(), 9)
+    );
+    let mut query = sqlx::query(&sql);
+    for (event, fanned_out) in events {
+        query = query
+            .bind(event.id.as_str())
+            .bind(event.kind.as_str())
+            .bind(event.environment.as_deref())
+            .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
+            .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
+            .bind(event.subject.as_deref())
+            .bind(event.message.as_str())
+            .bind(event.at_ms)
+            .bind(i64::from(*fanned_out));
+    }
+    query.execute(executor).await?;
     Ok(())
 }

@@ -160,24 +160,11 @@ impl Store {
             self.insert_rollout(tx, rollout).await?;
         }
         if let Some(decision) = update.decision {
-            sqlx::query(
-                "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \
-                 envelope_json, key_id, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(decision.id.as_str())
-            .bind(decision.promotion_id.as_str())
-            .bind(decision.outcome.as_str())
-            .bind(decision.decision_json.as_str())
-            .bind(decision.inputs_json.as_str())
-            .bind(decision.envelope_json.as_str())
-            .bind(decision.key_id.as_str())
-            .bind(decision.created_at_ms)
-            .execute(&mut **tx)
-            .await
             // Content-addressed: the same decision reached twice (same inputs, same
             // time) is one record.
-            .map_err(database(OP))?;
+            insert_decision_rows(&mut **tx, &[decision])
+                .await
+                .map_err(database(OP))?;
         }
         if let Some(event) = update.event {
             insert_event(&mut **tx, event).await?;
@@ -723,4 +710,34 @@ impl DocumentRow {
             created_at_ms: self.created_at_ms,
         }
     }
+}
+
+/// Inserts decisions in one statement; one stored already (content-addressed: the same
+/// inputs at the same time) is kept.
+pub(super) async fn insert_decision_rows<'e, E>(
+    executor: E,
+    decisions: &[&DecisionRecord],
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
+        "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \
+         envelope_json, key_id, created_at_ms) VALUES {} ON CONFLICT (id) DO NOTHING",
+        super::value_rows(decisions.len(), 8)
+    );
+    let mut query = sqlx::query(&sql);
+    for decision in decisions {
+        query = query
+            .bind(decision.id.as_str())
+            .bind(decision.promotion_id.as_str())
+            .bind(decision.outcome.as_str())
+            .bind(decision.decision_json.as_str())
+            .bind(decision.inputs_json.as_str())
+            .bind(decision.envelope_json.as_str())
+            .bind(decision.key_id.as_str())
+            .bind(decision.created_at_ms);
+    }
+    query.execute(executor).await?;
+    Ok(())
 }

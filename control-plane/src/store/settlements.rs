@@ -2,6 +2,8 @@
 //! approvals), many in one transaction: what the promotion group commit writes.
 
 use super::error::database;
+use super::events::insert_event_rows;
+use super::promotions::insert_decision_rows;
 use super::webhooks::insert_deliveries;
 use super::{value_rows, Store, StoreError};
 use crate::domain::{DecisionRecord, Event, NewDelivery, Promotion};
@@ -47,49 +49,18 @@ impl Store {
             .filter_map(|s| s.decision.as_ref())
             .collect();
         for chunk in decisions.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO decisions (id, promotion_id, outcome, decision_json, inputs_json, \
-                 envelope_json, key_id, created_at_ms) VALUES {} ON CONFLICT (id) DO NOTHING",
-                value_rows(chunk.len(), 8)
-            );
-            let mut query = sqlx::query(&sql);
-            for decision in chunk {
-                query = query
-                    .bind(decision.id.as_str())
-                    .bind(decision.promotion_id.as_str())
-                    .bind(decision.outcome.as_str())
-                    .bind(decision.decision_json.as_str())
-                    .bind(decision.inputs_json.as_str())
-                    .bind(decision.envelope_json.as_str())
-                    .bind(decision.key_id.as_str())
-                    .bind(decision.created_at_ms);
-            }
-            query.execute(&mut *tx).await.map_err(database(OP))?;
+            insert_decision_rows(&mut *tx, chunk)
+                .await
+                .map_err(database(OP))?;
         }
         let events: Vec<(&Event, bool)> = settlements
             .iter()
             .filter_map(|s| s.event.as_ref().map(|e| (e, s.deliveries.is_some())))
             .collect();
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO events (id, kind, environment, release_name, release_version, \
-                 subject, message, at_ms, fanned_out) VALUES {}",
-                value_rows(chunk.len(), 9)
-            );
-            let mut query = sqlx::query(&sql);
-            for (event, fanned_out) in chunk {
-                query = query
-                    .bind(event.id.as_str())
-                    .bind(event.kind.as_str())
-                    .bind(event.environment.as_deref())
-                    .bind(event.release.as_ref().map(|(name, _)| name.as_str()))
-                    .bind(event.release.as_ref().map(|(_, version)| version.as_str()))
-                    .bind(event.subject.as_deref())
-                    .bind(event.message.as_str())
-                    .bind(event.at_ms)
-                    .bind(i64::from(*fanned_out));
-            }
-            query.execute(&mut *tx).await.map_err(database(OP))?;
+            insert_event_rows(&mut *tx, chunk)
+                .await
+                .map_err(database(OP))?;
         }
         let deliveries: Vec<NewDelivery> = settlements
             .iter()
