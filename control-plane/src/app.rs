@@ -109,6 +109,8 @@ pub struct App {
     settlements: settlements::SettlementWriter,
     /// Document contents by id (content-addressed, so never stale).
     document_cache: documents::DocumentCache,
+    /// What promotions read from configuration, by configuration generation.
+    configured: promotions::ConfiguredCache,
     /// Access-token keys, rate limits, last-use and client revocation caches.
     pub identity: Arc<crate::auth::Identity>,
     /// The REST API's TLS; `None` when it serves plain HTTP (and in every tenant's
@@ -285,6 +287,7 @@ impl App {
             task_results: results::ResultWriter::default(),
             settlements: settlements::SettlementWriter::default(),
             document_cache: documents::DocumentCache::default(),
+            configured: promotions::ConfiguredCache::default(),
             run_engine: runs::RunEngine::default(),
             checks: asked::Asked::new("target check"),
             routes: asked::Asked::new("route request"),
@@ -326,6 +329,7 @@ impl App {
             task_results: results::ResultWriter::default(),
             settlements: settlements::SettlementWriter::default(),
             document_cache: documents::DocumentCache::default(),
+            configured: promotions::ConfiguredCache::default(),
             identity: self.identity.clone(),
             api_tls: None,
             run_engine: runs::RunEngine::default(),

@@ -215,6 +215,15 @@ impl Decision {
 /// inputs that cannot be read (a missing or unreadable document, a broken freeze window
 /// or policy), never on a gate that says no.
 pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision, DecisionError> {
+    Ok(decide_canonical(inputs, documents)?.0)
+}
+
+/// [`decide`], with the canonical JSON of `inputs` that the decision's `inputs` id is the
+/// `sha256:` of (what a decision record stores beside the decision).
+pub fn decide_canonical(
+    inputs: &DecisionInputs,
+    documents: &Documents,
+) -> Result<(Decision, Vec<u8>), DecisionError> {
     if inputs.schema != INPUTS_SCHEMA {
         return Err(DecisionError::new(format!(
             "decision inputs: schema `{}` is not `{INPUTS_SCHEMA}`",
@@ -231,9 +240,10 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
     let gates = &inputs.plan.gates;
     let order = order_gate(inputs);
     let freeze = freeze_gate(inputs)?;
-    let (security, verdict) = security_gate(inputs, documents)?;
+    let security = security_gate(inputs, documents)?;
     let approvals = approvals_gate(inputs);
-    let policy = policy_gate(inputs, documents, &verdict, &approvals.1)?;
+    let policy = policy_gate(inputs, documents, &security, &approvals.1)?;
+    let security = security.gate.clone();
     let rejected = inputs.approvals.iter().any(|a| {
         a.verdict == "rejected" && a.roles.iter().any(|r| r == "approver" || r == "admin")
     });
@@ -248,9 +258,10 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
         Outcome::Allowed
     };
     let overridden = results.iter().any(|g| g.status == GateStatus::Overridden);
-    Ok(Decision {
+    let inputs_bytes = canonical_bytes(inputs)?;
+    let decision = Decision {
         schema: DECISION_SCHEMA.to_owned(),
-        inputs: sha256_id(&canonical_bytes(inputs)?),
+        inputs: sha256_id(&inputs_bytes),
         release: inputs.plan.release.name.clone(),
         version: inputs.plan.release.version.clone(),
         environment: gates.environment.clone(),
@@ -275,7 +286,8 @@ pub fn decide(inputs: &DecisionInputs, documents: &Documents) -> Result<Decision
         } else {
             None
         },
-    })
+    };
+    Ok((decision, inputs_bytes))
 }
 
 /// Recomputes the canonical decision bytes from canonical input bytes: what replay and
@@ -399,14 +411,22 @@ fn freeze_gate(inputs: &DecisionInputs) -> Result<GateResult, DecisionError> {
 fn security_gate(
     inputs: &DecisionInputs,
     documents: &Documents,
-) -> Result<(GateResult, scan::SecurityVerdict), DecisionError> {
-    security(
+) -> Result<std::sync::Arc<SecurityMemo>, DecisionError> {
+    security_memo(
         &inputs.plan.release,
         &inputs.plan.gates,
         &inputs.reports,
         &inputs.vex,
         documents,
     )
+}
+
+/// One security verdict as the memo keeps it: the gate, the verdict, and the findings
+/// the policy's input lists (after VEX), already in the policy engine's value form.
+struct SecurityMemo {
+    gate: GateResult,
+    verdict: scan::SecurityVerdict,
+    policy_findings: regorus::Value,
 }
 
 /// The `security` gate alone: the release's images with the reports listed for their
@@ -424,7 +444,19 @@ pub fn security(
     vex_ids: &[String],
     documents: &Documents,
 ) -> Result<(GateResult, scan::SecurityVerdict), DecisionError> {
-    static VERDICTS: Memo<(GateResult, scan::SecurityVerdict)> = Memo::new(1024);
+    let memo = security_memo(release, config, reports, vex_ids, documents)?;
+    Ok((memo.gate.clone(), memo.verdict.clone()))
+}
+
+/// [`security`], shared: the memo's entry itself.
+fn security_memo(
+    release: &ReleaseInput,
+    config: &GateConfig,
+    reports: &BTreeMap<String, Vec<String>>,
+    vex_ids: &[String],
+    documents: &Documents,
+) -> Result<std::sync::Arc<SecurityMemo>, DecisionError> {
+    static VERDICTS: Memo<SecurityMemo> = Memo::new(1024);
     let key = serde_json::to_string(&(
         &release.components,
         &config.block_severity,
@@ -433,10 +465,16 @@ pub fn security(
         vex_ids,
     ))
     .map_err(|e| DecisionError::new(format!("security gate inputs: {e}")))?;
-    let memoised = VERDICTS.get_or_try(&key, || {
-        security_of(release, config, reports, vex_ids, documents)
-    })?;
-    Ok((*memoised).clone())
+    VERDICTS.get_or_try(&key, || {
+        let (gate, verdict) = security_of(release, config, reports, vex_ids, documents)?;
+        let policy_findings =
+            Policy::input_value(&serde_json::Value::Array(policy_findings(&verdict)))?;
+        Ok(SecurityMemo {
+            gate,
+            verdict,
+            policy_findings,
+        })
+    })
 }
 
 fn security_of(
@@ -617,7 +655,7 @@ fn approvals_gate(inputs: &DecisionInputs) -> (GateResult, Vec<ApprovalInput>) {
 fn policy_gate(
     inputs: &DecisionInputs,
     documents: &Documents,
-    verdict: &scan::SecurityVerdict,
+    security: &SecurityMemo,
     approvals: &[ApprovalInput],
 ) -> Result<GateResult, DecisionError> {
     let Some(id) = &inputs.plan.gates.policy else {
@@ -634,8 +672,21 @@ fn policy_gate(
     let source = std::str::from_utf8(source)
         .map_err(|_| DecisionError::new(format!("policy document {id} is not UTF-8")))?;
     let policy = compiled_policy(id, source)?;
-    let input = policy_input(inputs, verdict, approvals);
-    let outcome = policy.evaluate(&input, inputs.evaluated_at_ms)?;
+    // The input as `policy_input` gives it, with the findings from the memo: they are
+    // the largest part, and the same for every promotion of the same images and reports.
+    let mut input = Policy::input_value(&policy_input_without_findings(
+        inputs,
+        &security.verdict,
+        approvals,
+    ))?;
+    input
+        .as_object_mut()
+        .map_err(|e| DecisionError::new(format!("policy input: {e}")))?
+        .insert(
+            regorus::Value::from("findings"),
+            security.policy_findings.clone(),
+        );
+    let outcome = policy.evaluate_value(input, inputs.evaluated_at_ms)?;
     Ok(if outcome.allowed {
         gate(
             "policy",
@@ -694,8 +745,14 @@ pub fn policy_input(
     verdict: &scan::SecurityVerdict,
     approvals: &[ApprovalInput],
 ) -> serde_json::Value {
-    let plan = &inputs.plan;
-    let findings: Vec<serde_json::Value> = verdict
+    let mut input = policy_input_without_findings(inputs, verdict, approvals);
+    input["findings"] = serde_json::Value::Array(policy_findings(verdict));
+    input
+}
+
+/// `input.findings`: every finding no VEX statement suppresses.
+fn policy_findings(verdict: &scan::SecurityVerdict) -> Vec<serde_json::Value> {
+    verdict
         .images
         .iter()
         .flat_map(|image| {
@@ -715,7 +772,16 @@ pub fn policy_input(
                     })
                 })
         })
-        .collect();
+        .collect()
+}
+
+/// [`policy_input`] but `findings`.
+fn policy_input_without_findings(
+    inputs: &DecisionInputs,
+    verdict: &scan::SecurityVerdict,
+    approvals: &[ApprovalInput],
+) -> serde_json::Value {
+    let plan = &inputs.plan;
     serde_json::json!({
         "release": {
             "name": plan.release.name,
@@ -732,7 +798,6 @@ pub fn policy_input(
             "allow_unscanned": plan.gates.allow_unscanned,
         },
         "targets": plan.targets,
-        "findings": findings,
         "unscanned": verdict.images.iter().filter(|i| !i.scanned).map(|i| i.component.clone()).collect::<Vec<_>>(),
         "approvals": approvals.iter().map(|a| serde_json::json!({"user": a.user, "at": format_time(a.at_ms), "comment": a.comment})).collect::<Vec<_>>(),
         "requester": inputs.requested_by,

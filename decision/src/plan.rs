@@ -118,6 +118,17 @@ pub struct WorkflowInput {
 }
 
 impl Plan {
+    /// The plan's canonical JSON (what a promotion stores) and its [`Plan::hash`], from
+    /// one serialisation when there is no workflow.
+    pub fn canonical_and_hash(&self) -> Result<(Vec<u8>, String), DecisionError> {
+        let bytes = canonical_bytes(self)?;
+        let hash = match self.workflow {
+            None => sha256_id(&bytes),
+            Some(_) => self.hash()?,
+        };
+        Ok((bytes, hash))
+    }
+
     /// What approvals and the decision are bound to. Without a workflow: `sha256:` of the
     /// plan's canonical JSON. With one: the workflow's plan hash (`sha256:` of the
     /// compiled task-pack plan's canonical JSON, as the task runner computes it), after

@@ -202,6 +202,23 @@ impl Policy {
         input: &serde_json::Value,
         now_ms: i64,
     ) -> Result<PolicyOutcome, DecisionError> {
+        self.evaluate_value(Policy::input_value(input)?, now_ms)
+    }
+
+    /// An input document in the engine's own value form, for [`Policy::evaluate_value`].
+    pub fn input_value(input: &serde_json::Value) -> Result<Value, DecisionError> {
+        Value::deserialize(input).map_err(|error| {
+            DecisionError::new(format!("the policy input cannot be read: {error}"))
+        })
+    }
+
+    /// [`Policy::evaluate`] with the input already in the engine's value form (parts of
+    /// it may be shared with other evaluations: values are reference-counted).
+    pub fn evaluate_value(
+        &self,
+        input: Value,
+        now_ms: i64,
+    ) -> Result<PolicyOutcome, DecisionError> {
         let package = &self.package;
         let fail = |what: String| DecisionError::new(format!("policy `{package}`: {what}"));
 
@@ -220,8 +237,6 @@ impl Policy {
                 }),
             )
             .map_err(|error| fail(one_line(&error.to_string())))?;
-        let input = Value::deserialize(input)
-            .map_err(|error| fail(format!("the input cannot be read: {error}")))?;
         engine.set_input(input);
 
         let deny = engine

@@ -341,3 +341,54 @@ fn a_workflow_plan_hash_binds_the_deployment_plan_and_the_steps() {
     let decision = decide(&inputs(flowed), &BTreeMap::new()).unwrap();
     assert_eq!(decision.plan_hash, hash);
 }
+
+#[test]
+fn the_policy_sees_exactly_the_documented_input() {
+    // A policy that denies with its whole input as the reason: what `decide` hands the
+    // engine (the findings shared from the security memo) must be what `policy_input`
+    // documents, for a release with a Trivy report and a VEX document.
+    let policy =
+        "package stella.echo\n\ndeny contains msg if {\n    msg := json.marshal(input)\n}\n";
+    let policy_id = stella_decision::sha256_id(policy.as_bytes());
+    let trivy = include_bytes!("fixtures/scan/trivy-0.55-web-debian12.json");
+    let vex = include_bytes!("fixtures/scan/vex-vexctl-0.2-web.json");
+    let (trivy_id, vex_id) = (
+        stella_decision::sha256_id(trivy),
+        stella_decision::sha256_id(vex),
+    );
+    let documents: Documents = [
+        (policy_id.clone(), policy.as_bytes()),
+        (trivy_id.clone(), &trivy[..]),
+        (vex_id.clone(), &vex[..]),
+    ]
+    .into_iter()
+    .map(|(id, bytes)| (id, std::sync::Arc::from(bytes)))
+    .collect();
+    let mut plan = plan();
+    plan.gates.policy = Some(policy_id);
+    plan.gates.block_severity = "none".to_owned();
+    let mut inputs = inputs(plan);
+    inputs.reports = BTreeMap::from([(DIGEST.to_owned(), vec![trivy_id])]);
+    inputs.vex = vec![vex_id];
+
+    let decision = decide(&inputs, &documents).unwrap();
+    let seen = &decision.gate("policy").unwrap().details;
+    assert_eq!(seen.len(), 1, "one reason: the input");
+    let seen: serde_json::Value = serde_json::from_str(&seen[0]).unwrap();
+
+    let (_, verdict) = stella_decision::gates::security(
+        &inputs.plan.release,
+        &inputs.plan.gates,
+        &inputs.reports,
+        &inputs.vex,
+        &documents,
+    )
+    .unwrap();
+    let documented = stella_decision::gates::policy_input(&inputs, &verdict, &[]);
+    let findings = documented["findings"].as_array().unwrap();
+    assert!(
+        !findings.is_empty(),
+        "the report's findings are in the input"
+    );
+    assert_eq!(seen, documented);
+}

@@ -107,6 +107,7 @@ pub struct ShownSuppression {
 }
 
 /// The stored documents one security evaluation reads.
+#[derive(Clone)]
 pub(super) struct ScanInputs {
     /// Report ids per image digest: the newest of each scanner.
     pub reports: BTreeMap<String, Vec<String>>,

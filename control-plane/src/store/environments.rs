@@ -44,6 +44,22 @@ impl Store {
         Ok(())
     }
 
+    /// The configuration generation (migration 0016): bumped in the same transaction by
+    /// every write to environments, targets, variables, releases, scan reports,
+    /// documents, and to what a plan uses of agents. `None` on PostgreSQL, which keeps
+    /// none: what is read there is never cached.
+    pub async fn config_generation(&self) -> Result<Option<i64>, StoreError> {
+        if self.backend != super::Backend::Sqlite {
+            return Ok(None);
+        }
+        let (generation,): (i64,) =
+            sqlx::query_as("SELECT generation FROM config_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(database("reading the configuration generation"))?;
+        Ok(Some(generation))
+    }
+
     /// The environment with this name; `NotFound` if there is none.
     pub async fn get_environment(&self, name: &str) -> Result<Environment, StoreError> {
         sqlx::query_as::<_, EnvironmentRow>(

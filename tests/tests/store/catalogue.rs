@@ -9,6 +9,7 @@ store_suite!(
     registry_upsert_keeps_the_sealed_password_opaque,
     registries_are_deleted,
     variables_and_secrets_are_set_listed_and_deleted,
+    the_config_generation_moves_with_configuration_only,
 );
 
 async fn environments_round_trip_and_names_are_unique(f: &Fixture) {
@@ -468,4 +469,102 @@ async fn variables_and_secrets_are_set_listed_and_deleted(f: &Fixture) {
         store.list_variables("production").await.ok_or_panic("list"),
         [production_region]
     );
+}
+
+/// Migration 0016: on SQLite every write to what a promotion's cached configuration
+/// depends on bumps the generation in its transaction; an agent's heartbeat, a hello
+/// that changes nothing a plan uses, and a deployment do not. PostgreSQL keeps none.
+async fn the_config_generation_moves_with_configuration_only(f: &Fixture) {
+    let store = &f.store;
+    let generation = || async { store.config_generation().await.ok_or_panic("generation") };
+    if store.backend() == Backend::Postgres {
+        assert_eq!(generation().await, None, "PostgreSQL keeps no generation");
+        return;
+    }
+    let mut last = generation().await.expect("SQLite keeps a generation");
+    let mut expect = |now: Option<i64>, moved: bool, what: &str| {
+        let now = now.expect("SQLite keeps a generation");
+        if moved {
+            assert!(now > last, "{what} bumps the generation ({last} → {now})");
+        } else {
+            assert_eq!(now, last, "{what} leaves the generation alone");
+        }
+        last = now;
+    };
+
+    enrol(store, "a1", "host-a").await;
+    expect(generation().await, true, "enrolling an agent");
+    store
+        .record_hello("a1", &hello(NOW))
+        .await
+        .ok_or_panic("hello");
+    expect(generation().await, true, "a hello with new capabilities");
+    store
+        .record_hello("a1", &hello(NOW + 1))
+        .await
+        .ok_or_panic("hello");
+    expect(generation().await, false, "the same hello again");
+    store
+        .touch_agents(&[("a1".to_owned(), NOW + 2)])
+        .await
+        .ok_or_panic("heartbeat");
+    expect(generation().await, false, "a heartbeat");
+
+    store
+        .create_environment(&environment("prod", None, NOW))
+        .await
+        .ok_or_panic("environment");
+    expect(generation().await, true, "creating an environment");
+    let mut web = target("web-1", "prod", "a1");
+    store.create_target(&web).await.ok_or_panic("target");
+    expect(generation().await, true, "creating a target");
+    web.settings
+        .insert("ports".to_owned(), "8081:80".to_owned());
+    store.update_target(&web).await.ok_or_panic("target edit");
+    expect(generation().await, true, "editing a target's settings");
+    store
+        .set_variable(&variable(
+            "prod",
+            VariableKind::Var,
+            "PORT",
+            "80",
+            "alice",
+            NOW,
+        ))
+        .await
+        .ok_or_panic("variable");
+    expect(generation().await, true, "setting a variable");
+    store
+        .create_release(&release("app", "1.0", 'a', NOW))
+        .await
+        .ok_or_panic("release");
+    expect(generation().await, true, "creating a release");
+    let vex = scan_document(r#"{"@context":"https://openvex.dev/ns"}"#, "openvex", NOW);
+    store.put_document(&vex).await.ok_or_panic("document");
+    expect(generation().await, true, "storing a VEX document");
+    let report = scan_document(r#"{"SchemaVersion":2}"#, "trivy", NOW);
+    store.put_document(&report).await.ok_or_panic("report");
+    expect(generation().await, true, "storing a report");
+    store
+        .add_scan_report(
+            &format!("sha256:{}", "a".repeat(64)),
+            &report.id,
+            "app:1.0",
+            "alice",
+            NOW,
+        )
+        .await
+        .ok_or_panic("scan report");
+    expect(generation().await, true, "linking a report to a digest");
+
+    store
+        .create_deployment(&deployment("d1", "prod", "1.0", NOW), &[])
+        .await
+        .ok_or_panic("deployment");
+    expect(generation().await, false, "a deployment");
+    store
+        .delete_target("web-1", NOW)
+        .await
+        .ok_or_panic("target delete");
+    expect(generation().await, true, "deleting a target");
 }

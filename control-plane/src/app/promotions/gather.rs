@@ -2,6 +2,9 @@
 //! planned settings, agents, the workflow), the order gate's fact, the scan reports and
 //! VEX documents, the policy source; the independent reads in flight together.
 
+use std::sync::Arc;
+
+use super::configured::Configured;
 use super::{gate_config, release_input, undecidable, Gathered, PlannedTargetSettings};
 use crate::app::scans::ScanInputs;
 use crate::app::App;
@@ -62,30 +65,110 @@ impl App {
         break_glass: Option<&(String, String)>,
         now: i64,
     ) -> Result<Gathered, AppError> {
-        // Three independent sets of reads, in flight together.
-        let release_input = release_input(release);
-        let (planned, order, scans) = tokio::join!(
-            self.deployment_plan(release, env),
-            async {
-                match &env.after {
-                    Some(after) => Ok::<_, AppError>(Some(OrderFact {
-                        environment: after.clone(),
-                        deployed_as: self.deployed_in(after, release).await?,
-                    })),
-                    None => Ok(None),
-                }
-            },
+        // The configuration and the order gate's fact, in flight together.
+        let (configured, order) = tokio::join!(
+            self.configured(release.clone(), env.clone()),
+            self.order_fact(env, release)
+        );
+        self.assemble(&configured?, order?, requested_by, break_glass, now)
+            .await
+    }
+
+    /// [`App::gather`] for a promotion whose configuration was read already.
+    pub(super) async fn gather_configured(
+        &self,
+        configured: &Configured,
+        requested_by: &str,
+        break_glass: Option<&(String, String)>,
+        now: i64,
+    ) -> Result<Gathered, AppError> {
+        let order = self
+            .order_fact(&configured.env, &configured.release)
+            .await?;
+        self.assemble(configured, order, requested_by, break_glass, now)
+            .await
+    }
+
+    /// What a promotion of `release@version` to `environment` reads from configuration:
+    /// kept from an earlier promotion while the configuration generation is unchanged
+    /// (see `configured.rs`), else read now.
+    pub(super) async fn configured_named(
+        &self,
+        release: &str,
+        version: &str,
+        environment: &str,
+    ) -> Result<Arc<Configured>, AppError> {
+        // Read first: what follows is at least as new as this generation.
+        let generation = self.store.config_generation().await?;
+        if let Some(kept) = generation.and_then(|generation| {
+            self.configured
+                .get(generation, release, version, environment)
+        }) {
+            return Ok(kept);
+        }
+        let release = self.release_named(release, version).await?;
+        let env = self.environment(environment).await?;
+        let configured = Arc::new(self.configured(release, env).await?);
+        if let Some(generation) = generation {
+            self.configured.put(generation, configured.clone());
+        }
+        Ok(configured)
+    }
+
+    /// The plan's deployment part and the scan inputs, in flight together.
+    async fn configured(&self, release: Release, env: Environment) -> Result<Configured, AppError> {
+        let release_input = release_input(&release);
+        let (planned, scans) = tokio::join!(
+            self.deployment_plan(&release, &env),
             self.scan_inputs(&release_input),
         );
-        let (mut plan, targets, settings) = planned?;
-        let order = order?;
+        let (plan, targets, settings) = planned?;
+        Ok(Configured {
+            release,
+            env,
+            plan,
+            targets,
+            settings,
+            scans: scans?,
+        })
+    }
+
+    /// The order gate's fact: whether the release ran in the environment before this one.
+    async fn order_fact(
+        &self,
+        env: &Environment,
+        release: &Release,
+    ) -> Result<Option<OrderFact>, AppError> {
+        match &env.after {
+            Some(after) => Ok(Some(OrderFact {
+                environment: after.clone(),
+                deployed_as: self.deployed_in(after, release).await?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// The evaluation's inputs from the configuration and the order fact; the workflow
+    /// compiled and the policy's source added.
+    async fn assemble(
+        &self,
+        configured: &Configured,
+        order: Option<OrderFact>,
+        requested_by: &str,
+        break_glass: Option<&(String, String)>,
+        now: i64,
+    ) -> Result<Gathered, AppError> {
+        let env = &configured.env;
         let ScanInputs {
             reports,
             vex,
             mut documents,
-        } = scans?;
+        } = configured.scans.clone();
+        let mut plan = configured.plan.clone();
         plan.workflow = self.compile_workflow(env, &plan).await?;
-        let plan_hash = plan.hash().map_err(undecidable)?;
+        let (plan_json, plan_hash) = plan.canonical_and_hash().map_err(undecidable)?;
+        let plan_json = String::from_utf8(plan_json)
+            .map_err(|e| AppError::internal("canonical plan is not UTF-8", &e))?;
         if let Some(policy) = &env.gates.policy_id {
             documents.append(&mut self.documents(&[policy.as_str()]).await?);
         }
@@ -107,9 +190,10 @@ impl App {
         };
         Ok(Gathered {
             plan,
+            plan_json,
             plan_hash,
-            targets,
-            settings,
+            targets: configured.targets.clone(),
+            settings: configured.settings.clone(),
             inputs,
             documents,
             plan_note: None,

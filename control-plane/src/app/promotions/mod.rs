@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use stella_decision::canonical::canonical_via_value as canonical_bytes;
 use stella_decision::evidence::sign_decision;
 use stella_decision::gates::{
     self, ApprovalInput, ComponentInput, Decision, DecisionInputs, Documents, GateConfig, Outcome,
@@ -13,7 +12,10 @@ use stella_decision::gates::{
 };
 use stella_decision::intoto::Subject;
 
+mod configured;
 mod gather;
+
+pub(crate) use configured::ConfiguredCache;
 
 use super::events::NewEvent;
 use super::{not_found_as, now_ms, App};
@@ -41,6 +43,8 @@ pub(super) type PlannedTargetSettings = BTreeMap<String, BTreeMap<String, String
 /// Everything gathered for one evaluation.
 struct Gathered {
     plan: Plan,
+    /// The plan's canonical JSON, as the promotion stores it.
+    plan_json: String,
     plan_hash: String,
     targets: Vec<crate::domain::Target>,
     settings: PlannedTargetSettings,
@@ -63,8 +67,8 @@ impl App {
         requested_by: &User,
         break_glass: Option<String>,
     ) -> Result<PromotionDetail, AppError> {
-        let release = self.release_named(release, version).await?;
-        let env = self.environment(environment).await?;
+        let configured = self.configured_named(release, version, environment).await?;
+        let (release, env) = (&configured.release, &configured.env);
         let break_glass = match break_glass {
             Some(reason) => {
                 let reason = reason.trim().to_owned();
@@ -89,16 +93,15 @@ impl App {
         };
         let id = uuid::Uuid::now_v7().to_string();
         let gathered = self
-            .gather(
-                &release,
-                &env,
+            .gather_configured(
+                &configured,
                 &requested_by.name,
                 break_glass.as_ref(),
                 self.decision_now(),
             )
             .await?;
         let now = now_ms();
-        let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+        let decided = Decided::over(&gathered)?;
         let promotion = Promotion {
             id: id.clone(),
             environment: env.name.clone(),
@@ -107,10 +110,10 @@ impl App {
             state: PromotionState::AwaitingApproval,
             requested_by: requested_by.name.clone(),
             requested_at_ms: now,
-            plan_json: plan_json(&gathered.plan)?,
+            plan_json: gathered.plan_json.clone(),
             plan_hash: gathered.plan_hash.clone(),
             break_glass,
-            gates_json: gates_json(&decision)?,
+            gates_json: gates_json(&decided.decision)?,
             message: None,
             decision_id: None,
             deployment_id: None,
@@ -118,7 +121,7 @@ impl App {
             updated_at_ms: now,
         };
         match self
-            .settle(Some(&promotion), &id, &release, &env, gathered, decision)
+            .settle(Some(&promotion), &id, release, env, gathered, decided)
             .await?
         {
             Some(detail) => Ok(detail),
@@ -295,9 +298,9 @@ impl App {
                 }
             ));
         }
-        let decision = gates::decide(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+        let decided = Decided::over(&gathered)?;
         match self
-            .settle(None, &promotion.id, release, env, gathered, decision)
+            .settle(None, &promotion.id, release, env, gathered, decided)
             .await
         {
             // Someone else settled it meanwhile: what they stored stands.
@@ -355,11 +358,15 @@ impl App {
         release: &Release,
         env: &Environment,
         gathered: Gathered,
-        decision: Decision,
+        decided: Decided,
     ) -> Result<Option<PromotionDetail>, AppError> {
         let now = now_ms();
         let promotion_id = promotion_id.to_owned();
-        let plan = plan_json(&gathered.plan)?;
+        let Decided {
+            decision,
+            inputs_json,
+        } = decided;
+        let plan = gathered.plan_json.clone();
         let gates = gates_json(&decision)?;
         let approvals_line = decision
             .gate("approvals")
@@ -382,7 +389,7 @@ impl App {
                 None,
             ),
             Outcome::Blocked => {
-                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
+                let record = self.sign(&decision, inputs_json, &promotion_id, now)?;
                 (
                     PromotionState::Blocked,
                     blocked_line(&decision),
@@ -391,7 +398,7 @@ impl App {
                 )
             }
             Outcome::Rejected => {
-                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
+                let record = self.sign(&decision, inputs_json, &promotion_id, now)?;
                 let by: Vec<&str> = gathered
                     .inputs
                     .approvals
@@ -407,7 +414,7 @@ impl App {
                 )
             }
             Outcome::Allowed if gathered.plan.workflow.is_some() => {
-                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
+                let record = self.sign(&decision, inputs_json, &promotion_id, now)?;
                 let line = format!(
                     "allowed; carried out by workflow run {}",
                     super::workflows::run_id_of(&promotion_id)
@@ -415,7 +422,7 @@ impl App {
                 (PromotionState::Deploying, line, Some(record), None)
             }
             Outcome::Allowed => {
-                let record = self.sign(&decision, &gathered.inputs, &promotion_id, now)?;
+                let record = self.sign(&decision, inputs_json, &promotion_id, now)?;
                 let planned = self
                     .plan_deployment(
                         release,
@@ -610,12 +617,11 @@ impl App {
     fn sign(
         &self,
         decision: &Decision,
-        inputs: &DecisionInputs,
+        inputs_bytes: Vec<u8>,
         promotion_id: &str,
         now: i64,
     ) -> Result<DecisionRecord, AppError> {
         let (bytes, id) = decision.canonical().map_err(undecidable)?;
-        let inputs_bytes = canonical_bytes(inputs).map_err(undecidable)?;
         let subjects = decision
             .subjects
             .iter()
@@ -769,9 +775,21 @@ fn approval_input(approval: Approval) -> ApprovalInput {
     }
 }
 
-fn plan_json(plan: &Plan) -> Result<String, AppError> {
-    let bytes = canonical_bytes(plan).map_err(undecidable)?;
-    String::from_utf8(bytes).map_err(|e| AppError::internal("canonical plan is not UTF-8", &e))
+/// A decision with the canonical JSON of the inputs it was made over.
+struct Decided {
+    decision: Decision,
+    inputs_json: Vec<u8>,
+}
+
+impl Decided {
+    fn over(gathered: &Gathered) -> Result<Decided, AppError> {
+        let (decision, inputs_json) =
+            gates::decide_canonical(&gathered.inputs, &gathered.documents).map_err(undecidable)?;
+        Ok(Decided {
+            decision,
+            inputs_json,
+        })
+    }
 }
 
 fn gates_json(decision: &Decision) -> Result<String, AppError> {
