@@ -7,12 +7,16 @@
 -- per SQLite file. On PostgreSQL (replicas) nothing is cached and there is no
 -- counterpart migration: one row bumped by every configuration write of every replica
 -- would order their transactions against each other.
+--
+-- `succeeded` counts the same way the writes that make a deployment succeeded or not
+-- (the order gate's facts), so whether a release ran in an environment is kept too.
 CREATE TABLE config_generation (
     id         INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    succeeded  INTEGER NOT NULL
 ) STRICT;
 
-INSERT INTO config_generation (id, generation) VALUES (1, 0);
+INSERT INTO config_generation (id, generation, succeeded) VALUES (1, 0, 0);
 
 CREATE TRIGGER environments_insert_bumps_config AFTER INSERT ON environments
 BEGIN
@@ -124,4 +128,23 @@ WHEN OLD.id IS NOT NEW.id
     OR OLD.revoked_at_ms IS NOT NEW.revoked_at_ms
 BEGIN
     UPDATE config_generation SET generation = generation + 1 WHERE id = 1;
+END;
+
+-- Deployments: only a write that makes one succeeded, or touches one that is.
+CREATE TRIGGER deployments_insert_bumps_succeeded AFTER INSERT ON deployments
+WHEN NEW.state = 'succeeded'
+BEGIN
+    UPDATE config_generation SET succeeded = succeeded + 1 WHERE id = 1;
+END;
+
+CREATE TRIGGER deployments_update_bumps_succeeded AFTER UPDATE ON deployments
+WHEN OLD.state = 'succeeded' OR NEW.state = 'succeeded'
+BEGIN
+    UPDATE config_generation SET succeeded = succeeded + 1 WHERE id = 1;
+END;
+
+CREATE TRIGGER deployments_delete_bumps_succeeded AFTER DELETE ON deployments
+WHEN OLD.state = 'succeeded'
+BEGIN
+    UPDATE config_generation SET succeeded = succeeded + 1 WHERE id = 1;
 END;

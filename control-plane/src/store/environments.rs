@@ -44,20 +44,24 @@ impl Store {
         Ok(())
     }
 
-    /// The configuration generation (migration 0016): bumped in the same transaction by
-    /// every write to environments, targets, variables, releases, scan reports,
-    /// documents, and to what a plan uses of agents. `None` on PostgreSQL, which keeps
-    /// none: what is read there is never cached.
-    pub async fn config_generation(&self) -> Result<Option<i64>, StoreError> {
+    /// The configuration generations (migration 0016): `configuration`, bumped in the
+    /// same transaction by every write to environments, targets, variables, releases,
+    /// scan reports, documents, and to what a plan uses of agents; `succeeded`, by every
+    /// write that makes a deployment succeeded or touches one that is. `None` on
+    /// PostgreSQL, which keeps none: what is read there is never cached.
+    pub async fn config_generation(&self) -> Result<Option<ConfigGeneration>, StoreError> {
         if self.backend != super::Backend::Sqlite {
             return Ok(None);
         }
-        let (generation,): (i64,) =
-            sqlx::query_as("SELECT generation FROM config_generation WHERE id = 1")
+        let (configuration, succeeded): (i64, i64) =
+            sqlx::query_as("SELECT generation, succeeded FROM config_generation WHERE id = 1")
                 .fetch_one(&self.pool)
                 .await
                 .map_err(database("reading the configuration generation"))?;
-        Ok(Some(generation))
+        Ok(Some(ConfigGeneration {
+            configuration,
+            succeeded,
+        }))
     }
 
     /// The environment with this name; `NotFound` if there is none.
@@ -296,4 +300,13 @@ pub(super) fn decode_json<T: DeserializeOwned>(
         what,
         detail: format!("{row}: {e}"),
     })
+}
+
+/// The configuration generations at one moment (see [`Store::config_generation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigGeneration {
+    /// Moves with the configuration a promotion's plan and scan inputs are read from.
+    pub configuration: i64,
+    /// Moves with the deployments that succeeded (the order gate's facts).
+    pub succeeded: i64,
 }

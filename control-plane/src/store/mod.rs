@@ -54,6 +54,7 @@ use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 pub use audit::MAX_APPEND_BATCH;
 pub use console::ConsoleSession;
 pub use deployments::{DesiredPayload, ResultOutcome, StoredResult, TaskResultRecord};
+pub use environments::ConfigGeneration;
 pub use error::StoreError;
 pub use promotions::PromotionUpdate;
 pub use rollouts::{StepTask, StepTaskResult};

@@ -1,6 +1,7 @@
 //! What deployments are made of: environments, targets, releases, registries, variables and secrets.
 
 use super::*;
+use stella_control_plane::store::ConfigGeneration;
 
 store_suite!(
     environments_round_trip_and_names_are_unique,
@@ -481,9 +482,16 @@ async fn the_config_generation_moves_with_configuration_only(f: &Fixture) {
         assert_eq!(generation().await, None, "PostgreSQL keeps no generation");
         return;
     }
-    let mut last = generation().await.expect("SQLite keeps a generation");
-    let mut expect = |now: Option<i64>, moved: bool, what: &str| {
+    let last = generation().await.expect("SQLite keeps a generation");
+    let succeeded = last.succeeded;
+    let mut last = last.configuration;
+    let mut expect = |now: Option<ConfigGeneration>, moved: bool, what: &str| {
         let now = now.expect("SQLite keeps a generation");
+        assert_eq!(
+            now.succeeded, succeeded,
+            "{what} is no succeeded deployment"
+        );
+        let now = now.configuration;
         if moved {
             assert!(now > last, "{what} bumps the generation ({last} → {now})");
         } else {

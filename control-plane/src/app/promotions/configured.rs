@@ -7,19 +7,21 @@
 //! reads depend on (SQLite migration 0016), and it is read *before* what it tags, so an
 //! entry is never older than its generation: a write that commits between the two reads
 //! only makes the entry newer than its tag, and the next lookup, seeing the new
-//! generation, misses. A promotion therefore reads one row instead of about eight, and
-//! the order gate's facts (deployments, which change all the time) are still read every
-//! time. PostgreSQL has no generation (replicas would all bump one row): nothing is
-//! cached there.
+//! generation, misses. The order gate's fact (whether the release ran in the previous
+//! environment) is kept the same way, tagged with both the configuration generation and
+//! the one that moves when a deployment becomes (or stops being) succeeded. A promotion
+//! therefore reads one row instead of about ten. PostgreSQL has no generation (replicas
+//! would all bump one row): nothing is cached there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use stella_decision::gates::Plan;
+use stella_decision::gates::{OrderFact, Plan};
 
 use super::PlannedTargetSettings;
 use crate::app::scans::ScanInputs;
 use crate::domain::{Environment, Release, Target};
+use crate::store::ConfigGeneration;
 
 /// Most entries kept; a full table is emptied.
 const MAX_ENTRIES: usize = 256;
@@ -51,14 +53,42 @@ impl std::fmt::Debug for ConfiguredCache {
         f.debug_struct("ConfiguredCache")
             .field("generation", &state.generation)
             .field("entries", &state.entries.len())
+            .field("orders", &state.orders.len())
             .finish()
     }
 }
 
 #[derive(Default)]
 struct State {
-    generation: i64,
+    /// What `entries` were read at (its `configuration`) and `orders` at (both).
+    generation: Option<ConfigGeneration>,
     entries: HashMap<Key, Arc<Configured>>,
+    orders: HashMap<Key, Option<OrderFact>>,
+}
+
+impl State {
+    /// Empties what `generation` makes stale; false if `generation` is older than what
+    /// is kept (nothing is then kept from it).
+    fn advance(&mut self, generation: ConfigGeneration) -> bool {
+        let kept = self.generation.unwrap_or(generation);
+        if generation.configuration < kept.configuration || generation.succeeded < kept.succeeded {
+            return false;
+        }
+        if generation.configuration != kept.configuration {
+            self.entries.clear();
+        }
+        if generation != kept {
+            self.orders.clear();
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.clear();
+        }
+        if self.orders.len() >= MAX_ENTRIES {
+            self.orders.clear();
+        }
+        self.generation = Some(generation);
+        true
+    }
 }
 
 type Key = (String, String, String);
@@ -75,13 +105,13 @@ impl ConfiguredCache {
     /// The entry for this promotion, if it was read at `generation`.
     pub(super) fn get(
         &self,
-        generation: i64,
+        generation: ConfigGeneration,
         release: &str,
         version: &str,
         environment: &str,
     ) -> Option<Arc<Configured>> {
         let state = self.state.lock();
-        if state.generation != generation {
+        if state.generation.map(|g| g.configuration) != Some(generation.configuration) {
             return None;
         }
         state
@@ -91,18 +121,13 @@ impl ConfiguredCache {
     }
 
     /// Keeps `configured`, read after the store was at `generation`.
-    pub(super) fn put(&self, generation: i64, configured: Arc<Configured>) {
+    pub(super) fn put(&self, generation: ConfigGeneration, configured: Arc<Configured>) {
         if configured.targets.len() > MAX_TARGETS {
             return;
         }
         let mut state = self.state.lock();
-        if generation < state.generation {
-            // Read before a newer generation someone already keeps entries for.
+        if !state.advance(generation) {
             return;
-        }
-        if generation > state.generation || state.entries.len() >= MAX_ENTRIES {
-            state.entries.clear();
-            state.generation = generation;
         }
         let key = key(
             &configured.release.name,
@@ -110,5 +135,36 @@ impl ConfiguredCache {
             &configured.env.name,
         );
         state.entries.insert(key, configured);
+    }
+
+    /// The order fact of `release@version` in `after`, if it was read at `generation`.
+    pub(super) fn order(
+        &self,
+        generation: ConfigGeneration,
+        release: &str,
+        version: &str,
+        after: &str,
+    ) -> Option<Option<OrderFact>> {
+        let state = self.state.lock();
+        if state.generation != Some(generation) {
+            return None;
+        }
+        state.orders.get(&key(release, version, after)).cloned()
+    }
+
+    /// Keeps the order fact of `release@version` in `after`, read after the store was at
+    /// `generation`.
+    pub(super) fn put_order(
+        &self,
+        generation: ConfigGeneration,
+        release: &str,
+        version: &str,
+        after: &str,
+        fact: Option<OrderFact>,
+    ) {
+        let mut state = self.state.lock();
+        if state.advance(generation) {
+            state.orders.insert(key(release, version, after), fact);
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::app::scans::ScanInputs;
 use crate::app::App;
 use crate::domain::{Environment, Release};
 use crate::error::{AppError, ErrorKind};
+use crate::store::ConfigGeneration;
 use stella_decision::gates::{self, BreakGlass, DecisionInputs, OrderFact, Plan, TargetInput};
 
 impl App {
@@ -74,17 +75,39 @@ impl App {
             .await
     }
 
-    /// [`App::gather`] for a promotion whose configuration was read already.
+    /// [`App::gather`] for a promotion whose configuration was read already, at
+    /// `generation` (see `configured.rs`): the order fact is kept the same way.
     pub(super) async fn gather_configured(
         &self,
-        configured: &Configured,
+        (configured, generation): &(Arc<Configured>, Option<ConfigGeneration>),
         requested_by: &str,
         break_glass: Option<&(String, String)>,
         now: i64,
     ) -> Result<Gathered, AppError> {
-        let order = self
-            .order_fact(&configured.env, &configured.release)
-            .await?;
+        let (release, env) = (&configured.release, &configured.env);
+        let kept = match (generation, &env.after) {
+            (Some(generation), Some(after)) => {
+                self.configured
+                    .order(*generation, &release.name, &release.version, after)
+            }
+            _ => None,
+        };
+        let order = match kept {
+            Some(order) => order,
+            None => {
+                let order = self.order_fact(env, release).await?;
+                if let (Some(generation), Some(after)) = (generation, &env.after) {
+                    self.configured.put_order(
+                        *generation,
+                        &release.name,
+                        &release.version,
+                        after,
+                        order.clone(),
+                    );
+                }
+                order
+            }
+        };
         self.assemble(configured, order, requested_by, break_glass, now)
             .await
     }
@@ -97,14 +120,14 @@ impl App {
         release: &str,
         version: &str,
         environment: &str,
-    ) -> Result<Arc<Configured>, AppError> {
+    ) -> Result<(Arc<Configured>, Option<ConfigGeneration>), AppError> {
         // Read first: what follows is at least as new as this generation.
         let generation = self.store.config_generation().await?;
         if let Some(kept) = generation.and_then(|generation| {
             self.configured
                 .get(generation, release, version, environment)
         }) {
-            return Ok(kept);
+            return Ok((kept, generation));
         }
         let release = self.release_named(release, version).await?;
         let env = self.environment(environment).await?;
@@ -112,7 +135,7 @@ impl App {
         if let Some(generation) = generation {
             self.configured.put(generation, configured.clone());
         }
-        Ok(configured)
+        Ok((configured, generation))
     }
 
     /// The plan's deployment part and the scan inputs, in flight together.

@@ -68,7 +68,7 @@ impl App {
         break_glass: Option<String>,
     ) -> Result<PromotionDetail, AppError> {
         let configured = self.configured_named(release, version, environment).await?;
-        let (release, env) = (&configured.release, &configured.env);
+        let (release, env) = (&configured.0.release, &configured.0.env);
         let break_glass = match break_glass {
             Some(reason) => {
                 let reason = reason.trim().to_owned();
