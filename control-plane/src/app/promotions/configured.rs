@@ -168,3 +168,77 @@ impl ConfiguredCache {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn at(configuration: i64, succeeded: i64) -> ConfigGeneration {
+        ConfigGeneration {
+            configuration,
+            succeeded,
+        }
+    }
+
+    fn fact(deployed_as: &str) -> Option<OrderFact> {
+        Some(OrderFact {
+            environment: "stage".to_owned(),
+            deployed_as: Some(deployed_as.to_owned()),
+        })
+    }
+
+    #[test]
+    fn an_order_fact_is_used_only_at_the_generation_it_was_read_at() {
+        let cache = ConfiguredCache::default();
+        cache.put_order(at(3, 7), "web", "1", "stage", fact("web@1"));
+        assert_eq!(
+            cache.order(at(3, 7), "web", "1", "stage"),
+            Some(fact("web@1"))
+        );
+        assert_eq!(
+            cache.order(at(3, 7), "web", "2", "stage"),
+            None,
+            "another version"
+        );
+        assert_eq!(
+            cache.order(at(3, 8), "web", "1", "stage"),
+            None,
+            "a deployment succeeded since"
+        );
+        assert_eq!(
+            cache.order(at(4, 7), "web", "1", "stage"),
+            None,
+            "configuration changed since"
+        );
+
+        // Read before what is kept: not kept, and what is kept stays.
+        cache.put_order(at(3, 6), "web", "2", "stage", None);
+        assert_eq!(cache.order(at(3, 6), "web", "2", "stage"), None);
+        assert_eq!(
+            cache.order(at(3, 7), "web", "1", "stage"),
+            Some(fact("web@1"))
+        );
+
+        // A newer generation empties what the older one kept.
+        cache.put_order(at(3, 8), "web", "2", "stage", None);
+        assert_eq!(cache.order(at(3, 8), "web", "2", "stage"), Some(None));
+        assert_eq!(cache.order(at(3, 8), "web", "1", "stage"), None);
+        assert_eq!(cache.order(at(3, 7), "web", "1", "stage"), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let cache = ConfiguredCache::default();
+        for n in 0..=MAX_ENTRIES {
+            cache.put_order(at(1, 1), "web", &n.to_string(), "stage", None);
+        }
+        let kept = cache.state.lock().orders.len();
+        assert!(kept <= MAX_ENTRIES, "{kept} kept");
+        assert_eq!(
+            cache.order(at(1, 1), "web", &MAX_ENTRIES.to_string(), "stage"),
+            Some(None),
+            "the newest is kept"
+        );
+    }
+}
