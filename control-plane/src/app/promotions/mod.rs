@@ -335,7 +335,9 @@ impl App {
                     .release_named(&promotion.release, &promotion.version)
                     .await?;
                 let env = self.environment(&promotion.environment).await?;
-                self.reevaluate(&promotion, &release, &env).await
+                // Boxed: an evaluation is a large future, and this one is awaited inside
+                // the handlers that change an environment, its targets or variables.
+                Box::pin(self.reevaluate(&promotion, &release, &env)).await
             }
             .await;
             if let Err(error) = result {
