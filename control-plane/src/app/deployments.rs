@@ -54,14 +54,7 @@ impl App {
             None => self.store.list_targets(Some(&env.name)).await?,
         };
         if targets.is_empty() {
-            return Err(AppError::new(
-                ErrorKind::FailedPrecondition,
-                "no_targets",
-                format!(
-                    "environment `{}` has no targets: add one with `stella target create`",
-                    env.name
-                ),
-            ));
+            return Err(no_targets(env));
         }
         let now = now_ms();
         let plan = self.plan_settings(env, &targets).await?;
@@ -513,4 +506,16 @@ impl App {
         )
         .await
     }
+}
+
+/// Refuses a deployment or plan for an environment without targets.
+pub(super) fn no_targets(env: &Environment) -> AppError {
+    AppError::new(
+        ErrorKind::FailedPrecondition,
+        "no_targets",
+        format!(
+            "environment `{}` has no targets: add one with `stella target create`",
+            env.name
+        ),
+    )
 }

@@ -36,6 +36,28 @@ impl App {
 }
 
 impl NewEvent {
+    /// A promotion's end (deployed or failed), told as "promotion ID of R@V to ENV: …".
+    pub(super) fn promotion_finished(
+        promotion: &crate::domain::Promotion,
+        deployed: bool,
+        message: &str,
+    ) -> NewEvent {
+        NewEvent {
+            kind: if deployed {
+                EventKind::PromotionDeployed
+            } else {
+                EventKind::PromotionFailed
+            },
+            environment: Some(promotion.environment.clone()),
+            release: Some((promotion.release.clone(), promotion.version.clone())),
+            subject: Some(promotion.id.clone()),
+            message: format!(
+                "promotion {} of {}@{} to {}: {message}",
+                promotion.id, promotion.release, promotion.version, promotion.environment
+            ),
+        }
+    }
+
     /// The event, with its id and time: to store in the transaction of the change it
     /// reports, then hand to [`App::enqueue_webhooks`].
     pub(super) fn into_event(self) -> Event {

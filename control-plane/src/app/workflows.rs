@@ -27,8 +27,8 @@ use super::events::NewEvent;
 use super::now_ms;
 use super::runs::RunRequestError;
 use crate::domain::{
-    DeploymentKind, DeploymentState, Document, Environment, EventKind, NewRunLog, Promotion,
-    PromotionState, Run,
+    DeploymentKind, DeploymentState, Document, Environment, NewRunLog, Promotion, PromotionState,
+    Run,
 };
 use crate::error::{AppError, ErrorKind};
 use crate::store::StoreError;
@@ -505,21 +505,11 @@ impl App {
             .await
         {
             Ok(Some(promotion)) => {
-                let kind = if state == PromotionState::Deployed {
-                    EventKind::PromotionDeployed
-                } else {
-                    EventKind::PromotionFailed
-                };
-                self.emit(NewEvent {
-                    kind,
-                    environment: Some(promotion.environment.clone()),
-                    release: Some((promotion.release.clone(), promotion.version.clone())),
-                    subject: Some(promotion.id.clone()),
-                    message: format!(
-                        "promotion {} of {}@{} to {}: {message}",
-                        promotion.id, promotion.release, promotion.version, promotion.environment
-                    ),
-                })
+                self.emit(NewEvent::promotion_finished(
+                    &promotion,
+                    state == PromotionState::Deployed,
+                    message,
+                ))
                 .await;
             }
             Ok(None) => {}

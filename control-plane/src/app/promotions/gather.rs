@@ -9,7 +9,7 @@ use super::{gate_config, release_input, undecidable, Gathered, PlannedTargetSett
 use crate::app::scans::ScanInputs;
 use crate::app::App;
 use crate::domain::{Environment, Release};
-use crate::error::{AppError, ErrorKind};
+use crate::error::AppError;
 use crate::store::ConfigGeneration;
 use stella_decision::gates::{self, BreakGlass, DecisionInputs, OrderFact, Plan, TargetInput};
 
@@ -24,14 +24,7 @@ impl App {
     ) -> Result<(Plan, Vec<crate::domain::Target>, PlannedTargetSettings), AppError> {
         let targets = self.store.list_targets(Some(&env.name)).await?;
         if targets.is_empty() {
-            return Err(AppError::new(
-                ErrorKind::FailedPrecondition,
-                "no_targets",
-                format!(
-                    "environment `{}` has no targets: add one with `stella target create`",
-                    env.name
-                ),
-            ));
+            return Err(crate::app::deployments::no_targets(env));
         }
         let planned = self.plan_settings(env, &targets).await?;
         let agents = self.agents_of(&targets).await?;

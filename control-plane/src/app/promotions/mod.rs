@@ -657,9 +657,9 @@ impl App {
         if deployment.kind != DeploymentKind::Promotion || !deployment.state.is_terminal() {
             return;
         }
-        let (state, kind) = match deployment.state {
-            DeploymentState::Succeeded => (PromotionState::Deployed, EventKind::PromotionDeployed),
-            _ => (PromotionState::Failed, EventKind::PromotionFailed),
+        let state = match deployment.state {
+            DeploymentState::Succeeded => PromotionState::Deployed,
+            _ => PromotionState::Failed,
         };
         let message = match &deployment.message {
             Some(message) => format!(
@@ -674,16 +674,11 @@ impl App {
             .await
         {
             Ok(Some(promotion)) => {
-                self.emit(NewEvent {
-                    kind,
-                    environment: Some(promotion.environment.clone()),
-                    release: Some((promotion.release.clone(), promotion.version.clone())),
-                    subject: Some(promotion.id.clone()),
-                    message: format!(
-                        "promotion {} of {}@{} to {}: {message}",
-                        promotion.id, promotion.release, promotion.version, promotion.environment
-                    ),
-                })
+                self.emit(NewEvent::promotion_finished(
+                    &promotion,
+                    state == PromotionState::Deployed,
+                    &message,
+                ))
                 .await;
             }
             Ok(None) => {}
