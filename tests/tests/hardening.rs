@@ -804,6 +804,10 @@ async fn updates_and_deletes_refuse_while_something_depends_on_them() -> anyhow:
         .wait_for_state("host-a", "connected", Duration::from_secs(10))
         .await?;
     fresh.stop().await?;
+    // The agent stops once its Goodbye is sent; the server records it a moment later.
+    server
+        .wait_for_state("host-a", "disconnected", Duration::from_secs(10))
+        .await?;
     let reborn = server.agent("host-a").await?;
     assert_eq!(reborn["state"], "disconnected", "{reborn}");
 
